@@ -1,0 +1,5 @@
+import sys
+
+from splitup.cli import main
+
+sys.exit(main())

@@ -1,0 +1,52 @@
+"""The ``splitup`` command line: one tool, one sub-command module per job.
+
+Each module in ``COMMANDS`` exposes ``register(subparsers)``, which adds its parser and sets
+``func(args) -> int``. Errors SplitUp raises on purpose become one line on stderr and exit code 2,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from splitup import __version__
+from splitup.errors import SplitUpError
+
+# Import paths of the sub-command modules, in the order --help lists them.
+COMMANDS: tuple[str, ...] = (
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="splitup",
+        description="Run models too large for one GPU across many, paid for and verified on Solana.",
+    )
+    parser.add_argument("--version", action="version", version=f"splitup {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for path in COMMANDS:
+        importlib.import_module(path).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.func(args) or 0)
+    except SplitUpError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
