@@ -1,0 +1,83 @@
+"""``splitup econ``: is honesty a strict Nash equilibrium for these stakes, and from which sampling rate?"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+from splitup.verify import econ
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "econ",
+        help="PoSP game calculator: minimal sampling rate, honest and cheating profit",
+        description="Evaluate the Proof-of-Sampling game per task (docs/posp.md).",
+    )
+    p.add_argument("--reward", "-R", type=float, required=True, help="asserter reward R per task")
+    p.add_argument("--cost", "-C", type=float, required=True, help="asserter compute cost C per task")
+    p.add_argument("--slash", "-S", type=float, required=True, help="stake slashed S when caught")
+    p.add_argument("--collusion", "-r", type=float, default=0.0, help="share r of colluding nodes [0, 1)")
+    p.add_argument("--validators", "-n", type=int, default=1, help="validators per sampled task")
+    p.add_argument("--rate", "-p", type=float, default=econ.DEFAULT_RATE, help="sampling rate p")
+    p.add_argument("--false-positive", "-e", type=float, default=0.0,
+                   help="rate e at which a sampled honest result is wrongly slashed")
+    p.add_argument("--validator-reward", type=float, default=None, help="validator reward V (default R)")
+    p.add_argument("--validator-cost", type=float, default=None, help="validator compute cost (default C)")
+    p.add_argument("--validator-slash", type=float, default=None, help="validator slash (default S)")
+    p.add_argument("--trap-rate", type=float, default=econ.DEFAULT_TRAP_RATE,
+                   help="share of validator checks given a planted wrong output")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    game = econ.Game(
+        reward=args.reward,
+        cost=args.cost,
+        slash=args.slash,
+        collusion=args.collusion,
+        validators=args.validators,
+        rate=args.rate,
+        false_positive=args.false_positive,
+        validator_reward=args.validator_reward,
+        validator_cost=args.validator_cost,
+        validator_slash=args.validator_slash,
+        trap_rate=args.trap_rate,
+    )
+    result = econ.summary(game)
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        _print_table(game, result)
+    return 0
+
+
+def _print_table(game: econ.Game, result: dict[str, object]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    pm = econ.p_min(game)
+    if math.isinf(pm):
+        pm_text = "none (false positives outweigh the penalty)"
+    else:
+        pm_text = f"{pm:.4%}" + ("" if pm <= 1 else "  (above 1: raise the slash)")
+    yes = "[green]yes[/]"
+    no = "[red]no[/]"
+    t = Table(title="Proof-of-Sampling game, per task", show_header=True)
+    t.add_column("quantity")
+    t.add_column("value", justify="right")
+    t.add_column("formula")
+    t.add_row("minimal sampling rate p_min", pm_text, "C / [(1-r^n)(R+S) - eS]")
+    t.add_row("sampling rate p", f"{game.rate:.4%}", "")
+    t.add_row("honest profit", f"{econ.honest_profit(game):.6g}", "R - C - peS")
+    t.add_row("cheat profit", f"{econ.cheat_profit(game):.6g}", "R - p(1-r^n)(R+S)")
+    t.add_row("honesty strict Nash", yes if result["nash"] else no, "honest > cheat")
+    t.add_row("cheat detection probability", f"{econ.detection_probability(game):.4%}", "p(1-r^n)")
+    t.add_row("honest validator profit", f"{econ.honest_validator_profit(game):.6g}", "V - Cv")
+    t.add_row("lazy validator profit", f"{econ.lazy_validator_profit(game):.6g}", "(1-t)V - tSv")
+    t.add_row("lazy validator loses money", yes if result["lazy_validator_loses"] else no,
+              f"t > {econ.trap_rate_min(game):.4%}")
+    t.add_row("verification overhead", f"{econ.verification_overhead(game):.4%}", "pnCv / C")
+    Console().print(t)
