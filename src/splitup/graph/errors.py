@@ -63,3 +63,19 @@ class ControlFlowRejected(GraphRejected):
 
 class BuilderError(SplitUpError):
     """Misuse of the builder API (shape mismatch, unknown dtype, ...), raised while the graph is built."""
+
+
+class UnreadableModel(GraphRejected):
+    """The model could not be read at all: missing file, a directory, no permission."""
+
+    code = "unreadable_model"
+
+
+class TooManyNodes(GraphRejected):
+    code = "too_many_nodes"
+
+
+class TaskTooLarge(TensorTooLarge):
+    """Initializers plus peak live activations exceed the task's declared byte limit."""
+
+    code = "task_too_large"

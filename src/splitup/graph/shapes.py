@@ -1,0 +1,160 @@
+"""Bounded shapes: symbolic input dims get declared maxima, then ONNX infers every other shape.
+
+The convention shared with the builder: graph-input dims are concrete ``dim_value`` or a ``dim_param``
+whose maximum is declared in the model's ``metadata_props`` under ``splitup.dim_max`` as a JSON object,
+e.g. ``{"seq": 2048, "past": 4096}``. Value-info in the proto is a claim and is never trusted: a copy
+is stripped of it, every input dim_param is replaced by its maximum, and strict shape inference must
+then give every tensor a concrete dtype and shape. Sizes at the maximum inputs bound the real sizes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import onnx
+from onnx import GraphProto, ModelProto, TypeProto, ValueInfoProto
+
+from splitup.graph.errors import MalformedGraph, StringTensor, UnboundedDimension
+from splitup.graph.limits import Limits
+from splitup.graph.sizes import element_bits
+from splitup.graph.structure import check_dims, node_label, subgraphs
+
+DIM_MAX_KEY = "splitup.dim_max"
+
+
+@dataclass(frozen=True)
+class TensorType:
+    elem_type: int
+    shape: tuple[int, ...]
+
+
+def read_dim_max(model: ModelProto, limits: Limits) -> dict[str, int]:
+    """The declared maxima of symbolic input dims; an absent key means no symbolic dims are allowed."""
+    values = [p.value for p in model.metadata_props if p.key == DIM_MAX_KEY]
+    if not values:
+        return {}
+    if len(values) > 1:
+        raise MalformedGraph(f"metadata key {DIM_MAX_KEY} given more than once", where=DIM_MAX_KEY)
+    try:
+        parsed = json.loads(values[0])
+    except ValueError as exc:
+        raise MalformedGraph(f"{DIM_MAX_KEY} is not valid JSON: {exc}", where=DIM_MAX_KEY) from None
+    if not isinstance(parsed, dict):
+        raise MalformedGraph(f"{DIM_MAX_KEY} must be a JSON object of name -> maximum", where=DIM_MAX_KEY)
+    for name, value in parsed.items():
+        # bool is an int subclass in Python; true/false as a maximum is a mistake, not 1/0.
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise MalformedGraph(f"maximum of {name!r} must be an integer, got {value!r}", where=DIM_MAX_KEY)
+        check_dims([value], limits, where=f"{DIM_MAX_KEY}[{name}]")
+    return parsed
+
+
+def _tensor_type(vi: ValueInfoProto, *, where: str) -> TypeProto.Tensor:
+    if vi.type.WhichOneof("value") != "tensor_type":
+        raise MalformedGraph("only dense tensor types are allowed (no sequences, maps, optionals)", where=where)
+    return vi.type.tensor_type
+
+
+def check_graph_inputs(graph: GraphProto, dim_max: dict[str, int], limits: Limits) -> None:
+    """Every input dim must be concrete or a dim_param with a declared maximum."""
+    for vi in graph.input:
+        where = f"graph input {vi.name}"
+        tt = _tensor_type(vi, where=where)
+        element_bits(tt.elem_type, where=where)
+        if not tt.HasField("shape"):
+            raise UnboundedDimension("input has no shape (unknown rank)", where=where)
+        for axis, dim in enumerate(tt.shape.dim):
+            kind = dim.WhichOneof("value")
+            if kind == "dim_value":
+                check_dims([dim.dim_value], limits, where=where)
+            elif kind == "dim_param" and dim.dim_param in dim_max:
+                continue
+            elif kind == "dim_param":
+                raise UnboundedDimension(
+                    f"dim {axis} {dim.dim_param!r} has no maximum declared in {DIM_MAX_KEY}", where=where
+                )
+            else:
+                raise UnboundedDimension(f"dim {axis} is neither a number nor a declared symbol", where=where)
+
+
+def _strip(graph: GraphProto, *, outputs: bool) -> None:
+    del graph.value_info[:]
+    if outputs:
+        for vi in graph.output:
+            vi.type.tensor_type.ClearField("shape")
+    for node in graph.node:
+        for _, body in subgraphs(node):
+            _strip(body, outputs=True)
+
+
+def infer_bounded(model: ModelProto, dim_max: dict[str, int]) -> ModelProto:
+    """A copy with inputs at their maxima and every shape inferred; the original is left untouched."""
+    copy = ModelProto()
+    copy.CopyFrom(model)
+    _strip(copy.graph, outputs=True)
+    for vi in copy.graph.input:
+        for dim in vi.type.tensor_type.shape.dim:
+            if dim.WhichOneof("value") == "dim_param":
+                dim.dim_value = dim_max[dim.dim_param]
+    try:
+        return onnx.shape_inference.infer_shapes(copy, check_type=True, strict_mode=True, data_prop=True)
+    except Exception as exc:  # InferenceError, ValidationError, or a RuntimeError from the C++ side
+        raise MalformedGraph(f"shape inference failed: {exc}".replace("\n", " "), where=_culprit(str(exc))) from None
+
+
+def _culprit(message: str) -> str:
+    """ONNX names the failing node as '(op_type:X, node name: Y)'; surface it as ``where``."""
+    marker = "node name: "
+    start = message.find(marker)
+    if start < 0:
+        return ""
+    end = message.find(")", start)
+    return "node " + message[start + len(marker) : end if end > 0 else None].strip()
+
+
+def _concrete(vi: ValueInfoProto, limits: Limits, *, where: str) -> TensorType | None:
+    if vi.type.WhichOneof("value") != "tensor_type":
+        return None
+    tt = vi.type.tensor_type
+    if tt.elem_type == onnx.TensorProto.STRING:
+        raise StringTensor("string tensors are not allowed", where=where)
+    if not tt.elem_type or not tt.HasField("shape"):
+        return None
+    dims: list[int] = []
+    for dim in tt.shape.dim:
+        if dim.WhichOneof("value") != "dim_value":
+            return None
+        dims.append(dim.dim_value)
+    check_dims(dims, limits, where=where)
+    element_bits(tt.elem_type, where=where)
+    return TensorType(tt.elem_type, tuple(dims))
+
+
+def typed_tensors(
+    graph: GraphProto, limits: Limits, outer: dict[str, TensorType] | None = None
+) -> dict[str, TensorType]:
+    """Concrete types of every tensor in ``graph`` and its bodies (inferred copy), or UnboundedDimension."""
+    types: dict[str, TensorType] = dict(outer or {})
+    for init in graph.initializer:
+        types[init.name] = TensorType(init.data_type, tuple(init.dims))
+    known = {vi.name: vi for vi in (*graph.input, *graph.value_info, *graph.output)}
+    for vi in graph.input:
+        t = _concrete(vi, limits, where=f"graph input {vi.name}")
+        if t is None:
+            raise UnboundedDimension("input shape is not concrete", where=f"graph input {vi.name}")
+        types[vi.name] = t
+    for index, node in enumerate(graph.node):
+        label = node_label(node, index)
+        for out in node.output:
+            if not out:
+                continue
+            where = f"tensor {out} from {label}"
+            vi = known.get(out)
+            t = _concrete(vi, limits, where=where) if vi is not None else None
+            if t is None:
+                raise UnboundedDimension("shape or dtype could not be bounded by inference", where=where)
+            types[out] = t
+        for _, body in subgraphs(node):
+            types.update(typed_tensors(body, limits, types))
+    return types
