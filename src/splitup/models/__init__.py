@@ -1,0 +1,1 @@
+"""Real models: weight-name mapping from published checkpoints onto the zoo graphs."""
