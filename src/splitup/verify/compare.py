@@ -113,7 +113,8 @@ def compare_tensor(
     both = fa & fb
     # Non-finite values agree only with the identical non-finite value.
     nonfinite_same = ~fa & ~fb & ((np.isnan(a64) & np.isnan(b64)) | (a64 == b64))
-    diff = np.where(both, np.abs(a64 - b64), 0.0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.where(both, np.abs(a64 - b64), 0.0)
     rms = _rms(b64[fb])
     bound = tol.atol + tol.scale_tol * rms + tol.rtol * np.maximum(np.abs(np.where(both, a64, 0.0)),
                                                                    np.abs(np.where(both, b64, 0.0)))

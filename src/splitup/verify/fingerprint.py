@@ -126,7 +126,8 @@ def fingerprint_matches(fp: bytes | Fingerprint, tensor: np.ndarray, tol: float 
     slack = tol * scale
     rec_fin, got_fin = np.isfinite(rec), np.isfinite(got)
     same_nonfinite = ~rec_fin & ~got_fin & ((np.isnan(rec) & np.isnan(got)) | (rec == got))
-    close = rec_fin & got_fin & (np.abs(rec - got) <= slack)
+    with np.errstate(invalid="ignore"):
+        close = rec_fin & got_fin & (np.abs(rec - got) <= slack)
     if not np.all(close | same_nonfinite):
         return False
     others = np.ones(flat.size, dtype=bool)

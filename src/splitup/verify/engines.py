@@ -1,0 +1,113 @@
+"""Run one ONNX model on the engines an honest node or validator may use, for tolerance calibration.
+
+Every runner takes a model and float32 feeds and returns float32 outputs by name, so their results
+are directly comparable. The differences between them are the honest noise the comparison rule must
+absorb: graph optimisations (fusions change summation order), thread counts (parallel reductions
+split differently), float64 accumulation (the exact arbiter's view), and tinygrad's own kernels.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from splitup.verify.calib_models import to_float64
+
+Outputs = dict[str, np.ndarray]
+Runner = Callable[[onnx.ModelProto, Mapping[str, np.ndarray]], Outputs]
+
+_ORT_LEVELS = ("disable", "basic", "extended", "all")
+
+
+def run_onnxruntime(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *, level: str = "all",
+                    threads: int = 1) -> Outputs:
+    import onnxruntime as ort
+
+    levels = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = levels[level]
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, dict(feeds)), strict=True))
+
+
+def run_reference(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> Outputs:
+    """onnx.reference in float32: numpy's kernels, a different summation order from onnxruntime's."""
+    from onnx.reference import ReferenceEvaluator
+
+    names = [o.name for o in model.graph.output]
+    return dict(zip(names, ReferenceEvaluator(model).run(None, dict(feeds)), strict=True))
+
+
+def run_float64(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> Outputs:
+    """The model evaluated in float64 by onnx.reference, rounded back to float32 at the end."""
+    wide = {k: np.asarray(v, dtype=np.float64) if np.asarray(v).dtype == np.float32 else v
+            for k, v in feeds.items()}
+    out = run_reference(to_float64(model), wide)
+    return {k: v.astype(np.float32) if v.dtype == np.float64 else v for k, v in out.items()}
+
+
+def tinygrad_available() -> bool:
+    """tinygrad is importable and has a device: CPU needs a clang, PYTHON (slow) always works."""
+    _configure_tinygrad()
+    try:
+        import tinygrad.nn.onnx  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import-time failure means "not usable here"
+        return False
+    return True
+
+
+def _configure_tinygrad() -> None:
+    # tinygrad's CPU backend shells out to `clang`; Debian installs it versioned (clang-19).
+    if "DEV" in os.environ:
+        return
+    cc = os.environ.get("CC") or next(
+        (c for c in ("clang", "clang-21", "clang-20", "clang-19", "clang-18") if shutil.which(c)), None
+    )
+    if cc:
+        os.environ.setdefault("CC", cc)
+        os.environ["DEV"] = "CPU"
+    else:
+        os.environ["DEV"] = "PYTHON"
+
+
+def run_tinygrad(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> Outputs:
+    _configure_tinygrad()
+    from tinygrad import Tensor
+    from tinygrad.nn.onnx import OnnxRunner
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        path.write_bytes(model.SerializeToString())
+        runner = OnnxRunner(str(path))
+        out = runner({k: Tensor(np.ascontiguousarray(v)) for k, v in feeds.items()})
+    return {k: v.numpy() for k, v in out.items()}
+
+
+def honest_engines(*, with_tinygrad: bool = False) -> dict[str, Runner]:
+    """The honest configurations compared in calibration, by name."""
+    engines: dict[str, Runner] = {}
+    for level in ("disable", "all"):
+        for threads in (1, 2):
+            engines[f"ort-{level}-t{threads}"] = (
+                lambda m, f, level=level, threads=threads: run_onnxruntime(m, f, level=level, threads=threads)
+            )
+    engines["onnx-reference-f32"] = run_reference
+    engines["onnx-reference-f64"] = run_float64
+    if with_tinygrad and tinygrad_available():
+        engines["tinygrad"] = run_tinygrad
+    return engines
