@@ -49,6 +49,8 @@ def load_model(source: str | os.PathLike[str] | bytes, limits: Limits | None = N
         path = Path(source)
         where = str(path)
         data = _read_bounded(path, limits.max_proto_bytes)
+    if not data:
+        raise MalformedGraph("empty input, not an ONNX model", where=where)
     model = onnx.ModelProto()
     try:
         # Same parser as onnx.load_model(..., load_external_data=False), without touching the disk again.

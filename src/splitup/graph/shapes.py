@@ -16,7 +16,9 @@ import onnx
 from onnx import GraphProto, ModelProto, TypeProto, ValueInfoProto
 
 from splitup.graph.errors import MalformedGraph, StringTensor, UnboundedDimension
+from splitup.graph.fold import fold_shape_constants
 from splitup.graph.limits import Limits
+from splitup.graph.loopshapes import complete_loop_shapes
 from splitup.graph.sizes import element_bits
 from splitup.graph.structure import check_dims, node_label, subgraphs
 
@@ -88,8 +90,12 @@ def _strip(graph: GraphProto, *, outputs: bool) -> None:
             _strip(body, outputs=True)
 
 
-def infer_bounded(model: ModelProto, dim_max: dict[str, int]) -> ModelProto:
-    """A copy with inputs at their maxima and every shape inferred; the original is left untouched."""
+def infer_bounded(model: ModelProto, dim_max: dict[str, int], max_rounds: int = 8) -> ModelProto:
+    """A copy with inputs at their maxima and every shape inferred; the original is left untouched.
+
+    When inference leaves a main-graph tensor unknown, small shape arithmetic is folded into constants
+    (see ``splitup.graph.fold``) and inference runs again, a bounded number of times.
+    """
     copy = ModelProto()
     copy.CopyFrom(model)
     _strip(copy.graph, outputs=True)
@@ -97,10 +103,38 @@ def infer_bounded(model: ModelProto, dim_max: dict[str, int]) -> ModelProto:
         for dim in vi.type.tensor_type.shape.dim:
             if dim.WhichOneof("value") == "dim_param":
                 dim.dim_value = dim_max[dim.dim_param]
+    inferred = _infer(copy)
+    for _ in range(max_rounds):
+        if _fully_known(inferred.graph):
+            break
+        # Both run: a folded constant may bound a Loop, and a bounded Loop may feed a Shape.
+        folded = fold_shape_constants(inferred)
+        if not (complete_loop_shapes(inferred) | folded):
+            break
+        inferred = _infer(inferred)
+    return inferred
+
+
+def _infer(model: ModelProto) -> ModelProto:
     try:
-        return onnx.shape_inference.infer_shapes(copy, check_type=True, strict_mode=True, data_prop=True)
+        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except Exception as exc:  # InferenceError, ValidationError, or a RuntimeError from the C++ side
         raise MalformedGraph(f"shape inference failed: {exc}".replace("\n", " "), where=_culprit(str(exc))) from None
+
+
+def _fully_known(graph: GraphProto) -> bool:
+    known = {vi.name: vi for vi in (*graph.value_info, *graph.output)}
+    for node in graph.node:
+        for out in node.output:
+            vi = known.get(out)
+            if out and (vi is None or not _is_concrete(vi)):
+                return False
+    return True
+
+
+def _is_concrete(vi: ValueInfoProto) -> bool:
+    tt = vi.type.tensor_type
+    return bool(tt.elem_type) and tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim)
 
 
 def _culprit(message: str) -> str:

@@ -102,11 +102,11 @@ def validate_model(
     """
     limits = limits or Limits()
     _check_proto_size(model, limits)
+    if not model.HasField("graph"):
+        raise MalformedGraph("not an ONNX model: it has no graph")
     opset = _default_opset(model, limits)
     if model.functions:
         raise DisallowedDomain("model-local functions are not allowed", where=f"function {model.functions[0].name}")
-    if not model.HasField("graph"):
-        raise MalformedGraph("model has no graph")
     graphs = check_structure(model.graph, limits, bundle_dir)
     dim_max = read_dim_max(model, limits)
     check_graph_inputs(model.graph, dim_max, limits)

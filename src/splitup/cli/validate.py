@@ -1,0 +1,74 @@
+"""``splitup validate MODEL.onnx``: would a node run this graph? Exit 0 with a summary, or 2 with the reason."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+from splitup.graph.limits import Limits
+from splitup.graph.validate import ValidationReport, validate_file
+from splitup.units import BadByteSize, format_bytes, parse_bytes
+
+
+def _byte_size(text: str) -> int:
+    try:
+        return parse_bytes(text)
+    except BadByteSize as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "validate",
+        help="check an ONNX model for memory safety",
+        description="Validate an ONNX model as a node would before running it: allowed ops, opset, "
+        "structure, external-data paths, bounded shapes and byte limits.",
+    )
+    p.add_argument("model", help="path to the .onnx file (external data must sit in its directory)")
+    p.add_argument(
+        "--max-bytes",
+        type=_byte_size,
+        default=None,
+        metavar="N",
+        help="limit on initializers + peak activations, e.g. 12GiB, 500MB or a plain byte count",
+    )
+    p.add_argument(
+        "--max-tensor-bytes", type=_byte_size, default=None, metavar="N", help="cap for any single tensor"
+    )
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    limits = Limits(max_total_bytes=args.max_bytes)
+    if args.max_tensor_bytes is not None:
+        limits = dataclasses.replace(limits, max_tensor_bytes=args.max_tensor_bytes)
+    _, report = validate_file(args.model, limits=limits)
+    if args.json:
+        print(json.dumps({**dataclasses.asdict(report), "total_bytes": report.total_bytes}))
+    else:
+        Console().print(_summary(args.model, report))
+    return 0
+
+
+def _summary(path: str, report: ValidationReport) -> Table:
+    table = Table(title=f"{path}: ok", show_header=False, box=None, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    ops = ", ".join(f"{op}×{n}" for op, n in list(report.op_counts.items())[:8])
+    if len(report.op_counts) > 8:
+        ops += f", … ({len(report.op_counts)} op types)"
+    table.add_row("ops", f"{report.node_count} nodes, opset {report.opset}: {ops}")
+    table.add_row("params", f"{report.parameter_count:,} ({format_bytes(report.parameter_bytes)})")
+    table.add_row("peak activations", f"{format_bytes(report.peak_activation_bytes)} at {report.peak_node}")
+    table.add_row("total", format_bytes(report.total_bytes))
+    table.add_row("largest tensor", f"{report.largest_tensor} ({format_bytes(report.largest_tensor_bytes)})")
+    if report.dim_max:
+        table.add_row("dim maxima", ", ".join(f"{k}≤{v}" for k, v in report.dim_max.items()))
+    for name, shape in report.output_shapes.items():
+        table.add_row(f"output {name}", f"{report.output_dtypes[name]}{list(shape)}")
+    return table
