@@ -22,5 +22,8 @@ demo: venv
 lint: venv
 	$(VENV)/bin/ruff check src tests bench
 
+program: venv
+	$(PY) -m splitup.market.build
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,67 @@
+/* The market's configuration: created once, tuned by its authority, which also collects fees. */
+#include "market.h"
+
+static uint64_t check_params(const InitConfigArgs *a) {
+  if (a->verify_rate_bps > BPS || a->slash_bps > BPS || a->protocol_fee_bps > BPS) return E_INVALID_PARAMETER;
+  if (a->min_stake == 0 || a->task_collateral > a->min_stake) return E_INVALID_PARAMETER;
+  if (a->validator_timeout_slots == 0) return E_INVALID_PARAMETER;
+  return 0;
+}
+
+static void apply(Config *cfg, const InitConfigArgs *a) {
+  cfg->verify_rate_bps = a->verify_rate_bps;
+  cfg->min_stake = a->min_stake;
+  cfg->task_collateral = a->task_collateral;
+  cfg->slash_bps = a->slash_bps;
+  cfg->validator_reward = a->validator_reward;
+  cfg->protocol_fee_bps = a->protocol_fee_bps;
+  cfg->unbonding_slots = a->unbonding_slots;
+  cfg->validator_timeout_slots = a->validator_timeout_slots;
+}
+
+/* accounts: 0 authority (signer, writable: pays rent), 1 config PDA (w), 2 system program */
+uint64_t ix_init_config(Ctx *c) {
+  SolAccountInfo *ka = c->p->ka;
+  InitConfigArgs a;
+  TRY(read_args(c, &a, sizeof(a), NULL, NULL));
+  TRY(check_params(&a));
+  uint8_t bump;
+  SolSignerSeed seeds[2] = {{(const uint8_t *)SEED_CONFIG, SEED_CONFIG_LEN}, {&bump, 1}};
+  TRY(find_pda(c, &ka[1], seeds, 1, &bump));
+  CreateSpec spec = {&ka[0], &ka[1], &ka[2], sizeof(Config), 0};
+  TRY(create_pda(c, &spec, seeds, 2));
+  Config *cfg = (Config *)ka[1].data;
+  cfg->tag = TAG_CONFIG;
+  cfg->bump = bump;
+  sol_memcpy_(cfg->authority, ka[0].key, 32);
+  apply(cfg, &a);
+  return 0;
+}
+
+/* accounts: 0 authority (signer), 1 config (w) */
+uint64_t ix_set_config(Ctx *c) {
+  SolAccountInfo *ka = c->p->ka;
+  InitConfigArgs a;
+  TRY(read_args(c, &a, sizeof(a), NULL, NULL));
+  TRY(check_params(&a));
+  Config *cfg;
+  TRY(load_config(c, &ka[1], true, &cfg));
+  TRY(need_signer(&ka[0]));
+  if (!pubkey_eq(ka[0].key, (const SolPubkey *)cfg->authority)) return E_UNAUTHORIZED;
+  apply(cfg, &a);
+  return 0;
+}
+
+/* accounts: 0 authority (signer), 1 config (w), 2 destination (w). Moves treasury lamports out. */
+uint64_t ix_collect_fees(Ctx *c) {
+  SolAccountInfo *ka = c->p->ka;
+  AmountArgs a;
+  TRY(read_args(c, &a, sizeof(a), NULL, NULL));
+  Config *cfg;
+  TRY(load_config(c, &ka[1], true, &cfg));
+  TRY(need_signer(&ka[0]));
+  if (!pubkey_eq(ka[0].key, (const SolPubkey *)cfg->authority)) return E_UNAUTHORIZED;
+  if (a.amount > cfg->treasury) return E_ESCROW_EXHAUSTED;
+  cfg->treasury -= a.amount;
+  return move_lamports(&ka[1], &ka[2], a.amount);
+}

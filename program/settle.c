@@ -1,0 +1,78 @@
+/* Settlement of one task: pay the node, the validator's reward and the protocol fee out of escrow;
+   slash whoever lost a dispute. Escrow can never pay out more than was deposited: `paid` is checked
+   against `deposit` before any lamport leaves. */
+#include "market.h"
+
+typedef struct {
+  SolAccountInfo *job_ai, *escrow, *config_ai;
+  JobHeader *job;
+  Config *cfg;
+} Payer;
+
+static uint64_t pay(Payer *p, const SolAccountInfo *to, uint64_t amount) {
+  uint64_t paid;
+  TRY(add64(p->job->paid, amount, &paid));
+  if (paid > p->job->deposit) return E_ESCROW_EXHAUSTED;
+  p->job->paid = paid;
+  return move_lamports(p->escrow, to, amount);
+}
+
+static uint64_t pay_node(Payer *p, const SolAccountInfo *owner, Node *n, uint64_t price, bool verified) {
+  uint64_t fee;
+  TRY(bps_of(price, p->job->protocol_fee_bps, &fee));
+  TRY(pay(p, owner, price));
+  TRY(pay(p, p->config_ai, fee));
+  TRY(add64(p->cfg->treasury, fee, &p->cfg->treasury));
+  TRY(add64(n->tasks_done, 1, &n->tasks_done));
+  if (verified) TRY(add64(n->verified, 1, &n->verified));
+  return 0;
+}
+
+/* accounts: 0 job (w), 1 escrow (w), 2 config (w), 3 node (w), 4 node owner wallet (w),
+   5 validator node (w), 6 validator owner wallet (w). Permissionless. For a task that was never
+   validated, pass the node and its owner again at 5 and 6; they are then not touched. */
+uint64_t ix_settle(Ctx *c) {
+  SolAccountInfo *ka = c->p->ka;
+  TaskArgs a;
+  TRY(read_args(c, &a, sizeof(a), NULL, NULL));
+  Payer p = {&ka[0], &ka[1], &ka[2], NULL, NULL};
+  Node *n, *v = NULL;
+  TaskSlot *t;
+  TRY(load_job(c, &ka[0], true, &p.job));
+  TRY(check_escrow(c, &ka[1], &ka[0], p.job->escrow_bump));
+  TRY(load_config(c, &ka[2], true, &p.cfg));
+  TRY(job_task(p.job, a.index, &t));
+  if (t->status != ST_READY && t->status != ST_RESOLVED) return E_WRONG_TASK_STATE;
+  TRY(load_node(c, &ka[3], true, &n));
+  if (!pubkey_eq(ka[3].key, (const SolPubkey *)t->node)) return E_WRONG_NODE;
+  if (!pubkey_eq(ka[4].key, (const SolPubkey *)n->owner)) return E_WRONG_NODE;
+  TRY(need_writable(&ka[4]));
+  bool validated = t->verdict != VERDICT_NONE;
+  if (validated) {
+    TRY(load_node(c, &ka[5], true, &v));
+    if (!pubkey_eq(ka[5].key, (const SolPubkey *)t->validator)) return E_WRONG_NODE;
+    if (!pubkey_eq(ka[6].key, (const SolPubkey *)v->owner)) return E_WRONG_NODE;
+    TRY(need_writable(&ka[6]));
+  }
+
+  if (t->status == ST_READY) { /* not drawn, or the validator agreed */
+    TRY(pay_node(&p, &ka[4], n, t->price, validated));
+    TRY(unlock(n, t->collateral));
+    if (validated) {
+      TRY(pay(&p, &ka[6], p.job->validator_reward));
+      TRY(unlock(v, t->validator_collateral));
+    }
+    t->status = ST_SETTLED;
+  } else if (t->arbitration == ARB_NODE_HONEST) { /* the validator was wrong */
+    TRY(pay_node(&p, &ka[4], n, t->price, true));
+    TRY(unlock(n, t->collateral));
+    TRY(slash_node(&ka[5], v, &ka[2], p.cfg, t->validator_collateral));
+    t->status = ST_SETTLED;
+  } else { /* the node cheated: no pay, slashed; the validator earned its reward */
+    TRY(slash_node(&ka[3], n, &ka[2], p.cfg, t->collateral));
+    TRY(pay(&p, &ka[6], p.job->validator_reward));
+    TRY(unlock(v, t->validator_collateral));
+    t->status = ST_FAILED;
+  }
+  return add64(p.job->closed_tasks, 1, &p.job->closed_tasks);
+}

@@ -1,0 +1,125 @@
+/* Proof of Sampling: the draw after commitment, validator assignment, verdicts and arbitration. */
+#include "market.h"
+
+/* SysvarS1otHashes111111111111111111111111111 */
+static const SolPubkey SLOT_HASHES = {{6, 167, 213, 23, 25, 47, 10, 175, 198, 242, 101, 227, 251, 119, 204, 122,
+                                       218, 130, 197, 41, 208, 190, 59, 19, 110, 45, 0, 85, 32, 0, 0, 0}};
+
+/* The hash of the first slot after `after`. Using that fixed slot, not the newest one, means whoever
+   calls `sample` cannot wait for a favourable hash: the outcome was fixed one slot after the commitment
+   and unknowable when it was made. Returns E_TOO_EARLY if no such slot exists yet; *missing is set when
+   the sysvar no longer reaches back that far (the caller then verifies, failing safe). */
+static uint64_t slot_hash_after(const SolAccountInfo *sysvar, uint64_t after, const uint8_t **hash, bool *missing) {
+  if (!pubkey_eq(sysvar->key, &SLOT_HASHES) || sysvar->data_len < 8) return E_BAD_SYSVAR;
+  uint64_t n = rd64(sysvar->data);
+  if (n > (sysvar->data_len - 8) / 40) return E_BAD_SYSVAR;
+  const uint8_t *best = NULL;
+  uint64_t i = 0;
+  for (; i < n; i++) { /* newest first */
+    const uint8_t *e = sysvar->data + 8 + i * 40;
+    if (rd64(e) <= after) break;
+    best = e + 8;
+  }
+  if (!best) return E_TOO_EARLY;
+  *missing = (i == n && n > 0 && rd64(sysvar->data + 8 + (n - 1) * 40) > after + 1);
+  *hash = best;
+  return 0;
+}
+
+/* accounts: 0 job (w), 1 SlotHashes sysvar. Permissionless. */
+uint64_t ix_sample(Ctx *c) {
+  SolAccountInfo *ka = c->p->ka;
+  TaskArgs a;
+  TRY(read_args(c, &a, sizeof(a), NULL, NULL));
+  JobHeader *j;
+  TaskSlot *t;
+  TRY(load_job(c, &ka[0], true, &j));
+  TRY(job_task(j, a.index, &t));
+  if (t->status != ST_COMMITTED) return E_WRONG_TASK_STATE;
+  const uint8_t *slot_hash;
+  bool missing = false;
+  TRY(slot_hash_after(&ka[1], t->committed_slot, &slot_hash, &missing));
+  uint8_t h[32];
+  SolBytes parts[4] = {{slot_hash, 32}, {t->commitment, 32}, {ka[0].key->x, 32}, {(const uint8_t *)&a.index, 8}};
+  sol_sha256(parts, 4, h);
+  uint64_t draw = missing ? 0 : rd64(h) % BPS;
+  t->draw = draw;
+  t->sampled = draw < j->verify_rate_bps;
+  t->status = t->sampled ? ST_SAMPLED : ST_READY;
+  return 0;
+}
+
+/* accounts: 0 validator owner (signer), 1 validator node (w), 2 job (w), 3 config */
+uint64_t ix_assign_validator(Ctx *c) {
+  SolAccountInfo *ka = c->p->ka;
+  TaskArgs a;
+  TRY(read_args(c, &a, sizeof(a), NULL, NULL));
+  Node *v;
+  JobHeader *j;
+  Config *cfg;
+  TaskSlot *t;
+  TRY(need_signer(&ka[0]));
+  TRY(load_node(c, &ka[1], true, &v));
+  TRY(load_job(c, &ka[2], true, &j));
+  TRY(load_config(c, &ka[3], false, &cfg));
+  if (!pubkey_eq(ka[0].key, (const SolPubkey *)v->owner)) return E_UNAUTHORIZED;
+  TRY(job_task(j, a.index, &t));
+  if (t->status != ST_SAMPLED) return E_WRONG_TASK_STATE;
+  /* one node per owner (the PDA is seeded by the owner), so a different node is a different owner */
+  if (pubkey_eq(ka[1].key, (const SolPubkey *)t->node)) return E_SELF_VALIDATION;
+  if (pubkey_eq(ka[0].key, (const SolPubkey *)j->client)) return E_SELF_VALIDATION;
+  uint64_t free_stake, locked, deadline;
+  TRY(sub64(v->stake, v->locked, &free_stake));
+  if (v->stake < cfg->min_stake || free_stake < cfg->task_collateral) return E_INSUFFICIENT_STAKE;
+  TRY(add64(v->locked, cfg->task_collateral, &locked));
+  TRY(add64(c->slot, cfg->validator_timeout_slots, &deadline));
+  v->locked = locked;
+  sol_memcpy_(t->validator, ka[1].key, 32);
+  t->validator_collateral = cfg->task_collateral;
+  t->deadline = deadline;
+  t->status = ST_VALIDATING;
+  return 0;
+}
+
+/* accounts: 0 validator owner (signer), 1 validator node, 2 job (w) */
+uint64_t ix_submit_verdict(Ctx *c) {
+  SolAccountInfo *ka = c->p->ka;
+  VerdictArgs a;
+  TRY(read_args(c, &a, sizeof(a), NULL, NULL));
+  Node *v;
+  JobHeader *j;
+  TaskSlot *t;
+  TRY(need_signer(&ka[0]));
+  TRY(load_node(c, &ka[1], false, &v));
+  TRY(load_job(c, &ka[2], true, &j));
+  if (!pubkey_eq(ka[0].key, (const SolPubkey *)v->owner)) return E_UNAUTHORIZED;
+  TRY(job_task(j, a.index, &t));
+  if (t->status != ST_VALIDATING) return E_WRONG_TASK_STATE;
+  if (!pubkey_eq(ka[1].key, (const SolPubkey *)t->validator)) return E_WRONG_NODE;
+  if (c->slot > t->deadline) return E_TOO_LATE;
+  if (a.agree > 1) return E_INVALID_INSTRUCTION;
+  sol_memcpy_(t->validator_hash, a.result_hash, 32);
+  t->verdict = a.agree ? VERDICT_AGREE : VERDICT_DISAGREE;
+  t->status = a.agree ? ST_READY : ST_DISPUTED;
+  return 0;
+}
+
+/* accounts: 0 arbiter = config authority (signer), 1 config, 2 job (w) */
+uint64_t ix_arbitrate(Ctx *c) {
+  SolAccountInfo *ka = c->p->ka;
+  ArbitrateArgs a;
+  TRY(read_args(c, &a, sizeof(a), NULL, NULL));
+  Config *cfg;
+  JobHeader *j;
+  TaskSlot *t;
+  TRY(need_signer(&ka[0]));
+  TRY(load_config(c, &ka[1], false, &cfg));
+  TRY(load_job(c, &ka[2], true, &j));
+  if (!pubkey_eq(ka[0].key, (const SolPubkey *)cfg->authority)) return E_UNAUTHORIZED;
+  TRY(job_task(j, a.index, &t));
+  if (t->status != ST_DISPUTED) return E_WRONG_TASK_STATE;
+  if (a.node_honest > 1) return E_INVALID_INSTRUCTION;
+  t->arbitration = a.node_honest ? ARB_NODE_HONEST : ARB_NODE_CHEATED;
+  t->status = ST_RESOLVED;
+  return 0;
+}

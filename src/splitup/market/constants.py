@@ -1,0 +1,107 @@
+"""Numbers the program and the client must agree on: tags, states, instruction codes, limits, seeds.
+
+Declared once here; ``splitup.market.codegen`` writes them into ``program/layouts.h``.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+BPS = 10_000
+MAX_TASKS = 48
+MAX_SPECIALIZED = 8
+DEFAULT_VERIFY_RATE_BPS = 800
+
+SEED_CONFIG = b"config"
+SEED_MODEL = b"model"
+SEED_NODE = b"node"
+SEED_JOB = b"job"
+SEED_ESCROW = b"escrow"
+
+
+class AccountTag(IntEnum):
+    CONFIG = 1
+    MODEL = 2
+    NODE = 3
+    JOB = 4
+
+
+class TaskStatus(IntEnum):
+    OPEN = 0  # waiting for a node
+    ACCEPTED = 1  # a node locked collateral and is computing
+    COMMITTED = 2  # the node committed sha256(output); waiting for the draw
+    SAMPLED = 3  # drawn for verification; waiting for a validator
+    VALIDATING = 4  # a validator is re-executing
+    DISPUTED = 5  # the validator disagreed; waiting for the arbiter
+    READY = 6  # not drawn, or the validator agreed: payable
+    RESOLVED = 7  # the arbiter decided; payable or slashable
+    SETTLED = 8  # paid; terminal
+    FAILED = 9  # the node cheated and was slashed; terminal, its price goes back to the client
+
+
+class Verdict(IntEnum):
+    NONE = 0
+    AGREE = 1
+    DISAGREE = 2
+
+
+class Arbitration(IntEnum):
+    NONE = 0
+    NODE_HONEST = 1
+    NODE_CHEATED = 2
+
+
+class Ix(IntEnum):
+    INIT_CONFIG = 0
+    SET_CONFIG = 1
+    REGISTER_MODEL = 2
+    ADD_MODEL_TASKS = 3
+    REGISTER_NODE = 4
+    ADD_STAKE = 5
+    BEGIN_UNSTAKE = 6
+    WITHDRAW = 7
+    SPECIALIZE = 8
+    POST_JOB = 9
+    ACCEPT_TASK = 10
+    COMMIT_RESULT = 11
+    SAMPLE = 12
+    ASSIGN_VALIDATOR = 13
+    SUBMIT_VERDICT = 14
+    ARBITRATE = 15
+    SETTLE = 16
+    EXPIRE = 17
+    CLOSE_JOB = 18
+    COLLECT_FEES = 19
+
+
+class ErrorCode(IntEnum):
+    """``Custom(n)`` codes the program returns; ``splitup.market.errors`` maps each to an exception."""
+
+    INVALID_INSTRUCTION = 1
+    NOT_ENOUGH_ACCOUNTS = 2
+    MISSING_SIGNATURE = 3
+    WRONG_OWNER = 4
+    BAD_PDA = 5
+    NOT_WRITABLE = 6
+    ALREADY_INITIALIZED = 7
+    WRONG_ACCOUNT_TYPE = 8
+    OVERFLOW = 9
+    INSUFFICIENT_STAKE = 10
+    INSUFFICIENT_FEE = 11
+    BAD_TASK_INDEX = 12
+    WRONG_TASK_STATE = 13
+    UNAUTHORIZED = 14
+    STILL_BONDING = 15
+    NOTHING_TO_WITHDRAW = 16
+    TOO_EARLY = 17
+    SELF_VALIDATION = 18
+    VRAM_TOO_SMALL = 19
+    MODEL_INCOMPLETE = 20
+    TOO_MANY_TASKS = 21
+    JOB_NOT_FINISHED = 22
+    BAD_SYSVAR = 23
+    ESCROW_EXHAUSTED = 24
+    INVALID_PARAMETER = 25
+    WRONG_NODE = 26
+    TOO_LATE = 27
+    BAD_PROGRAM = 28

@@ -1,0 +1,218 @@
+"""The ``Market`` facade: the marketplace's operations as Python methods over any ``Transport``.
+
+Each write method builds one instruction, has the acting party sign (and pay the fee), sends it and
+returns a ``TxResult``. Permissionless cranks (``sample``, ``settle``, ``expire``) are paid by the
+facade's ``payer``. Read methods decode accounts with the shared layouts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from solders.keypair import Keypair
+from solders.pubkey import Pubkey
+
+from splitup.market import instructions as ix
+from splitup.market.accounts import (
+    JobInfo,
+    ModelInfo,
+    decode_config,
+    decode_job,
+    decode_model,
+    decode_node,
+)
+from splitup.market.constants import BPS, DEFAULT_VERIFY_RATE_BPS, TaskStatus
+from splitup.market.errors import MarketError
+from splitup.market.layout import Config, InitConfigArgs, ModelTask, Node
+from splitup.market.pda import config_pda, escrow_pda, job_pda, model_pda, node_pda
+from splitup.market.transport import Transport, TxResult
+
+# Entries per transaction: a transaction is at most 1232 bytes and each entry is 48.
+MODEL_ENTRIES_PER_TX = 16
+LAMPORTS_PER_SOL = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class MarketParams:
+    """The market's economics (lamports, basis points, slots). Defaults suit a local network."""
+
+    verify_rate_bps: int = DEFAULT_VERIFY_RATE_BPS
+    min_stake: int = LAMPORTS_PER_SOL
+    task_collateral: int = LAMPORTS_PER_SOL // 10
+    slash_bps: int = 5_000
+    validator_reward: int = 2_000_000
+    protocol_fee_bps: int = 100
+    unbonding_slots: int = 100
+    validator_timeout_slots: int = 150
+
+    def args(self) -> InitConfigArgs:
+        return InitConfigArgs(**self.__dict__)
+
+
+def commitment_of(output: bytes) -> bytes:
+    """The commitment a node publishes: sha256 of the task's canonical output bytes."""
+    return hashlib.sha256(output).digest()
+
+
+class Market:
+    def __init__(self, transport: Transport, program_id: Pubkey, payer: Keypair) -> None:
+        self.t = transport
+        self.program_id = program_id
+        self.payer = payer
+
+    # ------------------------------------------------------------------ addresses
+    @property
+    def config_address(self) -> Pubkey:
+        return config_pda(self.program_id)
+
+    def node_address(self, owner: Pubkey) -> Pubkey:
+        return node_pda(self.program_id, owner)
+
+    def model_address(self, owner: Pubkey, model_hash: bytes) -> Pubkey:
+        return model_pda(self.program_id, owner, model_hash)
+
+    def job_address(self, client: Pubkey, nonce: int) -> Pubkey:
+        return job_pda(self.program_id, client, nonce)
+
+    def escrow_address(self, job: Pubkey) -> Pubkey:
+        return escrow_pda(self.program_id, job)
+
+    # ------------------------------------------------------------------ reads
+    def _data(self, key: Pubkey, what: str) -> bytes:
+        acc = self.t.get_account(key)
+        if acc is None:
+            raise MarketError(f"no {what} at {key}")
+        if acc.owner != self.program_id:
+            raise MarketError(f"{what} at {key} is not owned by the market program")
+        return acc.data
+
+    def config(self) -> Config:
+        return decode_config(self._data(self.config_address, "market config"))
+
+    def node(self, owner: Pubkey) -> Node:
+        return decode_node(self._data(self.node_address(owner), "node"))
+
+    def node_at(self, address: Pubkey) -> Node:
+        return decode_node(self._data(address, "node"))
+
+    def model(self, address: Pubkey) -> ModelInfo:
+        return decode_model(self._data(address, "model"))
+
+    def job(self, address: Pubkey) -> JobInfo:
+        return decode_job(self._data(address, "job"))
+
+    def nodes(self) -> list[tuple[Pubkey, Node]]:
+        """Every registered node (one getProgramAccounts call)."""
+        from splitup.market.constants import AccountTag
+
+        return [(k, decode_node(a.data)) for k, a in self.t.program_accounts(self.program_id)
+                if a.data and a.data[0] == AccountTag.NODE]
+
+    def required_fee(self, model: Pubkey) -> int:
+        """The smallest escrow ``post_job`` accepts: every task's price + protocol fee + a validator reward."""
+        cfg, m = self.config(), self.model(model)
+        return sum(t.price + t.price * cfg.protocol_fee_bps // BPS + cfg.validator_reward for t in m.tasks)
+
+    # ------------------------------------------------------------------ market admin
+    def init_config(self, authority: Keypair, params: MarketParams | None = None) -> TxResult:
+        args = (params or MarketParams()).args()
+        return self.t.send([ix.init_config(self.program_id, authority.pubkey(), args)], [authority])
+
+    def set_config(self, authority: Keypair, params: MarketParams) -> TxResult:
+        return self.t.send([ix.set_config(self.program_id, authority.pubkey(), params.args())], [authority])
+
+    def collect_fees(self, authority: Keypair, destination: Pubkey, amount: int) -> TxResult:
+        return self.t.send([ix.collect_fees(self.program_id, authority.pubkey(), destination, amount)], [authority])
+
+    # ------------------------------------------------------------------ models
+    def register_model(self, owner: Keypair, model_hash: bytes, tasks: Sequence[ModelTask]) -> TxResult:
+        """Register a model and all its tasks (split over several transactions when long)."""
+        pid, o = self.program_id, owner.pubkey()
+        first = list(tasks[:MODEL_ENTRIES_PER_TX])
+        res = self.t.send([ix.register_model(pid, o, model_hash, len(tasks), first)], [owner])
+        address = self.model_address(o, model_hash)
+        for start in range(len(first), len(tasks), MODEL_ENTRIES_PER_TX):
+            chunk = list(tasks[start : start + MODEL_ENTRIES_PER_TX])
+            self.t.send([ix.add_model_tasks(pid, o, address, start, chunk)], [owner])
+        res.address = address
+        return res
+
+    # ------------------------------------------------------------------ nodes
+    def register_node(self, owner: Keypair, stake: int, vram: int, engines: int = 1, endpoint: str = "") -> TxResult:
+        res = self.t.send([ix.register_node(self.program_id, owner.pubkey(), stake, vram, engines, endpoint)],
+                          [owner])
+        res.address = self.node_address(owner.pubkey())
+        return res
+
+    def add_stake(self, owner: Keypair, amount: int) -> TxResult:
+        return self.t.send([ix.add_stake(self.program_id, owner.pubkey(), amount)], [owner])
+
+    def begin_unstake(self, owner: Keypair, amount: int) -> TxResult:
+        return self.t.send([ix.begin_unstake(self.program_id, owner.pubkey(), amount)], [owner])
+
+    def withdraw(self, owner: Keypair) -> TxResult:
+        return self.t.send([ix.withdraw(self.program_id, owner.pubkey())], [owner])
+
+    def specialize(self, owner: Keypair, task_ids: Sequence[bytes]) -> TxResult:
+        return self.t.send([ix.specialize(self.program_id, owner.pubkey(), task_ids)], [owner])
+
+    # ------------------------------------------------------------------ jobs
+    def post_job(self, client: Keypair, model: Pubkey, input_hash: bytes, *, max_fee: int | None = None,
+                 deadline_slots: int = 1_000, task_timeout_slots: int = 200, nonce: int | None = None) -> TxResult:
+        """Escrow ``max_fee`` (default: exactly the required fee) for every task of ``model``."""
+        nonce = secrets.randbits(63) if nonce is None else nonce
+        fee = self.required_fee(model) if max_fee is None else max_fee
+        res = self.t.send([ix.post_job(self.program_id, client.pubkey(), model, nonce, fee, input_hash,
+                                       deadline_slots, task_timeout_slots)], [client])
+        res.address = self.job_address(client.pubkey(), nonce)
+        return res
+
+    def accept_task(self, node_owner: Keypair, job: Pubkey, index: int) -> TxResult:
+        model = Pubkey.from_bytes(bytes(self.job(job).header.model))
+        return self.t.send([ix.accept_task(self.program_id, node_owner.pubkey(), job, model, index)], [node_owner])
+
+    def commit_result(self, node_owner: Keypair, job: Pubkey, index: int, commitment: bytes) -> TxResult:
+        return self.t.send([ix.commit_result(self.program_id, node_owner.pubkey(), job, index, commitment)],
+                           [node_owner])
+
+    def sample(self, job: Pubkey, index: int) -> bool:
+        """Draw whether the committed task is verified; True when it was sampled."""
+        self.t.send([ix.sample(self.program_id, job, index)], [self.payer])
+        return bool(self.job(job).tasks[index].sampled)
+
+    def assign_validator(self, validator_owner: Keypair, job: Pubkey, index: int) -> TxResult:
+        return self.t.send([ix.assign_validator(self.program_id, validator_owner.pubkey(), job, index)],
+                           [validator_owner])
+
+    def submit_verdict(self, validator_owner: Keypair, job: Pubkey, index: int, agree: bool,
+                       result_hash: bytes) -> TxResult:
+        return self.t.send([ix.submit_verdict(self.program_id, validator_owner.pubkey(), job, index, agree,
+                                              result_hash)], [validator_owner])
+
+    def arbitrate(self, authority: Keypair, job: Pubkey, index: int, node_honest: bool) -> TxResult:
+        return self.t.send([ix.arbitrate(self.program_id, authority.pubkey(), job, index, node_honest)],
+                           [authority])
+
+    def settle(self, job: Pubkey, index: int) -> TxResult:
+        """Pay out (or slash) a decided task; the accounts involved are looked up from the job."""
+        t = self.job(job).tasks[index]
+        node = t.node
+        node_owner = self.node_at(node).owner
+        validator = validator_owner = None
+        if t.validator != Pubkey.default():
+            validator = t.validator
+            validator_owner = self.node_at(validator).owner
+        return self.t.send([ix.settle(self.program_id, job, index, node, node_owner, validator, validator_owner)],
+                           [self.payer])
+
+    def expire(self, job: Pubkey, index: int) -> TxResult:
+        """Slash the party that missed its deadline on a task and reopen the task (or its validation)."""
+        t = self.job(job).tasks[index]
+        late = t.validator if t.status == TaskStatus.VALIDATING else t.node
+        return self.t.send([ix.expire(self.program_id, job, index, late)], [self.payer])
+
+    def close_job(self, client: Keypair, job: Pubkey) -> TxResult:
+        return self.t.send([ix.close_job(self.program_id, client.pubkey(), job)], [client])

@@ -1,0 +1,238 @@
+"""The whole lifecycle of jobs on the real program in LiteSVM, balances exact to the lamport."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import pytest
+from market_world import FEE_PER_SIGNATURE, PRICES, SOL, World, h, make_world
+
+from splitup.market.constants import Arbitration, TaskStatus, Verdict
+from splitup.market.errors import StillBondingError, TooEarlyError
+from splitup.market.market import MarketParams
+
+T = TypeVar("T")
+
+
+def conserved(w: World, fn: Callable[[], T], signatures: int = 1) -> T:
+    """Run one transaction and check that only the fee left the wallets and program accounts."""
+    before_keys = w.tracked()
+    before = w.total(before_keys)
+    out = fn()
+    keys = list(dict.fromkeys(before_keys + w.tracked()))
+    assert w.total(keys) == before - FEE_PER_SIGNATURE * signatures
+    return out
+
+
+def test_happy_path_with_verification(always_verify: World) -> None:
+    w = always_verify
+    m, t = w.m, w.t
+    node, validator = w.nodes[0], w.nodes[1]
+    cfg = m.config()
+    required = m.required_fee(w.model)
+    assert required == sum(p + p // 100 + cfg.validator_reward for p in PRICES)
+
+    client_before = t.balance(w.client.pubkey())
+    job = conserved(w, lambda: w.post(max_fee=required + 7))
+    escrow = m.escrow_address(job)
+    job_rent = t.balance(job)
+    escrow_rent = t.svm.minimum_balance_for_rent_exemption(0)
+    assert t.balance(escrow) == escrow_rent + required + 7
+    assert t.balance(w.client.pubkey()) == client_before - required - 7 - job_rent - escrow_rent - FEE_PER_SIGNATURE
+
+    node_before, val_before = t.balance(node.pubkey()), t.balance(validator.pubkey())
+    treasury_before = t.balance(m.config_address)
+    conserved(w, lambda: m.accept_task(node, job, 0))
+    assert m.node(node.pubkey()).locked == cfg.task_collateral
+    conserved(w, lambda: m.commit_result(node, job, 0, h("output")))
+    with pytest.raises(TooEarlyError):  # no slot hash after the commitment yet
+        m.sample(job, 0)
+    t.advance(1)
+    assert conserved(w, lambda: m.sample(job, 0)) is True
+    conserved(w, lambda: m.assign_validator(validator, job, 0))
+    conserved(w, lambda: m.submit_verdict(validator, job, 0, True, h("output")))
+    conserved(w, lambda: m.settle(job, 0))
+
+    task = m.job(job).tasks[0]
+    assert (task.status, task.verdict) == (TaskStatus.SETTLED, Verdict.AGREE)
+    fee = PRICES[0] // 100
+    assert t.balance(node.pubkey()) == node_before + PRICES[0] - 2 * FEE_PER_SIGNATURE
+    assert t.balance(validator.pubkey()) == val_before + cfg.validator_reward - 2 * FEE_PER_SIGNATURE
+    assert t.balance(m.config_address) == treasury_before + fee
+    assert m.config().treasury == fee
+    assert t.balance(escrow) == escrow_rent + required + 7 - PRICES[0] - fee - cfg.validator_reward
+    n, v = m.node(node.pubkey()), m.node(validator.pubkey())
+    assert (n.locked, n.tasks_done, n.verified, n.failed) == (0, 1, 1, 0)
+    assert (v.locked, v.failed) == (0, 0)
+
+
+def test_unsampled_tasks_and_refund(never_verify: World) -> None:
+    w = never_verify
+    m, t = w.m, w.t
+    job = w.post()
+    escrow = m.escrow_address(job)
+    deposit = m.job(job).header.deposit
+    for i in range(3):
+        w.run_to_commit(job, i, w.nodes[i])
+        assert m.sample(job, i) is False
+        conserved(w, lambda i=i: m.settle(job, i))
+    paid = sum(p + p // 100 for p in PRICES)
+    assert m.job(job).header.paid == paid
+    client_before = t.balance(w.client.pubkey())
+    rents = t.balance(job) + t.svm.minimum_balance_for_rent_exemption(0)
+    conserved(w, lambda: m.close_job(w.client, job))
+    assert t.get_account(job) is None and t.get_account(escrow) is None
+    assert t.balance(w.client.pubkey()) == client_before + deposit - paid + rents - FEE_PER_SIGNATURE
+
+
+def test_cheating_node_is_slashed_after_arbitration(always_verify: World) -> None:
+    w = always_verify
+    m, t = w.m, w.t
+    cheat, validator = w.nodes[0], w.nodes[1]
+    job = w.post()
+    w.run_to_commit(job, 1, cheat, b"wrong output")
+    assert m.sample(job, 1)
+    m.assign_validator(validator, job, 1)
+    m.submit_verdict(validator, job, 1, False, h("right output"))
+    assert m.job(job).tasks[1].status == TaskStatus.DISPUTED
+    m.arbitrate(w.authority, job, 1, node_honest=False)
+    cheat_before, val_before = t.balance(cheat.pubkey()), t.balance(validator.pubkey())
+    stake_before = m.node(cheat.pubkey()).stake
+    node_pda_before = t.balance(m.node_address(cheat.pubkey()))
+    conserved(w, lambda: m.settle(job, 1))
+    cfg = m.config()
+    slash = cfg.task_collateral * cfg.slash_bps // 10_000
+    task = m.job(job).tasks[1]
+    assert (task.status, task.arbitration) == (TaskStatus.FAILED, Arbitration.NODE_CHEATED)
+    n = m.node(cheat.pubkey())
+    assert (n.stake, n.locked, n.failed, n.tasks_done) == (stake_before - slash, 0, 1, 0)
+    assert t.balance(m.node_address(cheat.pubkey())) == node_pda_before - slash
+    assert t.balance(cheat.pubkey()) == cheat_before  # not paid
+    assert t.balance(validator.pubkey()) == val_before + cfg.validator_reward
+    assert cfg.treasury == slash
+
+
+def test_wrong_validator_is_slashed_and_node_paid(always_verify: World) -> None:
+    w = always_verify
+    m, t = w.m, w.t
+    node, validator = w.nodes[0], w.nodes[1]
+    job = w.post()
+    w.run_to_commit(job, 0, node)
+    m.sample(job, 0)
+    m.assign_validator(validator, job, 0)
+    m.submit_verdict(validator, job, 0, False, h("lie"))
+    m.arbitrate(w.authority, job, 0, node_honest=True)
+    node_before, val_before = t.balance(node.pubkey()), t.balance(validator.pubkey())
+    m.settle(job, 0)
+    cfg = m.config()
+    slash = cfg.task_collateral * cfg.slash_bps // 10_000
+    assert t.balance(node.pubkey()) == node_before + PRICES[0]
+    assert t.balance(validator.pubkey()) == val_before
+    v = m.node(validator.pubkey())
+    assert (v.stake, v.locked, v.failed) == (2 * SOL - slash, 0, 1)
+    assert cfg.treasury == slash + PRICES[0] // 100
+
+
+def test_expire_slashes_late_node_and_reopens_task(world: World) -> None:
+    w = world
+    m, t = w.m, w.t
+    late, other = w.nodes[0], w.nodes[1]
+    job = w.post(task_timeout_slots=10)
+    m.accept_task(late, job, 2)
+    with pytest.raises(TooEarlyError):
+        m.expire(job, 2)
+    t.advance(11)
+    conserved(w, lambda: m.expire(job, 2))
+    cfg = m.config()
+    assert m.node(late.pubkey()).stake == 2 * SOL - cfg.task_collateral * cfg.slash_bps // 10_000
+    assert m.node(late.pubkey()).locked == 0
+    task = m.job(job).tasks[2]
+    assert task.status == TaskStatus.OPEN and task.price == PRICES[2]
+    m.accept_task(other, job, 2)  # reassigned
+    assert m.job(job).tasks[2].node == m.node_address(other.pubkey())
+
+
+def test_expire_slashes_silent_validator(always_verify: World) -> None:
+    w = always_verify
+    m, t = w.m, w.t
+    job = w.post()
+    w.run_to_commit(job, 0, w.nodes[0])
+    m.sample(job, 0)
+    m.assign_validator(w.nodes[1], job, 0)
+    t.advance(w.params.validator_timeout_slots + 1)
+    m.expire(job, 0)
+    assert m.job(job).tasks[0].status == TaskStatus.SAMPLED
+    assert m.node(w.nodes[1].pubkey()).failed == 1
+    m.assign_validator(w.nodes[2], job, 0)
+    m.submit_verdict(w.nodes[2], job, 0, True, h("output"))
+    m.settle(job, 0)
+    assert m.job(job).tasks[0].status == TaskStatus.SETTLED
+
+
+def test_expired_job_refunds_everything_to_client(world: World) -> None:
+    w = world
+    m, t = w.m, w.t
+    start = t.balance(w.client.pubkey())
+    job = w.post(deadline_slots=5)
+    t.advance(6)
+    m.close_job(w.client, job)
+    assert t.balance(w.client.pubkey()) == start - 2 * FEE_PER_SIGNATURE
+
+
+def test_stake_unbonding_and_withdraw(world: World) -> None:
+    w = world
+    m, t = w.m, w.t
+    n = w.nodes[0]
+    m.add_stake(n, SOL)
+    assert m.node(n.pubkey()).stake == 3 * SOL
+    m.begin_unstake(n, SOL // 2)
+    node = m.node(n.pubkey())
+    assert (node.stake, node.unbonding) == (3 * SOL - SOL // 2, SOL // 2)
+    with pytest.raises(StillBondingError):
+        m.withdraw(n)
+    t.advance(w.params.unbonding_slots)
+    before = t.balance(n.pubkey())
+    conserved(w, lambda: m.withdraw(n))
+    assert t.balance(n.pubkey()) == before + SOL // 2 - FEE_PER_SIGNATURE
+    assert m.node(n.pubkey()).unbonding == 0
+
+
+def test_specialize_and_registry(world: World) -> None:
+    from splitup.market.accounts import node_endpoint, node_specialized
+
+    w = world
+    ids = [h("task0"), h("task2")]
+    w.m.specialize(w.nodes[0], ids)
+    node = w.m.node(w.nodes[0].pubkey())
+    assert node_specialized(node) == ids and node_endpoint(node) == "http://node0:8000"
+    assert len(w.m.nodes()) == 3
+
+
+def test_collect_fees_and_set_config(never_verify: World) -> None:
+    w = never_verify
+    m, t = w.m, w.t
+    job = w.post()
+    w.run_to_commit(job, 0, w.nodes[0])
+    m.sample(job, 0)
+    m.settle(job, 0)
+    fee = PRICES[0] // 100
+    dest_before = t.balance(w.authority.pubkey())
+    m.collect_fees(w.authority, w.authority.pubkey(), fee)
+    assert t.balance(w.authority.pubkey()) == dest_before + fee - FEE_PER_SIGNATURE
+    assert m.config().treasury == 0
+    m.set_config(w.authority, MarketParams(verify_rate_bps=1234))
+    assert m.config().verify_rate_bps == 1234
+    assert m.job(job).header.verify_rate_bps == 0  # the posted job keeps its terms
+
+
+def test_default_rate_samples_about_eight_percent() -> None:
+    w = make_world(n_nodes=2)
+    assert w.m.config().verify_rate_bps == 800
+    # The draw is sha256(slot hash, commitment, job, index) mod 10000 < 800; check the rule itself.
+    job = w.post()
+    w.run_to_commit(job, 0, w.nodes[0])
+    sampled = w.m.sample(job, 0)
+    task = w.m.job(job).tasks[0]
+    assert sampled == (task.draw < 800)
+    assert task.status == (TaskStatus.SAMPLED if sampled else TaskStatus.READY)
