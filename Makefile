@@ -23,7 +23,7 @@ lint: venv
 	$(VENV)/bin/ruff check src tests bench
 
 program: venv
-	$(PY) -m splitup.market.build
+	$(PY) -m splitup.market.toolchain
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from splitup.market.build.program import LAYOUTS_H, PROGRAM_SO, check_program, compiler
 from splitup.market.codegen import header
 from splitup.market.layout import ACCOUNT_LAYOUTS, ARG_LAYOUTS
+from splitup.market.toolchain.program import LAYOUTS_H, PROGRAM_SO, check_program, compiler
 
 
 def test_generated_header_is_committed() -> None:

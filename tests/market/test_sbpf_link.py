@@ -14,7 +14,7 @@ from solders.pubkey import Pubkey
 from solders.transaction import Transaction
 from solders.transaction_metadata import TransactionMetadata
 
-from splitup.market.build.sbpf_link import R_BPF_64_32, R_BPF_64_64, R_BPF_64_RELATIVE, LinkError, link
+from splitup.market.toolchain.sbpf_link import R_BPF_64_32, R_BPF_64_64, R_BPF_64_RELATIVE, LinkError, link
 
 
 def _rel_dyn(so: bytes) -> list[tuple[int, int, int]]:
