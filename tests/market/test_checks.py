@@ -1,0 +1,252 @@
+"""Every check refuses when broken: signers, owners, PDAs, states, self-dealing, overflow, escrow limits."""
+
+from __future__ import annotations
+
+import pytest
+from market_world import PRICES, SOL, World, h, make_world
+from solders.account import Account
+from solders.instruction import AccountMeta, Instruction
+from solders.keypair import Keypair
+from solders.pubkey import Pubkey
+from solders.system_program import ID as SYSTEM_PROGRAM
+from solders.sysvar import CLOCK
+
+from splitup.market import errors as E
+from splitup.market import instructions as ix
+from splitup.market.layout import JobHeader, ModelTask
+from splitup.market.market import MarketParams
+
+
+def replace_account(i: Instruction, index: int, key: Pubkey | None = None, signer: bool | None = None) -> Instruction:
+    accounts = list(i.accounts)
+    a = accounts[index]
+    accounts[index] = AccountMeta(key or a.pubkey, a.is_signer if signer is None else signer, a.is_writable)
+    return Instruction(i.program_id, bytes(i.data), accounts)
+
+
+def committed(w: World, index: int = 0) -> Pubkey:
+    job = w.post()
+    w.run_to_commit(job, index, w.nodes[0])
+    return job
+
+
+def test_missing_signer_is_refused(world: World) -> None:
+    w = world
+    job = w.post()
+    i = replace_account(ix.accept_task(w.m.program_id, w.nodes[0].pubkey(), job, w.model, 0), 0, signer=False)
+    with pytest.raises(E.MissingSignatureError):
+        w.t.send([i], [w.m.payer])
+
+
+def test_signer_who_is_not_the_owner_is_refused(world: World) -> None:
+    w = world
+    job = w.post()
+    w.m.accept_task(w.nodes[0], job, 0)
+    thief = w.nodes[1]
+    # the thief signs, but passes the victim's node account
+    i = ix.commit_result(w.m.program_id, thief.pubkey(), job, 0, h("x"))
+    i = replace_account(i, 1, key=w.m.node_address(w.nodes[0].pubkey()))
+    with pytest.raises(E.UnauthorizedError):
+        w.t.send([i], [thief])
+    # and with its own node account it is not the task's node
+    with pytest.raises(E.WrongNodeError):
+        w.m.commit_result(thief, job, 0, h("x"))
+
+
+def test_account_with_wrong_owner_is_refused(world: World) -> None:
+    w = world
+    job = w.post()
+    victim = w.m.node_address(w.nodes[0].pubkey())
+    data = w.t.svm.get_account(victim)
+    fake = Pubkey.new_unique()
+    w.t.svm.set_account(fake, Account(lamports=data.lamports, data=bytes(data.data), owner=SYSTEM_PROGRAM,
+                                      executable=False))
+    i = replace_account(ix.accept_task(w.m.program_id, w.nodes[0].pubkey(), job, w.model, 0), 1, key=fake)
+    with pytest.raises(E.WrongOwnerError):
+        w.t.send([i], [w.nodes[0]])
+
+
+def test_forged_pda_is_refused(world: World) -> None:
+    w = world
+    job = w.post()
+    # a perfect copy of a node record, owned by the program, but not at its PDA
+    real = w.t.svm.get_account(w.m.node_address(w.nodes[0].pubkey()))
+    forged = Pubkey.new_unique()
+    w.t.svm.set_account(forged, Account(lamports=real.lamports, data=bytes(real.data), owner=w.m.program_id,
+                                        executable=False))
+    i = replace_account(ix.accept_task(w.m.program_id, w.nodes[0].pubkey(), job, w.model, 0), 1, key=forged)
+    with pytest.raises(E.BadPdaError):
+        w.t.send([i], [w.nodes[0]])
+    # creating a node at an address that is not its PDA
+    newcomer = Keypair()
+    w.t.airdrop(newcomer.pubkey(), 10 * SOL)
+    i = replace_account(ix.register_node(w.m.program_id, newcomer.pubkey(), 2 * SOL, 1, 1, ""), 1,
+                        key=Pubkey.new_unique())
+    with pytest.raises(E.BadPdaError):
+        w.t.send([i], [newcomer])
+
+
+def test_wrong_sysvar_and_wrong_system_program_are_refused(world: World) -> None:
+    w = world
+    job = committed(w)
+    i = replace_account(ix.sample(w.m.program_id, job, 0), 1, key=CLOCK)
+    with pytest.raises(E.BadSysvarError):
+        w.t.send([i], [w.m.payer])
+    i = replace_account(ix.add_stake(w.m.program_id, w.nodes[0].pubkey(), SOL), 2, key=CLOCK)
+    with pytest.raises(E.BadProgramError):
+        w.t.send([i], [w.nodes[0]])
+
+
+def test_committing_twice_is_refused(world: World) -> None:
+    w = world
+    job = committed(w)
+    with pytest.raises(E.WrongTaskStateError):
+        w.m.commit_result(w.nodes[0], job, 0, h("another output"))
+
+
+def test_settle_before_verdict_and_double_settle_are_refused(always_verify: World) -> None:
+    w = always_verify
+    m = w.m
+    job = committed(w)
+    with pytest.raises(E.WrongTaskStateError):  # committed, not drawn
+        m.settle(job, 0)
+    m.sample(job, 0)
+    with pytest.raises(E.WrongTaskStateError):  # drawn, no validator
+        m.settle(job, 0)
+    m.assign_validator(w.nodes[1], job, 0)
+    with pytest.raises(E.WrongTaskStateError):  # validating
+        m.settle(job, 0)
+    m.submit_verdict(w.nodes[1], job, 0, False, h("other"))
+    with pytest.raises(E.WrongTaskStateError):  # disputed, not arbitrated
+        m.settle(job, 0)
+    m.arbitrate(w.authority, job, 0, node_honest=True)
+    m.settle(job, 0)
+    paid = m.job(job).header.paid
+    with pytest.raises(E.WrongTaskStateError):
+        m.settle(job, 0)
+    assert m.job(job).header.paid == paid
+
+
+def test_validator_may_not_judge_its_own_task_nor_the_client(always_verify: World) -> None:
+    w = always_verify
+    m = w.m
+    w.t.airdrop(w.client.pubkey(), 10 * SOL)
+    m.register_node(w.client, 2 * SOL, vram=24 << 30)
+    job = committed(w)
+    m.sample(job, 0)
+    with pytest.raises(E.SelfValidationError):
+        m.assign_validator(w.nodes[0], job, 0)
+    with pytest.raises(E.SelfValidationError):
+        m.assign_validator(w.client, job, 0)
+    with pytest.raises(E.SelfValidationError):  # nor work on its own job
+        m.accept_task(w.client, job, 1)
+
+
+def test_only_the_assigned_validator_and_the_arbiter_decide(always_verify: World) -> None:
+    w = always_verify
+    m = w.m
+    job = committed(w)
+    m.sample(job, 0)
+    m.assign_validator(w.nodes[1], job, 0)
+    with pytest.raises(E.WrongNodeError):
+        m.submit_verdict(w.nodes[2], job, 0, True, h("output"))
+    m.submit_verdict(w.nodes[1], job, 0, False, h("other"))
+    with pytest.raises(E.UnauthorizedError):
+        m.arbitrate(w.nodes[2], job, 0, node_honest=False)
+
+
+def test_settle_cannot_redirect_payment(never_verify: World) -> None:
+    w = never_verify
+    job = committed(w)
+    w.m.sample(job, 0)
+    node = w.m.node_address(w.nodes[0].pubkey())
+    thief = w.nodes[1].pubkey()
+    i = ix.settle(w.m.program_id, job, 0, node, thief)
+    with pytest.raises(E.WrongNodeError):
+        w.t.send([i], [w.m.payer])
+
+
+def test_escrow_never_pays_more_than_deposited(never_verify: World) -> None:
+    w = never_verify
+    job = committed(w)
+    w.m.sample(job, 0)
+    # pretend everything was already paid out: the next payout must be refused, not overdraw
+    acc = w.t.svm.get_account(job)
+    data = bytearray(acc.data)
+    hdr = JobHeader.decode(bytes(data))
+    hdr.paid = hdr.deposit
+    data[: JobHeader.size()] = hdr.encode()
+    w.t.svm.set_account(job, Account(lamports=acc.lamports, data=bytes(data), owner=acc.owner, executable=False))
+    with pytest.raises(E.EscrowExhaustedError):
+        w.m.settle(job, 0)
+
+
+def test_fee_too_small_and_overflowing_amounts_are_refused() -> None:
+    w = make_world(n_nodes=1)
+    m = w.m
+    with pytest.raises(E.InsufficientFeeError):
+        w.post(max_fee=m.required_fee(w.model) - 1)
+    huge = [ModelTask(task_id=h(f"t{i}"), vram=1, price=2**63) for i in range(2)]
+    model = m.register_model(w.client, h("huge"), huge).address
+    assert model is not None
+    with pytest.raises(E.ArithmeticOverflowError):
+        m.post_job(w.client, model, h("in"), max_fee=2**64 - 1)
+    with pytest.raises(E.ArithmeticOverflowError):
+        m.add_stake(w.nodes[0], 2**64 - 1)
+
+
+def test_stake_and_vram_requirements(world: World) -> None:
+    w = world
+    m = w.m
+    poor = Keypair()
+    w.t.airdrop(poor.pubkey(), 10 * SOL)
+    with pytest.raises(E.InsufficientStakeError):
+        m.register_node(poor, w.params.min_stake - 1, vram=24 << 30)
+    m.register_node(poor, w.params.min_stake, vram=1 << 30)
+    job = w.post()
+    with pytest.raises(E.VramTooSmallError):
+        m.accept_task(poor, job, 0)
+    m.begin_unstake(w.nodes[0], SOL + 1)  # now below the minimum stake
+    with pytest.raises(E.InsufficientStakeError):
+        m.accept_task(w.nodes[0], job, 0)
+    m.accept_task(w.nodes[1], job, 0)
+    with pytest.raises(E.InsufficientStakeError):  # cannot unstake locked collateral
+        m.begin_unstake(w.nodes[1], 2 * SOL)
+    with pytest.raises(E.NothingToWithdrawError):
+        m.withdraw(w.nodes[2])
+
+
+def test_reused_nonce_wrong_model_and_closed_job(never_verify: World) -> None:
+    w = never_verify
+    m = w.m
+    job = w.post(nonce=7)
+    with pytest.raises(E.AlreadyInitializedError):
+        w.post(nonce=7)
+    other = m.register_model(w.client, h("other model"), [ModelTask(task_id=h("x"), vram=1, price=1)]).address
+    assert other is not None
+    i = ix.accept_task(m.program_id, w.nodes[0].pubkey(), job, other, 0)
+    with pytest.raises(E.WrongAccountTypeError):
+        w.t.send([i], [w.nodes[0]])
+    with pytest.raises(E.JobNotFinishedError):  # open tasks before the deadline
+        m.close_job(w.client, job)
+    for i_ in range(len(PRICES)):
+        w.run_to_commit(job, i_, w.nodes[i_])
+        m.sample(job, i_)
+        m.settle(job, i_)
+    with pytest.raises(E.UnauthorizedError):
+        m.close_job(w.nodes[0], job)
+    m.close_job(w.client, job)
+    with pytest.raises(E.WrongOwnerError):  # closed: the account is gone, no second refund
+        m.close_job(w.client, job)
+
+
+def test_invalid_config_and_unknown_instruction() -> None:
+    with pytest.raises(E.InvalidParameterError):
+        make_world(MarketParams(verify_rate_bps=10_001))
+    w = make_world(n_nodes=0)
+    with pytest.raises(E.InvalidInstructionError):
+        w.t.send([Instruction(w.m.program_id, bytes([200]), [])], [w.m.payer])
+    with pytest.raises(E.NotEnoughAccountsError):
+        w.t.send([Instruction(w.m.program_id, bytes([16]) + bytes(8), [])], [w.m.payer])
+    with pytest.raises(E.AlreadyInitializedError):
+        w.m.init_config(w.client)
