@@ -48,6 +48,9 @@ def test_unreachable_p_min_is_null(capsys: pytest.CaptureFixture[str]) -> None:
         (["--slash", "0"], "error: slash must be > 0"),
         (["--validators", "0"], "error: validators must be an integer >= 1"),
         (["--rate", "nan"], "error: rate must be a finite number"),
+        (["--cost", "abc"], "error: --cost must be a number, got 'abc'"),
+        (["--validators", "1.5"], "error: --validators must be an integer, got '1.5'"),
+        (["--validator-cost", "-3"], "error: validator cost must be >= 0"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,6 +7,7 @@ import json
 import math
 
 from splitup.verify import econ
+from splitup.verify.errors import BadGameParameters
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -15,36 +16,57 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="PoSP game calculator: minimal sampling rate, honest and cheating profit",
         description="Evaluate the Proof-of-Sampling game per task (docs/posp.md).",
     )
-    p.add_argument("--reward", "-R", type=float, required=True, help="asserter reward R per task")
-    p.add_argument("--cost", "-C", type=float, required=True, help="asserter compute cost C per task")
-    p.add_argument("--slash", "-S", type=float, required=True, help="stake slashed S when caught")
-    p.add_argument("--collusion", "-r", type=float, default=0.0, help="share r of colluding nodes [0, 1)")
-    p.add_argument("--validators", "-n", type=int, default=1, help="validators per sampled task")
-    p.add_argument("--rate", "-p", type=float, default=econ.DEFAULT_RATE, help="sampling rate p")
-    p.add_argument("--false-positive", "-e", type=float, default=0.0,
+    p.add_argument("--reward", "-R", required=True, help="asserter reward R per task")
+    p.add_argument("--cost", "-C", required=True, help="asserter compute cost C per task")
+    p.add_argument("--slash", "-S", required=True, help="stake slashed S when caught")
+    p.add_argument("--collusion", "-r", default=0.0, help="share r of colluding nodes [0, 1)")
+    p.add_argument("--validators", "-n", default=1, help="validators per sampled task")
+    p.add_argument("--rate", "-p", default=econ.DEFAULT_RATE, help="sampling rate p")
+    p.add_argument("--false-positive", "-e", default=0.0,
                    help="rate e at which a sampled honest result is wrongly slashed")
-    p.add_argument("--validator-reward", type=float, default=None, help="validator reward V (default R)")
-    p.add_argument("--validator-cost", type=float, default=None, help="validator compute cost (default C)")
-    p.add_argument("--validator-slash", type=float, default=None, help="validator slash (default S)")
-    p.add_argument("--trap-rate", type=float, default=econ.DEFAULT_TRAP_RATE,
+    p.add_argument("--validator-reward", default=None, help="validator reward V (default R)")
+    p.add_argument("--validator-cost", default=None, help="validator compute cost (default C)")
+    p.add_argument("--validator-slash", default=None, help="validator slash (default S)")
+    p.add_argument("--trap-rate", default=econ.DEFAULT_TRAP_RATE,
                    help="share of validator checks given a planted wrong output")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
 
+def _number(flag: str, text: object) -> float:
+    # argparse's own type errors print the usage block too; a bad number is one line like any bad input.
+    if isinstance(text, int | float):
+        return float(text)
+    try:
+        return float(str(text))
+    except ValueError:
+        raise BadGameParameters(f"{flag} must be a number, got {text!r}") from None
+
+
+def _integer(flag: str, text: object) -> int:
+    try:
+        return int(str(text))
+    except ValueError:
+        raise BadGameParameters(f"{flag} must be an integer, got {text!r}") from None
+
+
+def _optional(flag: str, text: object) -> float | None:
+    return None if text is None else _number(flag, text)
+
+
 def run(args: argparse.Namespace) -> int:
     game = econ.Game(
-        reward=args.reward,
-        cost=args.cost,
-        slash=args.slash,
-        collusion=args.collusion,
-        validators=args.validators,
-        rate=args.rate,
-        false_positive=args.false_positive,
-        validator_reward=args.validator_reward,
-        validator_cost=args.validator_cost,
-        validator_slash=args.validator_slash,
-        trap_rate=args.trap_rate,
+        reward=_number("--reward", args.reward),
+        cost=_number("--cost", args.cost),
+        slash=_number("--slash", args.slash),
+        collusion=_number("--collusion", args.collusion),
+        validators=_integer("--validators", args.validators),
+        rate=_number("--rate", args.rate),
+        false_positive=_number("--false-positive", args.false_positive),
+        validator_reward=_optional("--validator-reward", args.validator_reward),
+        validator_cost=_optional("--validator-cost", args.validator_cost),
+        validator_slash=_optional("--validator-slash", args.validator_slash),
+        trap_rate=_number("--trap-rate", args.trap_rate),
     )
     result = econ.summary(game)
     if args.json:
