@@ -96,7 +96,7 @@ def simulate_market(cfg: MarketConfig, rng: np.random.Generator) -> MarketResult
     colluding = np.zeros(cfg.nodes, dtype=bool)
     colluding[rng.permutation(cfg.nodes)[: round(g.collusion * cfg.nodes)]] = True
     honest_tasks = np.zeros(cfg.nodes, dtype=np.int64)
-    since_failure: list[int | None] = [None] * cfg.nodes
+    since_failure = np.full(cfg.nodes, -1, dtype=np.int64)  # -1: never failed
     res = MarketResult()
     for kind in (HONEST, LAZY, SUBTLE):
         res.profit[kind] = 0.0
@@ -112,7 +112,7 @@ def simulate_market(cfg: MarketConfig, rng: np.random.Generator) -> MarketResult
         res.tasks_by_kind[kind] += 1
         res.cheats += cheat
         rate = rate_fixed if cfg.policy is None else cfg.policy.rate_bps(
-            NodeRecord(int(honest_tasks[node]), since_failure[node]))
+            NodeRecord(int(honest_tasks[node]), None if since_failure[node] < 0 else int(since_failure[node])))
         profit = g.reward - (0.0 if cheat else g.cost)
         if int(rng.integers(BPS)) < rate:
             res.sampled += 1
@@ -145,10 +145,11 @@ def simulate_market(cfg: MarketConfig, rng: np.random.Generator) -> MarketResult
         elif cheat and not compare_outputs(out, {"y": truth}, cfg.tolerance).match:
             res.wrong_results_delivered += 1
         res.profit[kind] += profit
-        if since_failure[node] is not None and profit >= 0:
-            since_failure[node] = int(since_failure[node]) + 1  # type: ignore[arg-type]
         if profit >= 0:
+            # The program cannot tell an unsampled cheat from honest work: both extend the record.
             honest_tasks[node] += 1
+            if since_failure[node] >= 0:
+                since_failure[node] += 1
     return res
 
 
