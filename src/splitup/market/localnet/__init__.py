@@ -1,0 +1,2 @@
+"""The embedded default network: a local Solana-compatible validator (LiteSVM + a JSON-RPC subset +
+accounts persisted to SQLite after every transaction)."""

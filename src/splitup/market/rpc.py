@@ -1,0 +1,114 @@
+"""JSON-RPC transport through ``solana-py``: the same client code against the embedded local network,
+devnet or mainnet (``--rpc-url``).
+
+solana-py's client is asynchronous; the facade is synchronous, so this transport owns a private event
+loop and runs each call to completion on it. Use one transport per thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
+
+from solana.rpc.async_api import AsyncClient
+from solana.rpc.commitment import Confirmed
+from solana.rpc.core import RPCException
+from solana.rpc.models import TxOpts
+from solders.instruction import Instruction
+from solders.keypair import Keypair
+from solders.message import Message
+from solders.pubkey import Pubkey
+from solders.signature import Signature
+from solders.transaction import Transaction
+
+from splitup.market.errors import MarketError, TransactionFailed, error_from
+from splitup.market.transport import AccountData, TxResult, _unique
+
+DEFAULT_RPC_URL = "http://127.0.0.1:8899"
+T = TypeVar("T")
+
+
+def _logs_of(exc: RPCException) -> list[str]:
+    data = getattr(exc.args[0], "data", None) if exc.args else None
+    logs = getattr(data, "logs", None)
+    return list(logs) if logs else []
+
+
+class RpcTransport:
+    def __init__(self, url: str = DEFAULT_RPC_URL, timeout: float = 30.0, poll_s: float = 0.2) -> None:
+        self.url = url
+        self.poll_s = poll_s
+        self.timeout = timeout
+        self._loop = asyncio.new_event_loop()
+        # plain HTTP/1.1: what every Solana RPC endpoint (and our local one) speaks
+        self.client = AsyncClient(url, commitment=Confirmed, timeout=timeout, http2=False)
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        try:
+            return self._loop.run_until_complete(coro)
+        except RPCException as exc:
+            raise error_from(exc, _logs_of(exc)) from exc
+        except MarketError:
+            raise
+        except Exception as exc:  # transport failures: connection refused, timeouts, bad responses
+            raise TransactionFailed(f"RPC {self.url}: {type(exc).__name__}: {exc}") from exc
+
+    def close(self) -> None:
+        self._run(self.client.close())
+        self._loop.close()
+
+    def send(self, instructions: Sequence[Instruction], signers: Sequence[Keypair]) -> TxResult:
+        blockhash = self._run(self.client.get_latest_blockhash()).value.blockhash
+        msg = Message.new_with_blockhash(list(instructions), signers[0].pubkey(), blockhash)
+        tx = Transaction(_unique(signers), msg, blockhash)
+        sig = self._run(self.client.send_raw_transaction(bytes(tx), TxOpts(preflight_commitment=Confirmed))).value
+        self._confirm(sig)
+        return TxResult(str(sig))
+
+    def _confirm(self, sig: Signature) -> None:
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            status = self._run(self.client.get_signature_statuses([sig])).value[0]
+            if status is not None and status.confirmation_status is not None:
+                if status.err is not None:
+                    raise error_from(status.err)
+                return
+            time.sleep(self.poll_s)
+        raise TransactionFailed(f"transaction {sig} not confirmed within {self.timeout} s")
+
+    def get_account(self, key: Pubkey) -> AccountData | None:
+        acc = self._run(self.client.get_account_info(key, encoding="base64")).value
+        return None if acc is None else AccountData(acc.lamports, bytes(acc.data), acc.owner, acc.executable)
+
+    def get_accounts(self, keys: Sequence[Pubkey]) -> list[AccountData | None]:
+        out: list[AccountData | None] = []
+        for start in range(0, len(keys), 100):  # the RPC limit per call
+            res = self._run(self.client.get_multiple_accounts(list(keys[start : start + 100]), encoding="base64"))
+            out += [None if a is None else AccountData(a.lamports, bytes(a.data), a.owner, a.executable)
+                    for a in res.value]
+        return out
+
+    def program_accounts(self, program_id: Pubkey) -> list[tuple[Pubkey, AccountData]]:
+        res = self._run(self.client.get_program_accounts(program_id, encoding="base64"))
+        return [(k.pubkey, AccountData(k.account.lamports, bytes(k.account.data), k.account.owner,
+                                       k.account.executable)) for k in res.value]
+
+    def balance(self, key: Pubkey) -> int:
+        return int(self._run(self.client.get_balance(key)).value)
+
+    def slot(self) -> int:
+        return int(self._run(self.client.get_slot()).value)
+
+    def airdrop(self, key: Pubkey, lamports: int) -> None:
+        sig = self._run(self.client.request_airdrop(key, lamports)).value
+        self._confirm(sig)
+
+    def advance(self, slots: int) -> None:
+        target = self.slot() + max(slots, 1)
+        deadline = time.monotonic() + self.timeout + slots * 0.5
+        while self.slot() < target:
+            if time.monotonic() > deadline:
+                raise TransactionFailed(f"the cluster did not reach slot {target}")
+            time.sleep(self.poll_s)
