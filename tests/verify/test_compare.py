@@ -138,6 +138,12 @@ def test_argmax_near_tie_is_not_a_flip() -> None:
     assert not compare_tensor("l", far, ref, is_logits=True).match
 
 
+def test_huge_finite_values_do_not_overflow() -> None:
+    ref = np.array([1e300, -1e300, 1.0], np.float64)
+    assert compare_tensor("y", ref.copy(), ref).match
+    assert not compare_tensor("y", ref * 1.1, ref).match
+
+
 def test_zero_reference_relies_on_atol() -> None:
     z = np.zeros(100, np.float32)
     assert compare_tensor("y", z + 1e-9, z).match

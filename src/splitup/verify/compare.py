@@ -122,8 +122,8 @@ def compare_tensor(
     bad = (both & (diff > bound)) | (~both & ~nonfinite_same)
     bad_fraction = float(bad.mean())
     max_abs = float(diff.max()) if not (~both & ~nonfinite_same).any() else float("inf")
-    ref_norm = float(np.linalg.norm(b64[both]))
-    err_norm = float(np.linalg.norm(diff[both]))
+    ref_norm = _norm(b64[both])
+    err_norm = _norm(diff[both])
     rel_l2 = err_norm / ref_norm if ref_norm > 0 else (0.0 if err_norm == 0 else float("inf"))
 
     reasons = []
@@ -140,8 +140,18 @@ def compare_tensor(
     return TensorVerdict(name, not reasons, max_abs, bad_fraction, rel_l2, "; ".join(reasons))
 
 
+def _norm(x: np.ndarray) -> float:
+    # Scaled first so that float64-range values do not overflow when squared.
+    peak = float(np.abs(x).max()) if x.size else 0.0
+    return peak * float(np.linalg.norm(x / peak)) if peak > 0 and np.isfinite(peak) else peak
+
+
 def _rms(x: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(x)))) if x.size else 0.0
+    if not x.size:
+        return 0.0
+    # Scaled first so that float64-range values do not overflow when squared.
+    peak = float(np.abs(x).max())
+    return peak * float(np.sqrt(np.mean(np.square(x / peak)))) if peak > 0 else 0.0
 
 
 def _compare_exact(name: str, a: np.ndarray, b: np.ndarray) -> TensorVerdict:
