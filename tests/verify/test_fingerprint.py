@@ -94,3 +94,15 @@ def test_inconsistent_fingerprints_are_refused() -> None:
         fingerprint(np.zeros(0, np.float32))
     with pytest.raises(BadFingerprint):
         fingerprint(np.ones(3), k=0)
+
+
+def test_top_k_selection_equals_a_full_sort() -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(50):
+        # Few distinct values, so ties at the k-th magnitude are common.
+        x = rng.integers(-4, 5, size=int(rng.integers(1, 300))).astype(np.float32)
+        x[rng.random(x.size) < 0.05] = np.nan
+        k = int(rng.integers(1, 80))
+        key = np.where(np.isnan(x), np.inf, np.abs(x))
+        expected = np.sort(np.lexsort((np.arange(x.size), -key))[:k])
+        assert parse_fingerprint(fingerprint(x, k)).positions.tolist() == expected.tolist()

@@ -40,8 +40,21 @@ class Fingerprint:
 
 
 def _magnitude(flat: np.ndarray) -> np.ndarray:
-    mag = np.abs(flat.astype(np.float64))
+    # Floats keep their own width (abs is exact, and activations can be large); integers widen so that
+    # abs(INT_MIN) cannot overflow.
+    mag = np.abs(flat) if flat.dtype.kind == "f" else np.abs(flat.astype(np.float64))
     return np.where(np.isnan(mag), np.inf, mag)
+
+
+def _top_k_positions(mag: np.ndarray, k: int) -> np.ndarray:
+    """Flat positions of the k largest magnitudes, ties to the lower position, ascending. O(n)."""
+    n = mag.size
+    if k >= n:
+        return np.arange(n)
+    kth = np.partition(mag, n - k)[n - k]
+    above = np.flatnonzero(mag > kth)
+    ties = np.flatnonzero(mag == kth)[: k - above.size]
+    return np.sort(np.concatenate([above, ties]))
 
 
 def fingerprint(tensor: np.ndarray, k: int = 64) -> bytes:
@@ -57,9 +70,7 @@ def fingerprint(tensor: np.ndarray, k: int = 64) -> bytes:
     if flat.size == 0:
         raise BadFingerprint("cannot fingerprint an empty tensor")
     k = min(k, flat.size)
-    # lexsort: last key first; -magnitude descending, position ascending breaks ties.
-    order = np.lexsort((np.arange(flat.size), -_magnitude(flat)))[:k]
-    positions = np.sort(order).astype(np.uint64)
+    positions = _top_k_positions(_magnitude(flat), k).astype(np.uint64)
     values = flat[positions.astype(np.intp)].astype(np.float32)
     return _pack(Fingerprint(tuple(int(d) for d in arr.shape), positions, values))
 
