@@ -204,7 +204,7 @@ def test_huge_initializer_is_rejected_from_its_dims_alone(tmp_path: Path) -> Non
 def test_intermediate_tensor_over_the_cap() -> None:
     m = mlp(hidden=512, batch="batch", dim_max={"batch": 1024})
     err = rejects(m, TensorTooLarge, "tensor h", limits=Limits(max_tensor_bytes=2**20))
-    assert err.where == "tensor h"
+    assert err.where == "tensor h from node fc1 (MatMul)"
 
 
 def test_whole_task_over_the_declared_limit() -> None:
@@ -472,3 +472,51 @@ def test_text_file_is_not_a_model(tmp_path: Path) -> None:
     path.write_text(json.dumps({"hello": "world"}) * 10)
     with pytest.raises(GraphRejected):
         validate_model(load_model(path))
+
+
+def test_loop_scan_output_is_stacked_over_the_trip_count() -> None:
+    m = _loop("n", [numpy_helper.from_array(np.array(7, np.int64), "n")])
+    body = m.graph.node[0].attribute[0].g
+    body.node.append(helper.make_node("Identity", ["s_in"], ["step"], name="record"))
+    body.output.append(fin("step", [2]))
+    m.graph.node[0].output.append("stacked")
+    m.graph.output.append(fin("stacked", None))
+    assert validate_model(m).output_shapes == {"y": (2,), "stacked": (7, 2)}
+
+
+def test_loop_state_that_changes_shape_is_unbounded() -> None:
+    m = _loop("n", [numpy_helper.from_array(np.array(3, np.int64), "n")])
+    body = m.graph.node[0].attribute[0].g
+    body.node[1].CopyFrom(helper.make_node("Concat", ["s_in", "s_in"], ["s_out"], axis=0, name="grow"))
+    rejects(m, GraphRejected, "y")
+
+
+def test_huge_shapes_from_shape_arithmetic() -> None:
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"], name="shape"),
+        helper.make_node("Mul", ["s", "big"], ["target"], name="inflate"),
+        helper.make_node("ConstantOfShape", ["target"], ["y"], name="alloc"),
+    ]
+    big = numpy_helper.from_array(np.array([10**9], np.int64), "big")
+    rejects(model(nodes, [fin("x", ["seq"])], ["y"], [big], dim_max={"seq": 64}), TensorTooLarge, "y")
+
+
+def test_range_with_absurd_constant_length() -> None:
+    consts = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in (("a", 0), ("b", 10**15), ("d", 1))]
+    nodes = [helper.make_node("Range", ["a", "b", "d"], ["r"], name="huge_range"),
+             helper.make_node("Cast", ["r"], ["y"], to=TensorProto.FLOAT, name="cast")]
+    rejects(model(nodes, [fin("x", [1])], ["y"], consts), TensorTooLarge, "r")
+
+
+def test_tensor_that_shrinks_as_inputs_grow() -> None:
+    # max_seq - seq: empty at the declared maximum, 63 MB-scale at seq = 1; sizing at the max would lie.
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"], name="shape"),
+        helper.make_node("Sub", ["cap", "s"], ["room"], name="room"),
+        helper.make_node("Mul", ["room", "scale"], ["target"], name="scale"),
+        helper.make_node("ConstantOfShape", ["target"], ["y"], name="sneaky_alloc"),
+    ]
+    inits = [numpy_helper.from_array(np.array([64], np.int64), "cap"),
+             numpy_helper.from_array(np.array([10**6], np.int64), "scale")]
+    m = model(nodes, [fin("x", ["seq"])], ["y"], inits, dim_max={"seq": 64})
+    rejects(m, UnboundedDimension, "tensor y", "sneaky_alloc", "shrink")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from onnx import GraphProto, ModelProto, NodeProto, ValueInfoProto, helper, numpy_helper
+from onnx import GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from splitup.graph.external import is_external
@@ -28,6 +28,16 @@ _BOUNDED_BY_INPUTS = frozenset(
 )
 # Ops whose output size comes from input values: bounded explicitly before evaluating.
 _SIZED_BY_VALUES = frozenset({"Range", "ConstantOfShape", "Expand"})
+
+
+def _array(t: TensorProto) -> np.ndarray | None:
+    """The tensor's value, or None when its payload is malformed (that is for the runtime to refuse)."""
+    if is_external(t) or math.prod(t.dims) > MAX_FOLD_ELEMENTS:
+        return None
+    try:
+        return numpy_helper.to_array(t)
+    except Exception:  # wrong payload lengths surface as ValueError, odd dtypes as TypeError
+        return None
 
 
 def _concrete_shape(vi: ValueInfoProto | None) -> list[int] | None:
@@ -95,14 +105,14 @@ def fold_shape_constants(model: ModelProto) -> bool:
     types = {vi.name: vi for vi in (*graph.input, *graph.value_info, *graph.output)}
     consts: dict[str, np.ndarray] = {}
     for init in graph.initializer:
-        if not is_external(init) and math.prod(init.dims) <= MAX_FOLD_ELEMENTS:
-            consts[init.name] = numpy_helper.to_array(init)
+        if (array := _array(init)) is not None:
+            consts[init.name] = array
     changed = False
     for index, node in enumerate(graph.node):
         if node.op_type == "Constant":
             value = next((a.t for a in node.attribute if a.name == "value"), None)
-            if value is not None and math.prod(value.dims) <= MAX_FOLD_ELEMENTS:
-                consts[node.output[0]] = numpy_helper.to_array(value)
+            if value is not None and (array := _array(value)) is not None:
+                consts[node.output[0]] = array
             continue
         results: list[np.ndarray] | None = None
         if node.op_type in ("Shape", "Size"):

@@ -40,7 +40,10 @@ def complete_loop_shapes(model: ModelProto) -> bool:
         if node.op_type != "Loop" or node.input[0] not in constants:
             continue
         body = next(a.g for a in node.attribute if a.name == "body")
-        trips = int(np.asarray(numpy_helper.to_array(constants[node.input[0]])).reshape(-1)[0])
+        try:
+            trips = int(np.asarray(numpy_helper.to_array(constants[node.input[0]])).reshape(-1)[0])
+        except Exception:  # the structure pass already refused unreadable trip counts; stay unknown
+            continue
         body_known = {vi.name: vi for vi in (*body.input, *body.value_info, *body.output)}
         carried = len(node.input) - 2
         for k, out in enumerate(node.output):

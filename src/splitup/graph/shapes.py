@@ -15,11 +15,12 @@ from dataclasses import dataclass
 import onnx
 from onnx import GraphProto, ModelProto, TypeProto, ValueInfoProto
 
-from splitup.graph.errors import MalformedGraph, StringTensor, UnboundedDimension
-from splitup.graph.fold import fold_shape_constants
+from splitup.graph.errors import MalformedGraph, StringTensor, TensorTooLarge, UnboundedDimension
+from splitup.graph.fold import MAX_FOLD_ELEMENTS, fold_shape_constants
 from splitup.graph.limits import Limits
 from splitup.graph.loopshapes import complete_loop_shapes
-from splitup.graph.sizes import element_bits
+from splitup.graph.monotone import check_monotone, probe_points
+from splitup.graph.sizes import element_bits, element_count, tensor_bytes
 from splitup.graph.structure import check_dims, node_label, subgraphs
 
 DIM_MAX_KEY = "splitup.dim_max"
@@ -90,20 +91,43 @@ def _strip(graph: GraphProto, *, outputs: bool) -> None:
             _strip(body, outputs=True)
 
 
-def infer_bounded(model: ModelProto, dim_max: dict[str, int], max_rounds: int = 8) -> ModelProto:
-    """A copy with inputs at their maxima and every shape inferred; the original is left untouched.
+def infer_bounded(model: ModelProto, dim_max: dict[str, int], limits: Limits, max_rounds: int = 64) -> ModelProto:
+    """Inference at the declared maxima, checked against probes at smaller dims (``splitup.graph.monotone``)."""
+    inferred = infer_at(model, dim_max, limits, max_rounds)
+    if dim_max:
+        probes = [_try_infer_at(model, point, limits, max_rounds) for point in probe_points(dim_max)]
+        check_monotone(inferred, probes)
+    return inferred
 
-    When inference leaves a main-graph tensor unknown, small shape arithmetic is folded into constants
-    (see ``splitup.graph.fold``) and inference runs again, a bounded number of times.
+
+def _try_infer_at(model: ModelProto, dims: dict[str, int], limits: Limits, max_rounds: int) -> ModelProto | None:
+    try:
+        return infer_at(model, dims, limits, max_rounds)
+    except MalformedGraph:
+        return None
+
+
+def infer_at(model: ModelProto, dims: dict[str, int], limits: Limits, max_rounds: int = 64) -> ModelProto:
+    """A copy with input dim_params set to ``dims`` and every shape inferred; the original is untouched.
+
+    ONNX data propagation materialises the values it propagates (``Range(0, 10**15)`` followed by a
+    ``Cast`` is a ``std::bad_alloc``), so it only ever runs after a pass without it has sized every
+    tensor it could and found them all under the limits. When tensors remain unknown after that, small
+    shape arithmetic is folded into constants (``splitup.graph.fold``) and plain inference runs again,
+    a bounded number of times, each pass screened the same way.
     """
     copy = ModelProto()
     copy.CopyFrom(model)
     _strip(copy.graph, outputs=True)
+    _drop_large_payloads(copy.graph)
     for vi in copy.graph.input:
         for dim in vi.type.tensor_type.shape.dim:
             if dim.WhichOneof("value") == "dim_param":
-                dim.dim_value = dim_max[dim.dim_param]
-    inferred = _infer(copy)
+                dim.dim_value = dims[dim.dim_param]
+    inferred = _screened(_infer(copy, data_prop=False), limits)
+    if _fully_known(inferred.graph):
+        return inferred
+    inferred = _screened(_infer(copy, data_prop=True), limits)
     for _ in range(max_rounds):
         if _fully_known(inferred.graph):
             break
@@ -111,13 +135,48 @@ def infer_bounded(model: ModelProto, dim_max: dict[str, int], max_rounds: int = 
         folded = fold_shape_constants(inferred)
         if not (complete_loop_shapes(inferred) | folded):
             break
-        inferred = _infer(inferred)
+        inferred = _screened(_infer(inferred, data_prop=False), limits)
     return inferred
 
 
-def _infer(model: ModelProto) -> ModelProto:
+def _drop_large_payloads(graph: GraphProto) -> None:
+    """Weights only matter by dims and dtype here; copying their bytes through inference is waste."""
+    for init in graph.initializer:
+        if element_count(init.dims) > MAX_FOLD_ELEMENTS:
+            for name in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+                init.ClearField(name)
+
+
+def _screened(model: ModelProto, limits: Limits) -> ModelProto:
+    """Refuse any tensor already known to break the limits, before another inference pass runs."""
+    for graph in _all_graphs(model.graph):
+        producers = {out: node_label(n, i) for i, n in enumerate(graph.node) for out in n.output if out}
+        for vi in (*graph.value_info, *graph.output):
+            if vi.type.WhichOneof("value") != "tensor_type" or not vi.type.tensor_type.HasField("shape"):
+                continue
+            dims = [d.dim_value for d in vi.type.tensor_type.shape.dim if d.HasField("dim_value")]
+            where = f"tensor {vi.name}" + (f" from {producers[vi.name]}" if vi.name in producers else "")
+            check_dims(dims, limits, where=where)
+            if vi.type.tensor_type.elem_type and len(dims) == len(vi.type.tensor_type.shape.dim):
+                n = tensor_bytes(vi.type.tensor_type.elem_type, dims, where=where)
+                if n > limits.max_tensor_bytes:
+                    raise TensorTooLarge(
+                        f"{n} bytes exceed the per-tensor limit of {limits.max_tensor_bytes}", where=where
+                    )
+    return model
+
+
+def _all_graphs(graph: GraphProto) -> list[GraphProto]:
+    found = [graph]
+    for node in graph.node:
+        for _, body in subgraphs(node):
+            found.extend(_all_graphs(body))
+    return found
+
+
+def _infer(model: ModelProto, *, data_prop: bool) -> ModelProto:
     try:
-        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=data_prop)
     except Exception as exc:  # InferenceError, ValidationError, or a RuntimeError from the C++ side
         raise MalformedGraph(f"shape inference failed: {exc}".replace("\n", " "), where=_culprit(str(exc))) from None
 

@@ -110,7 +110,7 @@ def validate_model(
     graphs = check_structure(model.graph, limits, bundle_dir)
     dim_max = read_dim_max(model, limits)
     check_graph_inputs(model.graph, dim_max, limits)
-    inferred = infer_bounded(model, dim_max)
+    inferred = infer_bounded(model, dim_max, limits)
     types = typed_tensors(inferred.graph, limits)
     memory = estimate_memory(inferred.graph, types, limits)
     total = memory.parameter_bytes + memory.peak_activation_bytes
