@@ -19,6 +19,9 @@ from splitup.errors import SplitUpError
 COMMANDS: tuple[str, ...] = (
     "splitup.cli.econ",
     "splitup.cli.validate",
+    "splitup.cli.ledger",
+    "splitup.cli.wallet",
+    "splitup.cli.market",
 )
 
 

@@ -24,9 +24,9 @@ from solders.signature import Signature
 from solders.transaction import Transaction
 
 from splitup.market.errors import MarketError, TransactionFailed, error_from
+from splitup.market.localnet import DEFAULT_RPC_URL
 from splitup.market.transport import AccountData, TxResult, _unique
 
-DEFAULT_RPC_URL = "http://127.0.0.1:8899"
 T = TypeVar("T")
 
 

@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from splitup.market.localnet.run import DEFAULT_DIR, DEFAULT_PORT, DEFAULT_SLOT_S, serve
+from splitup.market.localnet import DEFAULT_DIR, DEFAULT_PORT, DEFAULT_SLOT_S
+from splitup.market.localnet.run import serve
 
 
 def main(argv: list[str] | None = None) -> int:

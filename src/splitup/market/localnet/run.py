@@ -10,12 +10,9 @@ from pathlib import Path
 
 import uvicorn
 
+from splitup.market.localnet import DEFAULT_DIR, DEFAULT_PORT, DEFAULT_SLOT_S
 from splitup.market.localnet.chain import LocalChain
 from splitup.market.localnet.server import Ticker, create_app
-
-DEFAULT_DIR = Path(".splitup/ledger")
-DEFAULT_PORT = 8899
-DEFAULT_SLOT_S = 0.4
 
 
 def serve(directory: Path = DEFAULT_DIR, host: str = "127.0.0.1", port: int = DEFAULT_PORT,

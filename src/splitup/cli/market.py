@@ -1,0 +1,107 @@
+"""``splitup market ...``: the on-chain marketplace from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+
+from solders.pubkey import Pubkey
+
+from splitup.cli._market_opts import add_network, lamports_of, market_from, sol
+from splitup.market.accounts import node_endpoint
+from splitup.market.constants import TaskStatus
+from splitup.market.market import MarketParams
+from splitup.market.transport import program_bytes
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("market", help="the on-chain marketplace (config, nodes, jobs)",
+                              description="Operate the SplitUp Solana program over JSON-RPC.")
+    sub = p.add_subparsers(dest="market_cmd", metavar="ACTION", required=True)
+
+    prog = sub.add_parser("program", help="the shipped program: size and sha256")
+    prog.set_defaults(func=cmd_program)
+
+    init = sub.add_parser("init", help="create the market config; your wallet becomes its authority/arbiter")
+    add_network(init)
+    d = MarketParams()
+    init.add_argument("--verify-rate-bps", type=int, default=d.verify_rate_bps)
+    init.add_argument("--min-stake", type=lamports_of, default=d.min_stake, help="SOL")
+    init.add_argument("--task-collateral", type=lamports_of, default=d.task_collateral, help="SOL")
+    init.add_argument("--slash-bps", type=int, default=d.slash_bps)
+    init.add_argument("--validator-reward", type=lamports_of, default=d.validator_reward, help="SOL")
+    init.add_argument("--protocol-fee-bps", type=int, default=d.protocol_fee_bps)
+    init.add_argument("--unbonding-slots", type=int, default=d.unbonding_slots)
+    init.add_argument("--validator-timeout-slots", type=int, default=d.validator_timeout_slots)
+    init.set_defaults(func=cmd_init)
+
+    cfg = sub.add_parser("config", help="show the market config")
+    add_network(cfg)
+    cfg.set_defaults(func=cmd_config)
+
+    nodes = sub.add_parser("nodes", help="list registered nodes")
+    add_network(nodes)
+    nodes.set_defaults(func=cmd_nodes)
+
+    reg = sub.add_parser("register-node", help="register your wallet as a node and stake")
+    add_network(reg)
+    reg.add_argument("--stake", type=lamports_of, required=True, help="SOL")
+    reg.add_argument("--vram-gib", type=int, required=True)
+    reg.add_argument("--endpoint", default="")
+    reg.set_defaults(func=cmd_register_node)
+
+    job = sub.add_parser("job", help="show a job and its tasks")
+    add_network(job)
+    job.add_argument("address", type=Pubkey.from_string)
+    job.set_defaults(func=cmd_job)
+
+
+def cmd_program(args: argparse.Namespace) -> int:
+    so = program_bytes()
+    print(f"splitup_market.so: {len(so)} bytes, sha256 {hashlib.sha256(so).hexdigest()}")
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    m = market_from(args)
+    params = MarketParams(
+        verify_rate_bps=args.verify_rate_bps, min_stake=args.min_stake, task_collateral=args.task_collateral,
+        slash_bps=args.slash_bps, validator_reward=args.validator_reward, protocol_fee_bps=args.protocol_fee_bps,
+        unbonding_slots=args.unbonding_slots, validator_timeout_slots=args.validator_timeout_slots)
+    res = m.init_config(m.payer, params)
+    print(f"market config {m.config_address} created ({res.signature})")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    c = market_from(args).config()
+    print(f"authority          {c.authority}\nverify rate        {c.verify_rate_bps / 100:.2f}%\n"
+          f"min stake          {sol(c.min_stake)}\ntask collateral    {sol(c.task_collateral)}\n"
+          f"slash              {c.slash_bps / 100:.2f}% of collateral\nvalidator reward   {sol(c.validator_reward)}\n"
+          f"protocol fee       {c.protocol_fee_bps / 100:.2f}%\nunbonding          {c.unbonding_slots} slots\n"
+          f"validator timeout  {c.validator_timeout_slots} slots\ntreasury           {sol(c.treasury)}")
+    return 0
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    for address, n in market_from(args).nodes():
+        print(f"{address} owner {n.owner} stake {sol(n.stake)} locked {sol(n.locked)} vram {n.vram >> 30} GiB "
+              f"done {n.tasks_done} verified {n.verified} failed {n.failed} {node_endpoint(n)}")
+    return 0
+
+
+def cmd_register_node(args: argparse.Namespace) -> int:
+    m = market_from(args)
+    res = m.register_node(m.payer, args.stake, args.vram_gib << 30, 1, args.endpoint)
+    print(f"node {res.address} registered with {sol(args.stake)} staked")
+    return 0
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    info = market_from(args).job(args.address)
+    h = info.header
+    print(f"job {args.address}: client {h.client} model {h.model}\n"
+          f"deposit {sol(h.deposit)} paid {sol(h.paid)} deadline slot {h.deadline}")
+    for i, t in enumerate(info.tasks):
+        print(f"  task {i}: {TaskStatus(t.status).name.lower():10} price {sol(t.price)} node {t.node}")
+    return 0
