@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from onnx import TensorProto
+from onnx import TensorProto, helper, numpy_helper
 from validator_fixtures import external, mlp, tiny_decoder
 
 from splitup.graph.allowlist import ALLOWED_OPS
@@ -58,7 +59,7 @@ def mutated(draw: st.DrawFn) -> onnx.ModelProto:
     m = draw(st.sampled_from([mlp, tiny_decoder]))()
     graph = m.graph
     for _ in range(draw(st.integers(1, 4))):
-        kind = draw(st.sampled_from(["op", "domain", "dim", "external", "meta", "rename", "opset", "dtype"]))
+        kind = draw(st.sampled_from(["op", "domain", "dim", "external", "meta", "rename", "opset", "dtype", "alloc"]))
         node = graph.node[draw(st.integers(0, len(graph.node) - 1))]
         if kind == "op":
             node.op_type = draw(OP_TYPES)
@@ -91,6 +92,19 @@ def mutated(draw: st.DrawFn) -> onnx.ModelProto:
                     st.sampled_from(["", "ghost", graph.node[-1].output[0], graph.node[0].output[0]]))
         elif kind == "opset":
             m.opset_import[0].version = draw(st.integers(-1, 40))
+        elif kind == "alloc":
+            # Ops whose output size comes from values: sized before ONNX's data propagation may touch them.
+            tag = f"fz{len(graph.node)}"
+            values = draw(st.lists(st.integers(-(2**62), 2**62), min_size=3, max_size=3))
+            for name, v in zip(("a", "b", "c"), values, strict=True):
+                graph.initializer.append(numpy_helper.from_array(np.array(v, np.int64), f"{tag}{name}"))
+            op = draw(st.sampled_from(["Range", "ConstantOfShape", "Expand"]))
+            ins = {"Range": ["a", "b", "c"], "ConstantOfShape": ["b"], "Expand": ["a", "b"]}[op]
+            if op != "Range":
+                graph.initializer[-2].CopyFrom(numpy_helper.from_array(np.array([values[1]], np.int64), f"{tag}b"))
+            graph.node.append(helper.make_node(op, [f"{tag}{i}" for i in ins], [f"{tag}out"], name=tag))
+            graph.node.append(helper.make_node("Cast", [f"{tag}out"], [f"{tag}f"], to=TensorProto.FLOAT))
+            graph.output.append(helper.make_tensor_value_info(f"{tag}f", TensorProto.FLOAT, None))
         elif kind == "dtype":
             vi = graph.input[draw(st.integers(0, len(graph.input) - 1))]
             vi.type.tensor_type.elem_type = draw(st.integers(0, 30))

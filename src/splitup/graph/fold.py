@@ -58,6 +58,13 @@ def _shape_value(node: NodeProto, shape: list[int]) -> np.ndarray:
 
 
 def _output_bound_ok(node: NodeProto, values: list[np.ndarray | None]) -> bool:
+    try:
+        return _bounded(node, values)
+    except (TypeError, ValueError, IndexError, OverflowError):  # missing or odd inputs: do not fold
+        return False
+
+
+def _bounded(node: NodeProto, values: list[np.ndarray | None]) -> bool:
     if node.op_type == "Range":
         start, limit, delta = (float(np.asarray(v).reshape(-1)[0]) for v in values[:3])  # type: ignore[arg-type]
         if delta == 0 or not all(map(math.isfinite, (start, limit, delta))):

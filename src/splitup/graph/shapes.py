@@ -41,7 +41,7 @@ def read_dim_max(model: ModelProto, limits: Limits) -> dict[str, int]:
         raise MalformedGraph(f"metadata key {DIM_MAX_KEY} given more than once", where=DIM_MAX_KEY)
     try:
         parsed = json.loads(values[0])
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # deeply nested JSON exhausts the parser's stack
         raise MalformedGraph(f"{DIM_MAX_KEY} is not valid JSON: {exc}", where=DIM_MAX_KEY) from None
     if not isinstance(parsed, dict):
         raise MalformedGraph(f"{DIM_MAX_KEY} must be a JSON object of name -> maximum", where=DIM_MAX_KEY)
