@@ -133,3 +133,21 @@ def test_format_bytes() -> None:
     assert format_bytes(12 * 2**30) == "12.0 GiB"
     assert format_bytes(500 * 2**20) == "500 MiB"
     assert parse_bytes(format_bytes(3 * 2**40).replace(" ", "")) == 3 * 2**40
+
+
+def test_external_data_is_checked_against_the_model_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    m = _model()
+    w = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4, 16], data_location=TensorProto.EXTERNAL)
+    entry = w.external_data.add()
+    entry.key, entry.value = "location", "w.bin"
+    m.graph.initializer[0].CopyFrom(w)
+    inside = tmp_path / "inside.onnx"
+    onnx.save(m, inside)
+    assert main(["validate", str(inside)]) == 0
+    entry.value = "../w.bin"
+    m.graph.initializer[0].CopyFrom(w)
+    escaping = tmp_path / "escaping.onnx"
+    onnx.save(m, escaping)
+    capsys.readouterr()
+    assert main(["validate", str(escaping)]) == 2
+    assert "initializer w" in capsys.readouterr().err

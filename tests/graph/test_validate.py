@@ -520,3 +520,23 @@ def test_tensor_that_shrinks_as_inputs_grow() -> None:
              numpy_helper.from_array(np.array([10**6], np.int64), "scale")]
     m = model(nodes, [fin("x", ["seq"])], ["y"], inits, dim_max={"seq": 64})
     rejects(m, UnboundedDimension, "tensor y", "sneaky_alloc", "shrink")
+
+
+def test_scan_over_a_sequence_axis() -> None:
+    body = helper.make_graph(
+        [helper.make_node("Add", ["acc_in", "row"], ["acc_out"], name="accumulate"),
+         helper.make_node("Identity", ["acc_out"], ["partial"], name="emit")],
+        "body", [fin("acc_in", [4]), fin("row", [4])], [fin("acc_out", [4]), fin("partial", [4])],
+    )
+    scan = helper.make_node("Scan", ["init", "xs"], ["total", "partials"], body=body, num_scan_inputs=1, name="scan")
+    m = model([scan], [fin("init", [4]), fin("xs", ["seq", 4])], ["total", "partials"], dim_max={"seq": 10})
+    report = validate_model(m)
+    assert report.output_shapes == {"total": (4,), "partials": (10, 4)}
+
+
+def test_without_a_bundle_only_lexical_escapes_are_caught() -> None:
+    m = mlp()
+    m.graph.initializer[0].CopyFrom(external("w1", (4, 8), "weights/w1.bin"))
+    assert validate_model(m).parameter_count == 4 * 8 + 8 + 8 * 3
+    m.graph.initializer[0].CopyFrom(external("w1", (4, 8), "../w1.bin"))
+    rejects(m, ExternalDataEscape, "w1")
