@@ -54,24 +54,51 @@ uint64_t rent_exempt(uint64_t space, uint64_t *out) {
   return 0;
 }
 
+/* System-program CPI signed by the PDA `seeds` with a single account: Allocate or Assign. */
+static uint64_t pda_system_call(const Ctx *c, const CreateSpec *s, const SolSignerSeed *seeds, int n,
+                                const SolBytes *data) {
+  SolAccountMeta metas[1] = {{s->target->key, true, true}};
+  SolInstruction ix = {s->system->key, metas, 1, (uint8_t *)data->addr, data->len};
+  SolSignerSeeds signer = {seeds, (uint64_t)n};
+  return sol_invoke_signed_c(&ix, c->p->ka, (int)c->p->ka_num, &signer, 1);
+}
+
 uint64_t create_pda(const Ctx *c, const CreateSpec *s, const SolSignerSeed *seeds, int n) {
   TRY(need_key(s->system, &SYSTEM_PROGRAM, E_BAD_PROGRAM));
   TRY(need_signer(s->payer));
   TRY(need_writable(s->payer));
   TRY(need_writable(s->target));
-  if (*s->target->lamports != 0) return E_ALREADY_INITIALIZED;
   uint64_t lamports;
   TRY(rent_exempt(s->space, &lamports));
   TRY(add64(lamports, s->extra_lamports, &lamports));
-  uint8_t data[52];
-  sol_memset_(data, 0, 4); /* SystemInstruction::CreateAccount */
-  wr64(data + 4, lamports);
-  wr64(data + 12, s->space);
-  sol_memcpy_(data + 20, c->p->program_id, 32);
-  SolAccountMeta metas[2] = {{s->payer->key, true, true}, {s->target->key, true, true}};
-  SolInstruction ix = {s->system->key, metas, 2, data, sizeof(data)};
-  SolSignerSeeds signer = {seeds, (uint64_t)n};
-  return sol_invoke_signed_c(&ix, c->p->ka, (int)c->p->ka_num, &signer, 1);
+  uint64_t existing = *s->target->lamports;
+  if (existing == 0) {
+    uint8_t data[52];
+    sol_memset_(data, 0, 4); /* SystemInstruction::CreateAccount */
+    wr64(data + 4, lamports);
+    wr64(data + 12, s->space);
+    sol_memcpy_(data + 20, c->p->program_id, 32);
+    SolAccountMeta metas[2] = {{s->payer->key, true, true}, {s->target->key, true, true}};
+    SolInstruction ix = {s->system->key, metas, 2, data, sizeof(data)};
+    SolSignerSeeds signer = {seeds, (uint64_t)n};
+    return sol_invoke_signed_c(&ix, c->p->ka, (int)c->p->ka_num, &signer, 1);
+  }
+  /* Someone sent lamports to the address first (CreateAccount would refuse it, letting anyone block a
+     node or job address for a few lamports). Top it up, then allocate and assign it ourselves. */
+  if (!pubkey_eq(s->target->owner, &SYSTEM_PROGRAM) || s->target->data_len != 0) return E_ALREADY_INITIALIZED;
+  if (existing < lamports) TRY(system_transfer(c, s->payer, s->target, s->system, lamports - existing));
+  uint8_t alloc[12];
+  sol_memset_(alloc, 0, 4);
+  alloc[0] = 8; /* SystemInstruction::Allocate */
+  wr64(alloc + 4, s->space);
+  SolBytes alloc_ix = {alloc, sizeof(alloc)};
+  TRY(pda_system_call(c, s, seeds, n, &alloc_ix));
+  uint8_t assign[36];
+  sol_memset_(assign, 0, 4);
+  assign[0] = 1; /* SystemInstruction::Assign */
+  sol_memcpy_(assign + 4, c->p->program_id, 32);
+  SolBytes assign_ix = {assign, sizeof(assign)};
+  return pda_system_call(c, s, seeds, n, &assign_ix);
 }
 
 uint64_t system_transfer(const Ctx *c, const SolAccountInfo *from, const SolAccountInfo *to,

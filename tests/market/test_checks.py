@@ -9,6 +9,7 @@ from solders.instruction import AccountMeta, Instruction
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 from solders.system_program import ID as SYSTEM_PROGRAM
+from solders.system_program import TransferParams, transfer
 from solders.sysvar import CLOCK
 
 from splitup.market import errors as E
@@ -250,3 +251,24 @@ def test_invalid_config_and_unknown_instruction() -> None:
         w.t.send([Instruction(w.m.program_id, bytes([16]) + bytes(8), [])], [w.m.payer])
     with pytest.raises(E.AlreadyInitializedError):
         w.m.init_config(w.client)
+
+
+def test_prefunded_addresses_cannot_block_registration_or_jobs(world: World) -> None:
+    """Sending lamports to a future PDA must not stop its creation (CreateAccount alone would refuse)."""
+    w = world
+    m = w.m
+    newcomer = Keypair()
+    w.t.airdrop(newcomer.pubkey(), 10 * SOL)
+    griefer = w.nodes[2]
+    node = m.node_address(newcomer.pubkey())
+    job = m.job_address(w.client.pubkey(), 99)
+    rent = w.t.svm.minimum_balance_for_rent_exemption
+    for target in (node, job, m.escrow_address(job)):
+        w.t.send([transfer(TransferParams(from_pubkey=griefer.pubkey(), to_pubkey=target, lamports=rent(0)))],
+                 [griefer])
+    m.register_node(newcomer, 2 * SOL, vram=1 << 34)
+    assert m.node(newcomer.pubkey()).stake == 2 * SOL
+    assert w.t.balance(node) == rent(len(m.node(newcomer.pubkey()).encode())) + 2 * SOL
+    w.post(nonce=99)
+    assert m.job(job).header.deposit == m.required_fee(w.model)
+    assert w.t.balance(m.escrow_address(job)) == rent(0) + m.required_fee(w.model)
