@@ -272,3 +272,21 @@ def test_prefunded_addresses_cannot_block_registration_or_jobs(world: World) -> 
     w.post(nonce=99)
     assert m.job(job).header.deposit == m.required_fee(w.model)
     assert w.t.balance(m.escrow_address(job)) == rent(0) + m.required_fee(w.model)
+
+
+def test_incomplete_model_cannot_be_used_and_only_its_owner_extends_it(world: World) -> None:
+    w = world
+    pid = w.m.program_id
+    entries = [ModelTask(task_id=h(f"p{i}"), vram=1, price=5) for i in range(3)]
+    w.t.send([ix.register_model(pid, w.client.pubkey(), h("partial"), 3, entries[:1])], [w.client])
+    model = w.m.model_address(w.client.pubkey(), h("partial"))
+    with pytest.raises(E.ModelIncompleteError):
+        w.m.post_job(w.client, model, h("in"), max_fee=10**9)
+    with pytest.raises(E.UnauthorizedError):
+        w.t.send([ix.add_model_tasks(pid, w.nodes[0].pubkey(), model, 1, entries[1:])], [w.nodes[0]])
+    with pytest.raises(E.BadTaskIndexError):  # append-only: no rewriting of priced entries
+        w.t.send([ix.add_model_tasks(pid, w.client.pubkey(), model, 0, entries[:1])], [w.client])
+    w.t.send([ix.add_model_tasks(pid, w.client.pubkey(), model, 1, entries[1:])], [w.client])
+    assert w.m.model(model).complete
+    with pytest.raises(E.TooManyTasksError):
+        w.t.send([ix.add_model_tasks(pid, w.client.pubkey(), model, 3, entries[:1])], [w.client])

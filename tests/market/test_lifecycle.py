@@ -236,3 +236,21 @@ def test_default_rate_samples_about_eight_percent() -> None:
     task = w.m.job(job).tasks[0]
     assert sampled == (task.draw < 800)
     assert task.status == (TaskStatus.SAMPLED if sampled else TaskStatus.READY)
+
+
+def test_largest_model_is_registered_in_chunks(world: World) -> None:
+    from splitup.market.constants import MAX_TASKS
+    from splitup.market.errors import TooManyTasksError
+    from splitup.market.layout import ModelTask
+
+    w = world
+    tasks = [ModelTask(task_id=h(f"big{i}"), vram=1 << 30, price=1_000 + i) for i in range(MAX_TASKS)]
+    model = w.m.register_model(w.client, h("big"), tasks).address
+    assert model is not None
+    info = w.m.model(model)
+    assert info.complete and info.tasks == tasks
+    job = w.m.post_job(w.client, model, h("in")).address
+    assert job is not None
+    assert [t.price for t in w.m.job(job).tasks] == [t.price for t in tasks]
+    with pytest.raises(TooManyTasksError):
+        w.m.register_model(w.client, h("too big"), tasks + tasks[:1])

@@ -24,7 +24,7 @@ from splitup.market.accounts import (
     decode_model,
     decode_node,
 )
-from splitup.market.constants import BPS, DEFAULT_VERIFY_RATE_BPS, TaskStatus
+from splitup.market.constants import BPS, DEFAULT_VERIFY_RATE_BPS, AccountTag, TaskStatus
 from splitup.market.errors import MarketError
 from splitup.market.layout import Config, InitConfigArgs, ModelTask, Node
 from splitup.market.pda import config_pda, escrow_pda, job_pda, model_pda, node_pda
@@ -106,8 +106,6 @@ class Market:
 
     def nodes(self) -> list[tuple[Pubkey, Node]]:
         """Every registered node (one getProgramAccounts call)."""
-        from splitup.market.constants import AccountTag
-
         return [(k, decode_node(a.data)) for k, a in self.t.program_accounts(self.program_id)
                 if a.data and a.data[0] == AccountTag.NODE]
 
@@ -171,7 +169,7 @@ class Market:
         return res
 
     def accept_task(self, node_owner: Keypair, job: Pubkey, index: int) -> TxResult:
-        model = Pubkey.from_bytes(bytes(self.job(job).header.model))
+        model = self.job(job).header.model
         return self.t.send([ix.accept_task(self.program_id, node_owner.pubkey(), job, model, index)], [node_owner])
 
     def commit_result(self, node_owner: Keypair, job: Pubkey, index: int, commitment: bytes) -> TxResult:
