@@ -71,6 +71,12 @@ def test_lifecycle_over_json_rpc(tmp_path: Path) -> None:
         with pytest.raises(NothingToWithdrawError):
             m.withdraw(n1)
         assert t.balance(n1.pubkey()) == before + 10**6
+        # without preflight the failing transaction lands, pays its fee, and its status carries the error
+        t2 = RpcTransport(f"http://127.0.0.1:{port}", poll_s=0.02, skip_preflight=True)
+        with pytest.raises(NothingToWithdrawError):
+            Market(t2, DEFAULT_PROGRAM_ID, authority).withdraw(n1)
+        assert t.balance(n1.pubkey()) == before + 10**6 - 5_000
+        t2.close()
         t.close()
 
 

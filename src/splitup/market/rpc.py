@@ -37,8 +37,11 @@ def _logs_of(exc: RPCException) -> list[str]:
 
 
 class RpcTransport:
-    def __init__(self, url: str = DEFAULT_RPC_URL, timeout: float = 30.0, poll_s: float = 0.2) -> None:
+    def __init__(self, url: str = DEFAULT_RPC_URL, timeout: float = 30.0, poll_s: float = 0.2,
+                 skip_preflight: bool = False) -> None:
+        """``skip_preflight`` sends failing transactions anyway: they land (paying their fee) with logs."""
         self.url = url
+        self.skip_preflight = skip_preflight
         self.poll_s = poll_s
         self.timeout = timeout
         self._loop = asyncio.new_event_loop()
@@ -63,7 +66,7 @@ class RpcTransport:
         blockhash = self._run(self.client.get_latest_blockhash()).value.blockhash
         msg = Message.new_with_blockhash(list(instructions), signers[0].pubkey(), blockhash)
         tx = Transaction(_unique(signers), msg, blockhash)
-        sig = self._run(self.client.send_raw_transaction(bytes(tx), TxOpts(preflight_commitment=Confirmed))).value
+        sig = self._run(self.client.send_raw_transaction(bytes(tx), TxOpts(preflight_commitment=Confirmed, skip_preflight=self.skip_preflight))).value
         self._confirm(sig)
         return TxResult(str(sig))
 
