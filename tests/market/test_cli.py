@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -54,4 +55,13 @@ def test_market_commands_over_the_local_network(tmp_path: Path, capsys: pytest.C
         assert "stake 2.500000000 SOL" in out and "http://me" in out
         assert main(["market", "init"]) == 2  # typed error, one line, no traceback
         assert "already exists" in capsys.readouterr().err
+        # a second copy of the program, deployed through the upgradeable loader over JSON-RPC
+        assert main(["wallet", "airdrop", "20"]) == 0
+        program_kp = tmp_path / "program.json"
+        assert main(["market", "deploy", "--program-keypair", str(program_kp)]) == 0
+        pid = str(load_keypair(program_kp).pubkey())
+        capsys.readouterr()
+        time.sleep(0.2)  # a deployed program is usable from the next slot
+        assert main(["market", "init", "--program-id", pid]) == 0
+        assert main(["ledger", "status", "--program-id", pid]) == 0
     assert main(["market", "program"]) == 0

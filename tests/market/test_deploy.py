@@ -17,7 +17,7 @@ def test_deploy_through_upgradeable_loader() -> None:
     payer = Keypair()
     svm.airdrop(payer.pubkey(), 100 * SOL)
     t = LiteSvmTransport(svm=svm)  # nothing pre-deployed
-    pid = deploy_upgradeable(t, payer, program_bytes(), svm.minimum_balance_for_rent_exemption)
+    pid = deploy_upgradeable(t, payer, program_bytes())
     t.program_id = pid
     t.advance(1)  # a program deployed in a slot is usable from the next
     m = Market(t, pid, payer)

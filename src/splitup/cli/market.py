@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+from pathlib import Path
 
+from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
 from splitup.cli._market_opts import add_network, lamports_of, market_from, sol
@@ -12,6 +14,7 @@ from splitup.market.accounts import node_endpoint
 from splitup.market.constants import TaskStatus
 from splitup.market.market import MarketParams
 from splitup.market.transport import program_bytes
+from splitup.market.wallet import default_keypair_path, load_keypair, save_keypair
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,6 +24,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     prog = sub.add_parser("program", help="the shipped program: size and sha256")
     prog.set_defaults(func=cmd_program)
+
+    dep = sub.add_parser("deploy", help="deploy the shipped program through the upgradeable loader "
+                         "(your wallet pays and becomes the upgrade authority)")
+    add_network(dep)
+    dep.add_argument("--program-keypair", type=Path, default=None,
+                     help="keypair JSON of the program address (default: a new one, saved next to your wallet)")
+    dep.set_defaults(func=cmd_deploy)
 
     init = sub.add_parser("init", help="create the market config; your wallet becomes its authority/arbiter")
     add_network(init)
@@ -59,6 +69,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_program(args: argparse.Namespace) -> int:
     so = program_bytes()
     print(f"splitup_market.so: {len(so)} bytes, sha256 {hashlib.sha256(so).hexdigest()}")
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from splitup.market.deploy import deploy_upgradeable
+
+    m = market_from(args)
+    if args.program_keypair is not None and args.program_keypair.exists():
+        program = load_keypair(args.program_keypair)
+    else:
+        program = Keypair()
+        path = args.program_keypair or (args.keypair or default_keypair_path()).with_name(
+            f"splitup-market-{program.pubkey()}.json")
+        save_keypair(program, path)
+        print(f"program keypair saved to {path}")
+    pid = deploy_upgradeable(m.t, m.payer, program_bytes(), program)
+    print(f"deployed splitup_market.so as {pid}; use --program-id {pid} (or SPLITUP_PROGRAM_ID)")
     return 0
 
 

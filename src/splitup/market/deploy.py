@@ -23,9 +23,10 @@ PROGRAM_SIZE = 36  # UpgradeableLoaderState::Program: tag u32 + programdata addr
 CHUNK = 900  # bytes of program per Write transaction (fits the 1232-byte limit with signatures)
 
 
-def deploy_upgradeable(transport: Transport, payer: Keypair, so: bytes, rent: int,
-                       program: Keypair | None = None) -> Pubkey:
-    """Write ``so`` to a buffer and deploy it; returns the program id. ``rent(space)`` gives rent-exempt lamports."""
+def deploy_upgradeable(transport: Transport, payer: Keypair, so: bytes, program: Keypair | None = None) -> Pubkey:
+    """Write ``so`` to a buffer and deploy it as ``program`` (default: a new keypair); returns the program id.
+    ``payer`` pays and becomes the upgrade authority."""
+    rent = transport.rent_exempt
     buf, program = Keypair(), program or Keypair()
     me = payer.pubkey()
     transport.send([

@@ -101,6 +101,9 @@ class RpcTransport:
     def balance(self, key: Pubkey) -> int:
         return int(self._run(self.client.get_balance(key)).value)
 
+    def rent_exempt(self, space: int) -> int:
+        return int(self._run(self.client.get_minimum_balance_for_rent_exemption(space)).value)
+
     def slot(self) -> int:
         return int(self._run(self.client.get_slot()).value)
 

@@ -63,6 +63,10 @@ class Transport(Protocol):
 
     def balance(self, key: Pubkey) -> int: ...
 
+    def rent_exempt(self, space: int) -> int:
+        """Lamports an account of ``space`` data bytes needs to be rent-exempt."""
+        ...
+
     def slot(self) -> int: ...
 
     def airdrop(self, key: Pubkey, lamports: int) -> None: ...
@@ -120,6 +124,9 @@ class LiteSvmTransport:
 
     def balance(self, key: Pubkey) -> int:
         return self.svm.get_balance(key) or 0
+
+    def rent_exempt(self, space: int) -> int:
+        return int(self.svm.minimum_balance_for_rent_exemption(space))
 
     def slot(self) -> int:
         return int(self.svm.get_clock().slot)
