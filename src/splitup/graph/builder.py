@@ -605,14 +605,25 @@ class TensorContext:
         named = dict(outputs) if isinstance(outputs, Mapping) else {t.name: t for t in outputs}
         if not named:
             raise BuilderError("compile_to_graph needs at least one output")
-        nodes = list(self.nodes)
+        nodes = [_copy(n) for n in self.nodes]
+        producer = {o: n for n in nodes for o in n.output}
+        renames: dict[str, str] = {}
         out_infos = []
         for out_name, t in named.items():
             if out_name != t.name:
-                if out_name in self._names:
+                if out_name in self._names or out_name in renames.values():
                     raise BuilderError(f"output name {out_name!r} is already used in this graph")
-                nodes.append(helper.make_node("Identity", [t.name], [out_name], name=f"{out_name}.identity"))
+                if t.name in producer and t.name not in renames:
+                    # Renaming the producer's output (not appending an Identity at the end) keeps the
+                    # tensor's lifetime where it is made: a late Identity would make it cross every cut.
+                    renames[t.name] = out_name
+                else:
+                    nodes.append(helper.make_node("Identity", [renames.get(t.name, t.name)], [out_name],
+                                                  name=f"{out_name}.identity"))
             out_infos.append(_value_info(out_name, t.shape, t.dtype))
+        for n in nodes:
+            n.input[:] = [renames.get(x, x) for x in n.input]
+            n.output[:] = [renames.get(x, x) for x in n.output]
         nodes = _reachable(nodes, set(named))
         used = {i for n in nodes for i in n.input}
         initializers = [self._initializer(n) for n in self.params if n in used]
@@ -653,6 +664,12 @@ class TensorContext:
 
 def _value_info(name: str, shape: Shape, dtype: str) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, DTYPES[dtype], list(shape))
+
+
+def _copy(node: onnx.NodeProto) -> onnx.NodeProto:
+    c = onnx.NodeProto()
+    c.CopyFrom(node)
+    return c
 
 
 def _reachable(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:

@@ -85,12 +85,11 @@ def causal_attention(
     d = q.shape[-1]
     scores = (q @ k.transpose(-2, -1)) * (1.0 / float(np.sqrt(d)))
     if past_len is not None:
-        shape = ctx.op("Shape", [scores], (scores.ndim,), "int64")
-        ones = ctx.op("ConstantOfShape", [shape], scores.shape, "float32",
+        # The mask is built over (seq, past+seq) only and broadcast over batch and heads.
+        shape = ctx.op("Shape", [scores], (2,), "int64", start=-2)
+        ones = ctx.op("ConstantOfShape", [shape], scores.shape[-2:], "float32",
                       value=_scalar_tensor(np.array([1.0], np.float32)))
-        if scores.dtype != "float32":
-            ones = ones.cast(scores.dtype)
-        keep = ctx.op("Trilu", [ones, past_len], scores.shape, scores.dtype, upper=0).cast("bool")
+        keep = ctx.op("Trilu", [ones, past_len], scores.shape[-2:], "float32", upper=0).cast("bool")
         scores = keep.where(scores, float(np.finfo(np.float16 if scores.dtype == "float16" else np.float32).min))
     if additive_mask is not None:
         scores = scores + additive_mask

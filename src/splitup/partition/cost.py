@@ -1,0 +1,134 @@
+"""The cost model: what each node of a graph costs, and where the graph can be cut.
+
+All sizes are taken at the declared maxima of the symbolic dimensions (``splitup.dim_max``), so they
+bound what a task will ever need. ``Constant`` nodes cost nothing and are copied into every task that
+reads them, so they never cross a cut.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import onnx
+
+from splitup.graph.limits import Limits
+from splitup.graph.shapes import TensorType, infer_bounded, read_dim_max, typed_tensors
+from splitup.graph.sizes import element_count, tensor_bytes
+from splitup.graph.validate import validate_model
+
+STATE_KEY = "splitup.state"
+
+# FLOPs per output element for ops that do more than one operation per element.
+_ELEMENTWISE_COST = {
+    "Softmax": 5, "LogSoftmax": 5, "LayerNormalization": 8, "Erf": 4, "Tanh": 4, "Sigmoid": 4, "Exp": 2,
+    "Pow": 2, "Sqrt": 2, "Gelu": 8,
+}
+_FREE_OPS = frozenset({
+    "Shape", "Reshape", "Identity", "Squeeze", "Unsqueeze", "Constant", "Flatten", "Size", "Cast",
+    "ConstantOfShape", "Gather", "Slice", "Concat", "Transpose", "Expand",
+})
+
+
+@dataclass(frozen=True)
+class NodeCost:
+    index: int
+    name: str
+    op_type: str
+    flops: int
+
+
+@dataclass
+class GraphAnalysis:
+    """A model's nodes in execution order with their costs, tensor sizes and consumers."""
+
+    model: onnx.ModelProto
+    nodes: list[onnx.NodeProto]  # non-Constant nodes, topological order
+    constants: dict[str, onnx.NodeProto]  # output name -> Constant node
+    types: dict[str, TensorType]
+    flops: list[int]
+    initializers: dict[str, onnx.TensorProto]
+    graph_inputs: list[str]
+    graph_outputs: list[str]
+    state: dict[str, str]  # past input -> present output
+    dim_max: dict[str, int]
+    first_use: dict[str, int] = field(default_factory=dict)
+    last_use: dict[str, int] = field(default_factory=dict)
+    producer: dict[str, int] = field(default_factory=dict)
+
+    def nbytes(self, name: str) -> int:
+        t = self.types[name]
+        return tensor_bytes(t.elem_type, t.shape, where=f"tensor {name}")
+
+    @property
+    def total_flops(self) -> int:
+        return sum(self.flops)
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(self.nbytes(n) for n in self.initializers)
+
+
+def node_flops(node: onnx.NodeProto, types: dict[str, TensorType]) -> int:
+    out = types.get(node.output[0]) if node.output else None
+    if out is None:
+        return 0
+    n_out = element_count(out.shape)
+    if node.op_type in ("MatMul", "Gemm"):
+        a = types[node.input[0]].shape
+        k = a[-1] if node.op_type == "MatMul" or not _attr(node, "transA") else a[0]
+        return 2 * n_out * k
+    if node.op_type in ("Conv", "ConvTranspose"):
+        w = types[node.input[1]].shape
+        return 2 * n_out * math.prod(w[1:])
+    if node.op_type in ("MaxPool", "AveragePool"):
+        kernel = next((list(a.ints) for a in node.attribute if a.name == "kernel_shape"), [1])
+        return n_out * math.prod(kernel)
+    if node.op_type in ("GlobalAveragePool", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin"):
+        return element_count(types[node.input[0]].shape)
+    if node.op_type in _FREE_OPS:
+        return 0
+    return n_out * _ELEMENTWISE_COST.get(node.op_type, 1)
+
+
+def _attr(node: onnx.NodeProto, name: str) -> int:
+    return next((a.i for a in node.attribute if a.name == name), 0)
+
+
+def read_state(model: onnx.ModelProto) -> dict[str, str]:
+    import json
+
+    for p in model.metadata_props:
+        if p.key == STATE_KEY:
+            return dict(json.loads(p.value))
+    return {}
+
+
+def analyze(model: onnx.ModelProto, limits: Limits | None = None) -> GraphAnalysis:
+    """Validate ``model`` and size every tensor and node at the declared maxima."""
+    limits = limits or Limits()
+    validate_model(model, limits=limits)
+    dim_max = read_dim_max(model, limits)
+    types = typed_tensors(infer_bounded(model, dim_max, limits).graph, limits)
+    nodes = [n for n in model.graph.node if n.op_type != "Constant"]
+    constants = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
+    analysis = GraphAnalysis(
+        model=model,
+        nodes=nodes,
+        constants=constants,
+        types=types,
+        flops=[node_flops(n, types) for n in nodes],
+        initializers={t.name: t for t in model.graph.initializer},
+        graph_inputs=[i.name for i in model.graph.input],
+        graph_outputs=[o.name for o in model.graph.output],
+        state=read_state(model),
+        dim_max=dim_max,
+    )
+    for i, node in enumerate(nodes):
+        for name in node.input:
+            if name:
+                analysis.first_use.setdefault(name, i)
+                analysis.last_use[name] = i
+        for name in node.output:
+            analysis.producer[name] = i
+    return analysis

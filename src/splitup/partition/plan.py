@@ -1,0 +1,81 @@
+"""From a model to a plan: analyse, partition, cut out the tasks, and optionally write the bundles."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from splitup.partition.cost import GraphAnalysis, analyze
+from splitup.partition.partitioner import DEFAULT_WORKSPACE, Partition, partition
+from splitup.partition.task import Plan, TensorSpec, build_tasks, task_dir, write_task
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    plan: Plan
+    analysis: GraphAnalysis
+    partition: Partition
+    written: Path | None
+
+
+def _graph_specs(a: GraphAnalysis, model: onnx.ModelProto, names: list[str]) -> list[TensorSpec]:
+    from splitup.partition.task import _ONNX_TO_NP
+
+    infos = {vi.name: vi for vi in (*model.graph.input, *model.graph.output)}
+    specs = []
+    for name in names:
+        dims = infos[name].type.tensor_type.shape.dim
+        shape: list[int | str] = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
+        specs.append(TensorSpec(name, _ONNX_TO_NP[a.types[name].elem_type], shape, list(a.types[name].shape)))
+    return specs
+
+
+def make_plan(
+    model: onnx.ModelProto,
+    name: str,
+    budgets: int | Sequence[int],
+    *,
+    workspace_bytes: int = DEFAULT_WORKSPACE,
+    cut_factor: float = 2.0,
+    out_dir: Path | None = None,
+) -> PlanResult:
+    """Split ``model`` under ``budgets``; with ``out_dir`` write plan.json and one bundle per task.
+
+    Shape-only models (no weight data) can be planned and their graphs written, but have no shards.
+    """
+    a = analyze(model)
+    part = partition(a, budgets, workspace_bytes=workspace_bytes, cut_factor=cut_factor)
+    built = build_tasks(a, part, name)
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        if (out_dir / "tasks").exists():
+            shutil.rmtree(out_dir / "tasks")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        definitions = []
+        for task in built:
+            staging = out_dir / "tasks" / f".staging-{task.definition.index}"
+            d = write_task(task, staging)
+            staging.rename(task_dir(out_dir, d))
+            definitions.append(d)
+    else:
+        definitions = [t.definition.with_id() for t in built]
+    plan = Plan(
+        model=name,
+        budget_bytes=budgets if isinstance(budgets, int) else max(budgets),
+        budgets=[budgets] if isinstance(budgets, int) else sorted(budgets),
+        lower_bound=part.lower_bound,
+        cut_factor=part.cut_factor,
+        inputs=_graph_specs(a, model, a.graph_inputs),
+        outputs=_graph_specs(a, model, a.graph_outputs),
+        state=a.state,
+        tasks=definitions,
+        total_weight_bytes=part.total_weight_bytes,
+        total_kv_cache_bytes=part.total_kv_cache_bytes,
+    )
+    if out_dir is not None:
+        plan.save(out_dir / "plan.json")
+    return PlanResult(plan, a, part, out_dir)

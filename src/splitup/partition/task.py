@@ -1,0 +1,365 @@
+"""Task definitions and plans: what a node receives, and the document that wires tasks together.
+
+A task bundle is a directory holding
+
+- ``task.onnx``: the validated sub-graph; its initializers are external data that point straight into
+  the shard (ONNX ``location``/``offset``/``length`` into the safetensors file's data section), so the
+  engine memory-maps the weights without a copy and without any pickle;
+- ``weights.safetensors``: the task's weight shard, addressed by its sha256;
+- ``task.json``: the :class:`TaskDefinition` (interfaces, VRAM, FLOPs, hashes).
+
+The task id is the sha256 of the definition's canonical JSON (which includes both file hashes), so a
+changed byte anywhere changes the id. ``plan.json`` lists the tasks in pipeline order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from splitup.errors import SplitUpError
+from splitup.graph.builder import DIM_MAX_KEY, STATE_KEY
+from splitup.graph.validate import validate_model
+from splitup.partition.cost import GraphAnalysis
+from splitup.partition.partitioner import Partition, Segment
+
+PLAN_FORMAT = "splitup.plan"
+PLAN_VERSION = 1
+GRAPH_FILE = "task.onnx"
+WEIGHTS_FILE = "weights.safetensors"
+TASK_FILE = "task.json"
+
+_ONNX_TO_NP = {
+    TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.DOUBLE: "float64",
+    TensorProto.INT64: "int64", TensorProto.INT32: "int32", TensorProto.INT8: "int8", TensorProto.UINT8: "uint8",
+    TensorProto.BOOL: "bool", TensorProto.BFLOAT16: "bfloat16",
+}
+
+
+class PlanError(SplitUpError):
+    """A plan or task bundle is malformed, of an unknown version, or fails its hash check."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor of a task's interface. ``shape`` may hold symbolic names; ``max_shape`` bounds them."""
+
+    name: str
+    dtype: str
+    shape: list[int | str]
+    max_shape: list[int]
+
+    @property
+    def max_bytes(self) -> int:
+        itemsize = 2 if self.dtype == "bfloat16" else np.dtype(self.dtype).itemsize
+        return int(np.prod(self.max_shape, dtype=np.int64)) * itemsize
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> TensorSpec:
+        return TensorSpec(str(d["name"]), str(d["dtype"]), list(d["shape"]), [int(x) for x in d["max_shape"]])
+
+
+@dataclass(frozen=True)
+class TaskDefinition:
+    model: str
+    index: int
+    graph_sha256: str
+    weights_sha256: str | None
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    state: dict[str, str]
+    dim_max: dict[str, int]
+    vram_bytes: int
+    weight_bytes: int
+    activation_bytes: int
+    kv_cache_bytes: int
+    workspace_bytes: int
+    flops: int
+    cut_bytes: int
+    budget_bytes: int
+    layers: list[str]
+    node_count: int
+    task_id: str = field(default="")
+
+    def canonical(self) -> bytes:
+        body = asdict(self)
+        body.pop("task_id")
+        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+    def with_id(self) -> TaskDefinition:
+        tid = hashlib.sha256(self.canonical()).hexdigest()
+        return TaskDefinition(**{**asdict(self), "inputs": self.inputs, "outputs": self.outputs, "task_id": tid})
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> TaskDefinition:
+        try:
+            body = dict(d)
+            body["inputs"] = [TensorSpec.from_json(x) for x in d["inputs"]]
+            body["outputs"] = [TensorSpec.from_json(x) for x in d["outputs"]]
+            task = TaskDefinition(**body)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PlanError(f"malformed task definition: {exc}") from None
+        if task.task_id != task.with_id().task_id:
+            raise PlanError(f"task {task.index}: task_id does not match its definition")
+        return task
+
+
+@dataclass(frozen=True)
+class Plan:
+    model: str
+    budget_bytes: int
+    budgets: list[int]
+    lower_bound: int
+    cut_factor: float
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    state: dict[str, str]
+    tasks: list[TaskDefinition]
+    total_weight_bytes: int
+    total_kv_cache_bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        body = asdict(self)
+        body["tasks"] = [t.to_json() for t in self.tasks]
+        body["cut_factor"] = None if self.cut_factor == float("inf") else self.cut_factor
+        return {"format": PLAN_FORMAT, "version": PLAN_VERSION, **body}
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> Plan:
+        if d.get("format") != PLAN_FORMAT:
+            raise PlanError("not a SplitUp plan (format field missing or wrong)")
+        if d.get("version") != PLAN_VERSION:
+            raise PlanError(f"plan version {d.get('version')!r} is not supported (this build reads {PLAN_VERSION})")
+        try:
+            return Plan(
+                model=str(d["model"]), budget_bytes=int(d["budget_bytes"]), budgets=[int(b) for b in d["budgets"]],
+                lower_bound=int(d["lower_bound"]),
+                cut_factor=float("inf") if d["cut_factor"] is None else float(d["cut_factor"]),
+                inputs=[TensorSpec.from_json(x) for x in d["inputs"]],
+                outputs=[TensorSpec.from_json(x) for x in d["outputs"]], state=dict(d["state"]),
+                tasks=[TaskDefinition.from_json(t) for t in d["tasks"]],
+                total_weight_bytes=int(d["total_weight_bytes"]), total_kv_cache_bytes=int(d["total_kv_cache_bytes"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PlanError(f"malformed plan: {exc}") from None
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_json(), indent=1))
+
+    @staticmethod
+    def load(path: Path) -> Plan:
+        path = Path(path)
+        if path.is_dir():
+            path = path / "plan.json"
+        try:
+            return Plan.from_json(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise PlanError(f"cannot read plan {path}: {exc}") from None
+
+
+@dataclass
+class BuiltTask:
+    """A task ready to be written: definition, graph and (for bound models) its weight arrays."""
+
+    definition: TaskDefinition
+    graph: onnx.ModelProto
+    weights: dict[str, np.ndarray] | None
+
+
+def _interface(a: GraphAnalysis, sym: dict[str, onnx.ValueInfoProto], name: str, fresh: dict[str, int]) -> TensorSpec:
+    t = a.types[name]
+    vi = sym.get(name)
+    dims = list(vi.type.tensor_type.shape.dim) if vi is not None and vi.type.tensor_type.HasField("shape") else []
+    shape: list[int | str] = []
+    for axis, mx in enumerate(t.shape):
+        d = dims[axis] if axis < len(dims) else None
+        if d is not None and d.HasField("dim_value"):
+            shape.append(int(d.dim_value))
+        elif d is not None and d.dim_param in a.dim_max:
+            shape.append(d.dim_param)
+        elif d is None and mx == 0:
+            shape.append(0)
+        else:
+            sym_name = f"{name}.dim{axis}"
+            fresh[sym_name] = max(int(mx), 1)
+            shape.append(sym_name)
+    return TensorSpec(name, _ONNX_TO_NP[t.elem_type], shape, [int(x) for x in t.shape])
+
+
+def _symbolic_types(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    """Shapes with the symbolic input dims kept, so task interfaces stay symbolic (seq, past, ...)."""
+    stripped = onnx.ModelProto()
+    stripped.CopyFrom(model)
+    stripped.graph.ClearField("initializer")
+    for t in model.graph.initializer:  # dims and types only: never touch weight data here
+        stub = stripped.graph.initializer.add()
+        stub.name, stub.data_type = t.name, t.data_type
+        stub.dims.extend(t.dims)
+        stub.data_location = TensorProto.EXTERNAL
+        e = stub.external_data.add()
+        e.key, e.value = "location", "unused"
+    inferred = onnx.shape_inference.infer_shapes(stripped, data_prop=True)
+    return {vi.name: vi for vi in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)}
+
+
+def _layers(nodes: list[onnx.NodeProto], initializers: set[str]) -> list[str]:
+    """Readable names of what a task holds: builder scopes (``layers.3``, ``embeddings``) and, for
+    unscoped nodes, the weights they read (``embed``, ``lm_head``)."""
+    seen: list[str] = []
+    for n in nodes:
+        parts = n.name.split(".")
+        if len(parts) > 2 and parts[1].isdigit():
+            labels = [".".join(parts[:2])]
+        elif len(parts) > 1:
+            labels = [parts[0]]
+        else:
+            labels = [x.rsplit(".", 1)[0] for x in n.input if x in initializers]
+        for label in labels:
+            if label not in seen:
+                seen.append(label)
+    return seen
+
+
+def _has_data(t: TensorProto) -> bool:
+    return t.data_location != TensorProto.EXTERNAL
+
+
+def build_tasks(a: GraphAnalysis, part: Partition, model_name: str) -> list[BuiltTask]:
+    sym = _symbolic_types(a.model)
+    built: list[BuiltTask] = []
+    for index, seg in enumerate(part.segments):
+        built.append(_build_task(a, sym, seg, index, model_name))
+    return built
+
+
+def _build_task(a: GraphAnalysis, sym: dict[str, onnx.ValueInfoProto], seg: Segment, index: int,
+                model_name: str) -> BuiltTask:
+    nodes = a.nodes[seg.start : seg.stop]
+    produced = {o for n in nodes for o in n.output}
+    reads = [x for n in nodes for x in n.input if x]
+    consts = list(dict.fromkeys(x for x in reads if x in a.constants))
+    inits = list(dict.fromkeys(x for x in reads if x in a.initializers))
+    inputs = list(dict.fromkeys(x for x in reads if x not in produced and x not in a.constants
+                                and x not in a.initializers))
+    graph_outputs = set(a.graph_outputs)
+    outputs = [o for n in nodes for o in n.output
+               if o and (o in graph_outputs or a.last_use.get(o, -1) >= seg.stop)]
+    fresh: dict[str, int] = {}
+    in_specs = [_interface(a, sym, x, fresh) for x in inputs]
+    out_specs = [_interface(a, sym, x, {}) for x in outputs]
+    used_dims = {d for s in in_specs for d in s.shape if isinstance(d, str)}
+    dim_max = {k: v for k, v in a.dim_max.items() if k in used_dims} | fresh
+    state = {k: v for k, v in a.state.items() if k in inputs and v in outputs}
+    bound = all(_has_data(a.initializers[n]) for n in inits)
+    weights = {n: numpy_helper.to_array(a.initializers[n]) for n in inits} if bound else None
+
+    def vi(spec: TensorSpec) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(spec.name, a.types[spec.name].elem_type, spec.shape)
+
+    initializers = [_external_stub(a.initializers[n]) for n in inits]
+    graph = helper.make_graph(
+        [a.constants[c] for c in consts] + nodes, f"{model_name}.task{index}",
+        [vi(s) for s in in_specs], [vi(s) for s in out_specs], initializer=initializers,
+    )
+    model = helper.make_model(graph, opset_imports=list(a.model.opset_import), producer_name="splitup")
+    model.ir_version = a.model.ir_version
+    props = {DIM_MAX_KEY: json.dumps(dim_max, sort_keys=True)}
+    if state:
+        props[STATE_KEY] = json.dumps(state, sort_keys=True)
+    helper.set_model_props(model, props)
+    validate_model(model)
+    definition = TaskDefinition(
+        model=model_name, index=index, graph_sha256="", weights_sha256=None, inputs=in_specs, outputs=out_specs,
+        state=state, dim_max=dim_max, vram_bytes=seg.vram_bytes, weight_bytes=seg.weight_bytes,
+        activation_bytes=seg.activation_bytes, kv_cache_bytes=seg.kv_cache_bytes,
+        workspace_bytes=seg.workspace_bytes, flops=seg.flops, cut_bytes=seg.cut_bytes,
+        budget_bytes=seg.budget_bytes, layers=_layers(nodes, set(a.initializers)), node_count=len(nodes),
+    )
+    return BuiltTask(definition, model, weights)
+
+
+def _external_stub(t: TensorProto) -> TensorProto:
+    stub = TensorProto(name=t.name, data_type=t.data_type, dims=list(t.dims))
+    stub.data_location = TensorProto.EXTERNAL
+    e = stub.external_data.add()
+    e.key, e.value = "location", WEIGHTS_FILE
+    return stub
+
+
+def write_task(task: BuiltTask, directory: Path) -> TaskDefinition:
+    """Write one bundle; returns the definition with its file hashes and task id filled in."""
+    from safetensors.numpy import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    graph = onnx.ModelProto()
+    graph.CopyFrom(task.graph)
+    weights_sha = None
+    if task.weights is not None:
+        shard = directory / WEIGHTS_FILE
+        save_file({k: np.ascontiguousarray(v) for k, v in task.weights.items()}, str(shard))
+        offsets = _safetensors_offsets(shard)
+        for init in graph.graph.initializer:
+            begin, end = offsets[init.name]
+            del init.external_data[:]
+            for key, value in (("location", WEIGHTS_FILE), ("offset", str(begin)), ("length", str(end - begin))):
+                e = init.external_data.add()
+                e.key, e.value = key, value
+        weights_sha = sha256_file(shard)
+    graph_bytes = graph.SerializeToString(deterministic=True)
+    tmp = directory / (GRAPH_FILE + ".tmp")
+    tmp.write_bytes(graph_bytes)
+    os.replace(tmp, directory / GRAPH_FILE)
+    d = task.definition
+    definition = TaskDefinition(**{**asdict(d), "inputs": d.inputs, "outputs": d.outputs,
+                                   "graph_sha256": hashlib.sha256(graph_bytes).hexdigest(),
+                                   "weights_sha256": weights_sha}).with_id()
+    (directory / TASK_FILE).write_text(json.dumps(definition.to_json(), indent=1))
+    return definition
+
+
+def _safetensors_offsets(path: Path) -> dict[str, tuple[int, int]]:
+    """Absolute byte ranges of each tensor in a safetensors file (header: u64 length + JSON)."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    base = 8 + n
+    return {k: (base + v["data_offsets"][0], base + v["data_offsets"][1])
+            for k, v in header.items() if k != "__metadata__"}
+
+
+def task_dir(root: Path, task: TaskDefinition) -> Path:
+    return Path(root) / "tasks" / f"{task.index:03d}-{task.task_id[:16]}"
+
+
+def load_task(directory: Path, *, verify: bool = True) -> TaskDefinition:
+    """Read a bundle's definition and check both file hashes against it."""
+    directory = Path(directory)
+    try:
+        task = TaskDefinition.from_json(json.loads((directory / TASK_FILE).read_text()))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise PlanError(f"cannot read task bundle {directory}: {exc}") from None
+    if verify:
+        if sha256_file(directory / GRAPH_FILE) != task.graph_sha256:
+            raise PlanError(f"task {task.task_id[:12]}: {GRAPH_FILE} does not match its sha256")
+        if task.weights_sha256 is not None and sha256_file(directory / WEIGHTS_FILE) != task.weights_sha256:
+            raise PlanError(f"task {task.task_id[:12]}: {WEIGHTS_FILE} does not match its sha256")
+    return task

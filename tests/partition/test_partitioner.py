@@ -1,0 +1,64 @@
+import math
+import time
+
+import pytest
+
+from splitup.graph import zoo
+from splitup.partition import PartitionError, analyze, partition
+
+GiB = 2**30
+
+
+@pytest.fixture(scope="module")
+def llama70b():
+    return analyze(zoo.build("llama-70b", dtype="float16", validate=False))
+
+
+def test_llama_70b_at_12gib_is_near_the_lower_bound_and_fast(llama70b):
+    t0 = time.perf_counter()
+    part = partition(llama70b, 12 * GiB)
+    elapsed = time.perf_counter() - t0
+    assert part.lower_bound == math.ceil((part.total_weight_bytes + part.total_kv_cache_bytes) / (12 * GiB))
+    assert len(part.segments) <= part.lower_bound + 1
+    assert len(part.segments) == 12
+    assert all(s.vram_bytes <= 12 * GiB for s in part.segments)
+    assert sum(s.weight_bytes for s in part.segments) >= part.total_weight_bytes  # shared rope tables repeat
+    assert elapsed < 1.0
+    # Contiguous, complete, and every cut is a small hidden-state tensor (1 x 128 x 8192 fp16).
+    assert part.segments[0].start == 0 and part.segments[-1].stop == len(llama70b.nodes)
+    for a, b in zip(part.segments, part.segments[1:], strict=False):
+        assert a.stop == b.start
+        assert a.cut_bytes <= 2 * 128 * 8192 * 2
+
+
+def test_fewest_tasks_then_balanced_stages(llama70b):
+    part = partition(llama70b, 24 * GiB)
+    flops = [s.flops for s in part.segments]
+    # The optimum puts the bottleneck close to the average; a greedy fill would leave a short tail.
+    assert max(flops) < 1.25 * (sum(flops) / len(flops))
+
+
+def test_heterogeneous_nodes_each_task_fits_its_node(llama70b):
+    sizes = [8 * GiB, 12 * GiB, 16 * GiB, 24 * GiB] * 3
+    part = partition(llama70b, sizes)
+    used = sorted(s.budget_bytes for s in part.segments)
+    for s in part.segments:
+        assert s.vram_bytes <= s.budget_bytes
+    remaining = list(sizes)
+    for b in used:
+        remaining.remove(b)  # never more nodes of a size than given
+    with pytest.raises(PartitionError, match="does not fit on the given nodes"):
+        partition(llama70b, [24 * GiB, 24 * GiB])
+
+
+def test_impossible_budget_names_the_culprit(llama70b):
+    with pytest.raises(PartitionError, match=r"weight 'embed.weight' alone needs 524288000 bytes"):
+        partition(llama70b, 256 * 2**20)
+
+
+def test_kv_cache_is_counted_at_the_declared_context():
+    a = analyze(zoo.build("tiny-llama", seed=0))
+    part = partition(a, 2**40, workspace_bytes=0)
+    cfg = zoo.entry("tiny-llama").config
+    per_layer = 2 * cfg.kv_heads * cfg.context * cfg.head_dim * 4
+    assert part.segments[0].kv_cache_bytes == cfg.layers * per_layer
