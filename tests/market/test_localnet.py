@@ -171,3 +171,26 @@ def test_sigkill_loses_nothing_confirmed(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_programs_deployed_to_the_local_network_survive_restart(tmp_path: Path) -> None:
+    from splitup.market.deploy import deploy_upgradeable
+    from splitup.market.transport import program_bytes
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    a = Keypair()
+    with running(tmp_path, port):
+        t = RpcTransport(url, poll_s=0.02)
+        t.airdrop(a.pubkey(), 50 * SOL)
+        pid = deploy_upgradeable(t, a, program_bytes())
+        t.advance(1)
+        Market(t, pid, a).init_config(a)
+        t.close()
+    with running(tmp_path, port):
+        t = RpcTransport(url, poll_s=0.02)
+        m = Market(t, pid, a)
+        assert m.config().authority == a.pubkey()
+        m.register_node(a, 2 * SOL, 1)  # the redeployed program runs after the restart
+        assert m.node(a.pubkey()).stake == 2 * SOL
+        t.close()

@@ -30,6 +30,8 @@ from splitup.market.transport import (
     program_bytes,
 )
 
+UPGRADEABLE_LOADER = Pubkey.from_string("BPFLoaderUpgradeab1e11111111111111111111111")
+PROGRAMDATA_HEADER = 45  # UpgradeableLoaderState::ProgramData: tag, slot, Option<authority>
 RECENT_BLOCKHASHES = 150  # as on Solana: a transaction must use one of the last 150 blockhashes
 NATIVE_OWNERS = {
     Pubkey.from_string("Sysvar1111111111111111111111111111111111111"),
@@ -69,13 +71,29 @@ class LocalChain:
         self.store = LedgerStore(directory / "ledger.sqlite3")
         self.svm = LiteSVM().with_sigverify(True).with_blockhash_check(False).with_transaction_history(100_000)
         self.svm.add_program(program_id, program if program is not None else program_bytes())
+        programdata = Pubkey.find_program_address([bytes(program_id)], UPGRADEABLE_LOADER)[0]
+        self.builtin = {program_id, programdata}
         self.recent: deque[Hash] = deque(maxlen=RECENT_BLOCKHASHES)
         self._restore()
         self.recent.append(self.svm.latest_blockhash())
 
     def _restore(self) -> None:
-        for key, acc in self.store.accounts():
-            self.svm.set_account(key, Account(acc.lamports, acc.data, acc.owner, acc.executable))
+        stored = dict(self.store.accounts())
+        for key, acc in stored.items():
+            if not acc.executable:
+                self.svm.set_account(key, Account(acc.lamports, acc.data, acc.owner, False))
+        # Programs deployed through the upgradeable loader: setting their accounts is not enough, the
+        # runtime's program cache must load the ELF kept in their ProgramData account (after 45 bytes).
+        for key, acc in stored.items():
+            if acc.executable and acc.owner == UPGRADEABLE_LOADER and len(acc.data) == 36 and acc.data[0] == 2:
+                data_key = Pubkey.from_bytes(acc.data[4:36])
+                programdata = stored.get(data_key)
+                if programdata is None:
+                    continue
+                self.svm.add_program_with_loader(key, programdata.data[PROGRAMDATA_HEADER:], UPGRADEABLE_LOADER)
+                self.svm.set_account(key, Account(acc.lamports, acc.data, acc.owner, True))
+                self.svm.set_account(data_key, Account(programdata.lamports, programdata.data, programdata.owner,
+                                                       False))
         clock = self.store.clock()
         if clock is not None:
             slot, hashes = clock
@@ -141,10 +159,11 @@ class LocalChain:
         touched: list[tuple[Pubkey, AccountData | None]] = []
         for key in dict.fromkeys(keys):
             acc = self.svm.get_account(key)
-            if acc is not None and (acc.executable or acc.owner in NATIVE_OWNERS):
-                continue  # programs and sysvars are rebuilt at start, not restored
+            if key in self.builtin or (acc is not None and acc.owner in NATIVE_OWNERS):
+                continue  # the market program and sysvars are rebuilt at start, not restored
             gone = acc is None or (acc.lamports == 0 and not acc.data)
-            touched.append((key, None if gone else AccountData(acc.lamports, bytes(acc.data), acc.owner, False)))
+            touched.append((key, None if gone else AccountData(acc.lamports, bytes(acc.data), acc.owner,
+                                                               acc.executable)))
         hashes = list(self.svm.get_slot_hashes())
         self.store.commit(touched, int(self.svm.get_clock().slot), hashes,
                           (signature, None if err is None else json.dumps(err)))
