@@ -39,12 +39,14 @@ uint64_t ix_sample(Ctx *c) {
   const uint8_t *slot_hash;
   bool missing = false;
   TRY(slot_hash_after(&ka[1], t->committed_slot, &slot_hash, &missing));
+  /* the coin of docs/posp.md ("Sampling rule"), bit for bit: sha256(slot_hash || commitment) */
   uint8_t h[32];
-  SolBytes parts[4] = {{slot_hash, 32}, {t->commitment, 32}, {ka[0].key->x, 32}, {(const uint8_t *)&a.index, 8}};
-  sol_sha256(parts, 4, h);
+  SolBytes parts[2] = {{slot_hash, 32}, {t->commitment, 32}};
+  sol_sha256(parts, 2, h);
   uint64_t draw = missing ? 0 : rd64(h) % BPS;
   t->draw = draw;
-  t->sampled = draw < j->verify_rate_bps;
+  /* a market that verifies nothing (rate 0) never verifies; otherwise a lost slot hash means "verify" */
+  t->sampled = j->verify_rate_bps > 0 && (missing || draw < j->verify_rate_bps);
   t->status = t->sampled ? ST_SAMPLED : ST_READY;
   return 0;
 }

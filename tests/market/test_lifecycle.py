@@ -226,16 +226,35 @@ def test_collect_fees_and_set_config(never_verify: World) -> None:
     assert m.job(job).header.verify_rate_bps == 0  # the posted job keeps its terms
 
 
-def test_default_rate_samples_about_eight_percent() -> None:
-    w = make_world(n_nodes=2)
+def test_draw_is_the_coin_of_the_posp_spec() -> None:
+    """The program flips exactly splitup.verify.sampling's coin, on the first slot hash after the commitment."""
+    from splitup.verify.sampling import sampling_seed, should_sample
+
+    w = make_world(n_nodes=3)
     assert w.m.config().verify_rate_bps == 800
-    # The draw is sha256(slot hash, commitment, job, index) mod 10000 < 800; check the rule itself.
-    job = w.post()
+    for i in range(3):
+        job = w.post()
+        w.m.accept_task(w.nodes[i], job, 0)
+        w.m.commit_result(w.nodes[i], job, 0, h(f"output {i}"))
+        committed = w.m.job(job).tasks[0].committed_slot
+        w.t.advance(3)
+        slot_hash = dict(w.t.svm.get_slot_hashes())[committed + 1]
+        sampled = w.m.sample(job, 0)
+        task = w.m.job(job).tasks[0]
+        seed = sampling_seed(bytes(slot_hash), h(f"output {i}"))
+        assert task.draw == int.from_bytes(seed[:8], "little") % 10_000
+        assert sampled == should_sample(seed, 800) == (task.draw < 800)
+        assert task.status == (TaskStatus.SAMPLED if sampled else TaskStatus.READY)
+
+
+def test_draw_fails_safe_when_the_slot_hash_is_gone() -> None:
+    """Sampled late, after the slot hash left the 512-slot window: the task is verified."""
+    w = make_world(MarketParams(verify_rate_bps=1))
+    job = w.post(task_timeout_slots=10)
     w.run_to_commit(job, 0, w.nodes[0])
-    sampled = w.m.sample(job, 0)
-    task = w.m.job(job).tasks[0]
-    assert sampled == (task.draw < 800)
-    assert task.status == (TaskStatus.SAMPLED if sampled else TaskStatus.READY)
+    w.t.advance(600)
+    assert w.m.sample(job, 0) is True
+    assert w.m.job(job).tasks[0].draw == 0
 
 
 def test_largest_model_is_registered_in_chunks(world: World) -> None:
