@@ -17,6 +17,7 @@ from splitup.errors import SplitUpError
 
 # Import paths of the sub-command modules, in the order --help lists them.
 COMMANDS: tuple[str, ...] = (
+    "splitup.cli.plan",
     "splitup.cli.econ",
     "splitup.cli.validate",
     "splitup.cli.ledger",

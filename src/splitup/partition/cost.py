@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from splitup.graph.limits import Limits
-from splitup.graph.shapes import TensorType, infer_bounded, read_dim_max, typed_tensors
+from splitup.graph.shapes import TensorType, infer_at, read_dim_max, typed_tensors
 from splitup.graph.sizes import element_count, tensor_bytes
 from splitup.graph.validate import validate_model
 
@@ -56,9 +56,14 @@ class GraphAnalysis:
     last_use: dict[str, int] = field(default_factory=dict)
     producer: dict[str, int] = field(default_factory=dict)
 
+    _sizes: dict[str, int] = field(default_factory=dict)
+
     def nbytes(self, name: str) -> int:
-        t = self.types[name]
-        return tensor_bytes(t.elem_type, t.shape, where=f"tensor {name}")
+        size = self._sizes.get(name)
+        if size is None:
+            t = self.types[name]
+            size = self._sizes[name] = tensor_bytes(t.elem_type, t.shape, where=f"tensor {name}")
+        return size
 
     @property
     def total_flops(self) -> int:
@@ -104,12 +109,18 @@ def read_state(model: onnx.ModelProto) -> dict[str, str]:
     return {}
 
 
-def analyze(model: onnx.ModelProto, limits: Limits | None = None) -> GraphAnalysis:
-    """Validate ``model`` and size every tensor and node at the declared maxima."""
+def analyze(model: onnx.ModelProto, limits: Limits | None = None, *, trusted: bool = False) -> GraphAnalysis:
+    """Size every tensor and node at the declared maxima.
+
+    Models from elsewhere are validated in full first. ``trusted`` is for graphs this process built
+    itself with the builder (zoo models): it skips the hostile-input checks and only infers shapes,
+    which keeps planning a 70B model well under a second. Every task cut from it is validated anyway.
+    """
     limits = limits or Limits()
-    validate_model(model, limits=limits)
+    if not trusted:
+        validate_model(model, limits=limits)
     dim_max = read_dim_max(model, limits)
-    types = typed_tensors(infer_bounded(model, dim_max, limits).graph, limits)
+    types = typed_tensors(infer_at(model, dim_max, limits).graph, limits)
     nodes = [n for n in model.graph.node if n.op_type != "Constant"]
     constants = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
     analysis = GraphAnalysis(

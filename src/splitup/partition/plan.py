@@ -42,14 +42,15 @@ def make_plan(
     workspace_bytes: int = DEFAULT_WORKSPACE,
     cut_factor: float = 2.0,
     out_dir: Path | None = None,
+    trusted: bool = False,
 ) -> PlanResult:
     """Split ``model`` under ``budgets``; with ``out_dir`` write plan.json and one bundle per task.
 
     Shape-only models (no weight data) can be planned and their graphs written, but have no shards.
     """
-    a = analyze(model)
+    a = analyze(model, trusted=trusted)
     part = partition(a, budgets, workspace_bytes=workspace_bytes, cut_factor=cut_factor)
-    built = build_tasks(a, part, name)
+    built = build_tasks(a, part, name, validate=out_dir is not None)
     if out_dir is not None:
         out_dir = Path(out_dir)
         if (out_dir / "tasks").exists():

@@ -243,16 +243,14 @@ def _has_data(t: TensorProto) -> bool:
     return t.data_location != TensorProto.EXTERNAL
 
 
-def build_tasks(a: GraphAnalysis, part: Partition, model_name: str) -> list[BuiltTask]:
+def build_tasks(a: GraphAnalysis, part: Partition, model_name: str, *, validate: bool = True) -> list[BuiltTask]:
+    """Cut each segment out as a task graph. ``validate=False`` is for plans that are only printed."""
     sym = _symbolic_types(a.model)
-    built: list[BuiltTask] = []
-    for index, seg in enumerate(part.segments):
-        built.append(_build_task(a, sym, seg, index, model_name))
-    return built
+    return [_build_task(a, sym, seg, index, model_name, validate) for index, seg in enumerate(part.segments)]
 
 
 def _build_task(a: GraphAnalysis, sym: dict[str, onnx.ValueInfoProto], seg: Segment, index: int,
-                model_name: str) -> BuiltTask:
+                model_name: str, validate: bool) -> BuiltTask:
     nodes = a.nodes[seg.start : seg.stop]
     produced = {o for n in nodes for o in n.output}
     reads = [x for n in nodes for x in n.input if x]
@@ -286,7 +284,8 @@ def _build_task(a: GraphAnalysis, sym: dict[str, onnx.ValueInfoProto], seg: Segm
     if state:
         props[STATE_KEY] = json.dumps(state, sort_keys=True)
     helper.set_model_props(model, props)
-    validate_model(model)
+    if validate:
+        validate_model(model)
     definition = TaskDefinition(
         model=model_name, index=index, graph_sha256="", weights_sha256=None, inputs=in_specs, outputs=out_specs,
         state=state, dim_max=dim_max, vram_bytes=seg.vram_bytes, weight_bytes=seg.weight_bytes,

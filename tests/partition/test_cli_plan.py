@@ -1,0 +1,87 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from splitup.cli import main
+from splitup.cli.plan import compact_layers, parse_nodes
+from splitup.graph import zoo
+from splitup.partition.local import LocalPipeline
+
+from .conftest import random_feeds, reference
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_json_output_for_llama_70b(capsys):
+    code, out, _ = run_cli(capsys, "plan", "llama-70b", "--vram", "12GiB", "--dtype", "fp16", "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["model"] == "llama-70b" and doc["budget_bytes"] == 12 * 2**30
+    assert doc["lower_bound"] == 11 and len(doc["tasks"]) == 12
+    keys = {"index", "vram_bytes", "weight_bytes", "activation_bytes", "kv_cache_bytes", "flops", "cut_bytes"}
+    assert all(keys <= set(t) for t in doc["tasks"])
+    assert all(t["vram_bytes"] <= 12 * 2**30 for t in doc["tasks"])
+    assert doc["tasks"][0]["layers"][0] == "embed" and doc["tasks"][-1]["layers"][-1] == "lm_head"
+
+
+def test_table_and_chart(capsys, tmp_path):
+    pytest.importorskip("matplotlib", reason="--chart needs the optional matplotlib")
+    chart = tmp_path / "plan.png"
+    code, out, _ = run_cli(capsys, "plan", "llama-7b", "--nodes", "8GiB,2x12GiB", "--chart", str(chart))
+    assert code == 0
+    assert "lower bound" in out and "layers." in out
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_onnx_file_with_out_writes_runnable_bundles(capsys, tmp_path):
+    model = zoo.build("tiny-gpt2", seed=0, kv_cache=False)
+    path = tmp_path / "tiny.onnx"
+    onnx.save(model, path)
+    code, out, _ = run_cli(capsys, "plan", str(path), "--vram", "600KiB", "--workspace", "0", "--out",
+                           str(tmp_path / "plan"), "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert len(doc["tasks"]) >= 2 and doc["written_to"]
+    feeds = random_feeds(model)
+    got = LocalPipeline(tmp_path / "plan").run(feeds)
+    np.testing.assert_allclose(got["logits"], reference(model, feeds)["logits"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["plan", "llama-70b", "--vram", "12 gigs"], "unknown byte unit"),
+        (["plan", "llama-99b", "--vram", "12GiB"], "unknown zoo model"),
+        (["plan", "llama-7b", "--vram", "100MiB"], "alone needs"),
+        (["plan", "llama-70b", "--nodes", "24GiB,24GiB"], "does not fit on the given nodes"),
+        (["plan", "llama-7b", "--nodes", "twox8GiB"], "bad node list entry"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(capsys, args, message):
+    code, out, err = run_cli(capsys, *args)
+    assert code == 2
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_invalid_onnx_file_subprocess(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    proc = subprocess.run([sys.executable, "-m", "splitup", "plan", str(bad), "--vram", "1GiB"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error:") and "Traceback" not in proc.stderr
+
+
+def test_helpers():
+    assert parse_nodes("8GiB, 2x12GiB") == [8 * 2**30, 12 * 2**30, 12 * 2**30]
+    assert compact_layers(["embed", "layers.0", "layers.1", "layers.2", "norm", "lm_head"]) == \
+        "embed, layers.0-2, norm, lm_head"
+    assert compact_layers(["h.3"]) == "h.3"
