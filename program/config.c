@@ -5,6 +5,10 @@ static uint64_t check_params(const InitConfigArgs *a) {
   if (a->verify_rate_bps > BPS || a->slash_bps > BPS || a->protocol_fee_bps > BPS) return E_INVALID_PARAMETER;
   if (a->min_stake == 0 || a->task_collateral > a->min_stake) return E_INVALID_PARAMETER;
   if (a->validator_timeout_slots == 0) return E_INVALID_PARAMETER;
+  /* elevated rates lie between the base rate and 100%, and halve at least every 1 task */
+  if (a->new_node_bps > BPS || a->failed_bps > BPS) return E_INVALID_PARAMETER;
+  if (a->new_node_bps < a->verify_rate_bps || a->failed_bps < a->verify_rate_bps) return E_INVALID_PARAMETER;
+  if (a->new_node_half_life == 0 || a->failed_half_life == 0) return E_INVALID_PARAMETER;
   return 0;
 }
 
@@ -17,6 +21,10 @@ static void apply(Config *cfg, const InitConfigArgs *a) {
   cfg->protocol_fee_bps = a->protocol_fee_bps;
   cfg->unbonding_slots = a->unbonding_slots;
   cfg->validator_timeout_slots = a->validator_timeout_slots;
+  cfg->new_node_bps = a->new_node_bps;
+  cfg->new_node_half_life = a->new_node_half_life;
+  cfg->failed_bps = a->failed_bps;
+  cfg->failed_half_life = a->failed_half_life;
 }
 
 /* accounts: 0 authority (signer, writable: pays rent), 1 config PDA (w), 2 system program */

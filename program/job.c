@@ -59,6 +59,10 @@ uint64_t ix_post_job(Ctx *c) {
   j->verify_rate_bps = cfg->verify_rate_bps;
   j->validator_reward = cfg->validator_reward;
   j->protocol_fee_bps = cfg->protocol_fee_bps;
+  j->new_node_bps = cfg->new_node_bps;
+  j->new_node_half_life = cfg->new_node_half_life;
+  j->failed_bps = cfg->failed_bps;
+  j->failed_half_life = cfg->failed_half_life;
   for (uint64_t i = 0; i < m->task_count; i++) job_tasks(j)[i].price = model_tasks(m)[i].price;
   return 0;
 }

@@ -105,8 +105,12 @@ typedef struct {
   uint64_t unbonding_slots;  /* @88 */
   uint64_t validator_timeout_slots;  /* @96 */
   uint64_t treasury;  /* @104 */
+  uint64_t new_node_bps;  /* @112 */
+  uint64_t new_node_half_life;  /* @120 */
+  uint64_t failed_bps;  /* @128 */
+  uint64_t failed_half_life;  /* @136 */
 } Config;
-_Static_assert(sizeof(Config) == 112, "Config layout");
+_Static_assert(sizeof(Config) == 144, "Config layout");
 
 typedef struct {
   uint8_t task_id[32];  /* @0 */
@@ -130,7 +134,8 @@ _Static_assert(sizeof(ModelHeader) == 80, "ModelHeader layout");
 typedef struct {
   uint8_t tag;  /* @0 */
   uint8_t bump;  /* @1 */
-  uint8_t _pad0[2];  /* @2 */
+  uint8_t ever_failed;  /* @2 */
+  uint8_t _pad0[1];  /* @3 */
   uint32_t engines;  /* @4 */
   uint8_t owner[32];  /* @8 */
   uint64_t stake;  /* @40 */
@@ -141,11 +146,12 @@ typedef struct {
   uint64_t tasks_done;  /* @80 */
   uint64_t verified;  /* @88 */
   uint64_t failed;  /* @96 */
-  uint64_t special_count;  /* @104 */
-  uint8_t endpoint[64];  /* @112 */
-  uint8_t specialized[256];  /* @176 */
+  uint64_t since_failure;  /* @104 */
+  uint64_t special_count;  /* @112 */
+  uint8_t endpoint[64];  /* @120 */
+  uint8_t specialized[256];  /* @184 */
 } Node;
-_Static_assert(sizeof(Node) == 432, "Node layout");
+_Static_assert(sizeof(Node) == 440, "Node layout");
 
 typedef struct {
   uint8_t status;  /* @0 */
@@ -163,8 +169,9 @@ typedef struct {
   uint64_t deadline;  /* @160 */
   uint64_t committed_slot;  /* @168 */
   uint64_t draw;  /* @176 */
+  uint64_t rate_bps;  /* @184 */
 } TaskSlot;
-_Static_assert(sizeof(TaskSlot) == 184, "TaskSlot layout");
+_Static_assert(sizeof(TaskSlot) == 192, "TaskSlot layout");
 
 typedef struct {
   uint8_t tag;  /* @0 */
@@ -184,8 +191,12 @@ typedef struct {
   uint64_t validator_reward;  /* @152 */
   uint64_t protocol_fee_bps;  /* @160 */
   uint64_t closed_tasks;  /* @168 */
+  uint64_t new_node_bps;  /* @176 */
+  uint64_t new_node_half_life;  /* @184 */
+  uint64_t failed_bps;  /* @192 */
+  uint64_t failed_half_life;  /* @200 */
 } JobHeader;
-_Static_assert(sizeof(JobHeader) == 176, "JobHeader layout");
+_Static_assert(sizeof(JobHeader) == 208, "JobHeader layout");
 
 typedef struct {
   uint64_t verify_rate_bps;  /* @0 */
@@ -196,8 +207,12 @@ typedef struct {
   uint64_t protocol_fee_bps;  /* @40 */
   uint64_t unbonding_slots;  /* @48 */
   uint64_t validator_timeout_slots;  /* @56 */
+  uint64_t new_node_bps;  /* @64 */
+  uint64_t new_node_half_life;  /* @72 */
+  uint64_t failed_bps;  /* @80 */
+  uint64_t failed_half_life;  /* @88 */
 } InitConfigArgs;
-_Static_assert(sizeof(InitConfigArgs) == 64, "InitConfigArgs layout");
+_Static_assert(sizeof(InitConfigArgs) == 96, "InitConfigArgs layout");
 
 typedef struct {
   uint8_t model_hash[32];  /* @0 */

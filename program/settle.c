@@ -25,6 +25,7 @@ static uint64_t pay_node(Payer *p, const SolAccountInfo *owner, Node *n, uint64_
   TRY(add64(p->cfg->treasury, fee, &p->cfg->treasury));
   TRY(add64(n->tasks_done, 1, &n->tasks_done));
   if (verified) TRY(add64(n->verified, 1, &n->verified));
+  if (n->ever_failed) TRY(add64(n->since_failure, 1, &n->since_failure));
   return 0;
 }
 
@@ -70,6 +71,8 @@ uint64_t ix_settle(Ctx *c) {
     t->status = ST_SETTLED;
   } else { /* the node cheated: no pay, slashed; the validator earned its reward */
     TRY(slash_node(&ka[3], n, &ka[2], p.cfg, t->collateral));
+    n->ever_failed = 1; /* its verification rate jumps to failed_bps and decays again */
+    n->since_failure = 0;
     TRY(pay(&p, &ka[6], p.job->validator_reward));
     TRY(unlock(v, t->validator_collateral));
     t->status = ST_FAILED;

@@ -26,16 +26,37 @@ static uint64_t slot_hash_after(const SolAccountInfo *sysvar, uint64_t after, co
   return 0;
 }
 
-/* accounts: 0 job (w), 1 SlotHashes sysvar. Permissionless. */
+/* extra >> (tasks / half_life), 0 once the shift reaches 63: splitup.verify.sampling._decayed */
+static uint64_t decayed(uint64_t extra, uint64_t tasks, uint64_t half_life) {
+  uint64_t shift = tasks / half_life;
+  return shift >= 63 ? 0 : extra >> shift;
+}
+
+/* The node's verification rate, docs/posp.md "Adaptive rate" (SamplingPolicy.rate_bps), with the
+   job's snapshot of the policy: base + max(new-node extra, failed-verdict extra). */
+static uint64_t adaptive_rate(const JobHeader *j, const Node *n) {
+  uint64_t base = j->verify_rate_bps;
+  uint64_t extra = decayed(j->new_node_bps - base, n->tasks_done, j->new_node_half_life);
+  if (n->ever_failed) {
+    uint64_t f = decayed(j->failed_bps - base, n->since_failure, j->failed_half_life);
+    if (f > extra) extra = f;
+  }
+  return base + extra;
+}
+
+/* accounts: 0 job (w), 1 SlotHashes sysvar, 2 the task's node. Permissionless. */
 uint64_t ix_sample(Ctx *c) {
   SolAccountInfo *ka = c->p->ka;
   TaskArgs a;
   TRY(read_args(c, &a, sizeof(a), NULL, NULL));
   JobHeader *j;
   TaskSlot *t;
+  Node *n;
   TRY(load_job(c, &ka[0], true, &j));
   TRY(job_task(j, a.index, &t));
   if (t->status != ST_COMMITTED) return E_WRONG_TASK_STATE;
+  TRY(load_node(c, &ka[2], false, &n));
+  if (!pubkey_eq(ka[2].key, (const SolPubkey *)t->node)) return E_WRONG_NODE;
   const uint8_t *slot_hash;
   bool missing = false;
   TRY(slot_hash_after(&ka[1], t->committed_slot, &slot_hash, &missing));
@@ -43,10 +64,12 @@ uint64_t ix_sample(Ctx *c) {
   uint8_t h[32];
   SolBytes parts[2] = {{slot_hash, 32}, {t->commitment, 32}};
   sol_sha256(parts, 2, h);
+  uint64_t rate = adaptive_rate(j, n);
   uint64_t draw = missing ? 0 : rd64(h) % BPS;
   t->draw = draw;
+  t->rate_bps = rate;
   /* a market that verifies nothing (rate 0) never verifies; otherwise a lost slot hash means "verify" */
-  t->sampled = j->verify_rate_bps > 0 && (missing || draw < j->verify_rate_bps);
+  t->sampled = rate > 0 && (missing || draw < rate);
   t->status = t->sampled ? ST_SAMPLED : ST_READY;
   return 0;
 }

@@ -78,9 +78,9 @@ def world() -> World:
 
 @pytest.fixture
 def always_verify() -> World:
-    return make_world(MarketParams(verify_rate_bps=10_000))
+    return make_world(MarketParams.flat(10_000))
 
 
 @pytest.fixture
 def never_verify() -> World:
-    return make_world(MarketParams(verify_rate_bps=0))
+    return make_world(MarketParams.flat(0))

@@ -221,17 +221,19 @@ def test_collect_fees_and_set_config(never_verify: World) -> None:
     m.collect_fees(w.authority, w.authority.pubkey(), fee)
     assert t.balance(w.authority.pubkey()) == dest_before + fee - FEE_PER_SIGNATURE
     assert m.config().treasury == 0
-    m.set_config(w.authority, MarketParams(verify_rate_bps=1234))
+    m.set_config(w.authority, MarketParams.flat(1234))
     assert m.config().verify_rate_bps == 1234
     assert m.job(job).header.verify_rate_bps == 0  # the posted job keeps its terms
 
 
 def test_draw_is_the_coin_of_the_posp_spec() -> None:
-    """The program flips exactly splitup.verify.sampling's coin, on the first slot hash after the commitment."""
-    from splitup.verify.sampling import sampling_seed, should_sample
+    """The program flips exactly splitup.verify.sampling's coin, on the first slot hash after the commitment,
+    at the rate SamplingPolicy gives the node's record."""
+    from splitup.verify.sampling import NodeRecord, SamplingPolicy, sampling_seed, should_sample
 
     w = make_world(n_nodes=3)
     assert w.m.config().verify_rate_bps == 800
+    policy = SamplingPolicy()  # the market's defaults are the policy's defaults
     for i in range(3):
         job = w.post()
         w.m.accept_task(w.nodes[i], job, 0)
@@ -242,14 +244,57 @@ def test_draw_is_the_coin_of_the_posp_spec() -> None:
         sampled = w.m.sample(job, 0)
         task = w.m.job(job).tasks[0]
         seed = sampling_seed(bytes(slot_hash), h(f"output {i}"))
+        rate = policy.rate_bps(NodeRecord(honest_tasks=0))
+        assert task.rate_bps == rate == 3_000  # a new node
         assert task.draw == int.from_bytes(seed[:8], "little") % 10_000
-        assert sampled == should_sample(seed, 800) == (task.draw < 800)
+        assert sampled == should_sample(seed, rate)
         assert task.status == (TaskStatus.SAMPLED if sampled else TaskStatus.READY)
+
+
+def test_adaptive_rate_follows_the_node_record() -> None:
+    """Honest work halves a new node's extra; a failed verdict raises it to failed_bps, then it decays."""
+    from splitup.verify.sampling import NodeRecord, SamplingPolicy
+
+    params = MarketParams(verify_rate_bps=800, new_node_bps=3_000, new_node_half_life=1, failed_bps=5_000,
+                          failed_half_life=1)
+    policy = SamplingPolicy(800, 3_000, 1, 5_000, 1)
+    w = make_world(params, n_nodes=2)
+    m, node, validator = w.m, w.nodes[0], w.nodes[1]
+
+    def run_task(honest: bool) -> int:
+        job = w.post()
+        w.run_to_commit(job, 0, node)
+        m.sample(job, 0)
+        task = m.job(job).tasks[0]
+        if task.status == TaskStatus.SAMPLED:
+            m.assign_validator(validator, job, 0)
+            m.submit_verdict(validator, job, 0, honest, h("output"))
+            if not honest:
+                m.arbitrate(w.authority, job, 0, node_honest=False)
+        elif not honest:
+            return -1  # not drawn: the cheat goes unnoticed this time
+        m.settle(job, 0)
+        return int(task.rate_bps)
+
+    expected_record = NodeRecord(0)
+    for _ in range(3):
+        rate = run_task(honest=True)
+        assert rate == policy.rate_bps(expected_record)
+        expected_record = NodeRecord(expected_record.honest_tasks + 1)
+    n = m.node(node.pubkey())
+    assert (n.tasks_done, n.ever_failed) == (3, 0)
+    while run_task(honest=False) == -1:  # until a cheat is caught
+        pass
+    n = m.node(node.pubkey())
+    assert (n.ever_failed, n.since_failure) == (1, 0)
+    rate = run_task(honest=True)
+    assert rate == policy.rate_bps(NodeRecord(n.tasks_done, since_failure=0)) == 5_000
+    assert m.node(node.pubkey()).since_failure == 1
 
 
 def test_draw_fails_safe_when_the_slot_hash_is_gone() -> None:
     """Sampled late, after the slot hash left the 512-slot window: the task is verified."""
-    w = make_world(MarketParams(verify_rate_bps=1))
+    w = make_world(MarketParams.flat(1))
     job = w.post(task_timeout_slots=10)
     w.run_to_commit(job, 0, w.nodes[0])
     w.t.advance(600)

@@ -50,7 +50,7 @@ def test_lifecycle_over_json_rpc(tmp_path: Path) -> None:
         for k in (authority, client, n1, n2):
             t.airdrop(k.pubkey(), 50 * SOL)
         m = Market(t, DEFAULT_PROGRAM_ID, authority)
-        m.init_config(authority, MarketParams(verify_rate_bps=10_000))
+        m.init_config(authority, MarketParams.flat(10_000))
         m.register_node(n1, 2 * SOL, 1 << 34)
         m.register_node(n2, 2 * SOL, 1 << 34)
         model = m.register_model(client, h("m"), [ModelTask(task_id=h("t"), vram=1, price=10**6)]).address

@@ -38,7 +38,7 @@ class MarketMachine(RuleBasedStateMachine):
 
     @initialize(rate=st.sampled_from([0, 5_000, 10_000]))
     def setup(self, rate: int) -> None:
-        self.w = make_world(MarketParams(verify_rate_bps=rate, unbonding_slots=5, validator_timeout_slots=6),
+        self.w = make_world(MarketParams.flat(rate, unbonding_slots=5, validator_timeout_slots=6),
                             n_nodes=N_NODES)
         # swap in a counting transport over the same runtime
         t = CountingTransport(self.w.t.program_id, svm=self.w.t.svm)

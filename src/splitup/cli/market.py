@@ -43,6 +43,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     init.add_argument("--protocol-fee-bps", type=int, default=d.protocol_fee_bps)
     init.add_argument("--unbonding-slots", type=int, default=d.unbonding_slots)
     init.add_argument("--validator-timeout-slots", type=int, default=d.validator_timeout_slots)
+    init.add_argument("--new-node-bps", type=int, default=d.new_node_bps, help="rate for new nodes")
+    init.add_argument("--new-node-half-life", type=int, default=d.new_node_half_life, help="honest tasks")
+    init.add_argument("--failed-bps", type=int, default=d.failed_bps, help="rate after a failed verdict")
+    init.add_argument("--failed-half-life", type=int, default=d.failed_half_life, help="honest tasks")
     init.set_defaults(func=cmd_init)
 
     cfg = sub.add_parser("config", help="show the market config")
@@ -94,7 +98,9 @@ def cmd_init(args: argparse.Namespace) -> int:
     params = MarketParams(
         verify_rate_bps=args.verify_rate_bps, min_stake=args.min_stake, task_collateral=args.task_collateral,
         slash_bps=args.slash_bps, validator_reward=args.validator_reward, protocol_fee_bps=args.protocol_fee_bps,
-        unbonding_slots=args.unbonding_slots, validator_timeout_slots=args.validator_timeout_slots)
+        unbonding_slots=args.unbonding_slots, validator_timeout_slots=args.validator_timeout_slots,
+        new_node_bps=args.new_node_bps, new_node_half_life=args.new_node_half_life, failed_bps=args.failed_bps,
+        failed_half_life=args.failed_half_life)
     res = m.init_config(m.payer, params)
     print(f"market config {m.config_address} created ({res.signature})")
     return 0
@@ -106,7 +112,9 @@ def cmd_config(args: argparse.Namespace) -> int:
           f"min stake          {sol(c.min_stake)}\ntask collateral    {sol(c.task_collateral)}\n"
           f"slash              {c.slash_bps / 100:.2f}% of collateral\nvalidator reward   {sol(c.validator_reward)}\n"
           f"protocol fee       {c.protocol_fee_bps / 100:.2f}%\nunbonding          {c.unbonding_slots} slots\n"
-          f"validator timeout  {c.validator_timeout_slots} slots\ntreasury           {sol(c.treasury)}")
+          f"validator timeout  {c.validator_timeout_slots} slots\ntreasury           {sol(c.treasury)}\n"
+          f"new nodes          {c.new_node_bps / 100:.2f}%, halving every {c.new_node_half_life} honest tasks\n"
+          f"after a failure    {c.failed_bps / 100:.2f}%, halving every {c.failed_half_life} honest tasks")
     return 0
 
 

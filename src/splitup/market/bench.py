@@ -38,8 +38,8 @@ def measure(tasks: int = MAX_TASKS) -> dict[str, int]:
         if isinstance(res, TxResult):
             cu[name] = max(cu.get(name, 0), res.compute_units)
 
-    rec("init_config", lambda: m.init_config(auth, MarketParams(verify_rate_bps=10_000)))
-    rec("set_config", lambda: m.set_config(auth, MarketParams(verify_rate_bps=10_000)))
+    rec("init_config", lambda: m.init_config(auth, MarketParams.flat(10_000)))
+    rec("set_config", lambda: m.set_config(auth, MarketParams.flat(10_000)))
     rec("register_node", lambda: m.register_node(a, 100 * LAMPORTS_PER_SOL, vram=1 << 34))
     rec("register_node", lambda: m.register_node(b, 100 * LAMPORTS_PER_SOL, vram=1 << 34))
     rec("add_stake", lambda: m.add_stake(a, LAMPORTS_PER_SOL))
@@ -65,7 +65,8 @@ def measure(tasks: int = MAX_TASKS) -> dict[str, int]:
     for i in range(tasks):
         if i == tasks - 1:
             t.advance(600)  # worst case: the draw scans the whole SlotHashes history
-        sample_ix_cu.append(t.send([ix.sample(m.program_id, job, i)], [payer]).compute_units)
+        sample_ix_cu.append(t.send([ix.sample(m.program_id, job, i, m.node_address(a.pubkey()))], [payer])
+                            .compute_units)
         rec("assign_validator", lambda i=i: m.assign_validator(b, job, i))
         agree = i % 2 == 0
         rec("submit_verdict", lambda i=i, agree=agree: m.submit_verdict(b, job, i, agree, _h(f"out{i}")))

@@ -121,8 +121,9 @@ def commit_result(pid: Pubkey, owner: Pubkey, job: Pubkey, index: int, commitmen
                CommitArgs(index=index, commitment=commitment))
 
 
-def sample(pid: Pubkey, job: Pubkey, index: int) -> Instruction:
-    return _ix(pid, Ix.SAMPLE, [_w(job), _r(SLOT_HASHES)], TaskArgs(index=index))
+def sample(pid: Pubkey, job: Pubkey, index: int, node: Pubkey) -> Instruction:
+    """``node`` is the task's node account: its record sets the (adaptive) verification rate."""
+    return _ix(pid, Ix.SAMPLE, [_w(job), _r(SLOT_HASHES), _r(node)], TaskArgs(index=index))
 
 
 def assign_validator(pid: Pubkey, owner: Pubkey, job: Pubkey, index: int) -> Instruction:

@@ -137,6 +137,11 @@ class Config(Record):
     unbonding_slots: int = wire(U64)
     validator_timeout_slots: int = wire(U64)
     treasury: int = wire(U64)
+    # adaptive verification rate (docs/posp.md): extras over the base rate that halve with honest work
+    new_node_bps: int = wire(U64)
+    new_node_half_life: int = wire(U64)
+    failed_bps: int = wire(U64)
+    failed_half_life: int = wire(U64)
 
 
 @dataclass(kw_only=True)
@@ -171,7 +176,8 @@ class Node(Record):
     C_NAME: ClassVar[str] = "Node"
     tag: int = wire(U8)
     bump: int = wire(U8)
-    _pad0: bytes = pad(2)
+    ever_failed: int = wire(U8)  # 1 once a verdict went against the node
+    _pad0: bytes = pad(1)
     engines: int = wire(U32)
     owner: Pubkey = wire(PUBKEY)
     stake: int = wire(U64)
@@ -182,6 +188,7 @@ class Node(Record):
     tasks_done: int = wire(U64)
     verified: int = wire(U64)
     failed: int = wire(U64)
+    since_failure: int = wire(U64)  # honest tasks settled since the last failed verdict
     special_count: int = wire(U64)
     endpoint: bytes = wire(BYTES(64))
     specialized: bytes = wire(BYTES(32 * 8))
@@ -207,6 +214,7 @@ class TaskSlot(Record):
     deadline: int = wire(U64)
     committed_slot: int = wire(U64)
     draw: int = wire(U64)
+    rate_bps: int = wire(U64)  # the verification rate the draw was compared with
 
 
 @dataclass(kw_only=True)
@@ -231,6 +239,10 @@ class JobHeader(Record):
     validator_reward: int = wire(U64)
     protocol_fee_bps: int = wire(U64)
     closed_tasks: int = wire(U64)
+    new_node_bps: int = wire(U64)
+    new_node_half_life: int = wire(U64)
+    failed_bps: int = wire(U64)
+    failed_half_life: int = wire(U64)
 
 
 # ---------------------------------------------------------------- instruction arguments (after the u8 tag)
@@ -247,6 +259,10 @@ class InitConfigArgs(Record):
     protocol_fee_bps: int = wire(U64)
     unbonding_slots: int = wire(U64)
     validator_timeout_slots: int = wire(U64)
+    new_node_bps: int = wire(U64)
+    new_node_half_life: int = wire(U64)
+    failed_bps: int = wire(U64)
+    failed_half_life: int = wire(U64)
 
 
 @dataclass(kw_only=True)

@@ -47,6 +47,17 @@ class MarketParams:
     protocol_fee_bps: int = 100
     unbonding_slots: int = 100
     validator_timeout_slots: int = 150
+    # adaptive rate, as splitup.verify.sampling.SamplingPolicy: new nodes and nodes caught cheating are
+    # checked more often, the extra halving every half-life of honest tasks
+    new_node_bps: int = 3_000
+    new_node_half_life: int = 25
+    failed_bps: int = 5_000
+    failed_half_life: int = 50
+
+    @classmethod
+    def flat(cls, rate_bps: int, **kw: int) -> MarketParams:
+        """The same verification rate for every node (no adaptive extras)."""
+        return cls(verify_rate_bps=rate_bps, new_node_bps=rate_bps, failed_bps=rate_bps, **kw)
 
     def args(self) -> InitConfigArgs:
         return InitConfigArgs(**self.__dict__)
@@ -178,7 +189,8 @@ class Market:
 
     def sample(self, job: Pubkey, index: int) -> bool:
         """Draw whether the committed task is verified; True when it was sampled."""
-        self.t.send([ix.sample(self.program_id, job, index)], [self.payer])
+        node = self.job(job).tasks[index].node
+        self.t.send([ix.sample(self.program_id, job, index, node)], [self.payer])
         return bool(self.job(job).tasks[index].sampled)
 
     def assign_validator(self, validator_owner: Keypair, job: Pubkey, index: int) -> TxResult:
