@@ -126,7 +126,8 @@ uint64_t ix_commit_result(Ctx *c) {
 
 /* accounts: 0 job (w), 1 config (w), 2 the late party's node (w). Permissionless: anyone may expire
    late work. A node that missed its deadline is slashed and the task reopens for another node; a
-   validator that missed its deadline is slashed and the task waits for another validator. */
+   validator that missed its deadline is slashed and the task waits for another validator. With no
+   winner to pay, the slash goes to the treasury. */
 uint64_t ix_expire(Ctx *c) {
   SolAccountInfo *ka = c->p->ka;
   TaskArgs a;
@@ -142,7 +143,9 @@ uint64_t ix_expire(Ctx *c) {
   if (c->slot <= t->deadline) return E_TOO_EARLY;
   if (t->status == ST_ACCEPTED) {
     if (!pubkey_eq(ka[2].key, (const SolPubkey *)t->node)) return E_WRONG_NODE;
-    TRY(slash_node(&ka[2], n, &ka[1], cfg, t->collateral));
+    Slash sl = {&ka[2], n, &ka[1], t->collateral, cfg->slash_bps, 0};
+    TRY(slash(&sl));
+    TRY(add64(cfg->treasury, sl.amount, &cfg->treasury));
     uint64_t price = t->price;
     sol_memset_(t, 0, sizeof(TaskSlot));
     t->price = price;
@@ -151,7 +154,9 @@ uint64_t ix_expire(Ctx *c) {
   }
   if (t->status == ST_VALIDATING) {
     if (!pubkey_eq(ka[2].key, (const SolPubkey *)t->validator)) return E_WRONG_NODE;
-    TRY(slash_node(&ka[2], n, &ka[1], cfg, t->validator_collateral));
+    Slash sl = {&ka[2], n, &ka[1], t->validator_collateral, cfg->slash_bps, 0};
+    TRY(slash(&sl));
+    TRY(add64(cfg->treasury, sl.amount, &cfg->treasury));
     sol_memset_(t->validator, 0, 32);
     t->validator_collateral = 0;
     t->deadline = 0;

@@ -76,9 +76,17 @@ static inline ModelTask *model_tasks(ModelHeader *m) { return (ModelTask *)(m + 
 static inline TaskSlot *job_tasks(JobHeader *j) { return (TaskSlot *)(j + 1); }
 uint64_t job_task(JobHeader *j, uint64_t index, TaskSlot **out);
 
-/* Slash `collateral * slash_bps` from a node's stake into the treasury and unlock the collateral. */
-uint64_t slash_node(const SolAccountInfo *node_ai, Node *node, const SolAccountInfo *config_ai, Config *cfg,
-                    uint64_t collateral);
+/* A slash: `collateral * slash_bps / BPS` leaves the node's stake (its PDA) for `dest`; the collateral is
+   unlocked and the node's failure counted. `amount` is set to what moved. */
+typedef struct {
+  const SolAccountInfo *node_ai;
+  Node *node;
+  const SolAccountInfo *dest;
+  uint64_t collateral;
+  uint64_t slash_bps;
+  uint64_t amount;
+} Slash;
+uint64_t slash(Slash *s);
 uint64_t unlock(Node *node, uint64_t collateral);
 
 /* instruction handlers */

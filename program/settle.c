@@ -1,6 +1,6 @@
 /* Settlement of one task: pay the node, the validator's reward and the protocol fee out of escrow;
-   slash whoever lost a dispute. Escrow can never pay out more than was deposited: `paid` is checked
-   against `deposit` before any lamport leaves. */
+   slash whoever lost a dispute and pay the slash to the winner. Escrow can never pay out more than
+   was deposited: `paid` is checked against `deposit` before any lamport leaves. */
 #include "market.h"
 
 typedef struct {
@@ -67,10 +67,12 @@ uint64_t ix_settle(Ctx *c) {
   } else if (t->arbitration == ARB_NODE_HONEST) { /* the validator was wrong */
     TRY(pay_node(&p, &ka[4], n, t->price, true));
     TRY(unlock(n, t->collateral));
-    TRY(slash_node(&ka[5], v, &ka[2], p.cfg, t->validator_collateral));
+    Slash sl = {&ka[5], v, &ka[4], t->validator_collateral, p.cfg->slash_bps, 0};
+    TRY(slash(&sl)); /* the winner is paid from the slash (docs/posp.md) */
     t->status = ST_SETTLED;
   } else { /* the node cheated: no pay, slashed; the validator earned its reward */
-    TRY(slash_node(&ka[3], n, &ka[2], p.cfg, t->collateral));
+    Slash sl = {&ka[3], n, &ka[6], t->collateral, p.cfg->slash_bps, 0};
+    TRY(slash(&sl)); /* the winner is paid from the slash (docs/posp.md) */
     n->ever_failed = 1; /* its verification rate jumps to failed_bps and decays again */
     n->since_failure = 0;
     TRY(pay(&p, &ka[6], p.job->validator_reward));

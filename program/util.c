@@ -193,15 +193,14 @@ uint64_t unlock(Node *node, uint64_t collateral) {
   return sub64(node->locked, collateral, &node->locked);
 }
 
-uint64_t slash_node(const SolAccountInfo *node_ai, Node *node, const SolAccountInfo *config_ai, Config *cfg,
-                    uint64_t collateral) {
+uint64_t slash(Slash *s) {
   uint64_t amount;
-  TRY(bps_of(collateral, cfg->slash_bps, &amount));
-  if (amount > node->stake) amount = node->stake;
-  TRY(unlock(node, collateral));
-  TRY(sub64(node->stake, amount, &node->stake));
-  TRY(add64(cfg->treasury, amount, &cfg->treasury));
-  TRY(move_lamports(node_ai, config_ai, amount));
-  TRY(add64(node->failed, 1, &node->failed));
+  TRY(bps_of(s->collateral, s->slash_bps, &amount));
+  if (amount > s->node->stake) amount = s->node->stake;
+  TRY(unlock(s->node, s->collateral));
+  TRY(sub64(s->node->stake, amount, &s->node->stake));
+  TRY(move_lamports(s->node_ai, s->dest, amount));
+  TRY(add64(s->node->failed, 1, &s->node->failed));
+  s->amount = amount;
   return 0;
 }
