@@ -127,7 +127,8 @@ uint64_t ix_commit_result(Ctx *c) {
 /* accounts: 0 job (w), 1 config (w), 2 the late party's node (w). Permissionless: anyone may expire
    late work. A node that missed its deadline is slashed and the task reopens for another node; a
    validator that missed its deadline is slashed and the task waits for another validator. With no
-   winner to pay, the slash goes to the treasury. */
+   winner to pay, the slash goes to the treasury. Sampled tasks nobody validated and disputes the
+   arbiter left open are released (below). */
 uint64_t ix_expire(Ctx *c) {
   SolAccountInfo *ka = c->p->ka;
   TaskArgs a;
@@ -159,8 +160,24 @@ uint64_t ix_expire(Ctx *c) {
     TRY(add64(cfg->treasury, sl.amount, &cfg->treasury));
     sol_memset_(t->validator, 0, 32);
     t->validator_collateral = 0;
-    t->deadline = 0;
+    TRY(add64(c->slot, j->task_timeout_slots, &t->deadline)); /* a fresh window for another validator */
     t->status = ST_SAMPLED;
+    return 0;
+  }
+  /* Liveness: nobody is at fault when no validator takes a sampled task up, or when the arbiter stays
+     silent; the node is then paid as unverified and a disputing validator leaves unslashed, unpaid. */
+  if (t->status == ST_SAMPLED) {
+    if (!pubkey_eq(ka[2].key, (const SolPubkey *)t->node)) return E_WRONG_NODE;
+    t->status = ST_READY;
+    return 0;
+  }
+  if (t->status == ST_DISPUTED) {
+    if (!pubkey_eq(ka[2].key, (const SolPubkey *)t->validator)) return E_WRONG_NODE;
+    TRY(unlock(n, t->validator_collateral));
+    sol_memset_(t->validator, 0, 32);
+    t->validator_collateral = 0;
+    t->verdict = VERDICT_NONE;
+    t->status = ST_READY;
     return 0;
   }
   return E_WRONG_TASK_STATE;

@@ -71,6 +71,8 @@ uint64_t ix_sample(Ctx *c) {
   /* a market that verifies nothing (rate 0) never verifies; otherwise a lost slot hash means "verify" */
   t->sampled = rate > 0 && (missing || draw < rate);
   t->status = t->sampled ? ST_SAMPLED : ST_READY;
+  /* a validator has one task timeout to take the check up (else `expire` pays the node unverified) */
+  if (t->sampled) TRY(add64(c->slot, j->task_timeout_slots, &t->deadline));
   return 0;
 }
 
@@ -126,6 +128,8 @@ uint64_t ix_submit_verdict(Ctx *c) {
   sol_memcpy_(t->validator_hash, a.result_hash, 32);
   t->verdict = a.agree ? VERDICT_AGREE : VERDICT_DISAGREE;
   t->status = a.agree ? ST_READY : ST_DISPUTED;
+  /* the arbiter has one task timeout to decide (else `expire` releases both sides unslashed) */
+  if (!a.agree) TRY(add64(c->slot, j->task_timeout_slots, &t->deadline));
   return 0;
 }
 

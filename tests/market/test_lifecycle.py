@@ -318,3 +318,39 @@ def test_largest_model_is_registered_in_chunks(world: World) -> None:
     assert [t.price for t in w.m.job(job).tasks] == [t.price for t in tasks]
     with pytest.raises(TooManyTasksError):
         w.m.register_model(w.client, h("too big"), tasks + tasks[:1])
+
+
+def test_sampled_task_nobody_validates_is_paid_unverified(always_verify: World) -> None:
+    w = always_verify
+    m, t = w.m, w.t
+    job = w.post(task_timeout_slots=10)
+    w.run_to_commit(job, 0, w.nodes[0])
+    assert m.sample(job, 0)
+    with pytest.raises(TooEarlyError):
+        m.expire(job, 0)
+    t.advance(11)
+    before = t.balance(w.nodes[0].pubkey())
+    conserved(w, lambda: m.expire(job, 0))
+    assert m.job(job).tasks[0].status == TaskStatus.READY
+    m.settle(job, 0)
+    assert t.balance(w.nodes[0].pubkey()) == before + PRICES[0]
+    n = m.node(w.nodes[0].pubkey())
+    assert (n.locked, n.tasks_done, n.verified, n.failed) == (0, 1, 0, 0)
+
+
+def test_dispute_the_arbiter_ignores_releases_both_sides(always_verify: World) -> None:
+    w = always_verify
+    m, t = w.m, w.t
+    job = w.post(task_timeout_slots=10)
+    w.run_to_commit(job, 0, w.nodes[0])
+    m.sample(job, 0)
+    m.assign_validator(w.nodes[1], job, 0)
+    m.submit_verdict(w.nodes[1], job, 0, False, h("other"))
+    t.advance(11)
+    conserved(w, lambda: m.expire(job, 0))
+    task = m.job(job).tasks[0]
+    assert (task.status, task.verdict) == (TaskStatus.READY, Verdict.NONE)
+    v = m.node(w.nodes[1].pubkey())
+    assert (v.stake, v.locked, v.failed) == (2 * SOL, 0, 0)
+    m.settle(job, 0)
+    assert m.node(w.nodes[0].pubkey()).verified == 0

@@ -126,7 +126,7 @@ class MarketMachine(RuleBasedStateMachine):
 
     @rule(k=st.integers(0, 8))
     def expire(self, k: int) -> None:
-        if p := self.pick(k, TaskStatus.ACCEPTED, TaskStatus.VALIDATING):
+        if p := self.pick(k, TaskStatus.ACCEPTED, TaskStatus.VALIDATING, TaskStatus.SAMPLED, TaskStatus.DISPUTED):
             self.attempt(lambda: self.w.m.expire(p[0], p[1]))
 
     def step_task(self, k: int, n: int, flag: bool) -> None:

@@ -219,9 +219,10 @@ class Market:
                            [self.payer])
 
     def expire(self, job: Pubkey, index: int) -> TxResult:
-        """Slash the party that missed its deadline on a task and reopen the task (or its validation)."""
+        """Resolve a task whose deadline passed: slash a late node or validator and reopen the task (or
+        its validation); release a sampled task nobody validated, or a dispute the arbiter left open."""
         t = self.job(job).tasks[index]
-        late = t.validator if t.status == TaskStatus.VALIDATING else t.node
+        late = t.validator if t.status in (TaskStatus.VALIDATING, TaskStatus.DISPUTED) else t.node
         return self.t.send([ix.expire(self.program_id, job, index, late)], [self.payer])
 
     def close_job(self, client: Keypair, job: Pubkey) -> TxResult:
