@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= dev,torch,chart
+EXTRAS ?= dev,torch,chart,tinygrad
 
 .PHONY: venv test demo lint program bench clean
 
