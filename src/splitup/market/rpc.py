@@ -25,7 +25,7 @@ from solders.transaction import Transaction
 
 from splitup.market.errors import MarketError, TransactionFailed, error_from
 from splitup.market.localnet import DEFAULT_RPC_URL
-from splitup.market.transport import AccountData, TxResult, _unique
+from splitup.market.transport import AccountData, TxResult, unique_signers
 
 T = TypeVar("T")
 
@@ -65,7 +65,7 @@ class RpcTransport:
     def send(self, instructions: Sequence[Instruction], signers: Sequence[Keypair]) -> TxResult:
         blockhash = self._run(self.client.get_latest_blockhash()).value.blockhash
         msg = Message.new_with_blockhash(list(instructions), signers[0].pubkey(), blockhash)
-        tx = Transaction(_unique(signers), msg, blockhash)
+        tx = Transaction(unique_signers(signers), msg, blockhash)
         sig = self._run(self.client.send_raw_transaction(bytes(tx), TxOpts(preflight_commitment=Confirmed, skip_preflight=self.skip_preflight))).value
         self._confirm(sig)
         return TxResult(str(sig))

@@ -102,7 +102,7 @@ class LiteSvmTransport:
         self.svm.expire_blockhash()
         blockhash = self.svm.latest_blockhash()
         msg = Message.new_with_blockhash(list(instructions), signers[0].pubkey(), blockhash)
-        tx = Transaction(list(_unique(signers)), msg, blockhash)
+        tx = Transaction(unique_signers(signers), msg, blockhash)
         res = self.svm.send_transaction(tx)
         if not isinstance(res, TransactionMetadata):
             raise error_from(res.err(), list(res.meta().logs()))
@@ -149,7 +149,8 @@ class LiteSvmTransport:
         self.svm.warp_to_slot(target)
 
 
-def _unique(signers: Sequence[Keypair]) -> list[Keypair]:
+def unique_signers(signers: Sequence[Keypair]) -> list[Keypair]:
+    """Signers once each, in order (the first pays): a transaction lists each signature once."""
     seen: set[Pubkey] = set()
     out = []
     for k in signers:
