@@ -207,6 +207,12 @@ def test_specialize_and_registry(world: World) -> None:
     node = w.m.node(w.nodes[0].pubkey())
     assert node_specialized(node) == ids and node_endpoint(node) == "http://node0:8000"
     assert len(w.m.nodes()) == 3
+    assert [k for k, _ in w.m.models()] == [w.model]
+    job = w.post()
+    w.m.accept_task(w.nodes[0], job, 1)
+    assert w.m.tasks_in(TaskStatus.OPEN) == [(job, 0), (job, 2)]
+    assert w.m.tasks_in(TaskStatus.ACCEPTED) == [(job, 1)]
+    assert [k for k, _ in w.m.jobs()] == [job]
 
 
 def test_collect_fees_and_set_config(never_verify: World) -> None:

@@ -117,8 +117,20 @@ class Market:
 
     def nodes(self) -> list[tuple[Pubkey, Node]]:
         """Every registered node (one getProgramAccounts call)."""
-        return [(k, decode_node(a.data)) for k, a in self.t.program_accounts(self.program_id)
-                if a.data and a.data[0] == AccountTag.NODE]
+        return [(k, decode_node(d)) for k, d in self._of_tag(AccountTag.NODE)]
+
+    def _of_tag(self, tag: AccountTag) -> list[tuple[Pubkey, bytes]]:
+        return [(k, a.data) for k, a in self.t.program_accounts(self.program_id) if a.data and a.data[0] == tag]
+
+    def jobs(self) -> list[tuple[Pubkey, JobInfo]]:
+        return [(k, decode_job(d)) for k, d in self._of_tag(AccountTag.JOB)]
+
+    def models(self) -> list[tuple[Pubkey, ModelInfo]]:
+        return [(k, decode_model(d)) for k, d in self._of_tag(AccountTag.MODEL)]
+
+    def tasks_in(self, *statuses: TaskStatus) -> list[tuple[Pubkey, int]]:
+        """(job, task index) of every task in one of ``statuses`` (e.g. OPEN: work a node could accept)."""
+        return [(job, i) for job, info in self.jobs() for i, t in enumerate(info.tasks) if t.status in statuses]
 
     def required_fee(self, model: Pubkey) -> int:
         """The smallest escrow ``post_job`` accepts: every task's price + protocol fee + a validator reward."""
