@@ -6,7 +6,16 @@ import pytest
 
 from splitup.market.codegen import header
 from splitup.market.layout import ACCOUNT_LAYOUTS, ARG_LAYOUTS
-from splitup.market.toolchain.program import LAYOUTS_H, PROGRAM_DIR, PROGRAM_SO, check_program, compiler
+from splitup.market.toolchain.program import (
+    LAYOUTS_H,
+    PROGRAM_DIR,
+    PROGRAM_SO,
+    check_program,
+    compile_and_link,
+    compiler,
+    compiler_version,
+    recorded_compiler,
+)
 
 
 @pytest.mark.skipif(not PROGRAM_DIR.is_dir(), reason="program/ sources not present (installed package)")
@@ -25,4 +34,10 @@ def test_layout_sizes_are_multiples_of_eight() -> None:
                     "cannot check that splitup_market.so rebuilds byte-identically")
 def test_program_rebuilds_byte_identically() -> None:
     assert PROGRAM_SO.exists()
+    have, built_with = compiler_version(), recorded_compiler()
+    if have != built_with:
+        # another compiler release may emit other (valid) code: build it, but byte equality is moot
+        compile_and_link()
+        pytest.skip(f"the committed program was built with {built_with!r}, this machine has {have!r}; "
+                    "it compiles and links, but byte-identity holds only for the same compiler")
     assert check_program() == []

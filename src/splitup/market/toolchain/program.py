@@ -19,6 +19,8 @@ from splitup.market.toolchain.sbpf_link import link
 REPO = Path(__file__).resolve().parents[4]
 PROGRAM_DIR = REPO / "program"
 LAYOUTS_H = PROGRAM_DIR / "layouts.h"
+# The compiler that built the committed .so; a rebuild is byte-identical with this same compiler.
+TOOLCHAIN_TXT = PROGRAM_DIR / "TOOLCHAIN"
 PROGRAM_SO = Path(__file__).resolve().parents[1] / "splitup_market.so"
 DEFAULT_CC = "clang-19"
 CFLAGS = (
@@ -34,6 +36,19 @@ class BuildError(SplitUpError):
 
 def compiler(cc: str = DEFAULT_CC) -> str | None:
     return shutil.which(cc)
+
+
+def compiler_version(cc: str = DEFAULT_CC) -> str:
+    """The first line of ``cc --version``, e.g. "Debian clang version 19.1.7 (3~deb12u1)"."""
+    exe = compiler(cc)
+    if exe is None:
+        raise BuildError(f"{cc} not found (Debian: apt-get install {cc})")
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False).stdout
+    return out.splitlines()[0].strip() if out else "unknown"
+
+
+def recorded_compiler() -> str | None:
+    return TOOLCHAIN_TXT.read_text().strip() if TOOLCHAIN_TXT.exists() else None
 
 
 def compile_and_link(src_dir: Path = PROGRAM_DIR, cc: str = DEFAULT_CC) -> bytes:
@@ -64,6 +79,7 @@ def build_program(cc: str = DEFAULT_CC, write: bool = False) -> bytes:
     so = compile_and_link(PROGRAM_DIR, cc)
     if write:
         PROGRAM_SO.write_bytes(so)
+        TOOLCHAIN_TXT.write_text(compiler_version(cc) + "\n")
     return so
 
 
