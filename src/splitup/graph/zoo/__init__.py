@@ -2,7 +2,9 @@
 
 ``build("llama-70b")`` gives a shape-only planning graph (no weights in memory);
 ``build("tiny-llama", seed=0)`` a runnable one with seeded random weights;
-``build("gpt2", weights=...)`` binds real weights by parameter name.
+``build("gpt2", weights=...)`` binds real weights by parameter name;
+``build("smollm2-135m", real=True)`` binds the pretrained weights of a model that a package ships
+(``splitup.models``: ``minilm`` and ``smollm2-135m``).
 """
 
 from __future__ import annotations
@@ -64,6 +66,11 @@ ZOO: dict[str, ZooEntry] = {
     "tiny-bert": ZooEntry("bert", BertConfig(vocab_size=512, hidden=64, intermediate=128, layers=2, heads=4,
                                              max_positions=64, max_seq=64, max_batch=4), "2-layer BERT for tests"),
     "minilm": ZooEntry("bert", BertConfig(), "all-MiniLM-L6-v2 architecture (6-layer BERT encoder)"),
+    # Config as read from the shipped GGUF file (tests/models checks the two agree).
+    "smollm2-135m": ZooEntry("llama", LlamaConfig(vocab_size=49152, hidden=576, intermediate=1536, layers=30, heads=9,
+                                                  kv_heads=3, rope_theta=100000.0, norm_eps=9.999999747378752e-06,
+                                                  context=8192, max_seq=256),
+                             "SmolLM2-135M-Instruct (tied embeddings, grouped-query attention)"),
 }
 
 
@@ -80,11 +87,19 @@ def build(
     weights: Mapping[str, np.ndarray] | None = None,
     dtype: str = "float32",
     validate: bool = True,
+    real: bool = False,
     **overrides: Any,
 ) -> onnx.ModelProto:
     """Build zoo model ``name``; ``overrides`` replace config fields (``context=8192``) or pass
-    builder options (``kv_cache=False``). Without seed or weights the graph is shape-only."""
+    builder options (``kv_cache=False``). Without seed or weights the graph is shape-only.
+    ``real=True`` binds the pretrained weights its package ships (``splitup.models``)."""
     e = entry(name)
+    if real:
+        if seed is not None or weights is not None:
+            raise BuilderError("real=True brings its own weights: give no seed or weights")
+        from splitup.models.real import zoo_weights
+
+        weights = zoo_weights(name)
     fields = set(e.config.__dataclass_fields__)
     cfg = replace(e.config, **{k: v for k, v in overrides.items() if k in fields})
     opts = {k: v for k, v in overrides.items() if k not in fields}

@@ -1,0 +1,154 @@
+"""Text generation over any engine that can run a decoder step with a KV cache.
+
+The engine is a ``step`` function: given the next token ids (1-D, at most ``chunk`` of them) it
+appends them to its own cache and returns the logits of the last position. ``OrtDecoder`` is that
+over one onnxruntime session, ``pipeline_step`` over a ``LocalPipeline``; a node pipeline or a
+remote client only needs to provide the same callable.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from splitup.models.errors import ModelError
+
+StepFn = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """``temperature == 0`` is greedy decoding (ties go to the lowest id, like ``argmax``)."""
+
+    temperature: float = 0.0
+    top_k: int = 0  # 0: no top-k cut
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ModelError(f"bad sampling parameters {self}")
+
+
+GREEDY = Sampling()
+
+
+def _pick(logits: np.ndarray, s: Sampling, rng: np.random.Generator) -> int:
+    if s.temperature == 0:
+        return int(np.argmax(logits))
+    z = logits.astype(np.float64) / s.temperature
+    order = np.argsort(-z, kind="stable")
+    if s.top_k:
+        order = order[: s.top_k]
+    p = np.exp(z[order] - z[order[0]])
+    p /= p.sum()
+    if s.top_p < 1:
+        # Keep the smallest prefix whose mass reaches top_p (always at least one token).
+        keep = int(np.searchsorted(np.cumsum(p), s.top_p)) + 1
+        order, p = order[:keep], p[:keep] / p[:keep].sum()
+    return int(order[rng.choice(len(order), p=p)])
+
+
+def stream(
+    step: StepFn,
+    prompt_ids: Sequence[int],
+    max_new_tokens: int,
+    eos_ids: Sequence[int] = (),
+    sampling: Sampling = GREEDY,
+    chunk: int | None = None,
+) -> Iterator[int]:
+    """Yield new token ids one by one; stops after an eos id (which is yielded) or ``max_new_tokens``.
+
+    The prompt is fed in chunks of at most ``chunk`` tokens (the graph's ``max_seq``), then one
+    token per step. ``step`` must start from an empty cache.
+    """
+    ids = np.asarray(list(prompt_ids), dtype=np.int64)
+    if ids.ndim != 1 or ids.size == 0:
+        raise ModelError("the prompt must be a non-empty list of token ids")
+    chunk = chunk or ids.size
+    rng = np.random.default_rng(sampling.seed)
+    logits = np.empty(0)
+    for start in range(0, ids.size, chunk):
+        logits = step(ids[start : start + chunk])
+    stop = set(int(e) for e in eos_ids)
+    for n in range(max_new_tokens):
+        token = _pick(np.asarray(logits).reshape(-1), sampling, rng)
+        yield token
+        if token in stop or n == max_new_tokens - 1:
+            return
+        logits = step(np.array([token], dtype=np.int64))
+
+
+def generate(
+    step: StepFn,
+    prompt_ids: Sequence[int],
+    max_new_tokens: int,
+    eos_ids: Sequence[int] = (),
+    sampling: Sampling = GREEDY,
+    chunk: int | None = None,
+) -> list[int]:
+    """The new token ids (the prompt not included); see ``stream``."""
+    return list(stream(step, prompt_ids, max_new_tokens, eos_ids, sampling, chunk))
+
+
+def _dim_max(model: onnx.ModelProto) -> dict[str, int]:
+    props = {p.key: p.value for p in model.metadata_props}
+    return {k: int(v) for k, v in json.loads(props.get("splitup.dim_max", "{}")).items()}
+
+
+class OrtDecoder:
+    """One onnxruntime session of a decoder graph built by the zoo, holding its KV cache."""
+
+    def __init__(self, model: onnx.ModelProto, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        props = {p.key: p.value for p in model.metadata_props}
+        self.pairs: dict[str, str] = json.loads(props.get("splitup.state", "{}"))
+        if not self.pairs:
+            raise ModelError("the graph has no KV-cache state (build it with kv_cache=True)")
+        dims = _dim_max(model)
+        self.max_seq, self.context = dims.get("seq", 0), dims.get("past", 0)
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = threads
+        # Idle spinning threads would steal the cores other processes on this machine need.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        self._empty = {}
+        for i in self.session.get_inputs():
+            if i.name in self.pairs:
+                shape = [d if isinstance(d, int) else 0 for d in i.shape]
+                self._empty[i.name] = np.zeros(shape, np.float32)
+        self.state: dict[str, np.ndarray] = {}
+        self.length = 0
+
+    def reset(self) -> None:
+        self.state.clear()
+        self.length = 0
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64).reshape(1, -1)
+        if ids.shape[1] > self.max_seq:
+            raise ModelError(f"{ids.shape[1]} tokens in one step, the graph takes at most {self.max_seq}")
+        if self.length + ids.shape[1] > self.context:
+            raise ModelError(f"the context of {self.context} tokens is full")
+        feeds = {"input_ids": ids, **{k: self.state.get(k, v) for k, v in self._empty.items()}}
+        names = ["logits", *self.pairs.values()]
+        out = dict(zip(names, self.session.run(names, feeds), strict=True))
+        self.state = {past: out[present] for past, present in self.pairs.items()}
+        self.length += ids.shape[1]
+        return out["logits"][0, -1]
+
+
+def pipeline_step(pipeline) -> StepFn:  # noqa: ANN001 - splitup.partition.local.LocalPipeline
+    """A step over a plan's tasks run in sequence; the pipeline keeps the KV cache per task."""
+
+    def step(ids: np.ndarray) -> np.ndarray:
+        return pipeline.run({"input_ids": np.asarray(ids, dtype=np.int64).reshape(1, -1)})["logits"][0, -1]
+
+    return step

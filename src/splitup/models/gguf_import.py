@@ -1,0 +1,160 @@
+"""GGUF (llama.cpp's format) -> a LlamaConfig, Hugging Face-layout float32 weights and a tokenizer.
+
+The file is read with the ``gguf`` package: memory-mapped, no pickle, no code from the file.
+Quantised blocks are dequantised to float32, so our graph and any reference compute on identical
+numbers. Two layout facts of llama.cpp's converter are undone here:
+
+- tensor dims are stored innermost first, so a (out, in) matrix has GGUF shape [in, out];
+- Q and K rows are permuted per head from Hugging Face's rotate-half rotary layout to the
+  interleaved one llama.cpp uses (``LlamaModel.permute`` in its convert script).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from splitup.graph.zoo.llama import LlamaConfig
+from splitup.models.errors import ModelError
+
+# GGUF tensor names -> Hugging Face Llama names, per layer and global.
+_LAYER_NAMES = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+}
+_GLOBAL_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+
+
+@dataclass(frozen=True)
+class GGUFModel:
+    config: LlamaConfig
+    weights: dict[str, np.ndarray]  # Hugging Face names, (out, in) layout, float32
+    tokenizer_json: str
+    chat_template: str | None
+    bos_id: int | None
+    eos_id: int | None
+    metadata: dict[str, Any]  # scalar general.* / llama.* fields, for display and provenance
+
+
+def unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Undo llama.cpp's per-head row interleave of a Q or K projection of shape (n_head*head_dim, in)."""
+    rows, cols = w.shape
+    half = rows // n_head // 2
+    return w.reshape(n_head, half, 2, cols).swapaxes(1, 2).reshape(rows, cols)
+
+
+def _field(reader: Any, key: str, default: Any = ...) -> Any:
+    f = reader.fields.get(key)
+    if f is None:
+        if default is ...:
+            raise ModelError(f"GGUF file has no metadata field {key!r}")
+        return default
+    return f.contents()
+
+
+def _config(reader: Any, max_seq: int) -> LlamaConfig:
+    arch = _field(reader, "general.architecture")
+    if arch != "llama":
+        raise ModelError(f"only llama-architecture GGUF files are supported, this one is {arch!r}")
+    hidden = int(_field(reader, "llama.embedding_length"))
+    heads = int(_field(reader, "llama.attention.head_count"))
+    if int(_field(reader, "llama.rope.dimension_count", hidden // heads)) != hidden // heads:
+        raise ModelError("partial rotary embeddings are not supported")
+    vocab = _field(reader, "llama.vocab_size", None)
+    if vocab is None:
+        vocab = len(_field(reader, "tokenizer.ggml.tokens"))
+    return LlamaConfig(
+        vocab_size=int(vocab),
+        hidden=hidden,
+        intermediate=int(_field(reader, "llama.feed_forward_length")),
+        layers=int(_field(reader, "llama.block_count")),
+        heads=heads,
+        kv_heads=int(_field(reader, "llama.attention.head_count_kv", heads)),
+        rope_theta=float(_field(reader, "llama.rope.freq_base", 10000.0)),
+        # The float32 value as stored, widened exactly: the reference reads the same one.
+        norm_eps=float(np.float32(_field(reader, "llama.attention.layer_norm_rms_epsilon"))),
+        context=int(_field(reader, "llama.context_length")),
+        max_seq=max_seq,
+    )
+
+
+def tokenizer_json(reader: Any) -> str:
+    """A ``tokenizers`` byte-level BPE tokenizer from the GGUF vocabulary, merges and token types."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    kind = _field(reader, "tokenizer.ggml.model")
+    if kind != "gpt2":
+        raise ModelError(f"only byte-level BPE ('gpt2') GGUF tokenizers are supported, not {kind!r}")
+    tokens = list(_field(reader, "tokenizer.ggml.tokens"))
+    merges = [tuple(m.split(" ", 1)) for m in _field(reader, "tokenizer.ggml.merges")]
+    types = list(_field(reader, "tokenizer.ggml.token_type", [1] * len(tokens)))
+    pre = _field(reader, "tokenizer.ggml.pre", "default")
+    tk = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, fuse_unk=False))
+    # llama.cpp's "smollm" pre-tokenizer: every digit alone, then GPT-2's byte-level split.
+    steps = [pre_tokenizers.Digits(individual_digits=True)] if pre in ("smollm", "starcoder", "refact") else []
+    steps.append(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True))
+    tk.pre_tokenizer = pre_tokenizers.Sequence(steps)
+    tk.decoder = decoders.ByteLevel()
+    # Token type 3 is CONTROL: matched whole in the text and never split by BPE.
+    tk.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False)
+                           for i, t in enumerate(types) if t == 3])
+    return tk.to_str()
+
+
+def read_gguf(path: Path, *, max_seq: int = 256) -> GGUFModel:
+    import gguf
+    from gguf.quants import dequantize
+
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read GGUF file {path}: {exc}") from exc
+    cfg = _config(reader, max_seq)
+    weights: dict[str, np.ndarray] = {}
+    for t in reader.tensors:
+        if t.name.startswith("blk."):
+            _, layer, rest = t.name.split(".", 2)
+            if rest not in _LAYER_NAMES:
+                raise ModelError(f"unexpected GGUF tensor {t.name!r}")
+            name = f"model.layers.{int(layer)}.{_LAYER_NAMES[rest]}"
+        elif t.name in _GLOBAL_NAMES:
+            name = _GLOBAL_NAMES[t.name]
+        elif t.name == "rope_freqs.weight":
+            raise ModelError("GGUF files with scaled rotary frequencies are not supported")
+        else:
+            raise ModelError(f"unexpected GGUF tensor {t.name!r}")
+        w = dequantize(t.data, t.tensor_type).reshape([int(d) for d in reversed(t.shape)])
+        w = np.ascontiguousarray(w, dtype=np.float32)
+        if name.endswith("q_proj.weight"):
+            w = unpermute(w, cfg.heads)
+        elif name.endswith("k_proj.weight"):
+            w = unpermute(w, cfg.kv_heads)
+        weights[name] = w
+    expected = 2 + 9 * cfg.layers
+    if len([k for k in weights if k != "lm_head.weight"]) != expected:
+        raise ModelError(f"GGUF file has {len(weights)} tensors, a {cfg.layers}-layer llama needs {expected}")
+    bos = _field(reader, "tokenizer.ggml.bos_token_id", None)
+    eos = _field(reader, "tokenizer.ggml.eos_token_id", None)
+    meta = {k: _field(reader, k) for k in reader.fields
+            if k.startswith(("general.", "llama.")) and not isinstance(_field(reader, k), list)}
+    return GGUFModel(
+        config=cfg, weights=weights, tokenizer_json=tokenizer_json(reader),
+        chat_template=_field(reader, "tokenizer.chat_template", None),
+        bos_id=None if bos is None else int(bos), eos_id=None if eos is None else int(eos),
+        metadata=json.loads(json.dumps(meta, default=str)),
+    )

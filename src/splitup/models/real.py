@@ -1,0 +1,168 @@
+"""Real pretrained models, loaded offline: config, weights, tokenizer and our ONNX graph of them.
+
+``load_real_model("smollm2-135m")`` reads the weights from the package that ships them (through
+the user cache after the first time), builds the graph with the zoo's builder code and binds the
+weights by name. ``zoo.build(name, real=True)`` reaches the same weights through ``zoo_weights``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from splitup.graph.zoo.bert import BertConfig, build_bert
+from splitup.graph.zoo.common import ParamSource
+from splitup.graph.zoo.llama import LlamaConfig, build_llama
+from splitup.models.cache import CacheEntry, cache_root, sha256_file
+from splitup.models.convert import bert_from_hf, llama_from_hf
+from splitup.models.errors import ModelError
+from splitup.models.registry import RealModelSpec, spec
+
+# Bumped whenever the importer's output changes, so old cache entries are not reused.
+IMPORTER_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ImportedWeights:
+    """What an importer produced: Hugging Face names and layouts, so references load them as they are."""
+
+    config: LlamaConfig | BertConfig
+    hf_weights: dict[str, np.ndarray]
+    tokenizer_json: str
+    chat_template: str | None = None
+    bos_id: int | None = None
+    eos_ids: tuple[int, ...] = ()
+    source_sha256: str = ""
+
+
+def _import_gguf(s: RealModelSpec, path: Path) -> ImportedWeights:
+    source = sha256_file(path)
+    entry = CacheEntry(cache_root() / s.name / f"{source[:16]}-v{IMPORTER_VERSION}")
+    hit = entry.load()
+    if hit is not None:
+        weights, texts, meta = hit
+        return ImportedWeights(
+            config=LlamaConfig(**meta["config"]), hf_weights=weights, tokenizer_json=texts["tokenizer.json"],
+            chat_template=meta.get("chat_template"), bos_id=meta.get("bos_id"),
+            eos_ids=tuple(meta.get("eos_ids", ())), source_sha256=source,
+        )
+    from splitup.models.gguf_import import read_gguf
+
+    g = read_gguf(path)
+    eos = () if g.eos_id is None else (g.eos_id,)
+    entry.store(g.weights, {"tokenizer.json": g.tokenizer_json}, {
+        "model": s.name, "source": path.name, "source_sha256": source, "importer_version": IMPORTER_VERSION,
+        "config": asdict(g.config), "chat_template": g.chat_template, "bos_id": g.bos_id, "eos_ids": list(eos),
+        "gguf_metadata": g.metadata,
+    })
+    return ImportedWeights(g.config, g.weights, g.tokenizer_json, g.chat_template, g.bos_id, eos, source)
+
+
+def _import_sentence_bert(path: Path) -> ImportedWeights:
+    from splitup.models.safetensors_import import read_sentence_bert
+
+    f = read_sentence_bert(path.parent)
+    return ImportedWeights(f.config, f.weights, f.tokenizer_json, source_sha256=sha256_file(path))
+
+
+def import_weights(name: str) -> ImportedWeights:
+    """The model's config, float32 weights (Hugging Face names) and tokenizer, read offline."""
+    s = spec(name)
+    path = s.require_path()
+    if s.family == "llama":
+        return _import_gguf(s, path)
+    if s.family == "bert":
+        return _import_sentence_bert(path)
+    raise ModelError(f"no importer for family {s.family!r}")
+
+
+def to_zoo_names(imported: ImportedWeights) -> dict[str, np.ndarray]:
+    """Our graph's parameter names and (in, out) layouts."""
+    cfg = imported.config
+    if isinstance(cfg, LlamaConfig):
+        return llama_from_hf(imported.hf_weights, cfg.layers)
+    return bert_from_hf(imported.hf_weights, cfg.layers)
+
+
+def zoo_weights(name: str) -> dict[str, np.ndarray]:
+    """Real weights for ``zoo.build(name, real=True)``."""
+    return to_zoo_names(import_weights(name))
+
+
+def render_chat(template: str, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True) -> str:
+    """Render a shipped Jinja chat template in a sandbox: a template is data, not trusted code."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    return env.from_string(template).render(messages=list(messages), add_generation_prompt=add_generation_prompt)
+
+
+@dataclass
+class RealModel:
+    name: str
+    spec: RealModelSpec
+    config: LlamaConfig | BertConfig
+    model: onnx.ModelProto
+    tokenizer: Any  # tokenizers.Tokenizer
+    hf_weights: dict[str, np.ndarray] = field(repr=False)
+    eos_ids: tuple[int, ...] = ()
+    bos_id: int | None = None
+    chat_template: str | None = None
+
+    @property
+    def is_decoder(self) -> bool:
+        return self.spec.kind == "decoder"
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text).ids)
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens))
+
+    def chat_prompt(self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True) -> str:
+        if not self.chat_template:
+            raise ModelError(f"{self.name} has no chat template")
+        return render_chat(self.chat_template, messages, add_generation_prompt)
+
+    def encode_batch(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """Padded ``input_ids`` and ``attention_mask`` for the encoder graph."""
+        encs = self.tokenizer.encode_batch(list(texts))
+        width = max(len(e.ids) for e in encs)
+        ids = np.zeros((len(encs), width), np.int64)
+        mask = np.zeros((len(encs), width), np.int64)
+        for i, e in enumerate(encs):
+            ids[i, : len(e.ids)] = e.ids
+            mask[i, : len(e.ids)] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+
+def load_real_model(
+    name: str, *, max_seq: int | None = None, kv_cache: bool = True, validate: bool = True
+) -> RealModel:
+    """Import ``name`` and build its graph; ``max_seq`` bounds the tokens of one call (prefill chunk)."""
+    from tokenizers import Tokenizer
+
+    s = spec(name)
+    imported = import_weights(name)
+    cfg = imported.config
+    if max_seq is not None:
+        cfg = type(cfg)(**{**asdict(cfg), "max_seq": int(max_seq)})
+    params = ParamSource(weights=to_zoo_names(imported))
+    if isinstance(cfg, LlamaConfig):
+        model = build_llama(cfg, params, kv_cache=kv_cache, name=name, validate=validate)
+    else:
+        model = build_bert(cfg, params, name=name, validate=validate)
+    tok = Tokenizer.from_str(imported.tokenizer_json)
+    if isinstance(cfg, BertConfig):
+        # sentence-transformers truncates at max_seq_length, special tokens included.
+        tok.enable_truncation(cfg.max_seq)
+        tok.no_padding()
+    return RealModel(
+        name=name, spec=s, config=cfg, model=model, tokenizer=tok, hf_weights=imported.hf_weights,
+        eos_ids=imported.eos_ids, bos_id=imported.bos_id, chat_template=imported.chat_template,
+    )
