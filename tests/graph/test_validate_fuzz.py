@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from validator_fixtures import external, mlp, tiny_decoder
 
 from splitup.graph.allowlist import ALLOWED_OPS
-from splitup.graph.errors import GraphRejected
+from splitup.graph.errors import ControlFlowRejected, GraphRejected, MalformedGraph
 from splitup.graph.limits import Limits
 from splitup.graph.validate import load_model, validate_model
 
@@ -150,3 +151,107 @@ def test_external_locations(location: str, bundle: Path) -> None:
     # Accepted: the location must be a plain relative path that stays inside the bundle.
     assert not location.startswith(("/", "\\")) and ".." not in location.replace("\\", "/").split("/")
     assert (bundle / location).resolve().is_relative_to(bundle.resolve())
+
+
+# --- the loader on arbitrary bytes: a GraphRejected or a model, quickly, never a crash or a hang ------
+
+
+def _load_and_validate_in_time(source: bytes | Path) -> None:
+    t0 = time.perf_counter()
+    try:
+        _outcome(load_model(source), None)
+    except GraphRejected as exc:
+        assert str(exc)
+    assert time.perf_counter() - t0 < 10, "loader or validator took too long"
+
+
+@pytest.mark.timeout(120)
+@FUZZ
+@given(data=st.binary(max_size=2048))
+def test_random_bytes_never_crash_or_hang_the_loader(data: bytes) -> None:
+    _load_and_validate_in_time(data)
+
+
+@pytest.mark.timeout(120)
+@FUZZ
+@given(data=st.data(), which=st.sampled_from(["tiny_decoder", "loop"]))
+def test_truncated_and_spliced_models_from_a_file(data: st.DataObject, which: str, tmp_path_factory) -> None:
+    """Cut a richer model (attention, nested Loop body) at any byte, or splice random bytes in; read from disk."""
+    raw = (tiny_decoder() if which == "tiny_decoder" else _loop_model()).SerializeToString()
+    cut = data.draw(st.integers(0, len(raw)), label="cut")
+    tail = data.draw(st.binary(max_size=32), label="tail")
+    path = tmp_path_factory.mktemp("fuzz") / "m.onnx"
+    path.write_bytes(raw[:cut] + tail)
+    _load_and_validate_in_time(path)
+
+
+def _loop_model() -> onnx.ModelProto:
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["c_in"], ["c_out"], name="keep_going"),
+         helper.make_node("Add", ["s_in", "s_in"], ["s_out"], name="double")],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("s_in", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("s_out", TensorProto.FLOAT, [2])],
+    )
+    m = mlp()
+    m.graph.initializer.extend([numpy_helper.from_array(np.array(3, np.int64), "n"),
+                                numpy_helper.from_array(np.array(True), "cond"),
+                                numpy_helper.from_array(np.zeros(2, np.float32), "s0")])
+    m.graph.node.append(helper.make_node("Loop", ["n", "cond", "s0"], ["s_final"], body=body, name="loop"))
+    m.graph.output.append(helper.make_tensor_value_info("s_final", TensorProto.FLOAT, [2]))
+    return m
+
+
+def _nested_if_bytes(depth: int) -> bytes:
+    """If inside If, ``depth`` deep, hand-encoded so the nesting costs bytes, not Python recursion."""
+    raw = b""
+    for _ in range(depth):
+        # AttributeProto{name, g: GraphProto (6), type (20) = GRAPH (5)}; NodeProto{input, output, op_type, attribute}
+        attr = _field(1, b"then_branch") + _field(6, raw) + _varint(20 << 3) + b"\x05"
+        node = _field(1, b"cond") + _field(2, b"y") + _field(4, b"If") + _field(5, attr)
+        raw = _field(1, node)  # GraphProto.node
+    io = [helper.make_tensor_value_info(n, t, []).SerializeToString() for n, t in (("cond", TensorProto.BOOL),
+                                                                                  ("y", TensorProto.FLOAT))]
+    graph = raw + _field(11, io[0]) + _field(12, io[1])
+    return b"\x08\x08" + _field(7, graph) + _field(8, b"\x10\x12")  # ir_version 8, graph, opset_import 18
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("depth", [20, 30, 200, 5000])
+def test_deeply_nested_protos_are_refused_quickly(depth: int) -> None:
+    """Protobuf's recursion limit or the subgraph-depth limit refuses them, never a stack overflow."""
+    with pytest.raises(GraphRejected) as info:
+        validate_model(load_model(_nested_if_bytes(depth)))
+    # Three messages per level (graph, node, attribute): upb stops parsing past 100 levels of messages.
+    assert isinstance(info.value, ControlFlowRejected if depth <= 30 else MalformedGraph), info.value
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x3a\xff\xff\xff\xff\x07",  # graph field claiming a 2 GiB body
+        b"\x3a\x80\x80\x80\x80\x80\x80\x80\x80\x80\x01",  # an 11-byte varint length
+        b"\x0a" * 4096,  # a chain of empty length prefixes
+        b"\x08" + b"\xff" * 64,  # a varint that never ends
+        b"\x3a\x05\x0a\x03\x22\x01",  # truncated node inside the graph
+    ],
+)
+def test_pathological_protobuf_prefixes(data: bytes) -> None:
+    _load_and_validate_in_time(data)
