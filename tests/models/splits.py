@@ -13,7 +13,7 @@ def plan_with_tasks(model: onnx.ModelProto, name: str, count: int, out: Path):
     """Write a plan of ``model`` with exactly ``count`` tasks: the largest budget that gives that many."""
     a = analyze(model)
     whole = partition(a, 2**40, workspace_bytes=0).segments[0].vram_bytes
-    for frac in np.linspace(0.95, 0.15, 33):
+    for frac in np.linspace(0.98, 0.1, 177):
         try:
             n = len(partition(a, int(whole * frac), workspace_bytes=0).segments)
         except PartitionError:

@@ -22,6 +22,17 @@ def test_imported_config_is_the_zoo_entry(smollm):
     assert smollm.eos_ids == (2,) and smollm.bos_id == 1
 
 
+def test_second_import_comes_from_the_hashed_cache(smollm, model_cache):
+    from splitup.models.real import import_weights
+
+    entries = list((model_cache / "smollm2-135m").iterdir())
+    assert len(entries) == 1 and (entries[0] / "weights.safetensors").is_file()
+    again = import_weights("smollm2-135m")
+    for name in ("model.embed_tokens.weight", "model.layers.7.self_attn.q_proj.weight"):
+        np.testing.assert_array_equal(again.hf_weights[name], smollm.hf_weights[name])
+    assert again.tokenizer_json and again.config == zoo.entry("smollm2-135m").config
+
+
 def test_logits_match_transformers(decoder, hf_llama):
     ids = np.array([PROMPT_IDS + CONTINUATION], np.int64)
     ours = decoder.session.run(["logits"], {"input_ids": ids, **decoder._empty})[0]

@@ -20,6 +20,7 @@ COMMANDS: tuple[str, ...] = (
     "splitup.cli.plan",
     "splitup.cli.econ",
     "splitup.cli.validate",
+    "splitup.cli.models",
     "splitup.cli.ledger",
     "splitup.cli.wallet",
     "splitup.cli.market",
