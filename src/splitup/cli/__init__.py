@@ -24,6 +24,8 @@ COMMANDS: tuple[str, ...] = (
     "splitup.cli.ledger",
     "splitup.cli.wallet",
     "splitup.cli.market",
+    "splitup.cli.node",
+    "splitup.cli.store",
 )
 
 

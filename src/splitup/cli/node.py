@@ -1,0 +1,71 @@
+"""``splitup node start|status``: run a node daemon, or ask one what it holds and can do."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import httpx
+
+from splitup.errors import SplitUpError
+from splitup.units import BadByteSize, parse_bytes
+
+
+def _byte_size(text: str) -> int:
+    try:
+        return parse_bytes(text)
+    except BadByteSize as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("node", help="run a node daemon or query one",
+                              description="A node holds pipeline tasks, runs hops and passes activations on.")
+    sub = p.add_subparsers(dest="node_command", metavar="ACTION", required=True)
+    s = sub.add_parser("start", help="start a node daemon (FastAPI/uvicorn) in the foreground")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8700)
+    s.add_argument("--tasks", default="", help="comma-separated task ids to fetch from --store and preload")
+    s.add_argument("--bundle", action="append", default=[], type=Path, metavar="DIR",
+                   help="a local task bundle directory to load (repeatable)")
+    s.add_argument("--store", default=None, metavar="URL", help="blob store to fetch tasks from")
+    s.add_argument("--cache", type=Path, default=Path(".splitup/node-cache"), help="where fetched bundles are kept")
+    s.add_argument("--engine", choices=("onnxruntime", "tinygrad"), default="onnxruntime")
+    s.add_argument("--threads", type=int, default=None, help="compute threads per task (default: the engine's)")
+    s.add_argument("--node-id", default=None)
+    s.add_argument("--max-body", type=_byte_size, default=256 << 20, metavar="N", help="request body limit")
+    s.add_argument("--max-sessions", type=int, default=64)
+    s.add_argument("--session-idle", type=float, default=300.0, metavar="S", help="idle seconds before a session is dropped")
+    s.add_argument("--heartbeat", type=float, default=10.0, metavar="S", help="heartbeat interval")
+    s.add_argument("--log-level", default="warning")
+    s.set_defaults(func=start)
+    q = sub.add_parser("status", help="print a node's capability report")
+    q.add_argument("--url", default="http://127.0.0.1:8700")
+    q.set_defaults(func=status)
+
+
+def start(args: argparse.Namespace) -> int:
+    from splitup.node.node import NodeConfig
+    from splitup.node.serve import build_node, serve
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    extra = {"node_id": args.node_id} if args.node_id else {}
+    config = NodeConfig(engine=args.engine, threads=args.threads, cache_dir=args.cache, store_url=args.store,
+                        max_body_bytes=args.max_body, max_sessions=args.max_sessions,
+                        session_idle_s=args.session_idle, heartbeat_s=args.heartbeat, **extra)
+    task_ids = [t for t in args.tasks.split(",") if t]
+    node = build_node(config, task_ids=task_ids, bundles=args.bundle)
+    serve(node, args.host, args.port, log_level=args.log_level)
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    try:
+        r = httpx.get(args.url.rstrip("/") + "/capabilities", timeout=10)
+        r.raise_for_status()
+    except httpx.HTTPError as exc:
+        raise SplitUpError(f"node at {args.url} did not answer: {exc}") from None
+    print(json.dumps(r.json(), indent=1))
+    return 0

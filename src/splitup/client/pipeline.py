@@ -1,0 +1,321 @@
+"""Run a plan across node processes: the client sends to the first node, nodes pass activations to each
+other, and the last node's answer comes back along the chain.
+
+A route names, per task, the endpoints holding it: the first is used, the others stand in when it fails.
+Batch calls are stateless, so a node with stand-ins in the envelope re-runs only the failed hop itself.
+Generation keeps each task's KV cache in a session on its node; when a node dies, the client opens a
+session on a stand-in, re-prefills it from the tokens so far, and repeats the step (steps are idempotent
+on the nodes, see :mod:`splitup.runtime.sessions`), so the output is the same as without the failure.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import numpy as np
+
+from splitup.client.sampling import generate_tokens
+from splitup.errors import SplitUpError
+from splitup.node.app import CONTENT_TYPE, HOPS_HEADER
+from splitup.node.wire import Envelope, Hop, decode, encode
+from splitup.partition.task import Plan, TaskDefinition
+
+log = logging.getLogger("splitup.client")
+
+# Failures that mean "this node, not this request": the task moves to a stand-in.
+REROUTABLE = ("unreachable", "timeout", "not_here", "internal")
+
+
+class PipelineError(SplitUpError):
+    """The pipeline refused a request or could not complete it on any node holding a task."""
+
+
+class NodeFailure(PipelineError):
+    def __init__(self, message: str, *, hop: int | None, kind: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.hop, self.kind, self.status = hop, kind, status
+
+
+def _needs(task: TaskDefinition) -> list[str]:
+    """Inputs the task must receive; KV-cache inputs come from the node (session or empty)."""
+    return [s.name for s in task.inputs if s.name not in task.state]
+
+
+def plan_sends(tasks: Sequence[TaskDefinition], want: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+    """What the client sends to the first hop, and what each hop sends on (the last: back to the client).
+
+    A tensor rides along from where it is made (or from the client) to the last hop that reads it.
+    """
+    after: list[set[str]] = [set() for _ in tasks]
+    acc = set(want)
+    for k in range(len(tasks) - 1, -1, -1):
+        after[k] = set(acc)
+        acc |= set(_needs(tasks[k]))
+    initial = sorted(n for n in acc if not _made_before(n, tasks, len(tasks)))
+    have = set(initial)
+    sends: list[list[str]] = []
+    for k, task in enumerate(tasks):
+        produced = have | {o.name for o in task.outputs}
+        send = sorted(after[k] & produced)
+        sends.append(send)
+        have = set(send)
+    return initial, sends
+
+
+def _made_before(name: str, tasks: Sequence[TaskDefinition], stop: int) -> bool:
+    return any(name in {o.name for o in t.outputs} for t in tasks[:stop])
+
+
+class PipelineClient:
+    def __init__(self, plan: Plan, route: Sequence[str | Sequence[str]], *, hop_timeout: float = 30.0,
+                 max_failovers: int = 4, token_input: str = "input_ids", logits_output: str = "logits") -> None:
+        if len(route) != len(plan.tasks):
+            raise PipelineError(f"route names {len(route)} hops for a plan of {len(plan.tasks)} tasks")
+        self.plan = plan
+        self.candidates: list[list[str]] = [[route_k] if isinstance(route_k, str) else list(route_k)
+                                            for route_k in route]
+        if not all(self.candidates):
+            raise PipelineError("every task needs at least one endpoint")
+        self.hop_timeout = hop_timeout
+        self.max_failovers = max_failovers
+        self.token_input, self.logits_output = token_input, logits_output
+        state_outputs = {present for t in plan.tasks for present in t.state.values()}
+        self.stateless_outputs = [o.name for o in plan.outputs if o.name not in state_outputs]
+        self.last_hops: list[dict[str, Any]] = []
+        self._http = httpx.Client(limits=httpx.Limits(max_keepalive_connections=64, max_connections=64))
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> PipelineClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- the wire ------------------------------------------------------------------------------------------
+    def call(self, hops: list[Hop], tensors: Mapping[str, np.ndarray], job: str) -> dict[str, np.ndarray]:
+        """One trip through ``hops``; raises :class:`NodeFailure` naming the hop that failed."""
+        env = Envelope(job, 0, hops, self.hop_timeout)
+        body = encode(tensors, env)
+        first = hops[0]
+        urls = first.urls if first.session is None else first.urls[:1]
+        failure: NodeFailure | None = None
+        for attempt, url in enumerate(urls):
+            try:
+                r = self._http.post(url.rstrip("/") + "/execute", content=body,
+                                    timeout=self.hop_timeout * (len(hops) + 1),
+                                    headers={"content-type": CONTENT_TYPE})
+            except httpx.TimeoutException as exc:
+                failure = NodeFailure(f"hop 0 at {url} timed out: {exc!r}", hop=0, kind="timeout")
+                continue
+            except httpx.HTTPError as exc:
+                failure = NodeFailure(f"hop 0 at {url} unreachable: {exc!r}", hop=0, kind="unreachable")
+                continue
+            self.last_hops = json.loads(r.headers.get(HOPS_HEADER, "[]"))
+            if r.status_code != 200:
+                raise _failure(r)
+            tensors_out, _ = decode(r.content)
+            self._learn(hops, attempt)
+            return tensors_out
+        assert failure is not None
+        raise failure
+
+    def _learn(self, hops: list[Hop], first_attempt: int) -> None:
+        """Endpoints that failed on the way (tried by us or by a node) go to the back of their lists, so the
+        next call does not wait for them again. Routes always start at task 0."""
+        for url in hops[0].urls[:first_attempt]:
+            self._retire(0, url)
+        for record in self.last_hops:
+            k = int(record.get("hop", -1)) + 1
+            if record.get("failover") and 0 < k < len(hops):
+                for url in hops[k].urls[: int(record["failover"])]:
+                    self._retire(k, url)
+
+    def _retire(self, task_index: int, url: str) -> None:
+        """Move a failed endpoint to the back of its task's list (it may come back later)."""
+        cands = self.candidates[task_index]
+        if url in cands and len(cands) > 1:
+            cands.remove(url)
+            cands.append(url)
+        log.warning("task %d: %s failed; now using %s", task_index, url, cands[0])
+
+    # --- batch ---------------------------------------------------------------------------------------------
+    def run(self, feeds: Mapping[str, np.ndarray], *, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """One stateless pass (KV caches start empty); returns ``outputs`` (default: all plan outputs)."""
+        want = list(outputs) if outputs is not None else [o.name for o in self.plan.outputs]
+        initial, sends = plan_sends(self.plan.tasks, want)
+        missing = [n for n in initial if n not in feeds]
+        if missing:
+            raise PipelineError(f"inputs missing: {', '.join(missing)}")
+        job = secrets.token_hex(8)
+        for _ in range(self.max_failovers + 1):
+            hops = [Hop(list(c), t.task_id, s) for c, t, s in zip(self.candidates, self.plan.tasks, sends, strict=True)]
+            try:
+                return self.call(hops, {n: feeds[n] for n in initial}, job)
+            except NodeFailure as f:
+                if f.kind not in REROUTABLE or f.hop is None:
+                    raise
+                self._retire(f.hop, self.candidates[f.hop][0])
+        raise PipelineError(f"gave up after {self.max_failovers} failovers")
+
+    def run_batch(self, items: Sequence[Mapping[str, np.ndarray]], *, concurrency: int | None = None,
+                  outputs: Sequence[str] | None = None, progress: bool = False) -> list[dict[str, np.ndarray]]:
+        """Run many inputs with up to ``concurrency`` in flight (default: one per hop), so every node is busy."""
+        workers = concurrency or len(self.plan.tasks)
+        with ThreadPoolExecutor(workers) as pool, _progress(progress, "batch", len(items)) as advance:
+            futures = [pool.submit(self.run, item, outputs=outputs) for item in items]
+            results = []
+            for f in futures:
+                results.append(f.result())
+                advance()
+            return results
+
+    # --- generation ----------------------------------------------------------------------------------------
+    def session(self) -> GenerationSession:
+        return GenerationSession(self)
+
+    def generate(self, prompt: Sequence[int], max_new_tokens: int, *, temperature: float = 0.0,
+                 top_k: int | None = None, seed: int | None = None, eos_id: int | None = None,
+                 progress: bool = False) -> list[int]:
+        with self.session() as gen, _progress(progress, "tokens", max_new_tokens) as advance:
+            return generate_tokens(gen.step, list(prompt), max_new_tokens, temperature=temperature, top_k=top_k,
+                                   seed=seed, eos_id=eos_id, on_token=lambda _t: advance())
+
+    # --- node requests -------------------------------------------------------------------------------------
+    def open_session(self, task_index: int) -> tuple[str, str]:
+        """A new session for a task on the first of its endpoints that accepts one: (url, session id)."""
+        task = self.plan.tasks[task_index]
+        for _ in range(len(self.candidates[task_index])):
+            url = self.candidates[task_index][0]
+            try:
+                r = self._http.post(url.rstrip("/") + "/sessions", json={"task_id": task.task_id},
+                                    timeout=self.hop_timeout)
+                if r.status_code == 201:
+                    return url, str(r.json()["session"])
+                log.warning("task %d: %s refused a session: %s", task_index, url, r.text[:200])
+            except httpx.HTTPError as exc:
+                log.warning("task %d: %s unreachable: %r", task_index, url, exc)
+            self._retire(task_index, url)
+        raise PipelineError(f"no node holding task {task_index} accepts a session")
+
+    def close_session(self, url: str, session: str) -> None:
+        try:
+            self._http.delete(f"{url.rstrip('/')}/sessions/{session}", timeout=self.hop_timeout)
+        except httpx.HTTPError:
+            pass  # a dead node's sessions died with it; live ones expire
+
+
+class GenerationSession:
+    """One generation job: a session per task, step counters, and the tokens every session has consumed."""
+
+    def __init__(self, client: PipelineClient) -> None:
+        self.client = client
+        self.plan = client.plan
+        self.places: list[tuple[str, str]] = [client.open_session(k) for k in range(len(self.plan.tasks))]
+        self.steps = [0] * len(self.plan.tasks)
+        self.context: list[int] = []
+        self.job = secrets.token_hex(8)
+        spec = next(s for s in self.plan.inputs if s.name == client.token_input)
+        self.max_chunk = int(spec.max_shape[-1])
+        self.recoveries = 0
+
+    def __enter__(self) -> GenerationSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for url, sid in self.places:
+            self.client.close_session(url, sid)
+
+    def step(self, ids: np.ndarray) -> np.ndarray:
+        """Feed ``ids (1, n)``; returns logits for them. Prompts longer than the task maximum go in chunks."""
+        ids = np.asarray(ids, dtype=np.int64)
+        chunks = [ids[:, i : i + self.max_chunk] for i in range(0, ids.shape[1], self.max_chunk)]
+        return np.concatenate([self._step(c) for c in chunks], axis=1)
+
+    def _hops(self, sends: list[list[str]], stop: int, temp: dict[int, tuple[str, str]] | None = None,
+              steps: Sequence[int] | None = None) -> list[Hop]:
+        hops = []
+        for k in range(stop + 1):
+            url, sid = (temp or {}).get(k, self.places[k])
+            hops.append(Hop([url], self.plan.tasks[k].task_id, sends[k], sid, (steps or self.steps)[k]))
+        return hops
+
+    def _step(self, ids: np.ndarray) -> np.ndarray:
+        c = self.client
+        initial, sends = plan_sends(self.plan.tasks, [c.logits_output])
+        for _ in range(c.max_failovers + 1):
+            try:
+                out = c.call(self._hops(sends, len(sends) - 1), {c.token_input: ids}, self.job)
+            except NodeFailure as f:
+                if f.hop is None or f.kind not in (*REROUTABLE, "session"):
+                    raise
+                self._recover(f.hop, same_node=f.kind == "session")
+                continue
+            self.steps = [s + 1 for s in self.steps]
+            self.context.extend(int(t) for t in ids[0])
+            return out[c.logits_output]
+        raise PipelineError(f"generation gave up after {c.max_failovers} failovers")
+
+    def _recover(self, k: int, *, same_node: bool) -> None:
+        """Give task ``k`` a fresh session (on a stand-in unless the node merely lost the session) and
+        re-prefill it with the context, through temporary sessions on the hops before it."""
+        c = self.client
+        self.recoveries += 1
+        if not same_node:
+            c._retire(k, self.places[k][0])
+        self.places[k] = c.open_session(k)
+        self.steps[k] = 0
+        if not self.context:
+            return
+        _, sends = plan_sends(self.plan.tasks[: k + 1], [])
+        temp = {j: c.open_session(j) for j in range(k)}
+        steps = [0] * (k + 1)
+        try:
+            ctx = np.asarray([self.context], dtype=np.int64)
+            for i in range(0, ctx.shape[1], self.max_chunk):
+                c.call(self._hops(sends, k, temp, steps), {c.token_input: ctx[:, i : i + self.max_chunk]},
+                       self.job + ".replay")
+                steps = [s + 1 for s in steps]
+        finally:
+            for url, sid in temp.values():
+                c.close_session(url, sid)
+        self.steps[k] = steps[k]
+
+
+def _failure(r: httpx.Response) -> NodeFailure:
+    try:
+        body = r.json()
+        return NodeFailure(str(body.get("error")), hop=body.get("hop"), kind=str(body.get("kind")), status=r.status_code)
+    except (ValueError, AttributeError):
+        return NodeFailure(f"HTTP {r.status_code}: {r.text[:200]}", hop=None, kind="http", status=r.status_code)
+
+
+class _progress:
+    """A rich progress bar for long jobs, or nothing."""
+
+    def __init__(self, enabled: bool, what: str, total: int) -> None:
+        self.enabled, self.what, self.total = enabled, what, total
+
+    def __enter__(self) -> Callable[[], None]:
+        if not self.enabled:
+            return lambda: None
+        from rich.progress import Progress
+
+        self._p = Progress(transient=True)
+        self._p.__enter__()
+        task = self._p.add_task(self.what, total=self.total)
+        return lambda: self._p.advance(task)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self._p.__exit__(*exc)

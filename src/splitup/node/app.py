@@ -1,0 +1,209 @@
+"""The node's HTTP service. Every failure a request can cause is a 4xx/5xx JSON answer, never a crash.
+
+Errors carry ``{"error": message, "kind": ..., "hop": index}``; ``hop`` names the route position that
+failed, so a client can re-route exactly that task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+
+from splitup.node.node import Node, NotHere
+from splitup.node.wire import Envelope, WireError, decode, encode, envelope_of
+from splitup.partition.task import PlanError
+from splitup.runtime import EngineError, InterfaceError, SessionError, SessionLimit, StepConflict
+from splitup.storage import StorageError
+
+log = logging.getLogger("splitup.node")
+HOPS_HEADER = "x-splitup-hops"
+CONTENT_TYPE = "application/vnd.splitup.safetensors"
+
+
+class HopFailed(Exception):
+    def __init__(self, status: int, kind: str, message: str, hop: int | None) -> None:
+        super().__init__(message)
+        self.status, self.kind, self.hop = status, kind, hop
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"error": str(self), "kind": self.kind, "hop": self.hop}, status_code=self.status)
+
+
+def _classify(exc: Exception, hop: int | None) -> HopFailed:
+    """Map the node's typed errors to HTTP answers."""
+    for kind, status, types in (
+        ("not_here", 404, (NotHere,)),
+        ("busy", 429, (SessionLimit,)),
+        ("step_conflict", 409, (StepConflict,)),
+        ("session", 404, (SessionError,)),
+        ("bad_request", 400, (WireError,)),
+        ("bad_request", 422, (InterfaceError,)),
+        ("engine", 422, (EngineError,)),
+    ):
+        if isinstance(exc, types):
+            return HopFailed(status, kind, str(exc), hop)
+    log.exception("unexpected error in a hop")
+    return HopFailed(500, "internal", f"internal error: {type(exc).__name__}", hop)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise HopFailed(413, "too_large", f"body of {declared} bytes exceeds the node's {limit}-byte limit", None)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HopFailed(413, "too_large", f"body exceeds the node's {limit}-byte limit", None)
+    return bytes(body)
+
+
+def create_app(node: Node, *, heartbeat: Callable[[dict[str, Any]], None] | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # noqa: ANN202
+        app.state.http = httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=32))
+        beat = asyncio.create_task(_heartbeat_loop(node, heartbeat)) if heartbeat is not None else None
+        try:
+            yield
+        finally:
+            if beat is not None:
+                beat.cancel()
+            await app.state.http.aclose()
+
+    app = FastAPI(title="SplitUp node", docs_url=None, redoc_url=None, lifespan=lifespan)
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "node": node.config.node_id, "tasks": sorted(node.runners)}
+
+    @app.get("/capabilities")
+    def capabilities() -> dict[str, Any]:
+        return node.capabilities()
+
+    @app.get("/status")
+    def status() -> dict[str, Any]:
+        return node.status()
+
+    @app.post("/tasks")
+    async def preload(request: Request) -> JSONResponse:
+        body = await _json_body(request)
+        task_id = body.get("task_id") if isinstance(body, dict) else None
+        if not isinstance(task_id, str):
+            return JSONResponse({"error": "send {\"task_id\": \"<sha256>\"}", "kind": "bad_request"}, status_code=400)
+        try:
+            runner = await run_in_threadpool(node.preload, task_id)
+        except (StorageError, PlanError, EngineError) as exc:
+            return JSONResponse({"error": str(exc), "kind": "refused"}, status_code=422)
+        except NotHere as exc:
+            return JSONResponse({"error": str(exc), "kind": "not_here"}, status_code=404)
+        return JSONResponse({"task_id": runner.task.task_id, "index": runner.task.index, "device": runner.device})
+
+    @app.post("/sessions")
+    async def open_session(request: Request) -> JSONResponse:
+        body = await _json_body(request)
+        task_id = body.get("task_id") if isinstance(body, dict) else None
+        if not isinstance(task_id, str):
+            return JSONResponse({"error": "send {\"task_id\": \"<sha256>\"}", "kind": "bad_request"}, status_code=400)
+        try:
+            node.runner(task_id)
+            session = node.sessions.open(task_id)
+        except Exception as exc:
+            return _classify(exc, None).response()
+        return JSONResponse({"session": session.id, "task_id": task_id, "idle_s": node.sessions.idle_s},
+                            status_code=201)
+
+    @app.delete("/sessions/{session_id}")
+    def close_session(session_id: str) -> JSONResponse:
+        if node.sessions.close(session_id):
+            return JSONResponse({"closed": session_id})
+        return JSONResponse({"error": "session unknown or expired", "kind": "session"}, status_code=404)
+
+    @app.post("/execute")
+    async def execute(request: Request) -> Response:
+        hop: int | None = None
+        try:
+            body = await _read_body(request, node.config.max_body_bytes)
+            tensors, meta = decode(body, max_tensor_bytes=node.config.max_body_bytes)
+            env = envelope_of(meta)
+            hop = env.hop
+            t0 = time.perf_counter()
+            out = await run_in_threadpool(node.compute, env, tensors)
+            ms = round((time.perf_counter() - t0) * 1000, 3)
+            record = {"hop": hop, "node": node.config.node_id, "task": env.current.task[:16], "ms": ms}
+            if hop + 1 == len(env.route):
+                return Response(encode(out), media_type=CONTENT_TYPE, headers={HOPS_HEADER: json.dumps([record])})
+            return await _forward(request.app.state.http, env.next(), encode(out, env.next()), record)
+        except HopFailed as exc:
+            if exc.hop is None:
+                exc.hop = hop
+            return exc.response()
+        except Exception as exc:  # a bad request must never take the node down
+            return _classify(exc, hop).response()
+
+    return app
+
+
+async def _forward(http: httpx.AsyncClient, env: Envelope, body: bytes, record: dict[str, Any]) -> Response:
+    """Send to the next hop and relay its answer unparsed; try stand-ins for a stateless hop that is down."""
+    nxt = env.current
+    remaining = len(env.route) - env.hop
+    # Deeper hops give up first, so the error that comes back names the hop that really failed.
+    timeout = env.hop_timeout * remaining
+    urls = nxt.urls if nxt.session is None else nxt.urls[:1]  # a session lives on one node only
+    failure: HopFailed | None = None
+    for attempt, url in enumerate(urls):
+        try:
+            r = await http.post(url.rstrip("/") + "/execute", content=body, timeout=timeout,
+                                headers={"content-type": CONTENT_TYPE})
+        except httpx.TimeoutException as exc:
+            failure = HopFailed(504, "timeout", f"hop {env.hop} at {url} timed out: {exc!r}", env.hop)
+            continue
+        except httpx.HTTPError as exc:
+            failure = HopFailed(502, "unreachable", f"hop {env.hop} at {url} unreachable: {exc!r}", env.hop)
+            continue
+        if r.status_code == 404 and nxt.session is None and _kind(r) == "not_here" and attempt + 1 < len(urls):
+            continue
+        hops = [record | ({"failover": attempt} if attempt else {}), *json.loads(r.headers.get(HOPS_HEADER, "[]"))]
+        headers = {HOPS_HEADER: json.dumps(hops)}
+        return Response(r.content, status_code=r.status_code, headers=headers,
+                        media_type=r.headers.get("content-type", CONTENT_TYPE))
+    assert failure is not None
+    raise failure
+
+
+def _kind(r: httpx.Response) -> str | None:
+    try:
+        return r.json().get("kind")
+    except ValueError:
+        return None
+
+
+async def _json_body(request: Request) -> Any:
+    try:
+        raw = await _read_body(request, 64 << 10)
+    except HopFailed:
+        return None
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+async def _heartbeat_loop(node: Node, heartbeat: Callable[[dict[str, Any]], None]) -> None:
+    while True:
+        node.sessions.sweep()
+        try:
+            await asyncio.to_thread(heartbeat, node.status())
+        except Exception:  # the market layer's problems must not stop the node serving
+            log.exception("heartbeat hook failed")
+        await asyncio.sleep(node.config.heartbeat_s)

@@ -1,0 +1,173 @@
+"""The node's core, free of HTTP: tasks it holds, their sessions, and running one hop."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from splitup.errors import SplitUpError
+from splitup.node.wire import Envelope
+from splitup.runtime import Runner, SessionStore, available_engines, check_feeds, get_engine
+from splitup.runtime.engine import fill_state
+
+log = logging.getLogger("splitup.node")
+
+
+class NotHere(SplitUpError):
+    """This node does not hold the task a request names."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    engine: str = "onnxruntime"
+    threads: int | None = None
+    cache_dir: Path = Path(".splitup/node-cache")
+    store_url: str | None = None
+    node_id: str = field(default_factory=lambda: secrets.token_hex(4))
+    max_body_bytes: int = 256 << 20
+    max_sessions: int = 64
+    session_idle_s: float = 300.0
+    heartbeat_s: float = 10.0
+    recent_hops: int = 16
+
+
+@dataclass(frozen=True)
+class HopRecord:
+    """What one hop computed; kept (a few of them) so outputs can be committed to after the fact."""
+
+    job: str
+    hop: int
+    task_id: str
+    session: str | None
+    step: int | None
+    outputs: dict[str, np.ndarray]
+    seconds: float
+
+
+class Node:
+    def __init__(self, config: NodeConfig, *, on_hop: Callable[[HopRecord], None] | None = None) -> None:
+        self.config = config
+        self.engine = get_engine(config.engine, threads=config.threads)
+        self.runners: dict[str, Runner] = {}
+        self.sessions = SessionStore(config.max_sessions, config.session_idle_s)
+        self.recent: deque[HopRecord] = deque(maxlen=config.recent_hops)
+        self.on_hop = on_hop
+        self.started = time.time()
+        self.hops_done = 0
+
+    # --- tasks ---------------------------------------------------------------------------------------------
+    def load_bundle(self, directory: Path, task_id: str | None = None) -> Runner:
+        runner = self.engine.load(directory, task_id=task_id)
+        self.runners[runner.task.task_id] = runner
+        log.info("node %s: task %s (%s #%d) loaded on %s", self.config.node_id, runner.task.task_id[:12],
+                 runner.task.model, runner.task.index, runner.device)
+        return runner
+
+    def preload(self, task_id: str) -> Runner:
+        """Fetch a task from the blob store into the cache (verified), then load it (verified again)."""
+        from splitup.storage import fetch_task
+
+        if task_id in self.runners:
+            return self.runners[task_id]
+        if self.config.store_url is None:
+            raise NotHere(f"task {task_id[:12]} is not loaded and this node has no blob store to fetch it from")
+        return self.load_bundle(fetch_task(task_id, self.config.store_url, self.config.cache_dir), task_id)
+
+    def runner(self, task_id: str) -> Runner:
+        r = self.runners.get(task_id)
+        if r is None:
+            raise NotHere(f"this node does not hold task {task_id[:12]}")
+        return r
+
+    # --- one hop -------------------------------------------------------------------------------------------
+    def compute(self, env: Envelope, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the envelope's current hop on ``tensors``; returns the tensors to send on (``hop.send``)."""
+        hop = env.current
+        runner = self.runner(hop.task)
+        task = runner.task
+        check_feeds(task, tensors, passthrough=set(hop.send), state_held=hop.session is not None)
+        names = {s.name for s in task.inputs}
+        given = {k: v for k, v in tensors.items() if k in names}
+        t0 = time.perf_counter()
+        outs: dict[str, np.ndarray] = {}
+        if hop.session is None:
+            outs = runner.run(fill_state(task, given, None))
+        else:
+            session = self.sessions.get(hop.session, task.task_id)
+
+            def step(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+                full = fill_state(task, given, state)
+                check_feeds(task, full)  # the held cache must still fit its declared maximum
+                outs.update(runner.run(full))
+                return {past: outs[present] for past, present in task.state.items()}
+
+            assert hop.step is not None  # the envelope parser requires it with a session
+            session.advance(hop.step, step)
+        seconds = time.perf_counter() - t0
+        self.hops_done += 1
+        record = HopRecord(env.job, env.hop, task.task_id, hop.session, hop.step, outs, seconds)
+        self.recent.append(record)
+        if self.on_hop is not None:
+            self.on_hop(record)
+        available = {**tensors, **outs}
+        missing = [n for n in hop.send if n not in available]
+        if missing:
+            from splitup.runtime import InterfaceError
+
+            raise InterfaceError(f"hop {env.hop} is asked to send {', '.join(missing)}, which it neither "
+                                 "received nor computed")
+        return {n: available[n] for n in hop.send}
+
+    # --- reports -------------------------------------------------------------------------------------------
+    def capabilities(self) -> dict[str, Any]:
+        return {
+            "node": self.config.node_id,
+            "engine": self.engine.name,
+            "devices": self.engine.devices(),
+            "engines": available_engines(),
+            "memory": memory_report(),
+            "tasks": [{"task_id": r.task.task_id, "model": r.task.model, "index": r.task.index,
+                       "vram_bytes": r.task.vram_bytes, "device": r.device} for r in self.runners.values()],
+            "sessions": {"open": len(self.sessions), "max": self.sessions.max_sessions,
+                         "idle_s": self.sessions.idle_s, "state_bytes": self.sessions.state_bytes()},
+            "limits": {"max_body_bytes": self.config.max_body_bytes},
+        }
+
+    def status(self) -> dict[str, Any]:
+        """The heartbeat payload: small, cheap to compute."""
+        return {"node": self.config.node_id, "time": time.time(), "uptime_s": round(time.time() - self.started, 1),
+                "tasks": sorted(self.runners), "sessions": len(self.sessions), "hops_done": self.hops_done}
+
+
+def memory_report() -> dict[str, int | None]:
+    """Free and total host memory (bytes), from /proc/meminfo or sysconf; GPU memory where torch can see it."""
+    free = total = None
+    try:
+        with open("/proc/meminfo") as f:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f if line.split()[1:2]}
+        free, total = info.get("MemAvailable"), info.get("MemTotal")
+    except (OSError, ValueError):
+        try:
+            page = os.sysconf("SC_PAGE_SIZE")
+            free, total = os.sysconf("SC_AVPHYS_PAGES") * page, os.sysconf("SC_PHYS_PAGES") * page
+        except (ValueError, OSError, AttributeError):
+            pass
+    return {"host_free_bytes": free, "host_total_bytes": total, "gpu_free_bytes": _gpu_free()}
+
+
+def _gpu_free() -> int | None:
+    import sys
+
+    torch = sys.modules.get("torch")  # only if already imported: never pay torch's import for a report
+    if torch is not None and torch.cuda.is_available():
+        return int(torch.cuda.mem_get_info()[0])
+    return None

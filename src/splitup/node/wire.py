@@ -1,0 +1,141 @@
+"""Tensors on the wire: safetensors bytes whose metadata carries the JSON routing envelope.
+
+Never pickle. The safetensors header is parsed and bounded here, before the library allocates anything:
+header size, tensor count, dtypes, dims and each tensor's byte range must all be consistent with the body.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load, save
+
+from splitup.errors import SplitUpError
+
+META_KEY = "splitup"
+MAX_HEADER_BYTES = 1 << 20
+MAX_TENSORS = 4096
+MAX_ROUTE = 64
+MAX_URLS = 8
+_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+class WireError(SplitUpError):
+    """A body that is not a well-formed, bounded safetensors message with a valid envelope."""
+
+
+@dataclass(frozen=True)
+class Hop:
+    """One task of a route: where to run it (first URL first, the others as stand-ins), its session and step,
+    and which tensors to send on to the next hop (or back, from the last hop)."""
+
+    urls: list[str]
+    task: str
+    send: list[str]
+    session: str | None = None
+    step: int | None = None
+
+
+@dataclass(frozen=True)
+class Envelope:
+    job: str
+    hop: int
+    route: list[Hop]
+    hop_timeout: float = 30.0
+    meta: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def current(self) -> Hop:
+        return self.route[self.hop]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    def next(self) -> Envelope:
+        return Envelope(self.job, self.hop + 1, self.route, self.hop_timeout, self.meta)
+
+    @staticmethod
+    def from_json(text: str) -> Envelope:
+        try:
+            d = json.loads(text)
+            route = [_hop(h) for h in d["route"]]
+            env = Envelope(str(d["job"])[:128], int(d["hop"]), route, float(d.get("hop_timeout", 30.0)),
+                           {str(k): str(v) for k, v in dict(d.get("meta", {})).items()})
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise WireError(f"malformed routing envelope: {exc!r}") from None
+        if not 0 < len(route) <= MAX_ROUTE or not 0 <= env.hop < len(route):
+            raise WireError(f"route of {len(route)} hops with hop index {env.hop} is invalid")
+        if not 0 < env.hop_timeout <= 3600:
+            raise WireError("hop_timeout must be in (0, 3600] seconds")
+        return env
+
+
+def _hop(d: dict[str, Any]) -> Hop:
+    urls = [str(u) for u in d["urls"]]
+    if not 0 < len(urls) <= MAX_URLS or not all(u.startswith(("http://", "https://")) for u in urls):
+        raise ValueError(f"hop urls must be 1..{MAX_URLS} http(s) URLs")
+    step = d.get("step")
+    session = d.get("session")
+    if session is not None and not isinstance(step, int):
+        raise ValueError("a hop with a session needs an integer step")
+    return Hop(urls, str(d["task"]), [str(s) for s in d["send"]], None if session is None else str(session),
+               None if step is None else int(step))
+
+
+def encode(tensors: Mapping[str, np.ndarray], envelope: Envelope | None = None) -> bytes:
+    meta = {META_KEY: envelope.to_json()} if envelope is not None else None
+    return save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata=meta)
+
+
+def decode(body: bytes, *, max_tensor_bytes: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Tensors and metadata of a message; every size is checked against the body before loading."""
+    if len(body) < 8:
+        raise WireError("body is shorter than a safetensors header")
+    n = int.from_bytes(body[:8], "little")
+    if n > MAX_HEADER_BYTES or 8 + n > len(body):
+        raise WireError(f"safetensors header of {n} bytes does not fit the body or the {MAX_HEADER_BYTES}-byte limit")
+    try:
+        header = json.loads(body[8 : 8 + n])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WireError(f"safetensors header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise WireError("safetensors header is not an object")
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise WireError("safetensors metadata must map strings to strings")
+    if len(header) > MAX_TENSORS:
+        raise WireError(f"{len(header)} tensors; at most {MAX_TENSORS}")
+    data_len = len(body) - 8 - n
+    for name, info in header.items():
+        _check_entry(name, info, data_len, max_tensor_bytes)
+    try:
+        tensors = load(body)
+    except Exception as exc:  # the library's own checks (overlaps, alignment) raise its own error types
+        raise WireError(f"safetensors payload rejected: {exc}") from None
+    return tensors, meta
+
+
+def _check_entry(name: str, info: Any, data_len: int, max_tensor_bytes: int | None) -> None:
+    if not isinstance(info, dict):
+        raise WireError(f"tensor {name!r}: malformed header entry")
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if dtype not in _ITEMSIZE:
+        raise WireError(f"tensor {name!r}: dtype {dtype!r} is not accepted ({', '.join(_ITEMSIZE)})")
+    if not isinstance(shape, list) or len(shape) > 8 or not all(isinstance(d, int) and 0 <= d < 2**31 for d in shape):
+        raise WireError(f"tensor {name!r}: shape {shape!r} is not a list of at most 8 dims in [0, 2^31)")
+    size = int(np.prod(shape, dtype=object)) * _ITEMSIZE[dtype] if shape else _ITEMSIZE[dtype]
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1] <= data_len and offsets[1] - offsets[0] == size):
+        raise WireError(f"tensor {name!r}: data offsets {offsets!r} do not hold {size} bytes inside the body")
+    if max_tensor_bytes is not None and size > max_tensor_bytes:
+        raise WireError(f"tensor {name!r}: {size} bytes exceeds the {max_tensor_bytes}-byte limit")
+
+
+def envelope_of(meta: Mapping[str, str]) -> Envelope:
+    if META_KEY not in meta:
+        raise WireError(f"no routing envelope (safetensors metadata key {META_KEY!r})")
+    return Envelope.from_json(meta[META_KEY])

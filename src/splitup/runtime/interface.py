@@ -1,0 +1,52 @@
+"""Checking a request's tensors against a task's declared input interface, before anything runs."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+
+import numpy as np
+
+from splitup.errors import SplitUpError
+from splitup.partition.task import TaskDefinition
+
+
+class InterfaceError(SplitUpError):
+    """Tensors that do not fit the task's interface: names, dtypes, ranks, dims beyond their maxima."""
+
+
+def check_feeds(task: TaskDefinition, tensors: Mapping[str, np.ndarray], *, passthrough: Collection[str] = (),
+                state_held: bool = False) -> None:
+    """Refuse anything the task does not declare.
+
+    ``passthrough`` names tensors that only travel through this hop to a later one. With ``state_held`` the
+    node supplies the KV-cache inputs itself, so a client sending them is an error; otherwise missing state
+    inputs mean an empty cache.
+    """
+    specs = {s.name: s for s in task.inputs}
+    for name in tensors:
+        if name not in specs and name not in passthrough:
+            raise InterfaceError(f"task {task.index} has no input {name!r} (inputs: {', '.join(specs)})")
+        if state_held and name in task.state:
+            raise InterfaceError(f"{name!r} is KV-cache state held by the node's session; do not send it")
+    missing = [n for n in specs if n not in tensors and n not in task.state]
+    if missing:
+        raise InterfaceError(f"task {task.index} is missing input(s) {', '.join(missing)}")
+    symbols: dict[str, tuple[int, str]] = {}
+    for name, value in tensors.items():
+        spec = specs.get(name)
+        if spec is None:
+            continue
+        if str(value.dtype) != spec.dtype:
+            raise InterfaceError(f"input {name!r}: dtype {value.dtype}, expected {spec.dtype}")
+        if value.ndim != len(spec.shape):
+            raise InterfaceError(f"input {name!r}: rank {value.ndim} {list(value.shape)}, expected {spec.shape}")
+        for axis, (got, want, most) in enumerate(zip(value.shape, spec.shape, spec.max_shape, strict=True)):
+            if isinstance(want, int):
+                if got != want:
+                    raise InterfaceError(f"input {name!r} axis {axis}: {got}, expected {want}")
+                continue
+            if got > most:
+                raise InterfaceError(f"input {name!r} axis {axis} ({want}): {got} exceeds the maximum {most}")
+            seen = symbols.setdefault(want, (got, name))
+            if seen[0] != got:
+                raise InterfaceError(f"dimension {want!r} is {got} in {name!r} but {seen[0]} in {seen[1]!r}")

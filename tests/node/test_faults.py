@@ -1,0 +1,63 @@
+"""A node killed (SIGKILL) in the middle of a generation: the job moves to a stand-in, same tokens."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from splitup.client.pipeline import PipelineClient
+from splitup.client.sampling import generate_tokens
+from splitup.partition.local import LocalPipeline
+
+from .procs import start_node
+
+
+@pytest.fixture
+def victim(plan, store_url, logs):
+    """A fresh node for task 1 that this test may kill."""
+    d = start_node("victim", logs, tasks=[plan.tasks[1].task_id], store=store_url)
+    try:
+        d.wait_ready()
+        yield d
+    finally:
+        d.stop()
+
+
+def reference(plan_dir, prompt, n, **kw) -> list[int]:
+    local = LocalPipeline(plan_dir)
+    return generate_tokens(lambda ids: local.run({"input_ids": ids})["logits"], prompt, n, **kw)
+
+
+@pytest.mark.parametrize("sampled", [False, True], ids=["greedy", "sampled"])
+def test_node_killed_mid_generation(plan, plan_dir, cluster, victim, sampled):
+    prompt, n = [9, 8, 7, 6, 5], 20
+    kw = {"temperature": 0.9, "top_k": 50, "seed": 5} if sampled else {}
+    want = reference(plan_dir, prompt, n, **kw)
+    route = [cluster.a.url, [victim.url, cluster.spare.url], cluster.c.url]
+    with PipelineClient(plan, route, hop_timeout=10) as client, client.session() as gen:
+        def on_token(_token: int, count=[0]) -> None:  # noqa: B006 - a counter local to this run
+            count[0] += 1
+            if count[0] == 7:
+                victim.kill()
+
+        got = generate_tokens(gen.step, prompt, n, on_token=on_token, **kw)
+        assert not victim.alive()
+        assert gen.recoveries == 1
+        assert gen.places[1][0] == cluster.spare.url
+    assert got == want
+
+
+def test_a_node_that_lost_its_session_is_re_prefilled(plan, plan_dir, cluster):
+    """Sessions expire or vanish with a restart; the same node gets a new session and the context again."""
+    prompt, n = [3, 1, 4, 1, 5], 10
+    want = reference(plan_dir, prompt, n)
+    with PipelineClient(plan, cluster.route) as client, client.session() as gen:
+        def on_token(_token: int, count=[0]) -> None:  # noqa: B006
+            count[0] += 1
+            if count[0] == 4:
+                url, sid = gen.places[2]
+                assert httpx.delete(f"{url}/sessions/{sid}").status_code == 200
+
+        got = generate_tokens(gen.step, prompt, n, on_token=on_token)
+        assert gen.recoveries == 1 and gen.places[2][0] == cluster.c.url
+    assert got == want

@@ -1,0 +1,130 @@
+"""Engines, sessions, interface checks and the wire format, in process."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from splitup.node.wire import WireError, decode, encode
+from splitup.partition.task import task_dir
+from splitup.runtime import (
+    InterfaceError,
+    SessionError,
+    SessionLimit,
+    SessionStore,
+    StepConflict,
+    available_engines,
+    check_feeds,
+    get_engine,
+    run_stateful,
+)
+from splitup.runtime.ort import choose_providers
+
+
+def test_provider_choice_prefers_gpus_and_keeps_cpu_as_fallback():
+    assert choose_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert choose_providers(["CPUExecutionProvider", "CUDAExecutionProvider"]) == \
+        ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers(["CoreMLExecutionProvider", "ROCMExecutionProvider", "CPUExecutionProvider"])[0] == \
+        "ROCMExecutionProvider"
+
+
+def _feeds(task, seq: int, rng):
+    return {s.name: (rng.integers(0, 500, [d if isinstance(d, int) else seq for d in s.shape])
+                     if s.dtype == "int64" else rng.normal(size=[d if isinstance(d, int) else seq for d in s.shape])
+                     .astype(s.dtype))
+            for s in task.inputs if s.name not in task.state}
+
+
+def test_tinygrad_engine_matches_onnxruntime_with_a_growing_cache(plan_dir, plan):
+    reason = available_engines()["tinygrad"]
+    if reason != "ok":
+        pytest.skip(f"tinygrad engine unavailable: {reason}")
+    ort_engine, tiny = get_engine("onnxruntime"), get_engine("tinygrad")
+    rng = np.random.default_rng(0)
+    task = plan.tasks[1]  # a task with KV-cache state
+    assert task.state
+    a, b = ort_engine.load(task_dir(plan_dir, task)), tiny.load(task_dir(plan_dir, task))
+    state_a = state_b = None
+    for seq in (5, 1, 1):  # prefill, then decode steps: the symbolic dims change between calls
+        feeds = _feeds(task, seq, rng)
+        out_a, state_a = run_stateful(a, feeds, state_a)
+        out_b, state_b = run_stateful(b, feeds, state_b)
+        for name in out_a:
+            assert float(np.max(np.abs(out_a[name] - out_b[name]))) <= 1e-5, name
+
+
+def test_engine_checks_the_expected_task_id(plan_dir, plan):
+    from splitup.partition.task import PlanError
+
+    with pytest.raises(PlanError, match="expected"):
+        get_engine("onnxruntime").load(task_dir(plan_dir, plan.tasks[0]), task_id=plan.tasks[1].task_id)
+
+
+def test_sessions_are_bounded_and_expire():
+    now = [0.0]
+    store = SessionStore(max_sessions=2, idle_s=10, clock=lambda: now[0])
+    s1, s2 = store.open("t"), store.open("t")
+    with pytest.raises(SessionLimit):
+        store.open("t")
+    now[0] = 5
+    store.get(s1.id, "t")  # touched: stays
+    now[0] = 12
+    assert store.sweep() == 1 and len(store) == 1
+    with pytest.raises(SessionError, match="unknown or expired"):
+        store.get(s2.id, "t")
+    with pytest.raises(SessionError, match="another task"):
+        store.get(s1.id, "u")
+    store.open("t")
+    assert store.close(s1.id) and not store.close(s1.id)
+
+
+def test_a_repeated_step_rolls_back_and_other_steps_conflict():
+    store = SessionStore()
+    s = store.open("t")
+
+    def add(x):
+        return lambda st: {"c": np.append(st.get("c", np.zeros(0)), x)}
+
+    s.advance(0, add(1.0))
+    s.advance(1, add(2.0))
+    s.advance(1, add(3.0))  # the reply to step 1 was lost: it runs again from the state before it
+    assert s.state["c"].tolist() == [1.0, 3.0]
+    with pytest.raises(StepConflict):
+        s.advance(0, add(9.0))
+    with pytest.raises(StepConflict):
+        s.advance(5, add(9.0))
+    failed = s.state
+
+    def boom(_st):
+        raise RuntimeError("engine failed")
+
+    with pytest.raises(RuntimeError):
+        s.advance(2, boom)
+    assert s.state is failed and s.next_step == 2  # a failed step changes nothing
+
+
+def test_interface_check_covers_dims_and_held_caches(plan):
+    task = plan.tasks[1]
+    past = next(s for s in task.inputs if s.name in task.state)
+    others = {s.name: np.zeros([d if isinstance(d, int) else 3 for d in s.shape], s.dtype)
+              for s in task.inputs if s.name not in task.state}
+    check_feeds(task, others)
+    too_long = np.zeros([d if isinstance(d, int) else past.max_shape[i] + 1 for i, d in enumerate(past.shape)],
+                        np.float32)
+    with pytest.raises(InterfaceError, match="exceeds the maximum"):
+        check_feeds(task, {**others, past.name: too_long})
+    assert len(others) > 1  # this task receives more than one activation: their seq must agree
+    spec = next(s for s in task.inputs if s.name in others)
+    wrong = {**others, spec.name: np.zeros([d if isinstance(d, int) else 4 for d in spec.shape], spec.dtype)}
+    with pytest.raises(InterfaceError, match="dimension 'seq' is [34] .* but [34]"):
+        check_feeds(task, wrong)
+
+
+def test_wire_round_trip_and_limits():
+    tensors = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "empty": np.zeros((1, 2, 0, 4), np.float32)}
+    got, meta = decode(encode(tensors))
+    assert meta == {} and all(np.array_equal(got[k], v) for k, v in tensors.items())
+    assert got["empty"].shape == (1, 2, 0, 4)
+    with pytest.raises(WireError, match="limit"):
+        decode(encode(tensors), max_tensor_bytes=8)
