@@ -75,7 +75,7 @@ def start_node(name: str, log_dir: Path, *, host: str = "127.0.0.1", tasks: Sequ
 
 
 def start_store(name: str, directory: Path, log_dir: Path, *, host: str = "127.0.0.1",
-                prefix: Sequence[str] = ()) -> Daemon:
-    port = free_port()
-    return Daemon(name, ["store", "serve", "--dir", str(directory), "--host", host, "--port", str(port)],
-                  f"http://{host}:{port}", log_dir, prefix)
+                prefix: Sequence[str] = (), port: int | None = None) -> Daemon:
+    port = port or free_port()
+    return Daemon(name, ["store", "serve", "--dir", str(directory), "--host", host, "--port", str(port),
+                         "--log-level", "info"], f"http://{host}:{port}", log_dir, prefix)

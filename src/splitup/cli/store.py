@@ -16,6 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8600)
     s.add_argument("--writable", action="store_true", help="accept verified PUT uploads")
+    s.add_argument("--log-level", default="warning")
     s.set_defaults(func=serve)
     u = sub.add_parser("put", help="add files to a local store; prints their sha256")
     u.add_argument("--dir", type=Path, required=True)
@@ -39,7 +40,7 @@ def serve(args: argparse.Namespace) -> int:
     from splitup.storage.server import create_app
 
     uvicorn.run(create_app(BlobStore(args.dir), writable=args.writable), host=args.host, port=args.port,
-                log_level="warning")
+                log_level=args.log_level)
     return 0
 
 
