@@ -1,0 +1,306 @@
+"""The three parties of Proof of Sampling as plain classes over (Market, engine, blob store).
+
+- ``Executor``: accepts a task on chain, runs (and records) its calls, uploads the transcript and
+  commits ``transcript.commitment()`` before anyone knows whether the task will be checked.
+- ``Validator``: takes up a sampled task on chain, fetches the transcript, checks that it opens the
+  on-chain commitment, re-executes every call on its own engine with a fresh KV cache, applies the
+  tolerance rule and submits its verdict.
+- ``Arbiter``: the market authority; for a disputed task it checks the opening, asks further
+  validators, and on tasks small enough lets ``onnx.reference`` (exact) decide; above that bound the
+  majority of validators decides. Then ``arbitrate`` on chain.
+
+The order, what is committed when, and why no party profits from cheating: docs/posp.md.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from solders.keypair import Keypair
+from solders.pubkey import Pubkey
+
+from splitup.market import Market
+from splitup.partition.task import PlanError, TaskDefinition, load_task
+from splitup.runtime import Engine, EngineError, Runner, run_stateful
+from splitup.storage import StorageError
+from splitup.verify.blobs import Blobs, BundleSource
+from splitup.verify.cheats import Behaviour, Cheat
+from splitup.verify.commitment import commitment as commit_tensors
+from splitup.verify.compare import DEFAULT_TOLERANCE, Tolerance
+from splitup.verify.errors import VerifyError
+from splitup.verify.replay import ReferenceRunner, estimated_flops, judge, replay
+from splitup.verify.transcript import DEFAULT_MAX_BYTES, BadTranscript, Transcript, boundary_outputs
+
+
+class RoleError(VerifyError):
+    """A role was asked to do something out of order (commit before accepting, call an unknown task)."""
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """What an executor publishes off chain with its commitment: where the transcript is, and the
+    fingerprints of its boundary outputs (for the next node's cheap check)."""
+
+    job: str
+    index: int
+    task_id: str
+    transcript_sha: str
+    commitment: bytes
+    fingerprints: dict[str, bytes] = field(default_factory=dict)
+
+
+def task_id_of(market: Market, job: Pubkey, index: int) -> str:
+    info = market.job(job)
+    if not 0 <= index < len(info.tasks):
+        raise RoleError(f"job {job} has no task {index}")
+    return bytes(market.model(info.header.model).tasks[index].task_id).hex()
+
+
+class _Loaded:
+    """Runners by task id, loaded once from verified bundles."""
+
+    def __init__(self, engine: Engine, bundles: BundleSource) -> None:
+        self.engine = engine
+        self.bundles = bundles
+        self._runners: dict[str, Runner] = {}
+
+    def runner(self, task_id: str) -> Runner:
+        if task_id not in self._runners:
+            self._runners[task_id] = self.engine.load(self.bundles(task_id), task_id=task_id)
+        return self._runners[task_id]
+
+
+@dataclass
+class _Work:
+    task: TaskDefinition
+    transcript: Transcript
+    state: dict[str, np.ndarray] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class Executor:
+    """A node doing tasks. ``cheat`` (tests, demo) replaces the outputs it reports; honest when None."""
+
+    def __init__(self, market: Market, owner: Keypair, engine: Engine, bundles: BundleSource, blobs: Blobs, *,
+                 cheat: Cheat | None = None, max_transcript_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.market = market
+        self.owner = owner
+        self.blobs = blobs
+        self.cheat = cheat
+        self.max_transcript_bytes = max_transcript_bytes
+        self._loaded = _Loaded(engine, bundles)
+        self._work: dict[tuple[str, int], _Work] = {}
+
+    @property
+    def pubkey(self) -> Pubkey:
+        return self.owner.pubkey()
+
+    def accept(self, job: Pubkey, index: int) -> None:
+        """Lock collateral for the task on chain and open an empty transcript (and KV cache) for it."""
+        task_id = task_id_of(self.market, job, index)
+        self.market.accept_task(self.owner, job, index)
+        task = self._loaded.runner(task_id).task
+        self._work[(str(job), index)] = _Work(task, Transcript(str(job), index, task_id,
+                                                               max_bytes=self.max_transcript_bytes))
+
+    def _get(self, job: Pubkey, index: int) -> _Work:
+        work = self._work.get((str(job), index))
+        if work is None:
+            raise RoleError(f"task {index} of job {job} was not accepted by this executor")
+        return work
+
+    def call(self, job: Pubkey, index: int, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one call of the task (the KV cache stays here) and record it; returns the boundary outputs."""
+        work = self._get(job, index)
+        runner = self._loaded.runner(work.transcript.task_id)
+        start = time.perf_counter()
+        outs, work.state = run_stateful(runner, feeds, work.state)
+        work.seconds += time.perf_counter() - start
+        names = {s.name for s in boundary_outputs(work.task)}
+        reported = {k: v for k, v in outs.items() if k in names}
+        if self.cheat is not None:
+            reported = self.cheat(len(work.transcript.steps), feeds, reported)
+        work.transcript.add(feeds, reported)
+        return reported
+
+    def record(self, job: Pubkey, index: int, transcript: Transcript) -> None:
+        """Use a transcript recorded elsewhere (the node daemon's session) instead of ``call``."""
+        work = self._get(job, index)
+        transcript.check_against(work.task)
+        if (transcript.job, transcript.index) != (str(job), index):
+            raise RoleError("the transcript belongs to another (job, task)")
+        work.transcript = transcript
+
+    def task(self, job: Pubkey, index: int) -> TaskDefinition:
+        return self._get(job, index).task
+
+    def seconds(self, job: Pubkey, index: int) -> float:
+        return self._get(job, index).seconds
+
+    def transcript(self, job: Pubkey, index: int) -> Transcript:
+        return self._get(job, index).transcript
+
+    def commit(self, job: Pubkey, index: int) -> Announcement:
+        """Upload the transcript, then commit to it on chain (the upload first: a commitment whose
+        transcript cannot be fetched would lose any dispute)."""
+        work = self._get(job, index)
+        t = work.transcript
+        sha = self.blobs.put(t.to_bytes())
+        c = t.commitment()
+        self.market.commit_result(self.owner, job, index, c)
+        work.state.clear()  # the KV cache is no longer needed; the transcript is the record
+        return Announcement(str(job), index, t.task_id, sha, c, t.fingerprints())
+
+
+@dataclass(frozen=True)
+class Check:
+    """A validator's opinion of one transcript, with what it cost."""
+
+    agree: bool
+    reason: str
+    result_hash: bytes
+    seconds: float = 0.0
+    flops: int = 0
+    calls: int = 0
+
+
+class Validator:
+    """A node checking other nodes' tasks. ``behaviour`` (tests) makes it lazy or a liar."""
+
+    def __init__(self, market: Market, owner: Keypair, engine: Engine, bundles: BundleSource, blobs: Blobs, *,
+                 behaviour: Behaviour = Behaviour.HONEST, tol: Tolerance = DEFAULT_TOLERANCE,
+                 max_transcript_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.market = market
+        self.owner = owner
+        self.blobs = blobs
+        self.behaviour = behaviour
+        self.tol = tol
+        self.max_transcript_bytes = max_transcript_bytes
+        self.engine_name = engine.name
+        self._loaded = _Loaded(engine, bundles)
+
+    @property
+    def pubkey(self) -> Pubkey:
+        return self.owner.pubkey()
+
+    def check(self, ann: Announcement, committed: bytes) -> Check:
+        """The honest opinion, off chain: fetch, open, re-execute on a fresh cache, compare."""
+        salt = secrets.token_bytes(32)
+        t, problem = fetch_transcript(self.blobs, ann, committed, self.max_transcript_bytes)
+        if t is None:
+            return Check(False, problem, commit_tensors({"rejected": np.zeros(1, np.uint8)}, salt))
+        try:
+            runner = self._loaded.runner(t.task_id)
+            t.check_against(runner.task)
+            replayed = replay(runner, t)
+        except (BadTranscript, EngineError, PlanError, StorageError) as exc:
+            return Check(False, f"cannot re-execute the transcript: {exc}",
+                         commit_tensors({"rejected": np.zeros(1, np.uint8)}, salt))
+        verdict = judge(t, replayed, self.tol)
+        mine = {f"step{i}.out.{k}": v for i, outs in enumerate(replayed.outputs) for k, v in outs.items()}
+        return Check(verdict.match, verdict.reason, commit_tensors(mine, salt), replayed.seconds,
+                     estimated_flops(runner.task, t), len(t.steps))
+
+    def validate(self, job: Pubkey, index: int, ann: Announcement) -> Check:
+        """Take the sampled task up on chain, form an opinion (per ``behaviour``) and submit it."""
+        self.market.assign_validator(self.owner, job, index)
+        committed = bytes(self.market.job(job).tasks[index].commitment)
+        if self.behaviour is Behaviour.LAZY:
+            check = Check(True, "lazy: agreed without re-executing", committed)
+        elif self.behaviour is Behaviour.LIAR:
+            check = Check(False, "liar: disagreed whatever the output", secrets.token_bytes(32))
+        else:
+            check = self.check(ann, committed)
+        self.market.submit_verdict(self.owner, job, index, check.agree, check.result_hash)
+        return check
+
+
+def fetch_transcript(blobs: Blobs, ann: Announcement, committed: bytes,
+                     max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[Transcript | None, str]:
+    """The announced transcript if it can be fetched, parses, names this (job, task) and opens the
+    on-chain commitment; otherwise None and why. Each failure is the node's fault: it must keep its
+    transcript available, and it committed to it."""
+    try:
+        t = Transcript.from_bytes(blobs.get(ann.transcript_sha, max_bytes), max_bytes=max_bytes)
+    except (StorageError, BadTranscript) as exc:
+        return None, f"transcript unavailable or malformed: {exc}"
+    if (t.job, t.index, t.task_id) != (ann.job, ann.index, ann.task_id):
+        return None, "transcript names another job or task"
+    if t.commitment() != committed:
+        return None, "transcript does not open the on-chain commitment"
+    return t, ""
+
+
+@dataclass(frozen=True)
+class Ruling:
+    node_honest: bool
+    basis: str  # "opening", "reference" or "majority"
+    reason: str
+    opinions: tuple[tuple[str, bool], ...] = ()  # (validator, agree) of the further validators asked
+    seconds: float = 0.0
+
+
+class Arbiter:
+    """The market authority. Exact ``onnx.reference`` decides tasks up to ``reference_max_flops``
+    (estimated over the whole transcript); larger ones are decided by a majority of validators."""
+
+    def __init__(self, market: Market, authority: Keypair, bundles: BundleSource, blobs: Blobs, *,
+                 reference_max_flops: int = 2_000_000_000, tol: Tolerance = DEFAULT_TOLERANCE,
+                 max_transcript_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.market = market
+        self.authority = authority
+        self.bundles = bundles
+        self.blobs = blobs
+        self.reference_max_flops = reference_max_flops
+        self.tol = tol
+        self.max_transcript_bytes = max_transcript_bytes
+
+    def decide(self, job: Pubkey, index: int, ann: Announcement, others: Sequence[Validator] = ()) -> Ruling:
+        """Judge a dispute (no chain write). ``others``: further validators, never the task's node, the
+        client or the first validator; asked one by one."""
+        info = self.market.job(job)
+        slot = info.tasks[index]
+        excluded = {self.market.node_at(slot.node).owner, info.header.client, self.market.node_at(slot.validator).owner}
+        start = time.perf_counter()
+        t, problem = fetch_transcript(self.blobs, ann, bytes(slot.commitment), self.max_transcript_bytes)
+        if t is None:
+            return Ruling(False, "opening", problem, seconds=time.perf_counter() - start)
+        try:
+            task = load_task(self.bundles(t.task_id))
+            t.check_against(task)
+        except (BadTranscript, PlanError, StorageError) as exc:
+            return Ruling(False, "opening", f"transcript does not fit its task: {exc}",
+                          seconds=time.perf_counter() - start)
+        opinions: list[tuple[str, bool]] = []
+        asked = [v for v in others if v.pubkey not in excluded]
+        if estimated_flops(task, t) <= self.reference_max_flops:
+            # one further opinion is recorded (cheap, and a second validator's stake backs it), but the
+            # exact evaluator has the final word
+            if asked:
+                opinions.append((str(asked[0].pubkey), asked[0].check(ann, bytes(slot.commitment)).agree))
+            exact = judge(t, replay(ReferenceRunner(self.bundles(t.task_id)), t), self.tol)
+            return Ruling(exact.match, "reference", exact.reason or "matches onnx.reference", tuple(opinions),
+                          time.perf_counter() - start)
+        # Too large for the exact evaluator: the first validator said "disagree"; ask others until one
+        # side has a strict majority. A tie when nobody is left keeps the node's result (a false
+        # positive costs an honest node its stake, which the game counts against honesty).
+        disagree = 1
+        for v in asked:
+            agree = v.check(ann, bytes(slot.commitment)).agree
+            opinions.append((str(v.pubkey), agree))
+            agrees = sum(a for _, a in opinions)
+            disagree = 1 + len(opinions) - agrees
+            if len(opinions) >= 2 and agrees != disagree:
+                break
+        agrees = sum(a for _, a in opinions)
+        return Ruling(agrees >= disagree, "majority", f"{agrees} agree, {disagree} disagree", tuple(opinions),
+                      time.perf_counter() - start)
+
+    def arbitrate(self, job: Pubkey, index: int, ann: Announcement, others: Sequence[Validator] = ()) -> Ruling:
+        ruling = self.decide(job, index, ann, others)
+        self.market.arbitrate(self.authority, job, index, ruling.node_honest)
+        return ruling
