@@ -1,0 +1,51 @@
+"""The demo's closing report: tasks and who ran them, speed, verification, payments, balances."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from splitup.demo.flow import Summary
+from splitup.units import format_bytes
+
+SOL = 1_000_000_000
+
+
+def sol(lamports: int, signed: bool = False) -> str:
+    return f"{lamports / SOL:+.6f}" if signed else f"{lamports / SOL:.6f}"
+
+
+def print_summary(s: Summary, console: Console | None = None) -> None:
+    c = console or Console()
+    c.print(f"\n[bold]Prompt[/bold]: {s.prompt}\n[bold]Answer[/bold] ({s.model}, {len(s.token_ids)} tokens): {s.text}")
+    tasks = Table(title=f"Job {s.job}: tasks")
+    for col in ("task", "layers", "VRAM", "ran on", "verified by", "verdict", "state", "price (SOL)"):
+        tasks.add_column(col)
+    for t in s.tasks:
+        tasks.add_row(str(t.index), t.layers, format_bytes(t.vram), t.executor, t.validator or "-",
+                      t.verdict if t.verdict != "none" else "not drawn", t.status, sol(t.price))
+    c.print(tasks)
+    nodes = Table(title="Nodes (on chain after the job)")
+    for col in ("node", "memory", "holds tasks", "stake (SOL)", "balance change (SOL)", "tasks done", "verified",
+                "failed"):
+        nodes.add_column(col)
+    for n in s.nodes:
+        holds = ", ".join(f"{i}{'*' if i in n.primary else ''}" for i in n.holds)
+        nodes.add_row(n.name, format_bytes(n.budget), holds, f"{sol(n.stake_after)} ({sol(n.stake_after - n.stake_before, True)})",
+                      sol(n.balance_after - n.balance_before, True), str(n.tasks_done), str(n.verified), str(n.failed))
+    c.print(nodes)
+    c.print("  * = the node's primary task; the others it holds as a stand-in and validator")
+    c.print(f"[bold]Speed[/bold]: {s.tokens_per_s:.2f} tokens/s through the nodes "
+            f"({len(s.token_ids)} tokens in {s.seconds:.1f} s); single process {s.reference_tokens_per_s:.2f} tokens/s")
+    c.print(f"[bold]PoSP[/bold]: {s.verified} of {len(s.tasks)} tasks verified at a {s.verify_rate_bps / 100:.0f}% "
+            f"rate (demo setting; the chain default is 8%), {s.rulings} arbitrations, slashed {sol(s.slashed)} SOL")
+    c.print(f"[bold]Payments[/bold]: escrow {sol(s.escrow_deposit)} SOL; nodes {sol(s.node_paid)}, validators "
+            f"{sol(s.validator_paid)}, protocol fees {sol(s.fees)} (treasury {sol(s.treasury_before)} -> "
+            f"{sol(s.treasury_after)}), refunded {sol(s.refund)}")
+    c.print(f"[bold]Client[/bold]: {sol(s.client_before)} -> {sol(s.client_after)} SOL "
+            f"({sol(s.client_after - s.client_before, True)}, transaction fees included)")
+    if s.identical:
+        c.print("[bold green]The text is identical to the single-process run.[/bold green]")
+    else:
+        c.print(f"[bold red]The text differs from the single-process run:[/bold red] {s.reference_text!r}")
+    c.print(f"logs and wallets: {s.workdir}   (total {s.timings.get('total', 0):.0f} s)")
