@@ -23,6 +23,7 @@ from splitup.market import Market
 from splitup.market.accounts import node_specialized
 from splitup.market.constants import TaskStatus
 from splitup.verify.cheats import Behaviour
+from splitup.verify.handoff import handoff_mismatches
 from splitup.verify.replay import LOGITS, estimated_flops
 from splitup.verify.roles import Announcement, Arbiter, Executor, RoleError, Ruling, Validator, task_id_of
 
@@ -34,6 +35,7 @@ class TaskReport:
     node: str
     sampled: bool = False
     rate_bps: int = 0
+    draw: int = 0  # the on-chain coin: sampled iff draw < rate_bps
     validator: str | None = None
     verdict: str | None = None  # "agree" / "disagree"
     reason: str = ""
@@ -50,6 +52,8 @@ class TaskReport:
     executed_s: float = 0.0
     reexecuted_s: float = 0.0
     arbitration_s: float = 0.0
+    # inputs that contradict the fingerprints their sender announced (reported; see handoff.py)
+    handoff_mismatches: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -124,12 +128,14 @@ class JobRunner:
             rep = report.tasks[i]
             rep.calls, rep.executed_s = len(t.steps), ex.seconds(job, i)
             rep.executed_flops = estimated_flops(ex.task(job, i), t)
+            rep.handoff_mismatches = [bad for up in anns[:i] for bad in handoff_mismatches(up, t)]
 
         m.t.advance(1)  # the draw uses the hash of the first slot after the commitment
         for i in range(count):
             rep = report.tasks[i]
             rep.sampled = m.sample(job, i)
-            rep.rate_bps = int(m.job(job).tasks[i].rate_bps)
+            slot = m.job(job).tasks[i]
+            rep.rate_bps, rep.draw = int(slot.rate_bps), int(slot.draw)
             if rep.sampled:
                 self._verify(job, i, anns[i], rep)
         for i in range(count):

@@ -14,14 +14,17 @@ The order, what is committed when, and why no party profits from cheating: docs/
 
 from __future__ import annotations
 
+import hashlib
 import secrets
+import struct
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
+from solders.signature import Signature
 
 from splitup.market import Market
 from splitup.partition.task import PlanError, TaskDefinition, load_task
@@ -40,10 +43,17 @@ class RoleError(VerifyError):
     """A role was asked to do something out of order (commit before accepting, call an unknown task)."""
 
 
+ANNOUNCE_TAG = b"SPLITUP-ANNOUNCE-v1\x00"
+
+
 @dataclass(frozen=True)
 class Announcement:
-    """What an executor publishes off chain with its commitment: where the transcript is, and the
-    fingerprints of its boundary outputs (for the next node's cheap check)."""
+    """What an executor publishes off chain with its commitment, signed with its node's owner key:
+    where the transcript is, and the fingerprints of its boundary outputs (the next node's cheap check).
+
+    The signature is what lets the arbiter blame the node for a transcript that is missing or does not
+    open the commitment: nobody else can announce in the node's name.
+    """
 
     job: str
     index: int
@@ -51,6 +61,29 @@ class Announcement:
     transcript_sha: str
     commitment: bytes
     fingerprints: dict[str, bytes] = field(default_factory=dict)
+    signer: str = ""
+    signature: bytes = b""
+
+    def message(self) -> bytes:
+        fp = hashlib.sha256()
+        for name in sorted(self.fingerprints):
+            raw = name.encode()
+            fp.update(struct.pack("<I", len(raw)) + raw + struct.pack("<I", len(self.fingerprints[name])))
+            fp.update(self.fingerprints[name])
+        return (ANNOUNCE_TAG + bytes(Pubkey.from_string(self.job)) + struct.pack("<I", self.index)
+                + bytes.fromhex(self.task_id) + bytes.fromhex(self.transcript_sha) + self.commitment + fp.digest())
+
+    def signed(self, owner: Keypair) -> Announcement:
+        return replace(self, signer=str(owner.pubkey()), signature=bytes(owner.sign_message(self.message())))
+
+    def signed_by(self, owner: Pubkey) -> bool:
+        """Whether ``owner`` signed exactly this announcement."""
+        if self.signer != str(owner) or len(self.signature) != 64:
+            return False
+        try:
+            return Signature.from_bytes(self.signature).verify(owner, self.message())
+        except ValueError:
+            return False
 
 
 def task_id_of(market: Market, job: Pubkey, index: int) -> str:
@@ -153,7 +186,7 @@ class Executor:
         c = t.commitment()
         self.market.commit_result(self.owner, job, index, c)
         work.state.clear()  # the KV cache is no longer needed; the transcript is the record
-        return Announcement(str(job), index, t.task_id, sha, c, t.fingerprints())
+        return Announcement(str(job), index, t.task_id, sha, c, t.fingerprints()).signed(self.owner)
 
 
 @dataclass(frozen=True)
@@ -187,10 +220,10 @@ class Validator:
     def pubkey(self) -> Pubkey:
         return self.owner.pubkey()
 
-    def check(self, ann: Announcement, committed: bytes) -> Check:
+    def check(self, ann: Announcement | None, committed: bytes, node_owner: Pubkey) -> Check:
         """The honest opinion, off chain: fetch, open, re-execute on a fresh cache, compare."""
         salt = secrets.token_bytes(32)
-        t, problem = fetch_transcript(self.blobs, ann, committed, self.max_transcript_bytes)
+        t, problem = fetch_transcript(self.blobs, ann, committed, node_owner, self.max_transcript_bytes)
         if t is None:
             return Check(False, problem, commit_tensors({"rejected": np.zeros(1, np.uint8)}, salt))
         try:
@@ -205,25 +238,33 @@ class Validator:
         return Check(verdict.match, verdict.reason, commit_tensors(mine, salt), replayed.seconds,
                      estimated_flops(runner.task, t), len(t.steps))
 
-    def validate(self, job: Pubkey, index: int, ann: Announcement) -> Check:
-        """Take the sampled task up on chain, form an opinion (per ``behaviour``) and submit it."""
+    def validate(self, job: Pubkey, index: int, ann: Announcement | None) -> Check:
+        """Take the sampled task up on chain, form an opinion (per ``behaviour``) and submit it.
+
+        ``ann`` is the node's announcement; None (the node announced nothing) is a "disagree" the arbiter
+        upholds unless the node produces a signed announcement that opens its commitment.
+        """
         self.market.assign_validator(self.owner, job, index)
-        committed = bytes(self.market.job(job).tasks[index].commitment)
+        slot = self.market.job(job).tasks[index]
+        committed, node_owner = bytes(slot.commitment), self.market.node_at(slot.node).owner
         if self.behaviour is Behaviour.LAZY:
             check = Check(True, "lazy: agreed without re-executing", committed)
         elif self.behaviour is Behaviour.LIAR:
             check = Check(False, "liar: disagreed whatever the output", secrets.token_bytes(32))
         else:
-            check = self.check(ann, committed)
+            check = self.check(ann, committed, node_owner)
         self.market.submit_verdict(self.owner, job, index, check.agree, check.result_hash)
         return check
 
 
-def fetch_transcript(blobs: Blobs, ann: Announcement, committed: bytes,
+def fetch_transcript(blobs: Blobs, ann: Announcement | None, committed: bytes, node_owner: Pubkey,
                      max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[Transcript | None, str]:
-    """The announced transcript if it can be fetched, parses, names this (job, task) and opens the
-    on-chain commitment; otherwise None and why. Each failure is the node's fault: it must keep its
-    transcript available, and it committed to it."""
+    """The announced transcript if the node signed the announcement, and the transcript can be fetched,
+    parses, names this (job, task) and opens the on-chain commitment; otherwise None and why. Each
+    failure is the node's fault: it must announce and keep its transcript available, and it committed
+    to it."""
+    if ann is None or not ann.signed_by(node_owner):
+        return None, "no announcement signed by the task's node"
     try:
         t = Transcript.from_bytes(blobs.get(ann.transcript_sha, max_bytes), max_bytes=max_bytes)
     except (StorageError, BadTranscript) as exc:
@@ -259,14 +300,16 @@ class Arbiter:
         self.tol = tol
         self.max_transcript_bytes = max_transcript_bytes
 
-    def decide(self, job: Pubkey, index: int, ann: Announcement, others: Sequence[Validator] = ()) -> Ruling:
-        """Judge a dispute (no chain write). ``others``: further validators, never the task's node, the
-        client or the first validator; asked one by one."""
+    def decide(self, job: Pubkey, index: int, ann: Announcement | None, others: Sequence[Validator] = ()) -> Ruling:
+        """Judge a dispute (no chain write). ``ann``: the announcement the arbiter obtained from the node
+        itself; ``others``: further validators, never the task's node, the client or the first
+        validator; asked one by one."""
         info = self.market.job(job)
         slot = info.tasks[index]
-        excluded = {self.market.node_at(slot.node).owner, info.header.client, self.market.node_at(slot.validator).owner}
+        node_owner = self.market.node_at(slot.node).owner
+        excluded = {node_owner, info.header.client, self.market.node_at(slot.validator).owner}
         start = time.perf_counter()
-        t, problem = fetch_transcript(self.blobs, ann, bytes(slot.commitment), self.max_transcript_bytes)
+        t, problem = fetch_transcript(self.blobs, ann, bytes(slot.commitment), node_owner, self.max_transcript_bytes)
         if t is None:
             return Ruling(False, "opening", problem, seconds=time.perf_counter() - start)
         try:
@@ -281,7 +324,7 @@ class Arbiter:
             # one further opinion is recorded (cheap, and a second validator's stake backs it), but the
             # exact evaluator has the final word
             if asked:
-                opinions.append((str(asked[0].pubkey), asked[0].check(ann, bytes(slot.commitment)).agree))
+                opinions.append((str(asked[0].pubkey), asked[0].check(ann, bytes(slot.commitment), node_owner).agree))
             exact = judge(t, replay(ReferenceRunner(self.bundles(t.task_id)), t), self.tol)
             return Ruling(exact.match, "reference", exact.reason or "matches onnx.reference", tuple(opinions),
                           time.perf_counter() - start)
@@ -290,7 +333,7 @@ class Arbiter:
         # positive costs an honest node its stake, which the game counts against honesty).
         disagree = 1
         for v in asked:
-            agree = v.check(ann, bytes(slot.commitment)).agree
+            agree = v.check(ann, bytes(slot.commitment), node_owner).agree
             opinions.append((str(v.pubkey), agree))
             agrees = sum(a for _, a in opinions)
             disagree = 1 + len(opinions) - agrees
@@ -300,7 +343,7 @@ class Arbiter:
         return Ruling(agrees >= disagree, "majority", f"{agrees} agree, {disagree} disagree", tuple(opinions),
                       time.perf_counter() - start)
 
-    def arbitrate(self, job: Pubkey, index: int, ann: Announcement, others: Sequence[Validator] = ()) -> Ruling:
+    def arbitrate(self, job: Pubkey, index: int, ann: Announcement | None, others: Sequence[Validator] = ()) -> Ruling:
         ruling = self.decide(job, index, ann, others)
         self.market.arbitrate(self.authority, job, index, ruling.node_honest)
         return ruling
