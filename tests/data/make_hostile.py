@@ -7,8 +7,9 @@ and compares it byte for byte with the committed ``tests/data/hostile/``.
 
 ``manifest.json`` maps each model path (relative to the corpus directory) to
 ``{"error": class name, "covers": what it attacks, "names": [strings the message must contain],
-"limits": {Limits field: value}}``; ``limits`` is present only where the rejection needs a tighter
-limit than the defaults (``max_total_bytes`` is ``splitup validate --max-bytes``).
+"limits": {Limits field: value}, "cli_args": [...]}``; ``limits`` is present only where the rejection
+needs a tighter limit than the defaults, and ``cli_args`` where ``splitup validate`` can express it
+(``max_total_bytes`` is ``--max-bytes``; the proto-size case needs ``Limits(max_proto_bytes=...)``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ sys.path.insert(0, str(HERE.parent / "graph"))
 from validator_fixtures import external, fin, mlp, model  # noqa: E402
 
 CORPUS = HERE / "hostile"
+# Limits fields that `splitup validate` takes as options (others, such as the proto size, it does not).
+CLI_OPTIONS = {"max_total_bytes": "--max-bytes", "max_tensor_bytes": "--max-tensor-bytes"}
 
 
 @dataclass
@@ -507,6 +510,10 @@ def generate(out: Path) -> dict[str, dict[str, object]]:
         entry: dict[str, object] = {"error": case.error, "covers": case.covers, "names": case.names}
         if case.limits:
             entry["limits"] = case.limits
+            cli = [arg for key, value in case.limits.items() if key in CLI_OPTIONS
+                   for arg in (CLI_OPTIONS[key], str(value))]
+            if cli:
+                entry["cli_args"] = cli
         manifest[case.path] = entry
     for rel, data in SUPPORT.items():
         (out / rel).write_bytes(data)

@@ -54,6 +54,7 @@ def test_committed_corpus_is_what_the_script_generates(tmp_path: Path) -> None:
     gen = _load_generator()
     manifest = gen.generate(tmp_path / "hostile")
     assert manifest == MANIFEST
+    assert MANIFEST["task_over_limit.onnx"]["cli_args"] == ["--max-bytes", "65536"]
     fresh, committed = _tree(tmp_path / "hostile"), _tree(CORPUS)
     assert sorted(fresh) == sorted(committed), "run: python tests/data/make_hostile.py"
     for rel, content in fresh.items():
@@ -89,12 +90,9 @@ def test_validate_file_rejects_with_the_expected_class(rel: str) -> None:
 
 
 def _cli_args(rel: str, entry: dict) -> tuple[list[str], dict[str, int]]:
-    args, patched = ["validate", str(CORPUS / rel)], {}
-    for key, value in entry.get("limits", {}).items():
-        if key in CLI_OPTIONS:
-            args += [CLI_OPTIONS[key], str(value)]
-        else:
-            patched[key] = value
+    """The command line for a corpus entry, and the limits it cannot express (patched in-process)."""
+    args = ["validate", str(CORPUS / rel), *entry.get("cli_args", [])]
+    patched = {k: v for k, v in entry.get("limits", {}).items() if k not in CLI_OPTIONS}
     return args, patched
 
 
