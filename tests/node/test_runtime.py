@@ -128,3 +128,29 @@ def test_wire_round_trip_and_limits():
     assert got["empty"].shape == (1, 2, 0, 4)
     with pytest.raises(WireError, match="limit"):
         decode(encode(tensors), max_tensor_bytes=8)
+
+
+def test_heartbeat_hook_receives_the_node_status(plan_dir, plan):
+    """The hook the market layer will use: called at start and every interval, failures contained."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from splitup.node.app import create_app
+    from splitup.node.node import Node, NodeConfig
+
+    beats: list[dict] = []
+
+    def hook(status: dict) -> None:
+        beats.append(status)
+        raise RuntimeError("the chain is down")  # must not stop the node
+
+    node = Node(NodeConfig(heartbeat_s=0.05, node_id="hb"))
+    node.load_bundle(task_dir(plan_dir, plan.tasks[0]))
+    with TestClient(create_app(node, heartbeat=hook)) as client:
+        deadline = time.monotonic() + 10
+        while len(beats) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert client.get("/health").json()["status"] == "ok"
+    assert len(beats) >= 3
+    assert beats[0]["node"] == "hb" and beats[0]["tasks"] == [plan.tasks[0].task_id]

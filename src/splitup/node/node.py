@@ -37,7 +37,7 @@ class NodeConfig:
     max_sessions: int = 64
     session_idle_s: float = 300.0
     heartbeat_s: float = 10.0
-    recent_hops: int = 16
+    recent_hops: int = 4  # outputs can be large (logits, KV caches): keep only the last few
 
 
 @dataclass(frozen=True)
