@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from protocol_world import FEE_PER_SIGNATURE, PRICE, ProtocolWorld, make_world, prompt, write_plan
 
 from splitup.market import MarketParams
 from splitup.partition.local import LocalPipeline
 from splitup.verify.cheats import Behaviour, perturb, skip_layers, zeros
+from splitup.verify.sandbox import FEE_PER_SIGNATURE, PRICE, ProtocolWorld, make_world, prompt, write_plan
 
 ALWAYS = MarketParams.flat(10_000)
 NEVER = MarketParams.flat(0)

@@ -4,10 +4,10 @@ onnxruntime and tinygrad, every task sampled, every verdict "agree", nobody slas
 from __future__ import annotations
 
 import pytest
-from protocol_world import PRICE, make_world, prompt, write_plan
 
 from splitup.market import MarketParams
 from splitup.runtime import available_engines, get_engine
+from splitup.verify.sandbox import PRICE, make_world, prompt, write_plan
 
 TINYGRAD = available_engines().get("tinygrad", "missing")
 

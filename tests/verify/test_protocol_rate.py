@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import math
 
-from protocol_world import make_world, prompt, write_plan
-
 from splitup.market import MarketParams
 from splitup.verify.sampling import BASE_RATE_BPS
+from splitup.verify.sandbox import make_world, prompt, write_plan
 
 JOBS = 200
 

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from protocol_world import ProtocolWorld, make_world, prompt, write_plan
 from solders.keypair import Keypair
 
 from splitup.market import MarketParams
 from splitup.verify.blobs import plan_bundles
 from splitup.verify.commitment import commitment
 from splitup.verify.roles import Announcement, Executor
+from splitup.verify.sandbox import ProtocolWorld, make_world, prompt, write_plan
 from splitup.verify.transcript import BadTranscript, Transcript
 
 ALWAYS = MarketParams.flat(10_000)

@@ -1,5 +1,6 @@
-"""A market in LiteSVM with a tiny LLaMA split into 3 tasks, staked nodes holding them, a local blob
-store, and the three roles wired up: the world of the protocol tests and the overhead benchmark."""
+"""An in-process PoSP sandbox: a market in LiteSVM, a zoo model split into tasks, staked nodes holding
+them, a local blob store, and the three roles wired up. The protocol tests, the overhead benchmark and
+the demo build on it; nothing here is needed by a real node."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from solders.instruction import Instruction
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
 from splitup.graph import zoo
 from splitup.market import DEFAULT_PROGRAM_ID, LiteSvmTransport, Market, MarketParams
 from splitup.market.layout import ModelTask
-from splitup.market.transport import unique_signers
+from splitup.market.transport import TxResult, unique_signers
 from splitup.partition import PartitionError, analyze, partition
 from splitup.partition.plan import make_plan
 from splitup.partition.task import Plan
@@ -31,18 +33,18 @@ PRICE = 10_000_000
 MODEL = "tiny-llama"
 
 
-def write_plan(out: Path, tasks: int = 3) -> Plan:
-    """tiny-llama split into ``tasks`` tasks (the largest budget that gives that many)."""
-    model = zoo.build(MODEL, seed=0)
+def write_plan(out: Path, tasks: int = 3, model_name: str = MODEL) -> Plan:
+    """A zoo model (seeded weights) split into ``tasks`` tasks: the largest budget that gives that many."""
+    model = zoo.build(model_name, seed=0)
     a = analyze(model)
     whole = partition(a, 2**40, workspace_bytes=0).segments[0].vram_bytes
     for frac in np.linspace(0.95, 0.1, 86):
         try:
             if len(partition(a, int(whole * frac), workspace_bytes=0).segments) == tasks:
-                return make_plan(model, MODEL, int(whole * frac), workspace_bytes=0, out_dir=out).plan
+                return make_plan(model, model_name, int(whole * frac), workspace_bytes=0, out_dir=out).plan
         except PartitionError:
             continue
-    raise AssertionError(f"no budget splits {MODEL} into {tasks} tasks")
+    raise PartitionError(f"no budget splits {model_name} into {tasks} tasks")
 
 
 class CountingTransport(LiteSvmTransport):
@@ -50,7 +52,7 @@ class CountingTransport(LiteSvmTransport):
 
     signatures = 0
 
-    def send(self, instructions, signers):  # noqa: ANN001, ANN201 - the Transport protocol's signature
+    def send(self, instructions: Sequence[Instruction], signers: Sequence[Keypair]) -> TxResult:
         res = super().send(instructions, signers)
         self.signatures += len(unique_signers(signers))
         return res
@@ -114,7 +116,7 @@ def make_world(plan_dir: Path, store: Path, params: MarketParams, *, n_nodes: in
     for i, n in enumerate(nodes):
         m.register_node(n, 2 * SOL, vram=1 << 30, engines=1, endpoint=f"http://node{i}:8000")
         m.specialize(n, ids)
-    model_hash = hashlib.sha256(Plan.load(plan_dir).to_json().__repr__().encode()).digest()
+    model_hash = hashlib.sha256((Path(plan_dir) / "plan.json").read_bytes()).digest()
     tasks = [ModelTask(task_id=tid, vram=task.vram_bytes, price=PRICE) for tid, task in zip(ids, plan.tasks, strict=True)]
     res = m.register_model(client, model_hash, tasks)
     assert res.address is not None
