@@ -26,6 +26,8 @@ COMMANDS: tuple[str, ...] = (
     "splitup.cli.market",
     "splitup.cli.node",
     "splitup.cli.store",
+    "splitup.cli.gateway",
+    "splitup.cli.demo",
 )
 
 

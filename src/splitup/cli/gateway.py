@@ -1,0 +1,48 @@
+"""``splitup gateway start``: the OpenAI-compatible API and the web console, running jobs on the market."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from splitup.cli._market_opts import add_network
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "gateway", help="serve an OpenAI-compatible API and the web console over the market",
+        description="Every request becomes a market job paid from the gateway's wallet; the console at / shows "
+        "models, tasks, nodes and jobs live.",
+        epilog="examples:\n  splitup gateway start --store http://127.0.0.1:8600 --keypair client.json\n"
+        "  curl http://127.0.0.1:8000/v1/models\n"
+        "  OpenAI(base_url='http://127.0.0.1:8000/v1', api_key='unused').chat.completions.create(...)",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="gateway_cmd", metavar="ACTION", required=True)
+    start = sub.add_parser("start", help="serve until interrupted")
+    add_network(start)
+    start.add_argument("--store", default=os.environ.get("SPLITUP_STORE_URL", "http://127.0.0.1:8600"),
+                       help="blob store holding model manifests, plans and tokenizers [$SPLITUP_STORE_URL]")
+    start.add_argument("--host", default="127.0.0.1")
+    start.add_argument("--port", type=int, default=8000)
+    start.add_argument("--log-level", default="warning")
+    start.set_defaults(func=cmd_start)
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from splitup.gateway.app import create_app
+    from splitup.gateway.service import GatewayService
+    from splitup.market.wallet import default_keypair_path
+    from splitup.sdk.client import Client
+
+    client = Client(args.rpc_url, Path(args.keypair or default_keypair_path()), store_url=args.store,
+                    program_id=args.program_id)
+    print(f"splitup gateway: http://{args.host}:{args.port}/ (console), /v1 (OpenAI API); paying from "
+          f"{client.payer.pubkey()}", flush=True)
+    try:
+        uvicorn.run(create_app(GatewayService(client)), host=args.host, port=args.port, log_level=args.log_level)
+    finally:
+        client.close()
+    return 0

@@ -1,0 +1,1 @@
+"""The web console's static files (index.html, app.js, style.css), served by the gateway at ``/``."""

@@ -1,0 +1,268 @@
+"""OpenAI-compatible text generation: ``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``.
+
+Every request becomes one market job, paid by the gateway's wallet. Supported parameters: ``model``,
+``prompt`` (one string) / ``messages``, ``max_tokens`` (or ``max_completion_tokens``), ``temperature``
+(0 is greedy), ``seed``, ``stop``, ``stream``; ``n`` and ``top_p`` only at their defaults (1). Errors
+use OpenAI's ``{"error": {...}}`` shape. Each answer carries ``"splitup": {"job": address}``.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from splitup.errors import SplitUpError
+from splitup.gateway.service import GatewayService
+from splitup.sdk.client import Completion, TokenEvent
+
+MAX_TOKENS_LIMIT = 4096
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, param: str | None = None, status: int = 400, kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.param, self.status, self.kind = param, status, kind
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"error": {"message": str(self), "type": self.kind, "param": self.param, "code": None}},
+                            status_code=self.status)
+
+
+@dataclass(frozen=True)
+class GenRequest:
+    model: str
+    prompt_text: str
+    max_tokens: int
+    temperature: float
+    seed: int | None
+    stop: list[str]
+    stream: bool
+    chat: bool
+
+
+def _number(body: dict[str, Any], key: str, default: float, lo: float, hi: float) -> float:
+    v = body.get(key, default)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
+        raise BadRequest(f"{key} must be a number in [{lo}, {hi}]", key)
+    return float(v)
+
+
+def parse(body: Any, svc: GatewayService, *, chat: bool) -> GenRequest:
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("model is required", "model")
+    if body.get("n", 1) != 1:
+        raise BadRequest("only n=1 is supported", "n")
+    if body.get("top_p", 1) not in (1, 1.0, None):
+        raise BadRequest("only top_p=1 is supported (use temperature)", "top_p")
+    default_max = 128 if chat else 16
+    raw_max = body.get("max_completion_tokens", body.get("max_tokens", default_max))
+    max_tokens = default_max if raw_max is None else raw_max
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
+        raise BadRequest(f"max_tokens must be an integer in [1, {MAX_TOKENS_LIMIT}]", "max_tokens")
+    temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise BadRequest("seed must be an integer", "seed")
+    stop = body.get("stop") or []
+    stop = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop) or len(stop) > 4:
+        raise BadRequest("stop must be a string or up to 4 strings", "stop")
+    try:
+        entry = svc.client.plan(model)
+    except SplitUpError as exc:
+        raise BadRequest(str(exc), "model", 404, "model_not_found") from None
+    if entry.manifest.kind != "decoder":
+        raise BadRequest(f"model {model} does not generate text", "model")
+    if chat:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise BadRequest("messages must be a non-empty list", "messages")
+        clean = []
+        for m in messages:
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+                raise BadRequest("each message needs a role and content", "messages")
+            content = m.get("content")
+            if isinstance(content, list):  # the typed-parts form: keep the text parts
+                content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+            if not isinstance(content, str):
+                raise BadRequest("message content must be text", "messages")
+            clean.append({"role": m["role"], "content": content})
+        try:
+            text = svc.client.chat_prompt(entry, clean)
+        except SplitUpError as exc:
+            raise BadRequest(str(exc), "messages") from None
+    else:
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if not isinstance(prompt, str) or not prompt:
+            raise BadRequest("prompt must be one non-empty string", "prompt")
+        text = prompt
+    return GenRequest(model, text, int(max_tokens), temperature, seed, stop, bool(body.get("stream", False)), chat)
+
+
+class Run:
+    """One request's generation: token events with stop strings applied, the job recorded in the service."""
+
+    def __init__(self, svc: GatewayService, req: GenRequest) -> None:
+        self.svc, self.req = svc, req
+        self.text = ""
+        self.held = ""  # generated text not shown yet: it may be the start of a stop string
+        self.finish = "length"
+        self.completion: Completion | None = None
+        self.prompt_tokens = 0
+        self.job = ""
+
+    def deltas(self) -> Iterator[str]:
+        svc, req = self.svc, self.req
+        entry = svc.client.plan(req.model)
+        ids = svc.client.encode(entry, req.prompt_text)
+        self.prompt_tokens = len(ids)
+
+        def on_job(job: Any) -> None:
+            self.job = str(job)
+            svc.job_started(job, req.model, req.prompt_text, "chat" if req.chat else "completion", entry.task_ids())
+
+        events = svc.client.stream(req.model, ids, req.max_tokens, req.temperature, seed=req.seed, wait=False,
+                                   on_job=on_job)
+        stopped = False
+        try:
+            for e in events:
+                if isinstance(e, TokenEvent):
+                    if stopped or not e.text:
+                        continue
+                    # After a stop string the job still runs to its end (it is paid for) but nothing is shown.
+                    piece, stopped = self._cut(e.text)
+                    if piece:
+                        yield piece
+                elif isinstance(e, Completion):
+                    self.completion = e
+                    if not stopped:
+                        self.finish = e.finish_reason
+                        tail, self.held = self.held, ""
+                        self.text += tail
+                        if tail:
+                            yield tail
+                    svc.job_generated(e.job, len(e.token_ids), e.seconds)
+        except Exception as exc:
+            if self.job:
+                svc.job_failed(self.job, f"{type(exc).__name__}: {exc}")
+            raise
+
+    def _cut(self, piece: str) -> tuple[str, bool]:
+        """The text that may be shown now, and whether a stop string ended the text.
+
+        Text that could be the beginning of a stop string is held back until the next piece decides.
+        """
+        buf = self.held + piece
+        hits = [buf.find(s) for s in self.req.stop if s in buf]
+        if hits:
+            out = buf[: min(hits)]
+            self.text, self.held, self.finish = self.text + out, "", "stop"
+            return out, True
+        keep = max((k for s in self.req.stop for k in range(1, len(s)) if buf.endswith(s[:k])), default=0)
+        out, self.held = buf[: len(buf) - keep], buf[len(buf) - keep :]
+        self.text += out
+        return out, False
+
+    def usage(self) -> dict[str, int]:
+        done = len(self.completion.token_ids) if self.completion else 0
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": done,
+                "total_tokens": self.prompt_tokens + done}
+
+
+def _sse(obj: Any) -> str:
+    return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
+
+
+def router(svc: GatewayService) -> APIRouter:
+    r = APIRouter(prefix="/v1")
+
+    @r.get("/models")
+    def list_models() -> dict[str, Any]:
+        entries = [e for e in svc.snapshot().models if e.manifest.kind == "decoder"]
+        return {"object": "list", "data": [{"id": e.name, "object": "model", "created": 0, "owned_by": "splitup",
+                                            "splitup": {"address": str(e.address), "tasks": len(e.plan.tasks)}}
+                                           for e in entries]}
+
+    async def handle(request: Request, chat: bool) -> Any:
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return BadRequest("the body is not JSON").response()
+        try:
+            req = await run_in_threadpool(parse, body, svc, chat=chat)
+        except BadRequest as exc:
+            return exc.response()
+        run = Run(svc, req)
+        rid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
+        created = int(time.time())
+        obj = "chat.completion" if chat else "text_completion"
+        if req.stream:
+            return StreamingResponse(_stream(run, rid, created, req.model, chat), media_type="text/event-stream",
+                                     headers={"cache-control": "no-cache"})
+        try:
+            text = await run_in_threadpool(lambda: "".join(run.deltas()))
+        except SplitUpError as exc:
+            return BadRequest(str(exc), None, 503, "market_error").response()
+        choice: dict[str, Any] = {"index": 0, "finish_reason": run.finish}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice.update(text=text, logprobs=None)
+        return {"id": rid, "object": obj, "created": created, "model": req.model, "choices": [choice],
+                "usage": run.usage(), "splitup": {"job": run.job}}
+
+    @r.post("/completions")
+    async def completions(request: Request) -> Any:
+        return await handle(request, chat=False)
+
+    @r.post("/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        return await handle(request, chat=True)
+
+    return r
+
+
+def _stream(run: Run, rid: str, created: int, model: str, chat: bool) -> Iterator[str]:
+    """Server-sent events: one ``data: {chunk}`` per text piece, a last chunk with the finish reason, ``[DONE]``."""
+    obj = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(delta: str | None, finish: str | None, first: bool = False) -> dict[str, Any]:
+        if chat:
+            d: dict[str, Any] = {}
+            if first:
+                d["role"] = "assistant"
+            if delta is not None:
+                d["content"] = delta
+            choice: dict[str, Any] = {"index": 0, "delta": d, "finish_reason": finish}
+        else:
+            choice = {"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}
+        return {"id": rid, "object": obj, "created": created, "model": model, "choices": [choice]}
+
+    if chat:
+        yield _sse(chunk("", None, first=True))
+    try:
+        for piece in run.deltas():
+            yield _sse(chunk(piece, None))
+    except SplitUpError as exc:
+        yield _sse({"error": {"message": str(exc), "type": "market_error", "param": None, "code": None}})
+        return
+    last = chunk(None if chat else "", run.finish)
+    last["usage"] = run.usage()
+    last["splitup"] = {"job": run.job}
+    yield _sse(last)
+    yield "data: [DONE]\n\n"

@@ -1,0 +1,50 @@
+"""One local market (tiny model, 4 node processes) and a gateway process on loopback for these tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from splitup.demo.flow import Prepared, prepare
+from splitup.demo.network import LocalMarket, local_market
+from splitup.demo.procs import Child, free_port
+
+
+@dataclass
+class Env:
+    net: LocalMarket
+    gateway: Child
+    prep: Prepared
+    reference: object  # the whole model, for single-process reference tokens
+
+    @property
+    def url(self) -> str:
+        return self.gateway.url
+
+
+@pytest.fixture(scope="session")
+def env(tmp_path_factory) -> Iterator[Env]:
+    from splitup.demo.models import load_demo_model
+
+    root: Path = tmp_path_factory.mktemp("gateway-market")
+    prep = prepare(root, smaller=True, tasks=3, nodes=4, workspace=0, prompt="unused")
+    whole = load_demo_model(True)
+    with local_market(root, prep.model, prep.plan_dir, prep.budgets, verify_rate_bps=10_000) as net:
+        port = free_port()
+        gw = net.procs.start("gateway", ["-m", "splitup", "gateway", "start", "--rpc-url", net.rpc_url,
+                                         "--store", net.store_url, "--keypair", str(net.wallet_path("client")),
+                                         "--port", str(port)], f"http://127.0.0.1:{port}")
+        net.procs.wait_http(gw)
+        yield Env(net, gw, prep, whole)
+
+
+def reference_text(env: Env, prompt_text: str, max_tokens: int) -> str:
+    """Greedy text of the whole tiny model in one process, for a prompt given as text."""
+    from splitup.demo.flow import reference_run
+
+    ids = list(env.prep.tokenizer.encode(prompt_text).ids)
+    out, _ = reference_run(env.reference, ids, max_tokens)
+    return str(env.prep.tokenizer.decode(out, skip_special_tokens=True))
