@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from splitup.market import MarketParams
+from splitup.market.constants import TaskStatus
 from splitup.partition.local import LocalPipeline
 from splitup.verify.cheats import Behaviour, perturb, skip_layers, zeros
 from splitup.verify.sandbox import FEE_PER_SIGNATURE, PRICE, ProtocolWorld, make_world, prompt, write_plan
@@ -190,3 +191,41 @@ def test_validator_is_never_the_node_or_the_client(plan_dir, tmp_path):
     for owner in (w.nodes[0], w.client):
         with pytest.raises(SelfValidationError):
             w.m.assign_validator(owner, job, 0)
+
+
+def test_arbiter_falls_back_to_the_majority_when_the_reference_cannot_run(plan_dir, tmp_path, monkeypatch):
+    import splitup.verify.roles as roles
+
+    class Broken:
+        def __init__(self, bundle):  # noqa: ANN001
+            raise NotImplementedError("op not implemented by onnx.reference")
+
+    monkeypatch.setattr(roles, "ReferenceRunner", Broken)
+    w = world(plan_dir, tmp_path, ALWAYS)
+    w.executors[2] = w.executor(2, cheat=zeros())
+    report = w.runner().run(prompt(6), nodes=[0, 1, 2])
+    cheated = report.tasks[2]
+    assert cheated.arbitration == "node cheated" and cheated.arbitration_basis == "majority"
+    assert cheated.node_slashed > 0 and "could not run" in cheated.reason
+
+
+def test_silent_validator_is_slashed_and_another_takes_the_task_up(plan_dir, tmp_path):
+    w = world(plan_dir, tmp_path, ALWAYS)
+    total, sigs = w.total_lamports(), w.t.signatures
+    job = w.m.post_job(w.client, w.model, b"\3" * 32, task_timeout_slots=400).address
+    ex = w.executors[0]
+    ex.accept(job, 0)
+    ex.call(job, 0, prompt(9))
+    ann = ex.commit(job, 0)
+    w.t.advance(1)
+    assert w.m.sample(job, 0)
+    silent_stake = w.stake(1)
+    w.m.assign_validator(w.nodes[1], job, 0)  # takes the task up, then never answers
+    w.t.advance(w.m.config().validator_timeout_slots + 1)
+    w.m.expire(job, 0)
+    assert w.stake(1) < silent_stake
+    check = w.validators[2].validate(job, 0, ann)
+    assert check.agree and check.calls == 1
+    w.m.settle(job, 0)
+    assert w.m.job(job).tasks[0].status == TaskStatus.SETTLED
+    assert w.total_lamports() == total - FEE_PER_SIGNATURE * (w.t.signatures - sigs)

@@ -325,14 +325,20 @@ class Arbiter:
             # exact evaluator has the final word
             if asked:
                 opinions.append((str(asked[0].pubkey), asked[0].check(ann, bytes(slot.commitment), node_owner).agree))
-            exact = judge(t, replay(ReferenceRunner(self.bundles(t.task_id)), t), self.tol)
-            return Ruling(exact.match, "reference", exact.reason or "matches onnx.reference", tuple(opinions),
-                          time.perf_counter() - start)
-        # Too large for the exact evaluator: the first validator said "disagree"; ask others until one
-        # side has a strict majority. A tie when nobody is left keeps the node's result (a false
-        # positive costs an honest node its stake, which the game counts against honesty).
+            try:
+                exact = judge(t, replay(ReferenceRunner(self.bundles(t.task_id)), t), self.tol)
+            except Exception as exc:  # noqa: BLE001 - onnx.reference raises untyped errors on ops it lacks
+                reference_failed = f"onnx.reference could not run the task ({exc}); "
+            else:
+                return Ruling(exact.match, "reference", exact.reason or "matches onnx.reference", tuple(opinions),
+                              time.perf_counter() - start)
+        else:
+            reference_failed = ""
+        # Too large for (or not runnable by) the exact evaluator: the first validator said "disagree"; ask
+        # others until one side has a strict majority. A tie when nobody is left keeps the node's result
+        # (a false positive costs an honest node its stake, which the game counts against honesty).
         disagree = 1
-        for v in asked:
+        for v in asked[len(opinions):]:
             agree = v.check(ann, bytes(slot.commitment), node_owner).agree
             opinions.append((str(v.pubkey), agree))
             agrees = sum(a for _, a in opinions)
@@ -340,8 +346,9 @@ class Arbiter:
             if len(opinions) >= 2 and agrees != disagree:
                 break
         agrees = sum(a for _, a in opinions)
-        return Ruling(agrees >= disagree, "majority", f"{agrees} agree, {disagree} disagree", tuple(opinions),
-                      time.perf_counter() - start)
+        disagree = 1 + len(opinions) - agrees
+        return Ruling(agrees >= disagree, "majority", f"{reference_failed}{agrees} agree, {disagree} disagree",
+                      tuple(opinions), time.perf_counter() - start)
 
     def arbitrate(self, job: Pubkey, index: int, ann: Announcement | None, others: Sequence[Validator] = ()) -> Ruling:
         ruling = self.decide(job, index, ann, others)
