@@ -61,3 +61,29 @@ def test_a_node_that_lost_its_session_is_re_prefilled(plan, plan_dir, cluster):
         got = generate_tokens(gen.step, prompt, n, on_token=on_token)
         assert gen.recoveries == 1 and gen.places[2][0] == cluster.c.url
     assert got == want
+
+
+def test_a_hung_node_times_out_and_its_task_moves(plan, plan_dir, cluster, victim):
+    """SIGSTOP: the connection opens but nothing answers. The node before it gives up after its share of
+    the timeout and names the hung hop; the client re-routes that task."""
+    import signal
+    import time
+
+    prompt, n = [2, 7, 1, 8], 8
+    want = reference(plan_dir, prompt, n)
+    route = [cluster.a.url, [victim.url, cluster.spare.url], cluster.c.url]
+    stopped_at: list[float] = []
+    try:
+        with PipelineClient(plan, route, hop_timeout=1.0) as client, client.session() as gen:
+            def on_token(_token: int, count=[0]) -> None:  # noqa: B006
+                count[0] += 1
+                if count[0] == 3:
+                    victim.proc.send_signal(signal.SIGSTOP)
+                    stopped_at.append(time.monotonic())
+
+            got = generate_tokens(gen.step, prompt, n, on_token=on_token)
+            assert gen.recoveries == 1 and gen.places[1][0] == cluster.spare.url
+        assert time.monotonic() - stopped_at[0] < 10  # detected by the hop timeout, not the client's
+    finally:
+        victim.proc.send_signal(signal.SIGCONT)
+    assert got == want
