@@ -36,3 +36,34 @@ def test_measured_verification_overhead_is_near_the_base_rate(tmp_path):
     # tasks are of similar size, so the compute re-executed tracks the share of tasks sampled
     assert abs(reexecuted / executed - share) < 0.03
     assert abs(reexecuted / executed - p) < 4 * sigma + 0.03
+
+
+def test_cheater_is_caught_at_the_sampling_rate_and_loses_money(tmp_path):
+    """A node that perturbs every output: caught exactly when drawn, at a rate consistent with p; at
+    these stakes cheating loses lamports while the honest nodes are never slashed."""
+    from splitup.verify.cheats import perturb
+    from splitup.verify.sandbox import PRICE, SOL
+
+    plan_dir = tmp_path / "plan"
+    write_plan(plan_dir)
+    rate = 2_500
+    w = make_world(plan_dir, tmp_path / "store", MarketParams.flat(rate), n_nodes=4)
+    w.executors[1] = w.executor(1, cheat=perturb(0.01, seed=1))
+    w.m.add_stake(w.nodes[1], 3 * SOL)  # below the minimum stake a caught cheater could not accept any more
+    cfg = w.m.config()
+    slash = cfg.task_collateral * cfg.slash_bps // 10_000
+    jobs, caught, earned = 80, 0, 0
+    runner = w.runner()
+    for seed in range(jobs):
+        report = runner.run(prompt(seed), nodes=[0, 1, 2])
+        cheat = report.tasks[1]
+        assert (cheat.arbitration == "node cheated") == cheat.sampled
+        caught += cheat.sampled
+        earned += cheat.node_paid - cheat.node_slashed
+        for t in (report.tasks[0], report.tasks[2]):
+            assert t.node_slashed == 0 and t.node_paid == PRICE
+    p = rate / 10_000
+    assert abs(caught / jobs - p) < 4 * math.sqrt(p * (1 - p) / jobs), f"caught {caught} of {jobs}"
+    assert earned == (jobs - caught) * PRICE - caught * slash
+    # E[cheat] = (1 - p) R - p S < 0 here (R = 0.01 SOL, S = 0.05 SOL, p = 25 %)
+    assert (1 - p) * PRICE - p * slash < 0 and earned < 0

@@ -12,6 +12,7 @@ from solders.keypair import Keypair
 
 from splitup.market import MarketParams
 from splitup.verify.blobs import plan_bundles
+from splitup.verify.cheats import zeros
 from splitup.verify.commitment import commitment
 from splitup.verify.roles import Announcement, Executor
 from splitup.verify.sandbox import ProtocolWorld, make_world, prompt, write_plan
@@ -192,3 +193,22 @@ def test_forwarding_something_else_than_committed_shows_in_the_fingerprints(plan
     assert report.tasks[2].handoff_mismatches == ["step0.in.layers.2.mlp.add_247", "step1.in.layers.2.mlp.add_247"]
     assert not report.tasks[1].handoff_mismatches
     assert all(t.verdict == "agree" for t in report.tasks)
+
+
+def test_roles_work_over_a_store_server(plan_dir, tmp_path):
+    """Transcripts uploaded to and fetched from the HTTP blob store (PUT verified by hash)."""
+    from fastapi.testclient import TestClient
+
+    from splitup.storage import BlobStore
+    from splitup.storage.server import create_app
+    from splitup.verify.blobs import HttpBlobs
+
+    w = make_world(plan_dir, "http://testserver", ALWAYS, n_nodes=4)
+    assert isinstance(w.blobs, HttpBlobs)
+    store = BlobStore(tmp_path / "served")
+    w.blobs.client._http = TestClient(create_app(store, writable=True))
+    w.executors[2] = w.executor(2, cheat=zeros())
+    report = w.runner().run(prompt(10), new_tokens=1, nodes=[0, 1, 2])
+    assert [t.verdict for t in report.tasks] == ["agree", "agree", "disagree"]
+    assert report.tasks[2].arbitration == "node cheated"
+    assert len(list((tmp_path / "served" / "blobs").rglob("*"))) >= 3

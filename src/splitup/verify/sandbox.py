@@ -22,7 +22,7 @@ from splitup.partition import PartitionError, analyze, partition
 from splitup.partition.plan import make_plan
 from splitup.partition.task import Plan
 from splitup.runtime import Engine, get_engine
-from splitup.verify.blobs import LocalBlobs, plan_bundles
+from splitup.verify.blobs import Blobs, open_blobs, plan_bundles
 from splitup.verify.cheats import Behaviour, Cheat
 from splitup.verify.coordinator import JobRunner
 from splitup.verify.roles import Arbiter, Executor, Validator
@@ -69,7 +69,7 @@ class ProtocolWorld:
     payer: Keypair
     nodes: list[Keypair]
     model: Pubkey
-    blobs: LocalBlobs
+    blobs: Blobs
     engine: Engine
     arbiter: Arbiter
     executors: list[Executor] = field(default_factory=list)
@@ -102,8 +102,9 @@ class ProtocolWorld:
         return int(self.m.node(self.nodes[node].pubkey()).stake)
 
 
-def make_world(plan_dir: Path, store: Path, params: MarketParams, *, n_nodes: int = 5,
+def make_world(plan_dir: Path, store: Path | str, params: MarketParams, *, n_nodes: int = 5,
                engine: Engine | None = None) -> ProtocolWorld:
+    """``store``: a blob store directory, or the URL of a writable store server."""
     t = CountingTransport()
     plan = Plan.load(plan_dir)
     authority, client, payer = Keypair(), Keypair(), Keypair()
@@ -120,7 +121,7 @@ def make_world(plan_dir: Path, store: Path, params: MarketParams, *, n_nodes: in
     tasks = [ModelTask(task_id=tid, vram=task.vram_bytes, price=PRICE) for tid, task in zip(ids, plan.tasks, strict=True)]
     res = m.register_model(client, model_hash, tasks)
     assert res.address is not None
-    blobs = LocalBlobs(store)
+    blobs = open_blobs(store)
     engine = engine or get_engine("onnxruntime", threads=1)
     arbiter = Arbiter(m, authority, plan_bundles(plan_dir), blobs)
     w = ProtocolWorld(t, m, plan, plan_dir, authority, client, payer, nodes, res.address, blobs, engine, arbiter)
