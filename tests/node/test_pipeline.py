@@ -128,3 +128,13 @@ def test_sends_carry_each_tensor_to_its_last_reader(plan):
         later = {s.name for t in plan.tasks[k + 1 :] for s in t.inputs if s.name not in t.state}
         assert set(send) <= later | {"logits"}
         assert not any(n.startswith("present.") for n in send)  # KV caches never leave their node
+
+
+def test_a_prefill_returns_only_the_last_row_of_logits(plan, cluster, local):
+    ids = np.arange(9, dtype=np.int64).reshape(1, 9)
+    local.reset()
+    want = local.run({"input_ids": ids})["logits"][:, -1:]
+    with PipelineClient(plan, cluster.route) as client, client.session() as gen:
+        got = gen.step(ids)
+    assert got.shape == (1, 1, want.shape[-1])
+    assert float(np.max(np.abs(got - want))) <= 1e-5

@@ -237,17 +237,24 @@ class GenerationSession:
             self.client.close_session(url, sid)
 
     def step(self, ids: np.ndarray) -> np.ndarray:
-        """Feed ``ids (1, n)``; returns logits for them. Prompts longer than the task maximum go in chunks."""
+        """Feed ``ids (1, n)``; returns the logits of the last position, ``(1, 1, vocab)``.
+
+        Prompts longer than the graph's maximum chunk go in several steps."""
         ids = np.asarray(ids, dtype=np.int64)
-        chunks = [ids[:, i : i + self.max_chunk] for i in range(0, ids.shape[1], self.max_chunk)]
-        return np.concatenate([self._step(c) for c in chunks], axis=1)
+        logits = None
+        for i in range(0, ids.shape[1], self.max_chunk):
+            logits = self._step(ids[:, i : i + self.max_chunk])
+        if logits is None:
+            raise PipelineError("a generation step needs at least one token")
+        return logits
 
     def _hops(self, sends: list[list[str]], stop: int, temp: dict[int, tuple[str, str]] | None = None,
-              steps: Sequence[int] | None = None) -> list[Hop]:
+              steps: Sequence[int] | None = None, last: Sequence[str] = ()) -> list[Hop]:
         hops = []
         for k in range(stop + 1):
             url, sid = (temp or {}).get(k, self.places[k])
-            hops.append(Hop([url], self.plan.tasks[k].task_id, sends[k], sid, (steps or self.steps)[k]))
+            hops.append(Hop([url], self.plan.tasks[k].task_id, sends[k], sid, (steps or self.steps)[k],
+                            list(last) if k == stop else []))
         return hops
 
     def _step(self, ids: np.ndarray) -> np.ndarray:
@@ -255,7 +262,8 @@ class GenerationSession:
         initial, sends = plan_sends(self.plan.tasks, [c.logits_output])
         for _ in range(c.max_failovers + 1):
             try:
-                out = c.call(self._hops(sends, len(sends) - 1), {c.token_input: ids}, self.job)
+                out = c.call(self._hops(sends, len(sends) - 1, last=[c.logits_output]), {c.token_input: ids},
+                             self.job)
             except NodeFailure as f:
                 if f.hop is None or f.kind not in (*REROUTABLE, "session"):
                     raise

@@ -28,7 +28,8 @@ def pick_token(logits: np.ndarray, *, temperature: float = 0.0, top_k: int | Non
 def generate_tokens(step: Callable[[np.ndarray], np.ndarray], prompt: list[int], max_new_tokens: int, *,
                     temperature: float = 0.0, top_k: int | None = None, seed: int | None = None,
                     eos_id: int | None = None, on_token: Callable[[int], None] | None = None) -> list[int]:
-    """Feed the prompt, then one token at a time; ``step(ids (1, n)) -> logits (1, n, vocab)``."""
+    """Feed the prompt, then one token at a time; ``step(ids (1, n))`` returns logits whose position
+    ``[0, -1]`` is the next-token distribution (``(1, n, vocab)`` or just the last row, ``(1, 1, vocab)``)."""
     if not prompt:
         raise ValueError("generation needs at least one prompt token")
     rng = np.random.default_rng(seed) if temperature > 0 else None

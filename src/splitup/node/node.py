@@ -125,7 +125,11 @@ class Node:
 
             raise InterfaceError(f"hop {env.hop} is asked to send {', '.join(missing)}, which it neither "
                                  "received nor computed")
-        return {n: available[n] for n in hop.send}
+        sent = {n: available[n] for n in hop.send}
+        for n in hop.last:
+            if n in sent and sent[n].ndim >= 2:
+                sent[n] = sent[n][:, -1:]
+        return sent
 
     # --- reports -------------------------------------------------------------------------------------------
     def capabilities(self) -> dict[str, Any]:

@@ -38,6 +38,9 @@ class Hop:
     send: list[str]
     session: str | None = None
     step: int | None = None
+    # Tensors of ``send`` cut to their last position on axis 1 (a decoder's next-token logits): a prefill
+    # then carries one row of logits back along the chain instead of one per prompt token.
+    last: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,7 @@ def _hop(d: dict[str, Any]) -> Hop:
     if session is not None and not isinstance(step, int):
         raise ValueError("a hop with a session needs an integer step")
     return Hop(urls, str(d["task"]), [str(s) for s in d["send"]], None if session is None else str(session),
-               None if step is None else int(step))
+               None if step is None else int(step), [str(s) for s in d.get("last", [])])
 
 
 def encode(tensors: Mapping[str, np.ndarray], envelope: Envelope | None = None) -> bytes:
