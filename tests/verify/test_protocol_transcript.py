@@ -104,6 +104,8 @@ def test_limits_and_malformed_transcripts_are_refused():
         (one, {"version": "2"}, "version"),
         (one, {"steps": "0"}, "steps"),
         (one, {"salt": "zz"}, "malformed"),
+        (one, {"salt": "00" * 8}, "salt of 8 bytes"),
+        (one, {"index": "x"}, "malformed"),
     ]:
         with pytest.raises(BadTranscript, match=match):
             Transcript.from_bytes(forged(tensors, **meta))
@@ -144,6 +146,11 @@ def test_executor_transcript_fits_its_task_and_bad_ones_do_not(plan_dir, tmp_pat
         with pytest.raises(BadTranscript, match=match):
             bad.check_against(task)
     assert ann.signed_by(w.nodes[0].pubkey()) and not ann.signed_by(w.nodes[1].pubkey())
+    from dataclasses import replace
+
+    for changed in (replace(ann, job="not-a-key"), replace(ann, transcript_sha="00" * 32),
+                    replace(ann, fingerprints={}), replace(ann, signature=b"\0" * 64), replace(ann, index=1)):
+        assert not changed.signed_by(w.nodes[0].pubkey())
 
 
 def test_transcript_that_does_not_open_the_commitment_loses(plan_dir, tmp_path):

@@ -33,6 +33,7 @@ from safetensors.numpy import save as st_save
 
 from splitup.partition.task import TaskDefinition
 from splitup.runtime.interface import InterfaceError, check_feeds
+from splitup.verify.commitment import MAX_SALT, MIN_SALT
 from splitup.verify.commitment import commitment as commit_tensors
 from splitup.verify.errors import VerifyError
 from splitup.verify.fingerprint import fingerprint
@@ -125,6 +126,8 @@ class Transcript:
             raise BadTranscript(f"transcript metadata is malformed: {exc}") from None
         if not 1 <= count <= MAX_STEPS:
             raise BadTranscript(f"{count} steps (1 to {MAX_STEPS} allowed)")
+        if not MIN_SALT <= len(salt) <= MAX_SALT:
+            raise BadTranscript(f"salt of {len(salt)} bytes ({MIN_SALT} to {MAX_SALT} allowed)")
         try:
             tensors = st_load(data)
         except (SafetensorError, ValueError) as exc:
