@@ -229,3 +229,13 @@ def test_silent_validator_is_slashed_and_another_takes_the_task_up(plan_dir, tmp
     w.m.settle(job, 0)
     assert w.m.job(job).tasks[0].status == TaskStatus.SETTLED
     assert w.total_lamports() == total - FEE_PER_SIGNATURE * (w.t.signatures - sigs)
+
+
+def test_sampled_task_without_any_eligible_validator_is_released_after_its_window(plan_dir, tmp_path):
+    w = world(plan_dir, tmp_path, ALWAYS)
+    only_node_0 = [w.validators[0]]  # node 0 runs task 0 itself, so task 0 has nobody to check it
+    report = w.runner(validators=only_node_0).run(prompt(12), nodes=[0, 1, 2])
+    first = report.tasks[0]
+    assert first.sampled and first.validator is None and "no validator" in first.reason
+    assert first.status == "SETTLED" and first.node_paid == PRICE and first.validator_paid == 0
+    assert [t.verdict for t in report.tasks[1:]] == ["agree", "agree"]
