@@ -7,6 +7,9 @@ import pytest
 
 from splitup.models.registry import spec
 
+# Everything here is read from installed packages; a reference must never try a hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 # Recorded once with transformers' own GGUF loader (AutoModelForCausalLM.from_pretrained(gguf_file=...)),
 # greedy, float32: the prompt's ids and its 32-token continuation.
 PROMPT = "Once upon a time, there was a little"
@@ -26,7 +29,6 @@ def model_cache(tmp_path_factory):
     old = os.environ.get("SPLITUP_CACHE")
     path = tmp_path_factory.mktemp("splitup-cache")
     os.environ["SPLITUP_CACHE"] = str(path)
-    os.environ["HF_HUB_OFFLINE"] = "1"
     yield path
     if old is None:
         os.environ.pop("SPLITUP_CACHE", None)
