@@ -154,3 +154,37 @@ def test_heartbeat_hook_receives_the_node_status(plan_dir, plan):
         assert client.get("/health").json()["status"] == "ok"
     assert len(beats) >= 3
     assert beats[0]["node"] == "hb" and beats[0]["tasks"] == [plan.tasks[0].task_id]
+
+
+def test_session_caches_are_reserved_against_a_memory_budget(plan_dir, plan):
+    from splitup.node.node import Node, NodeConfig
+
+    task = plan.tasks[1]
+    assert task.kv_cache_bytes > 0
+    node = Node(NodeConfig(max_session_bytes=5 * task.kv_cache_bytes))
+    node.load_bundle(task_dir(plan_dir, task))
+    first, second = node.open_session(task.task_id), node.open_session(task.task_id)  # 2 x 2 reserved
+    with pytest.raises(SessionLimit, match="reserved"):
+        node.open_session(task.task_id)
+    node.sessions.close(first)
+    assert node.open_session(task.task_id) != second
+    assert node.capabilities()["sessions"]["max_bytes"] == 5 * task.kv_cache_bytes
+
+
+def test_executes_beyond_the_concurrency_limit_get_429(plan_dir, plan):
+    from fastapi.testclient import TestClient
+
+    from splitup.node.app import create_app
+    from splitup.node.node import Node, NodeConfig
+    from splitup.node.wire import Envelope, Hop
+
+    task = plan.tasks[0]
+    body = encode({"input_ids": np.zeros((1, 2), np.int64)},
+                  Envelope("j", 0, [Hop(["http://x"], task.task_id, [task.outputs[0].name])]))
+    for limit, status in ((0, 429), (1, 200)):
+        node = Node(NodeConfig(max_concurrent=limit))
+        node.load_bundle(task_dir(plan_dir, task))
+        with TestClient(create_app(node)) as client:
+            r = client.post("/execute", content=body)
+            assert r.status_code == status, r.text
+            assert client.post("/execute", content=body).status_code == status  # the slot was given back

@@ -115,11 +115,10 @@ def create_app(node: Node, *, heartbeat: Callable[[dict[str, Any]], None] | None
         if not isinstance(task_id, str):
             return JSONResponse({"error": "send {\"task_id\": \"<sha256>\"}", "kind": "bad_request"}, status_code=400)
         try:
-            node.runner(task_id)
-            session = node.sessions.open(task_id)
+            session = node.open_session(task_id)
         except Exception as exc:
             return _classify(exc, None).response()
-        return JSONResponse({"session": session.id, "task_id": task_id, "idle_s": node.sessions.idle_s},
+        return JSONResponse({"session": session, "task_id": task_id, "idle_s": node.sessions.idle_s},
                             status_code=201)
 
     @app.delete("/sessions/{session_id}")
@@ -128,8 +127,20 @@ def create_app(node: Node, *, heartbeat: Callable[[dict[str, Any]], None] | None
             return JSONResponse({"closed": session_id})
         return JSONResponse({"error": "session unknown or expired", "kind": "session"}, status_code=404)
 
+    in_flight = [0]  # executes being served; the event loop is single-threaded, so no lock is needed
+
     @app.post("/execute")
     async def execute(request: Request) -> Response:
+        if in_flight[0] >= node.config.max_concurrent:
+            return HopFailed(429, "busy", f"this node is serving its maximum of {node.config.max_concurrent} "
+                             "requests; retry later", None).response()
+        in_flight[0] += 1
+        try:
+            return await _execute(request)
+        finally:
+            in_flight[0] -= 1
+
+    async def _execute(request: Request) -> Response:
         hop: int | None = None
         try:
             body = await _read_body(request, node.config.max_body_bytes)
@@ -173,12 +184,22 @@ async def _forward(http: httpx.AsyncClient, env: Envelope, body: bytes, record: 
             continue
         if r.status_code == 404 and nxt.session is None and _kind(r) == "not_here" and attempt + 1 < len(urls):
             continue
-        hops = [record | ({"failover": attempt} if attempt else {}), *json.loads(r.headers.get(HOPS_HEADER, "[]"))]
+        hops = [record | ({"failover": attempt} if attempt else {}), *_hop_records(r)]
         headers = {HOPS_HEADER: json.dumps(hops)}
         return Response(r.content, status_code=r.status_code, headers=headers,
                         media_type=r.headers.get("content-type", CONTENT_TYPE))
     assert failure is not None
     raise failure
+
+
+def _hop_records(r: httpx.Response) -> list[Any]:
+    """The downstream nodes' timing records; a malformed header from a stranger is dropped, not fatal."""
+    raw = r.headers.get(HOPS_HEADER, "[]")
+    try:
+        records = json.loads(raw) if len(raw) <= 16384 else []
+    except json.JSONDecodeError:
+        return []
+    return records if isinstance(records, list) else []
 
 
 def _kind(r: httpx.Response) -> str | None:

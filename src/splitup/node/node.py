@@ -35,6 +35,10 @@ class NodeConfig:
     node_id: str = field(default_factory=lambda: secrets.token_hex(4))
     max_body_bytes: int = 256 << 20
     max_sessions: int = 64
+    # Budget for session caches (each reserves twice its task's KV cache at the maximum context: the
+    # cache and the copy kept for a retried step). None: half the memory available at start.
+    max_session_bytes: int | None = None
+    max_concurrent: int = 16
     session_idle_s: float = 300.0
     heartbeat_s: float = 10.0
     recent_hops: int = 4  # outputs can be large (logits, KV caches): keep only the last few
@@ -58,7 +62,11 @@ class Node:
         self.config = config
         self.engine = get_engine(config.engine, threads=config.threads)
         self.runners: dict[str, Runner] = {}
-        self.sessions = SessionStore(config.max_sessions, config.session_idle_s)
+        budget = config.max_session_bytes
+        if budget is None:
+            free = memory_report()["host_free_bytes"]
+            budget = free // 2 if free else None
+        self.sessions = SessionStore(config.max_sessions, config.session_idle_s, max_bytes=budget)
         self.recent: deque[HopRecord] = deque(maxlen=config.recent_hops)
         self.on_hop = on_hop
         self.started = time.time()
@@ -87,6 +95,10 @@ class Node:
         if r is None:
             raise NotHere(f"this node does not hold task {task_id[:12]}")
         return r
+
+    def open_session(self, task_id: str) -> str:
+        task = self.runner(task_id).task
+        return self.sessions.open(task_id, reserve_bytes=2 * task.kv_cache_bytes).id
 
     # --- one hop -------------------------------------------------------------------------------------------
     def compute(self, env: Envelope, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -142,8 +154,9 @@ class Node:
             "tasks": [{"task_id": r.task.task_id, "model": r.task.model, "index": r.task.index,
                        "vram_bytes": r.task.vram_bytes, "device": r.device} for r in self.runners.values()],
             "sessions": {"open": len(self.sessions), "max": self.sessions.max_sessions,
+                         "max_bytes": self.sessions.max_bytes,
                          "idle_s": self.sessions.idle_s, "state_bytes": self.sessions.state_bytes()},
-            "limits": {"max_body_bytes": self.config.max_body_bytes},
+            "limits": {"max_body_bytes": self.config.max_body_bytes, "max_concurrent": self.config.max_concurrent},
         }
 
     def status(self) -> dict[str, Any]:

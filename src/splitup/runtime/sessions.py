@@ -37,6 +37,7 @@ class Session:
     id: str
     task_id: str
     last_used: float
+    reserved_bytes: int = 0
     state: State = field(default_factory=dict)
     previous: State = field(default_factory=dict)
     next_step: int = 0
@@ -61,11 +62,17 @@ class Session:
 
 
 class SessionStore:
-    """Sessions by random id; at most ``max_sessions``, each dropped after ``idle_s`` seconds unused."""
+    """Sessions by random id; at most ``max_sessions``, each dropped after ``idle_s`` seconds unused.
+
+    Each session reserves the bytes its cache can grow to (``open(..., reserve_bytes=)``); with
+    ``max_bytes`` the reservations together stay under that budget, so a client cannot open its way
+    into exhausting the node's memory with caches that grow later.
+    """
 
     def __init__(self, max_sessions: int = 64, idle_s: float = 300.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, max_bytes: int | None = None) -> None:
         self.max_sessions = max_sessions
+        self.max_bytes = max_bytes
         self.idle_s = idle_s
         self._clock = clock
         self._sessions: dict[str, Session] = {}
@@ -74,13 +81,17 @@ class SessionStore:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def open(self, task_id: str) -> Session:
+    def open(self, task_id: str, *, reserve_bytes: int = 0) -> Session:
         with self._lock:
             self._sweep_locked()
             if len(self._sessions) >= self.max_sessions:
                 raise SessionLimit(f"this node holds its maximum of {self.max_sessions} sessions; retry later")
+            reserved = sum(s.reserved_bytes for s in self._sessions.values())
+            if self.max_bytes is not None and reserved + reserve_bytes > self.max_bytes:
+                raise SessionLimit(f"a new session needs {reserve_bytes} bytes of cache; {reserved} of this node's "
+                                   f"{self.max_bytes} are reserved; retry later")
             sid = secrets.token_hex(16)  # unguessable: a session's cache is the client's private state
-            session = Session(sid, task_id, self._clock())
+            session = Session(sid, task_id, self._clock(), reserve_bytes)
             self._sessions[sid] = session
             return session
 
