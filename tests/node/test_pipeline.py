@@ -138,3 +138,16 @@ def test_a_prefill_returns_only_the_last_row_of_logits(plan, cluster, local):
         got = gen.step(ids)
     assert got.shape == (1, 1, want.shape[-1])
     assert float(np.max(np.abs(got - want))) <= 1e-5
+
+
+def test_a_session_is_a_step_function_for_splitup_models_generate(plan, cluster, local):
+    from splitup.models.generate import Sampling, generate
+
+    prompt = [4, 8, 15, 16, 23, 42]
+    sampling = Sampling(temperature=0.7, top_k=20, seed=3)
+    with PipelineClient(plan, cluster.route) as client, client.session() as gen:
+        got = generate(gen.step, prompt, 10, sampling=sampling)
+    local.reset()
+    want = generate(lambda ids: local.run({"input_ids": ids.reshape(1, -1)})["logits"][0, -1], prompt, 10,
+                    sampling=sampling)
+    assert got == want

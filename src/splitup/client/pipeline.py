@@ -237,10 +237,11 @@ class GenerationSession:
             self.client.close_session(url, sid)
 
     def step(self, ids: np.ndarray) -> np.ndarray:
-        """Feed ``ids (1, n)``; returns the logits of the last position, ``(1, 1, vocab)``.
+        """Feed ``ids`` (``(n,)`` or ``(1, n)``); returns the logits of the last position, ``(1, 1, vocab)``.
 
-        Prompts longer than the graph's maximum chunk go in several steps."""
-        ids = np.asarray(ids, dtype=np.int64)
+        Prompts longer than the graph's maximum chunk go in several steps. This is also the ``step``
+        that ``splitup.models.generate`` drives."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(1, -1)
         logits = None
         for i in range(0, ids.shape[1], self.max_chunk):
             logits = self._step(ids[:, i : i + self.max_chunk])
