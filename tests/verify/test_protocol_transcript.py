@@ -16,7 +16,7 @@ from splitup.verify.cheats import zeros
 from splitup.verify.commitment import commitment
 from splitup.verify.roles import Announcement, Executor
 from splitup.verify.sandbox import ProtocolWorld, make_world, prompt, write_plan
-from splitup.verify.transcript import BadTranscript, Transcript
+from splitup.verify.transcript import BadTranscript, Step, Transcript
 
 ALWAYS = MarketParams.flat(10_000)
 JOB = str(Keypair().pubkey())
@@ -219,3 +219,33 @@ def test_roles_work_over_a_store_server(plan_dir, tmp_path):
     assert [t.verdict for t in report.tasks] == ["agree", "agree", "disagree"]
     assert report.tasks[2].arbitration == "node cheated"
     assert len(list((tmp_path / "served" / "blobs").rglob("*"))) >= 3
+
+
+def test_executor_commits_a_transcript_recorded_elsewhere(plan_dir, tmp_path):
+    """The node daemon records calls in its own sessions; the executor only commits that record."""
+    from splitup.runtime import run_stateful
+    from splitup.verify.roles import RoleError
+
+    w = world(plan_dir, tmp_path)
+    job = w.m.post_job(w.client, w.model, b"\4" * 32).address
+    ex = w.executors[0]
+    ex.accept(job, 0)
+    task = ex.task(job, 0)
+    runner = w.engine.load(plan_bundles(plan_dir)(task.task_id), task_id=task.task_id)
+    t = Transcript(str(job), 0, task.task_id)
+    state: dict = {}
+    held = set(task.state.values())
+    for feeds in (prompt(13), {"input_ids": np.array([[5]], np.int64)}):
+        outs, state = run_stateful(runner, feeds, state)
+        t.add(feeds, {k: v for k, v in outs.items() if k not in held})
+    with pytest.raises(RoleError, match="another"):
+        ex.record(job, 0, Transcript(str(job), 1, task.task_id, t.salt, t.steps))
+    with pytest.raises(BadTranscript):
+        ex.record(job, 0, Transcript(str(job), 0, task.task_id, t.salt, [Step(t.steps[1].inputs, {})]))
+    ex.record(job, 0, t)
+    ann = ex.commit(job, 0)
+    assert ann.commitment == t.commitment() == bytes(w.m.job(job).tasks[0].commitment)
+    w.t.advance(1)
+    assert w.m.sample(job, 0)
+    check = w.validators[1].validate(job, 0, ann)
+    assert check.agree and check.calls == 2
