@@ -148,7 +148,12 @@ def create_app(node: Node, *, heartbeat: Callable[[dict[str, Any]], None] | None
             env = envelope_of(meta)
             hop = env.hop
             t0 = time.perf_counter()
-            out = await run_in_threadpool(node.compute, env, tensors)
+            if in_flight[0] == 1:
+                # Alone (a generation step): run here. Handing off to a worker thread and back costs two
+                # wake-ups, which on busy cores are milliseconds per hop. Concurrent hops go to threads.
+                out = node.compute(env, tensors)
+            else:
+                out = await run_in_threadpool(node.compute, env, tensors)
             ms = round((time.perf_counter() - t0) * 1000, 3)
             record = {"hop": hop, "node": node.config.node_id, "task": env.current.task[:16], "ms": ms}
             if hop + 1 == len(env.route):
