@@ -26,7 +26,7 @@ from splitup.demo.network import LocalMarket, local_market
 class DemoOptions:
     smaller: bool = False
     workdir: Path = Path(".splitup/demo")
-    prompt: str = "What is the capital of France? Answer in one sentence."
+    prompt: str = "Give me three short tips for staying focused while studying."
     max_tokens: int = 40
     tasks: int = 3
     nodes: int = 4
@@ -162,6 +162,18 @@ def reference_run(model: DemoModel, prompt_ids: list[int], max_tokens: int) -> t
     return [t for t in out if t not in model.eos_ids], seconds
 
 
+def layer_label(layers: list[str]) -> str:
+    """``["embed", "layers.0", ..., "layers.9"]`` -> ``"embed + layers 0-9"``."""
+    numbered = [int(x.split(".")[1]) for x in layers if x.startswith("layers.") and x.split(".")[1].isdigit()]
+    named = [x for x in layers if not x.startswith("layers.")]
+    parts = [x for x in named if layers.index(x) == 0]
+    if numbered:
+        lo, hi = min(numbered), max(numbered)
+        parts.append(f"layers {lo}-{hi}" if hi > lo else f"layer {lo}")
+    parts += [x for x in named if layers.index(x) != 0]
+    return " + ".join(parts)
+
+
 @dataclass
 class Prepared:
     model: DemoModel
@@ -242,6 +254,7 @@ def run_demo(opts: DemoOptions, progress: Ui | None = None,
             client.close()
         assert completion is not None and completion.report is not None
         timings["job"] = time.perf_counter() - t0
+        timings.update({f"job.{k}": v for k, v in completion.timings.items()})
         after = _accounts(market, owners, client_kp)
         config_after = market.config()
         by_address = {str(market.node_address(pk)): name for name, pk in owners.items()}
@@ -250,7 +263,7 @@ def run_demo(opts: DemoOptions, progress: Ui | None = None,
             model=model.name, prompt=opts.prompt, text=completion.text, reference_text=reference_text,
             token_ids=completion.token_ids, reference_ids=reference_ids, seconds=completion.seconds,
             reference_seconds=reference_seconds, verify_rate_bps=opts.verify_rate_bps, job=completion.job,
-            tasks=[TaskRow(t.index, ", ".join(plan.tasks[t.index].layers[:1] + plan.tasks[t.index].layers[-1:]),
+            tasks=[TaskRow(t.index, layer_label(plan.tasks[t.index].layers),
                            plan.tasks[t.index].vram_bytes, by_address.get(t.node or "", t.node or "-"),
                            by_address.get(t.validator or "", t.validator) if t.validator else None,
                            t.status, t.verdict, t.price, t.node_paid, t.validator_paid) for t in report.tasks],

@@ -82,7 +82,7 @@ def placement(plan: Plan, budgets: list[int]) -> tuple[list[list[int]], list[lis
 @contextmanager
 def local_market(root: Path, model: DemoModel, plan_dir: Path, budgets: list[int], *, verify_rate_bps: int,
                  slot_ms: int = 100, ui: Any = None, arbiter: bool = True) -> Iterator[LocalMarket]:
-    from splitup.sdk.agent import Arbiter
+    from splitup.sdk.agent import DisputeJudge
     from splitup.sdk.catalog import publish_model
     from splitup.sdk.chain import connect
     from splitup.storage import BlobStore
@@ -102,7 +102,7 @@ def local_market(root: Path, model: DemoModel, plan_dir: Path, budgets: list[int
                                  f"http://127.0.0.1:{rpc_port}")
             store = BlobStore(root / "store")
             storep = procs.start("store", ["-m", "splitup", "store", "serve", "--dir", str(root / "store"),
-                                           "--port", str(store_port)], f"http://127.0.0.1:{store_port}")
+                                           "--port", str(store_port), "--writable"], f"http://127.0.0.1:{store_port}")
             procs.wait_http(ledger)
             procs.wait_http(storep)
 
@@ -133,7 +133,7 @@ def local_market(root: Path, model: DemoModel, plan_dir: Path, budgets: list[int
                 nodes.append(procs.start(name, args, f"http://127.0.0.1:{port}"))
             _wait_nodes(procs, nodes, sum(len(h) for h in holds), ui)
             if arbiter:
-                judge = Arbiter(connect(ledger.url, authority), authority, storep.url, root / "cache" / "arbiter")
+                judge = DisputeJudge(connect(ledger.url, authority), authority, storep.url, root / "cache" / "arbiter")
                 judge.start()
             yield LocalMarket(root, procs, ledger, storep, wallets, plan, budgets, holds, primary, nodes,
                               published.address, judge)

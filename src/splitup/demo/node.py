@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     node = RecordingNode(NodeConfig(engine=a.engine, threads=a.threads, cache_dir=a.cache, store_url=a.store,
                                     heartbeat_s=2.0, **extra))
     primary = None if a.primary is None else {t for t in a.primary.split(",") if t}
-    agent = MarketAgent(connect(a.rpc_url, owner, a.program_id), owner, node, poll_s=a.poll, primary=primary)
+    agent = MarketAgent(connect(a.rpc_url, owner, a.program_id), owner, node, a.store, poll_s=a.poll,
+                        primary=primary)
     endpoint = f"http://{a.host}:{a.port}"
     startup = Startup(agent, [t for t in a.tasks.split(",") if t], a.stake, a.vram, endpoint)
     app = create_app(node, heartbeat=lambda status: None)

@@ -18,29 +18,34 @@ def sol(lamports: int, signed: bool = False) -> str:
 def print_summary(s: Summary, console: Console | None = None) -> None:
     c = console or Console()
     c.print(f"\n[bold]Prompt[/bold]: {s.prompt}\n[bold]Answer[/bold] ({s.model}, {len(s.token_ids)} tokens): {s.text}")
-    tasks = Table(title=f"Job {s.job}: tasks")
-    for col in ("task", "layers", "VRAM", "ran on", "verified by", "verdict", "state", "price (SOL)"):
-        tasks.add_column(col)
+    tasks = Table(title=f"Job {s.job}")
+    for col in ("task", "layers", "VRAM", "ran on", "PoSP", "price SOL"):
+        tasks.add_column(col, justify="right" if col in ("VRAM", "price SOL") else "left")
     for t in s.tasks:
-        tasks.add_row(str(t.index), t.layers, format_bytes(t.vram), t.executor, t.validator or "-",
-                      t.verdict if t.verdict != "none" else "not drawn", t.status, sol(t.price))
+        posp = f"{t.verdict} ({t.validator})" if t.verdict != "none" else "not drawn"
+        tasks.add_row(str(t.index), t.layers, format_bytes(t.vram), t.executor,
+                      posp if t.status == "SETTLED" else f"{posp}, {t.status}", sol(t.price))
     c.print(tasks)
-    nodes = Table(title="Nodes (on chain after the job)")
-    for col in ("node", "memory", "holds tasks", "stake (SOL)", "balance change (SOL)", "tasks done", "verified",
-                "failed"):
-        nodes.add_column(col)
+    nodes = Table(title="Nodes on chain after the job")
+    for col in ("node", "memory", "tasks", "stake SOL", "earned SOL", "done", "verified", "failed"):
+        nodes.add_column(col, justify="left" if col in ("node", "tasks") else "right")
     for n in s.nodes:
-        holds = ", ".join(f"{i}{'*' if i in n.primary else ''}" for i in n.holds)
-        nodes.add_row(n.name, format_bytes(n.budget), holds, f"{sol(n.stake_after)} ({sol(n.stake_after - n.stake_before, True)})",
-                      sol(n.balance_after - n.balance_before, True), str(n.tasks_done), str(n.verified), str(n.failed))
+        holds = " ".join(f"{i}{'*' if i in n.primary else ''}" for i in n.holds)
+        stake = sol(n.stake_after) + ("" if n.stake_after == n.stake_before else f" ({sol(n.stake_after - n.stake_before, True)})")
+        nodes.add_row(n.name, format_bytes(n.budget), holds, stake, sol(n.balance_after - n.balance_before, True),
+                      str(n.tasks_done), str(n.verified), str(n.failed))
     c.print(nodes)
-    c.print("  * = the node's primary task; the others it holds as a stand-in and validator")
-    c.print(f"[bold]Speed[/bold]: {s.tokens_per_s:.2f} tokens/s through the nodes "
-            f"({len(s.token_ids)} tokens in {s.seconds:.1f} s); single process {s.reference_tokens_per_s:.2f} tokens/s")
-    c.print(f"[bold]PoSP[/bold]: {s.verified} of {len(s.tasks)} tasks verified at a {s.verify_rate_bps / 100:.0f}% "
-            f"rate (demo setting; the chain default is 8%), {s.rulings} arbitrations, slashed {sol(s.slashed)} SOL")
-    c.print(f"[bold]Payments[/bold]: escrow {sol(s.escrow_deposit)} SOL; nodes {sol(s.node_paid)}, validators "
-            f"{sol(s.validator_paid)}, protocol fees {sol(s.fees)} (treasury {sol(s.treasury_before)} -> "
+    c.print("  tasks: * = primary (taken at once); the others held as stand-in and validator.  "
+            "earned: balance change, transaction fees included")
+    t = s.timings
+    c.print(f"[bold]Speed[/bold]: {s.tokens_per_s:.2f} tokens/s through the nodes ({len(s.token_ids)} tokens in "
+            f"{s.seconds:.1f} s, prefill included); one process: {s.reference_tokens_per_s:.2f} tokens/s. "
+            f"Nodes accepted in {t.get('job.accept', 0):.1f} s; commit {t.get('job.commit', 0):.1f} s; "
+            f"verification and settlement {t.get('job.settle', 0):.1f} s")
+    c.print(f"[bold]PoSP[/bold]: {s.verified} of {len(s.tasks)} tasks verified (rate {s.verify_rate_bps / 100:.0f}% "
+            f"in this demo; the chain default is 8%); {s.rulings} arbitrations; slashed {sol(s.slashed)} SOL")
+    c.print(f"[bold]Payments[/bold]: escrow {sol(s.escrow_deposit)} SOL -> nodes {sol(s.node_paid)}, validators "
+            f"{sol(s.validator_paid)}, protocol fee {sol(s.fees)} (treasury {sol(s.treasury_before)} -> "
             f"{sol(s.treasury_after)}), refunded {sol(s.refund)}")
     c.print(f"[bold]Client[/bold]: {sol(s.client_before)} -> {sol(s.client_after)} SOL "
             f"({sol(s.client_after - s.client_before, True)}, transaction fees included)")
@@ -48,4 +53,4 @@ def print_summary(s: Summary, console: Console | None = None) -> None:
         c.print("[bold green]The text is identical to the single-process run.[/bold green]")
     else:
         c.print(f"[bold red]The text differs from the single-process run:[/bold red] {s.reference_text!r}")
-    c.print(f"logs and wallets: {s.workdir}   (total {s.timings.get('total', 0):.0f} s)")
+    c.print(f"Logs and wallets: {s.workdir}; {t.get('total', 0):.0f} s in all. Every process it started is stopped.")

@@ -1,9 +1,11 @@
 """The node operator's side of the market, running inside the node process next to the node daemon.
 
-``MarketAgent`` watches the chain and acts for one staked node: it accepts open tasks the node holds,
-records every hop the node computes for a job (a :class:`RecordingNode`), commits the task's transcript
-when the client says the job's compute is done, serves the transcript to validators, and validates
-tasks of other nodes that the chain's sampling drew (re-execution + the tolerance rule).
+``MarketAgent`` acts for one staked node with the Proof-of-Sampling roles of ``splitup.verify.roles``:
+as an ``Executor`` it accepts open tasks the node holds, turns the hops the node computed for a job (a
+:class:`RecordingNode` keeps them) into the task's transcript when the client says the compute is done,
+uploads it to the blob store, commits it on chain and serves the signed announcement; as a
+``Validator`` it takes up tasks of other nodes that the chain's sampling drew, re-executes them and
+votes. ``DisputeJudge`` runs the market authority's ``Arbiter`` over disputed tasks.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
@@ -27,7 +31,11 @@ from splitup.market.errors import MarketError
 from splitup.market.market import Market
 from splitup.node.node import HopRecord, Node, NodeConfig
 from splitup.node.wire import Envelope
-from splitup.sdk.transcript import Sealed, Transcript, check
+from splitup.runtime import Runner
+from splitup.storage import fetch_task
+from splitup.verify.blobs import Blobs, BundleSource, HttpBlobs
+from splitup.verify.roles import Announcement, Arbiter, Executor, Validator
+from splitup.verify.transcript import Transcript
 
 log = logging.getLogger("splitup.agent")
 REPLAY_SUFFIX = ".replay"  # splitup.client.pipeline re-prefills a stand-in under this job id
@@ -40,7 +48,7 @@ class RecordingNode(Node):
         super().__init__(config, on_hop=self._on_hop)
         self._local = threading.local()
         self._lock = threading.Lock()
-        self.transcripts: dict[tuple[str, str], Transcript] = {}
+        self.steps: dict[tuple[str, str], dict[int, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]] = {}
 
     def compute(self, env: Envelope, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._local.inputs = tensors
@@ -53,36 +61,95 @@ class RecordingNode(Node):
         task = self.runners[rec.task_id].task
         names = {s.name for s in task.inputs if s.name not in task.state}
         given = getattr(self._local, "inputs", None) or {}
-        ins = {k: v for k, v in given.items() if k in names}
-        outs = {k: v for k, v in rec.outputs.items() if k not in task.state.values()}
+        ins = {k: np.array(v) for k, v in given.items() if k in names}
+        outs = {k: np.array(v) for k, v in rec.outputs.items() if k not in task.state.values()}
         job = rec.job.removesuffix(REPLAY_SUFFIX)
         with self._lock:
-            t = self.transcripts.setdefault((job, rec.task_id), Transcript())
-            t.add(rec.step if rec.step is not None else len(t.steps), ins, outs)
+            steps = self.steps.setdefault((job, rec.task_id), {})
+            # A repeated step (a client retry) replaces the earlier one: nodes treat steps as idempotent.
+            steps[rec.step if rec.step is not None else len(steps)] = (ins, outs)
 
-    def take(self, job: str, task_id: str) -> Transcript | None:
+    def transcript(self, job: str, index: int, task_id: str) -> Transcript:
+        """Everything computed for (job, task) as a ``splitup.verify`` transcript; forgotten here."""
         with self._lock:
-            return self.transcripts.pop((job, task_id), None)
+            steps = self.steps.pop((job, task_id), {})
+        t = Transcript(job, index, task_id)
+        for _, (ins, outs) in sorted(steps.items()):
+            t.add(ins, outs)
+        return t
+
+
+class NodeRunners:
+    """The node's loaded tasks, offered to the roles as their engine: no second copy of the weights."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.name = node.engine.name
+
+    def load(self, directory: Path, *, task_id: str | None = None, limits: Any = None) -> Runner:
+        if task_id is not None and task_id in self.node.runners:
+            return self.node.runners[task_id]
+        return self.node.load_bundle(Path(directory), task_id)
+
+
+def node_bundles(node: Node, store_url: str) -> BundleSource:
+    def source(task_id: str) -> Path:
+        return fetch_task(task_id, store_url, node.config.cache_dir)
+
+    return source
+
+
+def announcement_json(a: Announcement) -> dict[str, Any]:
+    return {"job": a.job, "index": a.index, "task_id": a.task_id, "transcript_sha": a.transcript_sha,
+            "commitment": a.commitment.hex(), "fingerprints": {k: v.hex() for k, v in a.fingerprints.items()},
+            "signer": a.signer, "signature": a.signature.hex()}
+
+
+def announcement_from(d: Any) -> Announcement | None:
+    """Parse an announcement; its signature is checked by whoever relies on it (the roles do)."""
+    try:
+        return Announcement(str(d["job"]), int(d["index"]), str(d["task_id"]), str(d["transcript_sha"]),
+                            bytes.fromhex(d["commitment"]), {str(k): bytes.fromhex(v) for k, v in d["fingerprints"].items()},
+                            str(d["signer"]), bytes.fromhex(d["signature"]))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def fetch_announcement(market: Market, job: Pubkey, index: int, timeout: float = 30.0) -> Announcement | None:
+    """The executor's signed announcement of a committed task, from the endpoint its node registered."""
+    slot = market.job(job).tasks[index]
+    url = node_endpoint(market.node_at(slot.node)).rstrip("/")
+    try:
+        r = httpx.get(f"{url}/market/jobs/{job}/tasks/{index}/announcement", timeout=timeout)
+        return announcement_from(r.json()) if r.status_code == 200 else None
+    except (httpx.HTTPError, ValueError) as exc:
+        log.warning("announcement of %s #%d from %s: %s", job, index, url, exc)
+        return None
 
 
 class MarketAgent:
-    def __init__(self, market: Market, owner: Keypair, node: RecordingNode, *, poll_s: float = 0.25,
-                 validate: bool = True, primary: set[str] | None = None, standby_s: float = 3.0) -> None:
+    def __init__(self, market: Market, owner: Keypair, node: RecordingNode, store_url: str, *,
+                 blobs: Blobs | None = None, poll_s: float = 0.25, validate: bool = True,
+                 primary: set[str] | None = None, standby_s: float = 3.0) -> None:
         self.market, self.owner, self.node = market, owner, node
+        self.address = market.node_address(owner.pubkey())
+        blobs = blobs or HttpBlobs(store_url)
+        engine, bundles = NodeRunners(node), node_bundles(node, store_url)
+        self.executor = Executor(market, owner, engine, bundles, blobs)  # type: ignore[arg-type]
+        self.validator = Validator(market, owner, engine, bundles, blobs)  # type: ignore[arg-type]
+        self.poll_s = poll_s
+        self.validate = validate
         # Tasks held as a stand-in (not primary) are taken only when nobody else took them in standby_s.
         self.primary = primary
         self.standby_s = standby_s
-        self._first_seen: dict[tuple[str, int], float] = {}
-        self.address = market.node_address(owner.pubkey())
-        self.poll_s = poll_s
-        self.validate = validate
-        self.sealed: dict[tuple[str, int], Sealed] = {}
+        self.announced: dict[tuple[str, int], Announcement] = {}
         self.stats = {"accepted": 0, "committed": 0, "validated": 0, "disagreed": 0, "errors": 0}
         self.last_error = ""
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._first_seen: dict[tuple[str, int], float] = {}
         self._busy: set[tuple[str, int]] = set()
         self._commit_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -99,10 +166,13 @@ class MarketAgent:
             try:
                 self.tick()
             except Exception as exc:  # the chain or a peer misbehaving must not stop the node
-                self.stats["errors"] += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("agent tick failed: %s", self.last_error)
+                self._error(f"{type(exc).__name__}: {exc}")
             self._stop.wait(self.poll_s)
+
+    def _error(self, text: str) -> None:
+        self.stats["errors"] += 1
+        self.last_error = text
+        log.warning("agent: %s", text)
 
     # --- one look at the chain ----------------------------------------------------------------------------
     def tick(self) -> None:
@@ -113,24 +183,25 @@ class MarketAgent:
                 continue  # a node may not work on its own job
             model = None
             for i, t in enumerate(info.tasks):
-                if t.status == TaskStatus.OPEN or (t.status == TaskStatus.SAMPLED and self.validate):
-                    if model is None:
-                        model = self.market.model(info.header.model)
-                    task_id = model.tasks[i].task_id.hex()
-                    if task_id not in held:
-                        continue
-                    if t.status == TaskStatus.OPEN:
-                        seen = self._first_seen.setdefault((str(job), i), time.monotonic())
-                        standby = self.primary is not None and task_id not in self.primary
-                        if not standby or time.monotonic() - seen >= self.standby_s:
-                            self._accept(job, i)
-                    elif t.node != self.address and (str(job), i) not in self._busy:
-                        self._busy.add((str(job), i))
-                        threading.Thread(target=self._validate, args=(job, i, task_id), daemon=True).start()
+                if t.status != TaskStatus.OPEN and not (t.status == TaskStatus.SAMPLED and self.validate):
+                    continue
+                if model is None:
+                    model = self.market.model(info.header.model)
+                task_id = bytes(model.tasks[i].task_id).hex()
+                if task_id not in held:
+                    continue
+                if t.status == TaskStatus.OPEN:
+                    seen = self._first_seen.setdefault((str(job), i), time.monotonic())
+                    standby = self.primary is not None and task_id not in self.primary
+                    if not standby or time.monotonic() - seen >= self.standby_s:
+                        self._accept(job, i)
+                elif t.node != self.address and (str(job), i) not in self._busy:
+                    self._busy.add((str(job), i))
+                    threading.Thread(target=self._validate, args=(job, i), daemon=True).start()
 
     def _accept(self, job: Pubkey, index: int) -> None:
         try:
-            self.market.accept_task(self.owner, job, index)
+            self.executor.accept(job, index)
         except MarketError as exc:  # another node was faster, or our stake is locked elsewhere
             log.debug("accept %s #%d: %s", job, index, exc)
             return
@@ -138,58 +209,41 @@ class MarketAgent:
         log.info("accepted %s task %d", job, index)
 
     # --- executor -----------------------------------------------------------------------------------------
-    def commit(self, job: Pubkey, index: int) -> Sealed:
-        """Seal what this node computed for task ``index`` of ``job`` and commit it on chain."""
+    def commit(self, job: Pubkey, index: int) -> Announcement:
+        """Seal what this node computed for task ``index`` of ``job``: upload, commit on chain, announce."""
         key = (str(job), index)
         with self._commit_lock:
-            if key in self.sealed:
-                return self.sealed[key]
-            info = self.market.job(job)
-            slot = info.tasks[index]
+            if key in self.announced:
+                return self.announced[key]
+            slot = self.market.job(job).tasks[index]
             if slot.node != self.address or slot.status != TaskStatus.ACCEPTED:
                 raise MarketError(f"task {index} of {job} is not accepted by this node")
-            task_id = self.market.model(info.header.model).tasks[index].task_id.hex()
-            transcript = self.node.take(str(job), task_id)
-            if transcript is None or not transcript.steps:
+            task = self.executor.task(job, index)
+            transcript = self.node.transcript(str(job), index, task.task_id)
+            if not transcript.steps:
                 raise MarketError(f"this node computed nothing for task {index} of {job}")
-            sealed = transcript.seal()
-            self.market.commit_result(self.owner, job, index, sealed.digest)
-            self.sealed[key] = sealed
+            self.executor.record(job, index, transcript)
+            ann = self.executor.commit(job, index)
+            self.announced[key] = ann
             self.stats["committed"] += 1
-            return sealed
+            return ann
 
     # --- validator ----------------------------------------------------------------------------------------
-    def _validate(self, job: Pubkey, index: int, task_id: str) -> None:
+    def _validate(self, job: Pubkey, index: int) -> None:
         try:
-            self._validate_once(job, index, task_id)
+            if TaskStatus(self.market.job(job).tasks[index].status) != TaskStatus.SAMPLED:
+                return
+            check = self.validator.validate(job, index, fetch_announcement(self.market, job, index))
+            self.stats["validated"] += 1
+            if not check.agree:
+                self.stats["disagreed"] += 1
+                log.warning("task %d of %s disagrees: %s", index, job, check.reason)
+        except MarketError as exc:  # another validator took it first
+            log.debug("validate %s #%d: %s", job, index, exc)
         except Exception as exc:
-            self.stats["errors"] += 1
-            self.last_error = f"validate {job} #{index}: {type(exc).__name__}: {exc}"
-            log.warning(self.last_error)
+            self._error(f"validate {job} #{index}: {type(exc).__name__}: {exc}")
         finally:
             self._busy.discard((str(job), index))
-
-    def _validate_once(self, job: Pubkey, index: int, task_id: str) -> None:
-        info = self.market.job(job)
-        slot = info.tasks[index]
-        if slot.status != TaskStatus.SAMPLED:
-            return
-        # Fetch and check the executor's transcript before taking the job: once assigned, a validator
-        # that cannot deliver a verdict in time is slashed.
-        sealed = fetch_transcript(self.market, job, index)
-        self.market.assign_validator(self.owner, job, index)
-        if sealed is None or sealed.digest != bytes(slot.commitment):
-            agree, result = False, bytes(32)
-            log.warning("task %d of %s: transcript missing or not the committed one", index, job)
-        else:
-            verdict = check(self.node.runner(task_id), sealed)
-            agree, result = verdict.agree, verdict.result_hash
-            if not agree:
-                log.warning("task %d of %s disagrees: %s", index, job, verdict.reason)
-        self.market.submit_verdict(self.owner, job, index, agree, result)
-        self.stats["validated"] += 1
-        if not agree:
-            self.stats["disagreed"] += 1
 
     # --- HTTP --------------------------------------------------------------------------------------------
     def router(self) -> APIRouter:
@@ -203,52 +257,32 @@ class MarketAgent:
         @r.post("/jobs/{job}/tasks/{index}/commit")
         async def commit(job: str, index: int) -> JSONResponse:
             try:
-                sealed = await run_in_threadpool(self.commit, Pubkey.from_string(job), index)
-            except (MarketError, ValueError) as exc:
-                return JSONResponse({"error": str(exc)}, status_code=409)
-            return JSONResponse({"job": job, "index": index, "commitment": sealed.digest.hex()})
+                ann = await run_in_threadpool(self.commit, Pubkey.from_string(job), index)
+            except Exception as exc:
+                return JSONResponse({"error": f"{type(exc).__name__}: {exc}"}, status_code=409)
+            return JSONResponse(announcement_json(ann))
 
-        @r.get("/jobs/{job}/tasks/{index}/transcript")
-        def transcript(job: str, index: int) -> Response:
-            sealed = self.sealed.get((job, index))
-            if sealed is None:
-                return JSONResponse({"error": "no committed transcript for this task here"}, status_code=404)
-            return Response(sealed.to_bytes(), media_type="application/vnd.splitup.safetensors")
+        @r.get("/jobs/{job}/tasks/{index}/announcement")
+        def announcement(job: str, index: int) -> JSONResponse:
+            ann = self.announced.get((job, index))
+            if ann is None:
+                return JSONResponse({"error": "this node announced nothing for this task"}, status_code=404)
+            return JSONResponse(announcement_json(ann))
 
         return r
 
 
-def fetch_transcript(market: Market, job: Pubkey, index: int, timeout: float = 60.0) -> Sealed | None:
-    """The executor's transcript of a committed task, from the endpoint its node registered; None if
-    the executor does not serve it or serves something that is not a transcript."""
-    import httpx
+class DisputeJudge:
+    """The market authority's ``Arbiter`` over every disputed task, in a background thread."""
 
-    slot = market.job(job).tasks[index]
-    url = node_endpoint(market.node_at(slot.node)).rstrip("/")
-    try:
-        r = httpx.get(f"{url}/market/jobs/{job}/tasks/{index}/transcript", timeout=timeout)
-        if r.status_code != 200:
-            return None
-        return Sealed.from_bytes(r.content)
-    except (httpx.HTTPError, ValueError) as exc:
-        log.warning("transcript of %s #%d from %s: %s", job, index, url, exc)
-        return None
-    except Exception as exc:  # a malformed body is the executor's failure, not ours
-        log.warning("transcript of %s #%d from %s rejected: %s", job, index, url, exc)
-        return None
+    def __init__(self, market: Market, authority: Keypair, store_url: str, cache_dir: Path, *,
+                 poll_s: float = 0.5) -> None:
+        from splitup.verify.blobs import store_bundles
 
-
-class Arbiter:
-    """The market authority's judge: re-executes a disputed task itself and rules on chain."""
-
-    def __init__(self, market: Market, authority: Keypair, store_url: str, cache_dir, *,  # noqa: ANN001
-                 poll_s: float = 0.5, engine: str = "onnxruntime") -> None:
-        from splitup.runtime import get_engine
-
-        self.market, self.authority, self.store_url, self.cache_dir = market, authority, store_url, cache_dir
-        self.engine = get_engine(engine)
+        self.market = market
+        self.arbiter = Arbiter(market, authority, store_bundles(store_url, Path(cache_dir)), HttpBlobs(store_url))
         self.poll_s = poll_s
-        self.rulings: list[tuple[str, int, bool]] = []
+        self.rulings: list[tuple[str, int, bool, str]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -259,36 +293,14 @@ class Arbiter:
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=30)
+            self._thread.join(timeout=60)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
                 for job, index in self.market.tasks_in(TaskStatus.DISPUTED):
-                    self.rule(job, index)
+                    ruling = self.arbiter.arbitrate(job, index, fetch_announcement(self.market, job, index))
+                    self.rulings.append((str(job), index, ruling.node_honest, ruling.reason))
             except Exception as exc:
                 log.warning("arbiter: %s: %s", type(exc).__name__, exc)
             self._stop.wait(self.poll_s)
-
-    def rule(self, job: Pubkey, index: int) -> bool:
-        from splitup.storage import fetch_task
-
-        info = self.market.job(job)
-        task_id = self.market.model(info.header.model).tasks[index].task_id.hex()
-        sealed = fetch_transcript(self.market, job, index)
-        honest = False
-        if sealed is not None and sealed.digest == bytes(info.tasks[index].commitment):
-            runner = self.engine.load(fetch_task(task_id, self.store_url, self.cache_dir), task_id=task_id)
-            honest = check(runner, sealed).agree
-        self.market.arbitrate(self.authority, job, index, honest)
-        self.rulings.append((str(job), index, honest))
-        return honest
-
-
-def wait_until(predicate, timeout: float, poll: float = 0.1) -> bool:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(poll)
-    return False

@@ -56,6 +56,8 @@ class Completion:
     seconds: float
     report: JobReport | None = None
     route: list[str] = field(default_factory=list)
+    # seconds: waiting for nodes to accept, generating (prefill included), committing, settling
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def tokens_per_s(self) -> float:
@@ -281,6 +283,7 @@ class Client:
             on_job(job)
         t0 = time.perf_counter()
         routes = self.route(job, entry)
+        accepted = time.perf_counter()
         eos = set(entry.manifest.eos_ids)
         rng = np.random.default_rng(seed) if temperature > 0 else None
         out: list[int] = []
@@ -298,14 +301,18 @@ class Client:
                 out.append(token)
                 yield TokenEvent(token, detok.push(token))
                 feed = np.asarray([[token]], dtype=np.int64)
-        seconds = time.perf_counter() - t0
+        generated = time.perf_counter()
         tail = detok.flush()
         if tail:
             yield TokenEvent(-1, tail)
         self.finish(job, routes)
+        committed = time.perf_counter()
         report = self.wait(job, model_name=entry.name, task_ids=entry.task_ids()) if wait else None
+        timings = {"accept": accepted - t0, "generate": generated - accepted, "commit": committed - generated,
+                   "settle": time.perf_counter() - committed if wait else 0.0}
         yield Completion(text=detok.shown, token_ids=out, prompt_tokens=len(ids), finish_reason=finish,
-                         job=str(job), seconds=seconds, report=report, route=[r[0] for r in routes])
+                         job=str(job), seconds=generated - accepted, report=report, route=[r[0] for r in routes],
+                         timings=timings)
 
 
 def wallet_path(path: str | Path) -> Path:
