@@ -31,9 +31,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    # A SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the demo still stops every process it started.
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
+    import signal
+
     from splitup.demo.flow import DemoOptions, Ui, run_demo
     from splitup.demo.summary import print_summary
+
+    signal.signal(signal.SIGTERM, _interrupt)
 
     opts = DemoOptions(smaller=args.smaller, workdir=args.dir, max_tokens=args.max_tokens, tasks=args.tasks,
                        verify_rate_bps=args.verify_rate_bps, serve_console=args.serve, gateway_port=args.gateway_port)
