@@ -87,3 +87,26 @@ def test_a_hung_node_times_out_and_its_task_moves(plan, plan_dir, cluster, victi
     finally:
         victim.proc.send_signal(signal.SIGCONT)
     assert got == want
+
+
+def test_two_nodes_killed_at_once(plan, plan_dir, cluster, victim, store_url, logs):
+    """Task 0's and task 1's nodes die together: each is re-routed and re-prefilled, lowest task first."""
+    first = start_node("victim0", logs, tasks=[plan.tasks[0].task_id], store=store_url)
+    try:
+        first.wait_ready()
+        prompt, n = [1, 2, 3, 4, 5, 6, 7], 12
+        want = reference(plan_dir, prompt, n)
+        route = [[first.url, cluster.a.url], [victim.url, cluster.spare.url], cluster.c.url]
+        with PipelineClient(plan, route, hop_timeout=10) as client, client.session() as gen:
+            def on_token(_token: int, count=[0]) -> None:  # noqa: B006
+                count[0] += 1
+                if count[0] == 5:
+                    first.kill()
+                    victim.kill()
+
+            got = generate_tokens(gen.step, prompt, n, on_token=on_token)
+            assert gen.recoveries == 2
+            assert [p[0] for p in gen.places[:2]] == [cluster.a.url, cluster.spare.url]
+        assert got == want
+    finally:
+        first.stop()

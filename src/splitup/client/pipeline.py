@@ -218,7 +218,14 @@ class GenerationSession:
     def __init__(self, client: PipelineClient) -> None:
         self.client = client
         self.plan = client.plan
-        self.places: list[tuple[str, str]] = [client.open_session(k) for k in range(len(self.plan.tasks))]
+        self.places: list[tuple[str, str]] = []
+        try:
+            for k in range(len(self.plan.tasks)):
+                self.places.append(client.open_session(k))
+        except PipelineError:
+            self.close()
+            raise
+        self._broken: set[int] = set()
         self.steps = [0] * len(self.plan.tasks)
         self.context: list[int] = []
         self.job = secrets.token_hex(8)
@@ -260,36 +267,43 @@ class GenerationSession:
 
     def _step(self, ids: np.ndarray) -> np.ndarray:
         c = self.client
-        initial, sends = plan_sends(self.plan.tasks, [c.logits_output])
+        _, sends = plan_sends(self.plan.tasks, [c.logits_output])
         for _ in range(c.max_failovers + 1):
             try:
+                # Tasks whose session was lost get a new one first, lowest first: a replay runs through the
+                # tasks before it, which must be whole again themselves.
+                for k in sorted(self._broken):
+                    self._recover(k)
+                    self._broken.discard(k)
                 out = c.call(self._hops(sends, len(sends) - 1, last=[c.logits_output]), {c.token_input: ids},
                              self.job)
             except NodeFailure as f:
                 if f.hop is None or f.kind not in (*REROUTABLE, "session"):
                     raise
-                self._recover(f.hop, same_node=f.kind == "session")
+                if f.kind != "session":  # the node failed, not just its session: use a stand-in
+                    c._retire(f.hop, self.places[f.hop][0])
+                self._broken.add(f.hop)
                 continue
             self.steps = [s + 1 for s in self.steps]
             self.context.extend(int(t) for t in ids[0])
             return out[c.logits_output]
         raise PipelineError(f"generation gave up after {c.max_failovers} failovers")
 
-    def _recover(self, k: int, *, same_node: bool) -> None:
-        """Give task ``k`` a fresh session (on a stand-in unless the node merely lost the session) and
-        re-prefill it with the context, through temporary sessions on the hops before it."""
+    def _recover(self, k: int) -> None:
+        """Give task ``k`` a fresh session on the first endpoint of its list and re-prefill it with the
+        context, through temporary sessions on the tasks before it."""
         c = self.client
         self.recoveries += 1
-        if not same_node:
-            c._retire(k, self.places[k][0])
         self.places[k] = c.open_session(k)
         self.steps[k] = 0
         if not self.context:
             return
         _, sends = plan_sends(self.plan.tasks[: k + 1], [])
-        temp = {j: c.open_session(j) for j in range(k)}
+        temp: dict[int, tuple[str, str]] = {}
         steps = [0] * (k + 1)
         try:
+            for j in range(k):
+                temp[j] = c.open_session(j)
             ctx = np.asarray([self.context], dtype=np.int64)
             for i in range(0, ctx.shape[1], self.max_chunk):
                 c.call(self._hops(sends, k, temp, steps), {c.token_input: ctx[:, i : i + self.max_chunk]},
