@@ -56,8 +56,13 @@ def logs(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def store_url(plan_dir, logs, tmp_path_factory) -> Iterator[str]:
-    directory = tmp_path_factory.mktemp("store")
+def store_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("store")
+
+
+@pytest.fixture(scope="session")
+def store_url(plan_dir, logs, store_dir) -> Iterator[str]:
+    directory = store_dir
     publish_plan(plan_dir, BlobStore(directory))
     daemon = start_store("store", directory, logs)
     try:
