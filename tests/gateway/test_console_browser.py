@@ -48,12 +48,12 @@ def _shot(page, shots: Path, name: str) -> Path:
 
 def test_console_shows_nodes_models_and_tasks(env, page, shots) -> None:
     page.wait_for_selector("[data-testid=node-row]", timeout=20_000)
-    page.wait_for_function("document.querySelectorAll('[data-testid=node-row]').length === 4", timeout=20_000)
+    page.wait_for_function("document.querySelectorAll('[data-testid=node-row]').length >= 4", timeout=20_000)
     names = page.locator("[data-testid=node-row] strong").all_inner_texts()
-    assert sorted(names) == ["node-a", "node-b", "node-c", "node-d"]
-    page.wait_for_function("document.querySelectorAll('[data-testid=heartbeat].alive').length === 4", timeout=20_000)
-    assert page.locator("[data-testid=task-row]").count() == 3
-    assert "tiny-llama" in page.locator("[data-testid=model]").inner_text()
+    assert set(env.net.node_names) <= set(names)
+    page.wait_for_function("document.querySelectorAll('[data-testid=heartbeat].alive').length >= 4", timeout=20_000)
+    llama = page.locator("[data-testid=model]", has_text="tiny-llama")
+    assert llama.locator("[data-testid=task-row]").count() == 3
     assert "verification rate 100.0%" in page.locator("[data-testid=overview]").inner_text()
     _shot(page, shots, "market")
 

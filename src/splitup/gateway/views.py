@@ -91,9 +91,11 @@ def jobs(svc: GatewayService) -> list[dict[str, Any]]:
         done = all(TaskStatus[t.status] in (TaskStatus.SETTLED, TaskStatus.FAILED) for t in report.tasks)
         rows[str(address)] = {**report.to_json(), "state": "settled" if done else "on chain", "source": "chain"}
     for j in list(svc.jobs.values()):
-        live = rows.get(j.address)
-        body = live or (j.report.to_json() if j.report else {"address": j.address, "model": j.model, "tasks": []})
-        body.update({"state": j.state if not live or j.state == "closed" else j.state, "created": j.created,
+        if j.report is not None:  # closed: the report taken before closing is final (a snapshot may lag)
+            body = j.report.to_json()
+        else:
+            body = rows.get(j.address) or {"address": j.address, "model": j.model, "tasks": []}
+        body.update({"state": j.state, "created": j.created,
                      "prompt": j.prompt, "kind": j.kind, "tokens": j.tokens, "seconds": round(j.seconds, 3),
                      "tokens_per_s": round(j.tokens / j.seconds, 2) if j.seconds else None, "error": j.error,
                      "source": "gateway"})
