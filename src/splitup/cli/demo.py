@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     ui = Ui(True)
     # With --serve the summary comes before the console starts (run_demo then blocks until Ctrl-C).
     shown = []
-    summary = run_demo(opts, ui, inspect=lambda s, _env: (print_summary(s, ui.console), shown.append(1)))
+    summary = run_demo(opts, ui, inspect=lambda s, _env: (
+        print_summary(s, ui.console, stopping=not args.serve), shown.append(1)))
     if not shown:
         print_summary(summary, ui.console)
     return 0 if summary.identical else 1

@@ -15,7 +15,7 @@ def sol(lamports: int, signed: bool = False) -> str:
     return f"{lamports / SOL:+.6f}" if signed else f"{lamports / SOL:.6f}"
 
 
-def print_summary(s: Summary, console: Console | None = None) -> None:
+def print_summary(s: Summary, console: Console | None = None, *, stopping: bool = True) -> None:
     c = console or Console()
     c.print(f"\n[bold]Prompt[/bold]: {s.prompt}\n[bold]Answer[/bold] ({s.model}, {len(s.token_ids)} tokens): {s.text}")
     tasks = Table(title=f"Job {s.job}")
@@ -53,4 +53,5 @@ def print_summary(s: Summary, console: Console | None = None) -> None:
         c.print("[bold green]The text is identical to the single-process run.[/bold green]")
     else:
         c.print(f"[bold red]The text differs from the single-process run:[/bold red] {s.reference_text!r}")
-    c.print(f"Logs and wallets: {s.workdir}; {t.get('total', 0):.0f} s in all. Every process it started is stopped.")
+    ends = " Every process it started is stopped." if stopping else ""
+    c.print(f"Logs and wallets: {s.workdir}; {t.get('total', 0):.0f} s in all.{ends}")
