@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
+from splitup.node.forward import ForwardError, HopClient, Reply
 from splitup.node.node import Node, NotHere
 from splitup.node.wire import Envelope, WireError, decode, encode, envelope_of
 from splitup.partition.task import PlanError
@@ -72,6 +73,7 @@ def create_app(node: Node, *, heartbeat: Callable[[dict[str, Any]], None] | None
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
         app.state.http = httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=32))
+        app.state.hops = HopClient(max_reply_bytes=node.config.max_body_bytes)
         beat = asyncio.create_task(_heartbeat_loop(node, heartbeat)) if heartbeat is not None else None
         try:
             yield
@@ -79,6 +81,7 @@ def create_app(node: Node, *, heartbeat: Callable[[dict[str, Any]], None] | None
             if beat is not None:
                 beat.cancel()
             await app.state.http.aclose()
+            await app.state.hops.aclose()
 
     app = FastAPI(title="SplitUp node", docs_url=None, redoc_url=None, lifespan=lifespan)
 
@@ -158,7 +161,7 @@ def create_app(node: Node, *, heartbeat: Callable[[dict[str, Any]], None] | None
             record = {"hop": hop, "node": node.config.node_id, "task": env.current.task[:16], "ms": ms}
             if hop + 1 == len(env.route):
                 return Response(encode(out), media_type=CONTENT_TYPE, headers={HOPS_HEADER: json.dumps([record])})
-            return await _forward(request.app.state.http, env.next(), encode(out, env.next()), record)
+            return await _forward(request.app.state, env.next(), encode(out, env.next()), record)
         except HopFailed as exc:
             if exc.hop is None:
                 exc.hop = hop
@@ -169,7 +172,20 @@ def create_app(node: Node, *, heartbeat: Callable[[dict[str, Any]], None] | None
     return app
 
 
-async def _forward(http: httpx.AsyncClient, env: Envelope, body: bytes, record: dict[str, Any]) -> Response:
+async def _post(app_state: Any, url: str, body: bytes, timeout: float) -> Reply:
+    """Plain http:// goes through the lean hop client; anything else (https) through httpx."""
+    if url.startswith("http://"):
+        return await app_state.hops.post(url, body, CONTENT_TYPE, timeout)
+    try:
+        r = await app_state.http.post(url, content=body, timeout=timeout, headers={"content-type": CONTENT_TYPE})
+    except httpx.TimeoutException:
+        raise TimeoutError(f"no reply within {timeout} s") from None
+    except httpx.HTTPError as exc:
+        raise ForwardError(repr(exc)) from None
+    return Reply(r.status_code, {k.lower(): v for k, v in r.headers.items()}, r.content)
+
+
+async def _forward(app_state: Any, env: Envelope, body: bytes, record: dict[str, Any]) -> Response:
     """Send to the next hop and relay its answer unparsed; try stand-ins for a stateless hop that is down."""
     nxt = env.current
     remaining = len(env.route) - env.hop
@@ -179,25 +195,24 @@ async def _forward(http: httpx.AsyncClient, env: Envelope, body: bytes, record: 
     failure: HopFailed | None = None
     for attempt, url in enumerate(urls):
         try:
-            r = await http.post(url.rstrip("/") + "/execute", content=body, timeout=timeout,
-                                headers={"content-type": CONTENT_TYPE})
-        except httpx.TimeoutException as exc:
-            failure = HopFailed(504, "timeout", f"hop {env.hop} at {url} timed out: {exc!r}", env.hop)
+            r = await _post(app_state, url.rstrip("/") + "/execute", body, timeout)
+        except TimeoutError:
+            failure = HopFailed(504, "timeout", f"hop {env.hop} at {url} timed out after {timeout} s", env.hop)
             continue
-        except httpx.HTTPError as exc:
-            failure = HopFailed(502, "unreachable", f"hop {env.hop} at {url} unreachable: {exc!r}", env.hop)
+        except ForwardError as exc:
+            failure = HopFailed(502, "unreachable", f"hop {env.hop} at {url} unreachable: {exc}", env.hop)
             continue
-        if r.status_code == 404 and nxt.session is None and _kind(r) == "not_here" and attempt + 1 < len(urls):
+        if r.status == 404 and nxt.session is None and _kind(r) == "not_here" and attempt + 1 < len(urls):
             continue
         hops = [record | ({"failover": attempt} if attempt else {}), *_hop_records(r)]
         headers = {HOPS_HEADER: json.dumps(hops)}
-        return Response(r.content, status_code=r.status_code, headers=headers,
+        return Response(r.content, status_code=r.status, headers=headers,
                         media_type=r.headers.get("content-type", CONTENT_TYPE))
     assert failure is not None
     raise failure
 
 
-def _hop_records(r: httpx.Response) -> list[Any]:
+def _hop_records(r: Reply) -> list[Any]:
     """The downstream nodes' timing records; a malformed header from a stranger is dropped, not fatal."""
     raw = r.headers.get(HOPS_HEADER, "[]")
     try:
@@ -207,11 +222,12 @@ def _hop_records(r: httpx.Response) -> list[Any]:
     return records if isinstance(records, list) else []
 
 
-def _kind(r: httpx.Response) -> str | None:
+def _kind(r: Reply) -> str | None:
     try:
-        return r.json().get("kind")
-    except ValueError:
+        body = json.loads(r.content)
+    except (ValueError, UnicodeDecodeError):
         return None
+    return body.get("kind") if isinstance(body, dict) else None
 
 
 async def _json_body(request: Request) -> Any:
