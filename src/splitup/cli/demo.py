@@ -49,10 +49,10 @@ def run(args: argparse.Namespace) -> int:
     if args.prompt:
         opts.prompt = args.prompt
     ui = Ui(True)
-    # With --serve the summary comes before the console starts (run_demo then blocks until Ctrl-C).
-    shown = []
-    summary = run_demo(opts, ui, inspect=lambda s, _env: (
-        print_summary(s, ui.console, stopping=not args.serve), shown.append(1)))
-    if not shown:
+    if args.serve:
+        # The summary comes before the console starts: run_demo then serves until Ctrl-C.
+        summary = run_demo(opts, ui, inspect=lambda s, _env: print_summary(s, ui.console, stopping=False))
+    else:
+        summary = run_demo(opts, ui)
         print_summary(summary, ui.console)
     return 0 if summary.identical else 1
