@@ -32,7 +32,17 @@ def main() -> None:
             dt = time.perf_counter() - t0
             cells.append(f"{len(result.plan.tasks)} ({result.plan.lower_bound}) in {dt:.2f} s")
         table.add_row(name, *cells)
-    Console(width=120).print(table)
+    console = Console(width=120)
+    console.print(table)
+    from splitup.graph.validate import validate_model
+
+    t0 = time.perf_counter()
+    model = zoo.build("llama-70b", validate=False)
+    built = time.perf_counter() - t0
+    report = validate_model(model)
+    console.print(f"llama-70b shape-only graph: built in {built:.2f} s, fully validated in "
+                  f"{time.perf_counter() - t0 - built:.2f} s ({report.node_count} nodes, "
+                  f"{report.parameter_count / 1e9:.2f} B parameters)")
 
 
 if __name__ == "__main__":

@@ -64,10 +64,10 @@ def _outcome(m: onnx.ModelProto, bundle_dir: Path | None, limits: Limits | None 
 def _bounded_address_space(request: pytest.FixtureRequest) -> Iterator[None]:
     """Cap this process's address space at its current size + 4 GiB while a fuzz test runs.
 
-    Known validator bug (``test_data_propagation_memory_is_bounded``): an integer tensor of 10^7 to
-    5 * 10^8 elements, which the drawn ``alloc`` mutations can make, costs ONNX data propagation ~140
-    bytes per element. Capped, that is a ``std::bad_alloc`` (a ``GraphRejected``); uncapped, the OOM
-    killer on a shared machine.
+    A guard for the shared machine: the validator once let ONNX data propagation materialise integer
+    tensors of 10^7 to 5 * 10^8 elements (~140 bytes each; ``test_data_propagation_memory_is_bounded``).
+    Should a regression bring that back, it surfaces here as a ``std::bad_alloc`` (a ``GraphRejected``)
+    instead of the OOM killer.
     """
     status = Path("/proc/self/status")
     if not status.exists() or request.node.name == "test_data_propagation_memory_is_bounded":
@@ -315,8 +315,6 @@ _PROPAGATION_PROBE = textwrap.dedent("""
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc")
-@pytest.mark.xfail(strict=True, reason="validator bug: ONNX data propagation (shapes.infer_at) materialises every "
-                   "integer tensor it can, ~140 bytes per element, before anything bounds the element count")
 def test_data_propagation_memory_is_bounded() -> None:
     """Validating a graph must cost far less memory than the tensors it describes (here 32 MB)."""
     proc = subprocess.run([sys.executable, "-c", _PROPAGATION_PROBE, str(Path(__file__).parent)],

@@ -1,7 +1,8 @@
 """Fold small shape arithmetic into constants so shape inference can finish the job.
 
-ONNX data propagation follows ``Shape -> Gather -> Concat -> Reshape`` but not every op that consumes
-shape data (``Range(0, seq)`` for position ids is the common case). On the analysis copy, where every
+ONNX's data propagation is not used (it materialises integer tensors without a bound), and plain
+inference stops wherever a shape is computed from data (``Reshape(x, Shape(x))``, ``Range(0, seq)``
+for position ids). On the analysis copy, where every
 input dim is already concrete, such subgraphs compute small integer tensors; evaluating them turns
 the unknown lengths into numbers. Only tiny tensors are ever materialised, and every output size is
 bounded before anything is evaluated, so a hostile graph cannot make the validator allocate.

@@ -110,11 +110,11 @@ def _try_infer_at(model: ModelProto, dims: dict[str, int], limits: Limits, max_r
 def infer_at(model: ModelProto, dims: dict[str, int], limits: Limits, max_rounds: int = 64) -> ModelProto:
     """A copy with input dim_params set to ``dims`` and every shape inferred; the original is untouched.
 
-    ONNX data propagation materialises the values it propagates (``Range(0, 10**15)`` followed by a
-    ``Cast`` is a ``std::bad_alloc``), so it only ever runs after a pass without it has sized every
-    tensor it could and found them all under the limits. When tensors remain unknown after that, small
-    shape arithmetic is folded into constants (``splitup.graph.fold``) and plain inference runs again,
-    a bounded number of times, each pass screened the same way.
+    ONNX's own data propagation is never used: it materialises every integer tensor it can evaluate
+    (~140 bytes per element, unbounded), so a stranger's ``Expand`` of an int64 scalar could take
+    the node's memory. Instead, each plain inference pass is screened against the limits, then small
+    shape arithmetic is folded into constants (``splitup.graph.fold``, bounded by its element cap) and
+    inference runs again, a bounded number of times.
     """
     copy = ModelProto()
     copy.CopyFrom(model)
@@ -124,10 +124,7 @@ def infer_at(model: ModelProto, dims: dict[str, int], limits: Limits, max_rounds
         for dim in vi.type.tensor_type.shape.dim:
             if dim.WhichOneof("value") == "dim_param":
                 dim.dim_value = dims[dim.dim_param]
-    inferred = _screened(_infer(copy, data_prop=False), limits)
-    if _fully_known(inferred.graph):
-        return inferred
-    inferred = _screened(_infer(copy, data_prop=True), limits)
+    inferred = _screened(_infer(copy), limits)
     for _ in range(max_rounds):
         if _fully_known(inferred.graph):
             break
@@ -135,7 +132,7 @@ def infer_at(model: ModelProto, dims: dict[str, int], limits: Limits, max_rounds
         folded = fold_shape_constants(inferred)
         if not (complete_loop_shapes(inferred) | folded):
             break
-        inferred = _screened(_infer(inferred, data_prop=False), limits)
+        inferred = _screened(_infer(inferred), limits)
     return inferred
 
 
@@ -174,9 +171,9 @@ def _all_graphs(graph: GraphProto) -> list[GraphProto]:
     return found
 
 
-def _infer(model: ModelProto, *, data_prop: bool) -> ModelProto:
+def _infer(model: ModelProto) -> ModelProto:
     try:
-        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=data_prop)
+        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=False)
     except Exception as exc:  # InferenceError, ValidationError, or a RuntimeError from the C++ side
         raise MalformedGraph(f"shape inference failed: {exc}".replace("\n", " "), where=_culprit(str(exc))) from None
 

@@ -49,20 +49,18 @@ class ParamSource:
                 raise BuilderError(f"weights not used by the graph: {extra[:5]}{' ...' if len(extra) > 5 else ''}")
 
 
+def _ones_like(ctx: TensorContext, t: Tensor) -> Tensor:
+    """An all-true bool tensor shaped like ``t``, made elementwise (``not (t > t)`` holds for every
+    value, NaN and inf included), so plain shape inference sizes it without reading any data."""
+    return ctx.op("Not", [t._binary("Greater", t, "bool")], t.shape, "bool")
+
+
 def positions(ctx: TensorContext, hidden: Tensor, offset: Tensor | None) -> Tensor:
-    """Positions ``offset + [0, seq)`` of shape (batch, seq), without ``Range`` (shape-inferable)."""
-    dims = ctx.op("Shape", [hidden], (2,), "int64", start=0, end=2)
-    ones = ctx.op("ConstantOfShape", [dims], hidden.shape[:2], "int64",
-                  value=_scalar_tensor(np.array([1], np.int64)))
+    """Positions ``offset + [0, seq)`` of shape (batch, seq), from the hidden state's shape alone."""
+    ones = _ones_like(ctx, hidden[..., 0]).cast("int64")
     axis = ctx.constant(np.array(1, np.int64))
-    pos = ctx.op("CumSum", [ones, axis], hidden.shape[:2], "int64") - ctx.constant(np.array(1, np.int64))
+    pos = ctx.op("CumSum", [ones, axis], ones.shape, "int64") - ctx.constant(np.array(1, np.int64))
     return pos + offset if offset is not None else pos
-
-
-def _scalar_tensor(arr: np.ndarray):  # noqa: ANN202 - onnx TensorProto
-    from onnx import numpy_helper
-
-    return numpy_helper.from_array(arr)
 
 
 def causal_attention(
@@ -86,10 +84,8 @@ def causal_attention(
     scores = (q @ k.transpose(-2, -1)) * (1.0 / float(np.sqrt(d)))
     if past_len is not None:
         # The mask is built over (seq, past+seq) only and broadcast over batch and heads.
-        shape = ctx.op("Shape", [scores], (2,), "int64", start=-2)
-        ones = ctx.op("ConstantOfShape", [shape], scores.shape[-2:], "float32",
-                      value=_scalar_tensor(np.array([1.0], np.float32)))
-        keep = ctx.op("Trilu", [ones, past_len], scores.shape[-2:], "float32", upper=0).cast("bool")
+        ones = _ones_like(ctx, scores[0, 0]).cast("float32")
+        keep = ctx.op("Trilu", [ones, past_len], ones.shape, "float32", upper=0).cast("bool")
         scores = keep.where(scores, float(np.finfo(np.float16 if scores.dtype == "float16" else np.float32).min))
     if additive_mask is not None:
         scores = scores + additive_mask
