@@ -15,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "stops every process it started.",
         epilog="examples:\n  splitup demo\n  splitup demo --prompt 'Write a haiku about GPUs' --max-tokens 48\n"
         "  splitup demo --smaller            # the same flow with a tiny random model (seconds)\n"
-        "  splitup demo --serve              # then keep it running with the web console",
+        "  splitup demo --serve              # then keep it running with the web console\n"
+        "  splitup demo --cheat node-a       # one dishonest node: watch PoSP catch and slash it",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smaller", action="store_true", help="a tiny zoo model with random weights instead")
     p.add_argument("--prompt", default=None, help="the user message (the model's chat template wraps it)")
@@ -25,6 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="PoSP sampling rate for this demo's market (default 5000 = 50%%, so that a verification "
                    "shows; the chain default is 800 = 8%%)")
     p.add_argument("--dir", type=Path, default=Path(".splitup/demo"), help="working directory (wiped first)")
+    p.add_argument("--cheat", metavar="NODE", default=None, choices=("node-a", "node-b", "node-c", "node-d"),
+                   help="make NODE dishonest (it forwards perturbed outputs) to watch PoSP catch and slash it")
     p.add_argument("--serve", action="store_true", help="afterwards keep everything running with the gateway and "
                    "web console until Ctrl-C")
     p.add_argument("--gateway-port", type=int, default=8000)
@@ -45,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
 
     opts = DemoOptions(smaller=args.smaller, workdir=args.dir, max_tokens=args.max_tokens, tasks=args.tasks,
-                       verify_rate_bps=args.verify_rate_bps, serve_console=args.serve, gateway_port=args.gateway_port)
+                       verify_rate_bps=args.verify_rate_bps, serve_console=args.serve, gateway_port=args.gateway_port,
+                       cheater=args.cheat)
     if args.prompt:
         opts.prompt = args.prompt
     ui = Ui(True)
@@ -55,4 +59,5 @@ def run(args: argparse.Namespace) -> int:
     else:
         summary = run_demo(opts, ui)
         print_summary(summary, ui.console)
-    return 0 if summary.identical else 1
+    # With a cheater the text may differ from the single-process run: that is the point, not a failure.
+    return 0 if summary.identical or args.cheat else 1

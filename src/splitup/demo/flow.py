@@ -35,6 +35,7 @@ class DemoOptions:
     slot_ms: int = 100
     workspace: int = 64 << 20
     serve_console: bool = False  # keep everything running with the gateway/console until Ctrl-C
+    cheater: str | None = None  # a node that forwards perturbed outputs, to show PoSP catching and slashing it
     gateway_port: int = 8000
 
 
@@ -68,6 +69,8 @@ class TaskRow:
     price: int
     node_paid: int
     validator_paid: int
+    arbitration: str = "none"
+    node_slashed: int = 0
 
 
 @dataclass
@@ -97,6 +100,7 @@ class Summary:
     slashed: int
     rulings: int
     workdir: str
+    cheater: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -229,7 +233,8 @@ def run_demo(opts: DemoOptions, progress: Ui | None = None,
 
     t0 = time.perf_counter()
     with local_market(root, model, prep.plan_dir, budgets, verify_rate_bps=opts.verify_rate_bps,
-                      slot_ms=opts.slot_ms, ui=ui) as net:
+                      slot_ms=opts.slot_ms, ui=ui,
+                      cheaters={opts.cheater: "perturb"} if opts.cheater else None) as net:
         timings["network"] = time.perf_counter() - t0
         market = connect(net.rpc_url, net.wallets["authority"])
         owners = {name: net.wallets[name].pubkey() for name in net.node_names}
@@ -266,7 +271,8 @@ def run_demo(opts: DemoOptions, progress: Ui | None = None,
             tasks=[TaskRow(t.index, layer_label(plan.tasks[t.index].layers),
                            plan.tasks[t.index].vram_bytes, by_address.get(t.node or "", t.node or "-"),
                            by_address.get(t.validator or "", t.validator) if t.validator else None,
-                           t.status, t.verdict, t.price, t.node_paid, t.validator_paid) for t in report.tasks],
+                           t.status, t.verdict, t.price, t.node_paid, t.validator_paid, t.arbitration,
+                           t.node_slashed) for t in report.tasks],
             nodes=[NodeRow(name, str(owners[name]), str(market.node_address(owners[name])), net.nodes[k].url,
                            budgets[k], net.holds[k], net.primary[k], before["stake"][name], after["stake"][name],
                            before["balance"][name], after["balance"][name], after["node"][name].tasks_done,
@@ -278,6 +284,7 @@ def run_demo(opts: DemoOptions, progress: Ui | None = None,
             node_paid=sum(t.node_paid for t in report.tasks), validator_paid=sum(t.validator_paid for t in report.tasks),
             slashed=sum(t.node_slashed + t.validator_slashed for t in report.tasks),
             rulings=len(net.arbiter.rulings) if net.arbiter else 0, workdir=str(root), timings=timings,
+            cheater=opts.cheater,
         )
         timings["total"] = time.perf_counter() - t_start
         if inspect is not None:  # while the network still runs: tests read the chain themselves

@@ -78,14 +78,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--engine", default="onnxruntime")
     ap.add_argument("--poll", type=float, default=0.25, help="seconds between looks at the chain")
+    ap.add_argument("--cheat", choices=("perturb", "zeros"), default=None,
+                    help="be a dishonest node (demo and tests): forward noisy or zero outputs")
     ap.add_argument("--log-level", default="warning")
     a = ap.parse_args(argv)
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
 
     owner = as_keypair(a.keypair)
     extra = {"node_id": a.node_id} if a.node_id else {}
+    cheat = None
+    if a.cheat is not None:
+        from splitup.verify import cheats
+
+        cheat = cheats.perturb(0.05) if a.cheat == "perturb" else cheats.zeros()
     node = RecordingNode(NodeConfig(engine=a.engine, threads=a.threads, cache_dir=a.cache, store_url=a.store,
-                                    heartbeat_s=2.0, **extra))
+                                    heartbeat_s=2.0, **extra), cheat=cheat)
     primary = None if a.primary is None else {t for t in a.primary.split(",") if t}
     agent = MarketAgent(connect(a.rpc_url, owner, a.program_id), owner, node, a.store, poll_s=a.poll,
                         primary=primary)

@@ -23,6 +23,10 @@ def print_summary(s: Summary, console: Console | None = None, *, stopping: bool 
         tasks.add_column(col, justify="right" if col in ("VRAM", "price SOL") else "left")
     for t in s.tasks:
         posp = f"{t.verdict} ({t.validator})" if t.verdict != "none" else "not drawn"
+        if t.arbitration != "none":
+            posp += f"; arbiter: {t.arbitration.replace('_', ' ')}"
+        if t.node_slashed:
+            posp += f"; {t.executor} slashed {sol(t.node_slashed)}"
         tasks.add_row(str(t.index), t.layers, format_bytes(t.vram), t.executor,
                       posp if t.status == "SETTLED" else f"{posp}, {t.status}", sol(t.price))
     c.print(tasks)
@@ -49,6 +53,11 @@ def print_summary(s: Summary, console: Console | None = None, *, stopping: bool 
             f"{sol(s.treasury_after)}), refunded {sol(s.refund)}")
     c.print(f"[bold]Client[/bold]: {sol(s.client_before)} -> {sol(s.client_after)} SOL "
             f"({sol(s.client_after - s.client_before, True)}, transaction fees included)")
+    if s.cheater:
+        caught = [t for t in s.tasks if t.executor == s.cheater and t.status == "FAILED"]
+        c.print(f"[bold]Cheater[/bold]: {s.cheater} forwarded outputs perturbed by 5% of their RMS; "
+                + ("caught and slashed on chain." if caught else "not drawn for verification this time "
+                   "(each of its tasks is checked with the sampling probability)."))
     if s.identical:
         c.print("[bold green]The text is identical to the single-process run.[/bold green]")
     else:

@@ -34,6 +34,7 @@ from splitup.node.wire import Envelope
 from splitup.runtime import Runner
 from splitup.storage import fetch_task
 from splitup.verify.blobs import Blobs, BundleSource, HttpBlobs
+from splitup.verify.cheats import Cheat
 from splitup.verify.roles import Announcement, Arbiter, Executor, Validator
 from splitup.verify.transcript import Transcript
 
@@ -42,20 +43,29 @@ REPLAY_SUFFIX = ".replay"  # splitup.client.pipeline re-prefills a stand-in unde
 
 
 class RecordingNode(Node):
-    """A node that keeps, per (job, task), the inputs and outputs of every step it computed."""
+    """A node that keeps, per (job, task), the inputs and outputs of every step it computed.
 
-    def __init__(self, config: NodeConfig) -> None:
+    ``cheat`` (``splitup.verify.cheats``; the demo's ``--cheat``) makes it a dishonest node: what it
+    forwards and records are the cheat's outputs, as a real cheater's would be.
+    """
+
+    def __init__(self, config: NodeConfig, *, cheat: Cheat | None = None) -> None:
         super().__init__(config, on_hop=self._on_hop)
+        self.cheat = cheat
         self._local = threading.local()
         self._lock = threading.Lock()
         self.steps: dict[tuple[str, str], dict[int, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]] = {}
 
     def compute(self, env: Envelope, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self._local.inputs = tensors
+        self._local.inputs, self._local.reported = tensors, None
         try:
-            return super().compute(env, tensors)
+            sent = super().compute(env, tensors)
+            reported = self._local.reported
+            if self.cheat is not None and reported is not None:
+                sent = {k: reported.get(k, v) for k, v in sent.items()}
+            return sent
         finally:
-            self._local.inputs = None
+            self._local.inputs = self._local.reported = None
 
     def _on_hop(self, rec: HopRecord) -> None:
         task = self.runners[rec.task_id].task
@@ -66,6 +76,9 @@ class RecordingNode(Node):
         job = rec.job.removesuffix(REPLAY_SUFFIX)
         with self._lock:
             steps = self.steps.setdefault((job, rec.task_id), {})
+            if self.cheat is not None:
+                outs = self.cheat(len(steps), ins, outs)
+                self._local.reported = outs
             # A repeated step (a client retry) replaces the earlier one: nodes treat steps as idempotent.
             steps[rec.step if rec.step is not None else len(steps)] = (ins, outs)
 
