@@ -92,7 +92,8 @@ def cluster(plan, store_url, logs) -> Iterator[Cluster]:
     daemons = [
         start_node("a", logs, tasks=ids[:1], store=store_url),
         start_node("b", logs, tasks=ids[1:2], store=store_url, extra=["--max-sessions", "8"]),
-        start_node("c", logs, tasks=ids[2:], store=store_url, extra=["--max-body", "1MiB"]),
+        # c parks every result above 4 KiB (all full batch outputs) for the client to fetch directly
+        start_node("c", logs, tasks=ids[2:], store=store_url, extra=["--max-body", "1MiB", "--park-above", "4KiB"]),
         start_node("spare", logs, tasks=ids[1:], store=store_url),
     ]
     try:

@@ -19,6 +19,7 @@ def main(plan_dir: str, out: str, *route: str) -> None:
         tokens = client.generate([11, 22, 33], 12)
         logits = client.run({"input_ids": np.arange(8, dtype=np.int64).reshape(1, 8)}, outputs=["logits"])["logits"]
         nodes = [h["node"] for h in client.last_hops]
+        assert client.last_parked
     save_file({"tokens": np.asarray(tokens, np.int64), "logits": logits}, out, metadata={"nodes": ",".join(nodes)})
 
 

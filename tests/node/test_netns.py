@@ -92,7 +92,9 @@ def test_pipeline_across_network_namespaces(namespaces, plan_dir, plan, tmp_path
         _wait_log(store, "Uvicorn running on")
         for i, (ns, task) in enumerate(zip(nodes, plan.tasks, strict=True)):
             daemons.append(start_node(f"ns{i}", tmp_path, host=f"{SUBNET}.{11 + i}", port=8700,
-                                      tasks=[task.task_id], store=store.url, extra=["--log-level", "info"],
+                                      tasks=[task.task_id], store=store.url,
+                                      # the last node parks results: the client fetches them across namespaces
+                                      extra=["--log-level", "info", *(["--park-above", "1KiB"] if i == 2 else [])],
                                       prefix=["ip", "netns", "exec", ns]))
         for d in daemons[1:]:
             _wait_log(d, "Uvicorn running on")

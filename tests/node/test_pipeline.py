@@ -28,6 +28,7 @@ def test_batch_outputs_equal_the_single_process_run(plan, cluster, local):
     ref = local.run({"input_ids": ids})
     with PipelineClient(plan, cluster.route) as client:
         got = client.run({"input_ids": ids})
+        assert client.last_parked  # fetched from node c directly, not relayed through b and a
         assert [h["node"] for h in client.last_hops] == ["a", "b", "c"]
         assert all(h["ms"] >= 0 for h in client.last_hops)
     assert set(got) == set(ref)  # logits and every present.* cache

@@ -188,3 +188,18 @@ def test_executes_beyond_the_concurrency_limit_get_429(plan_dir, plan):
             r = client.post("/execute", content=body)
             assert r.status_code == status, r.text
             assert client.post("/execute", content=body).status_code == status  # the slot was given back
+
+
+def test_parked_results_are_taken_once_and_bounded():
+    import time
+
+    from splitup.node.node import ResultShelf
+
+    shelf = ResultShelf(max_bytes=10, ttl_s=0.2)
+    a = shelf.put(b"aaaa")
+    b = shelf.put(b"bbbb")
+    c = shelf.put(b"cccc")  # over 10 bytes together: the oldest goes
+    assert shelf.take(a) is None and shelf.take(b) == b"bbbb" and shelf.take(b) is None
+    assert shelf.put(b"x" * 11) is None
+    time.sleep(0.25)
+    assert shelf.take(c) is None  # expired

@@ -40,6 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--max-session-bytes", type=_byte_size, default=None, metavar="N",
                    help="budget for session KV caches (default: half the memory available at start)")
     s.add_argument("--max-concurrent", type=int, default=16, help="pipeline hops served at once; more get 429")
+    s.add_argument("--park-above", type=_byte_size, default=1 << 20, metavar="N",
+                   help="final results larger than this wait here for the client instead of travelling back")
     s.add_argument("--session-idle", type=float, default=300.0, metavar="S", help="idle seconds before a session is dropped")
     s.add_argument("--heartbeat", type=float, default=10.0, metavar="S", help="heartbeat interval")
     s.add_argument("--log-level", default="warning")
@@ -58,6 +60,7 @@ def start(args: argparse.Namespace) -> int:
     config = NodeConfig(engine=args.engine, threads=args.threads, cache_dir=args.cache, store_url=args.store,
                         max_body_bytes=args.max_body, max_sessions=args.max_sessions,
                         max_session_bytes=args.max_session_bytes, max_concurrent=args.max_concurrent,
+                        park_above_bytes=args.park_above,
                         session_idle_s=args.session_idle, heartbeat_s=args.heartbeat, **extra)
     task_ids = [t for t in args.tasks.split(",") if t]
     node = build_node(config, task_ids=task_ids, bundles=args.bundle)

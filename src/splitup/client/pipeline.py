@@ -22,7 +22,7 @@ import numpy as np
 
 from splitup.client.sampling import generate_tokens
 from splitup.errors import SplitUpError
-from splitup.node.app import CONTENT_TYPE, HOPS_HEADER
+from splitup.node.app import CONTENT_TYPE, HOPS_HEADER, PARKED_HEADER
 from splitup.node.wire import Envelope, Hop, decode, encode
 from splitup.partition.task import Plan, TaskDefinition
 
@@ -88,6 +88,7 @@ class PipelineClient:
         state_outputs = {present for t in plan.tasks for present in t.state.values()}
         self.stateless_outputs = [o.name for o in plan.outputs if o.name not in state_outputs]
         self.last_hops: list[dict[str, Any]] = []
+        self.last_parked = False
         self._http = httpx.Client(limits=httpx.Limits(max_keepalive_connections=64, max_connections=64))
 
     def close(self) -> None:
@@ -121,11 +122,25 @@ class PipelineClient:
             self.last_hops = json.loads(r.headers.get(HOPS_HEADER, "[]"))
             if r.status_code != 200:
                 raise _failure(r)
-            tensors_out, _ = decode(r.content)
+            content = r.content
+            self.last_parked = PARKED_HEADER in r.headers
+            if self.last_parked:
+                content = self._take_parked(r.headers[PARKED_HEADER], len(hops) - 1)
+            tensors_out, _ = decode(content)
             self._learn(hops, attempt)
             return tensors_out
         assert failure is not None
         raise failure
+
+    def _take_parked(self, url: str, hop: int) -> bytes:
+        """A large result the last node kept for us: fetched straight from it, not relayed along the route."""
+        try:
+            r = self._http.get(url, timeout=self.hop_timeout)
+        except httpx.HTTPError as exc:
+            raise NodeFailure(f"result at {url} unreachable: {exc!r}", hop=hop, kind="unreachable") from None
+        if r.status_code != 200:
+            raise NodeFailure(f"result at {url}: HTTP {r.status_code}", hop=hop, kind="lost_result")
+        return r.content
 
     def _learn(self, hops: list[Hop], first_attempt: int) -> None:
         """Endpoints that failed on the way (tried by us or by a node) go to the back of their lists, so the
@@ -160,6 +175,8 @@ class PipelineClient:
             try:
                 return self.call(hops, {n: feeds[n] for n in initial}, job)
             except NodeFailure as f:
+                if f.kind == "lost_result":  # the work is done and stateless: run it again
+                    continue
                 if f.kind not in REROUTABLE or f.hop is None:
                     raise
                 self._retire(f.hop, self.candidates[f.hop][0])
@@ -278,6 +295,8 @@ class GenerationSession:
                 out = c.call(self._hops(sends, len(sends) - 1, last=[c.logits_output]), {c.token_input: ids},
                              self.job)
             except NodeFailure as f:
+                if f.kind == "lost_result":  # every node ran the step: repeating it is idempotent
+                    continue
                 if f.hop is None or f.kind not in (*REROUTABLE, "session"):
                     raise
                 if f.kind != "session":  # the node failed, not just its session: use a stand-in

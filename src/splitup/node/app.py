@@ -28,6 +28,7 @@ from splitup.storage import StorageError
 
 log = logging.getLogger("splitup.node")
 HOPS_HEADER = "x-splitup-hops"
+PARKED_HEADER = "x-splitup-result"
 CONTENT_TYPE = "application/vnd.splitup.safetensors"
 
 
@@ -124,6 +125,14 @@ def create_app(node: Node, *, heartbeat: Callable[[dict[str, Any]], None] | None
         return JSONResponse({"session": session, "task_id": task_id, "idle_s": node.sessions.idle_s},
                             status_code=201)
 
+    @app.get("/results/{rid}")
+    def take_result(rid: str) -> Response:
+        body = node.shelf.take(rid)
+        if body is None:
+            return JSONResponse({"error": "result unknown, expired or already taken", "kind": "lost_result"},
+                                status_code=404)
+        return Response(body, media_type=CONTENT_TYPE)
+
     @app.delete("/sessions/{session_id}")
     def close_session(session_id: str) -> JSONResponse:
         if node.sessions.close(session_id):
@@ -160,7 +169,14 @@ def create_app(node: Node, *, heartbeat: Callable[[dict[str, Any]], None] | None
             ms = round((time.perf_counter() - t0) * 1000, 3)
             record = {"hop": hop, "node": node.config.node_id, "task": env.current.task[:16], "ms": ms}
             if hop + 1 == len(env.route):
-                return Response(encode(out), media_type=CONTENT_TYPE, headers={HOPS_HEADER: json.dumps([record])})
+                body = encode(out)
+                headers = {HOPS_HEADER: json.dumps([record])}
+                rid = node.shelf.put(body) if len(body) > node.config.park_above_bytes else None
+                if rid is not None:
+                    # The address the previous hop used for this node is one the route's client can use too.
+                    headers[PARKED_HEADER] = f"{str(request.base_url).rstrip('/')}/results/{rid}"
+                    body = b""
+                return Response(body, media_type=CONTENT_TYPE, headers=headers)
             return await _forward(request.app.state, env.next(), encode(out, env.next()), record)
         except HopFailed as exc:
             if exc.hop is None:
@@ -206,6 +222,8 @@ async def _forward(app_state: Any, env: Envelope, body: bytes, record: dict[str,
             continue
         hops = [record | ({"failover": attempt} if attempt else {}), *_hop_records(r)]
         headers = {HOPS_HEADER: json.dumps(hops)}
+        if PARKED_HEADER in r.headers:
+            headers[PARKED_HEADER] = r.headers[PARKED_HEADER]
         return Response(r.content, status_code=r.status, headers=headers,
                         media_type=r.headers.get("content-type", CONTENT_TYPE))
     assert failure is not None

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,11 @@ class NodeConfig:
     # cache and the copy kept for a retried step). None: half the memory available at start.
     max_session_bytes: int | None = None
     max_concurrent: int = 16
+    # Final results bigger than this wait on the last node for the client to fetch (GET /results/{id})
+    # instead of being relayed back through every node of the route.
+    park_above_bytes: int = 1 << 20
+    shelf_bytes: int = 1 << 30
+    shelf_ttl_s: float = 120.0
     session_idle_s: float = 300.0
     heartbeat_s: float = 10.0
     recent_hops: int = 4  # outputs can be large (logits, KV caches): keep only the last few
@@ -68,6 +74,7 @@ class Node:
             budget = free // 2 if free else None
         self.sessions = SessionStore(config.max_sessions, config.session_idle_s, max_bytes=budget)
         self.recent: deque[HopRecord] = deque(maxlen=config.recent_hops)
+        self.shelf = ResultShelf(config.shelf_bytes, config.shelf_ttl_s)
         self.on_hop = on_hop
         self.started = time.time()
         self.hops_done = 0
@@ -163,6 +170,39 @@ class Node:
         """The heartbeat payload: small, cheap to compute."""
         return {"node": self.config.node_id, "time": time.time(), "uptime_s": round(time.time() - self.started, 1),
                 "tasks": sorted(self.runners), "sessions": len(self.sessions), "hops_done": self.hops_done}
+
+
+class ResultShelf:
+    """Parked final results, each taken at most once; bounded in bytes and dropped after ``ttl_s``."""
+
+    def __init__(self, max_bytes: int, ttl_s: float) -> None:
+        self.max_bytes, self.ttl_s = max_bytes, ttl_s
+        self._items: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def put(self, body: bytes) -> str | None:
+        """Park ``body``; None when it cannot fit even after dropping older results."""
+        if len(body) > self.max_bytes:
+            return None
+        with self._lock:
+            now = time.monotonic()
+            while self._items and (self._bytes + len(body) > self.max_bytes
+                                   or next(iter(self._items.values()))[0] < now):
+                _, (_, old) = self._items.popitem(last=False)
+                self._bytes -= len(old)
+            rid = secrets.token_hex(16)
+            self._items[rid] = (now + self.ttl_s, body)
+            self._bytes += len(body)
+            return rid
+
+    def take(self, rid: str) -> bytes | None:
+        with self._lock:
+            item = self._items.pop(rid, None)
+            if item is None:
+                return None
+            self._bytes -= len(item[1])
+            return item[1] if item[0] >= time.monotonic() else None
 
 
 def memory_report() -> dict[str, int | None]:
