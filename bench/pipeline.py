@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -142,6 +143,7 @@ def main() -> None:
         for d in nodes:
             d.stop()
         store.stop()
+        shutil.rmtree(work, ignore_errors=True)  # bundles, store and node caches: several copies of the weights
 
     decode = hop_records[1:]
     compute = [sum(h["ms"] for h in r[:-1]) / 1000 for r in decode]
