@@ -88,3 +88,12 @@ def test_tokenizer_matches_transformers(smollm):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     assert smollm.chat_prompt(messages) == ref.apply_chat_template(messages, tokenize=False,
                                                                     add_generation_prompt=True)
+
+
+def test_cli_generates_the_greedy_continuation(smollm, monkeypatch, capsys):
+    from splitup.cli import main
+    from splitup.models import real
+
+    monkeypatch.setattr(real, "load_real_model", lambda name: smollm)  # the session's model, not a second load
+    assert main(["models", "generate", PROMPT, "--max-new-tokens", "32"]) == 0
+    assert capsys.readouterr().out == smollm.decode(CONTINUATION) + "\n"
