@@ -22,9 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", default=None, help="the user message (the model's chat template wraps it)")
     p.add_argument("--max-tokens", type=int, default=40)
     p.add_argument("--tasks", type=int, default=3, choices=(2, 3, 4), help="tasks to split the model into")
-    p.add_argument("--verify-rate-bps", type=int, default=5_000,
+    p.add_argument("--verify-rate-bps", type=int, default=None,
                    help="PoSP sampling rate for this demo's market (default 5000 = 50%%, so that a verification "
-                   "shows; the chain default is 800 = 8%%)")
+                   "shows, and 10000 with --cheat, so that the cheat is caught; the chain default is 800 = 8%%)")
     p.add_argument("--dir", type=Path, default=Path(".splitup/demo"), help="working directory (wiped first)")
     p.add_argument("--cheat", metavar="NODE", default=None, choices=("node-a", "node-b", "node-c", "node-d"),
                    help="make NODE dishonest (it forwards perturbed outputs) to watch PoSP catch and slash it")
@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
 
     opts = DemoOptions(smaller=args.smaller, workdir=args.dir, max_tokens=args.max_tokens, tasks=args.tasks,
-                       verify_rate_bps=args.verify_rate_bps, serve_console=args.serve, gateway_port=args.gateway_port,
+                       verify_rate_bps=args.verify_rate_bps if args.verify_rate_bps is not None else
+                       10_000 if args.cheat else 5_000, serve_console=args.serve, gateway_port=args.gateway_port,
                        cheater=args.cheat)
     if args.prompt:
         opts.prompt = args.prompt

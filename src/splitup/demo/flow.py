@@ -101,6 +101,7 @@ class Summary:
     rulings: int
     workdir: str
     cheater: str | None = None
+    ruling_notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -285,6 +286,8 @@ def run_demo(opts: DemoOptions, progress: Ui | None = None,
             slashed=sum(t.node_slashed + t.validator_slashed for t in report.tasks),
             rulings=len(net.arbiter.rulings) if net.arbiter else 0, workdir=str(root), timings=timings,
             cheater=opts.cheater,
+            ruling_notes=[f"task {i}: node {'honest' if honest else 'cheated'} ({why})"
+                          for _, i, honest, why in (net.arbiter.rulings if net.arbiter else [])],
         )
         timings["total"] = time.perf_counter() - t_start
         if inspect is not None:  # while the network still runs: tests read the chain themselves

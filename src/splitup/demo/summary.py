@@ -53,6 +53,8 @@ def print_summary(s: Summary, console: Console | None = None, *, stopping: bool 
             f"{sol(s.treasury_after)}), refunded {sol(s.refund)}")
     c.print(f"[bold]Client[/bold]: {sol(s.client_before)} -> {sol(s.client_after)} SOL "
             f"({sol(s.client_after - s.client_before, True)}, transaction fees included)")
+    for note in s.ruling_notes:
+        c.print(f"  arbiter on {note}")
     if s.cheater:
         caught = [t for t in s.tasks if t.executor == s.cheater and t.status == "FAILED"]
         c.print(f"[bold]Cheater[/bold]: {s.cheater} forwarded outputs perturbed by 5% of their RMS; "

@@ -286,14 +286,21 @@ class MarketAgent:
 
 
 class DisputeJudge:
-    """The market authority's ``Arbiter`` over every disputed task, in a background thread."""
+    """The market authority's ``Arbiter`` over every disputed task, in a background thread.
+
+    Tasks small enough are decided by ``onnx.reference``; for larger ones the Arbiter counts opinions,
+    and the authority gives its own: it re-executes the transcript on its own onnxruntime (off chain).
+    """
 
     def __init__(self, market: Market, authority: Keypair, store_url: str, cache_dir: Path, *,
                  poll_s: float = 0.5) -> None:
+        from splitup.runtime import get_engine
         from splitup.verify.blobs import store_bundles
 
         self.market = market
-        self.arbiter = Arbiter(market, authority, store_bundles(store_url, Path(cache_dir)), HttpBlobs(store_url))
+        bundles, blobs = store_bundles(store_url, Path(cache_dir)), HttpBlobs(store_url)
+        self.arbiter = Arbiter(market, authority, bundles, blobs)
+        self.own_check = Validator(market, authority, get_engine("onnxruntime"), bundles, blobs)
         self.poll_s = poll_s
         self.rulings: list[tuple[str, int, bool, str]] = []
         self._stop = threading.Event()
@@ -312,7 +319,8 @@ class DisputeJudge:
         while not self._stop.is_set():
             try:
                 for job, index in self.market.tasks_in(TaskStatus.DISPUTED):
-                    ruling = self.arbiter.arbitrate(job, index, fetch_announcement(self.market, job, index))
+                    ruling = self.arbiter.arbitrate(job, index, fetch_announcement(self.market, job, index),
+                                                    [self.own_check])
                     self.rulings.append((str(job), index, ruling.node_honest, ruling.reason))
             except Exception as exc:
                 log.warning("arbiter: %s: %s", type(exc).__name__, exc)
