@@ -17,16 +17,20 @@ from splitup.errors import SplitUpError
 
 # Import paths of the sub-command modules, in the order --help lists them.
 COMMANDS: tuple[str, ...] = (
+    # a model: split it, check it, the real ones
     "splitup.cli.plan",
-    "splitup.cli.econ",
     "splitup.cli.validate",
     "splitup.cli.models",
+    # running it: nodes and their blob store
+    "splitup.cli.node",
+    "splitup.cli.store",
+    # paying for it: the chain, wallets, the market program
     "splitup.cli.ledger",
     "splitup.cli.wallet",
     "splitup.cli.market",
-    "splitup.cli.node",
-    "splitup.cli.store",
+    # using it, the economics behind it, and all of it at once
     "splitup.cli.gateway",
+    "splitup.cli.econ",
     "splitup.cli.demo",
 )
 
