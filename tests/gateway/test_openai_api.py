@@ -103,3 +103,23 @@ def test_console_api_reports_the_jobs_settled_and_paid(env, oa) -> None:
     holders = [sum(t["index"] in h for h in env.net.holds) for t in models[0]["tasks"]]
     assert [len(t["holders"]) for t in models[0]["tasks"]] == holders and min(holders) >= 2
     assert [t["vram_bytes"] for t in models[0]["tasks"]] == [t.vram_bytes for t in env.net.plan.tasks]
+
+
+def test_a_stream_abandoned_midway_is_still_committed_and_settled(env) -> None:
+    body = {"model": "tiny-llama", "prompt": "abandon me", "max_tokens": 12, "temperature": 0, "stream": True}
+    with httpx.stream("POST", env.url + "/v1/completions", json=body, timeout=120) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                break  # one chunk, then hang up
+    deadline = time.monotonic() + 60
+    row: dict = {}
+    while time.monotonic() < deadline:
+        rows = [j for j in httpx.get(env.url + "/api/jobs", timeout=10).json() if j.get("prompt") == "abandon me"]
+        row = rows[0] if rows else {}
+        if row.get("state") in ("closed", "failed"):
+            break
+        time.sleep(0.3)
+    assert row.get("state") == "closed", row
+    # Every executor committed what it computed, so nobody was slashed and every task was paid.
+    assert [t["status"] for t in row["tasks"]] == ["SETTLED"] * 3
+    assert all(t["node_paid"] == t["price"] and t["node_slashed"] == 0 for t in row["tasks"])

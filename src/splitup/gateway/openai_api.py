@@ -139,9 +139,12 @@ class Run:
         events = svc.client.stream(req.model, ids, req.max_tokens, req.temperature, seed=req.seed, wait=False,
                                    on_job=on_job)
         stopped = False
+        t0 = time.perf_counter()
+        tokens = 0
         try:
             for e in events:
                 if isinstance(e, TokenEvent):
+                    tokens += e.token_id >= 0
                     if stopped or not e.text:
                         continue
                     # After a stop string the job still runs to its end (it is paid for) but nothing is shown.
@@ -161,6 +164,11 @@ class Run:
             if self.job:
                 svc.job_failed(self.job, f"{type(exc).__name__}: {exc}")
             raise
+        finally:
+            if self.job and self.completion is None:
+                events.close()  # the SDK has the executors commit what they computed
+                if tokens:  # the client went away mid-stream: settle the work that was done
+                    svc.job_generated(self.job, tokens, time.perf_counter() - t0)
 
     def _cut(self, piece: str) -> tuple[str, bool]:
         """The text that may be shown now, and whether a stop string ended the text.

@@ -55,6 +55,7 @@ class RecordingNode(Node):
         self._local = threading.local()
         self._lock = threading.Lock()
         self.steps: dict[tuple[str, str], dict[int, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]] = {}
+        self.last_hop: dict[tuple[str, str], float] = {}
 
     def compute(self, env: Envelope, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._local.inputs, self._local.reported = tensors, None
@@ -81,11 +82,13 @@ class RecordingNode(Node):
                 self._local.reported = outs
             # A repeated step (a client retry) replaces the earlier one: nodes treat steps as idempotent.
             steps[rec.step if rec.step is not None else len(steps)] = (ins, outs)
+            self.last_hop[(job, rec.task_id)] = time.monotonic()
 
     def transcript(self, job: str, index: int, task_id: str) -> Transcript:
         """Everything computed for (job, task) as a ``splitup.verify`` transcript; forgotten here."""
         with self._lock:
             steps = self.steps.pop((job, task_id), {})
+            self.last_hop.pop((job, task_id), None)
         t = Transcript(job, index, task_id)
         for _, (ins, outs) in sorted(steps.items()):
             t.add(ins, outs)
@@ -143,7 +146,7 @@ def fetch_announcement(market: Market, job: Pubkey, index: int, timeout: float =
 class MarketAgent:
     def __init__(self, market: Market, owner: Keypair, node: RecordingNode, store_url: str, *,
                  blobs: Blobs | None = None, poll_s: float = 0.25, validate: bool = True,
-                 primary: set[str] | None = None, standby_s: float = 3.0) -> None:
+                 primary: set[str] | None = None, standby_s: float = 3.0, idle_commit_s: float = 60.0) -> None:
         self.market, self.owner, self.node = market, owner, node
         self.address = market.node_address(owner.pubkey())
         blobs = blobs or HttpBlobs(store_url)
@@ -155,6 +158,10 @@ class MarketAgent:
         # Tasks held as a stand-in (not primary) are taken only when nobody else took them in standby_s.
         self.primary = primary
         self.standby_s = standby_s
+        # A client that vanishes never says "commit"; the node commits on its own after this much silence
+        # rather than be slashed for missing its deadline.
+        self.idle_commit_s = idle_commit_s
+        self.accepted: dict[tuple[str, int], Pubkey] = {}
         self.announced: dict[tuple[str, int], Announcement] = {}
         self.stats = {"accepted": 0, "committed": 0, "validated": 0, "disagreed": 0, "errors": 0}
         self.last_error = ""
@@ -189,6 +196,7 @@ class MarketAgent:
 
     # --- one look at the chain ----------------------------------------------------------------------------
     def tick(self) -> None:
+        self._commit_idle()
         me = self.owner.pubkey()
         held = set(self.node.runners)
         for job, info in self.market.jobs():
@@ -219,7 +227,24 @@ class MarketAgent:
             log.debug("accept %s #%d: %s", job, index, exc)
             return
         self.stats["accepted"] += 1
+        self.accepted[(str(job), index)] = job
         log.info("accepted %s task %d", job, index)
+
+    def _commit_idle(self) -> None:
+        now = time.monotonic()
+        for key, job in list(self.accepted.items()):
+            if key in self.announced:
+                self.accepted.pop(key, None)
+                continue
+            task_id = self.executor.task(job, key[1]).task_id
+            last = self.node.last_hop.get((key[0], task_id))
+            if last is not None and now - last > self.idle_commit_s:
+                log.warning("task %d of %s: no word from the client for %.0f s; committing", key[1], job, now - last)
+                try:
+                    self.commit(job, key[1])
+                except MarketError as exc:
+                    self._error(f"idle commit {job} #{key[1]}: {exc}")
+                self.accepted.pop(key, None)
 
     # --- executor -----------------------------------------------------------------------------------------
     def commit(self, job: Pubkey, index: int) -> Announcement:

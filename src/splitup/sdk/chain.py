@@ -61,7 +61,7 @@ class LockedTransport:
 
 def as_keypair(wallet: WalletLike) -> Keypair:
     """A keypair, or the path of a Solana CLI keypair file."""
-    return wallet if isinstance(wallet, Keypair) else load_keypair(Path(wallet))
+    return wallet if isinstance(wallet, Keypair) else load_keypair(Path(wallet).expanduser())
 
 
 def connect(rpc_url: str, payer: Keypair, program_id: Pubkey = DEFAULT_PROGRAM_ID, *,

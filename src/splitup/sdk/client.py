@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -39,6 +39,7 @@ from splitup.sdk.chain import WalletLike, as_keypair, connect
 from splitup.sdk.reports import JobReport, job_report
 
 DEFAULT_STORE_URL = "http://127.0.0.1:8600"
+log = logging.getLogger("splitup.sdk")
 _TERMINAL = (TaskStatus.SETTLED, TaskStatus.FAILED)
 
 
@@ -168,6 +169,12 @@ class Client:
             if r.status_code != 200:
                 raise JobError(f"task {i}: the executor at {urls[0]} did not commit: {r.text[:300]}")
 
+    def _finish_quietly(self, job: Pubkey, routes: Sequence[Sequence[str]]) -> None:
+        try:
+            self.finish(job, routes)
+        except (JobError, httpx.HTTPError) as exc:
+            log.warning("job %s: not every executor could commit: %s", job, exc)
+
     def wait(self, job: Pubkey, timeout: float = 300.0, *, model_name: str = "", task_ids: Sequence[str] = (),
              close: bool = True) -> JobReport:
         """Crank sampling and settlement until every task is final, then close the job (escrow rest returns).
@@ -289,18 +296,26 @@ class Client:
         out: list[int] = []
         finish = "length"
         detok = Detokenizer(tok)
-        with PipelineClient(entry.plan, routes, hop_timeout=self.hop_timeout) as pc, pc.session() as gen:
-            gen.job = str(job)  # nodes record their hops under the chain job they accepted
-            feed = np.asarray([ids], dtype=np.int64)
-            for _ in range(max_tokens):
-                logits = gen.step(feed)
-                token = pick_token(logits[0, -1], temperature=temperature, top_k=top_k, rng=rng)
-                if token in eos:
-                    finish = "stop"
-                    break
-                out.append(token)
-                yield TokenEvent(token, detok.push(token))
-                feed = np.asarray([[token]], dtype=np.int64)
+        complete = False
+        try:
+            with PipelineClient(entry.plan, routes, hop_timeout=self.hop_timeout) as pc, pc.session() as gen:
+                gen.job = str(job)  # nodes record their hops under the chain job they accepted
+                feed = np.asarray([ids], dtype=np.int64)
+                for _ in range(max_tokens):
+                    logits = gen.step(feed)
+                    token = pick_token(logits[0, -1], temperature=temperature, top_k=top_k, rng=rng)
+                    if token in eos:
+                        finish = "stop"
+                        break
+                    out.append(token)
+                    yield TokenEvent(token, detok.push(token))
+                    feed = np.asarray([[token]], dtype=np.int64)
+            complete = True
+        finally:
+            if not complete:
+                # Abandoned (the caller stopped reading, or a failure): the nodes did work they accepted on
+                # chain; let them commit it, or they would be slashed for missing their deadline.
+                self._finish_quietly(job, routes)
         generated = time.perf_counter()
         tail = detok.flush()
         if tail:
@@ -314,6 +329,3 @@ class Client:
                          job=str(job), seconds=generated - accepted, report=report, route=[r[0] for r in routes],
                          timings=timings)
 
-
-def wallet_path(path: str | Path) -> Path:
-    return Path(path).expanduser()
