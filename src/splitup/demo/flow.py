@@ -20,6 +20,7 @@ from solders.keypair import Keypair
 
 from splitup.demo.models import DemoModel, load_demo_model, node_budgets
 from splitup.demo.network import LocalMarket, local_market
+from splitup.units import format_bytes
 
 
 @dataclass
@@ -137,6 +138,15 @@ class Ui:
             self.console.print(text)
 
     @contextmanager
+    def status(self, what: str) -> Iterator[None]:
+        """A spinner for a step without a count (reading and dequantising the weights, planning)."""
+        if self.console is None:
+            yield
+            return
+        with self.console.status(what):
+            yield
+
+    @contextmanager
     def bar(self, what: str, total: int | None) -> Iterator[Callable[[int], None]]:
         if self.console is None:
             yield lambda n: None
@@ -221,12 +231,14 @@ def run_demo(opts: DemoOptions, progress: Ui | None = None,
     root.mkdir(parents=True)
 
     ui.say(f"[bold]1. Model[/bold]: loading {'the tiny zoo model' if opts.smaller else 'SmolLM2-135M from its package'}")
-    prep = prepare(root, opts.smaller, opts.tasks, opts.nodes, opts.workspace, opts.prompt)
+    with ui.status("reading the weights (dequantised once, then cached), building the graph, planning the split"):
+        prep = prepare(root, opts.smaller, opts.tasks, opts.nodes, opts.workspace, opts.prompt)
     model, budgets, prompt_ids = prep.model, prep.budgets, prep.prompt_ids
     plan = Plan.load(prep.plan_dir)
     ui.say(f"   split into {len(plan.tasks)} tasks for nodes of "
-           f"{', '.join(f'{b / 2**20:.0f} MiB' for b in budgets)}")
-    reference_ids, reference_seconds = reference_run(model, prompt_ids, opts.max_tokens)
+           f"{', '.join(format_bytes(b) for b in budgets)}")
+    with ui.status("generating with the whole model in one process (the reference)"):
+        reference_ids, reference_seconds = reference_run(model, prompt_ids, opts.max_tokens)
     reference_text = str(prep.tokenizer.decode(reference_ids, skip_special_tokens=True))
     ui.say(f"   single-process reference: {len(reference_ids)} tokens in {reference_seconds:.1f} s")
     model.graph = None  # type: ignore[assignment]  # free the whole model before the nodes load their parts

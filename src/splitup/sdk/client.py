@@ -29,7 +29,7 @@ from solders.pubkey import Pubkey
 from splitup.errors import SplitUpError
 from splitup.market.accounts import node_endpoint, node_specialized
 from splitup.market.constants import TaskStatus
-from splitup.market.errors import MarketError, TooEarlyError
+from splitup.market.errors import TooEarlyError, WrongTaskStateError
 from splitup.market.localnet import DEFAULT_RPC_URL
 from splitup.market.market import Market
 from splitup.market.transport import DEFAULT_PROGRAM_ID
@@ -194,11 +194,8 @@ class Client:
                         m.settle(job, i)
                     elif status != TaskStatus.OPEN and status not in _TERMINAL and m.t.slot() > t.deadline:
                         m.expire(job, i)
-                except TooEarlyError:
-                    pass  # the slot hash the draw needs does not exist yet
-                except MarketError as exc:
-                    if "WrongTaskState" not in type(exc).__name__:
-                        raise
+                except (TooEarlyError, WrongTaskStateError):
+                    pass  # no slot hash for the draw yet; or another party moved the task on meanwhile
             info = m.job(job)
             if all(TaskStatus(t.status) in _TERMINAL for t in info.tasks):
                 break
