@@ -14,7 +14,7 @@ from splitup.market import MarketParams
 from splitup.verify.blobs import plan_bundles
 from splitup.verify.cheats import zeros
 from splitup.verify.commitment import commitment
-from splitup.verify.roles import Announcement, Executor
+from splitup.verify.roles import Announcement, Executor, RoleError
 from splitup.verify.sandbox import ProtocolWorld, make_world, prompt, write_plan
 from splitup.verify.transcript import BadTranscript, Step, Transcript
 
@@ -230,7 +230,6 @@ def test_roles_work_over_a_store_server(plan_dir, tmp_path):
 def test_executor_commits_a_transcript_recorded_elsewhere(plan_dir, tmp_path):
     """The node daemon records calls in its own sessions; the executor only commits that record."""
     from splitup.runtime import run_stateful
-    from splitup.verify.roles import RoleError
 
     w = world(plan_dir, tmp_path)
     job = w.m.post_job(w.client, w.model, b"\4" * 32).address
@@ -255,3 +254,13 @@ def test_executor_commits_a_transcript_recorded_elsewhere(plan_dir, tmp_path):
     assert w.m.sample(job, 0)
     check = w.validators[1].validate(job, 0, ann)
     assert check.agree and check.calls == 2
+
+
+def test_executor_forgets_a_committed_task(plan_dir, tmp_path):
+    w = world(plan_dir, tmp_path)
+    job, ex, ann = committed_task(w)
+    assert ex.transcript(job, 0).commitment() == ann.commitment
+    ex.forget(job, 0)
+    with pytest.raises(RoleError, match="was not accepted"):
+        ex.transcript(job, 0)
+    assert Transcript.from_bytes(w.blobs.get(ann.transcript_sha, 1 << 24)).commitment() == ann.commitment

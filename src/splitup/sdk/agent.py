@@ -199,7 +199,9 @@ class MarketAgent:
         self._commit_idle()
         me = self.owner.pubkey()
         held = set(self.node.runners)
-        for job, info in self.market.jobs():
+        jobs = self.market.jobs()
+        self._forget_closed({str(job) for job, _ in jobs})
+        for job, info in jobs:
             if info.header.client == me:
                 continue  # a node may not work on its own job
             model = None
@@ -219,6 +221,12 @@ class MarketAgent:
                 elif t.node != self.address and (str(job), i) not in self._busy:
                     self._busy.add((str(job), i))
                     threading.Thread(target=self._validate, args=(job, i), daemon=True).start()
+
+    def _forget_closed(self, open_jobs: set[str]) -> None:
+        """A closed job's account is gone from the chain; what this node kept about it can go too."""
+        for table in (self.announced, self._first_seen):
+            for key in [k for k in table if k[0] not in open_jobs]:
+                table.pop(key, None)
 
     def _accept(self, job: Pubkey, index: int) -> None:
         try:
@@ -262,6 +270,7 @@ class MarketAgent:
                 raise MarketError(f"this node computed nothing for task {index} of {job}")
             self.executor.record(job, index, transcript)
             ann = self.executor.commit(job, index)
+            self.executor.forget(job, index)
             self.announced[key] = ann
             self.stats["committed"] += 1
             return ann

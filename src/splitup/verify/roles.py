@@ -188,6 +188,11 @@ class Executor:
         work.state.clear()  # the KV cache is no longer needed; the transcript is the record
         return Announcement(str(job), index, t.task_id, sha, c, t.fingerprints()).signed(self.owner)
 
+    def forget(self, job: Pubkey, index: int) -> None:
+        """Drop what is kept for a committed task: the blob store holds its transcript from now on, and
+        a long-running node must not keep every transcript it ever made."""
+        self._work.pop((str(job), index), None)
+
 
 @dataclass(frozen=True)
 class Check:
