@@ -8,7 +8,7 @@ error or Ctrl-C. The demo and the gateway/console tests both run on it.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,8 +82,10 @@ def placement(plan: Plan, budgets: list[int]) -> tuple[list[list[int]], list[lis
 @contextmanager
 def local_market(root: Path, model: DemoModel, plan_dir: Path, budgets: list[int], *, verify_rate_bps: int,
                  slot_ms: int = 100, ui: Any = None, arbiter: bool = True,
-                 cheaters: Mapping[str, str] | None = None) -> Iterator[LocalMarket]:
-    """``cheaters``: node name -> a cheat of ``splitup.demo.node --cheat`` (perturb, zeros) for that node."""
+                 cheaters: Mapping[str, str] | None = None,
+                 node_args: Mapping[str, Sequence[str]] | None = None) -> Iterator[LocalMarket]:
+    """``cheaters``: node name -> a cheat of ``splitup.demo.node --cheat`` (perturb, zeros) for that node;
+    ``node_args``: node name -> more ``splitup.demo.node`` options for it (``--engine tinygrad``, ``--threads 2``)."""
     from splitup.sdk.agent import DisputeJudge
     from splitup.sdk.catalog import publish_model
     from splitup.sdk.chain import connect
@@ -134,6 +136,7 @@ def local_market(root: Path, model: DemoModel, plan_dir: Path, budgets: list[int
                         "--stake", str((2 + k) * SOL), "--vram", str(budgets[k]), "--cache", str(root / "cache" / name)]
                 if cheaters and name in cheaters:
                     args += ["--cheat", cheaters[name]]
+                args += list((node_args or {}).get(name, ()))
                 nodes.append(procs.start(name, args, f"http://127.0.0.1:{port}"))
             _wait_nodes(procs, nodes, sum(len(h) for h in holds), ui)
             if arbiter:
