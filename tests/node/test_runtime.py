@@ -203,3 +203,41 @@ def test_parked_results_are_taken_once_and_bounded():
     assert shelf.put(b"x" * 11) is None
     time.sleep(0.25)
     assert shelf.take(c) is None  # expired
+
+
+def test_tinygrad_runs_from_any_thread(plan_dir, plan):
+    """A node compiles on HTTP workers and validation threads; tinygrad's sqlite kernel cache belongs to
+    one thread, so every call must reach the same tinygrad thread, whichever thread makes it."""
+    import threading
+
+    reason = available_engines()["tinygrad"]
+    if reason != "ok":
+        pytest.skip(f"tinygrad engine unavailable: {reason}")
+    task = plan.tasks[0]
+    runner = get_engine("tinygrad").load(task_dir(plan_dir, task))
+    rng = np.random.default_rng(1)
+    results: list = []
+    # Each length compiles new kernels, so each thread below touches tinygrad's cache afresh.
+    for seq in (3, 4, 6):
+        feeds = _feeds(task, seq, rng)
+        worker = threading.Thread(target=lambda f=feeds: results.append(run_stateful(runner, f, None)[0]))
+        worker.start()
+        worker.join(timeout=120)
+        here, _ = run_stateful(runner, _feeds(task, seq + 1, rng), None)
+        assert here
+    assert len(results) == 3, "a call from another thread failed"
+
+
+def test_tinygrad_without_a_compiler_is_reported_unavailable(tmp_path):
+    """With no clang on PATH and a cold kernel cache, the engine is 'unavailable', not a crash."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "CC"}
+    env["PATH"] = str(tmp_path)  # nothing to compile with
+    env["CACHEDB"] = str(tmp_path / "tinygrad-cache.db")
+    code = "from splitup.runtime import available_engines; print(available_engines()['tinygrad'])"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() != "ok"

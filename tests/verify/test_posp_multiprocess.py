@@ -19,7 +19,6 @@ fixed seed) the chain must show:
 from __future__ import annotations
 
 import math
-import os
 import random
 import sqlite3
 import time
@@ -85,16 +84,6 @@ class Run:
         return self.config.task_collateral * self.config.slash_bps // 10_000
 
 
-def _tinygrad_env() -> dict[str, str]:
-    """tinygrad's disk cache is one sqlite connection made by the first thread that compiles; the node
-    daemon compiles on request threads and validation threads, and a second thread then fails ("SQLite
-    objects created in a thread can only be used in that same thread"). Without the disk cache
-    (CACHELEVEL=0) tinygrad compiles in memory; its CPU device probe then needs a C compiler named in CC."""
-    from splitup.runtime.tiny import _find_cc
-
-    return {"CACHELEVEL": "0", "CC": os.environ.get("CC") or _find_cc() or "clang"}
-
-
 def _signatures(ledger_dir: Path) -> int:
     with sqlite3.connect(f"file:{ledger_dir / 'ledger.sqlite3'}?mode=ro", uri=True, timeout=10) as db:
         return int(db.execute("SELECT COUNT(*) FROM signatures").fetchone()[0])
@@ -121,41 +110,31 @@ def run(tmp_path_factory) -> Iterator[Run]:
     root = tmp_path_factory.mktemp("posp") / "run"
     root.mkdir()
     prep = prepare(root, smaller=True, tasks=3, nodes=4, workspace=0, prompt="unused")
-    env = _tinygrad_env() if TINYGRAD else {}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the node processes inherit it
-    try:
-        with local_market(root, prep.model, prep.plan_dir, prep.budgets, verify_rate_bps=RATE_BPS,
-                          cheaters={CHEATER: "perturb"}, node_args=NODE_ARGS) as net:
-            assert net.primary[net.node_names.index(CHEATER)] == [2]
-            market = connect(net.rpc_url, net.wallets["authority"])
-            # 40 slashes of 0.05 SOL would take 2 SOL: with 2 more staked the cheater stays above the
-            # minimum stake and keeps accepting its task in every job, whatever the draws.
-            market.add_stake(net.wallets[CHEATER], 2 * SOL)
-            engines = {c.name: httpx.get(c.url + "/capabilities", timeout=10).json()["engine"] for c in net.nodes}
-            names = {str(market.node_address(net.wallets[n].pubkey())): n for n in net.node_names}
-            ledger_dir = root / "ledger"
-            before = _snapshot(market, net.wallets, ledger_dir)
-            rng = random.Random(SEED)
-            eos = set(prep.model.eos_ids)
-            vocab = [i for i in range(prep.tokenizer.get_vocab_size()) if i not in eos]
-            prompts = [rng.choices(vocab, k=PROMPT_TOKENS) for _ in range(JOBS)]
-            reports = []
-            t0 = time.perf_counter()
-            with Client(net.rpc_url, net.wallets["client"], store_url=net.store_url) as client:
-                for prompt in prompts:
-                    *_, out = client.stream(prep.model.name, prompt, MAX_TOKENS)
-                    assert isinstance(out, Completion) and out.report is not None and out.report.closed
-                    reports.append(out.report)
-            seconds = time.perf_counter() - t0
-            after = _snapshot(market, net.wallets, ledger_dir)
-            yield Run(reports, names, before, after, market.config(), engines, seconds, prompts)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with local_market(root, prep.model, prep.plan_dir, prep.budgets, verify_rate_bps=RATE_BPS,
+                      cheaters={CHEATER: "perturb"}, node_args=NODE_ARGS) as net:
+        assert net.primary[net.node_names.index(CHEATER)] == [2]
+        market = connect(net.rpc_url, net.wallets["authority"])
+        # 40 slashes of 0.05 SOL would take 2 SOL: with 2 more staked the cheater stays above the
+        # minimum stake and keeps accepting its task in every job, whatever the draws.
+        market.add_stake(net.wallets[CHEATER], 2 * SOL)
+        engines = {c.name: httpx.get(c.url + "/capabilities", timeout=10).json()["engine"] for c in net.nodes}
+        names = {str(market.node_address(net.wallets[n].pubkey())): n for n in net.node_names}
+        ledger_dir = root / "ledger"
+        before = _snapshot(market, net.wallets, ledger_dir)
+        rng = random.Random(SEED)
+        eos = set(prep.model.eos_ids)
+        vocab = [i for i in range(prep.tokenizer.get_vocab_size()) if i not in eos]
+        prompts = [rng.choices(vocab, k=PROMPT_TOKENS) for _ in range(JOBS)]
+        reports = []
+        t0 = time.perf_counter()
+        with Client(net.rpc_url, net.wallets["client"], store_url=net.store_url) as client:
+            for prompt in prompts:
+                *_, out = client.stream(prep.model.name, prompt, MAX_TOKENS)
+                assert isinstance(out, Completion) and out.report is not None and out.report.closed
+                reports.append(out.report)
+        seconds = time.perf_counter() - t0
+        after = _snapshot(market, net.wallets, ledger_dir)
+        yield Run(reports, names, before, after, market.config(), engines, seconds, prompts)
 
 
 def binomial_region(n: int, p: float, alpha: float) -> tuple[int, int]:
