@@ -30,7 +30,7 @@ from tests.node.procs import start_node, start_store  # noqa: E402
 
 from splitup.client.pipeline import PipelineClient  # noqa: E402
 from splitup.client.sampling import generate_tokens  # noqa: E402
-from splitup.partition import PartitionError, analyze, partition  # noqa: E402
+from splitup.partition import analyze, budget_for_tasks  # noqa: E402
 from splitup.partition.local import LocalPipeline  # noqa: E402
 from splitup.partition.plan import make_plan  # noqa: E402
 from splitup.runtime import get_engine  # noqa: E402
@@ -49,18 +49,6 @@ def load_model(name: str, max_seq: int):  # noqa: ANN201 - (onnx model, prompt i
     return zoo.build(name, seed=0), [5, 17, 99, 3, 42, 7], f"{name} (seeded)"
 
 
-def budget_for(model, count: int) -> int:
-    a = analyze(model)
-    whole = partition(a, 2**40, workspace_bytes=0).segments[0].vram_bytes
-    for frac in np.linspace(0.95, 0.1, 86):
-        try:
-            if len(partition(a, int(whole * frac), workspace_bytes=0).segments) == count:
-                return int(whole * frac)
-        except PartitionError:
-            continue
-    raise SystemExit(f"no budget splits the model into {count} tasks")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m")
@@ -74,7 +62,7 @@ def main() -> None:
     console = Console()
     model, prompt, label = load_model(args.model, max_seq=64)
     work = Path(tempfile.mkdtemp(prefix="splitup-bench-"))
-    plan = make_plan(model, args.model, budget_for(model, args.nodes), workspace_bytes=0, out_dir=work / "plan").plan
+    plan = make_plan(model, args.model, budget_for_tasks(analyze(model), args.nodes), workspace_bytes=0, out_dir=work / "plan").plan
     del model
     publish_plan(work / "plan", BlobStore(work / "store"))
     store = start_store("store", work / "store", work)

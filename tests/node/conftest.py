@@ -9,11 +9,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from splitup.graph import zoo
-from splitup.partition import PartitionError, analyze, partition
+from splitup.partition import analyze, budget_for_tasks
 from splitup.partition.plan import make_plan
 from splitup.partition.task import Plan
 from splitup.storage import BlobStore, publish_plan
@@ -23,24 +22,11 @@ from .procs import Daemon, start_node, start_store
 MODEL = "tiny-llama"
 
 
-def budget_for(model, count: int) -> int:
-    """The largest budget (as a fraction of the whole model) that splits it into ``count`` tasks."""
-    a = analyze(model)
-    whole = partition(a, 2**40, workspace_bytes=0).segments[0].vram_bytes
-    for frac in np.linspace(0.95, 0.1, 86):
-        try:
-            if len(partition(a, int(whole * frac), workspace_bytes=0).segments) == count:
-                return int(whole * frac)
-        except PartitionError:
-            continue
-    raise AssertionError(f"no budget splits the model into {count} tasks")
-
-
 @pytest.fixture(scope="session")
 def plan_dir(tmp_path_factory) -> Path:
     model = zoo.build(MODEL, seed=0)
     out = tmp_path_factory.mktemp("plan")
-    plan = make_plan(model, MODEL, budget_for(model, 3), workspace_bytes=0, out_dir=out).plan
+    plan = make_plan(model, MODEL, budget_for_tasks(analyze(model), 3), workspace_bytes=0, out_dir=out).plan
     assert len(plan.tasks) == 3
     return out
 

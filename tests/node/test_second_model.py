@@ -10,18 +10,17 @@ import pytest
 from splitup.client.pipeline import PipelineClient
 from splitup.client.sampling import generate_tokens
 from splitup.graph import zoo
+from splitup.partition import analyze, budget_for_tasks
 from splitup.partition.local import LocalPipeline
 from splitup.partition.plan import make_plan
 from splitup.storage import BlobStore, publish_plan
-
-from .conftest import budget_for
 
 
 @pytest.fixture(scope="module")
 def gpt2(tmp_path_factory, store_dir, store_url, cluster):
     model = zoo.build("tiny-gpt2", seed=1)
     out = tmp_path_factory.mktemp("gpt2-plan")
-    plan = make_plan(model, "tiny-gpt2", budget_for(model, 4), workspace_bytes=0, out_dir=out).plan
+    plan = make_plan(model, "tiny-gpt2", budget_for_tasks(analyze(model), 4), workspace_bytes=0, out_dir=out).plan
     assert len(plan.tasks) == 4
     publish_plan(out, BlobStore(store_dir))  # the store process serves new blobs from its directory
     nodes = [cluster.a, cluster.b, cluster.c, cluster.spare]

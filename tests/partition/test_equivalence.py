@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from splitup.graph import zoo
-from splitup.partition import PartitionError, analyze, partition
+from splitup.partition import PartitionError, analyze, budget_for_tasks
 from splitup.partition.local import LocalPipeline
 from splitup.partition.plan import make_plan
 from splitup.partition.task import Plan, PlanError, load_task, task_dir
@@ -21,17 +21,14 @@ MODELS = {
 
 
 def budgets_for(model, counts=(2, 3, 4)):
-    """Budgets that give each wanted task count (the first fraction of the whole that does)."""
+    """A budget for each wanted task count that some budget gives exactly."""
     a = analyze(model)
-    whole = whole_vram(model)
     found = {}
-    for frac in np.linspace(0.95, 0.2, 40):
+    for n in counts:
         try:
-            n = len(partition(a, int(whole * frac), workspace_bytes=0).segments)
+            found[n] = budget_for_tasks(a, n)
         except PartitionError:
             continue
-        if n in counts and n not in found:
-            found[n] = int(whole * frac)
     return found
 
 

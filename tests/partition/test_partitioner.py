@@ -3,7 +3,7 @@ import math
 import pytest
 
 from splitup.graph import zoo
-from splitup.partition import PartitionError, analyze, partition
+from splitup.partition import PartitionError, analyze, budget_for_tasks, partition
 
 GiB = 2**30
 
@@ -59,3 +59,12 @@ def test_kv_cache_is_counted_at_the_declared_context():
     cfg = zoo.entry("tiny-llama").config
     per_layer = 2 * cfg.kv_heads * cfg.context * cfg.head_dim * 4
     assert part.segments[0].kv_cache_bytes == cfg.layers * per_layer
+
+
+def test_budget_for_tasks_finds_each_count_and_refuses_impossible_ones():
+    a = analyze(zoo.build("tiny-llama", seed=0))
+    for count in (1, 2, 3, 5):
+        budget = budget_for_tasks(a, count)
+        assert len(partition(a, budget, workspace_bytes=0).segments) == count
+    with pytest.raises(PartitionError, match="exactly 10000 tasks"):
+        budget_for_tasks(a, 10_000)

@@ -229,6 +229,30 @@ def partition(
     )
 
 
+def budget_for_tasks(analysis: GraphAnalysis, count: int, *, workspace_bytes: int = 0) -> int:
+    """A uniform budget under which the partitioner needs exactly ``count`` tasks.
+
+    The fewest tasks only fall as the budget grows, so a bisection over the budget finds one in a few
+    partitioner runs. Raises ``PartitionError`` when no budget gives exactly ``count`` (the count can
+    jump past it when the graph has few places to cut).
+    """
+    if count < 1:
+        raise PartitionError("a plan has at least one task")
+    lo, hi = 0, partition(analysis, 2**62, workspace_bytes=workspace_bytes).segments[0].vram_bytes
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        try:
+            n = len(partition(analysis, mid, workspace_bytes=workspace_bytes).segments)
+        except PartitionError:
+            n = count + 1  # too small for the largest single piece: more tasks than any budget gives
+        if n == count:
+            return mid
+        lo, hi = (mid, hi) if n > count else (lo, mid)
+    if count == 1:
+        return hi
+    raise PartitionError(f"no budget splits the model into exactly {count} tasks")
+
+
 def _explain_infeasible(costs: _Costs, largest: int, types: list[tuple[int, int | None]]) -> str:
     a = costs.a
     for name in sorted(a.initializers, key=a.nbytes, reverse=True)[:1]:
