@@ -49,3 +49,18 @@ def lamports_of(text: str) -> int:
     if value != value.to_integral_value() or value < 0:
         raise argparse.ArgumentTypeError(f"{text} SOL is not a whole number of lamports")
     return int(value)
+
+
+def amount_of(text: str) -> int:
+    """An amount as operators write it: ``2SOL``, ``0.5 sol`` (exact) or plain lamports (``1500000``).
+
+    Unlike ``lamports_of`` a bare number means lamports here: a stake typed without a unit must not
+    silently become a billion times larger."""
+    t = text.strip()
+    if t.lower().endswith("sol"):
+        return lamports_of(t[:-3].strip())
+    if t.lower().endswith("lamports"):
+        t = t[: -len("lamports")].strip()
+    if not t.isdigit():
+        raise argparse.ArgumentTypeError(f"not an amount: {text!r} (examples: 2SOL, 0.5sol, 1500000 lamports)")
+    return int(t)

@@ -5,16 +5,21 @@ from __future__ import annotations
 import argparse
 import hashlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
-from splitup.cli._market_opts import add_network, lamports_of, market_from, sol
+from splitup.cli._market_opts import add_network, amount_of, lamports_of, market_from, sol
+from splitup.errors import SplitUpError
 from splitup.market.accounts import node_endpoint
 from splitup.market.constants import TaskStatus
 from splitup.market.market import MarketParams
 from splitup.market.transport import program_bytes
 from splitup.market.wallet import default_keypair_path, load_keypair, save_keypair
+
+if TYPE_CHECKING:
+    from splitup.storage import BlobStore
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -63,6 +68,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     reg.add_argument("--vram-gib", type=int, required=True)
     reg.add_argument("--endpoint", default="")
     reg.set_defaults(func=cmd_register_node)
+
+    pub = sub.add_parser("publish", help="publish a written plan: bundles, tokenizer and manifest into a store, "
+                         "the model and its task prices on chain (your wallet owns it)")
+    add_network(pub)
+    pub.add_argument("plan", type=Path, metavar="PLAN_DIR", help="a plan written by `splitup plan --out`")
+    pub.add_argument("--store", required=True, metavar="URL|DIR",
+                     help="a writable store server (`splitup store serve --writable`) or a local store directory")
+    pub.add_argument("--price", type=amount_of, default=None, metavar="AMOUNT",
+                     help="one price per task (2SOL, 0.001sol or lamports; default: a base plus its compute)")
+    pub.add_argument("--model", default=None, metavar="NAME",
+                     help="take tokenizer, chat template and bos/eos ids from a shipped model (`splitup models`)")
+    pub.add_argument("--tokenizer", type=Path, default=None, metavar="FILE", help="a tokenizer.json instead")
+    pub.add_argument("--chat-template", type=Path, default=None, metavar="FILE", help="a Jinja chat template")
+    pub.add_argument("--eos-ids", default=None, metavar="IDS", help="comma-separated end-of-sequence token ids")
+    pub.add_argument("--bos-id", type=int, default=None)
+    pub.add_argument("--kind", choices=("decoder", "graph"), default=None,
+                     help="decoder: text generation with a KV cache; graph: one pass (default: decoder when "
+                     "there is a tokenizer)")
+    pub.add_argument("--description", default=None)
+    pub.set_defaults(func=cmd_publish)
 
     job = sub.add_parser("job", help="show a job and its tasks")
     add_network(job)
@@ -130,6 +155,76 @@ def cmd_register_node(args: argparse.Namespace) -> int:
     res = m.register_node(m.payer, args.stake, args.vram_gib << 30, 1, args.endpoint)
     print(f"node {res.address} registered with {sol(args.stake)} staked")
     return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from splitup.partition.task import Plan
+    from splitup.sdk.catalog import publish_model
+    from splitup.storage import BlobStore
+
+    plan = Plan.load(args.plan)  # before touching the chain or the store: a wrong directory fails first
+    tokenizer, template, bos, eos, description = None, None, None, (), ""
+    if args.model is not None:
+        if args.model != plan.model:
+            # Another model's tokenizer would decode this plan's token ids into nonsense, silently.
+            raise SplitUpError(f"--model {args.model}: the plan in {args.plan} is of {plan.model}")
+        from splitup.models.real import import_weights
+        from splitup.models.registry import spec
+
+        imported = import_weights(args.model)  # cached after the first import; no graph is built
+        tokenizer, template, bos, eos = (imported.tokenizer_json, imported.chat_template, imported.bos_id,
+                                         imported.eos_ids)
+        description = spec(args.model).description
+    if args.tokenizer is not None:
+        tokenizer = _read_text(args.tokenizer, "tokenizer")
+    if args.chat_template is not None:
+        template = _read_text(args.chat_template, "chat template")
+    if args.bos_id is not None:
+        bos = args.bos_id
+    if args.eos_ids is not None:
+        try:
+            eos = tuple(int(x) for x in args.eos_ids.split(",") if x)
+        except ValueError:
+            raise SplitUpError(f"--eos-ids: not a list of token ids: {args.eos_ids!r}") from None
+    kind = args.kind or ("decoder" if tokenizer is not None else "graph")
+    if kind == "decoder" and tokenizer is None:
+        raise SplitUpError("a decoder needs a tokenizer: --model NAME or --tokenizer tokenizer.json")
+    pricing = {} if args.price is None else {"base_price": args.price, "lamports_per_gflop": 0}
+    m = market_from(args)
+    remote = args.store.startswith(("http://", "https://"))
+    with tempfile.TemporaryDirectory(prefix="splitup-publish-") as tmp:
+        # publish_model writes into a local store; for a server it is staged here and uploaded after the
+        # chain registration. Should an upload fail, running the same command again completes it (the
+        # registration is skipped when the model exists, and every blob is named by its hash).
+        store = BlobStore(Path(tmp) if remote else Path(args.store))
+        published = publish_model(m, m.payer, args.plan, store, kind=kind, tokenizer_json=tokenizer,
+                                  chat_template=template, bos_id=bos, eos_ids=eos,
+                                  description=args.description if args.description is not None else description,
+                                  **pricing)
+        if remote:
+            _upload_all(store, args.store)
+    print(f"model {plan.model} ({kind}) at {published.address}")
+    print(f"model hash {published.manifest_sha256} (sha256 of its manifest in the store)")
+    for t, price in zip(published.plan.tasks, published.prices, strict=True):
+        print(f"  task {t.index}: {t.task_id}  vram {t.vram_bytes >> 20} MiB  price {sol(price)}")
+    return 0
+
+
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SplitUpError(f"cannot read the {what} {path}: {exc}") from None
+
+
+def _upload_all(store: BlobStore, url: str) -> None:
+    from splitup.storage import BlobClient
+
+    with BlobClient(url) as client:
+        for blob in sorted((store.root / "blobs").glob("*/*")):
+            client.put(blob)
 
 
 def cmd_job(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 
+from splitup.cli._market_opts import add_network, amount_of
 from splitup.errors import SplitUpError
 from splitup.units import BadByteSize, parse_bytes
 
@@ -45,16 +46,48 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--session-idle", type=float, default=300.0, metavar="S", help="idle seconds before a session is dropped")
     s.add_argument("--heartbeat", type=float, default=10.0, metavar="S", help="heartbeat interval")
     s.add_argument("--log-level", default="warning")
+    m = s.add_argument_group("market node (--market): the daemon plus its operator's market agent")
+    m.add_argument("--market", action="store_true",
+                   help="register and stake on chain, specialise in --tasks, accept, commit and validate jobs")
+    add_network(m)
+    m.add_argument("--stake", type=amount_of, default=None, metavar="AMOUNT",
+                   help="stake when registering: 2SOL, 0.5sol or lamports (a registered node keeps its stake)")
+    m.add_argument("--vram", type=_byte_size, default=None, metavar="N", help="(V)RAM declared on chain, e.g. 8GiB")
+    m.add_argument("--primary", default=None, metavar="IDS",
+                   help="comma-separated task ids taken at once (default: all --tasks; others only as a stand-in)")
+    m.add_argument("--poll", type=float, default=0.25, metavar="S", help="seconds between looks at the chain")
     s.set_defaults(func=start)
     q = sub.add_parser("status", help="print a node's capability report")
     q.add_argument("--url", default="http://127.0.0.1:8700")
     q.set_defaults(func=status)
 
 
+def _ids(text: str) -> list[str]:
+    return [t for t in text.split(",") if t]
+
+
+def _check_market_args(args: argparse.Namespace) -> None:
+    """What --market needs, and market options given without it (silently ignoring them would surprise)."""
+    if not args.market:
+        given = [o for o, v in (("--stake", args.stake), ("--vram", args.vram), ("--primary", args.primary),
+                                ("--keypair", args.keypair)) if v is not None]
+        if given:
+            raise SplitUpError(f"{', '.join(given)} only apply with --market")
+        return
+    missing = [o for o, v in (("--store", args.store), ("--stake", args.stake), ("--vram", args.vram)) if v is None]
+    if missing:
+        raise SplitUpError(f"--market needs {', '.join(missing)}")
+    if not _ids(args.tasks):
+        raise SplitUpError("--market needs --tasks: the task ids this node preloads and specialises in")
+    if args.bundle:
+        raise SplitUpError("--bundle does not apply with --market: a market node fetches its tasks by id from --store")
+
+
 def start(args: argparse.Namespace) -> int:
     from splitup.node.node import NodeConfig
     from splitup.node.serve import build_node, serve
 
+    _check_market_args(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     extra = {"node_id": args.node_id} if args.node_id else {}
     config = NodeConfig(engine=args.engine, threads=args.threads, cache_dir=args.cache, store_url=args.store,
@@ -62,7 +95,17 @@ def start(args: argparse.Namespace) -> int:
                         max_session_bytes=args.max_session_bytes, max_concurrent=args.max_concurrent,
                         park_above_bytes=args.park_above,
                         session_idle_s=args.session_idle, heartbeat_s=args.heartbeat, **extra)
-    task_ids = [t for t in args.tasks.split(",") if t]
+    task_ids = _ids(args.tasks)
+    if args.market:
+        from splitup.market.wallet import default_keypair_path, load_keypair
+        from splitup.node.market import serve_market_node
+
+        owner = load_keypair(args.keypair or default_keypair_path())
+        serve_market_node(config, owner, rpc_url=args.rpc_url, program_id=args.program_id, store_url=args.store,
+                          host=args.host, port=args.port, task_ids=task_ids, stake=args.stake, vram=args.vram,
+                          primary=None if args.primary is None else _ids(args.primary), poll_s=args.poll,
+                          log_level=args.log_level)
+        return 0
     node = build_node(config, task_ids=task_ids, bundles=args.bundle)
     serve(node, args.host, args.port, log_level=args.log_level)
     return 0

@@ -1,11 +1,10 @@
-"""A market node process: the node daemon (``splitup.node``) plus its operator's market agent.
+"""The demo's market node process: ``splitup.node.market`` with plain lamports and bytes, plus ``--cheat``.
 
     python -m splitup.demo.node --keypair node.json --rpc-url URL --store URL --port 8701 \
         --tasks ID,ID --stake LAMPORTS --vram BYTES
 
-It serves at once (``/health``), then in the background preloads its tasks from the blob store,
-registers and stakes on chain if it is not registered yet, declares the tasks it specialises in, and
-starts accepting and validating work. ``GET /market/agent`` reports how far it got.
+Operators run the same node as ``splitup node start --market``; this entry point stays for the demo and
+tests because it can also be a dishonest node (``--cheat``), which the real command line does not offer.
 """
 
 from __future__ import annotations
@@ -13,51 +12,16 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import threading
 from pathlib import Path
-from typing import Any
 
-import uvicorn
 from solders.pubkey import Pubkey
 
+from splitup.errors import SplitUpError
 from splitup.market.localnet import DEFAULT_RPC_URL
 from splitup.market.transport import DEFAULT_PROGRAM_ID
-from splitup.node.app import create_app
+from splitup.node.market import serve_market_node
 from splitup.node.node import NodeConfig
-from splitup.sdk.agent import MarketAgent, RecordingNode
-from splitup.sdk.chain import as_keypair, connect
-
-log = logging.getLogger("splitup.demo.node")
-
-
-class Startup:
-    """Preload, register, specialise, then start the agent; progress readable while it runs."""
-
-    def __init__(self, agent: MarketAgent, task_ids: list[str], stake: int, vram: int, endpoint: str) -> None:
-        self.agent, self.task_ids, self.stake, self.vram, self.endpoint = agent, task_ids, stake, vram, endpoint
-        self.preloaded = 0
-        self.phase = "starting"
-        self.error = ""
-
-    def run(self) -> None:
-        try:
-            node, market, owner = self.agent.node, self.agent.market, self.agent.owner
-            self.phase = "preloading"
-            for task_id in self.task_ids:
-                node.preload(task_id)
-                self.preloaded += 1
-            self.phase = "registering"
-            if market.t.get_account(market.node_address(owner.pubkey())) is None:
-                market.register_node(owner, self.stake, self.vram, 1, self.endpoint)
-            market.specialize(owner, [bytes.fromhex(t) for t in self.task_ids])
-            self.agent.start()
-            self.phase = "ready"
-        except Exception as exc:
-            self.phase, self.error = "failed", f"{type(exc).__name__}: {exc}"
-            log.exception("node startup failed")
-
-    def report(self) -> dict[str, Any]:
-        return {"phase": self.phase, "preloaded": self.preloaded, "tasks": len(self.task_ids), "error": self.error}
+from splitup.sdk.chain import as_keypair
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,28 +48,23 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
 
-    owner = as_keypair(a.keypair)
-    extra = {"node_id": a.node_id} if a.node_id else {}
     cheat = None
     if a.cheat is not None:
         from splitup.verify import cheats
 
         cheat = cheats.perturb(0.05) if a.cheat == "perturb" else cheats.zeros()
-    node = RecordingNode(NodeConfig(engine=a.engine, threads=a.threads, cache_dir=a.cache, store_url=a.store,
-                                    heartbeat_s=2.0, **extra), cheat=cheat)
-    primary = None if a.primary is None else {t for t in a.primary.split(",") if t}
-    agent = MarketAgent(connect(a.rpc_url, owner, a.program_id), owner, node, a.store, poll_s=a.poll,
-                        primary=primary)
-    endpoint = f"http://{a.host}:{a.port}"
-    startup = Startup(agent, [t for t in a.tasks.split(",") if t], a.stake, a.vram, endpoint)
-    app = create_app(node, heartbeat=lambda status: None)
-    app.include_router(agent.router())
-    app.add_api_route("/market/startup", startup.report, methods=["GET"])
-    threading.Thread(target=startup.run, name="splitup-node-startup", daemon=True).start()
+    extra = {"node_id": a.node_id} if a.node_id else {}
+    config = NodeConfig(engine=a.engine, threads=a.threads, cache_dir=a.cache, store_url=a.store,
+                        heartbeat_s=2.0, **extra)
     try:
-        uvicorn.run(app, host=a.host, port=a.port, log_level="warning", access_log=False, timeout_keep_alive=30)
-    finally:
-        agent.stop()
+        serve_market_node(config, as_keypair(a.keypair), rpc_url=a.rpc_url, program_id=a.program_id,
+                          store_url=a.store, host=a.host, port=a.port, task_ids=[t for t in a.tasks.split(",") if t],
+                          stake=a.stake, vram=a.vram,
+                          primary=None if a.primary is None else [t for t in a.primary.split(",") if t],
+                          poll_s=a.poll, cheat=cheat)
+    except SplitUpError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
