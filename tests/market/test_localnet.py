@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from hypothesis import strategies as st
 from market_world import SOL, h
 from solders.keypair import Keypair
 
+from splitup.demo.procs import free_port
 from splitup.market.errors import AlreadyInitializedError, NothingToWithdrawError, TransactionFailed
 from splitup.market.layout import ModelTask
 from splitup.market.localnet.b58 import b58decode, b58encode
@@ -24,12 +24,6 @@ from splitup.market.localnet.run import running
 from splitup.market.market import Market, MarketParams
 from splitup.market.rpc import RpcTransport
 from splitup.market.transport import DEFAULT_PROGRAM_ID
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @given(st.binary(max_size=80))

@@ -163,10 +163,10 @@ def _wait_nodes(procs: Processes, nodes: list[Child], total: int, ui: Any, timeo
             failed = [(c.name, s["error"]) for c, s in zip(nodes, states, strict=True) if s["phase"] == "failed"]
             if failed:
                 raise ProcessError(f"node startup failed: {failed}")
+            for c in nodes:
+                c.check_alive()  # before trusting "ready": a dead node's port may answer for another
             if all(s["phase"] == "ready" for s in states):
                 return
-            for c in nodes:
-                c.check_alive()
             if time.perf_counter() - t0 > timeout:
                 raise ProcessError(f"nodes not ready after {timeout:.0f} s")
             time.sleep(0.2)

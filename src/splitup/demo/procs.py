@@ -25,10 +25,23 @@ class ProcessError(SplitUpError):
     """A child process exited early or never became ready."""
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nobody listens on, never the same twice in this process.
+
+    Between this call and the child binding the port, the kernel may hand the same free port out again
+    (several daemons start within milliseconds): two children on one port, one of them dead, and a
+    health check answered by the other. Remembering what was handed out closes that window here.
+    """
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 @dataclass
