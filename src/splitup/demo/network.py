@@ -138,7 +138,7 @@ def local_market(root: Path, model: DemoModel, plan_dir: Path, budgets: list[int
                     args += ["--cheat", cheaters[name]]
                 args += list((node_args or {}).get(name, ()))
                 nodes.append(procs.start(name, args, f"http://127.0.0.1:{port}"))
-            _wait_nodes(procs, nodes, sum(len(h) for h in holds), ui)
+            _wait_nodes(procs, nodes, sum(len(h) for h in holds), ui, [str(wallets[n].pubkey()) for n in names])
             if arbiter:
                 judge = DisputeJudge(connect(ledger.url, authority), authority, storep.url, root / "cache" / "arbiter")
                 judge.start()
@@ -149,7 +149,8 @@ def local_market(root: Path, model: DemoModel, plan_dir: Path, budgets: list[int
                 judge.stop()
 
 
-def _wait_nodes(procs: Processes, nodes: list[Child], total: int, ui: Any, timeout: float = 300.0) -> None:
+def _wait_nodes(procs: Processes, nodes: list[Child], total: int, ui: Any, owners: list[str],
+                timeout: float = 300.0) -> None:
     from contextlib import nullcontext
 
     t0 = time.perf_counter()
@@ -166,6 +167,11 @@ def _wait_nodes(procs: Processes, nodes: list[Child], total: int, ui: Any, timeo
             for c in nodes:
                 c.check_alive()  # before trusting "ready": a dead node's port may answer for another
             if all(s["phase"] == "ready" for s in states):
+                for c, owner in zip(nodes, owners, strict=True):
+                    answered = httpx.get(c.url + "/market/agent", timeout=5).json().get("owner")
+                    if answered != owner:
+                        raise ProcessError(f"{c.name}'s port is answered by the node of {answered}, not {owner}; "
+                                           f"its log:\n{c.tail()}")
                 return
             if time.perf_counter() - t0 > timeout:
                 raise ProcessError(f"nodes not ready after {timeout:.0f} s")
