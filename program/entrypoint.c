@@ -12,7 +12,7 @@ static const Route ROUTES[] = {
     [IX_BEGIN_UNSTAKE] = {ix_begin_unstake, 3},   [IX_WITHDRAW] = {ix_withdraw, 2},
     [IX_SPECIALIZE] = {ix_specialize, 2},         [IX_POST_JOB] = {ix_post_job, 6},
     [IX_ACCEPT_TASK] = {ix_accept_task, 5},       [IX_COMMIT_RESULT] = {ix_commit_result, 3},
-    [IX_SAMPLE] = {ix_sample, 3},                 [IX_ASSIGN_VALIDATOR] = {ix_assign_validator, 4},
+    [IX_SAMPLE] = {ix_sample, 3},                 [IX_ASSIGN_VALIDATOR] = {ix_assign_validator, 5},
     [IX_SUBMIT_VERDICT] = {ix_submit_verdict, 3}, [IX_ARBITRATE] = {ix_arbitrate, 3},
     [IX_SETTLE] = {ix_settle, 7},                 [IX_EXPIRE] = {ix_expire, 3},
     [IX_CLOSE_JOB] = {ix_close_job, 3},           [IX_COLLECT_FEES] = {ix_collect_fees, 3},

@@ -90,6 +90,7 @@
 #define E_WRONG_NODE 26
 #define E_TOO_LATE 27
 #define E_BAD_PROGRAM 28
+#define E_NOT_SPECIALIZED 29
 
 typedef struct {
   uint8_t tag;  /* @0 */

@@ -76,7 +76,15 @@ uint64_t ix_sample(Ctx *c) {
   return 0;
 }
 
-/* accounts: 0 validator owner (signer), 1 validator node (w), 2 job (w), 3 config */
+/* Whether the node declared (`specialize`) the task id: it holds that task's weights. */
+static bool holds_task(const Node *n, const uint8_t *task_id) {
+  uint64_t count = n->special_count < MAX_SPECIALIZED ? n->special_count : MAX_SPECIALIZED;
+  for (uint64_t i = 0; i < count; i++)
+    if (pubkey_eq((const SolPubkey *)(n->specialized + i * 32), (const SolPubkey *)task_id)) return true;
+  return false;
+}
+
+/* accounts: 0 validator owner (signer), 1 validator node (w), 2 job (w), 3 config, 4 the job's model */
 uint64_t ix_assign_validator(Ctx *c) {
   SolAccountInfo *ka = c->p->ka;
   TaskArgs a;
@@ -84,17 +92,24 @@ uint64_t ix_assign_validator(Ctx *c) {
   Node *v;
   JobHeader *j;
   Config *cfg;
+  ModelHeader *m;
   TaskSlot *t;
   TRY(need_signer(&ka[0]));
   TRY(load_node(c, &ka[1], true, &v));
   TRY(load_job(c, &ka[2], true, &j));
   TRY(load_config(c, &ka[3], false, &cfg));
+  TRY(load_model(c, &ka[4], &m));
   if (!pubkey_eq(ka[0].key, (const SolPubkey *)v->owner)) return E_UNAUTHORIZED;
+  if (!pubkey_eq(ka[4].key, (const SolPubkey *)j->model)) return E_WRONG_ACCOUNT_TYPE;
   TRY(job_task(j, a.index, &t));
   if (t->status != ST_SAMPLED) return E_WRONG_TASK_STATE;
   /* one node per owner (the PDA is seeded by the owner), so a different node is a different owner */
   if (pubkey_eq(ka[1].key, (const SolPubkey *)t->node)) return E_SELF_VALIDATION;
   if (pubkey_eq(ka[0].key, (const SolPubkey *)j->client)) return E_SELF_VALIDATION;
+  /* the validator re-executes the task, so it must hold it (docs/posp.md: "among staked nodes holding
+     that task"); a job's task count equals its model's (post_job), the bound is checked anyway */
+  if (a.index >= m->task_count) return E_BAD_TASK_INDEX;
+  if (!holds_task(v, model_tasks(m)[a.index].task_id)) return E_NOT_SPECIALIZED;
   uint64_t free_stake, locked, deadline;
   TRY(sub64(v->stake, v->locked, &free_stake));
   if (v->stake < cfg->min_stake || free_stake < cfg->task_collateral) return E_INSUFFICIENT_STAKE;

@@ -63,9 +63,10 @@ def make_world(params: MarketParams | None = None, n_nodes: int = 3, stake: int 
         t.airdrop(w.pubkey(), 100 * SOL)
     m = Market(t, DEFAULT_PROGRAM_ID, payer)
     m.init_config(authority, params)
+    tasks = [ModelTask(task_id=h(f"task{i}"), vram=8 << 30, price=p) for i, p in enumerate(PRICES)]
     for i, n in enumerate(nodes):
         m.register_node(n, stake, vram=24 << 30, engines=1, endpoint=f"http://node{i}:8000")
-    tasks = [ModelTask(task_id=h(f"task{i}"), vram=8 << 30, price=p) for i, p in enumerate(PRICES)]
+        m.specialize(n, [task.task_id for task in tasks])  # every node holds every task (assign_validator checks)
     res = m.register_model(client, h("model"), tasks)
     assert res.address is not None
     return World(t, m, params, authority, client, nodes, res.address, wallets)

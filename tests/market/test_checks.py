@@ -14,6 +14,7 @@ from solders.sysvar import CLOCK
 
 from splitup.market import errors as E
 from splitup.market import instructions as ix
+from splitup.market.constants import TaskStatus
 from splitup.market.layout import JobHeader, ModelTask
 from splitup.market.market import MarketParams
 
@@ -146,6 +147,41 @@ def test_validator_may_not_judge_its_own_task_nor_the_client(always_verify: Worl
         m.assign_validator(w.client, job, 0)
     with pytest.raises(E.SelfValidationError):  # nor work on its own job
         m.accept_task(w.client, job, 1)
+
+
+def test_validator_must_hold_the_task(always_verify: World) -> None:
+    """A staked, eligible node that does not specialise in the task is refused; one holding it is assigned."""
+    w = always_verify
+    m = w.m
+    job = committed(w, index=1)
+    m.sample(job, 1)
+    task1 = m.model(w.model).tasks[1].task_id
+    m.specialize(w.nodes[1], [h("task0"), h("task2")])  # other tasks of the model, not task 1
+    m.specialize(w.nodes[2], [h("elsewhere"), task1])
+    with pytest.raises(E.NotSpecializedError):
+        m.assign_validator(w.nodes[1], job, 1)
+    m.specialize(w.nodes[1], [])
+    with pytest.raises(E.NotSpecializedError):  # nor a node that declares nothing
+        m.assign_validator(w.nodes[1], job, 1)
+    assert m.node(w.nodes[1].pubkey()).locked == 0 and m.job(job).tasks[1].status == TaskStatus.SAMPLED
+    m.assign_validator(w.nodes[2], job, 1)
+    t = m.job(job).tasks[1]
+    assert t.status == TaskStatus.VALIDATING and t.validator == m.node_address(w.nodes[2].pubkey())
+
+
+def test_assign_validator_needs_the_jobs_model(always_verify: World) -> None:
+    w = always_verify
+    m = w.m
+    job = committed(w)
+    m.sample(job, 0)
+    ids = [task.task_id for task in m.model(w.model).tasks]
+    other = m.register_model(w.client, h("another model"), [ModelTask(task_id=t, vram=1, price=1) for t in ids])
+    assert other.address is not None
+    with pytest.raises(E.WrongAccountTypeError):
+        w.t.send([ix.assign_validator(m.program_id, w.nodes[1].pubkey(), job, other.address, 0)], [w.nodes[1]])
+    with pytest.raises(E.WrongAccountTypeError):  # not a model account at all
+        w.t.send([ix.assign_validator(m.program_id, w.nodes[1].pubkey(), job, job, 0)], [w.nodes[1]])
+    m.assign_validator(w.nodes[1], job, 0)
 
 
 def test_only_the_assigned_validator_and_the_arbiter_decide(always_verify: World) -> None:

@@ -47,6 +47,7 @@ def test_lifecycle_over_json_rpc(tmp_path: Path) -> None:
         m.init_config(authority, MarketParams.flat(10_000))
         m.register_node(n1, 2 * SOL, 1 << 34)
         m.register_node(n2, 2 * SOL, 1 << 34)
+        m.specialize(n2, [h("t")])  # a validator must hold the task it checks
         model = m.register_model(client, h("m"), [ModelTask(task_id=h("t"), vram=1, price=10**6)]).address
         assert model is not None
         job = m.post_job(client, model, h("in")).address

@@ -105,3 +105,4 @@ class ErrorCode(IntEnum):
     WRONG_NODE = 26
     TOO_LATE = 27
     BAD_PROGRAM = 28
+    NOT_SPECIALIZED = 29

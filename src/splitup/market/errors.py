@@ -194,6 +194,12 @@ class BadProgramError(ProgramError):
     code = ErrorCode.BAD_PROGRAM
 
 
+class NotSpecializedError(ProgramError):
+    """The validator node does not hold (has not specialised in) the task it would check."""
+
+    code = ErrorCode.NOT_SPECIALIZED
+
+
 ERRORS: dict[int, type[ProgramError]] = {int(cls.code): cls for cls in ProgramError.__subclasses__() if cls.code}
 
 _CUSTOM = re.compile(r"Custom\((\d+)\)")

@@ -126,9 +126,11 @@ def sample(pid: Pubkey, job: Pubkey, index: int, node: Pubkey) -> Instruction:
     return _ix(pid, Ix.SAMPLE, [_w(job), _r(SLOT_HASHES), _r(node)], TaskArgs(index=index))
 
 
-def assign_validator(pid: Pubkey, owner: Pubkey, job: Pubkey, index: int) -> Instruction:
+def assign_validator(pid: Pubkey, owner: Pubkey, job: Pubkey, model: Pubkey, index: int) -> Instruction:
+    """``model`` is the job's model account: the validator node must hold (specialise in) the task's id."""
     return _ix(pid, Ix.ASSIGN_VALIDATOR,
-               [_r(owner, True), _w(node_pda(pid, owner)), _w(job), _r(config_pda(pid))], TaskArgs(index=index))
+               [_r(owner, True), _w(node_pda(pid, owner)), _w(job), _r(config_pda(pid)), _r(model)],
+               TaskArgs(index=index))
 
 
 def submit_verdict(pid: Pubkey, owner: Pubkey, job: Pubkey, index: int, agree: bool, result_hash: bytes) -> Instruction:

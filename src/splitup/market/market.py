@@ -206,7 +206,9 @@ class Market:
         return bool(self.job(job).tasks[index].sampled)
 
     def assign_validator(self, validator_owner: Keypair, job: Pubkey, index: int) -> TxResult:
-        return self.t.send([ix.assign_validator(self.program_id, validator_owner.pubkey(), job, index)],
+        """Take a sampled task up for checking; the validator's node must specialise in the task."""
+        model = self.job(job).header.model
+        return self.t.send([ix.assign_validator(self.program_id, validator_owner.pubkey(), job, model, index)],
                            [validator_owner])
 
     def submit_verdict(self, validator_owner: Keypair, job: Pubkey, index: int, agree: bool,
