@@ -51,6 +51,16 @@ DTYPES: dict[str, int] = {
     "bool": TensorProto.BOOL,
 }
 FLOAT_DTYPES = frozenset({"float32", "float16", "bfloat16", "float64"})
+# ONNX element type -> our dtype name (the reverse of DTYPES).
+ONNX_DTYPE_NAMES: dict[int, str] = {v: k for k, v in DTYPES.items()}
+
+
+def read_state(model: onnx.ModelProto) -> dict[str, str]:
+    """The KV-cache pairs (past input -> present output) a graph declares under ``STATE_KEY``."""
+    for p in model.metadata_props:
+        if p.key == STATE_KEY:
+            return dict(json.loads(p.value))
+    return {}
 
 
 def dtype_name(dtype: str | np.dtype | type) -> str:

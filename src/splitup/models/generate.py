@@ -8,13 +8,15 @@ remote client only needs to provide the same callable.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
+from splitup.graph.builder import read_state
+from splitup.graph.limits import Limits
+from splitup.graph.shapes import read_dim_max
 from splitup.models.errors import ModelError
 
 StepFn = Callable[[np.ndarray], np.ndarray]
@@ -95,22 +97,16 @@ def generate(
     return list(stream(step, prompt_ids, max_new_tokens, eos_ids, sampling, chunk))
 
 
-def _dim_max(model: onnx.ModelProto) -> dict[str, int]:
-    props = {p.key: p.value for p in model.metadata_props}
-    return {k: int(v) for k, v in json.loads(props.get("splitup.dim_max", "{}")).items()}
-
-
 class OrtDecoder:
     """One onnxruntime session of a decoder graph built by the zoo, holding its KV cache."""
 
     def __init__(self, model: onnx.ModelProto, threads: int = 0) -> None:
         import onnxruntime as ort
 
-        props = {p.key: p.value for p in model.metadata_props}
-        self.pairs: dict[str, str] = json.loads(props.get("splitup.state", "{}"))
+        self.pairs: dict[str, str] = read_state(model)
         if not self.pairs:
             raise ModelError("the graph has no KV-cache state (build it with kv_cache=True)")
-        dims = _dim_max(model)
+        dims = read_dim_max(model, Limits())
         self.max_seq, self.context = dims.get("seq", 0), dims.get("past", 0)
         opts = ort.SessionOptions()
         opts.log_severity_level = 3

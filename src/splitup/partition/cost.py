@@ -12,12 +12,11 @@ from dataclasses import dataclass, field
 
 import onnx
 
+from splitup.graph.builder import read_state
 from splitup.graph.limits import Limits
 from splitup.graph.shapes import TensorType, infer_at, read_dim_max, typed_tensors
 from splitup.graph.sizes import element_count, tensor_bytes
 from splitup.graph.validate import validate_model
-
-STATE_KEY = "splitup.state"
 
 # FLOPs per output element for ops that do more than one operation per element.
 _ELEMENTWISE_COST = {
@@ -98,15 +97,6 @@ def node_flops(node: onnx.NodeProto, types: dict[str, TensorType]) -> int:
 
 def _attr(node: onnx.NodeProto, name: str) -> int:
     return next((a.i for a in node.attribute if a.name == name), 0)
-
-
-def read_state(model: onnx.ModelProto) -> dict[str, str]:
-    import json
-
-    for p in model.metadata_props:
-        if p.key == STATE_KEY:
-            return dict(json.loads(p.value))
-    return {}
 
 
 def analyze(model: onnx.ModelProto, limits: Limits | None = None, *, trusted: bool = False) -> GraphAnalysis:

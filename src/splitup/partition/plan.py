@@ -9,6 +9,7 @@ from pathlib import Path
 
 import onnx
 
+from splitup.graph.builder import ONNX_DTYPE_NAMES
 from splitup.partition.cost import GraphAnalysis, analyze
 from splitup.partition.partitioner import DEFAULT_WORKSPACE, Partition, partition
 from splitup.partition.task import Plan, TensorSpec, build_tasks, task_dir, write_task
@@ -23,14 +24,12 @@ class PlanResult:
 
 
 def _graph_specs(a: GraphAnalysis, model: onnx.ModelProto, names: list[str]) -> list[TensorSpec]:
-    from splitup.partition.task import _ONNX_TO_NP
-
     infos = {vi.name: vi for vi in (*model.graph.input, *model.graph.output)}
     specs = []
     for name in names:
         dims = infos[name].type.tensor_type.shape.dim
         shape: list[int | str] = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
-        specs.append(TensorSpec(name, _ONNX_TO_NP[a.types[name].elem_type], shape, list(a.types[name].shape)))
+        specs.append(TensorSpec(name, ONNX_DTYPE_NAMES[a.types[name].elem_type], shape, list(a.types[name].shape)))
     return specs
 
 

@@ -26,7 +26,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from splitup.errors import SplitUpError
-from splitup.graph.builder import DIM_MAX_KEY, STATE_KEY
+from splitup.graph.builder import DIM_MAX_KEY, ONNX_DTYPE_NAMES, STATE_KEY
 from splitup.graph.validate import validate_model
 from splitup.partition.cost import GraphAnalysis
 from splitup.partition.partitioner import Partition, Segment
@@ -37,11 +37,6 @@ GRAPH_FILE = "task.onnx"
 WEIGHTS_FILE = "weights.safetensors"
 TASK_FILE = "task.json"
 
-_ONNX_TO_NP = {
-    TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.DOUBLE: "float64",
-    TensorProto.INT64: "int64", TensorProto.INT32: "int32", TensorProto.INT8: "int8", TensorProto.UINT8: "uint8",
-    TensorProto.BOOL: "bool", TensorProto.BFLOAT16: "bfloat16",
-}
 
 
 class PlanError(SplitUpError):
@@ -202,7 +197,7 @@ def _interface(a: GraphAnalysis, sym: dict[str, onnx.ValueInfoProto], name: str,
             sym_name = f"{name}.dim{axis}"
             fresh[sym_name] = max(int(mx), 1)
             shape.append(sym_name)
-    return TensorSpec(name, _ONNX_TO_NP[t.elem_type], shape, [int(x) for x in t.shape])
+    return TensorSpec(name, ONNX_DTYPE_NAMES[t.elem_type], shape, [int(x) for x in t.shape])
 
 
 def _symbolic_types(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:

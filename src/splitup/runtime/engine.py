@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from splitup.errors import SplitUpError
+from splitup.graph.builder import ONNX_DTYPE_NAMES
 from splitup.graph.limits import Limits
 from splitup.graph.validate import validate_file
-from splitup.partition.task import _ONNX_TO_NP, GRAPH_FILE, PlanError, TaskDefinition, TensorSpec, load_task
+from splitup.partition.task import GRAPH_FILE, PlanError, TaskDefinition, TensorSpec, load_task
 
 
 class EngineError(SplitUpError):
@@ -64,8 +65,8 @@ class Engine(ABC):
 
 def _check_interface(model, task: TaskDefinition) -> None:  # noqa: ANN001 - onnx.ModelProto
     inits = {t.name for t in model.graph.initializer}
-    graph_in = {i.name: _ONNX_TO_NP.get(i.type.tensor_type.elem_type) for i in model.graph.input if i.name not in inits}
-    graph_out = {o.name: _ONNX_TO_NP.get(o.type.tensor_type.elem_type) for o in model.graph.output}
+    graph_in = {i.name: ONNX_DTYPE_NAMES.get(i.type.tensor_type.elem_type) for i in model.graph.input if i.name not in inits}
+    graph_out = {o.name: ONNX_DTYPE_NAMES.get(o.type.tensor_type.elem_type) for o in model.graph.output}
     want_in = {s.name: s.dtype for s in task.inputs}
     want_out = {s.name: s.dtype for s in task.outputs}
     if graph_in != want_in or graph_out != want_out:
