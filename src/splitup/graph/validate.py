@@ -9,7 +9,7 @@ raises a ``GraphRejected`` subclass naming the node or tensor; success returns a
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
@@ -27,7 +27,14 @@ from splitup.graph.errors import (
 from splitup.graph.limits import Limits
 from splitup.graph.load import load_model
 from splitup.graph.memory import estimate_memory
-from splitup.graph.shapes import DIM_MAX_KEY, check_graph_inputs, infer_bounded, read_dim_max, typed_tensors
+from splitup.graph.shapes import (
+    DIM_MAX_KEY,
+    TensorType,
+    check_graph_inputs,
+    infer_bounded,
+    read_dim_max,
+    typed_tensors,
+)
 from splitup.graph.structure import check_structure
 
 __all__ = ["DIM_MAX_KEY", "GraphRejected", "Limits", "ValidationReport", "load_model", "validate_model", "validate_file"]
@@ -50,6 +57,8 @@ class ValidationReport:
     input_shapes: dict[str, tuple[int, ...]]
     output_shapes: dict[str, tuple[int, ...]]
     output_dtypes: dict[str, str]
+    # Every tensor's type and shape at the declared maxima, for callers that size the graph next.
+    tensor_types: dict[str, TensorType] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def total_bytes(self) -> int:
@@ -135,6 +144,7 @@ def validate_model(
         input_shapes={vi.name: types[vi.name].shape for vi in model.graph.input},
         output_shapes={name: types[name].shape for name in outputs},
         output_dtypes={name: onnx.TensorProto.DataType.Name(types[name].elem_type).lower() for name in outputs},
+        tensor_types=types,
     )
 
 

@@ -107,10 +107,11 @@ def analyze(model: onnx.ModelProto, limits: Limits | None = None, *, trusted: bo
     which keeps planning a 70B model well under a second. Every task cut from it is validated anyway.
     """
     limits = limits or Limits()
-    if not trusted:
-        validate_model(model, limits=limits)
     dim_max = read_dim_max(model, limits)
-    types = typed_tensors(infer_at(model, dim_max, limits).graph, limits)
+    if trusted:
+        types = typed_tensors(infer_at(model, dim_max, limits).graph, limits)
+    else:
+        types = validate_model(model, limits=limits).tensor_types  # sized at the maxima while validating
     nodes = [n for n in model.graph.node if n.op_type != "Constant"]
     constants = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
     analysis = GraphAnalysis(
