@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from splitup.client.sampling import generate_tokens
+from splitup.client.sampling import decoding_for, generate_tokens
 from splitup.errors import SplitUpError
 from splitup.node.app import CONTENT_TYPE, HOPS_HEADER, PARKED_HEADER
 from splitup.node.wire import Envelope, Hop, decode, encode
@@ -202,8 +202,9 @@ class PipelineClient:
                  top_k: int | None = None, seed: int | None = None, eos_id: int | None = None,
                  progress: bool = False) -> list[int]:
         with self.session() as gen, _progress(progress, "tokens", max_new_tokens) as advance:
-            return generate_tokens(gen.step, list(prompt), max_new_tokens, temperature=temperature, top_k=top_k,
-                                   seed=seed, eos_id=eos_id, on_token=lambda _t: advance())
+            return generate_tokens(gen.step, list(prompt), max_new_tokens,
+                                   decoding=decoding_for(temperature, top_k, seed), eos_id=eos_id,
+                                   on_token=lambda _t: advance())
 
     # --- node requests -------------------------------------------------------------------------------------
     def open_session(self, task_index: int) -> tuple[str, str]:

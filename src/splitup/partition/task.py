@@ -36,6 +36,7 @@ PLAN_VERSION = 1
 GRAPH_FILE = "task.onnx"
 WEIGHTS_FILE = "weights.safetensors"
 TASK_FILE = "task.json"
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
 
 
 
@@ -91,10 +92,19 @@ class TaskDefinition:
     layers: list[str]
     node_count: int
     task_id: str = field(default="")
+    # The arithmetic the task must run at; the validator's thresholds follow from it (verify.compare).
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise PlanError(f"task {self.index}: precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
 
     def canonical(self) -> bytes:
         body = asdict(self)
         body.pop("task_id")
+        if body["precision"] == "fp32":
+            # The default is left out so that bundles written before the field keep their ids.
+            body.pop("precision")
         return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
     def with_id(self) -> TaskDefinition:
