@@ -6,17 +6,19 @@ cheater room to flip the token the user reads. Instead the token is a determinis
 logits that the validator can check against its own logits with a slack of the *measured* engine
 difference (docs/posp.md, "Canonical token choice"):
 
-* **greedy** (``temperature == 0``): among the tokens whose logit is within ``window`` x
-  ``max(1, max|logit|)`` of the maximum, the lowest token id wins;
+* **greedy** (``temperature == 0``): among the tokens whose logit is within ``window`` x ``scale`` of
+  the maximum, the lowest token id wins (``scale = max(1, max - min)`` over the finite logits: a
+  common shift of all logits, which changes no probability, changes no choice);
 * **sampled**: the candidates are cut by ``top_k`` then ``top_p`` (ranked by logit, ties to the lower
   id), weighted ``exp(logit / temperature)``, laid out in token-id order, and the token is the one
   whose cumulative interval holds ``u = uniform(seed, position, row)``: a hash of the job's seed and
   the token's position, so the draw is reproducible from the transcript alone, with no generator state.
 
-``admissible`` is the validator's side: could ``token`` be the choice of an engine whose logits differ
-from ``reference`` by at most ``slack`` x scale per element? It over-approximates that set (bounds
-taken independently), so an honest engine within the slack is never refused; a cheat is accepted only
-when some logit lies within a few slacks of a decision boundary.
+``admissible`` is the validator's side: could ``token`` be the choice of an engine whose logits,
+each taken relative to the row's maximum, differ from ``reference``'s by at most ``slack`` x scale?
+It over-approximates that set (bounds taken independently), so an honest engine within the slack is
+never refused; a cheat is accepted only when some logit lies within about one slack of a decision
+boundary.
 
 This module sits below every layer (client, models, verify import it) because the rule is shared, as
 the commitment format is.
@@ -31,9 +33,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: Relative width of the greedy tie window: narrow, a few times the largest honest float32 logit
+#: Relative width of the greedy tie window: narrow, of the order of the largest honest float32 logit
 #: difference measured (bench/redteam.py), so that what honest engines cannot order goes to the lowest id.
-GREEDY_WINDOW = 1e-5
+GREEDY_WINDOW = 2e-6
 _DOMAIN = b"SPLITUP-SAMPLE-v1\x00"
 
 
@@ -99,9 +101,9 @@ def _clean(logits: np.ndarray) -> np.ndarray:
 
 
 def scale(row: np.ndarray) -> float:
-    """The unit that windows and slacks are relative to: ``max(1, max |finite logit|)``."""
+    """The unit that windows and slacks are relative to: ``max(1, max - min)`` of the finite logits."""
     finite = row[np.isfinite(row)]
-    return max(1.0, float(np.abs(finite).max())) if finite.size else 1.0
+    return max(1.0, float(finite.max() - finite.min())) if finite.size else 1.0
 
 
 def choose(logits: np.ndarray, decoding: Decoding = GREEDY, position: int = 0, row: int = 0) -> int:
@@ -152,9 +154,9 @@ def admissible(reference: np.ndarray, token: int, slack: float, decoding: Decodi
     s = scale(v)
     d = slack * s
     if decoding.greedy:
-        # The other engine's threshold (its max minus its window) moves by at most d (1 + window).
+        # Logits relative to the maximum move by at most d, the other engine's scale by 2 d.
         edge = top - decoding.window * s
-        margin = 2 * d + decoding.window * d
+        margin = d * (1 + 2 * decoding.window)
         possible = v >= edge - margin
         surely = v >= edge + margin
         return bool(possible[token]) and not surely[:token].any()
