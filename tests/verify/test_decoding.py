@@ -104,7 +104,7 @@ def test_a_sampled_flip_is_caught_by_the_logits_rule():
     honest = choose(ref[0, 0], d, 7)
     # steer the draw: lift the token just after the honest one, by the least that changes the choice
     cheat = ref.copy()
-    for lift in np.linspace(0.01, 5, 500):
+    for lift in np.linspace(0.01, 30, 3000):
         cheat[0, 0, (honest + 1) % 500] = ref[0, 0, (honest + 1) % 500] + lift
         if choose(cheat[0, 0], d, 7) != honest:
             break
