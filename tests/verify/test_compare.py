@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from verify_models import build, input_for, skip_one_layer
 
 from splitup.verify import calib_models as cm
-from splitup.verify.compare import DEFAULT_TOLERANCE, Tolerance, compare_outputs, compare_tensor
+from splitup.verify.compare import DEFAULT_TOLERANCE, Tolerance, compare_outputs, compare_tensor, tolerance_for
 from splitup.verify.engines import honest_engines, run_onnxruntime
 
 SLOW = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -151,7 +151,12 @@ def test_zero_reference_relies_on_atol() -> None:
 
 
 def test_default_tolerance_is_the_documented_one() -> None:
-    assert DEFAULT_TOLERANCE == Tolerance(rtol=1e-3, atol=1e-6, scale_tol=1e-3, max_bad_fraction=1e-3, max_rel_l2=1e-3)
+    assert DEFAULT_TOLERANCE == Tolerance(rtol=1e-3, atol=1e-6, scale_tol=1e-3, max_bad_fraction=1e-3, max_rel_l2=2e-5,
+                                          token_slack=2e-6)
+    assert tolerance_for("fp32") is DEFAULT_TOLERANCE
+    assert tolerance_for("int8") == tolerance_for("fp16")
+    with pytest.raises(KeyError, match="precision"):
+        tolerance_for("fp8")
 
 
 def test_tinygrad_agrees_with_onnxruntime() -> None:

@@ -144,3 +144,37 @@ def test_generation_uses_the_canonical_choice():
     for n, tok in enumerate(sampled):
         assert tok == pick_token(table[prev], d, 2 + n)
         prev = tok
+
+
+def test_a_node_records_the_rule_the_client_sent(tmp_path):
+    import json
+
+    from splitup.client.pipeline import plan_sends
+    from splitup.node.node import NodeConfig
+    from splitup.node.wire import DECODING_META, Envelope, Hop, WireError
+    from splitup.partition.task import Plan, task_dir
+    from splitup.sdk.agent import RecordingNode
+    from splitup.verify.sandbox import write_plan
+
+    plan_dir = tmp_path / "plan"
+    write_plan(plan_dir)
+    tasks = Plan.load(plan_dir).tasks
+    node = RecordingNode(NodeConfig(cache_dir=tmp_path / "cache", max_session_bytes=1 << 30))
+    for t in tasks:
+        node.load_bundle(task_dir(plan_dir, t), t.task_id)
+    _, sends = plan_sends(tasks, ["logits"])
+    route = [Hop(["http://127.0.0.1:9"], t.task_id, sends[k]) for k, t in enumerate(tasks)]
+
+    def run(job: str, meta: dict) -> None:
+        tensors = {"input_ids": np.array([[1, 2, 3]], np.int64)}
+        for k in range(len(route)):
+            tensors = node.compute(Envelope(job, k, route, meta=meta), tensors)
+
+    last = tasks[-1].task_id
+    d = Decoding(temperature=0.7, top_k=3, seed=9)
+    run("sampled", {DECODING_META: json.dumps(d.to_json())})
+    run("greedy", {})
+    assert node.transcript("sampled", 2, last).decoding == d
+    assert node.transcript("greedy", 2, last).decoding == GREEDY
+    with pytest.raises(WireError, match="decoding"):
+        run("bad", {DECODING_META: json.dumps({**d.to_json(), "temperature": -1})})

@@ -297,6 +297,7 @@ class Client:
         try:
             with PipelineClient(entry.plan, routes, hop_timeout=self.hop_timeout) as pc, pc.session() as gen:
                 gen.job = str(job)  # nodes record their hops under the chain job they accepted
+                gen.decoding = decoding
                 feed = np.asarray([ids], dtype=np.int64)
                 for _ in range(max_tokens):
                     logits = gen.step(feed)

@@ -42,7 +42,7 @@ class Tolerance:
     max_rel_l2: float = 2e-5
     # Largest difference between two honest engines of a logit taken relative to its row's maximum, as a
     # fraction of the row's range (splitup.decoding.scale).
-    token_slack: float = 5e-6
+    token_slack: float = 2e-6
 
 
 DEFAULT_TOLERANCE = Tolerance()
