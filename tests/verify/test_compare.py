@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 from verify_models import build, input_for, skip_one_layer
 
 from splitup.verify import calib_models as cm
-from splitup.verify.compare import DEFAULT_TOLERANCE, Tolerance, compare_outputs, compare_tensor, tolerance_for
+from splitup.verify.compare import (
+    DEFAULT_TOLERANCE,
+    Tolerance,
+    compare_outputs,
+    compare_tensor,
+    tolerance_for,
+)
 from splitup.verify.engines import honest_engines, run_onnxruntime
 
 SLOW = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

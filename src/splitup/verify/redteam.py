@@ -33,9 +33,10 @@ from splitup.decoding import GREEDY, Decoding, admissible, choose
 from splitup.partition.task import GRAPH_FILE, Plan, TaskDefinition, task_dir
 from splitup.runtime import Runner, run_stateful
 from splitup.verify.compare import Tolerance, compare_outputs, tolerance_for
+from splitup.verify.engines import ort_session
 from splitup.verify.precision import BELOW, HONEST, emulate, stated_weights
+from splitup.verify.replay import LOGITS, call_positions
 
-LOGITS = "logits"
 TV_MATTERS = 0.01
 Feeds = dict[str, np.ndarray]
 #: (sequence, call, feeds, honest outputs) -> reported outputs
@@ -55,17 +56,7 @@ class ModelRunner(Runner):
             ev = ReferenceEvaluator(model)
             self._run = lambda feeds: ev.run(None, dict(feeds))
             return
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-                                         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-                                         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        sess = ort_session(model, level=level, threads=threads)
         self._run = lambda feeds: sess.run(self._names, dict(feeds))
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -255,19 +246,6 @@ def greedy_sequences(runners: Sequence[Runner], prompts: Sequence[Sequence[int]]
     return seqs
 
 
-def positions(task: TaskDefinition, calls: Sequence[Feeds]) -> list[int]:
-    total, out = 0, []
-    for feeds in calls:
-        n = 1
-        for spec in task.inputs:
-            if spec.name in feeds and "seq" in spec.shape:
-                n = feeds[spec.name].shape[spec.shape.index("seq")]
-                break
-        total += n
-        out.append(total)
-    return out
-
-
 # --- the red-team --------------------------------------------------------------------------------------
 
 @dataclass
@@ -330,7 +308,7 @@ def judge_calls(task: TaskDefinition, asserted: Sequence[Sequence[Feeds]], refer
                 calls: Sequence[Sequence[Feeds]], tol: Tolerance, decoding: Decoding = GREEDY):
     """Per sequence and call: the comparison rule's verdict on the asserted outputs of one task."""
     for s, (seq_a, seq_b) in enumerate(zip(asserted, reference, strict=True)):
-        pos = positions(task, calls[s])
+        pos = call_positions(task, calls[s])
         for c, (a, b) in enumerate(zip(seq_a, seq_b, strict=True)):
             yield s, c, compare_outputs(a, b, tol, logits=[LOGITS] if LOGITS in b else (), decoding=decoding,
                                         position=pos[c])

@@ -7,7 +7,7 @@ judge by exactly the same replay and comparison.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,15 +69,16 @@ def judge(transcript: Transcript, replayed: Replay, tol: Tolerance | None = None
     return Judgement(True, "", worst)
 
 
-def call_positions(task: TaskDefinition, transcript: Transcript) -> list[int]:
-    """Tokens in the sequence after each call: the running total of the inputs' ``seq`` axis (one per
-    call for a task without one)."""
+def call_positions(task: TaskDefinition, calls: Transcript | Sequence[Mapping[str, np.ndarray]]) -> list[int]:
+    """Tokens in the sequence after each call (a transcript's, or a list of feeds): the running total of
+    the inputs' ``seq`` axis (one per call for a task without one)."""
+    feeds = [s.inputs for s in calls.steps] if isinstance(calls, Transcript) else calls
     total, out = 0, []
-    for step in transcript.steps:
+    for inputs in feeds:
         n = 1
         for spec in task.inputs:
-            if spec.name in step.inputs and "seq" in spec.shape:
-                n = step.inputs[spec.name].shape[spec.shape.index("seq")]
+            if spec.name in inputs and "seq" in spec.shape:
+                n = inputs[spec.name].shape[spec.shape.index("seq")]
                 break
         total += n
         out.append(total)
