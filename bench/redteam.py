@@ -28,9 +28,8 @@ from rich.table import Table
 
 from splitup.partition import analyze, budget_for_tasks
 from splitup.partition.plan import make_plan
-from splitup.partition.task import PRECISIONS
 from splitup.verify import redteam as rt
-from splitup.verify.compare import tolerance_for
+from splitup.verify.compare import PRECISION_CLASSES, tolerance_for
 from splitup.verify.sandbox import write_plan
 
 NEAR_TIE = {"top-token flip at near-ties", "top-token steer at near-ties"}
@@ -54,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompts", type=int, default=6)
     ap.add_argument("--prompt-len", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=16)
-    ap.add_argument("--precisions", default=",".join(PRECISIONS))
+    ap.add_argument("--precisions", default=",".join(PRECISION_CLASSES))
     ap.add_argument("--full", action="store_true", help="every onnxruntime setting for every arithmetic")
     ap.add_argument("--reference", action="store_true", help="onnx.reference as a float32 engine")
     args = ap.parse_args(argv)

@@ -161,8 +161,13 @@ def test_default_tolerance_is_the_documented_one() -> None:
                                           token_slack=2e-6)
     assert tolerance_for("fp32") is DEFAULT_TOLERANCE
     assert tolerance_for("int8") == tolerance_for("fp16")
-    with pytest.raises(KeyError, match="precision"):
-        tolerance_for("fp8")
+    # a task's "<weights>/<activations>" maps to its class
+    assert tolerance_for("fp32/fp32") is DEFAULT_TOLERANCE
+    assert tolerance_for("fp16/fp32") == tolerance_for("fp32/fp16") == tolerance_for("fp16")
+    assert tolerance_for("int4/fp16") == tolerance_for("int4")
+    for bad in ("fp8", "fp32/int8", "fp32"[:2]):
+        with pytest.raises(KeyError, match="precision"):
+            tolerance_for(bad)
 
 
 def test_tinygrad_agrees_with_onnxruntime() -> None:

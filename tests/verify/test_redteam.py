@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from splitup.partition.task import PRECISIONS
 from splitup.verify import redteam as rt
-from splitup.verify.compare import tolerance_for
+from splitup.verify.compare import PRECISION_CLASSES, tolerance_for
 from splitup.verify.precision import emulate, round_mantissa
 from splitup.verify.sandbox import write_plan
 
@@ -55,7 +54,7 @@ def test_emulated_graph_rounds_every_activation(models, sequences):
     assert any(not np.array_equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("precision", PRECISION_CLASSES)
 def test_honest_engines_never_fail(models, sequences, precision):
     pairs = rt.honest_pairs(models, precision, sequences, reference=precision == "fp32")
     assert len(pairs) >= 6
@@ -64,7 +63,7 @@ def test_honest_engines_never_fail(models, sequences, precision):
         assert h.logit_gap <= tolerance_for(precision).token_slack / 2, key
 
 
-@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("precision", PRECISION_CLASSES)
 def test_cheats_are_caught_where_they_change_the_text(models, sequences, precision):
     stats = rt.red_team(models, precision, sequences)
     names = {name.split(" (")[0] for _, name in stats}

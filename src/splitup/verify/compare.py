@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from splitup.decoding import GREEDY, Decoding, admissible, choose
+from splitup.graph.precision import split_precision
 
 
 @dataclass(frozen=True)
@@ -58,11 +59,26 @@ TOLERANCES: dict[str, Tolerance] = {
 TOLERANCES["int8"] = TOLERANCES["int4"] = TOLERANCES["fp16"]
 
 
-def tolerance_for(precision: str) -> Tolerance:
+PRECISION_CLASSES = tuple(TOLERANCES)
+
+
+def precision_class(precision: str) -> str:
+    """A task's ``"<weights>/<activations>"`` precision (splitup.graph.precision) as one of the classes:
+    integer weights name their class, any float16 makes it fp16, else fp32. Class names pass through."""
+    if precision in TOLERANCES:
+        return precision
     try:
-        return TOLERANCES[precision]
-    except KeyError:
-        raise KeyError(f"no tolerance for precision {precision!r} (known: {', '.join(TOLERANCES)})") from None
+        weights, acts = split_precision(precision)
+    except ValueError:
+        raise KeyError(f"no tolerance for precision {precision!r} (classes: {', '.join(TOLERANCES)})") from None
+    if weights in ("int8", "int4"):
+        return weights
+    return "fp16" if "fp16" in (weights, acts) else "fp32"
+
+
+def tolerance_for(precision: str) -> Tolerance:
+    """The thresholds for a task that states ``precision`` (a class name or ``"<weights>/<activations>"``)."""
+    return TOLERANCES[precision_class(precision)]
 
 
 @dataclass(frozen=True)
