@@ -89,6 +89,9 @@ def test_flips_at_planted_near_ties_are_caught_and_honest_ties_pass(models, sequ
         run = rt.run_plan(rt.runners_for(models, e), sequences)
         rows[engine] = [r for seq in run.outputs for call in seq for r in call[-1]["logits"].reshape(-1, 512)]
     a, b = rows.values()
-    st = rt.planted_near_ties(a, b, tolerance_for("fp32").token_slack, kind, np.random.default_rng(1))
-    assert st.rows == len(a) and st.honest_failures == 0
-    assert st.matter >= 0.8 * st.rows and st.caught / st.matter >= 0.99, st
+    total = rt.PlantedStats()
+    for seed in range(40):  # a fresh gap in every row per seed: over a thousand planted near-ties
+        st = rt.planted_near_ties(a, b, tolerance_for("fp32").token_slack, kind, np.random.default_rng(seed))
+        assert st.rows == len(a) and st.honest_failures == 0
+        total.matter, total.caught = total.matter + st.matter, total.caught + st.caught
+    assert total.matter >= 1000 and total.caught / total.matter >= 0.99, total

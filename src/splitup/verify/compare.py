@@ -43,7 +43,7 @@ class Tolerance:
     max_rel_l2: float = 2e-5
     # Largest difference between two honest engines of a logit taken relative to its row's maximum, as a
     # fraction of the row's range (splitup.decoding.scale).
-    token_slack: float = 2e-6
+    token_slack: float = 3e-6
 
 
 DEFAULT_TOLERANCE = Tolerance()
