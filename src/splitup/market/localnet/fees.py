@@ -1,0 +1,51 @@
+"""What a transaction message costs, as a validator charges it: 5,000 lamports per signature plus the
+priority fee its ComputeBudget instructions ask for (price in micro-lamports x compute-unit limit)."""
+
+from __future__ import annotations
+
+from solders.message import Message, MessageV0
+from solders.pubkey import Pubkey
+
+LAMPORTS_PER_SIGNATURE = 5_000
+COMPUTE_BUDGET = Pubkey.from_string("ComputeBudget111111111111111111111111111111")
+DEFAULT_UNITS_PER_INSTRUCTION = 200_000
+MAX_UNITS = 1_400_000
+_SET_LIMIT, _SET_PRICE = 2, 3
+
+
+def compute_budget(msg: Message | MessageV0) -> tuple[int, int]:
+    """(compute-unit limit, price in micro-lamports per unit) that the message's instructions set."""
+    keys = list(msg.account_keys)
+    limit: int | None = None
+    price = 0
+    others = 0
+    for ix in msg.instructions:
+        if keys[ix.program_id_index] != COMPUTE_BUDGET:
+            others += 1
+            continue
+        data = bytes(ix.data)
+        if data[:1] == bytes([_SET_LIMIT]) and len(data) >= 5:
+            limit = int.from_bytes(data[1:5], "little")
+        elif data[:1] == bytes([_SET_PRICE]) and len(data) >= 9:
+            price = int.from_bytes(data[1:9], "little")
+    if limit is None:
+        limit = DEFAULT_UNITS_PER_INSTRUCTION * others
+    return min(limit, MAX_UNITS), price
+
+
+def priority_fee(msg: Message | MessageV0) -> int:
+    limit, price = compute_budget(msg)
+    return -(-limit * price // 1_000_000)
+
+
+def fee_for(msg: Message | MessageV0) -> int:
+    return LAMPORTS_PER_SIGNATURE * msg.header.num_required_signatures + priority_fee(msg)
+
+
+def writable(msg: Message | MessageV0) -> list[bool]:
+    """Whether each static account key is writable, from the message header."""
+    h = msg.header
+    n = len(msg.account_keys)
+    signed, ro_signed, ro_unsigned = h.num_required_signatures, h.num_readonly_signed_accounts, \
+        h.num_readonly_unsigned_accounts
+    return [i < signed - ro_signed if i < signed else i < n - ro_unsigned for i in range(n)]
