@@ -146,6 +146,12 @@ def test_fees_priority_and_prioritization_history(ledger: str) -> None:
                 sig = (await c.send_raw_transaction(bytes(tx))).value
                 await _confirmed(c, sig)
                 assert before - (await c.get_balance(a.pubkey())).value == SOL + quoted
+            # no limit set: builtin instructions reserve 3,000 units each, so 2 x 3,000 x 0.5 lamports
+            priced = await _transfer(c, a, Keypair().pubkey(), SOL, set_compute_unit_price(500_000))
+            quoted = (await c.get_fee_for_message(priced.message)).value
+            before = (await c.get_balance(a.pubkey())).value
+            await _confirmed(c, (await c.send_raw_transaction(bytes(priced))).value)
+            assert quoted == 5_000 + 3_000 and before - (await c.get_balance(a.pubkey())).value == SOL + quoted
             plain = await _transfer(c, a, Keypair().pubkey(), 1)
             assert (await c.get_fee_for_message(plain.message)).value == 5_000
             stale = await _transfer(c, a, Keypair().pubkey(), 1, blockhash=Hash.new_unique())
@@ -343,3 +349,21 @@ def test_kill_keeps_slot_and_blockhashes(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+def test_market_transport_confirms_by_subscription(ledger: str, tmp_path: Path) -> None:
+    from splitup.market.rpc import RpcTransport, ws_url_for
+
+    assert ws_url_for("http://127.0.0.1:8899") == "ws://127.0.0.1:8900"
+    assert ws_url_for("https://api.devnet.solana.com") == "wss://api.devnet.solana.com"
+    t = RpcTransport(ledger, poll_s=5.0)  # polling this slowly would show in the time taken
+    k = Keypair()
+    t.airdrop(k.pubkey(), SOL)
+    assert t._ws is not None and not t._ws_unavailable and t.balance(k.pubkey()) == SOL
+    t.close()
+    port = free_port()
+    with running(tmp_path, port, slot_s=0.05, ws_port=free_port()):  # nothing at port + 1: polling
+        t = RpcTransport(f"http://127.0.0.1:{port}", poll_s=0.02)
+        t.airdrop(k.pubkey(), SOL)
+        assert t._ws_unavailable and t.balance(k.pubkey()) == SOL
+        t.close()

@@ -9,6 +9,17 @@ from solders.pubkey import Pubkey
 LAMPORTS_PER_SIGNATURE = 5_000
 COMPUTE_BUDGET = Pubkey.from_string("ComputeBudget111111111111111111111111111111")
 DEFAULT_UNITS_PER_INSTRUCTION = 200_000
+# Without a SetComputeUnitLimit, the runtime reserves 200,000 units per program instruction but only
+# 3,000 per builtin one (System, ComputeBudget itself, loaders, ...); the priority fee is priced on that.
+DEFAULT_UNITS_PER_BUILTIN_INSTRUCTION = 3_000
+BUILTINS = {Pubkey.from_string(k) for k in (
+    "11111111111111111111111111111111", "ComputeBudget111111111111111111111111111111",
+    "Vote111111111111111111111111111111111111111", "Stake11111111111111111111111111111111111111",
+    "Config1111111111111111111111111111111111111", "BPFLoader1111111111111111111111111111111111",
+    "BPFLoader2111111111111111111111111111111111", "BPFLoaderUpgradeab1e11111111111111111111111",
+    "LoaderV411111111111111111111111111111111111", "AddressLookupTab1e1111111111111111111111111",
+    "Ed25519SigVerify111111111111111111111111111", "KeccakSecp256k11111111111111111111111111111",
+    "Secp256r1SigVerify1111111111111111111111111")}
 MAX_UNITS = 1_400_000
 _SET_LIMIT, _SET_PRICE = 2, 3
 
@@ -18,10 +29,11 @@ def compute_budget(msg: Message | MessageV0) -> tuple[int, int]:
     keys = list(msg.account_keys)
     limit: int | None = None
     price = 0
-    others = 0
+    default = 0
     for ix in msg.instructions:
-        if keys[ix.program_id_index] != COMPUTE_BUDGET:
-            others += 1
+        program = keys[ix.program_id_index]
+        default += DEFAULT_UNITS_PER_BUILTIN_INSTRUCTION if program in BUILTINS else DEFAULT_UNITS_PER_INSTRUCTION
+        if program != COMPUTE_BUDGET:
             continue
         data = bytes(ix.data)
         if data[:1] == bytes([_SET_LIMIT]) and len(data) >= 5:
@@ -29,7 +41,7 @@ def compute_budget(msg: Message | MessageV0) -> tuple[int, int]:
         elif data[:1] == bytes([_SET_PRICE]) and len(data) >= 9:
             price = int.from_bytes(data[1:9], "little")
     if limit is None:
-        limit = DEFAULT_UNITS_PER_INSTRUCTION * others
+        limit = default
     return min(limit, MAX_UNITS), price
 
 
