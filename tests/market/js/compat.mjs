@@ -122,6 +122,14 @@ function transferIx(from, to, amount) {
                { address: to, role: kit.AccountRole.WRITABLE }] };
 }
 
+async function transferMessage(rpc, payer, dest, amount) {
+  const { value: bh } = await rpc.getLatestBlockhash().send();
+  return kit.pipe(kit.createTransactionMessage({ version: 0 }),
+    (m) => kit.setTransactionMessageFeePayerSigner(payer, m),
+    (m) => kit.setTransactionMessageLifetimeUsingBlockhash(bh, m),
+    (m) => kit.appendTransactionMessageInstruction(transferIx(payer, dest, amount), m));
+}
+
 async function kitChecks() {
   const rpc = kit.createSolanaRpc(rpcUrl);
   const subs = kit.createSolanaRpcSubscriptions(wsUrl);
@@ -144,11 +152,7 @@ async function kitChecks() {
     for (const [name, it] of streams) (async () => { for await (const _ of it) { seen.add(name); break; } })().catch(() => {});
   });
   await check("kit", "sendAndConfirmTransaction", async () => {
-    const { value: bh } = await rpc.getLatestBlockhash().send();
-    const msg = kit.pipe(kit.createTransactionMessage({ version: 0 }),
-      (m) => kit.setTransactionMessageFeePayerSigner(payer, m),
-      (m) => kit.setTransactionMessageLifetimeUsingBlockhash(bh, m),
-      (m) => kit.appendTransactionMessageInstruction(transferIx(payer, dest, SOL), m));
+    const msg = await transferMessage(rpc, payer, dest, SOL);
     const tx = await kit.signTransactionMessageWithSigners(msg);
     const t0 = Date.now();
     await kit.sendAndConfirmTransactionFactory({ rpc, rpcSubscriptions: subs })(tx, { commitment: "confirmed" });
@@ -183,21 +187,13 @@ async function kitChecks() {
   await check("kit", "getIdentity", async () => expect(kit.isAddress((await rpc.getIdentity().send()).identity), "an address"));
   await check("kit", "getRecentPrioritizationFees", async () => expect(Array.isArray(await rpc.getRecentPrioritizationFees([dest]).send()), "a list"));
   await check("kit", "getFeeForMessage", async () => {
-    const { value: bh } = await rpc.getLatestBlockhash().send();
-    const msg = kit.pipe(kit.createTransactionMessage({ version: 0 }),
-      (m) => kit.setTransactionMessageFeePayerSigner(payer, m),
-      (m) => kit.setTransactionMessageLifetimeUsingBlockhash(bh, m),
-      (m) => kit.appendTransactionMessageInstruction(transferIx(payer, dest, 1), m));
+    const msg = await transferMessage(rpc, payer, dest, 1);
     const bytes = kit.getCompiledTransactionMessageEncoder().encode(kit.compileTransactionMessage(msg));
     const fee = await rpc.getFeeForMessage(kit.getBase64Decoder().decode(bytes)).send();
     expect(fee.value === 5000n, `5000 (got ${fee.value})`);
   });
   await check("kit", "simulateTransaction", async () => {
-    const { value: bh } = await rpc.getLatestBlockhash().send();
-    const msg = kit.pipe(kit.createTransactionMessage({ version: 0 }),
-      (m) => kit.setTransactionMessageFeePayerSigner(payer, m),
-      (m) => kit.setTransactionMessageLifetimeUsingBlockhash(bh, m),
-      (m) => kit.appendTransactionMessageInstruction(transferIx(payer, dest, 1), m));
+    const msg = await transferMessage(rpc, payer, dest, 1);
     const tx = await kit.signTransactionMessageWithSigners(msg);
     const r = await rpc.simulateTransaction(kit.getBase64EncodedWireTransaction(tx),
       { encoding: "base64", sigVerify: true, accounts: { encoding: "base64", addresses: [dest] } }).send();
@@ -210,11 +206,7 @@ async function kitChecks() {
     expect(s.value.data[0] === "", "sliced");
   });
   await check("kit", "error shape", async () => {
-    const { value: bh } = await rpc.getLatestBlockhash().send();
-    const msg = kit.pipe(kit.createTransactionMessage({ version: 0 }),
-      (m) => kit.setTransactionMessageFeePayerSigner(payer, m),
-      (m) => kit.setTransactionMessageLifetimeUsingBlockhash(bh, m),
-      (m) => kit.appendTransactionMessageInstruction(transferIx(payer, dest, 1000 * SOL), m));
+    const msg = await transferMessage(rpc, payer, dest, 1000 * SOL);
     const tx = await kit.signTransactionMessageWithSigners(msg);
     try { await rpc.sendTransaction(kit.getBase64EncodedWireTransaction(tx), { encoding: "base64" }).send(); } catch (e) {
       expect(kit.isSolanaError(e, kit.SOLANA_ERROR__JSON_RPC__SERVER_ERROR_SEND_TRANSACTION_PREFLIGHT_FAILURE), `preflight failure (${e.message})`);
