@@ -207,7 +207,8 @@ class Check:
 
 
 class Validator:
-    """A node checking other nodes' tasks. ``behaviour`` (tests) makes it lazy or a liar."""
+    """A node checking other nodes' tasks. ``behaviour`` (tests) makes it lazy or a liar; ``tol`` overrides
+    the thresholds of the precision each task states (``compare.tolerance_for``)."""
 
     def __init__(self, market: Market, owner: Keypair, engine: Engine, bundles: BundleSource, blobs: Blobs, *,
                  behaviour: Behaviour = Behaviour.HONEST, tol: Tolerance | None = None,
@@ -292,7 +293,8 @@ class Ruling:
 
 class Arbiter:
     """The market authority. Exact ``onnx.reference`` decides tasks up to ``reference_max_flops``
-    (estimated over the whole transcript); larger ones are decided by a majority of validators."""
+    (estimated over the whole transcript); larger ones are decided by a majority of validators. ``tol``
+    overrides the thresholds of the precision each task states."""
 
     def __init__(self, market: Market, authority: Keypair, bundles: BundleSource, blobs: Blobs, *,
                  reference_max_flops: int = 2_000_000_000, tol: Tolerance | None = None,
