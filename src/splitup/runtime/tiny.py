@@ -74,11 +74,12 @@ class TinygradEngine(Engine):
 def _probe_device() -> str:
     try:
         from tinygrad import Device
-        from tinygrad.nn.onnx import OnnxRunner  # noqa: F401 - fail here, not at the first task
     except ImportError as exc:
         raise EngineUnavailable(f"tinygrad is not installed (pip install 'splitup[tinygrad]'): {exc}") from None
     try:
         device = str(Device.DEFAULT)
+        # Imported after the probe: the module makes tensors at import, which fails without a device.
+        from tinygrad.nn.onnx import OnnxRunner  # noqa: F401 - fail here, not at the first task
     except Exception as exc:  # e.g. "no usable devices": no compiler for the CPU backend
         raise EngineUnavailable(f"tinygrad found no usable device: {exc}") from None
     if device in ("CPU", "CLANG") and not shutil.which(os.environ.get("CC", "clang")):

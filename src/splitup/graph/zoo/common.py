@@ -83,8 +83,10 @@ def causal_attention(
     d = q.shape[-1]
     scores = (q @ k.transpose(-2, -1)) * (1.0 / float(np.sqrt(d)))
     if past_len is not None:
-        # The mask is built over (seq, past+seq) only and broadcast over batch and heads.
-        ones = _ones_like(ctx, scores[0, 0]).cast("float32")
+        # The mask is built over (seq, past+seq) only and broadcast over batch and heads; a symbolic batch
+        # axis cannot be indexed away, so there it is kept (Trilu works on the last two axes of any rank).
+        base = scores[0, 0] if isinstance(scores.shape[0], int) else scores[:, :1]
+        ones = _ones_like(ctx, base).cast("float32")
         keep = ctx.op("Trilu", [ones, past_len], ones.shape, "float32", upper=0).cast("bool")
         scores = keep.where(scores, float(np.finfo(np.float16 if scores.dtype == "float16" else np.float32).min))
     if additive_mask is not None:

@@ -23,6 +23,8 @@ class LlamaConfig:
     norm_eps: float = 1e-5
     context: int = 4096
     max_seq: int = 512
+    # Sequences per call. Above 1 the batch axis is symbolic with this maximum, so a node can run any
+    # number of sessions' steps (of equal cache length) in one call; 1 keeps the static form.
     batch: int = 1
 
     @property
@@ -80,6 +82,9 @@ def build_llama(
     ctx = TensorContext(name)
     ctx.declare_dim("seq", cfg.max_seq)
     batch: int | str = cfg.batch
+    if cfg.batch > 1:
+        ctx.declare_dim("batch", cfg.batch)
+        batch = "batch"
     ids = ctx.add_graph_input("input_ids", (batch, "seq"), "int64")
     pasts: list[tuple[Tensor, Tensor]] = []
     if kv_cache:
