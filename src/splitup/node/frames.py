@@ -64,7 +64,9 @@ def pack(frame: Frame) -> list[bytes | memoryview]:
     """The frame as buffers to write in order; tensor data is referenced, not copied."""
     entries, buffers, offset = [], [], 0
     for name, value in frame.tensors.items():
-        arr = np.ascontiguousarray(value)
+        arr = np.asarray(value)
+        if not arr.flags.c_contiguous:
+            arr = np.ascontiguousarray(arr)  # (not for all: it turns a 0-d array into a 1-d one)
         if arr.dtype.name not in DTYPES:
             raise FrameError(f"tensor {name!r}: dtype {arr.dtype} cannot be sent ({', '.join(DTYPES)})")
         entries.append([name, arr.dtype.name, list(arr.shape), offset])
@@ -145,7 +147,7 @@ def _tensor(entry: Any, payload: bytes | bytearray, start: int,
         raise FrameError(f"tensor {name!r}: offset {offset!r} does not hold {size} bytes inside the payload")
     if max_tensor_bytes is not None and size > max_tensor_bytes:
         raise FrameError(f"tensor {name!r}: {size} bytes exceeds the {max_tensor_bytes}-byte limit")
-    arr = np.frombuffer(payload, DTYPES[dtype], count, offset).reshape(shape)
+    arr = np.frombuffer(payload, DTYPES[dtype], count, offset).reshape(tuple(shape))
     return name, arr, offset + size
 
 
