@@ -58,11 +58,15 @@ def build_gpt2(
     p = params or ParamSource()
     ctx = TensorContext(name)
     ctx.declare_dim("seq", cfg.max_seq)
-    ids = ctx.add_graph_input("input_ids", (cfg.batch, "seq"), "int64")
+    batch: int | str = cfg.batch
+    if cfg.batch > 1:  # a symbolic batch axis bounded by cfg.batch, as in the LLaMA builder
+        ctx.declare_dim("batch", cfg.batch)
+        batch = "batch"
+    ids = ctx.add_graph_input("input_ids", (batch, "seq"), "int64")
     pasts: list[tuple[Tensor, Tensor]] = []
     if kv_cache:
         ctx.declare_dim("past", cfg.context)
-        shape = (cfg.batch, cfg.heads, "past", cfg.head_dim)
+        shape = (batch, cfg.heads, "past", cfg.head_dim)
         for i in range(cfg.layers):
             pasts.append((ctx.add_graph_input(f"past.{i}.key", shape, dtype),
                           ctx.add_graph_input(f"past.{i}.value", shape, dtype)))
