@@ -42,9 +42,9 @@ def test_round_trip_of_every_dtype_without_copying():
                ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")}
     tensors["scalar"] = np.array(7, np.int64)
     tensors["empty"] = np.zeros((0, 4), np.float32)
-    header, payload = _split(pack(Frame("exec", tensors, "{}", hops=[{"hop": 0}])))
+    header, payload = _split(pack(Frame("exec", tensors, {"job": "j"}, hops=[{"hop": 0}])))
     frame = unpack(header, payload)
-    assert frame.kind == "exec" and frame.envelope == "{}" and frame.hops == [{"hop": 0}]
+    assert frame.kind == "exec" and frame.envelope == {"job": "j"} and frame.hops == [{"hop": 0}]
     for name, value in tensors.items():
         got = frame.tensors[name]
         assert got.dtype == value.dtype and got.shape == value.shape and np.array_equal(got, value)
@@ -102,7 +102,7 @@ def _frame_port(url: str) -> tuple[str, int]:
 
 def _exec(plan, url: str, tensors, *, task: int = 0) -> Frame:
     env = Envelope("t", 0, [Hop([url], plan.tasks[task].task_id, [plan.tasks[task].outputs[0].name])])
-    return Frame("exec", tensors, env.to_json())
+    return Frame("exec", tensors, env.to_dict())
 
 
 def _ids(n: int = 3, dtype=np.int64) -> dict[str, np.ndarray]:
@@ -151,7 +151,7 @@ def test_garbage_oversize_and_malformed_frames_get_typed_errors(plan, cluster):
     # a well-formed frame with a bad request in it: refused, the connection stays usable
     no_env = _send_raw(addr, _raw({"k": "exec", "t": []}), closes=False)
     assert no_env["status"] == 400 and "envelope" in no_env["error"]
-    bad_env = _send_raw(addr, _raw({"k": "exec", "t": [], "e": json.dumps({"job": "j", "hop": 5, "route": []})}),
+    bad_env = _send_raw(addr, _raw({"k": "exec", "t": [], "e": {"job": "j", "hop": 5, "route": []}}),
                        closes=False)
     assert bad_env["status"] == 400 and "route" in bad_env["error"]
     assert httpx.get(cluster.c.url + "/health", timeout=10).status_code == 200

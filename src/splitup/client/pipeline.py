@@ -172,7 +172,7 @@ class PipelineClient:
 
     def _exchange_frames(self, url: str, addr: tuple[str, int], env: Envelope, tensors: Mapping[str, np.ndarray],
                          timeout: float) -> tuple[dict[str, np.ndarray], str | None]:
-        request = Frame("exec", dict(tensors), env.to_json())
+        request = Frame("exec", dict(tensors), env.to_dict())
         while True:
             reused = False
             try:
@@ -310,6 +310,7 @@ class GenerationSession:
         spec = next(s for s in self.plan.inputs if s.name == client.token_input)
         self.max_chunk = int(spec.max_shape[-1])
         self.recoveries = 0
+        self._sends = plan_sends(self.plan.tasks, [client.logits_output])[1]
 
     def __enter__(self) -> GenerationSession:
         return self
@@ -345,7 +346,7 @@ class GenerationSession:
 
     def _step(self, ids: np.ndarray) -> np.ndarray:
         c = self.client
-        _, sends = plan_sends(self.plan.tasks, [c.logits_output])
+        sends = self._sends
         for _ in range(c.max_failovers + 1):
             try:
                 # Tasks whose session was lost get a new one first, lowest first: a replay runs through the

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response
 
 from splitup.node.forward import ForwardError, HopClient, Reply
 from splitup.node.node import Node, NotHere
-from splitup.node.stream import FrameForwarder, FrameServer
+from splitup.node.stream import STREAM_LIMIT, FrameForwarder, FrameServer
 from splitup.node.wire import Envelope, WireError, decode, encode, envelope_of
 from splitup.partition.task import PlanError
 from splitup.runtime import EngineError, InterfaceError, SessionError, SessionLimit, StepConflict
@@ -97,11 +97,18 @@ class HopDispatch:
         """The hop's outputs and its timing record."""
         t0 = time.perf_counter()
         if self.in_flight == 1 and self.node.expected_peers(env) == 1:
-            out = self.node.compute(env, tensors)
+            out, cpu = self._timed(env, tensors)
         else:
-            out = await asyncio.get_running_loop().run_in_executor(self.pool, self.node.compute, env, tensors)
+            out, cpu = await asyncio.get_running_loop().run_in_executor(self.pool, self._timed, env, tensors)
         ms = round((time.perf_counter() - t0) * 1000, 3)
-        return out, {"hop": env.hop, "node": self.node.config.node_id, "task": env.current.task[:16], "ms": ms}
+        return out, {"hop": env.hop, "node": self.node.config.node_id, "task": env.current.task[:16], "ms": ms,
+                     "cpu_ms": round(cpu * 1000, 3)}
+
+    def _timed(self, env: Envelope, tensors: Mapping[str, Any]) -> tuple[dict[str, Any], float]:
+        # CPU time of the computing thread (the engine's own with one intra-op thread): with "ms" it tells
+        # compute from waiting for a core on a busy machine.
+        c0 = time.thread_time()
+        return self.node.compute(env, tensors), time.thread_time() - c0
 
 
 def _failed(exc: Exception, hop: int | None) -> HopFailed:
@@ -126,7 +133,7 @@ def create_app(node: Node, *, heartbeat: Callable[[dict[str, Any]], None] | None
         server = None
         if frames_host is not None and node.config.frame_port is not None:
             handler = FrameServer(node, dispatch.compute, app.state.frames, dispatch.admit, _failed).handle
-            server = await asyncio.start_server(handler, frames_host, node.config.frame_port)
+            server = await asyncio.start_server(handler, frames_host, node.config.frame_port, limit=STREAM_LIMIT)
             frames["port"] = server.sockets[0].getsockname()[1]
         beat = asyncio.create_task(_heartbeat_loop(node, heartbeat)) if heartbeat is not None else None
         try:

@@ -54,7 +54,7 @@ class Frame:
 
     kind: str
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
-    envelope: str | None = None  # the routing envelope as JSON (parsed by ``wire.Envelope.from_json``)
+    envelope: dict[str, Any] | None = None  # the routing envelope (``wire.Envelope.to_dict``/``from_dict``)
     hops: list[Any] = field(default_factory=list)
     error: dict[str, Any] | None = None
     parked: str | None = None
@@ -121,8 +121,8 @@ def unpack(header: bytes, payload: bytes | bytearray, *, max_tensor_bytes: int |
             raise FrameError(f"tensor {name!r} appears twice")
         tensors[name] = arr
     envelope, hops, error, parked = head.get("e"), head.get("h", []), head.get("x"), head.get("p")
-    if envelope is not None and not isinstance(envelope, str):
-        raise FrameError("frame envelope must be a JSON string")
+    if envelope is not None and not isinstance(envelope, dict):
+        raise FrameError("frame envelope must be a JSON object")
     if not isinstance(hops, list) or (error is not None and not isinstance(error, dict)) \
             or (parked is not None and not isinstance(parked, str)):
         raise FrameError("frame hop records, error or parked URL are malformed")

@@ -22,6 +22,9 @@ from splitup.node.wire import Envelope, encode
 
 log = logging.getLogger("splitup.node")
 MAX_IDLE = 8
+# Stream buffer size: a decode step's logits (SmolLM2: 192 KiB) arrive in one read instead of several
+# pause/resume cycles of the default 64 KiB.
+STREAM_LIMIT = 4 << 20
 
 
 class FrameForwarder:
@@ -62,7 +65,7 @@ class FrameForwarder:
                 if reused:
                     reader, writer = conns.pop()
                 else:
-                    reader, writer = await asyncio.open_connection(*addr)
+                    reader, writer = await asyncio.open_connection(*addr, limit=STREAM_LIMIT)
                 try:
                     await write_frame(writer, frame)
                     reply = await read_frame(reader, self.max_payload)
@@ -118,7 +121,7 @@ class FrameServer:
             release = self.admit()
             if frame.kind != "exec" or frame.envelope is None:
                 raise FrameError(f"expected an 'exec' frame with an envelope, got {frame.kind!r}")
-            env = Envelope.from_json(frame.envelope)
+            env = Envelope.from_dict(frame.envelope)
             hop = env.hop
             out, record = await self.compute(env, frame.tensors)
             if hop + 1 == len(env.route):
@@ -145,7 +148,7 @@ class FrameServer:
         nxt = env.current
         timeout = env.hop_timeout * (len(env.route) - env.hop)  # deeper hops give up first
         urls = nxt.urls if nxt.session is None else nxt.urls[:1]  # a session lives on one node only
-        request = Frame("exec", out, env.to_json())
+        request = Frame("exec", out, env.to_dict())
         failure = None
         for attempt, url in enumerate(urls):
             try:
