@@ -152,3 +152,22 @@ def test_sessions_beyond_the_memory_budget_are_refused_with_429(batched_plan):
         assert r.status_code == 429 and r.json()["kind"] == "busy"
         node.sessions.close(opened[0])
         assert client.post("/sessions", json={"task_id": task.task_id}).status_code == 201
+
+
+def test_the_batcher_groups_equal_shapes_among_mixed_calls(batched_plan):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from splitup.runtime.batching import Batcher
+    from splitup.runtime.engine import fill_state
+
+    node = _node(batched_plan)
+    plan, _ = batched_plan
+    runner = node.runners[plan.tasks[0].task_id]
+    batcher = Batcher(runner, gap_s=0.05, max_wait_s=0.5)
+    feeds = [fill_state(runner.task, {"input_ids": np.full((1, 1 + i % 2), i, np.int64)}, None) for i in range(6)]
+    want = [runner.run(f) for f in feeds]
+    with ThreadPoolExecutor(6) as pool:  # two shapes interleaved: each group is stacked apart from the other
+        got = list(pool.map(lambda f: batcher.run(f, expected=3), feeds))
+    for g, w in zip(got, want, strict=True):
+        assert g.keys() == w.keys() and all(np.array_equal(g[k], w[k]) for k in w)
+    assert batcher.rows == 6 and batcher.calls < 6
