@@ -18,7 +18,6 @@ import numpy as np
 from splitup.errors import SplitUpError
 from splitup.node.wire import Envelope
 from splitup.runtime import Runner, SessionStore, available_engines, check_feeds, get_engine
-from splitup.runtime.engine import fill_state
 
 log = logging.getLogger("splitup.node")
 
@@ -119,15 +118,15 @@ class Node:
         t0 = time.perf_counter()
         outs: dict[str, np.ndarray] = {}
         if hop.session is None:
-            outs = runner.run(fill_state(task, given, None))
+            outs = runner.step(given, None)[0]
         else:
             session = self.sessions.get(hop.session, task.task_id)
 
             def step(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-                full = fill_state(task, given, state)
-                check_feeds(task, full)  # the held cache must still fit its declared maximum
-                outs.update(runner.run(full))
-                return {past: outs[present] for past, present in task.state.items()}
+                # The runner refuses a call that would grow the held cache past the task's maximum.
+                done, new_state = runner.step(given, state)
+                outs.update(done)
+                return new_state
 
             assert hop.step is not None  # the envelope parser requires it with a session
             session.advance(hop.step, step)
