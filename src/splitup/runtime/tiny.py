@@ -8,8 +8,8 @@ import os
 import shutil
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,13 +65,28 @@ class TinygradEngine(Engine):
 
     def _open(self, graph: Path, task: TaskDefinition) -> Runner:
         def make():  # noqa: ANN202 - OnnxRunner
-            return self._runner_cls(graph)
+            return _transpose_matmul_weights(self._runner_cls(graph))
 
         try:
             runner = _tinygrad_thread().submit(make).result()
         except Exception as exc:  # tinygrad raises plain exceptions for unsupported graphs
             raise EngineError(f"tinygrad cannot load task {task.task_id[:12]}: {exc}") from None
         return _TinygradRunner(task, runner, self.device)
+
+
+def _transpose_matmul_weights(runner):  # noqa: ANN001, ANN202 - OnnxRunner
+    """Keep each MatMul weight (in, out) stored as (out, in) and read through a transposed view: a decode
+    step is matrix-vector products, and tinygrad's CPU kernels then read each dot product contiguously
+    (about 2x faster per step on SmolLM2's layers). Values and results are unchanged."""
+    from tinygrad import Tensor
+
+    for node in runner.graph_nodes:
+        if node.op != "MatMul" or len(node.inputs) < 2:
+            continue
+        w = runner.graph_values.get(node.inputs[1])
+        if isinstance(w, Tensor) and w.ndim == 2 and node.inputs[1] in runner.const_names:
+            runner.graph_values[node.inputs[1]] = w.T.contiguous().realize().T
+    return runner
 
 
 def _probe_device() -> str:
