@@ -112,18 +112,30 @@ def test_concurrent_streams_share_engine_calls_and_keep_their_tokens(batched_pla
         assert calls < rows, f"no step of task {k[:8]} shared an engine call"
 
 
-def test_streams_of_different_lengths_run_apart_and_stay_correct(batched_plan):
+def test_streams_of_different_lengths_share_calls_and_keep_their_tokens(batched_plan):
     plan, _ = batched_plan
     node = _node(batched_plan)
     prompts = [[5, 17, 99, 3], [1, 2], [400, 9, 9, 12, 8, 8]]
     alone = [_alone(node, plan, p) for p in prompts]
     streams = [Stream(node, plan, p) for p in prompts]
-    threads = [threading.Thread(target=lambda s=s: [s.next() for _ in range(TOKENS)]) for s in streams]
+    for s in streams:
+        s.next()  # the prefills (of different lengths: they cannot be stacked)
+    before = {k: (b.calls, b.rows) for k, b in node.batchers.items()}
+    barrier = threading.Barrier(len(streams))
+
+    def run(s: Stream) -> None:
+        for _ in range(TOKENS - 1):
+            barrier.wait(timeout=30)
+            s.next()
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in streams]
     for t in threads:
         t.start()
     for t in threads:
         t.join(120)
     assert [s.tokens for s in streams] == alone
+    for k, b in node.batchers.items():  # decode steps at lengths 4, 2 and 6 (caches padded): stacked
+        assert b.calls - before[k][0] < b.rows - before[k][1]
 
 
 def test_a_session_holds_one_sequence(batched_plan):

@@ -19,7 +19,6 @@ from splitup.errors import SplitUpError
 from splitup.node.wire import Envelope
 from splitup.runtime import Runner, SessionStore, available_engines, check_feeds, get_engine
 from splitup.runtime.batching import Batcher, batch_limit
-from splitup.runtime.engine import fill_state
 
 log = logging.getLogger("splitup.node")
 
@@ -119,10 +118,11 @@ class Node:
         """How many sessions' steps may arrive with this one and share its engine call (1: run it alone)."""
         hop = env.current
         runner = self.runners.get(hop.task)
-        if hop.session is None or runner is None or self.batchers[hop.task].max_rows < 2:
+        if hop.session is None or runner is None or not self.batchers[hop.task].applies:
             return 1
         session = self.sessions.peek(hop.session)
-        return 1 if session is None else self.sessions.peers(session)
+        # With per-sequence lengths every session of the task can share a call; otherwise equal caches only.
+        return 1 if session is None else self.sessions.peers(session, same_cache=runner.kv is None)
 
     # --- one hop -------------------------------------------------------------------------------------------
     def compute(self, env: Envelope, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -136,7 +136,7 @@ class Node:
         t0 = time.perf_counter()
         outs: dict[str, np.ndarray] = {}
         if hop.session is None:
-            outs = runner.run(fill_state(task, given, None))
+            outs = runner.step(given, None)[0]
         else:
             session = self.sessions.get(hop.session, task.task_id)
             if self.batchers[task.task_id].max_rows > 1 and any(v.shape[:1] != (1,) for v in given.values()):
@@ -147,10 +147,10 @@ class Node:
             expected = self.expected_peers(env)
 
             def step(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-                full = fill_state(task, given, state)
-                check_feeds(task, full)  # the held cache must still fit its declared maximum
-                outs.update(self.batchers[task.task_id].run(full, expected))
-                return {past: outs[present] for past, present in task.state.items()}
+                # The runner refuses a call that would grow the held cache past the task's maximum.
+                done, new_state = self.batchers[task.task_id].step(given, state, expected)
+                outs.update(done)
+                return new_state
 
             assert hop.step is not None  # the envelope parser requires it with a session
             session.advance(hop.step, step)

@@ -117,13 +117,15 @@ class SessionStore:
         """The session, without counting this as a use."""
         return self._sessions.get(session_id)
 
-    def peers(self, session: Session, within_s: float = 1.0) -> int:
-        """Sessions of ``session``'s task, itself included, used in the last ``within_s`` seconds with the
-        same cache shape: how many steps may arrive together and share one engine call."""
+    def peers(self, session: Session, within_s: float = 1.0, *, same_cache: bool = True) -> int:
+        """Sessions of ``session``'s task, itself included, used in the last ``within_s`` seconds (and with
+        the same cache shape, with ``same_cache``): how many steps may arrive together and share one
+        engine call."""
         cutoff, shape = self._clock() - within_s, session.cache_shape
         with self._lock:
             return sum(1 for s in self._sessions.values()
-                       if s.task_id == session.task_id and s.last_used >= cutoff and s.cache_shape == shape)
+                       if s.task_id == session.task_id and s.last_used >= cutoff
+                       and (not same_cache or s.cache_shape == shape))
 
     def close(self, session_id: str) -> bool:
         with self._lock:
