@@ -7,8 +7,8 @@ error protocol, safetensors' copy into fresh arrays) is paid many times a second
 
 The header lists each tensor as ``[name, dtype, shape, offset]`` into the payload (offsets 8-aligned)
 and carries the routing envelope, the hop timing records and, in replies, an error or a parked-result
-URL. Tensors are ``np.frombuffer`` views of the received payload (no copy); sending writes the arrays'
-own buffers (``sendmsg`` / ``writelines``) behind one small header. A connection carries one request
+URL. Tensors are ``np.frombuffer`` views of the received payload (no per-tensor copy); sending writes
+the arrays' own buffers (``sendmsg`` / ``writelines``) behind one small header. A connection carries one request
 and its reply at a time; a node keeps a few open per next hop, a client one per thread and node.
 
 Everything is bounded before it is allocated: the prefix's lengths against the header limit and the
