@@ -1,5 +1,5 @@
-"""The whole SmolLM2 split through node processes with the middle task on tinygrad: the same greedy tokens
-as onnxruntime (and transformers), with tinygrad in the fixed KV-cache form, captured once and replayed.
+"""The whole SmolLM2 split through node processes with the middle task on tinygrad: the same 32 greedy
+tokens as onnxruntime (and transformers), with tinygrad in the fixed KV-cache form.
 
 The prompt goes in one token per step, so the tinygrad node compiles one shape only (its first call runs
 eagerly, its second is captured, every later one replays); the plan's context is 64, so its caches are
@@ -9,12 +9,12 @@ allocated at 64 slots. About a minute on 2 shared cores, most of it tinygrad sch
 import httpx
 import pytest
 
+from node.procs import start_node, start_store  # tests/node, importable as ``node`` under pytest's rootdir
 from splitup.client.pipeline import PipelineClient
 from splitup.models.generate import generate
 from splitup.runtime import available_engines
 from splitup.storage import BlobStore, publish_plan
 
-from ..node.procs import start_node, start_store
 from .conftest import CONTINUATION, PROMPT_IDS, need
 from .splits import plan_with_tasks
 
@@ -22,10 +22,11 @@ TINYGRAD = available_engines().get("tinygrad", "missing")
 
 
 @pytest.mark.skipif(TINYGRAD != "ok", reason=f"tinygrad cannot run here: {TINYGRAD}")
-def test_smollm2_through_three_nodes_with_a_tinygrad_node_gives_the_onnxruntime_tokens(model_cache, tmp_path):
+def test_smollm2_through_three_nodes_with_a_tinygrad_node_gives_the_onnxruntime_tokens(smollm, tmp_path):
     need("smollm2-135m")
     from splitup.models.real import load_real_model
 
+    # The weights come from the session's hashed cache (the smollm fixture imported them).
     model = load_real_model("smollm2-135m", max_seq=8, context=64).model
     plan = plan_with_tasks(model, "smollm2-135m", 3, tmp_path / "plan").plan
     del model
