@@ -135,6 +135,8 @@ def create_app(node: Node, *, heartbeat: Callable[[dict[str, Any]], None] | None
             handler = FrameServer(node, dispatch.compute, app.state.frames, dispatch.admit, _failed).handle
             server = await asyncio.start_server(handler, frames_host, node.config.frame_port, limit=STREAM_LIMIT)
             frames["port"] = server.sockets[0].getsockname()[1]
+        # Probed off the event loop at start, so the first GET /capabilities does not wait seconds for it.
+        asyncio.get_running_loop().run_in_executor(dispatch.pool, node.engines)
         beat = asyncio.create_task(_heartbeat_loop(node, heartbeat)) if heartbeat is not None else None
         try:
             yield

@@ -82,6 +82,7 @@ class Node:
         self.on_hop = on_hop
         self.started = time.time()
         self.hops_done = 0
+        self._engines: dict[str, str] | None = None
 
     # --- tasks ---------------------------------------------------------------------------------------------
     def load_bundle(self, directory: Path, task_id: str | None = None) -> Runner:
@@ -179,7 +180,7 @@ class Node:
             "node": self.config.node_id,
             "engine": self.engine.name,
             "devices": self.engine.devices(),
-            "engines": available_engines(),
+            "engines": self.engines(),
             "memory": memory_report(),
             "tasks": [{"task_id": r.task.task_id, "model": r.task.model, "index": r.task.index,
                        "vram_bytes": r.task.vram_bytes, "device": r.device} for r in self.runners.values()],
@@ -188,6 +189,13 @@ class Node:
                          "idle_s": self.sessions.idle_s, "state_bytes": self.sessions.state_bytes()},
             "limits": {"max_body_bytes": self.config.max_body_bytes, "max_concurrent": self.config.max_concurrent},
         }
+
+    def engines(self) -> dict[str, str]:
+        """Which engines this machine can run, probed once: probing imports each engine's library, which
+        takes seconds (tinygrad) and does not change while the process runs."""
+        if self._engines is None:
+            self._engines = available_engines()
+        return self._engines
 
     def status(self) -> dict[str, Any]:
         """The heartbeat payload: small, cheap to compute."""
