@@ -86,7 +86,7 @@ def pipeline_tokens(plan, work: Path, engines: list[str], prompt: list[int], tok
             d.wait_ready(timeout=600)
         with PipelineClient(plan, [d.url for d in nodes], hop_timeout=600) as client:
             t0 = time.perf_counter()
-            client.generate(prompt, tokens)  # warm-up: tinygrad captures its shapes here
+            client.generate(prompt, tokens)  # warm-up: tinygrad captures its shapes (prefill, decode) here
             warm = time.perf_counter() - t0
             t0 = time.perf_counter()
             out = client.generate(prompt, tokens)
@@ -107,7 +107,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime threads")
     ap.add_argument("--no-pipeline", action="store_true")
     args = ap.parse_args()
-    console = Console()
+    console = Console(width=200)
     tiny_ok = available_engines().get("tinygrad") == "ok"
     model, prompt, label = load_model(args.model, args.context)
     work = Path(tempfile.mkdtemp(prefix="splitup-bench-engines-"))

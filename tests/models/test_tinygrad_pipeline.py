@@ -2,8 +2,8 @@
 tokens as onnxruntime (and transformers), with tinygrad in the fixed KV-cache form.
 
 The prompt goes in one token per step, so the tinygrad node compiles one shape only (its first call runs
-eagerly, its second is captured, every later one replays); the plan's context is 64, so its caches are
-allocated at 64 slots. About a minute on 2 shared cores, most of it tinygrad scheduling that shape.
+eagerly and is captured, every later one replays); the plan's context is 64, so its caches hold 64 slots.
+Most of the time is tinygrad scheduling and compiling that shape (kernels then come from its disk cache).
 """
 
 import httpx

@@ -163,6 +163,7 @@ class _TinygradRunner(Runner):
         try:
             key = (bucket, *(d for n in sorted(feeds) for d in feeds[n].shape))
             slot = self._slots.get(key)
+            fresh = slot is None
             if slot is None:
                 slot = self._slots[key] = _Slot(self._make_jit(), {})
             inputs: dict[str, Any] = {}
@@ -188,6 +189,11 @@ class _TinygradRunner(Runner):
                     _write(held, value)
                 inputs[spec.name] = held
             outs = slot.jit(**inputs)
+            if fresh:
+                # Capture now rather than on the shape's next call, so one call of each shape is all the
+                # warm-up there is. Running the call again is harmless: it writes the same cache slots
+                # with the same values.
+                outs = slot.jit(**inputs)
             done: dict[str, Any] = {}
             for spec in self.task.outputs:
                 if spec.name in self.task.state.values():
@@ -249,7 +255,7 @@ class _TinygradRunner(Runner):
             return kept
 
         # The first call runs eagerly (OnnxRunner reads the shape-derived constants it then keeps), the
-        # second captures, later ones replay.
+        # second captures (``_step`` makes both on a shape's first use), later ones replay.
         return TinyJit(call)
 
 
