@@ -7,7 +7,8 @@ For every precision a task may state, the plan's tasks run on every honest engin
 
 * ``layer skipped``: a decoder layer of the task graph bypassed (its residual stream passed through);
 * weights / arithmetic below the stated precision (``precision.BELOW``);
-* ``attention window``: every attention in the task sees only the last ``window`` keys;
+* ``attention window``: every attention in the task sees only the last ``window`` keys (its causal
+  mask ``key <= query`` narrowed to ``query - window < key``);
 * ``another input's outputs``: the outputs this task gave another prompt at the same call;
 * ``top-token flip`` / ``steer`` (the task emitting logits): at a near-tie the old rule excused
   (gap within ``atol + 1e-3 rms + 1e-3 |max|``) the top two logits swapped, or the runner-up lifted
@@ -120,7 +121,7 @@ def _layer_bypass(model: onnx.ModelProto, prefix: str) -> tuple[onnx.NodeProto, 
 
 
 def truncate_attention(model: onnx.ModelProto, window: int) -> onnx.ModelProto:
-    """Every causal mask (``Trilu`` lower, offset = past length) narrowed to the last ``window`` keys."""
+    """Every causal mask (``key position <= query position``) narrowed to the last ``window`` keys."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
@@ -130,12 +131,12 @@ def truncate_attention(model: onnx.ModelProto, window: int) -> onnx.ModelProto:
     for n in g.node:
         n.input[:] = [renames.get(i, i) for i in n.input]
         nodes.append(n)
-        upper = next((a.i for a in n.attribute if a.name == "upper"), 1)
-        if n.op_type == "Trilu" and upper == 0 and len(n.input) == 2:
-            k, far, cut = f"{n.output[0]}__k", f"{n.output[0]}__far", f"{n.output[0]}__window"
-            nodes += [helper.make_node("Sub", [n.input[1], "__window"], [k]),
-                      helper.make_node("Trilu", [n.input[0], k], [far], upper=0),
-                      helper.make_node("Sub", [n.output[0], far], [cut])]
+        if n.op_type == "LessOrEqual" and ".attn." in n.name:
+            keys, queries = n.input
+            far, near, cut = (f"{n.output[0]}__{x}" for x in ("far", "near", "window"))
+            nodes += [helper.make_node("Sub", [queries, "__window"], [far]),
+                      helper.make_node("Greater", [keys, far], [near]),
+                      helper.make_node("And", [n.output[0], near], [cut])]
             renames[n.output[0]] = cut
     if not renames:
         raise ValueError("no causal mask to narrow in this graph")
