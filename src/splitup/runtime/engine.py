@@ -94,22 +94,30 @@ def _check_interface(model, task: TaskDefinition) -> None:  # noqa: ANN001 - onn
                         f"(graph inputs {sorted(graph_in)}, declared {sorted(want_in)})")
 
 
-def empty_state(spec: TensorSpec) -> np.ndarray:
-    """An empty KV cache: symbolic (cache-length) axes are 0, static ones as declared."""
-    return np.zeros([d if isinstance(d, int) else 0 for d in spec.shape], dtype=spec.dtype)
+def empty_state(spec: TensorSpec, known: Mapping[str, int] | None = None) -> np.ndarray:
+    """An empty KV cache: symbolic axes the other inputs fix (a batch axis) take their size, the rest (the
+    cache length) are 0, static ones as declared."""
+    known = known or {}
+    return np.zeros([d if isinstance(d, int) else known.get(d, 0) for d in spec.shape], dtype=spec.dtype)
 
 
 def fill_state(task: TaskDefinition, feeds: Mapping[str, np.ndarray], state: Mapping[str, np.ndarray] | None,
                form: str = "growing") -> dict[str, np.ndarray]:
     """The task's full feed: given inputs, then held state, then empty caches for state never produced;
     fixed-capacity caches grown to fit the call in the KV-cache ``form`` (``splitup.runtime.kv``)."""
+    known: dict[str, int] = {}
+    for spec in task.inputs:
+        if spec.name in feeds and spec.name not in task.state:
+            for d, got in zip(spec.shape, feeds[spec.name].shape, strict=False):
+                if isinstance(d, str):
+                    known.setdefault(d, int(got))
     full: dict[str, np.ndarray] = {}
     for spec in task.inputs:
         if spec.name in feeds:
             full[spec.name] = feeds[spec.name]
         elif spec.name in task.state:
             held = state.get(spec.name) if state is not None else None
-            full[spec.name] = held if held is not None else empty_state(spec)
+            full[spec.name] = held if held is not None else empty_state(spec, known)
         else:
             raise EngineError(f"task {task.index} needs input {spec.name!r}, which nothing provides")
     layout = KvLayout.of(task.inputs, task.state)

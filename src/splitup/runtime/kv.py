@@ -45,21 +45,23 @@ class KvLayout:
         """The layout of a task, or ``None`` for one without a fixed-capacity cache (no state, or a graph
         that concatenates its cache, as bundles written before this form did)."""
         specs = {s.name: s for s in inputs}
-        lengths = tuple(n for n in state if specs[n].dtype == "int64" and len(specs[n].shape) == 1
-                        and isinstance(specs[n].shape[0], int))
+        lengths = tuple(n for n in state if specs[n].dtype == "int64" and len(specs[n].shape) == 1)
         if not lengths:
             return None
+        # A symbolic batch axis (graphs built with batch > 1) is the lengths' only axis; it is neither a
+        # capacity nor a step axis.
+        batch = {specs[n].shape[0] for n in lengths if isinstance(specs[n].shape[0], str)}
         caches: dict[str, int] = {}
         for name in state:
             if name in lengths:
                 continue
-            axes = [i for i, d in enumerate(specs[name].shape) if isinstance(d, str)]
+            axes = [i for i, d in enumerate(specs[name].shape) if isinstance(d, str) and d not in batch]
             if len(axes) != 1:
                 return None
             caches[name] = axes[0]
         dims = {specs[n].shape[a] for n, a in caches.items()}
         step = next(((s.name, i) for s in inputs if s.name not in state
-                     for i, d in enumerate(s.shape) if isinstance(d, str) and d not in dims), None)
+                     for i, d in enumerate(s.shape) if isinstance(d, str) and d not in dims | batch), None)
         if not caches or step is None:
             return None
         capacity = min(int(specs[n].max_shape[a]) for n, a in caches.items())

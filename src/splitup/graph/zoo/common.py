@@ -98,8 +98,10 @@ def causal_attention(
     scores = (q @ k.transpose(-2, -1)) * (1.0 / float(np.sqrt(d)))
     lowest = float(np.finfo(np.float16 if scores.dtype == "float16" else np.float32).min)
     if keep is None and past_len is not None:
-        # The mask is built over (seq, past+seq) only and broadcast over batch and heads.
-        ones = _ones_like(ctx, scores[0, 0]).cast("float32")
+        # The mask is built over (seq, past+seq) only and broadcast over batch and heads; a symbolic batch
+        # axis cannot be indexed away, so there it is kept (Trilu works on the last two axes of any rank).
+        base = scores[0, 0] if isinstance(scores.shape[0], int) else scores[:, :1]
+        ones = _ones_like(ctx, base).cast("float32")
         keep = ctx.op("Trilu", [ones, past_len], ones.shape, "float32", upper=0).cast("bool")
     if keep is not None:
         scores = keep.where(scores, lowest)
@@ -109,9 +111,11 @@ def causal_attention(
 
 
 def cache_slots(ctx: TensorContext, cache: Tensor) -> Tensor:
-    """Slot numbers ``[0, capacity)`` of a KV cache (b, kvh, capacity, d), from its shape alone."""
-    ones = _ones_like(ctx, cache[0, 0, :, 0]).cast("int64")
-    axis = ctx.constant(np.array(0, np.int64))
+    """Slot numbers ``[0, capacity)`` of a KV cache (b, kvh, capacity, d), from its shape alone: shaped
+    (capacity,), or (b, 1, capacity) when the batch axis is symbolic (it cannot be indexed away)."""
+    static = isinstance(cache.shape[0], int)
+    ones = _ones_like(ctx, cache[0, 0, :, 0] if static else cache[:, :1, :, 0]).cast("int64")
+    axis = ctx.constant(np.array(0 if static else 2, np.int64))
     return ctx.op("CumSum", [ones, axis], ones.shape, "int64") - ctx.constant(np.array(1, np.int64))
 
 

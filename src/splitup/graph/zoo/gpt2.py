@@ -69,8 +69,12 @@ def build_gpt2(
     p = params or ParamSource()
     ctx = TensorContext(name)
     ctx.declare_dim("seq", cfg.max_seq)
-    ids = ctx.add_graph_input("input_ids", (cfg.batch, "seq"), "int64")
-    pasts = kv_inputs(ctx, cfg.layers, (cfg.batch, cfg.heads, "past", cfg.head_dim), dtype, cfg.context) \
+    batch: int | str = cfg.batch
+    if cfg.batch > 1:  # a symbolic batch axis bounded by cfg.batch: a node runs several sessions per call
+        ctx.declare_dim("batch", cfg.batch)
+        batch = "batch"
+    ids = ctx.add_graph_input("input_ids", (batch, "seq"), "int64")
+    pasts = kv_inputs(ctx, cfg.layers, (batch, cfg.heads, "past", cfg.head_dim), dtype, cfg.context) \
         if kv_cache else []
     tok = p(ctx, "wte.weight", (cfg.vocab_size, cfg.hidden), dtype)
     x = tok.gather(ids)

@@ -33,6 +33,8 @@ class LlamaConfig:
     norm_eps: float = 1e-5
     context: int = 4096
     max_seq: int = 512
+    # Sequences per call. Above 1 the batch axis is symbolic with this maximum, so a node can run any
+    # number of sessions' steps (of equal cache length) in one call; 1 keeps the static form.
     batch: int = 1
 
     @property
@@ -94,8 +96,12 @@ def build_llama(
     p = params or ParamSource()
     ctx = TensorContext(name)
     ctx.declare_dim("seq", cfg.max_seq)
-    ids = ctx.add_graph_input("input_ids", (cfg.batch, "seq"), "int64")
-    pasts = kv_inputs(ctx, cfg.layers, (cfg.batch, cfg.kv_heads, "past", cfg.head_dim), dtype, cfg.context) \
+    batch: int | str = cfg.batch
+    if cfg.batch > 1:  # a symbolic batch axis bounded by cfg.batch: a node runs several sessions per call
+        ctx.declare_dim("batch", cfg.batch)
+        batch = "batch"
+    ids = ctx.add_graph_input("input_ids", (batch, "seq"), "int64")
+    pasts = kv_inputs(ctx, cfg.layers, (batch, cfg.kv_heads, "past", cfg.head_dim), dtype, cfg.context) \
         if kv_cache else []
     cos_np, sin_np = rope_tables(cfg)
     cos_t = ctx.parameter("rope.cos", cos_np.shape, dtype, cos_np)
