@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import onnx
 from onnx import GraphProto, ModelProto, TypeProto, ValueInfoProto
 
-from splitup.graph.builder import DIM_MAX_KEY
 from splitup.graph.errors import MalformedGraph, StringTensor, TensorTooLarge, UnboundedDimension
 from splitup.graph.fold import MAX_FOLD_ELEMENTS, fold_shape_constants
 from splitup.graph.limits import Limits
 from splitup.graph.loopshapes import complete_loop_shapes
+from splitup.graph.meta import DIM_MAX_KEY
 from splitup.graph.monotone import check_monotone, probe_points
 from splitup.graph.sizes import element_bits, element_count, tensor_bytes
 from splitup.graph.structure import check_dims, node_label, subgraphs

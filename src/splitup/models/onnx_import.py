@@ -15,7 +15,7 @@ from typing import Any
 
 import onnx
 
-from splitup.graph.builder import DIM_MAX_KEY
+from splitup.graph.meta import DIM_MAX_KEY
 from splitup.models.errors import ModelError
 
 DEFAULT_OPSET = 17

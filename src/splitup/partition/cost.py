@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from splitup.graph.builder import read_state
 from splitup.graph.limits import Limits
+from splitup.graph.meta import read_state
 from splitup.graph.shapes import TensorType, infer_at, read_dim_max, typed_tensors
 from splitup.graph.sizes import element_count, tensor_bytes
 from splitup.graph.validate import validate_model

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import onnx
 
-from splitup.graph.builder import ONNX_DTYPE_NAMES
+from splitup.graph.meta import dtype_of
 from splitup.partition.cost import GraphAnalysis, analyze
 from splitup.partition.partitioner import DEFAULT_WORKSPACE, Partition, partition
 from splitup.partition.task import Plan, TensorSpec, build_tasks, task_dir, write_task
@@ -29,7 +29,7 @@ def _graph_specs(a: GraphAnalysis, model: onnx.ModelProto, names: list[str]) -> 
     for name in names:
         dims = infos[name].type.tensor_type.shape.dim
         shape: list[int | str] = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
-        specs.append(TensorSpec(name, ONNX_DTYPE_NAMES[a.types[name].elem_type], shape, list(a.types[name].shape)))
+        specs.append(TensorSpec(name, dtype_of(a.types[name].elem_type, where=f"tensor {name}"), shape, list(a.types[name].shape)))
     return specs
 
 

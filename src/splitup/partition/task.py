@@ -26,7 +26,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from splitup.errors import SplitUpError
-from splitup.graph.builder import DIM_MAX_KEY, ONNX_DTYPE_NAMES, STATE_KEY
+from splitup.graph.meta import DIM_MAX_KEY, DTYPE_ONNX, STATE_KEY, dtype_of
+from splitup.graph.sizes import tensor_bytes
 from splitup.graph.validate import validate_model
 from splitup.partition.cost import GraphAnalysis
 from splitup.partition.partitioner import Partition, Segment
@@ -62,11 +63,12 @@ class TensorSpec:
 
     @property
     def max_bytes(self) -> int:
-        itemsize = 2 if self.dtype == "bfloat16" else np.dtype(self.dtype).itemsize
-        return int(np.prod(self.max_shape, dtype=np.int64)) * itemsize
+        return tensor_bytes(DTYPE_ONNX[self.dtype], self.max_shape, where=f"tensor {self.name}")
 
     @staticmethod
     def from_json(d: dict[str, Any]) -> TensorSpec:
+        if d["dtype"] not in DTYPE_ONNX:
+            raise ValueError(f"tensor {d['name']!r} has unknown dtype {d['dtype']!r}")
         return TensorSpec(str(d["name"]), str(d["dtype"]), list(d["shape"]), [int(x) for x in d["max_shape"]])
 
 
@@ -197,7 +199,7 @@ def _interface(a: GraphAnalysis, sym: dict[str, onnx.ValueInfoProto], name: str,
             sym_name = f"{name}.dim{axis}"
             fresh[sym_name] = max(int(mx), 1)
             shape.append(sym_name)
-    return TensorSpec(name, ONNX_DTYPE_NAMES[t.elem_type], shape, [int(x) for x in t.shape])
+    return TensorSpec(name, dtype_of(t.elem_type, where=f"tensor {name}"), shape, [int(x) for x in t.shape])
 
 
 def _symbolic_types(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
