@@ -49,7 +49,8 @@ def make_plan(
     """
     a = analyze(model, trusted=trusted)
     part = partition(a, budgets, workspace_bytes=workspace_bytes, cut_factor=cut_factor)
-    built = build_tasks(a, part, name, validate=out_dir is not None)
+    # Every task is validated whether or not it is written: a plan that prints fine must also write.
+    built = build_tasks(a, part, name, validate=True)
     if out_dir is not None:
         out_dir = Path(out_dir)
         if (out_dir / "tasks").exists():
