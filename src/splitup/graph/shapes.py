@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import onnx
 from onnx import GraphProto, ModelProto, TypeProto, ValueInfoProto
 
+from splitup.graph.bounds import bound_by_input
 from splitup.graph.errors import MalformedGraph, StringTensor, TensorTooLarge, UnboundedDimension
 from splitup.graph.fold import MAX_FOLD_ELEMENTS, fold_shape_constants
 from splitup.graph.limits import Limits
@@ -129,7 +130,8 @@ def infer_at(model: ModelProto, dims: dict[str, int], limits: Limits, max_rounds
             break
         # Both run: a folded constant may bound a Loop, and a bounded Loop may feed a Shape.
         folded = fold_shape_constants(inferred)
-        if not (complete_loop_shapes(inferred) | folded):
+        # Bounds come last: an exact shape found by folding or induction beats an upper bound.
+        if not (complete_loop_shapes(inferred) | folded) and not bound_by_input(inferred):
             break
         inferred = _screened(_infer(inferred), limits)
     return inferred

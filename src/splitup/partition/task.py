@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ PLAN_VERSION = 1
 GRAPH_FILE = "task.onnx"
 WEIGHTS_FILE = "weights.safetensors"
 TASK_FILE = "task.json"
+INLINE_ELEMENTS = 64
 
 
 
@@ -288,12 +290,16 @@ def _build_task(a: GraphAnalysis, sym: dict[str, onnx.ValueInfoProto], seg: Segm
     dim_max = {k: v for k, v in a.dim_max.items() if k in used_dims} | fresh
     state = {k: v for k, v in a.state.items() if k in inputs and v in outputs}
     bound = all(_has_data(a.initializers[n]) for n in inits)
-    weights = {n: numpy_helper.to_array(a.initializers[n]) for n in inits} if bound else None
+    # Small initializers (axes, shape constants, scalars) stay inside the graph: shape inference reads
+    # their values, which it cannot do through external data.
+    inline = [n for n in inits if _has_data(a.initializers[n]) and math.prod(a.initializers[n].dims) <= INLINE_ELEMENTS]
+    shard = [n for n in inits if n not in inline]
+    weights = {n: numpy_helper.to_array(a.initializers[n]) for n in shard} if bound else None
 
     def vi(spec: TensorSpec) -> onnx.ValueInfoProto:
         return helper.make_tensor_value_info(spec.name, a.types[spec.name].elem_type, spec.shape)
 
-    initializers = [_external_stub(a.initializers[n]) for n in inits]
+    initializers = [a.initializers[n] for n in inline] + [_external_stub(a.initializers[n]) for n in shard]
     graph = helper.make_graph(
         [a.constants[c] for c in consts] + nodes, f"{model_name}.task{index}",
         [vi(s) for s in in_specs], [vi(s) for s in out_specs], initializer=initializers,
@@ -343,6 +349,8 @@ def write_task(task: BuiltTask, directory: Path) -> TaskDefinition:
         save_file({k: np.ascontiguousarray(v) for k, v in task.weights.items()}, str(shard))
         offsets = _safetensors_offsets(shard)
         for init in graph.graph.initializer:
+            if init.name not in offsets:
+                continue  # inline
             begin, end = offsets[init.name]
             del init.external_data[:]
             for key, value in (("location", WEIGHTS_FILE), ("offset", str(begin)), ("length", str(end - begin))):
