@@ -10,6 +10,7 @@ for a small model; the dynamo one (``onnxscript``) is used when asked, or when T
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import json
 import warnings
@@ -242,7 +243,9 @@ def _make_wrapper_class() -> type:
                 cache = DynamicCache(config=self.model.config)
                 for i in range(self.layers):
                     cache.update(past[2 * i], past[2 * i + 1], i)
-                kwargs |= {"past_key_values": cache, "use_cache": True}
+                # transformers >= 5.x names it ``cache``; older releases ``past_key_values``.
+                params = inspect.signature(self.model.forward).parameters
+                kwargs |= {"cache" if "cache" in params else "past_key_values": cache, "use_cache": True}
             elif hasattr(self.model.config, "use_cache"):
                 kwargs["use_cache"] = False
             out = self.model(**kwargs)
@@ -250,7 +253,8 @@ def _make_wrapper_class() -> type:
             if not self.kv:
                 return first
             flat = []
-            for layer in out.past_key_values.layers:
+            cache = getattr(out, "cache", None) or out.past_key_values
+            for layer in cache.layers:
                 flat += [layer.keys, layer.values]
             return (first, *flat)
 
