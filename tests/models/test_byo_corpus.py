@@ -15,8 +15,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from splitup.graph.shapes import read_dim_max
 from splitup.graph.limits import Limits
+from splitup.graph.shapes import read_dim_max
 from splitup.graph.validate import validate_model
 from splitup.partition.local import LocalPipeline
 
