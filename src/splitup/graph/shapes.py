@@ -75,7 +75,10 @@ def check_graph_inputs(graph: GraphProto, dim_max: dict[str, int], limits: Limit
                 continue
             elif kind == "dim_param":
                 raise UnboundedDimension(
-                    f"dim {axis} {dim.dim_param!r} has no maximum declared in {DIM_MAX_KEY}", where=where
+                    f"dim {axis} {dim.dim_param!r} has no maximum declared in {DIM_MAX_KEY}: declare one with "
+                    f"splitup.models.onnx_import.declare_dims(model, {{{dim.dim_param!r}: N}}) or "
+                    f"export_torch(..., dim_max={{{dim.dim_param!r}: N}}), or set metadata_props[{DIM_MAX_KEY!r}] "
+                    f"to a JSON object such as {{\"{dim.dim_param}\": 2048}}", where=where
                 )
             else:
                 raise UnboundedDimension(f"dim {axis} is neither a number nor a declared symbol", where=where)
