@@ -126,7 +126,9 @@ def import_hf(directory: str | Path, *, dtype: str = "float32", max_seq: int | N
                              "--max-batch applies to BERT")
         overrides["max_batch"] = max_batch
     try:
-        layers = zoo._config_from_dict(family, config).layers
+        layers = config.get("n_layer" if family == "gpt2" else "num_hidden_layers")
+        if not isinstance(layers, int) or isinstance(layers, bool) or layers <= 0:
+            raise ModelError(f"{directory.name}: config.json gives no positive layer count")
         weights = rename(read_safetensors(directory), layers)
         total = sum(w.nbytes for w in weights.values()) // (2 if dtype == "float16" else 1)
         if total > MAX_EMBEDDED_BYTES:
