@@ -48,8 +48,10 @@ def test_import_matches_transformers_and_splits(kind, tmp_path, capsys):
     assert report.dim_max["seq"] == 16
     feeds = {"input_ids": IDS}
     for vi in model.graph.input:
-        if vi.name.startswith("past."):  # an empty cache: the prompt is the first call
-            feeds[vi.name] = np.zeros([d.dim_value for d in vi.type.tensor_type.shape.dim], np.float32)
+        if vi.name.startswith("past."):  # an empty cache (lengths 0) with room for the prompt
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+            dims = [d.dim_value if d.HasField("dim_value") else IDS.shape[1] for d in vi.type.tensor_type.shape.dim]
+            feeds[vi.name] = np.zeros(dims, dtype)
         elif vi.name == "attention_mask":
             feeds[vi.name] = np.ones_like(IDS)
     got = ort.InferenceSession(out.read_bytes(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     state = read_state(model)
     print(f"{out}: {len(model.graph.node)} nodes, {format_bytes(out.stat().st_size)}, inputs "
           f"{', '.join(i.name for i in model.graph.input if i.name not in state)}"
-          f"{f' + {len(state)} KV-cache tensors' if state else ''}; dim maxima {dims}; validated in "
+          f"{f' + {len(state)} cache inputs (state)' if state else ''}; dim maxima {dims}; validated in "
           f"{time.perf_counter() - t0:.1f} s")
     print(f"next: splitup plan {out} --vram 8GiB --out plan/")
     return 0
