@@ -11,7 +11,8 @@ import onnx
 
 from splitup.graph.builder import ONNX_DTYPE_NAMES
 from splitup.partition.cost import GraphAnalysis, analyze
-from splitup.partition.partitioner import DEFAULT_WORKSPACE, Partition, partition
+from splitup.partition.partitioner import DEFAULT_WORKSPACE, Partition
+from splitup.partition.refine import plan_partition
 from splitup.partition.task import Plan, TensorSpec, build_tasks, task_dir, write_task
 
 
@@ -47,8 +48,9 @@ def make_plan(
 
     Shape-only models (no weight data) can be planned and their graphs written, but have no shards.
     """
-    a = analyze(model, trusted=trusted)
-    part = partition(a, budgets, workspace_bytes=workspace_bytes, cut_factor=cut_factor)
+    # The analysis comes back rewritten where the planner split operators; tasks are cut from it.
+    a, part = plan_partition(analyze(model, trusted=trusted), budgets, workspace_bytes=workspace_bytes,
+                             cut_factor=cut_factor)
     built = build_tasks(a, part, name, validate=out_dir is not None)
     if out_dir is not None:
         out_dir = Path(out_dir)
