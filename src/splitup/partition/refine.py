@@ -481,10 +481,10 @@ def plan_partition(
 ) -> tuple[GraphAnalysis, Partition]:
     """Partition ``a``, splitting operators where that saves a task or lowers the slowest stage.
 
-    Two solves: every site split into parts of ~1/32 of the smallest budget, then the graph split
-    only at the part boundaries that plan's cuts use (the graph as given when none), which is kept
-    when it is as good, so splits that do not pay never reach a task. Returns the analysis the
-    segments index.
+    First every site is split into parts of ~1/32 of the smallest budget; then the graph is split
+    again only at the part boundaries that plan's cuts use (the graph as given when none), or failing
+    that only the sites they cut, and that is kept when it is as good, so splits that do not pay
+    never reach a task. Returns the analysis the segments index.
     """
     def solve(analysis: GraphAnalysis, split_cuts: frozenset[int] = frozenset()) -> Partition:
         return partition(analysis, budgets, workspace_bytes=workspace_bytes, cut_factor=cut_factor,
@@ -502,18 +502,24 @@ def plan_partition(
     except PartitionError:
         return a, solve(a)
     used = fine.boundaries_used(fine_part)
-    try:
-        if not used:  # no cut falls inside a split operator: the graph as given does as well
-            lean_part = solve(a)
-            if _score(lean_part) <= _score(fine_part):
-                return a, lean_part
-        else:
-            lean = refine(a, sites, used)
-            lean_part = solve(lean.analysis, lean.split_cuts)
-            if _score(lean_part) <= _score(fine_part):
-                return lean.finish(), lean_part
-    except PartitionError:
-        pass
+    if not used:  # no cut falls inside a split operator: the graph as given may do as well
+        try:
+            part = solve(a)
+            if _score(part) <= _score(fine_part):
+                return a, part
+        except PartitionError:
+            pass
+        return fine.finish(), fine_part
+    # Only the boundaries the cuts use; else every boundary of the sites that are cut (merged parts
+    # have wider intermediates, which can matter when activations are large against the budget).
+    for keep in (used, {s: wanted[s] for s in used}):
+        lean = refine(a, sites, keep)
+        try:
+            part = solve(lean.analysis, lean.split_cuts)
+        except PartitionError:
+            continue
+        if _score(part) <= _score(fine_part):
+            return lean.finish(), part
     return fine.finish(), fine_part
 
 
