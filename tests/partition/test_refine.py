@@ -98,15 +98,22 @@ def test_split_plans_reproduce_the_model(tmp_path, name, overrides, fraction, ki
     _assert_same(model, tmp_path, random_feeds(model, seq=3, seed=1))
 
 
-def test_kv_cache_generation_with_partial_sum_cuts(tmp_path):
-    model = zoo.build("tiny-llama", seed=0, intermediate=2048, max_seq=8)
-    plan = make_plan(model, "tiny-llama", int(whole_vram(model) * 0.2), workspace_bytes=0, out_dir=tmp_path).plan
+@pytest.mark.parametrize(("name", "overrides", "fraction", "crossing"), [
+    # A cut inside a split MLP: a running partial sum of the down projection crosses it.
+    ("tiny-llama", {"intermediate": 2048}, 0.2, "mlp"),
+    # GPT-2 reads the cache's length for its positions before the embedding: the vocabulary ranges
+    # are placed before that read, so they still spread over tasks.
+    ("tiny-gpt2", {"vocab_size": 50257}, 0.3, "gather"),
+])
+def test_kv_cache_generation_with_split_cuts(tmp_path, name, overrides, fraction, crossing):
+    model = zoo.build(name, seed=0, max_seq=8, **overrides)
+    plan = make_plan(model, name, int(whole_vram(model) * fraction), workspace_bytes=0, out_dir=tmp_path).plan
     assert len(plan.tasks) >= 3
-    # Some cut falls inside a split MLP: a running partial sum of the down projection crosses it.
-    assert any("mlp" in o.name and "#" in o.name for t in plan.tasks[:-1] for o in t.outputs)
+    assert any(crossing in o.name and "#" in o.name for t in plan.tasks[:-1] for o in t.outputs)
     ids = np.random.default_rng(3).integers(0, 500, (1, 9))
-    cfg = zoo.entry("tiny-llama").config
-    empty = {f"past.{i}.{kv}": np.zeros((1, cfg.kv_heads, 0, cfg.head_dim), np.float32)
+    cfg = zoo.entry(name).config
+    kv_heads = getattr(cfg, "kv_heads", cfg.heads)
+    empty = {f"past.{i}.{kv}": np.zeros((1, kv_heads, 0, cfg.hidden // cfg.heads), np.float32)
              for i in range(cfg.layers) for kv in ("key", "value")}
     full = reference(model, {"input_ids": ids[:, :8], **empty})["logits"]
     pipe = LocalPipeline(tmp_path)

@@ -21,8 +21,9 @@ at the group boundaries its cuts use.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -310,7 +311,14 @@ def _with_last(tt: TensorType, n: int) -> TensorType:
 def refine(a: GraphAnalysis, sites: Sequence[Site], boundaries: dict[int, list[int]]) -> Refined:
     """Rewrite ``a``'s graph with each site in ``boundaries`` split at the given inner boundaries."""
     plan = {s: [0, *cols, sites[s].extent] for s, cols in boundaries.items() if cols}
-    by_anchor = {sites[s].anchor: s for s in plan}
+    # A rewrite goes where the last node it replaces was; an embedding's goes as early as its ids
+    # exist, so that no KV-cache input read in between (GPT-2 reads the cache's length for its
+    # positions first) ties its vocabulary ranges into one unit.
+    emit_at: dict[int, list[int]] = {}
+    for s in plan:
+        site = sites[s]
+        at = a.producer.get(a.nodes[site.anchor].input[1], -1) + 1 if site.kind == "vocab" else site.anchor
+        emit_at.setdefault(at, []).append(s)
     replaced = {i for s in plan for i in sites[s].nodes}
     rw = _Rewriter(a)
     group_starts: dict[str, tuple[int, int]] = {}  # first node name of a part -> (site, column)
@@ -321,22 +329,19 @@ def refine(a: GraphAnalysis, sites: Sequence[Site], boundaries: dict[int, list[i
             rw.nodes.append(node)
             continue
         i, index = index, index + 1
+        for s in emit_at.get(i, ()):
+            site, cols = sites[s], plan[s]
+            first = len(rw.nodes)
+            emit = {"mlp": _emit_mlp, "columns": _emit_columns, "vocab": _emit_vocab}[site.kind]
+            starts = emit(rw, site, cols)
+            for col, pos in starts.items():
+                while rw.nodes[pos].op_type == "Constant":
+                    pos += 1
+                group_starts[rw.nodes[pos].name] = (s, col)
+            real = [n for n in rw.nodes[first:] if n.op_type != "Constant"]
+            site_nodes[s] = (real[0].name, real[-1].name)
         if i not in replaced:
             rw.nodes.append(node)
-            continue
-        if i not in by_anchor:
-            continue
-        s = by_anchor[i]
-        site, cols = sites[s], plan[s]
-        first = len(rw.nodes)
-        emit = {"mlp": _emit_mlp, "columns": _emit_columns, "vocab": _emit_vocab}[site.kind]
-        starts = emit(rw, site, cols)
-        for col, pos in starts.items():
-            while rw.nodes[pos].op_type == "Constant":
-                pos += 1
-            group_starts[rw.nodes[pos].name] = (s, col)
-        real = [n for n in rw.nodes[first:] if n.op_type != "Constant"]
-        site_nodes[s] = (real[0].name, real[-1].name)
     nodes = [n for n in rw.nodes if n.op_type != "Constant"]
     old_flops = {id(n): f for n, f in zip(a.nodes, a.flops, strict=True)}
     initializers = {name: t for name, t in a.initializers.items() if name not in rw.dropped} | rw.inits
@@ -360,6 +365,21 @@ def refine(a: GraphAnalysis, sites: Sequence[Site], boundaries: dict[int, list[i
     return Refined(analysis, cuts, spans, rw.nodes)
 
 
+def _groups(rw: _Rewriter, cols: list[int], starts: dict[int, int]) -> Iterator[tuple[int, int, int]]:
+    """(part, first column, end column) for each part, noting where each part after the first starts."""
+    for g, (lo, hi) in enumerate(itertools.pairwise(cols)):
+        if g:
+            starts[lo] = len(rw.nodes)
+        yield g, lo, hi
+
+
+def _running_sum(rw: _Rewriter, acc: str, part: str, g: int, last: int, y: str, name: str, tt: TensorType) -> str:
+    """Add part ``g`` to the sum so far; the last addition makes the original output ``y``."""
+    if g == 0:
+        return part
+    return rw.emit("Add", [acc, part], y if g == last else f"{y}#sum{g}", name, tt)
+
+
 def _emit_columns(rw: _Rewriter, site: Site, cols: list[int]) -> dict[int, int]:
     a = rw.a
     node = a.nodes[site.anchor]
@@ -368,9 +388,7 @@ def _emit_columns(rw: _Rewriter, site: Site, cols: list[int]) -> dict[int, int]:
     trans_b = _attr(node, "transB") if gemm else 0
     starts: dict[int, int] = {}
     parts = []
-    for g, (lo, hi) in enumerate(zip(cols, cols[1:], strict=False)):
-        if g:
-            starts[lo] = len(rw.nodes)
+    for g, lo, hi in _groups(rw, cols, starts):
         inputs = [node.input[0], rw.slice_weight(node.input[1], 0 if trans_b else 1, lo, hi)]
         if gemm and len(node.input) > 2 and node.input[2]:
             c = node.input[2]
@@ -390,15 +408,8 @@ def _emit_mlp(rw: _Rewriter, site: Site, cols: list[int]) -> dict[int, int]:
     members = [i for i in site.nodes if i != site.anchor and all(i != add and i != mm for mm, add in site.leaves)]
     starts: dict[int, int] = {}
     acc = ""
-    n_groups = len(cols) - 1
-    for g, (lo, hi) in enumerate(zip(cols, cols[1:], strict=False)):
-        if g:
-            starts[lo] = len(rw.nodes)
-        names: dict[str, str] = {}
-
-        def part(t: str, g: int = g, names: dict[str, str] = names) -> str:
-            return names.get(t, t)
-
+    for g, lo, hi in _groups(rw, cols, starts):
+        names: dict[str, str] = {}  # region tensor -> this part's slice of it
         for mm, add in site.leaves:
             node = a.nodes[mm]
             out = node.output[0]
@@ -413,15 +424,11 @@ def _emit_mlp(rw: _Rewriter, site: Site, cols: list[int]) -> dict[int, int]:
             node = a.nodes[i]
             out = node.output[0]
             attrs = {at.name: helper.get_attribute_value(at) for at in node.attribute}
-            names[out] = rw.emit(node.op_type, [part(x) for x in node.input], f"{out}#{g}", f"{node.name}#{g}",
+            names[out] = rw.emit(node.op_type, [names.get(x, x) for x in node.input], f"{out}#{g}", f"{node.name}#{g}",
                                  _with_last(a.types[out], hi - lo), **attrs)
         partial = rw.emit("MatMul", [names[down.input[0]], rw.slice_weight(down.input[1], 0, lo, hi)],
                           f"{y}#{g}", f"{down.name}#{g}", a.types[y])
-        if g == 0:
-            acc = partial
-        else:
-            acc = rw.emit("Add", [acc, partial], y if g == n_groups - 1 else f"{y}#sum{g}", f"{down.name}#sum{g}",
-                          a.types[y])
+        acc = _running_sum(rw, acc, partial, g, len(cols) - 2, y, f"{down.name}#sum{g}", a.types[y])
     return starts
 
 
@@ -440,10 +447,7 @@ def _emit_vocab(rw: _Rewriter, site: Site, cols: list[int]) -> dict[int, int]:
     axes = rw.const(np.arange(-(len(a.types[y].shape) - len(it.shape)), 0, dtype=np.int64), prefix)
     starts: dict[int, int] = {}
     acc = ""
-    n_groups = len(cols) - 1
-    for g, (lo, hi) in enumerate(zip(cols, cols[1:], strict=False)):
-        if g:
-            starts[lo] = len(rw.nodes)
+    for g, lo, hi in _groups(rw, cols, starts):
         tag = f"{prefix}#{g}"
         tests = []
         if lo > 0:
@@ -461,10 +465,7 @@ def _emit_vocab(rw: _Rewriter, site: Site, cols: list[int]) -> dict[int, int]:
         mask = rw.emit("Unsqueeze", [inside, axes], f"{y}#{g}.mask", f"{tag}-mask",
                        TensorType(TensorProto.BOOL, (*it.shape, *([1] * (len(a.types[y].shape) - len(it.shape))))))
         part = rw.emit("Where", [mask, rows, zero], f"{y}#{g}", f"{tag}-where", a.types[y])
-        if g == 0:
-            acc = part
-        else:
-            acc = rw.emit("Add", [acc, part], y if g == n_groups - 1 else f"{y}#sum{g}", f"{tag}-sum", a.types[y])
+        acc = _running_sum(rw, acc, part, g, len(cols) - 2, y, f"{tag}-sum", a.types[y])
     return starts
 
 
