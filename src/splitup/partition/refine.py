@@ -40,7 +40,7 @@ GRAIN_FRACTION = 32
 MAX_PARTS = 64
 
 _UNARY = frozenset({
-    "Abs", "Celu", "Cast", "Elu", "Erf", "Exp", "Gelu", "HardSigmoid", "HardSwish", "Identity", "LeakyRelu",
+    "Abs", "Celu", "Elu", "Erf", "Exp", "Gelu", "HardSigmoid", "HardSwish", "Identity", "LeakyRelu",
     "Mish", "Neg", "Relu", "Selu", "Sigmoid", "Softplus", "Softsign", "Sqrt", "Tanh",
 })
 _BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min"})
@@ -81,7 +81,7 @@ class Refined:
         model.metadata_props.extend(a.model.metadata_props)
         g = model.graph
         g.name = a.model.graph.name
-        g.input.extend(a.model.graph.input)
+        g.input.extend(i for i in a.model.graph.input if i.name in a.graph_inputs)
         g.output.extend(a.model.graph.output)
         g.node.extend(self.all_nodes)
         g.initializer.extend(a.initializers.values())
@@ -212,7 +212,7 @@ def _mlp_region(a: GraphAnalysis, d: int, readers: dict[str, int], consumers: di
                                                                                       consumers)) is not None:
             leaves.append((leaf, p))
         elif node.op_type in _UNARY or node.op_type in _BINARY:
-            if node.op_type == "Cast" or len(node.output) != 1:
+            if len(node.output) != 1:
                 return None
             members.add(p)
             for x in node.input:
@@ -352,7 +352,7 @@ def refine(a: GraphAnalysis, sites: Sequence[Site], boundaries: dict[int, list[i
         types=rw.types,
         flops=[old_flops[id(n)] if id(n) in old_flops else node_flops(n, rw.types) for n in nodes],
         initializers=initializers,
-        graph_inputs=a.graph_inputs,
+        graph_inputs=[x for x in a.graph_inputs if x not in rw.dropped],  # old exporters list weights as inputs
         graph_outputs=a.graph_outputs,
         state=a.state,
         dim_max=a.dim_max,
