@@ -2,17 +2,18 @@
 
 The graph's nodes, in topological order, are cut only where the tensors crossing the cut are small
 (at most ``cut_factor`` times the smallest such crossing inside the weighted part of the graph: the
-hidden state between transformer blocks, the activations between MLP layers). The stretches between
-allowed cuts are *units*; a task is a run of consecutive units. The objective is lexicographic and
-solved exactly by dynamic programming over cut points:
+hidden state between transformer blocks, the activations between MLP layers), and at the part
+boundaries of operators that ``splitup.partition.refine`` split. The stretches between allowed cuts
+are *units*; a task is a run of consecutive units. The objective is lexicographic:
 
 1. the fewest tasks whose VRAM requirement fits a budget,
 2. then the smallest FLOPs of the slowest task (pipeline throughput),
 3. then the fewest bytes crossing the cuts.
 
-With several node sizes (heterogeneous budgets) each task is placed on the smallest free node it fits.
-If no partition exists with clean cuts, the cut rule is relaxed step by step; if a single node or
-weight is larger than every budget, the error names it.
+With one node size all three are exact; with several (heterogeneous budgets) tasks may take any free
+node they fit, 1 and 2 are exact, and 3 is minimised for the node sizes, in order, of a plan that
+meets 1 and 2. If no partition exists with clean cuts, the cut rule is relaxed step by step; if a
+single node or weight is larger than every budget, the error names it.
 """
 
 from __future__ import annotations
