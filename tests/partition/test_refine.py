@@ -110,12 +110,10 @@ def test_kv_cache_generation_with_split_cuts(tmp_path, name, overrides, fraction
     plan = make_plan(model, name, int(whole_vram(model) * fraction), workspace_bytes=0, out_dir=tmp_path).plan
     assert len(plan.tasks) >= 3
     assert any(crossing in o.name and "#" in o.name for t in plan.tasks[:-1] for o in t.outputs)
-    ids = np.random.default_rng(3).integers(0, 500, (1, 9))
-    cfg = zoo.entry(name).config
-    kv_heads = getattr(cfg, "kv_heads", cfg.heads)
-    empty = {f"past.{i}.{kv}": np.zeros((1, kv_heads, 0, cfg.hidden // cfg.heads), np.float32)
-             for i in range(cfg.layers) for kv in ("key", "value")}
-    full = reference(model, {"input_ids": ids[:, :8], **empty})["logits"]
+    ids = np.random.default_rng(3).integers(0, 500, (1, 8))
+    empty = {k: np.zeros((1, v.shape[1], 8, v.shape[3]), np.float32) if v.ndim == 4 else np.zeros(1, np.int64)
+             for k, v in random_feeds(model).items() if k.startswith("past")}  # capacity 8, length 0
+    full = reference(model, {"input_ids": ids, **empty})["logits"]
     pipe = LocalPipeline(tmp_path)
     steps = [pipe.run({"input_ids": ids[:, :5]})["logits"]]
     for t in range(5, 8):
