@@ -195,7 +195,7 @@ def test_only_the_assigned_validator_and_the_arbiter_decide(always_verify: World
 def test_settle_cannot_redirect_payment(never_verify: World) -> None:
     w = never_verify
     job = committed(w)
-    w.m.sample(job, 0)
+    w.ready(job, 0)
     node = w.m.node_address(w.nodes[0].pubkey())
     thief = w.nodes[1].pubkey()
     i = ix.settle(w.m.program_id, job, 0, node, thief)
@@ -206,7 +206,7 @@ def test_settle_cannot_redirect_payment(never_verify: World) -> None:
 def test_escrow_never_pays_more_than_deposited(never_verify: World) -> None:
     w = never_verify
     job = committed(w)
-    w.m.sample(job, 0)
+    w.ready(job, 0)
     # pretend everything was already paid out: the next payout must be refused, not overdraw
     acc = w.t.svm.get_account(job)
     data = bytearray(acc.data)
@@ -268,7 +268,7 @@ def test_reused_nonce_wrong_model_and_closed_job(never_verify: World) -> None:
         m.close_job(w.client, job)
     for i_ in range(len(PRICES)):
         w.run_to_commit(job, i_, w.nodes[i_])
-        m.sample(job, i_)
+        w.ready(job, i_)
         m.settle(job, i_)
     with pytest.raises(E.UnauthorizedError):
         m.close_job(w.nodes[0], job)
