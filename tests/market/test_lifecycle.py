@@ -8,9 +8,9 @@ from typing import TypeVar
 import pytest
 from market_world import FEE_PER_SIGNATURE, PRICES, SOL, World, h, make_world
 
+from splitup.market import instructions as ix
 from splitup.market.constants import Arbitration, TaskStatus, Verdict
 from splitup.market.errors import StillBondingError, TooEarlyError
-from splitup.market import instructions as ix
 from splitup.market.market import MarketParams, seal_of
 
 T = TypeVar("T")
