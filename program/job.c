@@ -35,17 +35,13 @@ uint64_t ix_post_job(Ctx *c) {
   uint64_t deadline;
   TRY(add64(c->slot, a.deadline_slots, &deadline));
 
-  uint8_t bump, escrow_bump, node_bump;
+  uint8_t bump, escrow_bump;
   SolSignerSeed jseeds[4] = {{(const uint8_t *)SEED_JOB, SEED_JOB_LEN}, {ka[0].key->x, 32},
                              {(const uint8_t *)&a.nonce, 8}, {&bump, 1}};
   TRY(find_pda(c, &ka[1], jseeds, 3, &bump));
   SolSignerSeed eseeds[3] = {{(const uint8_t *)SEED_ESCROW, SEED_ESCROW_LEN}, {ka[1].key->x, 32},
                              {&escrow_bump, 1}};
   TRY(find_pda(c, &ka[2], eseeds, 2, &escrow_bump));
-  /* the client's own node address, whether or not it exists: work it does on this job is self-dealing */
-  SolPubkey client_node;
-  SolSignerSeed nseeds[2] = {{(const uint8_t *)SEED_NODE, SEED_NODE_LEN}, {ka[0].key->x, 32}};
-  if (sol_try_find_program_address(nseeds, 2, c->p->program_id, &client_node, &node_bump)) return E_BAD_PDA;
   CreateSpec job_spec = {&ka[0], &ka[1], &ka[5], sizeof(JobHeader) + m->task_count * sizeof(TaskSlot), 0};
   TRY(create_pda(c, &job_spec, jseeds, 4));
   CreateSpec escrow_spec = {&ka[0], &ka[2], &ka[5], 0, a.max_fee};
@@ -60,7 +56,6 @@ uint64_t ix_post_job(Ctx *c) {
   sol_memcpy_(j->model, ka[3].key, 32);
   sol_memcpy_(j->input_hash, a.input_hash, 32);
   sol_memcpy_(j->secret_hash, a.secret_hash, 32);
-  sol_memcpy_(j->client_node, &client_node, 32);
   j->nonce = a.nonce;
   j->deposit = a.max_fee;
   j->deadline = deadline;

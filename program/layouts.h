@@ -223,17 +223,16 @@ typedef struct {
   uint64_t failed_half_life;  /* @200 */
   uint8_t secret_hash[32];  /* @208 */
   uint8_t secret[32];  /* @240 */
-  uint8_t client_node[32];  /* @272 */
-  uint64_t revealed_slot;  /* @304 */
-  uint64_t slash_bps;  /* @312 */
-  uint64_t collusion_bps;  /* @320 */
-  uint64_t rep_min_price;  /* @328 */
-  uint64_t validator_timeout_slots;  /* @336 */
-  uint64_t arbiter_timeout_slots;  /* @344 */
-  uint64_t reveal_slots;  /* @352 */
-  uint64_t validator_ramp_slots;  /* @360 */
+  uint64_t revealed_slot;  /* @272 */
+  uint64_t slash_bps;  /* @280 */
+  uint64_t collusion_bps;  /* @288 */
+  uint64_t rep_min_price;  /* @296 */
+  uint64_t validator_timeout_slots;  /* @304 */
+  uint64_t arbiter_timeout_slots;  /* @312 */
+  uint64_t reveal_slots;  /* @320 */
+  uint64_t validator_ramp_slots;  /* @328 */
 } JobHeader;
-_Static_assert(sizeof(JobHeader) == 368, "JobHeader layout");
+_Static_assert(sizeof(JobHeader) == 336, "JobHeader layout");
 
 typedef struct {
   uint64_t verify_rate_bps;  /* @0 */

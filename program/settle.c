@@ -17,21 +17,10 @@ static uint64_t pay(Payer *p, const SolAccountInfo *to, uint64_t amount) {
   return move_lamports(p->escrow, to, amount);
 }
 
-/* Whether the client also works on this job (its own node executes or validates one of its tasks):
-   such a job is self-dealing and earns nobody reputation. */
-static bool self_dealing(JobHeader *j) {
-  const SolPubkey *mine = (const SolPubkey *)j->client_node;
-  for (uint64_t i = 0; i < j->task_count; i++) {
-    const TaskSlot *t = &job_tasks(j)[i];
-    if (pubkey_eq((const SolPubkey *)t->node, mine) || pubkey_eq((const SolPubkey *)t->validator, mine))
-      return true;
-  }
-  return false;
-}
-
 /* Pay the node its price (and the protocol its fee). Reputation, what lowers the node's sampling rate,
-   grows only with verified work another party paid at least rep_min_price for, by its value in credits
-   (price / rep_min_price): buying it means paying fees, a third-party validator and honest compute. */
+   grows only with verified work (a validator proved it re-executed, or the arbiter upheld it) that
+   another party paid at least rep_min_price for, by its value in credits (price / rep_min_price). The
+   other party is another owner: a client may not accept, take over or validate its own job's tasks. */
 static uint64_t pay_node(Payer *p, const SolAccountInfo *owner, Node *n, uint64_t price, bool verified) {
   uint64_t fee;
   TRY(bps_of(price, p->job->protocol_fee_bps, &fee));
@@ -42,7 +31,7 @@ static uint64_t pay_node(Payer *p, const SolAccountInfo *owner, Node *n, uint64_
   if (!verified) return 0;
   TRY(add64(n->verified, 1, &n->verified));
   uint64_t credits = price / p->job->rep_min_price;
-  if (credits == 0 || self_dealing(p->job)) return 0;
+  if (credits == 0) return 0;
   TRY(add64(n->reputation, credits, &n->reputation));
   if (n->ever_failed) TRY(add64(n->since_failure, credits, &n->since_failure));
   return 0;

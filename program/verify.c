@@ -162,7 +162,6 @@ uint64_t ix_assign_validator(Ctx *c) {
      that task"); a job's task count equals its model's (post_job), the bound is checked anyway */
   if (a.index >= m->task_count) return E_BAD_TASK_INDEX;
   if (!holds_task(v, model_tasks(m)[a.index].task_id)) return E_NOT_SPECIALIZED;
-  if (pubkey_eq(ka[1].key, (const SolPubkey *)j->client_node)) return E_SELF_VALIDATION;
   TRY(drawn(j, t, ka[1].key, c->slot));
   uint64_t deadline;
   TRY(lock_collateral(v, cfg, cfg->task_collateral));

@@ -265,7 +265,6 @@ class JobHeader(Record):
     failed_half_life: int = wire(U64)
     secret_hash: bytes = wire(BYTES(32))  # sha256 of the client's draw secret, committed with the job
     secret: bytes = wire(BYTES(32))  # the secret once revealed
-    client_node: Pubkey = wire(PUBKEY)  # the client's own node address: its work here earns no reputation
     revealed_slot: int = wire(U64)  # 0 until the secret is revealed
     slash_bps: int = wire(U64)
     collusion_bps: int = wire(U64)

@@ -254,7 +254,12 @@ class Market:
     def sample(self, job: Pubkey, index: int) -> bool:
         """Draw whether the committed task is verified; True when it was sampled. A job this facade
         posted has its secret revealed first if it still holds it."""
-        if job in self.secrets and self.job(job).header.revealed_slot == 0:
+        info = self.job(job)
+        if job in self.secrets and info.header.revealed_slot == 0:
+            # a result committed in the reveal's own slot would not draw with the secret (it is verified)
+            last = max((t.committed_slot for t in info.tasks if t.status >= TaskStatus.COMMITTED), default=0)
+            while self.t.slot() <= last:
+                self.t.advance(1)
             self.reveal_secret(self.secrets[job][0], job)
         self.t.send([ix.sample(self.program_id, job, index)], [self.payer])
         return bool(self.job(job).tasks[index].sampled)

@@ -173,13 +173,16 @@ class Executor:
         work.transcript.add(feeds, reported)
         return reported
 
-    def record(self, job: Pubkey, index: int, transcript: Transcript) -> None:
-        """Use a transcript recorded elsewhere (the node daemon's session) instead of ``call``."""
+    def record(self, job: Pubkey, index: int, transcript: Transcript,
+               state: Mapping[str, np.ndarray] | None = None) -> None:
+        """Use a transcript recorded elsewhere (the node daemon's session) instead of ``call``, with the
+        cache its last step left (``commit`` re-runs the transcript for it when not given)."""
         work = self._get(job, index)
         transcript.check_against(work.task)
         if (transcript.job, transcript.index) != (str(job), index):
             raise RoleError("the transcript belongs to another (job, task)")
         work.transcript = transcript
+        work.state = dict(state or {})
 
     def task(self, job: Pubkey, index: int) -> TaskDefinition:
         return self._get(job, index).task
