@@ -3,6 +3,7 @@
 
 static uint64_t check_params(const InitConfigArgs *a) {
   if (a->verify_rate_bps > BPS || a->slash_bps > BPS || a->protocol_fee_bps > BPS) return E_INVALID_PARAMETER;
+  if (a->validator_reward_bps > 10 * BPS) return E_INVALID_PARAMETER;
   if (a->min_stake == 0 || a->task_collateral > a->min_stake) return E_INVALID_PARAMETER;
   if (a->validator_timeout_slots == 0) return E_INVALID_PARAMETER;
   /* elevated rates lie between the base rate and 100%, and halve at least every 1 task */
@@ -46,6 +47,7 @@ static void apply(Config *cfg, const InitConfigArgs *a) {
   cfg->arbiter_timeout_slots = a->arbiter_timeout_slots;
   cfg->reveal_slots = a->reveal_slots;
   cfg->validator_ramp_slots = a->validator_ramp_slots;
+  cfg->validator_reward_bps = a->validator_reward_bps;
 }
 
 /* accounts: 0 authority (signer, writable: pays rent), 1 config PDA (w), 2 system program */

@@ -4,10 +4,11 @@
 #include "market.h"
 
 /* The most a task can cost the escrow: its price, the protocol fee on it and one validator reward. */
-static uint64_t task_budget(uint64_t price, uint64_t fee_bps, uint64_t reward, uint64_t *out) {
-  uint64_t fee, total;
-  TRY(bps_of(price, fee_bps, &fee));
+static uint64_t task_budget(const Config *cfg, uint64_t price, uint64_t *out) {
+  uint64_t fee, total, reward;
+  TRY(bps_of(price, cfg->protocol_fee_bps, &fee));
   TRY(add64(price, fee, &total));
+  TRY(task_reward(cfg->validator_reward, cfg->validator_reward_bps, price, &reward));
   return add64(total, reward, out);
 }
 
@@ -28,7 +29,7 @@ uint64_t ix_post_job(Ctx *c) {
   uint64_t required = 0;
   for (uint64_t i = 0; i < m->task_count; i++) {
     uint64_t b;
-    TRY(task_budget(model_tasks(m)[i].price, cfg->protocol_fee_bps, cfg->validator_reward, &b));
+    TRY(task_budget(cfg, model_tasks(m)[i].price, &b));
     TRY(add64(required, b, &required));
   }
   if (a.max_fee < required) return E_INSUFFICIENT_FEE;
@@ -63,6 +64,7 @@ uint64_t ix_post_job(Ctx *c) {
   /* snapshot the terms: a later set_config cannot change what this job was promised */
   j->verify_rate_bps = cfg->verify_rate_bps;
   j->validator_reward = cfg->validator_reward;
+  j->validator_reward_bps = cfg->validator_reward_bps;
   j->protocol_fee_bps = cfg->protocol_fee_bps;
   j->new_node_bps = cfg->new_node_bps;
   j->new_node_half_life = cfg->new_node_half_life;

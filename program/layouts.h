@@ -129,8 +129,9 @@ typedef struct {
   uint64_t arbiter_timeout_slots;  /* @192 */
   uint64_t reveal_slots;  /* @200 */
   uint64_t validator_ramp_slots;  /* @208 */
+  uint64_t validator_reward_bps;  /* @216 */
 } Config;
-_Static_assert(sizeof(Config) == 216, "Config layout");
+_Static_assert(sizeof(Config) == 224, "Config layout");
 
 typedef struct {
   uint8_t task_id[32];  /* @0 */
@@ -231,8 +232,9 @@ typedef struct {
   uint64_t arbiter_timeout_slots;  /* @312 */
   uint64_t reveal_slots;  /* @320 */
   uint64_t validator_ramp_slots;  /* @328 */
+  uint64_t validator_reward_bps;  /* @336 */
 } JobHeader;
-_Static_assert(sizeof(JobHeader) == 336, "JobHeader layout");
+_Static_assert(sizeof(JobHeader) == 344, "JobHeader layout");
 
 typedef struct {
   uint64_t verify_rate_bps;  /* @0 */
@@ -256,8 +258,9 @@ typedef struct {
   uint64_t arbiter_timeout_slots;  /* @144 */
   uint64_t reveal_slots;  /* @152 */
   uint64_t validator_ramp_slots;  /* @160 */
+  uint64_t validator_reward_bps;  /* @168 */
 } InitConfigArgs;
-_Static_assert(sizeof(InitConfigArgs) == 168, "InitConfigArgs layout");
+_Static_assert(sizeof(InitConfigArgs) == 176, "InitConfigArgs layout");
 
 typedef struct {
   uint8_t model_hash[32];  /* @0 */

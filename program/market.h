@@ -90,6 +90,8 @@ uint64_t slash(Slash *s);
 uint64_t unlock(Node *node, uint64_t collateral);
 /* The least collateral a task of `price` needs: max(task_collateral, price * collateral_bps / BPS). */
 uint64_t min_collateral(const Config *cfg, uint64_t price, uint64_t *out);
+/* What a validator's check of a task of `price` pays: max(floor, price * bps / BPS). */
+uint64_t task_reward(uint64_t floor, uint64_t bps, uint64_t price, uint64_t *out);
 /* Lock `amount` of the node's free stake (refused below min_stake or without enough free stake). */
 uint64_t lock_collateral(Node *n, const Config *cfg, uint64_t amount);
 

@@ -57,6 +57,8 @@ uint64_t ix_settle(Ctx *c) {
   if (!pubkey_eq(ka[4].key, (const SolPubkey *)n->owner)) return E_WRONG_NODE;
   TRY(need_writable(&ka[4]));
   bool validated = t->verdict != VERDICT_NONE;
+  uint64_t reward;
+  TRY(task_reward(p.job->validator_reward, p.job->validator_reward_bps, t->price, &reward));
   if (validated) {
     TRY(load_node(c, &ka[5], true, &v));
     if (!pubkey_eq(ka[5].key, (const SolPubkey *)t->validator)) return E_WRONG_NODE;
@@ -69,7 +71,7 @@ uint64_t ix_settle(Ctx *c) {
     TRY(pay_node(&p, &ka[4], n, t->price, validated && t->proved));
     TRY(unlock(n, t->collateral));
     if (validated) {
-      if (t->proved) TRY(pay(&p, &ka[6], p.job->validator_reward));
+      if (t->proved) TRY(pay(&p, &ka[6], reward));
       TRY(unlock(v, t->validator_collateral));
     }
     t->status = ST_SETTLED;
@@ -86,7 +88,7 @@ uint64_t ix_settle(Ctx *c) {
     TRY(add64(n->failed, 1, &n->failed));
     n->ever_failed = 1; /* its verification rate jumps to failed_bps and decays again */
     n->since_failure = 0;
-    TRY(pay(&p, &ka[6], p.job->validator_reward));
+    TRY(pay(&p, &ka[6], reward));
     TRY(unlock(v, t->validator_collateral));
     t->status = ST_FAILED;
   }

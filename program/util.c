@@ -196,6 +196,13 @@ uint64_t min_collateral(const Config *cfg, uint64_t price, uint64_t *out) {
   return 0;
 }
 
+uint64_t task_reward(uint64_t floor, uint64_t bps, uint64_t price, uint64_t *out) {
+  uint64_t scaled;
+  TRY(bps_of(price, bps, &scaled));
+  *out = scaled > floor ? scaled : floor;
+  return 0;
+}
+
 uint64_t lock_collateral(Node *n, const Config *cfg, uint64_t amount) {
   uint64_t free_stake, locked;
   TRY(sub64(n->stake, n->locked, &free_stake));

@@ -154,6 +154,7 @@ class Config(Record):
     arbiter_timeout_slots: int = wire(U64)
     reveal_slots: int = wire(U64)
     validator_ramp_slots: int = wire(U64)
+    validator_reward_bps: int = wire(U64)  # a check pays max(validator_reward, price * this)
 
 
 @dataclass(kw_only=True)
@@ -273,6 +274,7 @@ class JobHeader(Record):
     arbiter_timeout_slots: int = wire(U64)
     reveal_slots: int = wire(U64)
     validator_ramp_slots: int = wire(U64)
+    validator_reward_bps: int = wire(U64)  # a check pays max(validator_reward, price * this)
 
 
 # ---------------------------------------------------------------- instruction arguments (after the u8 tag)
@@ -302,6 +304,7 @@ class InitConfigArgs(Record):
     arbiter_timeout_slots: int = wire(U64)
     reveal_slots: int = wire(U64)
     validator_ramp_slots: int = wire(U64)
+    validator_reward_bps: int = wire(U64)  # a check pays max(validator_reward, price * this)
 
 
 @dataclass(kw_only=True)

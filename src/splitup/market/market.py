@@ -64,6 +64,8 @@ class MarketParams:
     arbiter_timeout_slots: int = 300
     reveal_slots: int = 50
     validator_ramp_slots: int = 8
+    # a check costs the validator about what the task cost its node: it is paid about the price
+    validator_reward_bps: int = 10_000
 
     @classmethod
     def flat(cls, rate_bps: int, **kw: int) -> MarketParams:
@@ -77,6 +79,11 @@ class MarketParams:
 def commitment_of(output: bytes) -> bytes:
     """The commitment a node publishes: sha256 of the task's canonical output bytes."""
     return hashlib.sha256(output).digest()
+
+
+def task_reward(floor: int, reward_bps: int, price: int) -> int:
+    """What a check of a task of ``price`` pays its validator (program: task_reward)."""
+    return max(floor, price * reward_bps // BPS)
 
 
 def seal_of(digest: bytes) -> bytes:
@@ -161,7 +168,8 @@ class Market:
     def required_fee(self, model: Pubkey) -> int:
         """The smallest escrow ``post_job`` accepts: every task's price + protocol fee + a validator reward."""
         cfg, m = self.config(), self.model(model)
-        return sum(t.price + t.price * cfg.protocol_fee_bps // BPS + cfg.validator_reward for t in m.tasks)
+        return sum(t.price + t.price * cfg.protocol_fee_bps // BPS
+                   + task_reward(cfg.validator_reward, cfg.validator_reward_bps, t.price) for t in m.tasks)
 
     # ------------------------------------------------------------------ market admin
     def init_config(self, authority: Keypair, params: MarketParams | None = None) -> TxResult:
