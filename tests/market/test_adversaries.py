@@ -12,7 +12,7 @@ from solders.hash import Hash
 
 from splitup.market import errors as E
 from splitup.market.constants import BPS, TaskStatus
-from splitup.market.market import MarketParams, seal_of
+from splitup.market.market import MarketParams, seal_of, task_terms
 from splitup.market.transport import next_slot_hash
 
 
@@ -158,7 +158,9 @@ def test_5_every_task_rate_makes_cheating_lose_money(price: int) -> None:
         m.accept_task(w.nodes[0], job, 0, collateral=extra)
         m.commit_result(w.nodes[0], job, 0, h("out"))
         t = m.job(job).tasks[0]
-        assert t.collateral == max(p.task_collateral, price * p.collateral_bps // BPS, extra)
+        terms = task_terms(p, price, extra)  # the Python mirror of the program's rule
+        assert t.collateral == terms.collateral == max(p.task_collateral, price * p.collateral_bps // BPS, extra)
+        assert t.rate_bps == max(terms.sound_rate_bps, p.new_node_bps)
         at_risk = t.collateral * p.slash_bps // BPS
         rate = t.rate_bps / BPS
         caught = rate * (1 - p.collusion_bps / BPS)

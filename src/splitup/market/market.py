@@ -86,6 +86,33 @@ def task_reward(floor: int, reward_bps: int, price: int) -> int:
     return max(floor, price * reward_bps // BPS)
 
 
+@dataclass(frozen=True)
+class TaskTerms:
+    """What the program requires of one task at a config (mirrors program/verify.c sound_rate and
+    program/util.c min_collateral): the least collateral, the stake at risk, the sound rate floor."""
+
+    price: int
+    collateral: int
+    at_risk: int
+    sound_rate_bps: int
+    validator_reward: int
+
+
+def task_terms(params: MarketParams | Config, price: int, collateral: int = 0) -> TaskTerms:
+    """The rule the program applies: collateral >= max(task_collateral, price x collateral_bps), and the
+    task's rate p >= the least integer basis points with p (1 - r)(R + S) > R, S = collateral x slash."""
+    least = max(params.task_collateral, price * params.collateral_bps // BPS)
+    collateral = max(least, collateral)
+    at_risk = collateral * params.slash_bps // BPS
+    caught = (price + at_risk) * (BPS - params.collusion_bps) // BPS
+    if caught == 0 or price > (2**64 - 1) // (BPS * BPS):  # bps_of would overflow: always verified
+        rate = BPS
+    else:
+        rate = min(BPS, price * BPS // caught + 1)
+    reward = task_reward(params.validator_reward, params.validator_reward_bps, price)
+    return TaskTerms(price, collateral, at_risk, rate, reward)
+
+
 def seal_of(digest: bytes) -> bytes:
     """The seal an executor commits with its result: sha256 of its 32-byte work digest. A validator's
     verdict proves re-execution when the digest it submits hashes to this."""
