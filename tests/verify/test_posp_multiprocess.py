@@ -191,7 +191,8 @@ def test_every_drawn_cheat_is_slashed_and_every_undrawn_one_paid(run: Run) -> No
     for t in caught:
         assert (t.status, t.verdict, t.arbitration) == ("FAILED", "disagree", "node_cheated")
         assert t.node_paid == 0 and t.node_slashed == slash and t.fee == 0
-        assert t.validator_paid == cfg.validator_reward + slash and run.names[t.validator] == "node-c"
+        reward = max(cfg.validator_reward, t.price * cfg.validator_reward_bps // 10_000)
+        assert t.validator_paid == reward + slash and run.names[t.validator] == "node-c"
     for t in missed:
         assert (t.status, t.verdict, t.arbitration) == ("SETTLED", "none", "none")
         assert t.node_paid == t.price > 0 and t.node_slashed == 0
