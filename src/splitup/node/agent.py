@@ -181,6 +181,7 @@ class MarketAgent:
         self.idle_commit_s = idle_commit_s
         self.accepted: dict[tuple[str, int], Pubkey] = {}
         self.receipted: set[tuple[str, int]] = set()
+        self._receipt_lock = threading.Lock()
         self.announced: dict[tuple[str, int], Announcement] = {}
         self.stats = {"accepted": 0, "committed": 0, "validated": 0, "disagreed": 0, "errors": 0}
         self.last_error = ""
@@ -264,15 +265,21 @@ class MarketAgent:
         client cannot release the task (and its pay) from under the node, and not delivering is the
         node's liveness fault (docs/posp.md "Blame only with evidence")."""
         for key, job in list(self.accepted.items()):
-            if key in self.receipted or key in self.announced:
-                continue
-            first = self.node.first_inputs(key[0], self.executor.task(job, key[1]).task_id)
+            if key not in self.announced:
+                self._receipt(job, key[1])
+
+    def _receipt(self, job: Pubkey, index: int) -> None:
+        key = (str(job), index)
+        with self._receipt_lock:
+            if key in self.receipted:
+                return
+            first = self.node.first_inputs(key[0], self.executor.task(job, index).task_id)
             if first is None:
-                continue
+                return
             try:
-                self.market.receive_input(self.owner, job, key[1], input_digest(first))
-            except MarketError as exc:  # committed meanwhile, or taken over: nothing to receipt
-                log.debug("receipt %s #%d: %s", job, key[1], exc)
+                self.market.receive_input(self.owner, job, index, input_digest(first))
+            except MarketError as exc:  # taken over meanwhile: nothing to receipt
+                log.debug("receipt %s #%d: %s", job, index, exc)
             self.receipted.add(key)
 
     def _commit_idle(self) -> None:
@@ -302,6 +309,7 @@ class MarketAgent:
             if slot.node != self.address or slot.status != TaskStatus.ACCEPTED:
                 raise MarketError(f"task {index} of {job} is not accepted by this node")
             task = self.executor.task(job, index)
+            self._receipt(job, index)  # before the commitment, if the loop has not done it yet
             transcript = self.node.transcript(str(job), index, task.task_id)
             if not transcript.steps:
                 raise MarketError(f"this node computed nothing for task {index} of {job}")

@@ -31,13 +31,16 @@ class TaskReport:
     verdict: str  # none / agree / disagree
     arbitration: str  # none / node_honest / node_cheated
     draw: int
-    rate_bps: int
+    rate_bps: int  # fixed by the program when the result was committed
     price: int
     node_paid: int
     validator_paid: int
     fee: int
     node_slashed: int
     validator_slashed: int
+    collateral: int = 0  # what the executor locked for the task
+    proved: bool = False  # the validator's work digest opened the executor's seal
+    standin: bool = False  # the executor took the task over from a node that failed
 
     @property
     def verified(self) -> bool:
@@ -109,6 +112,7 @@ def job_report(address: Pubkey, job: JobInfo, cfg: Config, model_name: str,
             validator=None if t.validator == _ZERO else str(t.validator),
             sampled=bool(t.sampled), verdict=_name(Verdict, t.verdict), arbitration=_name(Arbitration, t.arbitration),
             draw=int(t.draw), rate_bps=int(t.rate_bps), price=int(t.price), **task_payouts(t, job, cfg),
+            collateral=int(t.collateral), proved=bool(t.proved), standin=bool(t.standin),
         ))
     return JobReport(address=str(address), model=model_name, client=str(job.header.client),
                      deposit=int(job.header.deposit), paid=int(job.header.paid), tasks=tasks)
