@@ -22,6 +22,7 @@ from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
 from splitup.market.constants import BPS
+from splitup.market.errors import MarketError
 from splitup.market.layout import ModelTask
 from splitup.market.market import LAMPORTS_PER_SOL, Market, MarketParams, seal_of, task_reward
 from splitup.market.transport import DEFAULT_PROGRAM_ID, LiteSvmTransport, TxResult
@@ -106,7 +107,7 @@ class Arena:
         try:
             node = self.m.node(k.pubkey())
             stake = node.stake + node.unbonding
-        except Exception:  # noqa: BLE001 - not a node
+        except MarketError:  # not a node
             stake = 0
         return _Book(self.t.balance(k.pubkey()), stake)
 
