@@ -130,10 +130,11 @@ class JobRunner:
             rep.executed_flops = estimated_flops(ex.task(job, i), t)
             rep.handoff_mismatches = [bad for up in anns[:i] for bad in handoff_mismatches(up, t)]
 
-        # every result is committed: the client opens its draw secret, and the draw mixes it with the hash
-        # of the first slot after each commitment
-        m.reveal_secret(self.client, job)
+        # every result is committed: a slot later (a result committed in the reveal's own slot would be
+        # verified regardless) the client opens its draw secret, and the draw mixes it with the hash of
+        # the first slot after each commitment
         m.t.advance(1)
+        m.reveal_secret(self.client, job)
         for i in range(count):
             rep = report.tasks[i]
             rep.sampled = m.sample(job, i)
