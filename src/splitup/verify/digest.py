@@ -42,13 +42,25 @@ def _probe(value: float) -> bytes:
     return struct.pack("<bB", max(-127, min(126, int(exponent))), q | (0x80 if mantissa < 0 else 0))
 
 
+def _trim(a: np.ndarray) -> np.ndarray:
+    """Drop trailing all-zero slices along every axis (the unwritten capacity of a cache)."""
+    for axis in range(a.ndim):
+        other = tuple(i for i in range(a.ndim) if i != axis)
+        used = np.flatnonzero(np.any(a != 0, axis=other)) if a.size else np.array([], dtype=np.int64)
+        a = np.take(a, np.arange(int(used[-1]) + 1 if used.size else 0), axis=axis)
+    return a
+
+
 def work_digest(commitment: bytes, tensors: Mapping[str, np.ndarray]) -> bytes:
     """The 32-byte digest of ``tensors`` (the final state, or the last outputs of a stateless task)."""
-    names = sorted(k for k, v in tensors.items() if np.asarray(v).size)
+    # Only float tensors, each cut to its written part: a fixed-capacity cache (zeros past the sequence,
+    # integer lengths beside it) and a growing one hold the same keys and values.
+    trimmed = {k: _trim(np.asarray(v)) for k, v in tensors.items() if np.issubdtype(np.asarray(v).dtype, np.floating)}
+    names = sorted(k for k, v in trimmed.items() if v.size)
     h = hashlib.sha256(DOMAIN_TAG + bytes(commitment))
     if not names:
         return h.digest()
-    flat = [np.ascontiguousarray(tensors[k]).reshape(-1) for k in names]
+    flat = [np.ascontiguousarray(trimmed[k]).reshape(-1) for k in names]
     stream = hashlib.sha256(b"probes" + bytes(commitment)).digest()
     for i in range(PROBES):
         if i % 4 == 0 and i:
