@@ -15,7 +15,10 @@ JOBS = 200
 def test_measured_verification_overhead_is_near_the_base_rate(tmp_path):
     plan_dir = tmp_path / "plan"
     write_plan(plan_dir)
-    w = make_world(plan_dir, tmp_path / "store", MarketParams.flat(BASE_RATE_BPS), n_nodes=4)
+    # 0.3 SOL of collateral on a 0.01 SOL task puts the sound rate (3.6 %) under the base rate, which then
+    # applies; at the default 0.1 SOL the program would draw these tasks at 10.11 %
+    params = MarketParams.flat(BASE_RATE_BPS, task_collateral=3 * 10**8)
+    w = make_world(plan_dir, tmp_path / "store", params, n_nodes=4)
     runner = w.runner()
     tasks = sampled = executed = reexecuted = 0
     for seed in range(JOBS):
@@ -51,7 +54,7 @@ def test_cheater_is_caught_at_the_sampling_rate_and_loses_money(tmp_path):
     rate = 4_000
     w = make_world(plan_dir, tmp_path / "store", MarketParams.flat(rate), n_nodes=4)
     w.executors[1] = w.executor(1, cheat=perturb(0.01, seed=1))
-    w.m.add_stake(w.nodes[1], 3 * SOL)  # below the minimum stake a caught cheater could not accept any more
+    w.m.add_stake(w.nodes[1], 6 * SOL)  # below the minimum stake a caught cheater could not accept any more
     cfg = w.m.config()
     slash = cfg.task_collateral * cfg.slash_bps // 10_000
     jobs, caught, earned = 80, 0, 0
@@ -67,5 +70,5 @@ def test_cheater_is_caught_at_the_sampling_rate_and_loses_money(tmp_path):
     p = rate / 10_000
     assert abs(caught / jobs - p) < 4 * math.sqrt(p * (1 - p) / jobs), f"caught {caught} of {jobs}"
     assert earned == (jobs - caught) * PRICE - caught * slash
-    # E[cheat] = (1 - p) R - p S < 0 here (R = 0.01 SOL, S = 0.05 SOL, p = 40 %)
+    # E[cheat] = (1 - p) R - p S < 0 here (R = 0.01 SOL, S = 0.1 SOL: the whole collateral, p = 40 %)
     assert (1 - p) * PRICE - p * slash < 0 and earned < 0

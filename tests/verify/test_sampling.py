@@ -7,6 +7,7 @@ import hashlib
 import numpy as np
 import pytest
 
+from splitup.verify.econ.simulate import policy_rates, simulate_population
 from splitup.verify.errors import BadSamplingInput
 from splitup.verify.sampling import (
     BASE_RATE_BPS,
@@ -16,7 +17,6 @@ from splitup.verify.sampling import (
     sampling_seed,
     should_sample,
 )
-from splitup.verify.simulate import policy_rates, simulate_population
 
 
 def _seed(prefix: bytes) -> bytes:
@@ -42,13 +42,17 @@ def test_rule_vectors(seed: bytes, residue: int) -> None:
     assert should_sample(seed, 10_000)
 
 
-def test_seed_mixes_slot_hash_and_commitment() -> None:
+def test_seed_mixes_slot_hash_commitment_and_secret() -> None:
     slot, commit = hashlib.sha256(b"slot").digest(), hashlib.sha256(b"commitment").digest()
-    seed = sampling_seed(slot, commit)
-    assert seed.hex() == "94d2e4c9bc5e197004bfc04bc9036e18743906483902215cc441c03626e7c5b7"
-    assert int.from_bytes(seed[:8], "little") % 10_000 == 4356
-    assert should_sample(seed, 4357) and not should_sample(seed, 4356)
+    seed = sampling_seed(slot, commit)  # a zero secret
+    assert seed.hex() == "aa682c3d70114710bdb9b5c91d3b540f799ec65e0180f09a9809153c7264e580"
+    assert int.from_bytes(seed[:8], "little") % 10_000 == 3450
+    assert should_sample(seed, 3451) and not should_sample(seed, 3450)
     assert sampling_seed(commit, slot) != seed
+    secret = hashlib.sha256(b"secret").digest()
+    with_secret = sampling_seed(slot, commit, secret)
+    assert with_secret.hex() == "2d0fa1c7940261b613244e8159faeffe66ce44991efc88dbc90a4c172a1e0452"
+    assert int.from_bytes(with_secret[:8], "little") % 10_000 == 4509
 
 
 def test_rate_matches_frequency() -> None:
