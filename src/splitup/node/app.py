@@ -12,21 +12,24 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
+from importlib import resources
 from typing import Any
 
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from splitup.node.forward import ForwardError, HopClient, Reply
-from splitup.node.node import Node, NotHere
+from splitup.node.metrics import NodeMetrics
+from splitup.node.node import Draining, Node, NotHere
 from splitup.node.wire import Envelope, WireError, decode, encode, envelope_of
 from splitup.partition.task import PlanError
 from splitup.runtime import EngineError, InterfaceError, SessionError, SessionLimit, StepConflict
 from splitup.storage import StorageError
 
 log = logging.getLogger("splitup.node")
+_PAGE = resources.files("splitup.node").joinpath("page.html").read_text()
 HOPS_HEADER = "x-splitup-hops"
 PARKED_HEADER = "x-splitup-result"
 CONTENT_TYPE = "application/vnd.splitup.safetensors"
@@ -38,12 +41,16 @@ class HopFailed(Exception):
         self.status, self.kind, self.hop = status, kind, hop
 
     def response(self) -> JSONResponse:
-        return JSONResponse({"error": str(self), "kind": self.kind, "hop": self.hop}, status_code=self.status)
+        # a draining node is gone for good: the client re-routes rather than waits for it
+        headers = {"Retry-After": "0"} if self.kind == "draining" else None
+        return JSONResponse({"error": str(self), "kind": self.kind, "hop": self.hop}, status_code=self.status,
+                            headers=headers)
 
 
 def _classify(exc: Exception, hop: int | None) -> HopFailed:
     """Map the node's typed errors to HTTP answers."""
     for kind, status, types in (
+        ("draining", 503, (Draining,)),
         ("not_here", 404, (NotHere,)),
         ("busy", 429, (SessionLimit,)),
         ("step_conflict", 409, (StepConflict,)),
@@ -70,7 +77,12 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def create_app(node: Node, *, heartbeat: Callable[[dict[str, Any]], None] | None = None) -> FastAPI:
+def create_app(node: Node, *, heartbeat: Callable[[dict[str, Any]], None] | None = None,
+               market: Callable[[], dict[str, Any]] | None = None) -> FastAPI:
+    """The node's HTTP face. ``market``: a market node's chain-side summary (stake, earnings, agent),
+    shown on its page and exported as metrics."""
+    metrics = NodeMetrics(node, None if market is None else lambda: _numbers(market()))
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
         app.state.http = httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=32))
@@ -97,6 +109,25 @@ def create_app(node: Node, *, heartbeat: Callable[[dict[str, Any]], None] | None
     @app.get("/status")
     def status() -> dict[str, Any]:
         return node.status()
+
+    @app.get("/", include_in_schema=False)
+    def page() -> HTMLResponse:
+        return HTMLResponse(_PAGE)
+
+    @app.get("/api/page")
+    def page_data() -> dict[str, Any]:
+        out = node.page()
+        if market is not None:
+            try:
+                out["market"] = market()
+            except Exception as exc:  # the page still shows the node when the chain is unreachable
+                out["market"] = {"error": f"{type(exc).__name__}: {exc}"}
+        return out
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
 
     @app.post("/tasks")
     async def preload(request: Request) -> JSONResponse:
@@ -264,6 +295,19 @@ async def _heartbeat_loop(node: Node, heartbeat: Callable[[dict[str, Any]], None
         node.sessions.sweep()
         try:
             await asyncio.to_thread(heartbeat, node.status())
+            node.last_heartbeat = time.time()
         except Exception:  # the market layer's problems must not stop the node serving
             log.exception("heartbeat hook failed")
         await asyncio.sleep(node.config.heartbeat_s)
+
+
+def _numbers(summary: dict[str, Any]) -> dict[str, float]:
+    """The numeric entries of a market summary, flattened (``agent.accepted`` -> ``agent_accepted``)."""
+    out: dict[str, float] = {}
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            out.update({f"{key}_{k}": v for k, v in _numbers(value).items()})
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[key] = float(value)
+    return out
+
