@@ -177,8 +177,10 @@ def _print_report(r) -> None:  # noqa: ANN001 - NodeReport
     console.print(f"[bold]node {r.address}[/] (owner {r.owner}) at slot {r.slot}")
     console.print(f"stake {sol(r.stake)}: locked {sol(r.locked)}, free {sol(r.free)}"
                   + (f", unbonding {sol(r.unbonding)} until slot {r.unbond_at}" if r.unbonding else ""))
-    console.print(f"tasks done {r.tasks_done}, verified {r.verified}, failed {r.failed}; "
-                  f"sampling rate now {r.sampling_rate_bps / 100:.2f}%; {len(r.specialized)} task(s) held")
+    console.print(f"tasks done {r.tasks_done}, verified {r.verified}, failed {r.failed}, liveness faults "
+                  f"{r.liveness_faults}; reputation {r.reputation} credits; sampling rate now "
+                  f"{r.sampling_rate_bps / 100:.2f}% (a task's rate is at least its price's sound floor); "
+                  f"{len(r.specialized)} task(s) held")
     if not r.history_available:
         console.print("(this cluster keeps no transaction history by account: payouts and slashes not shown)")
         return

@@ -20,10 +20,10 @@ from solders.pubkey import Pubkey
 
 from splitup.errors import SplitUpError
 from splitup.market.market import Market
+from splitup.node.agent import MarketAgent, RecordingNode
 from splitup.node.app import create_app
 from splitup.node.node import Node, NodeConfig
 from splitup.node.report import sampling_rate_bps
-from splitup.sdk.agent import MarketAgent, RecordingNode
 from splitup.sdk.chain import connect
 from splitup.verify.cheats import Cheat
 

@@ -47,6 +47,8 @@ class NodeReport:
     failed: int
     since_failure: int
     ever_failed: bool
+    reputation: int
+    liveness_faults: int
     specialized: list[str]
     sampling_rate_bps: int
     events: list[Event] = field(default_factory=list)
@@ -70,13 +72,15 @@ class NodeReport:
 
 
 def sampling_rate_bps(market: Market, node: Node) -> int:
-    """The verification rate the chain would apply to this node's next committed result."""
+    """The node's reputation rate as the program computes it (``adaptive_rate`` in program/verify.c): the
+    base plus extras that decay with reputation credits, verified work other parties paid for. A task's
+    rate, fixed when its result is committed, is at least its price's sound floor as well."""
     cfg = market.config()
     policy = SamplingPolicy(base_bps=cfg.verify_rate_bps, new_node_bps=max(cfg.new_node_bps, cfg.verify_rate_bps),
                             new_node_half_life=max(cfg.new_node_half_life, 1),
                             failed_bps=max(cfg.failed_bps, cfg.verify_rate_bps),
                             failed_half_life=max(cfg.failed_half_life, 1))
-    return policy.rate_bps(NodeRecord(node.tasks_done, node.since_failure if node.ever_failed else None))
+    return policy.rate_bps(NodeRecord(node.reputation, node.since_failure if node.ever_failed else None))
 
 
 def _amount(data: bytes) -> int:
@@ -110,18 +114,33 @@ def _events(tx: ChainTx, program: Pubkey, node: Pubkey, owner: Pubkey) -> list[E
             out.append(ev("withdrew", stake_delta, detail=f"{-stake_delta} lamports back to the wallet"))
         elif ix == Ix.SPECIALIZE:
             out.append(ev("specialised", 0, detail=f"{(len(data) - 9) // 32} tasks"))
-        elif ix in (Ix.SETTLE, Ix.EXPIRE) and accounts:
-            job = str(accounts[0])
-            executor = len(accounts) > 3 and accounts[3] == node
-            validator = len(accounts) > 5 and accounts[5] == node and not executor
+        elif ix == Ix.SETTLE and len(accounts) > 5:
+            job, executor = str(accounts[0]), accounts[3] == node
             if stake_delta < 0:
-                why = ("missed its deadline (expire)" if ix == Ix.EXPIRE
-                       else "verdict against the node" if executor else "verdict against its validation")
-                out.append(ev("slashed", stake_delta, job, why))
+                out.append(ev("slashed", stake_delta, job,
+                              "verdict against the node" if executor else "verdict against its validation"))
             if gained > 0:
-                out.append(ev("paid" if executor else "validator-reward" if validator else "received", gained, job))
+                out.append(ev("paid" if executor else "validator-reward", gained, job))
             elif executor and stake_delta >= 0:
                 out.append(ev("settled-unpaid", 0, job, "no payment for this task"))
+        elif ix == Ix.EXPIRE and len(accounts) > 2 and accounts[2] == node:
+            if stake_delta < 0:
+                out.append(ev("slashed", stake_delta, str(accounts[0]),
+                              "liveness: had its input and missed the deadline"))
+            else:
+                out.append(ev("expired", 0, str(accounts[0]), "never got input: reopened, unslashed"))
+        elif ix == Ix.RELEASE_TASK and len(accounts) > 2 and accounts[2] == node:
+            if stake_delta < 0:
+                out.append(ev("slashed", stake_delta, str(accounts[1]), "liveness: released after its input came"))
+            else:
+                out.append(ev("released", 0, str(accounts[1]), "no input: unpaid, unslashed"))
+        elif ix == Ix.TAKE_OVER and len(accounts) > 4:
+            job = str(accounts[4])
+            if accounts[2] == node:
+                out.append(ev("took-over", 0, job, "finished a failed node's task as its stand-in"))
+            elif accounts[3] == node:
+                out.append(ev("slashed" if stake_delta < 0 else "handed-over", stake_delta, job,
+                              "a stand-in finished this node's task"))
     return out
 
 
@@ -135,6 +154,7 @@ def node_report(market: Market, owner: Pubkey, history_limit: int = 1000) -> Nod
         owner=str(owner), address=str(address), slot=market.t.slot(), stake=node.stake, locked=node.locked,
         unbonding=node.unbonding, unbond_at=node.unbond_at, vram=node.vram, tasks_done=node.tasks_done,
         verified=node.verified, failed=node.failed, since_failure=node.since_failure,
-        ever_failed=bool(node.ever_failed), specialized=specialized,
+        ever_failed=bool(node.ever_failed), reputation=node.reputation, liveness_faults=node.liveness_faults,
+        specialized=specialized,
         sampling_rate_bps=sampling_rate_bps(market, node), events=events,
         history_available=history is not None)
