@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
 
 import httpx
 
+from splitup.cli import node_ops
 from splitup.cli._market_opts import add_network, amount_of
 from splitup.errors import SplitUpError
 from splitup.units import BadByteSize, parse_bytes
@@ -26,6 +28,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description="A node holds pipeline tasks, runs hops and passes activations on.")
     sub = p.add_subparsers(dest="node_command", metavar="ACTION", required=True)
     s = sub.add_parser("start", help="start a node daemon (FastAPI/uvicorn) in the foreground")
+    s.add_argument("--config", type=Path, default=None, metavar="TOML",
+                   help="settings file (keys: these options' long names); flags given here override it")
+    s.add_argument("--pid-file", type=Path, default=None, help="write the process id here (for `splitup node stop`)")
+    s.add_argument("--drain-timeout", type=float, default=60.0, metavar="S",
+                   help="on SIGTERM: seconds to finish live sessions before committing or releasing what is left")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8700)
     s.add_argument("--tasks", default="", help="comma-separated task ids to fetch from --store and preload")
@@ -59,10 +66,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--primary", default=None, metavar="IDS",
                    help="comma-separated task ids taken at once (default: all --tasks; others only as a stand-in)")
     m.add_argument("--poll", type=float, default=0.25, metavar="S", help="seconds between looks at the chain")
-    s.set_defaults(func=start)
+    s.set_defaults(func=start, start_parser=s)
     q = sub.add_parser("status", help="print a node's capability report")
     q.add_argument("--url", default="http://127.0.0.1:8700")
     q.set_defaults(func=status)
+    node_ops.register(sub)
 
 
 def _ids(text: str) -> list[str]:
@@ -86,10 +94,23 @@ def _check_market_args(args: argparse.Namespace) -> None:
         raise SplitUpError("--bundle does not apply with --market: a market node fetches its tasks by id from --store")
 
 
+def _start_argv(argv: list[str]) -> list[str]:
+    """The arguments after ``node start``."""
+    i = argv.index("node")
+    return argv[argv.index("start", i) + 1:]
+
+
 def start(args: argparse.Namespace) -> int:
     from splitup.node.node import NodeConfig
     from splitup.node.serve import build_node, serve
 
+    if args.config is not None:
+        from splitup.node.config_file import apply_config
+
+        args = apply_config(args, args.start_parser, _start_argv(args.argv), args.config)
+    if args.pid_file is not None:
+        args.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        args.pid_file.write_text(f"{os.getpid()}\n")
     _check_market_args(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     extra = {"node_id": args.node_id} if args.node_id else {}
@@ -108,7 +129,7 @@ def start(args: argparse.Namespace) -> int:
         serve_market_node(config, owner, rpc_url=args.rpc_url, program_id=args.program_id, store_url=args.store,
                           host=args.host, port=args.port, task_ids=task_ids, stake=args.stake, vram=args.vram,
                           primary=None if args.primary is None else _ids(args.primary), poll_s=args.poll,
-                          log_level=args.log_level)
+                          log_level=args.log_level, drain_timeout_s=args.drain_timeout)
         return 0
     node = build_node(config, task_ids=task_ids, bundles=args.bundle)
     serve(node, args.host, args.port, log_level=args.log_level)

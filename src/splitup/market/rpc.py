@@ -32,7 +32,7 @@ from solders.transaction import Transaction
 
 from splitup.market.errors import MarketError, TransactionFailed, error_from
 from splitup.market.localnet import DEFAULT_RPC_URL
-from splitup.market.transport import AccountData, TxResult, unique_signers
+from splitup.market.transport import AccountData, ChainTx, TxResult, unique_signers
 
 T = TypeVar("T")
 
@@ -168,3 +168,24 @@ class RpcTransport:
             if time.monotonic() > deadline:
                 raise TransactionFailed(f"the cluster did not reach slot {target}")
             time.sleep(self.poll_s)
+
+    def history(self, address: Pubkey, limit: int = 1000) -> list[ChainTx]:
+        sigs = self._run(self.client.get_signatures_for_address(address, limit=min(limit, 1000))).value
+        out: list[ChainTx] = []
+        for info in sigs:
+            got = self._run(self.client.get_transaction(info.signature, encoding="base64",
+                                                        max_supported_transaction_version=0)).value
+            if got is None or got.transaction.meta is None:
+                continue
+            tx = got.transaction.transaction
+            msg = tx.message  # type: ignore[union-attr]  # base64 decodes to a VersionedTransaction
+            keys = list(msg.account_keys)
+            meta = got.transaction.meta
+            calls = [(keys[ix.program_id_index], bytes(ix.data), [keys[i] for i in bytes(ix.accounts)])
+                     for ix in msg.instructions]
+            deltas = {k: post - pre for k, pre, post in zip(keys, meta.pre_balances, meta.post_balances, strict=False)
+                      if post != pre}
+            out.append(ChainTx(str(info.signature), got.slot, got.block_time, meta.err, calls, deltas, meta.fee,
+                               keys[0] if keys else None))
+        return out
+

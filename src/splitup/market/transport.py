@@ -51,6 +51,21 @@ class TxResult:
     address: Pubkey | None = None  # the account an instruction created, when it created one
 
 
+@dataclass(frozen=True)
+class ChainTx:
+    """A landed transaction as a history reader needs it: when, whether it failed, what it called, and
+    how many lamports each account gained or lost."""
+
+    signature: str
+    slot: int
+    block_time: int | None
+    err: object | None
+    calls: list[tuple[Pubkey, bytes, list[Pubkey]]]  # (program, instruction data, accounts) per instruction
+    deltas: dict[Pubkey, int]
+    fee: int = 0
+    fee_payer: Pubkey | None = None
+
+
 class Transport(Protocol):
     def send(self, instructions: Sequence[Instruction], signers: Sequence[Keypair]) -> TxResult:
         """Sign with ``signers`` (the first pays the fee), send, and wait until processed; raise MarketError."""
@@ -74,6 +89,11 @@ class Transport(Protocol):
 
     def advance(self, slots: int) -> None:
         """Let at least ``slots`` slots pass (instantly on LiteSVM, by waiting on a real cluster)."""
+        ...
+
+    def history(self, address: Pubkey, limit: int = 1000) -> list[ChainTx] | None:
+        """The newest landed transactions that touched ``address`` (as far as the cluster keeps them);
+        None where the runtime keeps no such index."""
         ...
 
 
@@ -137,6 +157,9 @@ class LiteSvmTransport:
         res = self.svm.airdrop(key, lamports)
         if not isinstance(res, TransactionMetadata):
             raise error_from(res.err())
+
+    def history(self, address: Pubkey, limit: int = 1000) -> list[ChainTx] | None:
+        return None  # LiteSVM keeps no index of transactions by account
 
     def advance(self, slots: int) -> None:
         """Move the clock ``slots`` forward and record a slot hash for each new slot, as a bank would."""

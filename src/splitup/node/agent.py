@@ -180,6 +180,10 @@ def fetch_announcement(market: Market, job: Pubkey, index: int, timeout: float =
         return None
 
 
+class NothingComputed(MarketError):
+    """The node holds an accepted task but received no input for it, so it has nothing to commit."""
+
+
 class MarketAgent:
     def __init__(self, market: Market, owner: Keypair, node: RecordingNode, store_url: str, *,
                  blobs: Blobs | None = None, poll_s: float = 0.25, validate: bool = True,
@@ -199,6 +203,7 @@ class MarketAgent:
         # rather than be slashed for missing its deadline.
         self.idle_commit_s = idle_commit_s
         self.accepted: dict[tuple[str, int], Pubkey] = {}
+        self.accepting = True  # False while the node drains: it finishes what it took and takes nothing new
         self.receipted: set[tuple[str, int]] = set()
         self._receipt_lock = threading.Lock()
         self.announced: dict[tuple[str, int], Announcement] = {}
@@ -254,6 +259,8 @@ class MarketAgent:
                 if task_id not in held:
                     continue
                 if t.status == TaskStatus.OPEN:
+                    if not self.accepting:
+                        continue
                     seen = self._first_seen.setdefault((str(job), i), time.monotonic())
                     standby = self.primary is not None and task_id not in self.primary
                     if not standby or time.monotonic() - seen >= self.standby_s:
@@ -331,13 +338,36 @@ class MarketAgent:
             self._receipt(job, index)  # before the commitment, if the loop has not done it yet
             transcript = self.node.transcript(str(job), index, task.task_id)
             if not transcript.steps:
-                raise MarketError(f"this node computed nothing for task {index} of {job}")
+                raise NothingComputed(f"this node computed nothing for task {index} of {job}")
             self.executor.record(job, index, transcript, self.node.final_state(str(job), task.task_id))
             ann = self.executor.commit(job, index)
             self.executor.forget(job, index)
             self.announced[key] = ann
             self.stats["committed"] += 1
             return ann
+
+    def wind_down(self) -> dict[str, list[str]]:
+        """A draining node's last act on chain: commit every accepted task it computed something for, and
+        release (unpaid, unslashed) those it never received input for, so no task expires against it."""
+        out: dict[str, list[str]] = {"committed": [], "released": [], "failed": []}
+        for key, job in list(self.accepted.items()):
+            name = f"{key[0]}#{key[1]}"
+            if key not in self.announced:
+                try:
+                    self.commit(job, key[1])
+                    out["committed"].append(name)
+                except NothingComputed:
+                    try:
+                        self.market.release_task(self.owner, job, key[1])
+                        out["released"].append(name)
+                    except MarketError as exc:
+                        self._error(f"wind-down release {name}: {exc}")
+                        out["failed"].append(name)
+                except MarketError as exc:
+                    self._error(f"wind-down commit {name}: {exc}")
+                    out["failed"].append(name)
+            self.accepted.pop(key, None)
+        return out
 
     # --- validator ----------------------------------------------------------------------------------------
     def _validate(self, job: Pubkey, index: int) -> None:

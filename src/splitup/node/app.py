@@ -13,15 +13,17 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from importlib import resources
 from typing import Any
 
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from splitup.node.forward import ForwardError, HopClient, Reply
-from splitup.node.node import Node, NotHere
+from splitup.node.metrics import NodeMetrics
+from splitup.node.node import Draining, Node, NotHere
 from splitup.node.stream import STREAM_LIMIT, FrameForwarder, FrameServer
 from splitup.node.wire import Envelope, WireError, decode, encode, envelope_of
 from splitup.partition.task import PlanError
@@ -29,6 +31,7 @@ from splitup.runtime import EngineError, InterfaceError, SessionError, SessionLi
 from splitup.storage import StorageError
 
 log = logging.getLogger("splitup.node")
+_PAGE = resources.files("splitup.node").joinpath("page.html").read_text()
 HOPS_HEADER = "x-splitup-hops"
 PARKED_HEADER = "x-splitup-result"
 CONTENT_TYPE = "application/vnd.splitup.safetensors"
@@ -40,12 +43,16 @@ class HopFailed(Exception):
         self.status, self.kind, self.hop = status, kind, hop
 
     def response(self) -> JSONResponse:
-        return JSONResponse({"error": str(self), "kind": self.kind, "hop": self.hop}, status_code=self.status)
+        # a draining node is gone for good: the client re-routes rather than waits for it
+        headers = {"Retry-After": "0"} if self.kind == "draining" else None
+        return JSONResponse({"error": str(self), "kind": self.kind, "hop": self.hop}, status_code=self.status,
+                            headers=headers)
 
 
 def _classify(exc: Exception, hop: int | None) -> HopFailed:
     """Map the node's typed errors to HTTP answers."""
     for kind, status, types in (
+        ("draining", 503, (Draining,)),
         ("not_here", 404, (NotHere,)),
         ("busy", 429, (SessionLimit,)),
         ("step_conflict", 409, (StepConflict,)),
@@ -120,10 +127,13 @@ def _failed(exc: Exception, hop: int | None) -> HopFailed:
 
 
 def create_app(node: Node, *, heartbeat: Callable[[dict[str, Any]], None] | None = None,
-               frames_host: str | None = None) -> FastAPI:
-    """The node's HTTP service; with ``frames_host`` also its frame port (``node.config.frame_port``)."""
+               frames_host: str | None = None, market: Callable[[], dict[str, Any]] | None = None) -> FastAPI:
+    """The node's HTTP service; with ``frames_host`` also its frame port (``node.config.frame_port``).
+    ``market``: a market node's chain-side summary (stake, earnings, agent), shown on its page and
+    exported as metrics."""
     dispatch = HopDispatch(node)
     frames = {"port": None}
+    metrics = NodeMetrics(node, None if market is None else lambda: _numbers(market()))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
@@ -164,6 +174,25 @@ def create_app(node: Node, *, heartbeat: Callable[[dict[str, Any]], None] | None
     @app.get("/status")
     def status() -> dict[str, Any]:
         return node.status()
+
+    @app.get("/", include_in_schema=False)
+    def page() -> HTMLResponse:
+        return HTMLResponse(_PAGE)
+
+    @app.get("/api/page")
+    def page_data() -> dict[str, Any]:
+        out = node.page()
+        if market is not None:
+            try:
+                out["market"] = market()
+            except Exception as exc:  # the page still shows the node when the chain is unreachable
+                out["market"] = {"error": f"{type(exc).__name__}: {exc}"}
+        return out
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
 
     @app.post("/tasks")
     async def preload(request: Request) -> JSONResponse:
@@ -321,6 +350,19 @@ async def _heartbeat_loop(node: Node, heartbeat: Callable[[dict[str, Any]], None
         node.sessions.sweep()
         try:
             await asyncio.to_thread(heartbeat, node.status())
+            node.last_heartbeat = time.time()
         except Exception:  # the market layer's problems must not stop the node serving
             log.exception("heartbeat hook failed")
         await asyncio.sleep(node.config.heartbeat_s)
+
+
+def _numbers(summary: dict[str, Any]) -> dict[str, float]:
+    """The numeric entries of a market summary, flattened (``agent.accepted`` -> ``agent_accepted``)."""
+    out: dict[str, float] = {}
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            out.update({f"{key}_{k}": v for k, v in _numbers(value).items()})
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[key] = float(value)
+    return out
+

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Collection, Sequence
+import time
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import uvicorn
@@ -21,7 +22,8 @@ from splitup.errors import SplitUpError
 from splitup.market.market import Market
 from splitup.node.agent import MarketAgent, RecordingNode
 from splitup.node.app import create_app
-from splitup.node.node import NodeConfig
+from splitup.node.node import Node, NodeConfig
+from splitup.node.report import sampling_rate_bps
 from splitup.sdk.chain import connect
 from splitup.verify.cheats import Cheat
 
@@ -79,24 +81,95 @@ def check_market_node(market: Market, owner: Keypair, task_ids: Sequence[str], s
         raise SplitUpError(f"stake of {stake} lamports is below the market's minimum of {config.min_stake}")
 
 
+class MarketSummary:
+    """The chain-side figures of the node's page and /metrics, read at most every ``ttl_s``."""
+
+    def __init__(self, agent: MarketAgent, ttl_s: float = 2.0) -> None:
+        self.agent, self.ttl_s = agent, ttl_s
+        self.start_balance: int | None = None
+        self._cached: tuple[float, dict[str, Any]] | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> dict[str, Any]:
+        with self._lock:
+            if self._cached is not None and time.monotonic() - self._cached[0] < self.ttl_s:
+                return self._cached[1]
+            market, owner = self.agent.market, self.agent.owner.pubkey()
+            balance = market.t.balance(owner)
+            if self.start_balance is None:
+                self.start_balance = balance
+            out: dict[str, Any] = {"address": str(self.agent.address), "wallet": balance,
+                                   "earned": balance - self.start_balance, "agent": dict(self.agent.stats)}
+            if market.t.get_account(self.agent.address) is not None:
+                n = market.node(owner)
+                out.update(stake=n.stake, locked=n.locked, tasks_done=n.tasks_done, verified=n.verified,
+                           failed=n.failed, sampling_rate_bps=sampling_rate_bps(market, n))
+            self._cached = (time.monotonic(), out)
+            return out
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn that drains on the first SIGTERM/SIGINT instead of stopping at once: the node takes no new
+    tasks or sessions, finishes the live ones within the drain timeout, commits what it computed, then
+    exits. A second signal stops it at once."""
+
+    def __init__(self, config: uvicorn.Config, drain: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._drain = drain
+        self._draining = False
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if self._draining:
+            super().handle_exit(sig, frame)
+            return
+        self._draining = True
+        log.warning("signal %d: draining", sig)
+
+        def drain_then_exit() -> None:
+            try:
+                self._drain()
+            finally:
+                self.should_exit = True
+        threading.Thread(target=drain_then_exit, name="splitup-node-drain", daemon=True).start()
+
+
+def drain(node: Node, agent: MarketAgent, timeout_s: float) -> dict[str, Any]:
+    """Stop taking work, let live sessions finish (at most ``timeout_s``), then commit every accepted task
+    this node computed something for; what is left is reported (and released where the chain allows)."""
+    node.draining = True
+    agent.accepting = False
+    deadline = time.monotonic() + timeout_s
+    while len(node.sessions) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    outcome = agent.wind_down()
+    agent.stop()
+    log.warning("drained: %s", outcome)
+    return outcome
+
+
 def serve_market_node(config: NodeConfig, owner: Keypair, *, rpc_url: str, program_id: Pubkey, store_url: str,
                       host: str, port: int, task_ids: Sequence[str], stake: int, vram: int,
                       primary: Collection[str] | None = None, poll_s: float = 0.25, cheat: Cheat | None = None,
-                      log_level: str = "warning") -> None:
-    """Run a market node in the foreground until stopped; checks the chain first (``check_market_node``)."""
+                      log_level: str = "warning", drain_timeout_s: float = 60.0) -> None:
+    """Run a market node in the foreground until stopped; checks the chain first (``check_market_node``).
+    SIGTERM drains it (``drain``); a restart with the same keypair and cache resumes where it was."""
     market = connect(rpc_url, owner, program_id)
     check_market_node(market, owner, task_ids, stake)
     node = RecordingNode(config, cheat=cheat)
     agent = MarketAgent(market, owner, node, store_url, poll_s=poll_s,
                         primary=None if primary is None else set(primary))
     startup = Startup(agent, list(task_ids), stake, vram, f"http://{host}:{port}")
+    summary = MarketSummary(agent)
     # Watchers (the gateway, the console) poll GET /status; the heartbeat hook has nothing to push to.
-    app = create_app(node, heartbeat=lambda status: None, frames_host=host)
+    app = create_app(node, heartbeat=lambda status: None, frames_host=host, market=summary)
     app.include_router(agent.router())
     app.add_api_route("/market/startup", startup.report, methods=["GET"])
     threading.Thread(target=startup.run, name="splitup-node-startup", daemon=True).start()
+    # No access log: at one request per token it would dominate the node's own work.
+    server = DrainingServer(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
+                                           timeout_keep_alive=30),
+                            lambda: drain(node, agent, drain_timeout_s))
     try:
-        # No access log: at one request per token it would dominate the node's own work.
-        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, timeout_keep_alive=30)
+        server.run()
     finally:
         agent.stop()

@@ -27,6 +27,13 @@ class NotHere(SplitUpError):
     """This node does not hold the task a request names."""
 
 
+class Draining(SplitUpError):
+    """The node is shutting down: it finishes the sessions it has and takes no new ones."""
+
+
+LATENCY_WINDOW = 2048  # recent hop latencies kept for the percentiles of the status page and /metrics
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     engine: str = "onnxruntime"
@@ -83,6 +90,11 @@ class Node:
         self.started = time.time()
         self.hops_done = 0
         self._engines: dict[str, str] | None = None
+        self.draining = False
+        self.hop_seconds: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self.hops_by_task: dict[str, int] = {}
+        self.hop_listeners: list[Callable[[str, float], None]] = []
+        self.last_heartbeat: float | None = None
 
     # --- tasks ---------------------------------------------------------------------------------------------
     def load_bundle(self, directory: Path, task_id: str | None = None) -> Runner:
@@ -112,6 +124,8 @@ class Node:
     def open_session(self, task_id: str) -> str:
         """A session reserves its sequence's share of the task's KV cache (the plan sizes it for the graph's
         maximum batch) twice: the cache and the copy kept for a retried step."""
+        if self.draining:
+            raise Draining("this node is draining for a restart: open the session on another holder of the task")
         task = self.runner(task_id).task
         return self.sessions.open(task_id, reserve_bytes=2 * task.kv_cache_bytes // batch_limit(task)).id
 
@@ -157,6 +171,10 @@ class Node:
             session.advance(hop.step, step)
         seconds = time.perf_counter() - t0
         self.hops_done += 1
+        self.hop_seconds.append(seconds)
+        self.hops_by_task[task.task_id] = self.hops_by_task.get(task.task_id, 0) + 1
+        for listener in self.hop_listeners:
+            listener(task.task_id, seconds)
         record = HopRecord(env.job, env.hop, task.task_id, hop.session, hop.step, outs, seconds)
         self.recent.append(record)
         if self.on_hop is not None:
@@ -200,7 +218,28 @@ class Node:
     def status(self) -> dict[str, Any]:
         """The heartbeat payload: small, cheap to compute."""
         return {"node": self.config.node_id, "time": time.time(), "uptime_s": round(time.time() - self.started, 1),
-                "tasks": sorted(self.runners), "sessions": len(self.sessions), "hops_done": self.hops_done}
+                "tasks": sorted(self.runners), "sessions": len(self.sessions), "hops_done": self.hops_done,
+                "draining": self.draining}
+
+    def latency_ms(self) -> dict[str, float | None]:
+        """p50/p95/p99 of the last hops' compute time, in milliseconds."""
+        window = sorted(self.hop_seconds)
+        if not window:
+            return {"p50": None, "p95": None, "p99": None}
+        pick = lambda q: round(window[min(len(window) - 1, int(q * len(window)))] * 1000, 3)  # noqa: E731
+        return {"p50": pick(0.50), "p95": pick(0.95), "p99": pick(0.99)}
+
+    def page(self) -> dict[str, Any]:
+        """What the node's own page shows: tasks, sessions and memory against the budget, hops, latency."""
+        mem = memory_report()
+        return {**self.status(), "engine": self.engine.name, "devices": self.engine.devices(),
+                "tasks": [{"task_id": r.task.task_id, "model": r.task.model, "index": r.task.index,
+                           "vram_bytes": r.task.vram_bytes, "device": r.device,
+                           "hops": self.hops_by_task.get(r.task.task_id, 0)} for r in self.runners.values()],
+                "session_bytes": self.sessions.state_bytes(), "session_budget_bytes": self.sessions.max_bytes,
+                "max_sessions": self.sessions.max_sessions, "latency_ms": self.latency_ms(),
+                "host_free_bytes": mem["host_free_bytes"], "host_total_bytes": mem["host_total_bytes"],
+                "last_heartbeat": self.last_heartbeat}
 
 
 class ResultShelf:

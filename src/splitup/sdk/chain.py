@@ -12,7 +12,7 @@ from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
 from splitup.market.market import Market
-from splitup.market.transport import DEFAULT_PROGRAM_ID, AccountData, Transport, TxResult
+from splitup.market.transport import DEFAULT_PROGRAM_ID, AccountData, ChainTx, Transport, TxResult
 from splitup.market.wallet import load_keypair
 
 T = TypeVar("T")
@@ -57,6 +57,9 @@ class LockedTransport:
 
     def advance(self, slots: int) -> None:
         self._locked(self.inner.advance, slots)
+
+    def history(self, address: Pubkey, limit: int = 1000) -> list[ChainTx] | None:
+        return self._locked(self.inner.history, address, limit)
 
 
 def as_keypair(wallet: WalletLike) -> Keypair:

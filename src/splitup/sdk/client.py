@@ -163,11 +163,19 @@ class Client:
         return routes
 
     def finish(self, job: Pubkey, routes: Sequence[Sequence[str]]) -> None:
-        """Ask each executor to commit its transcript of the job (it signs; we only tell it we are done)."""
+        """Ask each executor to commit its transcript of the job (it signs; we only tell it we are done).
+        A task committed already (a draining node commits on its own before it exits) is left alone."""
+        info = self.market.job(job)
         for i, urls in enumerate(routes):
-            r = self._http.post(f"{urls[0].rstrip('/')}/market/jobs/{job}/tasks/{i}/commit")
-            if r.status_code != 200:
-                raise JobError(f"task {i}: the executor at {urls[0]} did not commit: {r.text[:300]}")
+            if TaskStatus(info.tasks[i].status) != TaskStatus.ACCEPTED:
+                continue
+            try:
+                r = self._http.post(f"{urls[0].rstrip('/')}/market/jobs/{job}/tasks/{i}/commit")
+                ok, why = r.status_code == 200, r.text[:300]
+            except httpx.HTTPError as exc:
+                ok, why = False, f"{type(exc).__name__}: {exc}"
+            if not ok and TaskStatus(self.market.job(job).tasks[i].status) == TaskStatus.ACCEPTED:
+                raise JobError(f"task {i}: the executor at {urls[0]} did not commit: {why}")
 
     def _finish_quietly(self, job: Pubkey, routes: Sequence[Sequence[str]]) -> None:
         try:
