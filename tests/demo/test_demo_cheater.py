@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from splitup.demo.flow import DemoOptions, Summary, run_demo
+from splitup.market.market import task_reward
 from splitup.sdk.chain import connect
 
 FEE = 5_000  # lamports per signature on the local ledger
@@ -47,12 +48,12 @@ def test_slash_and_payouts_match_the_chain(caught) -> None:
     assert cheater.stake_before - cheater.stake_after == slash == cheater.stake_before - chain["nodes"]["node-a"].stake
     assert chain["nodes"]["node-a"].failed == 1 and chain["nodes"]["node-a"].tasks_done == 0
     # The validator who caught it is paid its reward plus the cheater's slash.
-    assert bad.validator_paid == cfg.validator_reward + slash
+    assert bad.validator_paid == task_reward(cfg.validator_reward, cfg.validator_reward_bps, bad.price) + slash
     v = next(n for n in s.nodes if n.name == bad.validator)
     ran = [t for t in s.tasks if t.executor == v.name]
     checked = [t for t in s.tasks if t.validator == v.name]
     earned = sum(t.node_paid for t in ran) + sum(t.validator_paid for t in checked)
-    assert chain["balances"][v.name] - v.balance_before == earned - FEE * 2 * (len(ran) + len(checked))
+    assert chain["balances"][v.name] - v.balance_before == earned - FEE * (3 * len(ran) + 2 * len(checked))
     # The client gets the failed task's price and fee back; the treasury takes fees of settled tasks only.
     assert s.refund == s.escrow_deposit - s.escrow_paid >= bad.price
     assert s.fees == sum(t.price * cfg.protocol_fee_bps // 10_000 for t in s.tasks if t is not bad)

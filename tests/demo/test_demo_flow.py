@@ -8,6 +8,7 @@ from solders.pubkey import Pubkey
 
 from splitup.demo.flow import DemoOptions, Summary, run_demo
 from splitup.market.constants import TaskStatus
+from splitup.market.market import task_reward
 from splitup.sdk.chain import connect
 
 # LiteSVM (behind the local ledger) charges 5000 lamports per signature; every party signs alone.
@@ -60,20 +61,24 @@ def test_payments_match_balances_on_chain(demo) -> None:
         ran = [t for t in s.tasks if t.executor == row.name]
         checked = [t for t in s.tasks if t.validator == row.name]
         earned = sum(t.node_paid for t in ran) + sum(t.validator_paid for t in checked)
-        # accept + commit per task run, assign + verdict per task validated
-        fees = FEE * 2 * (len(ran) + len(checked))
+        # accept + input receipt + commit per task run, assign + verdict per task validated
+        fees = FEE * (3 * len(ran) + 2 * len(checked))
         assert chain["balances"][row.name] - row.balance_before == earned - fees == row.balance_after - row.balance_before
         assert row.stake_after == row.stake_before == chain["nodes"][row.name].stake  # nobody slashed
     assert s.slashed == 0
     # Each task: price to its node, the validator reward to its validator, the protocol fee to the treasury.
     assert s.node_paid == sum(t.price for t in s.tasks)
-    assert s.validator_paid == 3 * cfg.validator_reward
+    # a check that proved re-execution pays max(validator_reward, price x validator_reward_bps)
+    assert all(t.proved for t in s.tasks if t.verdict == "agree")
+    assert s.validator_paid == sum(task_reward(cfg.validator_reward, cfg.validator_reward_bps, t.price)
+                                   for t in s.tasks)
     assert s.fees == sum(t.price * cfg.protocol_fee_bps // 10_000 for t in s.tasks)
     assert s.treasury_after - s.treasury_before == s.fees == cfg.treasury - s.treasury_before
     assert s.escrow_paid == s.node_paid + s.validator_paid + s.fees
     assert s.refund == s.escrow_deposit - s.escrow_paid
-    # The client paid what escrow paid out plus its own transactions: post, sample and settle per task, close.
-    assert s.client_before - chain["balances"]["client"] == s.escrow_paid + FEE * (2 + 2 * len(s.tasks))
+    # The client paid what escrow paid out plus its own transactions: post, reveal, sample and settle per
+    # task, close.
+    assert s.client_before - chain["balances"]["client"] == s.escrow_paid + FEE * (3 + 2 * len(s.tasks))
 
 
 def test_job_closed_and_nothing_left_open(demo) -> None:

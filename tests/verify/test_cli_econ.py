@@ -62,3 +62,14 @@ def test_bad_input_is_one_line_exit_2(args: list[str], message: str, capsys: pyt
     assert main(argv + args) == 2
     err = capsys.readouterr().err
     assert err.strip().splitlines() == [err.strip()] and err.startswith(message)
+
+
+def test_the_program_rule_at_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["econ", "--price", "20000000", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    # 0.02 SOL locks 0.1 SOL, all of it at risk; p (0.9)(0.12) > 0.02 from 18.52 %
+    assert (out["collateral"], out["at_risk"], out["sound_rate_bps"]) == (100_000_000, 100_000_000, 1852)
+    assert out["cheat_profit_at_floor"] < 0
+    assert main(["econ", "--price", "20000000"]) == 0
+    assert "18.52 %" in capsys.readouterr().out
+    assert main(["econ", "--cost", "1"]) == 2  # the game needs R, C and S

@@ -191,7 +191,8 @@ def test_every_drawn_cheat_is_slashed_and_every_undrawn_one_paid(run: Run) -> No
     for t in caught:
         assert (t.status, t.verdict, t.arbitration) == ("FAILED", "disagree", "node_cheated")
         assert t.node_paid == 0 and t.node_slashed == slash and t.fee == 0
-        assert t.validator_paid == cfg.validator_reward + slash and run.names[t.validator] == "node-c"
+        reward = max(cfg.validator_reward, t.price * cfg.validator_reward_bps // 10_000)
+        assert t.validator_paid == reward + slash and run.names[t.validator] == "node-c"
     for t in missed:
         assert (t.status, t.verdict, t.arbitration) == ("SETTLED", "none", "none")
         assert t.node_paid == t.price > 0 and t.node_slashed == 0
@@ -201,11 +202,11 @@ def test_every_drawn_cheat_is_slashed_and_every_undrawn_one_paid(run: Run) -> No
     assert (a.failed - b.failed, a.tasks_done - b.tasks_done) == (len(caught), len(missed))
     assert a.locked == 0
     # node-c (the validator of every cheat) received its rewards and the slashes, less its own fees:
-    # accept + commit per task it ran, assign + verdict per task it validated (it has no rival for either).
+    # accept + receipt + commit per task it ran, assign + verdict per task it validated (no rival for either).
     ran, checked = run.tasks_of("node-c"), [t for r in run.reports for t in r.tasks if run.names.get(t.validator or "") == "node-c"]
     earned = sum(t.node_paid for t in ran) + sum(t.validator_paid for t in checked)
     assert len(checked) == len(caught)
-    assert run.after.balance["node-c"] - run.before.balance["node-c"] == earned - FEE * 2 * (len(ran) + len(checked))
+    assert run.after.balance["node-c"] - run.before.balance["node-c"] == earned - FEE * (3 * len(ran) + 2 * len(checked))
 
 
 def test_honest_nodes_are_never_slashed(run: Run) -> None:
@@ -225,7 +226,7 @@ def test_honest_nodes_are_never_slashed(run: Run) -> None:
 
 def test_lamports_change_only_by_transaction_fees(run: Run) -> None:
     txs = run.after.signatures - run.before.signatures
-    assert txs >= 2 * 3 * JOBS  # at least accept + commit per task
+    assert txs >= 3 * 3 * JOBS  # at least accept + receipt + commit per task
     assert run.before.total - run.after.total == FEE * txs
     # The protocol fee of every settled task went to the treasury; slashes went to the validators.
     fees = sum(t.fee for r in run.reports for t in r.tasks)

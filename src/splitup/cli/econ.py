@@ -16,9 +16,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="PoSP game calculator: minimal sampling rate, honest and cheating profit",
         description="Evaluate the Proof-of-Sampling game per task (docs/posp.md).",
     )
-    p.add_argument("--reward", "-R", required=True, help="asserter reward R per task")
-    p.add_argument("--cost", "-C", required=True, help="asserter compute cost C per task")
-    p.add_argument("--slash", "-S", required=True, help="stake slashed S when caught")
+    p.add_argument("--price", type=int, default=None,
+                   help="a task price in lamports: print the rule the program applies to it at the default "
+                        "config (collateral, stake at risk, the sound rate floor), instead of the game")
+    p.add_argument("--reward", "-R", help="asserter reward R per task")
+    p.add_argument("--cost", "-C", help="asserter compute cost C per task")
+    p.add_argument("--slash", "-S", help="stake slashed S when caught")
     p.add_argument("--collusion", "-r", default=0.0, help="share r of colluding nodes [0, 1)")
     p.add_argument("--validators", "-n", default=1, help="validators per sampled task")
     p.add_argument("--rate", "-p", default=econ.DEFAULT_RATE, help="sampling rate p")
@@ -54,7 +57,39 @@ def _optional(flag: str, text: object) -> float | None:
     return None if text is None else _number(flag, text)
 
 
+def program_rule(price: int) -> dict[str, object]:
+    """The program's rule for one task of ``price`` lamports at the default config (MarketParams())."""
+    from splitup.market.market import MarketParams, task_terms
+
+    params = MarketParams()
+    terms = task_terms(params, price)
+    p = terms.sound_rate_bps / 10_000
+    r = params.collusion_bps / 10_000
+    return {
+        "price": price, "collateral": terms.collateral, "at_risk": terms.at_risk,
+        "collusion": r, "sound_rate_bps": terms.sound_rate_bps,
+        "new_node_rate_bps": max(terms.sound_rate_bps, params.new_node_bps),
+        "base_rate_bps": max(terms.sound_rate_bps, params.verify_rate_bps),
+        "validator_reward": terms.validator_reward,
+        # a cheat saves at most the whole price; at the floor it is caught often enough to lose money
+        "cheat_profit_at_floor": (1 - p * (1 - r)) * price - p * (1 - r) * terms.at_risk,
+        "rule": "p (1 - r)(R + S) > R, S = max(task_collateral, R x collateral_bps) x slash_bps",
+    }
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.price is not None:
+        if args.price <= 0:
+            raise BadGameParameters(f"--price must be a positive number of lamports, got {args.price}")
+        rule = program_rule(args.price)
+        if args.json:
+            print(json.dumps(rule, sort_keys=True))
+        else:
+            _print_rule(rule)
+        return 0
+    for flag, value in (("--reward", args.reward), ("--cost", args.cost), ("--slash", args.slash)):
+        if value is None:
+            raise BadGameParameters(f"{flag} is required (or give --price for the program's rule)")
     game = econ.Game(
         reward=_number("--reward", args.reward),
         cost=_number("--cost", args.cost),
@@ -74,6 +109,28 @@ def run(args: argparse.Namespace) -> int:
     else:
         _print_table(game, result)
     return 0
+
+
+def _print_rule(rule: dict[str, object]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def sol(v: object) -> str:
+        return f"{float(v) / 1e9:.6f} SOL"  # type: ignore[arg-type]
+
+    t = Table(title=f"The rule the program applies at the default config, task price {sol(rule['price'])}")
+    t.add_column("quantity")
+    t.add_column("value", justify="right")
+    t.add_row("rule", str(rule["rule"]))
+    t.add_row("least collateral locked", sol(rule["collateral"]))
+    t.add_row("stake at risk S when caught", sol(rule["at_risk"]))
+    t.add_row("collusion allowance r", f"{float(rule['collusion']):.0%}")  # type: ignore[arg-type]
+    t.add_row("sound rate floor", f"{int(rule['sound_rate_bps']) / 100:g} %")  # type: ignore[call-overload]
+    t.add_row("rate of an established node", f"{int(rule['base_rate_bps']) / 100:g} %")  # type: ignore[call-overload]
+    t.add_row("rate of a new node", f"{int(rule['new_node_rate_bps']) / 100:g} %")  # type: ignore[call-overload]
+    t.add_row("validator reward per check", sol(rule["validator_reward"]))
+    t.add_row("cheat profit at the floor (C = R saved)", sol(rule["cheat_profit_at_floor"]))
+    Console().print(t)
 
 
 def _print_table(game: econ.Game, result: dict[str, object]) -> None:

@@ -138,15 +138,24 @@ def cmd_config(args: argparse.Namespace) -> int:
           f"slash              {c.slash_bps / 100:.2f}% of collateral\nvalidator reward   {sol(c.validator_reward)}\n"
           f"protocol fee       {c.protocol_fee_bps / 100:.2f}%\nunbonding          {c.unbonding_slots} slots\n"
           f"validator timeout  {c.validator_timeout_slots} slots\ntreasury           {sol(c.treasury)}\n"
-          f"new nodes          {c.new_node_bps / 100:.2f}%, halving every {c.new_node_half_life} honest tasks\n"
-          f"after a failure    {c.failed_bps / 100:.2f}%, halving every {c.failed_half_life} honest tasks")
+          f"new nodes          {c.new_node_bps / 100:.2f}%, halving every {c.new_node_half_life} credits\n"
+          f"after a failure    {c.failed_bps / 100:.2f}%, halving every {c.failed_half_life} credits\n"
+          f"reputation credit  {sol(c.rep_min_price)} of verified work paid by another party\n"
+          f"collateral         max({sol(c.task_collateral)}, {c.collateral_bps / 100:.0f}% of the price)\n"
+          f"rate floor         p (1 - {c.collusion_bps / 100:.0f}%)(R + S) > R at every task\n"
+          f"liveness penalty   {c.liveness_slash_bps / 100:.2f}% of collateral (only with a receipted input)\n"
+          f"validator reward   max({sol(c.validator_reward)}, {c.validator_reward_bps / 100:.0f}% of the price), "
+          f"only with proof of re-execution\n"
+          f"windows            job <= {c.max_deadline_slots}, task <= {c.max_task_timeout_slots}, arbiter "
+          f"{c.arbiter_timeout_slots}, reveal {c.reveal_slots}, validator lottery {c.validator_ramp_slots} slots")
     return 0
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:
     for address, n in market_from(args).nodes():
         print(f"{address} owner {n.owner} stake {sol(n.stake)} locked {sol(n.locked)} vram {n.vram >> 30} GiB "
-              f"done {n.tasks_done} verified {n.verified} failed {n.failed} {node_endpoint(n)}")
+              f"done {n.tasks_done} verified {n.verified} failed {n.failed} liveness faults {n.liveness_faults} "
+              f"reputation {n.reputation} {node_endpoint(n)}")
     return 0
 
 

@@ -72,6 +72,9 @@ class TaskRow:
     validator_paid: int
     arbitration: str = "none"
     node_slashed: int = 0
+    rate_bps: int = 0
+    collateral: int = 0
+    proved: bool = False
 
 
 @dataclass
@@ -285,7 +288,7 @@ def run_demo(opts: DemoOptions, progress: Ui | None = None,
                            plan.tasks[t.index].vram_bytes, by_address.get(t.node or "", t.node or "-"),
                            by_address.get(t.validator or "", t.validator) if t.validator else None,
                            t.status, t.verdict, t.price, t.node_paid, t.validator_paid, t.arbitration,
-                           t.node_slashed) for t in report.tasks],
+                           t.node_slashed, t.rate_bps, t.collateral, t.proved) for t in report.tasks],
             nodes=[NodeRow(name, str(owners[name]), str(market.node_address(owners[name])), net.nodes[k].url,
                            budgets[k], net.holds[k], net.primary[k], before["stake"][name], after["stake"][name],
                            before["balance"][name], after["balance"][name], after["node"][name].tasks_done,

@@ -19,17 +19,23 @@ def print_summary(s: Summary, console: Console | None = None, *, stopping: bool 
     c = console or Console()
     c.print(f"\n[bold]Prompt[/bold]: {s.prompt}\n[bold]Answer[/bold] ({s.model}, {len(s.token_ids)} tokens): {s.text}")
     tasks = Table(title=f"Job {s.job}")
-    for col in ("task", "layers", "VRAM", "ran on", "PoSP", "price SOL"):
-        tasks.add_column(col, justify="right" if col in ("VRAM", "price SOL") else "left")
+    for col in ("task", "layers", "VRAM", "ran on", "rate", "collateral SOL", "PoSP", "price SOL"):
+        tasks.add_column(col, justify="right" if col in ("VRAM", "price SOL", "rate", "collateral SOL") else "left")
     for t in s.tasks:
-        posp = f"{t.verdict} ({t.validator})" if t.verdict != "none" else "not drawn"
+        proof = ", proved re-execution" if t.proved else (", unproved: no reward" if t.verdict == "agree" else "")
+        posp = f"{t.verdict} ({t.validator}{proof})" if t.verdict != "none" else "not drawn"
         if t.arbitration != "none":
             posp += f"; arbiter: {t.arbitration.replace('_', ' ')}"
         if t.node_slashed:
             posp += f"; {t.executor} slashed {sol(t.node_slashed)}"
-        tasks.add_row(str(t.index), t.layers, format_bytes(t.vram), t.executor,
-                      posp if t.status == "SETTLED" else f"{posp}, {t.status}", sol(t.price))
+        tasks.add_row(str(t.index), t.layers, format_bytes(t.vram), t.executor, f"{t.rate_bps / 100:g}%",
+                      sol(t.collateral), posp if t.status == "SETTLED" else f"{posp}, {t.status}", sol(t.price))
     c.print(tasks)
+    c.print("  [bold]Rules on chain[/bold]: a task locks max(0.1 SOL, 3 x its price); its sampling rate, fixed "
+            "when the result is committed, is at least the rate at which cheating loses money, "
+            "p (1 - r)(R + S) > R with r = 10 %; the draw mixes the client's secret, revealed after the "
+            "commits; the validator is drawn on chain among the holders and paid only when its work digest "
+            "proves it re-executed; cheating forfeits the collateral, lateness with a receipted input 10 % of it")
     nodes = Table(title="Nodes on chain after the job")
     for col in ("node", "memory", "tasks", "stake SOL", "earned SOL", "done", "verified", "failed"):
         nodes.add_column(col, justify="left" if col in ("node", "tasks") else "right")
@@ -46,8 +52,9 @@ def print_summary(s: Summary, console: Console | None = None, *, stopping: bool 
             f"{s.seconds:.1f} s, prefill included); one process: {s.reference_tokens_per_s:.2f} tokens/s. "
             f"Nodes accepted in {t.get('job.accept', 0):.1f} s; commit {t.get('job.commit', 0):.1f} s; "
             f"verification and settlement {t.get('job.settle', 0):.1f} s")
-    c.print(f"[bold]PoSP[/bold]: {s.verified} of {len(s.tasks)} tasks verified (rate {s.verify_rate_bps / 100:.0f}% "
-            f"in this demo; the chain default is 8%); {s.rulings} arbitrations; slashed {sol(s.slashed)} SOL")
+    c.print(f"[bold]PoSP[/bold]: {s.verified} of {len(s.tasks)} tasks verified (base rate "
+            f"{s.verify_rate_bps / 100:.0f}% in this demo, the chain default 8%, never below each task's sound "
+            f"rate); {s.rulings} arbitrations; slashed {sol(s.slashed)} SOL")
     c.print(f"[bold]Payments[/bold]: escrow {sol(s.escrow_deposit)} SOL -> nodes {sol(s.node_paid)}, validators "
             f"{sol(s.validator_paid)}, protocol fee {sol(s.fees)} (treasury {sol(s.treasury_before)} -> "
             f"{sol(s.treasury_after)}), refunded {sol(s.refund)}")

@@ -88,7 +88,8 @@ def jobs(svc: GatewayService) -> list[dict[str, Any]]:
     for address, info in s.jobs:
         entry = names.get(str(info.header.model))
         report = job_report(address, info, s.config, entry.name if entry else "?", entry.task_ids() if entry else [])
-        done = all(TaskStatus[t.status] in (TaskStatus.SETTLED, TaskStatus.FAILED) for t in report.tasks)
+        done = all(TaskStatus[t.status] in (TaskStatus.SETTLED, TaskStatus.FAILED, TaskStatus.RELEASED)
+                   for t in report.tasks)
         rows[str(address)] = {**report.to_json(), "state": "settled" if done else "on chain", "source": "chain"}
     for j in list(svc.jobs.values()):
         if j.report is not None:  # closed: the report taken before closing is final (a snapshot may lag)

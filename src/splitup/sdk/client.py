@@ -40,7 +40,7 @@ from splitup.sdk.reports import JobReport, job_report
 
 DEFAULT_STORE_URL = "http://127.0.0.1:8600"
 log = logging.getLogger("splitup.sdk")
-_TERMINAL = (TaskStatus.SETTLED, TaskStatus.FAILED)
+_TERMINAL = (TaskStatus.SETTLED, TaskStatus.FAILED, TaskStatus.RELEASED)
 
 
 class JobError(SplitUpError):

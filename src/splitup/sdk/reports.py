@@ -15,6 +15,7 @@ from solders.pubkey import Pubkey
 from splitup.market.accounts import JobInfo
 from splitup.market.constants import BPS, Arbitration, TaskStatus, Verdict
 from splitup.market.layout import Config
+from splitup.market.market import task_reward
 
 _ZERO = Pubkey.default()
 
@@ -30,13 +31,16 @@ class TaskReport:
     verdict: str  # none / agree / disagree
     arbitration: str  # none / node_honest / node_cheated
     draw: int
-    rate_bps: int
+    rate_bps: int  # fixed by the program when the result was committed
     price: int
     node_paid: int
     validator_paid: int
     fee: int
     node_slashed: int
     validator_slashed: int
+    collateral: int = 0  # what the executor locked for the task
+    proved: bool = False  # the validator's work digest opened the executor's seal
+    standin: bool = False  # the executor took the task over from a node that failed
 
     @property
     def verified(self) -> bool:
@@ -82,18 +86,19 @@ def task_payouts(slot, job: JobInfo, cfg: Config) -> dict[str, int]:  # noqa: AN
     fee = slot.price * job.header.protocol_fee_bps // BPS
     node_slash = slot.collateral * cfg.slash_bps // BPS
     val_slash = slot.validator_collateral * cfg.slash_bps // BPS
+    reward = task_reward(job.header.validator_reward, job.header.validator_reward_bps, slot.price)
     out = {"node_paid": 0, "validator_paid": 0, "fee": 0, "node_slashed": 0, "validator_slashed": 0}
     if status not in (TaskStatus.SETTLED, TaskStatus.FAILED, TaskStatus.READY, TaskStatus.RESOLVED):
         return out
     if slot.arbitration == Arbitration.NODE_CHEATED:
-        out.update(validator_paid=job.header.validator_reward + node_slash, node_slashed=node_slash)
+        out.update(validator_paid=reward + node_slash, node_slashed=node_slash)
         return out
     if slot.arbitration == Arbitration.NODE_HONEST:
         out.update(node_paid=slot.price + val_slash, fee=fee, validator_slashed=val_slash)
         return out
     out.update(node_paid=slot.price, fee=fee)
-    if slot.verdict == Verdict.AGREE:
-        out["validator_paid"] = job.header.validator_reward
+    if slot.verdict == Verdict.AGREE and slot.proved:  # an unproved agreement earns no reward
+        out["validator_paid"] = reward
     return out
 
 
@@ -107,6 +112,7 @@ def job_report(address: Pubkey, job: JobInfo, cfg: Config, model_name: str,
             validator=None if t.validator == _ZERO else str(t.validator),
             sampled=bool(t.sampled), verdict=_name(Verdict, t.verdict), arbitration=_name(Arbitration, t.arbitration),
             draw=int(t.draw), rate_bps=int(t.rate_bps), price=int(t.price), **task_payouts(t, job, cfg),
+            collateral=int(t.collateral), proved=bool(t.proved), standin=bool(t.standin),
         ))
     return JobReport(address=str(address), model=model_name, client=str(job.header.client),
                      deposit=int(job.header.deposit), paid=int(job.header.paid), tasks=tasks)

@@ -35,7 +35,7 @@ from splitup.runtime import Runner
 from splitup.storage import fetch_task
 from splitup.verify.blobs import Blobs, BundleSource, HttpBlobs
 from splitup.verify.cheats import Cheat
-from splitup.verify.roles import Announcement, Arbiter, Executor, Validator
+from splitup.verify.roles import Announcement, Arbiter, Executor, Validator, input_digest
 from splitup.verify.transcript import Transcript
 
 log = logging.getLogger("splitup.agent")
@@ -56,6 +56,8 @@ class RecordingNode(Node):
         self._lock = threading.Lock()
         self.steps: dict[tuple[str, str], dict[int, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]] = {}
         self.last_hop: dict[tuple[str, str], float] = {}
+        # the cache after the latest step, per (job, task): what the work digest is taken over
+        self.state: dict[tuple[str, str], tuple[int, dict[str, np.ndarray]]] = {}
 
     def compute(self, env: Envelope, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._local.inputs, self._local.reported = tensors, None
@@ -81,8 +83,24 @@ class RecordingNode(Node):
                 outs = self.cheat(len(steps), ins, outs)
                 self._local.reported = outs
             # A repeated step (a client retry) replaces the earlier one: nodes treat steps as idempotent.
-            steps[rec.step if rec.step is not None else len(steps)] = (ins, outs)
+            step = rec.step if rec.step is not None else len(steps)
+            steps[step] = (ins, outs)
             self.last_hop[(job, rec.task_id)] = time.monotonic()
+            if task.state and step >= self.state.get((job, rec.task_id), (-1, {}))[0]:
+                self.state[(job, rec.task_id)] = (step, {past: rec.outputs[present]
+                                                         for past, present in task.state.items()
+                                                         if present in rec.outputs})
+
+    def first_inputs(self, job: str, task_id: str) -> dict[str, np.ndarray] | None:
+        """The inputs of the first step computed for (job, task), None before any."""
+        with self._lock:
+            steps = self.steps.get((job, task_id))
+            return dict(steps[min(steps)][0]) if steps else None
+
+    def final_state(self, job: str, task_id: str) -> dict[str, np.ndarray]:
+        """The task's cache after its last step (empty for a stateless task); forgotten here."""
+        with self._lock:
+            return self.state.pop((job, task_id), (0, {}))[1]
 
     def transcript(self, job: str, index: int, task_id: str) -> Transcript:
         """Everything computed for (job, task) as a ``splitup.verify`` transcript; forgotten here."""
@@ -162,6 +180,8 @@ class MarketAgent:
         # rather than be slashed for missing its deadline.
         self.idle_commit_s = idle_commit_s
         self.accepted: dict[tuple[str, int], Pubkey] = {}
+        self.receipted: set[tuple[str, int]] = set()
+        self._receipt_lock = threading.Lock()
         self.announced: dict[tuple[str, int], Announcement] = {}
         self.stats = {"accepted": 0, "committed": 0, "validated": 0, "disagreed": 0, "errors": 0}
         self.last_error = ""
@@ -196,6 +216,7 @@ class MarketAgent:
 
     # --- one look at the chain ----------------------------------------------------------------------------
     def tick(self) -> None:
+        self._receipt_fed()
         self._commit_idle()
         me = self.owner.pubkey()
         held = set(self.node.runners)
@@ -227,6 +248,7 @@ class MarketAgent:
         for table in (self.announced, self._first_seen):
             for key in [k for k in table if k[0] not in open_jobs]:
                 table.pop(key, None)
+        self.receipted = {k for k in self.receipted if k[0] in open_jobs}
 
     def _accept(self, job: Pubkey, index: int) -> None:
         try:
@@ -237,6 +259,28 @@ class MarketAgent:
         self.stats["accepted"] += 1
         self.accepted[(str(job), index)] = job
         log.info("accepted %s task %d", job, index)
+
+    def _receipt_fed(self) -> None:
+        """Receipt on chain the input of every accepted task the node has been fed: from then on the
+        client cannot release the task (and its pay) from under the node, and not delivering is the
+        node's liveness fault (docs/posp.md "Blame only with evidence")."""
+        for key, job in list(self.accepted.items()):
+            if key not in self.announced:
+                self._receipt(job, key[1])
+
+    def _receipt(self, job: Pubkey, index: int) -> None:
+        key = (str(job), index)
+        with self._receipt_lock:
+            if key in self.receipted:
+                return
+            first = self.node.first_inputs(key[0], self.executor.task(job, index).task_id)
+            if first is None:
+                return
+            try:
+                self.market.receive_input(self.owner, job, index, input_digest(first))
+            except MarketError as exc:  # taken over meanwhile: nothing to receipt
+                log.debug("receipt %s #%d: %s", job, index, exc)
+            self.receipted.add(key)
 
     def _commit_idle(self) -> None:
         now = time.monotonic()
@@ -265,10 +309,11 @@ class MarketAgent:
             if slot.node != self.address or slot.status != TaskStatus.ACCEPTED:
                 raise MarketError(f"task {index} of {job} is not accepted by this node")
             task = self.executor.task(job, index)
+            self._receipt(job, index)  # before the commitment, if the loop has not done it yet
             transcript = self.node.transcript(str(job), index, task.task_id)
             if not transcript.steps:
                 raise MarketError(f"this node computed nothing for task {index} of {job}")
-            self.executor.record(job, index, transcript)
+            self.executor.record(job, index, transcript, self.node.final_state(str(job), task.task_id))
             ann = self.executor.commit(job, index)
             self.executor.forget(job, index)
             self.announced[key] = ann
