@@ -159,8 +159,26 @@ def _normalise(model: onnx.ModelProto, names: Sequence[str], dim_names: Mapping[
         for d in vi.type.tensor_type.shape.dim:
             if d.HasField("dim_param"):
                 d.ClearField("dim_param")
+    _replace_erfc(g)
     used = {n.domain for n in g.node} | {""}
     keep = [o for o in model.opset_import if o.domain in used]
     del model.opset_import[:]
     model.opset_import.extend(keep)
     return declare_dims(model, dim_max)
+
+
+def _replace_erfc(g: onnx.GraphProto) -> None:
+    """tf2onnx writes TensorFlow's Erfc (exact GELU) as an ``Erfc`` node, which is no ONNX operator:
+    rewrite it as 1 - Erf(x), the same function in standard ops."""
+    nodes: list[onnx.NodeProto] = []
+    for n in g.node:
+        if n.op_type != "Erfc" or n.domain not in ("", "ai.onnx"):
+            nodes.append(n)
+            continue
+        one, erf = f"{n.output[0]}__one", f"{n.output[0]}__erf"
+        g.initializer.append(onnx.helper.make_tensor(one, onnx.TensorProto.FLOAT, [], [1.0]))
+        nodes.append(onnx.helper.make_node("Erf", [n.input[0]], [erf], name=f"{n.name}__erf"))
+        nodes.append(onnx.helper.make_node("Sub", [one, erf], [n.output[0]], name=n.name))
+    del g.node[:]
+    g.node.extend(nodes)
+
