@@ -112,6 +112,7 @@ def fold_shape_constants(model: ModelProto) -> bool:
     opset = next(op.version for op in model.opset_import if op.domain in ("", "ai.onnx"))
     types = {vi.name: vi for vi in (*graph.input, *graph.value_info, *graph.output)}
     consts: dict[str, np.ndarray] = {}
+    inits = {init.name: init for init in graph.initializer}
     for init in graph.initializer:
         if (array := _array(init)) is not None:
             consts[init.name] = array
@@ -124,7 +125,8 @@ def fold_shape_constants(model: ModelProto) -> bool:
             continue
         results: list[np.ndarray] | None = None
         if node.op_type in ("Shape", "Size"):
-            shape = _concrete_shape(types.get(node.input[0]))
+            # an initializer's shape is its dims (exporters such as tf2onnx take Shape of constants)
+            shape = list(inits[node.input[0]].dims) if node.input[0] in inits else _concrete_shape(types.get(node.input[0]))
             if shape is not None:
                 value = _shape_value(node, shape) if node.op_type == "Shape" else np.array(math.prod(shape), np.int64)
                 results = [value]
