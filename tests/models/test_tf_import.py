@@ -112,12 +112,12 @@ def test_refusals(tmp_path: Path) -> None:
 def test_torch_backend_route(tmp_path: Path) -> None:
     """The other route in a process of its own (Keras picks its backend once, at import)."""
     pytest.importorskip("torch", reason="Keras on the torch backend needs the torch extra")
-    code = ("import numpy as np, keras, sys; sys.path.insert(0, %r); from test_tf_import import _cnn;"
+    here = str(Path(__file__).parent)
+    code = (f"import numpy as np, keras, sys; sys.path.insert(0, {here!r}); from test_tf_import import _cnn;"
             "from splitup.models.tf_import import import_tensorflow; import onnxruntime as ort;"
             "m = _cnn(); p = import_tensorflow(m, dim_max={'batch': 4}); x = np.ones((2, 28, 28, 1), np.float32);"
             "s = ort.InferenceSession(p.SerializeToString());"
-            "print(keras.backend.backend(), float(np.abs(s.run(None, {'image': x})[0] - keras.ops.convert_to_numpy(m(x))).max()))"
-            ) % str(Path(__file__).parent)
+            "print(keras.backend.backend(), float(np.abs(s.run(None, {'image': x})[0] - keras.ops.convert_to_numpy(m(x))).max()))")
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "KERAS_BACKEND": "torch"},
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
