@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -74,7 +75,8 @@ def _made_before(name: str, tasks: Sequence[TaskDefinition], stop: int) -> bool:
 
 class PipelineClient:
     def __init__(self, plan: Plan, route: Sequence[str | Sequence[str]], *, hop_timeout: float = 30.0,
-                 max_failovers: int = 4, token_input: str = "input_ids", logits_output: str = "logits") -> None:
+                 max_failovers: int = 4, token_input: str = "input_ids", logits_output: str = "logits",
+                 busy_wait_s: float = 10.0) -> None:
         if len(route) != len(plan.tasks):
             raise PipelineError(f"route names {len(route)} hops for a plan of {len(plan.tasks)} tasks")
         self.plan = plan
@@ -83,6 +85,7 @@ class PipelineClient:
         if not all(self.candidates):
             raise PipelineError("every task needs at least one endpoint")
         self.hop_timeout = hop_timeout
+        self.busy_wait_s = busy_wait_s  # how long to wait for a full node (429) before giving up
         self.max_failovers = max_failovers
         self.token_input, self.logits_output = token_input, logits_output
         state_outputs = {present for t in plan.tasks for present in t.state.values()}
@@ -110,9 +113,7 @@ class PipelineClient:
         failure: NodeFailure | None = None
         for attempt, url in enumerate(urls):
             try:
-                r = self._http.post(url.rstrip("/") + "/execute", content=body,
-                                    timeout=self.hop_timeout * (len(hops) + 1),
-                                    headers={"content-type": CONTENT_TYPE})
+                r = self._post_waiting(url.rstrip("/") + "/execute", body, self.hop_timeout * (len(hops) + 1))
             except httpx.TimeoutException as exc:
                 failure = NodeFailure(f"hop 0 at {url} timed out: {exc!r}", hop=0, kind="timeout")
                 continue
@@ -131,6 +132,18 @@ class PipelineClient:
             return tensors_out
         assert failure is not None
         raise failure
+
+    def _post_waiting(self, url: str, body: bytes, timeout: float) -> httpx.Response:
+        """POST, and while the node answers 429 (every worker busy) wait as it asks and send again, up to
+        ``busy_wait_s``; steps are idempotent on the nodes, so resending one is safe."""
+        deadline = time.monotonic() + self.busy_wait_s
+        pause = 0.02
+        while True:
+            r = self._http.post(url, content=body, timeout=timeout, headers={"content-type": CONTENT_TYPE})
+            if r.status_code != 429 or time.monotonic() + pause > deadline:
+                return r
+            time.sleep(min(pause, _retry_after(r)))
+            pause = min(pause * 2, 1.0)
 
     def _take_parked(self, url: str, hop: int) -> bytes:
         """A large result the last node kept for us: fetched straight from it, not relayed along the route."""
@@ -207,20 +220,38 @@ class PipelineClient:
 
     # --- node requests -------------------------------------------------------------------------------------
     def open_session(self, task_index: int) -> tuple[str, str]:
-        """A new session for a task on the first of its endpoints that accepts one: (url, session id)."""
+        """A new session for a task on the first of its endpoints that accepts one: (url, session id).
+
+        A node that is full (429) is passed over for the next holder; when every holder is full, the
+        client waits as they ask and tries again, up to ``busy_wait_s``, then raises ``NodeFailure``
+        of kind ``busy`` (status 429)."""
         task = self.plan.tasks[task_index]
-        for _ in range(len(self.candidates[task_index])):
-            url = self.candidates[task_index][0]
-            try:
-                r = self._http.post(url.rstrip("/") + "/sessions", json={"task_id": task.task_id},
-                                    timeout=self.hop_timeout)
-                if r.status_code == 201:
-                    return url, str(r.json()["session"])
-                log.warning("task %d: %s refused a session: %s", task_index, url, r.text[:200])
-            except httpx.HTTPError as exc:
-                log.warning("task %d: %s unreachable: %r", task_index, url, exc)
-            self._retire(task_index, url)
-        raise PipelineError(f"no node holding task {task_index} accepts a session")
+        deadline = time.monotonic() + self.busy_wait_s
+        pause = 0.05
+        while True:
+            busy = 0
+            wait = pause
+            for _ in range(len(self.candidates[task_index])):
+                url = self.candidates[task_index][0]
+                try:
+                    r = self._http.post(url.rstrip("/") + "/sessions", json={"task_id": task.task_id},
+                                        timeout=self.hop_timeout)
+                    if r.status_code == 201:
+                        return url, str(r.json()["session"])
+                    if r.status_code == 429:
+                        busy += 1
+                        wait = min(wait, _retry_after(r))
+                    log.warning("task %d: %s refused a session: %s", task_index, url, r.text[:200])
+                except httpx.HTTPError as exc:
+                    log.warning("task %d: %s unreachable: %r", task_index, url, exc)
+                self._retire(task_index, url)
+            if not busy:
+                raise PipelineError(f"no node holding task {task_index} accepts a session")
+            if time.monotonic() + wait > deadline:
+                raise NodeFailure(f"every node holding task {task_index} is full (429) after waiting "
+                                  f"{self.busy_wait_s:.0f} s", hop=task_index, kind="busy", status=429)
+            time.sleep(wait)
+            pause = min(pause * 2, 1.0)
 
     def close_session(self, url: str, session: str) -> None:
         try:
@@ -332,6 +363,13 @@ class GenerationSession:
             for url, sid in temp.values():
                 c.close_session(url, sid)
         self.steps[k] = steps[k]
+
+
+def _retry_after(r: httpx.Response) -> float:
+    try:
+        return max(0.0, min(float(r.headers.get("retry-after", "1")), 30.0))
+    except ValueError:
+        return 1.0
 
 
 def _failure(r: httpx.Response) -> NodeFailure:

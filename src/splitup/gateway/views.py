@@ -15,7 +15,7 @@ from splitup.sdk.reports import job_report
 def overview(svc: GatewayService) -> dict[str, Any]:
     s = svc.snapshot()
     c = s.config
-    live = [j for j in svc.jobs.values() if j.state in ("running", "settling")]
+    live = [j for j in svc.jobs.values() if j.state in ("running", "settling", "failed")]
     return {
         "slot": s.slot,
         "wallet": str(svc.client.payer.pubkey()),
@@ -25,7 +25,11 @@ def overview(svc: GatewayService) -> dict[str, Any]:
                    "validator_reward": c.validator_reward, "protocol_fee_bps": c.protocol_fee_bps,
                    "treasury": c.treasury, "authority": str(c.authority)},
         "counts": {"models": len(s.models), "nodes": len(s.nodes), "jobs_on_chain": len(s.jobs),
-                   "jobs_live": len(live), "jobs_done": sum(j.state == "closed" for j in svc.jobs.values())},
+                   "jobs_live": len(live), "jobs_done": sum(j.state == "closed" for j in svc.jobs.values()),
+                   "jobs_wound_up": sum(j.state == "wound_up" for j in svc.jobs.values())},
+        "admission": {"running": svc.admission.running, "queued": svc.admission.waiting,
+                      "max_running": svc.admission.max_running, "max_queue": svc.admission.max_queue,
+                      **svc.admission.stats},
     }
 
 

@@ -23,7 +23,14 @@ from splitup.node.forward import ForwardError, HopClient, Reply
 from splitup.node.node import Node, NotHere
 from splitup.node.wire import Envelope, WireError, decode, encode, envelope_of
 from splitup.partition.task import PlanError
-from splitup.runtime import EngineError, InterfaceError, SessionError, SessionLimit, StepConflict
+from splitup.runtime import (
+    ContextLimit,
+    EngineError,
+    InterfaceError,
+    SessionError,
+    SessionLimit,
+    StepConflict,
+)
 from splitup.storage import StorageError
 
 log = logging.getLogger("splitup.node")
@@ -38,7 +45,10 @@ class HopFailed(Exception):
         self.status, self.kind, self.hop = status, kind, hop
 
     def response(self) -> JSONResponse:
-        return JSONResponse({"error": str(self), "kind": self.kind, "hop": self.hop}, status_code=self.status)
+        # A full node says when to come back, as HTTP's 429 does; the pipeline client waits or re-routes.
+        headers = {"retry-after": "1"} if self.status == 429 else None
+        return JSONResponse({"error": str(self), "kind": self.kind, "hop": self.hop}, status_code=self.status,
+                            headers=headers)
 
 
 def _classify(exc: Exception, hop: int | None) -> HopFailed:
@@ -49,6 +59,7 @@ def _classify(exc: Exception, hop: int | None) -> HopFailed:
         ("step_conflict", 409, (StepConflict,)),
         ("session", 404, (SessionError,)),
         ("bad_request", 400, (WireError,)),
+        ("context_limit", 400, (ContextLimit,)),
         ("bad_request", 422, (InterfaceError,)),
         ("engine", 422, (EngineError,)),
     ):

@@ -17,7 +17,7 @@ import numpy as np
 
 from splitup.errors import SplitUpError
 from splitup.node.wire import Envelope
-from splitup.runtime import Runner, SessionStore, available_engines, check_feeds, get_engine
+from splitup.runtime import Runner, SessionStore, available_engines, check_feeds, check_positions, get_engine
 from splitup.runtime.engine import fill_state
 
 log = logging.getLogger("splitup.node")
@@ -105,7 +105,7 @@ class Node:
 
     def open_session(self, task_id: str) -> str:
         task = self.runner(task_id).task
-        return self.sessions.open(task_id, reserve_bytes=2 * task.kv_cache_bytes).id
+        return self.sessions.open(task_id, reserve_bytes=session_reserve(task)).id
 
     # --- one hop -------------------------------------------------------------------------------------------
     def compute(self, env: Envelope, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -119,13 +119,16 @@ class Node:
         t0 = time.perf_counter()
         outs: dict[str, np.ndarray] = {}
         if hop.session is None:
-            outs = runner.run(fill_state(task, given, None))
+            full = fill_state(task, given, None)
+            check_positions(task, full)
+            outs = runner.run(full)
         else:
             session = self.sessions.get(hop.session, task.task_id)
 
             def step(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
                 full = fill_state(task, given, state)
                 check_feeds(task, full)  # the held cache must still fit its declared maximum
+                check_positions(task, full)  # and so must the cache this step makes
                 outs.update(runner.run(full))
                 return {past: outs[present] for past, present in task.state.items()}
 
@@ -167,9 +170,21 @@ class Node:
         }
 
     def status(self) -> dict[str, Any]:
-        """The heartbeat payload: small, cheap to compute."""
+        """The heartbeat payload: small, cheap to compute. ``free_sessions`` (per task id) is how many more
+        generations this node would take now, within its session count and cache-memory budget: what a
+        client's or gateway's admission control reads before it escrows a job."""
         return {"node": self.config.node_id, "time": time.time(), "uptime_s": round(time.time() - self.started, 1),
-                "tasks": sorted(self.runners), "sessions": len(self.sessions), "hops_done": self.hops_done}
+                "tasks": sorted(self.runners), "sessions": len(self.sessions), "hops_done": self.hops_done,
+                "max_sessions": self.sessions.max_sessions, "session_bytes_max": self.sessions.max_bytes,
+                "session_bytes_reserved": self.sessions.reserved_bytes(),
+                "free_sessions": {tid: self.sessions.free_for(session_reserve(r.task))
+                                  for tid, r in self.runners.items()}}
+
+
+def session_reserve(task: Any) -> int:
+    """Bytes a session of ``task`` reserves: its KV cache at the maximum context and the copy kept for a
+    retried step."""
+    return 2 * int(task.kv_cache_bytes)
 
 
 class ResultShelf:
