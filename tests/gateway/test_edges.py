@@ -1,0 +1,103 @@
+"""Nothing lost at the edges (issues 13 and 21) on the shared local market: requests beyond the model's
+limits are refused before any money moves, a node refuses a step beyond its task's context with a 4xx
+naming the limit, and a burst of concurrent requests ends served or refused at once, with no job left
+open and no collateral locked afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import numpy as np
+import openai
+import pytest
+
+from splitup.node.wire import Envelope, Hop, encode
+from splitup.sdk.chain import connect
+from splitup.sdk.limits import context_length
+
+
+def _client_jobs(env) -> list:
+    m = connect(env.net.rpc_url, env.net.wallets["authority"])
+    me = env.net.wallets["client"].pubkey()
+    return [a for a, info in m.jobs() if info.header.client == me]
+
+
+def test_over_long_prompt_gets_one_400_and_posts_no_job(env) -> None:
+    sent: list[str] = []
+    http = httpx.Client(event_hooks={"request": [lambda r: sent.append(str(r.url))]}, timeout=60)
+    oa = openai.OpenAI(base_url=env.url + "/v1", api_key="x", http_client=http)  # default retries (2)
+    before_chain = _client_jobs(env)
+    before_gw = len(httpx.get(env.url + "/api/jobs", timeout=10).json())
+    ctx = context_length(env.net.plan)
+    assert ctx is not None
+    with pytest.raises(openai.BadRequestError) as bad:
+        oa.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "x" * 100_000}],
+                                   max_tokens=8)
+    assert len(sent) == 1  # not retried
+    assert bad.value.status_code == 400
+    err = bad.value.body
+    assert err["type"] == "invalid_request_error" and err["code"] == "context_length_exceeded"
+    assert f"maximum context length is {ctx} tokens" in err["message"]
+    # Prompt within the context but prompt + max_tokens beyond it: the same refusal.
+    with pytest.raises(openai.BadRequestError) as bad2:
+        oa.completions.create(model="tiny-llama", prompt="a" * (ctx - 4), max_tokens=16)
+    assert "maximum context length" in bad2.value.body["message"]
+    for field, value in (("temperature", 7), ("max_tokens", 0), ("seed", "x"), ("stop", [1])):
+        r = httpx.post(env.url + "/v1/completions", json={"model": "tiny-llama", "prompt": "hi", field: value},
+                       timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
+    assert _client_jobs(env) == before_chain
+    assert len(httpx.get(env.url + "/api/jobs", timeout=10).json()) == before_gw
+
+
+def test_node_refuses_a_step_beyond_the_context_with_a_4xx(env) -> None:
+    task = env.net.plan.tasks[0]
+    url = env.net.nodes[0].url if 0 in env.net.holds[0] else next(
+        c.url for c, h in zip(env.net.nodes, env.net.holds, strict=True) if 0 in h)
+    ctx = context_length(env.net.plan)
+    past = {s.name: np.zeros([ctx - 8 if d == "past" else (1 if isinstance(d, str) else d) for d in s.shape],
+                             np.float32) for s in task.inputs if s.name in task.state}
+    ids = np.zeros((1, 16), np.int64)
+    send = [o.name for o in task.outputs][:1]
+    body = encode({"input_ids": ids, **past}, Envelope("edge", 0, [Hop([url], task.task_id, send)]))
+    r = httpx.post(url + "/execute", content=body, timeout=30)
+    assert r.status_code == 400, r.text
+    assert r.json()["kind"] == "context_limit"
+    assert f"maximum context of {ctx}" in r.json()["error"]
+
+
+def _locked(env) -> int:
+    m = connect(env.net.rpc_url, env.net.wallets["authority"])
+    return sum(n.locked for _, n in m.nodes())
+
+
+def test_burst_ends_served_or_refused_and_leaves_nothing_locked(env) -> None:
+    async def one(http: httpx.AsyncClient, i: int) -> tuple[int, float, str | None]:
+        t0 = time.monotonic()
+        r = await http.post(env.url + "/v1/completions", json={"model": "tiny-llama", "prompt": f"burst {i}",
+                                                               "max_tokens": 4, "temperature": 0})
+        return r.status_code, time.monotonic() - t0, r.headers.get("retry-after")
+
+    async def burst(n: int) -> list[tuple[int, float, str | None]]:
+        async with httpx.AsyncClient(timeout=180, limits=httpx.Limits(max_connections=n)) as http:
+            return await asyncio.gather(*(one(http, i) for i in range(n)))
+
+    results = asyncio.run(burst(32))
+    codes = [c for c, _, _ in results]
+    assert set(codes) <= {200, 429}, codes
+    assert codes.count(200) >= 1
+    refused = [(t, ra) for c, t, ra in results if c == 429]
+    assert all(t < 1.0 and ra is not None and int(ra) >= 1 for t, ra in refused), refused
+    # A minute after the burst: every job closed, no collateral locked.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (_client_jobs(env) or _locked(env)):
+        time.sleep(0.5)
+    assert _client_jobs(env) == [] and _locked(env) == 0
+    rows = httpx.get(env.url + "/api/jobs", timeout=10).json()
+    assert all(j["state"] in ("closed", "wound_up") for j in rows if j.get("source") == "gateway"), \
+        [(j["address"], j["state"], j.get("error")) for j in rows if j["state"] not in ("closed", "wound_up")]
+    r = httpx.post(env.url + "/v1/completions", json={"model": "tiny-llama", "prompt": "after", "max_tokens": 3,
+                                                     "temperature": 0}, timeout=120)
+    assert r.status_code == 200, r.text
