@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from splitup.errors import SplitUpError
 from splitup.gateway.service import GatewayService
+from splitup.sdk.catalog import CatalogError
 from splitup.sdk.client import Completion, TokenEvent
 from splitup.sdk.errors import MarketBusy, RequestError
 from splitup.sdk.limits import check_generation
@@ -104,8 +105,10 @@ def parse(body: Any, svc: GatewayService, *, chat: bool) -> GenRequest:
         raise BadRequest("stop must be a string or up to 4 strings", "stop")
     try:
         entry = svc.client.plan(model)
-    except SplitUpError as exc:
+    except CatalogError as exc:
         raise BadRequest(str(exc), "model", 404, "model_not_found") from None
+    except SplitUpError as exc:  # the chain or the store is unreachable: not the caller's fault
+        raise BadRequest(f"the market is unavailable: {exc}", None, 503, "market_error", retry_after=5.0) from None
     if entry.manifest.kind != "decoder":
         raise BadRequest(f"model {model} does not generate text", "model")
     if chat:

@@ -228,16 +228,13 @@ class GatewayService:
         """Settle a served job, or wind up a failed one; on no success yet, try again in ``retry_s``."""
         j = self.jobs[job]
         key = Pubkey.from_string(job)
+        final = "closed" if j.state == "settling" else "wound_up"
         try:
-            if j.state == "settling":
-                report = self.client.wait(key, timeout=60.0, model_name=j.model, task_ids=j.task_ids)
-                final = "closed"
-            else:
-                report = self.client.wind_up(key, model_name=j.model, task_ids=j.task_ids, timeout=60.0)
-                final = "wound_up"
+            # Settling is winding up a job that was served: executors that did not commit yet are asked again.
+            report = self.client.wind_up(key, model_name=j.model, task_ids=j.task_ids, timeout=60.0)
         except Exception as exc:  # keep the job: its windows are bounded, a later try gets it closed
             if self._closed_elsewhere(key):
-                final, report = ("closed" if j.state == "settling" else "wound_up"), j.report
+                report = j.report
             else:
                 log.warning("job %s not finished yet (%s: %s); trying again", job, type(exc).__name__, exc)
                 self._schedule(job, self.retry_s)

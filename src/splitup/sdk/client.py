@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -144,12 +145,18 @@ class Client:
         """The model's chain record, manifest and plan (tasks in pipeline order)."""
         return self.catalog.get(model)
 
-    def post_job(self, model: str | CatalogEntry, inputs_hash: bytes, *, max_fee: int | None = None) -> Pubkey:
+    def post_job(self, model: str | CatalogEntry, inputs_hash: bytes, *, max_fee: int | None = None,
+                 on_job: Any = None) -> Pubkey:
+        """Escrow a job; ``on_job(address)`` hears its address *before* the transaction is sent, so a caller
+        that writes it down can wind the job up even if it dies (or the ledger does) mid-send."""
         entry = self.plan(model) if isinstance(model, str) else model
-        res = self.market.post_job(self.payer, entry.address, inputs_hash, max_fee=max_fee,
-                                   deadline_slots=self.deadline_slots, task_timeout_slots=self.task_timeout_slots)
-        assert res.address is not None
-        return res.address
+        nonce = secrets.randbits(63)
+        address = self.market.job_address(self.payer.pubkey(), nonce)
+        if on_job is not None:
+            on_job(address)
+        self.market.post_job(self.payer, entry.address, inputs_hash, max_fee=max_fee, nonce=nonce,
+                             deadline_slots=self.deadline_slots, task_timeout_slots=self.task_timeout_slots)
+        return address
 
     def capacity(self, model: str | CatalogEntry) -> list[TaskCapacity]:
         """Per task of the model: its holders, how many answer, and how many more jobs they can take now."""
@@ -205,9 +212,7 @@ class Client:
         while True:
             if admit:
                 self.admit(entry)
-            job = self.post_job(entry, inputs_hash)
-            if on_job is not None:
-                on_job(job)
+            job = self.post_job(entry, inputs_hash, on_job=on_job)
             try:
                 return job, self.route(job, entry)
             except NotAccepted as exc:
@@ -418,9 +423,18 @@ class Client:
         tail = detok.flush()
         if tail:
             yield TokenEvent(-1, tail)
-        self.finish(job, routes)
-        committed = time.perf_counter()
-        report = self.wait(job, model_name=entry.name, task_ids=entry.task_ids()) if wait else None
+        report = None
+        if wait:
+            # Commit, settle and close; an executor that cannot commit now is asked again while winding up.
+            try:
+                self.finish(job, routes)
+            except (JobError, httpx.HTTPError) as exc:
+                log.info("job %s: %s; winding up", job, exc)
+            committed = time.perf_counter()
+            report = self.wind_up(job, model_name=entry.name, task_ids=entry.task_ids())
+        else:
+            self._finish_quietly(job, routes)  # the caller settles or winds up (it has the job's address)
+            committed = time.perf_counter()
         timings = {"accept": accepted - t0, "generate": generated - accepted, "commit": committed - generated,
                    "settle": time.perf_counter() - committed if wait else 0.0}
         yield Completion(text=detok.shown, token_ids=out, prompt_tokens=len(ids), finish_reason=finish,
