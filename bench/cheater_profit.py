@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/cheater_profit.py [--tasks 50000] [--seed 0] [--out docs/cheater_profit.png]
 
-For each p from 0 to 30 % one market (``splitup.verify.market_sim.simulate_market``: 100 nodes, 10 lazy
+For each p from 0 to 30 % one market (``splitup.verify.econ.market_sim.simulate_market``: 100 nodes, 10 lazy
 cheaters returning random outputs, 10 subtle ones adding 1 % noise, the rest honest; one validator per
 drawn task, a share r of validators colluding) plays ``--tasks`` tasks through the real comparison rule
 and arbitration. The plot shows the simulated profit per task of each behaviour, the closed forms of
@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from splitup.verify import econ
-from splitup.verify.market_sim import HONEST, LAZY, SUBTLE, MarketConfig, simulate_market
+from splitup.verify.econ.market_sim import HONEST, LAZY, SUBTLE, MarketConfig, simulate_market
 
 # The example stakes: p_min = C / ((1-r)(R+S)) = 0.8 / 9.9 = 8.08 %.
 GAME = econ.Game(reward=1.0, cost=0.8, slash=10.0, collusion=0.1, validators=1)

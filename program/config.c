@@ -9,6 +9,18 @@ static uint64_t check_params(const InitConfigArgs *a) {
   if (a->new_node_bps > BPS || a->failed_bps > BPS) return E_INVALID_PARAMETER;
   if (a->new_node_bps < a->verify_rate_bps || a->failed_bps < a->verify_rate_bps) return E_INVALID_PARAMETER;
   if (a->new_node_half_life == 0 || a->failed_half_life == 0) return E_INVALID_PARAMETER;
+  /* soundness needs collateral at risk, validators that are not all colluding, a penalty for lateness
+     that does not exceed the one for cheating, and a finite unit of reputation */
+  if (a->slash_bps == 0 || a->collusion_bps >= BPS || a->liveness_slash_bps > a->slash_bps) return E_INVALID_PARAMETER;
+  if (a->rep_min_price == 0) return E_INVALID_PARAMETER;
+  /* every window is bounded: a client's funds and a node's collateral are never locked for good */
+  if (a->max_deadline_slots == 0 || a->max_task_timeout_slots == 0 || a->arbiter_timeout_slots == 0 ||
+      a->reveal_slots == 0)
+    return E_INVALID_PARAMETER;
+  if (a->max_deadline_slots > MAX_WINDOW_SLOTS || a->max_task_timeout_slots > MAX_WINDOW_SLOTS ||
+      a->validator_timeout_slots > MAX_WINDOW_SLOTS || a->arbiter_timeout_slots > MAX_WINDOW_SLOTS ||
+      a->reveal_slots > MAX_WINDOW_SLOTS || a->validator_ramp_slots > a->validator_timeout_slots)
+    return E_INVALID_PARAMETER;
   return 0;
 }
 
@@ -25,6 +37,15 @@ static void apply(Config *cfg, const InitConfigArgs *a) {
   cfg->new_node_half_life = a->new_node_half_life;
   cfg->failed_bps = a->failed_bps;
   cfg->failed_half_life = a->failed_half_life;
+  cfg->collateral_bps = a->collateral_bps;
+  cfg->collusion_bps = a->collusion_bps;
+  cfg->liveness_slash_bps = a->liveness_slash_bps;
+  cfg->rep_min_price = a->rep_min_price;
+  cfg->max_deadline_slots = a->max_deadline_slots;
+  cfg->max_task_timeout_slots = a->max_task_timeout_slots;
+  cfg->arbiter_timeout_slots = a->arbiter_timeout_slots;
+  cfg->reveal_slots = a->reveal_slots;
+  cfg->validator_ramp_slots = a->validator_ramp_slots;
 }
 
 /* accounts: 0 authority (signer, writable: pays rent), 1 config PDA (w), 2 system program */

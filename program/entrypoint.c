@@ -12,10 +12,12 @@ static const Route ROUTES[] = {
     [IX_BEGIN_UNSTAKE] = {ix_begin_unstake, 3},   [IX_WITHDRAW] = {ix_withdraw, 2},
     [IX_SPECIALIZE] = {ix_specialize, 2},         [IX_POST_JOB] = {ix_post_job, 6},
     [IX_ACCEPT_TASK] = {ix_accept_task, 5},       [IX_COMMIT_RESULT] = {ix_commit_result, 3},
-    [IX_SAMPLE] = {ix_sample, 3},                 [IX_ASSIGN_VALIDATOR] = {ix_assign_validator, 5},
+    [IX_SAMPLE] = {ix_sample, 2},                 [IX_ASSIGN_VALIDATOR] = {ix_assign_validator, 5},
     [IX_SUBMIT_VERDICT] = {ix_submit_verdict, 3}, [IX_ARBITRATE] = {ix_arbitrate, 3},
     [IX_SETTLE] = {ix_settle, 7},                 [IX_EXPIRE] = {ix_expire, 3},
     [IX_CLOSE_JOB] = {ix_close_job, 3},           [IX_COLLECT_FEES] = {ix_collect_fees, 3},
+    [IX_REVEAL_SECRET] = {ix_reveal_secret, 2},   [IX_RECEIVE_INPUT] = {ix_receive_input, 3},
+    [IX_RELEASE_TASK] = {ix_release_task, 4},     [IX_TAKE_OVER] = {ix_take_over, 7},
 };
 
 uint64_t entrypoint(const uint8_t *input) {

@@ -1,5 +1,6 @@
-/* Jobs: escrowed payment for every task of a model, task acceptance with collateral, result commitments,
-   expiry of late work and the final refund. */
+/* Jobs: escrowed payment for every task of a model, task acceptance with collateral scaled to the price,
+   input receipts, result commitments (which fix the task's sampling rate), the client's draw secret,
+   releases, stand-in takeovers, expiry of late work and the final refund. */
 #include "market.h"
 
 /* The most a task can cost the escrow: its price, the protocol fee on it and one validator reward. */
@@ -21,6 +22,9 @@ uint64_t ix_post_job(Ctx *c) {
   TRY(load_config(c, &ka[4], false, &cfg));
   if (m->filled != m->task_count) return E_MODEL_INCOMPLETE;
   if (a.deadline_slots == 0 || a.task_timeout_slots == 0) return E_INVALID_PARAMETER;
+  /* a client cannot hold a node's collateral (or its own escrow) longer than the market allows */
+  if (a.deadline_slots > cfg->max_deadline_slots || a.task_timeout_slots > cfg->max_task_timeout_slots)
+    return E_WINDOW_TOO_LONG;
   uint64_t required = 0;
   for (uint64_t i = 0; i < m->task_count; i++) {
     uint64_t b;
@@ -31,13 +35,17 @@ uint64_t ix_post_job(Ctx *c) {
   uint64_t deadline;
   TRY(add64(c->slot, a.deadline_slots, &deadline));
 
-  uint8_t bump, escrow_bump;
+  uint8_t bump, escrow_bump, node_bump;
   SolSignerSeed jseeds[4] = {{(const uint8_t *)SEED_JOB, SEED_JOB_LEN}, {ka[0].key->x, 32},
                              {(const uint8_t *)&a.nonce, 8}, {&bump, 1}};
   TRY(find_pda(c, &ka[1], jseeds, 3, &bump));
   SolSignerSeed eseeds[3] = {{(const uint8_t *)SEED_ESCROW, SEED_ESCROW_LEN}, {ka[1].key->x, 32},
                              {&escrow_bump, 1}};
   TRY(find_pda(c, &ka[2], eseeds, 2, &escrow_bump));
+  /* the client's own node address, whether or not it exists: work it does on this job is self-dealing */
+  SolPubkey client_node;
+  SolSignerSeed nseeds[2] = {{(const uint8_t *)SEED_NODE, SEED_NODE_LEN}, {ka[0].key->x, 32}};
+  if (sol_try_find_program_address(nseeds, 2, c->p->program_id, &client_node, &node_bump)) return E_BAD_PDA;
   CreateSpec job_spec = {&ka[0], &ka[1], &ka[5], sizeof(JobHeader) + m->task_count * sizeof(TaskSlot), 0};
   TRY(create_pda(c, &job_spec, jseeds, 4));
   CreateSpec escrow_spec = {&ka[0], &ka[2], &ka[5], 0, a.max_fee};
@@ -51,6 +59,8 @@ uint64_t ix_post_job(Ctx *c) {
   sol_memcpy_(j->client, ka[0].key, 32);
   sol_memcpy_(j->model, ka[3].key, 32);
   sol_memcpy_(j->input_hash, a.input_hash, 32);
+  sol_memcpy_(j->secret_hash, a.secret_hash, 32);
+  sol_memcpy_(j->client_node, &client_node, 32);
   j->nonce = a.nonce;
   j->deposit = a.max_fee;
   j->deadline = deadline;
@@ -63,6 +73,13 @@ uint64_t ix_post_job(Ctx *c) {
   j->new_node_half_life = cfg->new_node_half_life;
   j->failed_bps = cfg->failed_bps;
   j->failed_half_life = cfg->failed_half_life;
+  j->slash_bps = cfg->slash_bps;
+  j->collusion_bps = cfg->collusion_bps;
+  j->rep_min_price = cfg->rep_min_price;
+  j->validator_timeout_slots = cfg->validator_timeout_slots;
+  j->arbiter_timeout_slots = cfg->arbiter_timeout_slots;
+  j->reveal_slots = cfg->reveal_slots;
+  j->validator_ramp_slots = cfg->validator_ramp_slots;
   for (uint64_t i = 0; i < m->task_count; i++) job_tasks(j)[i].price = model_tasks(m)[i].price;
   return 0;
 }
@@ -70,7 +87,7 @@ uint64_t ix_post_job(Ctx *c) {
 /* accounts: 0 node owner (signer), 1 node (w), 2 job (w), 3 config, 4 model */
 uint64_t ix_accept_task(Ctx *c) {
   SolAccountInfo *ka = c->p->ka;
-  TaskArgs a;
+  AcceptArgs a;
   TRY(read_args(c, &a, sizeof(a), NULL, NULL));
   Node *n;
   JobHeader *j;
@@ -89,20 +106,42 @@ uint64_t ix_accept_task(Ctx *c) {
   if (t->status != ST_OPEN) return E_WRONG_TASK_STATE;
   if (c->slot > j->deadline) return E_TOO_LATE;
   if (n->vram < model_tasks(m)[a.index].vram) return E_VRAM_TOO_SMALL;
-  uint64_t free_stake, locked, deadline;
-  TRY(sub64(n->stake, n->locked, &free_stake));
-  if (n->stake < cfg->min_stake || free_stake < cfg->task_collateral) return E_INSUFFICIENT_STAKE;
-  TRY(add64(n->locked, cfg->task_collateral, &locked));
+  uint64_t collateral, deadline;
+  TRY(min_collateral(cfg, t->price, &collateral));
+  if (a.collateral > collateral) collateral = a.collateral; /* more at risk: sampled less (commit_result) */
+  TRY(lock_collateral(n, cfg, collateral));
   TRY(add64(c->slot, j->task_timeout_slots, &deadline));
-  n->locked = locked;
   t->status = ST_ACCEPTED;
   sol_memcpy_(t->node, ka[1].key, 32);
-  t->collateral = cfg->task_collateral;
+  t->collateral = collateral;
   t->deadline = deadline;
   return 0;
 }
 
-/* accounts: 0 node owner (signer), 1 node, 2 job (w) */
+/* accounts: 0 node owner (signer), 1 node, 2 job (w). The node records that it got its input: from
+   now on failing to deliver is its fault (a liveness slash), and the client can no longer release the
+   task out from under it. */
+uint64_t ix_receive_input(Ctx *c) {
+  SolAccountInfo *ka = c->p->ka;
+  HashArgs a;
+  TRY(read_args(c, &a, sizeof(a), NULL, NULL));
+  Node *n;
+  JobHeader *j;
+  TaskSlot *t;
+  TRY(need_signer(&ka[0]));
+  TRY(load_node(c, &ka[1], false, &n));
+  TRY(load_job(c, &ka[2], true, &j));
+  if (!pubkey_eq(ka[0].key, (const SolPubkey *)n->owner)) return E_UNAUTHORIZED;
+  TRY(job_task(j, a.index, &t));
+  if (t->status != ST_ACCEPTED) return E_WRONG_TASK_STATE;
+  if (!pubkey_eq(ka[1].key, (const SolPubkey *)t->node)) return E_WRONG_NODE;
+  if (t->received) return E_INPUT_RECEIVED;
+  t->received = 1; /* the hash receipted is in the transaction */
+  return 0;
+}
+
+/* accounts: 0 node owner (signer), 1 node, 2 job (w). The rate the draw will use is fixed here, from the
+   node's record as it stands and the collateral it locked (docs/posp.md "The rule the program applies"). */
 uint64_t ix_commit_result(Ctx *c) {
   SolAccountInfo *ka = c->p->ka;
   CommitArgs a;
@@ -118,17 +157,144 @@ uint64_t ix_commit_result(Ctx *c) {
   if (t->status != ST_ACCEPTED) return E_WRONG_TASK_STATE;
   if (!pubkey_eq(ka[1].key, (const SolPubkey *)t->node)) return E_WRONG_NODE;
   if (c->slot > t->deadline) return E_TOO_LATE;
+  TRY(task_rate(j, n, t, &t->rate_bps));
   sol_memcpy_(t->commitment, a.commitment, 32);
+  sol_memcpy_(t->seal, a.seal, 32);
   t->committed_slot = c->slot;
+  t->received = 1; /* it delivered, so it had its input */
   t->status = ST_COMMITTED;
   return 0;
 }
 
+/* accounts: 0 client (signer), 1 job (w). Opens the secret committed with the job; tasks committed before
+   this slot draw with it (ix_sample). */
+uint64_t ix_reveal_secret(Ctx *c) {
+  SolAccountInfo *ka = c->p->ka;
+  SecretArgs a;
+  TRY(read_args(c, &a, sizeof(a), NULL, NULL));
+  JobHeader *j;
+  TRY(need_signer(&ka[0]));
+  TRY(load_job(c, &ka[1], true, &j));
+  if (!pubkey_eq(ka[0].key, (const SolPubkey *)j->client)) return E_UNAUTHORIZED;
+  if (j->revealed_slot) return E_BAD_SECRET;
+  uint8_t h[32];
+  SolBytes part = {a.secret, 32};
+  sol_sha256(&part, 1, h);
+  if (!pubkey_eq((const SolPubkey *)h, (const SolPubkey *)j->secret_hash)) return E_BAD_SECRET;
+  sol_memcpy_(j->secret, a.secret, 32);
+  j->revealed_slot = c->slot ? c->slot : 1;
+  return 0;
+}
+
+/* Put a task back to OPEN with its price, nothing else: another node may take it. */
+static void reopen(TaskSlot *t) {
+  uint64_t price = t->price;
+  sol_memset_(t, 0, sizeof(TaskSlot));
+  t->price = price;
+  t->status = ST_OPEN;
+}
+
+/* accounts: 0 signer: the task's node owner or the job's client, 1 job (w), 2 the task's node (w),
+   3 config (w). Gives a task up: unpaid, and its price stays in escrow for the client's refund.
+   - a task nobody accepted: only the client (it winds its job up);
+   - a task never fed (no receipt): the node or the client, unslashed;
+   - a task the node had its input for: only the node itself, with the liveness penalty. */
+uint64_t ix_release_task(Ctx *c) {
+  SolAccountInfo *ka = c->p->ka;
+  TaskArgs a;
+  TRY(read_args(c, &a, sizeof(a), NULL, NULL));
+  JobHeader *j;
+  Config *cfg;
+  TaskSlot *t;
+  TRY(need_signer(&ka[0]));
+  TRY(load_job(c, &ka[1], true, &j));
+  TRY(load_config(c, &ka[3], true, &cfg));
+  TRY(job_task(j, a.index, &t));
+  bool by_client = pubkey_eq(ka[0].key, (const SolPubkey *)j->client);
+  if (t->status == ST_OPEN) {
+    if (!by_client) return E_UNAUTHORIZED;
+    t->status = ST_RELEASED;
+    return 0;
+  }
+  if (t->status != ST_ACCEPTED) return E_WRONG_TASK_STATE;
+  Node *n;
+  TRY(load_node(c, &ka[2], true, &n));
+  if (!pubkey_eq(ka[2].key, (const SolPubkey *)t->node)) return E_WRONG_NODE;
+  bool by_node = pubkey_eq(ka[0].key, (const SolPubkey *)n->owner);
+  if (!by_client && !by_node) return E_UNAUTHORIZED;
+  if (t->received) {
+    if (!by_node) return E_INPUT_RECEIVED;
+    Slash sl = {&ka[2], n, &ka[3], t->collateral, cfg->liveness_slash_bps, 0};
+    TRY(slash(&sl));
+    TRY(add64(cfg->treasury, sl.amount, &cfg->treasury));
+    TRY(add64(n->liveness_faults, 1, &n->liveness_faults));
+  } else {
+    TRY(unlock(n, t->collateral));
+  }
+  uint64_t price = t->price;
+  sol_memset_(t, 0, sizeof(TaskSlot));
+  t->price = price;
+  t->status = ST_RELEASED;
+  return 0;
+}
+
+/* accounts: 0 client (signer), 1 stand-in owner (signer), 2 stand-in node (w), 3 the failed node (w),
+   4 job (w), 5 config (w), 6 the job's model. A node stopped mid-task; the client hands the task, with its
+   input, to a stand-in, which locks collateral and becomes the executor (paid at settlement). The failed
+   node is never paid for it: unslashed before its deadline (the client chose to move on), after it the
+   liveness penalty if it had receipted its input (as `expire` would). */
+uint64_t ix_take_over(Ctx *c) {
+  SolAccountInfo *ka = c->p->ka;
+  AcceptArgs a;
+  TRY(read_args(c, &a, sizeof(a), NULL, NULL));
+  Node *s, *old;
+  JobHeader *j;
+  Config *cfg;
+  ModelHeader *m;
+  TaskSlot *t;
+  TRY(need_signer(&ka[0]));
+  TRY(need_signer(&ka[1]));
+  TRY(load_node(c, &ka[2], true, &s));
+  TRY(load_node(c, &ka[3], true, &old));
+  TRY(load_job(c, &ka[4], true, &j));
+  TRY(load_config(c, &ka[5], true, &cfg));
+  TRY(load_model(c, &ka[6], &m));
+  if (!pubkey_eq(ka[0].key, (const SolPubkey *)j->client)) return E_UNAUTHORIZED;
+  if (!pubkey_eq(ka[1].key, (const SolPubkey *)s->owner)) return E_UNAUTHORIZED;
+  if (!pubkey_eq(ka[6].key, (const SolPubkey *)j->model)) return E_WRONG_ACCOUNT_TYPE;
+  if (pubkey_eq(ka[1].key, (const SolPubkey *)j->client)) return E_SELF_VALIDATION;
+  TRY(job_task(j, a.index, &t));
+  if (t->status != ST_ACCEPTED) return E_WRONG_TASK_STATE;
+  if (!pubkey_eq(ka[3].key, (const SolPubkey *)t->node)) return E_WRONG_NODE;
+  if (pubkey_eq(ka[2].key, ka[3].key)) return E_WRONG_NODE;
+  if (s->vram < model_tasks(m)[a.index].vram) return E_VRAM_TOO_SMALL;
+  if (c->slot > t->deadline && t->received) {
+    Slash sl = {&ka[3], old, &ka[5], t->collateral, cfg->liveness_slash_bps, 0};
+    TRY(slash(&sl));
+    TRY(add64(cfg->treasury, sl.amount, &cfg->treasury));
+    TRY(add64(old->liveness_faults, 1, &old->liveness_faults));
+  } else {
+    TRY(unlock(old, t->collateral));
+  }
+  uint64_t collateral, deadline;
+  TRY(min_collateral(cfg, t->price, &collateral));
+  if (a.collateral > collateral) collateral = a.collateral;
+  TRY(lock_collateral(s, cfg, collateral));
+  TRY(add64(c->slot, j->task_timeout_slots, &deadline));
+  sol_memcpy_(t->node, ka[2].key, 32);
+  t->standin = 1;
+  t->collateral = collateral;
+  t->deadline = deadline;
+  t->received = 1; /* the client handed it the input with the task */
+  return 0;
+}
+
 /* accounts: 0 job (w), 1 config (w), 2 the late party's node (w). Permissionless: anyone may expire
-   late work. A node that missed its deadline is slashed and the task reopens for another node; a
-   validator that missed its deadline is slashed and the task waits for another validator. With no
-   winner to pay, the slash goes to the treasury. Sampled tasks nobody validated and disputes the
-   arbiter left open are released (below). */
+   late work. Blame needs evidence: a node that receipted its input and missed its deadline pays the
+   liveness penalty; a node that never receipted one is released unslashed (it may never have been fed).
+   Either way the task reopens for another node. A validator that took a task up and missed its deadline
+   pays the liveness penalty and the task waits for another validator. With no winner to pay, penalties
+   go to the treasury. Sampled tasks nobody validated and disputes the arbiter left open are released. */
 uint64_t ix_expire(Ctx *c) {
   SolAccountInfo *ka = c->p->ka;
   TaskArgs a;
@@ -144,23 +310,27 @@ uint64_t ix_expire(Ctx *c) {
   if (c->slot <= t->deadline) return E_TOO_EARLY;
   if (t->status == ST_ACCEPTED) {
     if (!pubkey_eq(ka[2].key, (const SolPubkey *)t->node)) return E_WRONG_NODE;
-    Slash sl = {&ka[2], n, &ka[1], t->collateral, cfg->slash_bps, 0};
-    TRY(slash(&sl));
-    TRY(add64(cfg->treasury, sl.amount, &cfg->treasury));
-    uint64_t price = t->price;
-    sol_memset_(t, 0, sizeof(TaskSlot));
-    t->price = price;
-    t->status = ST_OPEN;
+    if (t->received) {
+      Slash sl = {&ka[2], n, &ka[1], t->collateral, cfg->liveness_slash_bps, 0};
+      TRY(slash(&sl));
+      TRY(add64(cfg->treasury, sl.amount, &cfg->treasury));
+      TRY(add64(n->liveness_faults, 1, &n->liveness_faults));
+    } else {
+      TRY(unlock(n, t->collateral));
+    }
+    reopen(t);
     return 0;
   }
   if (t->status == ST_VALIDATING) {
     if (!pubkey_eq(ka[2].key, (const SolPubkey *)t->validator)) return E_WRONG_NODE;
-    Slash sl = {&ka[2], n, &ka[1], t->validator_collateral, cfg->slash_bps, 0};
+    Slash sl = {&ka[2], n, &ka[1], t->validator_collateral, cfg->liveness_slash_bps, 0};
     TRY(slash(&sl));
     TRY(add64(cfg->treasury, sl.amount, &cfg->treasury));
+    TRY(add64(n->liveness_faults, 1, &n->liveness_faults));
     sol_memset_(t->validator, 0, 32);
     t->validator_collateral = 0;
-    TRY(add64(c->slot, j->task_timeout_slots, &t->deadline)); /* a fresh window for another validator */
+    TRY(add64(c->slot, j->validator_timeout_slots, &t->deadline)); /* a fresh window for another validator */
+    t->sampled_slot = c->slot; /* and a fresh lottery ramp */
     t->status = ST_SAMPLED;
     return 0;
   }
@@ -184,7 +354,8 @@ uint64_t ix_expire(Ctx *c) {
 }
 
 /* accounts: 0 client (signer, w), 1 job (w), 2 escrow (w). Refunds the unused escrow and both rents.
-   Allowed once every task is settled or failed, or after the job's deadline if the rest never started. */
+   Allowed once every task is settled, failed or released, or after the job's deadline if the rest never
+   started. */
 uint64_t ix_close_job(Ctx *c) {
   SolAccountInfo *ka = c->p->ka;
   TRY(read_args(c, NULL, 0, NULL, NULL));
@@ -198,7 +369,7 @@ uint64_t ix_close_job(Ctx *c) {
   for (uint64_t i = 0; i < j->task_count; i++) {
     uint8_t st = job_tasks(j)[i].status;
     if (st == ST_OPEN) any_open = true;
-    else if (st != ST_SETTLED && st != ST_FAILED) return E_JOB_NOT_FINISHED;
+    else if (st != ST_SETTLED && st != ST_FAILED && st != ST_RELEASED) return E_JOB_NOT_FINISHED;
   }
   if (any_open && c->slot <= j->deadline) return E_JOB_NOT_FINISHED;
   uint64_t job_data_len = ka[1].data_len;

@@ -6,6 +6,7 @@
 #define BPS 10000ULL
 #define MAX_TASKS 48
 #define MAX_SPECIALIZED 8
+#define MAX_WINDOW_SLOTS 1000000ULL
 #define SEED_CONFIG "config"
 #define SEED_CONFIG_LEN 6
 #define SEED_MODEL "model"
@@ -32,6 +33,7 @@
 #define ST_RESOLVED 7
 #define ST_SETTLED 8
 #define ST_FAILED 9
+#define ST_RELEASED 10
 
 #define VERDICT_NONE 0
 #define VERDICT_AGREE 1
@@ -61,6 +63,10 @@
 #define IX_EXPIRE 17
 #define IX_CLOSE_JOB 18
 #define IX_COLLECT_FEES 19
+#define IX_REVEAL_SECRET 20
+#define IX_RECEIVE_INPUT 21
+#define IX_RELEASE_TASK 22
+#define IX_TAKE_OVER 23
 
 #define E_INVALID_INSTRUCTION 1
 #define E_NOT_ENOUGH_ACCOUNTS 2
@@ -91,6 +97,10 @@
 #define E_TOO_LATE 27
 #define E_BAD_PROGRAM 28
 #define E_NOT_SPECIALIZED 29
+#define E_WINDOW_TOO_LONG 30
+#define E_BAD_SECRET 31
+#define E_NOT_DRAWN 32
+#define E_INPUT_RECEIVED 33
 
 typedef struct {
   uint8_t tag;  /* @0 */
@@ -110,8 +120,17 @@ typedef struct {
   uint64_t new_node_half_life;  /* @120 */
   uint64_t failed_bps;  /* @128 */
   uint64_t failed_half_life;  /* @136 */
+  uint64_t collateral_bps;  /* @144 */
+  uint64_t collusion_bps;  /* @152 */
+  uint64_t liveness_slash_bps;  /* @160 */
+  uint64_t rep_min_price;  /* @168 */
+  uint64_t max_deadline_slots;  /* @176 */
+  uint64_t max_task_timeout_slots;  /* @184 */
+  uint64_t arbiter_timeout_slots;  /* @192 */
+  uint64_t reveal_slots;  /* @200 */
+  uint64_t validator_ramp_slots;  /* @208 */
 } Config;
-_Static_assert(sizeof(Config) == 144, "Config layout");
+_Static_assert(sizeof(Config) == 216, "Config layout");
 
 typedef struct {
   uint8_t task_id[32];  /* @0 */
@@ -149,21 +168,26 @@ typedef struct {
   uint64_t failed;  /* @96 */
   uint64_t since_failure;  /* @104 */
   uint64_t special_count;  /* @112 */
-  uint8_t endpoint[64];  /* @120 */
-  uint8_t specialized[256];  /* @184 */
+  uint64_t reputation;  /* @120 */
+  uint64_t liveness_faults;  /* @128 */
+  uint8_t endpoint[64];  /* @136 */
+  uint8_t specialized[256];  /* @200 */
 } Node;
-_Static_assert(sizeof(Node) == 440, "Node layout");
+_Static_assert(sizeof(Node) == 456, "Node layout");
 
 typedef struct {
   uint8_t status;  /* @0 */
   uint8_t sampled;  /* @1 */
   uint8_t verdict;  /* @2 */
   uint8_t arbitration;  /* @3 */
-  uint8_t _pad0[4];  /* @4 */
+  uint8_t received;  /* @4 */
+  uint8_t proved;  /* @5 */
+  uint8_t standin;  /* @6 */
+  uint8_t _pad0[1];  /* @7 */
   uint8_t node[32];  /* @8 */
   uint8_t validator[32];  /* @40 */
   uint8_t commitment[32];  /* @72 */
-  uint8_t validator_hash[32];  /* @104 */
+  uint8_t seal[32];  /* @104 */
   uint64_t price;  /* @136 */
   uint64_t collateral;  /* @144 */
   uint64_t validator_collateral;  /* @152 */
@@ -171,8 +195,9 @@ typedef struct {
   uint64_t committed_slot;  /* @168 */
   uint64_t draw;  /* @176 */
   uint64_t rate_bps;  /* @184 */
+  uint64_t sampled_slot;  /* @192 */
 } TaskSlot;
-_Static_assert(sizeof(TaskSlot) == 192, "TaskSlot layout");
+_Static_assert(sizeof(TaskSlot) == 200, "TaskSlot layout");
 
 typedef struct {
   uint8_t tag;  /* @0 */
@@ -196,8 +221,19 @@ typedef struct {
   uint64_t new_node_half_life;  /* @184 */
   uint64_t failed_bps;  /* @192 */
   uint64_t failed_half_life;  /* @200 */
+  uint8_t secret_hash[32];  /* @208 */
+  uint8_t secret[32];  /* @240 */
+  uint8_t client_node[32];  /* @272 */
+  uint64_t revealed_slot;  /* @304 */
+  uint64_t slash_bps;  /* @312 */
+  uint64_t collusion_bps;  /* @320 */
+  uint64_t rep_min_price;  /* @328 */
+  uint64_t validator_timeout_slots;  /* @336 */
+  uint64_t arbiter_timeout_slots;  /* @344 */
+  uint64_t reveal_slots;  /* @352 */
+  uint64_t validator_ramp_slots;  /* @360 */
 } JobHeader;
-_Static_assert(sizeof(JobHeader) == 208, "JobHeader layout");
+_Static_assert(sizeof(JobHeader) == 368, "JobHeader layout");
 
 typedef struct {
   uint64_t verify_rate_bps;  /* @0 */
@@ -212,8 +248,17 @@ typedef struct {
   uint64_t new_node_half_life;  /* @72 */
   uint64_t failed_bps;  /* @80 */
   uint64_t failed_half_life;  /* @88 */
+  uint64_t collateral_bps;  /* @96 */
+  uint64_t collusion_bps;  /* @104 */
+  uint64_t liveness_slash_bps;  /* @112 */
+  uint64_t rep_min_price;  /* @120 */
+  uint64_t max_deadline_slots;  /* @128 */
+  uint64_t max_task_timeout_slots;  /* @136 */
+  uint64_t arbiter_timeout_slots;  /* @144 */
+  uint64_t reveal_slots;  /* @152 */
+  uint64_t validator_ramp_slots;  /* @160 */
 } InitConfigArgs;
-_Static_assert(sizeof(InitConfigArgs) == 96, "InitConfigArgs layout");
+_Static_assert(sizeof(InitConfigArgs) == 168, "InitConfigArgs layout");
 
 typedef struct {
   uint8_t model_hash[32];  /* @0 */
@@ -253,8 +298,9 @@ typedef struct {
   uint64_t deadline_slots;  /* @16 */
   uint64_t task_timeout_slots;  /* @24 */
   uint8_t input_hash[32];  /* @32 */
+  uint8_t secret_hash[32];  /* @64 */
 } PostJobArgs;
-_Static_assert(sizeof(PostJobArgs) == 64, "PostJobArgs layout");
+_Static_assert(sizeof(PostJobArgs) == 96, "PostJobArgs layout");
 
 typedef struct {
   uint64_t index;  /* @0 */
@@ -263,9 +309,27 @@ _Static_assert(sizeof(TaskArgs) == 8, "TaskArgs layout");
 
 typedef struct {
   uint64_t index;  /* @0 */
+  uint64_t collateral;  /* @8 */
+} AcceptArgs;
+_Static_assert(sizeof(AcceptArgs) == 16, "AcceptArgs layout");
+
+typedef struct {
+  uint64_t index;  /* @0 */
   uint8_t commitment[32];  /* @8 */
+  uint8_t seal[32];  /* @40 */
 } CommitArgs;
-_Static_assert(sizeof(CommitArgs) == 40, "CommitArgs layout");
+_Static_assert(sizeof(CommitArgs) == 72, "CommitArgs layout");
+
+typedef struct {
+  uint64_t index;  /* @0 */
+  uint8_t hash[32];  /* @8 */
+} HashArgs;
+_Static_assert(sizeof(HashArgs) == 40, "HashArgs layout");
+
+typedef struct {
+  uint8_t secret[32];  /* @0 */
+} SecretArgs;
+_Static_assert(sizeof(SecretArgs) == 32, "SecretArgs layout");
 
 typedef struct {
   uint64_t index;  /* @0 */

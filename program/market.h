@@ -77,7 +77,7 @@ static inline TaskSlot *job_tasks(JobHeader *j) { return (TaskSlot *)(j + 1); }
 uint64_t job_task(JobHeader *j, uint64_t index, TaskSlot **out);
 
 /* A slash: `collateral * slash_bps / BPS` leaves the node's stake (its PDA) for `dest`; the collateral is
-   unlocked and the node's failure counted. `amount` is set to what moved. */
+   unlocked. The caller counts the fault (cheating or liveness). `amount` is set to what moved. */
 typedef struct {
   const SolAccountInfo *node_ai;
   Node *node;
@@ -88,6 +88,13 @@ typedef struct {
 } Slash;
 uint64_t slash(Slash *s);
 uint64_t unlock(Node *node, uint64_t collateral);
+/* The least collateral a task of `price` needs: max(task_collateral, price * collateral_bps / BPS). */
+uint64_t min_collateral(const Config *cfg, uint64_t price, uint64_t *out);
+/* Lock `amount` of the node's free stake (refused below min_stake or without enough free stake). */
+uint64_t lock_collateral(Node *n, const Config *cfg, uint64_t amount);
+
+/* The task's sampling rate: max(node's reputation rate, the sound rate for its price and collateral). */
+uint64_t task_rate(const JobHeader *j, const Node *n, const TaskSlot *t, uint64_t *out);
 
 /* instruction handlers */
 uint64_t ix_init_config(Ctx *c);
@@ -110,3 +117,7 @@ uint64_t ix_arbitrate(Ctx *c);
 uint64_t ix_settle(Ctx *c);
 uint64_t ix_expire(Ctx *c);
 uint64_t ix_close_job(Ctx *c);
+uint64_t ix_reveal_secret(Ctx *c);
+uint64_t ix_receive_input(Ctx *c);
+uint64_t ix_release_task(Ctx *c);
+uint64_t ix_take_over(Ctx *c);

@@ -17,6 +17,21 @@ static uint64_t pay(Payer *p, const SolAccountInfo *to, uint64_t amount) {
   return move_lamports(p->escrow, to, amount);
 }
 
+/* Whether the client also works on this job (its own node executes or validates one of its tasks):
+   such a job is self-dealing and earns nobody reputation. */
+static bool self_dealing(JobHeader *j) {
+  const SolPubkey *mine = (const SolPubkey *)j->client_node;
+  for (uint64_t i = 0; i < j->task_count; i++) {
+    const TaskSlot *t = &job_tasks(j)[i];
+    if (pubkey_eq((const SolPubkey *)t->node, mine) || pubkey_eq((const SolPubkey *)t->validator, mine))
+      return true;
+  }
+  return false;
+}
+
+/* Pay the node its price (and the protocol its fee). Reputation, what lowers the node's sampling rate,
+   grows only with verified work another party paid at least rep_min_price for, by its value in credits
+   (price / rep_min_price): buying it means paying fees, a third-party validator and honest compute. */
 static uint64_t pay_node(Payer *p, const SolAccountInfo *owner, Node *n, uint64_t price, bool verified) {
   uint64_t fee;
   TRY(bps_of(price, p->job->protocol_fee_bps, &fee));
@@ -24,8 +39,12 @@ static uint64_t pay_node(Payer *p, const SolAccountInfo *owner, Node *n, uint64_
   TRY(pay(p, p->config_ai, fee));
   TRY(add64(p->cfg->treasury, fee, &p->cfg->treasury));
   TRY(add64(n->tasks_done, 1, &n->tasks_done));
-  if (verified) TRY(add64(n->verified, 1, &n->verified));
-  if (n->ever_failed) TRY(add64(n->since_failure, 1, &n->since_failure));
+  if (!verified) return 0;
+  TRY(add64(n->verified, 1, &n->verified));
+  uint64_t credits = price / p->job->rep_min_price;
+  if (credits == 0 || self_dealing(p->job)) return 0;
+  TRY(add64(n->reputation, credits, &n->reputation));
+  if (n->ever_failed) TRY(add64(n->since_failure, credits, &n->since_failure));
   return 0;
 }
 
@@ -57,10 +76,11 @@ uint64_t ix_settle(Ctx *c) {
   }
 
   if (t->status == ST_READY) { /* not drawn, or the validator agreed */
-    TRY(pay_node(&p, &ka[4], n, t->price, validated));
+    /* an agreement counts as verification (and earns the reward) only with proof of re-execution */
+    TRY(pay_node(&p, &ka[4], n, t->price, validated && t->proved));
     TRY(unlock(n, t->collateral));
     if (validated) {
-      TRY(pay(&p, &ka[6], p.job->validator_reward));
+      if (t->proved) TRY(pay(&p, &ka[6], p.job->validator_reward));
       TRY(unlock(v, t->validator_collateral));
     }
     t->status = ST_SETTLED;
@@ -69,10 +89,12 @@ uint64_t ix_settle(Ctx *c) {
     TRY(unlock(n, t->collateral));
     Slash sl = {&ka[5], v, &ka[4], t->validator_collateral, p.cfg->slash_bps, 0};
     TRY(slash(&sl)); /* the winner is paid from the slash (docs/posp.md) */
+    TRY(add64(v->failed, 1, &v->failed));
     t->status = ST_SETTLED;
   } else { /* the node cheated: no pay, slashed; the validator earned its reward */
     Slash sl = {&ka[3], n, &ka[6], t->collateral, p.cfg->slash_bps, 0};
     TRY(slash(&sl)); /* the winner is paid from the slash (docs/posp.md) */
+    TRY(add64(n->failed, 1, &n->failed));
     n->ever_failed = 1; /* its verification rate jumps to failed_bps and decays again */
     n->since_failure = 0;
     TRY(pay(&p, &ka[6], p.job->validator_reward));

@@ -189,6 +189,22 @@ uint64_t job_task(JobHeader *j, uint64_t index, TaskSlot **out) {
   return 0;
 }
 
+uint64_t min_collateral(const Config *cfg, uint64_t price, uint64_t *out) {
+  uint64_t scaled;
+  TRY(bps_of(price, cfg->collateral_bps, &scaled));
+  *out = scaled > cfg->task_collateral ? scaled : cfg->task_collateral;
+  return 0;
+}
+
+uint64_t lock_collateral(Node *n, const Config *cfg, uint64_t amount) {
+  uint64_t free_stake, locked;
+  TRY(sub64(n->stake, n->locked, &free_stake));
+  if (n->stake < cfg->min_stake || free_stake < amount) return E_INSUFFICIENT_STAKE;
+  TRY(add64(n->locked, amount, &locked));
+  n->locked = locked;
+  return 0;
+}
+
 uint64_t unlock(Node *node, uint64_t collateral) {
   return sub64(node->locked, collateral, &node->locked);
 }
@@ -200,7 +216,6 @@ uint64_t slash(Slash *s) {
   TRY(unlock(s->node, s->collateral));
   TRY(sub64(s->node->stake, amount, &s->node->stake));
   TRY(move_lamports(s->node_ai, s->dest, amount));
-  TRY(add64(s->node->failed, 1, &s->node->failed));
   s->amount = amount;
   return 0;
 }

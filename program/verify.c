@@ -1,4 +1,5 @@
-/* Proof of Sampling: the draw after commitment, validator assignment, verdicts and arbitration. */
+/* Proof of Sampling: the task rate fixed at commit, the draw, the on-chain choice of validator, verdicts
+   with proof of re-execution, and arbitration. */
 #include "market.h"
 
 /* SysvarS1otHashes111111111111111111111111111 */
@@ -26,17 +27,18 @@ static uint64_t slot_hash_after(const SolAccountInfo *sysvar, uint64_t after, co
   return 0;
 }
 
-/* extra >> (tasks / half_life), 0 once the shift reaches 63: splitup.verify.sampling._decayed */
-static uint64_t decayed(uint64_t extra, uint64_t tasks, uint64_t half_life) {
-  uint64_t shift = tasks / half_life;
+/* extra >> (credits / half_life), 0 once the shift reaches 63: splitup.verify.sampling._decayed */
+static uint64_t decayed(uint64_t extra, uint64_t credits, uint64_t half_life) {
+  uint64_t shift = credits / half_life;
   return shift >= 63 ? 0 : extra >> shift;
 }
 
-/* The node's verification rate, docs/posp.md "Adaptive rate" (SamplingPolicy.rate_bps), with the
-   job's snapshot of the policy: base + max(new-node extra, failed-verdict extra). */
+/* The node's reputation rate, docs/posp.md "Adaptive rate" (SamplingPolicy.rate_bps), with the job's
+   snapshot of the policy: base + max(new-node extra, failed-verdict extra), decaying with reputation
+   credits (verified work other parties paid for), never with tasks a node could buy from itself. */
 static uint64_t adaptive_rate(const JobHeader *j, const Node *n) {
   uint64_t base = j->verify_rate_bps;
-  uint64_t extra = decayed(j->new_node_bps - base, n->tasks_done, j->new_node_half_life);
+  uint64_t extra = decayed(j->new_node_bps - base, n->reputation, j->new_node_half_life);
   if (n->ever_failed) {
     uint64_t f = decayed(j->failed_bps - base, n->since_failure, j->failed_half_life);
     if (f > extra) extra = f;
@@ -44,35 +46,70 @@ static uint64_t adaptive_rate(const JobHeader *j, const Node *n) {
   return base + extra;
 }
 
-/* accounts: 0 job (w), 1 SlotHashes sysvar, 2 the task's node. Permissionless. */
+/* The least rate at which cheating on this task loses money (docs/posp.md "The rule the program
+   applies"): with R the price, S = collateral * slash_bps the stake at risk and r the collusion
+   allowance, a cheat saving at most C = R is caught with probability p (1 - r) and then loses R + S, so
+   p (1 - r) (R + S) > R. Rounded so the inequality holds strictly on the integers. */
+static uint64_t sound_rate(const JobHeader *j, const TaskSlot *t, uint64_t *out) {
+  uint64_t at_risk, total, caught, scaled;
+  TRY(bps_of(t->collateral, j->slash_bps, &at_risk));
+  TRY(add64(t->price, at_risk, &total));
+  TRY(bps_of(total, BPS - j->collusion_bps, &caught)); /* (R + S)(1 - r), rounded down */
+  if (caught == 0) { *out = BPS; return 0; }
+  /* R * BPS; a price too large for that (over 184 SOL a task) is simply always verified */
+  if (bps_of(t->price, BPS * BPS, &scaled)) { *out = BPS; return 0; }
+  uint64_t p = scaled / caught + 1;
+  *out = p > BPS ? BPS : p;
+  return 0;
+}
+
+uint64_t task_rate(const JobHeader *j, const Node *n, const TaskSlot *t, uint64_t *out) {
+  uint64_t floor;
+  TRY(sound_rate(j, t, &floor));
+  uint64_t rate = adaptive_rate(j, n);
+  *out = rate > floor ? rate : floor;
+  return 0;
+}
+
+/* accounts: 0 job (w), 1 SlotHashes sysvar. Permissionless. The coin mixes the hash of the first slot
+   after the commitment with the client's secret (committed with the job, revealed after the result was
+   committed), so neither the executor, nor the client alone, nor the slot's leader can steer it. The
+   rate is the one fixed at commit. Without a usable secret (not revealed within reveal_slots, or revealed
+   before this result was committed) the task is verified: failing safe. */
 uint64_t ix_sample(Ctx *c) {
   SolAccountInfo *ka = c->p->ka;
   TaskArgs a;
   TRY(read_args(c, &a, sizeof(a), NULL, NULL));
   JobHeader *j;
   TaskSlot *t;
-  Node *n;
   TRY(load_job(c, &ka[0], true, &j));
   TRY(job_task(j, a.index, &t));
   if (t->status != ST_COMMITTED) return E_WRONG_TASK_STATE;
-  TRY(load_node(c, &ka[2], false, &n));
-  if (!pubkey_eq(ka[2].key, (const SolPubkey *)t->node)) return E_WRONG_NODE;
   const uint8_t *slot_hash;
   bool missing = false;
   TRY(slot_hash_after(&ka[1], t->committed_slot, &slot_hash, &missing));
-  /* the coin of docs/posp.md ("Sampling rule"), bit for bit: sha256(slot_hash || commitment) */
+  bool secret_ok = j->revealed_slot != 0 && t->committed_slot < j->revealed_slot;
+  if (!j->revealed_slot) {
+    uint64_t wait_until;
+    TRY(add64(t->committed_slot, j->reveal_slots, &wait_until));
+    if (c->slot <= wait_until) return E_TOO_EARLY; /* the client may still reveal */
+  }
+  /* the coin of docs/posp.md ("Sampling rule"): sha256(slot_hash || commitment || secret) */
   uint8_t h[32];
-  SolBytes parts[2] = {{slot_hash, 32}, {t->commitment, 32}};
-  sol_sha256(parts, 2, h);
-  uint64_t rate = adaptive_rate(j, n);
-  uint64_t draw = missing ? 0 : rd64(h) % BPS;
+  SolBytes parts[3] = {{slot_hash, 32}, {t->commitment, 32}, {j->secret, 32}};
+  sol_sha256(parts, 3, h);
+  uint64_t rate = t->rate_bps;
+  uint64_t draw = rd64(h) % BPS;
+  bool fail_safe = missing || !secret_ok;
   t->draw = draw;
-  t->rate_bps = rate;
-  /* a market that verifies nothing (rate 0) never verifies; otherwise a lost slot hash means "verify" */
-  t->sampled = rate > 0 && (missing || draw < rate);
+  /* a market that verifies nothing (rate 0) never verifies; otherwise no usable coin means "verify" */
+  t->sampled = rate > 0 && (fail_safe || draw < rate);
   t->status = t->sampled ? ST_SAMPLED : ST_READY;
-  /* a validator has one task timeout to take the check up (else `expire` pays the node unverified) */
-  if (t->sampled) TRY(add64(c->slot, j->task_timeout_slots, &t->deadline));
+  /* validators have the config's window to take the check up (else `expire` pays the node unverified) */
+  if (t->sampled) {
+    TRY(add64(c->slot, j->validator_timeout_slots, &t->deadline));
+    t->sampled_slot = c->slot;
+  }
   return 0;
 }
 
@@ -82,6 +119,21 @@ static bool holds_task(const Node *n, const uint8_t *task_id) {
   for (uint64_t i = 0; i < count; i++)
     if (pubkey_eq((const SolPubkey *)(n->specialized + i * 32), (const SolPubkey *)task_id)) return true;
   return false;
+}
+
+/* The on-chain choice among the task's holders: each holder gets a ticket, sha256(draw seed || node)
+   mod BPS, and may take the task up once the ramp has opened that far: ticket * ramp < (elapsed + 1) *
+   BPS. The lowest ticket among the holders watching gets it first, so the validator is a random holder
+   that neither the node nor the client picks; after `validator_ramp_slots` every holder may. */
+static uint64_t drawn(const JobHeader *j, const TaskSlot *t, const SolPubkey *node, uint64_t slot) {
+  if (j->validator_ramp_slots == 0) return 0;
+  uint8_t h[32];
+  SolBytes parts[3] = {{t->commitment, 32}, {(const uint8_t *)&t->draw, 8}, {node->x, 32}};
+  sol_sha256(parts, 3, h);
+  uint64_t ticket = rd64(h) % BPS, elapsed;
+  TRY(sub64(slot, t->sampled_slot, &elapsed));
+  if (elapsed >= j->validator_ramp_slots) return 0;
+  return ticket * j->validator_ramp_slots < (elapsed + 1) * BPS ? 0 : E_NOT_DRAWN;
 }
 
 /* accounts: 0 validator owner (signer), 1 validator node (w), 2 job (w), 3 config, 4 the job's model */
@@ -110,12 +162,11 @@ uint64_t ix_assign_validator(Ctx *c) {
      that task"); a job's task count equals its model's (post_job), the bound is checked anyway */
   if (a.index >= m->task_count) return E_BAD_TASK_INDEX;
   if (!holds_task(v, model_tasks(m)[a.index].task_id)) return E_NOT_SPECIALIZED;
-  uint64_t free_stake, locked, deadline;
-  TRY(sub64(v->stake, v->locked, &free_stake));
-  if (v->stake < cfg->min_stake || free_stake < cfg->task_collateral) return E_INSUFFICIENT_STAKE;
-  TRY(add64(v->locked, cfg->task_collateral, &locked));
-  TRY(add64(c->slot, cfg->validator_timeout_slots, &deadline));
-  v->locked = locked;
+  if (pubkey_eq(ka[1].key, (const SolPubkey *)j->client_node)) return E_SELF_VALIDATION;
+  TRY(drawn(j, t, ka[1].key, c->slot));
+  uint64_t deadline;
+  TRY(lock_collateral(v, cfg, cfg->task_collateral));
+  TRY(add64(c->slot, j->validator_timeout_slots, &deadline));
   sol_memcpy_(t->validator, ka[1].key, 32);
   t->validator_collateral = cfg->task_collateral;
   t->deadline = deadline;
@@ -140,11 +191,17 @@ uint64_t ix_submit_verdict(Ctx *c) {
   if (!pubkey_eq(ka[1].key, (const SolPubkey *)t->validator)) return E_WRONG_NODE;
   if (c->slot > t->deadline) return E_TOO_LATE;
   if (a.agree > 1) return E_INVALID_INSTRUCTION;
-  sol_memcpy_(t->validator_hash, a.result_hash, 32);
+  /* The validator's own work digest (of the state its re-execution produced, which never leaves a node)
+     opens the seal the executor committed with its result only if it really re-executed: an "agree"
+     without that proof pays no validator reward (settle). */
+  uint8_t h[32];
+  SolBytes part = {a.result_hash, 32};
+  sol_sha256(&part, 1, h);
+  t->proved = pubkey_eq((const SolPubkey *)h, (const SolPubkey *)t->seal);
   t->verdict = a.agree ? VERDICT_AGREE : VERDICT_DISAGREE;
   t->status = a.agree ? ST_READY : ST_DISPUTED;
-  /* the arbiter has one task timeout to decide (else `expire` releases both sides unslashed) */
-  if (!a.agree) TRY(add64(c->slot, j->task_timeout_slots, &t->deadline));
+  /* the arbiter has the config's window to decide (else `expire` releases both sides unslashed) */
+  if (!a.agree) TRY(add64(c->slot, j->arbiter_timeout_slots, &t->deadline));
   return 0;
 }
 

@@ -10,7 +10,7 @@ from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
 from splitup.market.layout import ModelTask
-from splitup.market.market import Market, MarketParams
+from splitup.market.market import Market, MarketParams, seal_of
 from splitup.market.transport import DEFAULT_PROGRAM_ID, LiteSvmTransport
 
 SOL = 1_000_000_000
@@ -49,8 +49,17 @@ class World:
 
     def run_to_commit(self, job: Pubkey, index: int, node: Keypair, output: bytes = b"output") -> None:
         self.m.accept_task(node, job, index)
-        self.m.commit_result(node, job, index, h(output))
+        self.m.commit_result(node, job, index, h(output), seal_of(h(b"work" + output)))
         self.t.advance(1)
+
+    def ready(self, job: Pubkey, index: int) -> bool:
+        """Draw the task; if sampled, let the validators' window pass so it is paid unverified.
+        Returns whether it was sampled. (No market verifies nothing any more: the sound rate is > 0.)"""
+        sampled = self.m.sample(job, index)
+        if sampled:
+            self.t.advance(self.params.validator_timeout_slots + 1)
+            self.m.expire(job, index)
+        return sampled
 
 
 def make_world(params: MarketParams | None = None, n_nodes: int = 3, stake: int = 2 * SOL) -> World:
@@ -84,4 +93,5 @@ def always_verify() -> World:
 
 @pytest.fixture
 def never_verify() -> World:
+    """Base rate 0: only the sound rate (about 10 % for these prices) draws tasks."""
     return make_world(MarketParams.flat(0))

@@ -8,9 +8,10 @@ from typing import TypeVar
 import pytest
 from market_world import FEE_PER_SIGNATURE, PRICES, SOL, World, h, make_world
 
+from splitup.market import instructions as ix
 from splitup.market.constants import Arbitration, TaskStatus, Verdict
 from splitup.market.errors import StillBondingError, TooEarlyError
-from splitup.market.market import MarketParams
+from splitup.market.market import MarketParams, seal_of
 
 T = TypeVar("T")
 
@@ -44,26 +45,32 @@ def test_happy_path_with_verification(always_verify: World) -> None:
     node_before, val_before = t.balance(node.pubkey()), t.balance(validator.pubkey())
     treasury_before = t.balance(m.config_address)
     conserved(w, lambda: m.accept_task(node, job, 0))
-    assert m.node(node.pubkey()).locked == cfg.task_collateral
-    conserved(w, lambda: m.commit_result(node, job, 0, h("output")))
+    assert m.node(node.pubkey()).locked == cfg.task_collateral  # max(0.1 SOL, 3 x 0.01 SOL)
+    conserved(w, lambda: m.receive_input(node, job, 0, h("input")))
+    conserved(w, lambda: m.commit_result(node, job, 0, h("output"), seal_of(h("work"))))
     with pytest.raises(TooEarlyError):  # no slot hash after the commitment yet
-        m.sample(job, 0)
+        w.t.send([ix.sample(m.program_id, job, 0)], [m.payer])
     t.advance(1)
+    with pytest.raises(TooEarlyError):  # the client may still reveal its secret
+        w.t.send([ix.sample(m.program_id, job, 0)], [m.payer])
+    conserved(w, lambda: m.reveal_secret(w.client, job))
     assert conserved(w, lambda: m.sample(job, 0)) is True
     conserved(w, lambda: m.assign_validator(validator, job, 0))
-    conserved(w, lambda: m.submit_verdict(validator, job, 0, True, h("output")))
+    conserved(w, lambda: m.submit_verdict(validator, job, 0, True, h("work")))  # proves it re-executed
+    assert m.job(job).tasks[0].proved == 1
     conserved(w, lambda: m.settle(job, 0))
 
     task = m.job(job).tasks[0]
     assert (task.status, task.verdict) == (TaskStatus.SETTLED, Verdict.AGREE)
     fee = PRICES[0] // 100
-    assert t.balance(node.pubkey()) == node_before + PRICES[0] - 2 * FEE_PER_SIGNATURE
+    assert t.balance(node.pubkey()) == node_before + PRICES[0] - 3 * FEE_PER_SIGNATURE
     assert t.balance(validator.pubkey()) == val_before + cfg.validator_reward - 2 * FEE_PER_SIGNATURE
     assert t.balance(m.config_address) == treasury_before + fee
     assert m.config().treasury == fee
     assert t.balance(escrow) == escrow_rent + required + 7 - PRICES[0] - fee - cfg.validator_reward
     n, v = m.node(node.pubkey()), m.node(validator.pubkey())
     assert (n.locked, n.tasks_done, n.verified, n.failed) == (0, 1, 1, 0)
+    assert n.reputation == PRICES[0] // cfg.rep_min_price  # verified, paid by another party
     assert (v.locked, v.failed) == (0, 0)
 
 
@@ -75,7 +82,7 @@ def test_unsampled_tasks_and_refund(never_verify: World) -> None:
     deposit = m.job(job).header.deposit
     for i in range(3):
         w.run_to_commit(job, i, w.nodes[i])
-        assert m.sample(job, i) is False
+        w.ready(job, i)  # drawn or not, paid (unverified when no validator came)
         conserved(w, lambda i=i: m.settle(job, i))
     paid = sum(p + p // 100 for p in PRICES)
     assert m.job(job).header.paid == paid
@@ -140,13 +147,16 @@ def test_expire_slashes_late_node_and_reopens_task(world: World) -> None:
     late, other = w.nodes[0], w.nodes[1]
     job = w.post(task_timeout_slots=10)
     m.accept_task(late, job, 2)
+    m.receive_input(late, job, 2, h("input"))  # it had its input: not delivering is its fault
     with pytest.raises(TooEarlyError):
         m.expire(job, 2)
     t.advance(11)
     conserved(w, lambda: m.expire(job, 2))
     cfg = m.config()
-    assert m.node(late.pubkey()).stake == 2 * SOL - cfg.task_collateral * cfg.slash_bps // 10_000
-    assert m.node(late.pubkey()).locked == 0
+    # collateral for 0.03 SOL: max(0.1 SOL, 3 x 0.03 SOL); the liveness penalty is a tenth of it
+    assert m.node(late.pubkey()).stake == 2 * SOL - cfg.task_collateral * cfg.liveness_slash_bps // 10_000
+    n = m.node(late.pubkey())
+    assert (n.locked, n.liveness_faults, n.failed) == (0, 1, 0)
     task = m.job(job).tasks[2]
     assert task.status == TaskStatus.OPEN and task.price == PRICES[2]
     m.accept_task(other, job, 2)  # reassigned
@@ -163,7 +173,9 @@ def test_expire_slashes_silent_validator(always_verify: World) -> None:
     t.advance(w.params.validator_timeout_slots + 1)
     m.expire(job, 0)
     assert m.job(job).tasks[0].status == TaskStatus.SAMPLED
-    assert m.node(w.nodes[1].pubkey()).failed == 1
+    v = m.node(w.nodes[1].pubkey())
+    assert (v.liveness_faults, v.failed) == (1, 0)  # late, not a cheat: the liveness penalty
+    assert v.stake == 2 * SOL - w.params.task_collateral * w.params.liveness_slash_bps // 10_000
     m.assign_validator(w.nodes[2], job, 0)
     m.submit_verdict(w.nodes[2], job, 0, True, h("output"))
     m.settle(job, 0)
@@ -220,7 +232,7 @@ def test_collect_fees_and_set_config(never_verify: World) -> None:
     m, t = w.m, w.t
     job = w.post()
     w.run_to_commit(job, 0, w.nodes[0])
-    m.sample(job, 0)
+    w.ready(job, 0)
     m.settle(job, 0)
     fee = PRICES[0] // 100
     dest_before = t.balance(w.authority.pubkey())
@@ -242,6 +254,7 @@ def test_draw_is_the_coin_of_the_posp_spec() -> None:
     policy = SamplingPolicy()  # the market's defaults are the policy's defaults
     for i in range(3):
         job = w.post()
+        secret = w.m.secrets[job][1]
         w.m.accept_task(w.nodes[i], job, 0)
         w.m.commit_result(w.nodes[i], job, 0, h(f"output {i}"))
         committed = w.m.job(job).tasks[0].committed_slot
@@ -249,7 +262,7 @@ def test_draw_is_the_coin_of_the_posp_spec() -> None:
         slot_hash = dict(w.t.svm.get_slot_hashes())[committed + 1]
         sampled = w.m.sample(job, 0)
         task = w.m.job(job).tasks[0]
-        seed = sampling_seed(bytes(slot_hash), h(f"output {i}"))
+        seed = sampling_seed(bytes(slot_hash), h(f"output {i}"), secret)
         rate = policy.rate_bps(NodeRecord(honest_tasks=0))
         assert task.rate_bps == rate == 3_000  # a new node
         assert task.draw == int.from_bytes(seed[:8], "little") % 10_000
@@ -258,44 +271,46 @@ def test_draw_is_the_coin_of_the_posp_spec() -> None:
 
 
 def test_adaptive_rate_follows_the_node_record() -> None:
-    """Honest work halves a new node's extra; a failed verdict raises it to failed_bps, then it decays."""
+    """Verified work another party paid for halves a new node's extra (one credit per task here); a
+    failed verdict raises it to failed_bps, then it decays. The rate is never below the sound rate."""
     from splitup.verify.sampling import NodeRecord, SamplingPolicy
 
     params = MarketParams(verify_rate_bps=800, new_node_bps=3_000, new_node_half_life=1, failed_bps=5_000,
-                          failed_half_life=1)
+                          failed_half_life=1, rep_min_price=PRICES[0])
     policy = SamplingPolicy(800, 3_000, 1, 5_000, 1)
+    sound = 1_011  # 0.01 SOL, 0.1 SOL collateral, r = 10 %: p (0.9)(0.11) > 0.01
     w = make_world(params, n_nodes=2)
     m, node, validator = w.m, w.nodes[0], w.nodes[1]
 
-    def run_task(honest: bool) -> int:
+    def run_task(honest: bool) -> tuple[int, bool]:
         job = w.post()
         w.run_to_commit(job, 0, node)
         m.sample(job, 0)
         task = m.job(job).tasks[0]
         if task.status == TaskStatus.SAMPLED:
             m.assign_validator(validator, job, 0)
-            m.submit_verdict(validator, job, 0, honest, h("output"))
+            m.submit_verdict(validator, job, 0, honest, h(b"work" + b"output"))
             if not honest:
                 m.arbitrate(w.authority, job, 0, node_honest=False)
         elif not honest:
-            return -1  # not drawn: the cheat goes unnoticed this time
+            return -1, False  # not drawn: the cheat goes unnoticed this time
         m.settle(job, 0)
-        return int(task.rate_bps)
+        return int(task.rate_bps), bool(task.sampled)
 
-    expected_record = NodeRecord(0)
-    for _ in range(3):
-        rate = run_task(honest=True)
-        assert rate == policy.rate_bps(expected_record)
-        expected_record = NodeRecord(expected_record.honest_tasks + 1)
+    credits = 0
+    for _ in range(12):
+        rate, verified = run_task(honest=True)
+        assert rate == max(sound, policy.rate_bps(NodeRecord(credits)))
+        credits += verified  # only verified tasks earn reputation
     n = m.node(node.pubkey())
-    assert (n.tasks_done, n.ever_failed) == (3, 0)
-    while run_task(honest=False) == -1:  # until a cheat is caught
+    assert (n.tasks_done, n.ever_failed, n.reputation) == (12, 0, credits)
+    while run_task(honest=False)[0] == -1:  # until a cheat is caught
         pass
     n = m.node(node.pubkey())
     assert (n.ever_failed, n.since_failure) == (1, 0)
-    rate = run_task(honest=True)
-    assert rate == policy.rate_bps(NodeRecord(n.tasks_done, since_failure=0)) == 5_000
-    assert m.node(node.pubkey()).since_failure == 1
+    rate, verified = run_task(honest=True)
+    assert rate == max(sound, policy.rate_bps(NodeRecord(n.reputation, since_failure=0))) == 5_000
+    assert m.node(node.pubkey()).since_failure == int(verified)
 
 
 def test_draw_fails_safe_when_the_slot_hash_is_gone() -> None:
@@ -305,7 +320,6 @@ def test_draw_fails_safe_when_the_slot_hash_is_gone() -> None:
     w.run_to_commit(job, 0, w.nodes[0])
     w.t.advance(600)
     assert w.m.sample(job, 0) is True
-    assert w.m.job(job).tasks[0].draw == 0
 
 
 def test_largest_model_is_registered_in_chunks(world: World) -> None:
@@ -334,7 +348,7 @@ def test_sampled_task_nobody_validates_is_paid_unverified(always_verify: World) 
     assert m.sample(job, 0)
     with pytest.raises(TooEarlyError):
         m.expire(job, 0)
-    t.advance(11)
+    t.advance(w.params.validator_timeout_slots + 1)  # the config's window, not the client's
     before = t.balance(w.nodes[0].pubkey())
     conserved(w, lambda: m.expire(job, 0))
     assert m.job(job).tasks[0].status == TaskStatus.READY
@@ -352,7 +366,7 @@ def test_dispute_the_arbiter_ignores_releases_both_sides(always_verify: World) -
     m.sample(job, 0)
     m.assign_validator(w.nodes[1], job, 0)
     m.submit_verdict(w.nodes[1], job, 0, False, h("other"))
-    t.advance(11)
+    t.advance(w.params.arbiter_timeout_slots + 1)
     conserved(w, lambda: m.expire(job, 0))
     task = m.job(job).tasks[0]
     assert (task.status, task.verdict) == (TaskStatus.READY, Verdict.NONE)

@@ -38,7 +38,8 @@ class MarketMachine(RuleBasedStateMachine):
 
     @initialize(rate=st.sampled_from([0, 5_000, 10_000]))
     def setup(self, rate: int) -> None:
-        self.w = make_world(MarketParams.flat(rate, unbonding_slots=5, validator_timeout_slots=6),
+        self.w = make_world(MarketParams.flat(rate, unbonding_slots=5, validator_timeout_slots=6,
+                                              validator_ramp_slots=3, arbiter_timeout_slots=6, reveal_slots=4),
                             n_nodes=N_NODES)
         # swap in a counting transport over the same runtime
         t = CountingTransport(self.w.t.program_id, svm=self.w.t.svm)
@@ -94,6 +95,28 @@ class MarketMachine(RuleBasedStateMachine):
         if job:
             self.attempt(lambda: self.w.m.commit_result(self.w.nodes[n], job, i, h("x")))
 
+    @rule(k=st.integers(0, 8))
+    def receive(self, k: int) -> None:
+        if p := self.pick(k, TaskStatus.ACCEPTED):
+            self.attempt(lambda: self.w.m.receive_input(self.owner_of(p[2].node), p[0], p[1], h("in")))
+
+    @rule(k=st.integers(0, 8), by_node=st.booleans())
+    def release(self, k: int, by_node: bool) -> None:
+        if p := self.pick(k, TaskStatus.OPEN, TaskStatus.ACCEPTED):
+            signer = self.owner_of(p[2].node) if by_node and p[2].status == TaskStatus.ACCEPTED else self.w.client
+            self.attempt(lambda: self.w.m.release_task(signer, p[0], p[1]))
+
+    @rule(k=st.integers(0, 8), n=st.integers(0, N_NODES - 1))
+    def take_over(self, k: int, n: int) -> None:
+        if p := self.pick(k, TaskStatus.ACCEPTED):
+            self.attempt(lambda: self.w.m.take_over(self.w.client, self.w.nodes[n], p[0], p[1]))
+
+    @rule(j=st.integers(0, 2))
+    def reveal(self, j: int) -> None:
+        job = self.job(j)
+        if job and job in self.w.m.secrets:
+            self.attempt(lambda: self.w.m.reveal_secret(self.w.client, job))
+
     @rule(slots=st.integers(1, 8))
     def advance(self, slots: int) -> None:
         self.w.t.advance(slots)
@@ -131,7 +154,8 @@ class MarketMachine(RuleBasedStateMachine):
 
     def step_task(self, k: int, n: int, flag: bool) -> None:
         """Move some task one step along its lifecycle with the right party (choices drawn)."""
-        p = self.pick(k, *(s for s in TaskStatus if s not in (TaskStatus.SETTLED, TaskStatus.FAILED)))
+        p = self.pick(k, *(s for s in TaskStatus
+                           if s not in (TaskStatus.SETTLED, TaskStatus.FAILED, TaskStatus.RELEASED)))
         if p is None:
             return
         job, i, t = p

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from splitup.verify import econ
-from splitup.verify.market_sim import (
+from splitup.verify.econ.market_sim import (
     HONEST,
     LAZY,
     SUBTLE,

@@ -7,6 +7,7 @@ import hashlib
 import numpy as np
 import pytest
 
+from splitup.verify.econ.simulate import policy_rates, simulate_population
 from splitup.verify.errors import BadSamplingInput
 from splitup.verify.sampling import (
     BASE_RATE_BPS,
@@ -16,7 +17,6 @@ from splitup.verify.sampling import (
     sampling_seed,
     should_sample,
 )
-from splitup.verify.simulate import policy_rates, simulate_population
 
 
 def _seed(prefix: bytes) -> bytes:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from splitup.verify import econ
-from splitup.verify.simulate import simulate_asserter, simulate_margin, simulate_validator
+from splitup.verify.econ.simulate import simulate_asserter, simulate_margin, simulate_validator
 
 ROUNDS = 200_000
 GAMES = [

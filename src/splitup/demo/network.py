@@ -86,7 +86,7 @@ def local_market(root: Path, model: DemoModel, plan_dir: Path, budgets: list[int
                  node_args: Mapping[str, Sequence[str]] | None = None) -> Iterator[LocalMarket]:
     """``cheaters``: node name -> a cheat of ``splitup.demo.node --cheat`` (perturb, zeros) for that node;
     ``node_args``: node name -> more ``splitup.demo.node`` options for it (``--engine tinygrad``, ``--threads 2``)."""
-    from splitup.sdk.agent import DisputeJudge
+    from splitup.node.agent import DisputeJudge
     from splitup.sdk.catalog import publish_model
     from splitup.sdk.chain import connect
     from splitup.storage import BlobStore

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from splitup.market.errors import MarketError, ProgramError, TransactionFailed
-from splitup.market.market import Market, MarketParams, commitment_of
+from splitup.market.market import Market, MarketParams, commitment_of, seal_of
 from splitup.market.transport import DEFAULT_PROGRAM_ID, LiteSvmTransport, Transport, TxResult, program_bytes
 
 if TYPE_CHECKING:
@@ -30,6 +30,7 @@ __all__ = [
     "Transport",
     "TxResult",
     "commitment_of",
+    "seal_of",
     "program_bytes",
 ]
 

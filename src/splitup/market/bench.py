@@ -14,7 +14,7 @@ from solders.keypair import Keypair
 from splitup.market import instructions as ix
 from splitup.market.constants import MAX_TASKS
 from splitup.market.layout import ModelTask
-from splitup.market.market import LAMPORTS_PER_SOL, Market, MarketParams
+from splitup.market.market import LAMPORTS_PER_SOL, Market, MarketParams, seal_of
 from splitup.market.transport import DEFAULT_PROGRAM_ID, LiteSvmTransport, TxResult
 
 DEFAULT_LIMIT = 200_000
@@ -27,8 +27,8 @@ def _h(s: str) -> bytes:
 def measure(tasks: int = MAX_TASKS) -> dict[str, int]:
     """The largest compute-unit cost seen for each instruction over complete job lifecycles."""
     t = LiteSvmTransport()
-    auth, client, a, b, payer = (Keypair() for _ in range(5))
-    for k in (auth, client, a, b, payer):
+    auth, client, a, b, c, payer = (Keypair() for _ in range(6))
+    for k in (auth, client, a, b, c, payer):
         t.airdrop(k.pubkey(), 1_000 * LAMPORTS_PER_SOL)
     m = Market(t, DEFAULT_PROGRAM_ID, payer)
     cu: dict[str, int] = {}
@@ -42,6 +42,7 @@ def measure(tasks: int = MAX_TASKS) -> dict[str, int]:
     rec("set_config", lambda: m.set_config(auth, MarketParams.flat(10_000)))
     rec("register_node", lambda: m.register_node(a, 100 * LAMPORTS_PER_SOL, vram=1 << 34))
     rec("register_node", lambda: m.register_node(b, 100 * LAMPORTS_PER_SOL, vram=1 << 34))
+    rec("register_node", lambda: m.register_node(c, 100 * LAMPORTS_PER_SOL, vram=1 << 34))
     rec("add_stake", lambda: m.add_stake(a, LAMPORTS_PER_SOL))
     rec("specialize", lambda: m.specialize(a, [_h(f"t{i}") for i in range(8)]))
     entries = [ModelTask(task_id=_h(f"t{i}"), vram=1 << 30, price=10_000_000) for i in range(tasks)]
@@ -59,19 +60,20 @@ def measure(tasks: int = MAX_TASKS) -> dict[str, int]:
     assert job is not None
     for i in range(tasks):
         rec("accept_task", lambda i=i: m.accept_task(a, job, i))
-        rec("commit_result", lambda i=i: m.commit_result(a, job, i, _h(f"out{i}")))
+        rec("receive_input", lambda i=i: m.receive_input(a, job, i, _h(f"in{i}")))
+        rec("commit_result", lambda i=i: m.commit_result(a, job, i, _h(f"out{i}"), seal_of(_h(f"work{i}"))))
     t.advance(1)
+    rec("reveal_secret", lambda: m.reveal_secret(client, job))
     sample_ix_cu = []
     for i in range(tasks):
         if i == tasks - 1:
             t.advance(600)  # worst case: the draw scans the whole SlotHashes history
-        sample_ix_cu.append(t.send([ix.sample(m.program_id, job, i, m.node_address(a.pubkey()))], [payer])
-                            .compute_units)
+        sample_ix_cu.append(t.send([ix.sample(m.program_id, job, i)], [payer]).compute_units)
         # the validator holds the task, declared last of eight: the worst case of the specialisation scan
         m.specialize(b, [_h(f"other{k}") for k in range(7)] + [_h(f"t{i}")])
         rec("assign_validator", lambda i=i: m.assign_validator(b, job, i))
         agree = i % 2 == 0
-        rec("submit_verdict", lambda i=i, agree=agree: m.submit_verdict(b, job, i, agree, _h(f"out{i}")))
+        rec("submit_verdict", lambda i=i, agree=agree: m.submit_verdict(b, job, i, agree, _h(f"work{i}")))
         if not agree:
             rec("arbitrate", lambda i=i: m.arbitrate(auth, job, i, node_honest=i % 4 == 1))
         rec("settle", lambda i=i: m.settle(job, i))
@@ -81,12 +83,17 @@ def measure(tasks: int = MAX_TASKS) -> dict[str, int]:
     t.advance(200)
     rec("withdraw", lambda: m.withdraw(a))
     rec("collect_fees", lambda: m.collect_fees(auth, auth.pubkey(), 1))
-    # expire: a late node
+    # a late node that had its input (the slashing path of expire); a release; a stand-in takeover
     job2 = m.post_job(client, model, _h("in2"), task_timeout_slots=1).address
     assert job2 is not None
     m.accept_task(a, job2, 0)
+    m.receive_input(a, job2, 0, _h("in"))
+    m.accept_task(a, job2, 1)
+    m.accept_task(a, job2, 2)
     t.advance(2)
     rec("expire", lambda: m.expire(job2, 0))
+    rec("release_task", lambda: m.release_task(a, job2, 1))
+    rec("take_over", lambda: m.take_over(client, c, job2, 2))
     return cu
 
 

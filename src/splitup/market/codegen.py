@@ -40,6 +40,7 @@ def header() -> str:
         f"#define BPS {k.BPS}ULL",
         f"#define MAX_TASKS {k.MAX_TASKS}",
         f"#define MAX_SPECIALIZED {k.MAX_SPECIALIZED}",
+        f"#define MAX_WINDOW_SLOTS {k.MAX_WINDOW_SLOTS}ULL",
         c_bytes("SEED_CONFIG", k.SEED_CONFIG),
         c_bytes("SEED_MODEL", k.SEED_MODEL),
         c_bytes("SEED_NODE", k.SEED_NODE),

@@ -10,6 +10,9 @@ from enum import IntEnum
 BPS = 10_000
 MAX_TASKS = 48
 MAX_SPECIALIZED = 8
+# No window the config sets may exceed this (about 4.6 days at 400 ms slots): a bad config cannot lock
+# funds for good either.
+MAX_WINDOW_SLOTS = 1_000_000
 DEFAULT_VERIFY_RATE_BPS = 800
 
 SEED_CONFIG = b"config"
@@ -37,6 +40,7 @@ class TaskStatus(IntEnum):
     RESOLVED = 7  # the arbiter decided; payable or slashable
     SETTLED = 8  # paid; terminal
     FAILED = 9  # the node cheated and was slashed; terminal, its price goes back to the client
+    RELEASED = 10  # never fed (or given up): unpaid, its price goes back to the client; terminal
 
 
 class Verdict(IntEnum):
@@ -72,6 +76,10 @@ class Ix(IntEnum):
     EXPIRE = 17
     CLOSE_JOB = 18
     COLLECT_FEES = 19
+    REVEAL_SECRET = 20
+    RECEIVE_INPUT = 21
+    RELEASE_TASK = 22
+    TAKE_OVER = 23
 
 
 class ErrorCode(IntEnum):
@@ -106,3 +114,7 @@ class ErrorCode(IntEnum):
     TOO_LATE = 27
     BAD_PROGRAM = 28
     NOT_SPECIALIZED = 29
+    WINDOW_TOO_LONG = 30
+    BAD_SECRET = 31
+    NOT_DRAWN = 32
+    INPUT_RECEIVED = 33

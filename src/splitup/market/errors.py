@@ -200,6 +200,30 @@ class NotSpecializedError(ProgramError):
     code = ErrorCode.NOT_SPECIALIZED
 
 
+class WindowTooLongError(ProgramError):
+    """A deadline or timeout longer than the market config allows."""
+
+    code = ErrorCode.WINDOW_TOO_LONG
+
+
+class BadSecretError(ProgramError):
+    """The revealed draw secret does not open the job's committed hash (or was already revealed)."""
+
+    code = ErrorCode.BAD_SECRET
+
+
+class NotDrawnError(ProgramError):
+    """The validator is not (yet) drawn for this task: its turn in the on-chain lottery has not come."""
+
+    code = ErrorCode.NOT_DRAWN
+
+
+class InputReceivedError(ProgramError):
+    """The node receipted its input: the task cannot be released as never fed."""
+
+    code = ErrorCode.INPUT_RECEIVED
+
+
 ERRORS: dict[int, type[ProgramError]] = {int(cls.code): cls for cls in ProgramError.__subclasses__() if cls.code}
 
 _CUSTOM = re.compile(r"Custom\((\d+)\)")

@@ -15,16 +15,19 @@ from solders.sysvar import SLOT_HASHES
 
 from splitup.market.constants import MAX_SPECIALIZED, Ix
 from splitup.market.layout import (
+    AcceptArgs,
     AddModelTasksArgs,
     AmountArgs,
     ArbitrateArgs,
     CommitArgs,
+    HashArgs,
     InitConfigArgs,
     ModelTask,
     PostJobArgs,
     Record,
     RegisterModelArgs,
     RegisterNodeArgs,
+    SecretArgs,
     SpecializeArgs,
     TaskArgs,
     VerdictArgs,
@@ -101,29 +104,57 @@ def specialize(pid: Pubkey, owner: Pubkey, task_ids: Sequence[bytes]) -> Instruc
 
 
 def post_job(pid: Pubkey, client: Pubkey, model: Pubkey, nonce: int, max_fee: int, input_hash: bytes,
-             deadline_slots: int, task_timeout_slots: int) -> Instruction:
+             deadline_slots: int, task_timeout_slots: int, secret_hash: bytes = bytes(32)) -> Instruction:
+    """``secret_hash``: sha256 of the client's 32-byte draw secret (``reveal_secret`` opens it)."""
     job = job_pda(pid, client, nonce)
     return _ix(pid, Ix.POST_JOB,
                [_w(client, True), _w(job), _w(escrow_pda(pid, job)), _r(model), _r(config_pda(pid)),
                 _r(SYSTEM_PROGRAM)],
                PostJobArgs(nonce=nonce, max_fee=max_fee, deadline_slots=deadline_slots,
-                           task_timeout_slots=task_timeout_slots, input_hash=input_hash))
+                           task_timeout_slots=task_timeout_slots, input_hash=input_hash, secret_hash=secret_hash))
 
 
-def accept_task(pid: Pubkey, owner: Pubkey, job: Pubkey, model: Pubkey, index: int) -> Instruction:
+def accept_task(pid: Pubkey, owner: Pubkey, job: Pubkey, model: Pubkey, index: int, collateral: int = 0) -> Instruction:
+    """``collateral`` 0 locks the minimum for the task's price; more lowers its sampling rate."""
     return _ix(pid, Ix.ACCEPT_TASK,
                [_r(owner, True), _w(node_pda(pid, owner)), _w(job), _r(config_pda(pid)), _r(model)],
+               AcceptArgs(index=index, collateral=collateral))
+
+
+def receive_input(pid: Pubkey, owner: Pubkey, job: Pubkey, index: int, input_hash: bytes) -> Instruction:
+    return _ix(pid, Ix.RECEIVE_INPUT, [_r(owner, True), _r(node_pda(pid, owner)), _w(job)],
+               HashArgs(index=index, hash=input_hash))
+
+
+def commit_result(pid: Pubkey, owner: Pubkey, job: Pubkey, index: int, commitment: bytes,
+                  seal: bytes = bytes(32)) -> Instruction:
+    """``seal``: sha256 of the executor's work digest (``splitup.verify.digest``); a validator that
+    re-executed reveals the same digest."""
+    return _ix(pid, Ix.COMMIT_RESULT, [_r(owner, True), _r(node_pda(pid, owner)), _w(job)],
+               CommitArgs(index=index, commitment=commitment, seal=seal))
+
+
+def reveal_secret(pid: Pubkey, client: Pubkey, job: Pubkey, secret: bytes) -> Instruction:
+    return _ix(pid, Ix.REVEAL_SECRET, [_r(client, True), _w(job)], SecretArgs(secret=secret))
+
+
+def sample(pid: Pubkey, job: Pubkey, index: int) -> Instruction:
+    return _ix(pid, Ix.SAMPLE, [_w(job), _r(SLOT_HASHES)], TaskArgs(index=index))
+
+
+def release_task(pid: Pubkey, signer: Pubkey, job: Pubkey, index: int, node: Pubkey) -> Instruction:
+    """``signer``: the job's client or the task's node owner; ``node``: the task's node (any node
+    account for a task nobody accepted)."""
+    return _ix(pid, Ix.RELEASE_TASK, [_r(signer, True), _w(job), _w(node), _w(config_pda(pid))],
                TaskArgs(index=index))
 
 
-def commit_result(pid: Pubkey, owner: Pubkey, job: Pubkey, index: int, commitment: bytes) -> Instruction:
-    return _ix(pid, Ix.COMMIT_RESULT, [_r(owner, True), _r(node_pda(pid, owner)), _w(job)],
-               CommitArgs(index=index, commitment=commitment))
-
-
-def sample(pid: Pubkey, job: Pubkey, index: int, node: Pubkey) -> Instruction:
-    """``node`` is the task's node account: its record sets the (adaptive) verification rate."""
-    return _ix(pid, Ix.SAMPLE, [_w(job), _r(SLOT_HASHES), _r(node)], TaskArgs(index=index))
+def take_over(pid: Pubkey, client: Pubkey, standin_owner: Pubkey, job: Pubkey, model: Pubkey, index: int,
+              failed_node: Pubkey, collateral: int = 0) -> Instruction:
+    return _ix(pid, Ix.TAKE_OVER,
+               [_r(client, True), _r(standin_owner, True), _w(node_pda(pid, standin_owner)), _w(failed_node),
+                _w(job), _w(config_pda(pid)), _r(model)],
+               AcceptArgs(index=index, collateral=collateral))
 
 
 def assign_validator(pid: Pubkey, owner: Pubkey, job: Pubkey, model: Pubkey, index: int) -> Instruction:

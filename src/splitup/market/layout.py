@@ -142,6 +142,18 @@ class Config(Record):
     new_node_half_life: int = wire(U64)
     failed_bps: int = wire(U64)
     failed_half_life: int = wire(U64)
+    # economic soundness (docs/posp.md "The rule the program applies"): collateral scales with price and
+    # every task's rate is at least the rate at which cheating loses money
+    collateral_bps: int = wire(U64)
+    collusion_bps: int = wire(U64)
+    liveness_slash_bps: int = wire(U64)
+    rep_min_price: int = wire(U64)  # one reputation credit; cheaper tasks earn none
+    # bounded windows: what a client may ask for, and the windows the market sets
+    max_deadline_slots: int = wire(U64)
+    max_task_timeout_slots: int = wire(U64)
+    arbiter_timeout_slots: int = wire(U64)
+    reveal_slots: int = wire(U64)
+    validator_ramp_slots: int = wire(U64)
 
 
 @dataclass(kw_only=True)
@@ -188,8 +200,10 @@ class Node(Record):
     tasks_done: int = wire(U64)
     verified: int = wire(U64)
     failed: int = wire(U64)
-    since_failure: int = wire(U64)  # honest tasks settled since the last failed verdict
+    since_failure: int = wire(U64)  # reputation credits earned since the last failed verdict
     special_count: int = wire(U64)
+    reputation: int = wire(U64)  # credits of verified work paid by other parties (price / rep_min_price)
+    liveness_faults: int = wire(U64)
     endpoint: bytes = wire(BYTES(64))
     specialized: bytes = wire(BYTES(32 * 8))
 
@@ -203,18 +217,24 @@ class TaskSlot(Record):
     sampled: int = wire(U8)
     verdict: int = wire(U8)
     arbitration: int = wire(U8)
-    _pad0: bytes = pad(4)
+    received: int = wire(U8)  # 1 once the node receipted its input (or took the task over with it)
+    proved: int = wire(U8)  # 1 when the validator's work digest opened the executor's seal
+    standin: int = wire(U8)  # 1 when ``node`` took the task over from a node that failed
+    _pad0: bytes = pad(1)
     node: Pubkey = wire(PUBKEY)
     validator: Pubkey = wire(PUBKEY)
     commitment: bytes = wire(BYTES(32))
-    validator_hash: bytes = wire(BYTES(32))
+    # sha256 of the executor's work digest, committed with the result; a validator's digest that opens it
+    # proves re-execution (the whole job account must fit one 10 KiB creation, hence one field for both)
+    seal: bytes = wire(BYTES(32))
     price: int = wire(U64)
     collateral: int = wire(U64)
     validator_collateral: int = wire(U64)
     deadline: int = wire(U64)
     committed_slot: int = wire(U64)
     draw: int = wire(U64)
-    rate_bps: int = wire(U64)  # the verification rate the draw was compared with
+    rate_bps: int = wire(U64)  # the verification rate, fixed when the result was committed
+    sampled_slot: int = wire(U64)
 
 
 @dataclass(kw_only=True)
@@ -243,6 +263,17 @@ class JobHeader(Record):
     new_node_half_life: int = wire(U64)
     failed_bps: int = wire(U64)
     failed_half_life: int = wire(U64)
+    secret_hash: bytes = wire(BYTES(32))  # sha256 of the client's draw secret, committed with the job
+    secret: bytes = wire(BYTES(32))  # the secret once revealed
+    client_node: Pubkey = wire(PUBKEY)  # the client's own node address: its work here earns no reputation
+    revealed_slot: int = wire(U64)  # 0 until the secret is revealed
+    slash_bps: int = wire(U64)
+    collusion_bps: int = wire(U64)
+    rep_min_price: int = wire(U64)
+    validator_timeout_slots: int = wire(U64)
+    arbiter_timeout_slots: int = wire(U64)
+    reveal_slots: int = wire(U64)
+    validator_ramp_slots: int = wire(U64)
 
 
 # ---------------------------------------------------------------- instruction arguments (after the u8 tag)
@@ -263,6 +294,15 @@ class InitConfigArgs(Record):
     new_node_half_life: int = wire(U64)
     failed_bps: int = wire(U64)
     failed_half_life: int = wire(U64)
+    collateral_bps: int = wire(U64)
+    collusion_bps: int = wire(U64)
+    liveness_slash_bps: int = wire(U64)
+    rep_min_price: int = wire(U64)
+    max_deadline_slots: int = wire(U64)
+    max_task_timeout_slots: int = wire(U64)
+    arbiter_timeout_slots: int = wire(U64)
+    reveal_slots: int = wire(U64)
+    validator_ramp_slots: int = wire(U64)
 
 
 @dataclass(kw_only=True)
@@ -316,6 +356,7 @@ class PostJobArgs(Record):
     deadline_slots: int = wire(U64)
     task_timeout_slots: int = wire(U64)
     input_hash: bytes = wire(BYTES(32))
+    secret_hash: bytes = wire(BYTES(32))
 
 
 @dataclass(kw_only=True)
@@ -325,10 +366,35 @@ class TaskArgs(Record):
 
 
 @dataclass(kw_only=True)
+class AcceptArgs(Record):
+    """``collateral`` 0 locks the minimum; more lowers the task's sampling rate."""
+
+    C_NAME: ClassVar[str] = "AcceptArgs"
+    index: int = wire(U64)
+    collateral: int = wire(U64)
+
+
+@dataclass(kw_only=True)
 class CommitArgs(Record):
     C_NAME: ClassVar[str] = "CommitArgs"
     index: int = wire(U64)
     commitment: bytes = wire(BYTES(32))
+    seal: bytes = wire(BYTES(32))
+
+
+@dataclass(kw_only=True)
+class HashArgs(Record):
+    """A task index and 32 bytes: a receipted input hash."""
+
+    C_NAME: ClassVar[str] = "HashArgs"
+    index: int = wire(U64)
+    hash: bytes = wire(BYTES(32))
+
+
+@dataclass(kw_only=True)
+class SecretArgs(Record):
+    C_NAME: ClassVar[str] = "SecretArgs"
+    secret: bytes = wire(BYTES(32))
 
 
 @dataclass(kw_only=True)
@@ -358,7 +424,10 @@ ARG_LAYOUTS: tuple[type[Record], ...] = (
     SpecializeArgs,
     PostJobArgs,
     TaskArgs,
+    AcceptArgs,
     CommitArgs,
+    HashArgs,
+    SecretArgs,
     VerdictArgs,
     ArbitrateArgs,
 )

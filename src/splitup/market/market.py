@@ -26,7 +26,7 @@ from splitup.market.accounts import (
 )
 from splitup.market.constants import BPS, DEFAULT_VERIFY_RATE_BPS, AccountTag, TaskStatus
 from splitup.market.errors import MarketError
-from splitup.market.layout import Config, InitConfigArgs, ModelTask, Node
+from splitup.market.layout import Config, InitConfigArgs, ModelTask, Node, TaskSlot
 from splitup.market.pda import config_pda, escrow_pda, job_pda, model_pda, node_pda
 from splitup.market.transport import Transport, TxResult
 
@@ -41,18 +41,29 @@ class MarketParams:
 
     verify_rate_bps: int = DEFAULT_VERIFY_RATE_BPS
     min_stake: int = LAMPORTS_PER_SOL
-    task_collateral: int = LAMPORTS_PER_SOL // 10
-    slash_bps: int = 5_000
+    task_collateral: int = LAMPORTS_PER_SOL // 10  # the least collateral a task locks
+    slash_bps: int = 10_000  # provable cheating: the whole collateral
     validator_reward: int = 2_000_000
     protocol_fee_bps: int = 100
     unbonding_slots: int = 100
-    validator_timeout_slots: int = 150
+    validator_timeout_slots: int = 150  # to take a sampled task up, and then to vote
     # adaptive rate, as splitup.verify.sampling.SamplingPolicy: new nodes and nodes caught cheating are
-    # checked more often, the extra halving every half-life of honest tasks
+    # checked more often, the extra halving every half-life of reputation credits
     new_node_bps: int = 3_000
     new_node_half_life: int = 25
     failed_bps: int = 5_000
     failed_half_life: int = 50
+    # soundness: collateral >= price * collateral_bps, and every task's rate p satisfies
+    # p (1 - collusion) (price + collateral * slash) > price (docs/posp.md)
+    collateral_bps: int = 30_000
+    collusion_bps: int = 1_000
+    liveness_slash_bps: int = 1_000  # late with an input it receipted: a tenth of the collateral
+    rep_min_price: int = 1_000_000  # one reputation credit = 0.001 SOL of verified third-party work
+    max_deadline_slots: int = 20_000
+    max_task_timeout_slots: int = 10_000
+    arbiter_timeout_slots: int = 300
+    reveal_slots: int = 50
+    validator_ramp_slots: int = 8
 
     @classmethod
     def flat(cls, rate_bps: int, **kw: int) -> MarketParams:
@@ -68,11 +79,26 @@ def commitment_of(output: bytes) -> bytes:
     return hashlib.sha256(output).digest()
 
 
+def seal_of(digest: bytes) -> bytes:
+    """The seal an executor commits with its result: sha256 of its 32-byte work digest. A validator's
+    verdict proves re-execution when the digest it submits hashes to this."""
+    return hashlib.sha256(digest).digest()
+
+
+def validator_ticket(task: TaskSlot, node: Pubkey) -> int:
+    """A holder's ticket in the on-chain validator lottery (ix_assign_validator's ``drawn``)."""
+    h = hashlib.sha256(bytes(task.commitment) + task.draw.to_bytes(8, "little") + bytes(node))
+    return int.from_bytes(h.digest()[:8], "little") % BPS
+
+
 class Market:
     def __init__(self, transport: Transport, program_id: Pubkey, payer: Keypair) -> None:
         self.t = transport
         self.program_id = program_id
         self.payer = payer
+        # draw secrets of the jobs this process posted, until revealed (lost on a crash: the chain then
+        # verifies those tasks, the safe default)
+        self.secrets: dict[Pubkey, tuple[Keypair, bytes]] = {}
 
     # ------------------------------------------------------------------ addresses
     @property
@@ -182,37 +208,97 @@ class Market:
 
     # ------------------------------------------------------------------ jobs
     def post_job(self, client: Keypair, model: Pubkey, input_hash: bytes, *, max_fee: int | None = None,
-                 deadline_slots: int = 1_000, task_timeout_slots: int = 200, nonce: int | None = None) -> TxResult:
-        """Escrow ``max_fee`` (default: exactly the required fee) for every task of ``model``."""
+                 deadline_slots: int = 1_000, task_timeout_slots: int = 200, nonce: int | None = None,
+                 secret: bytes | None = None) -> TxResult:
+        """Escrow ``max_fee`` (default: exactly the required fee) for every task of ``model``, committing
+        to a fresh draw secret (kept in ``self.secrets`` for ``reveal_secret``)."""
         nonce = secrets.randbits(63) if nonce is None else nonce
+        secret = secrets.token_bytes(32) if secret is None else secret
         fee = self.required_fee(model) if max_fee is None else max_fee
         res = self.t.send([ix.post_job(self.program_id, client.pubkey(), model, nonce, fee, input_hash,
-                                       deadline_slots, task_timeout_slots)], [client])
+                                       deadline_slots, task_timeout_slots, hashlib.sha256(secret).digest())],
+                          [client])
         res.address = self.job_address(client.pubkey(), nonce)
+        self.secrets[res.address] = (client, secret)
         return res
 
-    def accept_task(self, node_owner: Keypair, job: Pubkey, index: int) -> TxResult:
+    def accept_task(self, node_owner: Keypair, job: Pubkey, index: int, collateral: int = 0) -> TxResult:
+        """Lock collateral for the task (at least the minimum for its price; more lowers its rate)."""
         model = self.job(job).header.model
-        return self.t.send([ix.accept_task(self.program_id, node_owner.pubkey(), job, model, index)], [node_owner])
-
-    def commit_result(self, node_owner: Keypair, job: Pubkey, index: int, commitment: bytes) -> TxResult:
-        return self.t.send([ix.commit_result(self.program_id, node_owner.pubkey(), job, index, commitment)],
+        return self.t.send([ix.accept_task(self.program_id, node_owner.pubkey(), job, model, index, collateral)],
                            [node_owner])
 
+    def min_collateral(self, price: int) -> int:
+        cfg = self.config()
+        return max(cfg.task_collateral, price * cfg.collateral_bps // BPS)
+
+    def receive_input(self, node_owner: Keypair, job: Pubkey, index: int, input_hash: bytes) -> TxResult:
+        """Receipt the task's input on chain: protects the node's pay from a client release, and makes a
+        failure to deliver from now on a liveness fault."""
+        return self.t.send([ix.receive_input(self.program_id, node_owner.pubkey(), job, index, input_hash)],
+                           [node_owner])
+
+    def commit_result(self, node_owner: Keypair, job: Pubkey, index: int, commitment: bytes,
+                      seal: bytes = bytes(32)) -> TxResult:
+        return self.t.send([ix.commit_result(self.program_id, node_owner.pubkey(), job, index, commitment, seal)],
+                           [node_owner])
+
+    def reveal_secret(self, client: Keypair, job: Pubkey, secret: bytes | None = None) -> TxResult:
+        """Open the job's draw secret; call it once the results to be drawn are committed (a result
+        committed later is always verified)."""
+        secret = self.secrets[job][1] if secret is None else secret
+        res = self.t.send([ix.reveal_secret(self.program_id, client.pubkey(), job, secret)], [client])
+        self.secrets.pop(job, None)
+        return res
+
     def sample(self, job: Pubkey, index: int) -> bool:
-        """Draw whether the committed task is verified; True when it was sampled."""
-        node = self.job(job).tasks[index].node
-        self.t.send([ix.sample(self.program_id, job, index, node)], [self.payer])
+        """Draw whether the committed task is verified; True when it was sampled. A job this facade
+        posted has its secret revealed first if it still holds it."""
+        if job in self.secrets and self.job(job).header.revealed_slot == 0:
+            self.reveal_secret(self.secrets[job][0], job)
+        self.t.send([ix.sample(self.program_id, job, index)], [self.payer])
         return bool(self.job(job).tasks[index].sampled)
 
-    def assign_validator(self, validator_owner: Keypair, job: Pubkey, index: int) -> TxResult:
-        """Take a sampled task up for checking; the validator's node must specialise in the task."""
+    def release_task(self, signer: Keypair, job: Pubkey, index: int) -> TxResult:
+        """Give a task up unpaid: the client for an unaccepted or never-fed task, the node for its own
+        (with the liveness penalty if it had receipted its input)."""
+        t = self.job(job).tasks[index]
+        node = t.node if t.node != Pubkey.default() else self.config_address
+        return self.t.send([ix.release_task(self.program_id, signer.pubkey(), job, index, node)], [signer])
+
+    def take_over(self, client: Keypair, standin_owner: Keypair, job: Pubkey, index: int,
+                  collateral: int = 0) -> TxResult:
+        """Hand an accepted, uncommitted task to a stand-in node (recorded on chain as its executor)."""
+        info = self.job(job)
+        return self.t.send([ix.take_over(self.program_id, client.pubkey(), standin_owner.pubkey(), job,
+                                         info.header.model, index, info.tasks[index].node, collateral)],
+                           [client, standin_owner])
+
+    def validator_turn(self, job: Pubkey, index: int, validator_owner: Pubkey) -> int:
+        """The first slot at which this holder may take the sampled task up (the on-chain lottery)."""
+        info = self.job(job)
+        t = info.tasks[index]
+        ramp = info.header.validator_ramp_slots
+        if ramp == 0:
+            return t.sampled_slot
+        ticket = validator_ticket(t, self.node_address(validator_owner))
+        return t.sampled_slot + min(ramp, ticket * ramp // BPS)
+
+    def assign_validator(self, validator_owner: Keypair, job: Pubkey, index: int, *, wait: bool = True) -> TxResult:
+        """Take a sampled task up for checking; the validator's node must specialise in the task, and its
+        turn in the on-chain lottery must have come (``wait``: let the clock reach it first)."""
         model = self.job(job).header.model
+        if wait:
+            turn = self.validator_turn(job, index, validator_owner.pubkey())
+            if turn > self.t.slot():
+                self.t.advance(turn - self.t.slot())
         return self.t.send([ix.assign_validator(self.program_id, validator_owner.pubkey(), job, model, index)],
                            [validator_owner])
 
     def submit_verdict(self, validator_owner: Keypair, job: Pubkey, index: int, agree: bool,
                        result_hash: bytes) -> TxResult:
+        """``result_hash``: the validator's own work digest; it proves re-execution when it opens the
+        executor's seal (only then does an agreement earn the reward)."""
         return self.t.send([ix.submit_verdict(self.program_id, validator_owner.pubkey(), job, index, agree,
                                               result_hash)], [validator_owner])
 

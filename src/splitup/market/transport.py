@@ -7,6 +7,7 @@ against LiteSVM in tests, the embedded local validator, devnet or mainnet.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -83,8 +84,9 @@ def _from_solders(acc: Account | None) -> AccountData | None:
 
 
 def next_slot_hash(previous: Hash, slot: int) -> Hash:
-    """A deterministic stand-in for a bank hash: unpredictable before the slot without real consensus."""
-    return Hash(hashlib.sha256(bytes(previous) + slot.to_bytes(8, "little")).digest())
+    """A stand-in for a bank hash. Fresh OS randomness goes into each one: a hash chained only from the
+    previous one and the slot would let a node compute future slot hashes and grind its draw."""
+    return Hash(hashlib.sha256(bytes(previous) + slot.to_bytes(8, "little") + os.urandom(32)).digest())
 
 
 class LiteSvmTransport:

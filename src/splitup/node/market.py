@@ -19,9 +19,9 @@ from solders.pubkey import Pubkey
 
 from splitup.errors import SplitUpError
 from splitup.market.market import Market
+from splitup.node.agent import MarketAgent, RecordingNode
 from splitup.node.app import create_app
 from splitup.node.node import NodeConfig
-from splitup.sdk.agent import MarketAgent, RecordingNode
 from splitup.sdk.chain import connect
 from splitup.verify.cheats import Cheat
 

@@ -1,4 +1,4 @@
-"""The Python SDK: ``Client`` runs models on the market; the catalog, agent and reports underneath.
+"""The Python SDK: ``Client`` runs models on the market; the catalog and reports underneath.
 
 ``import splitup.sdk`` stays light: the client (solana-py, httpx, the pipeline) loads on first use.
 """

@@ -130,7 +130,10 @@ class JobRunner:
             rep.executed_flops = estimated_flops(ex.task(job, i), t)
             rep.handoff_mismatches = [bad for up in anns[:i] for bad in handoff_mismatches(up, t)]
 
-        m.t.advance(1)  # the draw uses the hash of the first slot after the commitment
+        # every result is committed: the client opens its draw secret, and the draw mixes it with the hash
+        # of the first slot after each commitment
+        m.reveal_secret(self.client, job)
+        m.t.advance(1)
         for i in range(count):
             rep = report.tasks[i]
             rep.sampled = m.sample(job, i)
@@ -191,12 +194,15 @@ class JobRunner:
         candidates = self.validator_candidates(job, index)
         if not candidates:
             rep.reason = "no validator holds this task; released unverified when the window passed"
-            m.t.advance(m.job(job).header.task_timeout_slots + 1)
+            m.t.advance(m.job(job).header.validator_timeout_slots + 1)
             m.expire(job, index)
             return
-        # The on-chain draw (unknown before the commitment) picks the validator, so neither the node nor
-        # the coordinator chooses who checks.
-        chosen = candidates[int(m.job(job).tasks[index].draw) % len(candidates)]
+        # The chain's lottery picks the validator: each holder's turn comes from the draw (unknown before
+        # the commitment); the first whose turn comes takes the task up.
+        turns = {id(v): m.validator_turn(job, index, v.pubkey) for v in candidates}
+        chosen = min(candidates, key=lambda v: turns[id(v)])
+        if turns[id(chosen)] > m.t.slot():
+            m.t.advance(turns[id(chosen)] - m.t.slot())
         check = chosen.validate(job, index, ann)
         rep.validator, rep.verdict, rep.reason = str(chosen.pubkey), "agree" if check.agree else "disagree", check.reason
         if chosen.behaviour is Behaviour.HONEST:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ LOGITS = "logits"
 class Replay:
     outputs: list[dict[str, np.ndarray]]  # boundary outputs per call
     seconds: float
+    state: dict[str, np.ndarray] = field(default_factory=dict)  # the cache after the last call
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ def replay(runner: Runner, transcript: Transcript) -> Replay:
     for step in transcript.steps:
         result, state = run_stateful(runner, step.inputs, state)
         outs.append({k: v for k, v in result.items() if k not in held})
-    return Replay(outs, time.perf_counter() - start)
+    return Replay(outs, time.perf_counter() - start, state)
 
 
 def judge(transcript: Transcript, replayed: Replay, tol: Tolerance = DEFAULT_TOLERANCE) -> Judgement:

@@ -26,7 +26,7 @@ from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 from solders.signature import Signature
 
-from splitup.market import Market
+from splitup.market import Market, seal_of
 from splitup.partition.task import PlanError, TaskDefinition, load_task
 from splitup.runtime import Engine, EngineError, Runner, run_stateful
 from splitup.storage import StorageError
@@ -34,6 +34,7 @@ from splitup.verify.blobs import Blobs, BundleSource
 from splitup.verify.cheats import Behaviour, Cheat
 from splitup.verify.commitment import commitment as commit_tensors
 from splitup.verify.compare import DEFAULT_TOLERANCE, Tolerance
+from splitup.verify.digest import work_digest, work_tensors
 from splitup.verify.errors import VerifyError
 from splitup.verify.replay import ReferenceRunner, estimated_flops, judge, replay
 from splitup.verify.transcript import DEFAULT_MAX_BYTES, BadTranscript, Transcript, boundary_outputs
@@ -84,6 +85,14 @@ class Announcement:
             return Signature.from_bytes(self.signature).verify(owner, self.message())
         except ValueError:
             return False
+
+
+def input_digest(feeds: Mapping[str, np.ndarray]) -> bytes:
+    """sha256 over a call's feeds (names sorted, raw bytes): what a node receipts on chain."""
+    h = hashlib.sha256()
+    for name in sorted(feeds):
+        h.update(name.encode() + b"\0" + np.ascontiguousarray(feeds[name]).tobytes())
+    return h.digest()
 
 
 def task_id_of(market: Market, job: Pubkey, index: int) -> str:
@@ -149,6 +158,10 @@ class Executor:
     def call(self, job: Pubkey, index: int, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one call of the task (the KV cache stays here) and record it; returns the boundary outputs."""
         work = self._get(job, index)
+        if not work.transcript.steps:
+            # receipt the first input on chain: from here on not delivering is this node's fault, and
+            # the client can no longer release the task (and its pay) from under it
+            self.market.receive_input(self.owner, job, index, input_digest(feeds))
         runner = self._loaded.runner(work.transcript.task_id)
         start = time.perf_counter()
         outs, work.state = run_stateful(runner, feeds, work.state)
@@ -178,13 +191,18 @@ class Executor:
         return self._get(job, index).transcript
 
     def commit(self, job: Pubkey, index: int) -> Announcement:
-        """Upload the transcript, then commit to it on chain (the upload first: a commitment whose
-        transcript cannot be fetched would lose any dispute)."""
+        """Upload the transcript, then commit to it on chain, sealed with the digest of the work (the
+        upload first: a commitment whose transcript cannot be fetched would lose any dispute)."""
         work = self._get(job, index)
         t = work.transcript
         sha = self.blobs.put(t.to_bytes())
         c = t.commitment()
-        self.market.commit_result(self.owner, job, index, c)
+        state = work.state
+        if not state and work.task.state and t.steps:
+            # recorded elsewhere (the node daemon's session): the cache is not here, so run it again
+            state = replay(self._loaded.runner(t.task_id), t).state
+        last = t.steps[-1].outputs if t.steps else {}
+        self.market.commit_result(self.owner, job, index, c, seal_of(work_digest(c, work_tensors(state, last))))
         work.state.clear()  # the KV cache is no longer needed; the transcript is the record
         return Announcement(str(job), index, t.task_id, sha, c, t.fingerprints()).signed(self.owner)
 
@@ -200,7 +218,7 @@ class Check:
 
     agree: bool
     reason: str
-    result_hash: bytes
+    result_hash: bytes  # the work digest of the validator's own re-execution (random when it has none)
     seconds: float = 0.0
     flops: int = 0
     calls: int = 0
@@ -239,8 +257,9 @@ class Validator:
             return Check(False, f"cannot re-execute the transcript: {exc}",
                          commit_tensors({"rejected": np.zeros(1, np.uint8)}, salt))
         verdict = judge(t, replayed, self.tol)
-        mine = {f"step{i}.out.{k}": v for i, outs in enumerate(replayed.outputs) for k, v in outs.items()}
-        return Check(verdict.match, verdict.reason, commit_tensors(mine, salt), replayed.seconds,
+        last = replayed.outputs[-1] if replayed.outputs else {}
+        digest = work_digest(committed, work_tensors(replayed.state, last))
+        return Check(verdict.match, verdict.reason, digest, replayed.seconds,
                      estimated_flops(runner.task, t), len(t.steps))
 
     def validate(self, job: Pubkey, index: int, ann: Announcement | None) -> Check:
@@ -253,7 +272,8 @@ class Validator:
         slot = self.market.job(job).tasks[index]
         committed, node_owner = bytes(slot.commitment), self.market.node_at(slot.node).owner
         if self.behaviour is Behaviour.LAZY:
-            check = Check(True, "lazy: agreed without re-executing", committed)
+            # no re-execution, so no work digest: the agreement is unproved and earns no reward
+            check = Check(True, "lazy: agreed without re-executing", secrets.token_bytes(32))
         elif self.behaviour is Behaviour.LIAR:
             check = Check(False, "liar: disagreed whatever the output", secrets.token_bytes(32))
         else:

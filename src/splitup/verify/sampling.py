@@ -2,8 +2,12 @@
 
 The coin (docs/posp.md, "Sampling rule") must give the same answer in Python and in the C program:
 
-    seed    = sha256(slot_hash || commitment)          # 32 bytes, known only after the commitment
+    seed    = sha256(slot_hash || commitment || secret)   # known only after the commitment and the reveal
     sampled = u64_le(seed[0:8]) % 10000 < rate_bps
+
+``secret`` is the client's 32-byte draw secret, committed (hashed) with the job and revealed after the
+results; the program verifies a task whose secret was not revealed in time (or was revealed before the
+task's result was committed), whatever the coin says.
 
 The rate is integer basis points and the adaptive policy uses only integer shifts, so the program can
 compute it without floating point.
@@ -20,15 +24,17 @@ BPS = 10_000
 BASE_RATE_BPS = 800
 
 
-def sampling_seed(slot_hash: bytes, commitment: bytes) -> bytes:
-    """The 32-byte seed for one task: sha256(slot_hash || commitment).
+def sampling_seed(slot_hash: bytes, commitment: bytes, secret: bytes = bytes(32)) -> bytes:
+    """The 32-byte seed for one task: sha256(slot_hash || commitment || secret).
 
-    The slot hash is unknown when the node commits, and the commitment is fixed before the slot hash
-    is, so neither the node nor the block producer alone chooses whether the task is checked.
+    The slot hash is unknown when the node commits, the commitment is fixed before the slot hash is, and
+    the client's secret is fixed (hashed) before either and revealed after both: the node cannot grind its
+    commitment without the secret, the client alone does not know the slot hash or the commitment when it
+    chooses the secret, and a block leader biasing its slot hash does not know the secret.
     """
-    if len(slot_hash) != 32 or len(commitment) != 32:
-        raise BadSamplingInput("slot hash and commitment must be 32 bytes each")
-    return hashlib.sha256(bytes(slot_hash) + bytes(commitment)).digest()
+    if len(slot_hash) != 32 or len(commitment) != 32 or len(secret) != 32:
+        raise BadSamplingInput("slot hash, commitment and secret must be 32 bytes each")
+    return hashlib.sha256(bytes(slot_hash) + bytes(commitment) + bytes(secret)).digest()
 
 
 def should_sample(seed: bytes, rate_bps: int) -> bool:

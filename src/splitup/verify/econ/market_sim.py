@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from splitup.verify.compare import DEFAULT_TOLERANCE, Tolerance, compare_outputs
-from splitup.verify.econ import Game, cheat_profit
+from splitup.verify.econ.game import Game, cheat_profit
 from splitup.verify.sampling import BPS, NodeRecord, SamplingPolicy
 
 HONEST, LAZY, SUBTLE = "honest", "lazy", "subtle"

@@ -12,7 +12,7 @@ from typing import Literal
 
 import numpy as np
 
-from splitup.verify.econ import Game
+from splitup.verify.econ.game import Game
 from splitup.verify.sampling import BPS, SamplingPolicy
 
 
