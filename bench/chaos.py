@@ -70,7 +70,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="splitup-chaos-") as tmp:
         root = a.keep or Path(tmp)
         prep = prepare(root, smaller=True, tasks=3, nodes=4, workspace=0, prompt="unused")
-        with local_market(root, prep.model, prep.plan_dir, prep.budgets, verify_rate_bps=a.verify_rate_bps) as net:
+        with local_market(root, prep.model, prep.plan_dir, prep.budgets, verify_rate_bps=a.verify_rate_bps,
+                          validator_timeout_slots=600) as net:
             gw = start_gateway(net, port=free_port())
             report = run_chaos(net, gw, requests=a.requests, concurrency=a.concurrency, seed=a.seed,
                                gap=(gap[0], gap[1]), say=console.print)

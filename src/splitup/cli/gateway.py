@@ -32,6 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     start.add_argument("--max-queue", type=int, default=16, help="requests waiting for room (default 16)")
     start.add_argument("--queue-timeout", type=float, default=20.0,
                        help="seconds a request may wait for room before 429 (default 20; 0 refuses at once)")
+    start.add_argument("--task-timeout-slots", type=int, default=3000,
+                       help="slots a node has for a task once accepted (bounded by the market's config)")
+    start.add_argument("--deadline-slots", type=int, default=6000, help="slots until a job's deadline")
     start.add_argument("--log-level", default="warning")
     start.set_defaults(func=cmd_start)
 
@@ -45,7 +48,8 @@ def cmd_start(args: argparse.Namespace) -> int:
     from splitup.sdk.client import Client
 
     client = Client(args.rpc_url, Path(args.keypair or default_keypair_path()), store_url=args.store,
-                    program_id=args.program_id)
+                    program_id=args.program_id, task_timeout_slots=args.task_timeout_slots,
+                    deadline_slots=args.deadline_slots)
     db = args.db or Path(".splitup") / f"gateway-{str(client.payer.pubkey())[:8]}.sqlite"
     print(f"splitup gateway: http://{args.host}:{args.port}/ (console), /v1 (OpenAI API); paying from "
           f"{client.payer.pubkey()}; jobs in {db}", flush=True)

@@ -321,11 +321,16 @@ def run_chaos(net: LocalMarket, gateway: Child, *, requests: int = 30, concurren
     return report
 
 
-def start_gateway(net: LocalMarket, *, port: int, queue_timeout: float = 10.0, max_running: int = 3) -> Child:
+def start_gateway(net: LocalMarket, *, port: int, queue_timeout: float = 10.0, max_running: int = 3,
+                  task_timeout_slots: int = 600) -> Child:
+    """The gateway process, with short task windows (60 s at the local ledger's 100 ms slots): a node
+    killed after receipting its input is expired, with the liveness penalty, within the run."""
     gw = net.procs.start("gateway", ["-m", "splitup", "gateway", "start", "--rpc-url", net.rpc_url,
                                      "--store", net.store_url, "--keypair", str(net.wallet_path("client")),
                                      "--port", str(port), "--db", str(net.root / "gateway.sqlite"),
-                                     "--queue-timeout", str(queue_timeout), "--max-running", str(max_running)],
+                                     "--queue-timeout", str(queue_timeout), "--max-running", str(max_running),
+                                     "--task-timeout-slots", str(task_timeout_slots),
+                                     "--deadline-slots", str(4 * task_timeout_slots)],
                          f"http://127.0.0.1:{port}")
     net.procs.wait_http(gw)
     return gw

@@ -9,7 +9,7 @@ from typing import Any
 from splitup.gateway.service import GatewayService
 from splitup.market.accounts import node_endpoint, node_specialized
 from splitup.market.constants import TaskStatus
-from splitup.sdk.reports import job_report
+from splitup.sdk.reports import FINAL_TASK, job_report
 
 
 def overview(svc: GatewayService) -> dict[str, Any]:
@@ -92,7 +92,7 @@ def jobs(svc: GatewayService) -> list[dict[str, Any]]:
     for address, info in s.jobs:
         entry = names.get(str(info.header.model))
         report = job_report(address, info, s.config, entry.name if entry else "?", entry.task_ids() if entry else [])
-        done = all(TaskStatus[t.status] in (TaskStatus.SETTLED, TaskStatus.FAILED) for t in report.tasks)
+        done = all(TaskStatus[t.status] in FINAL_TASK for t in report.tasks)
         rows[str(address)] = {**report.to_json(), "state": "settled" if done else "on chain", "source": "chain"}
     for j in list(svc.jobs.values()):
         if j.report is not None:  # closed: the report taken before closing is final (a snapshot may lag)

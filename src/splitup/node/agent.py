@@ -35,7 +35,7 @@ from splitup.runtime import Runner
 from splitup.storage import fetch_task
 from splitup.verify.blobs import Blobs, BundleSource, HttpBlobs
 from splitup.verify.cheats import Cheat
-from splitup.verify.roles import Announcement, Arbiter, Executor, Validator
+from splitup.verify.roles import Announcement, Arbiter, Executor, Validator, input_digest
 from splitup.verify.transcript import Transcript
 
 log = logging.getLogger("splitup.agent")
@@ -56,6 +56,11 @@ class RecordingNode(Node):
         self._lock = threading.Lock()
         self.steps: dict[tuple[str, str], dict[int, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]] = {}
         self.last_hop: dict[tuple[str, str], float] = {}
+        self.first_inputs: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+
+    def computed(self, job: str, task_id: str) -> bool:
+        with self._lock:
+            return bool(self.steps.get((job, task_id)))
 
     def compute(self, env: Envelope, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._local.inputs, self._local.reported = tensors, None
@@ -77,6 +82,8 @@ class RecordingNode(Node):
         job = rec.job.removesuffix(REPLAY_SUFFIX)
         with self._lock:
             steps = self.steps.setdefault((job, rec.task_id), {})
+            if not steps and not rec.job.endswith(REPLAY_SUFFIX):
+                self.first_inputs[(job, rec.task_id)] = ins  # the agent receipts them on chain
             if self.cheat is not None:
                 outs = self.cheat(len(steps), ins, outs)
                 self._local.reported = outs
@@ -89,6 +96,7 @@ class RecordingNode(Node):
         with self._lock:
             steps = self.steps.pop((job, task_id), {})
             self.last_hop.pop((job, task_id), None)
+            self.first_inputs.pop((job, task_id), None)
         t = Transcript(job, index, task_id)
         for _, (ins, outs) in sorted(steps.items()):
             t.add(ins, outs)
@@ -146,7 +154,8 @@ def fetch_announcement(market: Market, job: Pubkey, index: int, timeout: float =
 class MarketAgent:
     def __init__(self, market: Market, owner: Keypair, node: RecordingNode, store_url: str, *,
                  blobs: Blobs | None = None, poll_s: float = 0.25, validate: bool = True,
-                 primary: set[str] | None = None, standby_s: float = 3.0, idle_commit_s: float = 60.0) -> None:
+                 primary: set[str] | None = None, standby_s: float = 3.0, idle_commit_s: float = 60.0,
+                 idle_release_s: float = 60.0) -> None:
         self.market, self.owner, self.node = market, owner, node
         self.address = market.node_address(owner.pubkey())
         blobs = blobs or HttpBlobs(store_url)
@@ -161,9 +170,14 @@ class MarketAgent:
         # A client that vanishes never says "commit"; the node commits on its own after this much silence
         # rather than be slashed for missing its deadline.
         self.idle_commit_s = idle_commit_s
+        # A task accepted but never fed (the client died before reaching it) is released, unslashed,
+        # after this long, so the node's collateral is not held until the job's deadline.
+        self.idle_release_s = idle_release_s
+        self._accepted_at: dict[tuple[str, int], float] = {}
+        self._receipted: set[tuple[str, int]] = set()
         self.accepted: dict[tuple[str, int], Pubkey] = {}
         self.announced: dict[tuple[str, int], Announcement] = {}
-        self.stats = {"accepted": 0, "committed": 0, "validated": 0, "disagreed": 0, "errors": 0}
+        self.stats = {"accepted": 0, "committed": 0, "released": 0, "validated": 0, "disagreed": 0, "errors": 0}
         self.last_error = ""
         self._first_seen: dict[tuple[str, int], float] = {}
         self._busy: set[tuple[str, int]] = set()
@@ -196,6 +210,7 @@ class MarketAgent:
 
     # --- one look at the chain ----------------------------------------------------------------------------
     def tick(self) -> None:
+        self._receipt_inputs()
         self._commit_idle()
         me = self.owner.pubkey()
         held = set(self.node.runners)
@@ -206,6 +221,9 @@ class MarketAgent:
                 continue  # a node may not work on its own job
             model = None
             for i, t in enumerate(info.tasks):
+                if t.status == TaskStatus.ACCEPTED and t.node == self.address and (str(job), i) not in self.accepted:
+                    self._orphan(job, i)
+                    continue
                 if t.status != TaskStatus.OPEN and not (t.status == TaskStatus.SAMPLED and self.validate):
                     continue
                 if model is None:
@@ -222,9 +240,38 @@ class MarketAgent:
                     self._busy.add((str(job), i))
                     threading.Thread(target=self._validate, args=(job, i), daemon=True).start()
 
+    def _orphan(self, job: Pubkey, index: int) -> None:
+        """A task this node accepted that its agent does not know: accepted before the process restarted.
+        Whatever was computed died with the process; give the task up (a liveness fault if its input was
+        receipted, unslashed otherwise) rather than hold the collateral until the deadline."""
+        try:
+            self.market.release_task(self.owner, job, index)
+            self.stats["released"] += 1
+            log.warning("released task %d of %s, accepted before this node restarted", index, job)
+        except MarketError as exc:
+            self._error(f"release of orphaned task {index} of {job}: {exc}")
+
+    def _receipt_inputs(self) -> None:
+        """Receipt on chain the first input of each task this node accepted: from then on the client can
+        no longer release the task (and its pay) from under the node."""
+        for key, job in list(self.accepted.items()):
+            if key in self._receipted:
+                continue
+            task_id = self.executor.task(job, key[1]).task_id
+            ins = self.node.first_inputs.get((key[0], task_id))
+            if ins is None:
+                continue
+            self._receipted.add(key)
+            try:
+                self.market.receive_input(self.owner, job, key[1], input_digest(ins))
+            except MarketError as exc:  # committed or released meanwhile: nothing to protect any more
+                log.debug("receipt %s #%d: %s", job, key[1], exc)
+
     def _forget_closed(self, open_jobs: set[str]) -> None:
         """A closed job's account is gone from the chain; what this node kept about it can go too."""
-        for table in (self.announced, self._first_seen):
+        for key in [k for k in self._receipted if k[0] not in open_jobs]:
+            self._receipted.discard(key)
+        for table in (self.announced, self._first_seen, self._accepted_at):
             for key in [k for k in table if k[0] not in open_jobs]:
                 table.pop(key, None)
 
@@ -236,6 +283,7 @@ class MarketAgent:
             return
         self.stats["accepted"] += 1
         self.accepted[(str(job), index)] = job
+        self._accepted_at[(str(job), index)] = time.monotonic()
         log.info("accepted %s task %d", job, index)
 
     def _commit_idle(self) -> None:
@@ -246,15 +294,34 @@ class MarketAgent:
                 continue
             task_id = self.executor.task(job, key[1]).task_id
             last = self.node.last_hop.get((key[0], task_id))
-            if last is not None and now - last > self.idle_commit_s:
-                log.warning("task %d of %s: no word from the client for %.0f s; committing", key[1], job, now - last)
+            idle = last is not None and now - last > self.idle_commit_s
+            never_fed = last is None and now - self._accepted_at.get(key, now) > self.idle_release_s
+            if idle or never_fed:
+                log.warning("task %d of %s: no word from the client for %.0f s; %s", key[1], job,
+                            now - (last if last is not None else self._accepted_at[key]),
+                            "committing" if idle else "releasing")
                 try:
-                    self.commit(job, key[1])
+                    self.finish(job, key[1])
                 except MarketError as exc:
-                    self._error(f"idle commit {job} #{key[1]}: {exc}")
+                    self._error(f"idle finish {job} #{key[1]}: {exc}")
                 self.accepted.pop(key, None)
 
     # --- executor -----------------------------------------------------------------------------------------
+    def finish(self, job: Pubkey, index: int) -> Announcement | None:
+        """Commit what this node computed for the task; when it computed nothing, release the task
+        (unpaid; unslashed when its input was never receipted). None when released."""
+        slot = self.market.job(job).tasks[index]
+        if slot.node == self.address and slot.status == TaskStatus.ACCEPTED:
+            task_id = self.executor.task(job, index).task_id if (str(job), index) in self.accepted else None
+            if task_id is None or not self.node.computed(str(job), task_id):
+                self.market.release_task(self.owner, job, index)
+                self.accepted.pop((str(job), index), None)
+                self.executor.forget(job, index)
+                self.stats["released"] += 1
+                log.info("released task %d of %s: nothing was computed for it", index, job)
+                return None
+        return self.commit(job, index)
+
     def commit(self, job: Pubkey, index: int) -> Announcement:
         """Seal what this node computed for task ``index`` of ``job``: upload, commit on chain, announce."""
         key = (str(job), index)
@@ -303,11 +370,12 @@ class MarketAgent:
 
         @r.post("/jobs/{job}/tasks/{index}/commit")
         async def commit(job: str, index: int) -> JSONResponse:
+            """The client is done with the task: commit what was computed, or release it if nothing was."""
             try:
-                ann = await run_in_threadpool(self.commit, Pubkey.from_string(job), index)
+                ann = await run_in_threadpool(self.finish, Pubkey.from_string(job), index)
             except Exception as exc:
                 return JSONResponse({"error": f"{type(exc).__name__}: {exc}"}, status_code=409)
-            return JSONResponse(announcement_json(ann))
+            return JSONResponse({"released": True} if ann is None else announcement_json(ann))
 
         @r.get("/jobs/{job}/tasks/{index}/announcement")
         def announcement(job: str, index: int) -> JSONResponse:

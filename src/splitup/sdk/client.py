@@ -39,11 +39,10 @@ from splitup.sdk.catalog import Catalog, CatalogEntry
 from splitup.sdk.chain import WalletLike, as_keypair, connect
 from splitup.sdk.errors import JobError, MarketBusy, RequestError
 from splitup.sdk.limits import check_generation
-from splitup.sdk.reports import JobReport, job_report
+from splitup.sdk.reports import FINAL_TASK, JobReport, job_report
 
 DEFAULT_STORE_URL = "http://127.0.0.1:8600"
 log = logging.getLogger("splitup.sdk")
-_TERMINAL = (TaskStatus.SETTLED, TaskStatus.FAILED)
 
 __all__ = ["Client", "Completion", "JobError", "MarketBusy", "RequestError", "RunResult", "TokenEvent"]
 
@@ -233,9 +232,11 @@ class Client:
                 timeout: float | None = None) -> JobReport:
         """End a job that will not complete, leaving nothing locked.
 
-        Every node holding an accepted task is asked to commit what it computed (a node that computed
-        nothing releases the task instead, unpaid and unslashed); the rest is settled by :meth:`wait`,
-        the job closed and the unspent escrow refunded. Safe to call again on a job already wound up.
+        Tasks nobody accepted are released; every node holding an accepted task is asked to commit what
+        it computed (a node that computed nothing releases the task itself, unpaid and unslashed); a task
+        whose node is gone and never receipted its input is released by the client; the rest is settled
+        by :meth:`wait` (a node that receipted its input and vanished is expired after its deadline: the
+        liveness penalty), the job closed and the unspent escrow refunded. Safe to call again.
         """
         m = self.market
         try:
@@ -244,17 +245,29 @@ class Client:
             raise JobError(f"job {job} is not on chain (already closed?)") from None
         nodes = dict(m.nodes())
         for i, t in enumerate(info.tasks):
-            if TaskStatus(t.status) != TaskStatus.ACCEPTED or t.node not in nodes:
-                continue
-            url = node_endpoint(nodes[t.node]).rstrip("/")
-            try:
-                r = self._http.post(f"{url}/market/jobs/{job}/tasks/{i}/commit", timeout=30.0)
-                if r.status_code != 200:
-                    log.info("job %s task %d: %s answered %d: %s", job, i, url, r.status_code, r.text[:200])
-            except httpx.HTTPError as exc:  # the node is down: its own agent winds up when it is back
-                log.info("job %s task %d: %s unreachable: %r", job, i, url, exc)
+            status = TaskStatus(t.status)
+            if status == TaskStatus.OPEN:
+                self._release(job, i)
+            elif status == TaskStatus.ACCEPTED:
+                url = node_endpoint(nodes[t.node]).rstrip("/") if t.node in nodes else ""
+                try:
+                    r = self._http.post(f"{url}/market/jobs/{job}/tasks/{i}/commit", timeout=30.0)
+                    ok = r.status_code == 200
+                    if not ok:
+                        log.info("job %s task %d: %s answered %d: %s", job, i, url, r.status_code, r.text[:200])
+                except httpx.HTTPError as exc:
+                    ok = False
+                    log.info("job %s task %d: %s unreachable: %r", job, i, url, exc)
+                if not ok and not m.job(job).tasks[i].received:
+                    self._release(job, i)  # never fed: nobody's fault, nothing to wait for
         return self.wait(job, self.wind_up_timeout if timeout is None else timeout, model_name=model_name,
                          task_ids=task_ids)
+
+    def _release(self, job: Pubkey, index: int) -> None:
+        try:
+            self.market.release_task(self.payer, job, index)
+        except WrongTaskStateError:
+            pass  # accepted, committed or released meanwhile: the wait below takes it from there
 
     def wind_up_quietly(self, job: Pubkey, **kw: Any) -> JobReport | None:
         try:
@@ -268,7 +281,6 @@ class Client:
         """Crank sampling and settlement until every task is final, then close the job (escrow rest returns).
 
         Validators and the arbiter act on their own; this only pushes the permissionless steps along.
-        Tasks nobody accepted end the job once its deadline has passed.
         """
         deadline = time.monotonic() + timeout
         m = self.market
@@ -282,15 +294,13 @@ class Client:
                         m.sample(job, i)
                     elif status in (TaskStatus.READY, TaskStatus.RESOLVED):
                         m.settle(job, i)
-                    elif status != TaskStatus.OPEN and status not in _TERMINAL and slot > t.deadline:
+                    elif status != TaskStatus.OPEN and status not in FINAL_TASK and slot > t.deadline:
                         m.expire(job, i)
                 except (TooEarlyError, WrongTaskStateError):
                     pass  # no slot hash for the draw yet; or another party moved the task on meanwhile
             info = m.job(job)
             states = [TaskStatus(t.status) for t in info.tasks]
-            if all(s in _TERMINAL for s in states):
-                break
-            if all(s in _TERMINAL or s == TaskStatus.OPEN for s in states) and m.t.slot() > info.header.deadline:
+            if all(s in FINAL_TASK for s in states):
                 break
             if time.monotonic() > deadline:
                 raise JobError(f"job {job} not settled within {timeout:.0f} s: {[s.name for s in states]}")

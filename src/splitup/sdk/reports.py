@@ -17,6 +17,8 @@ from splitup.market.constants import BPS, Arbitration, TaskStatus, Verdict
 from splitup.market.layout import Config
 
 _ZERO = Pubkey.default()
+# A task in one of these states is over: paid, slashed, or given up (its price back to the client).
+FINAL_TASK = (TaskStatus.SETTLED, TaskStatus.FAILED, TaskStatus.RELEASED)
 
 
 @dataclass(frozen=True)
