@@ -101,3 +101,45 @@ def test_burst_ends_served_or_refused_and_leaves_nothing_locked(env) -> None:
     r = httpx.post(env.url + "/v1/completions", json={"model": "tiny-llama", "prompt": "after", "max_tokens": 3,
                                                      "temperature": 0}, timeout=120)
     assert r.status_code == 200, r.text
+
+
+def test_sdk_winds_up_a_job_whose_tasks_never_got_input(env) -> None:
+    import splitup
+
+    m = connect(env.net.rpc_url, env.net.wallets["authority"])
+    stakes = {str(a): n.stake for a, n in m.nodes()}
+    with splitup.Client(env.net.rpc_url, env.net.wallet_path("client"), store_url=env.net.store_url) as client:
+        entry = client.plan("tiny-llama")
+        job, _routes = client.place(entry, b"\1" * 32)  # accepted by the nodes, then the client fails
+        report = client.wind_up(job, model_name=entry.name, task_ids=entry.task_ids())
+    assert report.closed and [t.status for t in report.tasks] == ["RELEASED"] * 3
+    assert report.paid == 0 and report.refund == report.deposit > 0
+    assert all(n.stake == stakes[str(a)] for a, n in m.nodes() if str(a) in stakes)  # nobody slashed
+    assert _locked(env) == 0 and job not in _client_jobs(env)
+
+
+def test_gateway_killed_mid_stream_winds_the_job_up_after_restart(env) -> None:
+    body = {"model": "tiny-llama", "prompt": "kill the gateway", "max_tokens": 100, "temperature": 0, "stream": True}
+    with httpx.stream("POST", env.url + "/v1/completions", json=body, timeout=120) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                break
+        env.net.procs.kill(env.gateway)  # SIGKILL while it streams
+    env.net.procs.restart(env.gateway)
+    env.net.procs.wait_http(env.gateway)
+    deadline = time.monotonic() + 90
+    row: dict = {}
+    while time.monotonic() < deadline:
+        rows = [j for j in httpx.get(env.url + "/api/jobs", timeout=10).json() if j.get("prompt") == body["prompt"]]
+        row = rows[0] if rows else {}
+        if row.get("state") == "wound_up":
+            break
+        time.sleep(0.5)
+    assert row.get("state") == "wound_up", row
+    # Closed, its refund shown (the escrow less what the delivered work was paid: here every task had
+    # computed its part before the kill, so the nodes committed it and were paid).
+    assert row["closed"] is True and row["refund"] == row["deposit"] - row["paid"] >= 0
+    assert "restarted" in row["error"]
+    # What the nodes computed before the kill was committed and paid; nobody was slashed.
+    assert all(t["status"] in ("SETTLED", "RELEASED") and t["node_slashed"] == 0 for t in row["tasks"])
+    assert _locked(env) == 0 or time.sleep(5) or _locked(env) == 0

@@ -51,6 +51,14 @@ class Admission:
         pace = sum(self._durations) / len(self._durations) if self._durations else 2.0
         return max(1, min(60, math.ceil(pace * (self.waiting + 1) / max(1, self.max_running))))
 
+    def refuse_now(self) -> MarketBusy | None:
+        """A refusal without looking at the request at all: no slot and no room in the queue."""
+        if self.running >= self.max_running and (self.queue_timeout <= 0 or self.waiting >= self.max_queue):
+            self.stats["refused"] += 1
+            return MarketBusy(f"the gateway is at capacity ({self.running} running, {self.waiting} queued)",
+                              retry_after=self.retry_after())
+        return None
+
     async def enter(self, client: str, model: str) -> float:
         """Wait for a slot (raises :class:`MarketBusy`); returns the seconds spent queued."""
         self._loop = asyncio.get_running_loop()

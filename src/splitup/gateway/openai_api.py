@@ -261,6 +261,9 @@ def router(svc: GatewayService) -> APIRouter:
                                            for e in entries]}
 
     async def handle(request: Request, chat: bool) -> Any:
+        busy = svc.admission.refuse_now()
+        if busy is not None:  # before reading the body: a burst beyond the queue costs nothing
+            return BadRequest.of(busy).response()
         declared = request.headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
             return BadRequest(f"the body of {declared} bytes exceeds the limit of {MAX_BODY_BYTES}", None,
