@@ -35,7 +35,8 @@ def table(r: ChaosReport) -> Table:
     t.add_column("value", justify="right")
     o = r.outcomes
     rows = [
-        ("requests: served / refused 400 / failed", f"{o['served']} / {o['refused_400']} / {o['failed']}"),
+        ("requests: served / refused 400 / 503 (ledger down) / failed",
+         f"{o['served']} / {o['refused_400']} / {o['unavailable']} / {o['failed']}"),
         ("kills (SIGKILL): node / gateway / ledger", f"{r.kills['node']} / {r.kills['gateway']} / {r.kills['ledger']}"),
         ("jobs posted / closed / wound up / open after",
          f"{r.jobs_posted} / {r.jobs_closed} / {r.jobs_wound_up} / {r.jobs_open_after}"),
@@ -71,7 +72,7 @@ def main() -> int:
         root = a.keep or Path(tmp)
         prep = prepare(root, smaller=True, tasks=3, nodes=4, workspace=0, prompt="unused")
         with local_market(root, prep.model, prep.plan_dir, prep.budgets, verify_rate_bps=a.verify_rate_bps,
-                          validator_timeout_slots=600) as net:
+                          validator_timeout_slots=1200) as net:
             gw = start_gateway(net, port=free_port())
             report = run_chaos(net, gw, requests=a.requests, concurrency=a.concurrency, seed=a.seed,
                                gap=(gap[0], gap[1]), say=console.print)

@@ -246,9 +246,11 @@ class GatewayService:
     def _closed_elsewhere(self, job: Pubkey) -> bool:
         """Closed already (by a run of this gateway that died before writing it down)."""
         try:
-            return self.client.market.t.get_account(job) is None
+            acc = self.client.market.t.get_account(job)
         except Exception:
             return False
+        # Never posted (the send failed), or closed: gone, or emptied of its lamports.
+        return acc is None or acc.lamports == 0
 
     # --- heartbeats -----------------------------------------------------------------------------------------
     def _heartbeat_loop(self) -> None:

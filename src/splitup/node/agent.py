@@ -211,10 +211,10 @@ class MarketAgent:
     # --- one look at the chain ----------------------------------------------------------------------------
     def tick(self) -> None:
         self._receipt_inputs()
-        self._commit_idle()
         me = self.owner.pubkey()
         held = set(self.node.runners)
         jobs = self.market.jobs()
+        self._commit_idle({str(job): info for job, info in jobs}, self.market.t.slot())
         self._forget_closed({str(job) for job, _ in jobs})
         for job, info in jobs:
             if info.header.client == me:
@@ -286,16 +286,24 @@ class MarketAgent:
         self._accepted_at[(str(job), index)] = time.monotonic()
         log.info("accepted %s task %d", job, index)
 
-    def _commit_idle(self) -> None:
+    def _commit_idle(self, jobs: Mapping[str, Any], slot: int) -> None:
+        """Commit (or release) tasks whose client went silent, and any task whose deadline is near: the
+        node must not be expired for a client that never said "done"."""
         now = time.monotonic()
         for key, job in list(self.accepted.items()):
-            if key in self.announced:
+            info = jobs.get(key[0])
+            if key in self.announced or info is None:
                 self.accepted.pop(key, None)
                 continue
+            t = info.tasks[key[1]]
+            if t.status != TaskStatus.ACCEPTED or t.node != self.address:
+                self.accepted.pop(key, None)
+                continue
+            late = t.deadline - slot < max(10, int(info.header.task_timeout_slots) // 4)
             task_id = self.executor.task(job, key[1]).task_id
             last = self.node.last_hop.get((key[0], task_id))
-            idle = last is not None and now - last > self.idle_commit_s
-            never_fed = last is None and now - self._accepted_at.get(key, now) > self.idle_release_s
+            idle = last is not None and (late or now - last > self.idle_commit_s)
+            never_fed = last is None and (late or now - self._accepted_at.get(key, now) > self.idle_release_s)
             if idle or never_fed:
                 log.warning("task %d of %s: no word from the client for %.0f s; %s", key[1], job,
                             now - (last if last is not None else self._accepted_at[key]),
