@@ -143,3 +143,38 @@ def test_gateway_killed_mid_stream_winds_the_job_up_after_restart(env) -> None:
     # What the nodes computed before the kill was committed and paid; nobody was slashed.
     assert all(t["status"] in ("SETTLED", "RELEASED") and t["node_slashed"] == 0 for t in row["tasks"])
     assert _locked(env) == 0 or time.sleep(5) or _locked(env) == 0
+
+
+def test_standin_that_finishes_a_task_is_recorded_and_paid(env) -> None:
+    """A node dies mid-generation: the pipeline moves its task to a stand-in, the stand-in takes the task
+    over on chain (client and stand-in sign), commits and is paid; the failed node is neither paid nor
+    slashed (it was unlocked before its deadline)."""
+    import splitup
+    from splitup.demo.chaos import wait_node
+    from splitup.sdk.client import Completion, TokenEvent
+
+    m = connect(env.net.rpc_url, env.net.wallets["authority"])
+    by_address = {str(m.node_address(env.net.wallets[c.name].pubkey())): c for c in env.net.nodes}
+    stakes = {str(a): n.stake for a, n in m.nodes()}
+    jobs: list = []
+    with splitup.Client(env.net.rpc_url, env.net.wallet_path("client"), store_url=env.net.store_url,
+                        hop_timeout=20) as client:
+        events = client.stream("tiny-llama", "a stand-in takes over", max_tokens=60, on_job=jobs.append)
+        victim = None
+        result = None
+        for i, e in enumerate(events):
+            if isinstance(e, TokenEvent) and i == 3:
+                victim = by_address[str(m.job(jobs[-1]).tasks[1].node)]
+                env.net.procs.kill(victim)
+            if isinstance(e, Completion):
+                result = e
+    assert victim is not None and result is not None and result.report is not None
+    env.net.procs.restart(victim)
+    t1 = result.report.tasks[1]
+    standin = by_address[t1.node]
+    assert standin is not victim
+    assert t1.status == "SETTLED" and t1.node_paid == t1.price and t1.node_slashed == 0
+    victim_address = str(m.node_address(env.net.wallets[victim.name].pubkey()))
+    assert all(t.node != victim_address for t in result.report.tasks)
+    assert m.node(env.net.wallets[victim.name].pubkey()).stake == stakes[victim_address]  # not slashed
+    wait_node(env.net, victim)

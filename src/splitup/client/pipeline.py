@@ -274,6 +274,8 @@ class GenerationSession:
             self.close()
             raise
         self._broken: set[int] = set()
+        # Which endpoint serves each task now (a stand-in after a failure); kept current in place.
+        self.places_urls = [url for url, _ in self.places]
         self.steps = [0] * len(self.plan.tasks)
         self.context: list[int] = []
         self.job = secrets.token_hex(8)
@@ -345,6 +347,7 @@ class GenerationSession:
         c = self.client
         self.recoveries += 1
         self.places[k] = c.open_session(k)
+        self.places_urls[k] = self.places[k][0]
         self.steps[k] = 0
         if not self.context:
             return

@@ -10,6 +10,7 @@ votes. ``DisputeJudge`` runs the market authority's ``Arbiter`` over disputed ta
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
 import time
@@ -19,7 +20,7 @@ from typing import Any
 
 import httpx
 import numpy as np
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from solders.keypair import Keypair
@@ -330,6 +331,29 @@ class MarketAgent:
                 return None
         return self.commit(job, index)
 
+    def take_over(self, job: Pubkey, index: int, raw: bytes) -> None:
+        """Become the executor of a task this node computed as a stand-in (the co-signed ``take_over``);
+        from then on it is committed, paid and verified as this node's work."""
+        from splitup.market.cosign import cosign_takeover
+
+        task_id = self.executor.task(job, index).task_id if (str(job), index) in self.accepted else None
+        task_id = task_id or bytes(self.market.model(self.market.job(job).header.model).tasks[index].task_id).hex()
+        if not self.node.computed(str(job), task_id):
+            raise MarketError(f"this node computed nothing for task {index} of {job}")
+        key = (str(job), index)
+        self.executor.adopt(job, index)
+        # Known before the chain says so, or the next tick would take it for an orphan and release it.
+        self.accepted[key] = job
+        self._accepted_at[key] = time.monotonic()
+        self._receipted.add(key)  # the takeover records the input as received
+        try:
+            cosign_takeover(self.market, self.owner, raw, job, index)
+        except Exception:
+            self.accepted.pop(key, None)
+            self.executor.forget(job, index)
+            raise
+        log.info("took over task %d of %s as a stand-in", index, job)
+
     def commit(self, job: Pubkey, index: int) -> Announcement:
         """Seal what this node computed for task ``index`` of ``job``: upload, commit on chain, announce."""
         key = (str(job), index)
@@ -384,6 +408,23 @@ class MarketAgent:
             except Exception as exc:
                 return JSONResponse({"error": f"{type(exc).__name__}: {exc}"}, status_code=409)
             return JSONResponse({"released": True} if ann is None else announcement_json(ann))
+
+        @r.post("/jobs/{job}/tasks/{index}/take_over")
+        async def take_over(job: str, index: int, request: Request) -> JSONResponse:
+            """The client asks this node, which ran the task as a stand-in, to become its executor on
+            chain: the body is the takeover transaction the client signed; this node co-signs it."""
+            try:
+                body = await request.json()
+                raw = base64.b64decode(str(body["tx"]), validate=True)
+                if len(raw) > 4096:
+                    raise ValueError("transaction too large")
+            except (ValueError, KeyError, TypeError) as exc:
+                return JSONResponse({"error": f"send {{\"tx\": base64}}: {exc}"}, status_code=400)
+            try:
+                await run_in_threadpool(self.take_over, Pubkey.from_string(job), index, raw)
+            except Exception as exc:
+                return JSONResponse({"error": f"{type(exc).__name__}: {exc}"}, status_code=409)
+            return JSONResponse({"node": str(self.address), "job": job, "index": index})
 
         @r.get("/jobs/{job}/tasks/{index}/announcement")
         def announcement(job: str, index: int) -> JSONResponse:

@@ -12,6 +12,7 @@ tasks -> the job is closed and the rest of the escrow comes back.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -402,9 +403,11 @@ class Client:
         finish = "length"
         detok = Detokenizer(tok)
         complete = False
+        served_by: list[str] = []
         try:
             with PipelineClient(entry.plan, routes, hop_timeout=self.hop_timeout) as pc, pc.session() as gen:
                 gen.job = str(job)  # nodes record their hops under the chain job they accepted
+                served_by = gen.places_urls  # updated in place when a stand-in takes a task over
                 feed = np.asarray([ids], dtype=np.int64)
                 for _ in range(max_tokens):
                     logits = gen.step(feed)
@@ -422,6 +425,8 @@ class Client:
                 raise
             raise typed from exc
         finally:
+            # A task a stand-in finished (its node failed mid-job) becomes the stand-in's on chain: paid.
+            routes = self._take_overs(job, routes, served_by)
             if not complete:
                 # Abandoned (the caller stopped reading) or failed: the nodes did work they accepted on
                 # chain; they commit it (or release what got no input), and the job is wound up.
@@ -450,6 +455,30 @@ class Client:
         yield Completion(text=detok.shown, token_ids=out, prompt_tokens=len(ids), finish_reason=finish,
                          job=str(job), seconds=generated - accepted, report=report, route=[r[0] for r in routes],
                          timings=timings)
+
+    def _take_overs(self, job: Pubkey, routes: list[list[str]], served_by: Sequence[str]) -> list[list[str]]:
+        """For each task that ended on another node than the one that accepted it, ask that stand-in to
+        take the task over on chain (the client signs, the stand-in co-signs); the routes with the new
+        executors first. A takeover that fails leaves the task to the wind-up (release or expiry)."""
+        from splitup.market.cosign import takeover_request
+
+        out = [list(r) for r in routes]
+        for k, url in enumerate(served_by):
+            if k >= len(out) or url == out[k][0]:
+                continue
+            try:
+                owner = Pubkey.from_string(self._http.get(f"{url.rstrip('/')}/market/agent", timeout=10).json()["owner"])
+                raw = takeover_request(self.market, self.payer, owner, job, k)
+                r = self._http.post(f"{url.rstrip('/')}/market/jobs/{job}/tasks/{k}/take_over",
+                                    json={"tx": base64.b64encode(raw).decode()}, timeout=30)
+                if r.status_code != 200:
+                    raise JobError(r.text[:300])
+            except (JobError, MarketError, httpx.HTTPError, KeyError, ValueError) as exc:
+                log.warning("job %s task %d: the stand-in at %s did not take over: %s", job, k, url, exc)
+                continue
+            log.info("job %s task %d: taken over by the stand-in at %s", job, k, url)
+            out[k] = [url, *[u for u in out[k] if u != url]]
+        return out
 
     def _finish_quietly(self, job: Pubkey, routes: Sequence[Sequence[str]]) -> None:
         try:
