@@ -65,6 +65,9 @@ class RecordingNode(Node):
 
     def compute(self, env: Envelope, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._local.inputs, self._local.reported = tensors, None
+        # A re-prefill after a node failure runs through temporary sessions on the tasks before the one
+        # being restored: that is not those tasks' work for the job, and must not overwrite its steps.
+        self._local.passing = env.job.endswith(REPLAY_SUFFIX) and env.hop != len(env.route) - 1
         try:
             sent = super().compute(env, tensors)
             reported = self._local.reported
@@ -73,8 +76,11 @@ class RecordingNode(Node):
             return sent
         finally:
             self._local.inputs = self._local.reported = None
+            self._local.passing = False
 
     def _on_hop(self, rec: HopRecord) -> None:
+        if getattr(self._local, "passing", False):
+            return
         task = self.runners[rec.task_id].task
         names = {s.name for s in task.inputs if s.name not in task.state}
         given = getattr(self._local, "inputs", None) or {}
