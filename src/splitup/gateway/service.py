@@ -25,6 +25,7 @@ from splitup.gateway.jobstore import JobStore
 from splitup.market.accounts import node_endpoint
 from splitup.sdk.capacity import market_capacity, shortfall
 from splitup.sdk.client import Client
+from splitup.sdk.errors import JobError
 from splitup.sdk.reports import JobReport, TaskReport
 
 log = logging.getLogger("splitup.gateway")
@@ -90,6 +91,7 @@ class GatewayService:
         self._due: dict[str, float] = {}
         self._due_cv = threading.Condition()
         self._busy: set[str] = set()
+        self._asked: set[str] = set()  # jobs whose nodes were asked to commit or release
         self._stop = threading.Event()
         # The market's room per model (free job slots and, when none, why), and jobs admitted but not
         # yet placed, which the chain and the nodes cannot see yet.
@@ -229,15 +231,21 @@ class GatewayService:
         j = self.jobs[job]
         key = Pubkey.from_string(job)
         final = "closed" if j.state == "settling" else "wound_up"
+        first = job not in self._asked
+        self._asked.add(job)
         try:
-            # Settling is winding up a job that was served: executors that did not commit yet are asked again.
-            report = self.client.wind_up(key, model_name=j.model, task_ids=j.task_ids, timeout=60.0)
+            # Settling is winding up a job that was served: executors that did not commit yet are asked
+            # (once); then one pass over the chain per turn, so a job waiting for a validator does not
+            # hold a worker while others could close.
+            report = self.client.wind_up(key, model_name=j.model, task_ids=j.task_ids, timeout=0.0, ask=first)
         except Exception as exc:  # keep the job: its windows are bounded, a later try gets it closed
             if self._closed_elsewhere(key):
                 report = j.report
             else:
-                log.warning("job %s not finished yet (%s: %s); trying again", job, type(exc).__name__, exc)
-                self._schedule(job, self.retry_s)
+                if not isinstance(exc, JobError) or "not settled" not in str(exc):
+                    log.warning("job %s not finished yet (%s: %s); trying again", job, type(exc).__name__, exc)
+                    self._asked.discard(job)  # the chain or a node failed: ask again next time
+                self._schedule(job, self.retry_s if job not in self._asked else 0.5)
                 return
         with self._lock:
             j.report, j.state = report, final

@@ -113,7 +113,7 @@ class Client:
                  store_url: str | None = None, program_id: Pubkey = DEFAULT_PROGRAM_ID,
                  market: Market | None = None, accept_timeout: float = 30.0, hop_timeout: float = 120.0,
                  deadline_slots: int = 20_000, task_timeout_slots: int = 10_000, queue_timeout: float = 0.0,
-                 place_timeout: float = 90.0, wind_up_timeout: float = 120.0) -> None:
+                 place_timeout: float = 90.0, wind_up_timeout: float = 300.0) -> None:
         """``queue_timeout``: how long a request waits for room in the market before :class:`MarketBusy`
         (0: refuse at once); ``place_timeout``: how long it keeps re-posting after losing a race for
         nodes; ``wind_up_timeout``: how long winding up a failed job may take before it is left to
@@ -230,14 +230,16 @@ class Client:
                 raise JobError(f"task {i}: the executor at {urls[0]} did not commit: {r.text[:300]}")
 
     def wind_up(self, job: Pubkey, *, model_name: str = "", task_ids: Sequence[str] = (),
-                timeout: float | None = None) -> JobReport:
+                timeout: float | None = None, ask: bool = True) -> JobReport:
         """End a job that will not complete, leaving nothing locked.
 
         Tasks nobody accepted are released; every node holding an accepted task is asked to commit what
         it computed (a node that computed nothing releases the task itself, unpaid and unslashed); a task
         whose node is gone and never receipted its input is released by the client; the rest is settled
         by :meth:`wait` (a node that receipted its input and vanished is expired after its deadline: the
-        liveness penalty), the job closed and the unspent escrow refunded. Safe to call again.
+        liveness penalty), the job closed and the unspent escrow refunded. Safe to call again;
+        ``ask=False`` skips asking the nodes (a caller that already did), ``timeout=0`` makes one pass
+        (:class:`JobError` when the job is not over yet).
         """
         m = self.market
         try:
@@ -249,7 +251,7 @@ class Client:
             status = TaskStatus(t.status)
             if status == TaskStatus.OPEN:
                 self._release(job, i)
-            elif status == TaskStatus.ACCEPTED:
+            elif status == TaskStatus.ACCEPTED and ask:
                 url = node_endpoint(nodes[t.node]).rstrip("/") if t.node in nodes else ""
                 try:
                     r = self._http.post(f"{url}/market/jobs/{job}/tasks/{i}/commit", timeout=30.0)
@@ -303,7 +305,7 @@ class Client:
             states = [TaskStatus(t.status) for t in info.tasks]
             if all(s in FINAL_TASK for s in states):
                 break
-            if time.monotonic() > deadline:
+            if time.monotonic() >= deadline:
                 raise JobError(f"job {job} not settled within {timeout:.0f} s: {[s.name for s in states]}")
             time.sleep(0.1)
         report = job_report(job, info, m.config(), model_name, list(task_ids))
