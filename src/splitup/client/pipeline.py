@@ -276,6 +276,8 @@ class GenerationSession:
         self._broken: set[int] = set()
         # Which endpoint serves each task now (a stand-in after a failure); kept current in place.
         self.places_urls = [url for url, _ in self.places]
+        # Told (task index, new endpoint) once a stand-in holds a task's state again after a failure.
+        self.on_move: Callable[[int, str], None] | None = None
         self.steps = [0] * len(self.plan.tasks)
         self.context: list[int] = []
         self.job = secrets.token_hex(8)
@@ -366,6 +368,8 @@ class GenerationSession:
             for url, sid in temp.values():
                 c.close_session(url, sid)
         self.steps[k] = steps[k]
+        if self.on_move is not None:
+            self.on_move(k, self.places[k][0])
 
 
 def _retry_after(r: httpx.Response) -> float:

@@ -37,6 +37,7 @@ class Admission:
         self.room = room or (lambda _model: "")
         self.taken = taken or (lambda _model: None)
         self.running = 0
+        self.arriving = 0  # counted in by arrive(), not yet entered
         self._lines: OrderedDict[str, deque[_Waiter]] = OrderedDict()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._durations: deque[float] = deque(maxlen=32)
@@ -51,17 +52,26 @@ class Admission:
         pace = sum(self._durations) / len(self._durations) if self._durations else 2.0
         return max(1, min(60, math.ceil(pace * (self.waiting + 1) / max(1, self.max_running))))
 
-    def refuse_now(self) -> MarketBusy | None:
-        """A refusal without looking at the request at all: no slot and no room in the queue."""
-        if self.running >= self.max_running and (self.queue_timeout <= 0 or self.waiting >= self.max_queue):
+    def arrive(self) -> MarketBusy | None:
+        """Count a request in before its body is even read; a refusal when the slots and the queue are
+        taken by requests already in (being checked, queued or running). Pair with :meth:`enter` or
+        :meth:`depart`."""
+        room = self.max_running + (self.max_queue if self.queue_timeout > 0 else 0)
+        if self.running + self.waiting + self.arriving >= room:
             self.stats["refused"] += 1
             return MarketBusy(f"the gateway is at capacity ({self.running} running, {self.waiting} queued)",
                               retry_after=self.retry_after())
+        self.arriving += 1
         return None
+
+    def depart(self) -> None:
+        """A counted-in request that will not enter (refused by its checks)."""
+        self.arriving = max(0, self.arriving - 1)
 
     async def enter(self, client: str, model: str) -> float:
         """Wait for a slot (raises :class:`MarketBusy`); returns the seconds spent queued."""
         self._loop = asyncio.get_running_loop()
+        self.depart()
         why = self.room(model)
         if self.running < self.max_running and not self.waiting and not why:
             self._take(model)

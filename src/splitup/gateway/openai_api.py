@@ -261,9 +261,17 @@ def router(svc: GatewayService) -> APIRouter:
                                            for e in entries]}
 
     async def handle(request: Request, chat: bool) -> Any:
-        busy = svc.admission.refuse_now()
+        busy = svc.admission.arrive()
         if busy is not None:  # before reading the body: a burst beyond the queue costs nothing
             return BadRequest.of(busy).response()
+        entering = [False]
+        try:
+            return await checked(request, chat, entering)
+        finally:
+            if not entering[0]:  # refused by its checks before it queued: count it out
+                svc.admission.depart()
+
+    async def checked(request: Request, chat: bool, entering: list[bool]) -> Any:
         declared = request.headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
             return BadRequest(f"the body of {declared} bytes exceeds the limit of {MAX_BODY_BYTES}", None,
@@ -281,6 +289,7 @@ def router(svc: GatewayService) -> APIRouter:
             return exc.response()
         # One line per API key (or address) in the admission queue: a client's burst waits behind itself.
         who = request.headers.get("authorization") or (request.client.host if request.client else "-")
+        entering[0] = True  # enter() counts it out of the arrivals itself
         try:
             await svc.admission.enter(who, req.model)
         except MarketBusy as exc:

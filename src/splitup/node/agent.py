@@ -181,6 +181,7 @@ class MarketAgent:
         # after this long, so the node's collateral is not held until the job's deadline.
         self.idle_release_s = idle_release_s
         self._accepted_at: dict[tuple[str, int], float] = {}
+        self.orphan_grace_s = 15.0
         self._receipted: set[tuple[str, int]] = set()
         self.accepted: dict[tuple[str, int], Pubkey] = {}
         self.announced: dict[tuple[str, int], Announcement] = {}
@@ -229,7 +230,10 @@ class MarketAgent:
             model = None
             for i, t in enumerate(info.tasks):
                 if t.status == TaskStatus.ACCEPTED and t.node == self.address and (str(job), i) not in self.accepted:
-                    self._orphan(job, i)
+                    # Lost with a restart. Not at once: the client may be handing it to a stand-in.
+                    seen = self._first_seen.setdefault((str(job), i), time.monotonic())
+                    if time.monotonic() - seen > self.orphan_grace_s:
+                        self._orphan(job, i)
                     continue
                 if t.status != TaskStatus.OPEN and not (t.status == TaskStatus.SAMPLED and self.validate):
                     continue

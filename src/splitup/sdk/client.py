@@ -410,6 +410,13 @@ class Client:
             with PipelineClient(entry.plan, routes, hop_timeout=self.hop_timeout) as pc, pc.session() as gen:
                 gen.job = str(job)  # nodes record their hops under the chain job they accepted
                 served_by = gen.places_urls  # updated in place when a stand-in takes a task over
+
+                def moved(k: int, url: str) -> None:
+                    # At once, before the failed node (restarted) gives the task up as lost.
+                    routes[:] = self._take_overs(job, routes, [r[0] if i != k else url
+                                                               for i, r in enumerate(routes)])
+
+                gen.on_move = moved
                 feed = np.asarray([ids], dtype=np.int64)
                 for _ in range(max_tokens):
                     logits = gen.step(feed)
