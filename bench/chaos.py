@@ -43,7 +43,7 @@ def table(r: ChaosReport) -> Table:
         ("collateral locked after (lamports)", f"{r.locked_after}"),
         ("lamports, all accounts: before", f"{r.lamports_before:,}"),
         ("lamports, all accounts: after", f"{r.lamports_after:,}"),
-        ("difference = fees (transactions x 5000)",
+        ("difference = fees the ledger recorded",
          f"{r.lamports_before - r.lamports_after:,} = {r.fees:,} ({r.transactions} tx)"),
         ("client: start - end", f"{r.client_before - r.client_after:,}"),
         ("client: paid for delivered work + its fees", f"{r.client_paid:,} + {r.client_fees:,}"),

@@ -33,7 +33,6 @@ from splitup.demo.network import LocalMarket
 from splitup.demo.procs import Child
 from splitup.market.transport import DEFAULT_PROGRAM_ID
 
-LAMPORTS_PER_SIGNATURE = 5000
 FINAL = ("closed", "wound_up")
 
 
@@ -51,6 +50,8 @@ class ChaosReport:
     lamports_before: int = 0
     lamports_after: int = 0
     transactions: int = 0
+    fees: int = 0  # what the transactions paid, as the ledger recorded each (base and priority fees)
+    client_fees: int = 0  # of them, paid by the client
     client_before: int = 0
     client_after: int = 0
     client_paid: int = 0  # for delivered work: nodes, validators, protocol fee (from the job reports)
@@ -62,14 +63,6 @@ class ChaosReport:
     load_avg: str = ""
     notes: list[str] = field(default_factory=list)
 
-    @property
-    def fees(self) -> int:
-        return self.transactions * LAMPORTS_PER_SIGNATURE
-
-    @property
-    def client_fees(self) -> int:
-        """What the client spent beyond the price of delivered work: its transaction fees."""
-        return self.client_before - self.client_after - self.client_paid
 
     def problems(self) -> list[str]:
         """Every book that does not balance, in words; empty when the run is clean."""
@@ -82,9 +75,9 @@ class ChaosReport:
             out.append(f"nodes never killed lost {self.honest_stake_lost} lamports of stake")
         if self.lamports_before - self.lamports_after != self.fees:
             out.append(f"lamports changed by {self.lamports_before - self.lamports_after}, fees were {self.fees}")
-        if self.client_fees < 0 or self.client_fees % LAMPORTS_PER_SIGNATURE:
-            out.append(f"client spent {self.client_before - self.client_after}, paid {self.client_paid} for work: "
-                       f"{self.client_fees} is not a whole number of fees")
+        if self.client_before - self.client_after != self.client_paid + self.client_fees:
+            out.append(f"client spent {self.client_before - self.client_after}: not the {self.client_paid} paid "
+                       f"for delivered work plus its {self.client_fees} of fees")
         if not all(self.ledger_checks):
             out.append(f"ledger state after a kill differed from RPC before it ({self.ledger_checks})")
         if self.jobs_closed + self.jobs_wound_up != self.jobs_posted:
@@ -101,12 +94,31 @@ def sqlite_accounts(path: Path) -> dict[str, tuple[int, bytes]]:
         db.close()
 
 
-def sqlite_transactions(path: Path) -> int:
+def sqlite_last_seq(path: Path) -> int:
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        return int(db.execute("SELECT count(*) FROM signatures").fetchone()[0])
+        return int(db.execute("SELECT coalesce(max(seq), 0) FROM transactions").fetchone()[0])
     finally:
         db.close()
+
+
+def sqlite_fees(path: Path, after_seq: int) -> tuple[int, int, dict[str, int]]:
+    """Transactions recorded after ``after_seq``: their count, the fees they paid, and the fees by payer."""
+    from solders.transaction import VersionedTransaction
+
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT tx, meta FROM transactions WHERE seq > ?", (after_seq,)).fetchall()
+    finally:
+        db.close()
+    by_payer: dict[str, int] = {}
+    total = 0
+    for tx, meta in rows:
+        fee = int(json.loads(meta).get("fee") or 0)
+        payer = str(VersionedTransaction.from_bytes(bytes(tx)).message.account_keys[0])
+        by_payer[payer] = by_payer.get(payer, 0) + fee
+        total += fee
+    return len(rows), total, by_payer
 
 
 def rpc_accounts(net: LocalMarket, keys: list[Pubkey]) -> dict[str, tuple[int, bytes]]:
@@ -253,7 +265,7 @@ def run_chaos(net: LocalMarket, gateway: Child, *, requests: int = 30, concurren
     stakes_before = {names[str(a)]: n.stake for a, n in m.nodes() if str(a) in names}
     report.client_before = m.t.balance(client)
     report.lamports_before = sum(v[0] for v in sqlite_accounts(chaos.ledger_db).values())
-    tx_before = sqlite_transactions(chaos.ledger_db)
+    seq_before = sqlite_last_seq(chaos.ledger_db)
     ctx = context_length(net.plan) or 128
 
     rng = random.Random(seed)
@@ -321,7 +333,8 @@ def run_chaos(net: LocalMarket, gateway: Child, *, requests: int = 30, concurren
     report.client_after = m.t.balance(client)
     # Read the file the ledger keeps: the books as they would survive another crash.
     report.lamports_after = sum(v[0] for v in sqlite_accounts(chaos.ledger_db).values())
-    report.transactions = sqlite_transactions(chaos.ledger_db) - tx_before
+    report.transactions, report.fees, by_payer = sqlite_fees(chaos.ledger_db, seq_before)
+    report.client_fees = by_payer.get(str(client), 0)
     report.load_avg = open("/proc/loadavg").read().split(" ")[0] if os.path.exists("/proc/loadavg") else "?"
     return report
 
