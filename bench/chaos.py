@@ -66,7 +66,7 @@ def main() -> int:
     ap.add_argument("--verify-rate-bps", type=int, default=2000)
     ap.add_argument("--keep", type=Path, default=None, help="run in this directory and keep it (logs, wallets)")
     a = ap.parse_args()
-    console = Console()
+    console = Console(width=160)
     gap = tuple(float(x) for x in a.gap.split(","))
     with tempfile.TemporaryDirectory(prefix="splitup-chaos-") as tmp:
         root = a.keep or Path(tmp)

@@ -95,7 +95,7 @@ def sdk_clients(net: LocalMarket, n: int) -> list[tuple[int, float]]:
     return out
 
 
-def after(net: LocalMarket, gw_url: str, timeout: float = 90.0) -> tuple[int, int, float, bool]:
+def after(net: LocalMarket, gw_url: str, timeout: float = 120.0) -> tuple[int, int, float, bool]:
     """Jobs of the client still open and collateral locked once settled (up to ``timeout``), how long
     that took, and whether one more request is served."""
     m = connect(net.rpc_url, net.wallets["authority"])
@@ -121,7 +121,7 @@ def main() -> int:
     ap.add_argument("--sdk", type=int, default=8, help="concurrent SDK clients (0: skip)")
     ap.add_argument("--max-running", type=int, default=4)
     a = ap.parse_args()
-    console = Console()
+    console = Console(width=200)
     rows = []
     with tempfile.TemporaryDirectory(prefix="splitup-load-") as tmp:
         root = Path(tmp)

@@ -1,8 +1,8 @@
-"""Reaching the chain from several threads: a connection per thread, wallets from anything."""
+"""Reaching the chain from several threads: a pool of connections, wallets from anything."""
 
 from __future__ import annotations
 
-import threading
+import queue
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,24 +17,30 @@ from splitup.market.wallet import load_keypair
 WalletLike = Keypair | Path | str
 
 
-class ThreadTransport:
-    """One ``RpcTransport`` per thread (each drives its own private event loop): threads reach the chain
-    side by side (a gateway confirms many transactions at once) instead of queueing behind one lock
-    while each waits for its confirmation."""
+class PooledTransport:
+    """Connections to the chain that threads share: each call borrows an idle ``RpcTransport`` (each
+    drives its own private event loop, one caller at a time) or opens one, and gives it back. Threads
+    reach the chain side by side (a gateway confirms many transactions at once) instead of queueing
+    behind one lock while each waits for its confirmation; connections outlive the threads that used them."""
 
     def __init__(self, factory: Callable[[], Transport]) -> None:
         self._factory = factory
-        self._local = threading.local()
+        self._idle: queue.LifoQueue[Transport] = queue.LifoQueue()
 
-    @property
-    def inner(self) -> Transport:
-        t = getattr(self._local, "transport", None)
-        if t is None:
-            t = self._local.transport = self._factory()
-        return t
+    def _call(self, name: str, *args: Any, **kw: Any) -> Any:
+        try:
+            t = self._idle.get_nowait()
+        except queue.Empty:
+            t = self._factory()
+        try:
+            return getattr(t, name)(*args, **kw)
+        finally:
+            self._idle.put(t)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return lambda *args, **kw: self._call(name, *args, **kw)
 
 
 def as_keypair(wallet: WalletLike) -> Keypair:
@@ -47,5 +53,5 @@ def connect(rpc_url: str, payer: Keypair, program_id: Pubkey = DEFAULT_PROGRAM_I
     """A ``Market`` over JSON-RPC that threads may share (each thread talks over its own connection)."""
     from splitup.market.rpc import RpcTransport  # solana-py: only when a party really talks to a network
 
-    transport = ThreadTransport(lambda: RpcTransport(rpc_url, timeout=timeout, poll_s=poll_s))
+    transport = PooledTransport(lambda: RpcTransport(rpc_url, timeout=timeout, poll_s=poll_s))
     return Market(transport, program_id, payer)  # type: ignore[arg-type]
