@@ -11,7 +11,9 @@ votes. ``DisputeJudge`` runs the market authority's ``Arbiter`` over disputed ta
 from __future__ import annotations
 
 import base64
+import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -278,8 +280,32 @@ class MarketAgent:
             except MarketError as exc:  # committed or released meanwhile: nothing to protect any more
                 log.debug("receipt %s #%d: %s", job, key[1], exc)
 
+    def _kept_path(self, job: str, index: int) -> Path:
+        return Path(self.node.config.cache_dir) / "announcements" / f"{job}-{int(index)}.json"
+
+    def _keep(self, ann: Announcement) -> None:
+        """On disk as well: validators fetch the announcement after the commit, and a node restarted in
+        between must still answer, or an honest executor looks like one hiding its work."""
+        path = self._kept_path(ann.job, ann.index)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(announcement_json(ann)))
+        os.replace(tmp, path)
+
+    def _kept(self, job: str, index: int) -> Announcement | None:
+        try:
+            Pubkey.from_string(job)
+            return announcement_from(json.loads(self._kept_path(job, index).read_text()))
+        except (OSError, ValueError):
+            return None
+
     def _forget_closed(self, open_jobs: set[str]) -> None:
         """A closed job's account is gone from the chain; what this node kept about it can go too."""
+        kept = Path(self.node.config.cache_dir) / "announcements"
+        if kept.is_dir():
+            for f in kept.glob("*.json"):
+                if f.name.split("-")[0] not in open_jobs:
+                    f.unlink(missing_ok=True)
         for key in [k for k in self._receipted if k[0] not in open_jobs]:
             self._receipted.discard(key)
         for table in (self.announced, self._first_seen, self._accepted_at):
@@ -381,6 +407,7 @@ class MarketAgent:
             ann = self.executor.commit(job, index)
             self.executor.forget(job, index)
             self.announced[key] = ann
+            self._keep(ann)
             self.stats["committed"] += 1
             return ann
 
@@ -438,7 +465,7 @@ class MarketAgent:
 
         @r.get("/jobs/{job}/tasks/{index}/announcement")
         def announcement(job: str, index: int) -> JSONResponse:
-            ann = self.announced.get((job, index))
+            ann = self.announced.get((job, index)) or self._kept(job, index)
             if ann is None:
                 return JSONResponse({"error": "this node announced nothing for this task"}, status_code=404)
             return JSONResponse(announcement_json(ann))
