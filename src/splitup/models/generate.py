@@ -14,10 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from splitup.graph.builder import read_state
 from splitup.graph.limits import Limits
+from splitup.graph.meta import read_state
 from splitup.graph.shapes import read_dim_max
 from splitup.models.errors import ModelError
+from splitup.partition.task import TensorSpec
+from splitup.runtime.kv import KvLayout
 
 StepFn = Callable[[np.ndarray], np.ndarray]
 
@@ -119,7 +121,11 @@ class OrtDecoder:
         for i in self.session.get_inputs():
             if i.name in self.pairs:
                 shape = [d if isinstance(d, int) else 0 for d in i.shape]
-                self._empty[i.name] = np.zeros(shape, np.float32)
+                self._empty[i.name] = np.zeros(shape, np.int64 if i.type == "tensor(int64)" else np.float32)
+        dim_max = {"past": self.context, "seq": self.max_seq}
+        self.layout = KvLayout.of([TensorSpec(i.name, "int64" if i.type == "tensor(int64)" else "float32", list(i.shape),
+                                              [d if isinstance(d, int) else dim_max.get(d, 0) for d in i.shape])
+                                   for i in self.session.get_inputs()], self.pairs)
         self.state: dict[str, np.ndarray] = {}
         self.length = 0
 
@@ -134,6 +140,8 @@ class OrtDecoder:
         if self.length + ids.shape[1] > self.context:
             raise ModelError(f"the context of {self.context} tokens is full")
         feeds = {"input_ids": ids, **{k: self.state.get(k, v) for k, v in self._empty.items()}}
+        if self.layout is not None:  # the growing form: caches hold exactly the tokens there are
+            feeds = self.layout.ensure_capacity(feeds, "growing")
         names = ["logits", *self.pairs.values()]
         out = dict(zip(names, self.session.run(names, feeds), strict=True))
         self.state = {past: out[present] for past, present in self.pairs.items()}

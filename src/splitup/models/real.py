@@ -142,9 +142,11 @@ class RealModel:
 
 
 def load_real_model(
-    name: str, *, max_seq: int | None = None, kv_cache: bool = True, validate: bool = True
+    name: str, *, max_seq: int | None = None, kv_cache: bool = True, validate: bool = True,
+    context: int | None = None,
 ) -> RealModel:
-    """Import ``name`` and build its graph; ``max_seq`` bounds the tokens of one call (prefill chunk)."""
+    """Import ``name`` and build its graph; ``max_seq`` bounds the tokens of one call (prefill chunk),
+    ``context`` the tokens a generation may hold (the KV cache's capacity; default: the model's)."""
     from tokenizers import Tokenizer
 
     s = spec(name)
@@ -152,6 +154,8 @@ def load_real_model(
     cfg = imported.config
     if max_seq is not None:
         cfg = type(cfg)(**{**asdict(cfg), "max_seq": int(max_seq)})
+    if context is not None and isinstance(cfg, LlamaConfig):
+        cfg = type(cfg)(**{**asdict(cfg), "context": int(context)})
     params = ParamSource(weights=to_zoo_names(imported))
     if isinstance(cfg, LlamaConfig):
         model = build_llama(cfg, params, kv_cache=kv_cache, name=name, validate=validate)

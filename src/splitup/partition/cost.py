@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from splitup.graph.builder import read_state
 from splitup.graph.limits import Limits
+from splitup.graph.meta import read_state
 from splitup.graph.shapes import TensorType, infer_at, read_dim_max, typed_tensors
 from splitup.graph.sizes import element_count, tensor_bytes
 from splitup.graph.validate import validate_model
@@ -112,8 +112,16 @@ def analyze(model: onnx.ModelProto, limits: Limits | None = None, *, trusted: bo
         types = typed_tensors(infer_at(model, dim_max, limits).graph, limits)
     else:
         types = validate_model(model, limits=limits).tensor_types  # sized at the maxima while validating
+    return analysis_of(model, types, dim_max)
+
+
+def analysis_of(model: onnx.ModelProto, types: dict[str, TensorType], dim_max: dict[str, int]) -> GraphAnalysis:
+    """The analysis of ``model`` from tensor types already sized at the maxima (``analyze``, or the
+    operator-splitting pass, which derives the types of the tensors it adds from the ones it splits)."""
     nodes = [n for n in model.graph.node if n.op_type != "Constant"]
     constants = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
+    if not nodes:  # a graph of constants alone: they are its work, one task makes them
+        nodes, constants = list(model.graph.node), {}
     analysis = GraphAnalysis(
         model=model,
         nodes=nodes,
@@ -121,16 +129,23 @@ def analyze(model: onnx.ModelProto, limits: Limits | None = None, *, trusted: bo
         types=types,
         flops=[node_flops(n, types) for n in nodes],
         initializers={t.name: t for t in model.graph.initializer},
-        graph_inputs=[i.name for i in model.graph.input],
+        # An initializer listed as an input (IR < 4 requires it) is a weight, not something callers feed.
+        graph_inputs=[i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}],
         graph_outputs=[o.name for o in model.graph.output],
         state=read_state(model),
         dim_max=dim_max,
     )
-    for i, node in enumerate(nodes):
+    index_uses(analysis)
+    return analysis
+
+
+def index_uses(analysis: GraphAnalysis) -> None:
+    """Fill in where each tensor is made, first read and last read."""
+    first, last, producer = analysis.first_use, analysis.last_use, analysis.producer
+    for i, node in enumerate(analysis.nodes):
         for name in node.input:
             if name:
-                analysis.first_use.setdefault(name, i)
-                analysis.last_use[name] = i
+                first.setdefault(name, i)
+                last[name] = i
         for name in node.output:
-            analysis.producer[name] = i
-    return analysis
+            producer[name] = i
