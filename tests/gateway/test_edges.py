@@ -58,7 +58,10 @@ def test_node_refuses_a_step_beyond_the_context_with_a_4xx(env) -> None:
         c.url for c, h in zip(env.net.nodes, env.net.holds, strict=True) if 0 in h)
     ctx = context_length(env.net.plan)
     past = {s.name: np.zeros([ctx - 8 if d == "past" else (1 if isinstance(d, str) else d) for d in s.shape],
-                             np.float32) for s in task.inputs if s.name in task.state}
+                             s.dtype) for s in task.inputs if s.name in task.state}
+    for name in past:
+        if name.endswith(".length"):
+            past[name][...] = ctx - 8
     ids = np.zeros((1, 16), np.int64)
     send = [o.name for o in task.outputs][:1]
     body = encode({"input_ids": ids, **past}, Envelope("edge", 0, [Hop([url], task.task_id, send)]))

@@ -24,7 +24,7 @@ from splitup.gateway.admission import Admission
 from splitup.gateway.jobstore import JobStore
 from splitup.market.accounts import node_endpoint
 from splitup.sdk.capacity import market_capacity, shortfall
-from splitup.sdk.client import Client
+from splitup.sdk.client import Client, JobGone
 from splitup.sdk.errors import JobError
 from splitup.sdk.reports import JobReport, TaskReport
 
@@ -239,7 +239,7 @@ class GatewayService:
             # hold a worker while others could close.
             report = self.client.wind_up(key, model_name=j.model, task_ids=j.task_ids, timeout=0.0, ask=first)
         except Exception as exc:  # keep the job: its windows are bounded, a later try gets it closed
-            if self._closed_elsewhere(key):
+            if isinstance(exc, JobGone) or self._closed_elsewhere(key):
                 report = j.report
             else:
                 if not isinstance(exc, JobError) or "not settled" not in str(exc):

@@ -268,9 +268,13 @@ class MarketAgent:
         """Receipt on chain the first input of each task this node accepted: from then on the client can
         no longer release the task (and its pay) from under the node."""
         for key, job in list(self.accepted.items()):
-            if key in self._receipted:
+            if key in self._receipted or key in self.announced:
                 continue
-            task_id = self.executor.task(job, key[1]).task_id
+            try:
+                task_id = self.executor.task(job, key[1]).task_id
+            except Exception:  # committed or released meanwhile: nothing left to receipt
+                self._receipted.add(key)
+                continue
             ins = self.node.first_inputs.get((key[0], task_id))
             if ins is None:
                 continue

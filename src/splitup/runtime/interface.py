@@ -70,13 +70,17 @@ def check_positions(task: TaskDefinition, feeds: Mapping[str, np.ndarray]) -> No
                 for axis, d in enumerate(specs[name].shape) if d == SEQ_DIM and axis < v.ndim), None)
     if seq is None:
         return
+    # A fixed-capacity cache carries its filled length beside it (``past.N.length``); a growing one is as
+    # long as its axis.
+    lengths = [int(np.max(v)) for n, v in feeds.items() if n in task.state and n.endswith(".length") and v.size]
     for name in task.state:
         value, spec = feeds.get(name), specs.get(name)
         if value is None or spec is None:
             continue
         for axis, d in enumerate(spec.shape):
             if isinstance(d, str) and d != SEQ_DIM and d in task.dim_max and axis < value.ndim:
-                past, most = int(value.shape[axis]), task.dim_max[d]
+                past = max(lengths) if lengths else int(value.shape[axis])
+                most = task.dim_max[d]
                 if past + seq > most:
                     raise ContextLimit(f"context limit: {past} cached + {seq} new positions = {past + seq} exceed "
                                        f"task {task.index}'s maximum context of {most} ({d!r})")

@@ -30,7 +30,7 @@ from solders.pubkey import Pubkey
 
 from splitup.market.accounts import node_endpoint, node_specialized
 from splitup.market.constants import TaskStatus
-from splitup.market.errors import MarketError, TooEarlyError, WrongTaskStateError
+from splitup.market.errors import MarketError, TooEarlyError, TransactionFailed, WrongTaskStateError
 from splitup.market.localnet import DEFAULT_RPC_URL
 from splitup.market.market import Market
 from splitup.market.transport import DEFAULT_PROGRAM_ID
@@ -46,6 +46,10 @@ DEFAULT_STORE_URL = "http://127.0.0.1:8600"
 log = logging.getLogger("splitup.sdk")
 
 __all__ = ["Client", "Completion", "JobError", "MarketBusy", "RequestError", "RunResult", "TokenEvent"]
+
+
+class JobGone(JobError):
+    """The job's account is not on chain: closed already, or its posting never landed."""
 
 
 class NotAccepted(JobError):
@@ -244,8 +248,10 @@ class Client:
         m = self.market
         try:
             info = m.job(job)
+        except TransactionFailed:
+            raise  # the chain is unreachable: nothing is known
         except MarketError:
-            raise JobError(f"job {job} is not on chain (already closed?)") from None
+            raise JobGone(f"job {job} is not on chain (closed, or never posted)") from None
         nodes = dict(m.nodes())
         for i, t in enumerate(info.tasks):
             status = TaskStatus(t.status)
