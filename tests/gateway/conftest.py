@@ -36,7 +36,8 @@ def env(tmp_path_factory) -> Iterator[Env]:
         port = free_port()
         gw = net.procs.start("gateway", ["-m", "splitup", "gateway", "start", "--rpc-url", net.rpc_url,
                                          "--store", net.store_url, "--keypair", str(net.wallet_path("client")),
-                                         "--port", str(port)], f"http://127.0.0.1:{port}")
+                                         "--port", str(port), "--db", str(root / "gateway.sqlite")],
+                                f"http://127.0.0.1:{port}")
         net.procs.wait_http(gw)
         yield Env(net, gw, prep, whole)
 

@@ -106,8 +106,8 @@ def test_state_sent_to_a_session_and_a_full_cache_are_refused(plan, cluster):
         limit = past.max_shape[2] // 64
         for step in range(limit):
             assert post(url, body(plan, url, x, task=1, session=sid, step=step)).status_code == 200
-        # Past the model's context: refused before anything runs, node unharmed.
-        refused(post(url, body(plan, url, x, task=1, session=sid, step=limit)), 422, "context is full")
+        # Past the model's context: refused before anything runs, naming the limit; node unharmed.
+        refused(post(url, body(plan, url, x, task=1, session=sid, step=limit)), 400, "maximum context")
         assert httpx.get(url + "/health").status_code == 200
     finally:
         httpx.delete(f"{url}/sessions/{sid}")

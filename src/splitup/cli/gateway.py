@@ -25,6 +25,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="blob store holding model manifests, plans and tokenizers [$SPLITUP_STORE_URL]")
     start.add_argument("--host", default="127.0.0.1")
     start.add_argument("--port", type=int, default=8000)
+    start.add_argument("--db", type=Path, default=None,
+                       help="SQLite file of the gateway's jobs; a restart winds up what it left "
+                       "[default: .splitup/gateway-<wallet>.sqlite]")
+    start.add_argument("--max-running", type=int, default=4, help="requests run at once (default 4)")
+    start.add_argument("--max-queue", type=int, default=16, help="requests waiting for room (default 16)")
+    start.add_argument("--queue-timeout", type=float, default=20.0,
+                       help="seconds a request may wait for room before 429 (default 20; 0 refuses at once)")
+    start.add_argument("--task-timeout-slots", type=int, default=3000,
+                       help="slots a node has for a task once accepted (bounded by the market's config)")
+    start.add_argument("--deadline-slots", type=int, default=6000, help="slots until a job's deadline")
     start.add_argument("--log-level", default="warning")
     start.set_defaults(func=cmd_start)
 
@@ -38,11 +48,15 @@ def cmd_start(args: argparse.Namespace) -> int:
     from splitup.sdk.client import Client
 
     client = Client(args.rpc_url, Path(args.keypair or default_keypair_path()), store_url=args.store,
-                    program_id=args.program_id)
+                    program_id=args.program_id, task_timeout_slots=args.task_timeout_slots,
+                    deadline_slots=args.deadline_slots)
+    db = args.db or Path(".splitup") / f"gateway-{str(client.payer.pubkey())[:8]}.sqlite"
     print(f"splitup gateway: http://{args.host}:{args.port}/ (console), /v1 (OpenAI API); paying from "
-          f"{client.payer.pubkey()}", flush=True)
+          f"{client.payer.pubkey()}; jobs in {db}", flush=True)
+    svc = GatewayService(client, db_path=db, max_running=args.max_running, max_queue=args.max_queue,
+                         queue_timeout=args.queue_timeout)
     try:
-        uvicorn.run(create_app(GatewayService(client)), host=args.host, port=args.port, log_level=args.log_level)
+        uvicorn.run(create_app(svc), host=args.host, port=args.port, log_level=args.log_level)
     finally:
         client.close()
     return 0

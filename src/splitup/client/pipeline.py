@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -79,9 +80,10 @@ def _made_before(name: str, tasks: Sequence[TaskDefinition], stop: int) -> bool:
 class PipelineClient:
     def __init__(self, plan: Plan, route: Sequence[str | Sequence[str]], *, hop_timeout: float = 30.0,
                  max_failovers: int = 4, token_input: str = "input_ids", logits_output: str = "logits",
-                 transport: str = "frames") -> None:
+                 transport: str = "frames", busy_wait_s: float = 10.0) -> None:
         """``transport``: ``frames`` sends hops as binary frames over kept-open connections to nodes that
-        have a frame port (HTTP to those that do not); ``http`` always POSTs to ``/execute``."""
+        have a frame port (HTTP to those that do not); ``http`` always POSTs to ``/execute``.
+        ``busy_wait_s``: how long to wait for a full node (429) before giving up."""
         if len(route) != len(plan.tasks):
             raise PipelineError(f"route names {len(route)} hops for a plan of {len(plan.tasks)} tasks")
         if transport not in TRANSPORTS:
@@ -95,6 +97,7 @@ class PipelineClient:
         if not all(self.candidates):
             raise PipelineError("every task needs at least one endpoint")
         self.hop_timeout = hop_timeout
+        self.busy_wait_s = busy_wait_s  # how long to wait for a full node (429) before giving up
         self.max_failovers = max_failovers
         self.token_input, self.logits_output = token_input, logits_output
         state_outputs = {present for t in plan.tasks for present in t.state.values()}
@@ -123,7 +126,7 @@ class PipelineClient:
         failure: NodeFailure | None = None
         for attempt, url in enumerate(urls):
             try:
-                content, parked = self._exchange(url, env, tensors)
+                content, parked = self._exchange_waiting(url, env, tensors)
             except NodeFailure as f:
                 if f.kind not in ("timeout", "unreachable") or f.status is not None:
                     raise
@@ -136,6 +139,21 @@ class PipelineClient:
             return content
         assert failure is not None
         raise failure
+
+    def _exchange_waiting(self, url: str, env: Envelope, tensors: Mapping[str, np.ndarray]) \
+            -> tuple[dict[str, np.ndarray], str | None]:
+        """``_exchange``, and while the node answers 429 (every worker busy) wait and send again, up to
+        ``busy_wait_s``; steps are idempotent on the nodes, so resending one is safe."""
+        deadline = time.monotonic() + self.busy_wait_s
+        pause = 0.02
+        while True:
+            try:
+                return self._exchange(url, env, tensors)
+            except NodeFailure as f:
+                if f.status != 429 or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
 
     def _exchange(self, url: str, env: Envelope, tensors: Mapping[str, np.ndarray]) \
             -> tuple[dict[str, np.ndarray], str | None]:
@@ -270,20 +288,38 @@ class PipelineClient:
 
     # --- node requests -------------------------------------------------------------------------------------
     def open_session(self, task_index: int) -> tuple[str, str]:
-        """A new session for a task on the first of its endpoints that accepts one: (url, session id)."""
+        """A new session for a task on the first of its endpoints that accepts one: (url, session id).
+
+        A node that is full (429) is passed over for the next holder; when every holder is full, the
+        client waits as they ask and tries again, up to ``busy_wait_s``, then raises ``NodeFailure``
+        of kind ``busy`` (status 429)."""
         task = self.plan.tasks[task_index]
-        for _ in range(len(self.candidates[task_index])):
-            url = self.candidates[task_index][0]
-            try:
-                r = self._http.post(url.rstrip("/") + "/sessions", json={"task_id": task.task_id},
-                                    timeout=self.hop_timeout)
-                if r.status_code == 201:
-                    return url, str(r.json()["session"])
-                log.warning("task %d: %s refused a session: %s", task_index, url, r.text[:200])
-            except httpx.HTTPError as exc:
-                log.warning("task %d: %s unreachable: %r", task_index, url, exc)
-            self._retire(task_index, url)
-        raise PipelineError(f"no node holding task {task_index} accepts a session")
+        deadline = time.monotonic() + self.busy_wait_s
+        pause = 0.05
+        while True:
+            busy = 0
+            wait = pause
+            for _ in range(len(self.candidates[task_index])):
+                url = self.candidates[task_index][0]
+                try:
+                    r = self._http.post(url.rstrip("/") + "/sessions", json={"task_id": task.task_id},
+                                        timeout=self.hop_timeout)
+                    if r.status_code == 201:
+                        return url, str(r.json()["session"])
+                    if r.status_code == 429:
+                        busy += 1
+                        wait = min(wait, _retry_after(r))
+                    log.warning("task %d: %s refused a session: %s", task_index, url, r.text[:200])
+                except httpx.HTTPError as exc:
+                    log.warning("task %d: %s unreachable: %r", task_index, url, exc)
+                self._retire(task_index, url)
+            if not busy:
+                raise PipelineError(f"no node holding task {task_index} accepts a session")
+            if time.monotonic() + wait > deadline:
+                raise NodeFailure(f"every node holding task {task_index} is full (429) after waiting "
+                                  f"{self.busy_wait_s:.0f} s", hop=task_index, kind="busy", status=429)
+            time.sleep(wait)
+            pause = min(pause * 2, 1.0)
 
     def close_session(self, url: str, session: str) -> None:
         try:
@@ -306,6 +342,10 @@ class GenerationSession:
             self.close()
             raise
         self._broken: set[int] = set()
+        # Which endpoint serves each task now (a stand-in after a failure); kept current in place.
+        self.places_urls = [url for url, _ in self.places]
+        # Told (task index, new endpoint) once a stand-in holds a task's state again after a failure.
+        self.on_move: Callable[[int, str], None] | None = None
         self.steps = [0] * len(self.plan.tasks)
         self.context: list[int] = []
         self.job = secrets.token_hex(8)
@@ -383,6 +423,7 @@ class GenerationSession:
         c = self.client
         self.recoveries += 1
         self.places[k] = c.open_session(k)
+        self.places_urls[k] = self.places[k][0]
         self.steps[k] = 0
         if not self.context:
             return
@@ -401,6 +442,15 @@ class GenerationSession:
             for url, sid in temp.values():
                 c.close_session(url, sid)
         self.steps[k] = steps[k]
+        if self.on_move is not None:
+            self.on_move(k, self.places[k][0])
+
+
+def _retry_after(r: httpx.Response) -> float:
+    try:
+        return max(0.0, min(float(r.headers.get("retry-after", "1")), 30.0))
+    except ValueError:
+        return 1.0
 
 
 def _failure(r: httpx.Response) -> NodeFailure:

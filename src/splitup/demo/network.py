@@ -83,7 +83,8 @@ def placement(plan: Plan, budgets: list[int]) -> tuple[list[list[int]], list[lis
 def local_market(root: Path, model: DemoModel, plan_dir: Path, budgets: list[int], *, verify_rate_bps: int,
                  slot_ms: int = 100, ui: Any = None, arbiter: bool = True,
                  cheaters: Mapping[str, str] | None = None,
-                 node_args: Mapping[str, Sequence[str]] | None = None) -> Iterator[LocalMarket]:
+                 node_args: Mapping[str, Sequence[str]] | None = None,
+                 validator_timeout_slots: int = 6_000) -> Iterator[LocalMarket]:
     """``cheaters``: node name -> a cheat of ``splitup.demo.node --cheat`` (perturb, zeros) for that node;
     ``node_args``: node name -> more ``splitup.demo.node`` options for it (``--engine tinygrad``, ``--threads 2``)."""
     from splitup.node.agent import DisputeJudge
@@ -119,7 +120,8 @@ def local_market(root: Path, model: DemoModel, plan_dir: Path, budgets: list[int
             for name, kp in wallets.items():
                 market.t.airdrop(kp.pubkey(), (20 if name in ("authority", "client") else 10) * SOL)
             # Generous validator window: a validator on a shared CPU replays a whole generation.
-            market.init_config(authority, MarketParams.flat(verify_rate_bps, validator_timeout_slots=6_000))
+            market.init_config(authority, MarketParams.flat(verify_rate_bps,
+                                                            validator_timeout_slots=validator_timeout_slots))
             published = publish_model(market, authority, plan_dir, store, kind="decoder",
                                       tokenizer_json=model.tokenizer_json, chat_template=model.chat_template,
                                       bos_id=model.bos_id, eos_ids=model.eos_ids, description=model.description)

@@ -58,6 +58,7 @@ class Child:
     proc: subprocess.Popen[bytes]
     log: Path
     url: str
+    args: tuple[str, ...] = ()
 
     def tail(self, chars: int = 3000) -> str:
         try:
@@ -83,11 +84,27 @@ class Processes:
 
     def start(self, name: str, args: Sequence[str], url: str) -> Child:
         log = self.log_dir / f"{name}.log"
-        with open(log, "wb") as out:
+        with open(log, "ab") as out:
             proc = subprocess.Popen([sys.executable, *args], stdout=out, stderr=subprocess.STDOUT, env=self.env,
                                     start_new_session=True)
-        child = Child(name, proc, log, url)
+        child = Child(name, proc, log, url, tuple(args))
         self.children.append(child)
+        return child
+
+    def kill(self, child: Child) -> None:
+        """SIGKILL, as a crash would: no handler runs, nothing is flushed that was not already durable."""
+        if child.proc.poll() is None:
+            child.proc.kill()
+        child.proc.wait(10)
+
+    def restart(self, child: Child) -> Child:
+        """The same process again (same arguments, port and log); ``child`` is updated in place."""
+        if child.proc.poll() is None:
+            raise ProcessError(f"{child.name} is still running")
+        self.children.remove(child)
+        fresh = self.start(child.name, child.args, child.url)
+        child.proc = fresh.proc
+        self.children[-1] = child
         return child
 
     def wait_http(self, child: Child, path: str = "/health", timeout: float = 60.0, *,

@@ -4,6 +4,11 @@ Every request becomes one market job, paid by the gateway's wallet. Supported pa
 ``prompt`` (one string) / ``messages``, ``max_tokens`` (or ``max_completion_tokens``), ``temperature``
 (0 is greedy), ``seed``, ``stop``, ``stream``; ``n`` and ``top_p`` only at their defaults (1). Errors
 use OpenAI's ``{"error": {...}}`` shape. Each answer carries ``"splitup": {"job": address}``.
+
+Money moves last: every field, the prompt's tokens plus ``max_tokens`` against the model's context,
+and the market's room are checked before a job is posted. A request at fault gets 400
+``invalid_request_error`` naming the limit (OpenAI clients do not retry it); a full market gets 429
+with ``Retry-After`` (they retry after it); 5xx only for failures of the market itself.
 """
 
 from __future__ import annotations
@@ -21,25 +26,43 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from splitup.errors import SplitUpError
 from splitup.gateway.service import GatewayService
+from splitup.sdk.catalog import CatalogError
 from splitup.sdk.client import Completion, TokenEvent
+from splitup.sdk.errors import MarketBusy, RequestError
+from splitup.sdk.limits import check_generation
 
 MAX_TOKENS_LIMIT = 4096
+MAX_BODY_BYTES = 4 << 20
+MAX_PROMPT_CHARS = 1 << 20  # tokenizing is bounded work; the context check comes right after
+MAX_MESSAGES = 1024
 
 
 class BadRequest(Exception):
-    def __init__(self, message: str, param: str | None = None, status: int = 400, kind: str = "invalid_request_error"):
+    def __init__(self, message: str, param: str | None = None, status: int = 400, kind: str = "invalid_request_error",
+                 code: str | None = None, retry_after: float | None = None):
         super().__init__(message)
-        self.param, self.status, self.kind = param, status, kind
+        self.param, self.status, self.kind, self.code, self.retry_after = param, status, kind, code, retry_after
 
     def response(self) -> JSONResponse:
-        return JSONResponse({"error": {"message": str(self), "type": self.kind, "param": self.param, "code": None}},
-                            status_code=self.status)
+        headers = {"retry-after": str(max(1, round(self.retry_after)))} if self.retry_after is not None else None
+        return JSONResponse({"error": {"message": str(self), "type": self.kind, "param": self.param,
+                                       "code": self.code}}, status_code=self.status, headers=headers)
+
+    @staticmethod
+    def of(exc: Exception) -> BadRequest:
+        """The HTTP answer for an SDK error: the caller's fault 400, a full market 429, the market's 503."""
+        if isinstance(exc, RequestError):
+            return BadRequest(str(exc), exc.param, 400, "invalid_request_error", exc.code)
+        if isinstance(exc, MarketBusy):
+            return BadRequest(str(exc), None, 429, "rate_limit_error", "market_busy", exc.retry_after)
+        return BadRequest(str(exc), None, 503, "market_error", None, 5.0)
 
 
 @dataclass(frozen=True)
 class GenRequest:
     model: str
     prompt_text: str
+    prompt_ids: list[int]
     max_tokens: int
     temperature: float
     seed: int | None
@@ -82,14 +105,18 @@ def parse(body: Any, svc: GatewayService, *, chat: bool) -> GenRequest:
         raise BadRequest("stop must be a string or up to 4 strings", "stop")
     try:
         entry = svc.client.plan(model)
-    except SplitUpError as exc:
+    except CatalogError as exc:
         raise BadRequest(str(exc), "model", 404, "model_not_found") from None
+    except SplitUpError as exc:  # the chain or the store is unreachable: not the caller's fault
+        raise BadRequest(f"the market is unavailable: {exc}", None, 503, "market_error", retry_after=5.0) from None
     if entry.manifest.kind != "decoder":
         raise BadRequest(f"model {model} does not generate text", "model")
     if chat:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise BadRequest("messages must be a non-empty list", "messages")
+        if len(messages) > MAX_MESSAGES:
+            raise BadRequest(f"at most {MAX_MESSAGES} messages", "messages")
         clean = []
         for m in messages:
             if not isinstance(m, dict) or not isinstance(m.get("role"), str):
@@ -99,6 +126,9 @@ def parse(body: Any, svc: GatewayService, *, chat: bool) -> GenRequest:
                 content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
             if not isinstance(content, str):
                 raise BadRequest("message content must be text", "messages")
+            if len(content) > MAX_PROMPT_CHARS:
+                raise BadRequest(f"a message of {len(content)} characters exceeds the limit of {MAX_PROMPT_CHARS}",
+                                 "messages", code="context_length_exceeded")
             clean.append({"role": m["role"], "content": content})
         try:
             text = svc.client.chat_prompt(entry, clean)
@@ -110,8 +140,21 @@ def parse(body: Any, svc: GatewayService, *, chat: bool) -> GenRequest:
             prompt = prompt[0]
         if not isinstance(prompt, str) or not prompt:
             raise BadRequest("prompt must be one non-empty string", "prompt")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise BadRequest(f"a prompt of {len(prompt)} characters exceeds the limit of {MAX_PROMPT_CHARS}",
+                             "prompt", code="context_length_exceeded")
         text = prompt
-    return GenRequest(model, text, int(max_tokens), temperature, seed, stop, bool(body.get("stream", False)), chat)
+    if len(text) > MAX_PROMPT_CHARS:
+        raise BadRequest(f"the prompt of {len(text)} characters exceeds the limit of {MAX_PROMPT_CHARS}",
+                         "messages" if chat else "prompt", code="context_length_exceeded")
+    ids = svc.client.encode(entry, text)
+    try:
+        check_generation(entry.plan, ids, int(max_tokens), temperature, None, seed)
+    except RequestError as exc:
+        param = ("messages" if chat else "prompt") if exc.param == "messages" else exc.param
+        raise BadRequest(str(exc), param, code=exc.code) from None
+    return GenRequest(model, text, ids, int(max_tokens), temperature, seed, stop, bool(body.get("stream", False)),
+                      chat)
 
 
 class Run:
@@ -129,20 +172,27 @@ class Run:
     def deltas(self) -> Iterator[str]:
         svc, req = self.svc, self.req
         entry = svc.client.plan(req.model)
-        ids = svc.client.encode(entry, req.prompt_text)
+        ids = req.prompt_ids
         self.prompt_tokens = len(ids)
 
         def on_job(job: Any) -> None:
+            if self.job:  # the previous job lost the race for nodes; the SDK wound it up: record that too
+                svc.job_failed(self.job, "no node accepted in time; posted again")
             self.job = str(job)
             svc.job_started(job, req.model, req.prompt_text, "chat" if req.chat else "completion", entry.task_ids())
 
+        # Admitted by the gateway already (``Admission``): the SDK does not check capacity a second time.
         events = svc.client.stream(req.model, ids, req.max_tokens, req.temperature, seed=req.seed, wait=False,
-                                   on_job=on_job)
+                                   on_job=on_job, admit=False)
         stopped = False
         t0 = time.perf_counter()
         tokens = 0
+        placing = True
         try:
             for e in events:
+                if placing:
+                    placing = False
+                    svc.placed(req.model)
                 if isinstance(e, TokenEvent):
                     tokens += e.token_id >= 0
                     if stopped or not e.text:
@@ -161,14 +211,18 @@ class Run:
                             yield tail
                     svc.job_generated(e.job, len(e.token_ids), e.seconds)
         except Exception as exc:
-            if self.job:
+            if self.job:  # wound up in the background: commit what was computed, release the rest, refund
                 svc.job_failed(self.job, f"{type(exc).__name__}: {exc}")
             raise
         finally:
+            if placing:
+                svc.placed(req.model)
             if self.job and self.completion is None:
                 events.close()  # the SDK has the executors commit what they computed
                 if tokens:  # the client went away mid-stream: settle the work that was done
                     svc.job_generated(self.job, tokens, time.perf_counter() - t0)
+                else:
+                    svc.job_failed(self.job, "the client went away before any token")
 
     def _cut(self, piece: str) -> tuple[str, bool]:
         """The text that may be shown now, and whether a stop string ended the text.
@@ -207,25 +261,63 @@ def router(svc: GatewayService) -> APIRouter:
                                            for e in entries]}
 
     async def handle(request: Request, chat: bool) -> Any:
+        busy = svc.admission.arrive()
+        if busy is not None:  # before reading the body: a burst beyond the queue costs nothing
+            return BadRequest.of(busy).response()
+        entering = [False]
         try:
-            body = await request.json()
+            return await checked(request, chat, entering)
+        finally:
+            if not entering[0]:  # refused by its checks before it queued: count it out
+                svc.admission.depart()
+
+    async def checked(request: Request, chat: bool, entering: list[bool]) -> Any:
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+            return BadRequest(f"the body of {declared} bytes exceeds the limit of {MAX_BODY_BYTES}", None,
+                              413).response()
+        try:
+            raw = await request.body()
+            if len(raw) > MAX_BODY_BYTES:
+                return BadRequest(f"the body exceeds the limit of {MAX_BODY_BYTES} bytes", None, 413).response()
+            body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError):
             return BadRequest("the body is not JSON").response()
         try:
             req = await run_in_threadpool(parse, body, svc, chat=chat)
         except BadRequest as exc:
             return exc.response()
+        # One line per API key (or address) in the admission queue: a client's burst waits behind itself.
+        who = request.headers.get("authorization") or (request.client.host if request.client else "-")
+        entering[0] = True  # enter() counts it out of the arrivals itself
+        try:
+            await svc.admission.enter(who, req.model)
+        except MarketBusy as exc:
+            return BadRequest.of(exc).response()
+        t0 = time.monotonic()
         run = Run(svc, req)
         rid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
         created = int(time.time())
         obj = "chat.completion" if chat else "text_completion"
         if req.stream:
-            return StreamingResponse(_stream(run, rid, created, req.model, chat), media_type="text/event-stream",
-                                     headers={"cache-control": "no-cache"})
+            pieces = run.deltas()
+            try:
+                # Placement and the first token before the status line: a refusal still gets its code.
+                first = await run_in_threadpool(next, pieces, None)
+            except Exception as exc:
+                svc.admission.leave(time.monotonic() - t0)
+                if isinstance(exc, SplitUpError):
+                    return BadRequest.of(exc).response()
+                raise
+            return StreamingResponse(_stream(run, first, pieces, rid, created, req.model, chat,
+                                             lambda: svc.admission.leave(time.monotonic() - t0)),
+                                     media_type="text/event-stream", headers={"cache-control": "no-cache"})
         try:
             text = await run_in_threadpool(lambda: "".join(run.deltas()))
         except SplitUpError as exc:
-            return BadRequest(str(exc), None, 503, "market_error").response()
+            return BadRequest.of(exc).response()
+        finally:
+            svc.admission.leave(time.monotonic() - t0)
         choice: dict[str, Any] = {"index": 0, "finish_reason": run.finish}
         if chat:
             choice["message"] = {"role": "assistant", "content": text}
@@ -245,7 +337,8 @@ def router(svc: GatewayService) -> APIRouter:
     return r
 
 
-def _stream(run: Run, rid: str, created: int, model: str, chat: bool) -> Iterator[str]:
+def _stream(run: Run, first: str | None, pieces: Iterator[str], rid: str, created: int, model: str, chat: bool,
+            done: Any) -> Iterator[str]:
     """Server-sent events: one ``data: {chunk}`` per text piece, a last chunk with the finish reason, ``[DONE]``."""
     obj = "chat.completion.chunk" if chat else "text_completion"
 
@@ -261,16 +354,23 @@ def _stream(run: Run, rid: str, created: int, model: str, chat: bool) -> Iterato
             choice = {"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}
         return {"id": rid, "object": obj, "created": created, "model": model, "choices": [choice]}
 
-    if chat:
-        yield _sse(chunk("", None, first=True))
     try:
-        for piece in run.deltas():
-            yield _sse(chunk(piece, None))
-    except SplitUpError as exc:
-        yield _sse({"error": {"message": str(exc), "type": "market_error", "param": None, "code": None}})
-        return
-    last = chunk(None if chat else "", run.finish)
-    last["usage"] = run.usage()
-    last["splitup"] = {"job": run.job}
-    yield _sse(last)
-    yield "data: [DONE]\n\n"
+        if chat:
+            yield _sse(chunk("", None, first=True))
+        try:
+            if first is not None:
+                yield _sse(chunk(first, None))
+                for piece in pieces:
+                    yield _sse(chunk(piece, None))
+        except SplitUpError as exc:
+            err = BadRequest.of(exc)
+            yield _sse({"error": {"message": str(err), "type": err.kind, "param": err.param, "code": err.code}})
+            return
+        last = chunk(None if chat else "", run.finish)
+        last["usage"] = run.usage()
+        last["splitup"] = {"job": run.job}
+        yield _sse(last)
+        yield "data: [DONE]\n\n"
+    finally:
+        pieces.close()
+        done()

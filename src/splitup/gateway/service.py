@@ -1,27 +1,38 @@
-"""The gateway's state: the SDK client it pays with, the jobs it ran, node heartbeats, chain snapshots.
+"""The gateway's state: the SDK client it pays with, the jobs it ran, node heartbeats, chain snapshots,
+the market's free capacity per model, and admission.
 
 Closed jobs vanish from the chain, so the gateway keeps its own history of the jobs it posted (with
-the settlement report taken just before closing). Jobs are settled by one background worker, so an
-HTTP answer does not wait for verification.
+the settlement report taken just before closing), on disk (:mod:`splitup.gateway.jobstore`) so that a
+restarted gateway winds up what it left. Jobs are settled, or wound up when they failed, by background
+workers, so an HTTP answer does not wait for verification; a job whose windows have not run out yet is
+tried again later, never dropped.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 from solders.pubkey import Pubkey
 
+from splitup.gateway.admission import Admission
+from splitup.gateway.jobstore import JobStore
 from splitup.market.accounts import node_endpoint
-from splitup.sdk.client import Client
-from splitup.sdk.reports import JobReport
+from splitup.sdk.capacity import market_capacity, shortfall
+from splitup.sdk.client import Client, JobGone
+from splitup.sdk.errors import JobError
+from splitup.sdk.reports import JobReport, TaskReport
 
 log = logging.getLogger("splitup.gateway")
+
+# running -> settling -> closed: served and paid.  running -> failed -> wound_up: the job ended early, what
+# the nodes computed was paid, the rest of the escrow refunded (report.refund).
+FINAL = ("closed", "wound_up")
 
 
 @dataclass
@@ -31,12 +42,25 @@ class GatewayJob:
     created: float
     prompt: str
     kind: str  # "completion" or "chat"
-    state: str = "running"  # running -> settling -> closed | failed
+    state: str = "running"
     tokens: int = 0
     seconds: float = 0.0
     report: JobReport | None = None
     error: str = ""
     task_ids: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        body = asdict(self)
+        body["report"] = None if self.report is None else asdict(self.report)
+        return body
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> GatewayJob:
+        rep = d.get("report")
+        report = None
+        if rep is not None:
+            report = JobReport(**{**rep, "tasks": [TaskReport(**t) for t in rep["tasks"]]})
+        return GatewayJob(**{**d, "report": report})
 
 
 @dataclass
@@ -50,19 +74,43 @@ class Snapshot:
 
 
 class GatewayService:
-    def __init__(self, client: Client, *, heartbeat_s: float = 2.0, snapshot_ttl: float = 0.5) -> None:
+    def __init__(self, client: Client, *, heartbeat_s: float = 1.0, snapshot_ttl: float = 0.5,
+                 db_path: Path | None = None, max_running: int = 4, max_queue: int = 16,
+                 queue_timeout: float = 20.0, workers: int = 2, retry_s: float = 5.0) -> None:
         self.client = client
         self.jobs: dict[str, GatewayJob] = {}
         self.heartbeats: dict[str, dict[str, Any]] = {}  # endpoint -> last /status and when it came
         self.heartbeat_s = heartbeat_s
         self.snapshot_ttl = snapshot_ttl
+        self.retry_s = retry_s
+        self.store = JobStore(db_path) if db_path is not None else None
         self._snap: Snapshot | None = None
         self._snap_lock = threading.Lock()
         self._lock = threading.Lock()
-        self._settle: queue.Queue[str | None] = queue.Queue()
+        # Jobs to settle or wind up: address -> when to try next.
+        self._due: dict[str, float] = {}
+        self._due_cv = threading.Condition()
+        self._busy: set[str] = set()
+        self._asked: set[str] = set()  # jobs whose nodes were asked to commit or release
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._settle_loop, name="gateway-settle", daemon=True),
-                         threading.Thread(target=self._heartbeat_loop, name="gateway-heartbeat", daemon=True)]
+        # The market's room per model (free job slots and, when none, why), and jobs admitted but not
+        # yet placed, which the chain and the nodes cannot see yet.
+        self._room: dict[str, tuple[int, str]] = {}
+        self._pending: dict[str, int] = {}
+        self.admission = Admission(max_running=max_running, max_queue=max_queue, queue_timeout=queue_timeout,
+                                   room=self.room, taken=self._placing)
+        self._threads = [threading.Thread(target=self._work_loop, name=f"gateway-settle-{i}", daemon=True)
+                         for i in range(workers)]
+        self._threads.append(threading.Thread(target=self._heartbeat_loop, name="gateway-heartbeat", daemon=True))
+        if self.store is not None:
+            for body in self.store.all():
+                j = GatewayJob.from_json(body)
+                self.jobs[j.address] = j
+                if j.state not in FINAL:
+                    # Left by a gateway that stopped or was killed: whatever it was, wind it up.
+                    j.state = "failed" if j.state == "running" else j.state
+                    j.error = j.error or "the gateway restarted while the job ran"
+                    self._due[j.address] = 0.0
 
     def start(self) -> None:
         for t in self._threads:
@@ -70,9 +118,12 @@ class GatewayService:
 
     def stop(self) -> None:
         self._stop.set()
-        self._settle.put(None)
+        with self._due_cv:
+            self._due_cv.notify_all()
         for t in self._threads:
             t.join(timeout=10)
+        if self.store is not None:
+            self.store.close()
 
     # --- chain ----------------------------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
@@ -84,42 +135,139 @@ class GatewayService:
                                       m.jobs())
             return self._snap
 
-    # --- jobs -----------------------------------------------------------------------------------------------
-    def job_started(self, job: Pubkey, model: str, prompt: str, kind: str, task_ids: list[str]) -> None:
+    # --- capacity -------------------------------------------------------------------------------------------
+    def room(self, model: str) -> str:
+        """Why the market cannot take a job of ``model`` now; '' when it can (or nothing is known yet: the
+        chain's accept then decides). Reads the forecast the heartbeat keeps; never blocks."""
         with self._lock:
-            self.jobs[str(job)] = GatewayJob(str(job), model, time.time(), prompt[:200], kind, task_ids=task_ids)
+            known = self._room.get(model)
+            pending = self._pending.get(model, 0)
+        if known is None:
+            return ""
+        slots, why = known
+        if slots - pending >= 1:
+            return ""
+        return why or f"the {slots} free slot(s) for {model} are taken by requests being placed"
+
+    def _placing(self, model: str) -> None:
+        with self._lock:
+            self._pending[model] = self._pending.get(model, 0) + 1
+
+    def placed(self, model: str) -> None:
+        """An admitted request's job was accepted (or gave up): the chain and nodes now count it."""
+        with self._lock:
+            self._pending[model] = max(0, self._pending.get(model, 0) - 1)
+
+    def _refresh_room(self, snap: Snapshot) -> None:
+        now = time.time()
+        statuses = {url: b["status"] for url, b in self.heartbeats.items()
+                    if now - b["received"] < 3 * self.heartbeat_s + 2}
+        room: dict[str, tuple[int, str]] = {}
+        for e in snap.models:
+            if e.manifest.kind != "decoder":
+                continue
+            caps = market_capacity(snap.nodes, snap.config, e.task_ids(), [int(t.price) for t in e.info.tasks],
+                                   statuses, exclude_owner=self.client.payer.pubkey())
+            room[e.name] = (min((c.slots for c in caps), default=0), shortfall(caps))
+        with self._lock:
+            self._room = room
+
+    # --- jobs -----------------------------------------------------------------------------------------------
+    def _save(self, j: GatewayJob) -> None:
+        if self.store is not None:
+            self.store.put(j.address, j.created, j.to_json())
+
+    def job_started(self, job: Pubkey, model: str, prompt: str, kind: str, task_ids: list[str]) -> None:
+        j = GatewayJob(str(job), model, time.time(), prompt[:200], kind, task_ids=task_ids)
+        with self._lock:
+            self.jobs[j.address] = j
+        self._save(j)
 
     def job_generated(self, job: str, tokens: int, seconds: float) -> None:
         with self._lock:
             j = self.jobs[job]
             j.tokens, j.seconds, j.state = tokens, seconds, "settling"
-        self._settle.put(job)
+        self._save(j)
+        self._schedule(job, 0.0)
 
     def job_failed(self, job: str, error: str) -> None:
         with self._lock:
-            if job in self.jobs:
-                self.jobs[job].state, self.jobs[job].error = "failed", error[:500]
-
-    def _settle_loop(self) -> None:
-        while not self._stop.is_set():
-            job = self._settle.get()
-            if job is None:
+            j = self.jobs.get(job)
+            if j is None or j.state in FINAL:
                 return
-            j = self.jobs[job]
+            j.state, j.error = "failed", error[:500]
+        self._save(j)
+        self._schedule(job, 0.0)
+
+    def _schedule(self, job: str, delay: float) -> None:
+        with self._due_cv:
+            self._due[job] = time.monotonic() + delay
+            self._due_cv.notify()
+
+    def open_jobs(self) -> list[str]:
+        with self._lock:
+            return [a for a, j in self.jobs.items() if j.state not in FINAL]
+
+    def _work_loop(self) -> None:
+        while not self._stop.is_set():
+            with self._due_cv:
+                now = time.monotonic()
+                ready = [a for a, t in self._due.items() if t <= now and a not in self._busy]
+                if not ready:
+                    nxt = min((t for a, t in self._due.items() if a not in self._busy), default=now + 1.0)
+                    self._due_cv.wait(timeout=max(0.05, min(1.0, nxt - now)))
+                    continue
+                job = min(ready, key=lambda a: self._due[a])
+                del self._due[job]
+                self._busy.add(job)
             try:
-                report = self.client.wait(Pubkey.from_string(job), model_name=j.model, task_ids=j.task_ids)
-                with self._lock:
-                    j.report, j.state = report, "closed"
-            except Exception as exc:  # keep settling the other jobs
-                log.warning("settling %s failed: %s", job, exc)
-                self.job_failed(job, f"{type(exc).__name__}: {exc}")
+                self._finish(job)
+            finally:
+                with self._due_cv:
+                    self._busy.discard(job)
+
+    def _finish(self, job: str) -> None:
+        """Settle a served job, or wind up a failed one; on no success yet, try again in ``retry_s``."""
+        j = self.jobs[job]
+        key = Pubkey.from_string(job)
+        final = "closed" if j.state == "settling" else "wound_up"
+        first = job not in self._asked
+        self._asked.add(job)
+        try:
+            # Settling is winding up a job that was served: executors that did not commit yet are asked
+            # (once); then one pass over the chain per turn, so a job waiting for a validator does not
+            # hold a worker while others could close.
+            report = self.client.wind_up(key, model_name=j.model, task_ids=j.task_ids, timeout=0.0, ask=first)
+        except Exception as exc:  # keep the job: its windows are bounded, a later try gets it closed
+            if isinstance(exc, JobGone) or self._closed_elsewhere(key):
+                report = j.report
+            else:
+                if not isinstance(exc, JobError) or "not settled" not in str(exc):
+                    log.warning("job %s not finished yet (%s: %s); trying again", job, type(exc).__name__, exc)
+                    self._asked.discard(job)  # the chain or a node failed: ask again next time
+                self._schedule(job, self.retry_s if job not in self._asked else 0.5)
+                return
+        with self._lock:
+            j.report, j.state = report, final
+        self._save(j)
+
+    def _closed_elsewhere(self, job: Pubkey) -> bool:
+        """Closed already (by a run of this gateway that died before writing it down)."""
+        try:
+            acc = self.client.market.t.get_account(job)
+        except Exception:
+            return False
+        # Never posted (the send failed), or closed: gone, or emptied of its lamports.
+        return acc is None or acc.lamports == 0
 
     # --- heartbeats -----------------------------------------------------------------------------------------
     def _heartbeat_loop(self) -> None:
         with httpx.Client(timeout=1.5) as http:
             while not self._stop.is_set():
+                snap = None
                 try:
-                    endpoints = {node_endpoint(n) for _, n in self.snapshot().nodes}
+                    snap = self.snapshot()
+                    endpoints = {node_endpoint(n) for _, n in snap.nodes}
                 except Exception as exc:
                     log.debug("heartbeat: chain unavailable: %s", exc)
                     endpoints = set()
@@ -130,4 +278,9 @@ class GatewayService:
                             self.heartbeats[url] = {"received": time.time(), "status": r.json()}
                     except (httpx.HTTPError, ValueError):
                         pass  # silence is the signal: the age of the last heartbeat grows
+                if snap is not None:
+                    try:
+                        self._refresh_room(snap)
+                    except Exception as exc:
+                        log.warning("capacity forecast failed: %s: %s", type(exc).__name__, exc)
                 self._stop.wait(self.heartbeat_s)

@@ -9,13 +9,13 @@ from typing import Any
 from splitup.gateway.service import GatewayService
 from splitup.market.accounts import node_endpoint, node_specialized
 from splitup.market.constants import TaskStatus
-from splitup.sdk.reports import job_report
+from splitup.sdk.reports import FINAL_TASK, job_report
 
 
 def overview(svc: GatewayService) -> dict[str, Any]:
     s = svc.snapshot()
     c = s.config
-    live = [j for j in svc.jobs.values() if j.state in ("running", "settling")]
+    live = [j for j in svc.jobs.values() if j.state in ("running", "settling", "failed")]
     return {
         "slot": s.slot,
         "wallet": str(svc.client.payer.pubkey()),
@@ -25,7 +25,11 @@ def overview(svc: GatewayService) -> dict[str, Any]:
                    "validator_reward": c.validator_reward, "protocol_fee_bps": c.protocol_fee_bps,
                    "treasury": c.treasury, "authority": str(c.authority)},
         "counts": {"models": len(s.models), "nodes": len(s.nodes), "jobs_on_chain": len(s.jobs),
-                   "jobs_live": len(live), "jobs_done": sum(j.state == "closed" for j in svc.jobs.values())},
+                   "jobs_live": len(live), "jobs_done": sum(j.state == "closed" for j in svc.jobs.values()),
+                   "jobs_wound_up": sum(j.state == "wound_up" for j in svc.jobs.values())},
+        "admission": {"running": svc.admission.running, "queued": svc.admission.waiting,
+                      "max_running": svc.admission.max_running, "max_queue": svc.admission.max_queue,
+                      **svc.admission.stats},
     }
 
 
@@ -88,8 +92,7 @@ def jobs(svc: GatewayService) -> list[dict[str, Any]]:
     for address, info in s.jobs:
         entry = names.get(str(info.header.model))
         report = job_report(address, info, s.config, entry.name if entry else "?", entry.task_ids() if entry else [])
-        done = all(TaskStatus[t.status] in (TaskStatus.SETTLED, TaskStatus.FAILED, TaskStatus.RELEASED)
-                   for t in report.tasks)
+        done = all(TaskStatus[t.status] in FINAL_TASK for t in report.tasks)
         rows[str(address)] = {**report.to_json(), "state": "settled" if done else "on chain", "source": "chain"}
     for j in list(svc.jobs.values()):
         if j.report is not None:  # closed: the report taken before closing is final (a snapshot may lag)

@@ -90,6 +90,16 @@ class RpcTransport:
         self._confirm(sig)
         return TxResult(str(sig))
 
+    def latest_blockhash(self) -> Any:
+        return self._run(self.client.get_latest_blockhash()).value.blockhash
+
+    def send_signed(self, tx: Transaction) -> TxResult:
+        """Send a transaction signed elsewhere (by several parties) and wait until processed."""
+        opts = TxOpts(preflight_commitment=Confirmed, skip_preflight=self.skip_preflight)
+        sig = self._run(self.client.send_raw_transaction(bytes(tx), opts)).value
+        self._confirm(sig)
+        return TxResult(str(sig))
+
     def _confirm(self, sig: Signature) -> None:
         if not self._ws_unavailable:
             try:

@@ -130,6 +130,17 @@ class LiteSvmTransport:
             raise error_from(res.err(), list(res.meta().logs()))
         return TxResult(str(tx.signatures[0]), res.compute_units_consumed(), list(res.logs()))
 
+    def latest_blockhash(self) -> Hash:
+        self.svm.expire_blockhash()
+        return self.svm.latest_blockhash()
+
+    def send_signed(self, tx: Transaction) -> TxResult:
+        """Send a transaction signed elsewhere (by several parties)."""
+        res = self.svm.send_transaction(tx)
+        if not isinstance(res, TransactionMetadata):
+            raise error_from(res.err(), list(res.meta().logs()))
+        return TxResult(str(tx.signatures[0]), res.compute_units_consumed(), list(res.logs()))
+
     def get_account(self, key: Pubkey) -> AccountData | None:
         return _from_solders(self.svm.get_account(key))
 

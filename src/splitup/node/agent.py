@@ -10,8 +10,10 @@ votes. ``DisputeJudge`` runs the market authority's ``Arbiter`` over disputed ta
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -20,7 +22,7 @@ from typing import Any
 
 import httpx
 import numpy as np
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from solders.keypair import Keypair
@@ -58,14 +60,22 @@ class RecordingNode(Node):
         self._lock = threading.Lock()
         self.steps: dict[tuple[str, str], dict[int, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]] = {}
         self.last_hop: dict[tuple[str, str], float] = {}
+        self.first_inputs: dict[tuple[str, str], dict[str, np.ndarray]] = {}
         # The token rule the client sent with the job's hops (greedy when it sent none).
         self.decodings: dict[tuple[str, str], Decoding] = {}
         # the cache after the latest step, per (job, task): what the work digest is taken over
         self.state: dict[tuple[str, str], tuple[int, dict[str, np.ndarray]]] = {}
 
+    def computed(self, job: str, task_id: str) -> bool:
+        with self._lock:
+            return bool(self.steps.get((job, task_id)))
+
     def compute(self, env: Envelope, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._local.inputs, self._local.reported = tensors, None
         self._local.decoding = _decoding(env.meta)
+        # A re-prefill after a node failure runs through temporary sessions on the tasks before the one
+        # being restored: that is not those tasks' work for the job, and must not overwrite its steps.
+        self._local.passing = env.job.endswith(REPLAY_SUFFIX) and env.hop != len(env.route) - 1
         try:
             sent = super().compute(env, tensors)
             reported = self._local.reported
@@ -74,8 +84,11 @@ class RecordingNode(Node):
             return sent
         finally:
             self._local.inputs = self._local.reported = None
+            self._local.passing = False
 
     def _on_hop(self, rec: HopRecord) -> None:
+        if getattr(self._local, "passing", False):
+            return
         task = self.runners[rec.task_id].task
         names = {s.name for s in task.inputs if s.name not in task.state}
         given = getattr(self._local, "inputs", None) or {}
@@ -84,6 +97,8 @@ class RecordingNode(Node):
         job = rec.job.removesuffix(REPLAY_SUFFIX)
         with self._lock:
             steps = self.steps.setdefault((job, rec.task_id), {})
+            if not steps and not rec.job.endswith(REPLAY_SUFFIX):
+                self.first_inputs[(job, rec.task_id)] = ins  # the agent receipts them on chain
             if self.cheat is not None:
                 outs = self.cheat(len(steps), ins, outs)
                 self._local.reported = outs
@@ -99,12 +114,6 @@ class RecordingNode(Node):
                                                          for past, present in task.state.items()
                                                          if present in rec.outputs})
 
-    def first_inputs(self, job: str, task_id: str) -> dict[str, np.ndarray] | None:
-        """The inputs of the first step computed for (job, task), None before any."""
-        with self._lock:
-            steps = self.steps.get((job, task_id))
-            return dict(steps[min(steps)][0]) if steps else None
-
     def final_state(self, job: str, task_id: str) -> dict[str, np.ndarray]:
         """The task's cache after its last step (empty for a stateless task); forgotten here."""
         with self._lock:
@@ -115,6 +124,7 @@ class RecordingNode(Node):
         with self._lock:
             steps = self.steps.pop((job, task_id), {})
             self.last_hop.pop((job, task_id), None)
+            self.first_inputs.pop((job, task_id), None)
             decoding = self.decodings.pop((job, task_id), GREEDY)
         t = Transcript(job, index, task_id, decoding=decoding)
         for _, (ins, outs) in sorted(steps.items()):
@@ -180,14 +190,11 @@ def fetch_announcement(market: Market, job: Pubkey, index: int, timeout: float =
         return None
 
 
-class NothingComputed(MarketError):
-    """The node holds an accepted task but received no input for it, so it has nothing to commit."""
-
-
 class MarketAgent:
     def __init__(self, market: Market, owner: Keypair, node: RecordingNode, store_url: str, *,
                  blobs: Blobs | None = None, poll_s: float = 0.25, validate: bool = True,
-                 primary: set[str] | None = None, standby_s: float = 3.0, idle_commit_s: float = 60.0) -> None:
+                 primary: set[str] | None = None, standby_s: float = 3.0, idle_commit_s: float = 60.0,
+                 idle_release_s: float = 60.0) -> None:
         self.market, self.owner, self.node = market, owner, node
         self.address = market.node_address(owner.pubkey())
         blobs = blobs or HttpBlobs(store_url)
@@ -202,12 +209,16 @@ class MarketAgent:
         # A client that vanishes never says "commit"; the node commits on its own after this much silence
         # rather than be slashed for missing its deadline.
         self.idle_commit_s = idle_commit_s
+        # A task accepted but never fed (the client died before reaching it) is released, unslashed,
+        # after this long, so the node's collateral is not held until the job's deadline.
+        self.idle_release_s = idle_release_s
+        self._accepted_at: dict[tuple[str, int], float] = {}
+        self.orphan_grace_s = 15.0
+        self._receipted: set[tuple[str, int]] = set()
         self.accepted: dict[tuple[str, int], Pubkey] = {}
         self.accepting = True  # False while the node drains: it finishes what it took and takes nothing new
-        self.receipted: set[tuple[str, int]] = set()
-        self._receipt_lock = threading.Lock()
         self.announced: dict[tuple[str, int], Announcement] = {}
-        self.stats = {"accepted": 0, "committed": 0, "validated": 0, "disagreed": 0, "errors": 0}
+        self.stats = {"accepted": 0, "committed": 0, "released": 0, "validated": 0, "disagreed": 0, "errors": 0}
         self.last_error = ""
         self._first_seen: dict[tuple[str, int], float] = {}
         self._busy: set[tuple[str, int]] = set()
@@ -240,17 +251,23 @@ class MarketAgent:
 
     # --- one look at the chain ----------------------------------------------------------------------------
     def tick(self) -> None:
-        self._receipt_fed()
-        self._commit_idle()
+        self._receipt_inputs()
         me = self.owner.pubkey()
         held = set(self.node.runners)
         jobs = self.market.jobs()
+        self._commit_idle({str(job): info for job, info in jobs}, self.market.t.slot())
         self._forget_closed({str(job) for job, _ in jobs})
         for job, info in jobs:
             if info.header.client == me:
                 continue  # a node may not work on its own job
             model = None
             for i, t in enumerate(info.tasks):
+                if t.status == TaskStatus.ACCEPTED and t.node == self.address and (str(job), i) not in self.accepted:
+                    # Lost with a restart. Not at once: the client may be handing it to a stand-in.
+                    seen = self._first_seen.setdefault((str(job), i), time.monotonic())
+                    if time.monotonic() - seen > self.orphan_grace_s:
+                        self._orphan(job, i)
+                    continue
                 if t.status != TaskStatus.OPEN and not (t.status == TaskStatus.SAMPLED and self.validate):
                     continue
                 if model is None:
@@ -269,12 +286,68 @@ class MarketAgent:
                     self._busy.add((str(job), i))
                     threading.Thread(target=self._validate, args=(job, i), daemon=True).start()
 
+    def _orphan(self, job: Pubkey, index: int) -> None:
+        """A task this node accepted that its agent does not know: accepted before the process restarted.
+        Whatever was computed died with the process; give the task up (a liveness fault if its input was
+        receipted, unslashed otherwise) rather than hold the collateral until the deadline."""
+        try:
+            self.market.release_task(self.owner, job, index)
+            self.stats["released"] += 1
+            log.warning("released task %d of %s, accepted before this node restarted", index, job)
+        except MarketError as exc:
+            self._error(f"release of orphaned task {index} of {job}: {exc}")
+
+    def _receipt_inputs(self) -> None:
+        """Receipt on chain the first input of each task this node accepted: from then on the client can
+        no longer release the task (and its pay) from under the node."""
+        for key, job in list(self.accepted.items()):
+            if key in self._receipted or key in self.announced:
+                continue
+            try:
+                task_id = self.executor.task(job, key[1]).task_id
+            except Exception:  # committed or released meanwhile: nothing left to receipt
+                self._receipted.add(key)
+                continue
+            ins = self.node.first_inputs.get((key[0], task_id))
+            if ins is None:
+                continue
+            self._receipted.add(key)
+            try:
+                self.market.receive_input(self.owner, job, key[1], input_digest(ins))
+            except MarketError as exc:  # committed or released meanwhile: nothing to protect any more
+                log.debug("receipt %s #%d: %s", job, key[1], exc)
+
+    def _kept_path(self, job: str, index: int) -> Path:
+        return Path(self.node.config.cache_dir) / "announcements" / f"{job}-{int(index)}.json"
+
+    def _keep(self, ann: Announcement) -> None:
+        """On disk as well: validators fetch the announcement after the commit, and a node restarted in
+        between must still answer, or an honest executor looks like one hiding its work."""
+        path = self._kept_path(ann.job, ann.index)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(announcement_json(ann)))
+        os.replace(tmp, path)
+
+    def _kept(self, job: str, index: int) -> Announcement | None:
+        try:
+            Pubkey.from_string(job)
+            return announcement_from(json.loads(self._kept_path(job, index).read_text()))
+        except (OSError, ValueError):
+            return None
+
     def _forget_closed(self, open_jobs: set[str]) -> None:
         """A closed job's account is gone from the chain; what this node kept about it can go too."""
-        for table in (self.announced, self._first_seen):
+        kept = Path(self.node.config.cache_dir) / "announcements"
+        if kept.is_dir():
+            for f in kept.glob("*.json"):
+                if f.name.split("-")[0] not in open_jobs:
+                    f.unlink(missing_ok=True)
+        for key in [k for k in self._receipted if k[0] not in open_jobs]:
+            self._receipted.discard(key)
+        for table in (self.announced, self._first_seen, self._accepted_at):
             for key in [k for k in table if k[0] not in open_jobs]:
                 table.pop(key, None)
-        self.receipted = {k for k in self.receipted if k[0] in open_jobs}
 
     def _accept(self, job: Pubkey, index: int) -> None:
         try:
@@ -284,47 +357,91 @@ class MarketAgent:
             return
         self.stats["accepted"] += 1
         self.accepted[(str(job), index)] = job
+        self._accepted_at[(str(job), index)] = time.monotonic()
         log.info("accepted %s task %d", job, index)
 
-    def _receipt_fed(self) -> None:
-        """Receipt on chain the input of every accepted task the node has been fed: from then on the
-        client cannot release the task (and its pay) from under the node, and not delivering is the
-        node's liveness fault (docs/posp.md "Blame only with evidence")."""
-        for key, job in list(self.accepted.items()):
-            if key not in self.announced:
-                self._receipt(job, key[1])
-
-    def _receipt(self, job: Pubkey, index: int) -> None:
-        key = (str(job), index)
-        with self._receipt_lock:
-            if key in self.receipted:
-                return
-            first = self.node.first_inputs(key[0], self.executor.task(job, index).task_id)
-            if first is None:
-                return
-            try:
-                self.market.receive_input(self.owner, job, index, input_digest(first))
-            except MarketError as exc:  # taken over meanwhile: nothing to receipt
-                log.debug("receipt %s #%d: %s", job, index, exc)
-            self.receipted.add(key)
-
-    def _commit_idle(self) -> None:
+    def _commit_idle(self, jobs: Mapping[str, Any], slot: int) -> None:
+        """Commit (or release) tasks whose client went silent, and any task whose deadline is near: the
+        node must not be expired for a client that never said "done"."""
         now = time.monotonic()
         for key, job in list(self.accepted.items()):
-            if key in self.announced:
+            info = jobs.get(key[0])
+            if key in self.announced or info is None:
                 self.accepted.pop(key, None)
                 continue
+            t = info.tasks[key[1]]
+            if t.status != TaskStatus.ACCEPTED or t.node != self.address:
+                self.accepted.pop(key, None)
+                continue
+            late = t.deadline - slot < max(10, int(info.header.task_timeout_slots) // 4)
             task_id = self.executor.task(job, key[1]).task_id
             last = self.node.last_hop.get((key[0], task_id))
-            if last is not None and now - last > self.idle_commit_s:
-                log.warning("task %d of %s: no word from the client for %.0f s; committing", key[1], job, now - last)
+            idle = last is not None and (late or now - last > self.idle_commit_s)
+            never_fed = last is None and (late or now - self._accepted_at.get(key, now) > self.idle_release_s)
+            if idle or never_fed:
+                log.warning("task %d of %s: no word from the client for %.0f s; %s", key[1], job,
+                            now - (last if last is not None else self._accepted_at[key]),
+                            "committing" if idle else "releasing")
                 try:
-                    self.commit(job, key[1])
+                    self.finish(job, key[1])
                 except MarketError as exc:
-                    self._error(f"idle commit {job} #{key[1]}: {exc}")
+                    self._error(f"idle finish {job} #{key[1]}: {exc}")
                 self.accepted.pop(key, None)
 
     # --- executor -----------------------------------------------------------------------------------------
+    def finish(self, job: Pubkey, index: int) -> Announcement | None:
+        """Commit what this node computed for the task; when it computed nothing, release the task
+        (unpaid; unslashed when its input was never receipted). None when released."""
+        slot = self.market.job(job).tasks[index]
+        if slot.node == self.address and slot.status == TaskStatus.ACCEPTED:
+            task_id = self.executor.task(job, index).task_id if (str(job), index) in self.accepted else None
+            if task_id is None or not self.node.computed(str(job), task_id):
+                self.market.release_task(self.owner, job, index)
+                self.accepted.pop((str(job), index), None)
+                self.executor.forget(job, index)
+                self.stats["released"] += 1
+                log.info("released task %d of %s: nothing was computed for it", index, job)
+                return None
+        return self.commit(job, index)
+
+    def wind_down(self) -> dict[str, list[str]]:
+        """A draining node's last act on chain: commit every accepted task it computed something for, and
+        release (unpaid, unslashed) those it never received input for, so no task expires against it."""
+        out: dict[str, list[str]] = {"committed": [], "released": [], "failed": []}
+        for key, job in list(self.accepted.items()):
+            name = f"{key[0]}#{key[1]}"
+            if key in self.announced:
+                continue
+            try:
+                out["committed" if self.finish(job, key[1]) is not None else "released"].append(name)
+            except MarketError as exc:
+                self._error(f"wind-down {name}: {exc}")
+                out["failed"].append(name)
+        return out
+
+    def take_over(self, job: Pubkey, index: int, raw: bytes) -> None:
+        """Become the executor of a task this node computed as a stand-in (the co-signed ``take_over``);
+        from then on it is committed, paid and verified as this node's work."""
+        from splitup.market.cosign import cosign_takeover
+
+        task_id = self.executor.task(job, index).task_id if (str(job), index) in self.accepted else None
+        task_id = task_id or bytes(self.market.model(self.market.job(job).header.model).tasks[index].task_id).hex()
+        if not self.node.computed(str(job), task_id):
+            raise MarketError(f"this node computed nothing for task {index} of {job}")
+        key = (str(job), index)
+        self.executor.adopt(job, index)
+        # Known before the chain says so, or the next tick would take it for an orphan and release it.
+        self.accepted[key] = job
+        self._accepted_at[key] = time.monotonic()
+        self._receipted.add(key)  # the takeover records the input as received
+        try:
+            cosign_takeover(self.market, self.owner, raw, job, index)
+        except Exception:
+            self.accepted.pop(key, None)
+            self.executor.forget(job, index)
+            raise
+        log.info("took over task %d of %s as a stand-in", index, job)
+
     def commit(self, job: Pubkey, index: int) -> Announcement:
         """Seal what this node computed for task ``index`` of ``job``: upload, commit on chain, announce."""
         key = (str(job), index)
@@ -335,39 +452,16 @@ class MarketAgent:
             if slot.node != self.address or slot.status != TaskStatus.ACCEPTED:
                 raise MarketError(f"task {index} of {job} is not accepted by this node")
             task = self.executor.task(job, index)
-            self._receipt(job, index)  # before the commitment, if the loop has not done it yet
             transcript = self.node.transcript(str(job), index, task.task_id)
             if not transcript.steps:
-                raise NothingComputed(f"this node computed nothing for task {index} of {job}")
+                raise MarketError(f"this node computed nothing for task {index} of {job}")
             self.executor.record(job, index, transcript, self.node.final_state(str(job), task.task_id))
             ann = self.executor.commit(job, index)
             self.executor.forget(job, index)
             self.announced[key] = ann
+            self._keep(ann)
             self.stats["committed"] += 1
             return ann
-
-    def wind_down(self) -> dict[str, list[str]]:
-        """A draining node's last act on chain: commit every accepted task it computed something for, and
-        release (unpaid, unslashed) those it never received input for, so no task expires against it."""
-        out: dict[str, list[str]] = {"committed": [], "released": [], "failed": []}
-        for key, job in list(self.accepted.items()):
-            name = f"{key[0]}#{key[1]}"
-            if key not in self.announced:
-                try:
-                    self.commit(job, key[1])
-                    out["committed"].append(name)
-                except NothingComputed:
-                    try:
-                        self.market.release_task(self.owner, job, key[1])
-                        out["released"].append(name)
-                    except MarketError as exc:
-                        self._error(f"wind-down release {name}: {exc}")
-                        out["failed"].append(name)
-                except MarketError as exc:
-                    self._error(f"wind-down commit {name}: {exc}")
-                    out["failed"].append(name)
-            self.accepted.pop(key, None)
-        return out
 
     # --- validator ----------------------------------------------------------------------------------------
     def _validate(self, job: Pubkey, index: int) -> None:
@@ -397,15 +491,33 @@ class MarketAgent:
 
         @r.post("/jobs/{job}/tasks/{index}/commit")
         async def commit(job: str, index: int) -> JSONResponse:
+            """The client is done with the task: commit what was computed, or release it if nothing was."""
             try:
-                ann = await run_in_threadpool(self.commit, Pubkey.from_string(job), index)
+                ann = await run_in_threadpool(self.finish, Pubkey.from_string(job), index)
             except Exception as exc:
                 return JSONResponse({"error": f"{type(exc).__name__}: {exc}"}, status_code=409)
-            return JSONResponse(announcement_json(ann))
+            return JSONResponse({"released": True} if ann is None else announcement_json(ann))
+
+        @r.post("/jobs/{job}/tasks/{index}/take_over")
+        async def take_over(job: str, index: int, request: Request) -> JSONResponse:
+            """The client asks this node, which ran the task as a stand-in, to become its executor on
+            chain: the body is the takeover transaction the client signed; this node co-signs it."""
+            try:
+                body = await request.json()
+                raw = base64.b64decode(str(body["tx"]), validate=True)
+                if len(raw) > 4096:
+                    raise ValueError("transaction too large")
+            except (ValueError, KeyError, TypeError) as exc:
+                return JSONResponse({"error": f"send {{\"tx\": base64}}: {exc}"}, status_code=400)
+            try:
+                await run_in_threadpool(self.take_over, Pubkey.from_string(job), index, raw)
+            except Exception as exc:
+                return JSONResponse({"error": f"{type(exc).__name__}: {exc}"}, status_code=409)
+            return JSONResponse({"node": str(self.address), "job": job, "index": index})
 
         @r.get("/jobs/{job}/tasks/{index}/announcement")
         def announcement(job: str, index: int) -> JSONResponse:
-            ann = self.announced.get((job, index))
+            ann = self.announced.get((job, index)) or self._kept(job, index)
             if ann is None:
                 return JSONResponse({"error": "this node announced nothing for this task"}, status_code=404)
             return JSONResponse(announcement_json(ann))

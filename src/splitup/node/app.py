@@ -27,7 +27,14 @@ from splitup.node.node import Draining, Node, NotHere
 from splitup.node.stream import STREAM_LIMIT, FrameForwarder, FrameServer
 from splitup.node.wire import Envelope, WireError, decode, encode, envelope_of
 from splitup.partition.task import PlanError
-from splitup.runtime import EngineError, InterfaceError, SessionError, SessionLimit, StepConflict
+from splitup.runtime import (
+    ContextLimit,
+    EngineError,
+    InterfaceError,
+    SessionError,
+    SessionLimit,
+    StepConflict,
+)
 from splitup.storage import StorageError
 
 log = logging.getLogger("splitup.node")
@@ -43,8 +50,9 @@ class HopFailed(Exception):
         self.status, self.kind, self.hop = status, kind, hop
 
     def response(self) -> JSONResponse:
-        # a draining node is gone for good: the client re-routes rather than waits for it
-        headers = {"Retry-After": "0"} if self.kind == "draining" else None
+        # A full node says when to come back, as HTTP's 429 does; the pipeline client waits or re-routes.
+        # A draining node is gone for good: come back never, re-route now.
+        headers = {"retry-after": "1"} if self.status == 429 else {"retry-after": "0"} if self.kind == "draining" else None
         return JSONResponse({"error": str(self), "kind": self.kind, "hop": self.hop}, status_code=self.status,
                             headers=headers)
 
@@ -58,6 +66,7 @@ def _classify(exc: Exception, hop: int | None) -> HopFailed:
         ("step_conflict", 409, (StepConflict,)),
         ("session", 404, (SessionError,)),
         ("bad_request", 400, (WireError,)),
+        ("context_limit", 400, (ContextLimit,)),
         ("bad_request", 422, (InterfaceError,)),
         ("engine", 422, (EngineError,)),
     ):

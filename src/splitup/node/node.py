@@ -17,7 +17,7 @@ import numpy as np
 
 from splitup.errors import SplitUpError
 from splitup.node.wire import Envelope
-from splitup.runtime import Runner, SessionStore, available_engines, check_feeds, get_engine
+from splitup.runtime import Runner, SessionStore, available_engines, check_feeds, check_positions, get_engine
 from splitup.runtime.batching import Batcher, batch_limit
 
 log = logging.getLogger("splitup.node")
@@ -127,7 +127,7 @@ class Node:
         if self.draining:
             raise Draining("this node is draining for a restart: open the session on another holder of the task")
         task = self.runner(task_id).task
-        return self.sessions.open(task_id, reserve_bytes=2 * task.kv_cache_bytes // batch_limit(task)).id
+        return self.sessions.open(task_id, reserve_bytes=session_reserve(task)).id
 
     def expected_peers(self, env: Envelope) -> int:
         """How many sessions' steps may arrive with this one and share its engine call (1: run it alone)."""
@@ -151,6 +151,7 @@ class Node:
         t0 = time.perf_counter()
         outs: dict[str, np.ndarray] = {}
         if hop.session is None:
+            check_positions(task, given)
             outs = runner.step(given, None)[0]
         else:
             session = self.sessions.get(hop.session, task.task_id)
@@ -162,7 +163,8 @@ class Node:
             expected = self.expected_peers(env)
 
             def step(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-                # The runner refuses a call that would grow the held cache past the task's maximum.
+                # Positions past the task's context are refused before any engine runs, naming the limit.
+                check_positions(task, {**state, **given})
                 done, new_state = self.batchers[task.task_id].step(given, state, expected)
                 outs.update(done)
                 return new_state
@@ -216,10 +218,16 @@ class Node:
         return self._engines
 
     def status(self) -> dict[str, Any]:
-        """The heartbeat payload: small, cheap to compute."""
+        """The heartbeat payload: small, cheap to compute. ``free_sessions`` (per task id) is how many more
+        generations this node would take now, within its session count and cache-memory budget: what a
+        client's or gateway's admission control reads before it escrows a job."""
         return {"node": self.config.node_id, "time": time.time(), "uptime_s": round(time.time() - self.started, 1),
                 "tasks": sorted(self.runners), "sessions": len(self.sessions), "hops_done": self.hops_done,
-                "draining": self.draining}
+                "draining": self.draining,
+                "max_sessions": self.sessions.max_sessions, "session_bytes_max": self.sessions.max_bytes,
+                "session_bytes_reserved": self.sessions.reserved_bytes(),
+                "free_sessions": {tid: self.sessions.free_for(session_reserve(r.task))
+                                  for tid, r in self.runners.items()}}
 
     def latency_ms(self) -> dict[str, float | None]:
         """p50/p95/p99 of the last hops' compute time, in milliseconds."""
@@ -240,6 +248,12 @@ class Node:
                 "max_sessions": self.sessions.max_sessions, "latency_ms": self.latency_ms(),
                 "host_free_bytes": mem["host_free_bytes"], "host_total_bytes": mem["host_total_bytes"],
                 "last_heartbeat": self.last_heartbeat}
+
+
+def session_reserve(task: Any) -> int:
+    """Bytes a session of ``task`` reserves: its sequence's share of the KV cache at the maximum context
+    (the plan sizes it for the graph's maximum batch) and the copy kept for a retried step."""
+    return 2 * int(task.kv_cache_bytes) // batch_limit(task)
 
 
 class ResultShelf:

@@ -61,6 +61,11 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+# The builder's name for a decoder's sequence axis (``splitup.graph.zoo``); the KV-cache axis is the other
+# symbol of a state input, and its maximum is the model's context.
+SEQ_DIM = "seq"
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """One tensor of a task's interface. ``shape`` may hold symbolic names; ``max_shape`` bounds them."""

@@ -7,12 +7,12 @@ task serves many generation sessions at once.
 """
 
 from splitup.runtime.engine import Engine, EngineError, EngineUnavailable, Runner, empty_state, run_stateful
-from splitup.runtime.interface import InterfaceError, check_feeds
+from splitup.runtime.interface import ContextLimit, InterfaceError, check_feeds, check_positions
 from splitup.runtime.registry import ENGINES, available_engines, get_engine
 from splitup.runtime.sessions import Session, SessionError, SessionLimit, SessionStore, StepConflict
 
 __all__ = [
     "Engine", "EngineError", "EngineUnavailable", "Runner", "empty_state", "run_stateful", "InterfaceError",
-    "check_feeds", "ENGINES", "available_engines", "get_engine", "Session", "SessionError", "SessionLimit",
+    "ContextLimit", "check_feeds", "check_positions", "ENGINES", "available_engines", "get_engine", "Session", "SessionError", "SessionLimit",
     "SessionStore", "StepConflict",
 ]

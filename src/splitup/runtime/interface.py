@@ -7,7 +7,7 @@ from collections.abc import Collection, Mapping
 import numpy as np
 
 from splitup.errors import SplitUpError
-from splitup.partition.task import TaskDefinition
+from splitup.partition.task import SEQ_DIM, TaskDefinition
 
 
 class InterfaceError(SplitUpError):
@@ -50,3 +50,38 @@ def check_feeds(task: TaskDefinition, tensors: Mapping[str, np.ndarray], *, pass
             seen = symbols.setdefault(want, (got, name))
             if seen[0] != got:
                 raise InterfaceError(f"dimension {want!r} is {got} in {name!r} but {seen[0]} in {seen[1]!r}")
+
+
+class ContextLimit(InterfaceError):
+    """A step whose positions (the cached past plus the new sequence) go beyond the task's maximum context."""
+
+
+def check_positions(task: TaskDefinition, feeds: Mapping[str, np.ndarray]) -> None:
+    """Refuse a step whose cache would grow past the task's declared maximum.
+
+    ``feeds`` holds the state inputs (the past, from the session or the client) and the new inputs. The
+    present cache is past + seq long and every position indexes the model's position table, whose size
+    is the maximum of the cache axis; beyond it an engine would fail inside a Gather, or worse, run.
+    """
+    if not task.state or SEQ_DIM not in task.dim_max:
+        return
+    specs = {s.name: s for s in task.inputs}
+    seq = next((int(v.shape[axis]) for name, v in feeds.items() if name in specs and name not in task.state
+                for axis, d in enumerate(specs[name].shape) if d == SEQ_DIM and axis < v.ndim), None)
+    if seq is None:
+        return
+    # A fixed-capacity cache carries its filled length beside it (``past.N.length``); a growing one is as
+    # long as its axis.
+    lengths = [int(np.max(v)) for n, v in feeds.items() if n in task.state and n.endswith(".length") and v.size]
+    for name in task.state:
+        value, spec = feeds.get(name), specs.get(name)
+        if value is None or spec is None:
+            continue
+        for axis, d in enumerate(spec.shape):
+            if isinstance(d, str) and d != SEQ_DIM and d in task.dim_max and axis < value.ndim:
+                past = max(lengths) if lengths else int(value.shape[axis])
+                most = task.dim_max[d]
+                if past + seq > most:
+                    raise ContextLimit(f"context limit: {past} cached + {seq} new positions = {past + seq} exceed "
+                                       f"task {task.index}'s maximum context of {most} ({d!r})")
+                return

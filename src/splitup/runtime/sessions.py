@@ -145,3 +145,17 @@ class SessionStore:
     def state_bytes(self) -> int:
         with self._lock:
             return sum(s.state_bytes for s in self._sessions.values())
+
+    def reserved_bytes(self) -> int:
+        with self._lock:
+            return sum(s.reserved_bytes for s in self._sessions.values())
+
+    def free_for(self, reserve_bytes: int) -> int:
+        """How many more sessions reserving ``reserve_bytes`` each this store would open now."""
+        with self._lock:
+            self._sweep_locked()
+            free = self.max_sessions - len(self._sessions)
+            if self.max_bytes is not None and reserve_bytes > 0:
+                spare = self.max_bytes - sum(s.reserved_bytes for s in self._sessions.values())
+                free = min(free, max(0, spare) // reserve_bytes)
+            return max(0, free)

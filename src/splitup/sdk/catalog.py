@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,16 +128,31 @@ class CatalogEntry:
 class Catalog:
     """Models registered on the chain whose manifests are in the store; manifests and plans are cached by hash."""
 
-    def __init__(self, market: Market, store_url: str) -> None:
+    def __init__(self, market: Market, store_url: str, *, ttl_s: float = 2.0) -> None:
         self.market = market
         self.store_url = store_url
         self._blobs = BlobClient(store_url)
         self._by_hash: dict[str, tuple[ModelManifest, Plan] | None] = {}
+        self._tokenizers: dict[str, Any] = {}
+        # The models on chain change rarely; a gateway looks them up on every request.
+        self.ttl_s = ttl_s
+        self._entries: tuple[float, list[CatalogEntry]] | None = None
+        self._lock = threading.Lock()
 
     def close(self) -> None:
         self._blobs.close()
 
     def entries(self) -> list[CatalogEntry]:
+        with self._lock:
+            cached = self._entries
+        if cached is not None and time.monotonic() - cached[0] < self.ttl_s:
+            return cached[1]
+        out = self._read_entries()
+        with self._lock:
+            self._entries = (time.monotonic(), out)
+        return out
+
+    def _read_entries(self) -> list[CatalogEntry]:
         out = []
         for address, info in sorted(self.market.models(), key=lambda m: str(m[0])):
             if not info.complete:
@@ -159,12 +176,15 @@ class Catalog:
     def tokenizer(self, entry: CatalogEntry) -> Any:
         """The model's ``tokenizers.Tokenizer`` (from its hash-checked blob)."""
         if entry._tokenizer is None:
-            if entry.manifest.tokenizer is None:
+            sha = entry.manifest.tokenizer
+            if sha is None:
                 raise CatalogError(f"model {entry.name} has no tokenizer: it takes tensors, not text")
-            from tokenizers import Tokenizer
+            if sha not in self._tokenizers:
+                from tokenizers import Tokenizer
 
-            raw = self._blobs.get_bytes(entry.manifest.tokenizer, max_bytes=MAX_TOKENIZER_BYTES)
-            entry._tokenizer = Tokenizer.from_str(raw.decode())
+                raw = self._blobs.get_bytes(sha, max_bytes=MAX_TOKENIZER_BYTES)
+                self._tokenizers[sha] = Tokenizer.from_str(raw.decode())
+            entry._tokenizer = self._tokenizers[sha]
         return entry._tokenizer
 
     def _resolve(self, sha: str) -> tuple[ModelManifest, Plan] | None:

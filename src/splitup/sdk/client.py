@@ -12,10 +12,12 @@ tasks -> the job is closed and the rest of the escrow comes back.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
 import os
+import secrets
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,25 +28,32 @@ import numpy as np
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
-from splitup.errors import SplitUpError
 from splitup.market.accounts import node_endpoint, node_specialized
 from splitup.market.constants import TaskStatus
-from splitup.market.errors import TooEarlyError, WrongTaskStateError
+from splitup.market.errors import MarketError, TooEarlyError, TransactionFailed, WrongTaskStateError
 from splitup.market.localnet import DEFAULT_RPC_URL
 from splitup.market.market import Market
 from splitup.market.transport import DEFAULT_PROGRAM_ID
 from splitup.market.wallet import default_keypair_path
+from splitup.sdk.capacity import TaskCapacity, fetch_statuses, market_capacity, shortfall
 from splitup.sdk.catalog import Catalog, CatalogEntry
 from splitup.sdk.chain import WalletLike, as_keypair, connect
-from splitup.sdk.reports import JobReport, job_report
+from splitup.sdk.errors import JobError, MarketBusy, RequestError
+from splitup.sdk.limits import check_generation
+from splitup.sdk.reports import FINAL_TASK, JobReport, job_report
 
 DEFAULT_STORE_URL = "http://127.0.0.1:8600"
 log = logging.getLogger("splitup.sdk")
-_TERMINAL = (TaskStatus.SETTLED, TaskStatus.FAILED, TaskStatus.RELEASED)
+
+__all__ = ["Client", "Completion", "JobError", "MarketBusy", "RequestError", "RunResult", "TokenEvent"]
 
 
-class JobError(SplitUpError):
-    """A job could not be placed, run or settled."""
+class JobGone(JobError):
+    """The job's account is not on chain: closed already, or its posting never landed."""
+
+
+class NotAccepted(JobError):
+    """The job was posted but no node accepted some task in time (capacity taken by another client)."""
 
 
 @dataclass
@@ -106,14 +115,20 @@ def input_hash(obj: Any) -> bytes:
 class Client:
     def __init__(self, rpc_url: str = DEFAULT_RPC_URL, wallet: WalletLike | None = None, *,
                  store_url: str | None = None, program_id: Pubkey = DEFAULT_PROGRAM_ID,
-                 market: Market | None = None, accept_timeout: float = 60.0, hop_timeout: float = 120.0,
-                 deadline_slots: int = 20_000, task_timeout_slots: int = 10_000) -> None:
+                 market: Market | None = None, accept_timeout: float = 30.0, hop_timeout: float = 120.0,
+                 deadline_slots: int = 20_000, task_timeout_slots: int = 10_000, queue_timeout: float = 0.0,
+                 place_timeout: float = 90.0, wind_up_timeout: float = 300.0) -> None:
+        """``queue_timeout``: how long a request waits for room in the market before :class:`MarketBusy`
+        (0: refuse at once); ``place_timeout``: how long it keeps re-posting after losing a race for
+        nodes; ``wind_up_timeout``: how long winding up a failed job may take before it is left to
+        :meth:`wind_up` again (its windows stay bounded by the chain either way)."""
         self.payer: Keypair = as_keypair(wallet if wallet is not None else default_keypair_path())
         self.market = market or connect(rpc_url, self.payer, program_id)
         self.store_url = store_url or os.environ.get("SPLITUP_STORE_URL", DEFAULT_STORE_URL)
         self.catalog = Catalog(self.market, self.store_url)
         self.accept_timeout, self.hop_timeout = accept_timeout, hop_timeout
         self.deadline_slots, self.task_timeout_slots = deadline_slots, task_timeout_slots
+        self.queue_timeout, self.place_timeout, self.wind_up_timeout = queue_timeout, place_timeout, wind_up_timeout
         self._http = httpx.Client(timeout=hop_timeout)
 
     def close(self) -> None:
@@ -134,12 +149,43 @@ class Client:
         """The model's chain record, manifest and plan (tasks in pipeline order)."""
         return self.catalog.get(model)
 
-    def post_job(self, model: str | CatalogEntry, inputs_hash: bytes, *, max_fee: int | None = None) -> Pubkey:
+    def post_job(self, model: str | CatalogEntry, inputs_hash: bytes, *, max_fee: int | None = None,
+                 on_job: Any = None) -> Pubkey:
+        """Escrow a job; ``on_job(address)`` hears its address *before* the transaction is sent, so a caller
+        that writes it down can wind the job up even if it dies (or the ledger does) mid-send."""
         entry = self.plan(model) if isinstance(model, str) else model
-        res = self.market.post_job(self.payer, entry.address, inputs_hash, max_fee=max_fee,
-                                   deadline_slots=self.deadline_slots, task_timeout_slots=self.task_timeout_slots)
-        assert res.address is not None
-        return res.address
+        nonce = secrets.randbits(63)
+        address = self.market.job_address(self.payer.pubkey(), nonce)
+        if on_job is not None:
+            on_job(address)
+        self.market.post_job(self.payer, entry.address, inputs_hash, max_fee=max_fee, nonce=nonce,
+                             deadline_slots=self.deadline_slots, task_timeout_slots=self.task_timeout_slots)
+        return address
+
+    def capacity(self, model: str | CatalogEntry) -> list[TaskCapacity]:
+        """Per task of the model: its holders, how many answer, and how many more jobs they can take now."""
+        entry = self.plan(model) if isinstance(model, str) else model
+        nodes, config = self.market.nodes(), self.market.config()
+        want = {bytes.fromhex(t) for t in entry.task_ids()}
+        endpoints = sorted({node_endpoint(n) for _, n in nodes if want & set(node_specialized(n))})
+        statuses = fetch_statuses(endpoints, self._http)
+        return market_capacity(nodes, config, entry.task_ids(), [int(t.price) for t in entry.info.tasks], statuses,
+                               exclude_owner=self.payer.pubkey())
+
+    def admit(self, entry: CatalogEntry, wait_s: float | None = None) -> None:
+        """Return once every task of ``entry`` has a node that can take it; otherwise wait up to ``wait_s``
+        (default ``queue_timeout``) and raise :class:`MarketBusy`. Nothing is posted or escrowed here."""
+        deadline = time.monotonic() + (self.queue_timeout if wait_s is None else wait_s)
+        while True:
+            caps = self.capacity(entry)
+            why = shortfall(caps)
+            if not why:
+                return
+            if time.monotonic() >= deadline:
+                unheld = any(c.holders == 0 for c in caps)
+                raise MarketBusy(f"the market cannot take a job of {entry.name} now: {why}",
+                                 retry_after=30.0 if unheld else 1.0)
+            time.sleep(0.25)
 
     def route(self, job: Pubkey, entry: CatalogEntry) -> list[list[str]]:
         """Wait until every task is accepted; per task the accepting node first, other holders as stand-ins."""
@@ -150,7 +196,7 @@ class Client:
                 break
             if time.monotonic() > deadline:
                 open_ = [i for i, t in enumerate(info.tasks) if t.status == TaskStatus.OPEN]
-                raise JobError(f"job {job}: no node accepted task(s) {open_} within {self.accept_timeout:.0f} s")
+                raise NotAccepted(f"job {job}: no node accepted task(s) {open_} within {self.accept_timeout:.0f} s")
             time.sleep(0.1)
         nodes = dict(self.market.nodes())
         routes = []
@@ -161,6 +207,24 @@ class Client:
                       if k != slot.node and want in node_specialized(n) and node_endpoint(n)]
             routes.append([first, *others])
         return routes
+
+    def place(self, entry: CatalogEntry, inputs_hash: bytes, *, on_job: Any = None,
+              admit: bool = True) -> tuple[Pubkey, list[list[str]]]:
+        """Admit, post and wait for acceptance; a job that loses the race for nodes is wound up (its
+        escrow comes back) and posted again until ``place_timeout``. Returns the job and its routes."""
+        deadline = time.monotonic() + self.place_timeout
+        while True:
+            if admit:
+                self.admit(entry)
+            job = self.post_job(entry, inputs_hash, on_job=on_job)
+            try:
+                return job, self.route(job, entry)
+            except NotAccepted as exc:
+                log.info("%s; winding it up and trying again", exc)
+                self.wind_up_quietly(job, model_name=entry.name, task_ids=entry.task_ids())
+                if time.monotonic() > deadline:
+                    raise MarketBusy(f"no node took a job of {entry.name} within {self.place_timeout:.0f} s",
+                                     retry_after=2.0) from None
 
     def finish(self, job: Pubkey, routes: Sequence[Sequence[str]]) -> None:
         """Ask each executor to commit its transcript of the job (it signs; we only tell it we are done).
@@ -177,11 +241,57 @@ class Client:
             if not ok and TaskStatus(self.market.job(job).tasks[i].status) == TaskStatus.ACCEPTED:
                 raise JobError(f"task {i}: the executor at {urls[0]} did not commit: {why}")
 
-    def _finish_quietly(self, job: Pubkey, routes: Sequence[Sequence[str]]) -> None:
+    def wind_up(self, job: Pubkey, *, model_name: str = "", task_ids: Sequence[str] = (),
+                timeout: float | None = None, ask: bool = True) -> JobReport:
+        """End a job that will not complete, leaving nothing locked.
+
+        Tasks nobody accepted are released; every node holding an accepted task is asked to commit what
+        it computed (a node that computed nothing releases the task itself, unpaid and unslashed); a task
+        whose node is gone and never receipted its input is released by the client; the rest is settled
+        by :meth:`wait` (a node that receipted its input and vanished is expired after its deadline: the
+        liveness penalty), the job closed and the unspent escrow refunded. Safe to call again;
+        ``ask=False`` skips asking the nodes (a caller that already did), ``timeout=0`` makes one pass
+        (:class:`JobError` when the job is not over yet).
+        """
+        m = self.market
         try:
-            self.finish(job, routes)
-        except (JobError, httpx.HTTPError) as exc:
-            log.warning("job %s: not every executor could commit: %s", job, exc)
+            info = m.job(job)
+        except TransactionFailed:
+            raise  # the chain is unreachable: nothing is known
+        except MarketError:
+            raise JobGone(f"job {job} is not on chain (closed, or never posted)") from None
+        nodes = dict(m.nodes())
+        for i, t in enumerate(info.tasks):
+            status = TaskStatus(t.status)
+            if status == TaskStatus.OPEN:
+                self._release(job, i)
+            elif status == TaskStatus.ACCEPTED and ask:
+                url = node_endpoint(nodes[t.node]).rstrip("/") if t.node in nodes else ""
+                try:
+                    r = self._http.post(f"{url}/market/jobs/{job}/tasks/{i}/commit", timeout=30.0)
+                    ok = r.status_code == 200
+                    if not ok:
+                        log.info("job %s task %d: %s answered %d: %s", job, i, url, r.status_code, r.text[:200])
+                except httpx.HTTPError as exc:
+                    ok = False
+                    log.info("job %s task %d: %s unreachable: %r", job, i, url, exc)
+                if not ok and not m.job(job).tasks[i].received:
+                    self._release(job, i)  # never fed: nobody's fault, nothing to wait for
+        return self.wait(job, self.wind_up_timeout if timeout is None else timeout, model_name=model_name,
+                         task_ids=task_ids)
+
+    def _release(self, job: Pubkey, index: int) -> None:
+        try:
+            self.market.release_task(self.payer, job, index)
+        except WrongTaskStateError:
+            pass  # accepted, committed or released meanwhile: the wait below takes it from there
+
+    def wind_up_quietly(self, job: Pubkey, **kw: Any) -> JobReport | None:
+        try:
+            return self.wind_up(job, **kw)
+        except (JobError, MarketError, httpx.HTTPError) as exc:
+            log.warning("job %s: not wound up yet: %s", job, exc)
+            return None
 
     def wait(self, job: Pubkey, timeout: float = 300.0, *, model_name: str = "", task_ids: Sequence[str] = (),
              close: bool = True) -> JobReport:
@@ -193,6 +303,7 @@ class Client:
         m = self.market
         while True:
             info = m.job(job)
+            slot = m.t.slot()
             for i, t in enumerate(info.tasks):
                 status = TaskStatus(t.status)
                 try:
@@ -200,16 +311,16 @@ class Client:
                         m.sample(job, i)
                     elif status in (TaskStatus.READY, TaskStatus.RESOLVED):
                         m.settle(job, i)
-                    elif status != TaskStatus.OPEN and status not in _TERMINAL and m.t.slot() > t.deadline:
+                    elif status != TaskStatus.OPEN and status not in FINAL_TASK and slot > t.deadline:
                         m.expire(job, i)
                 except (TooEarlyError, WrongTaskStateError):
                     pass  # no slot hash for the draw yet; or another party moved the task on meanwhile
             info = m.job(job)
-            if all(TaskStatus(t.status) in _TERMINAL for t in info.tasks):
+            states = [TaskStatus(t.status) for t in info.tasks]
+            if all(s in FINAL_TASK for s in states):
                 break
-            if time.monotonic() > deadline:
-                states = [TaskStatus(t.status).name for t in info.tasks]
-                raise JobError(f"job {job} not settled within {timeout:.0f} s: {states}")
+            if time.monotonic() >= deadline:
+                raise JobError(f"job {job} not settled within {timeout:.0f} s: {[s.name for s in states]}")
             time.sleep(0.1)
         report = job_report(job, info, m.config(), model_name, list(task_ids))
         if close:
@@ -224,24 +335,30 @@ class Client:
     # --- one call ------------------------------------------------------------------------------------------
     def run(self, model: str, inputs: Mapping[str, np.ndarray], *, wait: bool = True) -> RunResult:
         """One stateless pass of any task graph through the market."""
-        from splitup.client.pipeline import PipelineClient, PipelineError, plan_sends
+        from splitup.client.pipeline import PipelineClient, plan_sends
         from splitup.node.wire import Hop
 
         entry = self.plan(model)
-        digest = hashlib.sha256()
-        for name in sorted(inputs):
-            digest.update(name.encode() + np.ascontiguousarray(inputs[name]).tobytes())
-        job = self.post_job(entry, digest.digest())
-        t0 = time.perf_counter()
-        routes = self.route(job, entry)
         want = [o.name for o in entry.plan.outputs]
         initial, sends = plan_sends(entry.plan.tasks, want)
         missing = [n for n in initial if n not in inputs]
         if missing:
-            raise PipelineError(f"inputs missing: {', '.join(missing)}")
-        with PipelineClient(entry.plan, [r[:1] for r in routes], hop_timeout=self.hop_timeout) as pc:
-            hops = [Hop(list(r[:1]), t.task_id, s) for r, t, s in zip(routes, entry.plan.tasks, sends, strict=True)]
-            outputs = pc.call(hops, {n: np.asarray(inputs[n]) for n in initial}, str(job))
+            raise RequestError(f"inputs missing: {', '.join(missing)}", missing[0])
+        digest = hashlib.sha256()
+        for name in sorted(inputs):
+            digest.update(name.encode() + np.ascontiguousarray(inputs[name]).tobytes())
+        t0 = time.perf_counter()
+        job, routes = self.place(entry, digest.digest())
+        try:
+            with PipelineClient(entry.plan, [r[:1] for r in routes], hop_timeout=self.hop_timeout) as pc:
+                hops = [Hop(list(r[:1]), t.task_id, s) for r, t, s in zip(routes, entry.plan.tasks, sends, strict=True)]
+                outputs = pc.call(hops, {n: np.asarray(inputs[n]) for n in initial}, str(job))
+        except Exception as exc:
+            self.wind_up_quietly(job, model_name=entry.name, task_ids=entry.task_ids())
+            typed = _typed(exc)
+            if typed is exc:
+                raise
+            raise typed from exc
         seconds = time.perf_counter() - t0
         self.finish(job, routes)
         report = self.wait(job, model_name=entry.name, task_ids=entry.task_ids()) if wait else None
@@ -257,7 +374,7 @@ class Client:
 
         entry = self.plan(model) if isinstance(model, str) else model
         if not entry.manifest.chat_template:
-            raise JobError(f"model {entry.name} has no chat template")
+            raise RequestError(f"model {entry.name} has no chat template", "messages")
         return render_chat(entry.manifest.chat_template, messages, add_generation_prompt=True)
 
     def generate(self, model: str, prompt: str, max_tokens: int = 64, temperature: float = 0.0, *,
@@ -274,27 +391,27 @@ class Client:
 
     def stream(self, model: str, prompt: str | Sequence[int], max_tokens: int = 64, temperature: float = 0.0, *,
                seed: int | None = None, top_k: int | None = None, wait: bool = True,
-               on_job: Any = None) -> Iterator[TokenEvent | Completion]:
-        """Token events as they arrive, then the :class:`Completion` (after settlement when ``wait``)."""
+               on_job: Any = None, admit: bool = True) -> Iterator[TokenEvent | Completion]:
+        """Token events as they arrive, then the :class:`Completion` (after settlement when ``wait``).
+
+        The request is checked against the model's limits (:class:`RequestError`) and admitted against
+        the market's free capacity (:class:`MarketBusy`; ``admit=False`` when the caller admits itself)
+        before anything is posted. A job that fails or is abandoned is wound up: with ``wait`` here, before
+        the error reaches the caller; without, the executors commit what they computed and the caller
+        winds the job up (:meth:`wind_up`)."""
         from splitup.client.pipeline import PipelineClient
         from splitup.client.sampling import decoding_for, pick_token
 
-        if max_tokens < 1:
-            raise JobError("max_tokens must be at least 1")
         entry = self.plan(model)
         if entry.manifest.kind != "decoder":
-            raise JobError(f"model {entry.name} does not generate text (kind {entry.manifest.kind})")
+            raise RequestError(f"model {entry.name} does not generate text (kind {entry.manifest.kind})", "model")
         tok = self.catalog.tokenizer(entry)
         ids = list(prompt) if not isinstance(prompt, str) else list(tok.encode(prompt).ids)
-        if not ids:
-            raise JobError("the prompt is empty")
+        check_generation(entry.plan, ids, max_tokens, temperature, top_k, seed)
         params = {"prompt_ids": ids, "max_tokens": max_tokens, "temperature": temperature, "seed": seed,
                   "top_k": top_k}
-        job = self.post_job(entry, input_hash(params))
-        if on_job is not None:
-            on_job(job)
         t0 = time.perf_counter()
-        routes = self.route(job, entry)
+        job, routes = self.place(entry, input_hash(params), on_job=on_job, admit=admit)
         accepted = time.perf_counter()
         eos = set(entry.manifest.eos_ids)
         decoding = decoding_for(temperature, top_k, seed)
@@ -302,10 +419,19 @@ class Client:
         finish = "length"
         detok = Detokenizer(tok)
         complete = False
+        served_by: list[str] = []
         try:
             with PipelineClient(entry.plan, routes, hop_timeout=self.hop_timeout) as pc, pc.session() as gen:
                 gen.job = str(job)  # nodes record their hops under the chain job they accepted
                 gen.decoding = decoding
+                served_by = gen.places_urls  # updated in place when a stand-in takes a task over
+
+                def moved(k: int, url: str) -> None:
+                    # At once, before the failed node (restarted) gives the task up as lost.
+                    routes[:] = self._take_overs(job, routes, [r[0] if i != k else url
+                                                               for i, r in enumerate(routes)])
+
+                gen.on_move = moved
                 feed = np.asarray([ids], dtype=np.int64)
                 for _ in range(max_tokens):
                     logits = gen.step(feed)
@@ -317,21 +443,82 @@ class Client:
                     yield TokenEvent(token, detok.push(token))
                     feed = np.asarray([[token]], dtype=np.int64)
             complete = True
+        except Exception as exc:
+            typed = _typed(exc)
+            if typed is exc:
+                raise
+            raise typed from exc
         finally:
+            # A task a stand-in finished (its node failed mid-job) becomes the stand-in's on chain: paid.
+            routes = self._take_overs(job, routes, served_by)
             if not complete:
-                # Abandoned (the caller stopped reading, or a failure): the nodes did work they accepted on
-                # chain; let them commit it, or they would be slashed for missing their deadline.
-                self._finish_quietly(job, routes)
+                # Abandoned (the caller stopped reading) or failed: the nodes did work they accepted on
+                # chain; they commit it (or release what got no input), and the job is wound up.
+                if wait:
+                    self.wind_up_quietly(job, model_name=entry.name, task_ids=entry.task_ids())
+                else:
+                    self._finish_quietly(job, routes)
         generated = time.perf_counter()
         tail = detok.flush()
         if tail:
             yield TokenEvent(-1, tail)
-        self.finish(job, routes)
-        committed = time.perf_counter()
-        report = self.wait(job, model_name=entry.name, task_ids=entry.task_ids()) if wait else None
+        report = None
+        if wait:
+            # Commit, settle and close; an executor that cannot commit now is asked again while winding up.
+            try:
+                self.finish(job, routes)
+            except (JobError, httpx.HTTPError) as exc:
+                log.info("job %s: %s; winding up", job, exc)
+            committed = time.perf_counter()
+            report = self.wind_up(job, model_name=entry.name, task_ids=entry.task_ids())
+        else:
+            self._finish_quietly(job, routes)  # the caller settles or winds up (it has the job's address)
+            committed = time.perf_counter()
         timings = {"accept": accepted - t0, "generate": generated - accepted, "commit": committed - generated,
                    "settle": time.perf_counter() - committed if wait else 0.0}
         yield Completion(text=detok.shown, token_ids=out, prompt_tokens=len(ids), finish_reason=finish,
                          job=str(job), seconds=generated - accepted, report=report, route=[r[0] for r in routes],
                          timings=timings)
 
+    def _take_overs(self, job: Pubkey, routes: list[list[str]], served_by: Sequence[str]) -> list[list[str]]:
+        """For each task that ended on another node than the one that accepted it, ask that stand-in to
+        take the task over on chain (the client signs, the stand-in co-signs); the routes with the new
+        executors first. A takeover that fails leaves the task to the wind-up (release or expiry)."""
+        from splitup.market.cosign import takeover_request
+
+        out = [list(r) for r in routes]
+        for k, url in enumerate(served_by):
+            if k >= len(out) or url == out[k][0]:
+                continue
+            try:
+                owner = Pubkey.from_string(self._http.get(f"{url.rstrip('/')}/market/agent", timeout=10).json()["owner"])
+                raw = takeover_request(self.market, self.payer, owner, job, k)
+                r = self._http.post(f"{url.rstrip('/')}/market/jobs/{job}/tasks/{k}/take_over",
+                                    json={"tx": base64.b64encode(raw).decode()}, timeout=30)
+                if r.status_code != 200:
+                    raise JobError(r.text[:300])
+            except (JobError, MarketError, httpx.HTTPError, KeyError, ValueError) as exc:
+                log.warning("job %s task %d: the stand-in at %s did not take over: %s", job, k, url, exc)
+                continue
+            log.info("job %s task %d: taken over by the stand-in at %s", job, k, url)
+            out[k] = [url, *[u for u in out[k] if u != url]]
+        return out
+
+    def _finish_quietly(self, job: Pubkey, routes: Sequence[Sequence[str]]) -> None:
+        try:
+            self.finish(job, routes)
+        except (JobError, httpx.HTTPError) as exc:
+            log.warning("job %s: not every executor could commit: %s", job, exc)
+
+
+def _typed(exc: Exception) -> Exception:
+    """A node's refusal of the request (4xx) as :class:`RequestError`, a full market as :class:`MarketBusy`;
+    anything else unchanged."""
+    from splitup.client.pipeline import NodeFailure
+
+    if isinstance(exc, NodeFailure) and exc.status is not None:
+        if exc.status == 429:
+            return MarketBusy(f"the nodes are full: {exc}", retry_after=1.0)
+        if 400 <= exc.status < 500 and exc.kind in ("context_limit", "bad_request"):
+            return RequestError(f"a node refused the request: {exc}", None, exc.kind)
+    return exc

@@ -18,6 +18,8 @@ from splitup.market.layout import Config
 from splitup.market.market import task_reward
 
 _ZERO = Pubkey.default()
+# A task in one of these states is over: paid, slashed, or given up (its price back to the client).
+FINAL_TASK = (TaskStatus.SETTLED, TaskStatus.FAILED, TaskStatus.RELEASED)
 
 
 @dataclass(frozen=True)

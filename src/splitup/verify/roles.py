@@ -149,6 +149,13 @@ class Executor:
         self._work[(str(job), index)] = _Work(task, Transcript(str(job), index, task_id,
                                                                max_bytes=self.max_transcript_bytes))
 
+    def adopt(self, job: Pubkey, index: int) -> None:
+        """Open the transcript of a task this node took over as a stand-in (the chain records it as the
+        executor now); its work is recorded elsewhere and handed in with :meth:`record`."""
+        task = self._loaded.runner(task_id_of(self.market, job, index)).task
+        self._work[(str(job), index)] = _Work(task, Transcript(str(job), index, task.task_id,
+                                                               max_bytes=self.max_transcript_bytes))
+
     def _get(self, job: Pubkey, index: int) -> _Work:
         work = self._work.get((str(job), index))
         if work is None:

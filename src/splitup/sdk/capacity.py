@@ -1,0 +1,86 @@
+"""How many more jobs of a model the market can take now, per task: admission control reads this
+before any escrow moves.
+
+A task can be taken by a node that specialises in it (chain), has the collateral free to accept it
+(chain: stake - locked) and a free session slot (the node's ``GET /status``: its session count and
+cache-memory budget). The chain's ``accept`` stays the judge; this is the forecast that keeps a client
+from escrowing a job nobody can take.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from solders.pubkey import Pubkey
+
+from splitup.market.accounts import node_endpoint, node_specialized
+
+
+@dataclass(frozen=True)
+class TaskCapacity:
+    index: int
+    holders: int  # nodes specialising in the task
+    live: int  # of them: answering /status with the task loaded
+    slots: int  # more jobs the task could take now
+
+
+def task_collateral(config: Any, price: int) -> int:
+    """What a node locks to accept a task at ``price`` (the config's fixed collateral)."""
+    del price
+    return int(config.task_collateral)
+
+
+def market_capacity(nodes: Sequence[tuple[Pubkey, Any]], config: Any, task_ids: Sequence[str],
+                    prices: Sequence[int], statuses: Mapping[str, Mapping[str, Any] | None], *,
+                    exclude_owner: Pubkey | None = None) -> list[TaskCapacity]:
+    """Per task: holders, live holders and free job slots (min of collateral and sessions, summed).
+
+    ``statuses`` maps a node endpoint to its last ``/status`` (None or absent: unreachable, no room).
+    A node owned by ``exclude_owner`` (the client itself) may not work on its own job.
+    """
+    out = []
+    for index, (tid, price) in enumerate(zip(task_ids, prices, strict=True)):
+        want = bytes.fromhex(tid)
+        collateral = max(1, task_collateral(config, price))
+        holders = live = slots = 0
+        for _, n in nodes:
+            if want not in node_specialized(n) or (exclude_owner is not None and n.owner == exclude_owner):
+                continue
+            holders += 1
+            status = statuses.get(node_endpoint(n))
+            if not status or tid not in status.get("tasks", ()):
+                continue
+            live += 1
+            free_sessions = status.get("free_sessions", {}).get(tid)
+            if free_sessions is None:  # an older node: its session count alone
+                free_sessions = int(status.get("max_sessions", 0)) - int(status.get("sessions", 0))
+            by_stake = max(0, int(n.stake) - int(n.locked)) // collateral
+            slots += max(0, min(by_stake, int(free_sessions)))
+        out.append(TaskCapacity(index, holders, live, slots))
+    return out
+
+
+def fetch_statuses(endpoints: Sequence[str], http: httpx.Client, timeout: float = 1.0) -> dict[str, Any]:
+    """Each node's ``/status``, or None where it does not answer within ``timeout``."""
+    out: dict[str, Any] = {}
+    for url in endpoints:
+        if not url.startswith(("http://", "https://")):
+            continue
+        try:
+            r = http.get(url.rstrip("/") + "/status", timeout=timeout)
+            out[url] = r.json() if r.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            out[url] = None
+    return out
+
+
+def shortfall(caps: Sequence[TaskCapacity]) -> str:
+    """Why a job cannot be taken now, in words; empty when every task has a slot."""
+    short = [c for c in caps if c.slots < 1]
+    if not short:
+        return ""
+    return "; ".join(f"task {c.index}: {c.holders} holder(s), {c.live} answering, none with a free session "
+                     "and free collateral" for c in short)
