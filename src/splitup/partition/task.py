@@ -27,6 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from splitup.errors import SplitUpError
 from splitup.graph.builder import DIM_MAX_KEY, ONNX_DTYPE_NAMES, STATE_KEY
+from splitup.graph.precision import DEFAULT_PRECISION, precision_of, split_precision
 from splitup.graph.validate import validate_model
 from splitup.partition.cost import GraphAnalysis
 from splitup.partition.partitioner import Partition, Segment
@@ -90,11 +91,15 @@ class TaskDefinition:
     budget_bytes: int
     layers: list[str]
     node_count: int
+    # "<weights>/<activations>" (splitup.graph.precision): the PoSP tolerance is chosen by it.
+    precision: str = DEFAULT_PRECISION
     task_id: str = field(default="")
 
     def canonical(self) -> bytes:
         body = asdict(self)
         body.pop("task_id")
+        if body["precision"] == DEFAULT_PRECISION:
+            body.pop("precision")  # fp32 tasks keep the ids they had before precision was recorded
         return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
     def with_id(self) -> TaskDefinition:
@@ -113,6 +118,10 @@ class TaskDefinition:
             task = TaskDefinition(**body)
         except (KeyError, TypeError, ValueError) as exc:
             raise PlanError(f"malformed task definition: {exc}") from None
+        try:
+            split_precision(task.precision)
+        except ValueError as exc:
+            raise PlanError(f"task {task.index}: {exc}") from None
         if task.task_id != task.with_id().task_id:
             raise PlanError(f"task {task.index}: task_id does not match its definition")
         return task
@@ -287,6 +296,7 @@ def _build_task(a: GraphAnalysis, sym: dict[str, onnx.ValueInfoProto], seg: Segm
         activation_bytes=seg.activation_bytes, kv_cache_bytes=seg.kv_cache_bytes,
         workspace_bytes=seg.workspace_bytes, flops=seg.flops, cut_bytes=seg.cut_bytes,
         budget_bytes=seg.budget_bytes, layers=_layers(nodes, set(a.initializers)), node_count=len(nodes),
+        precision=precision_of(model),
     )
     return BuiltTask(definition, model, weights)
 
