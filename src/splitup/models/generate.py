@@ -100,26 +100,23 @@ def generate(
 class OrtDecoder:
     """One onnxruntime session of a decoder graph built by the zoo, holding its KV cache."""
 
-    def __init__(self, model: onnx.ModelProto, threads: int = 0) -> None:
+    def __init__(self, model: onnx.ModelProto, threads: int = 0, *, fast_quantised: bool = False) -> None:
         import onnxruntime as ort
+
+        from splitup.runtime.ort import session_options
 
         self.pairs: dict[str, str] = read_state(model)
         if not self.pairs:
             raise ModelError("the graph has no KV-cache state (build it with kv_cache=True)")
         dims = read_dim_max(model, Limits())
         self.max_seq, self.context = dims.get("seq", 0), dims.get("past", 0)
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = threads
-        # Idle spinning threads would steal the cores other processes on this machine need.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts = session_options(ort, threads=threads, fast_quantised=fast_quantised)
         self.session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         self._empty = {}
         for i in self.session.get_inputs():
             if i.name in self.pairs:
                 shape = [d if isinstance(d, int) else 0 for d in i.shape]
-                self._empty[i.name] = np.zeros(shape, np.float32)
+                self._empty[i.name] = np.zeros(shape, np.float16 if i.type == "tensor(float16)" else np.float32)
         self.state: dict[str, np.ndarray] = {}
         self.length = 0
 

@@ -28,6 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 from splitup.errors import SplitUpError
 from splitup.graph.builder import DIM_MAX_KEY, ONNX_DTYPE_NAMES, STATE_KEY
 from splitup.graph.precision import DEFAULT_PRECISION, precision_of, split_precision
+from splitup.graph.quant import raw_bytes
 from splitup.graph.validate import validate_model
 from splitup.partition.cost import GraphAnalysis
 from splitup.partition.partitioner import Partition, Segment
@@ -272,7 +273,7 @@ def _build_task(a: GraphAnalysis, sym: dict[str, onnx.ValueInfoProto], seg: Segm
     dim_max = {k: v for k, v in a.dim_max.items() if k in used_dims} | fresh
     state = {k: v for k, v in a.state.items() if k in inputs and v in outputs}
     bound = all(_has_data(a.initializers[n]) for n in inits)
-    weights = {n: numpy_helper.to_array(a.initializers[n]) for n in inits} if bound else None
+    weights = {n: _shard_array(a.initializers[n]) for n in inits} if bound else None
 
     def vi(spec: TensorSpec) -> onnx.ValueInfoProto:
         return helper.make_tensor_value_info(spec.name, a.types[spec.name].elem_type, spec.shape)
@@ -299,6 +300,14 @@ def _build_task(a: GraphAnalysis, sym: dict[str, onnx.ValueInfoProto], seg: Segm
         precision=precision_of(model),
     )
     return BuiltTask(definition, model, weights)
+
+
+def _shard_array(t: TensorProto) -> np.ndarray:
+    """What the shard stores for one initializer: its values, or for 4-bit types (which safetensors cannot
+    name) its packed bytes as uint8; the graph keeps the real type and reads exactly those bytes."""
+    if t.data_type in (TensorProto.INT4, TensorProto.UINT4):
+        return raw_bytes(t)
+    return numpy_helper.to_array(t)
 
 
 def _external_stub(t: TensorProto) -> TensorProto:
