@@ -20,6 +20,7 @@ import numpy as np
 from onnx import TensorProto
 
 from splitup.graph.errors import BuilderError
+from splitup.units import DTYPE_CHOICES
 
 QUANT_OPSET = 21  # DequantizeLinear with block_size, int4 / uint4 types
 QUANT_IR_VERSION = 10
@@ -164,8 +165,6 @@ def raw_bytes(t: TensorProto) -> np.ndarray:
     return np.frombuffer(np.ascontiguousarray(numpy_helper.to_array(t)).tobytes(), np.uint8).copy()
 
 
-# The names ``--dtype`` accepts everywhere a model is planned or written.
-DTYPE_CHOICES = ("fp32", "fp16", "int8", "int4")
 _FLOAT_NAMES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16",
                 "bf16": "float16", "bfloat16": "float16"}
 
