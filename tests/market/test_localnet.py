@@ -79,8 +79,8 @@ def test_json_rpc_errors_and_filters(tmp_path: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with running(tmp_path, port):
-        r = httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "getBlock", "params": [1]})
-        assert r.json()["error"]["code"] == -32601
+        r = httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "getBlockCommitment", "params": [1]})
+        assert r.json()["error"] == {"code": -32601, "message": "Method not found"}
         r = httpx.post(url, json=[{"jsonrpc": "2.0", "id": 1, "method": "getHealth"},
                                   {"jsonrpc": "2.0", "id": 2, "method": "getBalance", "params": ["not a key"]}])
         health, bad = r.json()

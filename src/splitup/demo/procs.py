@@ -29,19 +29,27 @@ _HANDED_OUT: set[int] = set()
 
 
 def free_port() -> int:
-    """A loopback port nobody listens on, never the same twice in this process.
+    """A loopback port nobody listens on, never the same twice in this process, whose successor is free too.
 
     Between this call and the child binding the port, the kernel may hand the same free port out again
     (several daemons start within milliseconds): two children on one port, one of them dead, and a
-    health check answered by the other. Remembering what was handed out closes that window here.
+    health check answered by the other. Remembering what was handed out closes that window here. The
+    next port is kept back as well: the local ledger serves its websocket on RPC port + 1, where Solana
+    clients look for it.
     """
     while True:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = int(s.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
+        if port in _HANDED_OUT or port + 1 in _HANDED_OUT or port + 1 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        _HANDED_OUT.update((port, port + 1))
+        return port
 
 
 @dataclass

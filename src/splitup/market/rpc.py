@@ -3,12 +3,17 @@ devnet or mainnet (``--rpc-url``).
 
 solana-py's client is asynchronous; the facade is synchronous, so this transport owns a private event
 loop and runs each call to completion on it. Use one transport per thread.
+
+A sent transaction is confirmed through the cluster's PubSub websocket (``signatureSubscribe`` on the
+port clients derive: RPC port + 1, or ``ws_url``), which answers the moment the transaction lands;
+where no websocket answers, the transport falls back to polling ``getSignatureStatuses``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import urllib.parse
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
@@ -16,10 +21,12 @@ from solana.rpc.async_api import AsyncClient
 from solana.rpc.commitment import Confirmed
 from solana.rpc.core import RPCException
 from solana.rpc.models import TxOpts
+from solana.rpc.websocket_api import SolanaWsClient
 from solders.instruction import Instruction
 from solders.keypair import Keypair
 from solders.message import Message
 from solders.pubkey import Pubkey
+from solders.rpc.responses import SignatureNotification
 from solders.signature import Signature
 from solders.transaction import Transaction
 
@@ -36,11 +43,22 @@ def _logs_of(exc: RPCException) -> list[str]:
     return list(logs) if logs else []
 
 
+def ws_url_for(http_url: str) -> str:
+    """The PubSub URL Solana clients derive from an RPC URL: ws(s) scheme, and port + 1 where one is given."""
+    u = urllib.parse.urlsplit(http_url)
+    host = f"[{u.hostname}]" if u.hostname and ":" in u.hostname else (u.hostname or "")
+    netloc = f"{host}:{u.port + 1}" if u.port else host
+    return urllib.parse.urlunsplit(("wss" if u.scheme == "https" else "ws", netloc, u.path, u.query, ""))
+
+
 class RpcTransport:
     def __init__(self, url: str = DEFAULT_RPC_URL, timeout: float = 30.0, poll_s: float = 0.2,
-                 skip_preflight: bool = False) -> None:
+                 skip_preflight: bool = False, ws_url: str | None = None) -> None:
         """``skip_preflight`` sends failing transactions anyway: they land (paying their fee) with logs."""
         self.url = url
+        self.ws_url = ws_url or ws_url_for(url)
+        self._ws: SolanaWsClient | None = None
+        self._ws_unavailable = False
         self.skip_preflight = skip_preflight
         self.poll_s = poll_s
         self.timeout = timeout
@@ -59,6 +77,8 @@ class RpcTransport:
             raise TransactionFailed(f"RPC {self.url}: {type(exc).__name__}: {exc}") from exc
 
     def close(self) -> None:
+        if self._ws is not None:
+            self._run(self._ws.close())
         self._run(self.client.close())
         self._loop.close()
 
@@ -71,6 +91,36 @@ class RpcTransport:
         return TxResult(str(sig))
 
     def _confirm(self, sig: Signature) -> None:
+        if not self._ws_unavailable:
+            try:
+                self._loop.run_until_complete(self._confirm_by_subscription(sig))
+                return
+            except MarketError:
+                raise
+            except Exception:  # no PubSub endpoint, or it went away: ask by polling from now on
+                self._ws_unavailable = True
+                self._ws = None
+        self._confirm_by_polling(sig)
+
+    async def _confirm_by_subscription(self, sig: Signature) -> None:
+        if self._ws is None:
+            self._ws = await SolanaWsClient(self.ws_url, request_timeout=self.timeout, open_timeout=5).connect()
+        sub = await self._ws.signature_subscribe(signature=sig, commitment=Confirmed)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TransactionFailed(f"transaction {sig} not confirmed within {self.timeout} s")
+            try:
+                note = await asyncio.wait_for(self._ws.recv(), remaining)
+            except TimeoutError as exc:
+                raise TransactionFailed(f"transaction {sig} not confirmed within {self.timeout} s") from exc
+            if isinstance(note, SignatureNotification) and note.subscription == sub.subscription_id:
+                if note.result.value.err is not None:
+                    raise error_from(note.result.value.err)
+                return
+
+    def _confirm_by_polling(self, sig: Signature) -> None:
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             status = self._run(self.client.get_signature_statuses([sig])).value[0]

@@ -1,9 +1,13 @@
-"""JSON-RPC over HTTP for the local chain: the subset of Solana's API that our client (solana-py) uses.
+"""JSON-RPC over HTTP, and Solana's PubSub over a websocket, for the local chain: what wallets, dApps,
+explorers and SDKs (web3.js, kit, solana-py) use, with a validator's codes and messages.
 
-Methods: sendTransaction, simulateTransaction (failure check only), getLatestBlockhash,
-isBlockhashValid, getAccountInfo, getMultipleAccounts, getProgramAccounts, getBalance,
-getSignatureStatuses, requestAirdrop, getSlot, getBlockHeight, getMinimumBalanceForRentExemption,
-getHealth, getVersion, getGenesisHash, getFeeForMessage.
+HTTP methods: sendTransaction, simulateTransaction, getLatestBlockhash, isBlockhashValid,
+getAccountInfo, getMultipleAccounts, getProgramAccounts, getBalance, getSignatureStatuses,
+getTransaction, getSignaturesForAddress, getBlock, getBlocks, getBlockTime, getBlockHeight, getSlot,
+getEpochInfo, getEpochSchedule, getIdentity, getRecentPrioritizationFees, getFeeForMessage,
+getMinimumBalanceForRentExemption, getTransactionCount, getFirstAvailableBlock, minimumLedgerSlot,
+requestAirdrop, getHealth, getVersion, getGenesisHash. The websocket (``/`` on the RPC port and on the
+port clients derive, RPC port + 1) serves the subscriptions of ``pubsub``.
 """
 
 from __future__ import annotations
@@ -14,57 +18,45 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse
-from solders.pubkey import Pubkey
+from solders.message import from_bytes_versioned
 from solders.transaction import VersionedTransaction
 
-from splitup.market.localnet.b58 import b58decode, b58encode
-from splitup.market.localnet.chain import LocalChain
-from splitup.market.transport import AccountData
+from splitup.market.localnet.b58 import b58decode
+from splitup.market.localnet.chain import RECENT_BLOCKHASHES, LocalChain
+from splitup.market.localnet.encoding import (
+    account_encoding,
+    check_version,
+    data_slice,
+    encode_account,
+    encode_transaction,
+    tx_version,
+)
+from splitup.market.localnet.fees import fee_for, writable
+from splitup.market.localnet.pubsub import PubSub
+from splitup.market.localnet.rpc_errors import (
+    BLOCK_CLEANED_UP,
+    BLOCK_NOT_AVAILABLE,
+    INVALID_PARAMS,
+    METHOD_NOT_FOUND,
+    PARSE_ERROR,
+    SIGNATURE_VERIFICATION_FAILURE,
+    SLOT_SKIPPED,
+    RpcError,
+    invalid_params,
+    preflight_failure,
+)
+from splitup.market.localnet.store import Block, TxRecord
+from splitup.market.localnet.wire import matches_filters, opts, parse_pubkey
 
-U64_MAX = 2**64 - 1
-FEE_PER_SIGNATURE = 5_000
-
-
-class RpcError(Exception):
-    def __init__(self, code: int, message: str, data: object = None) -> None:
-        super().__init__(message)
-        self.code, self.message, self.data = code, message, data
-
-
-def _opts(params: list[Any], index: int) -> dict[str, Any]:
-    return params[index] if len(params) > index and isinstance(params[index], dict) else {}
-
-
-def _pubkey(value: object) -> Pubkey:
-    try:
-        return Pubkey.from_string(str(value))
-    except ValueError as exc:
-        raise RpcError(-32602, f"Invalid param: {exc}") from exc
-
-
-def _encode_account(acc: AccountData, encoding: str) -> dict[str, Any]:
-    if encoding == "base58":
-        data: object = [b58encode(acc.data), "base58"]
-    else:
-        data = [base64.b64encode(acc.data).decode(), "base64"]
-    return {"lamports": acc.lamports, "owner": str(acc.owner), "data": data, "executable": acc.executable,
-            "rentEpoch": U64_MAX, "space": len(acc.data)}
-
-
-def _matches(acc: AccountData, filters: list[dict[str, Any]]) -> bool:
-    for f in filters:
-        if "dataSize" in f and len(acc.data) != int(f["dataSize"]):
-            return False
-        if "memcmp" in f:
-            mc = f["memcmp"]
-            raw = (base64.b64decode(mc["bytes"]) if mc.get("encoding") == "base64"
-                   else b58decode(mc["bytes"]))
-            off = int(mc.get("offset", 0))
-            if acc.data[off : off + len(raw)] != raw:
-                return False
-    return True
+MAX_MULTIPLE_ACCOUNTS = 100
+MAX_SIGNATURES_FOR_ADDRESS = 1000
+MAX_SIGNATURE_STATUSES = 256
+MAX_PRIORITIZATION_ADDRESSES = 128
+MAX_GET_BLOCKS_RANGE = 500_000
+MAX_BATCH = 100  # requests in one JSON-RPC batch
+VERSION = {"solana-core": "2.2.0", "feature-set": 0}
 
 
 class RpcHandler:
@@ -76,103 +68,164 @@ class RpcHandler:
             "sendTransaction": self.send_transaction,
             "simulateTransaction": self.simulate_transaction,
             "getLatestBlockhash": self.get_latest_blockhash,
-            "isBlockhashValid": self.is_blockhash_valid,
+            "isBlockhashValid": lambda p: self._ctx(self.chain.blockhash_valid(self._hash(p[0]))),
             "getAccountInfo": self.get_account_info,
             "getMultipleAccounts": self.get_multiple_accounts,
             "getProgramAccounts": self.get_program_accounts,
             "getBalance": self.get_balance,
             "getSignatureStatuses": self.get_signature_statuses,
+            "getTransaction": self.get_transaction,
+            "getSignaturesForAddress": self.get_signatures_for_address,
+            "getBlock": self.get_block,
+            "getBlocks": self.get_blocks,
+            "getBlockTime": lambda p: self._block(int(p[0])).block_time,
+            "getEpochInfo": self.get_epoch_info,
+            "getEpochSchedule": self.get_epoch_schedule,
+            "getIdentity": lambda p: {"identity": str(self.chain.identity)},
+            "getRecentPrioritizationFees": self.get_recent_prioritization_fees,
             "requestAirdrop": self.request_airdrop,
             "getSlot": lambda p: self.chain.slot(),
-            "getBlockHeight": lambda p: self.chain.slot(),
+            "getBlockHeight": lambda p: self.chain.slot(),  # the local chain skips no slot
+            "getTransactionCount": lambda p: self.chain.history().transaction_count(),
+            "getFirstAvailableBlock": lambda p: self.chain.history().first_block() or 0,
+            "minimumLedgerSlot": lambda p: self.chain.history().first_block() or 0,
             "getMinimumBalanceForRentExemption": lambda p: self.chain.rent(int(p[0])),
             "getHealth": lambda p: "ok",
-            "getVersion": lambda p: {"solana-core": "2.0.0-splitup-localnet", "feature-set": 0},
-            "getGenesisHash": lambda p: "SpLitUpLocaLNet11111111111111111111111111111",
+            "getVersion": lambda p: VERSION,
+            "getGenesisHash": lambda p: self.chain.genesis_hash,
             "getFeeForMessage": self.get_fee_for_message,
         }
 
     def _ctx(self, value: object) -> dict[str, Any]:
-        return {"context": {"slot": self.chain.slot(), "apiVersion": "2.0.0"}, "value": value}
+        return {"context": {"slot": self.chain.slot(), "apiVersion": VERSION["solana-core"]}, "value": value}
 
-    def handle(self, req: dict[str, Any]) -> dict[str, Any]:
+    def handle(self, req: Any) -> dict[str, Any]:
+        if not isinstance(req, dict) or not isinstance(req.get("method"), str):
+            return {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "Invalid request"}}
         rid = req.get("id")
-        method, params = req.get("method"), req.get("params") or []
-        fn = self.methods.get(str(method))
+        method, params = req["method"], req.get("params") or []
+        if not isinstance(params, list):
+            params = [params]
+        fn = self.methods.get(method)
         if fn is None:
-            return {"jsonrpc": "2.0", "id": rid, "error": {"code": -32601, "message": f"Method not found: {method}"}}
+            return {"jsonrpc": "2.0", "id": rid, "error": {"code": METHOD_NOT_FOUND, "message": "Method not found"}}
         try:
             return {"jsonrpc": "2.0", "id": rid, "result": fn(params)}
         except RpcError as exc:
-            err: dict[str, Any] = {"code": exc.code, "message": exc.message}
-            if exc.data is not None:
-                err["data"] = exc.data
-            return {"jsonrpc": "2.0", "id": rid, "error": err}
+            return {"jsonrpc": "2.0", "id": rid, "error": exc.to_json()}
         except (ValueError, KeyError, IndexError, TypeError) as exc:
-            return {"jsonrpc": "2.0", "id": rid, "error": {"code": -32602, "message": f"Invalid params: {exc}"}}
+            return {"jsonrpc": "2.0", "id": rid, "error": {"code": INVALID_PARAMS, "message": f"Invalid params: {exc}"}}
 
-    def _decode_tx(self, params: list[Any]) -> VersionedTransaction:
-        raw = str(params[0])
-        enc = _opts(params, 1).get("encoding", "base58")
-        data = base64.b64decode(raw) if enc == "base64" else b58decode(raw)
+    # ---------------------------------------------------------------- decoding
+    @staticmethod
+    def _hash(value: object):  # noqa: ANN205 - solders Hash
+        from solders.hash import Hash
+
         try:
+            return Hash.from_string(str(value))
+        except ValueError as exc:
+            raise invalid_params(f"Invalid param: {exc}") from exc
+
+    @staticmethod
+    def _decode_tx(params: list[Any]) -> VersionedTransaction:
+        raw = str(params[0])
+        enc = opts(params, 1).get("encoding", "base58")
+        if enc not in ("base58", "base64"):
+            raise invalid_params(f"Invalid param: unsupported encoding: {enc}. Supported encodings: base58, base64")
+        try:
+            data = base64.b64decode(raw, validate=True) if enc == "base64" else b58decode(raw)
             return VersionedTransaction.from_bytes(data)
         except ValueError as exc:
-            raise RpcError(-32602, f"invalid transaction: {exc}") from exc
+            raise invalid_params(
+                f"failed to deserialize solana_transaction::versioned::VersionedTransaction: {exc}") from exc
 
+    # ---------------------------------------------------------------- transactions
     def send_transaction(self, params: list[Any]) -> str:
         tx = self._decode_tx(params)
-        if not _opts(params, 1).get("skipPreflight", False):
-            failed = self.chain.simulate(tx)
-            if failed is not None:
-                raise RpcError(-32002, f"Transaction simulation failed: {failed.err}", {
-                    "err": failed.err, "logs": failed.logs, "accounts": None, "unitsConsumed": failed.units,
-                    "returnData": None, "innerInstructions": None, "replacementBlockhash": None})
+        if not opts(params, 1).get("skipPreflight", False):
+            if not all(tx.verify_with_results()):
+                raise RpcError(SIGNATURE_VERIFICATION_FAILURE, "Transaction signature verification failure")
+            sim = self.chain.simulate(tx)
+            if sim.err is not None:
+                raise preflight_failure(sim.err, sim.logs, sim.units)
         out = self.chain.send(tx)
-        if out.err == "BlockhashNotFound":
-            raise RpcError(-32002, "Transaction simulation failed: Blockhash not found",
-                           {"err": "BlockhashNotFound", "logs": [], "accounts": None, "unitsConsumed": 0,
-                            "returnData": None, "innerInstructions": None, "replacementBlockhash": None})
+        if out.err == "BlockhashNotFound":  # only when preflight was skipped: it is dropped, as by a leader
+            raise preflight_failure("BlockhashNotFound", [], 0)
         return out.signature
 
     def simulate_transaction(self, params: list[Any]) -> dict[str, Any]:
         tx = self._decode_tx(params)
-        failed = self.chain.simulate(tx)
-        value = {"err": None, "logs": [], "accounts": None, "unitsConsumed": 0, "returnData": None,
-                 "innerInstructions": None, "replacementBlockhash": None}
-        if failed is not None:
-            value.update(err=failed.err, logs=failed.logs, unitsConsumed=failed.units)
+        o = opts(params, 1)
+        sig_verify, replace = bool(o.get("sigVerify", False)), bool(o.get("replaceRecentBlockhash", False))
+        if sig_verify and replace:
+            raise invalid_params("sigVerify may not be used with replaceRecentBlockhash")
+        wanted = o.get("accounts")
+        if wanted is not None:
+            addresses = [parse_pubkey(a) for a in wanted.get("addresses", [])]
+            if len(addresses) > len(tx.message.account_keys):
+                raise invalid_params(f"Too many accounts provided; max {len(tx.message.account_keys)}")
+            enc = account_encoding(wanted, "base64")
+            if enc == "base58":
+                raise invalid_params("base58 encoding not supported")
+        sim = self.chain.simulate(tx, sig_verify=sig_verify, check_blockhash=not replace)
+        value: dict[str, Any] = {
+            "err": sim.err, "logs": sim.logs, "accounts": None, "unitsConsumed": sim.units,
+            "returnData": None if sim.return_data is None else {
+                "programId": sim.return_data[0], "data": [base64.b64encode(sim.return_data[1]).decode(), "base64"]},
+            "innerInstructions": [] if o.get("innerInstructions") else None, "replacementBlockhash": None,
+            "fee": sim.fee if sim.err is None else None}
+        if replace:
+            blockhash, last_valid = self.chain.latest_blockhash()
+            value["replacementBlockhash"] = {"blockhash": str(blockhash), "lastValidBlockHeight": last_valid}
+        if wanted is not None:
+            accs = []
+            for key in addresses:
+                acc = sim.accounts[key] if key in sim.accounts else self.chain.account(key)
+                accs.append(None if acc is None else encode_account(acc, enc))
+            value["accounts"] = accs
         return self._ctx(value)
 
-    def get_latest_blockhash(self, params: list[Any]) -> dict[str, Any]:
-        return self._ctx({"blockhash": str(self.chain.latest_blockhash()), "lastValidBlockHeight": self.chain.slot() + 150})
+    def get_fee_for_message(self, params: list[Any]) -> dict[str, Any]:
+        try:
+            msg = from_bytes_versioned(base64.b64decode(str(params[0]), validate=True))
+        except ValueError as exc:
+            raise invalid_params(f"invalid message: {exc}") from exc
+        if not self.chain.blockhash_valid(msg.recent_blockhash):
+            return self._ctx(None)  # the spec: null for a blockhash the node no longer knows
+        return self._ctx(fee_for(msg))
 
-    def is_blockhash_valid(self, params: list[Any]) -> dict[str, Any]:
+    def get_transaction(self, params: list[Any]) -> dict[str, Any] | None:
+        o = opts(params, 1)
+        encoding = params[1] if len(params) > 1 and isinstance(params[1], str) else o.get("encoding", "json")
         with self.chain.lock:
-            return self._ctx(any(str(h) == str(params[0]) for h in self.chain.recent))
+            rec = self.chain.history().transaction(str(params[0]))
+        if rec is None or not rec.tx:
+            return None
+        tx = VersionedTransaction.from_bytes(rec.tx)
+        check_version(tx, o)
+        out: dict[str, Any] = {"slot": rec.slot, "blockTime": rec.block_time,
+                               "transaction": encode_transaction(rec.tx, encoding), "meta": rec.meta}
+        if o.get("maxSupportedTransactionVersion") is not None:
+            out["version"] = tx_version(tx)
+        return out
 
-    def get_account_info(self, params: list[Any]) -> dict[str, Any]:
-        acc = self.chain.account(_pubkey(params[0]))
-        enc = _opts(params, 1).get("encoding", "base64")
-        return self._ctx(None if acc is None else _encode_account(acc, enc))
-
-    def get_multiple_accounts(self, params: list[Any]) -> dict[str, Any]:
-        enc = _opts(params, 1).get("encoding", "base64")
-        accs = [self.chain.account(_pubkey(k)) for k in params[0]]
-        return self._ctx([None if a is None else _encode_account(a, enc) for a in accs])
-
-    def get_program_accounts(self, params: list[Any]) -> Any:
-        opts = _opts(params, 1)
-        enc, filters = opts.get("encoding", "base64"), opts.get("filters") or []
-        out = [{"pubkey": str(k), "account": _encode_account(a, enc)}
-               for k, a in self.chain.program_accounts(_pubkey(params[0])) if _matches(a, filters)]
-        return self._ctx(out) if opts.get("withContext") else out
-
-    def get_balance(self, params: list[Any]) -> dict[str, Any]:
-        acc = self.chain.account(_pubkey(params[0]))
-        return self._ctx(0 if acc is None else acc.lamports)
+    def get_signatures_for_address(self, params: list[Any]) -> list[dict[str, Any]]:
+        address = str(parse_pubkey(params[0]))
+        o = opts(params, 1)
+        limit = int(o.get("limit") or MAX_SIGNATURES_FOR_ADDRESS)
+        if not 1 <= limit <= MAX_SIGNATURES_FOR_ADDRESS:
+            raise invalid_params(f"Invalid limit; max {MAX_SIGNATURES_FOR_ADDRESS}")
+        with self.chain.lock:
+            store = self.chain.history()
+            before = store.transaction(str(o["before"])) if o.get("before") else None
+            until = store.transaction(str(o["until"])) if o.get("until") else None
+            rows = store.signatures_for(address, limit, before.seq if before else None, until.seq if until else None)
+        return [{"signature": r.signature, "slot": r.slot, "err": r.meta.get("err"), "memo": None,
+                 "blockTime": r.block_time, "confirmationStatus": "finalized"} for r in rows]
 
     def get_signature_statuses(self, params: list[Any]) -> dict[str, Any]:
+        if len(params[0]) > MAX_SIGNATURE_STATUSES:
+            raise invalid_params(f"Too many inputs provided; max {MAX_SIGNATURE_STATUSES}")
         out: list[object] = []
         for sig in params[0]:
             st = self.chain.signature_status(str(sig))
@@ -188,35 +241,176 @@ class RpcHandler:
     def request_airdrop(self, params: list[Any]) -> str:
         lamports = int(params[1])
         if not 0 < lamports <= 1_000 * 10**9:
-            raise RpcError(-32602, "airdrop amount must be between 1 lamport and 1000 SOL")
+            raise invalid_params("airdrop amount must be between 1 lamport and 1000 SOL")
         try:
-            return self.chain.airdrop(_pubkey(params[0]), lamports)
+            return self.chain.airdrop(parse_pubkey(params[0]), lamports)
         except ValueError as exc:
             raise RpcError(-32000, str(exc)) from exc
 
-    def get_fee_for_message(self, params: list[Any]) -> dict[str, Any]:
-        from solders.message import Message
+    # ---------------------------------------------------------------- blocks and epochs
+    def _block(self, slot: int) -> Block:
+        current = self.chain.slot()
+        if slot > current:
+            raise RpcError(BLOCK_NOT_AVAILABLE, f"Block not available for slot {slot}")
+        with self.chain.lock:
+            store = self.chain.history()
+            block, first = store.block(slot), store.first_block()
+        if block is not None:
+            return block
+        if first is not None and slot < first:
+            raise RpcError(BLOCK_CLEANED_UP,
+                           f"Block {slot} cleaned up, does not exist on node. First available block: {first}")
+        raise RpcError(SLOT_SKIPPED, f"Slot {slot} was skipped, or missing in long-term storage")
 
-        msg = Message.from_bytes(base64.b64decode(str(params[0])))
-        return self._ctx(FEE_PER_SIGNATURE * msg.header.num_required_signatures)
+    def get_block(self, params: list[Any]) -> dict[str, Any]:
+        block = self._block(int(params[0]))
+        o = opts(params, 1)
+        encoding, details = o.get("encoding", "json"), o.get("transactionDetails", "full")
+        if details not in ("full", "signatures", "none", "accounts"):
+            raise invalid_params(f"Invalid param: unknown transactionDetails {details!r}")
+        with self.chain.lock:
+            records = self.chain.history().transactions_in(block.slot)
+        out: dict[str, Any] = {"blockhash": block.blockhash, "previousBlockhash": block.previous_blockhash,
+                               "parentSlot": block.parent_slot, "blockHeight": block.slot,
+                               "blockTime": block.block_time}
+        if o.get("rewards", True):
+            out["rewards"] = []
+        txs = [(r, VersionedTransaction.from_bytes(r.tx)) for r in records]
+        for _, tx in txs:
+            check_version(tx, o)
+        if details == "signatures":
+            out["signatures"] = [r.signature for r, _ in txs]
+        elif details == "full":
+            out["transactions"] = [self._block_tx(r, tx, encoding, o) for r, tx in txs]
+        elif details == "accounts":
+            out["transactions"] = [self._block_accounts(r, tx, o) for r, tx in txs]
+        return out
+
+    @staticmethod
+    def _block_tx(rec: TxRecord, tx: VersionedTransaction, encoding: str, o: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {"transaction": encode_transaction(rec.tx, encoding), "meta": rec.meta}
+        if o.get("maxSupportedTransactionVersion") is not None:
+            out["version"] = tx_version(tx)
+        return out
+
+    @staticmethod
+    def _block_accounts(rec: TxRecord, tx: VersionedTransaction, o: dict[str, Any]) -> dict[str, Any]:
+        msg = tx.message
+        w = writable(msg)
+        keys = [{"pubkey": str(k), "signer": i < msg.header.num_required_signatures, "writable": w[i],
+                 "source": "transaction"} for i, k in enumerate(msg.account_keys)]
+        meta = {k: rec.meta.get(k) for k in ("err", "status", "fee", "preBalances", "postBalances")}
+        out: dict[str, Any] = {"transaction": {"accountKeys": keys, "signatures": [str(s) for s in tx.signatures]},
+                               "meta": meta}
+        if o.get("maxSupportedTransactionVersion") is not None:
+            out["version"] = tx_version(tx)
+        return out
+
+    def get_blocks(self, params: list[Any]) -> list[int]:
+        start = int(params[0])
+        end = int(params[1]) if len(params) > 1 and not isinstance(params[1], dict) else self.chain.slot()
+        if end - start > MAX_GET_BLOCKS_RANGE:
+            raise invalid_params(f"Slot range too large; max {MAX_GET_BLOCKS_RANGE}")
+        first = self.chain.history().first_block() or 0
+        return list(range(max(start, first), min(end, self.chain.slot()) + 1))
+
+    def get_epoch_info(self, params: list[Any]) -> dict[str, Any]:
+        with self.chain.lock:
+            schedule = self.chain.svm.get_epoch_schedule()
+            slot = self.chain.slot()
+            count = self.chain.history().transaction_count()
+        epoch, index = schedule.get_epoch_and_slot_index(slot)
+        return {"absoluteSlot": slot, "blockHeight": slot, "epoch": epoch, "slotIndex": index,
+                "slotsInEpoch": schedule.get_slots_in_epoch(epoch), "transactionCount": count}
+
+    def get_epoch_schedule(self, params: list[Any]) -> dict[str, Any]:
+        s = self.chain.svm.get_epoch_schedule()
+        return {"slotsPerEpoch": s.slots_per_epoch, "leaderScheduleSlotOffset": s.leader_schedule_slot_offset,
+                "warmup": s.warmup, "firstNormalEpoch": s.first_normal_epoch, "firstNormalSlot": s.first_normal_slot}
+
+    def get_recent_prioritization_fees(self, params: list[Any]) -> list[dict[str, int]]:
+        addresses = [str(parse_pubkey(a)) for a in (params[0] if params else [])]
+        if len(addresses) > MAX_PRIORITIZATION_ADDRESSES:
+            raise invalid_params(f"Too many inputs provided; max {MAX_PRIORITIZATION_ADDRESSES}")
+        current = self.chain.slot()
+        first = max(0, current - RECENT_BLOCKHASHES + 1)
+        with self.chain.lock:
+            records = self.chain.history().transactions_since(first)
+        # Per slot, the lowest price a landed transaction paid (for the given accounts: the highest of
+        # those per-account minima), as a validator's prioritization-fee cache reports it.
+        per_slot: dict[int, dict[str, int]] = {}
+        for r in records:
+            if not r.tx:
+                continue
+            msg = VersionedTransaction.from_bytes(r.tx).message
+            w = writable(msg)
+            locked = [str(k) for i, k in enumerate(msg.account_keys) if w[i]]
+            fees = per_slot.setdefault(r.slot, {})
+            fees[""] = min(fees.get("", r.priority_fee), r.priority_fee)
+            for a in locked:
+                fees[a] = min(fees.get(a, r.priority_fee), r.priority_fee)
+        out = []
+        for slot in range(first, current + 1):
+            fees = per_slot.get(slot, {})
+            fee = max((fees.get(a, 0) for a in addresses), default=0) if addresses else fees.get("", 0)
+            out.append({"slot": slot, "prioritizationFee": fee})
+        return out
+
+    # ---------------------------------------------------------------- accounts
+    def get_latest_blockhash(self, params: list[Any]) -> dict[str, Any]:
+        blockhash, last_valid = self.chain.latest_blockhash()
+        return self._ctx({"blockhash": str(blockhash), "lastValidBlockHeight": last_valid})
+
+    def get_account_info(self, params: list[Any]) -> dict[str, Any]:
+        o = opts(params, 1)
+        enc, slice_ = account_encoding(o, "base58"), data_slice(o)
+        acc = self.chain.account(parse_pubkey(params[0]))
+        return self._ctx(None if acc is None else encode_account(acc, enc, slice_))
+
+    def get_multiple_accounts(self, params: list[Any]) -> dict[str, Any]:
+        if len(params[0]) > MAX_MULTIPLE_ACCOUNTS:
+            raise invalid_params(f"Too many inputs provided; max {MAX_MULTIPLE_ACCOUNTS}")
+        o = opts(params, 1)
+        enc, slice_ = account_encoding(o, "base64"), data_slice(o)
+        accs = [self.chain.account(parse_pubkey(k)) for k in params[0]]
+        return self._ctx([None if a is None else encode_account(a, enc, slice_) for a in accs])
+
+    def get_program_accounts(self, params: list[Any]) -> Any:
+        o = opts(params, 1)
+        enc, slice_, filters = account_encoding(o, "base64"), data_slice(o), o.get("filters") or []
+        out = [{"pubkey": str(k), "account": encode_account(a, enc, slice_)}
+               for k, a in self.chain.program_accounts(parse_pubkey(params[0])) if matches_filters(a, filters)]
+        return self._ctx(out) if o.get("withContext") else out
+
+    def get_balance(self, params: list[Any]) -> dict[str, Any]:
+        acc = self.chain.account(parse_pubkey(params[0]))
+        return self._ctx(0 if acc is None else acc.lamports)
 
 
 def create_app(chain: LocalChain) -> FastAPI:
     app = FastAPI(title="SplitUp local network", docs_url=None, redoc_url=None)
     handler = RpcHandler(chain)
+    pubsub = PubSub(chain)
 
     @app.post("/")
     async def rpc_raw(request: Request) -> JSONResponse:
         try:
             body = await request.json()
         except ValueError:
-            return JSONResponse({"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "Parse error"}})
+            return JSONResponse({"jsonrpc": "2.0", "id": None, "error": {"code": PARSE_ERROR, "message": "Parse error"}})
         # the chain is synchronous and locked: run it off the event loop
         if isinstance(body, list):
+            if len(body) > MAX_BATCH:
+                return JSONResponse({"jsonrpc": "2.0", "id": None, "error": {
+                    "code": -32600, "message": f"Invalid request: batch of {len(body)} requests; max {MAX_BATCH}"}})
             result: Any = [await anyio.to_thread.run_sync(handler.handle, r) for r in body]
         else:
             result = await anyio.to_thread.run_sync(handler.handle, body)
         return JSONResponse(result)
+
+    @app.websocket("/")
+    async def pubsub_ws(ws: WebSocket) -> None:
+        await pubsub.serve(ws)
 
     @app.get("/health")
     def health() -> str:
@@ -241,7 +435,5 @@ class Ticker:
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        n = 0
         while not self._stop.wait(self.slot_s):
-            n += 1
-            self.chain.tick(persist=n % 10 == 0)  # transactions persist the clock anyway
+            self.chain.tick()
