@@ -55,9 +55,9 @@ def test_shipped_int4_graph_holds_the_4bit_blocks(smollm_int4):
 
 
 def test_int4_greedy_equals_fp32_prefix_and_three_task_split_equals_whole(smollm_int4, tmp_path):
-    whole = generate(OrtDecoder(smollm_int4.model), PROMPT_IDS, 32, smollm_int4.eos_ids, chunk=64)
+    whole = generate(OrtDecoder(smollm_int4.model), PROMPT_IDS, 12, smollm_int4.eos_ids, chunk=64)
     # Same weights as the dequantised float32 model (only the summation order differs).
-    assert whole[:16] == CONTINUATION[:16]
+    assert whole == CONTINUATION[:12]
     plan_with_tasks(smollm_int4.model, "smollm2-135m", 3, tmp_path)
     pipe = LocalPipeline(tmp_path)
-    assert generate(pipeline_step(pipe), PROMPT_IDS, 32, smollm_int4.eos_ids, chunk=64) == whole
+    assert generate(pipeline_step(pipe), PROMPT_IDS, 12, smollm_int4.eos_ids, chunk=64) == whole

@@ -33,9 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument("--vram", help="memory of each node, e.g. 12GiB")
     budget.add_argument("--nodes", help="comma-separated node sizes, e.g. 8GiB,16GiB,2x24GiB")
-    p.add_argument("--dtype", default="fp16", choices=_DTYPES,
-                   help="weight type for zoo and real models: fp32, fp16 (bf16 is sized like fp16), or int8/int4 "
-                        "(weights quantised per block, read through DequantizeLinear); default fp16")
+    p.add_argument("--dtype", default=None, choices=_DTYPES,
+                   help="weight type: fp32, fp16 (bf16 is sized like fp16), or int8/int4 (weights quantised per "
+                        "block, read through DequantizeLinear); default fp16 for planning-only graphs, fp32 when "
+                        "a real model's bundles are written")
     p.add_argument("--activations", choices=("fp16", "fp32"),
                    help="activation and KV-cache type with --dtype int8/int4: default fp16 for planning-only "
                         "graphs (GPU nodes), fp32 when bundles with weights are written (runs on every engine)")
@@ -84,13 +85,12 @@ def _load(args: argparse.Namespace) -> tuple[Any, str, bool, bool]:
     real = bool(args.out) and args.model in SPECS and SPECS[args.model].path() is not None
     quantised = args.dtype in ("int8", "int4")
     if real:
-        # Real weights run as float32 or, with int8/int4, quantised (a GGUF file's own blocks for int4).
-        dtype = args.dtype if quantised else "fp32"
-        model = zoo.build(args.model, real=True, validate=False, dtype=dtype, activations=args.activations,
-                          **overrides)
+        # Real weights: float32 unless asked (int4 on a GGUF model keeps the file's own 4-bit blocks).
+        model = zoo.build(args.model, real=True, validate=False, dtype=args.dtype or "fp32",
+                          activations=args.activations, **overrides)
         return model, args.model, True, True
     acts = args.activations or ("fp16" if quantised else None)
-    model = zoo.build(args.model, dtype=args.dtype, activations=acts, validate=False, **overrides)
+    model = zoo.build(args.model, dtype=args.dtype or "fp16", activations=acts, validate=False, **overrides)
     return model, args.model, True, False
 
 
