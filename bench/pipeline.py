@@ -1,22 +1,23 @@
 """Single-process onnxruntime vs the same plan through N node processes on loopback, in one run.
 
-Run: .venv/bin/python bench/pipeline.py [--model smollm2-135m] [--nodes 3] [--tokens 32] [--threads 1]
+Run: .venv/bin/python bench/pipeline.py [--model smollm2-135m] [--nodes 3] [--tokens 32] [--threads 1] [--json]
 
-Measured side by side on one machine:
-- greedy generation: prefill latency, median latency per new token, tokens/s (KV caches on the nodes);
-- batch: time for a set of prompts, pipelined through the nodes (one request in flight per node);
-- per hop: the nodes' own compute time vs the round trip, i.e. what the network path adds per hop.
-The real SmolLM2-135M is used when ``splitup.models`` can load it; ``--model tiny-llama`` uses seeded weights.
+Measured side by side on one machine, each token computed by all three in rotating order (so load from
+other processes hits them alike):
+- greedy generation: prefill latency, median latency per new token, tokens/s (KV caches on the nodes),
+  through the nodes once with hops as binary frames on kept-open connections and once over HTTP;
+- per hop: the nodes' own compute time vs the round trip, i.e. what the transport adds per hop;
+- batch: time for a set of prompts, pipelined through the nodes (one request in flight per node).
+``--json`` prints one JSON object instead of the tables.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,29 +25,30 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tests.node.procs import start_node, start_store  # noqa: E402
+from nodes import cpu_ns, running_nodes, split_model  # noqa: E402
 
 from splitup.client.pipeline import PipelineClient  # noqa: E402
 from splitup.client.sampling import generate_tokens  # noqa: E402
-from splitup.partition import analyze, budget_for_tasks  # noqa: E402
 from splitup.partition.local import LocalPipeline  # noqa: E402
-from splitup.partition.plan import make_plan  # noqa: E402
 from splitup.runtime import get_engine  # noqa: E402
-from splitup.storage import BlobStore, publish_plan  # noqa: E402
+
+TRANSPORTS = ("frames", "http")
 
 
-def load_model(name: str, max_seq: int):  # noqa: ANN201 - (onnx model, prompt ids, label)
-    if name == "smollm2-135m":
-        from splitup.models.real import load_real_model
+def wall_ms_per_hop(records: list[list[dict]], hops: int) -> float:
+    """Median over decode steps of (round trip - the nodes' compute) per hop, in ms: the software's work
+    plus, on a busy machine, the time each process waits for a core."""
+    gaps = [(r[-1]["rtt"] - sum(h["ms"] for h in r[:-1]) / 1000) / hops for r in records]
+    return statistics.median(gaps) * 1000
 
-        real = load_real_model(name, max_seq=max_seq)
-        prompt = real.encode("The three primary colors are")
-        return real.model, prompt, "SmolLM2-135M (real weights)"
-    from splitup.graph import zoo
 
-    return zoo.build(name, seed=0), [5, 17, 99, 3, 42, 7], f"{name} (seeded)"
+def cpu_ms_per_hop(records: list[list[dict]], hops: int) -> float:
+    """Mean over decode steps of the CPU time every process (client and nodes) spent on a step beyond the
+    engine's compute, per hop, in ms: the transport's software overhead, whatever the load."""
+    extra = [(r[-1]["cpu"] - sum(h["cpu_ms"] for h in r[:-1]) / 1000) / hops for r in records]
+    return statistics.mean(extra) * 1000
 
 
 def main() -> None:
@@ -58,60 +60,44 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=32, help="tokens per batch prompt")
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime threads, per process and per node")
     ap.add_argument("--rounds", type=int, default=3, help="batch measurements (alternating), median reported")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args()
-    console = Console()
-    model, prompt, label = load_model(args.model, max_seq=64)
-    work = Path(tempfile.mkdtemp(prefix="splitup-bench-"))
-    plan = make_plan(model, args.model, budget_for_tasks(analyze(model), args.nodes), workspace_bytes=0, out_dir=work / "plan").plan
-    del model
-    publish_plan(work / "plan", BlobStore(work / "store"))
-    store = start_store("store", work / "store", work)
-    nodes = []
-    try:
-        store.wait_ready()
-        nodes = [start_node(f"n{i}", work, tasks=[t.task_id], store=store.url, extra=["--threads", str(args.threads)])
-                 for i, t in enumerate(plan.tasks)]
-        for d in nodes:
-            d.wait_ready(timeout=300)
-        local = LocalPipeline(work / "plan", engine=get_engine("onnxruntime", threads=args.threads))
+    load_start = os.getloadavg()
+    with split_model(args.model, args.nodes) as split, running_nodes(split, threads=args.threads) as nodes:
+        plan, prompt = split.plan, split.prompt
+        local = LocalPipeline(split.plan_dir, engine=get_engine("onnxruntime", threads=args.threads))
         rng = np.random.default_rng(0)
         items = [{"input_ids": rng.integers(0, 500, (1, args.seq))} for _ in range(args.batch)]
 
         def local_step(ids: np.ndarray) -> np.ndarray:
             return local.run({"input_ids": ids})["logits"]
 
-        with PipelineClient(plan, [d.url for d in nodes]) as client:
-            # warm-up: first calls pay for allocations and connection set-up on both sides
+        pids = [d.proc.pid for d in nodes]
+        clients = {t: PipelineClient(plan, [d.url for d in nodes], transport=t) for t in TRANSPORTS}
+        try:
             local.reset()
-            generate_tokens(local_step, prompt, 2)
-            client.generate(prompt, 2)
-            # Lockstep: each token is computed by both, in alternating order, so that load from other
-            # processes on this machine hits both measurements alike.
+            generate_tokens(local_step, prompt, 2)  # warm-up: allocations and connections on every side
+            for c in clients.values():
+                c.generate(prompt, 2)
             local.reset()
-            ref_times: list[float] = []
-            pipe_times: list[float] = []
-            hop_records: list[list[dict]] = []
-            tokens: list[int] = []
-            ref_tokens: list[int] = []
-            with client.session() as gen:
-                ids = np.asarray([prompt], np.int64)
-                for i in range(args.tokens):
-                    order = (0, 1) if i % 2 == 0 else (1, 0)
-                    for which in order:
-                        t0 = time.perf_counter()
-                        if which == 0:
-                            logits = local_step(ids)
-                            ref_times.append(time.perf_counter() - t0)
-                            ref_tokens.append(int(np.argmax(logits[0, -1])))
-                        else:
-                            logits = gen.step(ids)
-                            pipe_times.append(time.perf_counter() - t0)
-                            hop_records.append([*client.last_hops, {"rtt": pipe_times[-1]}])
-                            tokens.append(int(np.argmax(logits[0, -1])))
-                    assert tokens[-1] == ref_tokens[-1], "the pipeline's greedy token differs"
-                    ids = np.asarray([[tokens[-1]]], np.int64)
-            ref_prefill, prefill = ref_times[0], pipe_times[0]
-            ref_tok, per_tok = ref_times[1:], pipe_times[1:]
+            times: dict[str, list[float]] = {"local": [], **{t: [] for t in TRANSPORTS}}
+            tokens: dict[str, list[int]] = {k: [] for k in times}
+            records: dict[str, list[list[dict]]] = {t: [] for t in TRANSPORTS}
+            gens = {t: c.session() for t, c in clients.items()}
+            order = ["local", *TRANSPORTS]
+            ids = {k: np.asarray([prompt], np.int64) for k in times}
+            for i in range(args.tokens):
+                for which in order[i % 3:] + order[: i % 3]:
+                    c0, t0 = time.thread_time_ns() + cpu_ns(pids), time.perf_counter()
+                    logits = local_step(ids[which]) if which == "local" else gens[which].step(ids[which])
+                    times[which].append(time.perf_counter() - t0)
+                    cpu = (time.thread_time_ns() + cpu_ns(pids) - c0) / 1e9
+                    if which != "local":
+                        records[which].append([*clients[which].last_hops, {"rtt": times[which][-1], "cpu": cpu}])
+                    tokens[which].append(int(np.argmax(logits[0, -1])))
+                    ids[which] = np.asarray([[tokens[which][-1]]], np.int64)
+            for g in gens.values():
+                g.close()
             ref_rounds, pipe_rounds, seq_rounds = [], [], []
             for _ in range(args.rounds):
                 t0 = time.perf_counter()
@@ -120,48 +106,71 @@ def main() -> None:
                     local.run(item)
                 ref_rounds.append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
-                client.run_batch(items, outputs=["logits"])
+                clients["frames"].run_batch(items, outputs=["logits"])
                 pipe_rounds.append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
                 for item in items:
-                    client.run(item, outputs=["logits"])
+                    clients["frames"].run(item, outputs=["logits"])
                 seq_rounds.append(time.perf_counter() - t0)
-            ref_batch, pipe_batch, seq_batch = (statistics.median(x) for x in (ref_rounds, pipe_rounds, seq_rounds))
-    finally:
-        for d in nodes:
-            d.stop()
-        store.stop()
-        shutil.rmtree(work, ignore_errors=True)  # bundles, store and node caches: several copies of the weights
+        finally:
+            for c in clients.values():
+                c.close()
+    ref_batch, pipe_batch, seq_batch = (statistics.median(x) for x in (ref_rounds, pipe_rounds, seq_rounds))
+    hops = len(plan.tasks)
+    med = {k: statistics.median(v[1:]) for k, v in times.items()}
+    per_hop = {t: cpu_ms_per_hop(records[t][1:], hops) for t in TRANSPORTS}
+    wall = {t: wall_ms_per_hop(records[t][1:], hops) for t in TRANSPORTS}
+    compute = [statistics.median(r[k]["ms"] for r in records["frames"][1:]) for k in range(hops)]
+    identical = tokens["frames"] == tokens["local"] == tokens["http"]
+    result = {
+        "model": split.label, "tasks": hops, "tokens": args.tokens, "threads": args.threads,
+        "tokens_per_s_ratio": round(med["local"] / med["frames"], 3),
+        "http_tokens_per_s_ratio": round(med["local"] / med["http"], 3),
+        "batch_time_ratio": round(pipe_batch / ref_batch, 3),
+        "sequential_batch_time_ratio": round(seq_batch / ref_batch, 3),
+        "transport_ms_per_hop": round(per_hop["frames"], 3),
+        "http_ms_per_hop": round(per_hop["http"], 3),
+        "transport_wall_ms_per_hop": round(wall["frames"], 3),
+        "http_wall_ms_per_hop": round(wall["http"], 3),
+        "ms_per_token": {k: round(v * 1000, 2) for k, v in med.items()},
+        "prefill_ms": {k: round(v[0] * 1000, 2) for k, v in times.items()},
+        "node_compute_ms": [round(c, 2) for c in compute],
+        "tokens_identical": identical,
+        "loadavg_start": [round(x, 2) for x in load_start], "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+        "cpus": os.cpu_count(),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _tables(result, args, ref_batch, pipe_batch, seq_batch)
+    if not identical:
+        sys.exit("the pipeline's greedy tokens differ from the single process's")
 
-    decode = hop_records[1:]
-    compute = [sum(h["ms"] for h in r[:-1]) / 1000 for r in decode]
-    rtt = [r[-1]["rtt"] for r in decode]
-    per_hop = [statistics.median(r[k]["ms"] for r in decode) for k in range(len(plan.tasks))]
-    overhead = statistics.median(b - a for a, b in zip(compute, rtt, strict=True)) / len(plan.tasks)
 
-    med_ref, med_pipe = statistics.median(ref_tok), statistics.median(per_tok)
-    t = Table(title=f"{label}: {len(plan.tasks)} tasks, {args.threads} thread(s) per process, loopback")
-    for col in ("measure", "single process", f"{len(plan.tasks)} nodes", "ratio", "goal"):
+def _tables(r: dict, args: argparse.Namespace, ref_batch: float, pipe_batch: float, seq_batch: float) -> None:
+    console = Console()
+    ms = r["ms_per_token"]
+    t = Table(title=f"{r['model']}: {r['tasks']} tasks, {args.threads} thread(s) per process, loopback")
+    for col in ("measure", "single process", f"{r['tasks']} nodes, frames", f"{r['tasks']} nodes, HTTP", "goal"):
         t.add_column(col, justify="right" if col != "measure" else "left")
-    t.add_row("prefill latency", f"{ref_prefill * 1000:.1f} ms", f"{prefill * 1000:.1f} ms", f"{prefill / ref_prefill:.2f}x", "")
-    t.add_row("latency per token (median)", f"{med_ref * 1000:.2f} ms", f"{med_pipe * 1000:.2f} ms",
-              f"{med_pipe / med_ref:.2f}x", "")
-    t.add_row("greedy tokens/s", f"{1 / med_ref:.1f}", f"{1 / med_pipe:.1f}", f"{med_ref / med_pipe:.2f}x", ">= 0.85x")
-    t.add_row(f"batch of {args.batch} x {args.seq} tokens, pipelined", f"{ref_batch:.3f} s", f"{pipe_batch:.3f} s",
-              f"{pipe_batch / ref_batch:.2f}x time", "<= 1.10x")
-    t.add_row("  same batch, one request at a time", f"{ref_batch:.3f} s", f"{seq_batch:.3f} s",
-              f"{seq_batch / ref_batch:.2f}x time", "")
+    pre = r["prefill_ms"]
+    t.add_row("prefill latency", f"{pre['local']:.1f} ms", f"{pre['frames']:.1f} ms", f"{pre['http']:.1f} ms", "")
+    t.add_row("latency per token (median)", f"{ms['local']:.2f} ms", f"{ms['frames']:.2f} ms", f"{ms['http']:.2f} ms", "")
+    t.add_row("greedy tokens/s (ratio to one process)", f"{1000 / ms['local']:.1f}",
+              f"{1000 / ms['frames']:.1f} ({r['tokens_per_s_ratio']:.2f}x)",
+              f"{1000 / ms['http']:.1f} ({r['http_tokens_per_s_ratio']:.2f}x)", ">= 0.85x")
+    t.add_row("transport per hop: CPU time beyond compute", "", f"{r['transport_ms_per_hop']:.2f} ms",
+              f"{r['http_ms_per_hop']:.2f} ms", "<= 0.5 ms")
+    t.add_row("transport per hop: wall time (round trip - compute)", "", f"{r['transport_wall_ms_per_hop']:.2f} ms",
+              f"{r['http_wall_ms_per_hop']:.2f} ms", "")
+    t.add_row(f"batch of {args.batch} x {args.seq} tokens, pipelined", f"{ref_batch:.3f} s", f"{pipe_batch:.3f} s", "",
+              f"{r['batch_time_ratio']:.2f}x time")
+    t.add_row("  same batch, one request at a time", f"{ref_batch:.3f} s", f"{seq_batch:.3f} s", "",
+              f"{r['sequential_batch_time_ratio']:.2f}x time")
     console.print(t)
-    h = Table(title="per hop during decoding (median)")
-    h.add_column("hop")
-    h.add_column("layers")
-    h.add_column("node compute", justify="right")
-    for k, task in enumerate(plan.tasks):
-        h.add_row(str(k), ", ".join(task.layers[:3]) + (" ..." if len(task.layers) > 3 else ""), f"{per_hop[k]:.2f} ms")
-    h.add_row("", "transport + HTTP + (de)serialisation, per hop", f"{overhead * 1000:.2f} ms")
-    console.print(h)
-    console.print(f"greedy tokens identical: {tokens == ref_tokens} ({len(tokens)} tokens); "
-                  f"load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    console.print(f"node compute per hop (median, ms): {r['node_compute_ms']}")
+    console.print(f"greedy tokens identical (one process, frames, HTTP): {r['tokens_identical']} ({args.tokens} tokens); "
+                  f"load average {r['loadavg_start']} at the start, {r['loadavg_end']} at the end, on {r['cpus']} cores")
 
 
 if __name__ == "__main__":

@@ -55,10 +55,13 @@ def case(request: pytest.FixtureRequest):
 
 
 def _feeds(cfg, hyper: Hyper, ids: np.ndarray, cache) -> dict[str, np.ndarray]:
+    """The growing form: caches hold the tokens so far plus room for this call's, written at the length."""
     feeds = {"input_ids": ids.astype(np.int64)}
+    room = ((0, 0), (0, 0), (0, ids.shape[1]), (0, 0))
     for i, (k, v) in enumerate(cache):
-        feeds[f"past.{i}.key"] = k.astype(np.float32)
-        feeds[f"past.{i}.value"] = v.astype(np.float32)
+        feeds[f"past.{i}.key"] = np.pad(k.astype(np.float32), room)
+        feeds[f"past.{i}.value"] = np.pad(v.astype(np.float32), room)
+        feeds[f"past.{i}.length"] = np.array([k.shape[2]], np.int64)
     return feeds
 
 

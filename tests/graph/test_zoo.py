@@ -9,13 +9,11 @@ def session(model):
     return ort.InferenceSession(model.SerializeToString())
 
 
-def empty_cache(cfg) -> dict[str, np.ndarray]:
+def empty_cache(cfg, capacity: int) -> dict[str, np.ndarray]:
     kvh = getattr(cfg, "kv_heads", cfg.heads)
-    return {
-        f"past.{i}.{kind}": np.zeros((1, kvh, 0, cfg.head_dim), np.float32)
-        for i in range(cfg.layers)
-        for kind in ("key", "value")
-    }
+    cache = {f"past.{i}.{kind}": np.zeros((1, kvh, capacity, cfg.head_dim), np.float32)
+             for i in range(cfg.layers) for kind in ("key", "value")}
+    return cache | {f"past.{i}.length": np.zeros(1, np.int64) for i in range(cfg.layers)}
 
 
 @pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
@@ -24,15 +22,20 @@ def test_kv_cache_steps_reproduce_the_full_pass(name):
     sess = session(zoo.build(name, seed=0))
     names = [o.name for o in sess.get_outputs()]
     ids = np.random.default_rng(1).integers(0, cfg.vocab_size, (1, 10))
-    full = sess.run(None, {"input_ids": ids, **empty_cache(cfg)})[0]
-    out = sess.run(None, {"input_ids": ids[:, :6], **empty_cache(cfg)})
-    steps = [out[0]]
-    for t in range(6, 10):
-        past = {n.replace("present", "past"): v for n, v in zip(names[1:], out[1:], strict=True)}
-        out = sess.run(None, {"input_ids": ids[:, t : t + 1], **past})
-        steps.append(out[0])
-    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
-    assert out[1].shape == (1, getattr(cfg, "kv_heads", cfg.heads), 10, cfg.head_dim)
+    full = sess.run(None, {"input_ids": ids, **empty_cache(cfg, 10)})[0]
+    for capacity in (None, cfg.context):  # the growing form, then the fixed one (the whole context)
+        out = sess.run(None, {"input_ids": ids[:, :6], **empty_cache(cfg, capacity or 6)})
+        steps = [out[0]]
+        for t in range(6, 10):
+            past = {n.replace("present", "past"): v for n, v in zip(names[1:], out[1:], strict=True)}
+            if capacity is None:  # one more slot for the token this step writes
+                past = {k: np.pad(v, ((0, 0), (0, 0), (0, 1), (0, 0))) if v.ndim == 4 else v for k, v in past.items()}
+            out = sess.run(None, {"input_ids": ids[:, t : t + 1], **past})
+            steps.append(out[0])
+        np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
+        by = dict(zip(names, out, strict=True))
+        assert by["present.0.key"].shape == (1, getattr(cfg, "kv_heads", cfg.heads), capacity or 10, cfg.head_dim)
+        assert by["present.0.length"].tolist() == [10]
 
 
 def test_small_models_run_with_declared_shapes():

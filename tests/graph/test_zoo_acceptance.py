@@ -36,7 +36,8 @@ def _accepts(path: Path, model: onnx.ModelProto, capsys: pytest.CaptureFixture[s
     assert f"{path}: ok" in out.out and "nodes, opset" in out.out and "peak activations" in out.out
     assert re.search(rf"params\s+{_params(model):,} \(", out.out)
     for o in model.graph.output:
-        assert re.search(rf"output {re.escape(o.name)}\s+float\[", out.out), o.name
+        dtype = "int64" if o.name.endswith(".length") else "float"  # a KV cache's length per sequence
+        assert re.search(rf"output {re.escape(o.name)}\s+{dtype}\[", out.out), o.name
     return out.out
 
 

@@ -67,7 +67,7 @@ def test_real_llama2_config_json() -> None:
 def test_real_gpt2_config_json_is_the_zoo_gpt2() -> None:
     small = {**GPT2_HF, "n_layer": 1, "n_embd": 64, "n_head": 4, "vocab_size": 300, "max_seq": 32}
     model = zoo.build_from_config("gpt2", small, seed=0)
-    assert [i.name for i in model.graph.input] == ["input_ids", "past.0.key", "past.0.value"]
+    assert [i.name for i in model.graph.input] == ["input_ids", "past.0.key", "past.0.value", "past.0.length"]
     full = zoo.build_from_config("gpt2", GPT2_HF, validate=False)
     assert _params(full) == _params(zoo.build("gpt2", validate=False))
 

@@ -36,7 +36,7 @@ def _feeds(task, seq: int, rng):
             for s in task.inputs if s.name not in task.state}
 
 
-def test_tinygrad_engine_matches_onnxruntime_with_a_growing_cache(plan_dir, plan):
+def test_tinygrad_in_the_fixed_form_matches_onnxruntime_in_the_growing_form(plan_dir, plan):
     reason = available_engines()["tinygrad"]
     if reason != "ok":
         pytest.skip(f"tinygrad engine unavailable: {reason}")
@@ -45,15 +45,20 @@ def test_tinygrad_engine_matches_onnxruntime_with_a_growing_cache(plan_dir, plan
     task = plan.tasks[1]  # a task with KV-cache state
     assert task.state
     a, b = ort_engine.load(task_dir(plan_dir, task)), tiny.load(task_dir(plan_dir, task))
+    assert (a.kv_form, b.kv_form) == ("growing", "fixed")
     state_a = state_b = None
-    for seq in (5, 1, 1):  # prefill, then decode steps: the symbolic dims change between calls
+    length = 0
+    for seq in (5, 1, 1, 1, 3):  # prefill, decode steps (captured once, then replayed), a padded chunk
         feeds = _feeds(task, seq, rng)
         out_a, state_a = run_stateful(a, feeds, state_a)
         out_b, state_b = run_stateful(b, feeds, state_b)
+        length += seq
         for name in out_a:
-            assert float(np.max(np.abs(out_a[name] - out_b[name]))) <= 1e-5, name
-
-
+            got, want = np.asarray(out_b[name]), out_a[name]
+            if got.ndim == 4:  # a cache: growing holds exactly the tokens, fixed the whole context
+                assert want.shape[2] == length and got.shape[2] == task.dim_max["past"]
+                got = got[:, :, :length]
+            assert float(np.max(np.abs(want - got))) <= 1e-5, name
 def test_engine_checks_the_expected_task_id(plan_dir, plan):
     from splitup.partition.task import PlanError
 
@@ -106,7 +111,7 @@ def test_a_repeated_step_rolls_back_and_other_steps_conflict():
 
 def test_interface_check_covers_dims_and_held_caches(plan):
     task = plan.tasks[1]
-    past = next(s for s in task.inputs if s.name in task.state)
+    past = next(s for s in task.inputs if s.name in task.state and s.name.endswith(".key"))
     others = {s.name: np.zeros([d if isinstance(d, int) else 3 for d in s.shape], s.dtype)
               for s in task.inputs if s.name not in task.state}
     check_feeds(task, others)
@@ -241,3 +246,43 @@ def test_tinygrad_without_a_compiler_is_reported_unavailable(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() != "ok"
+
+
+def test_kv_form_follows_the_provider_and_graph_capture_only_where_supported(plan_dir, plan):
+    from splitup.runtime.ort import graph_capture_providers, kv_form_for
+
+    assert kv_form_for(["CUDAExecutionProvider", "CPUExecutionProvider"]) == "fixed"
+    assert kv_form_for(["CPUExecutionProvider"]) == "growing"
+    assert kv_form_for(["ROCMExecutionProvider", "CPUExecutionProvider"]) == "growing"
+    assert graph_capture_providers(["CUDAExecutionProvider", "CPUExecutionProvider"]) == \
+        [("CUDAExecutionProvider", {"enable_cuda_graph": "1"}), "CPUExecutionProvider"]
+    assert graph_capture_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    runner = get_engine("onnxruntime").load(task_dir(plan_dir, plan.tasks[1]))
+    assert runner.kv_form == "growing" and runner.captured is None  # no CUDA here: the plain CPU path
+
+
+def test_both_forms_give_the_same_outputs_and_a_full_context_is_refused(plan_dir, plan):
+    from splitup.runtime.kv import step_bucket
+
+    task = plan.tasks[1]
+    growing, fixed = (get_engine("onnxruntime").load(task_dir(plan_dir, task)) for _ in range(2))
+    fixed.kv_form = "fixed"
+    rng = np.random.default_rng(5)
+    state_g = state_f = None
+    for seq in (7, 1, 2):
+        feeds = _feeds(task, seq, rng)
+        out_g, state_g = run_stateful(growing, feeds, state_g)
+        out_f, state_f = run_stateful(fixed, feeds, state_f)
+        for name, want in out_g.items():
+            got = out_f[name][:, :, : want.shape[2]] if want.ndim == 4 else out_f[name]
+            np.testing.assert_allclose(got, want, atol=1e-6, rtol=0, err_msg=name)
+    cache = next(n for n in task.state if n.endswith(".key"))
+    assert state_g[cache].shape[2] == 10 and state_f[cache].shape[2] == task.dim_max["past"]
+    assert all(int(v[0]) == 10 for n, v in state_f.items() if n.endswith(".length"))
+    capacity = task.dim_max["past"]
+    full = {n: (np.full(1, capacity - 1, np.int64) if n.endswith(".length") else v) for n, v in state_f.items()}
+    run_stateful(fixed, _feeds(task, 1, rng), full)  # the last slot
+    with pytest.raises(InterfaceError, match="context is full"):
+        run_stateful(fixed, _feeds(task, 2, rng), full)
+    assert [step_bucket(s, 1000) for s in (1, 2, 8, 9, 100, 129)] == [1, 8, 8, 32, 128, 129]
+    assert step_bucket(5, 6) == 5  # no room left for the bucket: run as it is

@@ -18,9 +18,11 @@ def random_feeds(model: onnx.ModelProto, seq: int = 5, seed: int = 0) -> dict[st
     rng = np.random.default_rng(seed)
     feeds = {}
     for i in model.graph.input:
-        dims = [d.dim_value if d.HasField("dim_value") else (0 if d.dim_param == "past" else seq)
-                for d in i.type.tensor_type.shape.dim]
-        if i.type.tensor_type.elem_type == onnx.TensorProto.INT64:
+        # A KV cache (capacity ``past``) starts empty: length 0, room for this call's seq positions.
+        dims = [d.dim_value if d.HasField("dim_value") else seq for d in i.type.tensor_type.shape.dim]
+        if i.name.endswith(".length"):
+            feeds[i.name] = np.zeros(dims, np.int64)
+        elif i.type.tensor_type.elem_type == onnx.TensorProto.INT64:
             feeds[i.name] = rng.integers(0, 50, dims) if i.name != "attention_mask" else np.ones(dims, np.int64)
         else:
             feeds[i.name] = rng.normal(size=dims).astype(np.float32)

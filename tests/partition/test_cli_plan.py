@@ -106,3 +106,14 @@ def test_real_model_out_writes_weight_shards(capsys, tmp_path):
     shards = list(tmp_path.rglob("weights.safetensors"))
     assert len(shards) == doc["task_count"] >= 2
     assert sum(s.stat().st_size for s in shards) >= 134e6 * 4  # all of SmolLM2's float32 weights
+
+
+def test_batch_sizes_kv_caches_for_concurrent_streams(capsys):
+    docs = {}
+    for batch in ("1", "4"):
+        code, out, _ = run_cli(capsys, "plan", "tiny-llama", "--vram", "64MiB", "--workspace", "0",
+                               "--batch", batch, "--json")
+        assert code == 0
+        docs[batch] = json.loads(out)
+    assert docs["4"]["total_kv_cache_bytes"] == 4 * docs["1"]["total_kv_cache_bytes"]
+    assert sum(t["activation_bytes"] for t in docs["4"]["tasks"]) > sum(t["activation_bytes"] for t in docs["1"]["tasks"])

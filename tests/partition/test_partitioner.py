@@ -57,7 +57,7 @@ def test_kv_cache_is_counted_at_the_declared_context():
     a = analyze(zoo.build("tiny-llama", seed=0))
     part = partition(a, 2**40, workspace_bytes=0)
     cfg = zoo.entry("tiny-llama").config
-    per_layer = 2 * cfg.kv_heads * cfg.context * cfg.head_dim * 4
+    per_layer = 2 * cfg.kv_heads * cfg.context * cfg.head_dim * 4 + 8  # key and value caches, the int64 length
     assert part.segments[0].kv_cache_bytes == cfg.layers * per_layer
 
 

@@ -41,6 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--max-session-bytes", type=_byte_size, default=None, metavar="N",
                    help="budget for session KV caches (default: half the memory available at start)")
     s.add_argument("--max-concurrent", type=int, default=16, help="pipeline hops served at once; more get 429")
+    s.add_argument("--frame-port", type=int, default=0, metavar="PORT",
+                   help="TCP port for hops as binary frames (default 0: any free one, shown by /health)")
+    s.add_argument("--no-frames", action="store_true", help="serve hops over HTTP only")
     s.add_argument("--park-above", type=_byte_size, default=1 << 20, metavar="N",
                    help="final results larger than this wait here for the client instead of travelling back")
     s.add_argument("--session-idle", type=float, default=300.0, metavar="S", help="idle seconds before a session is dropped")
@@ -93,6 +96,7 @@ def start(args: argparse.Namespace) -> int:
     config = NodeConfig(engine=args.engine, threads=args.threads, cache_dir=args.cache, store_url=args.store,
                         max_body_bytes=args.max_body, max_sessions=args.max_sessions,
                         max_session_bytes=args.max_session_bytes, max_concurrent=args.max_concurrent,
+                        frame_port=None if args.no_frames else args.frame_port,
                         park_above_bytes=args.park_above,
                         session_idle_s=args.session_idle, heartbeat_s=args.heartbeat, **extra)
     task_ids = _ids(args.tasks)

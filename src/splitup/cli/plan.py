@@ -42,6 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "graphs (GPU nodes), fp32 when bundles with weights are written (runs on every engine)")
     p.add_argument("--context", type=int, help="maximum context (KV-cache length) for decoders")
     p.add_argument("--seq", type=int, help="longest chunk of tokens processed in one step (prefill chunk)")
+    p.add_argument("--batch", type=int, help="most sequences a node runs in one engine call (decoders; default 1): "
+                   "KV caches and activations are sized for this many concurrent streams")
     p.add_argument("--workspace", default="256MiB", help="runtime workspace allowance per task (default 256MiB)")
     p.add_argument("--cut-factor", type=float, default=2.0,
                    help="cut only where at most this many times the smallest cut's bytes cross (default 2)")
@@ -82,6 +84,10 @@ def _load(args: argparse.Namespace) -> tuple[Any, str, bool, bool]:
         overrides["context"] = args.context
     if args.seq:
         overrides["max_seq"] = args.seq
+    if args.batch:
+        if args.batch < 1:
+            raise SplitUpError("--batch must be at least 1")
+        overrides["batch"] = args.batch
     real = bool(args.out) and args.model in SPECS and SPECS[args.model].path() is not None
     quantised = args.dtype in ("int8", "int4")
     if real:

@@ -16,6 +16,7 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -23,6 +24,7 @@ import numpy as np
 from splitup.client.sampling import generate_tokens
 from splitup.errors import SplitUpError
 from splitup.node.app import CONTENT_TYPE, HOPS_HEADER, PARKED_HEADER
+from splitup.node.frames import Frame, FrameError, FramePool, frame_address
 from splitup.node.wire import Envelope, Hop, decode, encode
 from splitup.partition.task import Plan, TaskDefinition
 
@@ -30,6 +32,8 @@ log = logging.getLogger("splitup.client")
 
 # Failures that mean "this node, not this request": the task moves to a stand-in.
 REROUTABLE = ("unreachable", "timeout", "not_here", "internal")
+MAX_REPLY_BYTES = 1 << 30
+TRANSPORTS = ("frames", "http")
 
 
 class PipelineError(SplitUpError):
@@ -74,9 +78,17 @@ def _made_before(name: str, tasks: Sequence[TaskDefinition], stop: int) -> bool:
 
 class PipelineClient:
     def __init__(self, plan: Plan, route: Sequence[str | Sequence[str]], *, hop_timeout: float = 30.0,
-                 max_failovers: int = 4, token_input: str = "input_ids", logits_output: str = "logits") -> None:
+                 max_failovers: int = 4, token_input: str = "input_ids", logits_output: str = "logits",
+                 transport: str = "frames") -> None:
+        """``transport``: ``frames`` sends hops as binary frames over kept-open connections to nodes that
+        have a frame port (HTTP to those that do not); ``http`` always POSTs to ``/execute``."""
         if len(route) != len(plan.tasks):
             raise PipelineError(f"route names {len(route)} hops for a plan of {len(plan.tasks)} tasks")
+        if transport not in TRANSPORTS:
+            raise PipelineError(f"transport must be one of {', '.join(TRANSPORTS)}, not {transport!r}")
+        self.transport = transport
+        self._frames = FramePool()
+        self._frame_addrs: dict[str, tuple[str, int] | None] = {}
         self.plan = plan
         self.candidates: list[list[str]] = [[route_k] if isinstance(route_k, str) else list(route_k)
                                             for route_k in route]
@@ -93,6 +105,7 @@ class PipelineClient:
 
     def close(self) -> None:
         self._http.close()
+        self._frames.close()
 
     def __enter__(self) -> PipelineClient:
         return self
@@ -104,33 +117,81 @@ class PipelineClient:
     def call(self, hops: list[Hop], tensors: Mapping[str, np.ndarray], job: str) -> dict[str, np.ndarray]:
         """One trip through ``hops``; raises :class:`NodeFailure` naming the hop that failed."""
         env = Envelope(job, 0, hops, self.hop_timeout)
-        body = encode(tensors, env)
         first = hops[0]
         urls = first.urls if first.session is None else first.urls[:1]
         failure: NodeFailure | None = None
         for attempt, url in enumerate(urls):
             try:
-                r = self._http.post(url.rstrip("/") + "/execute", content=body,
-                                    timeout=self.hop_timeout * (len(hops) + 1),
-                                    headers={"content-type": CONTENT_TYPE})
-            except httpx.TimeoutException as exc:
-                failure = NodeFailure(f"hop 0 at {url} timed out: {exc!r}", hop=0, kind="timeout")
+                content, parked = self._exchange(url, env, tensors)
+            except NodeFailure as f:
+                if f.kind not in ("timeout", "unreachable") or f.status is not None:
+                    raise
+                failure = f
                 continue
-            except httpx.HTTPError as exc:
-                failure = NodeFailure(f"hop 0 at {url} unreachable: {exc!r}", hop=0, kind="unreachable")
-                continue
-            self.last_hops = json.loads(r.headers.get(HOPS_HEADER, "[]"))
-            if r.status_code != 200:
-                raise _failure(r)
-            content = r.content
-            self.last_parked = PARKED_HEADER in r.headers
-            if self.last_parked:
-                content = self._take_parked(r.headers[PARKED_HEADER], len(hops) - 1)
-            tensors_out, _ = decode(content)
+            self.last_parked = parked is not None
+            if parked is not None:
+                content = decode(self._take_parked(parked, len(hops) - 1))[0]
             self._learn(hops, attempt)
-            return tensors_out
+            return content
         assert failure is not None
         raise failure
+
+    def _exchange(self, url: str, env: Envelope, tensors: Mapping[str, np.ndarray]) \
+            -> tuple[dict[str, np.ndarray], str | None]:
+        """Send the route to its first node at ``url``: (tensors, None) or ({}, URL of a parked result)."""
+        timeout = self.hop_timeout * (len(env.route) + 1)
+        addr = self._frame_address(url, timeout) if self.transport == "frames" else None
+        if addr is not None:
+            return self._exchange_frames(url, addr, env, tensors, timeout)
+        try:
+            r = self._http.post(url.rstrip("/") + "/execute", content=encode(tensors, env), timeout=timeout,
+                                headers={"content-type": CONTENT_TYPE})
+        except httpx.TimeoutException as exc:
+            raise NodeFailure(f"hop 0 at {url} timed out: {exc!r}", hop=0, kind="timeout") from None
+        except httpx.HTTPError as exc:
+            raise NodeFailure(f"hop 0 at {url} unreachable: {exc!r}", hop=0, kind="unreachable") from None
+        self.last_hops = json.loads(r.headers.get(HOPS_HEADER, "[]"))
+        if r.status_code != 200:
+            raise _failure(r)
+        if PARKED_HEADER in r.headers:
+            return {}, r.headers[PARKED_HEADER]
+        return decode(r.content)[0], None
+
+    def _frame_address(self, url: str, timeout: float) -> tuple[str, int] | None:
+        """Where the node at ``url`` takes frames (asked once, from its /health); None: HTTP only."""
+        if url not in self._frame_addrs:
+            try:
+                r = self._http.get(url.rstrip("/") + "/health", timeout=timeout)
+                health = r.json() if r.status_code == 200 else None
+            except (httpx.HTTPError, ValueError) as exc:
+                raise NodeFailure(f"hop 0 at {url} unreachable: {exc!r}", hop=0, kind="unreachable") from None
+            if not isinstance(health, dict):
+                raise NodeFailure(f"hop 0 at {url}: no health report", hop=0, kind="unreachable")
+            self._frame_addrs[url] = frame_address(health, urlsplit(url).hostname or "")
+        return self._frame_addrs[url]
+
+    def _exchange_frames(self, url: str, addr: tuple[str, int], env: Envelope, tensors: Mapping[str, np.ndarray],
+                         timeout: float) -> tuple[dict[str, np.ndarray], str | None]:
+        request = Frame("exec", dict(tensors), env.to_dict())
+        while True:
+            reused = False
+            try:
+                reused, conn = self._frames.get(addr, timeout)
+                reply = conn.request(request, timeout, MAX_REPLY_BYTES)
+                break
+            except TimeoutError as exc:
+                self._frames.drop(addr)
+                raise NodeFailure(f"hop 0 at {url} timed out: {exc!r}", hop=0, kind="timeout") from None
+            except (OSError, FrameError) as exc:
+                self._frames.drop(addr)
+                if reused and not isinstance(exc, FrameError):
+                    continue  # a kept-open connection the node had closed: a fresh one
+                raise NodeFailure(f"hop 0 at {url} unreachable: {exc!r}", hop=0, kind="unreachable") from None
+        self.last_hops = reply.hops
+        if reply.kind == "error":
+            e = reply.error or {}
+            raise NodeFailure(str(e.get("error")), hop=e.get("hop"), kind=str(e.get("kind")), status=e.get("status"))
+        return reply.tensors, reply.parked
 
     def _take_parked(self, url: str, hop: int) -> bytes:
         """A large result the last node kept for us: fetched straight from it, not relayed along the route."""
@@ -249,6 +310,7 @@ class GenerationSession:
         spec = next(s for s in self.plan.inputs if s.name == client.token_input)
         self.max_chunk = int(spec.max_shape[-1])
         self.recoveries = 0
+        self._sends = plan_sends(self.plan.tasks, [client.logits_output])[1]
 
     def __enter__(self) -> GenerationSession:
         return self
@@ -284,7 +346,7 @@ class GenerationSession:
 
     def _step(self, ids: np.ndarray) -> np.ndarray:
         c = self.client
-        _, sends = plan_sends(self.plan.tasks, [c.logits_output])
+        sends = self._sends
         for _ in range(c.max_failovers + 1):
             try:
                 # Tasks whose session was lost get a new one first, lowest first: a replay runs through the

@@ -18,6 +18,8 @@ from splitup.graph.builder import read_state
 from splitup.graph.limits import Limits
 from splitup.graph.shapes import read_dim_max
 from splitup.models.errors import ModelError
+from splitup.partition.task import TensorSpec
+from splitup.runtime.kv import KvLayout
 
 StepFn = Callable[[np.ndarray], np.ndarray]
 
@@ -97,6 +99,10 @@ def generate(
     return list(stream(step, prompt_ids, max_new_tokens, eos_ids, sampling, chunk))
 
 
+# onnxruntime's input type names -> numpy types of the caches it takes (fp16 activations included).
+_ORT_TYPES = {"tensor(int64)": np.int64, "tensor(float16)": np.float16, "tensor(float)": np.float32}
+
+
 class OrtDecoder:
     """One onnxruntime session of a decoder graph built by the zoo, holding its KV cache."""
 
@@ -116,7 +122,11 @@ class OrtDecoder:
         for i in self.session.get_inputs():
             if i.name in self.pairs:
                 shape = [d if isinstance(d, int) else 0 for d in i.shape]
-                self._empty[i.name] = np.zeros(shape, np.float16 if i.type == "tensor(float16)" else np.float32)
+                self._empty[i.name] = np.zeros(shape, _ORT_TYPES.get(i.type, np.float32))
+        dim_max = {"past": self.context, "seq": self.max_seq}
+        self.layout = KvLayout.of([TensorSpec(i.name, np.dtype(_ORT_TYPES.get(i.type, np.float32)).name, list(i.shape),
+                                              [d if isinstance(d, int) else dim_max.get(d, 0) for d in i.shape])
+                                   for i in self.session.get_inputs()], self.pairs)
         self.state: dict[str, np.ndarray] = {}
         self.length = 0
 
@@ -131,6 +141,8 @@ class OrtDecoder:
         if self.length + ids.shape[1] > self.context:
             raise ModelError(f"the context of {self.context} tokens is full")
         feeds = {"input_ids": ids, **{k: self.state.get(k, v) for k, v in self._empty.items()}}
+        if self.layout is not None:  # the growing form: caches hold exactly the tokens there are
+            feeds = self.layout.ensure_capacity(feeds, "growing")
         names = ["logits", *self.pairs.values()]
         out = dict(zip(names, self.session.run(names, feeds), strict=True))
         self.state = {past: out[present] for past, present in self.pairs.items()}

@@ -172,10 +172,11 @@ class RealModel:
 
 
 def load_real_model(
-    name: str, *, max_seq: int | None = None, kv_cache: bool = True, validate: bool = True, dtype: str = "fp32",
-    activations: str | None = None,
+    name: str, *, max_seq: int | None = None, kv_cache: bool = True, validate: bool = True,
+    context: int | None = None, dtype: str = "fp32", activations: str | None = None,
 ) -> RealModel:
-    """Import ``name`` and build its graph; ``max_seq`` bounds the tokens of one call (prefill chunk).
+    """Import ``name`` and build its graph; ``max_seq`` bounds the tokens of one call (prefill chunk),
+    ``context`` the tokens a generation may hold (the KV cache's capacity; default: the model's).
 
     ``dtype``: fp32 (dequantised), fp16, int8 (round-to-nearest per block) or int4: a GGUF model's
     own 4-bit blocks as shipped (Q4_1 matrices, Q8_0 embeddings), otherwise round-to-nearest.
@@ -188,6 +189,8 @@ def load_real_model(
     cfg = imported.config
     if max_seq is not None:
         cfg = type(cfg)(**{**asdict(cfg), "max_seq": int(max_seq)})
+    if context is not None and isinstance(cfg, LlamaConfig):
+        cfg = type(cfg)(**{**asdict(cfg), "context": int(context)})
     params = ParamSource(weights=to_zoo_names(imported), quant=quant)
     if isinstance(cfg, LlamaConfig):
         model = build_llama(cfg, params, dtype=act, kv_cache=kv_cache, name=name, validate=validate)

@@ -10,7 +10,8 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,6 +22,7 @@ from fastapi.responses import JSONResponse, Response
 
 from splitup.node.forward import ForwardError, HopClient, Reply
 from splitup.node.node import Node, NotHere
+from splitup.node.stream import STREAM_LIMIT, FrameForwarder, FrameServer
 from splitup.node.wire import Envelope, WireError, decode, encode, envelope_of
 from splitup.partition.task import PlanError
 from splitup.runtime import EngineError, InterfaceError, SessionError, SessionLimit, StepConflict
@@ -70,25 +72,90 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def create_app(node: Node, *, heartbeat: Callable[[dict[str, Any]], None] | None = None) -> FastAPI:
+class HopDispatch:
+    """Admission (at most ``max_concurrent`` hops at once, over HTTP and frames together) and where a hop's
+    compute runs: on the event loop when it is alone and cannot be batched (handing off to a worker thread
+    and back costs two wake-ups, milliseconds per hop on busy cores), otherwise on a worker thread, so
+    the loop keeps taking the hops that may join its engine call."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.in_flight = 0  # the event loop is single-threaded: no lock needed
+        self.pool = ThreadPoolExecutor(node.config.max_concurrent + 2, thread_name_prefix="splitup-hop")
+
+    def admit(self) -> Callable[[], None]:
+        if self.in_flight >= self.node.config.max_concurrent:
+            raise HopFailed(429, "busy", f"this node is serving its maximum of {self.node.config.max_concurrent} "
+                            "requests; retry later", None)
+        self.in_flight += 1
+
+        def release() -> None:
+            self.in_flight -= 1
+        return release
+
+    async def compute(self, env: Envelope, tensors: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The hop's outputs and its timing record."""
+        t0 = time.perf_counter()
+        if self.in_flight == 1 and self.node.expected_peers(env) == 1:
+            out, cpu = self._timed(env, tensors)
+        else:
+            out, cpu = await asyncio.get_running_loop().run_in_executor(self.pool, self._timed, env, tensors)
+        ms = round((time.perf_counter() - t0) * 1000, 3)
+        return out, {"hop": env.hop, "node": self.node.config.node_id, "task": env.current.task[:16], "ms": ms,
+                     "cpu_ms": round(cpu * 1000, 3)}
+
+    def _timed(self, env: Envelope, tensors: Mapping[str, Any]) -> tuple[dict[str, Any], float]:
+        # CPU time of the computing thread (the engine's own with one intra-op thread): with "ms" it tells
+        # compute from waiting for a core on a busy machine.
+        c0 = time.thread_time()
+        return self.node.compute(env, tensors), time.thread_time() - c0
+
+
+def _failed(exc: Exception, hop: int | None) -> HopFailed:
+    if isinstance(exc, HopFailed):
+        if exc.hop is None:
+            exc.hop = hop
+        return exc
+    return _classify(exc, hop)
+
+
+def create_app(node: Node, *, heartbeat: Callable[[dict[str, Any]], None] | None = None,
+               frames_host: str | None = None) -> FastAPI:
+    """The node's HTTP service; with ``frames_host`` also its frame port (``node.config.frame_port``)."""
+    dispatch = HopDispatch(node)
+    frames = {"port": None}
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
         app.state.http = httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=32))
         app.state.hops = HopClient(max_reply_bytes=node.config.max_body_bytes)
+        app.state.frames = FrameForwarder(app.state.http, node.config.max_body_bytes)
+        server = None
+        if frames_host is not None and node.config.frame_port is not None:
+            handler = FrameServer(node, dispatch.compute, app.state.frames, dispatch.admit, _failed).handle
+            server = await asyncio.start_server(handler, frames_host, node.config.frame_port, limit=STREAM_LIMIT)
+            frames["port"] = server.sockets[0].getsockname()[1]
+        # Probed off the event loop at start, so the first GET /capabilities does not wait seconds for it.
+        asyncio.get_running_loop().run_in_executor(dispatch.pool, node.engines)
         beat = asyncio.create_task(_heartbeat_loop(node, heartbeat)) if heartbeat is not None else None
         try:
             yield
         finally:
             if beat is not None:
                 beat.cancel()
+            if server is not None:
+                server.close()
             await app.state.http.aclose()
             await app.state.hops.aclose()
+            await app.state.frames.aclose()
+            dispatch.pool.shutdown(wait=False)
 
     app = FastAPI(title="SplitUp node", docs_url=None, redoc_url=None, lifespan=lifespan)
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "node": node.config.node_id, "tasks": sorted(node.runners)}
+        # ``frames``: the TCP port taking hops as binary frames (splitup.node.frames), on this URL's host.
+        return {"status": "ok", "node": node.config.node_id, "tasks": sorted(node.runners), "frames": frames["port"]}
 
     @app.get("/capabilities")
     def capabilities() -> dict[str, Any]:
@@ -139,18 +206,16 @@ def create_app(node: Node, *, heartbeat: Callable[[dict[str, Any]], None] | None
             return JSONResponse({"closed": session_id})
         return JSONResponse({"error": "session unknown or expired", "kind": "session"}, status_code=404)
 
-    in_flight = [0]  # executes being served; the event loop is single-threaded, so no lock is needed
-
     @app.post("/execute")
     async def execute(request: Request) -> Response:
-        if in_flight[0] >= node.config.max_concurrent:
-            return HopFailed(429, "busy", f"this node is serving its maximum of {node.config.max_concurrent} "
-                             "requests; retry later", None).response()
-        in_flight[0] += 1
+        try:
+            release = dispatch.admit()
+        except HopFailed as exc:
+            return exc.response()
         try:
             return await _execute(request)
         finally:
-            in_flight[0] -= 1
+            release()
 
     async def _execute(request: Request) -> Response:
         hop: int | None = None
@@ -159,15 +224,7 @@ def create_app(node: Node, *, heartbeat: Callable[[dict[str, Any]], None] | None
             tensors, meta = decode(body, max_tensor_bytes=node.config.max_body_bytes)
             env = envelope_of(meta)
             hop = env.hop
-            t0 = time.perf_counter()
-            if in_flight[0] == 1:
-                # Alone (a generation step): run here. Handing off to a worker thread and back costs two
-                # wake-ups, which on busy cores are milliseconds per hop. Concurrent hops go to threads.
-                out = node.compute(env, tensors)
-            else:
-                out = await run_in_threadpool(node.compute, env, tensors)
-            ms = round((time.perf_counter() - t0) * 1000, 3)
-            record = {"hop": hop, "node": node.config.node_id, "task": env.current.task[:16], "ms": ms}
+            out, record = await dispatch.compute(env, tensors)
             if hop + 1 == len(env.route):
                 body = encode(out)
                 headers = {HOPS_HEADER: json.dumps([record])}

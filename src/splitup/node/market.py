@@ -91,7 +91,7 @@ def serve_market_node(config: NodeConfig, owner: Keypair, *, rpc_url: str, progr
                         primary=None if primary is None else set(primary))
     startup = Startup(agent, list(task_ids), stake, vram, f"http://{host}:{port}")
     # Watchers (the gateway, the console) poll GET /status; the heartbeat hook has nothing to push to.
-    app = create_app(node, heartbeat=lambda status: None)
+    app = create_app(node, heartbeat=lambda status: None, frames_host=host)
     app.include_router(agent.router())
     app.add_api_route("/market/startup", startup.report, methods=["GET"])
     threading.Thread(target=startup.run, name="splitup-node-startup", daemon=True).start()

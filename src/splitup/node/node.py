@@ -18,7 +18,7 @@ import numpy as np
 from splitup.errors import SplitUpError
 from splitup.node.wire import Envelope
 from splitup.runtime import Runner, SessionStore, available_engines, check_feeds, get_engine
-from splitup.runtime.engine import fill_state
+from splitup.runtime.batching import Batcher, batch_limit
 
 log = logging.getLogger("splitup.node")
 
@@ -40,6 +40,9 @@ class NodeConfig:
     # cache and the copy kept for a retried step). None: half the memory available at start.
     max_session_bytes: int | None = None
     max_concurrent: int = 16
+    # TCP port taking hops as binary frames (splitup.node.frames); 0: any free port, None: no frame port.
+    # The port in use is reported by GET /health.
+    frame_port: int | None = 0
     # Final results bigger than this wait on the last node for the client to fetch (GET /results/{id})
     # instead of being relayed back through every node of the route.
     park_above_bytes: int = 1 << 20
@@ -68,6 +71,7 @@ class Node:
         self.config = config
         self.engine = get_engine(config.engine, threads=config.threads)
         self.runners: dict[str, Runner] = {}
+        self.batchers: dict[str, Batcher] = {}
         budget = config.max_session_bytes
         if budget is None:
             free = memory_report()["host_free_bytes"]
@@ -78,11 +82,13 @@ class Node:
         self.on_hop = on_hop
         self.started = time.time()
         self.hops_done = 0
+        self._engines: dict[str, str] | None = None
 
     # --- tasks ---------------------------------------------------------------------------------------------
     def load_bundle(self, directory: Path, task_id: str | None = None) -> Runner:
         runner = self.engine.load(directory, task_id=task_id)
         self.runners[runner.task.task_id] = runner
+        self.batchers[runner.task.task_id] = Batcher(runner)
         log.info("node %s: task %s (%s #%d) loaded on %s", self.config.node_id, runner.task.task_id[:12],
                  runner.task.model, runner.task.index, runner.device)
         return runner
@@ -104,8 +110,20 @@ class Node:
         return r
 
     def open_session(self, task_id: str) -> str:
+        """A session reserves its sequence's share of the task's KV cache (the plan sizes it for the graph's
+        maximum batch) twice: the cache and the copy kept for a retried step."""
         task = self.runner(task_id).task
-        return self.sessions.open(task_id, reserve_bytes=2 * task.kv_cache_bytes).id
+        return self.sessions.open(task_id, reserve_bytes=2 * task.kv_cache_bytes // batch_limit(task)).id
+
+    def expected_peers(self, env: Envelope) -> int:
+        """How many sessions' steps may arrive with this one and share its engine call (1: run it alone)."""
+        hop = env.current
+        runner = self.runners.get(hop.task)
+        if hop.session is None or runner is None or not self.batchers[hop.task].applies:
+            return 1
+        session = self.sessions.peek(hop.session)
+        # With per-sequence lengths every session of the task can share a call; otherwise equal caches only.
+        return 1 if session is None else self.sessions.peers(session, same_cache=runner.kv is None)
 
     # --- one hop -------------------------------------------------------------------------------------------
     def compute(self, env: Envelope, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -119,15 +137,21 @@ class Node:
         t0 = time.perf_counter()
         outs: dict[str, np.ndarray] = {}
         if hop.session is None:
-            outs = runner.run(fill_state(task, given, None))
+            outs = runner.step(given, None)[0]
         else:
             session = self.sessions.get(hop.session, task.task_id)
+            if self.batchers[task.task_id].max_rows > 1 and any(v.shape[:1] != (1,) for v in given.values()):
+                from splitup.runtime import InterfaceError
+
+                # A session reserved one sequence's cache: it must not grow a batch of them.
+                raise InterfaceError("a session holds one sequence: the leading (batch) axis must be 1")
+            expected = self.expected_peers(env)
 
             def step(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-                full = fill_state(task, given, state)
-                check_feeds(task, full)  # the held cache must still fit its declared maximum
-                outs.update(runner.run(full))
-                return {past: outs[present] for past, present in task.state.items()}
+                # The runner refuses a call that would grow the held cache past the task's maximum.
+                done, new_state = self.batchers[task.task_id].step(given, state, expected)
+                outs.update(done)
+                return new_state
 
             assert hop.step is not None  # the envelope parser requires it with a session
             session.advance(hop.step, step)
@@ -156,7 +180,7 @@ class Node:
             "node": self.config.node_id,
             "engine": self.engine.name,
             "devices": self.engine.devices(),
-            "engines": available_engines(),
+            "engines": self.engines(),
             "memory": memory_report(),
             "tasks": [{"task_id": r.task.task_id, "model": r.task.model, "index": r.task.index,
                        "vram_bytes": r.task.vram_bytes, "device": r.device} for r in self.runners.values()],
@@ -165,6 +189,13 @@ class Node:
                          "idle_s": self.sessions.idle_s, "state_bytes": self.sessions.state_bytes()},
             "limits": {"max_body_bytes": self.config.max_body_bytes, "max_concurrent": self.config.max_concurrent},
         }
+
+    def engines(self) -> dict[str, str]:
+        """Which engines this machine can run, probed once: probing imports each engine's library, which
+        takes seconds (tinygrad) and does not change while the process runs."""
+        if self._engines is None:
+            self._engines = available_engines()
+        return self._engines
 
     def status(self) -> dict[str, Any]:
         """The heartbeat payload: small, cheap to compute."""

@@ -31,6 +31,6 @@ def build_node(config: NodeConfig, *, task_ids: Sequence[str] = (), bundles: Seq
 
 def serve(node: Node, host: str, port: int, *, heartbeat: Callable[[dict[str, Any]], None] | None = None,
           log_level: str = "warning") -> None:
-    app = create_app(node, heartbeat=heartbeat or _log_heartbeat)
+    app = create_app(node, heartbeat=heartbeat or _log_heartbeat, frames_host=host)
     # No access log: at one request per token it would dominate the node's own work.
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, timeout_keep_alive=30)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -55,8 +55,13 @@ class Envelope:
     def current(self) -> Hop:
         return self.route[self.hop]
 
+    def to_dict(self) -> dict[str, Any]:
+        # vars(), not asdict(): asdict deep-copies every field, and this runs at every hop of every token.
+        return {"job": self.job, "hop": self.hop, "route": [vars(h) for h in self.route],
+                "hop_timeout": self.hop_timeout, "meta": self.meta}
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        return json.dumps(self.to_dict(), separators=(",", ":"))
 
     def next(self) -> Envelope:
         return Envelope(self.job, self.hop + 1, self.route, self.hop_timeout, self.meta)
@@ -65,6 +70,13 @@ class Envelope:
     def from_json(text: str) -> Envelope:
         try:
             d = json.loads(text)
+        except (TypeError, ValueError) as exc:
+            raise WireError(f"malformed routing envelope: {exc!r}") from None
+        return Envelope.from_dict(d)
+
+    @staticmethod
+    def from_dict(d: Any) -> Envelope:
+        try:
             route = [_hop(h) for h in d["route"]]
             env = Envelope(str(d["job"])[:128], int(d["hop"]), route, float(d.get("hop_timeout", 30.0)),
                            {str(k): str(v) for k, v in dict(d.get("meta", {})).items()})

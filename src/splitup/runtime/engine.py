@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -13,6 +14,8 @@ from splitup.graph.builder import ONNX_DTYPE_NAMES
 from splitup.graph.limits import Limits
 from splitup.graph.validate import validate_file
 from splitup.partition.task import GRAPH_FILE, PlanError, TaskDefinition, TensorSpec, load_task
+from splitup.runtime.interface import check_feeds
+from splitup.runtime.kv import KvLayout
 
 
 class EngineError(SplitUpError):
@@ -24,16 +27,33 @@ class EngineUnavailable(EngineError):
 
 
 class Runner(ABC):
-    """One loaded task. ``run`` is stateless: callers supply every input, KV caches included."""
+    """One loaded task. ``run`` is stateless: callers supply every input, KV caches included.
+
+    ``kv_form`` is how this runner holds a task's KV cache between calls (``splitup.runtime.kv``):
+    ``growing`` (exactly the tokens there are) or ``fixed`` (the task's maximum context, allocated once).
+    """
+
+    kv_form = "growing"
 
     def __init__(self, task: TaskDefinition, engine: str, device: str) -> None:
         self.task = task
         self.engine = engine
         self.device = device
+        self.kv = KvLayout.of(task.inputs, task.state)
 
     @abstractmethod
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs in the order of ``task.outputs``, as numpy arrays."""
+
+    def step(self, feeds: Mapping[str, np.ndarray], state: Mapping[str, Any] | None
+             ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """One call with held state: (outputs, next state). State values are whatever this runner keeps
+        between calls (numpy arrays here; device buffers for engines that keep caches on the device)."""
+        full = fill_state(self.task, feeds, state, self.kv_form)
+        if self.kv is None and self.task.state:
+            check_feeds(self.task, full)  # a concatenating cache must still fit its declared maximum
+        outs = self.run(full)
+        return outs, {past: outs[present] for past, present in self.task.state.items()}
 
 
 class Engine(ABC):
@@ -74,28 +94,37 @@ def _check_interface(model, task: TaskDefinition) -> None:  # noqa: ANN001 - onn
                         f"(graph inputs {sorted(graph_in)}, declared {sorted(want_in)})")
 
 
-def empty_state(spec: TensorSpec) -> np.ndarray:
-    """An empty KV cache: symbolic (cache-length) axes are 0, static ones as declared."""
-    return np.zeros([d if isinstance(d, int) else 0 for d in spec.shape], dtype=spec.dtype)
+def empty_state(spec: TensorSpec, known: Mapping[str, int] | None = None) -> np.ndarray:
+    """An empty KV cache: symbolic axes the other inputs fix (a batch axis) take their size, the rest (the
+    cache length) are 0, static ones as declared."""
+    known = known or {}
+    return np.zeros([d if isinstance(d, int) else known.get(d, 0) for d in spec.shape], dtype=spec.dtype)
 
 
-def fill_state(task: TaskDefinition, feeds: Mapping[str, np.ndarray],
-               state: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
-    """The task's full feed: given inputs, then held state, then empty caches for state never produced."""
+def fill_state(task: TaskDefinition, feeds: Mapping[str, np.ndarray], state: Mapping[str, np.ndarray] | None,
+               form: str = "growing") -> dict[str, np.ndarray]:
+    """The task's full feed: given inputs, then held state, then empty caches for state never produced;
+    fixed-capacity caches grown to fit the call in the KV-cache ``form`` (``splitup.runtime.kv``)."""
+    known: dict[str, int] = {}
+    for spec in task.inputs:
+        if spec.name in feeds and spec.name not in task.state:
+            for d, got in zip(spec.shape, feeds[spec.name].shape, strict=False):
+                if isinstance(d, str):
+                    known.setdefault(d, int(got))
     full: dict[str, np.ndarray] = {}
     for spec in task.inputs:
         if spec.name in feeds:
             full[spec.name] = feeds[spec.name]
         elif spec.name in task.state:
             held = state.get(spec.name) if state is not None else None
-            full[spec.name] = held if held is not None else empty_state(spec)
+            full[spec.name] = held if held is not None else empty_state(spec, known)
         else:
             raise EngineError(f"task {task.index} needs input {spec.name!r}, which nothing provides")
-    return full
+    layout = KvLayout.of(task.inputs, task.state)
+    return layout.ensure_capacity(full, form) if layout is not None else full
 
 
 def run_stateful(runner: Runner, feeds: Mapping[str, np.ndarray],
-                 state: Mapping[str, np.ndarray] | None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+                 state: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run one step: returns (outputs, next state), where state outputs replace the inputs they feed."""
-    outs = runner.run(fill_state(runner.task, feeds, state))
-    return outs, {past: outs[present] for past, present in runner.task.state.items()}
+    return runner.step(feeds, state)

@@ -44,6 +44,13 @@ class Session:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
+    def cache_shape(self) -> tuple[int, ...] | None:
+        """The shape of the first cache tensor (None before the first step): sessions with equal ones can
+        share an engine call."""
+        first = next(iter(self.state.values()), None)
+        return None if first is None else first.shape
+
+    @property
     def state_bytes(self) -> int:
         return sum(v.nbytes for v in self.state.values()) + sum(v.nbytes for v in self.previous.values())
 
@@ -105,6 +112,20 @@ class SessionStore:
                 raise SessionError(f"session {session_id[:8]} belongs to another task")
             session.last_used = self._clock()
             return session
+
+    def peek(self, session_id: str) -> Session | None:
+        """The session, without counting this as a use."""
+        return self._sessions.get(session_id)
+
+    def peers(self, session: Session, within_s: float = 1.0, *, same_cache: bool = True) -> int:
+        """Sessions of ``session``'s task, itself included, used in the last ``within_s`` seconds (and with
+        the same cache shape, with ``same_cache``): how many steps may arrive together and share one
+        engine call."""
+        cutoff, shape = self._clock() - within_s, session.cache_shape
+        with self._lock:
+            return sum(1 for s in self._sessions.values()
+                       if s.task_id == session.task_id and s.last_used >= cutoff
+                       and (not same_cache or s.cache_shape == shape))
 
     def close(self, session_id: str) -> bool:
         with self._lock:

@@ -1,0 +1,253 @@
+"""Lean hops: tensors as length-prefixed binary frames over kept-open TCP connections.
+
+Every generated token crosses every hop, so the per-hop cost of HTTP (request line, headers, a JSON
+error protocol, safetensors' copy into fresh arrays) is paid many times a second. A frame is::
+
+    b"SUF1" | u32 header length | u64 payload length | header (JSON) | payload (raw tensor bytes)
+
+The header lists each tensor as ``[name, dtype, shape, offset]`` into the payload (offsets 8-aligned)
+and carries the routing envelope, the hop timing records and, in replies, an error or a parked-result
+URL. Tensors are ``np.frombuffer`` views of the received payload (no per-tensor copy); sending writes
+the arrays' own buffers (``sendmsg`` / ``writelines``) behind one small header. A connection carries one request
+and its reply at a time; a node keeps a few open per next hop, a client one per thread and node.
+
+Everything is bounded before it is allocated: the prefix's lengths against the header limit and the
+receiver's body limit, each tensor's dtype, rank, dims and byte range against the payload. Violations
+raise :class:`FrameError` (a :class:`WireError`, so the node answers them as a bad request, 400).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import struct
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from splitup.node.wire import MAX_TENSORS, WireError
+
+MAGIC = b"SUF1"
+PREFIX = struct.Struct("<4sIQ")
+MAX_HEADER_BYTES = 1 << 20
+ALIGN = 8
+DTYPES = {name: np.dtype(name) for name in
+          ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")}
+_PAD = bytes(ALIGN)
+
+
+class FrameError(WireError):
+    """A frame that is malformed, too large, or names a tensor the payload does not hold."""
+
+
+class FrameTooLarge(FrameError):
+    """A frame whose declared size exceeds the receiver's limit (the node answers 413)."""
+
+
+@dataclass
+class Frame:
+    """One message: ``kind`` is ``exec`` (a hop request), ``ok`` or ``error`` (its reply)."""
+
+    kind: str
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+    envelope: dict[str, Any] | None = None  # the routing envelope (``wire.Envelope.to_dict``/``from_dict``)
+    hops: list[Any] = field(default_factory=list)
+    error: dict[str, Any] | None = None
+    parked: str | None = None
+
+
+def pack(frame: Frame) -> list[bytes | memoryview]:
+    """The frame as buffers to write in order; tensor data is referenced, not copied."""
+    entries, buffers, offset = [], [], 0
+    for name, value in frame.tensors.items():
+        arr = np.asarray(value)
+        if not arr.flags.c_contiguous:
+            arr = np.ascontiguousarray(arr)  # (not for all: it turns a 0-d array into a 1-d one)
+        if arr.dtype.name not in DTYPES:
+            raise FrameError(f"tensor {name!r}: dtype {arr.dtype} cannot be sent ({', '.join(DTYPES)})")
+        entries.append([name, arr.dtype.name, list(arr.shape), offset])
+        view = memoryview(arr.reshape(-1)).cast("B") if arr.size else memoryview(b"")
+        buffers.append(view)
+        offset += view.nbytes
+        pad = -offset % ALIGN
+        if pad:
+            buffers.append(_PAD[:pad])
+            offset += pad
+    head: dict[str, Any] = {"k": frame.kind, "t": entries}
+    if frame.envelope is not None:
+        head["e"] = frame.envelope
+    if frame.hops:
+        head["h"] = frame.hops
+    if frame.error is not None:
+        head["x"] = frame.error
+    if frame.parked is not None:
+        head["p"] = frame.parked
+    header = json.dumps(head, separators=(",", ":")).encode()
+    return [PREFIX.pack(MAGIC, len(header), offset), header, *buffers]
+
+
+def read_prefix(prefix: bytes, max_payload: int) -> tuple[int, int]:
+    """(header length, payload length) of a frame prefix, both checked against the limits."""
+    magic, header_len, payload_len = PREFIX.unpack(prefix)
+    if magic != MAGIC:
+        raise FrameError(f"not a SplitUp frame (magic {magic!r})")
+    if header_len > MAX_HEADER_BYTES:
+        raise FrameError(f"frame header of {header_len} bytes exceeds the {MAX_HEADER_BYTES}-byte limit")
+    if payload_len > max_payload:
+        raise FrameTooLarge(f"frame payload of {payload_len} bytes exceeds the {max_payload}-byte limit")
+    return header_len, payload_len
+
+
+def unpack(header: bytes, payload: bytes | bytearray, *, max_tensor_bytes: int | None = None) -> Frame:
+    """A frame from its header and payload; tensors are read-only views of ``payload``."""
+    try:
+        head = json.loads(header)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FrameError(f"frame header is not JSON: {exc}") from None
+    if not isinstance(head, dict) or not isinstance(head.get("k"), str) or not isinstance(head.get("t"), list):
+        raise FrameError("frame header must be an object with a kind 'k' and a tensor list 't'")
+    entries = head["t"]
+    if len(entries) > MAX_TENSORS:
+        raise FrameError(f"{len(entries)} tensors; at most {MAX_TENSORS}")
+    tensors: dict[str, np.ndarray] = {}
+    end = 0
+    for entry in entries:
+        name, arr, end = _tensor(entry, payload, end, max_tensor_bytes)
+        if name in tensors:
+            raise FrameError(f"tensor {name!r} appears twice")
+        tensors[name] = arr
+    envelope, hops, error, parked = head.get("e"), head.get("h", []), head.get("x"), head.get("p")
+    if envelope is not None and not isinstance(envelope, dict):
+        raise FrameError("frame envelope must be a JSON object")
+    if not isinstance(hops, list) or (error is not None and not isinstance(error, dict)) \
+            or (parked is not None and not isinstance(parked, str)):
+        raise FrameError("frame hop records, error or parked URL are malformed")
+    return Frame(head["k"], tensors, envelope, hops, error, parked)
+
+
+def _tensor(entry: Any, payload: bytes | bytearray, start: int,
+            max_tensor_bytes: int | None) -> tuple[str, np.ndarray, int]:
+    if not (isinstance(entry, list) and len(entry) == 4 and isinstance(entry[0], str)):
+        raise FrameError(f"malformed tensor entry {str(entry)[:80]!r}")
+    name, dtype, shape, offset = entry
+    if dtype not in DTYPES:
+        raise FrameError(f"tensor {name!r}: dtype {dtype!r} is not accepted ({', '.join(DTYPES)})")
+    if not isinstance(shape, list) or len(shape) > 8 or not all(type(d) is int and 0 <= d < 2**31 for d in shape):
+        raise FrameError(f"tensor {name!r}: shape {shape!r} is not a list of at most 8 dims in [0, 2^31)")
+    count = 1
+    for d in shape:
+        count *= d
+    size = count * DTYPES[dtype].itemsize
+    # In order and non-overlapping: a frame cannot make two tensors alias the same bytes.
+    if type(offset) is not int or offset < start or offset % ALIGN or offset + size > len(payload):
+        raise FrameError(f"tensor {name!r}: offset {offset!r} does not hold {size} bytes inside the payload")
+    if max_tensor_bytes is not None and size > max_tensor_bytes:
+        raise FrameError(f"tensor {name!r}: {size} bytes exceeds the {max_tensor_bytes}-byte limit")
+    arr = np.frombuffer(payload, DTYPES[dtype], count, offset).reshape(tuple(shape))
+    return name, arr, offset + size
+
+
+# --- asyncio streams (the node's side) -----------------------------------------------------------------------
+async def read_frame(reader: asyncio.StreamReader, max_payload: int, *,
+                     max_tensor_bytes: int | None = None) -> Frame | None:
+    """The next frame, or None at a clean end of stream between frames."""
+    try:
+        prefix = await reader.readexactly(PREFIX.size)
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial:
+            return None
+        raise FrameError("connection closed inside a frame prefix") from None
+    header_len, payload_len = read_prefix(prefix, max_payload)
+    header = await reader.readexactly(header_len)
+    payload = await reader.readexactly(payload_len)
+    return unpack(header, payload, max_tensor_bytes=max_tensor_bytes)
+
+
+async def write_frame(writer: asyncio.StreamWriter, frame: Frame) -> None:
+    writer.writelines(pack(frame))
+    await writer.drain()
+
+
+# --- blocking sockets (the client's side) --------------------------------------------------------------------
+class FrameSocket:
+    """One kept-open connection to a node's frame port; one request at a time."""
+
+    def __init__(self, host: str, port: int, timeout: float) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def request(self, frame: Frame, timeout: float, max_payload: int) -> Frame:
+        """Send ``frame`` and return the reply; ``OSError`` (``TimeoutError`` included) on transport failure."""
+        self.sock.settimeout(timeout)
+        send_all(self.sock, pack(frame))
+        header_len, payload_len = read_prefix(self._exactly(PREFIX.size), max_payload)
+        header = self._exactly(header_len)
+        payload = self._exactly(payload_len)
+        return unpack(header, payload)
+
+    def _exactly(self, n: int) -> bytearray:
+        buf = bytearray(n)
+        view, got = memoryview(buf), 0
+        while got < n:
+            k = self.sock.recv_into(view[got:])
+            if k == 0:
+                raise ConnectionError("the node closed the connection")
+            got += k
+        return buf
+
+
+def send_all(sock: socket.socket, buffers: Sequence[bytes | memoryview]) -> None:
+    """Gathered writes of ``buffers`` (no joining copy); a call may write part of them, so loop."""
+    views = [memoryview(b).cast("B") for b in buffers]
+    while views:
+        sent = sock.sendmsg(views[:512])  # below every platform's IOV_MAX
+        while sent:
+            if sent >= views[0].nbytes:
+                sent -= views.pop(0).nbytes
+            else:
+                views[0], sent = views[0][sent:], 0
+        while views and not views[0].nbytes:
+            views.pop(0)
+
+
+class FramePool:
+    """Kept-open frame connections per (host, port) and thread; a connection that failed is dropped."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._all: list[FrameSocket] = []
+        self._lock = threading.Lock()
+
+    def get(self, addr: tuple[str, int], timeout: float) -> tuple[bool, FrameSocket]:
+        conns: dict[tuple[str, int], FrameSocket] = self._local.__dict__.setdefault("conns", {})
+        conn = conns.get(addr)
+        if conn is not None:
+            return True, conn
+        conn = conns[addr] = FrameSocket(addr[0], addr[1], timeout)
+        with self._lock:
+            self._all.append(conn)
+        return False, conn
+
+    def drop(self, addr: tuple[str, int]) -> None:
+        conn = self._local.__dict__.get("conns", {}).pop(addr, None)
+        if conn is not None:
+            conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+
+
+def frame_address(health: Mapping[str, Any], url_host: str) -> tuple[str, int] | None:
+    """Where a node takes frames, from its ``/health`` answer: the host of its URL, the port it names."""
+    port = health.get("frames")
+    return (url_host, port) if type(port) is int and 0 < port < 65536 else None

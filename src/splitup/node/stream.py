@@ -1,0 +1,174 @@
+"""The node's frame port: hops as binary frames over kept-open TCP connections (:mod:`splitup.node.frames`).
+
+The same hop as ``POST /execute``, with the same checks and typed errors (an ``error`` frame carries the
+status, kind and hop the HTTP answer would have), minus HTTP: a route sent as frames is forwarded as
+frames, node to node, and the reply comes back along the same connections. A node learns where the next
+node takes frames from that node's ``/health`` (its ``frames`` port) once, then keeps connections open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from splitup.node.frames import Frame, FrameError, FrameTooLarge, frame_address, read_frame, write_frame
+from splitup.node.node import Node
+from splitup.node.wire import Envelope, encode
+
+log = logging.getLogger("splitup.node")
+MAX_IDLE = 8
+# Stream buffer size: a decode step's logits (SmolLM2: 192 KiB) arrive in one read instead of several
+# pause/resume cycles of the default 64 KiB.
+STREAM_LIMIT = 4 << 20
+
+
+class FrameForwarder:
+    """Kept-open frame connections to next hops, keyed by the hop's HTTP URL."""
+
+    def __init__(self, http: httpx.AsyncClient, max_payload: int) -> None:
+        self.http, self.max_payload = http, max_payload
+        self._addr: dict[str, tuple[str, int]] = {}
+        self._idle: dict[tuple[str, int], list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
+
+    async def aclose(self) -> None:
+        for conns in self._idle.values():
+            for _, writer in conns:
+                writer.close()
+        self._idle.clear()
+
+    async def address(self, url: str, timeout: float) -> tuple[str, int]:
+        addr = self._addr.get(url)
+        if addr is None:
+            try:
+                r = await self.http.get(url.rstrip("/") + "/health", timeout=timeout)
+                health = r.json() if r.status_code == 200 else {}
+            except (httpx.HTTPError, ValueError) as exc:
+                raise ConnectionError(f"cannot ask {url} for its frame port: {exc!r}") from None
+            addr = frame_address(health if isinstance(health, dict) else {}, urlsplit(url).hostname or "")
+            if addr is None:
+                raise ConnectionError(f"{url} takes no frames")
+            self._addr[url] = addr
+        return addr
+
+    async def request(self, url: str, frame: Frame, timeout: float) -> Frame:
+        """Send ``frame`` to the node at ``url``; ``TimeoutError`` or ``ConnectionError``/``FrameError``."""
+        async with asyncio.timeout(timeout):
+            addr = await self.address(url, timeout)
+            while True:
+                conns = self._idle.setdefault(addr, [])
+                reused = bool(conns)
+                if reused:
+                    reader, writer = conns.pop()
+                else:
+                    reader, writer = await asyncio.open_connection(*addr, limit=STREAM_LIMIT)
+                try:
+                    await write_frame(writer, frame)
+                    reply = await read_frame(reader, self.max_payload)
+                    if reply is None:
+                        raise ConnectionError("the next node closed the connection")
+                except (OSError, asyncio.IncompleteReadError, FrameError) as exc:
+                    writer.close()
+                    if reused and not isinstance(exc, FrameError):
+                        continue  # an idle connection the peer had closed: open a fresh one
+                    raise ConnectionError(f"{type(exc).__name__}: {exc}") from None
+                except BaseException:
+                    writer.close()  # timed out or cancelled mid-reply: the stream is in an unknown state
+                    raise
+                if len(conns) < MAX_IDLE:
+                    conns.append((reader, writer))
+                else:
+                    writer.close()
+                return reply
+
+
+class FrameServer:
+    """Serves hop frames; ``compute(env, tensors)`` is the node's shared hop dispatcher."""
+
+    def __init__(self, node: Node, compute: Callable[..., Any], forwarder: FrameForwarder,
+                 admit: Callable[[], Any], failed: Callable[[Exception, int | None], Any]) -> None:
+        self.node, self.compute, self.forwarder = node, compute, forwarder
+        self.admit, self.failed = admit, failed
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        limit = self.node.config.max_body_bytes
+        try:
+            while True:
+                try:
+                    frame = await read_frame(reader, limit, max_tensor_bytes=limit)
+                except FrameTooLarge as exc:
+                    await write_frame(writer, _error(413, "too_large", str(exc), None))
+                    return  # the payload was not read: the stream cannot be resynchronised
+                except FrameError as exc:
+                    await write_frame(writer, _error(400, "bad_request", str(exc), None))
+                    return
+                if frame is None:
+                    return
+                await write_frame(writer, await self.serve(frame))
+        except (OSError, asyncio.IncompleteReadError):
+            pass  # the peer went away; its hop (if any) is lost with it
+        finally:
+            writer.close()
+
+    async def serve(self, frame: Frame) -> Frame:
+        hop: int | None = None
+        release = None
+        try:
+            release = self.admit()
+            if frame.kind != "exec" or frame.envelope is None:
+                raise FrameError(f"expected an 'exec' frame with an envelope, got {frame.kind!r}")
+            env = Envelope.from_dict(frame.envelope)
+            hop = env.hop
+            out, record = await self.compute(env, frame.tensors)
+            if hop + 1 == len(env.route):
+                return self._final(env, out, record)
+            return await self._forward(env.next(), out, record)
+        except Exception as exc:
+            failure = self.failed(exc, hop)
+            return _error(failure.status, failure.kind, str(failure), failure.hop)
+        finally:
+            if release is not None:
+                release()
+
+    def _final(self, env: Envelope, out: dict[str, Any], record: dict[str, Any]) -> Frame:
+        size = sum(v.nbytes for v in out.values())
+        if size > self.node.config.park_above_bytes:
+            rid = self.node.shelf.put(encode(out))
+            if rid is not None:
+                # The address this node was reached at is one the route's client can use too.
+                return Frame("ok", hops=[record], parked=f"{env.current.urls[0].rstrip('/')}/results/{rid}")
+        return Frame("ok", out, hops=[record])
+
+    async def _forward(self, env: Envelope, out: dict[str, Any], record: dict[str, Any]) -> Frame:
+        """Send to the next hop and relay its reply; stand-ins for a stateless hop that is down."""
+        nxt = env.current
+        timeout = env.hop_timeout * (len(env.route) - env.hop)  # deeper hops give up first
+        urls = nxt.urls if nxt.session is None else nxt.urls[:1]  # a session lives on one node only
+        request = Frame("exec", out, env.to_dict())
+        failure = None
+        for attempt, url in enumerate(urls):
+            try:
+                reply = await self.forwarder.request(url, request, timeout)
+            except TimeoutError:
+                failure = _error(504, "timeout", f"hop {env.hop} at {url} timed out after {timeout} s", env.hop)
+                continue
+            except ConnectionError as exc:
+                failure = _error(502, "unreachable", f"hop {env.hop} at {url} unreachable: {exc}", env.hop)
+                continue
+            error = reply.error or {}
+            if (reply.kind == "error" and error.get("kind") == "not_here" and nxt.session is None
+                    and attempt + 1 < len(urls)):
+                continue
+            reply.hops = [record | ({"failover": attempt} if attempt else {}), *reply.hops]
+            return reply
+        assert failure is not None
+        failure.hops = [record]
+        return failure
+
+
+def _error(status: int, kind: str, message: str, hop: int | None) -> Frame:
+    return Frame("error", error={"status": status, "kind": kind, "error": message, "hop": hop})

@@ -1,0 +1,178 @@
+"""Lean hops: the frame codec's bounds, and a node's frame port answering bad frames with typed errors."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+
+import httpx
+import numpy as np
+import pytest
+
+from splitup.client.pipeline import PipelineClient
+from splitup.node.frames import (
+    MAGIC,
+    PREFIX,
+    Frame,
+    FrameError,
+    FrameSocket,
+    FrameTooLarge,
+    pack,
+    read_prefix,
+    unpack,
+)
+from splitup.node.wire import Envelope, Hop, WireError
+
+
+def _split(buffers) -> tuple[bytes, bytes]:
+    raw = b"".join(bytes(b) for b in buffers)
+    _, header_len, payload_len = PREFIX.unpack(raw[: PREFIX.size])
+    header = raw[PREFIX.size : PREFIX.size + header_len]
+    return header, raw[PREFIX.size + header_len :]
+
+
+def _raw(head: dict, payload: bytes = b"") -> bytes:
+    header = json.dumps(head).encode()
+    return PREFIX.pack(MAGIC, len(header), len(payload)) + header + payload
+
+
+def test_round_trip_of_every_dtype_without_copying():
+    tensors = {f"t.{name}": np.arange(6).astype(name).reshape(2, 3) for name in
+               ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")}
+    tensors["scalar"] = np.array(7, np.int64)
+    tensors["empty"] = np.zeros((0, 4), np.float32)
+    header, payload = _split(pack(Frame("exec", tensors, {"job": "j"}, hops=[{"hop": 0}])))
+    frame = unpack(header, payload)
+    assert frame.kind == "exec" and frame.envelope == {"job": "j"} and frame.hops == [{"hop": 0}]
+    for name, value in tensors.items():
+        got = frame.tensors[name]
+        assert got.dtype == value.dtype and got.shape == value.shape and np.array_equal(got, value)
+        # a view of the received payload, aligned for the engine: nothing was copied on the way in
+        assert got.base is not None and got.flags.aligned
+
+
+@pytest.mark.parametrize(("entry", "words"), [
+    (["x", "complex64", [1], 0], "dtype 'complex64'"),
+    (["x", "float32", [1, 2, 3, 4, 5, 6, 7, 8, 9], 0], "at most 8 dims"),
+    (["x", "float32", [-1], 0], "shape"),
+    (["x", "float32", [1.5], 0], "shape"),
+    (["x", "float32", [100], 0], "does not hold 400 bytes"),
+    (["x", "float32", [1], 4], "offset 4"),  # not aligned
+    (["x", "float32", [1]], "malformed tensor entry"),
+    ([3, "float32", [1], 0], "malformed tensor entry"),
+])
+def test_malformed_tensor_entries_are_typed_errors(entry, words):
+    header, payload = _split([_raw({"k": "exec", "t": [entry]}, bytes(16))])
+    with pytest.raises(FrameError, match=words.replace("(", r"\(").replace("[", r"\[")):
+        unpack(header, payload)
+
+
+def test_overlapping_and_duplicate_tensors_are_refused():
+    overlap = {"k": "exec", "t": [["a", "float32", [2], 0], ["b", "float32", [2], 0]]}
+    with pytest.raises(FrameError, match="offset 0"):
+        unpack(*_split([_raw(overlap, bytes(16))]))
+    twice = {"k": "exec", "t": [["a", "float32", [2], 0], ["a", "float32", [2], 8]]}
+    with pytest.raises(FrameError, match="twice"):
+        unpack(*_split([_raw(twice, bytes(16))]))
+
+
+def test_headers_and_sizes_are_bounded_before_anything_is_read():
+    with pytest.raises(FrameError, match="magic"):
+        read_prefix(PREFIX.pack(b"HTTP", 0, 0), 1 << 20)
+    with pytest.raises(FrameError, match="header of"):
+        read_prefix(PREFIX.pack(MAGIC, 1 << 30, 0), 1 << 20)
+    with pytest.raises(FrameTooLarge, match="exceeds the 1024-byte limit"):
+        read_prefix(PREFIX.pack(MAGIC, 10, 1025), 1024)
+    with pytest.raises(FrameError, match="not JSON"):
+        unpack(b"{nope", b"")
+    with pytest.raises(FrameError, match="kind"):
+        unpack(b"[]", b"")
+    with pytest.raises(FrameError, match="exceeds the 16-byte limit"):
+        unpack(*_split(pack(Frame("exec", {"x": np.zeros(8, np.float32)}))), max_tensor_bytes=16)
+    assert issubclass(FrameError, WireError)  # the node answers every one of them as a bad request
+
+
+# --- a node's frame port -----------------------------------------------------------------------------------
+def _frame_port(url: str) -> tuple[str, int]:
+    port = httpx.get(url + "/health", timeout=10).json()["frames"]
+    assert isinstance(port, int)
+    return "127.0.0.1", port
+
+
+def _exec(plan, url: str, tensors, *, task: int = 0) -> Frame:
+    env = Envelope("t", 0, [Hop([url], plan.tasks[task].task_id, [plan.tasks[task].outputs[0].name])])
+    return Frame("exec", tensors, env.to_dict())
+
+
+def _ids(n: int = 3, dtype=np.int64) -> dict[str, np.ndarray]:
+    return {"input_ids": np.arange(n, dtype=dtype).reshape(1, n)}
+
+
+def test_a_node_answers_frames_and_keeps_the_connection(plan, cluster):
+    conn = FrameSocket(*_frame_port(cluster.a.url), timeout=30)
+    try:
+        ok = conn.request(_exec(plan, cluster.a.url, _ids()), 30, 1 << 30)
+        assert ok.kind == "ok" and ok.hops[0]["hop"] == 0
+        assert set(ok.tensors) == {plan.tasks[0].outputs[0].name}
+        # the same interface checks as POST /execute, as typed error frames, and the connection stays usable
+        for tensors, words in ((_ids(dtype=np.float64), "dtype float64"), ({}, "missing input"),
+                               ({**_ids(), "extra": np.zeros(2, np.float32)}, "no input 'extra'")):
+            bad = conn.request(_exec(plan, cluster.a.url, tensors), 30, 1 << 30)
+            assert bad.kind == "error" and bad.error["status"] == 422 and bad.error["kind"] == "bad_request"
+            assert words in bad.error["error"] and bad.error["hop"] == 0
+        other = conn.request(_exec(plan, cluster.a.url, _ids(), task=1), 30, 1 << 30)
+        assert other.error["status"] == 404 and other.error["kind"] == "not_here"
+        assert conn.request(_exec(plan, cluster.a.url, _ids()), 30, 1 << 30).kind == "ok"
+    finally:
+        conn.close()
+
+
+def _send_raw(addr, data: bytes, *, closes: bool = True) -> dict:
+    with socket.create_connection(addr, timeout=30) as s:
+        s.sendall(data)
+        prefix = s.recv(PREFIX.size, socket.MSG_WAITALL)
+        _, header_len, payload_len = PREFIX.unpack(prefix)
+        header = s.recv(header_len, socket.MSG_WAITALL)
+        reply = unpack(header, s.recv(payload_len, socket.MSG_WAITALL) if payload_len else b"")
+        if closes:  # after a frame it could not read, the node closes the connection
+            assert s.recv(1) == b""
+    assert reply.kind == "error"
+    return reply.error
+
+
+def test_garbage_oversize_and_malformed_frames_get_typed_errors(plan, cluster):
+    addr = _frame_port(cluster.c.url)  # c takes at most 1 MiB
+    assert _send_raw(addr, b"GET / HTTP/1.1\r\n\r\n")["status"] == 400
+    too_big = _send_raw(addr, PREFIX.pack(MAGIC, 2, 2 << 20) + b"{}")
+    assert too_big["status"] == 413 and too_big["kind"] == "too_large"
+    malformed = _send_raw(addr, _raw({"k": "exec", "t": [["x", "float32", [4], 0]]}, bytes(8)))
+    assert malformed["status"] == 400 and "does not hold 16 bytes" in malformed["error"]
+    # a well-formed frame with a bad request in it: refused, the connection stays usable
+    no_env = _send_raw(addr, _raw({"k": "exec", "t": []}), closes=False)
+    assert no_env["status"] == 400 and "envelope" in no_env["error"]
+    bad_env = _send_raw(addr, _raw({"k": "exec", "t": [], "e": {"job": "j", "hop": 5, "route": []}}),
+                       closes=False)
+    assert bad_env["status"] == 400 and "route" in bad_env["error"]
+    assert httpx.get(cluster.c.url + "/health", timeout=10).status_code == 200
+
+
+def test_frames_and_http_give_identical_generations(plan, cluster):
+    prompt = [3, 1, 4, 1, 5]
+    outs = {}
+    for transport in ("frames", "http"):
+        with PipelineClient(plan, cluster.route, transport=transport) as client:
+            outs[transport] = client.generate(prompt, 6)
+            assert client.last_hops and [h["hop"] for h in client.last_hops] == [0, 1, 2]
+    assert outs["frames"] == outs["http"]
+
+
+def test_unknown_transport_is_refused(plan, cluster):
+    from splitup.client.pipeline import PipelineError
+
+    with pytest.raises(PipelineError, match="transport"):
+        PipelineClient(plan, cluster.route, transport="carrier-pigeon")
+
+
+def test_prefix_layout_is_fixed():
+    assert PREFIX.size == 16 and struct.calcsize("<4sIQ") == 16
