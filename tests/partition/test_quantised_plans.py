@@ -45,6 +45,9 @@ def test_tinygrad_runs_the_int4_bundles_onnxruntime_runs(tmp_path):
     feeds = {"input_ids": np.array([[3, 1, 4, 1, 5]], np.int64)}
     outs = [run_stateful(get_engine(e).load(task_dir(tmp_path, task)), feeds, None)[0]
             for e in ("onnxruntime", "tinygrad")]
-    for name in outs[0]:
+    # KV caches come back in each engine's form (growing vs fixed capacity): compare the activations.
+    activations = set(outs[0]) - set(task.state.values())
+    assert activations
+    for name in activations:
         a, b = outs[0][name], outs[1][name]
         assert np.linalg.norm(a - b) <= 1e-5 * np.linalg.norm(a), name
