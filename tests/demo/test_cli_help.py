@@ -9,7 +9,7 @@ import pytest
 
 from splitup.cli import build_parser
 
-README_COMMANDS = {"plan", "validate", "models", "node", "store", "ledger", "wallet", "market", "gateway", "econ",
+README_COMMANDS = {"import", "plan", "validate", "models", "node", "store", "ledger", "wallet", "market", "gateway", "econ",
                    "demo"}
 
 

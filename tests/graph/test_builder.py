@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from splitup.graph import BuilderError, TensorContext
-from splitup.graph.builder import DIM_MAX_KEY, SHAPE_ONLY_LOCATION
+from splitup.graph.builder import SHAPE_ONLY_LOCATION
+from splitup.graph.meta import DIM_MAX_KEY
 
 
 def run(model: onnx.ModelProto, **feeds: np.ndarray) -> list[np.ndarray]:

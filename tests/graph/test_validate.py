@@ -29,7 +29,7 @@ from splitup.graph.errors import (
     UnboundedDimension,
     UnreadableModel,
 )
-from splitup.graph.limits import Limits
+from splitup.graph.limits import KNOWN_OPSET, Limits, runtime_max_opset
 from splitup.graph.validate import load_model, validate_model
 
 
@@ -133,11 +133,25 @@ def test_model_local_function() -> None:
     rejects(m, DisallowedDomain, "MyRelu")
 
 
-@pytest.mark.parametrize("version", [12, 24])
-def test_opset_outside_the_pinned_range(version: int) -> None:
+@pytest.mark.parametrize("above", [False, True])
+def test_opset_outside_the_pinned_range(above: bool) -> None:
     m = mlp()
+    version = runtime_max_opset() + 1 if above else 12
     m.opset_import[0].version = version
     rejects(m, BadOpset, str(version))
+
+
+def test_opset_window_follows_the_installed_runtime() -> None:
+    """The newest opset accepted is one onnxruntime loads, never below the one the code was written for."""
+    import onnxruntime as ort
+
+    newest = runtime_max_opset()
+    assert KNOWN_OPSET <= newest <= onnx.defs.onnx_opset_version()
+    m = mlp()
+    m.opset_import[0].version = newest
+    m.ir_version = onnx.helper.find_min_ir_version_for(list(m.opset_import))
+    validate_model(m)
+    ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
 def test_missing_default_opset() -> None:

@@ -1,7 +1,7 @@
 """Proof of Sampling in a real multi-process market, measured over many jobs.
 
 The demo's local market (``splitup.demo.network.local_market``: ledger, blob store, four node processes
-with their market agents, the arbiter) runs the tiny model at a verification rate of 30%; node-a is
+with their market agents, the arbiter) runs the tiny model at a verification rate of 30%; node-c is
 started with ``--cheat perturb`` (every output it forwards carries noise of 5% of its RMS, from a fixed
 seed) and executes the last task of every job. After ``JOBS`` short generations (prompts drawn with a
 fixed seed) the chain must show:
@@ -43,16 +43,18 @@ ALPHA = 1e-4  # two-sided significance of the binomial checks
 MAX_TOKENS = 3
 SEED = 7
 FEE = 5_000  # lamports per signature on the local ledger (every transaction has one signer)
-CHEATER = "node-a"  # the partitioner puts the last task on the smallest node: node-a executes it in every job
+# The placement (``splitup.demo.network.placement``) gives node-c the last task: the tiny model's tasks need
+# 764, 683 and 682 KB and the nodes hold 736, 809, 883 and 956 KB, so node-a (the smallest) takes task 1.
+CHEATER = "node-c"  # executes the last task in every job
 # Prompts of one length (random token ids from a fixed seed): every job has the same shapes, so the tinygrad
 # node compiles its kernels in the first job only.
 PROMPT_TOKENS = 6
 
-# Honest nodes on different engines: node-c on tinygrad executes task 1 and is the only other holder of
+# Honest nodes on different engines: node-a on tinygrad executes task 1 and is the only other holder of
 # the cheater's task 2, so it validates every drawn cheat (and its own work is validated on onnxruntime);
-# node-b runs onnxruntime with 2 threads, node-d with 1. Without tinygrad node-c runs onnxruntime too.
+# node-b runs onnxruntime with 2 threads, node-d with 1. Without tinygrad node-a runs onnxruntime too.
 TINYGRAD = available_engines().get("tinygrad") == "ok"
-NODE_ARGS = {"node-b": ["--threads", "2"], "node-c": ["--engine", "tinygrad"] if TINYGRAD else ["--threads", "2"]}
+NODE_ARGS = {"node-b": ["--threads", "2"], "node-a": ["--engine", "tinygrad"] if TINYGRAD else ["--threads", "2"]}
 
 
 @dataclass
@@ -160,7 +162,7 @@ def test_binomial_region() -> None:
 
 def test_the_nodes_run_different_engines(run: Run) -> None:
     assert run.engines[CHEATER] == run.engines["node-b"] == run.engines["node-d"] == "onnxruntime"
-    assert run.engines["node-c"] == ("tinygrad" if TINYGRAD else "onnxruntime")
+    assert run.engines["node-a"] == ("tinygrad" if TINYGRAD else "onnxruntime")
 
 
 def test_cheats_are_drawn_at_the_sampling_rate(run: Run) -> None:
@@ -191,7 +193,7 @@ def test_every_drawn_cheat_is_slashed_and_every_undrawn_one_paid(run: Run) -> No
     for t in caught:
         assert (t.status, t.verdict, t.arbitration) == ("FAILED", "disagree", "node_cheated")
         assert t.node_paid == 0 and t.node_slashed == slash and t.fee == 0
-        assert t.validator_paid == cfg.validator_reward + slash and run.names[t.validator] == "node-c"
+        assert t.validator_paid == cfg.validator_reward + slash and run.names[t.validator] == "node-a"
     for t in missed:
         assert (t.status, t.verdict, t.arbitration) == ("SETTLED", "none", "none")
         assert t.node_paid == t.price > 0 and t.node_slashed == 0
@@ -200,16 +202,16 @@ def test_every_drawn_cheat_is_slashed_and_every_undrawn_one_paid(run: Run) -> No
     assert run.before.stake[CHEATER] - run.after.stake[CHEATER] == slash * len(caught)
     assert (a.failed - b.failed, a.tasks_done - b.tasks_done) == (len(caught), len(missed))
     assert a.locked == 0
-    # node-c (the validator of every cheat) received its rewards and the slashes, less its own fees:
+    # node-a (the validator of every cheat) received its rewards and the slashes, less its own fees:
     # accept + commit per task it ran, assign + verdict per task it validated (it has no rival for either).
-    ran, checked = run.tasks_of("node-c"), [t for r in run.reports for t in r.tasks if run.names.get(t.validator or "") == "node-c"]
+    ran, checked = run.tasks_of("node-a"), [t for r in run.reports for t in r.tasks if run.names.get(t.validator or "") == "node-a"]
     earned = sum(t.node_paid for t in ran) + sum(t.validator_paid for t in checked)
     assert len(checked) == len(caught)
-    assert run.after.balance["node-c"] - run.before.balance["node-c"] == earned - FEE * 2 * (len(ran) + len(checked))
+    assert run.after.balance["node-a"] - run.before.balance["node-a"] == earned - FEE * 2 * (len(ran) + len(checked))
 
 
 def test_honest_nodes_are_never_slashed(run: Run) -> None:
-    for name in ("node-b", "node-c", "node-d"):
+    for name in ("node-a", "node-b", "node-d"):
         b, a = run.before.nodes[name], run.after.nodes[name]
         assert a.failed == b.failed == 0
         assert run.after.stake[name] == run.before.stake[name] and a.locked == 0

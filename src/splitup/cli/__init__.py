@@ -1,14 +1,16 @@
 """The ``splitup`` command line: one tool, one sub-command module per job.
 
 Each module in ``COMMANDS`` exposes ``register(subparsers)``, which adds its parser and sets
-``func(args) -> int``. Errors SplitUp raises on purpose become one line on stderr and exit code 2,
-never a traceback.
+``func(args) -> int``. Errors SplitUp raises on purpose and failed file operations become one line on
+stderr and exit code 2; anything else is a SplitUp bug and says so in one line, exit code 3 (set
+``SPLITUP_DEBUG=1`` for the traceback). No command prints a traceback by default.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -18,6 +20,7 @@ from splitup.errors import SplitUpError
 # Import paths of the sub-command modules, in the order --help lists them.
 COMMANDS: tuple[str, ...] = (
     # a model: split it, check it, the real ones
+    "splitup.cli.hf_import",
     "splitup.cli.plan",
     "splitup.cli.validate",
     "splitup.cli.models",
@@ -58,9 +61,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SplitUpError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence against a traceback
+        if os.environ.get("SPLITUP_DEBUG"):
+            raise
+        print(f"error: internal error in splitup {args.command}: {type(exc).__name__}: {exc} (a SplitUp bug: "
+              "please report it; SPLITUP_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -2,8 +2,11 @@
 
 Left out on purpose: random generators (RandomNormal, Multinomial, ...) because Proof of Sampling
 re-executes tasks and needs identical results; ops whose output size depends on data (NonZero, Unique,
-Compress) because no static bound exists; sequence/optional/string ops; and fused ops with large hidden
-scratch memory that shape inference cannot see (Attention).
+Compress) because no static bound exists; sequence/optional/string ops; fused ops with large hidden
+scratch memory that shape inference cannot see (Attention, LinearAttention: the score matrix); and ops
+that carry state between calls or write at data-chosen positions (CausalConvWithState, TensorScatter).
+Everything else here has an output that shape inference sizes and a workspace proportional to its
+inputs and outputs.
 """
 
 from __future__ import annotations
@@ -21,38 +24,42 @@ GRAPH_ATTRIBUTES: dict[str, frozenset[str]] = {
 }
 
 _ELEMENTWISE = """
-Abs Acos Acosh Add And Asin Asinh Atan Atanh BitwiseAnd BitwiseNot BitwiseOr BitwiseXor Ceil Celu Clip
+Abs Acos Acosh Add And Asin Asinh Atan Atanh BitCast BitShift BitwiseAnd BitwiseNot BitwiseOr BitwiseXor Ceil Celu Clip
 Cos Cosh Div Elu Equal Erf Exp Floor Gelu Greater GreaterOrEqual HardSigmoid HardSwish IsInf IsNaN
 LeakyRelu Less LessOrEqual Log Max Mean Min Mish Mod Mul Neg Not Or Pow PRelu Reciprocal Relu Round
-Selu Shrink Sigmoid Sign Sin Sinh Softplus Softsign Sqrt Sub Sum Tan Tanh ThresholdedRelu Where Xor
+Selu Shrink Sigmoid Sign Sin Sinh Softplus Softsign Sqrt Sub Sum Swish Tan Tanh ThresholdedRelu Where Xor
 """
 
-_LINEAR_ALGEBRA = "Einsum Gemm MatMul MatMulInteger"
+_LINEAR_ALGEBRA = "Det Einsum Gemm MatMul MatMulInteger QLinearMatMul"
 
 _NORMALISATION = """
-BatchNormalization GroupNormalization InstanceNormalization LayerNormalization LpNormalization
+BatchNormalization GroupNormalization InstanceNormalization LayerNormalization LpNormalization LRN
 MeanVarianceNormalization RMSNormalization
 """
 
 _REDUCTION = """
-ArgMax ArgMin CumSum Hardmax LogSoftmax ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax
-ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSquare Softmax TopK
+ArgMax ArgMin CumProd CumSum Hardmax LogSoftmax NegativeLogLikelihoodLoss ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax
+ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSquare Softmax SoftmaxCrossEntropyLoss TopK
 """
 
 _SHAPE_AND_LAYOUT = """
-Cast CastLike Concat Constant ConstantOfShape DepthToSpace Dropout Expand EyeLike Flatten Gather
-GatherElements GatherND Identity OneHot Pad Range Reshape Resize RotaryEmbedding ScatterElements
+AffineGrid Cast CastLike CenterCropPad Col2Im Concat Constant ConstantOfShape DepthToSpace Dropout Expand EyeLike Flatten Gather
+GatherElements GatherND GridSample Identity ReverseSequence OneHot Pad Range Reshape Resize RotaryEmbedding ScatterElements
 ScatterND Shape Size Slice SpaceToDepth Split Squeeze Tile Transpose Trilu Unsqueeze
 """
 
 _CONVOLUTION = """
-AveragePool Conv ConvInteger ConvTranspose GlobalAveragePool GlobalLpPool GlobalMaxPool LpPool MaxPool
+AveragePool Conv ConvInteger ConvTranspose DeformConv GlobalAveragePool GlobalLpPool GlobalMaxPool LpPool MaxPool
+MaxUnpool QLinearConv
 """
+
+_SIGNAL_AND_RECURRENT = "DFT GRU LSTM RNN STFT"
 
 _QUANTISATION = "DequantizeLinear DynamicQuantizeLinear QuantizeLinear"
 
 ALLOWED_OPS: frozenset[str] = frozenset(
     " ".join(
-        (_ELEMENTWISE, _LINEAR_ALGEBRA, _NORMALISATION, _REDUCTION, _SHAPE_AND_LAYOUT, _CONVOLUTION, _QUANTISATION)
+        (_ELEMENTWISE, _LINEAR_ALGEBRA, _NORMALISATION, _REDUCTION, _SHAPE_AND_LAYOUT, _CONVOLUTION, _QUANTISATION,
+         _SIGNAL_AND_RECURRENT)
     ).split()
 ) | CONTROL_FLOW_OPS

@@ -30,6 +30,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from splitup.graph.errors import BuilderError
+from splitup.graph.meta import DIM_MAX_KEY, STATE_KEY
 from splitup.graph.quant import (
     QUANT_IR_VERSION,
     QUANT_OPSET,
@@ -44,8 +45,6 @@ Shape = tuple[Dim, ...]
 
 OPSET = 18
 SHAPE_ONLY_LOCATION = "weights.safetensors"
-DIM_MAX_KEY = "splitup.dim_max"
-STATE_KEY = "splitup.state"
 
 DTYPES: dict[str, int] = {
     "float32": TensorProto.FLOAT,
@@ -61,16 +60,6 @@ DTYPES: dict[str, int] = {
     "bool": TensorProto.BOOL,
 }
 FLOAT_DTYPES = frozenset({"float32", "float16", "bfloat16", "float64"})
-# ONNX element type -> our dtype name (the reverse of DTYPES).
-ONNX_DTYPE_NAMES: dict[int, str] = {v: k for k, v in DTYPES.items()}
-
-
-def read_state(model: onnx.ModelProto) -> dict[str, str]:
-    """The KV-cache pairs (past input -> present output) a graph declares under ``STATE_KEY``."""
-    for p in model.metadata_props:
-        if p.key == STATE_KEY:
-            return dict(json.loads(p.value))
-    return {}
 
 
 def dtype_name(dtype: str | np.dtype | type) -> str:

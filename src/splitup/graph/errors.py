@@ -79,3 +79,9 @@ class TaskTooLarge(TensorTooLarge):
     """Initializers plus peak live activations exceed the task's declared byte limit."""
 
     code = "task_too_large"
+
+
+class UnsupportedDtype(GraphRejected):
+    """An element type that has no safetensors / engine form (strings excluded: see StringTensor)."""
+
+    code = "unsupported_dtype"

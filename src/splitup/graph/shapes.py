@@ -15,11 +15,12 @@ from dataclasses import dataclass
 import onnx
 from onnx import GraphProto, ModelProto, TypeProto, ValueInfoProto
 
-from splitup.graph.builder import DIM_MAX_KEY
+from splitup.graph.bounds import bound_by_input
 from splitup.graph.errors import MalformedGraph, StringTensor, TensorTooLarge, UnboundedDimension
 from splitup.graph.fold import MAX_FOLD_ELEMENTS, fold_shape_constants
 from splitup.graph.limits import Limits
 from splitup.graph.loopshapes import complete_loop_shapes
+from splitup.graph.meta import DIM_MAX_KEY
 from splitup.graph.monotone import check_monotone, probe_points
 from splitup.graph.sizes import element_bits, element_count, tensor_bytes
 from splitup.graph.structure import check_dims, node_label, subgraphs
@@ -74,7 +75,10 @@ def check_graph_inputs(graph: GraphProto, dim_max: dict[str, int], limits: Limit
                 continue
             elif kind == "dim_param":
                 raise UnboundedDimension(
-                    f"dim {axis} {dim.dim_param!r} has no maximum declared in {DIM_MAX_KEY}", where=where
+                    f"dim {axis} {dim.dim_param!r} has no maximum declared in {DIM_MAX_KEY}: declare one with "
+                    f"splitup.models.onnx_import.declare_dims(model, {{{dim.dim_param!r}: N}}) or "
+                    f"export_torch(..., dim_max={{{dim.dim_param!r}: N}}), or set metadata_props[{DIM_MAX_KEY!r}] "
+                    f"to a JSON object such as {{\"{dim.dim_param}\": 2048}}", where=where
                 )
             else:
                 raise UnboundedDimension(f"dim {axis} is neither a number nor a declared symbol", where=where)
@@ -129,7 +133,8 @@ def infer_at(model: ModelProto, dims: dict[str, int], limits: Limits, max_rounds
             break
         # Both run: a folded constant may bound a Loop, and a bounded Loop may feed a Shape.
         folded = fold_shape_constants(inferred)
-        if not (complete_loop_shapes(inferred) | folded):
+        # Bounds come last: an exact shape found by folding or induction beats an upper bound.
+        if not (complete_loop_shapes(inferred) | folded) and not bound_by_input(inferred):
             break
         inferred = _screened(_infer(inferred), limits)
     return inferred

@@ -73,8 +73,9 @@ def _check_proto_size(model: ModelProto, limits: Limits) -> None:
 
 
 def _default_opset(model: ModelProto, limits: Limits) -> int:
-    if not 7 <= model.ir_version <= onnx.IR_VERSION:
-        raise BadOpset(f"IR version {model.ir_version} is outside 7..{onnx.IR_VERSION}", where="ir_version")
+    # IR 3 is the first with opset imports; older files have no versioned operator semantics.
+    if not 3 <= model.ir_version <= onnx.IR_VERSION:
+        raise BadOpset(f"IR version {model.ir_version} is outside 3..{onnx.IR_VERSION}", where="ir_version")
     versions: dict[str, int] = {}
     for op in model.opset_import:
         domain = "" if op.domain in DEFAULT_DOMAINS else op.domain

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from splitup.graph.builder import read_state
 from splitup.graph.limits import Limits
+from splitup.graph.meta import read_state
 from splitup.graph.shapes import read_dim_max
 from splitup.models.errors import ModelError
 from splitup.partition.task import TensorSpec

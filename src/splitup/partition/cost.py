@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from splitup.graph.builder import read_state
 from splitup.graph.limits import Limits
+from splitup.graph.meta import read_state
 from splitup.graph.shapes import TensorType, infer_at, read_dim_max, typed_tensors
 from splitup.graph.sizes import element_count, tensor_bytes
 from splitup.graph.validate import validate_model
@@ -133,6 +133,8 @@ def analyze(model: onnx.ModelProto, limits: Limits | None = None, *, trusted: bo
         types = validate_model(model, limits=limits).tensor_types  # sized at the maxima while validating
     nodes = [n for n in model.graph.node if n.op_type != "Constant"]
     constants = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
+    if not nodes:  # a graph of constants alone: they are its work, one task makes them
+        nodes, constants = list(model.graph.node), {}
     analysis = GraphAnalysis(
         model=model,
         nodes=nodes,
@@ -140,7 +142,8 @@ def analyze(model: onnx.ModelProto, limits: Limits | None = None, *, trusted: bo
         types=types,
         flops=[node_flops(n, types) for n in nodes],
         initializers={t.name: t for t in model.graph.initializer},
-        graph_inputs=[i.name for i in model.graph.input],
+        # An initializer listed as an input (IR < 4 requires it) is a weight, not something callers feed.
+        graph_inputs=[i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}],
         graph_outputs=[o.name for o in model.graph.output],
         state=read_state(model),
         dim_max=dim_max,

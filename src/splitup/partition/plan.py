@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -9,10 +10,11 @@ from pathlib import Path
 
 import onnx
 
-from splitup.graph.builder import ONNX_DTYPE_NAMES
+from splitup.graph.meta import dtype_of
 from splitup.partition.cost import GraphAnalysis, analyze
-from splitup.partition.partitioner import DEFAULT_WORKSPACE, Partition, partition
+from splitup.partition.partitioner import DEFAULT_WORKSPACE, Partition, PartitionError, partition
 from splitup.partition.task import Plan, TensorSpec, build_tasks, task_dir, write_task
+from splitup.units import format_bytes
 
 
 @dataclass(frozen=True)
@@ -29,8 +31,26 @@ def _graph_specs(a: GraphAnalysis, model: onnx.ModelProto, names: list[str]) -> 
     for name in names:
         dims = infos[name].type.tensor_type.shape.dim
         shape: list[int | str] = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
-        specs.append(TensorSpec(name, ONNX_DTYPE_NAMES[a.types[name].elem_type], shape, list(a.types[name].shape)))
+        specs.append(TensorSpec(name, dtype_of(a.types[name].elem_type, where=f"tensor {name}"), shape, list(a.types[name].shape)))
     return specs
+
+
+def _what_fits(a: GraphAnalysis, budgets: int | Sequence[int], workspace: int, cut_factor: float) -> str:
+    """The remedy for an infeasible plan: the smallest uniform node size that fits (to 1 MiB)."""
+    if not isinstance(budgets, int):
+        return "add nodes or give them more memory (--nodes)"
+    lo = budgets
+    hi = partition(a, 2**62, workspace_bytes=workspace, cut_factor=cut_factor).segments[0].vram_bytes
+    while hi - lo > 2**20:
+        mid = (lo + hi) // 2
+        try:
+            partition(a, mid, workspace_bytes=workspace, cut_factor=cut_factor)
+            hi = mid
+        except PartitionError:
+            lo = mid
+    size = f"{math.ceil(hi * 10 / 2**30) / 10:g}GiB" if hi >= 2**30 else f"{math.ceil(hi / 2**20)}MiB"
+    spare = f" with the {format_bytes(workspace)} workspace each task keeps (--workspace)" if workspace else ""
+    return f"nodes of {size} would fit it{spare} (--vram {size}; {format_bytes(budgets)} is too small)"
 
 
 def make_plan(
@@ -48,8 +68,12 @@ def make_plan(
     Shape-only models (no weight data) can be planned and their graphs written, but have no shards.
     """
     a = analyze(model, trusted=trusted)
-    part = partition(a, budgets, workspace_bytes=workspace_bytes, cut_factor=cut_factor)
-    built = build_tasks(a, part, name, validate=out_dir is not None)
+    try:
+        part = partition(a, budgets, workspace_bytes=workspace_bytes, cut_factor=cut_factor)
+    except PartitionError as exc:
+        raise PartitionError(f"{exc}; {_what_fits(a, budgets, workspace_bytes, cut_factor)}") from None
+    # Every task is validated whether or not it is written: a plan that prints fine must also write.
+    built = build_tasks(a, part, name, validate=True)
     if out_dir is not None:
         out_dir = Path(out_dir)
         if (out_dir / "tasks").exists():

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,23 +27,31 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from splitup.errors import SplitUpError
-from splitup.graph.builder import DIM_MAX_KEY, ONNX_DTYPE_NAMES, STATE_KEY
+from splitup.graph.errors import GraphRejected
+from splitup.graph.meta import DIM_MAX_KEY, DTYPE_ONNX, STATE_KEY, dtype_of
 from splitup.graph.precision import DEFAULT_PRECISION, precision_of, split_precision
 from splitup.graph.quant import raw_bytes
+from splitup.graph.sizes import tensor_bytes
 from splitup.graph.validate import validate_model
 from splitup.partition.cost import GraphAnalysis
 from splitup.partition.partitioner import Partition, Segment
+from splitup.partition.shapeflow import Probes, rematerialise, shape_values
 
 PLAN_FORMAT = "splitup.plan"
 PLAN_VERSION = 1
 GRAPH_FILE = "task.onnx"
 WEIGHTS_FILE = "weights.safetensors"
 TASK_FILE = "task.json"
+INLINE_ELEMENTS = 64
 
 
 
 class PlanError(SplitUpError):
     """A plan or task bundle is malformed, of an unknown version, or fails its hash check."""
+
+
+class PlannerFault(PlanError):
+    """A task the planner cut from a valid model fails validation: a SplitUp bug, never the user's model."""
 
 
 def sha256_file(path: Path) -> str:
@@ -64,11 +73,12 @@ class TensorSpec:
 
     @property
     def max_bytes(self) -> int:
-        itemsize = 2 if self.dtype == "bfloat16" else np.dtype(self.dtype).itemsize
-        return int(np.prod(self.max_shape, dtype=np.int64)) * itemsize
+        return tensor_bytes(DTYPE_ONNX[self.dtype], self.max_shape, where=f"tensor {self.name}")
 
     @staticmethod
     def from_json(d: dict[str, Any]) -> TensorSpec:
+        if d["dtype"] not in DTYPE_ONNX:
+            raise ValueError(f"tensor {d['name']!r} has unknown dtype {d['dtype']!r}")
         return TensorSpec(str(d["name"]), str(d["dtype"]), list(d["shape"]), [int(x) for x in d["max_shape"]])
 
 
@@ -207,7 +217,7 @@ def _interface(a: GraphAnalysis, sym: dict[str, onnx.ValueInfoProto], name: str,
             sym_name = f"{name}.dim{axis}"
             fresh[sym_name] = max(int(mx), 1)
             shape.append(sym_name)
-    return TensorSpec(name, ONNX_DTYPE_NAMES[t.elem_type], shape, [int(x) for x in t.shape])
+    return TensorSpec(name, dtype_of(t.elem_type, where=f"tensor {name}"), shape, [int(x) for x in t.shape])
 
 
 def _symbolic_types(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
@@ -249,23 +259,40 @@ def _has_data(t: TensorProto) -> bool:
 
 
 def build_tasks(a: GraphAnalysis, part: Partition, model_name: str, *, validate: bool = True) -> list[BuiltTask]:
-    """Cut each segment out as a task graph. ``validate=False`` is for plans that are only printed."""
+    """Cut each segment out as a task graph, each recomputing the shape values it reads (they never cross a
+    cut). ``validate=False`` is for plans that are only printed."""
     sym = _symbolic_types(a.model)
-    return [_build_task(a, sym, seg, index, model_name, validate) for index, seg in enumerate(part.segments)]
+    values, probes = shape_values(a), Probes(a)
+    bodies = [rematerialise(a, probes, values, a.nodes[seg.start : seg.stop]) for seg in part.segments]
+    reads = [_reads(a, nodes) for nodes in bodies]
+    graph_outputs = set(a.graph_outputs)
+    tasks = []
+    for index, (seg, nodes) in enumerate(zip(part.segments, bodies, strict=True)):
+        later = {x for r in reads[index + 1:] for x in r}
+        # A recomputed shape value is never handed on: a later task recomputes it too, or reads it from the
+        # task that made it originally.
+        outputs = [o for n in a.nodes[seg.start : seg.stop] for o in n.output
+                   if o and (o in graph_outputs or o in later)]
+        tasks.append(_build_task(a, sym, seg, nodes, reads[index], outputs, index, model_name, validate))
+    return tasks
 
 
-def _build_task(a: GraphAnalysis, sym: dict[str, onnx.ValueInfoProto], seg: Segment, index: int,
-                model_name: str, validate: bool) -> BuiltTask:
-    nodes = a.nodes[seg.start : seg.stop]
-    produced = {o for n in nodes for o in n.output}
+def _made(nodes: list[onnx.NodeProto]) -> set[str]:
+    return {o for n in nodes for o in n.output if o}
+
+
+def _reads(a: GraphAnalysis, nodes: list[onnx.NodeProto]) -> list[str]:
+    """The data a task receives: what its nodes read that they do not make, minus constants and weights."""
+    made = _made(nodes)
+    return list(dict.fromkeys(x for n in nodes for x in n.input
+                              if x and x not in made and x not in a.constants and x not in a.initializers))
+
+
+def _build_task(a: GraphAnalysis, sym: dict[str, onnx.ValueInfoProto], seg: Segment, nodes: list[onnx.NodeProto],
+                inputs: list[str], outputs: list[str], index: int, model_name: str, validate: bool) -> BuiltTask:
     reads = [x for n in nodes for x in n.input if x]
     consts = list(dict.fromkeys(x for x in reads if x in a.constants))
     inits = list(dict.fromkeys(x for x in reads if x in a.initializers))
-    inputs = list(dict.fromkeys(x for x in reads if x not in produced and x not in a.constants
-                                and x not in a.initializers))
-    graph_outputs = set(a.graph_outputs)
-    outputs = [o for n in nodes for o in n.output
-               if o and (o in graph_outputs or a.last_use.get(o, -1) >= seg.stop)]
     fresh: dict[str, int] = {}
     in_specs = [_interface(a, sym, x, fresh) for x in inputs]
     out_specs = [_interface(a, sym, x, {}) for x in outputs]
@@ -273,12 +300,16 @@ def _build_task(a: GraphAnalysis, sym: dict[str, onnx.ValueInfoProto], seg: Segm
     dim_max = {k: v for k, v in a.dim_max.items() if k in used_dims} | fresh
     state = {k: v for k, v in a.state.items() if k in inputs and v in outputs}
     bound = all(_has_data(a.initializers[n]) for n in inits)
-    weights = {n: _shard_array(a.initializers[n]) for n in inits} if bound else None
+    # Small initializers (axes, shape constants, scalars) stay inside the graph: shape inference reads
+    # their values, which it cannot do through external data.
+    inline = [n for n in inits if _has_data(a.initializers[n]) and math.prod(a.initializers[n].dims) <= INLINE_ELEMENTS]
+    shard = [n for n in inits if n not in inline]
+    weights = {n: _shard_array(a.initializers[n]) for n in shard} if bound else None
 
     def vi(spec: TensorSpec) -> onnx.ValueInfoProto:
         return helper.make_tensor_value_info(spec.name, a.types[spec.name].elem_type, spec.shape)
 
-    initializers = [_external_stub(a.initializers[n]) for n in inits]
+    initializers = [a.initializers[n] for n in inline] + [_external_stub(a.initializers[n]) for n in shard]
     graph = helper.make_graph(
         [a.constants[c] for c in consts] + nodes, f"{model_name}.task{index}",
         [vi(s) for s in in_specs], [vi(s) for s in out_specs], initializer=initializers,
@@ -290,7 +321,13 @@ def _build_task(a: GraphAnalysis, sym: dict[str, onnx.ValueInfoProto], seg: Segm
         props[STATE_KEY] = json.dumps(state, sort_keys=True)
     helper.set_model_props(model, props)
     if validate:
-        validate_model(model)
+        try:
+            validate_model(model)
+        except GraphRejected as exc:
+            raise PlannerFault(
+                f"task {index} of the plan ({', '.join(_layers(nodes, set(a.initializers))[:4]) or 'no layers'}), "
+                f"cut by the planner from a model that validated, fails validation: {exc}. This is a SplitUp "
+                f"fault, not a problem with your model; please report it with the model") from exc
     definition = TaskDefinition(
         model=model_name, index=index, graph_sha256="", weights_sha256=None, inputs=in_specs, outputs=out_specs,
         state=state, dim_max=dim_max, vram_bytes=seg.vram_bytes, weight_bytes=seg.weight_bytes,
@@ -331,6 +368,8 @@ def write_task(task: BuiltTask, directory: Path) -> TaskDefinition:
         save_file({k: np.ascontiguousarray(v) for k, v in task.weights.items()}, str(shard))
         offsets = _safetensors_offsets(shard)
         for init in graph.graph.initializer:
+            if init.name not in offsets:
+                continue  # inline
             begin, end = offsets[init.name]
             del init.external_data[:]
             for key, value in (("location", WEIGHTS_FILE), ("offset", str(begin)), ("length", str(end - begin))):

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from splitup.errors import SplitUpError
-from splitup.graph.builder import ONNX_DTYPE_NAMES
 from splitup.graph.limits import Limits
+from splitup.graph.meta import ONNX_DTYPE_NAMES
 from splitup.graph.validate import validate_file
 from splitup.partition.task import GRAPH_FILE, PlanError, TaskDefinition, TensorSpec, load_task
 from splitup.runtime.interface import check_feeds

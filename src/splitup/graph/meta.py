@@ -1,0 +1,63 @@
+"""Graph metadata conventions and ONNX element types: the constants the builder, the validator and the
+shape code all read, kept below all three so that none of them imports another for a name.
+
+- symbolic input dimensions are strings; their maxima go to ``metadata_props[DIM_MAX_KEY]``;
+- stateful inputs (KV cache) are paired with the outputs that replace them in ``metadata_props[STATE_KEY]``
+  (``{"past.0.key": "present.0.key", ...}``).
+"""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+from onnx import TensorProto
+
+from splitup.graph.errors import UnsupportedDtype
+
+DIM_MAX_KEY = "splitup.dim_max"
+STATE_KEY = "splitup.state"
+
+# Every ONNX element type a task may carry, by its numpy / ml_dtypes name (the names safetensors and the
+# engines use). Strings (no static size), complex128 and the sub-byte packed types (no safetensors form)
+# are absent.
+ONNX_DTYPE_NAMES: dict[int, str] = {
+    TensorProto.FLOAT: "float32",
+    TensorProto.FLOAT16: "float16",
+    TensorProto.BFLOAT16: "bfloat16",
+    TensorProto.DOUBLE: "float64",
+    TensorProto.INT64: "int64",
+    TensorProto.INT32: "int32",
+    TensorProto.INT16: "int16",
+    TensorProto.INT8: "int8",
+    TensorProto.UINT64: "uint64",
+    TensorProto.UINT32: "uint32",
+    TensorProto.UINT16: "uint16",
+    TensorProto.UINT8: "uint8",
+    TensorProto.BOOL: "bool",
+    TensorProto.FLOAT8E4M3FN: "float8_e4m3fn",
+    TensorProto.FLOAT8E5M2: "float8_e5m2",
+    TensorProto.FLOAT8E4M3FNUZ: "float8_e4m3fnuz",
+    TensorProto.FLOAT8E5M2FNUZ: "float8_e5m2fnuz",
+    TensorProto.COMPLEX64: "complex64",
+}
+DTYPE_ONNX: dict[str, int] = {v: k for k, v in ONNX_DTYPE_NAMES.items()}
+
+
+def dtype_of(elem_type: int, *, where: str) -> str:
+    """The dtype name of an ONNX element type, or a typed refusal naming it (never a KeyError)."""
+    name = ONNX_DTYPE_NAMES.get(elem_type)
+    if name is None:
+        label = TensorProto.DataType.Name(elem_type) if elem_type in TensorProto.DataType.values() else elem_type
+        raise UnsupportedDtype(
+            f"element type {label} cannot cross a task boundary or be stored in a weight shard "
+            f"(supported: {', '.join(sorted(DTYPE_ONNX))})", where=where)
+    return name
+
+
+def read_state(model: onnx.ModelProto) -> dict[str, str]:
+    """The KV-cache pairs (past input -> present output) a graph declares under ``STATE_KEY``."""
+    for p in model.metadata_props:
+        if p.key == STATE_KEY:
+            return dict(json.loads(p.value))
+    return {}

@@ -1,0 +1,141 @@
+"""A local Hugging Face model directory (``config.json`` + ``*.safetensors``) as a validated ONNX model.
+
+No network and no torch: the config picks a zoo family (Llama, GPT-2, BERT), whose graph is checked
+against ``transformers`` in the tests, and the checkpoint's tensors are renamed onto it
+(``splitup.models.convert``). Decoders come with their KV cache as state (``past.N.key`` ->
+``present.N.key``), and every symbolic dim with its maximum, so the result goes straight to
+``splitup plan``. Weights are read with safetensors (memory-mapped, no pickle); bfloat16 ones are
+widened bit-exactly to float32.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from splitup.graph.errors import BuilderError, GraphRejected
+from splitup.models.convert import bert_from_hf, gpt2_from_hf, llama_from_hf
+from splitup.models.errors import ModelError
+
+# model_type -> (zoo family, checkpoint renamer)
+FAMILIES: dict[str, tuple[str, Callable[[Mapping[str, np.ndarray], int], dict[str, np.ndarray]]]] = {
+    "llama": ("llama", llama_from_hf),
+    "gpt2": ("gpt2", gpt2_from_hf),
+    "bert": ("bert", bert_from_hf),
+}
+# A single ONNX file cannot hold more (protobuf's limit); larger models are planned from the zoo family.
+MAX_EMBEDDED_BYTES = 2**31 - 2**24
+
+
+def _config(directory: Path) -> dict[str, Any]:
+    path = directory / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelError(f"{directory} has no config.json: give the directory of a Hugging Face model "
+                         "(config.json and *.safetensors)") from None
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read {path}: {exc}") from None
+    if not isinstance(config, dict):
+        raise ModelError(f"{path} is not a JSON object")
+    return config
+
+
+def _normalise(model_type: str, config: dict[str, Any]) -> dict[str, Any]:
+    """Newer ``transformers`` spellings of keys the zoo knows under their older names."""
+    config = dict(config)
+    rope = config.pop("rope_parameters", None)
+    if rope is not None:
+        if not isinstance(rope, dict) or rope.get("rope_type", "default") != "default":
+            raise ModelError(f"{model_type}: rope_parameters={rope!r} is not supported (only plain RoPE)")
+        if "rope_theta" in rope:
+            config["rope_theta"] = rope["rope_theta"]
+    for key in ("is_decoder", "add_cross_attention"):
+        if model_type == "bert" and key in config:
+            if config.pop(key):
+                raise ModelError(f"bert: {key}=true is not supported (encoder-only BERT)")
+    return config
+
+
+def read_safetensors(directory: Path) -> dict[str, np.ndarray]:
+    """Every tensor of every ``*.safetensors`` file in ``directory``, as numpy (bfloat16 -> float32)."""
+    from safetensors import safe_open
+
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise ModelError(f"{directory} has no *.safetensors weights (pickled .bin checkpoints are not read: "
+                         "convert them with transformers' save_pretrained(safe_serialization=True))")
+    tensors: dict[str, np.ndarray] = {}
+    for path in files:
+        with open(path, "rb") as fh:
+            header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
+        bf16 = {k for k, v in header.items() if k != "__metadata__" and v.get("dtype") == "BF16"}
+        if bf16:
+            tensors.update(_read_bf16(path, header, bf16))
+        with safe_open(str(path), framework="numpy") as f:
+            for key in f.keys():  # noqa: SIM118 - safe_open is not iterable
+                if key not in bf16:
+                    tensors[key] = f.get_tensor(key)
+    return tensors
+
+
+def _read_bf16(path: Path, header: dict[str, Any], names: set[str]) -> dict[str, np.ndarray]:
+    """bfloat16 tensors widened to float32: the 16 bits are the top half of the float32 pattern."""
+    with open(path, "rb") as fh:
+        base = 8 + int.from_bytes(fh.read(8), "little")
+    raw = np.memmap(path, dtype=np.uint8, mode="r")
+    out = {}
+    for name in names:
+        begin, end = header[name]["data_offsets"]
+        bits = np.frombuffer(raw[base + begin : base + end], dtype="<u2").astype(np.uint32) << 16
+        out[name] = bits.view(np.float32).reshape(header[name]["shape"])
+    return out
+
+
+def import_hf(directory: str | Path, *, dtype: str = "float32", max_seq: int | None = None,
+              max_batch: int | None = None, name: str | None = None) -> onnx.ModelProto:
+    """Build and validate the ONNX model of the Hugging Face model in ``directory``.
+
+    ``max_seq`` is the declared maximum of the sequence dim (default: the family's, at most the model's
+    context), ``max_batch`` that of BERT's batch dim (decoders run one sequence per session); the plan
+    sizes every task at them.
+    """
+    from splitup.graph import zoo
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ModelError(f"{directory} is not a directory (give the folder holding config.json)")
+    config = _config(directory)
+    model_type = config.get("model_type")
+    if model_type not in FAMILIES:
+        raise ModelError(f"model_type {model_type!r} is not importable; supported: {', '.join(sorted(FAMILIES))} "
+                         "(other architectures: export them with splitup.models.onnx_import.export_torch)")
+    family, rename = FAMILIES[model_type]
+    config = _normalise(model_type, config)
+    overrides: dict[str, Any] = {}
+    if max_seq is not None:
+        overrides["max_seq"] = max_seq
+    if max_batch is not None:
+        if family != "bert":
+            raise ModelError(f"{model_type}: decoders are imported for one sequence per session; "
+                             "--max-batch applies to BERT")
+        overrides["max_batch"] = max_batch
+    try:
+        layers = config.get("n_layer" if family == "gpt2" else "num_hidden_layers")
+        if not isinstance(layers, int) or isinstance(layers, bool) or layers <= 0:
+            raise ModelError(f"{directory.name}: config.json gives no positive layer count")
+        weights = rename(read_safetensors(directory), layers)
+        total = sum(w.nbytes for w in weights.values()) // (2 if dtype == "float16" else 1)
+        if total > MAX_EMBEDDED_BYTES:
+            raise ModelError(f"{directory.name}: {total / 2**30:.1f} GiB of weights do not fit one ONNX file "
+                             f"(2 GiB); try --dtype float16, or plan the shape-only graph of the same config "
+                             f"(splitup plan with a zoo model)")
+        return zoo.build_from_config(family, {**config, **overrides}, weights=weights, dtype=dtype,
+                                     name=name or directory.name)
+    except (BuilderError, GraphRejected) as exc:
+        raise ModelError(f"{directory.name}: {exc}") from None
