@@ -28,7 +28,7 @@ from rich.table import Table
 
 from splitup.models.generate import OrtDecoder, generate, pipeline_step
 from splitup.models.real import load_real_model
-from splitup.partition import analyze, partition
+from splitup.partition import analyze, partition, plan_partition
 from splitup.partition.local import LocalPipeline
 from splitup.partition.plan import make_plan
 
@@ -49,7 +49,7 @@ def _three_task_plan(model, out: Path) -> None:  # noqa: ANN001 - onnx.ModelProt
     a = analyze(model)
     whole = partition(a, 2**40, workspace_bytes=0).segments[0].vram_bytes
     for frac in np.linspace(0.9, 0.2, 71):
-        if len(partition(a, int(whole * frac), workspace_bytes=0).segments) == 3:
+        if len(plan_partition(a, int(whole * frac), workspace_bytes=0)[1].segments) == 3:  # as make_plan
             make_plan(model, "smollm2-135m", int(whole * frac), workspace_bytes=0, out_dir=out)
             return
     raise SystemExit("no budget gives 3 tasks")

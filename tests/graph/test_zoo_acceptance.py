@@ -18,7 +18,9 @@ from splitup.graph import zoo
 
 # Runnable with seeded random weights; every other entry is checked as a shape-only planning graph.
 SEEDED = sorted(n for n in zoo.ZOO if n in ("mlp", "cnn") or n.startswith("tiny-"))
-SHAPE_ONLY = sorted(n for n in zoo.ZOO if n not in SEEDED and n != "llama-70b")  # 70B: the budget test below
+# 70B: the budget test below; 405B: its fp32 embedding (8.4 GB) is over the per-tensor limit by design,
+# it is a planning shape (tests/partition/test_refine.py), whose split tasks are validated when written.
+SHAPE_ONLY = sorted(n for n in zoo.ZOO if n not in SEEDED and n not in ("llama-70b", "llama-405b"))
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,7 @@ import math
 import pytest
 
 from splitup.graph import zoo
-from splitup.partition import PartitionError, analyze, budget_for_tasks, partition
+from splitup.partition import PartitionError, analyze, budget_for_tasks, partition, plan_partition
 
 GiB = 2**30
 
@@ -65,6 +65,6 @@ def test_budget_for_tasks_finds_each_count_and_refuses_impossible_ones():
     a = analyze(zoo.build("tiny-llama", seed=0))
     for count in (1, 2, 3, 5):
         budget = budget_for_tasks(a, count)
-        assert len(partition(a, budget, workspace_bytes=0).segments) == count
+        assert len(plan_partition(a, budget, workspace_bytes=0)[1].segments) == count
     with pytest.raises(PartitionError, match="exactly 10000 tasks"):
         budget_for_tasks(a, 10_000)

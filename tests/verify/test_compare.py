@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 from verify_models import build, input_for, skip_one_layer
 
 from splitup.verify import calib_models as cm
-from splitup.verify.compare import DEFAULT_TOLERANCE, Tolerance, compare_outputs, compare_tensor
+from splitup.verify.compare import (
+    DEFAULT_TOLERANCE,
+    Tolerance,
+    compare_outputs,
+    compare_tensor,
+    tolerance_for,
+)
 from splitup.verify.engines import honest_engines, run_onnxruntime
 
 SLOW = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -122,7 +128,7 @@ def test_argmax_of_logits_must_agree() -> None:
     norm_blind = Tolerance(max_rel_l2=1.0)
     assert compare_tensor("l", flipped, ref, norm_blind).match
     v = compare_tensor("l", flipped, ref, norm_blind, is_logits=True)
-    assert not v.match and "argmax differs at 1 position" in v.reason
+    assert not v.match and "token differs at 1 position" in v.reason
 
 
 def test_argmax_near_tie_is_not_a_flip() -> None:
@@ -151,7 +157,17 @@ def test_zero_reference_relies_on_atol() -> None:
 
 
 def test_default_tolerance_is_the_documented_one() -> None:
-    assert DEFAULT_TOLERANCE == Tolerance(rtol=1e-3, atol=1e-6, scale_tol=1e-3, max_bad_fraction=1e-3, max_rel_l2=1e-3)
+    assert DEFAULT_TOLERANCE == Tolerance(rtol=1e-3, atol=1e-6, scale_tol=1e-3, max_bad_fraction=1e-3, max_rel_l2=2e-5,
+                                          token_slack=3e-6)
+    assert tolerance_for("fp32") is DEFAULT_TOLERANCE
+    assert tolerance_for("int8") == tolerance_for("fp16")
+    # a task's "<weights>/<activations>" maps to its class
+    assert tolerance_for("fp32/fp32") is DEFAULT_TOLERANCE
+    assert tolerance_for("fp16/fp32") == tolerance_for("fp32/fp16") == tolerance_for("fp16")
+    assert tolerance_for("int4/fp16") == tolerance_for("int4")
+    for bad in ("fp8", "fp32/int8", "fp32"[:2]):
+        with pytest.raises(KeyError, match="precision"):
+            tolerance_for(bad)
 
 
 def test_tinygrad_agrees_with_onnxruntime() -> None:

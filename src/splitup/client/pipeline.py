@@ -21,11 +21,11 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 
-from splitup.client.sampling import generate_tokens
+from splitup.client.sampling import GREEDY, Decoding, decoding_for, generate_tokens
 from splitup.errors import SplitUpError
 from splitup.node.app import CONTENT_TYPE, HOPS_HEADER, PARKED_HEADER
 from splitup.node.frames import Frame, FrameError, FramePool, frame_address
-from splitup.node.wire import Envelope, Hop, decode, encode
+from splitup.node.wire import DECODING_META, Envelope, Hop, decode, encode
 from splitup.partition.task import Plan, TaskDefinition
 
 log = logging.getLogger("splitup.client")
@@ -114,9 +114,10 @@ class PipelineClient:
         self.close()
 
     # --- the wire ------------------------------------------------------------------------------------------
-    def call(self, hops: list[Hop], tensors: Mapping[str, np.ndarray], job: str) -> dict[str, np.ndarray]:
+    def call(self, hops: list[Hop], tensors: Mapping[str, np.ndarray], job: str,
+             meta: Mapping[str, str] | None = None) -> dict[str, np.ndarray]:
         """One trip through ``hops``; raises :class:`NodeFailure` naming the hop that failed."""
-        env = Envelope(job, 0, hops, self.hop_timeout)
+        env = Envelope(job, 0, hops, self.hop_timeout, dict(meta or {}))
         first = hops[0]
         urls = first.urls if first.session is None else first.urls[:1]
         failure: NodeFailure | None = None
@@ -263,8 +264,9 @@ class PipelineClient:
                  top_k: int | None = None, seed: int | None = None, eos_id: int | None = None,
                  progress: bool = False) -> list[int]:
         with self.session() as gen, _progress(progress, "tokens", max_new_tokens) as advance:
-            return generate_tokens(gen.step, list(prompt), max_new_tokens, temperature=temperature, top_k=top_k,
-                                   seed=seed, eos_id=eos_id, on_token=lambda _t: advance())
+            gen.decoding = decoding_for(temperature, top_k, seed)
+            return generate_tokens(gen.step, list(prompt), max_new_tokens, decoding=gen.decoding, eos_id=eos_id,
+                                   on_token=lambda _t: advance())
 
     # --- node requests -------------------------------------------------------------------------------------
     def open_session(self, task_index: int) -> tuple[str, str]:
@@ -307,6 +309,8 @@ class GenerationSession:
         self.steps = [0] * len(self.plan.tasks)
         self.context: list[int] = []
         self.job = secrets.token_hex(8)
+        # The job's token rule, sent along so the node emitting logits records it for its validator.
+        self.decoding: Decoding = GREEDY
         spec = next(s for s in self.plan.inputs if s.name == client.token_input)
         self.max_chunk = int(spec.max_shape[-1])
         self.recoveries = 0
@@ -355,7 +359,7 @@ class GenerationSession:
                     self._recover(k)
                     self._broken.discard(k)
                 out = c.call(self._hops(sends, len(sends) - 1, last=[c.logits_output]), {c.token_input: ids},
-                             self.job)
+                             self.job, self._meta())
             except NodeFailure as f:
                 if f.kind == "lost_result":  # every node ran the step: repeating it is idempotent
                     continue
@@ -369,6 +373,9 @@ class GenerationSession:
             self.context.extend(int(t) for t in ids[0])
             return out[c.logits_output]
         raise PipelineError(f"generation gave up after {c.max_failovers} failovers")
+
+    def _meta(self) -> dict[str, str]:
+        return {} if self.decoding == GREEDY else {DECODING_META: json.dumps(self.decoding.to_json())}
 
     def _recover(self, k: int) -> None:
         """Give task ``k`` a fresh session on the first endpoint of its list and re-prefill it with the
@@ -388,7 +395,7 @@ class GenerationSession:
             ctx = np.asarray([self.context], dtype=np.int64)
             for i in range(0, ctx.shape[1], self.max_chunk):
                 c.call(self._hops(sends, k, temp, steps), {c.token_input: ctx[:, i : i + self.max_chunk]},
-                       self.job + ".replay")
+                       self.job + ".replay", self._meta())
                 steps = [s + 1 for s in steps]
         finally:
             for url, sid in temp.values():

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from splitup.partition import PartitionError, analyze, partition
+from splitup.partition import PartitionError, analyze, partition, plan_partition
 
 TINY_CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
                       "{% if add_generation_prompt %}<|assistant|>{% endif %}")
@@ -59,7 +59,7 @@ def node_budgets(graph: onnx.ModelProto, nodes: int, tasks: int, workspace: int)
     for frac in np.linspace(0.9, 0.1, 161):
         sizes = [int(whole * frac * (1 + 0.1 * k)) for k in range(nodes)]
         try:
-            if len(partition(a, sizes, workspace_bytes=workspace).segments) == tasks:
+            if len(plan_partition(a, sizes, workspace_bytes=workspace)[1].segments) == tasks:  # as make_plan plans
                 return sizes
         except PartitionError:
             continue

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from splitup.decoding import Decoding, DecodingError, choose
 from splitup.graph.limits import Limits
 from splitup.graph.meta import read_state
 from splitup.graph.shapes import read_dim_max
@@ -26,7 +27,9 @@ StepFn = Callable[[np.ndarray], np.ndarray]
 
 @dataclass(frozen=True)
 class Sampling:
-    """``temperature == 0`` is greedy decoding (ties go to the lowest id, like ``argmax``)."""
+    """``temperature == 0`` is greedy decoding; the choice is :mod:`splitup.decoding`'s canonical one
+    (greedy: the lowest id within a narrow window of the maximum; sampled: a draw keyed by the seed and
+    the token's position, so an unseeded sampled run uses seed 0 and is reproducible)."""
 
     temperature: float = 0.0
     top_k: int = 0  # 0: no top-k cut
@@ -34,27 +37,16 @@ class Sampling:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
-            raise ModelError(f"bad sampling parameters {self}")
+        try:
+            self.decoding()
+        except DecodingError:
+            raise ModelError(f"bad sampling parameters {self}") from None
+
+    def decoding(self) -> Decoding:
+        return Decoding(float(self.temperature), int(self.top_k), float(self.top_p), int(self.seed or 0))
 
 
 GREEDY = Sampling()
-
-
-def _pick(logits: np.ndarray, s: Sampling, rng: np.random.Generator) -> int:
-    if s.temperature == 0:
-        return int(np.argmax(logits))
-    z = logits.astype(np.float64) / s.temperature
-    order = np.argsort(-z, kind="stable")
-    if s.top_k:
-        order = order[: s.top_k]
-    p = np.exp(z[order] - z[order[0]])
-    p /= p.sum()
-    if s.top_p < 1:
-        # Keep the smallest prefix whose mass reaches top_p (always at least one token).
-        keep = int(np.searchsorted(np.cumsum(p), s.top_p)) + 1
-        order, p = order[:keep], p[:keep] / p[:keep].sum()
-    return int(order[rng.choice(len(order), p=p)])
 
 
 def stream(
@@ -74,13 +66,13 @@ def stream(
     if ids.ndim != 1 or ids.size == 0:
         raise ModelError("the prompt must be a non-empty list of token ids")
     chunk = chunk or ids.size
-    rng = np.random.default_rng(sampling.seed)
+    decoding = sampling.decoding()
     logits = np.empty(0)
     for start in range(0, ids.size, chunk):
         logits = step(ids[start : start + chunk])
     stop = set(int(e) for e in eos_ids)
     for n in range(max_new_tokens):
-        token = _pick(np.asarray(logits).reshape(-1), sampling, rng)
+        token = choose(np.asarray(logits).reshape(-1), decoding, ids.size + n)
         yield token
         if token in stop or n == max_new_tokens - 1:
             return

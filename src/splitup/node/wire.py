@@ -17,6 +17,9 @@ from safetensors.numpy import load, save
 from splitup.errors import SplitUpError
 
 META_KEY = "splitup"
+#: Envelope meta key under which a client sends the job's token rule (``splitup.decoding.Decoding`` JSON),
+#: so that the node emitting logits records it with its transcript.
+DECODING_META = "decoding"
 MAX_HEADER_BYTES = 1 << 20
 MAX_TENSORS = 4096
 MAX_ROUTE = 64

@@ -131,6 +131,12 @@ def analyze(model: onnx.ModelProto, limits: Limits | None = None, *, trusted: bo
         types = typed_tensors(infer_at(model, dim_max, limits).graph, limits)
     else:
         types = validate_model(model, limits=limits).tensor_types  # sized at the maxima while validating
+    return analysis_of(model, types, dim_max)
+
+
+def analysis_of(model: onnx.ModelProto, types: dict[str, TensorType], dim_max: dict[str, int]) -> GraphAnalysis:
+    """The analysis of ``model`` from tensor types already sized at the maxima (``analyze``, or the
+    operator-splitting pass, which derives the types of the tensors it adds from the ones it splits)."""
     nodes = [n for n in model.graph.node if n.op_type != "Constant"]
     constants = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
     if not nodes:  # a graph of constants alone: they are its work, one task makes them
@@ -148,11 +154,17 @@ def analyze(model: onnx.ModelProto, limits: Limits | None = None, *, trusted: bo
         state=read_state(model),
         dim_max=dim_max,
     )
-    for i, node in enumerate(nodes):
+    index_uses(analysis)
+    return analysis
+
+
+def index_uses(analysis: GraphAnalysis) -> None:
+    """Fill in where each tensor is made, first read and last read."""
+    first, last, producer = analysis.first_use, analysis.last_use, analysis.producer
+    for i, node in enumerate(analysis.nodes):
         for name in node.input:
             if name:
-                analysis.first_use.setdefault(name, i)
-                analysis.last_use[name] = i
+                first.setdefault(name, i)
+                last[name] = i
         for name in node.output:
-            analysis.producer[name] = i
-    return analysis
+            producer[name] = i

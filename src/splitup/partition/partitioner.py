@@ -2,24 +2,29 @@
 
 The graph's nodes, in topological order, are cut only where the tensors crossing the cut are small
 (at most ``cut_factor`` times the smallest such crossing inside the weighted part of the graph: the
-hidden state between transformer blocks, the activations between MLP layers). The stretches between
-allowed cuts are *units*; a task is a run of consecutive units. The objective is lexicographic and
-solved exactly by dynamic programming over cut points:
+hidden state between transformer blocks, the activations between MLP layers), and at the part
+boundaries of operators that ``splitup.partition.refine`` split. The stretches between allowed cuts
+are *units*; a task is a run of consecutive units. The objective is lexicographic:
 
 1. the fewest tasks whose VRAM requirement fits a budget,
 2. then the smallest FLOPs of the slowest task (pipeline throughput),
 3. then the fewest bytes crossing the cuts.
 
-With several node sizes (heterogeneous budgets) each task is placed on the smallest free node it fits.
-If no partition exists with clean cuts, the cut rule is relaxed step by step; if a single node or
-weight is larger than every budget, the error names it.
+With one node size all three are exact; with several (heterogeneous budgets) tasks may take any free
+node they fit, 1 and 2 are exact, and 3 is minimised for the node sizes, in order, of a plan that
+meets 1 and 2. If no partition exists with clean cuts, the cut rule is relaxed step by step; if a
+single node or weight is larger than every budget, the error names it.
 """
 
 from __future__ import annotations
 
+import collections
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from splitup.errors import SplitUpError
 from splitup.partition.cost import GraphAnalysis
@@ -59,17 +64,6 @@ class Partition:
     total_kv_cache_bytes: int
 
 
-@dataclass(frozen=True)
-class _Unit:
-    start: int
-    stop: int
-    weights: frozenset[str]
-    kv: frozenset[str]
-    flops: int
-    peak: int  # peak live bytes inside the unit, with everything entering it live
-    retained: int  # graph outputs made here that stay live until the task ends
-
-
 class _Costs:
     def __init__(self, a: GraphAnalysis, workspace: int) -> None:
         self.a = a
@@ -81,11 +75,12 @@ class _Costs:
         self.outputs = set(a.graph_outputs)
         self.state_inputs = set(a.state)
         delta = [0] * (n + 2)
+        nbytes, last_use = a.nbytes, a.last_use
         # A tensor made by node p and last read by node q crosses every cut in (p, q].
         for name, p in a.producer.items():
-            q = a.last_use.get(name, -1)
+            q = last_use.get(name, -1)
             if q > p:
-                b = a.nbytes(name)
+                b = nbytes(name)
                 delta[p + 1] += b
                 delta[q + 1] -= b
         self.crossing = [0] * (n + 1)
@@ -100,7 +95,8 @@ class _Costs:
             if f is not None and last is not None:
                 for p in range(f + 1, last + 1):
                     self.forbidden[p] = True
-        weighted = [i for i, node in enumerate(a.nodes) if any(x in self.inits for x in node.input)]
+        inits = self.inits
+        weighted = [i for i, node in enumerate(a.nodes) if not inits.isdisjoint(node.input)]
         set_weighted = set(weighted)
         self.first_w, self.last_w = (weighted[0], weighted[-1]) if weighted else (0, n - 1)
         self.weighted_prefix = [0] * (n + 1)
@@ -108,15 +104,18 @@ class _Costs:
             self.weighted_prefix[i + 1] = self.weighted_prefix[i] + (1 if i in set_weighted else 0)
         self._sweep()
 
-    def candidate_cuts(self, factor: float | None) -> list[int]:
+    def candidate_cuts(self, factor: float | None, split_cuts: frozenset[int] = frozenset()) -> list[int]:
+        """Cuts where at most ``factor`` times the smallest crossing leaves, plus the group boundaries
+        of split operators (``split_cuts``), whose crossings the solver prices like any other."""
         inner = [p for p in range(1, self.n) if not self.forbidden[p]]
         if factor is None:
             return self._thin(inner)
-        useful = [self.crossing[p] for p in inner if self.first_w < p <= self.last_w and self.crossing[p] > 0]
+        useful = [self.crossing[p] for p in inner
+                  if self.first_w < p <= self.last_w and self.crossing[p] > 0 and p not in split_cuts]
         if not useful:
-            return inner
+            return self._thin(inner)
         limit = factor * min(useful)
-        return self._thin([p for p in inner if self.crossing[p] <= limit])
+        return self._thin([p for p in inner if self.crossing[p] <= limit or p in split_cuts])
 
     def _thin(self, cuts: list[int]) -> list[int]:
         """Of consecutive cuts with no weight read between them, keep the cheapest: they split the
@@ -130,19 +129,15 @@ class _Costs:
             kept.append(p)
         return kept
 
-    def unit(self, start: int, stop: int) -> _Unit:
+    def footprint(self, start: int, stop: int) -> tuple[int, int, int, int]:
+        """(weight bytes, KV-cache bytes, peak activation bytes, FLOPs) of nodes ``[start, stop)`` as one task."""
         a = self.a
-        weights: set[str] = set()
-        kv: set[str] = set()
-        for node in a.nodes[start:stop]:
-            for x in node.input:
-                if x in self.inits:
-                    weights.add(x)
-                elif x in self.state_inputs:
-                    kv.add(x)
-        return _Unit(start, stop, frozenset(weights), frozenset(kv), self.flops_prefix[stop] - self.flops_prefix[start],
-                     max(self.level[start:stop]) - self.retained_prefix[start],
-                     self.retained_prefix[stop] - self.retained_prefix[start])
+        reads = {x for node in a.nodes[start:stop] for x in node.input}
+        weights = reads & self.inits
+        kv = reads & self.state_inputs
+        return (sum(a.nbytes(w) for w in weights), sum(a.nbytes(k) for k in kv),
+                max(self.level[start:stop]) - self.retained_prefix[start],
+                self.flops_prefix[stop] - self.flops_prefix[start])
 
     def _sweep(self) -> None:
         """Live bytes while each node runs, in one pass.
@@ -169,12 +164,14 @@ class _Costs:
         self.flops_prefix = [0] * (n + 1)
         self.level = [0] * n
         inputs_live = 0
+        nbytes, level, crossing, rp, fp, flops = a.nbytes, self.level, self.crossing, self.retained_prefix, \
+            self.flops_prefix, a.flops
         for i, node in enumerate(a.nodes):
             inputs_live += pending_inputs[i]
-            out = sum(a.nbytes(o) for o in node.output if o)
-            self.level[i] = self.crossing[i] + inputs_live + out + self.retained_prefix[i]
-            self.retained_prefix[i + 1] = self.retained_prefix[i] + retained[i]
-            self.flops_prefix[i + 1] = self.flops_prefix[i] + a.flops[i]
+            out = sum(nbytes(o) for o in node.output if o)
+            level[i] = crossing[i] + inputs_live + out + rp[i]
+            rp[i + 1] = rp[i] + retained[i]
+            fp[i + 1] = fp[i] + flops[i]
 
 
 def partition(
@@ -183,8 +180,11 @@ def partition(
     *,
     workspace_bytes: int = DEFAULT_WORKSPACE,
     cut_factor: float = 2.0,
+    split_cuts: frozenset[int] = frozenset(),
 ) -> Partition:
-    """Split ``analysis`` into tasks. ``budgets``: one size for identical nodes, or the list of node sizes."""
+    """Split ``analysis`` into tasks. ``budgets``: one size for identical nodes, or the list of node sizes.
+    ``split_cuts``: node positions where a split operator's parts meet (``splitup.partition.refine``);
+    they are always candidate cuts."""
     if isinstance(budgets, int):
         types: list[tuple[int, int | None]] = [(budgets, None)]
     else:
@@ -210,7 +210,7 @@ def partition(
                                  "the model does not fit on the given nodes")
     factor: float | None = cut_factor
     while True:
-        cuts = costs.candidate_cuts(factor)
+        cuts = costs.candidate_cuts(factor, split_cuts)
         result = _solve(costs, cuts, types)
         if result is not None:
             segments = result
@@ -229,30 +229,6 @@ def partition(
     )
 
 
-def budget_for_tasks(analysis: GraphAnalysis, count: int, *, workspace_bytes: int = 0) -> int:
-    """A uniform budget under which the partitioner needs exactly ``count`` tasks.
-
-    The fewest tasks only fall as the budget grows, so a bisection over the budget finds one in a few
-    partitioner runs. Raises ``PartitionError`` when no budget gives exactly ``count`` (the count can
-    jump past it when the graph has few places to cut).
-    """
-    if count < 1:
-        raise PartitionError("a plan has at least one task")
-    lo, hi = 0, partition(analysis, 2**62, workspace_bytes=workspace_bytes).segments[0].vram_bytes
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        try:
-            n = len(partition(analysis, mid, workspace_bytes=workspace_bytes).segments)
-        except PartitionError:
-            n = count + 1  # too small for the largest single piece: more tasks than any budget gives
-        if n == count:
-            return mid
-        lo, hi = (mid, hi) if n > count else (lo, mid)
-    if count == 1:
-        return hi
-    raise PartitionError(f"no budget splits the model into exactly {count} tasks")
-
-
 def _explain_infeasible(costs: _Costs, largest: int, types: list[tuple[int, int | None]]) -> str:
     a = costs.a
     for name in sorted(a.initializers, key=a.nbytes, reverse=True)[:1]:
@@ -260,8 +236,8 @@ def _explain_infeasible(costs: _Costs, largest: int, types: list[tuple[int, int 
             return (f"weight {name!r} alone needs {a.nbytes(name)} bytes (+{costs.workspace} workspace), "
                     f"more than the largest budget {largest}")
     for i in range(costs.n):
-        u = costs.unit(i, i + 1)
-        need = sum(a.nbytes(w) for w in u.weights) + sum(a.nbytes(k) for k in u.kv) + u.peak + costs.workspace
+        weights, kv, peak, _ = costs.footprint(i, i + 1)
+        need = weights + kv + peak + costs.workspace
         if need > largest:
             return (f"node {a.nodes[i].name!r} ({a.nodes[i].op_type}) alone needs {need} bytes with its weights, "
                     f"activations and workspace, "
@@ -271,106 +247,208 @@ def _explain_infeasible(costs: _Costs, largest: int, types: list[tuple[int, int 
     return "no partition fits the budget"
 
 
-def _solve(costs: _Costs, cuts: list[int], types: list[tuple[int, int | None]]) -> list[Segment] | None:
-    a = costs.a
-    bounds = [0, *cuts, costs.n]
-    units = [costs.unit(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)]
-    U = len(units)
-    largest = max(s for s, _ in types)
-    # seg[i][j]: (vram, flops) of units i..j-1, only for segments that fit the largest budget.
-    seg: list[dict[int, tuple[int, int]]] = []
-    for i in range(U):
-        row: dict[int, tuple[int, int]] = {}
-        weights: set[str] = set()
-        kv: set[str] = set()
-        flops = retained = peak = 0
-        wbytes = kvbytes = 0
-        for j in range(i, U):
-            u = units[j]
-            for w in u.weights - weights:
-                wbytes += a.nbytes(w)
-            weights |= u.weights
-            for k in u.kv - kv:
-                kvbytes += a.nbytes(k)
-            kv |= u.kv
-            peak = max(peak, u.peak + retained)
-            retained += u.retained
-            flops += u.flops
-            vram = wbytes + kvbytes + peak + costs.workspace
-            if wbytes + kvbytes + costs.workspace > largest:
-                break
-            if vram <= largest:
-                row[j + 1] = (vram, flops)
-        seg.append(row)
+class _Units:
+    """The units between candidate cuts, with what a run of them costs, for the solver.
 
+    A task's VRAM is its weights and KV cache (each tensor once, however many of its units read it)
+    plus its peak live bytes plus the workspace. Everything is monotone under inclusion (a run inside
+    a run that fits also fits), so for each end the runs that fit start at or after one lowest start,
+    found for all ends at once by a two-pointer sweep.
+    """
+
+    def __init__(self, costs: _Costs, cuts: list[int]) -> None:
+        a = costs.a
+        self.costs = costs
+        self.bounds = bounds = [0, *cuts, costs.n]
+        U = self.U = len(bounds) - 1
+        readers: dict[str, list[int]] = {}
+        for u in range(U):
+            for node in a.nodes[bounds[u] : bounds[u + 1]]:
+                for x in node.input:
+                    if x in costs.inits or x in costs.state_inputs:
+                        r = readers.setdefault(x, [])
+                        if not r or r[-1] != u:
+                            r.append(u)
+        private = [0] * U
+        self.shared: list[list[tuple[str, int]]] = [[] for _ in range(U)]
+        for name, units in readers.items():
+            if len(units) == 1:
+                private[units[0]] += a.nbytes(name)
+            else:
+                for u in units:
+                    self.shared[u].append((name, a.nbytes(name)))
+        self.private_prefix = list(itertools.accumulate(private, initial=0))
+        self.umax = [max(costs.level[bounds[u] : bounds[u + 1]]) for u in range(U)]
+        self.retained_at = [costs.retained_prefix[b] for b in bounds[:-1]]
+        self.flops_prefix = np.array([costs.flops_prefix[b] for b in bounds], dtype=np.int64)
+        self.crossing = [costs.crossing[b] for b in bounds[:-1]] + [0]
+        self._lowest: dict[int, np.ndarray] = {}
+
+    def lowest_starts(self, size: int) -> np.ndarray:
+        """``lo[j]``: the first unit a task ending before unit ``j`` may start at under ``size``
+        (``lo[j] == j``: unit ``j - 1`` alone does not fit)."""
+        if size in self._lowest:
+            return self._lowest[size]
+        U, ws = self.U, self.costs.workspace
+        pp, umax, rp, shared = self.private_prefix, self.umax, self.retained_at, self.shared
+        lo = np.zeros(U + 1, dtype=np.int64)
+        counts: dict[str, int] = {}
+        held = 0  # bytes of the shared tensors read inside the window
+        window: collections.deque[int] = collections.deque()  # units by falling peak
+        i = 0
+        for j in range(1, U + 1):
+            u = j - 1
+            for name, b in shared[u]:
+                c = counts.get(name, 0)
+                held += b if c == 0 else 0
+                counts[name] = c + 1
+            while window and umax[window[-1]] <= umax[u]:
+                window.pop()
+            window.append(u)
+            while i < j and pp[j] - pp[i] + held + umax[window[0]] - rp[i] + ws > size:
+                for name, b in shared[i]:
+                    counts[name] -= 1
+                    held -= b if counts[name] == 0 else 0
+                if window[0] == i:
+                    window.popleft()
+                i += 1
+            lo[j] = i
+        self._lowest[size] = lo
+        return lo
+
+    def starts_under(self, size: int, max_flops: int | None) -> np.ndarray:
+        lo = self.lowest_starts(size)
+        if max_flops is None:
+            return lo
+        f = self.flops_prefix
+        return np.maximum(lo, np.searchsorted(f, f - max_flops, side="left"))
+
+
+def _fewest(units: _Units, types: list[tuple[int, int | None]], max_flops: int | None) -> list[int] | None:
+    """Node types of a plan with the fewest tasks (one per task, in order), or None.
+
+    From any position a task on a given node type goes as far as it can: reaching further never
+    hurts, because every run inside a run that fits fits too. With counted node types the states
+    are (position, nodes used), pruned to those no other state beats on both.
+    """
+    U = units.U
+    reach = []
+    for size, _ in types:
+        lo = units.starts_under(size, max_flops)
+        if size == types[-1][0] and bool(np.any(lo[1:] >= np.arange(1, U + 1))):
+            return None  # some unit fits not even the largest node
+        reach.append(np.searchsorted(lo, np.arange(U + 1), side="right") - 1)
     limited = any(c is not None for _, c in types)
-    start = (0, tuple(0 for _ in types))
-
-    def moves(state: tuple[int, tuple[int, ...]], max_flops: int | None):
-        i, used = state
-        for j, (vram, flops) in seg[i].items():
-            if max_flops is not None and flops > max_flops:
-                continue
-            for t, (size, count) in enumerate(types):
-                if vram <= size and (count is None or used[t] < count):
-                    nxt = used if not limited else used[:t] + (used[t] + 1,) + used[t + 1 :]
-                    yield (j, nxt), t
-                    break
-
-    def levels(max_flops: int | None, limit: int) -> int | None:
-        frontier = {start}
-        for k in range(1, limit + 1):
-            nxt = {s for st in frontier for s, _ in moves(st, max_flops)}
-            if any(s[0] == U for s in nxt):
-                return k
-            if not nxt:
+    if not limited:
+        t = len(types) - 1  # one unlimited type (a uniform budget): jump as far as possible
+        order: list[int] = []
+        pos = 0
+        while pos < U:
+            nxt = int(reach[t][pos])
+            if nxt <= pos:
                 return None
-            frontier = nxt
-        return None
+            pos = nxt
+            order.append(t)
+        return order
+    frontier: dict[tuple[int, ...], tuple[int, list[int]]] = {tuple(0 for _ in types): (0, [])}
+    while frontier:
+        nxt_states: dict[tuple[int, ...], tuple[int, list[int]]] = {}
+        for used, (pos, order) in frontier.items():
+            for t, (_, count) in enumerate(types):
+                if count is not None and used[t] >= count:
+                    continue
+                j = int(reach[t][pos])
+                if j <= pos:
+                    continue
+                if j >= U:
+                    return [*order, t]
+                key = used[:t] + (used[t] + 1,) + used[t + 1 :]
+                if key not in nxt_states or nxt_states[key][0] < j:
+                    nxt_states[key] = (j, [*order, t])
+        ranked = sorted(nxt_states.items(), key=lambda kv: -kv[1][0])
+        kept: list[tuple[tuple[int, ...], tuple[int, list[int]]]] = []
+        for used, state in ranked:
+            if not any(all(x <= y for x, y in zip(k_used, used, strict=True)) for k_used, _ in kept):
+                kept.append((used, state))
+        frontier = dict(kept)
+    return None
 
-    T = levels(None, U)
-    if T is None:
+
+def _least_crossing(units: _Units, order: list[int], types: list[tuple[int, int | None]],
+                    max_flops: int) -> list[int]:
+    """Cut points (unit indices) of the plan with tasks on ``order`` under ``max_flops`` whose cuts
+    carry the fewest bytes: one sliding-window minimum per task over the feasible starts, only
+    between the furthest a greedy fill reaches and the nearest point the remaining tasks can finish from."""
+    U, T = units.U, len(order)
+    lows = [units.starts_under(types[t][0], max_flops) for t in order]
+    furthest = [0] * (T + 1)
+    for k, lo in enumerate(lows):
+        furthest[k + 1] = min(U, int(np.searchsorted(lo, furthest[k], side="right")) - 1)
+    nearest = [U] * (T + 1)
+    for k in range(T - 1, -1, -1):
+        nearest[k] = int(lows[k][nearest[k + 1]])
+    inf = float("inf")
+    cost: dict[int, float] = {0: 0}
+    parents: list[dict[int, int]] = []
+    crossing = units.crossing
+    for k, lo in enumerate(lows):
+        nxt: dict[int, float] = {}
+        parent: dict[int, int] = {}
+        window: collections.deque[int] = collections.deque()
+        i, i_end = nearest[k], furthest[k]
+        for j in range(max(nearest[k + 1], nearest[k] + 1), furthest[k + 1] + 1):
+            while i < j and i <= i_end:  # admit starts up to j - 1
+                c = cost.get(i, inf)
+                if c < inf:
+                    while window and cost[window[-1]] >= c:
+                        window.pop()
+                    window.append(i)
+                i += 1
+            while window and window[0] < lo[j]:
+                window.popleft()
+            if window:
+                nxt[j] = cost[window[0]] + crossing[j]
+                parent[j] = window[0]
+        parents.append(parent)
+        cost = nxt
+    cuts = [U]
+    for parent in reversed(parents):
+        cuts.append(parent[cuts[-1]])
+    return cuts[::-1]
+
+
+def _solve(costs: _Costs, cuts: list[int], types: list[tuple[int, int | None]]) -> list[Segment] | None:
+    units = _Units(costs, cuts)
+    order = _fewest(units, types, None)
+    if order is None:
         return None
-    candidates = sorted({f for row in seg for _, f in row.values()})
-    lo, hi = 0, len(candidates) - 1
+    T = len(order)
+    # The smallest bottleneck that still allows T tasks (feasibility only grows with the threshold).
+    lo, hi = 0, int(units.flops_prefix[-1])
     while lo < hi:
         mid = (lo + hi) // 2
-        if levels(candidates[mid], T) == T:
+        found = _fewest(units, types, mid)
+        if found is not None and len(found) == T:
             hi = mid
         else:
             lo = mid + 1
-    bottleneck = candidates[lo]
-    # Fewest cut bytes with exactly T tasks under the bottleneck.
-    best: dict[tuple[int, tuple[int, ...]], tuple[int, list[tuple[int, int, int]]]] = {start: (0, [])}
-    for _ in range(T):
-        nxt: dict[tuple[int, tuple[int, ...]], tuple[int, list[tuple[int, int, int]]]] = {}
-        for st, (cost, path) in best.items():
-            for s2, t in moves(st, bottleneck):
-                c = cost + (costs.crossing[bounds[s2[0]]] if s2[0] < U else 0)
-                if s2 not in nxt or c < nxt[s2][0]:
-                    nxt[s2] = (c, [*path, (st[0], s2[0], t)])
-        best = nxt
-    finals = [v for s, v in best.items() if s[0] == U]
-    _, path = min(finals, key=lambda v: v[0])
-    return [_segment(costs, units, bounds, i, j, types[t][0]) for i, j, t in path]
+    bottleneck = lo
+    best = _fewest(units, types, bottleneck) or order
+    points = _least_crossing(units, best, types, bottleneck)
+    b = units.bounds
+    return [_segment(costs, b[points[k]], b[points[k + 1]], types[t][0]) for k, t in enumerate(best)]
 
 
-def _segment(costs: _Costs, units: list[_Unit], bounds: list[int], i: int, j: int, budget: int) -> Segment:
-    a = costs.a
-    weights = frozenset().union(*(u.weights for u in units[i:j]))
-    kv = frozenset().union(*(u.kv for u in units[i:j]))
-    peak = retained = 0
-    for u in units[i:j]:
-        peak = max(peak, u.peak + retained)
-        retained += u.retained
+def _segment(costs: _Costs, start: int, stop: int, budget: int) -> Segment:
+    weights, kv, peak, flops = costs.footprint(start, stop)
     return Segment(
-        start=bounds[i],
-        stop=bounds[j],
-        weight_bytes=sum(a.nbytes(w) for w in weights),
-        kv_cache_bytes=sum(a.nbytes(k) for k in kv),
+        start=start,
+        stop=stop,
+        weight_bytes=weights,
+        kv_cache_bytes=kv,
         activation_bytes=peak,
         workspace_bytes=costs.workspace,
-        flops=sum(u.flops for u in units[i:j]),
-        cut_bytes=costs.crossing[bounds[j]] if bounds[j] < costs.n else 0,
+        flops=flops,
+        cut_bytes=costs.crossing[stop] if stop < costs.n else 0,
         budget_bytes=budget,
     )

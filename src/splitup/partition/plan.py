@@ -13,6 +13,7 @@ import onnx
 from splitup.graph.meta import dtype_of
 from splitup.partition.cost import GraphAnalysis, analyze
 from splitup.partition.partitioner import DEFAULT_WORKSPACE, Partition, PartitionError, partition
+from splitup.partition.refine import plan_partition
 from splitup.partition.task import Plan, TensorSpec, build_tasks, task_dir, write_task
 from splitup.units import format_bytes
 
@@ -67,11 +68,12 @@ def make_plan(
 
     Shape-only models (no weight data) can be planned and their graphs written, but have no shards.
     """
-    a = analyze(model, trusted=trusted)
+    analysis = analyze(model, trusted=trusted)
     try:
-        part = partition(a, budgets, workspace_bytes=workspace_bytes, cut_factor=cut_factor)
+        # The analysis comes back rewritten where the planner split operators; tasks are cut from it.
+        a, part = plan_partition(analysis, budgets, workspace_bytes=workspace_bytes, cut_factor=cut_factor)
     except PartitionError as exc:
-        raise PartitionError(f"{exc}; {_what_fits(a, budgets, workspace_bytes, cut_factor)}") from None
+        raise PartitionError(f"{exc}; {_what_fits(analysis, budgets, workspace_bytes, cut_factor)}") from None
     # Every task is validated whether or not it is written: a plan that prints fine must also write.
     built = build_tasks(a, part, name, validate=True)
     if out_dir is not None:

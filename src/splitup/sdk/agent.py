@@ -10,6 +10,7 @@ votes. ``DisputeJudge`` runs the market authority's ``Arbiter`` over disputed ta
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -25,12 +26,13 @@ from fastapi.responses import JSONResponse
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
+from splitup.decoding import GREEDY, Decoding, DecodingError
 from splitup.market.accounts import node_endpoint
 from splitup.market.constants import TaskStatus
 from splitup.market.errors import MarketError
 from splitup.market.market import Market
 from splitup.node.node import HopRecord, Node, NodeConfig
-from splitup.node.wire import Envelope
+from splitup.node.wire import DECODING_META, Envelope, WireError
 from splitup.runtime import Runner
 from splitup.storage import fetch_task
 from splitup.verify.blobs import Blobs, BundleSource, HttpBlobs
@@ -56,9 +58,12 @@ class RecordingNode(Node):
         self._lock = threading.Lock()
         self.steps: dict[tuple[str, str], dict[int, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]] = {}
         self.last_hop: dict[tuple[str, str], float] = {}
+        # The token rule the client sent with the job's hops (greedy when it sent none).
+        self.decodings: dict[tuple[str, str], Decoding] = {}
 
     def compute(self, env: Envelope, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._local.inputs, self._local.reported = tensors, None
+        self._local.decoding = _decoding(env.meta)
         try:
             sent = super().compute(env, tensors)
             reported = self._local.reported
@@ -83,16 +88,30 @@ class RecordingNode(Node):
             # A repeated step (a client retry) replaces the earlier one: nodes treat steps as idempotent.
             steps[rec.step if rec.step is not None else len(steps)] = (ins, outs)
             self.last_hop[(job, rec.task_id)] = time.monotonic()
+            decoding = getattr(self._local, "decoding", None)
+            if decoding is not None:
+                self.decodings[(job, rec.task_id)] = decoding
 
     def transcript(self, job: str, index: int, task_id: str) -> Transcript:
         """Everything computed for (job, task) as a ``splitup.verify`` transcript; forgotten here."""
         with self._lock:
             steps = self.steps.pop((job, task_id), {})
             self.last_hop.pop((job, task_id), None)
-        t = Transcript(job, index, task_id)
+            decoding = self.decodings.pop((job, task_id), GREEDY)
+        t = Transcript(job, index, task_id, decoding=decoding)
         for _, (ins, outs) in sorted(steps.items()):
             t.add(ins, outs)
         return t
+
+
+def _decoding(meta: Mapping[str, str]) -> Decoding | None:
+    """The client's token rule from a hop's envelope; refused (4xx) when malformed, not silently dropped."""
+    if DECODING_META not in meta:
+        return None
+    try:
+        return Decoding.from_json(json.loads(meta[DECODING_META]))
+    except (ValueError, TypeError, DecodingError) as exc:
+        raise WireError(f"malformed decoding rule in the envelope: {exc}") from None
 
 
 class NodeRunners:

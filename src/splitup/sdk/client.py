@@ -269,7 +269,7 @@ class Client:
                on_job: Any = None) -> Iterator[TokenEvent | Completion]:
         """Token events as they arrive, then the :class:`Completion` (after settlement when ``wait``)."""
         from splitup.client.pipeline import PipelineClient
-        from splitup.client.sampling import pick_token
+        from splitup.client.sampling import decoding_for, pick_token
 
         if max_tokens < 1:
             raise JobError("max_tokens must be at least 1")
@@ -289,7 +289,7 @@ class Client:
         routes = self.route(job, entry)
         accepted = time.perf_counter()
         eos = set(entry.manifest.eos_ids)
-        rng = np.random.default_rng(seed) if temperature > 0 else None
+        decoding = decoding_for(temperature, top_k, seed)
         out: list[int] = []
         finish = "length"
         detok = Detokenizer(tok)
@@ -297,10 +297,11 @@ class Client:
         try:
             with PipelineClient(entry.plan, routes, hop_timeout=self.hop_timeout) as pc, pc.session() as gen:
                 gen.job = str(job)  # nodes record their hops under the chain job they accepted
+                gen.decoding = decoding
                 feed = np.asarray([ids], dtype=np.int64)
                 for _ in range(max_tokens):
                     logits = gen.step(feed)
-                    token = pick_token(logits[0, -1], temperature=temperature, top_k=top_k, rng=rng)
+                    token = pick_token(logits[0, -1], decoding, len(ids) + len(out))
                     if token in eos:
                         finish = "stop"
                         break

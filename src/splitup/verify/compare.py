@@ -12,13 +12,15 @@ the wrong test. Per tensor, with ``a`` the asserted value and ``b`` the validato
 4. the relative L2 error ||a - b|| / ||b|| over the elements finite in both must not exceed
    ``max_rel_l2``: element-wise bounds let a diffuse shortcut (int8 weights, a low-precision kernel)
    through, the norm does not;
-5. where a tensor is logits, the argmax along the last axis must be identical, except at positions
-   where the validator's own top two logits are within tolerance of each other (a tie an honest engine
-   may break either way) and the asserted token's logit is itself within tolerance of the maximum.
+5. where a tensor is logits, the token each row stands for under the job's canonical choice
+   (:mod:`splitup.decoding`) must be one the validator's own logits admit within ``token_slack``: the
+   measured honest logit difference, not the element tolerance, so a near-tie gives a cheater no room
+   to flip or steer the token the user reads.
 
-The defaults are calibrated in docs/posp.md (bench/calibrate_tolerance.py): honest float32 engines
-differ by under 1e-6 relative; the mildest realistic cheat measured (int8 weights) puts 4 % to 85 % of
-the elements out of tolerance.
+The thresholds depend on the precision the task states (``tolerance_for``), calibrated in docs/posp.md
+(bench/calibrate_tolerance.py, bench/redteam.py): each class admits its honest engines (float32 engines
+differ by under 1e-6 relative; float16/TF32 and bfloat16 arithmetic by what their rounding gives) and
+rejects a run at a lower precision than stated.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from splitup.decoding import GREEDY, Decoding, admissible, choose
+from splitup.graph.precision import split_precision
+
 
 @dataclass(frozen=True)
 class Tolerance:
@@ -35,10 +40,45 @@ class Tolerance:
     atol: float = 1e-6
     scale_tol: float = 1e-3
     max_bad_fraction: float = 1e-3
-    max_rel_l2: float = 1e-3
+    max_rel_l2: float = 2e-5
+    # Largest difference between two honest engines of a logit taken relative to its row's maximum, as a
+    # fraction of the row's range (splitup.decoding.scale).
+    token_slack: float = 3e-6
 
 
 DEFAULT_TOLERANCE = Tolerance()
+
+#: Per precision a task may state (TaskDefinition.precision): the honest engines of that class pass, a run
+#: below the stated precision fails. Figures and margins: docs/posp.md, "Calibration".
+TOLERANCES: dict[str, Tolerance] = {
+    "fp32": DEFAULT_TOLERANCE,
+    "fp16": Tolerance(rtol=1e-2, atol=1e-4, scale_tol=1e-2, max_rel_l2=1.7e-3, token_slack=3e-3),
+    "bf16": Tolerance(rtol=4e-2, atol=1e-3, scale_tol=4e-2, max_rel_l2=3.5e-2, token_slack=2.5e-2),
+}
+# Stored integer weights are exact; what honest engines may still differ in is their float16 arithmetic.
+TOLERANCES["int8"] = TOLERANCES["int4"] = TOLERANCES["fp16"]
+
+
+PRECISION_CLASSES = tuple(TOLERANCES)
+
+
+def precision_class(precision: str) -> str:
+    """A task's ``"<weights>/<activations>"`` precision (splitup.graph.precision) as one of the classes:
+    integer weights name their class, any float16 makes it fp16, else fp32. Class names pass through."""
+    if precision in TOLERANCES:
+        return precision
+    try:
+        weights, acts = split_precision(precision)
+    except ValueError:
+        raise KeyError(f"no tolerance for precision {precision!r} (classes: {', '.join(TOLERANCES)})") from None
+    if weights in ("int8", "int4"):
+        return weights
+    return "fp16" if "fp16" in (weights, acts) else "fp32"
+
+
+def tolerance_for(precision: str) -> Tolerance:
+    """The thresholds for a task that states ``precision`` (a class name or ``"<weights>/<activations>"``)."""
+    return TOLERANCES[precision_class(precision)]
 
 
 @dataclass(frozen=True)
@@ -71,8 +111,13 @@ def compare_outputs(
     reference: Mapping[str, np.ndarray],
     tol: Tolerance = DEFAULT_TOLERANCE,
     logits: Collection[str] = (),
+    decoding: Decoding = GREEDY,
+    position: int = 0,
 ) -> Verdict:
-    """Compare every named output; the verdict matches only if every tensor does."""
+    """Compare every named output; the verdict matches only if every tensor does.
+
+    ``decoding`` is the job's token rule and ``position`` the number of tokens in the sequence once this
+    call's inputs are in (where the sampled draw of its last row is keyed)."""
     missing = sorted(set(reference) - set(asserted))
     extra = sorted(set(asserted) - set(reference))
     if missing or extra:
@@ -82,7 +127,8 @@ def compare_outputs(
         # A typo here would silently drop the argmax check, so refuse rather than guess.
         raise KeyError(f"logits names not among the outputs: {unknown}")
     verdicts = tuple(
-        compare_tensor(name, asserted[name], reference[name], tol, is_logits=name in logits)
+        compare_tensor(name, asserted[name], reference[name], tol, is_logits=name in logits, decoding=decoding,
+                       position=position)
         for name in sorted(reference)
     )
     failed = [v for v in verdicts if not v.match]
@@ -92,7 +138,7 @@ def compare_outputs(
 
 def compare_tensor(
     name: str, asserted: np.ndarray, reference: np.ndarray, tol: Tolerance = DEFAULT_TOLERANCE,
-    *, is_logits: bool = False,
+    *, is_logits: bool = False, decoding: Decoding = GREEDY, position: int = 0,
 ) -> TensorVerdict:
     a = np.asarray(asserted)
     b = np.asarray(reference)
@@ -134,9 +180,9 @@ def compare_tensor(
     if rel_l2 > tol.max_rel_l2 and ref_norm > tol.atol * np.sqrt(max(1, int(both.sum()))):
         reasons.append(f"relative L2 error {rel_l2:.3g} > {tol.max_rel_l2:g}")
     if is_logits and a.ndim >= 1 and a.shape[-1] > 0:
-        flips = _argmax_flips(a64, b64, tol, rms)
+        flips = token_flips(a64, b64, tol.token_slack, decoding, position)
         if flips:
-            reasons.append(f"argmax differs at {flips} position(s)")
+            reasons.append(f"token differs at {flips} position(s)")
     return TensorVerdict(name, not reasons, max_abs, bad_fraction, rel_l2, "; ".join(reasons))
 
 
@@ -162,19 +208,24 @@ def _compare_exact(name: str, a: np.ndarray, b: np.ndarray) -> TensorVerdict:
     return TensorVerdict(name, not neq.any(), max_abs, frac, 0.0 if not neq.any() else float("inf"), reason)
 
 
-def _argmax_flips(a: np.ndarray, b: np.ndarray, tol: Tolerance, rms: float) -> int:
-    """Positions where the asserted token differs and the validator's logits do not excuse it."""
-    # NaN never wins an argmax here, so a NaN row cannot hide a flipped token.
-    a_clean = np.where(np.isnan(a), -np.inf, a)
-    b_clean = np.where(np.isnan(b), -np.inf, b)
-    ta = np.argmax(a_clean, axis=-1)
-    tb = np.argmax(b_clean, axis=-1)
-    differ = ta != tb
-    if not differ.any():
-        return 0
-    b_max = np.take_along_axis(b_clean, tb[..., None], axis=-1)[..., 0]
-    b_at_a = np.take_along_axis(b_clean, ta[..., None], axis=-1)[..., 0]
-    slack = tol.atol + tol.scale_tol * rms + tol.rtol * np.abs(b_max)
-    with np.errstate(invalid="ignore"):
-        near_tie = np.isfinite(b_max) & (b_max - b_at_a <= slack)
-    return int((differ & ~near_tie).sum())
+def token_flips(asserted: np.ndarray, reference: np.ndarray, slack: float, decoding: Decoding = GREEDY,
+                position: int = 0) -> int:
+    """Rows whose canonical token under the asserted logits is one the reference does not admit.
+
+    Every row is checked under the greedy rule (whatever is read from it, an honest engine's greedy
+    token is admitted); under sampled decoding the last row of each sequence, the one the sampler reads,
+    is also checked with its draw. Logits are ``(..., seq, vocab)``; rows of one sequence share a batch row.
+    """
+    a = asserted.reshape(-1, asserted.shape[-1])
+    b = reference.reshape(-1, reference.shape[-1])
+    seq = asserted.shape[-2] if asserted.ndim >= 2 else 1
+    flips = 0
+    for i in range(a.shape[0]):
+        bad = not admissible(b[i], choose(a[i]), slack)
+        if not bad and not decoding.greedy and i % seq == seq - 1:
+            batch_row = i // seq
+            token = choose(a[i], decoding, position, batch_row)
+            bad = not admissible(b[i], token, slack, decoding, position, batch_row)
+        flips += bad
+    return flips
+

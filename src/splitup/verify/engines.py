@@ -25,8 +25,8 @@ Runner = Callable[[onnx.ModelProto, Mapping[str, np.ndarray]], Outputs]
 _ORT_LEVELS = ("disable", "basic", "extended", "all")
 
 
-def run_onnxruntime(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *, level: str = "all",
-                    threads: int = 1) -> Outputs:
+def ort_session(model: onnx.ModelProto, *, level: str = "all", threads: int = 1):  # noqa: ANN201 - InferenceSession
+    """An onnxruntime CPU session at one optimisation level and intra-op thread count."""
     import onnxruntime as ort
 
     levels = {
@@ -42,7 +42,12 @@ def run_onnxruntime(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *, 
     opts.log_severity_level = 3
     # Spinning worker threads burn the shared cores while they wait; calibration needs no latency.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def run_onnxruntime(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *, level: str = "all",
+                    threads: int = 1) -> Outputs:
+    sess = ort_session(model, level=level, threads=threads)
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(names, dict(feeds)), strict=True))
 

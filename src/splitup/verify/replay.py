@@ -7,7 +7,7 @@ judge by exactly the same replay and comparison.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +17,7 @@ from onnx.reference import ReferenceEvaluator
 
 from splitup.partition.task import GRAPH_FILE, TaskDefinition, load_task
 from splitup.runtime import Runner, run_stateful
-from splitup.verify.compare import DEFAULT_TOLERANCE, Tolerance, compare_outputs
+from splitup.verify.compare import DEFAULT_TOLERANCE, Tolerance, compare_outputs, tolerance_for
 from splitup.verify.transcript import Transcript
 
 LOGITS = "logits"
@@ -48,15 +48,41 @@ def replay(runner: Runner, transcript: Transcript) -> Replay:
     return Replay(outs, time.perf_counter() - start)
 
 
-def judge(transcript: Transcript, replayed: Replay, tol: Tolerance = DEFAULT_TOLERANCE) -> Judgement:
-    """The asserted outputs of every call against the replay; the first failing call decides."""
+def judge(transcript: Transcript, replayed: Replay, tol: Tolerance | None = None,
+          task: TaskDefinition | None = None) -> Judgement:
+    """The asserted outputs of every call against the replay; the first failing call decides.
+
+    Without ``tol`` the thresholds are those of the precision ``task`` states (float32 without a task).
+    Logits are held to the transcript's decoding rule, each call's sampled draw keyed by the tokens in
+    the sequence once its inputs are in (read off ``task``'s ``seq`` axis).
+    """
+    if tol is None:
+        tol = tolerance_for(task.precision) if task is not None else DEFAULT_TOLERANCE
+    positions = call_positions(task, transcript) if task is not None else [0] * len(transcript.steps)
     worst = 0.0
     for i, (step, ref) in enumerate(zip(transcript.steps, replayed.outputs, strict=True)):
-        verdict = compare_outputs(step.outputs, ref, tol, logits=[LOGITS] if LOGITS in ref else ())
+        verdict = compare_outputs(step.outputs, ref, tol, logits=[LOGITS] if LOGITS in ref else (),
+                                  decoding=transcript.decoding, position=positions[i])
         worst = max([worst, *(t.rel_l2 for t in verdict.tensors)])
         if not verdict.match:
             return Judgement(False, f"call {i}: {verdict.reason}", worst)
     return Judgement(True, "", worst)
+
+
+def call_positions(task: TaskDefinition, calls: Transcript | Sequence[Mapping[str, np.ndarray]]) -> list[int]:
+    """Tokens in the sequence after each call (a transcript's, or a list of feeds): the running total of
+    the inputs' ``seq`` axis (one per call for a task without one)."""
+    feeds = [s.inputs for s in calls.steps] if isinstance(calls, Transcript) else calls
+    total, out = 0, []
+    for inputs in feeds:
+        n = 1
+        for spec in task.inputs:
+            if spec.name in inputs and "seq" in spec.shape:
+                n = inputs[spec.name].shape[spec.shape.index("seq")]
+                break
+        total += n
+        out.append(total)
+    return out
 
 
 def estimated_flops(task: TaskDefinition, transcript: Transcript) -> int:
@@ -67,15 +93,8 @@ def estimated_flops(task: TaskDefinition, transcript: Transcript) -> int:
     seq_max = task.dim_max.get("seq")
     if not seq_max:
         return task.flops * len(transcript.steps)
-    positions = 0
-    for step in transcript.steps:
-        n = 1
-        for spec in task.inputs:
-            if spec.name in step.inputs and "seq" in spec.shape:
-                n = step.inputs[spec.name].shape[spec.shape.index("seq")]
-                break
-        positions += n
-    return task.flops * positions // seq_max
+    positions = call_positions(task, transcript)
+    return task.flops * (positions[-1] if positions else 0) // seq_max
 
 
 class ReferenceRunner(Runner):

@@ -33,7 +33,7 @@ from splitup.storage import StorageError
 from splitup.verify.blobs import Blobs, BundleSource
 from splitup.verify.cheats import Behaviour, Cheat
 from splitup.verify.commitment import commitment as commit_tensors
-from splitup.verify.compare import DEFAULT_TOLERANCE, Tolerance
+from splitup.verify.compare import Tolerance
 from splitup.verify.errors import VerifyError
 from splitup.verify.replay import ReferenceRunner, estimated_flops, judge, replay
 from splitup.verify.transcript import DEFAULT_MAX_BYTES, BadTranscript, Transcript, boundary_outputs
@@ -207,10 +207,11 @@ class Check:
 
 
 class Validator:
-    """A node checking other nodes' tasks. ``behaviour`` (tests) makes it lazy or a liar."""
+    """A node checking other nodes' tasks. ``behaviour`` (tests) makes it lazy or a liar; ``tol`` overrides
+    the thresholds of the precision each task states (``compare.tolerance_for``)."""
 
     def __init__(self, market: Market, owner: Keypair, engine: Engine, bundles: BundleSource, blobs: Blobs, *,
-                 behaviour: Behaviour = Behaviour.HONEST, tol: Tolerance = DEFAULT_TOLERANCE,
+                 behaviour: Behaviour = Behaviour.HONEST, tol: Tolerance | None = None,
                  max_transcript_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.market = market
         self.owner = owner
@@ -238,7 +239,7 @@ class Validator:
         except (BadTranscript, EngineError, PlanError, StorageError) as exc:
             return Check(False, f"cannot re-execute the transcript: {exc}",
                          commit_tensors({"rejected": np.zeros(1, np.uint8)}, salt))
-        verdict = judge(t, replayed, self.tol)
+        verdict = judge(t, replayed, self.tol, runner.task)
         mine = {f"step{i}.out.{k}": v for i, outs in enumerate(replayed.outputs) for k, v in outs.items()}
         return Check(verdict.match, verdict.reason, commit_tensors(mine, salt), replayed.seconds,
                      estimated_flops(runner.task, t), len(t.steps))
@@ -292,10 +293,11 @@ class Ruling:
 
 class Arbiter:
     """The market authority. Exact ``onnx.reference`` decides tasks up to ``reference_max_flops``
-    (estimated over the whole transcript); larger ones are decided by a majority of validators."""
+    (estimated over the whole transcript); larger ones are decided by a majority of validators. ``tol``
+    overrides the thresholds of the precision each task states."""
 
     def __init__(self, market: Market, authority: Keypair, bundles: BundleSource, blobs: Blobs, *,
-                 reference_max_flops: int = 2_000_000_000, tol: Tolerance = DEFAULT_TOLERANCE,
+                 reference_max_flops: int = 2_000_000_000, tol: Tolerance | None = None,
                  max_transcript_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.market = market
         self.authority = authority
@@ -331,7 +333,7 @@ class Arbiter:
             if asked:
                 opinions.append((str(asked[0].pubkey), asked[0].check(ann, bytes(slot.commitment), node_owner).agree))
             try:
-                exact = judge(t, replay(ReferenceRunner(self.bundles(t.task_id)), t), self.tol)
+                exact = judge(t, replay(ReferenceRunner(self.bundles(t.task_id)), t), self.tol, task)
             except Exception as exc:  # noqa: BLE001 - onnx.reference raises untyped errors on ops it lacks
                 reference_failed = f"onnx.reference could not run the task ({exc}); "
             else:

@@ -18,7 +18,7 @@ from splitup.graph import zoo
 from splitup.market import DEFAULT_PROGRAM_ID, LiteSvmTransport, Market, MarketParams
 from splitup.market.layout import ModelTask
 from splitup.market.transport import TxResult, unique_signers
-from splitup.partition import PartitionError, analyze, partition
+from splitup.partition import PartitionError, analyze, partition, plan_partition
 from splitup.partition.plan import make_plan
 from splitup.partition.task import Plan
 from splitup.runtime import Engine, get_engine
@@ -40,7 +40,7 @@ def write_plan(out: Path, tasks: int = 3, model_name: str = MODEL) -> Plan:
     whole = partition(a, 2**40, workspace_bytes=0).segments[0].vram_bytes
     for frac in np.linspace(0.95, 0.1, 86):
         try:
-            if len(partition(a, int(whole * frac), workspace_bytes=0).segments) == tasks:
+            if len(plan_partition(a, int(whole * frac), workspace_bytes=0)[1].segments) == tasks:  # as make_plan
                 return make_plan(model, model_name, int(whole * frac), workspace_bytes=0, out_dir=out).plan
         except PartitionError:
             continue

@@ -12,7 +12,8 @@ Serialized as safetensors (no pickle, mmap-able), tensors named
     step{i}.out.{name}    an output of call i that left the node (task outputs minus KV-cache state)
 
 and string metadata ``format``, ``version``, ``job`` (base58), ``index``, ``task_id``, ``steps``, ``salt``
-(hex). The commitment the node puts on chain is ``commitment(all transcript tensors, salt)``
+(hex), and ``decoding`` (JSON of :class:`splitup.decoding.Decoding`: the job's token rule, which the
+validator applies to logits; greedy when absent). The commitment the node puts on chain is ``commitment(all transcript tensors, salt)``
 (docs/posp.md "Commitment"): inputs are committed with the outputs, so the node cannot later claim
 inputs that happen to fit wrong outputs. The salt travels inside the uploaded transcript (see
 docs/posp.md "The protocol, step by step" for why publishing it with the upload is safe).
@@ -31,6 +32,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from splitup.decoding import GREEDY, Decoding, DecodingError
 from splitup.partition.task import TaskDefinition
 from splitup.runtime.interface import InterfaceError, check_feeds
 from splitup.verify.commitment import MAX_SALT, MIN_SALT
@@ -70,6 +72,7 @@ class Transcript:
     salt: bytes = field(default_factory=lambda: secrets.token_bytes(SALT_BYTES))
     steps: list[Step] = field(default_factory=list)
     max_bytes: int = DEFAULT_MAX_BYTES
+    decoding: Decoding = GREEDY
 
     @property
     def nbytes(self) -> int:
@@ -108,6 +111,8 @@ class Transcript:
     def to_bytes(self) -> bytes:
         meta = {"format": FORMAT, "version": str(VERSION), "job": self.job, "index": str(self.index),
                 "task_id": self.task_id, "steps": str(len(self.steps)), "salt": self.salt.hex()}
+        if self.decoding != GREEDY:
+            meta["decoding"] = json.dumps(self.decoding.to_json(), sort_keys=True)
         return st_save({k: np.ascontiguousarray(v) for k, v in self.tensors().items()}, metadata=meta)
 
     @staticmethod
@@ -122,7 +127,8 @@ class Transcript:
             index, count = int(meta["index"]), int(meta["steps"])
             salt = bytes.fromhex(meta["salt"])
             job, task_id = meta["job"], meta["task_id"]
-        except (KeyError, ValueError) as exc:
+            decoding = Decoding.from_json(json.loads(meta["decoding"])) if "decoding" in meta else GREEDY
+        except (KeyError, ValueError, TypeError, DecodingError) as exc:
             raise BadTranscript(f"transcript metadata is malformed: {exc}") from None
         if not 1 <= count <= MAX_STEPS:
             raise BadTranscript(f"{count} steps (1 to {MAX_STEPS} allowed)")
@@ -141,7 +147,7 @@ class Transcript:
             side[m.group(3)] = value
         if any(not s.outputs for s in steps):
             raise BadTranscript("a recorded call has no outputs")
-        return Transcript(job, index, task_id, salt, steps, max_bytes)
+        return Transcript(job, index, task_id, salt, steps, max_bytes, decoding)
 
     def check_against(self, task: TaskDefinition) -> None:
         """Every call's inputs fit the task's interface and its outputs are exactly the boundary outputs."""

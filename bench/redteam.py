@@ -1,0 +1,139 @@
+"""Red-team the comparison rule on a model's own tasks: every honest engine and precision against each
+other, every cheat against every honest validator, and planted near-tie flips.
+
+    .venv/bin/python bench/redteam.py [--model tiny-llama|smollm2-135m] [--prompts 6] [--tokens 16]
+                                      [--precisions fp32,fp16,bf16,int8,int4] [--full] [--reference]
+
+Honest engines per precision class are ``splitup.verify.precision.HONEST`` (emulated fp16/bf16/TF32
+arithmetic on onnxruntime) with onnxruntime's optimisation levels and thread counts (``--full``: all of
+them for float32 as well), and ``--reference`` adds onnx.reference (float32 class; slow on real models).
+tinygrad needs a device (a clang for its CPU backend) and is left to tests/verify/test_compare.py.
+Prints the calibration table (honest maximum beside each cheat's minimum, per class) and the red-team
+table (per task and cheat: calls changed, calls that matter, detection). Exit status 1 on any honest
+failure or a detection below 99 % outside the documented exception (near-tie flips inside a
+half-precision class's own honest noise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from splitup.partition import analyze, budget_for_tasks
+from splitup.partition.plan import make_plan
+from splitup.verify import redteam as rt
+from splitup.verify.compare import PRECISION_CLASSES, tolerance_for
+from splitup.verify.sandbox import write_plan
+
+NEAR_TIE = {"top-token flip at near-ties", "top-token steer at near-ties"}
+
+
+def build_plan(model: str, out: Path) -> int:
+    """Write a 3-task plan; returns the vocabulary size."""
+    if model == "tiny-llama":
+        write_plan(out)
+        return 512
+    from splitup.models.real import load_real_model
+
+    real = load_real_model(model, max_seq=64)
+    make_plan(real.model, model, budget_for_tasks(analyze(real.model), 3), workspace_bytes=0, out_dir=out)
+    return real.config.vocab_size
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="tiny-llama", choices=["tiny-llama", "smollm2-135m"])
+    ap.add_argument("--prompts", type=int, default=6)
+    ap.add_argument("--prompt-len", type=int, default=8)
+    ap.add_argument("--tokens", type=int, default=16)
+    ap.add_argument("--precisions", default=",".join(PRECISION_CLASSES))
+    ap.add_argument("--plant-seeds", type=int, default=3, help="planted near-ties per row of logits")
+    ap.add_argument("--full", action="store_true", help="every onnxruntime setting for every arithmetic")
+    ap.add_argument("--reference", action="store_true", help="onnx.reference as a float32 engine")
+    args = ap.parse_args(argv)
+    console = Console(width=160)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab = build_plan(args.model, Path(tmp))
+        models = rt.load_plan_models(Path(tmp))
+    rng = np.random.default_rng(0)
+    prompts = [list(rng.integers(3, vocab, args.prompt_len)) for _ in range(args.prompts)]
+    sequences = rt.greedy_sequences([rt.ModelRunner(t, m) for t, m in models], prompts, args.tokens)
+    calls = sum(len(s) for s in sequences)
+    console.print(f"{args.model}: {len(models)} tasks, {args.prompts} prompts x (prefill of {args.prompt_len} + "
+                  f"{args.tokens} tokens) = {calls} calls per task")
+    calib = Table(title="Calibration: honest maximum beside each cheat's minimum (relative L2 of the task's outputs)")
+    for col in ("precision", "who", "calls", "rel L2", "frac out of tol", "logit gap / range", "failed"):
+        calib.add_column(col, justify="left" if col in ("precision", "who") else "right")
+    team = Table(title="Red team: calls the cheat changed, calls where it changed the text (TV >= 0.01 or "
+                       "greedy token), caught by every honest validator")
+    for col in ("precision", "task", "cheat", "changed", "matter", "caught / matter", "caught / changed",
+                "min rel L2"):
+        team.add_column(col, justify="left" if col in ("precision", "cheat") else "right")
+    failures = 0
+    for precision in args.precisions.split(","):
+        tol = tolerance_for(precision)
+        pairs = rt.honest_pairs(models, precision, sequences, full=args.full,
+                                reference=args.reference and precision == "fp32")
+        worst = rt.Honest()
+        for h in pairs.values():
+            worst.calls += h.calls
+            worst.failures += h.failures
+            worst.rel_l2, worst.bad_fraction = max(worst.rel_l2, h.rel_l2), max(worst.bad_fraction, h.bad_fraction)
+            worst.logit_gap = max(worst.logit_gap, h.logit_gap)
+        failures += worst.failures
+        engines = sorted({e for pair in pairs for e in pair})
+        calib.add_row(precision, f"honest, {len(pairs)} pairs of {', '.join(engines)}", str(worst.calls),
+                      f"{worst.rel_l2:.3g}", f"{worst.bad_fraction:.3g}", f"{worst.logit_gap:.3g}", str(worst.failures))
+        calib.add_row("", "limit", "", f"{tol.max_rel_l2:g}", f"{tol.max_bad_fraction:g}", f"{tol.token_slack:g}", "")
+        stats = rt.red_team(models, precision, sequences)
+        mildest: dict[str, float] = {}
+        for (k, name), s in stats.items():
+            kind = name.split(" (")[0]
+            mildest[kind] = min(mildest.get(kind, float("inf")), s.min_rel_l2)
+            ok = s.detection >= 0.99 or (name in NEAR_TIE and precision != "fp32")
+            failures += not ok
+            team.add_row(precision, str(k), name, str(s.calls), str(s.matter),
+                         f"{s.caught_matter}/{s.matter} ({s.detection:.1%})" + ("" if ok else " !"),
+                         f"{s.caught}/{s.calls}", f"{s.min_rel_l2:.3g}")
+        for kind, v in mildest.items():
+            if np.isfinite(v):
+                calib.add_row("", f"cheat: {kind}", "", f"{v:.3g}", "", "", "")
+        rows: dict[str, list] = {}
+        for e in rt.class_engines(precision, full=False, reference=False)[:1] + \
+                rt.class_engines(precision, full=False, reference=False)[-1:]:
+            run = rt.run_plan(rt.runners_for([(t, rt.stated_weights(m, precision)) for t, m in models], e),
+                              sequences)
+            rows[e.name] = [r for seq in run.outputs for call in seq
+                            for r in call[-1][rt.LOGITS].reshape(-1, call[-1][rt.LOGITS].shape[-1])]
+        a, b = rows.values()
+        for kind in ("flip", "steer"):
+            p = rt.PlantedStats()
+            for seed in range(args.plant_seeds):  # each seed plants a fresh gap in every row
+                q = rt.planted_near_ties(a, b, tol.token_slack, kind, np.random.default_rng(seed))
+                p.rows, p.honest_failures = p.rows + q.rows, p.honest_failures + q.honest_failures
+                p.matter, p.caught = p.matter + q.matter, p.caught + q.caught
+            ok = p.honest_failures == 0 and (p.detection >= 0.99 or precision != "fp32")
+            failures += not ok
+            team.add_row(precision, "last", f"planted near-tie {kind} ({p.rows} rows, honest failed "
+                         f"{p.honest_failures})", str(p.matter), str(p.matter),
+                         f"{p.caught}/{p.matter} ({p.detection:.1%})" + ("" if ok else " !"), "", "")
+        console.print(f"[dim]{precision} done, {time.perf_counter() - start:.0f} s[/dim]")
+    console.print(calib)
+    console.print(team)
+    with open("/proc/loadavg") as f:
+        load = f.read().split()[:3]
+    console.print(f"{time.perf_counter() - start:.0f} s, load average {' '.join(load)}; "
+                  f"{'all honest runs passed and every cheat was caught as required' if not failures else f'{failures} failures'}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
