@@ -67,3 +67,7 @@ def format_bytes(n: int) -> str:
     if value >= 10:
         return f"{value:.1f} {unit}"
     return f"{value:.2f} {unit}"
+
+
+# The weight types ``--dtype`` accepts wherever a model is planned or written (splitup.graph.quant).
+DTYPE_CHOICES = ("fp32", "fp16", "int8", "int4")

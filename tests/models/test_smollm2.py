@@ -95,6 +95,6 @@ def test_cli_generates_the_greedy_continuation(smollm, monkeypatch, capsys):
     from splitup.cli import main
     from splitup.models import real
 
-    monkeypatch.setattr(real, "load_real_model", lambda name: smollm)  # the session's model, not a second load
+    monkeypatch.setattr(real, "load_real_model", lambda name, dtype="fp32": smollm)  # the session's model, not a second load
     assert main(["models", "generate", PROMPT, "--max-new-tokens", "32"]) == 0
     assert capsys.readouterr().out == smollm.decode(CONTINUATION) + "\n"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from splitup.units import DTYPE_CHOICES
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -19,6 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "  splitup demo --cheat node-a       # one dishonest node: watch PoSP catch and slash it",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smaller", action="store_true", help="a tiny zoo model with random weights instead")
+    p.add_argument("--dtype", default="fp32", choices=DTYPE_CHOICES,
+                   help="weights: fp32 (default), fp16, int8 (round-to-nearest per block) or int4 (SmolLM2's "
+                        "own 4-bit GGUF blocks, as shipped)")
     p.add_argument("--prompt", default=None, help="the user message (the model's chat template wraps it)")
     p.add_argument("--max-tokens", type=int, default=40)
     p.add_argument("--tasks", type=int, default=3, choices=(2, 3, 4), help="tasks to split the model into")
@@ -50,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     opts = DemoOptions(smaller=args.smaller, workdir=args.dir, max_tokens=args.max_tokens, tasks=args.tasks,
                        verify_rate_bps=args.verify_rate_bps if args.verify_rate_bps is not None else
                        10_000 if args.cheat else 5_000, serve_console=args.serve, gateway_port=args.gateway_port,
-                       cheater=args.cheat)
+                       cheater=args.cheat, dtype=args.dtype)
     if args.prompt:
         opts.prompt = args.prompt
     ui = Ui(True)

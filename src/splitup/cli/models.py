@@ -7,7 +7,7 @@ import json
 import sys
 
 from splitup.models.errors import ModelError
-from splitup.units import format_bytes
+from splitup.units import DTYPE_CHOICES, format_bytes
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,6 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g = sub.add_parser("generate", help="greedy or sampled text from a decoder, on onnxruntime")
     g.add_argument("prompt")
     g.add_argument("--model", default="smollm2-135m")
+    g.add_argument("--dtype", default="fp32", choices=DTYPE_CHOICES,
+                   help="weights: fp32, fp16, int8 (round-to-nearest per block) or int4 (a GGUF file's own blocks)")
     g.add_argument("--max-new-tokens", type=int, default=64)
     g.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     g.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
@@ -65,7 +67,7 @@ def _generate(args: argparse.Namespace) -> int:
         raise ModelError("--max-new-tokens must be at least 1")
     if spec(args.model).kind != "decoder":
         raise ModelError(f"{args.model} is an encoder: it embeds text, it does not generate it")
-    model = load_real_model(args.model)
+    model = load_real_model(args.model, dtype=args.dtype)
     text = model.chat_prompt([{"role": "user", "content": args.prompt}]) if args.chat else args.prompt
     sampling = Sampling(temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     dec = OrtDecoder(model.model)

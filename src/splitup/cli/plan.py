@@ -23,8 +23,7 @@ EXAMPLES = """examples:
   splitup plan llama-7b --vram 8GiB --chart plan.png
 """
 
-_DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16",
-           "bf16": "float16", "bfloat16": "float16"}
+_DTYPES = ("fp32", "float32", "fp16", "float16", "bf16", "bfloat16", "int8", "int4")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,8 +33,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument("--vram", help="memory of each node, e.g. 12GiB")
     budget.add_argument("--nodes", help="comma-separated node sizes, e.g. 8GiB,16GiB,2x24GiB")
-    p.add_argument("--dtype", default="fp16", choices=sorted(_DTYPES),
-                   help="weight and activation type for zoo models (bf16 is sized like fp16); default fp16")
+    p.add_argument("--dtype", default=None, choices=_DTYPES,
+                   help="weight type: fp32, fp16 (bf16 is sized like fp16), or int8/int4 (weights quantised per "
+                        "block, read through DequantizeLinear); default fp16 for planning-only graphs, fp32 when "
+                        "a real model's bundles are written")
+    p.add_argument("--activations", choices=("fp16", "fp32"),
+                   help="activation and KV-cache type with --dtype int8/int4: default fp16 for planning-only "
+                        "graphs (GPU nodes), fp32 when bundles with weights are written (runs on every engine)")
     p.add_argument("--context", type=int, help="maximum context (KV-cache length) for decoders")
     p.add_argument("--seq", type=int, help="longest chunk of tokens processed in one step (prefill chunk)")
     p.add_argument("--batch", type=int, help="most sequences a node runs in one engine call (decoders; default 1): "
@@ -85,10 +89,14 @@ def _load(args: argparse.Namespace) -> tuple[Any, str, bool, bool]:
             raise SplitUpError("--batch must be at least 1")
         overrides["batch"] = args.batch
     real = bool(args.out) and args.model in SPECS and SPECS[args.model].path() is not None
+    quantised = args.dtype in ("int8", "int4")
     if real:
-        # Real weights are float32 (dequantised); --dtype only sizes shape-only planning graphs.
-        return zoo.build(args.model, real=True, validate=False, **overrides), args.model, True, True
-    model = zoo.build(args.model, dtype=_DTYPES[args.dtype], validate=False, **overrides)
+        # Real weights: float32 unless asked (int4 on a GGUF model keeps the file's own 4-bit blocks).
+        model = zoo.build(args.model, real=True, validate=False, dtype=args.dtype or "fp32",
+                          activations=args.activations, **overrides)
+        return model, args.model, True, True
+    acts = args.activations or ("fp16" if quantised else None)
+    model = zoo.build(args.model, dtype=args.dtype or "fp16", activations=acts, validate=False, **overrides)
     return model, args.model, True, False
 
 
@@ -136,6 +144,7 @@ def summary(result: PlanResult, seconds: float) -> dict[str, Any]:
                 "index": t.index, "task_id": t.task_id, "layers": t.layers, "vram_bytes": t.vram_bytes,
                 "weight_bytes": t.weight_bytes, "activation_bytes": t.activation_bytes,
                 "kv_cache_bytes": t.kv_cache_bytes, "workspace_bytes": t.workspace_bytes, "flops": t.flops,
+                "precision": t.precision,
                 "cut_bytes": t.cut_bytes, "node_bytes": t.budget_bytes,
                 "inputs": [i.name for i in t.inputs], "outputs": [o.name for o in t.outputs],
             }

@@ -38,6 +38,7 @@ class DemoOptions:
     serve_console: bool = False  # keep everything running with the gateway/console until Ctrl-C
     cheater: str | None = None  # a node that forwards perturbed outputs, to show PoSP catching and slashing it
     gateway_port: int = 8000
+    dtype: str = "fp32"  # fp32, fp16, int8, or int4 (SmolLM2's own 4-bit blocks as shipped)
 
 
 @dataclass
@@ -201,14 +202,15 @@ class Prepared:
     tokenizer: Any
 
 
-def prepare(root: Path, smaller: bool, tasks: int, nodes: int, workspace: int, prompt: str) -> Prepared:
+def prepare(root: Path, smaller: bool, tasks: int, nodes: int, workspace: int, prompt: str,
+            dtype: str = "fp32") -> Prepared:
     """Load the model, split it for ``nodes`` node sizes into ``tasks`` tasks, write the bundles."""
     from tokenizers import Tokenizer
 
     from splitup.models.real import render_chat
     from splitup.partition.plan import make_plan
 
-    model = load_demo_model(smaller)
+    model = load_demo_model(smaller, dtype=dtype)
     # A tiny model is smaller than any workspace allowance: plan it on its own bytes.
     workspace = 0 if smaller else workspace
     budgets = node_budgets(model.graph, nodes, tasks, workspace)
@@ -235,7 +237,7 @@ def run_demo(opts: DemoOptions, progress: Ui | None = None,
 
     ui.say(f"[bold]1. Model[/bold]: loading {'the tiny zoo model' if opts.smaller else 'SmolLM2-135M from its package'}")
     with ui.status("reading the weights (dequantised once, then cached), building the graph, planning the split"):
-        prep = prepare(root, opts.smaller, opts.tasks, opts.nodes, opts.workspace, opts.prompt)
+        prep = prepare(root, opts.smaller, opts.tasks, opts.nodes, opts.workspace, opts.prompt, opts.dtype)
     model, budgets, prompt_ids = prep.model, prep.budgets, prep.prompt_ids
     plan = Plan.load(prep.plan_dir)
     ui.say(f"   split into {len(plan.tasks)} tasks for nodes of "

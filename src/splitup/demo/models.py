@@ -38,15 +38,16 @@ def byte_tokenizer_json() -> str:
     return str(tok.to_str())
 
 
-def load_demo_model(smaller: bool, max_seq: int = 64) -> DemoModel:
+def load_demo_model(smaller: bool, max_seq: int = 64, dtype: str = "fp32") -> DemoModel:
+    """The demo's model; ``dtype`` fp32, fp16, int8 or int4 (SmolLM2's own 4-bit blocks as shipped)."""
     if smaller:
         from splitup.graph import zoo
 
-        return DemoModel("tiny-llama", zoo.build("tiny-llama", seed=0), byte_tokenizer_json(), TINY_CHAT_TEMPLATE,
-                         None, (256,), "4-layer LLaMA with random weights (zoo), byte-level tokenizer")
+        return DemoModel("tiny-llama", zoo.build("tiny-llama", seed=0, dtype=dtype), byte_tokenizer_json(),
+                         TINY_CHAT_TEMPLATE, None, (256,), "4-layer LLaMA with random weights (zoo), byte-level tokenizer")
     from splitup.models.real import load_real_model
 
-    m = load_real_model("smollm2-135m", max_seq=max_seq)
+    m = load_real_model("smollm2-135m", max_seq=max_seq, dtype=dtype)
     return DemoModel(m.name, m.model, str(m.tokenizer.to_str()), m.chat_template, m.bos_id, tuple(m.eos_ids),
                      m.spec.description)
 

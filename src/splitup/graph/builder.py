@@ -31,6 +31,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 from splitup.graph.errors import BuilderError
 from splitup.graph.meta import DIM_MAX_KEY, STATE_KEY
+from splitup.graph.quant import (
+    QUANT_IR_VERSION,
+    QUANT_OPSET,
+    QuantFormat,
+    QuantizedArray,
+    integer_tensor,
+    quantize,
+)
 
 Dim = int | str
 Shape = tuple[Dim, ...]
@@ -47,6 +55,8 @@ DTYPES: dict[str, int] = {
     "int32": TensorProto.INT32,
     "int8": TensorProto.INT8,
     "uint8": TensorProto.UINT8,
+    "int4": TensorProto.INT4,
+    "uint4": TensorProto.UINT4,
     "bool": TensorProto.BOOL,
 }
 FLOAT_DTYPES = frozenset({"float32", "float16", "bfloat16", "float64"})
@@ -159,7 +169,7 @@ class Tensor:
     def __neg__(self) -> Tensor:
         return self._unary("Neg")
 
-    def __matmul__(self, o: Tensor) -> Tensor:
+    def __matmul__(self, o: Tensor | QuantizedParameter) -> Tensor:
         return self.matmul(o)
 
     # comparisons produce bool tensors
@@ -178,7 +188,9 @@ class Tensor:
     def eq(self, o: Tensor | float) -> Tensor:
         return self._binary("Equal", o, "bool")
 
-    def matmul(self, o: Tensor) -> Tensor:
+    def matmul(self, o: Tensor | QuantizedParameter) -> Tensor:
+        if isinstance(o, QuantizedParameter):
+            return o.rmatmul(self)
         if self.ndim < 2 or o.ndim < 2:
             raise BuilderError(f"matmul needs rank >= 2 operands, got {self.shape} @ {o.shape}")
         k1, k2 = self.shape[-1], o.shape[-2]
@@ -189,7 +201,7 @@ class Tensor:
         batch = _broadcast(self.shape[:-2], o.shape[:-2])
         return self.ctx.op("MatMul", [self, o], (*batch, self.shape[-2], o.shape[-1]), self.dtype)
 
-    def linear(self, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    def linear(self, weight: Tensor | QuantizedParameter, bias: Tensor | None = None) -> Tensor:
         """``x @ weight + bias`` with weight stored as (in_features, out_features)."""
         out = self.matmul(weight)
         return out + bias if bias is not None else out
@@ -457,6 +469,112 @@ class Tensor:
         return self.ctx.op("GlobalAveragePool", [self], (*self.shape[:2], 1, 1), self.dtype)
 
 
+class QuantizedParameter:
+    """A 2-D weight stored in 8 or 4 bits and read through ``DequantizeLinear``.
+
+    Its uses are ``x @ w`` (``Tensor.matmul`` / ``linear``) and ``w.gather(ids)``; the first one lays out
+    its storage: blocks along the input axis (axis 0) for a product, which engines fuse into quantised
+    kernels, or 8-bit blocks along rows for a lookup (ONNX ``Gather`` has no 4-bit types). A weight
+    whose axis no block size divides stays a plain float parameter.
+    """
+
+    ndim = 2
+
+    def __init__(self, ctx: TensorContext, name: str, shape: tuple[int, ...], dtype: str, fmt: QuantFormat,
+                 data: np.ndarray | QuantizedArray | None) -> None:
+        if len(shape) != 2:
+            raise BuilderError(f"quantised parameter {name!r} must be 2-D, got {shape}")
+        if data is not None and tuple(data.shape) != shape:
+            raise BuilderError(f"parameter {name!r}: data shape {data.shape} != declared {shape}")
+        self.ctx, self.name, self.shape, self.dtype, self.fmt = ctx, name, shape, dtype, fmt
+        self._data = data
+        self._axis: int | None = None
+        self._parts: tuple[int, Tensor, Tensor, Tensor | None, Tensor | None] | Tensor | None = None
+
+    def __repr__(self) -> str:
+        return f"QuantizedParameter({self.name!r}, shape={self.shape}, bits={self.fmt.bits})"
+
+    def _store(self, axis: int, bits: int) -> tuple[int, Tensor, Tensor, Tensor | None, Tensor | None] | Tensor:
+        """(block, q, scale, zero point, minimum) initializers, or the float parameter it falls back to."""
+        if self._parts is not None:
+            if self._axis != axis:
+                raise BuilderError(f"{self.name}: used both in a product and as a lookup table")
+            return self._parts
+        self._axis = axis
+        data = self._data
+        if isinstance(data, QuantizedArray):
+            if data.axis != axis:
+                raise BuilderError(f"{self.name}: quantised along axis {data.axis}, this use needs axis {axis}")
+            qa: QuantizedArray | None = data.with_scale_dtype(self.dtype)
+            block, bits = data.block, data.bits
+            signed = data.q.dtype == np.int8
+        else:
+            found = self.fmt.block_for(self.shape[axis])
+            if found is None:
+                self._parts = self.ctx._register(self.name, self.shape, self.dtype, data)
+                return self._parts
+            block, signed = found, bits == 8
+            qa = None if data is None else quantize(data, bits, block, axis, scale_dtype=self.dtype)
+        qtype = ("int8" if signed else "uint8") if bits == 8 else ("int4" if signed else "uint4")
+        bshape = list(self.shape)
+        bshape[axis] //= block
+        reg = self.ctx._register
+        q = reg(self.name, self.shape, qtype, None if qa is None else qa.q)
+        scale = reg(f"{self.name}_scale", bshape, self.dtype, None if qa is None else qa.scale)
+        has_zp = (qa.zero_point is not None) if qa is not None else not signed
+        zp = reg(f"{self.name}_zero_point", bshape, qtype, None if qa is None else qa.zero_point) if has_zp else None
+        mn = None
+        if qa is not None and qa.minimum is not None:
+            mn = reg(f"{self.name}_min", bshape, self.dtype, qa.minimum)
+        self.ctx.opset = max(self.ctx.opset, QUANT_OPSET)
+        self._parts = (block, q, scale, zp, mn)
+        return self._parts
+
+    def __getitem__(self, index: Any) -> Tensor:
+        """Any other use reads the weight as a plain float parameter (e.g. BERT's one-row token types)."""
+        if self._parts is None:
+            data = self._data.dequantize() if isinstance(self._data, QuantizedArray) else self._data
+            self._axis, self._parts = -1, self.ctx._register(self.name, self.shape, self.dtype, data)
+        if not isinstance(self._parts, Tensor):
+            raise BuilderError(f"{self.name}: a quantised weight can only be multiplied by or looked up")
+        return self._parts[index]
+
+    def _dequantize(self, q: Tensor, scale: Tensor, zp: Tensor | None, axis: int, block: int) -> Tensor:
+        inputs = [q, scale] + ([zp] if zp is not None else [])
+        return self.ctx.op("DequantizeLinear", inputs, q.shape, self.dtype, axis=axis, block_size=block)
+
+    def rmatmul(self, x: Tensor) -> Tensor:
+        """``x @ w``; a Q4_1 minimum adds ``blocksum(x) @ min``, which equals ``x @ (scale*q + min)``
+        while leaving ``DequantizeLinear -> MatMul`` intact for the engines' fused kernels."""
+        parts = self._store(0, self.fmt.bits)
+        if isinstance(parts, Tensor):
+            return x.matmul(parts)
+        block, q, scale, zp, mn = parts
+        out = x.matmul(self._dequantize(q, scale, zp, 0, block))
+        if mn is not None:
+            k = int(self.shape[0])
+            sums = x.reshape(*x.shape[:-1], k // block, block).sum(-1)
+            out = out + sums.matmul(mn)
+        return out
+
+    def gather(self, indices: Tensor, axis: int = 0) -> Tensor:
+        """Rows ``indices`` dequantised: the 8-bit rows and their scales are gathered, then dequantised."""
+        if axis != 0:
+            raise BuilderError(f"{self.name}: quantised lookups read rows (axis 0), not axis {axis}")
+        parts = self._store(1, 8)
+        if isinstance(parts, Tensor):
+            return parts.gather(indices)
+        block, q, scale, zp, mn = parts
+        gz = zp.gather(indices) if zp is not None else None
+        rows = self._dequantize(q.gather(indices), scale.gather(indices), gz, indices.ndim, block)
+        if mn is None:
+            return rows
+        lead, width = rows.shape[:-1], int(self.shape[1])
+        blocked = rows.reshape(*lead, width // block, block) + mn.gather(indices).unsqueeze(-1)
+        return blocked.reshape(*lead, width)
+
+
+
 def _conv_out(size: Dim, kernel: int, stride: int, padding: int, dilation: int) -> Dim:
     if not isinstance(size, int):
         return f"conv({size})"
@@ -533,19 +651,32 @@ class TensorContext:
         self, name: str, shape: Sequence[int], dtype: str = "float32", data: np.ndarray | None = None
     ) -> Tensor:
         """A named weight. Without ``data`` it is shape-only (a planning graph)."""
-        full = self._claim(self._scoped(name))
+        return self._register(self._claim(self._scoped(name)), shape, dtype, data)
+
+    def _register(self, full: str, shape: Sequence[int], dtype: str, data: np.ndarray | None) -> Tensor:
         dtype = dtype_name(dtype)
         shape = tuple(int(d) for d in shape)
         if data is not None:
             data = np.asarray(data)
             if tuple(data.shape) != shape:
                 raise BuilderError(f"parameter {full!r}: data shape {data.shape} != declared {shape}")
-            if dtype_name(data.dtype) != dtype:
+            if dtype in ("int4", "uint4"):
+                data = data.astype(np.int8 if dtype == "int4" else np.uint8)  # unpacked; packed when written
+            elif dtype_name(data.dtype) != dtype:
                 data = data.astype(dtype)
         t = Tensor(self, full, shape, dtype)
         self.params[full] = t
         self._param_data[full] = data
         return t
+
+    def quantized_parameter(
+        self, name: str, shape: Sequence[int], dtype: str, fmt: QuantFormat,
+        data: np.ndarray | QuantizedArray | None = None,
+    ) -> QuantizedParameter:
+        """A 2-D weight stored in ``fmt.bits`` (or as the given ``QuantizedArray``), dequantised to
+        ``dtype``; its storage is laid out at its first use (product or row lookup)."""
+        return QuantizedParameter(self, self._claim(self._scoped(name)), tuple(int(d) for d in shape),
+                                  dtype_name(dtype), fmt, data)
 
     def bind(self, name: str, data: np.ndarray) -> None:
         """Give a shape-only parameter its values (importers use this)."""
@@ -637,7 +768,7 @@ class TensorContext:
             graph, opset_imports=[helper.make_opsetid("", self.opset)], producer_name="splitup"
         )
         # The exact IR version of the opset keeps older onnxruntime builds able to load the model.
-        model.ir_version = min(model.ir_version, 9)
+        model.ir_version = min(model.ir_version, QUANT_IR_VERSION if self.opset >= QUANT_OPSET else 9)
         meta = {DIM_MAX_KEY: json.dumps(self.dim_max, sort_keys=True)}
         state = {k: v for k, v in self.state.items() if v in named}
         if state:
@@ -652,6 +783,8 @@ class TensorContext:
     def _initializer(self, name: str) -> TensorProto:
         t = self.params[name]
         data = self._param_data[name]
+        if data is not None and t.dtype in ("int4", "uint4"):
+            return integer_tensor(name, data, DTYPES[t.dtype])
         if data is not None:
             return numpy_helper.from_array(np.ascontiguousarray(data), name)
         tp = TensorProto(name=name, data_type=DTYPES[t.dtype], dims=list(t.shape))

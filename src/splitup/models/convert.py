@@ -11,27 +11,34 @@ from collections.abc import Mapping
 import numpy as np
 
 from splitup.graph.errors import BuilderError
+from splitup.graph.quant import QuantizedArray
 
 
 def _get(sd: Mapping[str, np.ndarray], key: str) -> np.ndarray:
     for prefix in ("", "model.", "transformer.", "bert."):
         if prefix + key in sd:
-            return np.asarray(sd[prefix + key], dtype=np.float32)
+            v = sd[prefix + key]
+            return v if isinstance(v, QuantizedArray) else np.asarray(v, dtype=np.float32)
     raise BuilderError(f"checkpoint has no tensor {key!r}")
+
+
+def _t(w: np.ndarray | QuantizedArray) -> np.ndarray | QuantizedArray:
+    """(out, in) -> (in, out); quantised blocks move with their values."""
+    return w.transpose() if isinstance(w, QuantizedArray) else np.ascontiguousarray(w.T, dtype=np.float32)
 
 
 def llama_from_hf(sd: Mapping[str, np.ndarray], layers: int) -> dict[str, np.ndarray]:
     w = {"embed.weight": _get(sd, "embed_tokens.weight"), "norm.weight": _get(sd, "norm.weight")}
-    w["lm_head.weight"] = (sd["lm_head.weight"] if "lm_head.weight" in sd else w["embed.weight"]).T
+    w["lm_head.weight"] = _t(sd["lm_head.weight"] if "lm_head.weight" in sd else w["embed.weight"])
     for i in range(layers):
         pre = f"layers.{i}."
         w[pre + "input_norm.weight"] = _get(sd, pre + "input_layernorm.weight")
         w[pre + "post_norm.weight"] = _get(sd, pre + "post_attention_layernorm.weight")
         for ours, theirs in (("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("o", "o_proj")):
-            w[f"{pre}attn.{ours}.weight"] = _get(sd, f"{pre}self_attn.{theirs}.weight").T
+            w[f"{pre}attn.{ours}.weight"] = _t(_get(sd, f"{pre}self_attn.{theirs}.weight"))
         for ours in ("gate", "up", "down"):
-            w[f"{pre}mlp.{ours}.weight"] = _get(sd, f"{pre}mlp.{ours}_proj.weight").T
-    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in w.items()}
+            w[f"{pre}mlp.{ours}.weight"] = _t(_get(sd, f"{pre}mlp.{ours}_proj.weight"))
+    return w
 
 
 def gpt2_from_hf(sd: Mapping[str, np.ndarray], layers: int) -> dict[str, np.ndarray]:

@@ -91,31 +91,32 @@ def generate(
     return list(stream(step, prompt_ids, max_new_tokens, eos_ids, sampling, chunk))
 
 
+# onnxruntime's input type names -> numpy types of the caches it takes (fp16 activations included).
+_ORT_TYPES = {"tensor(int64)": np.int64, "tensor(float16)": np.float16, "tensor(float)": np.float32}
+
+
 class OrtDecoder:
     """One onnxruntime session of a decoder graph built by the zoo, holding its KV cache."""
 
-    def __init__(self, model: onnx.ModelProto, threads: int = 0) -> None:
+    def __init__(self, model: onnx.ModelProto, threads: int = 0, *, fast_quantised: bool = False) -> None:
         import onnxruntime as ort
+
+        from splitup.runtime.ort import session_options
 
         self.pairs: dict[str, str] = read_state(model)
         if not self.pairs:
             raise ModelError("the graph has no KV-cache state (build it with kv_cache=True)")
         dims = read_dim_max(model, Limits())
         self.max_seq, self.context = dims.get("seq", 0), dims.get("past", 0)
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = threads
-        # Idle spinning threads would steal the cores other processes on this machine need.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts = session_options(ort, threads=threads, fast_quantised=fast_quantised)
         self.session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         self._empty = {}
         for i in self.session.get_inputs():
             if i.name in self.pairs:
                 shape = [d if isinstance(d, int) else 0 for d in i.shape]
-                self._empty[i.name] = np.zeros(shape, np.int64 if i.type == "tensor(int64)" else np.float32)
+                self._empty[i.name] = np.zeros(shape, _ORT_TYPES.get(i.type, np.float32))
         dim_max = {"past": self.context, "seq": self.max_seq}
-        self.layout = KvLayout.of([TensorSpec(i.name, "int64" if i.type == "tensor(int64)" else "float32", list(i.shape),
+        self.layout = KvLayout.of([TensorSpec(i.name, np.dtype(_ORT_TYPES.get(i.type, np.float32)).name, list(i.shape),
                                               [d if isinstance(d, int) else dim_max.get(d, 0) for d in i.shape])
                                    for i in self.session.get_inputs()], self.pairs)
         self.state: dict[str, np.ndarray] = {}

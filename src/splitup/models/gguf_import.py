@@ -1,8 +1,10 @@
-"""GGUF (llama.cpp's format) -> a LlamaConfig, Hugging Face-layout float32 weights and a tokenizer.
+"""GGUF (llama.cpp's format) -> a LlamaConfig, Hugging Face-layout weights and a tokenizer.
 
 The file is read with the ``gguf`` package: memory-mapped, no pickle, no code from the file.
-Quantised blocks are dequantised to float32, so our graph and any reference compute on identical
-numbers. Two layout facts of llama.cpp's converter are undone here:
+Quantised blocks are dequantised to float32 (so our graph and any reference compute on identical
+numbers) or, with ``keep_quantised``, kept as they are: Q4_1 (32 values, fp16 scale ``d`` and minimum
+``m``, ``w = d*q + m``, q in 0..15) and Q8_0 (32 int8 values, fp16 scale) become ``QuantizedArray``s
+with the same integers, scales and minimums. Two layout facts of llama.cpp's converter are undone here:
 
 - tensor dims are stored innermost first, so a (out, in) matrix has GGUF shape [in, out];
 - Q and K rows are permuted per head from Hugging Face's rotate-half rotary layout to the
@@ -18,8 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from splitup.graph.quant import QuantizedArray
 from splitup.graph.zoo.llama import LlamaConfig
 from splitup.models.errors import ModelError
+
+_GGUF_BLOCK = 32
 
 # GGUF tensor names -> Hugging Face Llama names, per layer and global.
 _LAYER_NAMES = {
@@ -43,7 +48,7 @@ _GLOBAL_NAMES = {
 @dataclass(frozen=True)
 class GGUFModel:
     config: LlamaConfig
-    weights: dict[str, np.ndarray]  # Hugging Face names, (out, in) layout, float32
+    weights: dict[str, np.ndarray | QuantizedArray]  # Hugging Face names, (out, in) layout
     tokenizer_json: str
     chat_template: str | None
     bos_id: int | None
@@ -56,6 +61,30 @@ def unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
     rows, cols = w.shape
     half = rows // n_head // 2
     return w.reshape(n_head, half, 2, cols).swapaxes(1, 2).reshape(rows, cols)
+
+
+def blocks_of(data: np.ndarray, kind: str, shape: tuple[int, int]) -> QuantizedArray | None:
+    """A Q4_1 or Q8_0 tensor's blocks as they are stored (rows of ``shape`` = (out, in), blocked along in);
+    None for other types, which are dequantised."""
+    rows, cols = shape
+    raw = np.ascontiguousarray(data, dtype=np.uint8).reshape(rows, cols // _GGUF_BLOCK, -1)
+    half = lambda b: np.ascontiguousarray(b).view(np.float16)[..., 0]  # noqa: E731 - little-endian fp16 pairs
+    if kind == "Q8_0":  # d: f16, qs: 32 x int8
+        q = raw[..., 2:].view(np.int8).reshape(rows, cols)
+        return QuantizedArray(np.ascontiguousarray(q), half(raw[..., 0:2]), 1, _GGUF_BLOCK, 8)
+    if kind == "Q4_1":  # d: f16, m: f16, qs: 16 bytes, low nibbles are values 0..15, high ones 16..31
+        qs = raw[..., 4:]
+        q = np.concatenate([qs & 0xF, qs >> 4], axis=-1).reshape(rows, cols)
+        return QuantizedArray(np.ascontiguousarray(q, dtype=np.uint8), half(raw[..., 0:2]), 1, _GGUF_BLOCK, 4,
+                              zero_point=None, minimum=half(raw[..., 2:4]))
+    return None
+
+
+def _permute_rows(w: np.ndarray | QuantizedArray, n_head: int) -> np.ndarray | QuantizedArray:
+    if isinstance(w, np.ndarray):
+        return unpermute(w, n_head)
+    f = (lambda a: None if a is None else np.ascontiguousarray(unpermute(a, n_head)))  # noqa: E731
+    return QuantizedArray(f(w.q), f(w.scale), w.axis, w.block, w.bits, f(w.zero_point), f(w.minimum))
 
 
 def _field(reader: Any, key: str, default: Any = ...) -> Any:
@@ -116,7 +145,7 @@ def tokenizer_json(reader: Any) -> str:
     return tk.to_str()
 
 
-def read_gguf(path: Path, *, max_seq: int = 256) -> GGUFModel:
+def read_gguf(path: Path, *, max_seq: int = 256, keep_quantised: bool = False) -> GGUFModel:
     import gguf
     from gguf.quants import dequantize
 
@@ -138,12 +167,16 @@ def read_gguf(path: Path, *, max_seq: int = 256) -> GGUFModel:
             raise ModelError("GGUF files with scaled rotary frequencies are not supported")
         else:
             raise ModelError(f"unexpected GGUF tensor {t.name!r}")
-        w = dequantize(t.data, t.tensor_type).reshape([int(d) for d in reversed(t.shape)])
-        w = np.ascontiguousarray(w, dtype=np.float32)
+        shape = [int(d) for d in reversed(t.shape)]
+        w: np.ndarray | QuantizedArray | None = None
+        if keep_quantised and len(shape) == 2:
+            w = blocks_of(t.data, t.tensor_type.name, (shape[0], shape[1]))
+        if w is None:
+            w = np.ascontiguousarray(dequantize(t.data, t.tensor_type).reshape(shape), dtype=np.float32)
         if name.endswith("q_proj.weight"):
-            w = unpermute(w, cfg.heads)
+            w = _permute_rows(w, cfg.heads)
         elif name.endswith("k_proj.weight"):
-            w = unpermute(w, cfg.kv_heads)
+            w = _permute_rows(w, cfg.kv_heads)
         weights[name] = w
     expected = 2 + 9 * cfg.layers
     if len([k for k in weights if k != "lm_head.weight"]) != expected:

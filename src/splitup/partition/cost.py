@@ -8,6 +8,7 @@ reads them, so they never cross a cut.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import onnx
@@ -57,6 +58,10 @@ class GraphAnalysis:
 
     _sizes: dict[str, int] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        for name in fused_dequantized(self.nodes, self.initializers):
+            self._sizes[name] = 0
+
     def nbytes(self, name: str) -> int:
         size = self._sizes.get(name)
         if size is None:
@@ -71,6 +76,20 @@ class GraphAnalysis:
     @property
     def weight_bytes(self) -> int:
         return sum(self.nbytes(n) for n in self.initializers)
+
+
+def fused_dequantized(nodes: list[onnx.NodeProto], initializers: Mapping[str, onnx.TensorProto]) -> set[str]:
+    """Dequantised weights that are never materialised: ``DequantizeLinear`` of a stored matrix read only
+    as the right operand of ``MatMul``, which onnxruntime fuses into its quantised ``MatMulNBits``
+    kernel at load time. An engine that does not fuse dequantises one matrix at a time, inside the
+    task's workspace allowance."""
+    candidates = {n.output[0]: True for n in nodes
+                  if n.op_type == "DequantizeLinear" and n.input and n.input[0] in initializers and n.output}
+    for n in nodes:
+        for i, name in enumerate(n.input):
+            if name in candidates and not (n.op_type == "MatMul" and i == 1):
+                candidates[name] = False
+    return {name for name, ok in candidates.items() if ok}
 
 
 def node_flops(node: onnx.NodeProto, types: dict[str, TensorType]) -> int:

@@ -30,6 +30,7 @@ from splitup.errors import SplitUpError
 from splitup.graph.errors import GraphRejected
 from splitup.graph.meta import DIM_MAX_KEY, DTYPE_ONNX, STATE_KEY, dtype_of
 from splitup.graph.precision import DEFAULT_PRECISION, precision_of, split_precision
+from splitup.graph.quant import raw_bytes
 from splitup.graph.sizes import tensor_bytes
 from splitup.graph.validate import validate_model
 from splitup.partition.cost import GraphAnalysis
@@ -308,7 +309,7 @@ def _build_task(a: GraphAnalysis, sym: dict[str, onnx.ValueInfoProto], seg: Segm
     # their values, which it cannot do through external data.
     inline = [n for n in inits if _has_data(a.initializers[n]) and math.prod(a.initializers[n].dims) <= INLINE_ELEMENTS]
     shard = [n for n in inits if n not in inline]
-    weights = {n: numpy_helper.to_array(a.initializers[n]) for n in shard} if bound else None
+    weights = {n: _shard_array(a.initializers[n]) for n in shard} if bound else None
 
     def vi(spec: TensorSpec) -> onnx.ValueInfoProto:
         return helper.make_tensor_value_info(spec.name, a.types[spec.name].elem_type, spec.shape)
@@ -341,6 +342,14 @@ def _build_task(a: GraphAnalysis, sym: dict[str, onnx.ValueInfoProto], seg: Segm
         precision=precision_of(model),
     )
     return BuiltTask(definition, model, weights)
+
+
+def _shard_array(t: TensorProto) -> np.ndarray:
+    """What the shard stores for one initializer: its values, or for 4-bit types (which safetensors cannot
+    name) its packed bytes as uint8; the graph keeps the real type and reads exactly those bytes."""
+    if t.data_type in (TensorProto.INT4, TensorProto.UINT4):
+        return raw_bytes(t)
+    return numpy_helper.to_array(t)
 
 
 def _external_stub(t: TensorProto) -> TensorProto:

@@ -6,7 +6,9 @@ import glob
 import logging
 import os
 import shutil
+import tempfile
 import threading
+import weakref
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -65,13 +67,50 @@ class TinygradEngine(Engine):
 
     def _open(self, graph: Path, task: TaskDefinition) -> Runner:
         def make():  # noqa: ANN202 - OnnxRunner
-            return _transpose_matmul_weights(self._runner_cls(graph))
+            tmp = Path(tempfile.mkdtemp(prefix="splitup-tinygrad-"))
+            try:
+                runner = self._runner_cls(_widen_4bit(graph, tmp))
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            # tinygrad reads external data lazily: the widened copy lives as long as the runner.
+            weakref.finalize(runner, shutil.rmtree, tmp, True)
+            return _transpose_matmul_weights(runner)
 
         try:
             runner = _tinygrad_thread().submit(make).result()
         except Exception as exc:  # tinygrad raises plain exceptions for unsupported graphs
             raise EngineError(f"tinygrad cannot load task {task.task_id[:12]}: {exc}") from None
         return _TinygradRunner(task, runner, self.device)
+
+
+def _widen_4bit(graph: Path, tmp: Path) -> Path:
+    """tinygrad's ONNX reader has no 4-bit element types: a bundle with int4/uint4 weights is handed to it
+    with those tensors widened to int8/uint8 (one byte per value, half the float16 size); same values,
+    same DequantizeLinear. Other bundles are read as they are."""
+    import onnx
+    from onnx import TensorProto
+
+    from splitup.graph.quant import unpack_int4
+
+    header = onnx.load(str(graph), load_external_data=False)
+    if not any(t.data_type in (TensorProto.INT4, TensorProto.UINT4) for t in header.graph.initializer):
+        return graph
+    model = onnx.load(str(graph), load_external_data=True)  # the bundle was validated: data stays inside it
+    for t in model.graph.initializer:
+        if t.data_type in (TensorProto.INT4, TensorProto.UINT4):
+            signed = t.data_type == TensorProto.INT4
+            count = int(np.prod(t.dims, dtype=np.int64))
+            values = unpack_int4(t.raw_data, count, signed)
+            t.data_type = TensorProto.INT8 if signed else TensorProto.UINT8
+            t.raw_data = values.tobytes()
+    for vi in (*model.graph.value_info, *model.graph.input, *model.graph.output):
+        tt = vi.type.tensor_type
+        if tt.elem_type in (TensorProto.INT4, TensorProto.UINT4):
+            tt.elem_type = TensorProto.INT8 if tt.elem_type == TensorProto.INT4 else TensorProto.UINT8
+    out = tmp / "task.onnx"
+    onnx.save(model, str(out), save_as_external_data=True, location="weights.bin", size_threshold=1024)
+    return out
 
 
 def _transpose_matmul_weights(runner):  # noqa: ANN001, ANN202 - OnnxRunner

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 from splitup.graph.errors import BuilderError
+from splitup.graph.quant import resolve_dtype
 from splitup.graph.zoo.bert import BertConfig, build_bert
 from splitup.graph.zoo.common import ParamSource
 from splitup.graph.zoo.gpt2 import GPT2Config, build_gpt2
@@ -89,25 +90,29 @@ def build(
     seed: int | None = None,
     weights: Mapping[str, np.ndarray] | None = None,
     dtype: str = "float32",
+    activations: str | None = None,
     validate: bool = True,
     real: bool = False,
     **overrides: Any,
 ) -> onnx.ModelProto:
     """Build zoo model ``name``; ``overrides`` replace config fields (``context=8192``) or pass
     builder options (``kv_cache=False``). Without seed or weights the graph is shape-only.
-    ``real=True`` binds the pretrained weights its package ships (``splitup.models``)."""
+    ``real=True`` binds the pretrained weights its package ships (``splitup.models``).
+    ``dtype`` is fp32/float32, fp16/float16 or int8/int4 (weights quantised per block, activations
+    ``activations``, float32 by default); see ``splitup.graph.quant``."""
+    act, quant = resolve_dtype(dtype, activations)
     e = entry(name)
     if real:
         if seed is not None or weights is not None:
             raise BuilderError("real=True brings its own weights: give no seed or weights")
         from splitup.models.real import zoo_weights
 
-        weights = zoo_weights(name)
+        weights = zoo_weights(name, keep_quantised=quant is not None and quant.bits == 4)
     fields = set(e.config.__dataclass_fields__)
     cfg = replace(e.config, **{k: v for k, v in overrides.items() if k in fields})
     opts = {k: v for k, v in overrides.items() if k not in fields}
-    params = ParamSource(seed=seed, weights=weights, std=0.1 if e.family in ("mlp", "cnn") else 0.02)
-    return _BUILDERS[e.family](cfg, params, dtype=dtype, name=name, validate=validate, **opts)
+    params = ParamSource(seed=seed, weights=weights, std=0.1 if e.family in ("mlp", "cnn") else 0.02, quant=quant)
+    return _BUILDERS[e.family](cfg, params, dtype=act, name=name, validate=validate, **opts)
 
 
 _CONFIGS: dict[str, type] = {
@@ -219,6 +224,7 @@ def build_from_config(
     seed: int | None = None,
     weights: Mapping[str, np.ndarray] | None = None,
     dtype: str = "float32",
+    activations: str | None = None,
     validate: bool = True,
     name: str | None = None,
     **options: Any,
@@ -238,8 +244,9 @@ def build_from_config(
     if not isinstance(config, Mapping):
         raise BuilderError(f"a {family} config must be a mapping, not {type(config).__name__}")
     cfg = _config_from_dict(family, config)
-    params = ParamSource(seed=seed, weights=weights, std=0.1 if family in ("mlp", "cnn") else 0.02)
-    return _BUILDERS[family](cfg, params, dtype=dtype, name=name or family, validate=validate, **options)
+    act, quant = resolve_dtype(dtype, activations)
+    params = ParamSource(seed=seed, weights=weights, std=0.1 if family in ("mlp", "cnn") else 0.02, quant=quant)
+    return _BUILDERS[family](cfg, params, dtype=act, name=name or family, validate=validate, **options)
 
 __all__ = [
     "ZOO", "ZooEntry", "build", "build_from_config", "entry", "ParamSource", "LlamaConfig", "GPT2Config", "BertConfig",

@@ -18,32 +18,44 @@ from typing import NamedTuple
 
 import numpy as np
 
-from splitup.graph.builder import Tensor, TensorContext
+from splitup.graph.builder import QuantizedParameter, Tensor, TensorContext
 from splitup.graph.errors import BuilderError
+from splitup.graph.quant import QuantFormat, QuantizedArray
 
 
 class ParamSource:
-    """Where parameter values come from: nothing (shape-only), a seeded RNG, or named arrays."""
+    """Where parameter values come from: nothing (shape-only), a seeded RNG, or named arrays.
+
+    With ``quant`` every matrix (2-D, randomly initialised in a seeded model) is stored quantised
+    (round-to-nearest per block); weights given as ``QuantizedArray`` (a GGUF file's blocks) are kept as
+    they are with ``quant``, and dequantised to float without it.
+    """
 
     def __init__(
-        self, seed: int | None = None, weights: Mapping[str, np.ndarray] | None = None, std: float = 0.02
+        self, seed: int | None = None, weights: Mapping[str, np.ndarray | QuantizedArray] | None = None,
+        std: float = 0.02, quant: QuantFormat | None = None,
     ) -> None:
         if seed is not None and weights is not None:
             raise BuilderError("give either a seed or weights, not both")
         self.rng = np.random.default_rng(seed) if seed is not None else None
         self.weights = weights
         self.std = std
+        self.quant = quant
         self.used: set[str] = set()
 
     def __call__(
         self, ctx: TensorContext, name: str, shape: tuple[int, ...], dtype: str, init: str = "normal"
-    ) -> Tensor:
+    ) -> Tensor | QuantizedParameter:
         full = ".".join([*ctx._scope, name])
-        data: np.ndarray | None = None
+        data: np.ndarray | QuantizedArray | None = None
         if self.weights is not None:
             if full not in self.weights:
                 raise BuilderError(f"weights have no entry for parameter {full!r}")
-            data = np.asarray(self.weights[full])
+            data = self.weights[full]
+            if isinstance(data, QuantizedArray) and self.quant is None:
+                data = data.dequantize()
+            elif not isinstance(data, QuantizedArray):
+                data = np.asarray(data)
             self.used.add(full)
         elif self.rng is not None:
             if init == "ones":
@@ -52,6 +64,10 @@ class ParamSource:
                 data = np.zeros(shape, dtype=np.float32)
             else:
                 data = self.rng.normal(0.0, self.std, size=shape).astype(np.float32)
+        if self.quant is not None and len(shape) == 2 and (init == "normal" or isinstance(data, QuantizedArray)):
+            return ctx.quantized_parameter(name, shape, dtype, self.quant, data)
+        if isinstance(data, QuantizedArray):
+            data = data.dequantize()
         return ctx.parameter(name, shape, dtype, data)
 
     def check_all_used(self) -> None:
