@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from solders.keypair import Keypair
 
 import splitup
@@ -166,6 +167,10 @@ def test_seller_walkthrough(plan_dir: Path, tmp_path: Path) -> None:
         metrics = httpx.get(node_url + "/metrics", timeout=10)
         assert metrics.status_code == 200 and "splitup_node_hop_seconds_bucket" in metrics.text
         assert re.search(r"^splitup_market_tasks_done 3\.0$", metrics.text, re.M)
+        # it scrapes: Prometheus' own parser reads every family
+        families = {f.name for f in text_string_to_metric_families(metrics.text)}
+        assert {"splitup_node_hops", "splitup_node_hop_seconds", "splitup_node_sessions",
+                "splitup_market_stake"} <= families, families
         assert "<title>SplitUp node</title>" in httpx.get(node_url + "/", timeout=10).text
         _page_in_browser(node_url, tmp_path)
 
@@ -188,7 +193,8 @@ def test_seller_walkthrough(plan_dir: Path, tmp_path: Path) -> None:
         streamer = threading.Thread(target=stream)
         streamer.start()
         time.sleep(1.0)
-        cache_mtimes = {p: p.stat().st_mtime for p in (work / "node-cache").rglob("*") if p.is_file()}
+        bundles = work / "node-cache" / "tasks"  # the preloaded task bundles (announcements live beside them)
+        cache_mtimes = {p: p.stat().st_mtime for p in bundles.rglob("*") if p.is_file()}
         six = step("6").stdout
         assert "stopped" in six and "ready" in six, six
         time.sleep(2.0)
@@ -198,7 +204,7 @@ def test_seller_walkthrough(plan_dir: Path, tmp_path: Path) -> None:
         # not slashed, the client is refunded that task) and fails with a typed error; nothing else may fail.
         assert all(isinstance(e, SplitUpError) for e in errors), errors
         # the restart loaded its tasks from the cache: nothing was written there again
-        assert {p: p.stat().st_mtime for p in (work / "node-cache").rglob("*") if p.is_file()} == cache_mtimes
+        assert cache_mtimes and {p: p.stat().st_mtime for p in bundles.rglob("*") if p.is_file()} == cache_mtimes
 
         # withdraw is refused, naming the slot, until the unbonding period is over
         deadline = time.monotonic() + 60

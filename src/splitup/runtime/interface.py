@@ -73,12 +73,15 @@ def check_positions(task: TaskDefinition, feeds: Mapping[str, np.ndarray]) -> No
     # A fixed-capacity cache carries its filled length beside it (``past.N.length``); a growing one is as
     # long as its axis.
     lengths = [int(np.max(v)) for n, v in feeds.items() if n in task.state and n.endswith(".length") and v.size]
+    # The cache axis is the state's symbolic dim that no other input has: a batch axis (``batch``) is
+    # shared with the token inputs, the cache length is the state's own.
+    shared = {d for s in task.inputs if s.name not in task.state for d in s.shape if isinstance(d, str)}
     for name in task.state:
         value, spec = feeds.get(name), specs.get(name)
         if value is None or spec is None:
             continue
         for axis, d in enumerate(spec.shape):
-            if isinstance(d, str) and d != SEQ_DIM and d in task.dim_max and axis < value.ndim:
+            if isinstance(d, str) and d not in shared and d in task.dim_max and axis < value.ndim:
                 past = max(lengths) if lengths else int(value.shape[axis])
                 most = task.dim_max[d]
                 if past + seq > most:
