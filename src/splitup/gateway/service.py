@@ -237,10 +237,13 @@ class GatewayService:
             # Settling is winding up a job that was served: executors that did not commit yet are asked
             # (once); then one pass over the chain per turn, so a job waiting for a validator does not
             # hold a worker while others could close.
-            report = self.client.wind_up(key, model_name=j.model, task_ids=j.task_ids, timeout=0.0, ask=first)
+            report = self.client.wind_up(key, model_name=j.model, task_ids=j.task_ids, timeout=0.0, ask=first,
+                                         before_close=lambda r: self._save_before_close(j, r))
         except Exception as exc:  # keep the job: its windows are bounded, a later try gets it closed
             if isinstance(exc, JobGone) or self._closed_elsewhere(key):
-                report = j.report
+                report = j.report  # written down before the close (by this run or one that was killed)
+                if report is not None:
+                    report.closed = True
             else:
                 if not isinstance(exc, JobError) or "not settled" not in str(exc):
                     log.warning("job %s not finished yet (%s: %s); trying again", job, type(exc).__name__, exc)
@@ -249,6 +252,13 @@ class GatewayService:
                 return
         with self._lock:
             j.report, j.state = report, final
+        self._save(j)
+
+    def _save_before_close(self, j: GatewayJob, report: Any) -> None:
+        """The job's final figures, durable before its account is closed: a gateway killed between the
+        close and its own bookkeeping still shows what was paid and refunded after a restart."""
+        with self._lock:
+            j.report = report
         self._save(j)
 
     def _closed_elsewhere(self, job: Pubkey) -> bool:

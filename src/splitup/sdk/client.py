@@ -19,7 +19,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -242,7 +242,8 @@ class Client:
                 raise JobError(f"task {i}: the executor at {urls[0]} did not commit: {why}")
 
     def wind_up(self, job: Pubkey, *, model_name: str = "", task_ids: Sequence[str] = (),
-                timeout: float | None = None, ask: bool = True) -> JobReport:
+                timeout: float | None = None, ask: bool = True,
+                before_close: Callable[[JobReport], None] | None = None) -> JobReport:
         """End a job that will not complete, leaving nothing locked.
 
         Tasks nobody accepted are released; every node holding an accepted task is asked to commit what
@@ -278,7 +279,7 @@ class Client:
                 if not ok and not m.job(job).tasks[i].received:
                     self._release(job, i)  # never fed: nobody's fault, nothing to wait for
         return self.wait(job, self.wind_up_timeout if timeout is None else timeout, model_name=model_name,
-                         task_ids=task_ids)
+                         task_ids=task_ids, before_close=before_close)
 
     def _release(self, job: Pubkey, index: int) -> None:
         try:
@@ -294,7 +295,7 @@ class Client:
             return None
 
     def wait(self, job: Pubkey, timeout: float = 300.0, *, model_name: str = "", task_ids: Sequence[str] = (),
-             close: bool = True) -> JobReport:
+             close: bool = True, before_close: Callable[[JobReport], None] | None = None) -> JobReport:
         """Crank sampling and settlement until every task is final, then close the job (escrow rest returns).
 
         Validators and the arbiter act on their own; this only pushes the permissionless steps along.
@@ -324,6 +325,11 @@ class Client:
             time.sleep(0.1)
         report = job_report(job, info, m.config(), model_name, list(task_ids))
         if close:
+            # The account and its figures are gone once closed: a caller that must not lose them (a
+            # gateway that may be killed right after) writes them down first.
+            report.refund = int(info.header.deposit) - int(info.header.paid)
+            if before_close is not None:
+                before_close(report)
             before = m.t.balance(self.payer.pubkey())
             m.close_job(self.payer, job)
             report.closed = True
