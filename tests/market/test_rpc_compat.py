@@ -359,7 +359,7 @@ def test_market_transport_confirms_by_subscription(ledger: str, tmp_path: Path) 
     t = RpcTransport(ledger, poll_s=5.0)  # polling this slowly would show in the time taken
     k = Keypair()
     t.airdrop(k.pubkey(), SOL)
-    assert t._ws is not None and not t._ws_unavailable and t.balance(k.pubkey()) == SOL
+    assert t.confirmed_by_subscription == 1 and not t._ws_unavailable and t.balance(k.pubkey()) == SOL
     t.close()
     port = free_port()
     with running(tmp_path, port, slot_s=0.05, ws_port=free_port()):  # nothing at port + 1: polling

@@ -57,8 +57,8 @@ class RpcTransport:
         """``skip_preflight`` sends failing transactions anyway: they land (paying their fee) with logs."""
         self.url = url
         self.ws_url = ws_url or ws_url_for(url)
-        self._ws: SolanaWsClient | None = None
         self._ws_unavailable = False
+        self.confirmed_by_subscription = 0
         self.skip_preflight = skip_preflight
         self.poll_s = poll_s
         self.timeout = timeout
@@ -77,8 +77,6 @@ class RpcTransport:
             raise TransactionFailed(f"RPC {self.url}: {type(exc).__name__}: {exc}") from exc
 
     def close(self) -> None:
-        if self._ws is not None:
-            self._run(self._ws.close())
         self._run(self.client.close())
         self._loop.close()
 
@@ -109,26 +107,27 @@ class RpcTransport:
                 raise
             except Exception:  # no PubSub endpoint, or it went away: ask by polling from now on
                 self._ws_unavailable = True
-                self._ws = None
         self._confirm_by_polling(sig)
 
     async def _confirm_by_subscription(self, sig: Signature) -> None:
-        if self._ws is None:
-            self._ws = await SolanaWsClient(self.ws_url, request_timeout=self.timeout, open_timeout=5).connect()
-        sub = await self._ws.signature_subscribe(signature=sig, commitment=Confirmed)
-        deadline = time.monotonic() + self.timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TransactionFailed(f"transaction {sig} not confirmed within {self.timeout} s")
-            try:
-                note = await asyncio.wait_for(self._ws.recv(), remaining)
-            except TimeoutError as exc:
-                raise TransactionFailed(f"transaction {sig} not confirmed within {self.timeout} s") from exc
-            if isinstance(note, SignatureNotification) and note.subscription == sub.subscription_id:
-                if note.result.value.err is not None:
-                    raise error_from(note.result.value.err)
-                return
+        # A connection per confirmation (a loopback handshake costs about a millisecond): none is left
+        # open for the interpreter to find pending when a process ends without closing its transports.
+        async with SolanaWsClient(self.ws_url, request_timeout=self.timeout, open_timeout=5) as ws:
+            sub = await ws.signature_subscribe(signature=sig, commitment=Confirmed)
+            deadline = time.monotonic() + self.timeout
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TransactionFailed(f"transaction {sig} not confirmed within {self.timeout} s")
+                try:
+                    note = await asyncio.wait_for(ws.recv(), remaining)
+                except TimeoutError as exc:
+                    raise TransactionFailed(f"transaction {sig} not confirmed within {self.timeout} s") from exc
+                if isinstance(note, SignatureNotification) and note.subscription == sub.subscription_id:
+                    if note.result.value.err is not None:
+                        raise error_from(note.result.value.err)
+                    self.confirmed_by_subscription += 1
+                    return
 
     def _confirm_by_polling(self, sig: Signature) -> None:
         deadline = time.monotonic() + self.timeout
