@@ -6,6 +6,8 @@ open and no collateral locked afterwards."""
 from __future__ import annotations
 
 import asyncio
+import json
+import sqlite3
 import time
 
 import httpx
@@ -87,15 +89,19 @@ def test_burst_ends_served_or_refused_and_leaves_nothing_locked(env) -> None:
         async with httpx.AsyncClient(timeout=180, limits=httpx.Limits(max_connections=n)) as http:
             return await asyncio.gather(*(one(http, i) for i in range(n)))
 
+    # The gateway has measured its pace (as one that has served anything has): then a request it cannot
+    # start within its deadline is refused at arrival, not when the deadline runs out.
+    warm = httpx.post(env.url + "/v1/completions", json={"model": "tiny-llama", "prompt": "warm", "max_tokens": 4,
+                                                        "temperature": 0}, timeout=120)
+    assert warm.status_code == 200, warm.text
     results = asyncio.run(burst(32))
     codes = [c for c, _, _ in results]
     assert set(codes) <= {200, 429}, codes
     assert codes.count(200) >= 1
     refused = [(t, ra) for c, t, ra in results if c == 429]
     assert all(ra is not None and int(ra) >= 1 for _, ra in refused), refused
-    # Refused at once: under a second (the median; the slowest with slack for a shared, overloaded CI box).
-    times = sorted(t for t, _ in refused)
-    assert not times or (times[len(times) // 2] < 1.0 and times[-1] < 3.0), times
+    # Refused at once, every one: under a second (by the estimate at arrival, or for lack of queue room).
+    assert all(t < 1.0 for t, _ in refused), sorted(t for t, _ in refused)
     # A minute after the burst: every job closed, no collateral locked.
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (_client_jobs(env) or _locked(env)):
@@ -146,6 +152,15 @@ def test_gateway_killed_mid_stream_winds_the_job_up_after_restart(env) -> None:
     # computed its part before the kill, so the nodes committed it and were paid).
     assert row["closed"] is True and row["refund"] == row["deposit"] - row["paid"] >= 0
     assert "restarted" in row["error"]
+    # The draw secret was written down with the job and revealed after the restart: the tasks were drawn
+    # with it (a lost secret leaves the job unrevealed, and every task verified by the fail-safe).
+    assert row["revealed"] is True and "secret" not in row
+    db = sqlite3.connect(f"file:{env.net.root / 'gateway.sqlite'}?mode=ro", uri=True)
+    try:
+        (stored,) = db.execute("SELECT body FROM jobs WHERE address = ?", (row["address"],)).fetchone()
+    finally:
+        db.close()
+    assert json.loads(stored)["secret"] == ""  # forgotten once the job is over
     # What the nodes computed before the kill was committed and paid; nobody was slashed.
     assert all(t["status"] in ("SETTLED", "RELEASED") and t["node_slashed"] == 0 for t in row["tasks"])
 

@@ -264,3 +264,31 @@ def test_executor_forgets_a_committed_task(plan_dir, tmp_path):
     with pytest.raises(RoleError, match="was not accepted"):
         ex.transcript(job, 0)
     assert Transcript.from_bytes(w.blobs.get(ann.transcript_sha, 1 << 24)).commitment() == ann.commitment
+
+
+def test_a_commit_whose_answer_is_lost_still_has_its_announcement(plan_dir, tmp_path, monkeypatch):
+    """The ledger applies the commit and dies before answering: the executor hears an error, but the
+    announcement was handed to ``keep`` before the send, so the node can still show the validator the
+    transcript that opens its on-chain commitment (without it an honest node loses the dispute)."""
+    from splitup.market.errors import TransactionFailed
+
+    w = world(plan_dir, tmp_path)
+    job = w.m.post_job(w.client, w.model, b"\3" * 32).address
+    ex = w.executors[0]
+    ex.accept(job, 0)
+    ex.call(job, 0, prompt(7))
+    sent = w.m.commit_result
+
+    def lands_then_fails(*args, **kw):  # noqa: ANN002, ANN003, ANN202
+        sent(*args, **kw)
+        raise TransactionFailed("the ledger died before answering")
+
+    monkeypatch.setattr(w.m, "commit_result", lands_then_fails)
+    kept: list[Announcement] = []
+    with pytest.raises(TransactionFailed):
+        ex.commit(job, 0, keep=kept.append)
+    assert len(kept) == 1 and kept[0].commitment == bytes(w.m.job(job).tasks[0].commitment)
+    w.t.advance(1)
+    assert w.m.sample(job, 0)
+    check = w.validators[1].validate(job, 0, kept[0])
+    assert check.agree, check.reason

@@ -48,6 +48,9 @@ class GatewayJob:
     report: JobReport | None = None
     error: str = ""
     task_ids: list[str] = field(default_factory=list)
+    # The job's draw secret (hex) until the job is over: written with the job's row, so a gateway killed
+    # before revealing it still reveals it after a restart (else every task of the job is verified).
+    secret: str = ""
 
     def to_json(self) -> dict[str, Any]:
         body = asdict(self)
@@ -110,6 +113,8 @@ class GatewayService:
                     # Left by a gateway that stopped or was killed: whatever it was, wind it up.
                     j.state = "failed" if j.state == "running" else j.state
                     j.error = j.error or "the gateway restarted while the job ran"
+                    if j.secret:
+                        client.keep_secret(Pubkey.from_string(j.address), bytes.fromhex(j.secret))
                     self._due[j.address] = 0.0
 
     def start(self) -> None:
@@ -178,7 +183,9 @@ class GatewayService:
             self.store.put(j.address, j.created, j.to_json())
 
     def job_started(self, job: Pubkey, model: str, prompt: str, kind: str, task_ids: list[str]) -> None:
-        j = GatewayJob(str(job), model, time.time(), prompt[:200], kind, task_ids=task_ids)
+        secret = self.client.draw_secret(job)
+        j = GatewayJob(str(job), model, time.time(), prompt[:200], kind, task_ids=task_ids,
+                       secret=secret.hex() if secret is not None else "")
         with self._lock:
             self.jobs[j.address] = j
         self._save(j)
@@ -251,7 +258,7 @@ class GatewayService:
                 self._schedule(job, self.retry_s if job not in self._asked else 0.5)
                 return
         with self._lock:
-            j.report, j.state = report, final
+            j.report, j.state, j.secret = report, final, ""
         self._save(j)
 
     def _save_before_close(self, j: GatewayJob, report: Any) -> None:

@@ -449,6 +449,11 @@ class MarketAgent:
             if key in self.announced:
                 return self.announced[key]
             slot = self.market.job(job).tasks[index]
+            kept = self._kept(*key)
+            if (slot.node == self.address and slot.status != TaskStatus.ACCEPTED and kept is not None
+                    and kept.commitment == bytes(slot.commitment)):
+                self.announced[key] = kept  # the commit landed, its answer was lost (the ledger died)
+                return kept
             if slot.node != self.address or slot.status != TaskStatus.ACCEPTED:
                 raise MarketError(f"task {index} of {job} is not accepted by this node")
             task = self.executor.task(job, index)
@@ -456,10 +461,10 @@ class MarketAgent:
             if not transcript.steps:
                 raise MarketError(f"this node computed nothing for task {index} of {job}")
             self.executor.record(job, index, transcript, self.node.final_state(str(job), task.task_id))
-            ann = self.executor.commit(job, index)
+            # Kept on disk before the commit is sent (its answer may be lost while the commit lands).
+            ann = self.executor.commit(job, index, keep=self._keep)
             self.executor.forget(job, index)
             self.announced[key] = ann
-            self._keep(ann)
             self.stats["committed"] += 1
             return ann
 

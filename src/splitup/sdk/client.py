@@ -152,15 +152,29 @@ class Client:
     def post_job(self, model: str | CatalogEntry, inputs_hash: bytes, *, max_fee: int | None = None,
                  on_job: Any = None) -> Pubkey:
         """Escrow a job; ``on_job(address)`` hears its address *before* the transaction is sent, so a caller
-        that writes it down can wind the job up even if it dies (or the ledger does) mid-send."""
+        that writes it down can wind the job up even if it dies (or the ledger does) mid-send. The job's
+        draw secret is known by then too (:meth:`draw_secret`): a caller that keeps it with the address
+        can still reveal it after a restart, so the job's tasks are drawn at their rate, not all verified."""
         entry = self.plan(model) if isinstance(model, str) else model
         nonce = secrets.randbits(63)
         address = self.market.job_address(self.payer.pubkey(), nonce)
+        secret = secrets.token_bytes(32)
+        self.keep_secret(address, secret)
         if on_job is not None:
             on_job(address)
         self.market.post_job(self.payer, entry.address, inputs_hash, max_fee=max_fee, nonce=nonce,
-                             deadline_slots=self.deadline_slots, task_timeout_slots=self.task_timeout_slots)
+                             deadline_slots=self.deadline_slots, task_timeout_slots=self.task_timeout_slots,
+                             secret=secret)
         return address
+
+    def draw_secret(self, job: Pubkey) -> bytes | None:
+        """The draw secret of a job this client posted, until it is revealed (None after, or if unknown)."""
+        held = self.market.secrets.get(job)
+        return None if held is None else held[1]
+
+    def keep_secret(self, job: Pubkey, secret: bytes) -> None:
+        """Hold ``job``'s draw secret (one written down before a restart): settling reveals it first."""
+        self.market.secrets[job] = (self.payer, secret)
 
     def capacity(self, model: str | CatalogEntry) -> list[TaskCapacity]:
         """Per task of the model: its holders, how many answer, and how many more jobs they can take now."""

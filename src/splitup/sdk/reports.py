@@ -59,6 +59,7 @@ class JobReport:
     tasks: list[TaskReport]
     closed: bool = False
     refund: int = 0
+    revealed: bool = False  # the client's draw secret was opened: tasks were drawn at their rate
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -117,4 +118,5 @@ def job_report(address: Pubkey, job: JobInfo, cfg: Config, model_name: str,
             collateral=int(t.collateral), proved=bool(t.proved), standin=bool(t.standin),
         ))
     return JobReport(address=str(address), model=model_name, client=str(job.header.client),
-                     deposit=int(job.header.deposit), paid=int(job.header.paid), tasks=tasks)
+                     deposit=int(job.header.deposit), paid=int(job.header.paid), tasks=tasks,
+                     revealed=job.header.revealed_slot != 0)

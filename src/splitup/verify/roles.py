@@ -18,7 +18,7 @@ import hashlib
 import secrets
 import struct
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -200,9 +200,13 @@ class Executor:
     def transcript(self, job: Pubkey, index: int) -> Transcript:
         return self._get(job, index).transcript
 
-    def commit(self, job: Pubkey, index: int) -> Announcement:
+    def commit(self, job: Pubkey, index: int, keep: Callable[[Announcement], None] | None = None) -> Announcement:
         """Upload the transcript, then commit to it on chain, sealed with the digest of the work (the
-        upload first: a commitment whose transcript cannot be fetched would lose any dispute)."""
+        upload first: a commitment whose transcript cannot be fetched would lose any dispute).
+
+        ``keep(announcement)`` hears the signed announcement before the commit is sent: a commit can land
+        while its answer is lost (the ledger dies mid-send), and a node that cannot show the announcement
+        of a result it committed looks like one hiding its work."""
         work = self._get(job, index)
         t = work.transcript
         sha = self.blobs.put(t.to_bytes())
@@ -212,9 +216,12 @@ class Executor:
             # recorded elsewhere (the node daemon's session): the cache is not here, so run it again
             state = replay(self._loaded.runner(t.task_id), t).state
         last = t.steps[-1].outputs if t.steps else {}
+        ann = Announcement(str(job), index, t.task_id, sha, c, t.fingerprints()).signed(self.owner)
+        if keep is not None:
+            keep(ann)
         self.market.commit_result(self.owner, job, index, c, seal_of(work_digest(c, work_tensors(state, last))))
         work.state.clear()  # the KV cache is no longer needed; the transcript is the record
-        return Announcement(str(job), index, t.task_id, sha, c, t.fingerprints()).signed(self.owner)
+        return ann
 
     def forget(self, job: Pubkey, index: int) -> None:
         """Drop what is kept for a committed task: the blob store holds its transcript from now on, and
