@@ -8,7 +8,7 @@ Prints one table: requests and their outcomes, kills, jobs posted / closed / wou
 collateral locked after, lamports of all accounts before and after with the transaction fees, the
 client's balance against what it paid for delivered work, stake lost by nodes never killed, and whether
 the ledger's SQLite state after each kill equals what RPC reported just before. Exit status 1 when any
-book does not balance. The short form runs in CI (tests/demo/test_chaos.py).
+book does not balance. The short form runs in CI (tests/gateway/test_chaos.py).
 """
 
 from __future__ import annotations

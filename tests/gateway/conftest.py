@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from splitup.demo.chaos import start_gateway
 from splitup.demo.flow import Prepared, prepare
 from splitup.demo.network import LocalMarket, local_market
 from splitup.demo.procs import Child, free_port
@@ -32,13 +33,11 @@ def env(tmp_path_factory) -> Iterator[Env]:
     root: Path = tmp_path_factory.mktemp("gateway-market")
     prep = prepare(root, smaller=True, tasks=3, nodes=4, workspace=0, prompt="unused")
     whole = load_demo_model(True)
-    with local_market(root, prep.model, prep.plan_dir, prep.budgets, verify_rate_bps=10_000) as net:
-        port = free_port()
-        gw = net.procs.start("gateway", ["-m", "splitup", "gateway", "start", "--rpc-url", net.rpc_url,
-                                         "--store", net.store_url, "--keypair", str(net.wallet_path("client")),
-                                         "--port", str(port), "--db", str(root / "gateway.sqlite")],
-                                f"http://127.0.0.1:{port}")
-        net.procs.wait_http(gw)
+    # Short task and validator windows (2 min at 100 ms slots), as in the chaos run that shares this market:
+    # a node killed after receipting its input is expired within the test, not after the default 17 min.
+    with local_market(root, prep.model, prep.plan_dir, prep.budgets, verify_rate_bps=10_000,
+                      validator_timeout_slots=1200) as net:
+        gw = start_gateway(net, port=free_port(), queue_timeout=20, max_running=4, task_timeout_slots=1200)
         yield Env(net, gw, prep, whole)
 
 

@@ -199,3 +199,41 @@ def test_standin_that_finishes_a_task_is_recorded_and_paid(env) -> None:
     assert all(t.node != victim_address for t in result.report.tasks)
     assert m.node(env.net.wallets[victim.name].pubkey()).stake == stakes[victim_address]  # not slashed
     wait_node(env.net, victim)
+
+
+def test_nodes_finish_on_their_own_when_the_client_vanishes(env) -> None:
+    """A client posts a job, sends one step through the pipeline and goes silent: it never asks for a
+    commit nor releases anything. Before their task deadlines the nodes commit what they computed on their
+    own, so none is expired (slashed) for the client's silence, and the job settles and closes paid."""
+    import splitup
+    from splitup.client.pipeline import PipelineClient
+    from splitup.client.sampling import decoding_for
+    from splitup.market.constants import TaskStatus
+
+    m = connect(env.net.rpc_url, env.net.wallets["authority"])
+    stakes = {str(a): n.stake for a, n in m.nodes()}
+    # Short task windows (8 s at 100 ms slots): a node acts on its own when its deadline nears.
+    with splitup.Client(env.net.rpc_url, env.net.wallet_path("client"), store_url=env.net.store_url,
+                        task_timeout_slots=80) as client:
+        entry = client.plan("tiny-llama")
+        job, routes = client.place(entry, b"\4" * 32)
+        with PipelineClient(entry.plan, routes, hop_timeout=30) as pc, pc.session() as gen:
+            gen.job = str(job)
+            gen.decoding = decoding_for(0.0, None, None)
+            gen.step(np.asarray([[5, 6, 7]], dtype=np.int64))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            statuses = [TaskStatus(t.status) for t in m.job(job).tasks]
+            if TaskStatus.ACCEPTED not in statuses:
+                break
+            time.sleep(0.5)
+        assert TaskStatus.ACCEPTED not in statuses, statuses
+        fed = [bool(t.received) for t in m.job(job).tasks]
+        report = client.wind_up(job, model_name=entry.name, task_ids=entry.task_ids(), ask=False)
+    # A task fed by its node was committed and is paid; one its node never got (the pipeline moved it to a
+    # stand-in, which the vanished client never made the executor) was released by the node, unslashed.
+    assert report.closed and sum(fed) >= 2, (fed, report.tasks)
+    for t, got in zip(report.tasks, fed, strict=True):
+        assert (t.status == "SETTLED" and t.node_paid == t.price) if got else t.status == "RELEASED", t
+        assert t.node_slashed == 0
+    assert all(n.stake == stakes[str(a)] for a, n in m.nodes() if str(a) in stakes)
