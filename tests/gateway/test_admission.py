@@ -63,7 +63,13 @@ def test_a_request_that_cannot_start_in_time_is_refused_at_arrival() -> None:
             await adm.enter("x", "m")
         assert asyncio.get_running_loop().time() - t0 < 0.1
         assert busy.value.retry_after == 9  # come back when the queue ahead of it is gone
-        assert adm.stats["refused_early"] == 1
+        # The same decision when it arrives, before its body is read; another client's request would be
+        # served in turn (after x's next one), so it is counted in.
+        early = adm.arrive("x")
+        assert early is not None and early.retry_after == 9
+        assert adm.arrive("y") is None
+        adm.depart("y")
+        assert adm.stats["refused_early"] == 2 and adm.arriving == 0
         # Another client is served in turn, right after the running request: it is not refused.
         other = asyncio.create_task(adm.enter("y", "m"))
         await asyncio.sleep(0.05)
@@ -100,6 +106,15 @@ def test_a_waiting_request_is_refused_once_its_deadline_cannot_be_met() -> None:
 
 def test_capacity_refusal_happens_before_the_body_and_counts_everyone_in() -> None:
     adm = Admission(max_running=2, max_queue=1, queue_timeout=5)
-    assert [adm.arrive() is None for _ in range(4)] == [True, True, True, False]
-    adm.depart()
-    assert adm.arrive() is None
+    assert [adm.arrive("a") is None for _ in range(4)] == [True, True, True, False]
+    adm.depart("a")
+    assert adm.arrive("b") is None
+
+
+def test_requests_still_being_checked_count_in_the_fair_order() -> None:
+    """Arrived requests join their clients' lines: a's burst of three being checked is ahead of a's
+    fourth, but only the first of them is ahead of b's first (b is served in turn)."""
+    adm = Admission(max_running=1, max_queue=8, queue_timeout=60, clock=Clock())
+    for _ in range(3):
+        assert adm.arrive("a") is None
+    assert adm._ahead("a", 3) == 3 and adm._ahead("b") == 1

@@ -19,7 +19,7 @@ import asyncio
 import heapq
 import math
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -51,7 +51,7 @@ class Admission:
         self.room = room or (lambda _model: "")
         self.taken = taken or (lambda _model: None)
         self.clock = clock
-        self.arriving = 0  # counted in by arrive(), not yet entered
+        self._arriving: Counter[str] = Counter()  # per client: counted in by arrive(), not yet entered
         self._started: list[float] = []  # when each running request took its slot
         self._lines: OrderedDict[str, deque[_Waiter]] = OrderedDict()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -63,6 +63,10 @@ class Admission:
     @property
     def running(self) -> int:
         return len(self._started)
+
+    @property
+    def arriving(self) -> int:
+        return sum(self._arriving.values())
 
     @property
     def waiting(self) -> int:
@@ -102,19 +106,27 @@ class Admission:
         default the whole queue) is expected to be gone."""
         return max(1, min(60, math.ceil(self.start_in(self.waiting if ahead is None else ahead))))
 
-    def _ahead(self, client: str, index: int | None = None) -> int:
-        """Requests served before the ``index``-th of ``client``'s line (default: one joining its end),
-        in the round-robin order of :meth:`_grant`."""
+    def _ahead(self, client: str, mine: int | None = None) -> int:
+        """Requests served before one of ``client`` with ``mine`` of its own requests before it (default:
+        a request joining the end of its line), in the round-robin order of :meth:`_grant`.
+
+        Requests still being checked (counted in by :meth:`arrive`) count as joining the end of their
+        clients' lines; a line not there yet is counted before this one (it may join first)."""
         line = self._lines.get(client)
-        k = (len(line) if line is not None else 0) if index is None else index
-        n = 0
-        seen = False
+        k = (len(line) if line is not None else 0) if mine is None else mine
+        n = k
+        before = True  # lines ahead of its own in the order (all of them, for a new line)
+        seen = set()
         for c, q in self._lines.items():
-            n += min(len(q), k)  # the rounds before its own, of every line
+            seen.add(c)
             if c == client:
-                seen = True
-            elif not seen and len(q) > k:  # its own round, of the lines before it (all, for a new line)
-                n += 1
+                before = False
+                continue
+            length = len(q) + self._arriving[c]
+            n += min(length, k) + (1 if before and length > k else 0)
+        for c, waiting in self._arriving.items():
+            if c != client and c not in seen and waiting:
+                n += min(waiting, k) + (1 if waiting > k else 0)
         return n
 
     # --- the gate -------------------------------------------------------------------------------------------
@@ -123,25 +135,39 @@ class Admission:
         return MarketBusy(f"the gateway is at capacity ({self.running} running, {self.waiting} queued)"
                           + (f"; {why}" if why else ""), retry_after=self.retry_after(ahead))
 
-    def arrive(self) -> MarketBusy | None:
+    def arrive(self, client: str = "-") -> MarketBusy | None:
         """Count a request in before its body is even read; a refusal when the slots and the queue are
-        taken by requests already in (being checked, queued or running). Pair with :meth:`enter` or
-        :meth:`depart`."""
+        taken by requests already in (being checked, queued or running), or when it could not start
+        within its deadline behind them. Pair with :meth:`enter` or :meth:`depart`."""
         room = self.max_running + (self.max_queue if self.queue_timeout > 0 else 0)
         if self.running + self.waiting + self.arriving >= room:
             return self._busy()
-        self.arriving += 1
+        if self.queue_timeout > 0:
+            ahead = self._ahead(client, self._queued(client) + self._arriving[client])
+            if self.start_in(ahead) > ADMIT_SHARE * self.queue_timeout:
+                self.stats["refused_early"] += 1
+                return self._busy(f"a slot is not expected within the {self.queue_timeout:.0f} s a request may "
+                                  "wait", ahead)
+        self._arriving[client] += 1
         return None
 
-    def depart(self) -> None:
+    def depart(self, client: str = "-") -> None:
         """A counted-in request that will not enter (refused by its checks)."""
-        self.arriving = max(0, self.arriving - 1)
+        left = self._arriving[client] - 1
+        if left > 0:
+            self._arriving[client] = left
+        else:
+            self._arriving.pop(client, None)
+
+    def _queued(self, client: str) -> int:
+        line = self._lines.get(client)
+        return 0 if line is None else len(line)
 
     async def enter(self, client: str, model: str) -> float:
         """Wait for a slot (raises :class:`MarketBusy` as soon as the slot cannot come within the deadline);
         returns the seconds spent queued."""
         self._loop = asyncio.get_running_loop()
-        self.depart()
+        self.depart(client)
         why = self.room(model)
         if self.running < self.max_running and not self.waiting and not why:
             self._take(model)
@@ -168,8 +194,8 @@ class Admission:
                 if left <= 0:
                     late = f"no room within {self.queue_timeout:.0f} s"
                     break
-                mine = self._lines.get(client)
-                ahead = self._ahead(client, mine.index(waiter)) if mine is not None and waiter in mine else 0
+                line = self._lines.get(client)
+                ahead = self._ahead(client, line.index(waiter)) if line is not None and waiter in line else 0
                 if self.start_in(ahead) > left:
                     late = f"a slot is no longer expected within the {left:.0f} s left of {self.queue_timeout:.0f} s"
                     break

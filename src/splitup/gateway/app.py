@@ -11,6 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from splitup.gateway import views
+from splitup.gateway.openai_api import Arrival
 from splitup.gateway.openai_api import router as openai_router
 from splitup.gateway.service import GatewayService
 
@@ -33,6 +34,7 @@ def create_app(svc: GatewayService) -> FastAPI:
 
     app = FastAPI(title="SplitUp gateway", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.include_router(openai_router(svc))
+    app.add_middleware(Arrival, svc=svc)  # admission's first look, before routing and the body
 
     @app.get("/health")
     def health() -> dict[str, str]:

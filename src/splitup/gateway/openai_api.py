@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,10 +43,14 @@ class BadRequest(Exception):
         super().__init__(message)
         self.param, self.status, self.kind, self.code, self.retry_after = param, status, kind, code, retry_after
 
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": str(self), "type": self.kind, "param": self.param, "code": self.code}}
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(max(1, round(self.retry_after)))} if self.retry_after is not None else {}
+
     def response(self) -> JSONResponse:
-        headers = {"retry-after": str(max(1, round(self.retry_after)))} if self.retry_after is not None else None
-        return JSONResponse({"error": {"message": str(self), "type": self.kind, "param": self.param,
-                                       "code": self.code}}, status_code=self.status, headers=headers)
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers())
 
     @staticmethod
     def of(exc: Exception) -> BadRequest:
@@ -246,6 +250,51 @@ class Run:
                 "total_tokens": self.prompt_tokens + done}
 
 
+ARRIVED = "splitup.arrived"  # the scope key under which :class:`Arrival` leaves the client it counted in
+GENERATION_PATHS = ("/v1/completions", "/v1/chat/completions")
+
+
+def client_of(scope: Mapping[str, Any]) -> str:
+    """The admission queue's line of a request: its API key, or else its address (a client's burst then
+    waits behind itself, not in front of others)."""
+    for name, value in scope.get("headers") or ():
+        if name == b"authorization":
+            return value.decode("latin-1")
+    peer = scope.get("client")
+    return str(peer[0]) if peer else "-"
+
+
+class Arrival:
+    """ASGI middleware: each generation request is counted in (:meth:`Admission.arrive`) before routing or
+    reading its body, and one the gateway cannot start within its deadline gets its 429 from here, at
+    the least cost a request can have: a burst of hundreds is answered while the event loop also streams
+    tokens to the requests that were let in."""
+
+    def __init__(self, app: Any, svc: GatewayService) -> None:
+        self.app, self.svc = app, svc
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in GENERATION_PATHS:
+            who = client_of(scope)
+            busy = self.svc.admission.arrive(who)
+            if busy is not None:
+                err = BadRequest.of(busy)
+                body = json.dumps(err.body(), separators=(",", ":")).encode()
+                headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                           *((k.encode(), v.encode()) for k, v in err.headers().items())]
+                await send({"type": "http.response.start", "status": err.status, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+            scope[ARRIVED] = who
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                if scope.pop(ARRIVED, None) is not None:  # the handler never took it up: count it out
+                    self.svc.admission.depart(who)
+            return
+        await self.app(scope, receive, send)
+
+
 def _sse(obj: Any) -> str:
     return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
 
@@ -261,17 +310,20 @@ def router(svc: GatewayService) -> APIRouter:
                                            for e in entries]}
 
     async def handle(request: Request, chat: bool) -> Any:
-        busy = svc.admission.arrive()
-        if busy is not None:  # before reading the body: a burst beyond the queue costs nothing
-            return BadRequest.of(busy).response()
+        who = request.scope.pop(ARRIVED, None)  # taken up: from here on this handler pairs it
+        if who is None:  # not through :class:`Arrival` (an app mounted without it)
+            who = client_of(request.scope)
+            busy = svc.admission.arrive(who)
+            if busy is not None:
+                return BadRequest.of(busy).response()
         entering = [False]
         try:
-            return await checked(request, chat, entering)
+            return await checked(request, chat, entering, who)
         finally:
             if not entering[0]:  # refused by its checks before it queued: count it out
-                svc.admission.depart()
+                svc.admission.depart(who)
 
-    async def checked(request: Request, chat: bool, entering: list[bool]) -> Any:
+    async def checked(request: Request, chat: bool, entering: list[bool], who: str) -> Any:
         declared = request.headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
             return BadRequest(f"the body of {declared} bytes exceeds the limit of {MAX_BODY_BYTES}", None,
@@ -287,8 +339,6 @@ def router(svc: GatewayService) -> APIRouter:
             req = await run_in_threadpool(parse, body, svc, chat=chat)
         except BadRequest as exc:
             return exc.response()
-        # One line per API key (or address) in the admission queue: a client's burst waits behind itself.
-        who = request.headers.get("authorization") or (request.client.host if request.client else "-")
         entering[0] = True  # enter() counts it out of the arrivals itself
         try:
             await svc.admission.enter(who, req.model)
