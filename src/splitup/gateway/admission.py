@@ -29,7 +29,7 @@ from splitup.sdk.errors import MarketBusy
 DEFAULT_SERVICE_S = 2.0
 # A request joins the queue only when its estimated start lies within this share of its deadline: the
 # estimate is a forecast, and a request refused late (at its deadline) is the outcome to avoid.
-ADMIT_SHARE = 0.8
+ADMIT_SHARE = 0.7
 
 
 @dataclass
