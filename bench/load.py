@@ -148,7 +148,9 @@ def main() -> int:
                     res = asyncio.run(sustained(gw.url, a.rate, a.seconds))
                 else:
                     res = burst(gw.url, int(what))  # type: ignore[arg-type]
-                wall = time.monotonic() - t0
+                # A burst's wall is its slowest answer (its requests start together in the client
+                # process, whose own start is not the gateway's time).
+                wall = max(s for _, s in res) if what not in ("sdk", None) else time.monotonic() - t0
                 adm = httpx.get(gw.url + "/api/overview", timeout=10).json()["admission"]
                 open_jobs, locked, settled, next_ok = after(net, gw.url)
                 rows.append((label, res, wall, adm["queued"] - adm_before["queued"],
