@@ -33,10 +33,11 @@ def env(tmp_path_factory) -> Iterator[Env]:
     root: Path = tmp_path_factory.mktemp("gateway-market")
     prep = prepare(root, smaller=True, tasks=3, nodes=4, workspace=0, prompt="unused")
     whole = load_demo_model(True)
-    # Short task and validator windows (2 min at 100 ms slots), as in the chaos run that shares this market:
-    # a node killed after receipting its input is expired within the test, not after the default 17 min.
+    # Short task and validator windows (2 min and 1 min at 100 ms slots), as in the chaos run that shares
+    # this market: a node killed after receipting its input, or after taking a check up, is expired within
+    # the test, not after the default 17 and 10 min.
     with local_market(root, prep.model, prep.plan_dir, prep.budgets, verify_rate_bps=10_000,
-                      validator_timeout_slots=1200) as net:
+                      validator_timeout_slots=600) as net:
         gw = start_gateway(net, port=free_port(), queue_timeout=20, max_running=4, task_timeout_slots=1200)
         yield Env(net, gw, prep, whole)
 

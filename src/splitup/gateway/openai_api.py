@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -422,5 +423,13 @@ def _stream(run: Run, first: str | None, pieces: Iterator[str], rid: str, create
         yield _sse(last)
         yield "data: [DONE]\n\n"
     finally:
-        pieces.close()
+        # Closing the run winds its job up over the chain (blocking calls). A stream its client left is
+        # closed by the garbage collector, which may run on the event loop's thread: never there.
+        threading.Thread(target=_end, args=(pieces, done), name="gateway-stream-end", daemon=True).start()
+
+
+def _end(pieces: Iterator[str], done: Any) -> None:
+    try:
+        pieces.close()  # type: ignore[attr-defined]
+    finally:
         done()
