@@ -292,3 +292,27 @@ def test_a_commit_whose_answer_is_lost_still_has_its_announcement(plan_dir, tmp_
     assert w.m.sample(job, 0)
     check = w.validators[1].validate(job, 0, kept[0])
     assert check.agree, check.reason
+
+
+def test_a_validator_whose_verdict_did_not_land_checks_again(plan_dir, tmp_path, monkeypatch):
+    """The ledger dies as the verdict is sent: the task stays taken up by this validator, who checks and
+    submits again (the node agent does so on its next look), instead of staying silent into a slash."""
+    from splitup.market.constants import TaskStatus
+    from splitup.market.errors import TransactionFailed
+
+    w = world(plan_dir, tmp_path)
+    job, _ex, ann = committed_task(w)
+    v = w.validators[1]
+    sent = v.market.submit_verdict
+
+    def down(*args, **kw):  # noqa: ANN002, ANN003, ANN202
+        raise TransactionFailed("the ledger is down")
+
+    monkeypatch.setattr(v.market, "submit_verdict", down)
+    with pytest.raises(TransactionFailed):
+        v.validate(job, 0, ann)
+    assert w.m.job(job).tasks[0].status == TaskStatus.VALIDATING
+    monkeypatch.setattr(v.market, "submit_verdict", sent)
+    check = v.validate(job, 0, ann, assigned=True)
+    assert check.agree, check.reason
+    assert w.m.job(job).tasks[0].status == TaskStatus.READY

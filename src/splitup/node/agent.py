@@ -268,7 +268,10 @@ class MarketAgent:
                     if time.monotonic() - seen > self.orphan_grace_s:
                         self._orphan(job, i)
                     continue
-                if t.status != TaskStatus.OPEN and not (t.status == TaskStatus.SAMPLED and self.validate):
+                # A check this node took up but whose verdict did not land (the ledger was down) is taken
+                # again: a validator that stays silent past its window is slashed.
+                mine = t.status == TaskStatus.VALIDATING and t.validator == self.address
+                if t.status != TaskStatus.OPEN and not ((t.status == TaskStatus.SAMPLED or mine) and self.validate):
                     continue
                 if model is None:
                     model = self.market.model(info.header.model)
@@ -471,9 +474,12 @@ class MarketAgent:
     # --- validator ----------------------------------------------------------------------------------------
     def _validate(self, job: Pubkey, index: int) -> None:
         try:
-            if TaskStatus(self.market.job(job).tasks[index].status) != TaskStatus.SAMPLED:
+            slot = self.market.job(job).tasks[index]
+            again = slot.status == TaskStatus.VALIDATING and slot.validator == self.address
+            if slot.status != TaskStatus.SAMPLED and not again:
                 return
-            check = self.validator.validate(job, index, fetch_announcement(self.market, job, index))
+            check = self.validator.validate(job, index, fetch_announcement(self.market, job, index),
+                                            assigned=again)
             self.stats["validated"] += 1
             if not check.agree:
                 self.stats["disagreed"] += 1

@@ -280,13 +280,15 @@ class Validator:
         return Check(verdict.match, verdict.reason, digest, replayed.seconds,
                      estimated_flops(runner.task, t), len(t.steps))
 
-    def validate(self, job: Pubkey, index: int, ann: Announcement | None) -> Check:
+    def validate(self, job: Pubkey, index: int, ann: Announcement | None, *, assigned: bool = False) -> Check:
         """Take the sampled task up on chain, form an opinion (per ``behaviour``) and submit it.
 
         ``ann`` is the node's announcement; None (the node announced nothing) is a "disagree" the arbiter
-        upholds unless the node produces a signed announcement that opens its commitment.
+        upholds unless the node produces a signed announcement that opens its commitment. ``assigned``:
+        this validator took the task up already (its verdict did not land): check and submit again.
         """
-        self.market.assign_validator(self.owner, job, index)
+        if not assigned:
+            self.market.assign_validator(self.owner, job, index)
         slot = self.market.job(job).tasks[index]
         committed, node_owner = bytes(slot.commitment), self.market.node_at(slot.node).owner
         if self.behaviour is Behaviour.LAZY:
