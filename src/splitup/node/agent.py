@@ -440,8 +440,16 @@ class MarketAgent:
         try:
             cosign_takeover(self.market, self.owner, raw, job, index)
         except Exception:
-            self.accepted.pop(key, None)
-            self.executor.forget(job, index)
+            # The takeover may have landed while its answer was lost (the ledger died): then the task is
+            # this node's, received, and forgetting it would release it later with the liveness penalty.
+            # Forget it only when the chain says it is not ours; if unsure, the tick sorts it out.
+            try:
+                ours = self.market.job(job).tasks[index].node == self.address
+            except Exception:
+                ours = True
+            if not ours:
+                self.accepted.pop(key, None)
+                self.executor.forget(job, index)
             raise
         log.info("took over task %d of %s as a stand-in", index, job)
 
