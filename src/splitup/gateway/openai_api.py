@@ -360,7 +360,7 @@ def router(svc: GatewayService) -> APIRouter:
                 if isinstance(exc, SplitUpError):
                     return BadRequest.of(exc).response()
                 raise
-            return StreamingResponse(_stream(run, first, pieces, rid, created, req.model, chat,
+            return ClosingStream(_stream(run, first, pieces, rid, created, req.model, chat,
                                              lambda: svc.admission.leave(time.monotonic() - t0)),
                                      media_type="text/event-stream", headers={"cache-control": "no-cache"})
         try:
@@ -423,13 +423,35 @@ def _stream(run: Run, first: str | None, pieces: Iterator[str], rid: str, create
         yield _sse(last)
         yield "data: [DONE]\n\n"
     finally:
-        # Closing the run winds its job up over the chain (blocking calls). A stream its client left is
-        # closed by the garbage collector, which may run on the event loop's thread: never there.
-        threading.Thread(target=_end, args=(pieces, done), name="gateway-stream-end", daemon=True).start()
-
-
-def _end(pieces: Iterator[str], done: Any) -> None:
-    try:
         pieces.close()  # type: ignore[attr-defined]
-    finally:
         done()
+
+
+class ClosingStream(StreamingResponse):
+    """A streaming answer whose generator is closed when the response ends for any reason: finished,
+    or its client gone (Starlette then stops iterating and leaves the generator to the garbage
+    collector, which may never come, or come on the event loop's thread). Closing it winds the job up
+    over the chain, so it is done on a thread of its own."""
+
+    def __init__(self, content: Any, **kw: Any) -> None:
+        super().__init__(content, **kw)
+        self.source = content
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            threading.Thread(target=_close, args=(self.source,), name="gateway-stream-end", daemon=True).start()
+
+
+def _close(gen: Any, patience_s: float = 600.0) -> None:
+    """Close a sync generator, waiting while a worker thread is still inside it (a token on its way)."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            gen.close()
+            return
+        except ValueError:  # "generator already executing"
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
