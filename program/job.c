@@ -65,6 +65,7 @@ uint64_t ix_post_job(Ctx *c) {
   j->verify_rate_bps = cfg->verify_rate_bps;
   j->validator_reward = cfg->validator_reward;
   j->validator_reward_bps = cfg->validator_reward_bps;
+  j->handoff_slots = cfg->handoff_slots;
   j->protocol_fee_bps = cfg->protocol_fee_bps;
   j->new_node_bps = cfg->new_node_bps;
   j->new_node_half_life = cfg->new_node_half_life;
@@ -117,44 +118,27 @@ uint64_t ix_accept_task(Ctx *c) {
 
 /* accounts: 0 node owner (signer), 1 node, 2 job (w). The node records that it got its input: from
    now on failing to deliver is its fault (a liveness slash), and the client can no longer release the
-   task out from under it. */
+   task out from under it. (A client holding the node's signed receipt proves the same: prove_receipt.) */
 uint64_t ix_receive_input(Ctx *c) {
-  SolAccountInfo *ka = c->p->ka;
   HashArgs a;
   TRY(read_args(c, &a, sizeof(a), NULL, NULL));
-  Node *n;
-  JobHeader *j;
-  TaskSlot *t;
-  TRY(need_signer(&ka[0]));
-  TRY(load_node(c, &ka[1], false, &n));
-  TRY(load_job(c, &ka[2], true, &j));
-  if (!pubkey_eq(ka[0].key, (const SolPubkey *)n->owner)) return E_UNAUTHORIZED;
-  TRY(job_task(j, a.index, &t));
-  if (t->status != ST_ACCEPTED) return E_WRONG_TASK_STATE;
-  if (!pubkey_eq(ka[1].key, (const SolPubkey *)t->node)) return E_WRONG_NODE;
-  if (t->received) return E_INPUT_RECEIVED;
-  t->received = 1; /* the hash receipted is in the transaction */
+  OwnedTask o;
+  TRY(load_owned_task(c, c->p->ka, false, a.index, &o));
+  if (o.task->received) return E_INPUT_RECEIVED;
+  o.task->received = 1; /* the hash receipted is in the transaction */
   return 0;
 }
 
 /* accounts: 0 node owner (signer), 1 node, 2 job (w). The rate the draw will use is fixed here, from the
    node's record as it stands and the collateral it locked (docs/posp.md "The rule the program applies"). */
 uint64_t ix_commit_result(Ctx *c) {
-  SolAccountInfo *ka = c->p->ka;
   CommitArgs a;
   TRY(read_args(c, &a, sizeof(a), NULL, NULL));
-  Node *n;
-  JobHeader *j;
-  TaskSlot *t;
-  TRY(need_signer(&ka[0]));
-  TRY(load_node(c, &ka[1], false, &n));
-  TRY(load_job(c, &ka[2], true, &j));
-  if (!pubkey_eq(ka[0].key, (const SolPubkey *)n->owner)) return E_UNAUTHORIZED;
-  TRY(job_task(j, a.index, &t));
-  if (t->status != ST_ACCEPTED) return E_WRONG_TASK_STATE;
-  if (!pubkey_eq(ka[1].key, (const SolPubkey *)t->node)) return E_WRONG_NODE;
+  OwnedTask o;
+  TRY(load_owned_task(c, c->p->ka, false, a.index, &o));
+  TaskSlot *t = o.task;
   if (c->slot > t->deadline) return E_TOO_LATE;
-  TRY(task_rate(j, n, t, &t->rate_bps));
+  TRY(task_rate(o.job, o.node, t, &t->rate_bps));
   sol_memcpy_(t->commitment, a.commitment, 32);
   sol_memcpy_(t->seal, a.seal, 32);
   t->committed_slot = c->slot;
@@ -204,9 +188,8 @@ uint64_t ix_release_task(Ctx *c) {
   Config *cfg;
   TaskSlot *t;
   TRY(need_signer(&ka[0]));
-  TRY(load_job(c, &ka[1], true, &j));
+  TRY(load_task(c, &ka[1], a.index, &j, &t));
   TRY(load_config(c, &ka[3], true, &cfg));
-  TRY(job_task(j, a.index, &t));
   bool by_client = pubkey_eq(ka[0].key, (const SolPubkey *)j->client);
   if (t->status == ST_OPEN) {
     if (!by_client) return E_UNAUTHORIZED;
@@ -250,17 +233,14 @@ uint64_t ix_take_over(Ctx *c) {
   ModelHeader *m;
   TaskSlot *t;
   TRY(need_signer(&ka[0]));
-  TRY(need_signer(&ka[1]));
-  TRY(load_node(c, &ka[2], true, &s));
+  TRY(owned_node(c, &ka[1], &ka[2], true, &s));
   TRY(load_node(c, &ka[3], true, &old));
-  TRY(load_job(c, &ka[4], true, &j));
+  TRY(load_task(c, &ka[4], a.index, &j, &t));
   TRY(load_config(c, &ka[5], true, &cfg));
   TRY(load_model(c, &ka[6], &m));
   if (!pubkey_eq(ka[0].key, (const SolPubkey *)j->client)) return E_UNAUTHORIZED;
-  if (!pubkey_eq(ka[1].key, (const SolPubkey *)s->owner)) return E_UNAUTHORIZED;
   if (!pubkey_eq(ka[6].key, (const SolPubkey *)j->model)) return E_WRONG_ACCOUNT_TYPE;
   if (pubkey_eq(ka[1].key, (const SolPubkey *)j->client)) return E_SELF_VALIDATION;
-  TRY(job_task(j, a.index, &t));
   if (t->status != ST_ACCEPTED) return E_WRONG_TASK_STATE;
   if (!pubkey_eq(ka[3].key, (const SolPubkey *)t->node)) return E_WRONG_NODE;
   if (pubkey_eq(ka[2].key, ka[3].key)) return E_WRONG_NODE;

@@ -17,6 +17,10 @@
 #define SEED_JOB_LEN 3
 #define SEED_ESCROW "escrow"
 #define SEED_ESCROW_LEN 6
+#define RECEIPT_DOMAIN "splitup-receipt-v1"
+#define RECEIPT_DOMAIN_LEN 18
+#define HANDOFF_DOMAIN "splitup-handoff-v1"
+#define HANDOFF_DOMAIN_LEN 18
 
 #define TAG_CONFIG 1
 #define TAG_MODEL 2
@@ -67,6 +71,8 @@
 #define IX_RECEIVE_INPUT 21
 #define IX_RELEASE_TASK 22
 #define IX_TAKE_OVER 23
+#define IX_PROVE_RECEIPT 25
+#define IX_PROVE_HANDOFF 26
 
 #define E_INVALID_INSTRUCTION 1
 #define E_NOT_ENOUGH_ACCOUNTS 2
@@ -101,6 +107,8 @@
 #define E_BAD_SECRET 31
 #define E_NOT_DRAWN 32
 #define E_INPUT_RECEIVED 33
+#define E_BAD_EVIDENCE 34
+#define E_NO_MISMATCH 35
 
 typedef struct {
   uint8_t tag;  /* @0 */
@@ -130,8 +138,10 @@ typedef struct {
   uint64_t reveal_slots;  /* @200 */
   uint64_t validator_ramp_slots;  /* @208 */
   uint64_t validator_reward_bps;  /* @216 */
+  uint64_t handoff_slash_bps;  /* @224 */
+  uint64_t handoff_slots;  /* @232 */
 } Config;
-_Static_assert(sizeof(Config) == 224, "Config layout");
+_Static_assert(sizeof(Config) == 240, "Config layout");
 
 typedef struct {
   uint8_t task_id[32];  /* @0 */
@@ -233,8 +243,9 @@ typedef struct {
   uint64_t reveal_slots;  /* @320 */
   uint64_t validator_ramp_slots;  /* @328 */
   uint64_t validator_reward_bps;  /* @336 */
+  uint64_t handoff_slots;  /* @344 */
 } JobHeader;
-_Static_assert(sizeof(JobHeader) == 344, "JobHeader layout");
+_Static_assert(sizeof(JobHeader) == 352, "JobHeader layout");
 
 typedef struct {
   uint64_t verify_rate_bps;  /* @0 */
@@ -259,8 +270,10 @@ typedef struct {
   uint64_t reveal_slots;  /* @152 */
   uint64_t validator_ramp_slots;  /* @160 */
   uint64_t validator_reward_bps;  /* @168 */
+  uint64_t handoff_slash_bps;  /* @176 */
+  uint64_t handoff_slots;  /* @184 */
 } InitConfigArgs;
-_Static_assert(sizeof(InitConfigArgs) == 176, "InitConfigArgs layout");
+_Static_assert(sizeof(InitConfigArgs) == 192, "InitConfigArgs layout");
 
 typedef struct {
   uint8_t model_hash[32];  /* @0 */

@@ -20,6 +20,10 @@ SEED_MODEL = b"model"
 SEED_NODE = b"node"
 SEED_JOB = b"job"
 SEED_ESCROW = b"escrow"
+# Domain tags of the signed statements the program checks (splitup.market.evidence): a receipt by the
+# receiver of a task's input, a hand-off by the sender of a task's output.
+RECEIPT_DOMAIN = b"splitup-receipt-v1"
+HANDOFF_DOMAIN = b"splitup-handoff-v1"
 
 
 class AccountTag(IntEnum):
@@ -80,6 +84,9 @@ class Ix(IntEnum):
     RECEIVE_INPUT = 21
     RELEASE_TASK = 22
     TAKE_OVER = 23
+    # 24 is HEARTBEAT (branch hb)
+    PROVE_RECEIPT = 25
+    PROVE_HANDOFF = 26
 
 
 class ErrorCode(IntEnum):
@@ -118,3 +125,5 @@ class ErrorCode(IntEnum):
     BAD_SECRET = 31
     NOT_DRAWN = 32
     INPUT_RECEIVED = 33
+    BAD_EVIDENCE = 34
+    NO_MISMATCH = 35

@@ -224,6 +224,18 @@ class InputReceivedError(ProgramError):
     code = ErrorCode.INPUT_RECEIVED
 
 
+class BadEvidenceError(ProgramError):
+    """No Ed25519 check of the expected signer over the expected statement precedes the instruction."""
+
+    code = ErrorCode.BAD_EVIDENCE
+
+
+class NoMismatchError(ProgramError):
+    """The signed hand-off matches the sender's commitment: nothing to slash."""
+
+    code = ErrorCode.NO_MISMATCH
+
+
 ERRORS: dict[int, type[ProgramError]] = {int(cls.code): cls for cls in ProgramError.__subclasses__() if cls.code}
 
 _CUSTOM = re.compile(r"Custom\((\d+)\)")

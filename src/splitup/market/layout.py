@@ -155,6 +155,10 @@ class Config(Record):
     reveal_slots: int = wire(U64)
     validator_ramp_slots: int = wire(U64)
     validator_reward_bps: int = wire(U64)  # a check pays max(validator_reward, price * this)
+    # provable cheating seen by a receiver: a hand-off signed by its sender that differs from the sender's
+    # commitment (prove_handoff); proofs are taken for handoff_slots after the commitment, settle waits
+    handoff_slash_bps: int = wire(U64)
+    handoff_slots: int = wire(U64)
 
 
 @dataclass(kw_only=True)
@@ -275,6 +279,7 @@ class JobHeader(Record):
     reveal_slots: int = wire(U64)
     validator_ramp_slots: int = wire(U64)
     validator_reward_bps: int = wire(U64)  # a check pays max(validator_reward, price * this)
+    handoff_slots: int = wire(U64)  # a hand-off mismatch can be proved this long after a commitment
 
 
 # ---------------------------------------------------------------- instruction arguments (after the u8 tag)
@@ -305,6 +310,10 @@ class InitConfigArgs(Record):
     reveal_slots: int = wire(U64)
     validator_ramp_slots: int = wire(U64)
     validator_reward_bps: int = wire(U64)  # a check pays max(validator_reward, price * this)
+    # provable cheating seen by a receiver: a hand-off signed by its sender that differs from the sender's
+    # commitment (prove_handoff); proofs are taken for handoff_slots after the commitment, settle waits
+    handoff_slash_bps: int = wire(U64)
+    handoff_slots: int = wire(U64)
 
 
 @dataclass(kw_only=True)

@@ -26,6 +26,7 @@ from splitup.market.accounts import (
 )
 from splitup.market.constants import BPS, DEFAULT_VERIFY_RATE_BPS, AccountTag, TaskStatus
 from splitup.market.errors import MarketError
+from splitup.market.evidence import HANDOFF, RECEIPT, Signed
 from splitup.market.layout import Config, InitConfigArgs, ModelTask, Node, TaskSlot
 from splitup.market.pda import config_pda, escrow_pda, job_pda, model_pda, node_pda
 from splitup.market.transport import Transport, TxResult
@@ -66,6 +67,9 @@ class MarketParams:
     validator_ramp_slots: int = 8
     # a check costs the validator about what the task cost its node: it is paid about the price
     validator_reward_bps: int = 10_000
+    # a sender whose signed hand-off contradicts its commitment lied provably: the whole collateral
+    handoff_slash_bps: int = 10_000
+    handoff_slots: int = 8  # the receiver's window to prove it (about 3 s); settlement waits for it
 
     @classmethod
     def flat(cls, rate_bps: int, **kw: int) -> MarketParams:
@@ -314,6 +318,30 @@ class Market:
                                          info.header.model, index, info.tasks[index].node, collateral)],
                            [client, standin_owner])
 
+    def prove_receipt(self, receipt: Signed, payer: Keypair | None = None) -> TxResult:
+        """Prove on chain that the task's node receipted its input (its owner signed ``receipt``): the
+        client can then no longer release the task, and a missed deadline is the node's liveness fault."""
+        self._check_statement(receipt, RECEIPT)
+        t = self.job(receipt.job).tasks[receipt.index]
+        return self.t.send([receipt.verify_ix(),
+                            ix.prove_receipt(self.program_id, receipt.job, receipt.index, t.node, receipt.digest)],
+                           [payer or self.payer])
+
+    def prove_handoff(self, handoff: Signed, payer: Keypair | None = None) -> TxResult:
+        """Prove on chain that the task's node signed a hand-off other than the result it committed: it is
+        slashed as a cheat and its task fails. Refused (NoMismatchError) when they agree."""
+        self._check_statement(handoff, HANDOFF)
+        t = self.job(handoff.job).tasks[handoff.index]
+        validator = t.validator if t.validator != Pubkey.default() else None
+        return self.t.send([handoff.verify_ix(),
+                            ix.prove_handoff(self.program_id, handoff.job, handoff.index, t.node, handoff.digest,
+                                             validator)],
+                           [payer or self.payer])
+
+    def _check_statement(self, s: Signed, kind: str) -> None:
+        if s.kind != kind or s.program_id != self.program_id:
+            raise MarketError(f"not a {kind} for this market program")
+
     def validator_turn(self, job: Pubkey, index: int, validator_owner: Pubkey) -> int:
         """The first slot at which this holder may take the sampled task up (the on-chain lottery)."""
         info = self.job(job)
@@ -351,12 +379,19 @@ class Market:
         t = self.job(job).tasks[index]
         node = t.node
         node_owner = self.node_at(node).owner
+        self._await_handoff_window(job, t)
         validator = validator_owner = None
         if t.validator != Pubkey.default():
             validator = t.validator
             validator_owner = self.node_at(validator).owner
         return self.t.send([ix.settle(self.program_id, job, index, node, node_owner, validator, validator_owner)],
                            [self.payer])
+
+    def _await_handoff_window(self, job: Pubkey, t: TaskSlot) -> None:
+        """Settlement waits until the receiver's window to prove a hand-off lie has closed."""
+        closes = t.committed_slot + self.job(job).header.handoff_slots
+        while self.t.slot() <= closes:
+            self.t.advance(closes + 1 - self.t.slot())
 
     def expire(self, job: Pubkey, index: int) -> TxResult:
         """Resolve a task whose deadline passed: slash a late node or validator and reopen the task (or
