@@ -12,6 +12,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from solders.instruction import Instruction
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
@@ -25,7 +26,7 @@ from splitup.market.accounts import (
     decode_node,
 )
 from splitup.market.constants import BPS, DEFAULT_VERIFY_RATE_BPS, AccountTag, TaskStatus
-from splitup.market.errors import MarketError
+from splitup.market.errors import InvalidSignatureError, MarketError, ProgramError
 from splitup.market.evidence import HANDOFF, RECEIPT, Signed
 from splitup.market.layout import Config, InitConfigArgs, ModelTask, Node, TaskSlot
 from splitup.market.pda import config_pda, escrow_pda, job_pda, model_pda, node_pda
@@ -69,7 +70,7 @@ class MarketParams:
     validator_reward_bps: int = 10_000
     # a sender whose signed hand-off contradicts its commitment lied provably: the whole collateral
     handoff_slash_bps: int = 10_000
-    handoff_slots: int = 8  # the receiver's window to prove it (about 3 s); settlement waits for it
+    handoff_slots: int = 16  # the receiver's window to prove it (about 6 s); settlement waits for it
 
     @classmethod
     def flat(cls, rate_bps: int, **kw: int) -> MarketParams:
@@ -323,9 +324,8 @@ class Market:
         client can then no longer release the task, and a missed deadline is the node's liveness fault."""
         self._check_statement(receipt, RECEIPT)
         t = self.job(receipt.job).tasks[receipt.index]
-        return self.t.send([receipt.verify_ix(),
-                            ix.prove_receipt(self.program_id, receipt.job, receipt.index, t.node, receipt.digest)],
-                           [payer or self.payer])
+        return self._send_evidence(receipt, ix.prove_receipt(self.program_id, receipt.job, receipt.index, t.node,
+                                                             receipt.digest), payer)
 
     def prove_handoff(self, handoff: Signed, payer: Keypair | None = None) -> TxResult:
         """Prove on chain that the task's node signed a hand-off other than the result it committed: it is
@@ -333,10 +333,16 @@ class Market:
         self._check_statement(handoff, HANDOFF)
         t = self.job(handoff.job).tasks[handoff.index]
         validator = t.validator if t.validator != Pubkey.default() else None
-        return self.t.send([handoff.verify_ix(),
-                            ix.prove_handoff(self.program_id, handoff.job, handoff.index, t.node, handoff.digest,
-                                             validator)],
-                           [payer or self.payer])
+        return self._send_evidence(handoff, ix.prove_handoff(self.program_id, handoff.job, handoff.index, t.node,
+                                                             handoff.digest, validator), payer)
+
+    def _send_evidence(self, s: Signed, proof: Instruction, payer: Keypair | None) -> TxResult:
+        try:
+            return self.t.send([s.verify_ix(), proof], [payer or self.payer])
+        except ProgramError as exc:
+            if exc.instruction == 0:  # the precompile's own error codes overlap the program's
+                raise InvalidSignatureError(f"the Ed25519 precompile refused the {s.kind}: {exc}") from None
+            raise
 
     def _check_statement(self, s: Signed, kind: str) -> None:
         if s.kind != kind or s.program_id != self.program_id:
