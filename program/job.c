@@ -178,7 +178,10 @@ static void reopen(TaskSlot *t) {
 /* accounts: 0 signer: the task's node owner or the job's client, 1 job (w), 2 the task's node (w),
    3 config (w). Gives a task up: unpaid, and its price stays in escrow for the client's refund.
    - a task nobody accepted: only the client (it winds its job up);
-   - a task never fed (no receipt): the node or the client, unslashed;
+   - a task with no receipt on chain, by the client: released at once, unslashed;
+   - the same by the node: "never fed" is a claim it cannot prove, so the task's deadline is cut to
+     handoff_slots from now; the client may show the node's signed receipt meanwhile (prove_receipt),
+     and `expire` then releases the node unslashed, or with the liveness penalty if it was shown;
    - a task the node had its input for: only the node itself, with the liveness penalty. */
 uint64_t ix_release_task(Ctx *c) {
   SolAccountInfo *ka = c->p->ka;
@@ -208,6 +211,11 @@ uint64_t ix_release_task(Ctx *c) {
     TRY(slash(&sl));
     TRY(add64(cfg->treasury, sl.amount, &cfg->treasury));
     TRY(add64(n->liveness_faults, 1, &n->liveness_faults));
+  } else if (!by_client) {
+    uint64_t grace;
+    TRY(add64(c->slot, j->handoff_slots, &grace));
+    if (grace < t->deadline) t->deadline = grace;
+    return 0;
   } else {
     TRY(unlock(n, t->collateral));
   }

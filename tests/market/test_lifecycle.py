@@ -294,6 +294,7 @@ def test_adaptive_rate_follows_the_node_record() -> None:
             if not honest:
                 m.arbitrate(w.authority, job, 0, node_honest=False)
         elif not honest:
+            m.settle(job, 0)  # frees its collateral: a long unlucky run must not exhaust the node's stake
             return -1, False  # not drawn: the cheat goes unnoticed this time
         m.settle(job, 0)
         return int(task.rate_bps), bool(task.sampled)

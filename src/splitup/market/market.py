@@ -70,7 +70,9 @@ class MarketParams:
     validator_reward_bps: int = 10_000
     # a sender whose signed hand-off contradicts its commitment lied provably: the whole collateral
     handoff_slash_bps: int = 10_000
-    handoff_slots: int = 16  # the receiver's window to prove it (about 6 s); settlement waits for it
+    # the receiver's window to prove a lying hand-off (settlement waits for it), and the client's to show
+    # the receipt of a node that says it was never fed (release_task): about 3 s at 400 ms slots
+    handoff_slots: int = 8
 
     @classmethod
     def flat(cls, rate_bps: int, **kw: int) -> MarketParams:
@@ -305,8 +307,10 @@ class Market:
         return bool(self.job(job).tasks[index].sampled)
 
     def release_task(self, signer: Keypair, job: Pubkey, index: int) -> TxResult:
-        """Give a task up unpaid: the client for an unaccepted or never-fed task, the node for its own
-        (with the liveness penalty if it had receipted its input)."""
+        """Give a task up unpaid: the client for an unaccepted or never-fed task (at once); the node for
+        its own: with the liveness penalty if its receipt is on chain, otherwise its deadline is cut to
+        ``handoff_slots`` from now, in which the client may still prove the node's receipt, and
+        ``expire`` then frees the node (unslashed unless the receipt was shown)."""
         t = self.job(job).tasks[index]
         node = t.node if t.node != Pubkey.default() else self.config_address
         return self.t.send([ix.release_task(self.program_id, signer.pubkey(), job, index, node)], [signer])
