@@ -167,12 +167,12 @@ uint64_t ix_reveal_secret(Ctx *c) {
   return 0;
 }
 
-/* Put a task back to OPEN with its price, nothing else: another node may take it. */
-static void reopen(TaskSlot *t) {
+/* Clear a task down to its price in `status`: OPEN (another node may take it) or RELEASED (given up). */
+static void clear_task(TaskSlot *t, uint8_t status) {
   uint64_t price = t->price;
   sol_memset_(t, 0, sizeof(TaskSlot));
   t->price = price;
-  t->status = ST_OPEN;
+  t->status = status;
 }
 
 /* accounts: 0 signer: the task's node owner or the job's client, 1 job (w), 2 the task's node (w),
@@ -215,14 +215,12 @@ uint64_t ix_release_task(Ctx *c) {
     uint64_t grace;
     TRY(add64(c->slot, j->handoff_slots, &grace));
     if (grace < t->deadline) t->deadline = grace;
+    t->releasing = 1; /* `expire` releases it rather than reopen it */
     return 0;
   } else {
     TRY(unlock(n, t->collateral));
   }
-  uint64_t price = t->price;
-  sol_memset_(t, 0, sizeof(TaskSlot));
-  t->price = price;
-  t->status = ST_RELEASED;
+  clear_task(t, ST_RELEASED);
   return 0;
 }
 
@@ -268,6 +266,7 @@ uint64_t ix_take_over(Ctx *c) {
   TRY(add64(c->slot, j->task_timeout_slots, &deadline));
   sol_memcpy_(t->node, ka[2].key, 32);
   t->standin = 1;
+  t->releasing = 0; /* whatever the failed node asked, the stand-in holds the task now */
   t->collateral = collateral;
   t->deadline = deadline;
   t->received = 1; /* the client handed it the input with the task */
@@ -277,9 +276,9 @@ uint64_t ix_take_over(Ctx *c) {
 /* accounts: 0 job (w), 1 config (w), 2 the late party's node (w). Permissionless: anyone may expire
    late work. Blame needs evidence: a node that receipted its input and missed its deadline pays the
    liveness penalty; a node that never receipted one is released unslashed (it may never have been fed).
-   Either way the task reopens for another node. A validator that took a task up and missed its deadline
-   pays the liveness penalty and the task waits for another validator. With no winner to pay, penalties
-   go to the treasury. Sampled tasks nobody validated and disputes the arbiter left open are released. */
+   Either way the task reopens for another node, or is RELEASED if its node had given it up. A
+   validator that took a task up and missed its deadline pays the liveness penalty and the task waits for
+   another validator. With no winner to pay, penalties go to the treasury. Sampled tasks nobody validated and disputes the arbiter left open are released. */
 uint64_t ix_expire(Ctx *c) {
   SolAccountInfo *ka = c->p->ka;
   TaskArgs a;
@@ -303,7 +302,7 @@ uint64_t ix_expire(Ctx *c) {
     } else {
       TRY(unlock(n, t->collateral));
     }
-    reopen(t);
+    clear_task(t, t->releasing ? ST_RELEASED : ST_OPEN);
     return 0;
   }
   if (t->status == ST_VALIDATING) {

@@ -194,7 +194,7 @@ typedef struct {
   uint8_t received;  /* @4 */
   uint8_t proved;  /* @5 */
   uint8_t standin;  /* @6 */
-  uint8_t _pad0[1];  /* @7 */
+  uint8_t releasing;  /* @7 */
   uint8_t node[32];  /* @8 */
   uint8_t validator[32];  /* @40 */
   uint8_t commitment[32];  /* @72 */

@@ -214,4 +214,5 @@ def test_a_node_saying_it_was_never_fed_gives_the_client_a_window_to_show_its_re
     collateral = m.min_collateral(PRICES[0])
     assert m.node(fed.pubkey()).stake == 2 * SOL - collateral * w.params.liveness_slash_bps // BPS
     assert (m.node(unfed.pubkey()).stake, m.node(unfed.pubkey()).locked) == (2 * SOL, 0)
-    assert [s.status for s in m.job(job).tasks[:2]] == [TaskStatus.OPEN] * 2
+    # given up, so released rather than reopened: no node is handed the task again
+    assert [s.status for s in m.job(job).tasks[:2]] == [TaskStatus.RELEASED] * 2

@@ -225,7 +225,9 @@ class TaskSlot(Record):
     received: int = wire(U8)  # 1 once the node receipted its input (or took the task over with it)
     proved: int = wire(U8)  # 1 when the validator's work digest opened the executor's seal
     standin: int = wire(U8)  # 1 when ``node`` took the task over from a node that failed
-    _pad0: bytes = pad(1)
+    # 1 once its node gave it up with no receipt on chain: released (not reopened) when its cut deadline
+    # passes (in the padding byte that was here: no offset moves)
+    releasing: int = wire(U8)
     node: Pubkey = wire(PUBKEY)
     validator: Pubkey = wire(PUBKEY)
     commitment: bytes = wire(BYTES(32))

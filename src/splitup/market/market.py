@@ -26,7 +26,7 @@ from splitup.market.accounts import (
     decode_node,
 )
 from splitup.market.constants import BPS, DEFAULT_VERIFY_RATE_BPS, AccountTag, TaskStatus
-from splitup.market.errors import InvalidSignatureError, MarketError, ProgramError
+from splitup.market.errors import InvalidSignatureError, MarketError, ProgramError, WrongTaskStateError
 from splitup.market.evidence import HANDOFF, RECEIPT, Signed
 from splitup.market.layout import Config, InitConfigArgs, ModelTask, Node, TaskSlot
 from splitup.market.pda import config_pda, escrow_pda, job_pda, model_pda, node_pda
@@ -310,7 +310,7 @@ class Market:
         """Give a task up unpaid: the client for an unaccepted or never-fed task (at once); the node for
         its own: with the liveness penalty if its receipt is on chain, otherwise its deadline is cut to
         ``handoff_slots`` from now, in which the client may still prove the node's receipt, and
-        ``expire`` then frees the node (unslashed unless the receipt was shown)."""
+        ``expire`` then releases it (unslashed unless the receipt was shown)."""
         t = self.job(job).tasks[index]
         node = t.node if t.node != Pubkey.default() else self.config_address
         return self.t.send([ix.release_task(self.program_id, signer.pubkey(), job, index, node)], [signer])
@@ -407,6 +407,9 @@ class Market:
         """Resolve a task whose deadline passed: slash a late node or validator and reopen the task (or
         its validation); release a sampled task nobody validated, or a dispute the arbiter left open."""
         t = self.job(job).tasks[index]
+        if t.status not in (TaskStatus.ACCEPTED, TaskStatus.SAMPLED, TaskStatus.VALIDATING, TaskStatus.DISPUTED):
+            # moved on meanwhile (another party expired or released it): no late party to pass
+            raise WrongTaskStateError(f"task {index} of {job} is {TaskStatus(t.status).name}: nothing to expire")
         late = t.validator if t.status in (TaskStatus.VALIDATING, TaskStatus.DISPUTED) else t.node
         return self.t.send([ix.expire(self.program_id, job, index, late)], [self.payer])
 

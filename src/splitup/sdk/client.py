@@ -272,13 +272,11 @@ class Client:
             if status == TaskStatus.OPEN:
                 self._release(job, i)
             elif status == TaskStatus.ACCEPTED:
-                ok = False
                 if ask:
                     url = node_endpoint(nodes[t.node]).rstrip("/") if t.node in nodes else ""
                     try:
                         r = self._http.post(f"{url}/market/jobs/{job}/tasks/{i}/commit", timeout=30.0)
-                        ok = r.status_code == 200
-                        if not ok:
+                        if r.status_code != 200:
                             log.info("job %s task %d: %s answered %d: %s", job, i, url, r.status_code, r.text[:200])
                     except httpx.HTTPError as exc:
                         log.info("job %s task %d: %s unreachable: %r", job, i, url, exc)
@@ -287,8 +285,9 @@ class Client:
                 # here) is shown its receipt: it commits, or is expired after its deadline (liveness fault)
                 if t.status == TaskStatus.ACCEPTED and not t.received and self._prove_receipt(job, i, t.node):
                     continue
-                if ask and not ok and not t.received:
-                    self._release(job, i)  # never fed: nobody's fault, nothing to wait for
+                if ask and t.status == TaskStatus.ACCEPTED and not t.received:
+                    # gone, or it gave the task up, and no receipt here: never fed, nobody's fault
+                    self._release(job, i)
         return self.wait(job, self.wind_up_timeout if timeout is None else timeout, model_name=model_name,
                          task_ids=task_ids, before_close=before_close)
 
