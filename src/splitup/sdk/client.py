@@ -109,6 +109,15 @@ class Detokenizer:
         return delta
 
 
+def _says_released(r: httpx.Response) -> bool:
+    """Whether a node's answer to "commit" is that it released the task (it computed nothing for it)."""
+    try:
+        body = r.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("released") is True
+
+
 def input_hash(obj: Any) -> bytes:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).digest()
 
@@ -272,10 +281,12 @@ class Client:
             if status == TaskStatus.OPEN:
                 self._release(job, i)
             elif status == TaskStatus.ACCEPTED:
+                committing = False  # the node answered with its announcement: its commit is landing
                 if ask:
                     url = node_endpoint(nodes[t.node]).rstrip("/") if t.node in nodes else ""
                     try:
                         r = self._http.post(f"{url}/market/jobs/{job}/tasks/{i}/commit", timeout=30.0)
+                        committing = r.status_code == 200 and not _says_released(r)
                         if r.status_code != 200:
                             log.info("job %s task %d: %s answered %d: %s", job, i, url, r.status_code, r.text[:200])
                     except httpx.HTTPError as exc:
@@ -285,7 +296,7 @@ class Client:
                 # here) is shown its receipt: it commits, or is expired after its deadline (liveness fault)
                 if t.status == TaskStatus.ACCEPTED and not t.received and self._prove_receipt(job, i, t.node):
                     continue
-                if ask and t.status == TaskStatus.ACCEPTED and not t.received:
+                if ask and not committing and t.status == TaskStatus.ACCEPTED and not t.received:
                     # gone, or it gave the task up, and no receipt here: never fed, nobody's fault
                     self._release(job, i)
         return self.wait(job, self.wind_up_timeout if timeout is None else timeout, model_name=model_name,
