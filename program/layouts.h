@@ -102,7 +102,7 @@
 #define E_BAD_SECRET 31
 #define E_NOT_DRAWN 32
 #define E_INPUT_RECEIVED 33
-#define E_STALE_HEARTBEAT 34
+#define E_STALE_HEARTBEAT 36
 
 typedef struct {
   uint8_t tag;  /* @0 */

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from market_world import SOL, h, make_world
 from solders.instruction import AccountMeta, Instruction
 from solders.keypair import Keypair
 
@@ -20,8 +21,6 @@ from splitup.market.errors import (
 from splitup.market.layout import HeartbeatArgs
 from splitup.market.market import MarketParams, heartbeat_fresh
 from splitup.sdk.capacity import market_capacity
-
-from market_world import SOL, h, make_world
 
 WINDOW = 20
 

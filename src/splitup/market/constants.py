@@ -123,4 +123,5 @@ class ErrorCode(IntEnum):
     BAD_SECRET = 31
     NOT_DRAWN = 32
     INPUT_RECEIVED = 33
-    STALE_HEARTBEAT = 34
+    # 34 and 35 are taken by branch hr (BAD_EVIDENCE, NO_MISMATCH)
+    STALE_HEARTBEAT = 36

@@ -22,6 +22,7 @@ from splitup.errors import SplitUpError
 from splitup.market.market import Market
 from splitup.node.agent import MarketAgent, RecordingNode
 from splitup.node.app import create_app
+from splitup.node.heartbeat import DEFAULT_CHAIN_HEARTBEAT_MIN, ChainHeartbeat
 from splitup.node.node import Node, NodeConfig
 from splitup.node.report import sampling_rate_bps
 from splitup.sdk.chain import connect
@@ -84,8 +85,8 @@ def check_market_node(market: Market, owner: Keypair, task_ids: Sequence[str], s
 class MarketSummary:
     """The chain-side figures of the node's page and /metrics, read at most every ``ttl_s``."""
 
-    def __init__(self, agent: MarketAgent, ttl_s: float = 2.0) -> None:
-        self.agent, self.ttl_s = agent, ttl_s
+    def __init__(self, agent: MarketAgent, beat: ChainHeartbeat | None = None, ttl_s: float = 2.0) -> None:
+        self.agent, self.beat, self.ttl_s = agent, beat, ttl_s
         self.start_balance: int | None = None
         self._cached: tuple[float, dict[str, Any]] | None = None
         self._lock = threading.Lock()
@@ -103,7 +104,9 @@ class MarketSummary:
             if market.t.get_account(self.agent.address) is not None:
                 n = market.node(owner)
                 out.update(stake=n.stake, locked=n.locked, tasks_done=n.tasks_done, verified=n.verified,
-                           failed=n.failed, sampling_rate_bps=sampling_rate_bps(market, n))
+                           failed=n.failed, sampling_rate_bps=sampling_rate_bps(market, n),
+                           chain_heartbeat_slot=n.last_heartbeat,
+                           chain_heartbeats_sent=self.beat.sent if self.beat is not None else 0)
             self._cached = (time.monotonic(), out)
             return out
 
@@ -150,18 +153,21 @@ def drain(node: Node, agent: MarketAgent, timeout_s: float) -> dict[str, Any]:
 def serve_market_node(config: NodeConfig, owner: Keypair, *, rpc_url: str, program_id: Pubkey, store_url: str,
                       host: str, port: int, task_ids: Sequence[str], stake: int, vram: int,
                       primary: Collection[str] | None = None, poll_s: float = 0.25, cheat: Cheat | None = None,
-                      log_level: str = "warning", drain_timeout_s: float = 60.0) -> None:
+                      log_level: str = "warning", drain_timeout_s: float = 60.0,
+                      chain_heartbeat_s: float = DEFAULT_CHAIN_HEARTBEAT_MIN * 60) -> None:
     """Run a market node in the foreground until stopped; checks the chain first (``check_market_node``).
-    SIGTERM drains it (``drain``); a restart with the same keypair and cache resumes where it was."""
+    SIGTERM drains it (``drain``); a restart with the same keypair and cache resumes where it was. Once
+    registered it stamps its node account every ``chain_heartbeat_s`` (``ChainHeartbeat``)."""
     market = connect(rpc_url, owner, program_id)
     check_market_node(market, owner, task_ids, stake)
     node = RecordingNode(config, cheat=cheat)
     agent = MarketAgent(market, owner, node, store_url, poll_s=poll_s,
                         primary=None if primary is None else set(primary))
     startup = Startup(agent, list(task_ids), stake, vram, f"http://{host}:{port}")
-    summary = MarketSummary(agent)
-    # Watchers (the gateway, the console) poll GET /status; the heartbeat hook has nothing to push to.
-    app = create_app(node, heartbeat=lambda status: None, frames_host=host, market=summary)
+    beat = ChainHeartbeat(market, owner, node.engines, interval_s=chain_heartbeat_s,
+                          ready=lambda: startup.phase == "ready")
+    summary = MarketSummary(agent, beat)
+    app = create_app(node, heartbeat=beat, frames_host=host, market=summary)
     app.include_router(agent.router())
     app.add_api_route("/market/startup", startup.report, methods=["GET"])
     threading.Thread(target=startup.run, name="splitup-node-startup", daemon=True).start()
