@@ -43,15 +43,18 @@ def beat_status(status: Mapping[str, Any], engines: Mapping[str, str]) -> tuple[
 
 class ChainHeartbeat:
     """``create_app(node, heartbeat=ChainHeartbeat(...))``: stamps the node's account while ``ready()``
-    (the node is registered). ``last`` holds the slot and status of the latest beat this process sent."""
+    (the node is registered). ``last`` holds the slot and status of the latest beat this process sent;
+    ``stats["heartbeats"]`` (the agent's counters, when given) counts the beats sent."""
 
     def __init__(self, market: Market, owner: Keypair, engines: Callable[[], Mapping[str, str]], *,
-                 interval_s: float = DEFAULT_CHAIN_HEARTBEAT_MIN * 60, ready: Callable[[], bool] = lambda: True) -> None:
+                 interval_s: float = DEFAULT_CHAIN_HEARTBEAT_MIN * 60, ready: Callable[[], bool] = lambda: True,
+                 stats: dict[str, int] | None = None) -> None:
         if interval_s <= 0:
             raise ValueError("the chain heartbeat interval must be positive")
         self.market, self.owner, self.engines = market, owner, engines
         self.interval_s, self.ready = interval_s, ready
-        self.sent = 0
+        self.stats = stats if stats is not None else {}
+        self.stats.setdefault("heartbeats", 0)
         self.last: dict[str, Any] = {}
         self._sent_at: float | None = None
         self._window: tuple[float, int] | None = None  # (read at, slots)
@@ -67,16 +70,24 @@ class ChainHeartbeat:
         window = self.window()
         return window > 0 and self.market.t.slot() - int(self.last.get("slot", 0)) >= window // 2
 
+    @property
+    def sent(self) -> int:
+        return self.stats["heartbeats"]
+
     def __call__(self, status: dict[str, Any]) -> None:
-        if not self.ready() or not self.due():
-            return
+        if self.ready() and self.due():
+            self.send(status)
+
+    def send(self, status: Mapping[str, Any]) -> bool:
+        """Beat now; False (logged, retried by the next due call) when the chain refused or was away."""
         free, mask, version = beat_status(status, self.engines())
         try:
             self.market.heartbeat(self.owner, free, mask, version)
         except Exception as exc:  # the chain being away must not fill the log with tracebacks: next call retries
             log.warning("on-chain heartbeat failed: %s: %s", type(exc).__name__, exc)
-            return
+            return False
         self._sent_at = time.monotonic()
-        self.sent += 1
-        self.last = {"slot": self.market.node(self.owner.pubkey()).last_heartbeat, "free_sessions": free, "engines": mask, "version": version,
-                     "time": time.time()}
+        self.stats["heartbeats"] += 1
+        self.last = {"slot": self.market.node(self.owner.pubkey()).last_heartbeat, "free_sessions": free,
+                     "engines": mask, "version": version, "time": time.time()}
+        return True

@@ -34,8 +34,10 @@ log = logging.getLogger("splitup.node.market")
 class Startup:
     """Preload, register, specialise, then start the agent; progress readable while it runs."""
 
-    def __init__(self, agent: MarketAgent, task_ids: list[str], stake: int, vram: int, endpoint: str) -> None:
+    def __init__(self, agent: MarketAgent, task_ids: list[str], stake: int, vram: int, endpoint: str,
+                 beat: Callable[[], object] | None = None) -> None:
         self.agent, self.task_ids, self.stake, self.vram, self.endpoint = agent, task_ids, stake, vram, endpoint
+        self.beat = beat  # the first on-chain heartbeat, sent before the node says it is ready
         self.preloaded = 0
         self.phase = "starting"
         self.error = ""
@@ -51,6 +53,8 @@ class Startup:
             if market.t.get_account(market.node_address(owner.pubkey())) is None:
                 market.register_node(owner, self.stake, self.vram, 1, self.endpoint)
             market.specialize(owner, [bytes.fromhex(t) for t in self.task_ids])
+            if self.beat is not None:
+                self.beat()
             self.agent.start()
             self.phase = "ready"
         except Exception as exc:
@@ -85,8 +89,8 @@ def check_market_node(market: Market, owner: Keypair, task_ids: Sequence[str], s
 class MarketSummary:
     """The chain-side figures of the node's page and /metrics, read at most every ``ttl_s``."""
 
-    def __init__(self, agent: MarketAgent, beat: ChainHeartbeat | None = None, ttl_s: float = 2.0) -> None:
-        self.agent, self.beat, self.ttl_s = agent, beat, ttl_s
+    def __init__(self, agent: MarketAgent, ttl_s: float = 2.0) -> None:
+        self.agent, self.ttl_s = agent, ttl_s
         self.start_balance: int | None = None
         self._cached: tuple[float, dict[str, Any]] | None = None
         self._lock = threading.Lock()
@@ -105,8 +109,7 @@ class MarketSummary:
                 n = market.node(owner)
                 out.update(stake=n.stake, locked=n.locked, tasks_done=n.tasks_done, verified=n.verified,
                            failed=n.failed, sampling_rate_bps=sampling_rate_bps(market, n),
-                           chain_heartbeat_slot=n.last_heartbeat,
-                           chain_heartbeats_sent=self.beat.sent if self.beat is not None else 0)
+                           chain_heartbeat_slot=n.last_heartbeat)
             self._cached = (time.monotonic(), out)
             return out
 
@@ -163,10 +166,12 @@ def serve_market_node(config: NodeConfig, owner: Keypair, *, rpc_url: str, progr
     node = RecordingNode(config, cheat=cheat)
     agent = MarketAgent(market, owner, node, store_url, poll_s=poll_s,
                         primary=None if primary is None else set(primary))
-    startup = Startup(agent, list(task_ids), stake, vram, f"http://{host}:{port}")
-    beat = ChainHeartbeat(market, owner, node.engines, interval_s=chain_heartbeat_s,
+    # the hook beats once the node is ready; its first beat (its status on chain) comes before "ready"
+    beat = ChainHeartbeat(market, owner, node.engines, interval_s=chain_heartbeat_s, stats=agent.stats,
                           ready=lambda: startup.phase == "ready")
-    summary = MarketSummary(agent, beat)
+    startup = Startup(agent, list(task_ids), stake, vram, f"http://{host}:{port}",
+                      beat=lambda: beat.send(node.status()))
+    summary = MarketSummary(agent)
     app = create_app(node, heartbeat=beat, frames_host=host, market=summary)
     app.include_router(agent.router())
     app.add_api_route("/market/startup", startup.report, methods=["GET"])
