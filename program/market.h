@@ -132,5 +132,6 @@ uint64_t ix_reveal_secret(Ctx *c);
 uint64_t ix_receive_input(Ctx *c);
 uint64_t ix_release_task(Ctx *c);
 uint64_t ix_take_over(Ctx *c);
+uint64_t ix_heartbeat(Ctx *c);
 uint64_t ix_prove_receipt(Ctx *c);
 uint64_t ix_prove_handoff(Ctx *c);

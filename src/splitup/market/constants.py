@@ -14,6 +14,10 @@ MAX_SPECIALIZED = 8
 # funds for good either.
 MAX_WINDOW_SLOTS = 1_000_000
 DEFAULT_VERIFY_RATE_BPS = 800
+# 15 minutes at 400 ms slots: three of a node's default 5-minute heartbeats
+DEFAULT_HEARTBEAT_WINDOW_SLOTS = 2_250
+# bit i of a node's ``engines`` mask: it runs ENGINE_NAMES[i]
+ENGINE_NAMES = ("onnxruntime", "tinygrad")
 
 SEED_CONFIG = b"config"
 SEED_MODEL = b"model"
@@ -84,7 +88,7 @@ class Ix(IntEnum):
     RECEIVE_INPUT = 21
     RELEASE_TASK = 22
     TAKE_OVER = 23
-    # 24 is HEARTBEAT (branch hb)
+    HEARTBEAT = 24
     PROVE_RECEIPT = 25
     PROVE_HANDOFF = 26
 
@@ -127,3 +131,4 @@ class ErrorCode(IntEnum):
     INPUT_RECEIVED = 33
     BAD_EVIDENCE = 34
     NO_MISMATCH = 35
+    STALE_HEARTBEAT = 36

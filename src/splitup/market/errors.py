@@ -242,6 +242,12 @@ class NoMismatchError(ProgramError):
     code = ErrorCode.NO_MISMATCH
 
 
+class StaleHeartbeatError(ProgramError):
+    """The node's last heartbeat is older than the market's heartbeat window: it is not taken for alive."""
+
+    code = ErrorCode.STALE_HEARTBEAT
+
+
 ERRORS: dict[int, type[ProgramError]] = {int(cls.code): cls for cls in ProgramError.__subclasses__() if cls.code}
 
 _CUSTOM = re.compile(r"Custom\((\d+)\)")
