@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from splitup.runtime.ort import EXACT_QUANT_ACCURACY, QUANT_ACCURACY_KEY
 from splitup.verify.calib_models import to_float64
 
 Outputs = dict[str, np.ndarray]
@@ -42,6 +43,8 @@ def ort_session(model: onnx.ModelProto, *, level: str = "all", threads: int = 1)
     opts.log_severity_level = 3
     # Spinning worker threads burn the shared cores while they wait; calibration needs no latency.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # The fused quantised kernel at the accuracy nodes run (float32 accumulation), as the runtime sets it.
+    opts.add_session_config_entry(QUANT_ACCURACY_KEY, EXACT_QUANT_ACCURACY)
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
@@ -92,7 +95,8 @@ def _configure_tinygrad() -> None:
         os.environ["DEV"] = "PYTHON"
 
 
-def run_tinygrad(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> Outputs:
+def tinygrad_session(model: onnx.ModelProto) -> Callable[[Mapping[str, np.ndarray]], Outputs]:
+    """tinygrad's ONNX runner for ``model``, loaded once and called per feed."""
     _configure_tinygrad()
     from tinygrad import Tensor
     from tinygrad.nn.onnx import OnnxRunner
@@ -101,8 +105,16 @@ def run_tinygrad(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> Out
         path = Path(tmp) / "model.onnx"
         path.write_bytes(model.SerializeToString())
         runner = OnnxRunner(str(path))
+
+    def run(feeds: Mapping[str, np.ndarray]) -> Outputs:
         out = runner({k: Tensor(np.ascontiguousarray(v)) for k, v in feeds.items()})
-    return {k: v.numpy() for k, v in out.items()}
+        return {k: v.numpy() for k, v in out.items()}
+
+    return run
+
+
+def run_tinygrad(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> Outputs:
+    return tinygrad_session(model)(feeds)
 
 
 def honest_engines(*, with_tinygrad: bool = False) -> dict[str, Runner]:
