@@ -51,6 +51,43 @@ def build_plan(model: str, out: Path) -> int:
     return real.config.vocab_size
 
 
+def honest_rows(calib: Table, precision: str, where: str, pairs: dict) -> int:
+    """One calibration row for the worst of a class's honest pairs; returns their failures."""
+    worst = rt.Honest()
+    for h in pairs.values():
+        worst.calls += h.calls
+        worst.failures += h.failures
+        worst.rel_l2, worst.bad_fraction = max(worst.rel_l2, h.rel_l2), max(worst.bad_fraction, h.bad_fraction)
+        worst.logit_gap = max(worst.logit_gap, h.logit_gap)
+    engines = sorted({e for pair in pairs for e in pair})
+    calib.add_row(precision, f"honest, {len(pairs)} pairs {where}of {', '.join(engines)}", str(worst.calls),
+                  f"{worst.rel_l2:.3g}", f"{worst.bad_fraction:.3g}", f"{worst.logit_gap:.3g}", str(worst.failures))
+    return worst.failures
+
+
+def near_ties(precision: str, runs: dict, seeds: int, team: Table, ties: Table) -> tuple[int, bool]:
+    """Planted near-tie flips and steers, and how often the honest engines differ on the emitted tokens.
+    Returns the failures and whether 99 % is within what a sound rule can catch in this class."""
+    slack = tolerance_for(precision).token_slack
+    rows = [rt.logit_rows(run) for run in runs.values()]
+    planted: dict[str, rt.PlantedStats] = {}
+    failures = 0
+    for kind in ("flip", "steer"):
+        p = planted[kind] = rt.PlantedStats()
+        for seed in range(seeds):  # each seed plants a fresh gap in every row
+            p.add(rt.planted_near_ties(rows[0], rows[-1], slack, kind, np.random.default_rng(seed), rows[1:-1]))
+        ok = p.honest_failures == 0 and (p.detection >= 0.99 or p.bound < 0.99)
+        failures += not ok
+        team.add_row(precision, "last", f"planted near-tie {kind} ({p.rows} rows, honest failed "
+                     f"{p.honest_failures})", str(p.matter), str(p.matter),
+                     f"{p.caught}/{p.matter} ({p.detection:.1%})" + ("" if ok else " !"), "", "")
+    amb = rt.ambiguity({name: [r for seq in run.final_rows() for r in seq] for name, run in runs.items()}, slack)
+    ties.add_row(precision, str(len(runs)), str(amb.rows), f"{amb.split_rate:.2%}", f"{amb.choice_rate:.2%}",
+                 *(x for p in planted.values() for x in (f"{p.caught}/{p.matter} ({p.detection:.1%})",
+                                                         f"{p.bound:.1%}")))
+    return failures, min(p.bound for p in planted.values()) >= 0.99
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="tiny-llama", choices=["tiny-llama", "smollm2-135m"])
@@ -61,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plant-seeds", type=int, default=3, help="planted near-ties per row of logits")
     ap.add_argument("--full", action="store_true", help="every onnxruntime setting for every arithmetic")
     ap.add_argument("--reference", action="store_true", help="onnx.reference as a float32-arithmetic engine")
+    ap.add_argument("--near-ties-only", action="store_true", help="only the near-tie table (e.g. on SmolLM2)")
     ap.add_argument("--tinygrad", action="store_true", help="tinygrad's ONNX runner as a float32-arithmetic engine")
     args = ap.parse_args(argv)
     console = Console(width=160)
@@ -93,37 +131,14 @@ def main(argv: list[str] | None = None) -> int:
         extra = {"reference": args.reference and precision in FP32_ARITHMETIC,
                  "tinygrad": args.tinygrad and precision in FP32_ARITHMETIC}
         runs = rt.honest_runs(models, precision, sequences, full=args.full, **extra)
+        fails, reachable = near_ties(precision, runs, args.plant_seeds, team, ties)
+        failures += fails
+        if args.near_ties_only:
+            console.print(f"[dim]{precision} done, {time.perf_counter() - start:.0f} s[/dim]")
+            continue
         pairs = rt.honest_pairs(models, precision, sequences, full=args.full, runs=runs, **extra)
-        worst = rt.Honest()
-        for h in pairs.values():
-            worst.calls += h.calls
-            worst.failures += h.failures
-            worst.rel_l2, worst.bad_fraction = max(worst.rel_l2, h.rel_l2), max(worst.bad_fraction, h.bad_fraction)
-            worst.logit_gap = max(worst.logit_gap, h.logit_gap)
-        failures += worst.failures
-        engines = sorted({e for pair in pairs for e in pair})
-        calib.add_row(precision, f"honest, {len(pairs)} pairs of {', '.join(engines)}", str(worst.calls),
-                      f"{worst.rel_l2:.3g}", f"{worst.bad_fraction:.3g}", f"{worst.logit_gap:.3g}", str(worst.failures))
+        failures += honest_rows(calib, precision, "", pairs)
         calib.add_row("", "limit", "", f"{tol.max_rel_l2:g}", f"{tol.max_bad_fraction:g}", f"{tol.token_slack:g}", "")
-        # Planted near-ties first: their bound says whether 99 % is reachable at all in this class.
-        rows = [rt.logit_rows(run) for run in runs.values()]
-        planted: dict[str, rt.PlantedStats] = {}
-        for kind in ("flip", "steer"):
-            p = planted[kind] = rt.PlantedStats()
-            for seed in range(args.plant_seeds):  # each seed plants a fresh gap in every row
-                p.add(rt.planted_near_ties(rows[0], rows[-1], tol.token_slack, kind, np.random.default_rng(seed),
-                                           rows[1:-1]))
-            ok = p.honest_failures == 0 and (p.detection >= 0.99 or p.bound < 0.99)
-            failures += not ok
-            team.add_row(precision, "last", f"planted near-tie {kind} ({p.rows} rows, honest failed "
-                         f"{p.honest_failures})", str(p.matter), str(p.matter),
-                         f"{p.caught}/{p.matter} ({p.detection:.1%})" + ("" if ok else " !"), "", "")
-        reachable = min(p.bound for p in planted.values()) >= 0.99
-        amb = rt.ambiguity({name: [r for seq in run.final_rows() for r in seq] for name, run in runs.items()},
-                           tol.token_slack)
-        ties.add_row(precision, str(len(runs)), str(amb.rows), f"{amb.split_rate:.2%}", f"{amb.choice_rate:.2%}",
-                     *(x for p in planted.values() for x in (f"{p.caught}/{p.matter} ({p.detection:.1%})",
-                                                             f"{p.bound:.1%}")))
         stats = rt.red_team(models, precision, sequences)
         mildest: dict[str, float] = {}
         for (k, name), s in stats.items():
@@ -142,11 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             with tempfile.TemporaryDirectory() as tmp:
                 write_plan(Path(tmp), dtype=precision)
                 bundle = rt.load_plan_models(Path(tmp))
-            q = list(rt.honest_pairs(bundle, precision, sequences, full=args.full, **extra).values())
-            failures += sum(h.failures for h in q)
-            calib.add_row("", f"honest, {len(q)} pairs on the quantised bundle", str(sum(h.calls for h in q)),
-                          f"{max(h.rel_l2 for h in q):.3g}", f"{max(h.bad_fraction for h in q):.3g}",
-                          f"{max(h.logit_gap for h in q):.3g}", str(sum(h.failures for h in q)))
+            failures += honest_rows(calib, "", "on the quantised bundle ",
+                                    rt.honest_pairs(bundle, precision, sequences, full=args.full, **extra))
         console.print(f"[dim]{precision} done, {time.perf_counter() - start:.0f} s[/dim]")
     console.print(calib)
     console.print(team)

@@ -114,3 +114,16 @@ def test_flips_at_planted_near_ties_are_caught_wherever_a_sound_rule_can(runs, p
             assert total.matter >= 50 and total.bound < 0.99, (kind, total)
         else:
             assert total.matter >= 1000 and total.detection >= 0.99 and total.bound >= 0.99, (kind, total)
+
+
+def test_ambiguity_counts_where_engines_differ_and_where_the_rule_leaves_a_choice():
+    a = np.zeros(8)
+    a[3], a[5] = 10.0, 10.0 - 1e-4  # 1e-5 of the range apart: beyond float32's slack, inside fp16's
+    b = a.copy()
+    b[5] = 10.0 + 1e-4
+    fp32, fp16 = tolerance_for("fp32").token_slack, tolerance_for("fp16").token_slack
+    assert rt.admissible_tokens(a, fp32) == [3] and rt.admissible_tokens(b, fp32) == [5]
+    assert rt.admissible_tokens(a, fp16) == rt.admissible_tokens(b, fp16) == [3, 5]
+    tight, loose = rt.ambiguity({"x": [a, a], "y": [b, a]}, fp32), rt.ambiguity({"x": [a, a], "y": [b, a]}, fp16)
+    assert (tight.rows, tight.split, tight.admits_two, tight.checks) == (2, 1, 0, 4)
+    assert (loose.split, loose.admits_two) == (1, 4) and loose.choice_rate == 1.0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -96,20 +97,24 @@ def _configure_tinygrad() -> None:
 
 
 def tinygrad_session(model: onnx.ModelProto) -> Callable[[Mapping[str, np.ndarray]], Outputs]:
-    """tinygrad's ONNX runner for ``model``, loaded once and called per feed."""
+    """tinygrad's ONNX runner for ``model``, one per set of input shapes (it binds symbolic dimensions on
+    its first call); the serialized model is written once and removed with the returned function."""
     _configure_tinygrad()
     from tinygrad import Tensor
     from tinygrad.nn.onnx import OnnxRunner
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
-        path.write_bytes(model.SerializeToString())
-        runner = OnnxRunner(str(path))
+    tmp = tempfile.TemporaryDirectory()
+    path = Path(tmp.name) / "model.onnx"
+    path.write_bytes(model.SerializeToString())
+    runners: dict[tuple, OnnxRunner] = {}
 
     def run(feeds: Mapping[str, np.ndarray]) -> Outputs:
+        key = tuple(sorted((k, np.shape(v)) for k, v in feeds.items()))
+        runner = runners.get(key) or runners.setdefault(key, OnnxRunner(str(path)))
         out = runner({k: Tensor(np.ascontiguousarray(v)) for k, v in feeds.items()})
         return {k: v.numpy() for k, v in out.items()}
 
+    weakref.finalize(run, tmp.cleanup)
     return run
 
 

@@ -59,7 +59,12 @@ class ModelRunner(Runner):
             return
         if engine == "tinygrad":
             tg = tinygrad_session(model)
-            self._run = lambda feeds: [tg(feeds)[n] for n in self._names]
+
+            def run_tinygrad(feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+                out = tg(feeds)
+                return [out[n] for n in self._names]
+
+            self._run = run_tinygrad
             return
         sess = ort_session(model, level=level, threads=threads)
         self._run = lambda feeds: sess.run(self._names, dict(feeds))
