@@ -98,21 +98,28 @@ def _configure_tinygrad() -> None:
 
 def tinygrad_session(model: onnx.ModelProto) -> Callable[[Mapping[str, np.ndarray]], Outputs]:
     """tinygrad's ONNX runner for ``model``, one per set of input shapes (it binds symbolic dimensions on
-    its first call); the serialized model is written once and removed with the returned function."""
+    its first call), run on the runtime's one tinygrad thread; the serialized model is written once and
+    removed with the returned function."""
     _configure_tinygrad()
-    from tinygrad import Tensor
-    from tinygrad.nn.onnx import OnnxRunner
+    from splitup.runtime.tiny import on_tinygrad_thread
 
     tmp = tempfile.TemporaryDirectory()
     path = Path(tmp.name) / "model.onnx"
     path.write_bytes(model.SerializeToString())
-    runners: dict[tuple, OnnxRunner] = {}
+    runners: dict[tuple, Callable] = {}
 
     def run(feeds: Mapping[str, np.ndarray]) -> Outputs:
-        key = tuple(sorted((k, np.shape(v)) for k, v in feeds.items()))
-        runner = runners.get(key) or runners.setdefault(key, OnnxRunner(str(path)))
-        out = runner({k: Tensor(np.ascontiguousarray(v)) for k, v in feeds.items()})
-        return {k: v.numpy() for k, v in out.items()}
+        def call() -> Outputs:
+            from tinygrad import Tensor
+            from tinygrad.nn.onnx import OnnxRunner
+
+            key = tuple(sorted((k, np.shape(v)) for k, v in feeds.items()))
+            if key not in runners:
+                runners[key] = OnnxRunner(str(path))
+            out = runners[key]({k: Tensor(np.ascontiguousarray(v)) for k, v in feeds.items()})
+            return {k: v.numpy() for k, v in out.items()}
+
+        return on_tinygrad_thread(call)
 
     weakref.finalize(run, tmp.cleanup)
     return run
