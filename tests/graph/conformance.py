@@ -20,6 +20,7 @@ import onnx
 import onnxruntime as ort
 
 from splitup.graph.errors import GraphRejected
+from splitup.graph.upgrade import upgrade_opset
 from splitup.graph.validate import validate_model
 from splitup.partition.local import LocalPipeline
 from splitup.partition.plan import make_plan
@@ -68,6 +69,7 @@ def run(cases: list[tuple[str, onnx.ModelProto, list, list]], workdir: Path | No
             continue
         stage = "validate"
         try:
+            model = upgrade_opset(model)  # what make_plan does for an old exporter's model
             validate_model(model)
             stage = "plan"
             make_plan(model, name, 1 << 34, workspace_bytes=0, out_dir=root / name)

@@ -225,6 +225,25 @@ def _concrete(vi: ValueInfoProto, limits: Limits, *, where: str) -> TensorType |
     return TensorType(tt.elem_type, tuple(dims))
 
 
+# Ops whose output size follows the values (not the sizes) of an input: bounded only when those values are
+# constants or computed from shapes.
+_VALUE_SIZED = frozenset({
+    "AffineGrid", "CenterCropPad", "Col2Im", "ConstantOfShape", "DFT", "Expand", "MaxUnpool", "OneHot", "Pad",
+    "Range", "Resize", "STFT", "Tile", "TopK", "Reshape",
+})
+
+
+def _why_unbounded(node: onnx.NodeProto, graph: GraphProto) -> str:
+    constant = {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    sizing = node.input if node.op_type in ("ConstantOfShape", "Range") else node.input[1:]
+    data = [x for x in sizing if x and x not in constant]
+    if node.op_type in _VALUE_SIZED and data:
+        return (f"{node.op_type}'s output size follows the values of {', '.join(data)}, which are data here (a graph "
+                "input or computed from one), so no size can be bounded before it runs; make them constants, or "
+                "compute them from tensor shapes")
+    return "shape or dtype could not be bounded by inference"
+
+
 def typed_tensors(
     graph: GraphProto, limits: Limits, outer: dict[str, TensorType] | None = None
 ) -> dict[str, TensorType]:
@@ -247,7 +266,7 @@ def typed_tensors(
             vi = known.get(out)
             t = _concrete(vi, limits, where=where) if vi is not None else None
             if t is None:
-                raise UnboundedDimension("shape or dtype could not be bounded by inference", where=where)
+                raise UnboundedDimension(_why_unbounded(node, graph), where=where)
             types[out] = t
         for _, body in subgraphs(node):
             types.update(typed_tensors(body, limits, types))

@@ -11,6 +11,7 @@ from pathlib import Path
 import onnx
 
 from splitup.graph.meta import dtype_of
+from splitup.graph.upgrade import upgrade_opset
 from splitup.partition.cost import GraphAnalysis, analyze
 from splitup.partition.partitioner import DEFAULT_WORKSPACE, Partition, PartitionError, partition
 from splitup.partition.refine import plan_partition
@@ -67,7 +68,10 @@ def make_plan(
     """Split ``model`` under ``budgets``; with ``out_dir`` write plan.json and one bundle per task.
 
     Shape-only models (no weight data) can be planned and their graphs written, but have no shards.
+    A model from an old exporter (opset below 13) is upgraded first; its tasks are written upgraded.
     """
+    if not trusted:
+        model = upgrade_opset(model)
     analysis = analyze(model, trusted=trusted)
     try:
         # The analysis comes back rewritten where the planner split operators; tasks are cut from it.
