@@ -64,15 +64,18 @@ def make_plan(
     cut_factor: float = 2.0,
     out_dir: Path | None = None,
     trusted: bool = False,
+    weights_dir: Path | None = None,
 ) -> PlanResult:
     """Split ``model`` under ``budgets``; with ``out_dir`` write plan.json and one bundle per task.
 
     Shape-only models (no weight data) can be planned and their graphs written, but have no shards.
     A model from an old exporter (opset below 13) is upgraded first; its tasks are written upgraded.
+    ``weights_dir`` holds the external-data files of a model saved with them (over 2 GiB): the shards are
+    read from there.
     """
     if not trusted:
         model = upgrade_opset(model)
-    analysis = analyze(model, trusted=trusted)
+    analysis = analyze(model, trusted=trusted, weights_dir=weights_dir)
     try:
         # The analysis comes back rewritten where the planner split operators; tasks are cut from it.
         a, part = plan_partition(analysis, budgets, workspace_bytes=workspace_bytes, cut_factor=cut_factor)
