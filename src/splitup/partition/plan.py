@@ -31,8 +31,14 @@ def _graph_specs(a: GraphAnalysis, model: onnx.ModelProto, names: list[str]) -> 
     infos = {vi.name: vi for vi in (*model.graph.input, *model.graph.output)}
     specs = []
     for name in names:
-        dims = infos[name].type.tensor_type.shape.dim
-        shape: list[int | str] = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
+        dims = list(infos[name].type.tensor_type.shape.dim)
+        bound = a.types[name].shape
+        if len(dims) != len(bound):  # an output declared without a shape (or a wrong one): its bound's rank
+            dims = [None] * len(bound)
+        # A dim the model leaves unnamed (a length data chooses) is named after the tensor, like a cut's.
+        shape: list[int | str] = [d.dim_value if d is not None and d.HasField("dim_value")
+                                  else (d.dim_param if d is not None and d.dim_param else f"{name}.dim{axis}")
+                                  for axis, d in enumerate(dims)]
         specs.append(TensorSpec(name, dtype_of(a.types[name].elem_type, where=f"tensor {name}"), shape, list(a.types[name].shape)))
     return specs
 
