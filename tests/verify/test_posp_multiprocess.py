@@ -3,7 +3,7 @@
 The demo's local market (``splitup.demo.network.local_market``: ledger, blob store, four node processes
 with their market agents, the arbiter) runs the tiny model at a verification rate of 30%; node-c is
 started with ``--cheat perturb`` (every output it forwards carries noise of 5% of its RMS, from a fixed
-seed) and executes the last task of every job. After ``JOBS`` short generations (prompts drawn with a
+seed) and executes the last task of every job. After ``JOBS`` (30) short generations (prompts drawn with a
 fixed seed) the chain must show:
 
 - the cheater's tasks were drawn at a rate consistent with p (exact binomial acceptance region at
@@ -37,7 +37,9 @@ from splitup.sdk.chain import connect
 from splitup.sdk.client import Client, Completion
 from splitup.sdk.reports import JobReport
 
-JOBS = 40  # ~1.3 s each with the tiny model on 2 shared cores; about 60 s for the whole module
+# ~1.3 s each with the tiny model on 2 shared cores; about 45 s for the whole module. At 30 jobs a run with no
+# cheat drawn (which the slash checks below need) has probability 0.7**30 = 2e-5.
+JOBS = 30
 RATE_BPS = 3_000
 ALPHA = 1e-4  # two-sided significance of the binomial checks
 MAX_TOKENS = 3
@@ -157,7 +159,7 @@ def test_binomial_region() -> None:
     # Bin(10, 1/2): P(X = 0) = P(X = 10) = 1/1024 <= 0.001 < P(X <= 1) = 11/1024
     assert binomial_region(10, 0.5, 0.002) == (1, 9)
     assert binomial_region(1000, 0.5, 0.05) == (469, 531)  # 500 -+ 1.96 x 15.8
-    assert binomial_region(JOBS, RATE_BPS / 10_000, ALPHA) == (2, 24)
+    assert binomial_region(JOBS, RATE_BPS / 10_000, ALPHA) == (1, 19)
 
 
 def test_the_nodes_run_different_engines(run: Run) -> None:
