@@ -76,4 +76,4 @@ def test_value_sized_outputs_stay_refused_with_the_reason(sweep):
     for name, error in REFUSED.items():
         assert sweep.by_case.get(name) == f"rejected {error}", (name, sweep.by_case.get(name))
     reasons = " ".join(why for _, why in sweep.rejected)
-    assert "Expand's output size follows the values of" in reasons
+    assert "Expand's output size follows the values of" in reasons and "Scan output whose shape its body" in reasons

@@ -241,6 +241,9 @@ def _why_unbounded(node: onnx.NodeProto, graph: GraphProto) -> str:
         return (f"{node.op_type}'s output size follows the values of {', '.join(data)}, which are data here (a graph "
                 "input or computed from one), so no size can be bounded before it runs; make them constants, or "
                 "compute them from tensor shapes")
+    if node.op_type in ("If", "Loop", "Scan"):
+        return (f"{node.op_type} output whose shape its body does not fix (onnx's inference cannot see the values "
+                "of outer-graph constants a body reads, nor bound a body's data-sized outputs)")
     return "shape or dtype could not be bounded by inference"
 
 
