@@ -123,6 +123,7 @@ def infer_at(model: ModelProto, dims: dict[str, int], limits: Limits, max_rounds
     copy.CopyFrom(model)
     _strip(copy.graph, outputs=True)
     _drop_large_payloads(copy.graph)
+    _inline_outer_constants(copy.graph)
     for vi in copy.graph.input:
         for dim in vi.type.tensor_type.shape.dim:
             if dim.WhichOneof("value") == "dim_param":
@@ -137,7 +138,35 @@ def infer_at(model: ModelProto, dims: dict[str, int], limits: Limits, max_rounds
         if not (complete_loop_shapes(inferred) | folded) and not bound_by_input(inferred):
             break
         inferred = _screened(_infer(inferred), limits)
+    _drop_inlined(inferred.graph, set())
     return inferred
+
+
+def _inline_outer_constants(graph: GraphProto, outer: dict[str, onnx.NodeProto] | None = None) -> None:
+    """Give each body a copy of the small outer ``Constant`` nodes it reads: onnx's inference of a body sees
+    the types of outer tensors but not their values, so an ``Unsqueeze`` by an outer axes constant (as
+    function-expanded graphs write them) would stay unsized. Only the inference copy is changed."""
+    scope = dict(outer or {})
+    scope.update({n.output[0]: n for n in graph.node if n.op_type == "Constant" and n.output})
+    for node in graph.node:
+        for _, body in subgraphs(node):
+            reads = {x for n in body.node for x in n.input}
+            defined = {o for n in body.node for o in n.output} | {vi.name for vi in body.input}
+            copies = [scope[x] for x in sorted(reads - defined) if x in scope]
+            for c in reversed(copies):
+                body.node.insert(0, c)
+            _inline_outer_constants(body, scope)
+
+
+def _drop_inlined(graph: GraphProto, outer: set[str]) -> None:
+    """Remove the copies ``_inline_outer_constants`` made (a valid graph never redefines an outer name)."""
+    for node in list(graph.node):
+        if node.op_type == "Constant" and node.output and node.output[0] in outer:
+            graph.node.remove(node)
+    scope = outer | {o for n in graph.node for o in n.output} | {vi.name for vi in graph.input}
+    for node in graph.node:
+        for _, body in subgraphs(node):
+            _drop_inlined(body, scope)
 
 
 def _drop_large_payloads(graph: GraphProto) -> None:

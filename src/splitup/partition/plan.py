@@ -61,6 +61,46 @@ def _what_fits(a: GraphAnalysis, budgets: int | Sequence[int], workspace: int, c
     return f"nodes of {size} would fit it{spare} (--vram {size}; {format_bytes(budgets)} is too small)"
 
 
+def _bodies(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    return [b for a in node.attribute
+            for b in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs))]
+
+
+def _rename_reads(graph: onnx.GraphProto, mapping: dict[str, str]) -> set[str]:
+    """Rename reads of outer names in ``graph`` and its bodies; returns the outer names that were read."""
+    local = {o for n in graph.node for o in n.output} | {vi.name for vi in graph.input}
+    visible = {k: v for k, v in mapping.items() if k not in local}
+    read: set[str] = set()
+    for node in graph.node:
+        for i, x in enumerate(node.input):
+            if x in visible:
+                node.input[i] = visible[x]
+                read.add(x)
+        for body in _bodies(node):
+            read |= _rename_reads(body, visible)
+    return read
+
+
+def _localise_body_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy in which each control-flow node's bodies hold their own copies of the main graph's
+    ``Constant`` nodes they read (renamed), so a task cut around an If/Loop/Scan carries every constant
+    its bodies need; ``model`` itself when no body reads one."""
+    outer = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant" and n.output}
+    if not outer or not any(_bodies(n) for n in model.graph.node):
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    mapping = {name: f"{name}#local" for name in outer}
+    for node in copy.graph.node:
+        for body in _bodies(node):
+            for name in sorted(_rename_reads(body, mapping), reverse=True):
+                c = body.node.add()
+                c.CopyFrom(outer[name])
+                c.output[0], c.name = mapping[name], f"{outer[name].name or name}#local"
+                body.node.insert(0, body.node.pop())
+    return copy
+
+
 def make_plan(
     model: onnx.ModelProto,
     name: str,
@@ -80,7 +120,7 @@ def make_plan(
     read from there.
     """
     if not trusted:
-        model = upgrade_opset(model)
+        model = _localise_body_constants(upgrade_opset(model))
     analysis = analyze(model, trusted=trusted, weights_dir=weights_dir)
     try:
         # The analysis comes back rewritten where the planner split operators; tasks are cut from it.
