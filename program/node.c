@@ -2,12 +2,6 @@
    holds rent + stake + unbonding lamports; locked collateral is a part of stake. */
 #include "market.h"
 
-static uint64_t owned_node(Ctx *c, SolAccountInfo *owner, SolAccountInfo *node_ai, Node **out) {
-  TRY(need_signer(owner));
-  TRY(load_node(c, node_ai, true, out));
-  return pubkey_eq(owner->key, (const SolPubkey *)(*out)->owner) ? 0 : E_UNAUTHORIZED;
-}
-
 /* accounts: 0 owner (signer, w), 1 node PDA (w), 2 config, 3 system program */
 uint64_t ix_register_node(Ctx *c) {
   SolAccountInfo *ka = c->p->ka;
@@ -30,6 +24,7 @@ uint64_t ix_register_node(Ctx *c) {
   n->stake = a.stake;
   n->vram = a.vram;
   sol_memcpy_(n->endpoint, a.endpoint, sizeof(n->endpoint));
+  n->last_heartbeat = c->slot; /* registering is the node's first sign of life */
   return 0;
 }
 
@@ -39,7 +34,7 @@ uint64_t ix_add_stake(Ctx *c) {
   AmountArgs a;
   TRY(read_args(c, &a, sizeof(a), NULL, NULL));
   Node *n;
-  TRY(owned_node(c, &ka[0], &ka[1], &n));
+  TRY(owned_node(c, &ka[0], &ka[1], true, &n));
   if (a.amount == 0) return E_INVALID_PARAMETER;
   uint64_t stake;
   TRY(add64(n->stake, a.amount, &stake));
@@ -55,7 +50,7 @@ uint64_t ix_begin_unstake(Ctx *c) {
   AmountArgs a;
   TRY(read_args(c, &a, sizeof(a), NULL, NULL));
   Node *n;
-  TRY(owned_node(c, &ka[0], &ka[1], &n));
+  TRY(owned_node(c, &ka[0], &ka[1], true, &n));
   Config *cfg;
   TRY(load_config(c, &ka[2], false, &cfg));
   uint64_t free_stake;
@@ -75,7 +70,7 @@ uint64_t ix_withdraw(Ctx *c) {
   SolAccountInfo *ka = c->p->ka;
   TRY(read_args(c, NULL, 0, NULL, NULL));
   Node *n;
-  TRY(owned_node(c, &ka[0], &ka[1], &n));
+  TRY(owned_node(c, &ka[0], &ka[1], true, &n));
   if (n->unbonding == 0) return E_NOTHING_TO_WITHDRAW;
   if (c->slot < n->unbond_at) return E_STILL_BONDING;
   uint64_t amount = n->unbonding;
@@ -92,9 +87,25 @@ uint64_t ix_specialize(Ctx *c) {
   TRY(read_args(c, &a, sizeof(a), &rest, &rest_len));
   if (a.count > MAX_SPECIALIZED || rest_len != a.count * 32) return E_INVALID_INSTRUCTION;
   Node *n;
-  TRY(owned_node(c, &ka[0], &ka[1], &n));
+  TRY(owned_node(c, &ka[0], &ka[1], true, &n));
   sol_memset_(n->specialized, 0, sizeof(n->specialized));
   if (rest_len) sol_memcpy_(n->specialized, rest, rest_len);
   n->special_count = a.count;
+  return 0;
+}
+
+/* accounts: 0 owner (signer), 1 node (w). The node stamps its account with the slot and a small status;
+   nothing else is read or moved, so a beat costs its signature fee and a few thousand compute units.
+   Silence is never slashed: a node that stops beating is only no longer routed to or drawn. */
+uint64_t ix_heartbeat(Ctx *c) {
+  SolAccountInfo *ka = c->p->ka;
+  HeartbeatArgs a;
+  TRY(read_args(c, &a, sizeof(a), NULL, NULL));
+  Node *n;
+  TRY(owned_node(c, &ka[0], &ka[1], true, &n));
+  n->last_heartbeat = c->slot;
+  n->free_sessions = a.free_sessions;
+  n->engines = a.engines;
+  n->version = a.version;
   return 0;
 }

@@ -51,6 +51,9 @@ class GatewayJob:
     # The job's draw secret (hex) until the job is over: written with the job's row, so a gateway killed
     # before revealing it still reveals it after a restart (else every task of the job is verified).
     secret: str = ""
+    # the nodes' signed receipts of their inputs, by task index (splitup.market.evidence): written down with
+    # the job so that a restarted gateway can still prove them when it winds the job up
+    receipts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         body = asdict(self)
@@ -172,13 +175,16 @@ class GatewayService:
             if e.manifest.kind != "decoder":
                 continue
             caps = market_capacity(snap.nodes, snap.config, e.task_ids(), [int(t.price) for t in e.info.tasks],
-                                   statuses, exclude_owner=self.client.payer.pubkey())
+                                   statuses, exclude_owner=self.client.payer.pubkey(), slot=snap.slot)
             room[e.name] = (min((c.slots for c in caps), default=0), shortfall(caps))
         with self._lock:
             self._room = room
 
     # --- jobs -----------------------------------------------------------------------------------------------
     def _save(self, j: GatewayJob) -> None:
+        held = self.client.receipts.get(j.address)
+        if held:
+            j.receipts = {str(index): record for (_, index), record in list(held.items())}
         if self.store is not None:
             self.store.put(j.address, j.created, j.to_json())
 
@@ -240,6 +246,8 @@ class GatewayService:
         final = "closed" if j.state == "settling" else "wound_up"
         first = job not in self._asked
         self._asked.add(job)
+        if j.receipts and job not in self.client.receipts:  # read back after a restart
+            self.client.receipts[job] = {(job, int(i)): r for i, r in j.receipts.items()}
         try:
             # Settling is winding up a job that was served: executors that did not commit yet are asked
             # (once); then one pass over the chain per turn, so a job waiting for a validator does not

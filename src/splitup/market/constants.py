@@ -14,12 +14,20 @@ MAX_SPECIALIZED = 8
 # funds for good either.
 MAX_WINDOW_SLOTS = 1_000_000
 DEFAULT_VERIFY_RATE_BPS = 800
+# 15 minutes at 400 ms slots: three of a node's default 5-minute heartbeats
+DEFAULT_HEARTBEAT_WINDOW_SLOTS = 2_250
+# bit i of a node's ``engines`` mask: it runs ENGINE_NAMES[i]
+ENGINE_NAMES = ("onnxruntime", "tinygrad")
 
 SEED_CONFIG = b"config"
 SEED_MODEL = b"model"
 SEED_NODE = b"node"
 SEED_JOB = b"job"
 SEED_ESCROW = b"escrow"
+# Domain tags of the signed statements the program checks (splitup.market.evidence): a receipt by the
+# receiver of a task's input, a hand-off by the sender of a task's output.
+RECEIPT_DOMAIN = b"splitup-receipt-v1"
+HANDOFF_DOMAIN = b"splitup-handoff-v1"
 
 
 class AccountTag(IntEnum):
@@ -80,6 +88,9 @@ class Ix(IntEnum):
     RECEIVE_INPUT = 21
     RELEASE_TASK = 22
     TAKE_OVER = 23
+    HEARTBEAT = 24
+    PROVE_RECEIPT = 25
+    PROVE_HANDOFF = 26
 
 
 class ErrorCode(IntEnum):
@@ -118,3 +129,6 @@ class ErrorCode(IntEnum):
     BAD_SECRET = 31
     NOT_DRAWN = 32
     INPUT_RECEIVED = 33
+    BAD_EVIDENCE = 34
+    NO_MISMATCH = 35
+    STALE_HEARTBEAT = 36

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from solders.instruction import AccountMeta, Instruction
 from solders.pubkey import Pubkey
 from solders.system_program import ID as SYSTEM_PROGRAM
-from solders.sysvar import SLOT_HASHES
+from solders.sysvar import INSTRUCTIONS, SLOT_HASHES
 
 from splitup.market.constants import MAX_SPECIALIZED, Ix
 from splitup.market.layout import (
@@ -21,6 +21,7 @@ from splitup.market.layout import (
     ArbitrateArgs,
     CommitArgs,
     HashArgs,
+    HeartbeatArgs,
     InitConfigArgs,
     ModelTask,
     PostJobArgs,
@@ -80,6 +81,11 @@ def register_node(pid: Pubkey, owner: Pubkey, stake: int, vram: int, engines: in
     return _ix(pid, Ix.REGISTER_NODE,
                [_w(owner, True), _w(node_pda(pid, owner)), _r(config_pda(pid)), _r(SYSTEM_PROGRAM)],
                RegisterNodeArgs(stake=stake, vram=vram, engines=engines, endpoint=raw.ljust(64, b"\0")))
+
+
+def heartbeat(pid: Pubkey, owner: Pubkey, free_sessions: int, engines: int, version: int) -> Instruction:
+    return _ix(pid, Ix.HEARTBEAT, [_r(owner, True), _w(node_pda(pid, owner))],
+               HeartbeatArgs(free_sessions=free_sessions, engines=engines, version=version))
 
 
 def add_stake(pid: Pubkey, owner: Pubkey, amount: int) -> Instruction:
@@ -155,6 +161,20 @@ def take_over(pid: Pubkey, client: Pubkey, standin_owner: Pubkey, job: Pubkey, m
                [_r(client, True), _r(standin_owner, True), _w(node_pda(pid, standin_owner)), _w(failed_node),
                 _w(job), _w(config_pda(pid)), _r(model)],
                AcceptArgs(index=index, collateral=collateral))
+
+
+def prove_receipt(pid: Pubkey, job: Pubkey, index: int, node: Pubkey, digest: bytes) -> Instruction:
+    """Follows the Ed25519 check of the node owner's receipt (``splitup.market.evidence``)."""
+    return _ix(pid, Ix.PROVE_RECEIPT, [_w(job), _r(node), _r(INSTRUCTIONS)], HashArgs(index=index, hash=digest))
+
+
+def prove_handoff(pid: Pubkey, job: Pubkey, index: int, node: Pubkey, digest: bytes,
+                  validator: Pubkey | None = None) -> Instruction:
+    """Follows the Ed25519 check of the sender owner's hand-off; ``validator``: the task's validator node
+    if one took it up (otherwise the sender's node is passed again)."""
+    return _ix(pid, Ix.PROVE_HANDOFF,
+               [_w(job), _w(node), _w(config_pda(pid)), _r(INSTRUCTIONS), _w(validator or node)],
+               HashArgs(index=index, hash=digest))
 
 
 def assign_validator(pid: Pubkey, owner: Pubkey, job: Pubkey, model: Pubkey, index: int) -> Instruction:

@@ -155,6 +155,12 @@ class Config(Record):
     reveal_slots: int = wire(U64)
     validator_ramp_slots: int = wire(U64)
     validator_reward_bps: int = wire(U64)  # a check pays max(validator_reward, price * this)
+    # a node whose last HEARTBEAT is older than this is not routed to nor drawn as validator; 0: not tracked
+    heartbeat_window_slots: int = wire(U64)
+    # provable cheating seen by a receiver: a hand-off signed by its sender that differs from the sender's
+    # commitment (prove_handoff); proofs are taken for handoff_slots after the commitment, settle waits
+    handoff_slash_bps: int = wire(U64)
+    handoff_slots: int = wire(U64)
 
 
 @dataclass(kw_only=True)
@@ -207,6 +213,10 @@ class Node(Record):
     liveness_faults: int = wire(U64)
     endpoint: bytes = wire(BYTES(64))
     specialized: bytes = wire(BYTES(32 * 8))
+    # the node's last HEARTBEAT (registration counts as one) and the status it reported then
+    last_heartbeat: int = wire(U64)
+    free_sessions: int = wire(U32)  # more generations the node could take at that beat
+    version: int = wire(U32)  # its software, major << 16 | minor << 8 | patch
 
 
 @dataclass(kw_only=True)
@@ -221,7 +231,9 @@ class TaskSlot(Record):
     received: int = wire(U8)  # 1 once the node receipted its input (or took the task over with it)
     proved: int = wire(U8)  # 1 when the validator's work digest opened the executor's seal
     standin: int = wire(U8)  # 1 when ``node`` took the task over from a node that failed
-    _pad0: bytes = pad(1)
+    # 1 once its node gave it up with no receipt on chain: released (not reopened) when its cut deadline
+    # passes (in the padding byte that was here: no offset moves)
+    releasing: int = wire(U8)
     node: Pubkey = wire(PUBKEY)
     validator: Pubkey = wire(PUBKEY)
     commitment: bytes = wire(BYTES(32))
@@ -275,6 +287,7 @@ class JobHeader(Record):
     reveal_slots: int = wire(U64)
     validator_ramp_slots: int = wire(U64)
     validator_reward_bps: int = wire(U64)  # a check pays max(validator_reward, price * this)
+    handoff_slots: int = wire(U64)  # a hand-off mismatch can be proved this long after a commitment
 
 
 # ---------------------------------------------------------------- instruction arguments (after the u8 tag)
@@ -305,6 +318,11 @@ class InitConfigArgs(Record):
     reveal_slots: int = wire(U64)
     validator_ramp_slots: int = wire(U64)
     validator_reward_bps: int = wire(U64)  # a check pays max(validator_reward, price * this)
+    heartbeat_window_slots: int = wire(U64)
+    # provable cheating seen by a receiver: a hand-off signed by its sender that differs from the sender's
+    # commitment (prove_handoff); proofs are taken for handoff_slots after the commitment, settle waits
+    handoff_slash_bps: int = wire(U64)
+    handoff_slots: int = wire(U64)
 
 
 @dataclass(kw_only=True)
@@ -416,6 +434,17 @@ class ArbitrateArgs(Record):
     _pad0: bytes = pad(7)
 
 
+@dataclass(kw_only=True)
+class HeartbeatArgs(Record):
+    """The status a node stamps on its account with the slot (``engines`` replaces the registered mask)."""
+
+    C_NAME: ClassVar[str] = "HeartbeatArgs"
+    free_sessions: int = wire(U32)
+    engines: int = wire(U32)
+    version: int = wire(U32)
+    _pad0: bytes = pad(4)
+
+
 ACCOUNT_LAYOUTS: tuple[type[Record], ...] = (Config, ModelTask, ModelHeader, Node, TaskSlot, JobHeader)
 ARG_LAYOUTS: tuple[type[Record], ...] = (
     InitConfigArgs,
@@ -432,4 +461,5 @@ ARG_LAYOUTS: tuple[type[Record], ...] = (
     SecretArgs,
     VerdictArgs,
     ArbitrateArgs,
+    HeartbeatArgs,
 )

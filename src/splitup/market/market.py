@@ -12,6 +12,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from solders.instruction import Instruction
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
@@ -24,8 +25,15 @@ from splitup.market.accounts import (
     decode_model,
     decode_node,
 )
-from splitup.market.constants import BPS, DEFAULT_VERIFY_RATE_BPS, AccountTag, TaskStatus
-from splitup.market.errors import MarketError
+from splitup.market.constants import (
+    BPS,
+    DEFAULT_HEARTBEAT_WINDOW_SLOTS,
+    DEFAULT_VERIFY_RATE_BPS,
+    AccountTag,
+    TaskStatus,
+)
+from splitup.market.errors import InvalidSignatureError, MarketError, ProgramError, WrongTaskStateError
+from splitup.market.evidence import HANDOFF, RECEIPT, Signed
 from splitup.market.layout import Config, InitConfigArgs, ModelTask, Node, TaskSlot
 from splitup.market.pda import config_pda, escrow_pda, job_pda, model_pda, node_pda
 from splitup.market.transport import Transport, TxResult
@@ -66,6 +74,13 @@ class MarketParams:
     validator_ramp_slots: int = 8
     # a check costs the validator about what the task cost its node: it is paid about the price
     validator_reward_bps: int = 10_000
+    # nodes silent for longer are skipped by routing and refused as validators (never slashed); 0: off
+    heartbeat_window_slots: int = DEFAULT_HEARTBEAT_WINDOW_SLOTS
+    # a sender whose signed hand-off contradicts its commitment lied provably: the whole collateral
+    handoff_slash_bps: int = 10_000
+    # the receiver's window to prove a lying hand-off (settlement waits for it), and the client's to show
+    # the receipt of a node that says it was never fed (release_task): about 3 s at 400 ms slots
+    handoff_slots: int = 8
 
     @classmethod
     def flat(cls, rate_bps: int, **kw: int) -> MarketParams:
@@ -111,6 +126,13 @@ def task_terms(params: MarketParams | Config, price: int, collateral: int = 0) -
         rate = min(BPS, price * BPS // caught + 1)
     reward = task_reward(params.validator_reward, params.validator_reward_bps, price)
     return TaskTerms(price, collateral, at_risk, rate, reward)
+
+
+def heartbeat_fresh(node: Node, config: Config | MarketParams, slot: int) -> bool:
+    """Whether ``node`` beat within the config's heartbeat window at ``slot`` (always, with no window):
+    the program's test in ``assign_validator``, and what routing skips stale nodes by."""
+    window = config.heartbeat_window_slots
+    return window == 0 or slot - node.last_heartbeat <= window
 
 
 def seal_of(digest: bytes) -> bytes:
@@ -179,6 +201,11 @@ class Market:
         """Every registered node (one getProgramAccounts call)."""
         return [(k, decode_node(d)) for k, d in self._of_tag(AccountTag.NODE)]
 
+    def live_nodes(self) -> list[tuple[Pubkey, Node]]:
+        """The registered nodes whose last heartbeat is within the config's window (``heartbeat_fresh``)."""
+        cfg, slot = self.config(), self.t.slot()
+        return [(k, n) for k, n in self.nodes() if heartbeat_fresh(n, cfg, slot)]
+
     def _of_tag(self, tag: AccountTag) -> list[tuple[Pubkey, bytes]]:
         return [(k, a.data) for k, a in self.t.program_accounts(self.program_id) if a.data and a.data[0] == tag]
 
@@ -228,6 +255,12 @@ class Market:
                           [owner])
         res.address = self.node_address(owner.pubkey())
         return res
+
+    def heartbeat(self, owner: Keypair, free_sessions: int = 0, engines: int = 1, version: int = 0) -> TxResult:
+        """Stamp the node's account with the current slot and its status (free session slots, engines
+        mask, software version): what keeps it routed to and drawable as a validator."""
+        return self.t.send([ix.heartbeat(self.program_id, owner.pubkey(), free_sessions, engines, version)],
+                           [owner])
 
     def add_stake(self, owner: Keypair, amount: int) -> TxResult:
         return self.t.send([ix.add_stake(self.program_id, owner.pubkey(), amount)], [owner])
@@ -300,8 +333,10 @@ class Market:
         return bool(self.job(job).tasks[index].sampled)
 
     def release_task(self, signer: Keypair, job: Pubkey, index: int) -> TxResult:
-        """Give a task up unpaid: the client for an unaccepted or never-fed task, the node for its own
-        (with the liveness penalty if it had receipted its input)."""
+        """Give a task up unpaid: the client for an unaccepted or never-fed task (at once); the node for
+        its own: with the liveness penalty if its receipt is on chain, otherwise its deadline is cut to
+        ``handoff_slots`` from now, in which the client may still prove the node's receipt, and
+        ``expire`` then releases it (unslashed unless the receipt was shown)."""
         t = self.job(job).tasks[index]
         node = t.node if t.node != Pubkey.default() else self.config_address
         return self.t.send([ix.release_task(self.program_id, signer.pubkey(), job, index, node)], [signer])
@@ -313,6 +348,35 @@ class Market:
         return self.t.send([ix.take_over(self.program_id, client.pubkey(), standin_owner.pubkey(), job,
                                          info.header.model, index, info.tasks[index].node, collateral)],
                            [client, standin_owner])
+
+    def prove_receipt(self, receipt: Signed, payer: Keypair | None = None) -> TxResult:
+        """Prove on chain that the task's node receipted its input (its owner signed ``receipt``): the
+        client can then no longer release the task, and a missed deadline is the node's liveness fault."""
+        self._check_statement(receipt, RECEIPT)
+        t = self.job(receipt.job).tasks[receipt.index]
+        return self._send_evidence(receipt, ix.prove_receipt(self.program_id, receipt.job, receipt.index, t.node,
+                                                             receipt.digest), payer)
+
+    def prove_handoff(self, handoff: Signed, payer: Keypair | None = None) -> TxResult:
+        """Prove on chain that the task's node signed a hand-off other than the result it committed: it is
+        slashed as a cheat and its task fails. Refused (NoMismatchError) when they agree."""
+        self._check_statement(handoff, HANDOFF)
+        t = self.job(handoff.job).tasks[handoff.index]
+        validator = t.validator if t.validator != Pubkey.default() else None
+        return self._send_evidence(handoff, ix.prove_handoff(self.program_id, handoff.job, handoff.index, t.node,
+                                                             handoff.digest, validator), payer)
+
+    def _send_evidence(self, s: Signed, proof: Instruction, payer: Keypair | None) -> TxResult:
+        try:
+            return self.t.send([s.verify_ix(), proof], [payer or self.payer])
+        except ProgramError as exc:
+            if exc.instruction == 0:  # the precompile's own error codes overlap the program's
+                raise InvalidSignatureError(f"the Ed25519 precompile refused the {s.kind}: {exc}") from None
+            raise
+
+    def _check_statement(self, s: Signed, kind: str) -> None:
+        if s.kind != kind or s.program_id != self.program_id:
+            raise MarketError(f"not a {kind} for this market program")
 
     def validator_turn(self, job: Pubkey, index: int, validator_owner: Pubkey) -> int:
         """The first slot at which this holder may take the sampled task up (the on-chain lottery)."""
@@ -351,6 +415,7 @@ class Market:
         t = self.job(job).tasks[index]
         node = t.node
         node_owner = self.node_at(node).owner
+        self._await_handoff_window(job, t)
         validator = validator_owner = None
         if t.validator != Pubkey.default():
             validator = t.validator
@@ -358,10 +423,19 @@ class Market:
         return self.t.send([ix.settle(self.program_id, job, index, node, node_owner, validator, validator_owner)],
                            [self.payer])
 
+    def _await_handoff_window(self, job: Pubkey, t: TaskSlot) -> None:
+        """Settlement waits until the receiver's window to prove a hand-off lie has closed."""
+        closes = t.committed_slot + self.job(job).header.handoff_slots
+        while self.t.slot() <= closes:
+            self.t.advance(closes + 1 - self.t.slot())
+
     def expire(self, job: Pubkey, index: int) -> TxResult:
         """Resolve a task whose deadline passed: slash a late node or validator and reopen the task (or
         its validation); release a sampled task nobody validated, or a dispute the arbiter left open."""
         t = self.job(job).tasks[index]
+        if t.status not in (TaskStatus.ACCEPTED, TaskStatus.SAMPLED, TaskStatus.VALIDATING, TaskStatus.DISPUTED):
+            # moved on meanwhile (another party expired or released it): no late party to pass
+            raise WrongTaskStateError(f"task {index} of {job} is {TaskStatus(t.status).name}: nothing to expire")
         late = t.validator if t.status in (TaskStatus.VALIDATING, TaskStatus.DISPUTED) else t.node
         return self.t.send([ix.expire(self.program_id, job, index, late)], [self.payer])
 

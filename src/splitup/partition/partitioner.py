@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from splitup.errors import SplitUpError
+from splitup.graph.memory import hidden_workspace
 from splitup.partition.cost import GraphAnalysis
 
 DEFAULT_WORKSPACE = 256 * 2**20
@@ -169,7 +170,7 @@ class _Costs:
         for i, node in enumerate(a.nodes):
             inputs_live += pending_inputs[i]
             out = sum(nbytes(o) for o in node.output if o)
-            level[i] = crossing[i] + inputs_live + out + rp[i]
+            level[i] = crossing[i] + inputs_live + out + rp[i] + hidden_workspace(node, a.types)
             rp[i + 1] = rp[i] + retained[i]
             fp[i + 1] = fp[i] + flops[i]
 

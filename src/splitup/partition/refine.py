@@ -288,13 +288,13 @@ class _Rewriter:
         new = f"{name}#{lo}-{hi}"
         dims = list(t.dims)
         dims[axis] = hi - lo
-        if t.data_location == TensorProto.EXTERNAL:
+        if not self.a.has_data(t):
             part = TensorProto(name=new, data_type=t.data_type, dims=dims)
             part.data_location = TensorProto.EXTERNAL
             part.external_data.extend(t.external_data)
         else:
             if name not in self._arrays:
-                self._arrays[name] = numpy_helper.to_array(t)
+                self._arrays[name] = self.a.array(t)
             arr = self._arrays[name]
             index = [slice(None)] * arr.ndim
             index[axis] = slice(lo, hi)
@@ -356,6 +356,7 @@ def refine(a: GraphAnalysis, sites: Sequence[Site], boundaries: dict[int, list[i
         graph_outputs=a.graph_outputs,
         state=a.state,
         dim_max=a.dim_max,
+        weights_dir=a.weights_dir,
         _sizes=dict(a._sizes),
     )
     index_uses(analysis)

@@ -31,8 +31,9 @@ from solders.pubkey import Pubkey
 from splitup.market.accounts import node_endpoint, node_specialized
 from splitup.market.constants import TaskStatus
 from splitup.market.errors import MarketError, TooEarlyError, TransactionFailed, WrongTaskStateError
+from splitup.market.evidence import RECEIPT, Signed
 from splitup.market.localnet import DEFAULT_RPC_URL
-from splitup.market.market import Market
+from splitup.market.market import Market, heartbeat_fresh
 from splitup.market.transport import DEFAULT_PROGRAM_ID
 from splitup.market.wallet import default_keypair_path
 from splitup.sdk.capacity import TaskCapacity, fetch_statuses, market_capacity, shortfall
@@ -108,6 +109,15 @@ class Detokenizer:
         return delta
 
 
+def _says_released(r: httpx.Response) -> bool:
+    """Whether a node's answer to "commit" is that it released the task (it computed nothing for it)."""
+    try:
+        body = r.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("released") is True
+
+
 def input_hash(obj: Any) -> bytes:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).digest()
 
@@ -130,6 +140,10 @@ class Client:
         self.deadline_slots, self.task_timeout_slots = deadline_slots, task_timeout_slots
         self.queue_timeout, self.place_timeout, self.wind_up_timeout = queue_timeout, place_timeout, wind_up_timeout
         self._http = httpx.Client(timeout=hop_timeout)
+        # per job, the nodes' signed receipts of their inputs as the hops bring them (PipelineClient.receipts,
+        # filled in place): proved on chain when a job is wound up and a node that had its input did not
+        # deliver, so it cannot leave as if never fed. Dropped when the job is closed.
+        self.receipts: dict[str, dict[tuple[str, int], dict[str, Any]]] = {}
 
     def close(self) -> None:
         self.catalog.close()
@@ -179,12 +193,13 @@ class Client:
     def capacity(self, model: str | CatalogEntry) -> list[TaskCapacity]:
         """Per task of the model: its holders, how many answer, and how many more jobs they can take now."""
         entry = self.plan(model) if isinstance(model, str) else model
-        nodes, config = self.market.nodes(), self.market.config()
+        nodes, config, slot = self.market.nodes(), self.market.config(), self.market.t.slot()
         want = {bytes.fromhex(t) for t in entry.task_ids()}
-        endpoints = sorted({node_endpoint(n) for _, n in nodes if want & set(node_specialized(n))})
+        endpoints = sorted({node_endpoint(n) for _, n in nodes
+                            if want & set(node_specialized(n)) and heartbeat_fresh(n, config, slot)})
         statuses = fetch_statuses(endpoints, self._http)
         return market_capacity(nodes, config, entry.task_ids(), [int(t.price) for t in entry.info.tasks], statuses,
-                               exclude_owner=self.payer.pubkey())
+                               exclude_owner=self.payer.pubkey(), slot=slot)
 
     def admit(self, entry: CatalogEntry, wait_s: float | None = None) -> None:
         """Return once every task of ``entry`` has a node that can take it; otherwise wait up to ``wait_s``
@@ -202,7 +217,8 @@ class Client:
             time.sleep(0.25)
 
     def route(self, job: Pubkey, entry: CatalogEntry) -> list[list[str]]:
-        """Wait until every task is accepted; per task the accepting node first, other holders as stand-ins."""
+        """Wait until every task is accepted; per task the accepting node first, other holders that
+        heartbeat within the config's window as stand-ins."""
         deadline = time.monotonic() + self.accept_timeout
         while True:
             info = self.market.job(job)
@@ -213,14 +229,22 @@ class Client:
                 raise NotAccepted(f"job {job}: no node accepted task(s) {open_} within {self.accept_timeout:.0f} s")
             time.sleep(0.1)
         nodes = dict(self.market.nodes())
+        live = set(self.live_holders(entry))
         routes = []
         for i, slot in enumerate(info.tasks):
             first = node_endpoint(nodes[slot.node])
             want = bytes.fromhex(entry.task_ids()[i])
             others = [node_endpoint(n) for k, n in sorted(nodes.items(), key=lambda kv: str(kv[0]))
-                      if k != slot.node and want in node_specialized(n) and node_endpoint(n)]
+                      if k != slot.node and k in live and want in node_specialized(n) and node_endpoint(n)]
             routes.append([first, *others])
         return routes
+
+    def live_holders(self, entry: CatalogEntry) -> list[Pubkey]:
+        """Nodes holding some task of ``entry`` whose last on-chain heartbeat is within the config's
+        window: those a job of it may be routed to (a node killed without warning drops out of this
+        list one window after its last beat)."""
+        want = {bytes.fromhex(t) for t in entry.task_ids()}
+        return [k for k, n in self.market.live_nodes() if want & set(node_specialized(n))]
 
     def place(self, entry: CatalogEntry, inputs_hash: bytes, *, on_job: Any = None,
               admit: bool = True) -> tuple[Pubkey, list[list[str]]]:
@@ -280,20 +304,46 @@ class Client:
             status = TaskStatus(t.status)
             if status == TaskStatus.OPEN:
                 self._release(job, i)
-            elif status == TaskStatus.ACCEPTED and ask:
-                url = node_endpoint(nodes[t.node]).rstrip("/") if t.node in nodes else ""
-                try:
-                    r = self._http.post(f"{url}/market/jobs/{job}/tasks/{i}/commit", timeout=30.0)
-                    ok = r.status_code == 200
-                    if not ok:
-                        log.info("job %s task %d: %s answered %d: %s", job, i, url, r.status_code, r.text[:200])
-                except httpx.HTTPError as exc:
-                    ok = False
-                    log.info("job %s task %d: %s unreachable: %r", job, i, url, exc)
-                if not ok and not m.job(job).tasks[i].received:
-                    self._release(job, i)  # never fed: nobody's fault, nothing to wait for
+            elif status == TaskStatus.ACCEPTED:
+                committing = False  # the node answered with its announcement: its commit is landing
+                if ask:
+                    url = node_endpoint(nodes[t.node]).rstrip("/") if t.node in nodes else ""
+                    try:
+                        r = self._http.post(f"{url}/market/jobs/{job}/tasks/{i}/commit", timeout=30.0)
+                        committing = r.status_code == 200 and not _says_released(r)
+                        if r.status_code != 200:
+                            log.info("job %s task %d: %s answered %d: %s", job, i, url, r.status_code, r.text[:200])
+                    except httpx.HTTPError as exc:
+                        log.info("job %s task %d: %s unreachable: %r", job, i, url, exc)
+                    t = m.job(job).tasks[i]
+                # a node that had its input and did not deliver (gone, or "never fed" while its receipt is
+                # here) is shown its receipt: it commits, or is expired after its deadline (liveness fault)
+                if t.status == TaskStatus.ACCEPTED and not t.received and self._prove_receipt(job, i, t.node):
+                    continue
+                if ask and not committing and t.status == TaskStatus.ACCEPTED and not t.received:
+                    # gone, or it gave the task up, and no receipt here: never fed, nobody's fault
+                    self._release(job, i)
         return self.wait(job, self.wind_up_timeout if timeout is None else timeout, model_name=model_name,
                          task_ids=task_ids, before_close=before_close)
+
+    def _prove_receipt(self, job: Pubkey, index: int, node: Pubkey) -> bool:
+        """Prove the task's node's signed receipt of its input on chain, if a hop brought one; True if the
+        chain now holds it."""
+        record = self.receipts.get(str(job), {}).get((str(job), index))
+        if record is None:
+            return False
+        try:
+            owner = self.market.node_at(node).owner
+            if str(owner) != record.get("signer"):
+                return False  # the receipt of a node that no longer holds the task (a stand-in took over)
+            signed = Signed.from_compact(bytes.fromhex(str(record["receipt"])), RECEIPT, self.market.program_id, job,
+                                         index, owner)
+            self.market.prove_receipt(signed, payer=self.payer)
+        except (MarketError, ValueError) as exc:
+            log.info("job %s task %d: receipt not proved: %s", job, index, exc)
+            return False
+        log.info("job %s task %d: proved the node's receipt of its input", job, index)
+        return True
 
     def _release(self, job: Pubkey, index: int) -> None:
         try:
@@ -322,7 +372,11 @@ class Client:
             for i, t in enumerate(info.tasks):
                 status = TaskStatus(t.status)
                 try:
-                    if status == TaskStatus.COMMITTED:
+                    if status == TaskStatus.OPEN:
+                        # nobody holds it (never accepted, or a late node's expiry reopened it) and the
+                        # client is done with the job: its price comes back with the refund
+                        m.release_task(self.payer, job, i)
+                    elif status == TaskStatus.COMMITTED:
                         m.sample(job, i)
                     elif status in (TaskStatus.READY, TaskStatus.RESOLVED):
                         m.settle(job, i)
@@ -346,6 +400,7 @@ class Client:
                 before_close(report)
             before = m.t.balance(self.payer.pubkey())
             m.close_job(self.payer, job)
+            self.receipts.pop(str(job), None)
             report.closed = True
             # The refund is what came back beyond the fee of the close transaction itself.
             report.refund = int(info.header.deposit) - int(info.header.paid)
@@ -371,6 +426,7 @@ class Client:
         job, routes = self.place(entry, digest.digest())
         try:
             with PipelineClient(entry.plan, [r[:1] for r in routes], hop_timeout=self.hop_timeout) as pc:
+                self.receipts[str(job)] = pc.receipts
                 hops = [Hop(list(r[:1]), t.task_id, s) for r, t, s in zip(routes, entry.plan.tasks, sends, strict=True)]
                 outputs = pc.call(hops, {n: np.asarray(inputs[n]) for n in initial}, str(job))
         except Exception as exc:
@@ -442,6 +498,7 @@ class Client:
         served_by: list[str] = []
         try:
             with PipelineClient(entry.plan, routes, hop_timeout=self.hop_timeout) as pc, pc.session() as gen:
+                self.receipts[str(job)] = pc.receipts
                 gen.job = str(job)  # nodes record their hops under the chain job they accepted
                 gen.decoding = decoding
                 served_by = gen.places_urls  # updated in place when a stand-in takes a task over
