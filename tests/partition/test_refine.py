@@ -104,12 +104,18 @@ def test_split_plans_reproduce_the_model(tmp_path, name, overrides, fraction, ki
     # GPT-2 reads the cache's length for its positions before the embedding: the vocabulary ranges
     # are placed before that read, so they still spread over tasks.
     ("tiny-gpt2", {"vocab_size": 50257}, 0.3, "gather"),
+    # Attention by groups of KV heads (GQA, 8 query heads over 4 KV heads): each part holds its slice of
+    # the cache as its own state and a partial sum of the output projection crosses the cut.
+    ("tiny-llama", {"hidden": 128, "heads": 8, "kv_heads": 4, "intermediate": 96}, 0.25, "attn"),
 ])
 def test_kv_cache_generation_with_split_cuts(tmp_path, name, overrides, fraction, crossing):
     model = zoo.build(name, seed=0, max_seq=8, **overrides)
     plan = make_plan(model, name, int(whole_vram(model) * fraction), workspace_bytes=0, out_dir=tmp_path).plan
     assert len(plan.tasks) >= 3
     assert any(crossing in o.name and "#" in o.name for t in plan.tasks[:-1] for o in t.outputs)
+    if crossing == "attn":  # one layer's cache, by KV heads, on two tasks
+        held = [{k.split("#")[0] for k in t.state if "key#" in k} for t in plan.tasks]
+        assert any(held[i] & held[j] for i in range(len(held)) for j in range(i + 1, len(held)))
     ids = np.random.default_rng(3).integers(0, 500, (1, 8))
     empty = {k: np.zeros((1, v.shape[1], 8, v.shape[3]), np.float32) if v.ndim == 4 else np.zeros(1, np.int64)
              for k, v in random_feeds(model).items() if k.startswith("past")}  # capacity 8, length 0

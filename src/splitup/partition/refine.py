@@ -12,6 +12,9 @@ plain data that validate and run on every engine:
   vocabulary): parts computed one after the other and joined by a ``Concat``.
 - **Vocabulary ranges** of an embedding ``Gather``: each range gathers its rows where the id falls in
   it and zeros elsewhere (``Where``), and the parts are added; exactly one part is non-zero per token.
+- **Groups of KV heads** of an attention block (``splitup.partition.heads``): each part computes its
+  query and KV heads, owns its slice of the KV cache as state, and adds its rows of the output
+  projection to the running sum.
 
 Every new cut's crossing tensors are sized like any other, so :func:`plan_partition` only keeps a
 split where the partitioner's objective (fewest tasks, then the slowest stage) improves, and then only
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -30,8 +34,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from splitup.graph.meta import STATE_KEY
 from splitup.graph.shapes import TensorType
 from splitup.partition.cost import GraphAnalysis, index_uses, node_flops
+from splitup.partition.heads import HeadRegion, find_head_sites, part_type, reshape_spec
 from splitup.partition.partitioner import DEFAULT_WORKSPACE, Partition, PartitionError, partition
 
 # Units of roughly this fraction of the smallest budget: fine enough to fill a node to within a few
@@ -54,12 +60,13 @@ class Site:
     position of the last one (``anchor``), where every input of the region exists.
     """
 
-    kind: str  # "mlp", "columns" or "vocab"
+    kind: str  # "mlp", "columns", "vocab" or "heads"
     anchor: int
     nodes: tuple[int, ...]
     extent: int
     weight_bytes: int
     leaves: tuple[tuple[int, int | None], ...] = ()  # mlp: (MatMul, bias Add or None) per input projection
+    region: HeadRegion | None = None  # heads: what each part recomputes (extent: the KV heads' gcd)
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,8 @@ class Refined:
     cuts: dict[int, tuple[int, int]]  # node position (cut before it) -> (site, column where a part starts)
     spans: dict[int, tuple[int, int]]  # site -> node positions [first, last] of its rewrite
     all_nodes: list[onnx.NodeProto]  # Constants included, in order
+    # Graph inputs and outputs split into parts (a KV cache by heads): name -> (part name, axis, lo, hi, of)
+    io_parts: dict[str, list[tuple[str, int | None, int, int, int]]] = dataclasses.field(default_factory=dict)
 
     def finish(self) -> GraphAnalysis:
         """The analysis with its rewritten model (built only for the plan that is kept)."""
@@ -78,14 +87,29 @@ class Refined:
         model.ir_version = a.model.ir_version
         model.producer_name = a.model.producer_name
         model.opset_import.extend(a.model.opset_import)
-        model.metadata_props.extend(a.model.metadata_props)
+        for p in a.model.metadata_props:
+            if p.key == STATE_KEY and self.io_parts:
+                model.metadata_props.add(key=STATE_KEY, value=json.dumps(a.state, sort_keys=True))
+            else:
+                model.metadata_props.append(p)
         g = model.graph
         g.name = a.model.graph.name
-        g.input.extend(i for i in a.model.graph.input if i.name in a.graph_inputs)
-        g.output.extend(a.model.graph.output)
+        g.input.extend(p for i in a.model.graph.input if i.name in a.graph_inputs or i.name in self.io_parts
+                       for p in self._parts(i))
+        g.output.extend(p for o in a.model.graph.output for p in self._parts(o))
         g.node.extend(self.all_nodes)
         g.initializer.extend(a.initializers.values())
         return dataclasses.replace(a, model=model)
+
+    def _parts(self, vi: onnx.ValueInfoProto) -> Iterator[onnx.ValueInfoProto]:
+        for new, axis, lo, hi, of in self.io_parts.get(vi.name, [(vi.name, None, 0, 1, 1)]):
+            part = onnx.ValueInfoProto()
+            part.CopyFrom(vi)
+            part.name = new
+            if axis is not None:
+                dim = part.type.tensor_type.shape.dim[axis]
+                dim.dim_value = dim.dim_value * (hi - lo) // of
+            yield part
 
     @property
     def split_cuts(self) -> frozenset[int]:
@@ -145,6 +169,11 @@ def find_sites(a: GraphAnalysis) -> list[Site]:
             if region is not None and taken.isdisjoint(region.nodes):  # chained MLPs: every other pair
                 sites.append(region)
                 taken.update(region.nodes)
+    for region in find_head_sites(a, readers, consumers, taken, _weight):
+        nbytes = sum(a.nbytes(w) for w in region.sliced) + a.nbytes(a.nodes[region.sink].input[1])
+        sites.append(Site("heads", region.sink, (*region.nodes, region.sink), region.groups, nbytes, region=region))
+        taken.update(region.nodes)
+        taken.add(region.sink)
     for i, node in enumerate(a.nodes):
         if i in taken or not node.output or node.output[0] in outputs and node.op_type == "Gather":
             continue
@@ -267,6 +296,7 @@ class _Rewriter:
         self.nodes: list[onnx.NodeProto] = []
         self._arrays: dict[str, np.ndarray] = {}
         self._consts = 0
+        self.io_parts: dict[str, list[tuple[str, int | None, int, int, int]]] = {}
 
     def emit(self, op: str, inputs: list[str], output: str, name: str, tt: TensorType, **attrs: object) -> str:
         self.nodes.append(helper.make_node(op, inputs, [output], name=name, **attrs))
@@ -332,7 +362,7 @@ def refine(a: GraphAnalysis, sites: Sequence[Site], boundaries: dict[int, list[i
         for s in emit_at.get(i, ()):
             site, cols = sites[s], plan[s]
             first = len(rw.nodes)
-            emit = {"mlp": _emit_mlp, "columns": _emit_columns, "vocab": _emit_vocab}[site.kind]
+            emit = {"mlp": _emit_mlp, "columns": _emit_columns, "vocab": _emit_vocab, "heads": _emit_heads}[site.kind]
             starts = emit(rw, site, cols)
             for col, pos in starts.items():
                 while rw.nodes[pos].op_type == "Constant":
@@ -345,6 +375,15 @@ def refine(a: GraphAnalysis, sites: Sequence[Site], boundaries: dict[int, list[i
     nodes = [n for n in rw.nodes if n.op_type != "Constant"]
     old_flops = {id(n): f for n, f in zip(a.nodes, a.flops, strict=True)}
     initializers = {name: t for name, t in a.initializers.items() if name not in rw.dropped} | rw.inits
+    parts = rw.io_parts
+
+    def expand(names: list[str]) -> list[str]:
+        return [p[0] for x in names for p in parts.get(x, [(x,)])]
+
+    state = {k: v for k, v in a.state.items() if k not in parts}
+    for k, v in a.state.items():
+        if k in parts:
+            state.update((p[0], q[0]) for p, q in zip(parts[k], parts[v], strict=True))
     analysis = GraphAnalysis(
         model=a.model,  # replaced by the rewritten model once this analysis is chosen (Refined.finish)
         nodes=nodes,
@@ -352,9 +391,9 @@ def refine(a: GraphAnalysis, sites: Sequence[Site], boundaries: dict[int, list[i
         types=rw.types,
         flops=[old_flops[id(n)] if id(n) in old_flops else node_flops(n, rw.types) for n in nodes],
         initializers=initializers,
-        graph_inputs=[x for x in a.graph_inputs if x not in rw.dropped],  # old exporters list weights as inputs
-        graph_outputs=a.graph_outputs,
-        state=a.state,
+        graph_inputs=expand([x for x in a.graph_inputs if x not in rw.dropped]),  # old exporters list weights as inputs
+        graph_outputs=expand(a.graph_outputs),
+        state=state,
         dim_max=a.dim_max,
         _sizes=dict(a._sizes),
     )
@@ -362,7 +401,7 @@ def refine(a: GraphAnalysis, sites: Sequence[Site], boundaries: dict[int, list[i
     position = {n.name: p for p, n in enumerate(nodes)}
     cuts = {position[name]: sc for name, sc in group_starts.items()}
     spans = {s: (position[f], position[last]) for s, (f, last) in site_nodes.items()}
-    return Refined(analysis, cuts, spans, rw.nodes)
+    return Refined(analysis, cuts, spans, rw.nodes, parts)
 
 
 def _groups(rw: _Rewriter, cols: list[int], starts: dict[int, int]) -> Iterator[tuple[int, int, int]]:
@@ -429,6 +468,51 @@ def _emit_mlp(rw: _Rewriter, site: Site, cols: list[int]) -> dict[int, int]:
         partial = rw.emit("MatMul", [names[down.input[0]], rw.slice_weight(down.input[1], 0, lo, hi)],
                           f"{y}#{g}", f"{down.name}#{g}", a.types[y])
         acc = _running_sum(rw, acc, partial, g, len(cols) - 2, y, f"{down.name}#sum{g}", a.types[y])
+    return starts
+
+
+def _emit_heads(rw: _Rewriter, site: Site, cols: list[int]) -> dict[int, int]:
+    a = rw.a
+    r = site.region
+    assert r is not None
+    sink = a.nodes[r.sink]
+    y = sink.output[0]
+    of = r.groups
+    reshaped = {p for p in r.nodes if a.nodes[p].op_type == "Reshape" and r.axis.get(a.nodes[p].input[0]) is not None}
+    starts: dict[int, int] = {}
+    acc = ""
+    for g, lo, hi in _groups(rw, cols, starts):
+        for p in r.nodes:
+            node = a.nodes[p]
+            ins = []
+            for j, x in enumerate(node.input):
+                if x in r.sliced:
+                    t = r.sliced[x]
+                    n = int(a.initializers[x].dims[t])
+                    ins.append(rw.slice_weight(x, t, n * lo // of, n * hi // of))
+                elif j == 1 and p in reshaped:
+                    ins.append(rw.const(reshape_spec(a, node, r.axis[node.output[0]] or 0, lo, hi, of), node.name))
+                else:
+                    ins.append(f"{x}#{g}" if x in r.axis else x)
+            clone = onnx.NodeProto()
+            clone.CopyFrom(node)
+            clone.name = f"{node.name}#{g}"
+            del clone.input[:]
+            clone.input.extend(ins)
+            del clone.output[:]
+            for o in node.output:
+                clone.output.append(f"{o}#{g}" if o else o)
+                if o:
+                    rw.types[f"{o}#{g}"] = part_type(a.types[o], r.axis[o], lo, hi, of)
+            rw.nodes.append(clone)
+        for s in r.states:
+            for x in (s, a.state[s]):
+                rw.types[f"{x}#{g}"] = part_type(a.types[x], r.axis[x], lo, hi, of)
+                rw.io_parts.setdefault(x, []).append((f"{x}#{g}", r.axis[x], lo, hi, of))
+        k = int(a.initializers[sink.input[1]].dims[0])
+        partial = rw.emit("MatMul", [f"{sink.input[0]}#{g}", rw.slice_weight(sink.input[1], 0, k * lo // of, k * hi // of)],
+                          f"{y}#{g}", f"{sink.name}#{g}", a.types[y])
+        acc = _running_sum(rw, acc, partial, g, len(cols) - 2, y, f"{sink.name}#sum{g}", a.types[y])
     return starts
 
 

@@ -1,0 +1,364 @@
+"""Attention split by groups of KV heads.
+
+A decoder block's attention is a region from its q/k/v projections (``MatMul`` by a weight, then a
+``Reshape`` that splits the last axis into heads) to its output projection (a ``MatMul`` by a weight
+of the merged heads). Every head is computed independently of the others until the output
+projection, so a group of KV heads with its query heads, its columns of q/k/v, its slice of the KV
+cache and the matching rows of the output projection is a self-contained part whose output is a
+partial sum of the block's attention output; the next part adds its own.
+
+Nothing here knows the model family. Finding a region follows one *head axis* through the graph: it
+starts at the projections' outputs (their last axis, heads outer) and is carried through each op by a
+rule for that op (elementwise broadcasting, ``Reshape``, ``Transpose``, ``(Un)Squeeze``, ``Expand``,
+batched ``MatMul``, ``Softmax``, ``ScatterElements``, ``Concat``, ``Slice``); an op the rules do not
+cover, or a tensor of the region read outside it, and there is no site. A part slices every tracked
+axis by the same fraction (its KV heads over all of them), so GQA's query heads follow their KV head
+through ``repeat_kv``'s ``Expand`` + ``Reshape``.
+
+State inputs read only inside the region become per-part state: a cache whose head axis is tracked is
+sliced (``past.0.key`` -> ``past.0.key#0``, ``#1``, ... with their ``present`` outputs), and a small one
+that is not (the cache's filled length) is copied, so that every task holding a slice of a cache
+also holds its length, as the runtimes' KV-cache layout expects. Nodes that only feed the region
+(positions, the rotary tables' lookups, masks) are recomputed in every part.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from splitup.graph.shapes import TensorType
+from splitup.partition.cost import GraphAnalysis
+
+# A state input that is not sliced is copied into every part; only small ones (lengths) are.
+MAX_COPIED_STATE = 4096
+
+_ELEMENTWISE = frozenset({
+    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "Not", "And", "Or", "Xor", "Equal", "Greater",
+    "Less", "GreaterOrEqual", "LessOrEqual", "Cast", "Neg", "Abs", "Sqrt", "Reciprocal", "Exp", "Log", "Erf",
+    "Tanh", "Sigmoid", "Relu", "Identity", "Softplus", "Gelu", "IsNaN", "IsInf", "Sign", "Floor", "Ceil",
+})
+
+
+class _NoSite(Exception):
+    """The region does not follow the rules; the block is left to the other splits."""
+
+
+@dataclass(frozen=True)
+class HeadRegion:
+    """What one part of an attention split recomputes, and how each tensor is sliced.
+
+    ``axis`` maps every tensor the region makes (and each state input it owns) to its head axis, or to
+    None for one every part computes whole. ``nodes`` (positions, in order) include the projections
+    (``seeds``) but not the output projection (``sink``).
+    """
+
+    groups: int
+    nodes: tuple[int, ...]
+    seeds: tuple[int, ...]
+    sink: int
+    axis: dict[str, int | None]
+    states: tuple[str, ...]
+    sliced: dict[str, int]  # initializer -> axis sliced with the heads (q/k/v columns, biases)
+
+
+def _const(a: GraphAnalysis, name: str) -> np.ndarray | None:
+    node = a.constants.get(name)
+    if node is not None:
+        return numpy_helper.to_array(node.attribute[0].t)
+    t = a.initializers.get(name)
+    if t is not None and t.data_location != onnx.TensorProto.EXTERNAL and math.prod(t.dims) <= 64:
+        return numpy_helper.to_array(t)
+    return None
+
+
+def _attr(node: onnx.NodeProto, name: str, default: object = None) -> object:
+    for at in node.attribute:
+        if at.name == name:
+            return onnx.helper.get_attribute_value(at)
+    return default
+
+
+def _shape(a: GraphAnalysis, name: str) -> tuple[int, ...]:
+    return tuple(a.types[name].shape)
+
+
+def _heads_of_seed(a: GraphAnalysis, i: int, consumers: dict[str, list[int]]) -> int | None:
+    """Heads of a projection: its only reader reshapes the last axis into (heads, head_dim)."""
+    out = a.nodes[i].output[0]
+    readers = consumers.get(out, [])
+    if len(readers) != 1 or a.nodes[readers[0]].op_type != "Reshape" or out not in a.types:
+        return None
+    r = a.nodes[readers[0]].output[0]
+    if r not in a.types:
+        return None
+    src, dst = _shape(a, out), _shape(a, r)
+    if len(dst) != len(src) + 1 or dst[:-2] != src[:-1] or dst[-2] * dst[-1] != src[-1] or dst[-2] < 2:
+        return None
+    return dst[-2]
+
+
+def find_head_sites(a: GraphAnalysis, readers: dict[str, int], consumers: dict[str, list[int]],
+                    taken: set[int], weight) -> list[HeadRegion]:  # noqa: ANN001 - refine._weight
+    """Every attention region that can be split by groups of KV heads (none overlapping ``taken``)."""
+    regions: list[HeadRegion] = []
+    pending: dict[int, int] = {}
+    outputs = set(a.graph_outputs)
+    for i, node in enumerate(a.nodes):
+        if node.op_type != "MatMul" or len(node.input) != 2 or not weight(a, node.input[1], readers) \
+                or node.input[0] in a.initializers or i in taken:
+            continue
+        heads = _heads_of_seed(a, i, consumers)
+        if heads is not None:
+            pending[i] = heads
+            continue
+        if pending:
+            groups = math.gcd(*pending.values())
+            if groups >= 2:
+                try:
+                    regions.append(_region(a, tuple(pending), i, groups, consumers, outputs))
+                except _NoSite:
+                    pass
+            pending = {}
+    return regions
+
+
+def _region(a: GraphAnalysis, seeds: tuple[int, ...], sink: int, groups: int,
+            consumers: dict[str, list[int]], outputs: set[str]) -> HeadRegion:
+    start = min(seeds)
+    own_states = {s for s in a.state if s in a.first_use and start <= a.first_use[s] and a.last_use[s] < sink}
+    axis: dict[str, int | None] = {}
+    member: list[int] = []
+    sliced: dict[str, int] = {}
+    for p in range(start, sink):
+        node = a.nodes[p]
+        if p in seeds:
+            out = node.output[0]
+            axis[out] = len(_shape(a, out)) - 1
+            sliced[node.input[1]] = 1
+            member.append(p)
+            continue
+        ins = [x for x in node.input if x]
+        if not any(x in axis or x in own_states for x in ins):
+            continue
+        _track(a, node, axis, own_states, sliced)
+        member.append(p)
+    sink_in = a.nodes[sink].input[0]
+    if axis.get(sink_in) != len(_shape(a, sink_in)) - 1:
+        raise _NoSite
+    inside = set(member)
+    # Nodes of the block that only feed the region are recomputed by every part.
+    for p in range(sink - 1, start - 1, -1):
+        if p in inside:
+            continue
+        outs = [o for o in a.nodes[p].output if o]
+        if outs and all(o not in outputs and consumers.get(o) and all(c in inside for c in consumers[o])
+                        for o in outs):
+            inside.add(p)
+            for o in outs:
+                axis[o] = None
+    presents = {a.state[s] for s in own_states}
+    for p in inside:
+        for o in a.nodes[p].output:
+            if not o:
+                continue
+            if o in outputs and o not in presents:
+                raise _NoSite
+            if any(c not in inside and c != sink for c in consumers.get(o, [])):
+                raise _NoSite
+    for s in own_states:
+        if s not in axis:
+            raise _NoSite  # read only by nodes the region does not hold
+        if any(c not in inside for c in consumers.get(s, [])) or a.state[s] not in axis:
+            raise _NoSite
+        if axis[a.state[s]] != axis[s]:
+            raise _NoSite
+        if axis[s] is None and a.nbytes(s) > MAX_COPIED_STATE:
+            raise _NoSite
+    for name, t in axis.items():
+        if t is not None and _shape(a, name)[t] % groups:
+            raise _NoSite
+    for name, t in sliced.items():
+        if a.initializers[name].dims[t] % groups:
+            raise _NoSite
+    return HeadRegion(groups, tuple(sorted(inside)), seeds, sink, axis, tuple(sorted(own_states)), sliced)
+
+
+def _aligned(t: int, rank_in: int, rank_out: int) -> int:
+    return t + rank_out - rank_in
+
+
+def _track(a: GraphAnalysis, node: onnx.NodeProto, axis: dict[str, int | None], own_states: set[str],
+           sliced: dict[str, int]) -> None:
+    """Set the head axis of ``node``'s output from its inputs', or raise ``_NoSite``."""
+    op = node.op_type
+    out = node.output[0]
+    if len([o for o in node.output if o]) != 1 or out not in a.types:
+        raise _NoSite
+    rank = len(_shape(a, out))
+    ins = list(node.input)
+    tracked = {x: axis[x] for x in ins if x in axis and axis[x] is not None}
+    if not tracked:
+        # Nothing sliced reaches it (a length, positions, a mask): every part computes it whole, and a
+        # state input it reads is copied into every part.
+        for x in ins:
+            if x in own_states and x not in axis:
+                axis[x] = None
+        axis[out] = None
+        return
+    # A state input read beside a tracked operand of the same rank takes that operand's head axis.
+    if op in ("ScatterElements", "Concat"):
+        t0 = next(iter(tracked.values()))
+        for x in ins:
+            if x in own_states and x not in axis and len(_shape(a, x)) == rank:
+                axis[x] = tracked[x] = t0
+    for x in ins:
+        if x in own_states and x not in axis:
+            axis[x] = None
+    if op in _ELEMENTWISE:
+        ts = set()
+        for x in ins:
+            if not x:
+                continue
+            shape = _shape(a, x)
+            if x in tracked:
+                ts.add(_aligned(tracked[x], len(shape), rank))
+        if len(ts) != 1:
+            raise _NoSite
+        t = ts.pop()
+        for x in ins:
+            if not x or x in tracked:
+                continue
+            shape = _shape(a, x)
+            k = t - (rank - len(shape))
+            if k < 0 or shape[k] == 1:
+                continue
+            if x in a.initializers and x not in sliced and shape[k] == _shape(a, out)[t]:
+                sliced[x] = k  # a bias of the heads: sliced with them
+                continue
+            raise _NoSite
+        axis[out] = t
+    elif op == "Transpose":
+        perm = list(_attr(node, "perm", range(rank - 1, -1, -1)))
+        axis[out] = perm.index(tracked[ins[0]])
+    elif op in ("Unsqueeze", "Squeeze"):
+        t = tracked.get(ins[0])
+        if t is None:
+            raise _NoSite
+        given = _const(a, ins[1]) if len(ins) > 1 and ins[1] else _attr(node, "axes")
+        if given is None:
+            raise _NoSite
+        if op == "Unsqueeze":
+            added = sorted(int(x) % rank for x in np.ravel(given))
+            kept = [k for k in range(rank) if k not in added]
+            axis[out] = kept[t]
+        else:
+            in_rank = len(_shape(a, ins[0]))
+            removed = {int(x) % in_rank for x in np.ravel(given)}
+            if t in removed:
+                raise _NoSite
+            axis[out] = t - sum(1 for r in removed if r < t)
+    elif op == "Reshape":
+        t = tracked.get(ins[0])
+        if t is None or ins[1] in tracked:
+            raise _NoSite
+        axis[out] = _reshaped_axis(a, node, t)
+    elif op == "Expand":
+        t = tracked.get(ins[0])
+        shape = _const(a, ins[1]) if t is not None and ins[1] not in tracked else None
+        if shape is None:
+            raise _NoSite
+        t2 = _aligned(t, len(_shape(a, ins[0])), rank)
+        k = t2 - (rank - len(shape))
+        if k >= 0 and int(shape[k]) not in (1, -1):
+            raise _NoSite
+        axis[out] = t2
+    elif op == "MatMul":
+        if len(ins) != 2:
+            raise _NoSite
+        ts = set()
+        for x in ins:
+            shape = _shape(a, x)
+            if len(shape) < 2:
+                raise _NoSite
+            if x in tracked:
+                ts.add(_aligned(tracked[x], len(shape), rank))
+            elif x in a.initializers:
+                raise _NoSite
+        t = ts.pop() if len(ts) == 1 else -1
+        if t < 0 or t >= rank - 2:
+            raise _NoSite
+        for x in ins:
+            if x not in tracked:
+                shape = _shape(a, x)
+                k = t - (rank - len(shape))
+                if k >= 0 and shape[k] != 1:
+                    raise _NoSite
+        axis[out] = t
+    elif op in ("Softmax", "LogSoftmax"):
+        t = tracked[ins[0]]
+        if int(_attr(node, "axis", -1)) % rank == t:
+            raise _NoSite
+        axis[out] = t
+    elif op in ("ScatterElements", "Concat"):
+        ts = set(tracked.values())
+        if len(ts) != 1 or any(x and x not in tracked for x in ins):
+            raise _NoSite
+        t = ts.pop()
+        if int(_attr(node, "axis", 0)) % rank == t:
+            raise _NoSite
+        axis[out] = t
+    elif op == "Slice":
+        t = tracked.get(ins[0])
+        if t is None or any(x in tracked for x in ins[1:]):
+            raise _NoSite
+        starts = _const(a, ins[1])
+        axes = _const(a, ins[3]) if len(ins) > 3 and ins[3] else np.arange(len(starts) if starts is not None else 0)
+        if starts is None or axes is None:
+            raise _NoSite
+        axes = [int(x) % rank for x in np.ravel(axes)]
+        if t in axes:  # one head picked for its shape alone (a cache's slots): every part has one
+            if _shape(a, out)[t] != 1 or int(np.ravel(starts)[axes.index(t)]) != 0:
+                raise _NoSite
+            axis[out] = None
+        else:
+            axis[out] = t
+    else:
+        raise _NoSite
+
+
+def _reshaped_axis(a: GraphAnalysis, node: onnx.NodeProto, t: int) -> int:
+    """Where a head axis goes through a ``Reshape``: the output axis whose outer dimensions multiply to
+    those outside the input's head axis, so a fraction of the one is the same fraction of the other."""
+    src, dst = _shape(a, node.input[0]), _shape(a, node.output[0])
+    spec = _const(a, node.input[1])
+    if spec is None or len(spec) != len(dst):
+        raise _NoSite
+    outer = math.prod(src[:t])
+    for k in range(len(dst)):
+        if math.prod(dst[:k]) == outer and dst[k] > 1:
+            for j, v in enumerate(np.ravel(spec)):
+                if v == 0 and (j == t) != (j == k):
+                    raise _NoSite  # a copied dimension would not be the one sliced
+            return k
+    raise _NoSite
+
+
+def reshape_spec(a: GraphAnalysis, node: onnx.NodeProto, k: int, lo: int, hi: int, groups: int) -> np.ndarray:
+    """The shape constant of a part's ``Reshape`` (head axis ``k`` holds the part's heads)."""
+    spec = np.array(_const(a, node.input[1]), copy=True)
+    if spec[k] > 0:
+        spec[k] = spec[k] * (hi - lo) // groups
+    return spec
+
+
+def part_type(tt: TensorType, t: int | None, lo: int, hi: int, groups: int) -> TensorType:
+    if t is None:
+        return tt
+    shape = list(tt.shape)
+    shape[t] = shape[t] * (hi - lo) // groups
+    return TensorType(tt.elem_type, tuple(shape))
