@@ -25,13 +25,14 @@ also holds its length, as the runtimes' KV-cache layout expects. Nodes that only
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from splitup.graph.shapes import TensorType
+from splitup.graph.sizes import tensor_bytes
 from splitup.partition.cost import GraphAnalysis
 
 # A state input that is not sliced is copied into every part; only small ones (lengths) are.
@@ -64,6 +65,11 @@ class HeadRegion:
     axis: dict[str, int | None]
     states: tuple[str, ...]
     sliced: dict[str, int]  # initializer -> axis sliced with the heads (q/k/v columns, biases)
+    # Per node, worked out once (a plan clones ~80 nodes per part, several times): (position, node, op, name,
+    # how each input becomes the part's: 0 as is, 1 the part's tensor, 2 a weight slice, 3 the part's
+    # Reshape shape; output names; (output, head axis, type) of each; whether its work scales with heads)
+    template: tuple = ()
+    summaries: dict[int, tuple[int, int]] = field(default_factory=dict, compare=False)  # see part_summary
 
 
 def _const(a: GraphAnalysis, name: str) -> np.ndarray | None:
@@ -89,11 +95,11 @@ def _shape(a: GraphAnalysis, name: str) -> tuple[int, ...]:
 
 def _heads_of_seed(a: GraphAnalysis, i: int, consumers: dict[str, list[int]]) -> int | None:
     """Heads of a projection: its only reader reshapes the last axis into (heads, head_dim)."""
-    out = a.nodes[i].output[0]
+    out = a.io[i][1][0]
     readers = consumers.get(out, [])
     if len(readers) != 1 or a.nodes[readers[0]].op_type != "Reshape" or out not in a.types:
         return None
-    r = a.nodes[readers[0]].output[0]
+    r = a.io[readers[0]][1][0]
     if r not in a.types:
         return None
     src, dst = _shape(a, out), _shape(a, r)
@@ -108,6 +114,10 @@ def find_head_sites(a: GraphAnalysis, readers: dict[str, int], consumers: dict[s
     regions: list[HeadRegion] = []
     pending: dict[int, int] = {}
     outputs = set(a.graph_outputs)
+    states_from: dict[int, list[str]] = {}  # first reader -> the state inputs it reads first
+    for s in a.state:
+        if s in a.first_use:
+            states_from.setdefault(a.first_use[s], []).append(s)
     for i, node in enumerate(a.nodes):
         if node.op_type != "MatMul" or len(node.input) != 2 or not weight(a, node.input[1], readers) \
                 or node.input[0] in a.initializers or i in taken:
@@ -120,7 +130,8 @@ def find_head_sites(a: GraphAnalysis, readers: dict[str, int], consumers: dict[s
             groups = math.gcd(*pending.values())
             if groups >= 2:
                 try:
-                    regions.append(_region(a, tuple(pending), i, groups, consumers, outputs))
+                    own = {s for p in range(min(pending), i) for s in states_from.get(p, ()) if a.last_use[s] < i}
+                    regions.append(_region(a, tuple(pending), i, groups, consumers, outputs, own))
                 except _NoSite:
                     pass
             pending = {}
@@ -128,26 +139,23 @@ def find_head_sites(a: GraphAnalysis, readers: dict[str, int], consumers: dict[s
 
 
 def _region(a: GraphAnalysis, seeds: tuple[int, ...], sink: int, groups: int,
-            consumers: dict[str, list[int]], outputs: set[str]) -> HeadRegion:
+            consumers: dict[str, list[int]], outputs: set[str], own_states: set[str]) -> HeadRegion:
     start = min(seeds)
-    own_states = {s for s in a.state if s in a.first_use and start <= a.first_use[s] and a.last_use[s] < sink}
     axis: dict[str, int | None] = {}
     member: list[int] = []
     sliced: dict[str, int] = {}
     for p in range(start, sink):
-        node = a.nodes[p]
+        inputs, outs = a.io[p]
         if p in seeds:
-            out = node.output[0]
-            axis[out] = len(_shape(a, out)) - 1
-            sliced[node.input[1]] = 1
+            axis[outs[0]] = len(_shape(a, outs[0])) - 1
+            sliced[inputs[1]] = 1
             member.append(p)
             continue
-        ins = [x for x in node.input if x]
-        if not any(x in axis or x in own_states for x in ins):
+        if not any(x in axis or x in own_states for x in inputs if x):
             continue
-        _track(a, node, axis, own_states, sliced)
+        _track(a, p, axis, own_states, sliced)
         member.append(p)
-    sink_in = a.nodes[sink].input[0]
+    sink_in = a.io[sink][0][0]
     if axis.get(sink_in) != len(_shape(a, sink_in)) - 1:
         raise _NoSite
     inside = set(member)
@@ -155,7 +163,7 @@ def _region(a: GraphAnalysis, seeds: tuple[int, ...], sink: int, groups: int,
     for p in range(sink - 1, start - 1, -1):
         if p in inside:
             continue
-        outs = [o for o in a.nodes[p].output if o]
+        outs = [o for o in a.io[p][1] if o]
         if outs and all(o not in outputs and consumers.get(o) and all(c in inside for c in consumers[o])
                         for o in outs):
             inside.add(p)
@@ -163,7 +171,7 @@ def _region(a: GraphAnalysis, seeds: tuple[int, ...], sink: int, groups: int,
                 axis[o] = None
     presents = {a.state[s] for s in own_states}
     for p in inside:
-        for o in a.nodes[p].output:
+        for o in a.io[p][1]:
             if not o:
                 continue
             if o in outputs and o not in presents:
@@ -185,22 +193,33 @@ def _region(a: GraphAnalysis, seeds: tuple[int, ...], sink: int, groups: int,
     for name, t in sliced.items():
         if a.initializers[name].dims[t] % groups:
             raise _NoSite
-    return HeadRegion(groups, tuple(sorted(inside)), seeds, sink, axis, tuple(sorted(own_states)), sliced)
+    nodes = tuple(sorted(inside))
+    template = []
+    for p in nodes:
+        inputs, names = a.io[p]
+        reshaped = a.nodes[p].op_type == "Reshape" and axis.get(inputs[0]) is not None
+        how = tuple((2 if x in sliced else 3 if j == 1 and reshaped else 1 if x in axis else 0, x)
+                    for j, x in enumerate(inputs))
+        outs = tuple((o, axis[o], a.types[o]) for o in names if o)
+        node = a.nodes[p]
+        template.append((p, node, node.op_type, node.name, how, names, outs, bool(outs) and outs[-1][1] is not None))
+    return HeadRegion(groups, nodes, seeds, sink, axis, tuple(sorted(own_states)), sliced, tuple(template))
 
 
 def _aligned(t: int, rank_in: int, rank_out: int) -> int:
     return t + rank_out - rank_in
 
 
-def _track(a: GraphAnalysis, node: onnx.NodeProto, axis: dict[str, int | None], own_states: set[str],
+def _track(a: GraphAnalysis, p: int, axis: dict[str, int | None], own_states: set[str],
            sliced: dict[str, int]) -> None:
-    """Set the head axis of ``node``'s output from its inputs', or raise ``_NoSite``."""
+    """Set the head axis of node ``p``'s output from its inputs', or raise ``_NoSite``."""
+    node = a.nodes[p]
     op = node.op_type
-    out = node.output[0]
-    if len([o for o in node.output if o]) != 1 or out not in a.types:
+    ins, outs = a.io[p]
+    out = outs[0] if outs else ""
+    if len([o for o in outs if o]) != 1 or out not in a.types:
         raise _NoSite
     rank = len(_shape(a, out))
-    ins = list(node.input)
     tracked = {x: axis[x] for x in ins if x in axis and axis[x] is not None}
     if not tracked:
         # Nothing sliced reaches it (a length, positions, a mask): every part computes it whole, and a
@@ -362,3 +381,39 @@ def part_type(tt: TensorType, t: int | None, lo: int, hi: int, groups: int) -> T
     shape = list(tt.shape)
     shape[t] = shape[t] * (hi - lo) // groups
     return TensorType(tt.elem_type, tuple(shape))
+
+
+def part_summary(a: GraphAnalysis, r: HeadRegion, heads: int) -> tuple[int, int]:
+    """(peak bytes live inside, FLOPs) of a part holding ``heads`` of the region's ``groups`` KV heads.
+
+    A sketch stands one node for each part with this peak (what the part's own nodes hold at once,
+    its outputs included), instead of the ~80 nodes the part is written with: the planner sees the
+    same weights, state, FLOPs and crossings, and a peak that counts the part's inputs for its whole
+    run (they are live across the part at least until their last read)."""
+    if heads in r.summaries:
+        return r.summaries[heads]
+    of = r.groups
+    last: dict[str, int] = {}
+    for k, (_, _, _, _, how, _, _, _) in enumerate(r.template):
+        for kind, x in how:
+            if kind == 1:
+                last[x] = k
+    sink_in = a.io[r.sink][0][0]
+    kept = {sink_in} | {a.state[s] for s in r.states}
+    size: dict[str, int] = {}
+    live = peak = flops = 0
+    for k, (p, _, _, _, how, _, outs, scaled) in enumerate(r.template):
+        for o, t, tt in outs:
+            pt = tt if t is None else part_type(tt, t, 0, heads, of)
+            size[o] = tensor_bytes(pt.elem_type, pt.shape, where=f"tensor {o}")
+            live += size[o]
+        peak = max(peak, live)
+        flops += a.flops[p] * heads // of if scaled else a.flops[p]
+        for kind, x in how:
+            if kind == 1 and last.get(x) == k and x in size and x not in kept:
+                live -= size.pop(x)
+        for o, _, _ in outs:
+            if o not in last and o not in kept and o in size:
+                live -= size.pop(o)
+    r.summaries[heads] = (peak, flops)
+    return peak, flops

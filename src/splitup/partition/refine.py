@@ -37,7 +37,8 @@ from onnx import TensorProto, helper, numpy_helper
 from splitup.graph.meta import STATE_KEY
 from splitup.graph.shapes import TensorType
 from splitup.partition.cost import GraphAnalysis, index_uses, node_flops
-from splitup.partition.heads import HeadRegion, find_head_sites, part_type, reshape_spec
+from splitup.graph.sizes import tensor_bytes
+from splitup.partition.heads import HeadRegion, find_head_sites, part_summary, part_type, reshape_spec
 from splitup.partition.partitioner import DEFAULT_WORKSPACE, Partition, PartitionError, partition
 
 # Units of roughly this fraction of the smallest budget: fine enough to fill a node to within a few
@@ -79,9 +80,12 @@ class Refined:
     all_nodes: list[onnx.NodeProto]  # Constants included, in order
     # Graph inputs and outputs split into parts (a KV cache by heads): name -> (part name, axis, lo, hi, of)
     io_parts: dict[str, list[tuple[str, int | None, int, int, int]]] = dataclasses.field(default_factory=dict)
+    sketch: bool = False
 
     def finish(self) -> GraphAnalysis:
         """The analysis with its rewritten model (built only for the plan that is kept)."""
+        if self.sketch:
+            raise ValueError("a sketch is only sized: refine again without sketch to write it")
         a = self.analysis
         model = onnx.ModelProto()
         model.ir_version = a.model.ir_version
@@ -154,8 +158,8 @@ def find_sites(a: GraphAnalysis) -> list[Site]:
     """Every MLP region, large MatMul/Gemm and embedding Gather that the pass knows how to split."""
     readers: dict[str, int] = {}
     consumers: dict[str, list[int]] = {}
-    for i, node in enumerate(a.nodes):
-        for x in dict.fromkeys(node.input):
+    for i, (inputs, _) in enumerate(a.io):
+        for x in dict.fromkeys(inputs):
             if x:
                 readers[x] = readers.get(x, 0) + 1
                 consumers.setdefault(x, []).append(i)
@@ -287,9 +291,24 @@ def even_boundaries(site: Site, grain: int) -> list[int]:
     return sorted(c for c in cols if 0 < c < site.extent)
 
 
+@dataclass(slots=True)
+class Sketch:
+    """A node of a graph that is only sized, never written: what the partitioner reads of a node.
+    The first, fine solve splits every site; building ONNX protos and weight slices for all of its
+    parts cost more than the solve itself, and only the parts that the kept plan cuts are written."""
+
+    op_type: str
+    name: str
+    input: list[str]
+    output: list[str]
+    attribute: Sequence[onnx.AttributeProto] = ()
+    domain: str = ""
+
+
 class _Rewriter:
-    def __init__(self, a: GraphAnalysis) -> None:
+    def __init__(self, a: GraphAnalysis, sketch: bool = False) -> None:
         self.a = a
+        self.sketch = sketch
         self.types: dict[str, TensorType] = dict(a.types)
         self.inits: dict[str, TensorProto] = {}
         self.dropped: set[str] = set()
@@ -297,17 +316,35 @@ class _Rewriter:
         self._arrays: dict[str, np.ndarray] = {}
         self._consts = 0
         self.io_parts: dict[str, list[tuple[str, int | None, int, int, int]]] = {}
+        self.flops: dict[int, int] = {}  # id(node) -> FLOPs of a node whose count the emitter knows
 
     def emit(self, op: str, inputs: list[str], output: str, name: str, tt: TensorType, **attrs: object) -> str:
-        self.nodes.append(helper.make_node(op, inputs, [output], name=name, **attrs))
+        if self.sketch:
+            attribute = [helper.make_attribute(k, v) for k, v in attrs.items()] if op == "Gemm" else ()
+            self.nodes.append(Sketch(op, name, inputs, [output], attribute))  # type: ignore[arg-type]
+        else:
+            self.nodes.append(helper.make_node(op, inputs, [output], name=name, **attrs))
         self.types[output] = tt
         return output
+
+    def clone(self, node: onnx.NodeProto, op: str, name: str, inputs: list[str], outputs: list[str]) -> onnx.NodeProto:
+        """``node`` (of type ``op``) with new inputs and outputs (its domain and attributes kept)."""
+        if self.sketch:  # the partitioner reads no attributes of these ops (only Gemm's, never cloned)
+            clone = Sketch(op, name, inputs, outputs)
+        else:
+            clone = onnx.NodeProto(op_type=node.op_type, domain=node.domain, name=name, input=inputs,
+                                   output=outputs, attribute=node.attribute)
+        self.nodes.append(clone)  # type: ignore[arg-type]
+        return clone  # type: ignore[return-value]
 
     def const(self, value: np.ndarray, prefix: str) -> str:
         self._consts += 1
         name = f"{prefix}#c{self._consts}"
-        self.nodes.append(helper.make_node("Constant", [], [name], name=name,
-                                           value=numpy_helper.from_array(value, name)))
+        if self.sketch:
+            self.nodes.append(Sketch("Constant", name, [], [name]))  # type: ignore[arg-type]
+        else:
+            self.nodes.append(helper.make_node("Constant", [], [name], name=name,
+                                               value=numpy_helper.from_array(value, name)))
         self.types[name] = TensorType(int(helper.np_dtype_to_tensor_dtype(value.dtype)), tuple(value.shape))
         return name
 
@@ -318,7 +355,9 @@ class _Rewriter:
         new = f"{name}#{lo}-{hi}"
         dims = list(t.dims)
         dims[axis] = hi - lo
-        if t.data_location == TensorProto.EXTERNAL:
+        if self.sketch:
+            part = TensorProto(name=new, data_type=t.data_type, dims=dims)
+        elif t.data_location == TensorProto.EXTERNAL:
             part = TensorProto(name=new, data_type=t.data_type, dims=dims)
             part.data_location = TensorProto.EXTERNAL
             part.external_data.extend(t.external_data)
@@ -338,8 +377,10 @@ def _with_last(tt: TensorType, n: int) -> TensorType:
     return TensorType(tt.elem_type, (*tt.shape[:-1], n))
 
 
-def refine(a: GraphAnalysis, sites: Sequence[Site], boundaries: dict[int, list[int]]) -> Refined:
-    """Rewrite ``a``'s graph with each site in ``boundaries`` split at the given inner boundaries."""
+def refine(a: GraphAnalysis, sites: Sequence[Site], boundaries: dict[int, list[int]], *, sketch: bool = False) -> Refined:
+    """Rewrite ``a``'s graph with each site in ``boundaries`` split at the given inner boundaries.
+    A ``sketch`` is only sized: its nodes are ``Sketch``es and its weight slices hold no data, so it
+    can be solved but not finished."""
     plan = {s: [0, *cols, sites[s].extent] for s, cols in boundaries.items() if cols}
     # A rewrite goes where the last node it replaces was; an embedding's goes as early as its ids
     # exist, so that no KV-cache input read in between (GPT-2 reads the cache's length for its
@@ -350,7 +391,7 @@ def refine(a: GraphAnalysis, sites: Sequence[Site], boundaries: dict[int, list[i
         at = a.producer.get(a.nodes[site.anchor].input[1], -1) + 1 if site.kind == "vocab" else site.anchor
         emit_at.setdefault(at, []).append(s)
     replaced = {i for s in plan for i in sites[s].nodes}
-    rw = _Rewriter(a)
+    rw = _Rewriter(a, sketch)
     group_starts: dict[str, tuple[int, int]] = {}  # first node name of a part -> (site, column)
     site_nodes: dict[int, tuple[str, str]] = {}
     index = 0
@@ -373,7 +414,8 @@ def refine(a: GraphAnalysis, sites: Sequence[Site], boundaries: dict[int, list[i
         if i not in replaced:
             rw.nodes.append(node)
     nodes = [n for n in rw.nodes if n.op_type != "Constant"]
-    old_flops = {id(n): f for n, f in zip(a.nodes, a.flops, strict=True)}
+    old_flops = {id(n): f for n, f in zip(a.nodes, a.flops, strict=True)} | rw.flops
+    old_io = {id(n): io for n, io in zip(a.nodes, a.io, strict=True)}
     initializers = {name: t for name, t in a.initializers.items() if name not in rw.dropped} | rw.inits
     parts = rw.io_parts
 
@@ -396,12 +438,13 @@ def refine(a: GraphAnalysis, sites: Sequence[Site], boundaries: dict[int, list[i
         state=state,
         dim_max=a.dim_max,
         _sizes=dict(a._sizes),
+        io=[old_io.get(id(n)) or (tuple(n.input), tuple(n.output)) for n in nodes],
     )
     index_uses(analysis)
     position = {n.name: p for p, n in enumerate(nodes)}
     cuts = {position[name]: sc for name, sc in group_starts.items()}
     spans = {s: (position[f], position[last]) for s, (f, last) in site_nodes.items()}
-    return Refined(analysis, cuts, spans, rw.nodes, parts)
+    return Refined(analysis, cuts, spans, rw.nodes, parts, sketch)
 
 
 def _groups(rw: _Rewriter, cols: list[int], starts: dict[int, int]) -> Iterator[tuple[int, int, int]]:
@@ -478,42 +521,75 @@ def _emit_heads(rw: _Rewriter, site: Site, cols: list[int]) -> dict[int, int]:
     sink = a.nodes[r.sink]
     y = sink.output[0]
     of = r.groups
-    reshaped = {p for p in r.nodes if a.nodes[p].op_type == "Reshape" and r.axis.get(a.nodes[p].input[0]) is not None}
     starts: dict[int, int] = {}
     acc = ""
+    types, flops = rw.types, rw.flops
     for g, lo, hi in _groups(rw, cols, starts):
-        for p in r.nodes:
-            node = a.nodes[p]
+        tag = f"#{g}"
+        if rw.sketch:
+            _sketch_heads_part(rw, r, tag, lo, hi)
+        for p, node, op, name, how, names, outs, scaled in () if rw.sketch else r.template:
             ins = []
-            for j, x in enumerate(node.input):
-                if x in r.sliced:
+            for kind, x in how:
+                if kind == 0:
+                    ins.append(x)
+                elif kind == 1:
+                    ins.append(x + tag)
+                elif kind == 2:
                     t = r.sliced[x]
                     n = int(a.initializers[x].dims[t])
                     ins.append(rw.slice_weight(x, t, n * lo // of, n * hi // of))
-                elif j == 1 and p in reshaped:
-                    ins.append(rw.const(reshape_spec(a, node, r.axis[node.output[0]] or 0, lo, hi, of), node.name))
                 else:
-                    ins.append(f"{x}#{g}" if x in r.axis else x)
-            clone = onnx.NodeProto()
-            clone.CopyFrom(node)
-            clone.name = f"{node.name}#{g}"
-            del clone.input[:]
-            clone.input.extend(ins)
-            del clone.output[:]
-            for o in node.output:
-                clone.output.append(f"{o}#{g}" if o else o)
-                if o:
-                    rw.types[f"{o}#{g}"] = part_type(a.types[o], r.axis[o], lo, hi, of)
-            rw.nodes.append(clone)
+                    ins.append(rw.const(reshape_spec(a, node, r.axis[node.output[0]] or 0, lo, hi, of), node.name))
+            clone = rw.clone(node, op, name + tag, ins, [o + tag if o else o for o in names])
+            for o, t, tt in outs:
+                types[o + tag] = tt if t is None else part_type(tt, t, lo, hi, of)
+            # Sliced work scales with the part's heads; whole work (positions, masks) is repeated.
+            flops[id(clone)] = a.flops[p] * (hi - lo) // of if scaled else a.flops[p]
         for s in r.states:
             for x in (s, a.state[s]):
-                rw.types[f"{x}#{g}"] = part_type(a.types[x], r.axis[x], lo, hi, of)
-                rw.io_parts.setdefault(x, []).append((f"{x}#{g}", r.axis[x], lo, hi, of))
+                types[x + tag] = part_type(a.types[x], r.axis[x], lo, hi, of)
+                rw.io_parts.setdefault(x, []).append((x + tag, r.axis[x], lo, hi, of))
         k = int(a.initializers[sink.input[1]].dims[0])
-        partial = rw.emit("MatMul", [f"{sink.input[0]}#{g}", rw.slice_weight(sink.input[1], 0, k * lo // of, k * hi // of)],
-                          f"{y}#{g}", f"{sink.name}#{g}", a.types[y])
+        partial = rw.emit("MatMul", [sink.input[0] + tag, rw.slice_weight(sink.input[1], 0, k * lo // of, k * hi // of)],
+                          y + tag, sink.name + tag, a.types[y])
         acc = _running_sum(rw, acc, partial, g, len(cols) - 2, y, f"{sink.name}#sum{g}", a.types[y])
     return starts
+
+
+def _sketch_heads_part(rw: _Rewriter, r: HeadRegion, tag: str, lo: int, hi: int) -> None:
+    """One node for a part of an attention split (``heads.part_summary``): its inputs from outside
+    the part, its weight slices and state; its outputs the state, the merged heads the output
+    projection reads, and a stand-in sized to the rest of the part's peak."""
+    a, of = rw.a, r.groups
+    peak, flops = part_summary(a, r, hi - lo)
+    inputs: dict[str, None] = {}
+    for _, _, _, _, how, _, _, _ in r.template:
+        for kind, x in how:
+            if kind == 0 and x and x not in a.constants:
+                inputs[x] = None
+            elif kind == 1 and x in a.state:
+                inputs[x + tag] = None
+            elif kind == 2:
+                t = r.sliced[x]
+                n = int(a.initializers[x].dims[t])
+                inputs[rw.slice_weight(x, t, n * lo // of, n * hi // of)] = None
+    sink_in = a.io[r.sink][0][0]
+    outputs = [a.state[s] + tag for s in r.states] + [sink_in + tag]
+    rw.types[sink_in + tag] = part_type(a.types[sink_in], r.axis[sink_in], lo, hi, of)
+    for s in r.states:
+        present = a.state[s]
+        rw.types[present + tag] = part_type(a.types[present], r.axis[present], lo, hi, of)
+    rest = max(0, peak - sum(_nbytes(rw.types[o]) for o in outputs))
+    stand_in = f"{sink_in}{tag}.peak"
+    rw.types[stand_in] = TensorType(TensorProto.UINT8, (rest,))
+    node = Sketch("AttentionPart", f"{sink_in}{tag}.part", list(inputs), [*outputs, stand_in])
+    rw.nodes.append(node)  # type: ignore[arg-type]
+    rw.flops[id(node)] = flops
+
+
+def _nbytes(tt: TensorType) -> int:
+    return tensor_bytes(tt.elem_type, tt.shape, where="a part of a split")
 
 
 def _emit_vocab(rw: _Rewriter, site: Site, cols: list[int]) -> dict[int, int]:
@@ -566,10 +642,14 @@ def plan_partition(
 ) -> tuple[GraphAnalysis, Partition]:
     """Partition ``a``, splitting operators where that saves a task or lowers the slowest stage.
 
-    First every site is split into parts of ~1/32 of the smallest budget; then the graph is split
-    again only at the part boundaries that plan's cuts use (the graph as given when none), or failing
-    that only the sites they cut, and that is kept when it is as good, so splits that do not pay
-    never reach a task. Returns the analysis the segments index.
+    First every MLP, projection, embedding and lm_head is split into parts of ~1/32 of the smallest
+    budget (a *sketch*: sized, not built). Attention is split by KV heads as well only where that plan
+    is above the bound no plan can beat (weights and KV cache over the budget less the workspace):
+    a split attention lowers every task's activation peak, and its cuts are finer. Then the graph is
+    rewritten for real with only the part boundaries the chosen plan's cuts use (and every attention
+    split, when it was chosen), or failing that every boundary of the sites they cut, and that is
+    kept when it is as good, so splits that do not pay never reach a task. Returns the analysis the
+    segments index.
     """
     def solve(analysis: GraphAnalysis, split_cuts: frozenset[int] = frozenset()) -> Partition:
         return partition(analysis, budgets, workspace_bytes=workspace_bytes, cut_factor=cut_factor,
@@ -579,25 +659,39 @@ def plan_partition(
     smallest = budgets if isinstance(budgets, int) else min(budgets)
     grain = max(1, smallest // GRAIN_FRACTION)
     wanted = {s: cols for s, site in enumerate(sites) if (cols := even_boundaries(site, grain))}
+    heads = {s: cols for s, cols in wanted.items() if sites[s].kind == "heads"}
     if not wanted:
         return a, solve(a)
-    fine = refine(a, sites, wanted)
-    try:
-        fine_part = solve(fine.analysis, fine.split_cuts)
-    except PartitionError:
+    chosen = {s: cols for s, cols in wanted.items() if s not in heads}
+    best: tuple[Refined, Partition] | None = None
+    for attempt in (chosen, wanted):
+        if best is not None and (attempt is wanted and not heads or len(best[1].segments) <= _tight_bound(
+                best[1], budgets, workspace_bytes)):
+            break
+        fine = refine(a, sites, attempt, sketch=True)
+        try:
+            part = solve(fine.analysis, fine.split_cuts)
+        except PartitionError:
+            continue
+        if best is None or _score(part) < _score(best[1]):
+            best, chosen = (fine, part), attempt
+    if best is None:
         return a, solve(a)
+    fine, fine_part = best
     used = fine.boundaries_used(fine_part)
-    if not used:  # no cut falls inside a split operator: the graph as given may do as well
+    split_heads = {s: cols for s, cols in heads.items() if s in chosen}
+    if not used and not split_heads:  # no cut falls inside a split operator: the graph as given may do as well
         try:
             part = solve(a)
             if _score(part) <= _score(fine_part):
                 return a, part
         except PartitionError:
             pass
-        return fine.finish(), fine_part
-    # Only the boundaries the cuts use; else every boundary of the sites that are cut (merged parts
-    # have wider intermediates, which can matter when activations are large against the budget).
-    for keep in (used, {s: wanted[s] for s in used}):
+        return refine(a, sites, chosen).finish(), fine_part
+    # Only the boundaries the cuts use (and the attention splits, which lower every task's peak); else
+    # every boundary of the sites that are cut (merged parts have wider intermediates, which can matter
+    # when activations are large against the budget).
+    for keep in (split_heads | used, split_heads | {s: chosen[s] for s in used}):
         lean = refine(a, sites, keep)
         try:
             part = solve(lean.analysis, lean.split_cuts)
@@ -605,7 +699,14 @@ def plan_partition(
             continue
         if _score(part) <= _score(fine_part):
             return lean.finish(), part
-    return fine.finish(), fine_part
+    return refine(a, sites, chosen).finish(), fine_part
+
+
+def _tight_bound(part: Partition, budgets: Sequence[int] | int, workspace: int) -> int:
+    """Fewest tasks any plan can have: weights and KV cache over the largest budget less the workspace."""
+    room = (budgets if isinstance(budgets, int) else max(budgets)) - workspace
+    need = part.total_weight_bytes + part.total_kv_cache_bytes
+    return max(part.lower_bound, math.ceil(need / room)) if room > 0 else part.lower_bound
 
 
 def budget_for_tasks(analysis: GraphAnalysis, count: int, *, workspace_bytes: int = 0) -> int:
