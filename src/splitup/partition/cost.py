@@ -148,15 +148,16 @@ def analysis_of(model: onnx.ModelProto, types: dict[str, TensorType], dim_max: d
     constants = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
     if not nodes:  # a graph of constants alone: they are its work, one task makes them
         nodes, constants = list(model.graph.node), {}
+    initializers = {t.name: t for t in model.graph.initializer}
     analysis = GraphAnalysis(
         model=model,
         nodes=nodes,
         constants=constants,
         types=types,
         flops=[node_flops(n, types) for n in nodes],
-        initializers={t.name: t for t in model.graph.initializer},
+        initializers=initializers,
         # An initializer listed as an input (IR < 4 requires it) is a weight, not something callers feed.
-        graph_inputs=[i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}],
+        graph_inputs=[i.name for i in model.graph.input if i.name not in initializers],
         graph_outputs=[o.name for o in model.graph.output],
         state=read_state(model),
         dim_max=dim_max,

@@ -69,7 +69,12 @@ class HeadRegion:
     # how each input becomes the part's: 0 as is, 1 the part's tensor, 2 a weight slice, 3 the part's
     # Reshape shape; output names; (output, head axis, type) of each; whether its work scales with heads)
     template: tuple = ()
-    summaries: dict[int, tuple[int, int]] = field(default_factory=dict, compare=False)  # see part_summary
+    # What a part reads from outside it: (kind, name) as in ``template`` (shared tensors, state, weights)
+    externals: tuple[tuple[int, str], ...] = ()
+    # Blocks of one model share their shapes: part_summary's results by (heads, signature), where the
+    # signature is the op sequence, reading pattern and output types (the same block of a repeated stack)
+    summaries: dict = field(default_factory=dict, compare=False)
+    signature: tuple = ()
 
 
 def _const(a: GraphAnalysis, name: str) -> np.ndarray | None:
@@ -112,6 +117,7 @@ def find_head_sites(a: GraphAnalysis, readers: dict[str, int], consumers: dict[s
                     taken: set[int], weight) -> list[HeadRegion]:  # noqa: ANN001 - refine._weight
     """Every attention region that can be split by groups of KV heads (none overlapping ``taken``)."""
     regions: list[HeadRegion] = []
+    summaries: dict = {}  # shared by the regions of one graph: its blocks repeat
     pending: dict[int, int] = {}
     outputs = set(a.graph_outputs)
     states_from: dict[int, list[str]] = {}  # first reader -> the state inputs it reads first
@@ -131,15 +137,15 @@ def find_head_sites(a: GraphAnalysis, readers: dict[str, int], consumers: dict[s
             if groups >= 2:
                 try:
                     own = {s for p in range(min(pending), i) for s in states_from.get(p, ()) if a.last_use[s] < i}
-                    regions.append(_region(a, tuple(pending), i, groups, consumers, outputs, own))
+                    regions.append(_region(a, tuple(pending), i, groups, consumers, outputs, own, summaries))
                 except _NoSite:
                     pass
             pending = {}
     return regions
 
 
-def _region(a: GraphAnalysis, seeds: tuple[int, ...], sink: int, groups: int,
-            consumers: dict[str, list[int]], outputs: set[str], own_states: set[str]) -> HeadRegion:
+def _region(a: GraphAnalysis, seeds: tuple[int, ...], sink: int, groups: int, consumers: dict[str, list[int]],
+            outputs: set[str], own_states: set[str], summaries: dict) -> HeadRegion:
     start = min(seeds)
     axis: dict[str, int | None] = {}
     member: list[int] = []
@@ -203,7 +209,15 @@ def _region(a: GraphAnalysis, seeds: tuple[int, ...], sink: int, groups: int,
         outs = tuple((o, axis[o], a.types[o]) for o in names if o)
         node = a.nodes[p]
         template.append((p, node, node.op_type, node.name, how, names, outs, bool(outs) and outs[-1][1] is not None))
-    return HeadRegion(groups, nodes, seeds, sink, axis, tuple(sorted(own_states)), sliced, tuple(template))
+    externals: dict[tuple[int, str], None] = {}
+    for _, _, _, _, how, _, _, _ in template:
+        for kind, x in how:
+            if kind == 0 and x and x not in a.constants or kind == 1 and x in own_states or kind == 2:
+                externals[(kind, x)] = None
+    signature = (groups, tuple((op, tuple(kind for kind, _ in how), outs and outs[-1][1:])
+                               for _, _, op, _, how, _, outs, _ in template))
+    return HeadRegion(groups, nodes, seeds, sink, axis, tuple(sorted(own_states)), sliced, tuple(template),
+                      tuple(externals), summaries, signature)
 
 
 def _aligned(t: int, rank_in: int, rank_out: int) -> int:
@@ -390,8 +404,9 @@ def part_summary(a: GraphAnalysis, r: HeadRegion, heads: int) -> tuple[int, int]
     its outputs included), instead of the ~80 nodes the part is written with: the planner sees the
     same weights, state, FLOPs and crossings, and a peak that counts the part's inputs for its whole
     run (they are live across the part at least until their last read)."""
-    if heads in r.summaries:
-        return r.summaries[heads]
+    key = (heads, r.signature)
+    if key in r.summaries:
+        return r.summaries[key]
     of = r.groups
     last: dict[str, int] = {}
     for k, (_, _, _, _, how, _, _, _) in enumerate(r.template):
@@ -415,5 +430,5 @@ def part_summary(a: GraphAnalysis, r: HeadRegion, heads: int) -> tuple[int, int]
         for o, _, _ in outs:
             if o not in last and o not in kept and o in size:
                 live -= size.pop(o)
-    r.summaries[heads] = (peak, flops)
+    r.summaries[key] = (peak, flops)
     return peak, flops

@@ -563,17 +563,16 @@ def _sketch_heads_part(rw: _Rewriter, r: HeadRegion, tag: str, lo: int, hi: int)
     projection reads, and a stand-in sized to the rest of the part's peak."""
     a, of = rw.a, r.groups
     peak, flops = part_summary(a, r, hi - lo)
-    inputs: dict[str, None] = {}
-    for _, _, _, _, how, _, _, _ in r.template:
-        for kind, x in how:
-            if kind == 0 and x and x not in a.constants:
-                inputs[x] = None
-            elif kind == 1 and x in a.state:
-                inputs[x + tag] = None
-            elif kind == 2:
-                t = r.sliced[x]
-                n = int(a.initializers[x].dims[t])
-                inputs[rw.slice_weight(x, t, n * lo // of, n * hi // of)] = None
+    inputs = []
+    for kind, x in r.externals:
+        if kind == 0:
+            inputs.append(x)
+        elif kind == 1:
+            inputs.append(x + tag)
+        else:
+            t = r.sliced[x]
+            n = int(a.initializers[x].dims[t])
+            inputs.append(rw.slice_weight(x, t, n * lo // of, n * hi // of))
     sink_in = a.io[r.sink][0][0]
     outputs = [a.state[s] + tag for s in r.states] + [sink_in + tag]
     rw.types[sink_in + tag] = part_type(a.types[sink_in], r.axis[sink_in], lo, hi, of)
@@ -583,7 +582,7 @@ def _sketch_heads_part(rw: _Rewriter, r: HeadRegion, tag: str, lo: int, hi: int)
     rest = max(0, peak - sum(_nbytes(rw.types[o]) for o in outputs))
     stand_in = f"{sink_in}{tag}.peak"
     rw.types[stand_in] = TensorType(TensorProto.UINT8, (rest,))
-    node = Sketch("AttentionPart", f"{sink_in}{tag}.part", list(inputs), [*outputs, stand_in])
+    node = Sketch("AttentionPart", f"{sink_in}{tag}.part", inputs, [*outputs, stand_in])
     rw.nodes.append(node)  # type: ignore[arg-type]
     rw.flops[id(node)] = flops
 
