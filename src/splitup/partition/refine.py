@@ -36,8 +36,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from splitup.graph.meta import STATE_KEY
 from splitup.graph.shapes import TensorType
-from splitup.partition.cost import GraphAnalysis, index_uses, node_flops
 from splitup.graph.sizes import tensor_bytes
+from splitup.partition.cost import GraphAnalysis, index_uses, node_flops
 from splitup.partition.heads import HeadRegion, find_head_sites, part_summary, part_type, reshape_spec
 from splitup.partition.partitioner import DEFAULT_WORKSPACE, Partition, PartitionError, partition
 
