@@ -45,7 +45,7 @@ def main() -> None:
         n, lb = len(result.plan.tasks), result.plan.lower_bound
         worst = max(worst, n - lb)
         flops = [t.flops for t in result.plan.tasks]
-        heads = sum(1 for k in result.plan.state if "#" in k and k.endswith(".key#0"))
+        heads = sum(1 for k in result.plan.state if k.endswith("#0.key"))
         table.add_row(f"{name} ({dtype})" if dtype != "fp16" else name, f"{gib} GiB", str(n), str(lb),
                       str(len(coarse.segments)),
                       f"{result.partition_seconds:.2f} s ({result.partition_cpu_seconds:.2f})",

@@ -134,7 +134,7 @@ def test_attention_split_by_kv_heads_generates_identically_and_replays(tmp_path)
 
     model = zoo.build("tiny-llama", seed=0, max_seq=8, hidden=128, heads=8, kv_heads=4, intermediate=96)
     plan = make_plan(model, "gqa", int(whole_vram(model) * 0.25), workspace_bytes=0, out_dir=tmp_path).plan
-    held = [{k.split("#")[0] for k in t.state if "key#" in k} for t in plan.tasks]
+    held = [{k.split("#")[0] for k in t.state if "#" in k and k.endswith(".key")} for t in plan.tasks]
     assert any(held[i] & held[j] for i in range(len(held)) for j in range(i + 1, len(held)))
     assert any("attn" in o.name and "#" in o.name for t in plan.tasks[:-1] for o in t.outputs)  # a partial sum
     ids = np.random.default_rng(3).integers(0, 500, (1, 8))
@@ -142,7 +142,7 @@ def test_attention_split_by_kv_heads_generates_identically_and_replays(tmp_path)
              for k, v in random_feeds(model).items() if k.startswith("past")}
     full = reference(model, {"input_ids": ids, **empty})["logits"]
     pipe = LocalPipeline(tmp_path)
-    k = next(i for i, t in enumerate(plan.tasks) if any("key#" in s for s in t.state) and i < len(plan.tasks) - 1)
+    k = next(i for i, t in enumerate(plan.tasks) if any("#" in s for s in t.state) and i < len(plan.tasks) - 1)
     record = Transcript("job", k, plan.tasks[k].task_id)
     steps = []
     for chunk in (ids[:, :5], ids[:, 5:6], ids[:, 6:7], ids[:, 7:8]):
@@ -177,14 +177,16 @@ def test_every_kv_head_group_split_reproduces_the_model(kv_cache):
     feeds = random_feeds(model, seq=6)
     ref = reference(model, feeds)
     parts = {}
-    for vi in split.model.graph.input:  # a cache input in parts: KV heads [0, 1) and [1, 3)
-        base, _, g = vi.name.partition("#")
-        lo, hi = ((0, 1), (1, 3))[int(g)] if g else (0, None)
+    for vi in split.model.graph.input:  # a cache input in parts (past.0#1.key): KV heads [0, 1) and [1, 3)
+        head, _, rest = vi.name.partition("#")
+        g, _, field = rest.partition(".")
+        base = f"{head}.{field}" if rest else vi.name
+        lo, hi = ((0, 1), (1, 3))[int(g)] if rest else (0, None)
         parts[vi.name] = feeds[base][:, lo:hi] if feeds[base].ndim == 4 else feeds[base]
     got = reference(split.model, parts)
     np.testing.assert_allclose(got["logits"], ref["logits"], atol=1e-5, rtol=0)
     if kv_cache:  # each part's present cache is its slice of the whole one
-        np.testing.assert_array_equal(np.concatenate([got["present.0.key#0"], got["present.0.key#1"]], 1),
+        np.testing.assert_array_equal(np.concatenate([got["present.0#0.key"], got["present.0#1.key"]], 1),
                                       ref["present.0.key"])
     assert {n.op_type for n in split.model.graph.node} <= {n.op_type for n in model.graph.node}  # no new kinds of op
 

@@ -16,7 +16,7 @@ axis by the same fraction (its KV heads over all of them), so GQA's query heads 
 through ``repeat_kv``'s ``Expand`` + ``Reshape``.
 
 State inputs read only inside the region become per-part state: a cache whose head axis is tracked is
-sliced (``past.0.key`` -> ``past.0.key#0``, ``#1``, ... with their ``present`` outputs), and a small one
+sliced (``past.0.key`` -> ``past.0#0.key``, ``past.0#1.key``, ... with their ``present`` outputs), and a small one
 that is not (the cache's filled length) is copied, so that every task holding a slice of a cache
 also holds its length, as the runtimes' KV-cache layout expects. Nodes that only feed the region
 (positions, the rotary tables' lookups, masks) are recomputed in every part.
@@ -124,9 +124,12 @@ def find_head_sites(a: GraphAnalysis, readers: dict[str, int], consumers: dict[s
     for s in a.state:
         if s in a.first_use:
             states_from.setdefault(a.first_use[s], []).append(s)
-    for i, node in enumerate(a.nodes):
-        if node.op_type != "MatMul" or len(node.input) != 2 or not weight(a, node.input[1], readers) \
-                or node.input[0] in a.initializers or i in taken:
+    ops = [n.op_type for n in a.nodes]
+    seen: dict[tuple, HeadRegion] = {}  # blocks of a stack repeat: a region found once is translated
+    for i, op in enumerate(ops):
+        inputs = a.io[i][0]
+        if op != "MatMul" or len(inputs) != 2 or not weight(a, inputs[1], readers) or inputs[0] in a.initializers \
+                or i in taken:
             continue
         heads = _heads_of_seed(a, i, consumers)
         if heads is not None:
@@ -135,13 +138,86 @@ def find_head_sites(a: GraphAnalysis, readers: dict[str, int], consumers: dict[s
         if pending:
             groups = math.gcd(*pending.values())
             if groups >= 2:
-                try:
-                    own = {s for p in range(min(pending), i) for s in states_from.get(p, ()) if a.last_use[s] < i}
-                    regions.append(_region(a, tuple(pending), i, groups, consumers, outputs, own, summaries))
-                except _NoSite:
-                    pass
+                start = min(pending)
+                own = {s for p in range(start, i) for s in states_from.get(p, ()) if a.last_use[s] < i}
+                key = (i - start, tuple(p - start for p in pending), groups)
+                region = None
+                base = seen.get(key)
+                if base is not None:
+                    first = min(base.seeds)
+                    if ops[first : base.sink + 1] == ops[start : i + 1]:
+                        region = _translate(a, base, start - first, consumers, outputs, own, readers)
+                if region is None:
+                    try:
+                        region = _region(a, tuple(pending), i, groups, consumers, outputs, own, summaries)
+                        seen[key] = region
+                    except _NoSite:
+                        pass
+                if region is not None:
+                    regions.append(region)
             pending = {}
     return regions
+
+
+def _value_key(a: GraphAnalysis, name: str) -> tuple:
+    """A constant's or small initializer's value, comparable without decoding it (a large or external
+    weight compares by its shape, which ``types`` already did)."""
+    node = a.constants.get(name)
+    t = node.attribute[0].t if node is not None else a.initializers[name]
+    if t.data_location == onnx.TensorProto.EXTERNAL or math.prod(t.dims) > 64:
+        return ()
+    return (t.data_type, tuple(t.dims), t.raw_data, tuple(t.int64_data), tuple(t.int32_data), tuple(t.float_data),
+            tuple(t.double_data))
+
+
+def _translate(a: GraphAnalysis, r: HeadRegion, delta: int, consumers: dict[str, list[int]], outputs: set[str],
+               own_states: set[str], readers: dict[str, int]) -> HeadRegion | None:
+    """``r`` moved ``delta`` nodes on, if the block there is wired, typed and parameterised the same
+    (a copy of the same layer); None when anything differs (then the region is traced afresh)."""
+    names: dict[str, str] = {}
+    back: dict[str, str] = {}
+    first = min(r.seeds)
+    for p in range(first, r.sink + 1):
+        (i0, o0), (i1, o1) = a.io[p], a.io[p + delta]
+        if len(i0) != len(i1) or len(o0) != len(o1):
+            return None
+        for x0, x in zip((*i0, *o0), (*i1, *o1), strict=True):
+            if names.setdefault(x0, x) != x or back.setdefault(x, x0) != x0:
+                return None
+    inside = {p + delta for p in r.nodes}
+    for x0, x in names.items():
+        if a.types.get(x0) != a.types.get(x) or (x0 in a.constants) != (x in a.constants) \
+                or (x0 in a.initializers) != (x in a.initializers):
+            return None
+        if x0 != x and (x0 in a.constants or x0 in a.initializers and x0 not in r.sliced) \
+                and _value_key(a, x0) != _value_key(a, x):
+            return None  # a shape, axes or scalar that the rules read (or the model computes with)
+    for p in r.nodes:
+        if a.nodes[p].attribute != a.nodes[p + delta].attribute:
+            return None
+    states = {names[s] for s in r.states}
+    if states != own_states or any(names[w] not in a.initializers or readers.get(names[w]) != 1 for w in r.sliced):
+        return None
+    presents = {a.state[s] for s in states}
+    for p in inside:
+        for o in a.io[p][1]:
+            if o and (o in outputs and o not in presents
+                      or any(c not in inside and c != r.sink + delta for c in consumers.get(o, []))):
+                return None
+    if any(a.state.get(names[s]) != names[a.state[s]] for s in r.states):
+        return None
+
+    def moved(how: tuple[tuple[int, str], ...]) -> tuple[tuple[int, str], ...]:
+        return tuple((kind, names.get(x, x)) for kind, x in how)
+
+    template = tuple(
+        (p + delta, a.nodes[p + delta], op, a.nodes[p + delta].name, moved(how), tuple(names.get(o, o) for o in out_names),
+         tuple((names[o], t, tt) for o, t, tt in outs), scaled)
+        for p, _, op, _, how, out_names, outs, scaled in r.template)
+    return HeadRegion(r.groups, tuple(sorted(inside)), tuple(p + delta for p in r.seeds), r.sink + delta,
+                      {names[x]: t for x, t in r.axis.items()}, tuple(sorted(states)),
+                      {names[w]: t for w, t in r.sliced.items()}, template, moved(r.externals), r.summaries,
+                      r.signature)
 
 
 def _region(a: GraphAnalysis, seeds: tuple[int, ...], sink: int, groups: int, consumers: dict[str, list[int]],
@@ -387,6 +463,13 @@ def reshape_spec(a: GraphAnalysis, node: onnx.NodeProto, k: int, lo: int, hi: in
     if spec[k] > 0:
         spec[k] = spec[k] * (hi - lo) // groups
     return spec
+
+
+def part_name(name: str, tag: str) -> str:
+    """A state input's or output's name in a part: the tag before its last field (``past.3.key`` ->
+    ``past.3#1.key``), so that what runtimes read off the suffix (``.length``) still holds."""
+    head, dot, last = name.rpartition(".")
+    return f"{head}{tag}.{last}" if dot else name + tag
 
 
 def part_type(tt: TensorType, t: int | None, lo: int, hi: int, groups: int) -> TensorType:

@@ -38,7 +38,14 @@ from splitup.graph.meta import STATE_KEY
 from splitup.graph.shapes import TensorType
 from splitup.graph.sizes import tensor_bytes
 from splitup.partition.cost import GraphAnalysis, index_uses, node_flops
-from splitup.partition.heads import HeadRegion, find_head_sites, part_summary, part_type, reshape_spec
+from splitup.partition.heads import (
+    HeadRegion,
+    find_head_sites,
+    part_name,
+    part_summary,
+    part_type,
+    reshape_spec,
+)
 from splitup.partition.partitioner import DEFAULT_WORKSPACE, Partition, PartitionError, partition
 
 # Units of roughly this fraction of the smallest budget: fine enough to fill a node to within a few
@@ -524,6 +531,7 @@ def _emit_heads(rw: _Rewriter, site: Site, cols: list[int]) -> dict[int, int]:
     starts: dict[int, int] = {}
     acc = ""
     types, flops = rw.types, rw.flops
+    stateful = {*r.states, *(a.state[s] for s in r.states)}
     for g, lo, hi in _groups(rw, cols, starts):
         tag = f"#{g}"
         if rw.sketch:
@@ -534,22 +542,23 @@ def _emit_heads(rw: _Rewriter, site: Site, cols: list[int]) -> dict[int, int]:
                 if kind == 0:
                     ins.append(x)
                 elif kind == 1:
-                    ins.append(x + tag)
+                    ins.append(part_name(x, tag) if x in stateful else x + tag)
                 elif kind == 2:
                     t = r.sliced[x]
                     n = int(a.initializers[x].dims[t])
                     ins.append(rw.slice_weight(x, t, n * lo // of, n * hi // of))
                 else:
                     ins.append(rw.const(reshape_spec(a, node, r.axis[node.output[0]] or 0, lo, hi, of), node.name))
-            clone = rw.clone(node, op, name + tag, ins, [o + tag if o else o for o in names])
-            for o, t, tt in outs:
-                types[o + tag] = tt if t is None else part_type(tt, t, lo, hi, of)
+            news = [(part_name(o, tag) if o in stateful else o + tag) if o else o for o in names]
+            clone = rw.clone(node, op, name + tag, ins, news)
+            for (_, t, tt), new in zip(outs, (x for x in news if x), strict=True):
+                types[new] = tt if t is None else part_type(tt, t, lo, hi, of)
             # Sliced work scales with the part's heads; whole work (positions, masks) is repeated.
             flops[id(clone)] = a.flops[p] * (hi - lo) // of if scaled else a.flops[p]
         for s in r.states:
             for x in (s, a.state[s]):
-                types[x + tag] = part_type(a.types[x], r.axis[x], lo, hi, of)
-                rw.io_parts.setdefault(x, []).append((x + tag, r.axis[x], lo, hi, of))
+                types[part_name(x, tag)] = part_type(a.types[x], r.axis[x], lo, hi, of)
+                rw.io_parts.setdefault(x, []).append((part_name(x, tag), r.axis[x], lo, hi, of))
         k = int(a.initializers[sink.input[1]].dims[0])
         partial = rw.emit("MatMul", [sink.input[0] + tag, rw.slice_weight(sink.input[1], 0, k * lo // of, k * hi // of)],
                           y + tag, sink.name + tag, a.types[y])
@@ -568,17 +577,17 @@ def _sketch_heads_part(rw: _Rewriter, r: HeadRegion, tag: str, lo: int, hi: int)
         if kind == 0:
             inputs.append(x)
         elif kind == 1:
-            inputs.append(x + tag)
+            inputs.append(part_name(x, tag))
         else:
             t = r.sliced[x]
             n = int(a.initializers[x].dims[t])
             inputs.append(rw.slice_weight(x, t, n * lo // of, n * hi // of))
     sink_in = a.io[r.sink][0][0]
-    outputs = [a.state[s] + tag for s in r.states] + [sink_in + tag]
+    outputs = [part_name(a.state[s], tag) for s in r.states] + [sink_in + tag]
     rw.types[sink_in + tag] = part_type(a.types[sink_in], r.axis[sink_in], lo, hi, of)
     for s in r.states:
         present = a.state[s]
-        rw.types[present + tag] = part_type(a.types[present], r.axis[present], lo, hi, of)
+        rw.types[part_name(present, tag)] = part_type(a.types[present], r.axis[present], lo, hi, of)
     rest = max(0, peak - sum(_nbytes(rw.types[o]) for o in outputs))
     stand_in = f"{sink_in}{tag}.peak"
     rw.types[stand_in] = TensorType(TensorProto.UINT8, (rest,))
@@ -672,7 +681,7 @@ def plan_partition(
             part = solve(fine.analysis, fine.split_cuts)
         except PartitionError:
             continue
-        if best is None or _score(part) < _score(best[1]):
+        if best is None or _better(part, best[1]):
             best, chosen = (fine, part), attempt
     if best is None:
         return a, solve(a)
@@ -699,6 +708,18 @@ def plan_partition(
         if _score(part) <= _score(fine_part):
             return lean.finish(), part
     return refine(a, sites, chosen).finish(), fine_part
+
+
+# An attention split rewrites every block (~80 more nodes each): with as many tasks it has to lower the
+# slowest stage by this fraction to be worth it.
+ATTENTION_GAIN = 0.01
+
+
+def _better(split: Partition, plain: Partition) -> bool:
+    """Whether the plan with attention split beats the plan without: fewer tasks, or as many and a
+    slowest stage at least ``ATTENTION_GAIN`` lower."""
+    (n, worst), (n0, worst0) = _score(split), _score(plain)
+    return n < n0 or n == n0 and worst < worst0 * (1 - ATTENTION_GAIN)
 
 
 def _tight_bound(part: Partition, budgets: Sequence[int] | int, workspace: int) -> int:
