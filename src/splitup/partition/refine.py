@@ -664,27 +664,10 @@ def plan_partition(
                          split_cuts=split_cuts)
 
     sites = find_sites(a)
-    smallest = budgets if isinstance(budgets, int) else min(budgets)
-    grain = max(1, smallest // GRAIN_FRACTION)
-    wanted = {s: cols for s, site in enumerate(sites) if (cols := even_boundaries(site, grain))}
-    heads = {s: cols for s, cols in wanted.items() if sites[s].kind == "heads"}
-    if not wanted:
-        return a, solve(a)
-    chosen = {s: cols for s, cols in wanted.items() if s not in heads}
-    best: tuple[Refined, Partition] | None = None
-    for attempt in (chosen, wanted):
-        if best is not None and (attempt is wanted and not heads or len(best[1].segments) <= _tight_bound(
-                best[1], budgets, workspace_bytes)):
-            break
-        fine = refine(a, sites, attempt, sketch=True)
-        try:
-            part = solve(fine.analysis, fine.split_cuts)
-        except PartitionError:
-            continue
-        if best is None or _better(part, best[1]):
-            best, chosen = (fine, part), attempt
+    wanted, chosen, best = _best_sketch(a, sites, budgets, workspace_bytes, cut_factor)
     if best is None:
         return a, solve(a)
+    heads = {s: cols for s, cols in wanted.items() if sites[s].kind == "heads"}
     fine, fine_part = best
     used = fine.boundaries_used(fine_part)
     split_heads = {s: cols for s, cols in heads.items() if s in chosen}
@@ -708,6 +691,33 @@ def plan_partition(
         if _score(part) <= _score(fine_part):
             return lean.finish(), part
     return refine(a, sites, chosen).finish(), fine_part
+
+
+def _best_sketch(a: GraphAnalysis, sites: Sequence[Site], budgets: Sequence[int] | int, workspace: int,
+                 cut_factor: float) -> tuple[dict[int, list[int]], dict[int, list[int]], tuple[Refined, Partition] | None]:
+    """(every site's part boundaries, the boundaries of the better sketch, that sketch and its plan);
+    no sketch when nothing is split or no sketch has a plan."""
+    smallest = budgets if isinstance(budgets, int) else min(budgets)
+    grain = max(1, smallest // GRAIN_FRACTION)
+    wanted = {s: cols for s, site in enumerate(sites) if (cols := even_boundaries(site, grain))}
+    heads = {s for s in wanted if sites[s].kind == "heads"}
+    chosen = {s: cols for s, cols in wanted.items() if s not in heads}
+    best: tuple[Refined, Partition] | None = None
+    if not wanted:
+        return wanted, chosen, best
+    for attempt in (chosen, wanted):
+        if best is not None and (attempt is wanted and not heads or len(best[1].segments) <= _tight_bound(
+                best[1], budgets, workspace)):
+            break
+        fine = refine(a, sites, attempt, sketch=True)
+        try:
+            part = partition(fine.analysis, budgets, workspace_bytes=workspace, cut_factor=cut_factor,
+                             split_cuts=fine.split_cuts)
+        except PartitionError:
+            continue
+        if best is None or _better(part, best[1]):
+            best, chosen = (fine, part), attempt
+    return wanted, chosen, best
 
 
 # An attention split rewrites every block (~80 more nodes each): with as many tasks it has to lower the
@@ -739,8 +749,16 @@ def budget_for_tasks(analysis: GraphAnalysis, count: int, *, workspace_bytes: in
     if count < 1:
         raise PartitionError("a plan has at least one task")
 
+    sites = find_sites(analysis)
+
     def tasks(budget: int) -> int:
-        return len(plan_partition(analysis, budget, workspace_bytes=workspace_bytes)[1].segments)
+        # The sketch's count is the plan's (the rewrite keeps it or falls back to the sketch); only a
+        # hit is confirmed by planning in full.
+        best = _best_sketch(analysis, sites, budget, workspace_bytes, 2.0)[2]
+        n = len(best[1].segments) if best else len(partition(analysis, budget, workspace_bytes=workspace_bytes).segments)
+        if n == count:
+            n = len(plan_partition(analysis, budget, workspace_bytes=workspace_bytes)[1].segments)
+        return n
 
     lo, hi = 0, partition(analysis, 2**62, workspace_bytes=workspace_bytes).segments[0].vram_bytes
     while hi - lo > 1:
