@@ -20,7 +20,8 @@ static uint64_t check_params(const InitConfigArgs *a) {
     return E_INVALID_PARAMETER;
   if (a->max_deadline_slots > MAX_WINDOW_SLOTS || a->max_task_timeout_slots > MAX_WINDOW_SLOTS ||
       a->validator_timeout_slots > MAX_WINDOW_SLOTS || a->arbiter_timeout_slots > MAX_WINDOW_SLOTS ||
-      a->reveal_slots > MAX_WINDOW_SLOTS || a->validator_ramp_slots > a->validator_timeout_slots)
+      a->reveal_slots > MAX_WINDOW_SLOTS || a->validator_ramp_slots > a->validator_timeout_slots ||
+      a->heartbeat_window_slots > MAX_WINDOW_SLOTS)
     return E_INVALID_PARAMETER;
   return 0;
 }
@@ -48,6 +49,7 @@ static void apply(Config *cfg, const InitConfigArgs *a) {
   cfg->reveal_slots = a->reveal_slots;
   cfg->validator_ramp_slots = a->validator_ramp_slots;
   cfg->validator_reward_bps = a->validator_reward_bps;
+  cfg->heartbeat_window_slots = a->heartbeat_window_slots;
 }
 
 /* accounts: 0 authority (signer, writable: pays rent), 1 config PDA (w), 2 system program */

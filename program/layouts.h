@@ -67,6 +67,7 @@
 #define IX_RECEIVE_INPUT 21
 #define IX_RELEASE_TASK 22
 #define IX_TAKE_OVER 23
+#define IX_HEARTBEAT 24
 
 #define E_INVALID_INSTRUCTION 1
 #define E_NOT_ENOUGH_ACCOUNTS 2
@@ -101,6 +102,7 @@
 #define E_BAD_SECRET 31
 #define E_NOT_DRAWN 32
 #define E_INPUT_RECEIVED 33
+#define E_STALE_HEARTBEAT 36
 
 typedef struct {
   uint8_t tag;  /* @0 */
@@ -130,8 +132,9 @@ typedef struct {
   uint64_t reveal_slots;  /* @200 */
   uint64_t validator_ramp_slots;  /* @208 */
   uint64_t validator_reward_bps;  /* @216 */
+  uint64_t heartbeat_window_slots;  /* @224 */
 } Config;
-_Static_assert(sizeof(Config) == 224, "Config layout");
+_Static_assert(sizeof(Config) == 232, "Config layout");
 
 typedef struct {
   uint8_t task_id[32];  /* @0 */
@@ -173,8 +176,11 @@ typedef struct {
   uint64_t liveness_faults;  /* @128 */
   uint8_t endpoint[64];  /* @136 */
   uint8_t specialized[256];  /* @200 */
+  uint64_t last_heartbeat;  /* @456 */
+  uint32_t free_sessions;  /* @464 */
+  uint32_t version;  /* @468 */
 } Node;
-_Static_assert(sizeof(Node) == 456, "Node layout");
+_Static_assert(sizeof(Node) == 472, "Node layout");
 
 typedef struct {
   uint8_t status;  /* @0 */
@@ -259,8 +265,9 @@ typedef struct {
   uint64_t reveal_slots;  /* @152 */
   uint64_t validator_ramp_slots;  /* @160 */
   uint64_t validator_reward_bps;  /* @168 */
+  uint64_t heartbeat_window_slots;  /* @176 */
 } InitConfigArgs;
-_Static_assert(sizeof(InitConfigArgs) == 176, "InitConfigArgs layout");
+_Static_assert(sizeof(InitConfigArgs) == 184, "InitConfigArgs layout");
 
 typedef struct {
   uint8_t model_hash[32];  /* @0 */
@@ -347,3 +354,11 @@ typedef struct {
   uint8_t _pad0[7];  /* @9 */
 } ArbitrateArgs;
 _Static_assert(sizeof(ArbitrateArgs) == 16, "ArbitrateArgs layout");
+
+typedef struct {
+  uint32_t free_sessions;  /* @0 */
+  uint32_t engines;  /* @4 */
+  uint32_t version;  /* @8 */
+  uint8_t _pad0[4];  /* @12 */
+} HeartbeatArgs;
+_Static_assert(sizeof(HeartbeatArgs) == 16, "HeartbeatArgs layout");

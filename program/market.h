@@ -123,3 +123,4 @@ uint64_t ix_reveal_secret(Ctx *c);
 uint64_t ix_receive_input(Ctx *c);
 uint64_t ix_release_task(Ctx *c);
 uint64_t ix_take_over(Ctx *c);
+uint64_t ix_heartbeat(Ctx *c);

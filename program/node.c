@@ -30,6 +30,7 @@ uint64_t ix_register_node(Ctx *c) {
   n->stake = a.stake;
   n->vram = a.vram;
   sol_memcpy_(n->endpoint, a.endpoint, sizeof(n->endpoint));
+  n->last_heartbeat = c->slot; /* registering is the node's first sign of life */
   return 0;
 }
 
@@ -96,5 +97,21 @@ uint64_t ix_specialize(Ctx *c) {
   sol_memset_(n->specialized, 0, sizeof(n->specialized));
   if (rest_len) sol_memcpy_(n->specialized, rest, rest_len);
   n->special_count = a.count;
+  return 0;
+}
+
+/* accounts: 0 owner (signer), 1 node (w). The node stamps its account with the slot and a small status;
+   nothing else is read or moved, so a beat costs its signature fee and a few thousand compute units.
+   Silence is never slashed: a node that stops beating is only no longer routed to or drawn. */
+uint64_t ix_heartbeat(Ctx *c) {
+  SolAccountInfo *ka = c->p->ka;
+  HeartbeatArgs a;
+  TRY(read_args(c, &a, sizeof(a), NULL, NULL));
+  Node *n;
+  TRY(owned_node(c, &ka[0], &ka[1], &n));
+  n->last_heartbeat = c->slot;
+  n->free_sessions = a.free_sessions;
+  n->engines = a.engines;
+  n->version = a.version;
   return 0;
 }

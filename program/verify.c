@@ -163,6 +163,9 @@ uint64_t ix_assign_validator(Ctx *c) {
   if (a.index >= m->task_count) return E_BAD_TASK_INDEX;
   if (!holds_task(v, model_tasks(m)[a.index].task_id)) return E_NOT_SPECIALIZED;
   TRY(drawn(j, t, ka[1].key, c->slot));
+  /* a holder that stopped heartbeating is not drawn: it has to say it is alive again first */
+  if (cfg->heartbeat_window_slots && c->slot - v->last_heartbeat > cfg->heartbeat_window_slots)
+    return E_STALE_HEARTBEAT;
   uint64_t deadline;
   TRY(lock_collateral(v, cfg, cfg->task_collateral));
   TRY(add64(c->slot, j->validator_timeout_slots, &deadline));

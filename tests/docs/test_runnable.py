@@ -93,7 +93,12 @@ def test_documented_block_runs(tmp_path, doc, line, code):
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 continue
-    assert proc.returncode == 0, f"{doc.name}:{line} failed:\n{log.read_text()[-4000:]}"
+    assert proc.returncode == 0, f"{doc.name}:{line} failed:\n{_excerpt(log.read_text())}"
+
+
+def _excerpt(text: str, keep: int = 3000) -> str:
+    """The start (where a daemon says why it failed) and the end (where the block gave up) of a long log."""
+    return text if len(text) <= 2 * keep else f"{text[:keep]}\n[...]\n{text[-keep:]}"
 
 
 def test_marker_without_a_fence_is_refused(tmp_path):

@@ -52,6 +52,8 @@ def test_console_shows_nodes_models_and_tasks(env, page, shots) -> None:
     names = page.locator("[data-testid=node-row] strong").all_inner_texts()
     assert set(env.net.node_names) <= set(names)
     page.wait_for_function("document.querySelectorAll('[data-testid=heartbeat].alive').length >= 4", timeout=20_000)
+    # the on-chain heartbeat beside the polled one (each market node beat when it registered, at least)
+    assert page.locator("[data-testid=chain-heartbeat].alive").count() >= 4
     llama = page.locator("[data-testid=model]", has_text="tiny-llama")
     assert llama.locator("[data-testid=task-row]").count() == 3
     assert "verification rate 100.0%" in page.locator("[data-testid=overview]").inner_text()

@@ -9,6 +9,7 @@ import httpx
 import openai
 import pytest
 
+import splitup
 from splitup.models.real import render_chat
 
 from .conftest import reference_text
@@ -96,6 +97,8 @@ def test_console_api_reports_the_jobs_settled_and_paid(env, oa) -> None:
     nodes = [n for n in httpx.get(env.url + "/api/nodes", timeout=10).json() if n["name"] in env.net.node_names]
     assert sorted(n["name"] for n in nodes) == ["node-a", "node-b", "node-c", "node-d"]
     assert all(n["stake"] >= 2 * 10**9 and n["specialized"] for n in nodes)
+    beats = [n["chain_heartbeat"] for n in nodes]  # the on-chain heartbeat, beside the polled one
+    assert all(b["fresh"] and b["slot"] > 0 and b["version"] == splitup.__version__ for b in beats), beats
     done = {t["node"] for t in row["tasks"]}
     assert all(n["reputation"]["tasks_done"] >= 1 for n in nodes if n["address"] in done)
     models = [m for m in httpx.get(env.url + "/api/models", timeout=10).json() if m["name"] == "tiny-llama"]

@@ -45,14 +45,15 @@ def test_market_commands_over_the_local_network(tmp_path: Path, capsys: pytest.C
     with running(tmp_path / "ledger", port):
         assert main(["ledger", "status"]) == 0
         assert main(["wallet", "airdrop", "5"]) == 0
-        assert main(["market", "init", "--verify-rate-bps", "1000"]) == 0
+        assert main(["market", "init", "--verify-rate-bps", "1000", "--heartbeat-window-slots", "9000"]) == 0
         assert main(["market", "register-node", "--stake", "2.5", "--vram-gib", "24", "--endpoint", "http://me"]) == 0
         capsys.readouterr()
         assert main(["market", "config"]) == 0
-        assert "10.00%" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert "10.00%" in out and "heartbeat window   9000 slots" in out
         assert main(["market", "nodes"]) == 0
         out = capsys.readouterr().out
-        assert "stake 2.500000000 SOL" in out and "http://me" in out
+        assert "stake 2.500000000 SOL" in out and "http://me" in out and "(fresh)" in out
         assert main(["market", "init"]) == 2  # typed error, one line, no traceback
         assert "already exists" in capsys.readouterr().err
         # a second copy of the program, deployed through the upgradeable loader over JSON-RPC

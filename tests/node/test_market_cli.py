@@ -16,14 +16,18 @@ import httpx
 import pytest
 from solders.keypair import Keypair
 
+from splitup import __version__
 from splitup.cli._market_opts import amount_of
 from splitup.demo.models import byte_tokenizer_json
 from splitup.demo.procs import Child, Processes, free_port
-from splitup.market.accounts import node_specialized
+from splitup.market.accounts import node_engines, node_specialized, version_code
 from splitup.market.market import LAMPORTS_PER_SOL, Market, MarketParams
 from splitup.market.wallet import load_keypair, save_keypair
 from splitup.partition.task import Plan
 from splitup.sdk.chain import connect
+from splitup.sdk.client import Client
+
+WINDOW_SLOTS = 30
 
 
 @dataclass
@@ -64,7 +68,8 @@ def net(tmp_path_factory) -> Iterator[Net]:
         for path in paths.values():
             market.t.airdrop(load_keypair(path).pubkey(),
                              10 * LAMPORTS_PER_SOL)
-        market.init_config(authority, MarketParams.flat(10_000))  # min stake: 1 SOL
+        # min stake: 1 SOL; a heartbeat window of 3 s at these 100 ms slots
+        market.init_config(authority, MarketParams.flat(10_000, heartbeat_window_slots=WINDOW_SLOTS))
         yield Net(root, procs, ledger, store, market, paths["authority"], paths["operator"])
 
 
@@ -76,7 +81,17 @@ def test_amounts() -> None:
     assert amount_of("7 lamports") == 7
 
 
-def test_publish_then_market_node(net: Net, plan_dir: Path) -> None:
+@dataclass
+class Published:
+    model: str
+    task_ids: list[str]
+    node: Child
+
+
+@pytest.fixture(scope="module")
+def published(net: Net, plan_dir: Path) -> Published:
+    """The plan published with the real CLI, and one market node process holding all its tasks (started
+    from a TOML file that sets its on-chain heartbeat to every 0.6 s)."""
     plan = Plan.load(plan_dir)
     tok = net.root / "tokenizer.json"
     tok.write_text(byte_tokenizer_json())
@@ -97,11 +112,21 @@ def test_publish_then_market_node(net: Net, plan_dir: Path) -> None:
     assert httpx.get(f"{net.store.url}/blobs/{model_hash.group(1)}", timeout=5).status_code == 200
 
     port = free_port()
+    toml = net.root / "node.toml"
+    toml.write_text("chain-heartbeat = 0.01\nheartbeat = 0.2\n")
     node = net.procs.start("node", ["-m", "splitup", "node", "start", "--market", "--keypair", str(net.operator),
                                     "--rpc-url", net.ledger.url, "--store", net.store.url, "--port", str(port),
                                     "--tasks", ",".join(task_ids), "--stake", "2SOL", "--vram", "1GiB",
-                                    "--cache", str(net.root / "cache")], f"http://127.0.0.1:{port}")
+                                    "--cache", str(net.root / "cache"), "--config", str(toml)],
+                           f"http://127.0.0.1:{port}")
     net.procs.wait_http(node)
+    name = re.search(r"model (\S+) \(decoder\)", out.stdout)
+    assert name, out.stdout
+    return Published(name.group(1), task_ids, node)
+
+
+def test_publish_then_market_node(net: Net, published: Published) -> None:
+    node, task_ids = published.node, published.task_ids
     deadline = time.monotonic() + 60
     while (state := httpx.get(node.url + "/market/startup", timeout=5).json())["phase"] != "ready":
         assert state["phase"] != "failed" and time.monotonic() < deadline, (state, node.tail())
@@ -112,6 +137,39 @@ def test_publish_then_market_node(net: Net, plan_dir: Path) -> None:
     n = net.market.node(operator)
     assert n.stake == 2 * LAMPORTS_PER_SOL and n.vram == 1 << 30
     assert [t.hex() for t in node_specialized(n)] == task_ids
+
+
+def test_a_killed_node_stops_being_routed_to_within_one_window(net: Net, published: Published) -> None:
+    """SIGKILL, no drain: the node's on-chain heartbeat stops, and one window later the SDK neither counts
+    it as a holder (admission) nor routes to it (stand-ins); its stake stays whole."""
+    operator = load_keypair(net.operator).pubkey()
+    address = net.market.node_address(operator)
+    client = Client(net.ledger.url, load_keypair(net.authority), store_url=net.store.url)
+    try:
+        entry = client.plan(published.model)
+        deadline = time.monotonic() + 30
+        while (n := net.market.node(operator)).version == 0:  # the process's own HEARTBEAT, not registration's
+            assert time.monotonic() < deadline, published.node.tail()
+            time.sleep(0.1)
+        assert n.version == version_code(__version__) and "onnxruntime" in node_engines(n)
+        assert n.free_sessions > 0
+        assert address in client.live_holders(entry)
+        assert all(c.holders == 1 and c.live == 1 for c in client.capacity(entry))
+        stake = n.stake
+        net.procs.kill(published.node)
+        killed_at = time.monotonic()
+        last = net.market.node(operator).last_heartbeat  # no beat can land after the kill
+        while address in client.live_holders(entry):
+            assert time.monotonic() - killed_at < 30
+            time.sleep(0.05)
+        # skipped once silent for a whole window, and within it (plus one look at the chain: 1.5 s of slots)
+        assert last + WINDOW_SLOTS < net.market.t.slot() <= last + WINDOW_SLOTS + 15
+        assert all(c.holders == 0 and c.slots == 0 for c in client.capacity(entry))
+        after = net.market.node(operator)
+        assert (after.stake, after.locked, after.liveness_faults) == (stake, 0, 0)
+        assert after.last_heartbeat == last
+    finally:
+        client.close()
 
 
 def _one_line_error(out: subprocess.CompletedProcess[str], *words: str) -> None:

@@ -13,7 +13,7 @@ from splitup.partition.task import WEIGHTS_FILE, PlanError, load_task, task_dir
 from splitup.runtime import get_engine
 from splitup.storage import BlobClient, BlobStore, StorageError, fetch_plan, fetch_task, publish_plan
 
-from .procs import start_node, start_store
+from .procs import free_port, start_node, start_store
 
 
 def test_blobs_are_named_by_their_hash_and_written_whole(tmp_path):
@@ -47,6 +47,21 @@ def test_download_resumes_from_a_partial_file(store_url, plan_dir, plan, tmp_pat
             client.fetch("ab" * 32, tmp_path / "missing")
     r = httpx.get(f"{store_url}/blobs/{sha}", headers={"Range": "bytes=10-19"})
     assert r.status_code == 206 and r.content == data[10:20]
+
+
+def test_a_store_that_is_still_starting_is_waited_for(plan_dir, plan, logs, tmp_path):
+    """Started together (a script's `store serve &` then `node start`), the reader waits, within a bound."""
+    publish_plan(plan_dir, BlobStore(tmp_path / "store"))
+    port = free_port()
+    with BlobClient(f"http://127.0.0.1:{free_port()}", connect_wait_s=0.3) as nobody:
+        with pytest.raises(StorageError, match="cannot fetch blob .* from http://127.0.0.1"):
+            nobody.get_bytes(plan.tasks[0].task_id)
+    daemon = start_store("late-store", tmp_path / "store", logs, port=port)  # not listening for a while yet
+    try:
+        got = fetch_task(plan.tasks[0].task_id, BlobClient(daemon.url, connect_wait_s=60), tmp_path / "cache")
+        assert load_task(got) == plan.tasks[0]
+    finally:
+        daemon.stop()
 
 
 def test_plan_and_tasks_round_trip_through_the_store(store_url, plan_dir, plan, tmp_path):

@@ -149,9 +149,8 @@ def test_generation_uses_the_canonical_choice():
 def test_a_node_records_the_rule_the_client_sent(tmp_path):
     import json
 
-    from splitup.node.agent import RecordingNode
-
     from splitup.client.pipeline import plan_sends
+    from splitup.node.agent import RecordingNode
     from splitup.node.node import NodeConfig
     from splitup.node.wire import DECODING_META, Envelope, Hop, WireError
     from splitup.partition.task import Plan, task_dir

@@ -17,43 +17,48 @@ from collections.abc import Sequence
 from splitup import __version__
 from splitup.errors import SplitUpError
 
-# Import paths of the sub-command modules, in the order --help lists them.
-COMMANDS: tuple[str, ...] = (
+# The sub-command modules by command, in the order --help lists them.
+COMMANDS: dict[str, str] = {
     # a model: split it, check it, the real ones
-    "splitup.cli.hf_import",
-    "splitup.cli.plan",
-    "splitup.cli.validate",
-    "splitup.cli.models",
+    "import": "splitup.cli.hf_import",
+    "plan": "splitup.cli.plan",
+    "validate": "splitup.cli.validate",
+    "models": "splitup.cli.models",
     # running it: nodes and their blob store
-    "splitup.cli.node",
-    "splitup.cli.store",
+    "node": "splitup.cli.node",
+    "store": "splitup.cli.store",
     # paying for it: the chain, wallets, the market program
-    "splitup.cli.ledger",
-    "splitup.cli.wallet",
-    "splitup.cli.market",
+    "ledger": "splitup.cli.ledger",
+    "wallet": "splitup.cli.wallet",
+    "market": "splitup.cli.market",
     # using it, the economics behind it, and all of it at once
-    "splitup.cli.gateway",
-    "splitup.cli.econ",
-    "splitup.cli.demo",
-)
+    "gateway": "splitup.cli.gateway",
+    "econ": "splitup.cli.econ",
+    "demo": "splitup.cli.demo",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; given the arguments, only the named command's module is imported (they pull in onnx,
+    solana-py, FastAPI: a second or more of start-up that every node, daemon and CLI call would pay)."""
     parser = argparse.ArgumentParser(
         prog="splitup",
         description="Run models too large for one GPU across many, paid for and verified on Solana.",
     )
     parser.add_argument("--version", action="version", version=f"splitup {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for path in COMMANDS:
-        importlib.import_module(path).register(sub)
+    first = next((a for a in argv or () if not a.startswith("-")), None)
+    for name, path in COMMANDS.items():
+        if first not in COMMANDS or name == first:
+            importlib.import_module(path).register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # what was typed: a config file fills the rest
+    typed = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(typed)
+    args = parser.parse_args(typed)
+    args.argv = typed  # what was typed: a config file fills the rest
     if not getattr(args, "func", None):
         parser.print_help()
         return 1

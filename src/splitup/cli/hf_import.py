@@ -1,29 +1,65 @@
-"""``splitup import``: a local Hugging Face model directory as a validated ONNX file for ``splitup plan``."""
+"""``splitup import``: a local Hugging Face model directory, a ``.keras`` file or a TensorFlow SavedModel
+directory as a validated ONNX file for ``splitup plan``."""
 
 from __future__ import annotations
 
 import argparse
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from splitup.errors import SplitUpError
 from splitup.units import format_bytes
+
+if TYPE_CHECKING:
+    import onnx
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "import",
-        help="turn a local Hugging Face model directory into a validated ONNX file, offline",
-        description="Reads config.json and *.safetensors (Llama, GPT-2 and BERT families), builds the graph, "
-        "binds the weights, declares the maxima of the symbolic dims and validates the result. No network, "
-        "no torch. Then: splitup plan MODEL.onnx --vram 8GiB --out plan/",
+        help="turn a local Hugging Face model directory, a .keras file or a SavedModel into a validated ONNX file",
+        description="A Hugging Face directory: reads config.json and *.safetensors (Llama, GPT-2 and BERT "
+        "families), builds the graph, binds the weights, declares the maxima of the symbolic dims and validates "
+        "the result (no network, no torch). A .keras file or a SavedModel directory (saved_model.pb) goes through "
+        "splitup.models.tf_import (extra: splitup[tensorflow]); its dynamic dims are named batch, d1, d2... and "
+        "need --dim-max. Then: splitup plan MODEL.onnx --vram 8GiB --out plan/",
     )
-    p.add_argument("directory", help="the model directory (config.json + *.safetensors)")
+    p.add_argument("directory", help="the model: a directory (config.json + *.safetensors, or a SavedModel) "
+                   "or a .keras file")
     p.add_argument("--out", required=True, help="the ONNX file to write (weights inside)")
     p.add_argument("--max-seq", type=int, default=None,
                    help="maximum tokens per call (default: the family's, at most the model's context)")
-    p.add_argument("--max-batch", type=int, default=None, help="BERT only: maximum batch size")
+    p.add_argument("--max-batch", type=int, default=None,
+                   help="maximum batch size (BERT; for Keras/TensorFlow the maximum of 'batch', default 1)")
+    p.add_argument("--dim-max", default="", metavar="NAME=N,...",
+                   help="Keras/TensorFlow: the maximum of each other dynamic dim, e.g. d1=128")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16"))
     p.set_defaults(func=run)
+
+
+def is_tensorflow_source(path: Path) -> bool:
+    """A .keras file or a SavedModel directory: the TensorFlow / Keras importer's, not the Hugging Face one's."""
+    return path.suffix == ".keras" or (path / "saved_model.pb").is_file()
+
+
+def dim_maxima(text: str, max_batch: int | None) -> dict[str, int]:
+    out = {"batch": max_batch or 1}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition("=")
+        if not name or not value.isdigit() or int(value) < 1:
+            raise SplitUpError(f"--dim-max: {part!r} is not NAME=N with N >= 1")
+        out[name.strip()] = int(value)
+    return out
+
+
+def _import_tensorflow(args: argparse.Namespace, path: Path) -> onnx.ModelProto:
+    from splitup.models.tf_import import import_tensorflow
+
+    if args.dtype != "float32" or args.max_seq is not None:
+        raise SplitUpError("--dtype and --max-seq apply to Hugging Face directories; a Keras or TensorFlow "
+                           "model keeps its dtypes, and its dynamic dims take --dim-max")
+    return import_tensorflow(path, dim_max=dim_maxima(args.dim_max, args.max_batch))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,7 +69,13 @@ def run(args: argparse.Namespace) -> int:
     from splitup.models.hf_import import import_hf
 
     t0 = time.perf_counter()
-    model = import_hf(args.directory, dtype=args.dtype, max_seq=args.max_seq, max_batch=args.max_batch)
+    source = Path(args.directory)
+    if is_tensorflow_source(source):
+        model = _import_tensorflow(args, source)
+    elif args.dim_max:
+        raise SplitUpError("--dim-max applies to a .keras file or a SavedModel directory")
+    else:
+        model = import_hf(args.directory, dtype=args.dtype, max_seq=args.max_seq, max_batch=args.max_batch)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

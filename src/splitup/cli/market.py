@@ -14,7 +14,7 @@ from splitup.cli._market_opts import add_network, amount_of, lamports_of, market
 from splitup.errors import SplitUpError
 from splitup.market.accounts import node_endpoint
 from splitup.market.constants import TaskStatus
-from splitup.market.market import MarketParams
+from splitup.market.market import MarketParams, heartbeat_fresh
 from splitup.market.transport import program_bytes
 from splitup.market.wallet import default_keypair_path, load_keypair, save_keypair
 
@@ -52,6 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     init.add_argument("--new-node-half-life", type=int, default=d.new_node_half_life, help="honest tasks")
     init.add_argument("--failed-bps", type=int, default=d.failed_bps, help="rate after a failed verdict")
     init.add_argument("--failed-half-life", type=int, default=d.failed_half_life, help="honest tasks")
+    init.add_argument("--heartbeat-window-slots", type=int, default=d.heartbeat_window_slots,
+                      help="nodes silent on chain longer are not routed to nor drawn as validators (0: off)")
     init.set_defaults(func=cmd_init)
 
     cfg = sub.add_parser("config", help="show the market config")
@@ -125,7 +127,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         slash_bps=args.slash_bps, validator_reward=args.validator_reward, protocol_fee_bps=args.protocol_fee_bps,
         unbonding_slots=args.unbonding_slots, validator_timeout_slots=args.validator_timeout_slots,
         new_node_bps=args.new_node_bps, new_node_half_life=args.new_node_half_life, failed_bps=args.failed_bps,
-        failed_half_life=args.failed_half_life)
+        failed_half_life=args.failed_half_life, heartbeat_window_slots=args.heartbeat_window_slots)
     res = m.init_config(m.payer, params)
     print(f"market config {m.config_address} created ({res.signature})")
     return 0
@@ -147,15 +149,19 @@ def cmd_config(args: argparse.Namespace) -> int:
           f"validator reward   max({sol(c.validator_reward)}, {c.validator_reward_bps / 100:.0f}% of the price), "
           f"only with proof of re-execution\n"
           f"windows            job <= {c.max_deadline_slots}, task <= {c.max_task_timeout_slots}, arbiter "
-          f"{c.arbiter_timeout_slots}, reveal {c.reveal_slots}, validator lottery {c.validator_ramp_slots} slots")
+          f"{c.arbiter_timeout_slots}, reveal {c.reveal_slots}, validator lottery {c.validator_ramp_slots} slots\n"
+          f"heartbeat window   {c.heartbeat_window_slots or 'off'}{' slots' if c.heartbeat_window_slots else ''}")
     return 0
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:
-    for address, n in market_from(args).nodes():
+    m = market_from(args)
+    cfg, slot = m.config(), m.t.slot()
+    for address, n in m.nodes():
+        beat = "fresh" if heartbeat_fresh(n, cfg, slot) else "stale"
         print(f"{address} owner {n.owner} stake {sol(n.stake)} locked {sol(n.locked)} vram {n.vram >> 30} GiB "
               f"done {n.tasks_done} verified {n.verified} failed {n.failed} liveness faults {n.liveness_faults} "
-              f"reputation {n.reputation} {node_endpoint(n)}")
+              f"reputation {n.reputation} heartbeat {slot - n.last_heartbeat} slots ago ({beat}) {node_endpoint(n)}")
     return 0
 
 

@@ -23,6 +23,16 @@ def _byte_size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"not a positive number of minutes: {text!r}")
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("node", help="run a node daemon or query one",
                               description="A node holds pipeline tasks, runs hops and passes activations on.")
@@ -66,6 +76,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--primary", default=None, metavar="IDS",
                    help="comma-separated task ids taken at once (default: all --tasks; others only as a stand-in)")
     m.add_argument("--poll", type=float, default=0.25, metavar="S", help="seconds between looks at the chain")
+    m.add_argument("--chain-heartbeat", type=_minutes, default=None, metavar="MIN",
+                   help="minutes between on-chain heartbeats (default 5; sooner if the market's window needs it)")
     s.set_defaults(func=start, start_parser=s)
     q = sub.add_parser("status", help="print a node's capability report")
     q.add_argument("--url", default="http://127.0.0.1:8700")
@@ -81,7 +93,8 @@ def _check_market_args(args: argparse.Namespace) -> None:
     """What --market needs, and market options given without it (silently ignoring them would surprise)."""
     if not args.market:
         given = [o for o, v in (("--stake", args.stake), ("--vram", args.vram), ("--primary", args.primary),
-                                ("--keypair", args.keypair)) if v is not None]
+                                ("--keypair", args.keypair), ("--chain-heartbeat", args.chain_heartbeat))
+                 if v is not None]
         if given:
             raise SplitUpError(f"{', '.join(given)} only apply with --market")
         return
@@ -123,13 +136,15 @@ def start(args: argparse.Namespace) -> int:
     task_ids = _ids(args.tasks)
     if args.market:
         from splitup.market.wallet import default_keypair_path, load_keypair
+        from splitup.node.heartbeat import DEFAULT_CHAIN_HEARTBEAT_MIN
         from splitup.node.market import serve_market_node
 
         owner = load_keypair(args.keypair or default_keypair_path())
         serve_market_node(config, owner, rpc_url=args.rpc_url, program_id=args.program_id, store_url=args.store,
                           host=args.host, port=args.port, task_ids=task_ids, stake=args.stake, vram=args.vram,
                           primary=None if args.primary is None else _ids(args.primary), poll_s=args.poll,
-                          log_level=args.log_level, drain_timeout_s=args.drain_timeout)
+                          log_level=args.log_level, drain_timeout_s=args.drain_timeout,
+                          chain_heartbeat_s=60 * (args.chain_heartbeat or DEFAULT_CHAIN_HEARTBEAT_MIN))
         return 0
     node = build_node(config, task_ids=task_ids, bundles=args.bundle)
     serve(node, args.host, args.port, log_level=args.log_level)

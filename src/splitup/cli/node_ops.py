@@ -50,9 +50,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_network(rp)
     rp.set_defaults(func=cmd_report)
 
-    wait = sub.add_parser("wait", help="wait until a market node is ready (preloaded, registered, taking jobs)")
+    wait = sub.add_parser("wait", help="wait until a node is ready (tasks preloaded; a market node also "
+                                       "registered and taking jobs)")
     wait.add_argument("--url", default="http://127.0.0.1:8700")
     wait.add_argument("--timeout", type=float, default=300.0, metavar="S")
+    wait.add_argument("--pid", type=int, default=None,
+                      help="the node's process id (e.g. $! after starting it with &): stop waiting at once if it exits")
     wait.set_defaults(func=cmd_wait)
 
     stop = sub.add_parser("stop", help="drain and stop a node started with --pid-file (SIGTERM, then wait)")
@@ -196,13 +199,19 @@ def _print_report(r) -> None:  # noqa: ANN001 - NodeReport
 def cmd_wait(args: argparse.Namespace) -> int:
     import httpx
 
-    url = args.url.rstrip("/") + "/market/startup"
+    base = args.url.rstrip("/")
     deadline = time.monotonic() + args.timeout
     last = "no answer"
     while time.monotonic() < deadline:
+        if args.pid is not None and not _alive(args.pid):
+            raise SplitUpError(f"{args.url}: the node process {args.pid} exited before it was ready ({last}); "
+                               "see its output")
         try:
-            state = httpx.get(url, timeout=5).json()
-        except (httpx.HTTPError, ValueError) as exc:
+            r = httpx.get(base + "/market/startup", timeout=5)
+            # A node without --market preloads its tasks before it listens: answering is being ready.
+            state = {"phase": "ready", "preloaded": len(httpx.get(base + "/health", timeout=5).json()["tasks"])} \
+                if r.status_code == 404 else r.json()
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
             last = f"no answer ({type(exc).__name__})"
         else:
             if state.get("phase") == "ready":
@@ -213,6 +222,21 @@ def cmd_wait(args: argparse.Namespace) -> int:
             last = f"{state.get('phase')} ({state.get('preloaded')}/{state.get('tasks')} tasks loaded)"
         time.sleep(0.25)
     raise SplitUpError(f"{args.url} not ready after {args.timeout:.0f} s: {last}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a child that exited but was not reaped yet is a zombie: gone for our purposes
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 def cmd_stop(args: argparse.Namespace) -> int:

@@ -79,11 +79,14 @@ function drawNodes(nodes) {
     nodeNames[n.address] = name;
     const hb = n.heartbeat;
     const beat = hb.alive ? chip("alive " + hb.age_s + "s", "alive", "heartbeat") : chip(hb.age_s == null ? "no heartbeat" : "silent " + hb.age_s + "s", "dead", "heartbeat");
+    const cb = n.chain_heartbeat;
+    const onChain = chip("chain " + cb.age_slots + " slots ago" + (cb.fresh ? "" : " (stale)"), cb.fresh ? "alive" : "dead", "chain-heartbeat");
+    onChain.title = "last HEARTBEAT at slot " + cb.slot + " (window " + (cb.window_slots || "off") + "); v" + cb.version + ", " + cb.free_sessions + " free sessions, " + (cb.engines.join(", ") || "no engines");
     const specs = n.specialized.map((s) => chip((s.model || "?") + " #" + (s.index ?? "?"), "spec"));
     const tr = el("tr", { class: "node-row" },
       el("td", {}, el("strong", { text: name }), el("div", { class: "mono muted", text: short(n.address) })),
       el("td", { class: "mono", text: n.endpoint }),
-      el("td", {}, beat, el("div", { class: "muted", text: hb.hops_done != null ? hb.hops_done + " hops" : "" })),
+      el("td", {}, beat, onChain, el("div", { class: "muted", text: hb.hops_done != null ? hb.hops_done + " hops" : "" })),
       el("td", { text: sol(n.stake) }),
       el("td", { text: sol(n.locked) }),
       el("td", { text: mib(n.vram) }),

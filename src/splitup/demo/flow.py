@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 from solders.keypair import Keypair
 
 from splitup.demo.models import DemoModel, load_demo_model, node_budgets
@@ -57,6 +58,7 @@ class NodeRow:
     tasks_done: int
     verified: int
     failed: int
+    heartbeats: int = 0  # on-chain heartbeats the node sent during the job (each paid its fee)
 
 
 @dataclass
@@ -257,7 +259,7 @@ def run_demo(opts: DemoOptions, progress: Ui | None = None,
         market = connect(net.rpc_url, net.wallets["authority"])
         owners = {name: net.wallets[name].pubkey() for name in net.node_names}
         client_kp = net.wallets["client"]
-        before = _accounts(market, owners, client_kp)
+        before = _accounts(market, owners, client_kp, net)
 
         ui.say(f"[bold]4. Job[/bold]: the client escrows the fee and generates {opts.max_tokens} tokens through the "
                f"nodes (PoSP verification rate {opts.verify_rate_bps / 100:.0f}% in this demo; the chain default is 8%)")
@@ -278,7 +280,7 @@ def run_demo(opts: DemoOptions, progress: Ui | None = None,
         assert completion is not None and completion.report is not None
         timings["job"] = time.perf_counter() - t0
         timings.update({f"job.{k}": v for k, v in completion.timings.items()})
-        after = _accounts(market, owners, client_kp)
+        after = _accounts(market, owners, client_kp, net)
         config_after = market.config()
         by_address = {str(market.node_address(pk)): name for name, pk in owners.items()}
         report = completion.report
@@ -294,7 +296,8 @@ def run_demo(opts: DemoOptions, progress: Ui | None = None,
             nodes=[NodeRow(name, str(owners[name]), str(market.node_address(owners[name])), net.nodes[k].url,
                            budgets[k], net.holds[k], net.primary[k], before["stake"][name], after["stake"][name],
                            before["balance"][name], after["balance"][name], after["node"][name].tasks_done,
-                           after["node"][name].verified, after["node"][name].failed)
+                           after["node"][name].verified, after["node"][name].failed,
+                           after["heartbeats"][name] - before["heartbeats"][name])
                    for k, name in enumerate(owners)],
             client_before=before["client"], client_after=after["client"], escrow_deposit=report.deposit,
             escrow_paid=report.paid, refund=report.refund, fees=sum(t.fee for t in report.tasks),
@@ -314,15 +317,27 @@ def run_demo(opts: DemoOptions, progress: Ui | None = None,
         return summary
 
 
-def _accounts(market, owners: dict[str, Any], client: Keypair) -> dict[str, Any]:  # noqa: ANN001
-    nodes = {name: market.node(pk) for name, pk in owners.items()}
-    return {
-        "client": market.t.balance(client.pubkey()),
-        "balance": {name: market.t.balance(pk) for name, pk in owners.items()},
-        "stake": {name: n.stake for name, n in nodes.items()},
-        "node": nodes,
-        "treasury": market.config().treasury,
-    }
+def _accounts(market, owners: dict[str, Any], client: Keypair, net: Any) -> dict[str, Any]:  # noqa: ANN001
+    """Balances and node records, with the count of on-chain heartbeats each node had sent by then (read
+    on both sides of the balances, again if a beat landed in between, so the two agree)."""
+    while True:
+        beats = _heartbeats(net)
+        nodes = {name: market.node(pk) for name, pk in owners.items()}
+        out = {
+            "client": market.t.balance(client.pubkey()),
+            "balance": {name: market.t.balance(pk) for name, pk in owners.items()},
+            "stake": {name: n.stake for name, n in nodes.items()},
+            "node": nodes,
+            "treasury": market.config().treasury,
+            "heartbeats": beats,
+        }
+        if _heartbeats(net) == beats:
+            return out
+
+
+def _heartbeats(net: Any) -> dict[str, int]:
+    return {c.name: int(httpx.get(c.url + "/market/agent", timeout=10).json()["stats"].get("heartbeats", 0))
+            for c in net.nodes}
 
 
 def _serve_console(ui: Ui, net: LocalMarket, port: int) -> None:

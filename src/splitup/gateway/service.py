@@ -167,7 +167,7 @@ class GatewayService:
             if e.manifest.kind != "decoder":
                 continue
             caps = market_capacity(snap.nodes, snap.config, e.task_ids(), [int(t.price) for t in e.info.tasks],
-                                   statuses, exclude_owner=self.client.payer.pubkey())
+                                   statuses, exclude_owner=self.client.payer.pubkey(), slot=snap.slot)
             room[e.name] = (min((c.slots for c in caps), default=0), shortfall(caps))
         with self._lock:
             self._room = room

@@ -1,4 +1,4 @@
-"""The console's JSON: models with their tasks and VRAM, nodes with stake, specialisations, heartbeat and
+"""The console's JSON: models with their tasks and VRAM, nodes with stake, specialisations, heartbeats and
 reputation, jobs with per-task status, verification outcome and payments. Amounts are integer lamports."""
 
 from __future__ import annotations
@@ -7,8 +7,9 @@ import time
 from typing import Any
 
 from splitup.gateway.service import GatewayService
-from splitup.market.accounts import node_endpoint, node_specialized
+from splitup.market.accounts import node_endpoint, node_engines, node_specialized, node_version
 from splitup.market.constants import TaskStatus
+from splitup.market.market import heartbeat_fresh
 from splitup.sdk.reports import FINAL_TASK, job_report
 
 
@@ -80,6 +81,11 @@ def nodes(svc: GatewayService) -> list[dict[str, Any]]:
             "heartbeat": {"alive": age is not None and age < 3 * svc.heartbeat_s + 2,
                           "age_s": None if age is None else round(age, 1), "uptime_s": status.get("uptime_s"),
                           "hops_done": status.get("hops_done"), "sessions": status.get("sessions")},
+            # what routing goes by: the node's last HEARTBEAT on chain against the config's window
+            "chain_heartbeat": {"slot": n.last_heartbeat, "age_slots": max(0, s.slot - n.last_heartbeat),
+                                "window_slots": s.config.heartbeat_window_slots,
+                                "fresh": heartbeat_fresh(n, s.config, s.slot), "free_sessions": n.free_sessions,
+                                "engines": node_engines(n), "version": node_version(n)},
         })
     return out
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from splitup.market.constants import AccountTag
+from splitup.market.constants import ENGINE_NAMES, AccountTag
 from splitup.market.errors import WrongAccountTypeError
 from splitup.market.layout import Config, JobHeader, ModelHeader, ModelTask, Node, TaskSlot
 
@@ -60,3 +61,23 @@ def node_endpoint(node: Node) -> str:
 
 def node_specialized(node: Node) -> list[bytes]:
     return [node.specialized[i * 32 : (i + 1) * 32] for i in range(node.special_count)]
+
+
+def engines_mask(names: Iterable[str]) -> int:
+    """The ``engines`` bits of a node that runs ``names`` (unknown engines have no bit)."""
+    return sum(1 << i for i, e in enumerate(ENGINE_NAMES) if e in set(names))
+
+
+def node_engines(node: Node) -> list[str]:
+    return [e for i, e in enumerate(ENGINE_NAMES) if node.engines >> i & 1]
+
+
+def version_code(text: str) -> int:
+    """``"1.2.3"`` as the u32 a heartbeat carries (major << 16 | minor << 8 | patch, each capped at 255)."""
+    parts = [int(p) if p.isdigit() else 0 for p in text.split("+")[0].split(".")[:3]] + [0, 0, 0]
+    return sum(min(255, v) << shift for v, shift in zip(parts[:3], (16, 8, 0), strict=True))
+
+
+def node_version(node: Node) -> str:
+    v = node.version
+    return f"{v >> 16}.{v >> 8 & 255}.{v & 255}"

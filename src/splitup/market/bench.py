@@ -44,6 +44,7 @@ def measure(tasks: int = MAX_TASKS) -> dict[str, int]:
     rec("register_node", lambda: m.register_node(b, 100 * LAMPORTS_PER_SOL, vram=1 << 34))
     rec("register_node", lambda: m.register_node(c, 100 * LAMPORTS_PER_SOL, vram=1 << 34))
     rec("add_stake", lambda: m.add_stake(a, LAMPORTS_PER_SOL))
+    rec("heartbeat", lambda: m.heartbeat(a, free_sessions=64, engines=3, version=256))
     rec("specialize", lambda: m.specialize(a, [_h(f"t{i}") for i in range(8)]))
     entries = [ModelTask(task_id=_h(f"t{i}"), vram=1 << 30, price=10_000_000) for i in range(tasks)]
     model = m.model_address(client.pubkey(), _h("model"))

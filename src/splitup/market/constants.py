@@ -14,6 +14,10 @@ MAX_SPECIALIZED = 8
 # funds for good either.
 MAX_WINDOW_SLOTS = 1_000_000
 DEFAULT_VERIFY_RATE_BPS = 800
+# 15 minutes at 400 ms slots: three of a node's default 5-minute heartbeats
+DEFAULT_HEARTBEAT_WINDOW_SLOTS = 2_250
+# bit i of a node's ``engines`` mask: it runs ENGINE_NAMES[i]
+ENGINE_NAMES = ("onnxruntime", "tinygrad")
 
 SEED_CONFIG = b"config"
 SEED_MODEL = b"model"
@@ -80,6 +84,7 @@ class Ix(IntEnum):
     RECEIVE_INPUT = 21
     RELEASE_TASK = 22
     TAKE_OVER = 23
+    HEARTBEAT = 24
 
 
 class ErrorCode(IntEnum):
@@ -118,3 +123,5 @@ class ErrorCode(IntEnum):
     BAD_SECRET = 31
     NOT_DRAWN = 32
     INPUT_RECEIVED = 33
+    # 34 and 35 are taken by branch hr (BAD_EVIDENCE, NO_MISMATCH)
+    STALE_HEARTBEAT = 36

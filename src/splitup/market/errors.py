@@ -224,6 +224,12 @@ class InputReceivedError(ProgramError):
     code = ErrorCode.INPUT_RECEIVED
 
 
+class StaleHeartbeatError(ProgramError):
+    """The node's last heartbeat is older than the market's heartbeat window: it is not taken for alive."""
+
+    code = ErrorCode.STALE_HEARTBEAT
+
+
 ERRORS: dict[int, type[ProgramError]] = {int(cls.code): cls for cls in ProgramError.__subclasses__() if cls.code}
 
 _CUSTOM = re.compile(r"Custom\((\d+)\)")

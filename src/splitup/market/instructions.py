@@ -21,6 +21,7 @@ from splitup.market.layout import (
     ArbitrateArgs,
     CommitArgs,
     HashArgs,
+    HeartbeatArgs,
     InitConfigArgs,
     ModelTask,
     PostJobArgs,
@@ -80,6 +81,11 @@ def register_node(pid: Pubkey, owner: Pubkey, stake: int, vram: int, engines: in
     return _ix(pid, Ix.REGISTER_NODE,
                [_w(owner, True), _w(node_pda(pid, owner)), _r(config_pda(pid)), _r(SYSTEM_PROGRAM)],
                RegisterNodeArgs(stake=stake, vram=vram, engines=engines, endpoint=raw.ljust(64, b"\0")))
+
+
+def heartbeat(pid: Pubkey, owner: Pubkey, free_sessions: int, engines: int, version: int) -> Instruction:
+    return _ix(pid, Ix.HEARTBEAT, [_r(owner, True), _w(node_pda(pid, owner))],
+               HeartbeatArgs(free_sessions=free_sessions, engines=engines, version=version))
 
 
 def add_stake(pid: Pubkey, owner: Pubkey, amount: int) -> Instruction:

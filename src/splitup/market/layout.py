@@ -155,6 +155,8 @@ class Config(Record):
     reveal_slots: int = wire(U64)
     validator_ramp_slots: int = wire(U64)
     validator_reward_bps: int = wire(U64)  # a check pays max(validator_reward, price * this)
+    # a node whose last HEARTBEAT is older than this is not routed to nor drawn as validator; 0: not tracked
+    heartbeat_window_slots: int = wire(U64)
 
 
 @dataclass(kw_only=True)
@@ -207,6 +209,10 @@ class Node(Record):
     liveness_faults: int = wire(U64)
     endpoint: bytes = wire(BYTES(64))
     specialized: bytes = wire(BYTES(32 * 8))
+    # the node's last HEARTBEAT (registration counts as one) and the status it reported then
+    last_heartbeat: int = wire(U64)
+    free_sessions: int = wire(U32)  # more generations the node could take at that beat
+    version: int = wire(U32)  # its software, major << 16 | minor << 8 | patch
 
 
 @dataclass(kw_only=True)
@@ -305,6 +311,7 @@ class InitConfigArgs(Record):
     reveal_slots: int = wire(U64)
     validator_ramp_slots: int = wire(U64)
     validator_reward_bps: int = wire(U64)  # a check pays max(validator_reward, price * this)
+    heartbeat_window_slots: int = wire(U64)
 
 
 @dataclass(kw_only=True)
@@ -416,6 +423,17 @@ class ArbitrateArgs(Record):
     _pad0: bytes = pad(7)
 
 
+@dataclass(kw_only=True)
+class HeartbeatArgs(Record):
+    """The status a node stamps on its account with the slot (``engines`` replaces the registered mask)."""
+
+    C_NAME: ClassVar[str] = "HeartbeatArgs"
+    free_sessions: int = wire(U32)
+    engines: int = wire(U32)
+    version: int = wire(U32)
+    _pad0: bytes = pad(4)
+
+
 ACCOUNT_LAYOUTS: tuple[type[Record], ...] = (Config, ModelTask, ModelHeader, Node, TaskSlot, JobHeader)
 ARG_LAYOUTS: tuple[type[Record], ...] = (
     InitConfigArgs,
@@ -432,4 +450,5 @@ ARG_LAYOUTS: tuple[type[Record], ...] = (
     SecretArgs,
     VerdictArgs,
     ArbitrateArgs,
+    HeartbeatArgs,
 )

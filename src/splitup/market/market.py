@@ -24,7 +24,13 @@ from splitup.market.accounts import (
     decode_model,
     decode_node,
 )
-from splitup.market.constants import BPS, DEFAULT_VERIFY_RATE_BPS, AccountTag, TaskStatus
+from splitup.market.constants import (
+    BPS,
+    DEFAULT_HEARTBEAT_WINDOW_SLOTS,
+    DEFAULT_VERIFY_RATE_BPS,
+    AccountTag,
+    TaskStatus,
+)
 from splitup.market.errors import MarketError
 from splitup.market.layout import Config, InitConfigArgs, ModelTask, Node, TaskSlot
 from splitup.market.pda import config_pda, escrow_pda, job_pda, model_pda, node_pda
@@ -66,6 +72,8 @@ class MarketParams:
     validator_ramp_slots: int = 8
     # a check costs the validator about what the task cost its node: it is paid about the price
     validator_reward_bps: int = 10_000
+    # nodes silent for longer are skipped by routing and refused as validators (never slashed); 0: off
+    heartbeat_window_slots: int = DEFAULT_HEARTBEAT_WINDOW_SLOTS
 
     @classmethod
     def flat(cls, rate_bps: int, **kw: int) -> MarketParams:
@@ -111,6 +119,13 @@ def task_terms(params: MarketParams | Config, price: int, collateral: int = 0) -
         rate = min(BPS, price * BPS // caught + 1)
     reward = task_reward(params.validator_reward, params.validator_reward_bps, price)
     return TaskTerms(price, collateral, at_risk, rate, reward)
+
+
+def heartbeat_fresh(node: Node, config: Config | MarketParams, slot: int) -> bool:
+    """Whether ``node`` beat within the config's heartbeat window at ``slot`` (always, with no window):
+    the program's test in ``assign_validator``, and what routing skips stale nodes by."""
+    window = config.heartbeat_window_slots
+    return window == 0 or slot - node.last_heartbeat <= window
 
 
 def seal_of(digest: bytes) -> bytes:
@@ -179,6 +194,11 @@ class Market:
         """Every registered node (one getProgramAccounts call)."""
         return [(k, decode_node(d)) for k, d in self._of_tag(AccountTag.NODE)]
 
+    def live_nodes(self) -> list[tuple[Pubkey, Node]]:
+        """The registered nodes whose last heartbeat is within the config's window (``heartbeat_fresh``)."""
+        cfg, slot = self.config(), self.t.slot()
+        return [(k, n) for k, n in self.nodes() if heartbeat_fresh(n, cfg, slot)]
+
     def _of_tag(self, tag: AccountTag) -> list[tuple[Pubkey, bytes]]:
         return [(k, a.data) for k, a in self.t.program_accounts(self.program_id) if a.data and a.data[0] == tag]
 
@@ -228,6 +248,12 @@ class Market:
                           [owner])
         res.address = self.node_address(owner.pubkey())
         return res
+
+    def heartbeat(self, owner: Keypair, free_sessions: int = 0, engines: int = 1, version: int = 0) -> TxResult:
+        """Stamp the node's account with the current slot and its status (free session slots, engines
+        mask, software version): what keeps it routed to and drawable as a validator."""
+        return self.t.send([ix.heartbeat(self.program_id, owner.pubkey(), free_sessions, engines, version)],
+                           [owner])
 
     def add_stake(self, owner: Keypair, amount: int) -> TxResult:
         return self.t.send([ix.add_stake(self.program_id, owner.pubkey(), amount)], [owner])

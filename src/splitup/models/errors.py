@@ -5,3 +5,11 @@ from splitup.errors import SplitUpError
 
 class ModelError(SplitUpError):
     """A real model cannot be found, read or used as asked."""
+
+
+class MissingExtraError(ModelError):
+    """A route needs an optional extra that is not installed; ``extra`` names it (``pip install 'splitup[extra]'``)."""
+
+    def __init__(self, message: str, extra: str) -> None:
+        super().__init__(message)
+        self.extra = extra

@@ -25,7 +25,7 @@ from typing import Any
 
 import onnx
 
-from splitup.models.errors import ModelError
+from splitup.models.errors import MissingExtraError, ModelError
 
 DEFAULT_OPSET = 17
 
@@ -34,8 +34,8 @@ def _keras() -> Any:
     try:
         import keras
     except ImportError as exc:
-        raise ModelError("importing a Keras model needs Keras 3: pip install 'splitup[tensorflow]' "
-                         "(or 'splitup[keras,torch]' with KERAS_BACKEND=torch)") from exc
+        raise MissingExtraError("importing a Keras model needs Keras 3: pip install 'splitup[tensorflow]' "
+                                "(or 'splitup[keras,torch]' with KERAS_BACKEND=torch)", "tensorflow") from exc
     return keras
 
 
@@ -44,7 +44,8 @@ def _tf() -> tuple[Any, Any]:
         import tensorflow as tf
         import tf2onnx
     except ImportError as exc:
-        raise ModelError("this route needs TensorFlow and tf2onnx: pip install 'splitup[tensorflow]'") from exc
+        raise MissingExtraError("this route needs TensorFlow and tf2onnx: pip install 'splitup[tensorflow]'",
+                                "tensorflow") from exc
     return tf, tf2onnx
 
 

@@ -22,6 +22,7 @@ from splitup.errors import SplitUpError
 from splitup.market.market import Market
 from splitup.node.agent import MarketAgent, RecordingNode
 from splitup.node.app import create_app
+from splitup.node.heartbeat import DEFAULT_CHAIN_HEARTBEAT_MIN, ChainHeartbeat
 from splitup.node.node import Node, NodeConfig
 from splitup.node.report import sampling_rate_bps
 from splitup.sdk.chain import connect
@@ -33,8 +34,10 @@ log = logging.getLogger("splitup.node.market")
 class Startup:
     """Preload, register, specialise, then start the agent; progress readable while it runs."""
 
-    def __init__(self, agent: MarketAgent, task_ids: list[str], stake: int, vram: int, endpoint: str) -> None:
+    def __init__(self, agent: MarketAgent, task_ids: list[str], stake: int, vram: int, endpoint: str,
+                 beat: Callable[[], object] | None = None) -> None:
         self.agent, self.task_ids, self.stake, self.vram, self.endpoint = agent, task_ids, stake, vram, endpoint
+        self.beat = beat  # the first on-chain heartbeat, sent before the node says it is ready
         self.preloaded = 0
         self.phase = "starting"
         self.error = ""
@@ -50,6 +53,8 @@ class Startup:
             if market.t.get_account(market.node_address(owner.pubkey())) is None:
                 market.register_node(owner, self.stake, self.vram, 1, self.endpoint)
             market.specialize(owner, [bytes.fromhex(t) for t in self.task_ids])
+            if self.beat is not None:
+                self.beat()
             self.agent.start()
             self.phase = "ready"
         except Exception as exc:
@@ -103,7 +108,8 @@ class MarketSummary:
             if market.t.get_account(self.agent.address) is not None:
                 n = market.node(owner)
                 out.update(stake=n.stake, locked=n.locked, tasks_done=n.tasks_done, verified=n.verified,
-                           failed=n.failed, sampling_rate_bps=sampling_rate_bps(market, n))
+                           failed=n.failed, sampling_rate_bps=sampling_rate_bps(market, n),
+                           chain_heartbeat_slot=n.last_heartbeat)
             self._cached = (time.monotonic(), out)
             return out
 
@@ -150,18 +156,23 @@ def drain(node: Node, agent: MarketAgent, timeout_s: float) -> dict[str, Any]:
 def serve_market_node(config: NodeConfig, owner: Keypair, *, rpc_url: str, program_id: Pubkey, store_url: str,
                       host: str, port: int, task_ids: Sequence[str], stake: int, vram: int,
                       primary: Collection[str] | None = None, poll_s: float = 0.25, cheat: Cheat | None = None,
-                      log_level: str = "warning", drain_timeout_s: float = 60.0) -> None:
+                      log_level: str = "warning", drain_timeout_s: float = 60.0,
+                      chain_heartbeat_s: float = DEFAULT_CHAIN_HEARTBEAT_MIN * 60) -> None:
     """Run a market node in the foreground until stopped; checks the chain first (``check_market_node``).
-    SIGTERM drains it (``drain``); a restart with the same keypair and cache resumes where it was."""
+    SIGTERM drains it (``drain``); a restart with the same keypair and cache resumes where it was. Once
+    registered it stamps its node account every ``chain_heartbeat_s`` (``ChainHeartbeat``)."""
     market = connect(rpc_url, owner, program_id)
     check_market_node(market, owner, task_ids, stake)
     node = RecordingNode(config, cheat=cheat)
     agent = MarketAgent(market, owner, node, store_url, poll_s=poll_s,
                         primary=None if primary is None else set(primary))
-    startup = Startup(agent, list(task_ids), stake, vram, f"http://{host}:{port}")
+    # the hook beats once the node is ready; its first beat (its status on chain) comes before "ready"
+    beat = ChainHeartbeat(market, owner, node.engines, interval_s=chain_heartbeat_s, stats=agent.stats,
+                          ready=lambda: startup.phase == "ready")
+    startup = Startup(agent, list(task_ids), stake, vram, f"http://{host}:{port}",
+                      beat=lambda: beat.send(node.status()))
     summary = MarketSummary(agent)
-    # Watchers (the gateway, the console) poll GET /status; the heartbeat hook has nothing to push to.
-    app = create_app(node, heartbeat=lambda status: None, frames_host=host, market=summary)
+    app = create_app(node, heartbeat=beat, frames_host=host, market=summary)
     app.include_router(agent.router())
     app.add_api_route("/market/startup", startup.report, methods=["GET"])
     threading.Thread(target=startup.run, name="splitup-node-startup", daemon=True).start()

@@ -9,11 +9,11 @@ import shutil
 import tempfile
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -47,6 +47,13 @@ def _tinygrad_thread() -> ThreadPoolExecutor:
 
 _EXECUTOR: ThreadPoolExecutor | None = None
 _EXECUTOR_LOCK = threading.Lock()
+T = TypeVar("T")
+
+
+def on_tinygrad_thread(fn: Callable[[], T]) -> T:
+    """``fn()`` on the process's one tinygrad thread; any tinygrad use outside this engine must go here too,
+    or the kernel cache's sqlite connection ends up owned by a thread the engine never runs on."""
+    return _tinygrad_thread().submit(fn).result()
 
 
 class TinygradEngine(Engine):

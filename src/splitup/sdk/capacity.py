@@ -1,9 +1,9 @@
 """How many more jobs of a model the market can take now, per task: admission control reads this
 before any escrow moves.
 
-A task can be taken by a node that specialises in it (chain), has the collateral free to accept it
-(chain: stake - locked) and a free session slot (the node's ``GET /status``: its session count and
-cache-memory budget). The chain's ``accept`` stays the judge; this is the forecast that keeps a client
+A task can be taken by a node that specialises in it (chain), heartbeat within the config's window
+(chain: ``heartbeat_fresh``), has the collateral free to accept it (chain: stake - locked) and a free
+session slot (the node's ``GET /status``: its session count and cache-memory budget). The chain's ``accept`` stays the judge; this is the forecast that keeps a client
 from escrowing a job nobody can take.
 """
 
@@ -17,12 +17,13 @@ import httpx
 from solders.pubkey import Pubkey
 
 from splitup.market.accounts import node_endpoint, node_specialized
+from splitup.market.market import heartbeat_fresh
 
 
 @dataclass(frozen=True)
 class TaskCapacity:
     index: int
-    holders: int  # nodes specialising in the task
+    holders: int  # nodes specialising in the task (and heartbeating on chain, when the slot is known)
     live: int  # of them: answering /status with the task loaded
     slots: int  # more jobs the task could take now
 
@@ -35,11 +36,12 @@ def task_collateral(config: Any, price: int) -> int:
 
 def market_capacity(nodes: Sequence[tuple[Pubkey, Any]], config: Any, task_ids: Sequence[str],
                     prices: Sequence[int], statuses: Mapping[str, Mapping[str, Any] | None], *,
-                    exclude_owner: Pubkey | None = None) -> list[TaskCapacity]:
+                    exclude_owner: Pubkey | None = None, slot: int | None = None) -> list[TaskCapacity]:
     """Per task: holders, live holders and free job slots (min of collateral and sessions, summed).
 
     ``statuses`` maps a node endpoint to its last ``/status`` (None or absent: unreachable, no room).
-    A node owned by ``exclude_owner`` (the client itself) may not work on its own job.
+    A node owned by ``exclude_owner`` (the client itself) may not work on its own job. With ``slot`` (the
+    chain's), a node whose last on-chain heartbeat is older than the config's window is not counted at all.
     """
     out = []
     for index, (tid, price) in enumerate(zip(task_ids, prices, strict=True)):
@@ -48,6 +50,8 @@ def market_capacity(nodes: Sequence[tuple[Pubkey, Any]], config: Any, task_ids: 
         holders = live = slots = 0
         for _, n in nodes:
             if want not in node_specialized(n) or (exclude_owner is not None and n.owner == exclude_owner):
+                continue
+            if slot is not None and not heartbeat_fresh(n, config, slot):
                 continue
             holders += 1
             status = statuses.get(node_endpoint(n))

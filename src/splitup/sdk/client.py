@@ -32,7 +32,7 @@ from splitup.market.accounts import node_endpoint, node_specialized
 from splitup.market.constants import TaskStatus
 from splitup.market.errors import MarketError, TooEarlyError, TransactionFailed, WrongTaskStateError
 from splitup.market.localnet import DEFAULT_RPC_URL
-from splitup.market.market import Market
+from splitup.market.market import Market, heartbeat_fresh
 from splitup.market.transport import DEFAULT_PROGRAM_ID
 from splitup.market.wallet import default_keypair_path
 from splitup.sdk.capacity import TaskCapacity, fetch_statuses, market_capacity, shortfall
@@ -165,12 +165,13 @@ class Client:
     def capacity(self, model: str | CatalogEntry) -> list[TaskCapacity]:
         """Per task of the model: its holders, how many answer, and how many more jobs they can take now."""
         entry = self.plan(model) if isinstance(model, str) else model
-        nodes, config = self.market.nodes(), self.market.config()
+        nodes, config, slot = self.market.nodes(), self.market.config(), self.market.t.slot()
         want = {bytes.fromhex(t) for t in entry.task_ids()}
-        endpoints = sorted({node_endpoint(n) for _, n in nodes if want & set(node_specialized(n))})
+        endpoints = sorted({node_endpoint(n) for _, n in nodes
+                            if want & set(node_specialized(n)) and heartbeat_fresh(n, config, slot)})
         statuses = fetch_statuses(endpoints, self._http)
         return market_capacity(nodes, config, entry.task_ids(), [int(t.price) for t in entry.info.tasks], statuses,
-                               exclude_owner=self.payer.pubkey())
+                               exclude_owner=self.payer.pubkey(), slot=slot)
 
     def admit(self, entry: CatalogEntry, wait_s: float | None = None) -> None:
         """Return once every task of ``entry`` has a node that can take it; otherwise wait up to ``wait_s``
@@ -188,7 +189,8 @@ class Client:
             time.sleep(0.25)
 
     def route(self, job: Pubkey, entry: CatalogEntry) -> list[list[str]]:
-        """Wait until every task is accepted; per task the accepting node first, other holders as stand-ins."""
+        """Wait until every task is accepted; per task the accepting node first, other holders that
+        heartbeat within the config's window as stand-ins."""
         deadline = time.monotonic() + self.accept_timeout
         while True:
             info = self.market.job(job)
@@ -199,14 +201,22 @@ class Client:
                 raise NotAccepted(f"job {job}: no node accepted task(s) {open_} within {self.accept_timeout:.0f} s")
             time.sleep(0.1)
         nodes = dict(self.market.nodes())
+        live = set(self.live_holders(entry))
         routes = []
         for i, slot in enumerate(info.tasks):
             first = node_endpoint(nodes[slot.node])
             want = bytes.fromhex(entry.task_ids()[i])
             others = [node_endpoint(n) for k, n in sorted(nodes.items(), key=lambda kv: str(kv[0]))
-                      if k != slot.node and want in node_specialized(n) and node_endpoint(n)]
+                      if k != slot.node and k in live and want in node_specialized(n) and node_endpoint(n)]
             routes.append([first, *others])
         return routes
+
+    def live_holders(self, entry: CatalogEntry) -> list[Pubkey]:
+        """Nodes holding some task of ``entry`` whose last on-chain heartbeat is within the config's
+        window: those a job of it may be routed to (a node killed without warning drops out of this
+        list one window after its last beat)."""
+        want = {bytes.fromhex(t) for t in entry.task_ids()}
+        return [k for k, n in self.market.live_nodes() if want & set(node_specialized(n))]
 
     def place(self, entry: CatalogEntry, inputs_hash: bytes, *, on_job: Any = None,
               admit: bool = True) -> tuple[Pubkey, list[list[str]]]:

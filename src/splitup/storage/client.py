@@ -3,18 +3,47 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 
 from splitup.storage.blobstore import CHUNK, StorageError, is_sha256
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# A store and the nodes that read from it are often started together (a shell script, a compose file, a
+# systemd target): a store that is not listening yet is waited for this long before it counts as down.
+CONNECT_WAIT_S = 15.0
+
 
 class BlobClient:
-    def __init__(self, base_url: str, *, timeout: float = 60.0) -> None:
+    def __init__(self, base_url: str, *, timeout: float = 60.0, connect_wait_s: float = CONNECT_WAIT_S) -> None:
         self.base_url = base_url.rstrip("/")
+        self.connect_wait_s = connect_wait_s
         self._http = httpx.Client(timeout=timeout)
+
+    def _connected(self, call: Callable[[], T]) -> T:
+        """``call()``, retried while the store refuses connections (nothing was sent or received yet)."""
+        deadline = time.monotonic() + self.connect_wait_s
+        delay, warned = 0.1, False
+        while True:
+            try:
+                return call()
+            except httpx.ConnectError:
+                if time.monotonic() + delay > deadline:
+                    raise
+                if not warned:
+                    log.warning("store %s is not answering yet; waiting up to %.0f s", self.base_url,
+                                self.connect_wait_s)
+                    warned = True
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
     def close(self) -> None:
         self._http.close()
@@ -32,14 +61,20 @@ class BlobClient:
 
     def get_bytes(self, sha: str, *, max_bytes: int = 64 << 20) -> bytes:
         """A small blob in memory (definitions, plans), refused beyond ``max_bytes`` and checked by hash."""
-        try:
-            with self._http.stream("GET", self._url(sha)) as r:
+        url = self._url(sha)
+
+        def get() -> bytearray:
+            with self._http.stream("GET", url) as r:
                 _raise_for(r, sha)
                 data = bytearray()
                 for chunk in r.iter_bytes():
                     data += chunk
                     if len(data) > max_bytes:
                         raise StorageError(f"blob {sha[:12]} is larger than {max_bytes} bytes")
+                return data
+
+        try:
+            data = self._connected(get)
         except httpx.HTTPError as exc:
             raise StorageError(f"cannot fetch blob {sha[:12]} from {self.base_url}: {exc}") from None
         if hashlib.sha256(data).hexdigest() != sha:
@@ -50,10 +85,12 @@ class BlobClient:
         """Download to ``dest`` via ``dest.part``; an interrupted download resumes where it stopped."""
         dest = Path(dest)
         part = dest.with_name(dest.name + ".part")
-        have = part.stat().st_size if part.exists() else 0
-        headers = {"Range": f"bytes={have}-"} if have else {}
-        try:
-            with self._http.stream("GET", self._url(sha), headers=headers) as r:
+        url = self._url(sha)
+
+        def download() -> None:
+            have = part.stat().st_size if part.exists() else 0
+            headers = {"Range": f"bytes={have}-"} if have else {}
+            with self._http.stream("GET", url, headers=headers) as r:
                 # 416: the partial file is already complete (or longer); the hash check below decides.
                 if r.status_code != 416:
                     _raise_for(r, sha)
@@ -61,6 +98,9 @@ class BlobClient:
                     with open(part, "ab" if append else "wb") as f:
                         for chunk in r.iter_bytes(CHUNK):
                             f.write(chunk)
+
+        try:
+            self._connected(download)
         except httpx.HTTPError as exc:
             raise StorageError(f"download of {sha[:12]} from {self.base_url} interrupted: {exc}") from None
         if _sha256_file(part) != sha:
@@ -72,9 +112,13 @@ class BlobClient:
     def put(self, path: Path) -> str:
         """Upload a file to a writable store server; returns its sha256."""
         sha = _sha256_file(Path(path))
-        with open(path, "rb") as f:
-            r = self._http.put(self._url(sha), content=iter(lambda: f.read(CHUNK), b""))
-        _raise_for(r, sha)
+        url = self._url(sha)
+
+        def upload() -> httpx.Response:
+            with open(path, "rb") as f:
+                return self._http.put(url, content=iter(lambda: f.read(CHUNK), b""))
+
+        _raise_for(self._connected(upload), sha)
         return sha
 
 

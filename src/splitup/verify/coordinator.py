@@ -22,6 +22,7 @@ from solders.pubkey import Pubkey
 from splitup.market import Market
 from splitup.market.accounts import node_specialized
 from splitup.market.constants import TaskStatus
+from splitup.market.market import heartbeat_fresh
 from splitup.verify.cheats import Behaviour
 from splitup.verify.handoff import handoff_mismatches
 from splitup.verify.replay import LOGITS, estimated_flops
@@ -178,15 +179,18 @@ class JobRunner:
             step_feeds = {"input_ids": token[:, None]}
 
     def validator_candidates(self, job: Pubkey, index: int) -> list[Validator]:
-        """Validators allowed for the task: staked nodes holding it, never its node, never the client."""
+        """Validators allowed for the task: staked nodes holding it that heartbeat within the config's
+        window (the chain refuses the others), never its node, never the client."""
         info = self.market.job(job)
         node_owner = self.market.node_at(info.tasks[index].node).owner
         task_id = bytes.fromhex(task_id_of(self.market, job, index))
+        cfg, slot = self.market.config(), self.market.t.slot()
         out = []
         for v in self.validators:
             if v.pubkey in (node_owner, info.header.client):
                 continue
-            if task_id in node_specialized(self.market.node(v.pubkey)):
+            node = self.market.node(v.pubkey)
+            if task_id in node_specialized(node) and heartbeat_fresh(node, cfg, slot):
                 out.append(v)
         return out
 

@@ -94,15 +94,20 @@ def _configure_tinygrad() -> None:
 
 def run_tinygrad(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> Outputs:
     _configure_tinygrad()
-    from tinygrad import Tensor
-    from tinygrad.nn.onnx import OnnxRunner
+    from splitup.runtime.tiny import on_tinygrad_thread
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
-        path.write_bytes(model.SerializeToString())
-        runner = OnnxRunner(str(path))
-        out = runner({k: Tensor(np.ascontiguousarray(v)) for k, v in feeds.items()})
-    return {k: v.numpy() for k, v in out.items()}
+    def run() -> Outputs:
+        from tinygrad import Tensor
+        from tinygrad.nn.onnx import OnnxRunner
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.onnx"
+            path.write_bytes(model.SerializeToString())
+            runner = OnnxRunner(str(path))
+            out = runner({k: Tensor(np.ascontiguousarray(v)) for k, v in feeds.items()})
+        return {k: v.numpy() for k, v in out.items()}
+
+    return on_tinygrad_thread(run)
 
 
 def honest_engines(*, with_tinygrad: bool = False) -> dict[str, Runner]:
