@@ -2,16 +2,19 @@
 other, every cheat against every honest validator, and planted near-tie flips.
 
     .venv/bin/python bench/redteam.py [--model tiny-llama|smollm2-135m] [--prompts 6] [--tokens 16]
-                                      [--precisions fp32,fp16,bf16,int8,int4] [--full] [--reference]
+                                      [--precisions fp32,fp16,bf16,int8,int4] [--full] [--reference] [--tinygrad]
 
 Honest engines per precision class are ``splitup.verify.precision.HONEST`` (emulated fp16/bf16/TF32
 arithmetic on onnxruntime) with onnxruntime's optimisation levels and thread counts (``--full``: all of
 them for float32 as well), and ``--reference`` adds onnx.reference (float32 class; slow on real models).
-tinygrad needs a device (a clang for its CPU backend) and is left to tests/verify/test_compare.py.
-Prints the calibration table (honest maximum beside each cheat's minimum, per class) and the red-team
-table (per task and cheat: calls changed, calls that matter, detection). Exit status 1 on any honest
-failure or a detection below 99 % outside the documented exception (near-tie flips inside a
-half-precision class's own honest noise).
+``--tinygrad`` adds tinygrad's ONNX runner to the float32-arithmetic classes (its CPU backend needs a
+clang; it compiles kernels per shape, so it is slow, and left out of CI).
+Prints the calibration table (honest maximum beside each cheat's minimum, per class), the red-team
+table (per task and cheat: calls changed, calls that matter, detection) and the near-tie table: per
+class, how often its honest engines emit different tokens, how often the rule leaves a choice, and
+planted near-tie flips and steers caught beside the most any sound rule could catch (the share of them
+whose token no honest engine of the class emits itself). Exit status 1 on any honest failure, or a
+detection below 99 % except where that bound itself is below 99 %.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from splitup.verify.compare import PRECISION_CLASSES, tolerance_for
 from splitup.verify.sandbox import write_plan
 
 NEAR_TIE = {"top-token flip at near-ties", "top-token steer at near-ties"}
+FP32_ARITHMETIC = {"fp32", "int8", "int4"}  # classes whose honest engines compute in float32
 
 
 def build_plan(model: str, out: Path) -> int:
@@ -47,6 +51,43 @@ def build_plan(model: str, out: Path) -> int:
     return real.config.vocab_size
 
 
+def honest_rows(calib: Table, precision: str, where: str, pairs: dict) -> int:
+    """One calibration row for the worst of a class's honest pairs; returns their failures."""
+    worst = rt.Honest()
+    for h in pairs.values():
+        worst.calls += h.calls
+        worst.failures += h.failures
+        worst.rel_l2, worst.bad_fraction = max(worst.rel_l2, h.rel_l2), max(worst.bad_fraction, h.bad_fraction)
+        worst.logit_gap = max(worst.logit_gap, h.logit_gap)
+    engines = sorted({e for pair in pairs for e in pair})
+    calib.add_row(precision, f"honest, {len(pairs)} pairs {where}of {', '.join(engines)}", str(worst.calls),
+                  f"{worst.rel_l2:.3g}", f"{worst.bad_fraction:.3g}", f"{worst.logit_gap:.3g}", str(worst.failures))
+    return worst.failures
+
+
+def near_ties(precision: str, runs: dict, seeds: int, team: Table, ties: Table) -> tuple[int, bool]:
+    """Planted near-tie flips and steers, and how often the honest engines differ on the emitted tokens.
+    Returns the failures and whether 99 % is within what a sound rule can catch in this class."""
+    slack = tolerance_for(precision).token_slack
+    rows = [rt.logit_rows(run) for run in runs.values()]
+    planted: dict[str, rt.PlantedStats] = {}
+    failures = 0
+    for kind in ("flip", "steer"):
+        p = planted[kind] = rt.PlantedStats()
+        for seed in range(seeds):  # each seed plants a fresh gap in every row
+            p.add(rt.planted_near_ties(rows[0], rows[-1], slack, kind, np.random.default_rng(seed), rows[1:-1]))
+        ok = p.honest_failures == 0 and (p.detection >= 0.99 or p.bound < 0.99)
+        failures += not ok
+        team.add_row(precision, "last", f"planted near-tie {kind} ({p.rows} rows, honest failed "
+                     f"{p.honest_failures})", str(p.matter), str(p.matter),
+                     f"{p.caught}/{p.matter} ({p.detection:.1%})" + ("" if ok else " !"), "", "")
+    amb = rt.ambiguity({name: [r for seq in run.final_rows() for r in seq] for name, run in runs.items()}, slack)
+    ties.add_row(precision, str(len(runs)), str(amb.rows), f"{amb.split_rate:.2%}", f"{amb.choice_rate:.2%}",
+                 *(x for p in planted.values() for x in (f"{p.caught}/{p.matter} ({p.detection:.1%})",
+                                                         f"{p.bound:.1%}")))
+    return failures, min(p.bound for p in planted.values()) >= 0.99
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="tiny-llama", choices=["tiny-llama", "smollm2-135m"])
@@ -56,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precisions", default=",".join(PRECISION_CLASSES))
     ap.add_argument("--plant-seeds", type=int, default=3, help="planted near-ties per row of logits")
     ap.add_argument("--full", action="store_true", help="every onnxruntime setting for every arithmetic")
-    ap.add_argument("--reference", action="store_true", help="onnx.reference as a float32 engine")
+    ap.add_argument("--reference", action="store_true", help="onnx.reference as a float32-arithmetic engine")
+    ap.add_argument("--near-ties-only", action="store_true", help="only the near-tie table (e.g. on SmolLM2)")
+    ap.add_argument("--tinygrad", action="store_true", help="tinygrad's ONNX runner as a float32-arithmetic engine")
     args = ap.parse_args(argv)
     console = Console(width=160)
     start = time.perf_counter()
@@ -77,28 +120,31 @@ def main(argv: list[str] | None = None) -> int:
     for col in ("precision", "task", "cheat", "changed", "matter", "caught / matter", "caught / changed",
                 "min rel L2"):
         team.add_column(col, justify="left" if col in ("precision", "cheat") else "right")
+    ties = Table(title="Near-ties: emitted tokens on which the class's honest engines differ, on which the rule "
+                       "leaves a choice; planted flips / steers caught, and the most a sound rule could catch")
+    for col in ("precision", "engines", "emitted rows", "honest engines differ", "rule leaves a choice",
+                "flips caught", "flip bound", "steers caught", "steer bound"):
+        ties.add_column(col, justify="left" if col == "precision" else "right")
     failures = 0
     for precision in args.precisions.split(","):
         tol = tolerance_for(precision)
-        pairs = rt.honest_pairs(models, precision, sequences, full=args.full,
-                                reference=args.reference and precision == "fp32")
-        worst = rt.Honest()
-        for h in pairs.values():
-            worst.calls += h.calls
-            worst.failures += h.failures
-            worst.rel_l2, worst.bad_fraction = max(worst.rel_l2, h.rel_l2), max(worst.bad_fraction, h.bad_fraction)
-            worst.logit_gap = max(worst.logit_gap, h.logit_gap)
-        failures += worst.failures
-        engines = sorted({e for pair in pairs for e in pair})
-        calib.add_row(precision, f"honest, {len(pairs)} pairs of {', '.join(engines)}", str(worst.calls),
-                      f"{worst.rel_l2:.3g}", f"{worst.bad_fraction:.3g}", f"{worst.logit_gap:.3g}", str(worst.failures))
+        extra = {"reference": args.reference and precision in FP32_ARITHMETIC,
+                 "tinygrad": args.tinygrad and precision in FP32_ARITHMETIC}
+        runs = rt.honest_runs(models, precision, sequences, full=args.full, **extra)
+        fails, reachable = near_ties(precision, runs, args.plant_seeds, team, ties)
+        failures += fails
+        if args.near_ties_only:
+            console.print(f"[dim]{precision} done, {time.perf_counter() - start:.0f} s[/dim]")
+            continue
+        pairs = rt.honest_pairs(models, precision, sequences, full=args.full, runs=runs, **extra)
+        failures += honest_rows(calib, precision, "", pairs)
         calib.add_row("", "limit", "", f"{tol.max_rel_l2:g}", f"{tol.max_bad_fraction:g}", f"{tol.token_slack:g}", "")
         stats = rt.red_team(models, precision, sequences)
         mildest: dict[str, float] = {}
         for (k, name), s in stats.items():
             kind = name.split(" (")[0]
             mildest[kind] = min(mildest.get(kind, float("inf")), s.min_rel_l2)
-            ok = s.detection >= 0.99 or (name in NEAR_TIE and precision != "fp32")
+            ok = s.detection >= 0.99 or (name in NEAR_TIE and not reachable)
             failures += not ok
             team.add_row(precision, str(k), name, str(s.calls), str(s.matter),
                          f"{s.caught_matter}/{s.matter} ({s.detection:.1%})" + ("" if ok else " !"),
@@ -106,28 +152,17 @@ def main(argv: list[str] | None = None) -> int:
         for kind, v in mildest.items():
             if np.isfinite(v):
                 calib.add_row("", f"cheat: {kind}", "", f"{v:.3g}", "", "", "")
-        rows: dict[str, list] = {}
-        for e in rt.class_engines(precision, full=False, reference=False)[:1] + \
-                rt.class_engines(precision, full=False, reference=False)[-1:]:
-            run = rt.run_plan(rt.runners_for([(t, rt.stated_weights(m, precision)) for t, m in models], e),
-                              sequences)
-            rows[e.name] = [r for seq in run.outputs for call in seq
-                            for r in call[-1][rt.LOGITS].reshape(-1, call[-1][rt.LOGITS].shape[-1])]
-        a, b = rows.values()
-        for kind in ("flip", "steer"):
-            p = rt.PlantedStats()
-            for seed in range(args.plant_seeds):  # each seed plants a fresh gap in every row
-                q = rt.planted_near_ties(a, b, tol.token_slack, kind, np.random.default_rng(seed))
-                p.rows, p.honest_failures = p.rows + q.rows, p.honest_failures + q.honest_failures
-                p.matter, p.caught = p.matter + q.matter, p.caught + q.caught
-            ok = p.honest_failures == 0 and (p.detection >= 0.99 or precision != "fp32")
-            failures += not ok
-            team.add_row(precision, "last", f"planted near-tie {kind} ({p.rows} rows, honest failed "
-                         f"{p.honest_failures})", str(p.matter), str(p.matter),
-                         f"{p.caught}/{p.matter} ({p.detection:.1%})" + ("" if ok else " !"), "", "")
+        if precision in ("int8", "int4") and args.model == "tiny-llama":
+            # The task as a quantised bundle stores it (DequantizeLinear; onnxruntime fuses MatMulNBits)
+            with tempfile.TemporaryDirectory() as tmp:
+                write_plan(Path(tmp), dtype=precision)
+                bundle = rt.load_plan_models(Path(tmp))
+            failures += honest_rows(calib, "", "on the quantised bundle ",
+                                    rt.honest_pairs(bundle, precision, sequences, full=args.full, **extra))
         console.print(f"[dim]{precision} done, {time.perf_counter() - start:.0f} s[/dim]")
     console.print(calib)
     console.print(team)
+    console.print(ties)
     with open("/proc/loadavg") as f:
         load = f.read().split()[:3]
     console.print(f"{time.perf_counter() - start:.0f} s, load average {' '.join(load)}; "

@@ -52,6 +52,26 @@ def test_json_report(good: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert report["total_bytes"] == 256 + 2 * 64 * 16 * 4
 
 
+def test_an_old_opset_is_upgraded_and_the_upgraded_graph_validated(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from splitup.graph.errors import BadOpset
+    from splitup.graph.validate import validate_model
+
+    old = _model()
+    old.opset_import[0].version = 9  # MatMul and Relu exist since opset 1
+    old.ir_version = 4
+    old.graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT, ["seq", 16]))
+    with pytest.raises(BadOpset, match="upgrade_opset"):  # a node never upgrades: the remedy is named
+        validate_model(old)
+    path = tmp_path / "old.onnx"
+    onnx.save(old, path)
+    assert main(["validate", str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["upgraded_from_opset"] == 9 and report["opset"] == 13
+    assert main(["validate", str(path)]) == 0
+    assert "from opset 9" in capsys.readouterr().out
+
+
 def test_max_bytes_with_suffix(good: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", str(good), "--max-bytes", "1MiB"]) == 0
     capsys.readouterr()

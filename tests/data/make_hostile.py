@@ -180,9 +180,10 @@ def rank_unknown() -> onnx.ModelProto:
 
 
 def dim_data_dependent() -> onnx.ModelProto:
-    nodes = [helper.make_node("Reshape", ["x", "target"], ["r"], name="data_reshape"),
+    # (a Reshape by data is bounded: never more elements than its input; an Expand has no such bound)
+    nodes = [helper.make_node("Expand", ["x", "target"], ["r"], name="data_expand"),
              helper.make_node("Relu", ["r"], ["y"], name="relu")]
-    return model(nodes, [fin("x", [2, 6]), fin("target", [2], TensorProto.INT64)], ["y"])
+    return model(nodes, [fin("x", [1, 6]), fin("target", [2], TensorProto.INT64)], ["y"])
 
 
 def dim_shrinks() -> onnx.ModelProto:
@@ -359,7 +360,7 @@ def _if(then_op: str, then_domain: str = "") -> onnx.ModelProto:
 
 
 def if_bad_branch() -> onnx.ModelProto:
-    return _if("Unique")
+    return _if("RandomUniformLike")
 
 
 def if_custom_domain_branch() -> onnx.ModelProto:
@@ -369,7 +370,7 @@ def if_custom_domain_branch() -> onnx.ModelProto:
 def scan_bad_body() -> onnx.ModelProto:
     body = helper.make_graph(
         [helper.make_node("Add", ["acc_in", "row"], ["acc_out"], name="accumulate"),
-         helper.make_node("NonZero", ["acc_out"], ["partial"], name="data_sized")],
+         helper.make_node("Bernoulli", ["acc_out"], ["partial"], name="random")],
         "body", [fin("acc_in", [4]), fin("row", [4])], [fin("acc_out", [4]), fin("partial", None, TensorProto.INT64)],
     )
     scan = helper.make_node("Scan", ["init", "xs"], ["total", "partials"], body=body, num_scan_inputs=1, name="scan")
@@ -437,8 +438,8 @@ CASES: list[Case] = [
          dim_no_declared_max, ["graph input x", "batch"]),
     Case("dim_unknown.onnx", "UnboundedDimension", "dim with neither value nor name", dim_unknown, ["graph input x"]),
     Case("rank_unknown.onnx", "UnboundedDimension", "input without a shape", rank_unknown, ["graph input x"]),
-    Case("dim_data_dependent.onnx", "UnboundedDimension", "Reshape to a shape read from data", dim_data_dependent,
-         ["r", "data_reshape"]),
+    Case("dim_data_dependent.onnx", "UnboundedDimension", "Expand to a shape read from data", dim_data_dependent,
+         ["r", "data_expand"]),
     Case("dim_shrinks.onnx", "UnboundedDimension", "tensor that grows as the input shrinks", dim_shrinks,
          ["y", "sneaky_alloc"]),
     Case("dim_max_malformed.onnx", "MalformedGraph", "negative declared maximum", dim_max_malformed,
@@ -474,11 +475,11 @@ CASES: list[Case] = [
     Case("loop_bad_body.onnx", "DisallowedOp", "random op inside a Loop body", loop_bad_body, ["step", "Multinomial"]),
     Case("loop_state_grows.onnx", "UnboundedDimension", "Loop state that changes shape every trip",
          loop_state_grows, ["y"]),
-    Case("if_bad_branch.onnx", "DisallowedOp", "data-sized op in an If branch", if_bad_branch, ["inner", "Unique"]),
+    Case("if_bad_branch.onnx", "DisallowedOp", "random op in an If branch", if_bad_branch,
+         ["inner", "RandomUniformLike"]),
     Case("if_custom_domain_branch.onnx", "DisallowedDomain", "custom-domain op in an If branch",
          if_custom_domain_branch, ["inner", "com.microsoft"]),
-    Case("scan_bad_body.onnx", "DisallowedOp", "data-sized op in a Scan body", scan_bad_body,
-         ["data_sized", "NonZero"]),
+    Case("scan_bad_body.onnx", "DisallowedOp", "random op in a Scan body", scan_bad_body, ["random", "Bernoulli"]),
     Case("graph_attribute_on_plain_op.onnx", "ControlFlowRejected", "subgraph smuggled into a plain op",
          graph_attribute_on_plain_op, ["act", "payload"]),
     Case("nested_too_deep.onnx", "ControlFlowRejected", "If nested nine levels deep", nested_too_deep, ["deeper"]),

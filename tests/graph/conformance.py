@@ -20,6 +20,7 @@ import onnx
 import onnxruntime as ort
 
 from splitup.graph.errors import GraphRejected
+from splitup.graph.upgrade import upgrade_opset
 from splitup.graph.validate import validate_model
 from splitup.partition.local import LocalPipeline
 from splitup.partition.plan import make_plan
@@ -33,18 +34,27 @@ class Sweep:
     by_case: dict[str, str] = field(default_factory=dict)
 
 
-def generate(modules: list[str] | None = None) -> list[tuple[str, onnx.ModelProto, list, list]]:
-    """(name, model, inputs, expected outputs) of onnx's node cases: ``modules`` only, or all of them."""
+def generate(modules: list[str] | None = None, *, per_module: int | None = None,
+             keep: frozenset[str] = frozenset()) -> list[tuple[str, onnx.ModelProto, list, list]]:
+    """(name, model, inputs, expected outputs) of onnx's node cases: ``modules`` only, or all of them.
+
+    ``per_module`` keeps the first that many cases of each module, plus any named in ``keep``.
+    """
     from onnx.backend.test.case import node
 
+    chosen: list = []
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
         if modules is None:
             node.collect_testcases(None)
+            chosen = list(node._NodeTestCases)
         for m in modules or []:
+            start = len(node._NodeTestCases)
             importlib.import_module(f"onnx.backend.test.case.node.{m}")  # importing runs its generators
+            new = [c for c in node._NodeTestCases[start:] if c.model is not None and c.data_sets]
+            chosen += [c for i, c in enumerate(new) if per_module is None or i < per_module or c.name in keep]
     out = []
-    for c in node._NodeTestCases:
+    for c in chosen:
         if c.model is not None and c.data_sets:
             inputs, outputs = c.data_sets[0]
             out.append((c.name, c.model, list(inputs), list(outputs)))
@@ -68,6 +78,7 @@ def run(cases: list[tuple[str, onnx.ModelProto, list, list]], workdir: Path | No
             continue
         stage = "validate"
         try:
+            model = upgrade_opset(model)  # what make_plan does for an old exporter's model
             validate_model(model)
             stage = "plan"
             make_plan(model, name, 1 << 34, workspace_bytes=0, out_dir=root / name)

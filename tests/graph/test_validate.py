@@ -291,10 +291,42 @@ def test_malformed_dim_max(meta: str) -> None:
 
 
 def test_intermediate_shape_that_depends_on_data() -> None:
-    nodes = [helper.make_node("Reshape", ["x", "target"], ["r"], name="data_reshape"),
+    nodes = [helper.make_node("Expand", ["x", "target"], ["r"], name="data_expand"),
              helper.make_node("Relu", ["r"], ["y"], name="relu")]
-    m = model(nodes, [fin("x", [2, 6]), fin("target", [2], TensorProto.INT64)], ["y"])
-    rejects(m, UnboundedDimension, "tensor r", "data_reshape")
+    m = model(nodes, [fin("x", [1, 6]), fin("target", [2], TensorProto.INT64)], ["y"])
+    err = rejects(m, UnboundedDimension, "tensor r", "data_expand")
+    assert "follows the values of target" in str(err)
+
+
+def i64(name: str) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.INT64, None)
+
+
+def test_outputs_sized_by_data_are_bounded_by_their_input() -> None:
+    """Reshape by data keeps its element count; NonZero/Unique/Compress/TopK never outgrow their input."""
+    nodes = [helper.make_node("Reshape", ["x", "target"], ["r"], name="data_reshape"),
+             helper.make_node("NonZero", ["x"], ["nz"], name="nonzero"),
+             helper.make_node("Unique", ["x"], ["u", "", "inverse", ""], name="unique"),
+             helper.make_node("TopK", ["x", "k"], ["top", "top_i"], name="topk", axis=1)]
+    m = model(nodes, [fin("x", [2, 6]), fin("target", [3], TensorProto.INT64), fin("k", [1], TensorProto.INT64)],
+              ["r", i64("nz"), "u", i64("inverse"), "top", i64("top_i")])
+    report = validate_model(m)
+    assert report.output_shapes == {"r": (12, 12, 12), "nz": (2, 12), "u": (12,), "inverse": (12,),
+                                    "top": (2, 6), "top_i": (2, 6)}
+    assert report.output_dtypes["nz"] == report.output_dtypes["top_i"] == "int64"
+    # the bound stays a size: a shape read of it would turn the bound into a value
+    read = model([*nodes[:2], helper.make_node("Shape", ["nz"], ["s"], name="read")],
+                 [fin("x", [2, 6]), fin("target", [3], TensorProto.INT64)], ["r", i64("s")])
+    rejects(read, UnboundedDimension, "nonzero")
+
+
+def test_attention_scores_count_against_the_peak() -> None:
+    """The fused Attention op is run, and its hidden score matrix is part of the memory estimate."""
+    q = [fin(n, [1, 4, 64, 8]) for n in ("q", "k", "v")]
+    m = model([helper.make_node("Attention", ["q", "k", "v"], ["y"], name="attn")], q, ["y"], opset=24)
+    report = validate_model(m)
+    scores = 1 * 4 * 64 * 64
+    assert report.peak_activation_bytes >= 4 * (3 * scores + 3 * 1 * 4 * 64 * 8)
 
 
 def test_shape_derived_from_symbolic_dims_is_bounded() -> None:

@@ -294,7 +294,10 @@ def test_adaptive_rate_follows_the_node_record() -> None:
             if not honest:
                 m.arbitrate(w.authority, job, 0, node_honest=False)
         elif not honest:
-            return -1, False  # not drawn: the cheat goes unnoticed this time
+            # not drawn: the cheat goes unnoticed and is paid (left unsettled, its collateral would stay
+            # locked, and a long run of misses would leave the node too little free stake to accept)
+            m.settle(job, 0)
+            return -1, False
         m.settle(job, 0)
         return int(task.rate_bps), bool(task.sampled)
 

@@ -98,3 +98,28 @@ def test_import_refusals_say_what_to_do(setup, message, tmp_path, capsys):
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]  # save_pretrained's progress bar may come first
     assert last.startswith("error: ") and message in last and "Traceback" not in err
+
+
+def test_weights_over_the_protobuf_limit_go_to_external_data(tmp_path, monkeypatch, capsys):
+    """Over 2 GiB (here: over a limit lowered for the test) the import writes OUT.data beside the graph,
+    validates it from disk, and `splitup plan` reads the shards from there; results equal the whole model."""
+    import splitup.models.hf_import as hf_import
+
+    monkeypatch.setattr(hf_import, "MAX_EMBEDDED_BYTES", 4096)
+    _save("gpt2", tmp_path / "hf")
+    out = tmp_path / "model.onnx"
+    assert main(["import", str(tmp_path / "hf"), "--out", str(out), "--max-seq", "16"]) == 0
+    assert "external data (model.onnx.data" in capsys.readouterr().out
+    assert out.stat().st_size < 100_000 < (tmp_path / "model.onnx.data").stat().st_size
+    model, _ = validate_file(out)
+    assert main(["plan", str(out), "--nodes", "2x1MiB", "--workspace", "0", "--out", str(tmp_path / "plan")]) == 0
+    assert "no weights" not in capsys.readouterr().err
+    feeds = {"input_ids": IDS}
+    for vi in model.graph.input:
+        if vi.name.startswith("past."):
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+            dims = [d.dim_value if d.HasField("dim_value") else IDS.shape[1] for d in vi.type.tensor_type.shape.dim]
+            feeds[vi.name] = np.zeros(dims, dtype)
+    want = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    got = LocalPipeline(tmp_path / "plan").run(feeds)[model.graph.output[0].name]
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from splitup.client.pipeline import PipelineClient
+from splitup.graph.meta import NUMPY_DTYPES
 from splitup.node.frames import (
     MAGIC,
     PREFIX,
@@ -38,8 +39,8 @@ def _raw(head: dict, payload: bytes = b"") -> bytes:
 
 
 def test_round_trip_of_every_dtype_without_copying():
-    tensors = {f"t.{name}": np.arange(6).astype(name).reshape(2, 3) for name in
-               ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")}
+    # every type a task can carry, bfloat16 and float8 (ml_dtypes arrays) included
+    tensors = {f"t.{name}": np.arange(6).astype(dtype).reshape(2, 3) for name, dtype in NUMPY_DTYPES.items()}
     tensors["scalar"] = np.array(7, np.int64)
     tensors["empty"] = np.zeros((0, 4), np.float32)
     header, payload = _split(pack(Frame("exec", tensors, {"job": "j"}, hops=[{"hop": 0}])))
@@ -53,7 +54,8 @@ def test_round_trip_of_every_dtype_without_copying():
 
 
 @pytest.mark.parametrize(("entry", "words"), [
-    (["x", "complex64", [1], 0], "dtype 'complex64'"),
+    (["x", "complex128", [1], 0], "dtype 'complex128'"),
+    (["x", "int4", [1], 0], "dtype 'int4'"),
     (["x", "float32", [1, 2, 3, 4, 5, 6, 7, 8, 9], 0], "at most 8 dims"),
     (["x", "float32", [-1], 0], "shape"),
     (["x", "float32", [1.5], 0], "shape"),

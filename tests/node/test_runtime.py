@@ -135,6 +135,21 @@ def test_wire_round_trip_and_limits():
         decode(encode(tensors), max_tensor_bytes=8)
 
 
+def test_wire_carries_every_task_dtype_and_refuses_overlaps():
+    """bfloat16 and float8 too, which safetensors' own numpy loader cannot read."""
+    from splitup.graph.meta import NUMPY_DTYPES
+
+    tensors = {name: np.arange(6).astype(dtype).reshape(3, 2) for name, dtype in NUMPY_DTYPES.items()}
+    got, _ = decode(encode(tensors))
+    for name, value in tensors.items():
+        assert got[name].dtype == value.dtype and np.array_equal(got[name].view(np.uint8), value.view(np.uint8))
+    body = bytearray(encode({"a": np.zeros(2, np.float32), "b": np.ones(2, np.float32)}))
+    n = int.from_bytes(body[:8], "little")
+    header = body[8 : 8 + n].replace(b"[8,16]", b"[0,8] ")
+    with pytest.raises(WireError, match="overlap"):
+        decode(bytes(body[:8] + header + body[8 + n :]))
+
+
 def test_heartbeat_hook_receives_the_node_status(plan_dir, plan):
     """The hook the market layer will use: called at start and every interval, failures contained."""
     import time

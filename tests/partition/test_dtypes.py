@@ -57,3 +57,32 @@ def test_sizes_of_every_carried_type():
 def test_types_without_a_wire_form_are_refused_by_name(elem):
     with pytest.raises(UnsupportedDtype, match=r"cannot cross a task boundary.*\[tensor t\]"):
         dtype_of(elem, where="tensor t")
+
+
+def test_bfloat16_and_float8_cross_cuts_and_come_out(tmp_path):
+    """Graph input, activations at the cuts and graph output in bfloat16 / float8, which onnxruntime's numpy
+    bridge cannot carry: the engine binds them as typed buffers (and the wire carries them, tests/node)."""
+    rng = np.random.default_rng(2)
+    w1, w2 = (rng.standard_normal((8, 8)).astype(np.float32) for _ in range(2))
+    nodes = [helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT), helper.make_node("MatMul", ["xf", "w1"], ["h"]),
+             helper.make_node("Cast", ["h"], ["hb"], to=TensorProto.BFLOAT16),
+             helper.make_node("Cast", ["hb"], ["hf"], to=TensorProto.FLOAT), helper.make_node("MatMul", ["hf", "w2"], ["g"]),
+             helper.make_node("Cast", ["g"], ["g8"], to=TensorProto.FLOAT8E4M3FN),
+             helper.make_node("Cast", ["g8"], ["gf"], to=TensorProto.FLOAT), helper.make_node("MatMul", ["gf", "w1"], ["o"]),
+             helper.make_node("Cast", ["o"], ["y"], to=TensorProto.BFLOAT16)]
+    graph = helper.make_graph(nodes, "bf16", [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, [2, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.BFLOAT16, [2, 8])],
+                              initializer=[numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    out = tmp_path
+    result = make_plan(model, "bf16", budget_for_tasks(analyze(model), 3), workspace_bytes=0, out_dir=out)
+    crossing = {s.dtype for t in result.plan.tasks[1:] for s in t.inputs}
+    assert len(result.plan.tasks) == 3 and crossing >= {"bfloat16"}, crossing
+    x = rng.standard_normal((2, 8)).astype(ml_dtypes.bfloat16)
+    got = LocalPipeline(out).run({"x": x})["y"]
+    h = (x.astype(np.float32) @ w1).astype(ml_dtypes.bfloat16).astype(np.float32)
+    g = (h @ w2).astype(ml_dtypes.float8_e4m3fn).astype(np.float32)
+    want = (g @ w1).astype(ml_dtypes.bfloat16)
+    assert got.dtype == want.dtype
+    np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), rtol=1e-2, atol=1e-2)

@@ -68,3 +68,23 @@ def test_budget_for_tasks_finds_each_count_and_refuses_impossible_ones():
         assert len(plan_partition(a, budget, workspace_bytes=0)[1].segments) == count
     with pytest.raises(PartitionError, match="exactly 10000 tasks"):
         budget_for_tasks(a, 10_000)
+
+
+def test_attention_score_memory_is_part_of_a_tasks_activations():
+    """The fused Attention op's score matrix is invisible to shape inference; the planner counts it."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from splitup.graph.memory import hidden_workspace
+
+    w = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 512, 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 512, 64])
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["q"]),
+             helper.make_node("Attention", ["q", "x", "x"], ["y"], name="attn")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], [w]), opset_imports=[helper.make_opsetid("", 24)])
+    a = analyze(model)
+    scores = 4 * 3 * 4 * 512 * 512  # three float32 buffers of heads x queries x keys
+    assert hidden_workspace(a.nodes[1], a.types) >= scores
+    segment = partition(a, 2**30, workspace_bytes=0).segments[0]
+    assert segment.activation_bytes >= scores

@@ -16,6 +16,7 @@ from splitup.verify.compare import (
     Tolerance,
     compare_outputs,
     compare_tensor,
+    precision_class,
     tolerance_for,
 )
 from splitup.verify.engines import honest_engines, run_onnxruntime
@@ -160,11 +161,13 @@ def test_default_tolerance_is_the_documented_one() -> None:
     assert DEFAULT_TOLERANCE == Tolerance(rtol=1e-3, atol=1e-6, scale_tol=1e-3, max_bad_fraction=1e-3, max_rel_l2=2e-5,
                                           token_slack=3e-6)
     assert tolerance_for("fp32") is DEFAULT_TOLERANCE
-    assert tolerance_for("int8") == tolerance_for("fp16")
+    # integer weights are exact: on float32 arithmetic they get float32's room, on float16 arithmetic fp16's
+    assert tolerance_for("int8") == tolerance_for("int4") == DEFAULT_TOLERANCE
     # a task's "<weights>/<activations>" maps to its class
     assert tolerance_for("fp32/fp32") is DEFAULT_TOLERANCE
     assert tolerance_for("fp16/fp32") == tolerance_for("fp32/fp16") == tolerance_for("fp16")
-    assert tolerance_for("int4/fp16") == tolerance_for("int4")
+    assert precision_class("int8/fp32") == "int8" and precision_class("int4/fp32") == "int4"
+    assert precision_class("int4/fp16") == precision_class("int8/fp16") == "fp16"
     for bad in ("fp8", "fp32/int8", "fp32"[:2]):
         with pytest.raises(KeyError, match="precision"):
             tolerance_for(bad)

@@ -13,9 +13,11 @@ from splitup.verify.compare import PRECISION_CLASSES, tolerance_for
 from splitup.verify.precision import emulate, round_mantissa
 from splitup.verify.sandbox import write_plan
 
-# A flip or steer at a near-tie moves logits by less than the honest arithmetic of a half-precision
-# class does, so there it is honest noise by definition; everywhere else the rule must see it.
-INSIDE_HONEST_NOISE = {"top-token flip at near-ties", "top-token steer at near-ties"}
+# A flip or steer at a near-tie moves logits by less than half-precision arithmetic does, so in the classes
+# computing in float16 / bfloat16 honest engines emit the cheat's token themselves (measured below); in the
+# classes computing in float32 (integer weights included) the rule must see it.
+NEAR_TIE = {"top-token flip at near-ties", "top-token steer at near-ties"}
+HALF_ARITHMETIC = {"fp16", "bf16"}
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +32,19 @@ def sequences(models) -> list:
     rng = np.random.default_rng(5)
     prompts = [list(rng.integers(0, 512, 6)) for _ in range(2)]
     return rt.greedy_sequences([rt.ModelRunner(t, m) for t, m in models], prompts, 10)
+
+
+@pytest.fixture(scope="module")
+def runs(models, sequences):
+    """The plan on every honest engine of a class, made once per class for the tests that read it."""
+    cache: dict[str, dict[str, rt.Run]] = {}
+
+    def get(precision: str) -> dict[str, rt.Run]:
+        if precision not in cache:
+            cache[precision] = rt.honest_runs(models, precision, sequences, reference=precision == "fp32")
+        return cache[precision]
+
+    return get
 
 
 def test_rounding_emulation_is_exact_half_precision():
@@ -55,8 +70,8 @@ def test_emulated_graph_rounds_every_activation(models, sequences):
 
 
 @pytest.mark.parametrize("precision", PRECISION_CLASSES)
-def test_honest_engines_never_fail(models, sequences, precision):
-    pairs = rt.honest_pairs(models, precision, sequences, reference=precision == "fp32")
+def test_honest_engines_never_fail(models, sequences, runs, precision):
+    pairs = rt.honest_pairs(models, precision, sequences, reference=precision == "fp32", runs=runs(precision))
     assert len(pairs) >= 6
     for key, h in pairs.items():
         assert h.calls and h.failures == 0, (key, h.reasons)
@@ -71,7 +86,7 @@ def test_cheats_are_caught_where_they_change_the_text(models, sequences, precisi
     assert {"top-token flip at near-ties", "top-token steer at near-ties"} <= names
     matter = caught = 0
     for (k, name), s in stats.items():
-        if name in INSIDE_HONEST_NOISE and precision != "fp32":
+        if name in NEAR_TIE and precision in HALF_ARITHMETIC:
             continue
         matter += s.matter
         caught += s.caught_matter
@@ -81,17 +96,34 @@ def test_cheats_are_caught_where_they_change_the_text(models, sequences, precisi
     assert matter > 50 and caught / matter >= 0.99, (caught, matter)
 
 
-@pytest.mark.parametrize("kind", ["flip", "steer"])
-def test_flips_at_planted_near_ties_are_caught_and_honest_ties_pass(models, sequences, kind):
-    rows = {}
-    for engine in ("fp32/ort-all-t1", "fp32/ort-disable-t1"):
-        e = next(e for e in rt.class_engines("fp32", full=False, reference=False) if e.name == engine)
-        run = rt.run_plan(rt.runners_for(models, e), sequences)
-        rows[engine] = [r for seq in run.outputs for call in seq for r in call[-1]["logits"].reshape(-1, 512)]
-    a, b = rows.values()
-    total = rt.PlantedStats()
-    for seed in range(40):  # a fresh gap in every row per seed: over a thousand planted near-ties
-        st = rt.planted_near_ties(a, b, tolerance_for("fp32").token_slack, kind, np.random.default_rng(seed))
-        assert st.rows == len(a) and st.honest_failures == 0
-        total.matter, total.caught = total.matter + st.matter, total.caught + st.caught
-    assert total.matter >= 1000 and total.caught / total.matter >= 0.99, total
+@pytest.mark.parametrize("precision", PRECISION_CLASSES)
+def test_flips_at_planted_near_ties_are_caught_wherever_a_sound_rule_can(runs, precision):
+    rows = [rt.logit_rows(run) for run in runs(precision).values()]
+    executor, validator, others = rows[0], rows[-1], rows[1:-1]
+    slack = tolerance_for(precision).token_slack
+    half = precision in HALF_ARITHMETIC
+    for kind in ("flip", "steer"):
+        total = rt.PlantedStats()
+        for seed in range(12 if half else 40):  # a fresh gap in every row per seed
+            st = rt.planted_near_ties(executor, validator, slack, kind, np.random.default_rng(seed), others)
+            assert st.rows == len(executor) and st.honest_failures == 0
+            total.add(st)
+        if half:
+            # No rule that passes every honest engine can reach 99 %: on more than 1 % of these near-ties
+            # an honest engine of the class emits the cheat's token itself.
+            assert total.matter >= 50 and total.bound < 0.99, (kind, total)
+        else:
+            assert total.matter >= 1000 and total.detection >= 0.99 and total.bound >= 0.99, (kind, total)
+
+
+def test_ambiguity_counts_where_engines_differ_and_where_the_rule_leaves_a_choice():
+    a = np.zeros(8)
+    a[3], a[5] = 10.0, 10.0 - 1e-4  # 1e-5 of the range apart: beyond float32's slack, inside fp16's
+    b = a.copy()
+    b[5] = 10.0 + 1e-4
+    fp32, fp16 = tolerance_for("fp32").token_slack, tolerance_for("fp16").token_slack
+    assert rt.admissible_tokens(a, fp32) == [3] and rt.admissible_tokens(b, fp32) == [5]
+    assert rt.admissible_tokens(a, fp16) == rt.admissible_tokens(b, fp16) == [3, 5]
+    tight, loose = rt.ambiguity({"x": [a, a], "y": [b, a]}, fp32), rt.ambiguity({"x": [a, a], "y": [b, a]}, fp16)
+    assert (tight.rows, tight.split, tight.admits_two, tight.checks) == (2, 1, 0, 4)
+    assert (loose.split, loose.admits_two) == (1, 4) and loose.choice_rate == 1.0

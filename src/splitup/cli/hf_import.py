@@ -27,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("directory", help="the model: a directory (config.json + *.safetensors, or a SavedModel) "
                    "or a .keras file")
-    p.add_argument("--out", required=True, help="the ONNX file to write (weights inside)")
+    p.add_argument("--out", required=True, help="the ONNX file to write (weights inside, or beside it in OUT.data "
+                   "when they exceed 2 GiB)")
     p.add_argument("--max-seq", type=int, default=None,
                    help="maximum tokens per call (default: the family's, at most the model's context)")
     p.add_argument("--max-batch", type=int, default=None,
@@ -63,10 +64,9 @@ def _import_tensorflow(args: argparse.Namespace, path: Path) -> onnx.ModelProto:
 
 
 def run(args: argparse.Namespace) -> int:
-    import onnx
-
     from splitup.graph.meta import DIM_MAX_KEY, read_state
-    from splitup.models.hf_import import import_hf
+    from splitup.graph.validate import validate_file
+    from splitup.models.hf_import import import_hf, save_imported
 
     t0 = time.perf_counter()
     source = Path(args.directory)
@@ -78,9 +78,12 @@ def run(args: argparse.Namespace) -> int:
         model = import_hf(args.directory, dtype=args.dtype, max_seq=args.max_seq, max_batch=args.max_batch)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    onnx.save(model, tmp)
-    tmp.replace(out)
+    save_imported(model, out)
+    external = out.with_name(out.name + ".data")
+    if external.exists():
+        validate_file(out)  # as written: external data inside the model's directory
+        print(f"{out}: weights over 2 GiB, written beside it as external data ({external.name}, "
+              f"{format_bytes(external.stat().st_size)}); splitup plan reads them from there")
     dims = next((p.value for p in model.metadata_props if p.key == DIM_MAX_KEY), "{}")
     state = read_state(model)
     print(f"{out}: {len(model.graph.node)} nodes, {format_bytes(out.stat().st_size)}, inputs "

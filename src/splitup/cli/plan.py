@@ -66,15 +66,21 @@ def parse_nodes(text: str) -> list[int]:
     return sizes
 
 
-def _load(args: argparse.Namespace) -> tuple[Any, str, bool, bool]:
-    """(model, name, trusted, has_weights): files are untrusted and fully validated; zoo models are
-    built here, with the pretrained weights of a real model when bundles are to be written."""
+def _load(args: argparse.Namespace) -> tuple[Any, str, bool, bool, Path | None]:
+    """(model, name, trusted, has_weights, weights_dir): files are untrusted and fully validated; zoo models
+    are built here, with the pretrained weights of a real model when bundles are to be written.
+    ``weights_dir`` is the directory of a file saved with external data, where its weights are read."""
     path = Path(args.model)
     if args.model.endswith(".onnx") or path.exists():
         from splitup.graph.load import load_model
 
         model = load_model(path)
-        return model, path.stem, False, all(_has_data(t) for t in model.graph.initializer)
+        # A model saved with external data (over 2 GiB) is planned with the weights beside it.
+        if all(_has_data(t) for t in model.graph.initializer):
+            return model, path.stem, False, True, None
+        if all(_has_data(t) or _beside(t, path.parent) for t in model.graph.initializer):
+            return model, path.stem, False, True, path.parent
+        return model, path.stem, False, False, None
     from splitup.graph import zoo
     from splitup.models.registry import SPECS
 
@@ -94,10 +100,10 @@ def _load(args: argparse.Namespace) -> tuple[Any, str, bool, bool]:
         # Real weights: float32 unless asked (int4 on a GGUF model keeps the file's own 4-bit blocks).
         model = zoo.build(args.model, real=True, validate=False, dtype=args.dtype or "fp32",
                           activations=args.activations, **overrides)
-        return model, args.model, True, True
+        return model, args.model, True, True, None
     acts = args.activations or ("fp16" if quantised else None)
     model = zoo.build(args.model, dtype=args.dtype or "fp16", activations=acts, validate=False, **overrides)
-    return model, args.model, True, False
+    return model, args.model, True, False, None
 
 
 def _has_data(t: Any) -> bool:
@@ -106,14 +112,19 @@ def _has_data(t: Any) -> bool:
     return t.data_location != onnx.TensorProto.EXTERNAL
 
 
+def _beside(t: Any, directory: Path) -> bool:
+    location = next((e.value for e in t.external_data if e.key == "location"), "")
+    return bool(location) and (directory / location).is_file()
+
+
 def run(args: argparse.Namespace) -> int:
     budgets: int | list[int] = parse_nodes(args.nodes) if args.nodes else parse_bytes(args.vram)
     if isinstance(budgets, int) and budgets <= 0:
         raise SplitUpError("--vram must be positive")
     t0 = time.perf_counter()
-    model, name, trusted, has_weights = _load(args)
-    result = make_plan(model, name, budgets, workspace_bytes=parse_bytes(args.workspace),
-                       cut_factor=args.cut_factor, out_dir=args.out, trusted=trusted)
+    model, name, trusted, has_weights, weights_dir = _load(args)
+    result = make_plan(model, name, budgets, workspace_bytes=parse_bytes(args.workspace), cut_factor=args.cut_factor,
+                       out_dir=args.out, trusted=trusted, weights_dir=weights_dir)
     elapsed = time.perf_counter() - t0
     if args.json:
         print(json.dumps(summary(result, elapsed)))

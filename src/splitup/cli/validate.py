@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from splitup.graph.limits import Limits
-from splitup.graph.validate import ValidationReport, validate_file
+from splitup.graph.load import load_model
+from splitup.graph.upgrade import default_opset, upgrade_opset
+from splitup.graph.validate import ValidationReport, validate_model
 from splitup.units import BadByteSize, format_bytes, parse_bytes
 
 
@@ -47,15 +50,19 @@ def run(args: argparse.Namespace) -> int:
     limits = Limits(max_total_bytes=args.max_bytes)
     if args.max_tensor_bytes is not None:
         limits = dataclasses.replace(limits, max_tensor_bytes=args.max_tensor_bytes)
-    _, report = validate_file(args.model, limits=limits)
+    original = load_model(args.model, limits)
+    model = upgrade_opset(original, limits)
+    report = validate_model(model, limits=limits, bundle_dir=Path(args.model).parent)
+    upgraded_from = default_opset(original) if model is not original else None
     if args.json:
-        print(json.dumps({**dataclasses.asdict(report), "total_bytes": report.total_bytes}))
+        print(json.dumps({**dataclasses.asdict(report), "total_bytes": report.total_bytes,
+                          "upgraded_from_opset": upgraded_from}))
     else:
-        Console().print(_summary(args.model, report))
+        Console().print(_summary(args.model, report, upgraded_from))
     return 0
 
 
-def _summary(path: str, report: ValidationReport) -> Table:
+def _summary(path: str, report: ValidationReport, upgraded_from: int | None) -> Table:
     table = Table(title=f"{path}: ok", show_header=False, box=None, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
@@ -63,6 +70,9 @@ def _summary(path: str, report: ValidationReport) -> Table:
     if len(report.op_counts) > 8:
         ops += f", … ({len(report.op_counts)} op types)"
     table.add_row("ops", f"{report.node_count} nodes, opset {report.opset}: {ops}")
+    if upgraded_from is not None:
+        table.add_row("upgraded", f"from opset {upgraded_from} (onnx's version converter; splitup plan writes the "
+                                  "upgraded graph)")
     table.add_row("params", f"{report.parameter_count:,} ({format_bytes(report.parameter_bytes)})")
     table.add_row("peak activations", f"{format_bytes(report.peak_activation_bytes)} at {report.peak_node}")
     table.add_row("total", format_bytes(report.total_bytes))

@@ -13,10 +13,12 @@ with ``Retry-After`` (they retry after it); 5xx only for failures of the market 
 
 from __future__ import annotations
 
+import inspect
 import json
 import secrets
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -309,8 +311,11 @@ def router(svc: GatewayService) -> APIRouter:
                 if isinstance(exc, SplitUpError):
                     return BadRequest.of(exc).response()
                 raise
-            return StreamingResponse(_stream(run, first, pieces, rid, created, req.model, chat,
-                                             lambda: svc.admission.leave(time.monotonic() - t0)),
+            def finished() -> None:
+                svc.admission.leave(time.monotonic() - t0)
+
+            events = _stream(run, first, pieces, rid, created, req.model, chat, finished)
+            return StreamingResponse(_pumped(_Pump(events, lambda: (pieces.close(), finished()))),
                                      media_type="text/event-stream", headers={"cache-control": "no-cache"})
         try:
             text = await run_in_threadpool(lambda: "".join(run.deltas()))
@@ -337,8 +342,42 @@ def router(svc: GatewayService) -> APIRouter:
     return r
 
 
+_END = object()
+
+
+class _Pump:
+    """A blocking generator driven from the event loop one item at a time in worker threads, and closed
+    exactly once after the item in flight (if any) is done: a generator cannot be closed while it runs."""
+
+    def __init__(self, gen: Generator[str, None, None], unstarted: Callable[[], Any]) -> None:
+        self.gen, self.unstarted = gen, unstarted
+        self._lock = threading.Lock()
+
+    def next(self) -> Any:
+        with self._lock:
+            return next(self.gen, _END)
+
+    def close(self) -> None:
+        with self._lock:
+            never_ran = inspect.getgeneratorstate(self.gen) == inspect.GEN_CREATED
+            self.gen.close()  # runs the generator's own clean-up (its finally) if it started
+            if never_ran:
+                self.unstarted()
+
+
+async def _pumped(pump: _Pump) -> AsyncIterator[str]:
+    try:
+        while (item := await run_in_threadpool(pump.next)) is not _END:
+            yield item
+    finally:
+        # A client that hangs up cancels this coroutine, and every later await here would be cancelled too;
+        # the clean-up blocks (the job is committed and settled), so it runs on its own thread, after the
+        # item being computed for the vanished client is done.
+        threading.Thread(target=pump.close, name="sse-close", daemon=True).start()
+
+
 def _stream(run: Run, first: str | None, pieces: Iterator[str], rid: str, created: int, model: str, chat: bool,
-            done: Any) -> Iterator[str]:
+            done: Any) -> Generator[str, None, None]:
     """Server-sent events: one ``data: {chunk}`` per text piece, a last chunk with the finish reason, ``[DONE]``."""
     obj = "chat.completion.chunk" if chat else "text_completion"
 

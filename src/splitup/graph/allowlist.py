@@ -1,12 +1,12 @@
 """Which operators a stranger's graph may use: the default ONNX domain, deterministic ops only.
 
 Left out on purpose: random generators (RandomNormal, Multinomial, ...) because Proof of Sampling
-re-executes tasks and needs identical results; ops whose output size depends on data (NonZero, Unique,
-Compress) because no static bound exists; sequence/optional/string ops; fused ops with large hidden
-scratch memory that shape inference cannot see (Attention, LinearAttention: the score matrix); and ops
-that carry state between calls or write at data-chosen positions (CausalConvWithState, TensorScatter).
-Everything else here has an output that shape inference sizes and a workspace proportional to its
-inputs and outputs.
+re-executes tasks and needs identical results, and sequence/optional/string ops. Everything here has an
+output that shape inference sizes, or that ``splitup.graph.bounds`` bounds by its input (NonZero,
+Compress, Unique, NonMaxSuppression: never more elements than their input), and a workspace proportional to its inputs
+and outputs, except the attention ops, whose hidden score memory ``splitup.graph.memory.hidden_workspace``
+adds to the node's peak. State is explicit in and out (CausalConvWithState, LinearAttention,
+TensorScatter), never kept between calls.
 """
 
 from __future__ import annotations
@@ -31,6 +31,10 @@ Selu Shrink Sigmoid Sign Sin Sinh Softplus Softsign Sqrt Sub Sum Swish Tan Tanh 
 """
 
 _LINEAR_ALGEBRA = "Det Einsum Gemm MatMul MatMulInteger QLinearMatMul"
+
+_ATTENTION = "Attention CausalConvWithState LinearAttention TensorScatter"
+
+_DATA_SIZED = "Compress NonMaxSuppression NonZero Unique"
 
 _NORMALISATION = """
 BatchNormalization GroupNormalization InstanceNormalization LayerNormalization LpNormalization LRN
@@ -59,7 +63,7 @@ _QUANTISATION = "DequantizeLinear DynamicQuantizeLinear QuantizeLinear"
 
 ALLOWED_OPS: frozenset[str] = frozenset(
     " ".join(
-        (_ELEMENTWISE, _LINEAR_ALGEBRA, _NORMALISATION, _REDUCTION, _SHAPE_AND_LAYOUT, _CONVOLUTION, _QUANTISATION,
+        (_ELEMENTWISE, _LINEAR_ALGEBRA, _ATTENTION, _DATA_SIZED, _NORMALISATION, _REDUCTION, _SHAPE_AND_LAYOUT, _CONVOLUTION, _QUANTISATION,
          _SIGNAL_AND_RECURRENT)
     ).split()
 ) | CONTROL_FLOW_OPS

@@ -7,7 +7,12 @@ of input dims ``j .. j+k`` for ``k`` removed axes, or 1). Such an output is give
 its shape, so the tensors after it are sized at bounds too. That is sound only while the bound stays a
 size and never becomes a value: an output whose shape is read (``Shape``/``Size`` downstream) keeps its
 unknown shape and is refused as before. Data-sized outputs (``Reshape``/``Expand``/``Tile``/``Pad``/
-``Resize``/``ConstantOfShape``/``TopK``/``OneHot`` sized by data, ``NonZero``) are never bounded here.
+``Resize``/``ConstantOfShape``/``OneHot``/``Range`` sized by data values) are never bounded here: their
+size follows a value, not an input's size.
+
+Outputs whose length is chosen by data but can never exceed their input are bounded the same way:
+``NonZero`` (rank x at most numel), ``Compress`` and ``Unique`` (at most the input's elements, or its
+dim along ``axis``), ``TopK`` with ``k`` given as data (at most the input's dim along ``axis``).
 ``GroupNormalization`` keeps its input's shape (ONNX's strict inference gives it none).
 """
 
@@ -21,6 +26,7 @@ _REDUCE = frozenset({
 })
 _SAME_SHAPE = frozenset({"GroupNormalization"})
 _READS_SHAPE = frozenset({"Shape", "Size"})
+_BY_INPUT_LENGTH = frozenset({"NonZero", "Compress", "Unique", "TopK"})
 
 
 def _dims(vi: ValueInfoProto | None) -> list[int] | None:
@@ -68,6 +74,21 @@ def _bounds(node: NodeProto, known: dict[str, ValueInfoProto]) -> list[list[int]
         if axes is None or len(axes) != 1 or not 0 < axes[0] <= len(data):
             return None
         return [_subsequence_bound(data, len(data) - axes[0])]
+    if op in _BY_INPUT_LENGTH:
+        return _data_sized(node, data)
+    if op == "NonMaxSuppression":
+        scores = _dims(known.get(node.input[1])) if len(node.input) > 1 else None
+        # At most every (batch, class, box) triple is selected, one row of 3 indices each.
+        return [[scores[0] * scores[1] * scores[2], 3]] if scores is not None and len(scores) == 3 else None
+    if op == "Reshape":
+        shape = _dims(known.get(node.input[1])) if len(node.input) > 1 else None
+        numel = 1
+        for d in data:
+            numel *= d
+        # Same elements as the input, so no dim exceeds their count (loose: sizes only, see _shape_read...).
+        return [[numel] * shape[0]] if shape is not None and len(shape) == 1 else None
+    if op == "LinearAttention":
+        return _linear_attention(node, data, known)
     if op == "Unsqueeze":
         axes = _dims(known.get(node.input[1])) if len(node.input) > 1 else None
         if axes is None or len(axes) != 1:
@@ -76,6 +97,41 @@ def _bounds(node: NodeProto, known: dict[str, ValueInfoProto]) -> list[list[int]
         # Output dim j is 1 or input dim i for some i in j-k .. j (k ones were inserted somewhere).
         return [[max([1, *data[max(0, j - k) : min(j, len(data) - 1) + 1]]) for j in range(len(data) + k)]]
     return None
+
+
+def _linear_attention(node: NodeProto, q: list[int], known: dict[str, ValueInfoProto]) -> list[list[int]] | None:
+    """Exact shapes (ONNX's inference has none): output (B, T, Hq*dv), present_state (B, Hkv, dk, dv)."""
+    k = _dims(known.get(node.input[1])) if len(node.input) > 1 else None
+    v = _dims(known.get(node.input[2])) if len(node.input) > 2 else None
+    heads, kv_heads = _attr(node, "q_num_heads", 0), _attr(node, "kv_num_heads", 0)
+    if k is None or v is None or len(q) != 3 or len(k) != 3 or len(v) != 3 or heads <= 0 or kv_heads <= 0:
+        return None
+    dk, dv = k[2] // kv_heads, v[2] // kv_heads
+    per_output = [[q[0], q[1], heads * dv], [q[0], kv_heads, dk, dv]]
+    return [b for b, o in zip(per_output, node.output, strict=False) if o]
+
+
+def _data_sized(node: NodeProto, data: list[int]) -> list[list[int]] | None:
+    """Bounds of the ops whose output length data chooses, per present output (None: not bounded)."""
+    numel = 1
+    for d in data:
+        numel *= d
+    has_axis = any(a.name == "axis" for a in node.attribute)
+    axis = _attr(node, "axis", -1 if node.op_type == "TopK" else 0)
+    if has_axis or node.op_type == "TopK":
+        if not -len(data) <= axis < len(data):
+            return None
+        axis %= len(data)
+    if node.op_type == "NonZero":
+        per_output = [[len(data), numel]]
+    elif node.op_type == "TopK":
+        per_output = [data, data]
+    elif node.op_type == "Compress":
+        per_output = [data if has_axis else [numel]]
+    else:  # Unique: values, first indices, inverse indices, counts
+        length = data[axis] if has_axis else numel
+        per_output = [data if has_axis else [numel], [length], [length], [length]]
+    return [b for b, o in zip(per_output, node.output, strict=False) if o]
 
 
 def _shape_read_downstream(graph: GraphProto, start: list[str]) -> bool:
@@ -119,7 +175,12 @@ def bound_by_input(model: ModelProto) -> bool:
             rank = _rank(known.get(out))
             if rank is not None and rank != len(dims):
                 continue
-            vi = helper.make_tensor_value_info(out, elem, dims)
+            if rank is not None:  # dims inference did fix are exact: keep them
+                fixed = known[out].type.tensor_type.shape.dim
+                dims = [d.dim_value if d.HasField("dim_value") else b for d, b in zip(fixed, dims, strict=True)]
+            # Indices (NonZero, TopK, Unique) are int64 whatever the data: inference knows the type.
+            inferred = known[out].type.tensor_type.elem_type if out in known else 0
+            vi = helper.make_tensor_value_info(out, inferred or elem, dims)
             for existing in list(graph.value_info):
                 if existing.name == out:
                     graph.value_info.remove(existing)

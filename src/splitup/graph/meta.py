@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 
+import ml_dtypes
+import numpy as np
 import onnx
 from onnx import TensorProto
 
@@ -42,6 +44,17 @@ ONNX_DTYPE_NAMES: dict[int, str] = {
     TensorProto.COMPLEX64: "complex64",
 }
 DTYPE_ONNX: dict[str, int] = {v: k for k, v in ONNX_DTYPE_NAMES.items()}
+# The numpy dtype of each name: bfloat16 and the float8 types come from ml_dtypes (onnx's own dependency).
+NUMPY_DTYPES: dict[str, np.dtype] = {
+    name: np.dtype(getattr(ml_dtypes, name, None) or name) for name in ONNX_DTYPE_NAMES.values()
+}
+# safetensors' codes for the same types (its numpy loader cannot read bfloat16 or float8: see node.wire).
+SAFETENSORS_DTYPES: dict[str, str] = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
+    "I16": "int16", "I8": "int8", "U64": "uint64", "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool",
+    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "F8_E4M3FNUZ": "float8_e4m3fnuz",
+    "F8_E5M2FNUZ": "float8_e5m2fnuz", "C64": "complex64",
+}
 
 
 def dtype_of(elem_type: int, *, where: str) -> str:

@@ -123,6 +123,7 @@ def infer_at(model: ModelProto, dims: dict[str, int], limits: Limits, max_rounds
     copy.CopyFrom(model)
     _strip(copy.graph, outputs=True)
     _drop_large_payloads(copy.graph)
+    _inline_outer_constants(copy.graph)
     for vi in copy.graph.input:
         for dim in vi.type.tensor_type.shape.dim:
             if dim.WhichOneof("value") == "dim_param":
@@ -137,7 +138,35 @@ def infer_at(model: ModelProto, dims: dict[str, int], limits: Limits, max_rounds
         if not (complete_loop_shapes(inferred) | folded) and not bound_by_input(inferred):
             break
         inferred = _screened(_infer(inferred), limits)
+    _drop_inlined(inferred.graph, set())
     return inferred
+
+
+def _inline_outer_constants(graph: GraphProto, outer: dict[str, onnx.NodeProto] | None = None) -> None:
+    """Give each body a copy of the small outer ``Constant`` nodes it reads: onnx's inference of a body sees
+    the types of outer tensors but not their values, so an ``Unsqueeze`` by an outer axes constant (as
+    function-expanded graphs write them) would stay unsized. Only the inference copy is changed."""
+    scope = dict(outer or {})
+    scope.update({n.output[0]: n for n in graph.node if n.op_type == "Constant" and n.output})
+    for node in graph.node:
+        for _, body in subgraphs(node):
+            reads = {x for n in body.node for x in n.input}
+            defined = {o for n in body.node for o in n.output} | {vi.name for vi in body.input}
+            copies = [scope[x] for x in sorted(reads - defined) if x in scope]
+            for c in reversed(copies):
+                body.node.insert(0, c)
+            _inline_outer_constants(body, scope)
+
+
+def _drop_inlined(graph: GraphProto, outer: set[str]) -> None:
+    """Remove the copies ``_inline_outer_constants`` made (a valid graph never redefines an outer name)."""
+    for node in list(graph.node):
+        if node.op_type == "Constant" and node.output and node.output[0] in outer:
+            graph.node.remove(node)
+    scope = outer | {o for n in graph.node for o in n.output} | {vi.name for vi in graph.input}
+    for node in graph.node:
+        for _, body in subgraphs(node):
+            _drop_inlined(body, scope)
 
 
 def _drop_large_payloads(graph: GraphProto) -> None:
@@ -225,6 +254,28 @@ def _concrete(vi: ValueInfoProto, limits: Limits, *, where: str) -> TensorType |
     return TensorType(tt.elem_type, tuple(dims))
 
 
+# Ops whose output size follows the values (not the sizes) of an input: bounded only when those values are
+# constants or computed from shapes.
+_VALUE_SIZED = frozenset({
+    "AffineGrid", "CenterCropPad", "Col2Im", "ConstantOfShape", "DFT", "Expand", "MaxUnpool", "OneHot", "Pad",
+    "Range", "Resize", "STFT", "Tile", "TopK", "Reshape",
+})
+
+
+def _why_unbounded(node: onnx.NodeProto, graph: GraphProto) -> str:
+    constant = {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    sizing = node.input if node.op_type in ("ConstantOfShape", "Range") else node.input[1:]
+    data = [x for x in sizing if x and x not in constant]
+    if node.op_type in _VALUE_SIZED and data:
+        return (f"{node.op_type}'s output size follows the values of {', '.join(data)}, which are data here (a graph "
+                "input or computed from one), so no size can be bounded before it runs; make them constants, or "
+                "compute them from tensor shapes")
+    if node.op_type in ("If", "Loop", "Scan"):
+        return (f"{node.op_type} output whose shape its body does not fix (onnx's inference cannot see the values "
+                "of outer-graph constants a body reads, nor bound a body's data-sized outputs)")
+    return "shape or dtype could not be bounded by inference"
+
+
 def typed_tensors(
     graph: GraphProto, limits: Limits, outer: dict[str, TensorType] | None = None
 ) -> dict[str, TensorType]:
@@ -247,7 +298,7 @@ def typed_tensors(
             vi = known.get(out)
             t = _concrete(vi, limits, where=where) if vi is not None else None
             if t is None:
-                raise UnboundedDimension("shape or dtype could not be bounded by inference", where=where)
+                raise UnboundedDimension(_why_unbounded(node, graph), where=where)
             types[out] = t
         for _, body in subgraphs(node):
             types.update(typed_tensors(body, limits, types))

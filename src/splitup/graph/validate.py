@@ -91,7 +91,10 @@ def _default_opset(model: ModelProto, limits: Limits) -> int:
     version = versions[""]
     if not limits.min_opset <= version <= limits.max_opset:
         raise BadOpset(
-            f"default-domain opset {version} is outside {limits.min_opset}..{limits.max_opset}", where="opset_import"
+            f"default-domain opset {version} is outside {limits.min_opset}..{limits.max_opset}"
+            + (" (splitup plan / splitup validate upgrade older models with onnx's version converter: "
+               "splitup.graph.upgrade.upgrade_opset)" if version < limits.min_opset else ""),
+            where="opset_import",
         )
     return version
 

@@ -11,6 +11,7 @@ widened bit-exactly to float32.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,41 @@ def _read_bf16(path: Path, header: dict[str, Any], names: set[str]) -> dict[str,
     return out
 
 
+def weights_as_stubs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose initializers above 64 elements are external-data stubs: dims and type, no bytes."""
+    stub = onnx.ModelProto()
+    graph = model.graph
+    for field in ("ir_version", "producer_name", "opset_import", "metadata_props", "domain", "model_version"):
+        value = getattr(model, field)
+        if hasattr(value, "extend"):
+            getattr(stub, field).extend(value)
+        else:
+            setattr(stub, field, value)
+    stub.graph.name = graph.name
+    for field in ("node", "input", "output", "value_info"):
+        getattr(stub.graph, field).extend(getattr(graph, field))
+    for t in graph.initializer:
+        if math.prod(t.dims) <= 64:
+            stub.graph.initializer.append(t)
+            continue
+        s = stub.graph.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims)
+        s.data_location = onnx.TensorProto.EXTERNAL
+        s.external_data.add(key="location", value="weights.data")
+    return stub
+
+
+def save_imported(model: onnx.ModelProto, out: Path) -> None:
+    """Write ``out``: one file when the weights fit a protobuf, else ``out`` + ``out.data`` (external data)."""
+    tmp, data = out.with_name(out.name + ".tmp"), out.with_name(out.name + ".data")
+    data.unlink(missing_ok=True)  # a previous import's weights must not pass for this one's
+    if sum(len(t.raw_data) for t in model.graph.initializer) > MAX_EMBEDDED_BYTES:
+        onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=out.name + ".data", size_threshold=1024)
+    else:
+        onnx.save(model, tmp)
+    tmp.replace(out)
+
+
 def import_hf(directory: str | Path, *, dtype: str = "float32", max_seq: int | None = None,
               max_batch: int | None = None, name: str | None = None) -> onnx.ModelProto:
     """Build and validate the ONNX model of the Hugging Face model in ``directory``.
@@ -131,11 +167,15 @@ def import_hf(directory: str | Path, *, dtype: str = "float32", max_seq: int | N
             raise ModelError(f"{directory.name}: config.json gives no positive layer count")
         weights = rename(read_safetensors(directory), layers)
         total = sum(w.nbytes for w in weights.values()) // (2 if dtype == "float16" else 1)
-        if total > MAX_EMBEDDED_BYTES:
-            raise ModelError(f"{directory.name}: {total / 2**30:.1f} GiB of weights do not fit one ONNX file "
-                             f"(2 GiB); try --dtype float16, or plan the shape-only graph of the same config "
-                             f"(splitup plan with a zoo model)")
-        return zoo.build_from_config(family, {**config, **overrides}, weights=weights, dtype=dtype,
-                                     name=name or directory.name)
+        # Over 2 GiB the model cannot be one protobuf: it is validated with its weights sized from their dims
+        # and written with external data (``save_imported``).
+        big = total > MAX_EMBEDDED_BYTES
+        model = zoo.build_from_config(family, {**config, **overrides}, weights=weights, dtype=dtype,
+                                      name=name or directory.name, validate=not big)
+        if big:
+            from splitup.graph.validate import validate_model
+
+            validate_model(weights_as_stubs(model))
+        return model
     except (BuilderError, GraphRejected) as exc:
         raise ModelError(f"{directory.name}: {exc}") from None

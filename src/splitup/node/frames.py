@@ -29,14 +29,15 @@ from typing import Any
 
 import numpy as np
 
+from splitup.graph.meta import NUMPY_DTYPES
 from splitup.node.wire import MAX_TENSORS, WireError
 
 MAGIC = b"SUF1"
 PREFIX = struct.Struct("<4sIQ")
 MAX_HEADER_BYTES = 1 << 20
 ALIGN = 8
-DTYPES = {name: np.dtype(name) for name in
-          ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")}
+# Every type a task can carry (bfloat16 and float8 as ml_dtypes arrays): the raw bytes travel as they are.
+DTYPES = NUMPY_DTYPES
 _PAD = bytes(ALIGN)
 
 
@@ -70,7 +71,8 @@ def pack(frame: Frame) -> list[bytes | memoryview]:
         if arr.dtype.name not in DTYPES:
             raise FrameError(f"tensor {name!r}: dtype {arr.dtype} cannot be sent ({', '.join(DTYPES)})")
         entries.append([name, arr.dtype.name, list(arr.shape), offset])
-        view = memoryview(arr.reshape(-1)).cast("B") if arr.size else memoryview(b"")
+        # as bytes: the buffer protocol cannot name ml_dtypes' bfloat16 / float8 formats
+        view = memoryview(arr.reshape(-1).view(np.uint8)) if arr.size else memoryview(b"")
         buffers.append(view)
         offset += view.nbytes
         pad = -offset % ALIGN

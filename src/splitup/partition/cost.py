@@ -10,8 +10,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from splitup.graph.limits import Limits
 from splitup.graph.meta import read_state
@@ -52,6 +55,9 @@ class GraphAnalysis:
     graph_outputs: list[str]
     state: dict[str, str]  # past input -> present output
     dim_max: dict[str, int]
+    # Where the model's external-data weights are (a model saved with them beside it), or None: then
+    # external initializers are shape-only and tasks are written without shards.
+    weights_dir: Path | None = None
     first_use: dict[str, int] = field(default_factory=dict)
     last_use: dict[str, int] = field(default_factory=dict)
     producer: dict[str, int] = field(default_factory=dict)
@@ -73,6 +79,15 @@ class GraphAnalysis:
             t = self.types[name]
             size = self._sizes[name] = tensor_bytes(t.elem_type, t.shape, where=f"tensor {name}")
         return size
+
+    def has_data(self, t: onnx.TensorProto) -> bool:
+        return t.data_location != onnx.TensorProto.EXTERNAL or self.weights_dir is not None
+
+    def array(self, t: onnx.TensorProto) -> np.ndarray:
+        """An initializer's values, read from the external-data file for a model saved that way."""
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            return numpy_helper.to_array(t, base_dir=str(self.weights_dir))
+        return numpy_helper.to_array(t)
 
     @property
     def total_flops(self) -> int:
@@ -125,23 +140,28 @@ def _attr(node: onnx.NodeProto, name: str) -> int:
     return next((a.i for a in node.attribute if a.name == name), 0)
 
 
-def analyze(model: onnx.ModelProto, limits: Limits | None = None, *, trusted: bool = False) -> GraphAnalysis:
+def analyze(model: onnx.ModelProto, limits: Limits | None = None, *, trusted: bool = False,
+            weights_dir: Path | None = None) -> GraphAnalysis:
     """Size every tensor and node at the declared maxima.
 
     Models from elsewhere are validated in full first. ``trusted`` is for graphs this process built
     itself with the builder (zoo models): it skips the hostile-input checks and only infers shapes,
     which keeps planning a 70B model well under a second. Every task cut from it is validated anyway.
+    ``weights_dir`` is the directory of a model saved with external data: its weights are read from there
+    (locations must stay inside it) when tasks are written.
     """
     limits = limits or Limits()
     dim_max = read_dim_max(model, limits)
     if trusted:
         types = typed_tensors(infer_at(model, dim_max, limits).graph, limits)
     else:
-        types = validate_model(model, limits=limits).tensor_types  # sized at the maxima while validating
-    return analysis_of(model, types, dim_max)
+        # sized at the maxima while validating
+        types = validate_model(model, limits=limits, bundle_dir=weights_dir).tensor_types
+    return analysis_of(model, types, dim_max, weights_dir)
 
 
-def analysis_of(model: onnx.ModelProto, types: dict[str, TensorType], dim_max: dict[str, int]) -> GraphAnalysis:
+def analysis_of(model: onnx.ModelProto, types: dict[str, TensorType], dim_max: dict[str, int],
+                weights_dir: Path | None = None) -> GraphAnalysis:
     """The analysis of ``model`` from tensor types already sized at the maxima (``analyze``, or the
     operator-splitting pass, which derives the types of the tensors it adds from the ones it splits)."""
     nodes = [n for n in model.graph.node if n.op_type != "Constant"]
@@ -161,6 +181,7 @@ def analysis_of(model: onnx.ModelProto, types: dict[str, TensorType], dim_max: d
         graph_outputs=[o.name for o in model.graph.output],
         state=read_state(model),
         dim_max=dim_max,
+        weights_dir=weights_dir,
     )
     index_uses(analysis)
     return analysis

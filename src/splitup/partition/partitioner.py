@@ -27,9 +27,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from splitup.errors import SplitUpError
+from splitup.graph.memory import hidden_workspace
 from splitup.partition.cost import GraphAnalysis
 
 DEFAULT_WORKSPACE = 256 * 2**20
+# The ops ``graph.memory.hidden_workspace`` sizes (every other op allocates nothing it does not output):
+# asked only for these, since reading a node's fields per node doubled the sweep's time.
+HIDDEN_WORKSPACE_OPS = frozenset({"Attention", "LinearAttention", "CausalConvWithState"})
 
 
 class PartitionError(SplitUpError):
@@ -166,10 +170,11 @@ class _Costs:
         inputs_live = 0
         nbytes, level, crossing, rp, fp, flops = a.nbytes, self.level, self.crossing, self.retained_prefix, \
             self.flops_prefix, a.flops
-        for i, (_, outputs) in enumerate(a.io):
+        for i, (node, (_, outputs)) in enumerate(zip(a.nodes, a.io, strict=True)):
             inputs_live += pending_inputs[i]
             out = sum(nbytes(o) for o in outputs if o)
-            level[i] = crossing[i] + inputs_live + out + rp[i]
+            level[i] = crossing[i] + inputs_live + out + rp[i] + (hidden_workspace(node, a.types) if node.op_type
+                                                                  in HIDDEN_WORKSPACE_OPS else 0)
             rp[i + 1] = rp[i] + retained[i]
             fp[i + 1] = fp[i] + flops[i]
 

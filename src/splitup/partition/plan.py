@@ -12,6 +12,7 @@ from pathlib import Path
 import onnx
 
 from splitup.graph.meta import dtype_of
+from splitup.graph.upgrade import upgrade_opset
 from splitup.partition.cost import GraphAnalysis, analyze
 from splitup.partition.partitioner import DEFAULT_WORKSPACE, Partition, PartitionError, partition
 from splitup.partition.refine import plan_partition
@@ -35,8 +36,14 @@ def _graph_specs(a: GraphAnalysis, model: onnx.ModelProto, names: list[str]) -> 
     infos = {vi.name: vi for vi in (*model.graph.input, *model.graph.output)}
     specs = []
     for name in names:
-        dims = infos[name].type.tensor_type.shape.dim
-        shape: list[int | str] = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
+        dims = list(infos[name].type.tensor_type.shape.dim)
+        bound = a.types[name].shape
+        if len(dims) != len(bound):  # an output declared without a shape (or a wrong one): its bound's rank
+            dims = [None] * len(bound)
+        # A dim the model leaves unnamed (a length data chooses) is named after the tensor, like a cut's.
+        shape: list[int | str] = [d.dim_value if d is not None and d.HasField("dim_value")
+                                  else (d.dim_param if d is not None and d.dim_param else f"{name}.dim{axis}")
+                                  for axis, d in enumerate(dims)]
         specs.append(TensorSpec(name, dtype_of(a.types[name].elem_type, where=f"tensor {name}"), shape, list(a.types[name].shape)))
     return specs
 
@@ -59,6 +66,46 @@ def _what_fits(a: GraphAnalysis, budgets: int | Sequence[int], workspace: int, c
     return f"nodes of {size} would fit it{spare} (--vram {size}; {format_bytes(budgets)} is too small)"
 
 
+def _bodies(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    return [b for a in node.attribute
+            for b in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs))]
+
+
+def _rename_reads(graph: onnx.GraphProto, mapping: dict[str, str]) -> set[str]:
+    """Rename reads of outer names in ``graph`` and its bodies; returns the outer names that were read."""
+    local = {o for n in graph.node for o in n.output} | {vi.name for vi in graph.input}
+    visible = {k: v for k, v in mapping.items() if k not in local}
+    read: set[str] = set()
+    for node in graph.node:
+        for i, x in enumerate(node.input):
+            if x in visible:
+                node.input[i] = visible[x]
+                read.add(x)
+        for body in _bodies(node):
+            read |= _rename_reads(body, visible)
+    return read
+
+
+def _localise_body_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy in which each control-flow node's bodies hold their own copies of the main graph's
+    ``Constant`` nodes they read (renamed), so a task cut around an If/Loop/Scan carries every constant
+    its bodies need; ``model`` itself when no body reads one."""
+    outer = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant" and n.output}
+    if not outer or not any(_bodies(n) for n in model.graph.node):
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    mapping = {name: f"{name}#local" for name in outer}
+    for node in copy.graph.node:
+        for body in _bodies(node):
+            for name in sorted(_rename_reads(body, mapping), reverse=True):
+                c = body.node.add()
+                c.CopyFrom(outer[name])
+                c.output[0], c.name = mapping[name], f"{outer[name].name or name}#local"
+                body.node.insert(0, body.node.pop())
+    return copy
+
+
 def make_plan(
     model: onnx.ModelProto,
     name: str,
@@ -68,12 +115,18 @@ def make_plan(
     cut_factor: float = 2.0,
     out_dir: Path | None = None,
     trusted: bool = False,
+    weights_dir: Path | None = None,
 ) -> PlanResult:
     """Split ``model`` under ``budgets``; with ``out_dir`` write plan.json and one bundle per task.
 
     Shape-only models (no weight data) can be planned and their graphs written, but have no shards.
+    A model from an old exporter (opset below 13) is upgraded first; its tasks are written upgraded.
+    ``weights_dir`` holds the external-data files of a model saved with them (over 2 GiB): the shards are
+    read from there.
     """
-    analysis = analyze(model, trusted=trusted)
+    if not trusted:
+        model = _localise_body_constants(upgrade_opset(model))
+    analysis = analyze(model, trusted=trusted, weights_dir=weights_dir)
     wall, cpu = time.perf_counter(), time.process_time()
     try:
         # The analysis comes back rewritten where the planner split operators; tasks are cut from it.

@@ -364,13 +364,13 @@ class _Rewriter:
         dims[axis] = hi - lo
         if self.sketch:
             part = TensorProto(name=new, data_type=t.data_type, dims=dims)
-        elif t.data_location == TensorProto.EXTERNAL:
+        elif not self.a.has_data(t):
             part = TensorProto(name=new, data_type=t.data_type, dims=dims)
             part.data_location = TensorProto.EXTERNAL
             part.external_data.extend(t.external_data)
         else:
             if name not in self._arrays:
-                self._arrays[name] = numpy_helper.to_array(t)
+                self._arrays[name] = self.a.array(t)
             arr = self._arrays[name]
             index = [slice(None)] * arr.ndim
             index[axis] = slice(lo, hi)
@@ -444,6 +444,7 @@ def refine(a: GraphAnalysis, sites: Sequence[Site], boundaries: dict[int, list[i
         graph_outputs=expand(a.graph_outputs),
         state=state,
         dim_max=a.dim_max,
+        weights_dir=a.weights_dir,
         _sizes=dict(a._sizes),
         io=[old_io.get(id(n)) or (tuple(n.input), tuple(n.output)) for n in nodes],
     )

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from splitup.errors import SplitUpError
 from splitup.graph.errors import GraphRejected
@@ -259,10 +259,6 @@ def _layers(nodes: list[onnx.NodeProto], initializers: set[str]) -> list[str]:
     return seen
 
 
-def _has_data(t: TensorProto) -> bool:
-    return t.data_location != TensorProto.EXTERNAL
-
-
 def build_tasks(a: GraphAnalysis, part: Partition, model_name: str, *, validate: bool = True) -> list[BuiltTask]:
     """Cut each segment out as a task graph, each recomputing the shape values it reads (they never cross a
     cut). ``validate=False`` is for plans that are only printed."""
@@ -304,12 +300,13 @@ def _build_task(a: GraphAnalysis, sym: dict[str, onnx.ValueInfoProto], seg: Segm
     used_dims = {d for s in in_specs for d in s.shape if isinstance(d, str)}
     dim_max = {k: v for k, v in a.dim_max.items() if k in used_dims} | fresh
     state = {k: v for k, v in a.state.items() if k in inputs and v in outputs}
-    bound = all(_has_data(a.initializers[n]) for n in inits)
+    bound = all(a.has_data(a.initializers[n]) for n in inits)
     # Small initializers (axes, shape constants, scalars) stay inside the graph: shape inference reads
     # their values, which it cannot do through external data.
-    inline = [n for n in inits if _has_data(a.initializers[n]) and math.prod(a.initializers[n].dims) <= INLINE_ELEMENTS]
+    inline = [n for n in inits if a.initializers[n].data_location != TensorProto.EXTERNAL
+              and math.prod(a.initializers[n].dims) <= INLINE_ELEMENTS]
     shard = [n for n in inits if n not in inline]
-    weights = {n: _shard_array(a.initializers[n]) for n in shard} if bound else None
+    weights = {n: _shard_array(a, a.initializers[n]) for n in shard} if bound else None
 
     def vi(spec: TensorSpec) -> onnx.ValueInfoProto:
         return helper.make_tensor_value_info(spec.name, a.types[spec.name].elem_type, spec.shape)
@@ -344,12 +341,12 @@ def _build_task(a: GraphAnalysis, sym: dict[str, onnx.ValueInfoProto], seg: Segm
     return BuiltTask(definition, model, weights)
 
 
-def _shard_array(t: TensorProto) -> np.ndarray:
+def _shard_array(a: GraphAnalysis, t: TensorProto) -> np.ndarray:
     """What the shard stores for one initializer: its values, or for 4-bit types (which safetensors cannot
     name) its packed bytes as uint8; the graph keeps the real type and reads exactly those bytes."""
     if t.data_type in (TensorProto.INT4, TensorProto.UINT4):
         return raw_bytes(t)
-    return numpy_helper.to_array(t)
+    return a.array(t)
 
 
 def _external_stub(t: TensorProto) -> TensorProto:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import threading
 import weakref
@@ -12,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from splitup.graph.meta import DTYPE_ONNX, NUMPY_DTYPES
 from splitup.partition.task import TaskDefinition
 from splitup.runtime.engine import Engine, EngineError, EngineUnavailable, Runner
 from splitup.runtime.kv import step_bucket
@@ -51,6 +53,9 @@ def session_options(ort, *, threads: int | None = None, fast_quantised: bool = F
     opts.add_session_config_entry(QUANT_ACCURACY_KEY, FAST_QUANT_ACCURACY if fast_quantised else EXACT_QUANT_ACCURACY)
     return opts
 
+
+# Types onnxruntime's numpy bridge cannot convert (numpy knows them only through ml_dtypes).
+UNBRIDGED_DTYPES = frozenset({"bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz"})
 
 # Providers that can capture a run as a device graph and replay it (shapes and buffers must repeat).
 GRAPH_CAPTURE_PROVIDERS = ("CUDAExecutionProvider",)
@@ -111,6 +116,7 @@ class _OrtRunner(Runner):
         super().__init__(task, "onnxruntime", device)
         self._sess = sess
         self._names = [o.name for o in task.outputs]
+        self._bound_types = any(t.dtype in UNBRIDGED_DTYPES for t in (*task.inputs, *task.outputs))
         self.captured: _CapturedSteps | None = None
 
     def step(self, feeds: Mapping[str, np.ndarray], state: Mapping[str, Any] | None
@@ -121,10 +127,41 @@ class _OrtRunner(Runner):
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
+            if self._bound_types:
+                return self._run_bound(feeds)
             outs = self._sess.run(self._names, dict(feeds))
         except Exception as exc:
             raise EngineError(f"task {self.task.index} failed: {exc}") from None
         return dict(zip(self._names, outs, strict=True))
+
+    def _run_bound(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """bfloat16 / float8 in or out: onnxruntime's numpy bridge has no such types, so inputs go in as
+        typed OrtValues over their bytes and outputs are read back from onnxruntime's CPU buffers."""
+        import onnxruntime as ort
+
+        binding = self._sess.io_binding()
+        for name, value in feeds.items():
+            arr = np.ascontiguousarray(value)
+            if arr.dtype.name in UNBRIDGED_DTYPES:
+                bits = arr.view(np.dtype(f"u{arr.dtype.itemsize}"))
+                binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
+                    bits, DTYPE_ONNX[arr.dtype.name]))
+            else:
+                binding.bind_cpu_input(name, arr)
+        for name in self._names:
+            binding.bind_output(name, "cpu")
+        self._sess.run_with_iobinding(binding)
+        dtypes = {s.name: s.dtype for s in self.task.outputs}
+        out = {}
+        for name, value in zip(self._names, binding.get_outputs(), strict=True):
+            if dtypes[name] not in UNBRIDGED_DTYPES:
+                out[name] = value.numpy()
+                continue
+            dtype, shape = NUMPY_DTYPES[dtypes[name]], value.shape()
+            size = int(np.prod(shape)) * dtype.itemsize
+            raw = (ctypes.c_uint8 * size).from_address(value.data_ptr()) if size else b""
+            out[name] = np.frombuffer(bytes(raw), dtype).reshape(shape)
+        return out
 
 
 class _CapturedSteps:

@@ -11,12 +11,14 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 import onnx
 
+from splitup.runtime.ort import EXACT_QUANT_ACCURACY, QUANT_ACCURACY_KEY
 from splitup.verify.calib_models import to_float64
 
 Outputs = dict[str, np.ndarray]
@@ -42,6 +44,8 @@ def ort_session(model: onnx.ModelProto, *, level: str = "all", threads: int = 1)
     opts.log_severity_level = 3
     # Spinning worker threads burn the shared cores while they wait; calibration needs no latency.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # The fused quantised kernel at the accuracy nodes run (float32 accumulation), as the runtime sets it.
+    opts.add_session_config_entry(QUANT_ACCURACY_KEY, EXACT_QUANT_ACCURACY)
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
@@ -92,22 +96,37 @@ def _configure_tinygrad() -> None:
         os.environ["DEV"] = "PYTHON"
 
 
-def run_tinygrad(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> Outputs:
+def tinygrad_session(model: onnx.ModelProto) -> Callable[[Mapping[str, np.ndarray]], Outputs]:
+    """tinygrad's ONNX runner for ``model``, one per set of input shapes (it binds symbolic dimensions on
+    its first call), run on the runtime's one tinygrad thread; the serialized model is written once and
+    removed with the returned function."""
     _configure_tinygrad()
     from splitup.runtime.tiny import on_tinygrad_thread
 
-    def run() -> Outputs:
-        from tinygrad import Tensor
-        from tinygrad.nn.onnx import OnnxRunner
+    tmp = tempfile.TemporaryDirectory()
+    path = Path(tmp.name) / "model.onnx"
+    path.write_bytes(model.SerializeToString())
+    runners: dict[tuple, Callable] = {}
 
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "model.onnx"
-            path.write_bytes(model.SerializeToString())
-            runner = OnnxRunner(str(path))
-            out = runner({k: Tensor(np.ascontiguousarray(v)) for k, v in feeds.items()})
-        return {k: v.numpy() for k, v in out.items()}
+    def run(feeds: Mapping[str, np.ndarray]) -> Outputs:
+        def call() -> Outputs:
+            from tinygrad import Tensor
+            from tinygrad.nn.onnx import OnnxRunner
 
-    return on_tinygrad_thread(run)
+            key = tuple(sorted((k, np.shape(v)) for k, v in feeds.items()))
+            if key not in runners:
+                runners[key] = OnnxRunner(str(path))
+            out = runners[key]({k: Tensor(np.ascontiguousarray(v)) for k, v in feeds.items()})
+            return {k: v.numpy() for k, v in out.items()}
+
+        return on_tinygrad_thread(call)
+
+    weakref.finalize(run, tmp.cleanup)
+    return run
+
+
+def run_tinygrad(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> Outputs:
+    return tinygrad_session(model)(feeds)
 
 
 def honest_engines(*, with_tinygrad: bool = False) -> dict[str, Runner]:

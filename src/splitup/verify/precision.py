@@ -122,25 +122,28 @@ def _float_tensors(model: onnx.ModelProto) -> set[str]:
             if v.type.tensor_type.elem_type == TensorProto.FLOAT}
 
 
+_FP16 = {"weights": "fp16", "activations": "fp16", "tf32": True}
+
 #: How an honest node at each stated precision may compute, as ``emulate`` keyword sets, by name. Every
-#: class includes plain float32 (higher precision is always honest) and TF32 matmuls from fp16 down.
+#: class includes plain float32 (higher precision is always honest) and TF32 matmuls from fp16 down. The
+#: int8 / int4 classes are integer weights on float32 arithmetic ("int8/fp32"); integer weights on float16
+#: arithmetic state fp16 activations and are the fp16 class (compare.precision_class).
 HONEST: Mapping[str, Mapping[str, dict]] = {
     "fp32": {"fp32": {}},
-    "fp16": {"fp32": {}, "tf32": {"tf32": True}, "fp16": {"weights": "fp16", "activations": "fp16", "tf32": True}},
-    "bf16": {"fp32": {}, "fp16": {"weights": "fp16", "activations": "fp16", "tf32": True},
-             "bf16": {"weights": "bf16", "activations": "bf16", "tf32": True}},
-    "int8": {"fp32": {}, "fp16": {"weights": "fp16", "activations": "fp16", "tf32": True}},
-    "int4": {"fp32": {}, "fp16": {"weights": "fp16", "activations": "fp16", "tf32": True}},
+    "fp16": {"fp32": {}, "tf32": {"tf32": True}, "fp16": _FP16},
+    "bf16": {"fp32": {}, "fp16": _FP16, "bf16": {"weights": "bf16", "activations": "bf16", "tf32": True}},
+    "int8": {"fp32": {}},
+    "int4": {"fp32": {}},
 }
 
 #: A run below the stated precision, per class: weights (and activations for float formats) one step down.
 BELOW: Mapping[str, Mapping[str, dict]] = {
     "fp32": {"fp16 weights": {"weights": "fp16"}, "bf16 weights": {"weights": "bf16"},
-             "int8 weights": {"weights": "int8"}},
+             "int8 weights": {"weights": "int8"}, "TF32 matmuls": {"tf32": True}},
     "fp16": {"bf16 arithmetic": {"weights": "bf16", "activations": "bf16"}, "int8 weights": {"weights": "int8"}},
     "bf16": {"int4 weights": {"weights": "int4"}},
-    "int8": {"int4 weights": {"weights": "int4"}},
-    "int4": {},
+    "int8": {"int4 weights": {"weights": "int4"}, "fp16 arithmetic": _FP16},
+    "int4": {"fp16 arithmetic": _FP16},
 }
 
 

@@ -34,7 +34,7 @@ from splitup.decoding import GREEDY, Decoding, admissible, choose
 from splitup.partition.task import GRAPH_FILE, Plan, TaskDefinition, task_dir
 from splitup.runtime import Runner, run_stateful
 from splitup.verify.compare import Tolerance, compare_outputs, tolerance_for
-from splitup.verify.engines import ort_session
+from splitup.verify.engines import ort_session, tinygrad_session
 from splitup.verify.precision import BELOW, HONEST, emulate, stated_weights
 from splitup.verify.replay import LOGITS, call_positions
 
@@ -56,6 +56,15 @@ class ModelRunner(Runner):
 
             ev = ReferenceEvaluator(model)
             self._run = lambda feeds: ev.run(None, dict(feeds))
+            return
+        if engine == "tinygrad":
+            tg = tinygrad_session(model)
+
+            def run_tinygrad(feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+                out = tg(feeds)
+                return [out[n] for n in self._names]
+
+            self._run = run_tinygrad
             return
         sess = ort_session(model, level=level, threads=threads)
         self._run = lambda feeds: sess.run(self._names, dict(feeds))
@@ -284,9 +293,9 @@ class Engine:
     threads: int = 1
 
 
-def class_engines(precision: str, *, full: bool, reference: bool) -> list[Engine]:
+def class_engines(precision: str, *, full: bool, reference: bool, tinygrad: bool = False) -> list[Engine]:
     """The honest engines of a class: each emulated arithmetic on onnxruntime, plus (float32) other
-    onnxruntime settings and onnx.reference."""
+    onnxruntime settings, onnx.reference and tinygrad's ONNX runner (float32 arithmetic)."""
     engines = [Engine(f"{name}/ort-all-t1", spec) for name, spec in HONEST[precision].items()]
     settings = [("disable", 1), ("basic", 2), ("all", 2)] if full else [("disable", 1), ("all", 2)]
     lowest = list(HONEST[precision].items())[-1]
@@ -295,6 +304,8 @@ def class_engines(precision: str, *, full: bool, reference: bool) -> list[Engine
         engines += [Engine(f"{name}/ort-{lv}-t{th}", spec, "ort", lv, th) for lv, th in settings]
     if reference:
         engines.append(Engine("fp32/onnx.reference", {}, "reference"))
+    if tinygrad:
+        engines.insert(1, Engine("fp32/tinygrad", {}, "tinygrad"))
     return engines
 
 
@@ -315,13 +326,22 @@ def judge_calls(task: TaskDefinition, asserted: Sequence[Sequence[Feeds]], refer
                                         position=pos[c])
 
 
-def honest_pairs(models, precision: str, sequences, *, full: bool = False,
-                 reference: bool = False) -> dict[tuple[str, str], Honest]:
-    """Every ordered pair of the class's honest engines as (executor, validator), judged call by call."""
+def honest_runs(models, precision: str, sequences, *, full: bool = False, reference: bool = False,
+                tinygrad: bool = False) -> dict[str, Run]:
+    """The plan run on every honest engine of the class (the task's stated weights), by engine name."""
     models = [(t, stated_weights(m, precision)) for t, m in models]
+    return {e.name: run_plan(runners_for(models, e), sequences)
+            for e in class_engines(precision, full=full, reference=reference, tinygrad=tinygrad)}
+
+
+def honest_pairs(models, precision: str, sequences, *, full: bool = False, reference: bool = False,
+                 tinygrad: bool = False, runs: Mapping[str, Run] | None = None) -> dict[tuple[str, str], Honest]:
+    """Every ordered pair of the class's honest engines as (executor, validator), judged call by call
+    (``runs``: ``honest_runs`` already made)."""
     tol = tolerance_for(precision)
-    engines = class_engines(precision, full=full, reference=reference)
-    runs = {e.name: run_plan(runners_for(models, e), sequences) for e in engines}
+    engines = class_engines(precision, full=full, reference=reference, tinygrad=tinygrad)
+    runs = runs or honest_runs(models, precision, sequences, full=full, reference=reference, tinygrad=tinygrad)
+    models = [(t, stated_weights(m, precision)) for t, m in models]
     by_engine = {e.name: runners_for(models, e) for e in engines}
     out: dict[tuple[str, str], Honest] = {}
     for ex, va in itertools.permutations(engines, 2):
@@ -427,14 +447,26 @@ class PlantedStats:
     honest_failures: int = 0
     matter: int = 0  # cheats that change the canonical token
     caught: int = 0
+    # cheats whose token an honest engine of the class emits itself on that row: no rule that never fails
+    # an honest engine can catch those (a cheater may simply hand in that engine's output)
+    honest_token: int = 0
 
     @property
     def detection(self) -> float:
         return self.caught / self.matter if self.matter else 1.0
 
+    @property
+    def bound(self) -> float:
+        """The most any sound rule can catch: the share of cheats no honest engine's token excuses."""
+        return 1 - self.honest_token / self.matter if self.matter else 1.0
+
+    def add(self, other: PlantedStats) -> None:
+        for f in ("rows", "honest_failures", "matter", "caught", "honest_token"):
+            setattr(self, f, getattr(self, f) + getattr(other, f))
+
 
 def planted_near_ties(asserted: Sequence[np.ndarray], reference: Sequence[np.ndarray], slack: float, kind: str,
-                      rng: np.random.Generator) -> PlantedStats:
+                      rng: np.random.Generator, others: Sequence[Sequence[np.ndarray]] = ()) -> PlantedStats:
     """Near-ties planted in real rows of honest logits, then flipped or steered.
 
     Natural near-ties are rare (1.6 % of SmolLM2's tokens, almost none in a 512-token vocabulary), so
@@ -442,17 +474,20 @@ def planted_near_ties(asserted: Sequence[np.ndarray], reference: Sequence[np.nda
     validator's) gets its runner-up moved to ``g`` below the maximum, ``g`` uniform over the old rule's
     tie slack, keeping the two engines' own difference at that token. The honest row must still pass;
     the cheat (swap the top two, or lift the runner-up above the winner by half the remaining slack)
-    counts where it changes the canonical token.
+    counts where it changes the canonical token. ``others``: the same rows from further honest engines
+    of the class, planted alike, for ``honest_token`` (which the executor's and validator's tokens count
+    towards as well).
     """
     st = PlantedStats()
-    for a_row, b_row in zip(asserted, reference, strict=True):
+    for r, (a_row, b_row) in enumerate(zip(asserted, reference, strict=True)):
         a, b = a_row.astype(np.float64).copy(), b_row.astype(np.float64).copy()
         i, j = np.argsort(-b, kind="stable")[:2]
-        noise = (a[j] - a.max()) - (b[j] - b.max())
         old = old_tie_slack(b, float(np.sqrt(np.mean(np.square(b)))))
         g = float(rng.uniform(0, old))
+        rows = [a] + [o[r].astype(np.float64).copy() for o in others]
+        for x in rows:  # each engine keeps its own difference from the validator at the runner-up
+            x[j] = x.max() - g + (x[j] - x.max()) - (b[j] - b.max())
         b[j] = b.max() - g
-        a[j] = a.max() - g + noise
         st.rows += 1
         honest = choose(a)
         st.honest_failures += not admissible(b, honest, slack)
@@ -467,4 +502,50 @@ def planted_near_ties(asserted: Sequence[np.ndarray], reference: Sequence[np.nda
         if token != honest:
             st.matter += 1
             st.caught += not admissible(b, token, slack)
+            st.honest_token += token in {choose(x) for x in (*rows, b)}
     return st
+
+
+@dataclass
+class Ambiguity:
+    """On the tokens a plan emitted (last row of each call), across the class's honest engines."""
+
+    rows: int = 0
+    split: int = 0  # rows where the honest engines do not all emit the same canonical token
+    # (row, validator engine) pairs where the rule admits more than one token: where a cheater could choose
+    admits_two: int = 0
+    checks: int = 0
+
+    @property
+    def split_rate(self) -> float:
+        return self.split / self.rows if self.rows else 0.0
+
+    @property
+    def choice_rate(self) -> float:
+        return self.admits_two / self.checks if self.checks else 0.0
+
+
+def admissible_tokens(reference: np.ndarray, slack: float, decoding: Decoding = GREEDY) -> list[int]:
+    """Every token the validator's rule accepts on this row (greedy: only tokens near the top can be)."""
+    v = reference.astype(np.float64)
+    near = np.flatnonzero(v >= v.max() - (decoding.window + 3 * slack) * (v.max() - v.min() + 1))
+    return [int(t) for t in near if admissible(v, int(t), slack, decoding)]
+
+
+def ambiguity(rows_by_engine: Mapping[str, Sequence[np.ndarray]], slack: float) -> Ambiguity:
+    """How often the class's honest engines disagree on the emitted token, and how often the rule leaves a
+    choice; the first is the floor for any sound rule, the second what this rule leaves."""
+    out = Ambiguity()
+    engines = list(rows_by_engine.values())
+    for rows in zip(*engines, strict=True):
+        out.rows += 1
+        out.split += len({choose(r) for r in rows}) > 1
+        for r in rows:
+            out.checks += 1
+            out.admits_two += len(admissible_tokens(r, slack)) > 1
+    return out
+
+
+def logit_rows(run: Run) -> list[np.ndarray]:
+    """Every row of the last task's logits, call by call (every row the rule checks)."""
+    return [r for seq in run.outputs for call in seq for r in call[-1][LOGITS].reshape(-1, call[-1][LOGITS].shape[-1])]

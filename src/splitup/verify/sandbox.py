@@ -33,9 +33,10 @@ PRICE = 10_000_000
 MODEL = "tiny-llama"
 
 
-def write_plan(out: Path, tasks: int = 3, model_name: str = MODEL) -> Plan:
-    """A zoo model (seeded weights) split into ``tasks`` tasks: the largest budget that gives that many."""
-    model = zoo.build(model_name, seed=0)
+def write_plan(out: Path, tasks: int = 3, model_name: str = MODEL, dtype: str = "float32") -> Plan:
+    """A zoo model (seeded weights, ``dtype`` as ``zoo.build`` takes it) split into ``tasks`` tasks: the
+    largest budget that gives that many."""
+    model = zoo.build(model_name, seed=0, dtype=dtype)
     a = analyze(model)
     whole = partition(a, 2**40, workspace_bytes=0).segments[0].vram_bytes
     for frac in np.linspace(0.95, 0.1, 86):
