@@ -4,9 +4,10 @@ shape at 24 and 80 GiB (fp16, context 4096, 128-token chunks, 256 MiB workspace 
 Run: .venv/bin/python bench/plan_table.py  (times: wall clock, and this process's CPU seconds in brackets,
 which stay meaningful when other jobs share the cores; the load average is printed beside them)
 Baseline in the same run: the partitioner on the graph as built, cutting only between and inside
-transformer blocks. "split DP" times the planner with operator splits (find sites, rewrite, two or
-three solves); "splitup plan" times what the command does: build the shape-only graph, size it,
-plan, and cut out the task graphs.
+transformer blocks. "partitioner" times the planner with operator splits (find sites, sketch and
+solve, rewrite what the plan cuts and solve again); "splitup plan" times what the command does:
+build the shape-only graph, size it, plan, and cut out and validate the task graphs. The last row is
+issue 14's `splitup plan llama-70b --vram 12GiB --dtype int4` (fp16 activations).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from splitup.graph import zoo
-from splitup.partition import analyze, partition, plan_partition
+from splitup.partition import analyze, partition
 from splitup.partition.plan import make_plan
 
 GiB = 2**30
@@ -29,27 +30,27 @@ CONFIGS = [(name, b) for name in ("llama-7b", "llama-13b", "llama-70b") for b in
 def main() -> None:
     load_before = os.getloadavg()
     table = Table(title="splitup plan: fp16, context 4096, 128-token chunks, 256 MiB workspace per task")
-    for col in ("model", "node", "tasks", "lower bound", "blocks only", "split DP wall (CPU)",
-                "splitup plan wall (CPU)", "slowest stage"):
+    for col in ("model", "node", "tasks", "lower bound", "blocks only", "partitioner wall (CPU)",
+                "splitup plan wall (CPU)", "attention split", "slowest stage"):
         table.add_column(col, justify="left" if col == "model" else "right")
     worst = 0
-    for name, gib in CONFIGS:
+    rows = [(name, gib, "fp16") for name, gib in CONFIGS] + [("llama-70b", 12, "int4")]
+    for name, gib, dtype in rows:
         budget = gib * GiB
-        model = zoo.build(name, dtype="float16", validate=False)
-        a = analyze(model, trusted=True)
-        coarse = partition(a, budget)
+        acts = "fp16" if dtype == "int4" else None
+        coarse = partition(analyze(zoo.build(name, dtype=dtype, activations=acts, validate=False), trusted=True), budget)
         t0, c0 = time.perf_counter(), time.process_time()
-        _, part = plan_partition(a, budget)
-        split_s, split_cpu = time.perf_counter() - t0, time.process_time() - c0
-        t0, c0 = time.perf_counter(), time.process_time()
-        result = make_plan(zoo.build(name, dtype="float16", validate=False), name, budget, trusted=True)
+        result = make_plan(zoo.build(name, dtype=dtype, activations=acts, validate=False), name, budget, trusted=True)
         plan_s, plan_cpu = time.perf_counter() - t0, time.process_time() - c0
         n, lb = len(result.plan.tasks), result.plan.lower_bound
-        assert n == len(part.segments)
         worst = max(worst, n - lb)
         flops = [t.flops for t in result.plan.tasks]
-        table.add_row(name, f"{gib} GiB", str(n), str(lb), str(len(coarse.segments)), f"{split_s:.2f} s ({split_cpu:.2f})",
-                      f"{plan_s:.2f} s ({plan_cpu:.2f})", f"{max(flops) / (sum(flops) / n):.2f}x mean")
+        heads = sum(1 for k in result.plan.state if k.endswith("#0.key"))
+        table.add_row(f"{name} ({dtype})" if dtype != "fp16" else name, f"{gib} GiB", str(n), str(lb),
+                      str(len(coarse.segments)),
+                      f"{result.partition_seconds:.2f} s ({result.partition_cpu_seconds:.2f})",
+                      f"{plan_s:.2f} s ({plan_cpu:.2f})", f"{heads} layers" if heads else "-",
+                      f"{max(flops) / (sum(flops) / n):.2f}x mean")
     console = Console(width=140)
     console.print(table)
     console.print(f"worst: {worst} task(s) above the lower bound; load average {load_before[0]:.2f} before, "

@@ -18,6 +18,10 @@ static uint64_t check_params(const InitConfigArgs *a) {
   if (a->max_deadline_slots == 0 || a->max_task_timeout_slots == 0 || a->arbiter_timeout_slots == 0 ||
       a->reveal_slots == 0)
     return E_INVALID_PARAMETER;
+  /* a proven lie in a hand-off is cheating: at least the liveness penalty, at most the collateral */
+  if (a->handoff_slash_bps > BPS || a->handoff_slash_bps < a->liveness_slash_bps || a->handoff_slash_bps == 0)
+    return E_INVALID_PARAMETER;
+  if (a->handoff_slots == 0 || a->handoff_slots > MAX_WINDOW_SLOTS) return E_INVALID_PARAMETER;
   if (a->max_deadline_slots > MAX_WINDOW_SLOTS || a->max_task_timeout_slots > MAX_WINDOW_SLOTS ||
       a->validator_timeout_slots > MAX_WINDOW_SLOTS || a->arbiter_timeout_slots > MAX_WINDOW_SLOTS ||
       a->reveal_slots > MAX_WINDOW_SLOTS || a->validator_ramp_slots > a->validator_timeout_slots ||
@@ -50,6 +54,8 @@ static void apply(Config *cfg, const InitConfigArgs *a) {
   cfg->validator_ramp_slots = a->validator_ramp_slots;
   cfg->validator_reward_bps = a->validator_reward_bps;
   cfg->heartbeat_window_slots = a->heartbeat_window_slots;
+  cfg->handoff_slash_bps = a->handoff_slash_bps;
+  cfg->handoff_slots = a->handoff_slots;
 }
 
 /* accounts: 0 authority (signer, writable: pays rent), 1 config PDA (w), 2 system program */

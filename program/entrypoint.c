@@ -19,6 +19,7 @@ static const Route ROUTES[] = {
     [IX_REVEAL_SECRET] = {ix_reveal_secret, 2},   [IX_RECEIVE_INPUT] = {ix_receive_input, 3},
     [IX_RELEASE_TASK] = {ix_release_task, 4},     [IX_TAKE_OVER] = {ix_take_over, 7},
     [IX_HEARTBEAT] = {ix_heartbeat, 2},
+    [IX_PROVE_RECEIPT] = {ix_prove_receipt, 3},   [IX_PROVE_HANDOFF] = {ix_prove_handoff, 5},
 };
 
 uint64_t entrypoint(const uint8_t *input) {

@@ -65,6 +65,7 @@ uint64_t ix_post_job(Ctx *c) {
   j->verify_rate_bps = cfg->verify_rate_bps;
   j->validator_reward = cfg->validator_reward;
   j->validator_reward_bps = cfg->validator_reward_bps;
+  j->handoff_slots = cfg->handoff_slots;
   j->protocol_fee_bps = cfg->protocol_fee_bps;
   j->new_node_bps = cfg->new_node_bps;
   j->new_node_half_life = cfg->new_node_half_life;
@@ -117,44 +118,27 @@ uint64_t ix_accept_task(Ctx *c) {
 
 /* accounts: 0 node owner (signer), 1 node, 2 job (w). The node records that it got its input: from
    now on failing to deliver is its fault (a liveness slash), and the client can no longer release the
-   task out from under it. */
+   task out from under it. (A client holding the node's signed receipt proves the same: prove_receipt.) */
 uint64_t ix_receive_input(Ctx *c) {
-  SolAccountInfo *ka = c->p->ka;
   HashArgs a;
   TRY(read_args(c, &a, sizeof(a), NULL, NULL));
-  Node *n;
-  JobHeader *j;
-  TaskSlot *t;
-  TRY(need_signer(&ka[0]));
-  TRY(load_node(c, &ka[1], false, &n));
-  TRY(load_job(c, &ka[2], true, &j));
-  if (!pubkey_eq(ka[0].key, (const SolPubkey *)n->owner)) return E_UNAUTHORIZED;
-  TRY(job_task(j, a.index, &t));
-  if (t->status != ST_ACCEPTED) return E_WRONG_TASK_STATE;
-  if (!pubkey_eq(ka[1].key, (const SolPubkey *)t->node)) return E_WRONG_NODE;
-  if (t->received) return E_INPUT_RECEIVED;
-  t->received = 1; /* the hash receipted is in the transaction */
+  OwnedTask o;
+  TRY(load_owned_task(c, c->p->ka, false, a.index, &o));
+  if (o.task->received) return E_INPUT_RECEIVED;
+  o.task->received = 1; /* the hash receipted is in the transaction */
   return 0;
 }
 
 /* accounts: 0 node owner (signer), 1 node, 2 job (w). The rate the draw will use is fixed here, from the
    node's record as it stands and the collateral it locked (docs/posp.md "The rule the program applies"). */
 uint64_t ix_commit_result(Ctx *c) {
-  SolAccountInfo *ka = c->p->ka;
   CommitArgs a;
   TRY(read_args(c, &a, sizeof(a), NULL, NULL));
-  Node *n;
-  JobHeader *j;
-  TaskSlot *t;
-  TRY(need_signer(&ka[0]));
-  TRY(load_node(c, &ka[1], false, &n));
-  TRY(load_job(c, &ka[2], true, &j));
-  if (!pubkey_eq(ka[0].key, (const SolPubkey *)n->owner)) return E_UNAUTHORIZED;
-  TRY(job_task(j, a.index, &t));
-  if (t->status != ST_ACCEPTED) return E_WRONG_TASK_STATE;
-  if (!pubkey_eq(ka[1].key, (const SolPubkey *)t->node)) return E_WRONG_NODE;
+  OwnedTask o;
+  TRY(load_owned_task(c, c->p->ka, false, a.index, &o));
+  TaskSlot *t = o.task;
   if (c->slot > t->deadline) return E_TOO_LATE;
-  TRY(task_rate(j, n, t, &t->rate_bps));
+  TRY(task_rate(o.job, o.node, t, &t->rate_bps));
   sol_memcpy_(t->commitment, a.commitment, 32);
   sol_memcpy_(t->seal, a.seal, 32);
   t->committed_slot = c->slot;
@@ -183,18 +167,21 @@ uint64_t ix_reveal_secret(Ctx *c) {
   return 0;
 }
 
-/* Put a task back to OPEN with its price, nothing else: another node may take it. */
-static void reopen(TaskSlot *t) {
+/* Clear a task down to its price in `status`: OPEN (another node may take it) or RELEASED (given up). */
+static void clear_task(TaskSlot *t, uint8_t status) {
   uint64_t price = t->price;
   sol_memset_(t, 0, sizeof(TaskSlot));
   t->price = price;
-  t->status = ST_OPEN;
+  t->status = status;
 }
 
 /* accounts: 0 signer: the task's node owner or the job's client, 1 job (w), 2 the task's node (w),
    3 config (w). Gives a task up: unpaid, and its price stays in escrow for the client's refund.
    - a task nobody accepted: only the client (it winds its job up);
-   - a task never fed (no receipt): the node or the client, unslashed;
+   - a task with no receipt on chain, by the client: released at once, unslashed;
+   - the same by the node: "never fed" is a claim it cannot prove, so the task's deadline is cut to
+     handoff_slots from now; the client may show the node's signed receipt meanwhile (prove_receipt),
+     and `expire` then releases the node unslashed, or with the liveness penalty if it was shown;
    - a task the node had its input for: only the node itself, with the liveness penalty. */
 uint64_t ix_release_task(Ctx *c) {
   SolAccountInfo *ka = c->p->ka;
@@ -204,9 +191,8 @@ uint64_t ix_release_task(Ctx *c) {
   Config *cfg;
   TaskSlot *t;
   TRY(need_signer(&ka[0]));
-  TRY(load_job(c, &ka[1], true, &j));
+  TRY(load_task(c, &ka[1], a.index, &j, &t));
   TRY(load_config(c, &ka[3], true, &cfg));
-  TRY(job_task(j, a.index, &t));
   bool by_client = pubkey_eq(ka[0].key, (const SolPubkey *)j->client);
   if (t->status == ST_OPEN) {
     if (!by_client) return E_UNAUTHORIZED;
@@ -225,13 +211,16 @@ uint64_t ix_release_task(Ctx *c) {
     TRY(slash(&sl));
     TRY(add64(cfg->treasury, sl.amount, &cfg->treasury));
     TRY(add64(n->liveness_faults, 1, &n->liveness_faults));
+  } else if (!by_client) {
+    uint64_t grace;
+    TRY(add64(c->slot, j->handoff_slots, &grace));
+    if (grace < t->deadline) t->deadline = grace;
+    t->releasing = 1; /* `expire` releases it rather than reopen it */
+    return 0;
   } else {
     TRY(unlock(n, t->collateral));
   }
-  uint64_t price = t->price;
-  sol_memset_(t, 0, sizeof(TaskSlot));
-  t->price = price;
-  t->status = ST_RELEASED;
+  clear_task(t, ST_RELEASED);
   return 0;
 }
 
@@ -250,17 +239,14 @@ uint64_t ix_take_over(Ctx *c) {
   ModelHeader *m;
   TaskSlot *t;
   TRY(need_signer(&ka[0]));
-  TRY(need_signer(&ka[1]));
-  TRY(load_node(c, &ka[2], true, &s));
+  TRY(owned_node(c, &ka[1], &ka[2], true, &s));
   TRY(load_node(c, &ka[3], true, &old));
-  TRY(load_job(c, &ka[4], true, &j));
+  TRY(load_task(c, &ka[4], a.index, &j, &t));
   TRY(load_config(c, &ka[5], true, &cfg));
   TRY(load_model(c, &ka[6], &m));
   if (!pubkey_eq(ka[0].key, (const SolPubkey *)j->client)) return E_UNAUTHORIZED;
-  if (!pubkey_eq(ka[1].key, (const SolPubkey *)s->owner)) return E_UNAUTHORIZED;
   if (!pubkey_eq(ka[6].key, (const SolPubkey *)j->model)) return E_WRONG_ACCOUNT_TYPE;
   if (pubkey_eq(ka[1].key, (const SolPubkey *)j->client)) return E_SELF_VALIDATION;
-  TRY(job_task(j, a.index, &t));
   if (t->status != ST_ACCEPTED) return E_WRONG_TASK_STATE;
   if (!pubkey_eq(ka[3].key, (const SolPubkey *)t->node)) return E_WRONG_NODE;
   if (pubkey_eq(ka[2].key, ka[3].key)) return E_WRONG_NODE;
@@ -280,6 +266,7 @@ uint64_t ix_take_over(Ctx *c) {
   TRY(add64(c->slot, j->task_timeout_slots, &deadline));
   sol_memcpy_(t->node, ka[2].key, 32);
   t->standin = 1;
+  t->releasing = 0; /* whatever the failed node asked, the stand-in holds the task now */
   t->collateral = collateral;
   t->deadline = deadline;
   t->received = 1; /* the client handed it the input with the task */
@@ -289,9 +276,9 @@ uint64_t ix_take_over(Ctx *c) {
 /* accounts: 0 job (w), 1 config (w), 2 the late party's node (w). Permissionless: anyone may expire
    late work. Blame needs evidence: a node that receipted its input and missed its deadline pays the
    liveness penalty; a node that never receipted one is released unslashed (it may never have been fed).
-   Either way the task reopens for another node. A validator that took a task up and missed its deadline
-   pays the liveness penalty and the task waits for another validator. With no winner to pay, penalties
-   go to the treasury. Sampled tasks nobody validated and disputes the arbiter left open are released. */
+   Either way the task reopens for another node, or is RELEASED if its node had given it up. A
+   validator that took a task up and missed its deadline pays the liveness penalty and the task waits for
+   another validator. With no winner to pay, penalties go to the treasury. Sampled tasks nobody validated and disputes the arbiter left open are released. */
 uint64_t ix_expire(Ctx *c) {
   SolAccountInfo *ka = c->p->ka;
   TaskArgs a;
@@ -315,7 +302,7 @@ uint64_t ix_expire(Ctx *c) {
     } else {
       TRY(unlock(n, t->collateral));
     }
-    reopen(t);
+    clear_task(t, t->releasing ? ST_RELEASED : ST_OPEN);
     return 0;
   }
   if (t->status == ST_VALIDATING) {

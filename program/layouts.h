@@ -17,6 +17,10 @@
 #define SEED_JOB_LEN 3
 #define SEED_ESCROW "escrow"
 #define SEED_ESCROW_LEN 6
+#define RECEIPT_DOMAIN "splitup-receipt-v1"
+#define RECEIPT_DOMAIN_LEN 18
+#define HANDOFF_DOMAIN "splitup-handoff-v1"
+#define HANDOFF_DOMAIN_LEN 18
 
 #define TAG_CONFIG 1
 #define TAG_MODEL 2
@@ -68,6 +72,8 @@
 #define IX_RELEASE_TASK 22
 #define IX_TAKE_OVER 23
 #define IX_HEARTBEAT 24
+#define IX_PROVE_RECEIPT 25
+#define IX_PROVE_HANDOFF 26
 
 #define E_INVALID_INSTRUCTION 1
 #define E_NOT_ENOUGH_ACCOUNTS 2
@@ -102,6 +108,8 @@
 #define E_BAD_SECRET 31
 #define E_NOT_DRAWN 32
 #define E_INPUT_RECEIVED 33
+#define E_BAD_EVIDENCE 34
+#define E_NO_MISMATCH 35
 #define E_STALE_HEARTBEAT 36
 
 typedef struct {
@@ -133,8 +141,10 @@ typedef struct {
   uint64_t validator_ramp_slots;  /* @208 */
   uint64_t validator_reward_bps;  /* @216 */
   uint64_t heartbeat_window_slots;  /* @224 */
+  uint64_t handoff_slash_bps;  /* @232 */
+  uint64_t handoff_slots;  /* @240 */
 } Config;
-_Static_assert(sizeof(Config) == 232, "Config layout");
+_Static_assert(sizeof(Config) == 248, "Config layout");
 
 typedef struct {
   uint8_t task_id[32];  /* @0 */
@@ -190,7 +200,7 @@ typedef struct {
   uint8_t received;  /* @4 */
   uint8_t proved;  /* @5 */
   uint8_t standin;  /* @6 */
-  uint8_t _pad0[1];  /* @7 */
+  uint8_t releasing;  /* @7 */
   uint8_t node[32];  /* @8 */
   uint8_t validator[32];  /* @40 */
   uint8_t commitment[32];  /* @72 */
@@ -239,8 +249,9 @@ typedef struct {
   uint64_t reveal_slots;  /* @320 */
   uint64_t validator_ramp_slots;  /* @328 */
   uint64_t validator_reward_bps;  /* @336 */
+  uint64_t handoff_slots;  /* @344 */
 } JobHeader;
-_Static_assert(sizeof(JobHeader) == 344, "JobHeader layout");
+_Static_assert(sizeof(JobHeader) == 352, "JobHeader layout");
 
 typedef struct {
   uint64_t verify_rate_bps;  /* @0 */
@@ -266,8 +277,10 @@ typedef struct {
   uint64_t validator_ramp_slots;  /* @160 */
   uint64_t validator_reward_bps;  /* @168 */
   uint64_t heartbeat_window_slots;  /* @176 */
+  uint64_t handoff_slash_bps;  /* @184 */
+  uint64_t handoff_slots;  /* @192 */
 } InitConfigArgs;
-_Static_assert(sizeof(InitConfigArgs) == 184, "InitConfigArgs layout");
+_Static_assert(sizeof(InitConfigArgs) == 200, "InitConfigArgs layout");
 
 typedef struct {
   uint8_t model_hash[32];  /* @0 */

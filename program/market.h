@@ -75,6 +75,15 @@ uint64_t check_escrow(const Ctx *c, const SolAccountInfo *escrow, const SolAccou
 static inline ModelTask *model_tasks(ModelHeader *m) { return (ModelTask *)(m + 1); }
 static inline TaskSlot *job_tasks(JobHeader *j) { return (TaskSlot *)(j + 1); }
 uint64_t job_task(JobHeader *j, uint64_t index, TaskSlot **out);
+/* The job (writable) and its task at `index`. */
+uint64_t load_task(const Ctx *c, const SolAccountInfo *job_ai, uint64_t index, JobHeader **j, TaskSlot **t);
+/* `owner` signs and owns the node at `node_ai`. */
+uint64_t owned_node(const Ctx *c, const SolAccountInfo *owner, const SolAccountInfo *node_ai, bool writable,
+                    Node **out);
+/* The preamble of a node acting on its own task: `ka[0]` (the owner) signs and owns the node `ka[1]`, and
+   the task at `index` of the job `ka[2]` (writable) is ACCEPTED by that node. */
+typedef struct { Node *node; JobHeader *job; TaskSlot *task; } OwnedTask;
+uint64_t load_owned_task(const Ctx *c, const SolAccountInfo *ka, bool node_writable, uint64_t index, OwnedTask *out);
 
 /* A slash: `collateral * slash_bps / BPS` leaves the node's stake (its PDA) for `dest`; the collateral is
    unlocked. The caller counts the fault (cheating or liveness). `amount` is set to what moved. */
@@ -124,3 +133,5 @@ uint64_t ix_receive_input(Ctx *c);
 uint64_t ix_release_task(Ctx *c);
 uint64_t ix_take_over(Ctx *c);
 uint64_t ix_heartbeat(Ctx *c);
+uint64_t ix_prove_receipt(Ctx *c);
+uint64_t ix_prove_handoff(Ctx *c);

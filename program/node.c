@@ -2,12 +2,6 @@
    holds rent + stake + unbonding lamports; locked collateral is a part of stake. */
 #include "market.h"
 
-static uint64_t owned_node(Ctx *c, SolAccountInfo *owner, SolAccountInfo *node_ai, Node **out) {
-  TRY(need_signer(owner));
-  TRY(load_node(c, node_ai, true, out));
-  return pubkey_eq(owner->key, (const SolPubkey *)(*out)->owner) ? 0 : E_UNAUTHORIZED;
-}
-
 /* accounts: 0 owner (signer, w), 1 node PDA (w), 2 config, 3 system program */
 uint64_t ix_register_node(Ctx *c) {
   SolAccountInfo *ka = c->p->ka;
@@ -40,7 +34,7 @@ uint64_t ix_add_stake(Ctx *c) {
   AmountArgs a;
   TRY(read_args(c, &a, sizeof(a), NULL, NULL));
   Node *n;
-  TRY(owned_node(c, &ka[0], &ka[1], &n));
+  TRY(owned_node(c, &ka[0], &ka[1], true, &n));
   if (a.amount == 0) return E_INVALID_PARAMETER;
   uint64_t stake;
   TRY(add64(n->stake, a.amount, &stake));
@@ -56,7 +50,7 @@ uint64_t ix_begin_unstake(Ctx *c) {
   AmountArgs a;
   TRY(read_args(c, &a, sizeof(a), NULL, NULL));
   Node *n;
-  TRY(owned_node(c, &ka[0], &ka[1], &n));
+  TRY(owned_node(c, &ka[0], &ka[1], true, &n));
   Config *cfg;
   TRY(load_config(c, &ka[2], false, &cfg));
   uint64_t free_stake;
@@ -76,7 +70,7 @@ uint64_t ix_withdraw(Ctx *c) {
   SolAccountInfo *ka = c->p->ka;
   TRY(read_args(c, NULL, 0, NULL, NULL));
   Node *n;
-  TRY(owned_node(c, &ka[0], &ka[1], &n));
+  TRY(owned_node(c, &ka[0], &ka[1], true, &n));
   if (n->unbonding == 0) return E_NOTHING_TO_WITHDRAW;
   if (c->slot < n->unbond_at) return E_STILL_BONDING;
   uint64_t amount = n->unbonding;
@@ -93,7 +87,7 @@ uint64_t ix_specialize(Ctx *c) {
   TRY(read_args(c, &a, sizeof(a), &rest, &rest_len));
   if (a.count > MAX_SPECIALIZED || rest_len != a.count * 32) return E_INVALID_INSTRUCTION;
   Node *n;
-  TRY(owned_node(c, &ka[0], &ka[1], &n));
+  TRY(owned_node(c, &ka[0], &ka[1], true, &n));
   sol_memset_(n->specialized, 0, sizeof(n->specialized));
   if (rest_len) sol_memcpy_(n->specialized, rest, rest_len);
   n->special_count = a.count;
@@ -108,7 +102,7 @@ uint64_t ix_heartbeat(Ctx *c) {
   HeartbeatArgs a;
   TRY(read_args(c, &a, sizeof(a), NULL, NULL));
   Node *n;
-  TRY(owned_node(c, &ka[0], &ka[1], &n));
+  TRY(owned_node(c, &ka[0], &ka[1], true, &n));
   n->last_heartbeat = c->slot;
   n->free_sessions = a.free_sessions;
   n->engines = a.engines;

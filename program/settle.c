@@ -52,6 +52,10 @@ uint64_t ix_settle(Ctx *c) {
   TRY(load_config(c, &ka[2], true, &p.cfg));
   TRY(job_task(p.job, a.index, &t));
   if (t->status != ST_READY && t->status != ST_RESOLVED) return E_WRONG_TASK_STATE;
+  /* the receiver of the node's output has handoff_slots to prove a lie in it (ix_prove_handoff) */
+  uint64_t open_until;
+  TRY(add64(t->committed_slot, p.job->handoff_slots, &open_until));
+  if (c->slot <= open_until) return E_TOO_EARLY;
   TRY(load_node(c, &ka[3], true, &n));
   if (!pubkey_eq(ka[3].key, (const SolPubkey *)t->node)) return E_WRONG_NODE;
   if (!pubkey_eq(ka[4].key, (const SolPubkey *)n->owner)) return E_WRONG_NODE;

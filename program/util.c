@@ -189,6 +189,25 @@ uint64_t job_task(JobHeader *j, uint64_t index, TaskSlot **out) {
   return 0;
 }
 
+uint64_t load_task(const Ctx *c, const SolAccountInfo *job_ai, uint64_t index, JobHeader **j, TaskSlot **t) {
+  TRY(load_job(c, job_ai, true, j));
+  return job_task(*j, index, t);
+}
+
+uint64_t owned_node(const Ctx *c, const SolAccountInfo *owner, const SolAccountInfo *node_ai, bool writable,
+                    Node **out) {
+  TRY(need_signer(owner));
+  TRY(load_node(c, node_ai, writable, out));
+  return pubkey_eq(owner->key, (const SolPubkey *)(*out)->owner) ? 0 : E_UNAUTHORIZED;
+}
+
+uint64_t load_owned_task(const Ctx *c, const SolAccountInfo *ka, bool node_writable, uint64_t index, OwnedTask *out) {
+  TRY(owned_node(c, &ka[0], &ka[1], node_writable, &out->node));
+  TRY(load_task(c, &ka[2], index, &out->job, &out->task));
+  if (out->task->status != ST_ACCEPTED) return E_WRONG_TASK_STATE;
+  return pubkey_eq(ka[1].key, (const SolPubkey *)out->task->node) ? 0 : E_WRONG_NODE;
+}
+
 uint64_t min_collateral(const Config *cfg, uint64_t price, uint64_t *out) {
   uint64_t scaled;
   TRY(bps_of(price, cfg->collateral_bps, &scaled));

@@ -198,6 +198,7 @@ def test_settle_cannot_redirect_payment(never_verify: World) -> None:
     w.ready(job, 0)
     node = w.m.node_address(w.nodes[0].pubkey())
     thief = w.nodes[1].pubkey()
+    w.t.advance(w.params.handoff_slots + 1)  # past the hand-off window: the accounts are what is refused
     i = ix.settle(w.m.program_id, job, 0, node, thief)
     with pytest.raises(E.WrongNodeError):
         w.t.send([i], [w.m.payer])

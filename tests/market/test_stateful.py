@@ -15,6 +15,7 @@ from solders.pubkey import Pubkey
 
 from splitup.market.constants import TaskStatus
 from splitup.market.errors import MarketError
+from splitup.market.evidence import ED25519_PROGRAM, HANDOFF, RECEIPT, Signed
 from splitup.market.layout import TaskSlot
 from splitup.market.market import MarketParams
 from splitup.market.transport import LiteSvmTransport, TxResult
@@ -29,7 +30,8 @@ class CountingTransport(LiteSvmTransport):
     signatures = 0
 
     def send(self, instructions: Sequence[Instruction], signers: Sequence[Keypair]) -> TxResult:
-        self.signatures += len({k.pubkey() for k in signers})
+        checked = sum(i.data[0] for i in instructions if i.program_id == ED25519_PROGRAM)  # charged alike
+        self.signatures += len({k.pubkey() for k in signers}) + checked
         return super().send(instructions, signers)
 
 
@@ -99,6 +101,23 @@ class MarketMachine(RuleBasedStateMachine):
     def receive(self, k: int) -> None:
         if p := self.pick(k, TaskStatus.ACCEPTED):
             self.attempt(lambda: self.w.m.receive_input(self.owner_of(p[2].node), p[0], p[1], h("in")))
+
+    @rule(k=st.integers(0, 8), n=st.integers(0, N_NODES - 1))
+    def prove_receipt(self, k: int, n: int) -> None:
+        """A receipt signed by some node's owner (the task's own, or not) for an accepted task."""
+        if p := self.pick(k, TaskStatus.ACCEPTED):
+            s = Signed.make(RECEIPT, self.w.nodes[n], self.w.m.program_id, p[0], p[1], h("in"))
+            self.attempt(lambda: self.w.m.prove_receipt(s))
+
+    @rule(k=st.integers(0, 8), n=st.integers(0, N_NODES - 1), lie=st.booleans())
+    def prove_handoff(self, k: int, n: int, lie: bool) -> None:
+        """A hand-off signed by some node's owner, equal to the commitment or not, for a committed task."""
+        statuses = (TaskStatus.COMMITTED, TaskStatus.SAMPLED, TaskStatus.VALIDATING, TaskStatus.DISPUTED,
+                    TaskStatus.READY, TaskStatus.RESOLVED)
+        if p := self.pick(k, *statuses):
+            digest = h("sent") if lie else bytes(p[2].commitment)
+            s = Signed.make(HANDOFF, self.w.nodes[n], self.w.m.program_id, p[0], p[1], digest)
+            self.attempt(lambda: self.w.m.prove_handoff(s))
 
     @rule(k=st.integers(0, 8), by_node=st.booleans())
     def release(self, k: int, by_node: bool) -> None:

@@ -9,7 +9,7 @@ from splitup.graph import zoo
 from splitup.partition import PartitionError, analyze, partition, plan_partition
 from splitup.partition.local import LocalPipeline
 from splitup.partition.plan import make_plan
-from splitup.partition.refine import find_sites
+from splitup.partition.refine import find_sites, refine
 
 from .conftest import random_feeds, reference, whole_vram
 
@@ -121,6 +121,80 @@ def test_kv_cache_generation_with_split_cuts(tmp_path, name, overrides, fraction
     got = np.concatenate(steps, axis=1)
     np.testing.assert_allclose(got, full, atol=1e-5, rtol=0)
     assert (got.argmax(-1) == full.argmax(-1)).all()
+
+
+def test_attention_split_by_kv_heads_generates_identically_and_replays(tmp_path):
+    """GQA (8 query heads over 4 KV heads) planned where attention parts pay: a layer's KV cache is held
+    by two tasks in parts, KV-cache generation through the split tasks equals the whole model, and a
+    validator re-executes a part's task from its transcript like any other (a perturbed partial sum
+    fails)."""
+    from splitup.runtime import run_stateful
+    from splitup.verify.replay import judge, replay
+    from splitup.verify.transcript import Transcript
+
+    model = zoo.build("tiny-llama", seed=0, max_seq=8, hidden=128, heads=8, kv_heads=4, intermediate=96)
+    plan = make_plan(model, "gqa", int(whole_vram(model) * 0.25), workspace_bytes=0, out_dir=tmp_path).plan
+    held = [{k.split("#")[0] for k in t.state if "#" in k and k.endswith(".key")} for t in plan.tasks]
+    assert any(held[i] & held[j] for i in range(len(held)) for j in range(i + 1, len(held)))
+    assert any("attn" in o.name and "#" in o.name for t in plan.tasks[:-1] for o in t.outputs)  # a partial sum
+    ids = np.random.default_rng(3).integers(0, 500, (1, 8))
+    empty = {k: np.zeros((1, v.shape[1], 8, v.shape[3]), np.float32) if v.ndim == 4 else np.zeros(1, np.int64)
+             for k, v in random_feeds(model).items() if k.startswith("past")}
+    full = reference(model, {"input_ids": ids, **empty})["logits"]
+    pipe = LocalPipeline(tmp_path)
+    k = next(i for i, t in enumerate(plan.tasks) if any("#" in s for s in t.state) and i < len(plan.tasks) - 1)
+    record = Transcript("job", k, plan.tasks[k].task_id)
+    steps = []
+    for chunk in (ids[:, :5], ids[:, 5:6], ids[:, 6:7], ids[:, 7:8]):
+        env = {"input_ids": chunk}
+        for i, runner in enumerate(pipe.runners):
+            given = {s.name: env[s.name] for s in runner.task.inputs if s.name in env and s.name not in runner.task.state}
+            outs, state = run_stateful(runner, given, pipe.state)
+            pipe.state.update(state)
+            env.update(outs)
+            if i == k:
+                record.add(given, {o: v for o, v in outs.items() if o not in runner.task.state.values()})
+        steps.append(env["logits"])
+    got = np.concatenate(steps, axis=1)
+    np.testing.assert_allclose(got, full, atol=1e-5, rtol=0)
+    assert (got.argmax(-1) == full.argmax(-1)).all()
+    validator = LocalPipeline(tmp_path).runners[k]  # a fresh engine session: the cache starts empty
+    assert judge(record, replay(validator, record), task=plan.tasks[k]).match
+    name, value = next((o, v) for o, v in record.steps[-1].outputs.items() if "#" in o)
+    record.steps[-1].outputs[name] = value + 0.05 * np.sqrt(np.mean(value**2))
+    assert not judge(record, replay(validator, record), task=plan.tasks[k]).match
+
+
+@pytest.mark.parametrize("kv_cache", [False, True])
+def test_every_kv_head_group_split_reproduces_the_model(kv_cache):
+    # 6 query heads over 3 KV heads, parts of 1 and 2 KV heads: query heads follow their KV head.
+    model = zoo.build("tiny-llama", seed=0, max_seq=8, hidden=96, heads=6, kv_heads=3, layers=2, kv_cache=kv_cache)
+    a = analyze(model)
+    sites = find_sites(a)
+    heads = {i: [1] for i, s in enumerate(sites) if s.kind == "heads"}
+    assert len(heads) == 2 and all(sites[i].extent == 3 for i in heads)
+    split = refine(a, sites, heads).finish()
+    feeds = random_feeds(model, seq=6)
+    ref = reference(model, feeds)
+    parts = {}
+    for vi in split.model.graph.input:  # a cache input in parts (past.0#1.key): KV heads [0, 1) and [1, 3)
+        head, _, rest = vi.name.partition("#")
+        g, _, field = rest.partition(".")
+        base = f"{head}.{field}" if rest else vi.name
+        lo, hi = ((0, 1), (1, 3))[int(g)] if rest else (0, None)
+        parts[vi.name] = feeds[base][:, lo:hi] if feeds[base].ndim == 4 else feeds[base]
+    got = reference(split.model, parts)
+    np.testing.assert_allclose(got["logits"], ref["logits"], atol=1e-5, rtol=0)
+    if kv_cache:  # each part's present cache is its slice of the whole one
+        np.testing.assert_array_equal(np.concatenate([got["present.0#0.key"], got["present.0#1.key"]], 1),
+                                      ref["present.0.key"])
+    assert {n.op_type for n in split.model.graph.node} <= {n.op_type for n in model.graph.node}  # no new kinds of op
+
+
+def test_gpt2_fused_attention_is_not_split_by_heads():
+    # One MatMul makes q, k and v together: no projection reshapes into heads, so no site (its
+    # projections are still split by columns).
+    assert "heads" not in {s.kind for s in find_sites(analyze(zoo.build("tiny-gpt2", seed=0)))}
 
 
 def test_heterogeneous_nodes_use_the_same_split_units(tmp_path):

@@ -149,6 +149,8 @@ def summary(result: PlanResult, seconds: float) -> dict[str, Any]:
         "total_weight_bytes": plan.total_weight_bytes,
         "total_kv_cache_bytes": plan.total_kv_cache_bytes,
         "plan_seconds": round(seconds, 4),
+        "partition_seconds": round(result.partition_seconds, 4),
+        "partition_cpu_seconds": round(result.partition_cpu_seconds, 4),
         "written_to": str(result.written) if result.written else None,
         "tasks": [
             {
@@ -195,7 +197,8 @@ def _flops(n: int) -> str:
 def print_table(result: PlanResult, seconds: float) -> None:
     plan = result.plan
     table = Table(title=f"{plan.model}: {len(plan.tasks)} tasks (lower bound {plan.lower_bound}), planned in "
-                        f"{seconds:.2f} s", title_justify="left")
+                        f"{seconds:.2f} s (partitioner {result.partition_seconds:.2f} s, "
+                        f"{result.partition_cpu_seconds:.2f} s CPU)", title_justify="left")
     for col in ("task", "layers", "weights", "activations", "KV cache", "total", "node", "FLOPs", "cut"):
         table.add_column(col, justify="left" if col in ("layers",) else "right")
     for t in plan.tasks:

@@ -103,6 +103,9 @@ class PipelineClient:
         state_outputs = {present for t in plan.tasks for present in t.state.values()}
         self.stateless_outputs = [o.name for o in plan.outputs if o.name not in state_outputs]
         self.last_hops: list[dict[str, Any]] = []
+        # the nodes' signed receipts of their tasks' first inputs, by (job, task index), as their hop records
+        # brought them (``splitup.market.evidence``): what the client proves on chain if a node walks away
+        self.receipts: dict[tuple[str, int], dict[str, Any]] = {}
         self.last_parked = False
         self._http = httpx.Client(limits=httpx.Limits(max_keepalive_connections=64, max_connections=64))
 
@@ -128,10 +131,12 @@ class PipelineClient:
             try:
                 content, parked = self._exchange_waiting(url, env, tensors)
             except NodeFailure as f:
+                self._keep_receipts(job)  # a failed trip still brings the records of the hops before it
                 if f.kind not in ("timeout", "unreachable") or f.status is not None:
                     raise
                 failure = f
                 continue
+            self._keep_receipts(job)
             self.last_parked = parked is not None
             if parked is not None:
                 content = decode(self._take_parked(parked, len(hops) - 1))[0]
@@ -139,6 +144,11 @@ class PipelineClient:
             return content
         assert failure is not None
         raise failure
+
+    def _keep_receipts(self, job: str) -> None:
+        for record in self.last_hops:
+            if isinstance(record, dict) and "receipt" in record and isinstance(record.get("index"), int):
+                self.receipts.setdefault((job, record["index"]), {k: record.get(k) for k in ("receipt", "index", "signer")})
 
     def _exchange_waiting(self, url: str, env: Envelope, tensors: Mapping[str, np.ndarray]) \
             -> tuple[dict[str, np.ndarray], str | None]:

@@ -48,6 +48,9 @@ class GatewayJob:
     report: JobReport | None = None
     error: str = ""
     task_ids: list[str] = field(default_factory=list)
+    # the nodes' signed receipts of their inputs, by task index (splitup.market.evidence): written down with
+    # the job so that a restarted gateway can still prove them when it winds the job up
+    receipts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         body = asdict(self)
@@ -174,6 +177,9 @@ class GatewayService:
 
     # --- jobs -----------------------------------------------------------------------------------------------
     def _save(self, j: GatewayJob) -> None:
+        held = self.client.receipts.get(j.address)
+        if held:
+            j.receipts = {str(index): record for (_, index), record in list(held.items())}
         if self.store is not None:
             self.store.put(j.address, j.created, j.to_json())
 
@@ -233,6 +239,8 @@ class GatewayService:
         final = "closed" if j.state == "settling" else "wound_up"
         first = job not in self._asked
         self._asked.add(job)
+        if j.receipts and job not in self.client.receipts:  # read back after a restart
+            self.client.receipts[job] = {(job, int(i)): r for i, r in j.receipts.items()}
         try:
             # Settling is winding up a job that was served: executors that did not commit yet are asked
             # (once); then one pass over the chain per turn, so a job waiting for a validator does not

@@ -13,6 +13,7 @@ from solders.keypair import Keypair
 
 from splitup.market import instructions as ix
 from splitup.market.constants import MAX_TASKS
+from splitup.market.evidence import HANDOFF, RECEIPT, Signed
 from splitup.market.layout import ModelTask
 from splitup.market.market import LAMPORTS_PER_SOL, Market, MarketParams, seal_of
 from splitup.market.transport import DEFAULT_PROGRAM_ID, LiteSvmTransport, TxResult
@@ -95,6 +96,14 @@ def measure(tasks: int = MAX_TASKS) -> dict[str, int]:
     rec("expire", lambda: m.expire(job2, 0))
     rec("release_task", lambda: m.release_task(a, job2, 1))
     rec("take_over", lambda: m.take_over(client, c, job2, 2))
+    # evidence: the client proves a's signed receipt; a receiver proves a's lying hand-off
+    job3 = m.post_job(client, model, _h("in3")).address
+    assert job3 is not None
+    m.accept_task(a, job3, 0)
+    rec("prove_receipt", lambda: m.prove_receipt(Signed.make(RECEIPT, a, m.program_id, job3, 0, _h("in"))))
+    m.accept_task(a, job3, 1)
+    m.commit_result(a, job3, 1, _h("out"))
+    rec("prove_handoff", lambda: m.prove_handoff(Signed.make(HANDOFF, a, m.program_id, job3, 1, _h("other"))))
     return cu
 
 

@@ -46,6 +46,8 @@ def header() -> str:
         c_bytes("SEED_NODE", k.SEED_NODE),
         c_bytes("SEED_JOB", k.SEED_JOB),
         c_bytes("SEED_ESCROW", k.SEED_ESCROW),
+        c_bytes("RECEIPT_DOMAIN", k.RECEIPT_DOMAIN),
+        c_bytes("HANDOFF_DOMAIN", k.HANDOFF_DOMAIN),
         "",
         c_enum("TAG", k.AccountTag),
         "",

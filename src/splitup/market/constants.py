@@ -24,6 +24,10 @@ SEED_MODEL = b"model"
 SEED_NODE = b"node"
 SEED_JOB = b"job"
 SEED_ESCROW = b"escrow"
+# Domain tags of the signed statements the program checks (splitup.market.evidence): a receipt by the
+# receiver of a task's input, a hand-off by the sender of a task's output.
+RECEIPT_DOMAIN = b"splitup-receipt-v1"
+HANDOFF_DOMAIN = b"splitup-handoff-v1"
 
 
 class AccountTag(IntEnum):
@@ -85,6 +89,8 @@ class Ix(IntEnum):
     RELEASE_TASK = 22
     TAKE_OVER = 23
     HEARTBEAT = 24
+    PROVE_RECEIPT = 25
+    PROVE_HANDOFF = 26
 
 
 class ErrorCode(IntEnum):
@@ -123,5 +129,6 @@ class ErrorCode(IntEnum):
     BAD_SECRET = 31
     NOT_DRAWN = 32
     INPUT_RECEIVED = 33
-    # 34 and 35 are taken by branch hr (BAD_EVIDENCE, NO_MISMATCH)
+    BAD_EVIDENCE = 34
+    NO_MISMATCH = 35
     STALE_HEARTBEAT = 36

@@ -9,17 +9,23 @@ from splitup.market.constants import ErrorCode
 
 
 class MarketError(SplitUpError):
-    """A marketplace operation failed. ``logs`` holds the program's log lines when known."""
+    """A marketplace operation failed. ``logs`` holds the program's log lines when known; ``instruction``
+    the index of the instruction that failed in its transaction, when the runtime said."""
 
     code: ErrorCode | None = None
 
-    def __init__(self, message: str, logs: list[str] | None = None) -> None:
+    def __init__(self, message: str, logs: list[str] | None = None, instruction: int | None = None) -> None:
         super().__init__(message)
         self.logs = logs or []
+        self.instruction = instruction
 
 
 class TransactionFailed(MarketError):
     """Refused by the runtime or another program (not one of our own error codes)."""
+
+
+class InvalidSignatureError(TransactionFailed):
+    """The Ed25519 precompile refused a signed statement: forged, or not over the bytes given."""
 
 
 class ProgramError(MarketError):
@@ -224,6 +230,18 @@ class InputReceivedError(ProgramError):
     code = ErrorCode.INPUT_RECEIVED
 
 
+class BadEvidenceError(ProgramError):
+    """No Ed25519 check of the expected signer over the expected statement precedes the instruction."""
+
+    code = ErrorCode.BAD_EVIDENCE
+
+
+class NoMismatchError(ProgramError):
+    """The signed hand-off matches the sender's commitment: nothing to slash."""
+
+    code = ErrorCode.NO_MISMATCH
+
+
 class StaleHeartbeatError(ProgramError):
     """The node's last heartbeat is older than the market's heartbeat window: it is not taken for alive."""
 
@@ -233,13 +251,16 @@ class StaleHeartbeatError(ProgramError):
 ERRORS: dict[int, type[ProgramError]] = {int(cls.code): cls for cls in ProgramError.__subclasses__() if cls.code}
 
 _CUSTOM = re.compile(r"Custom\((\d+)\)")
+_INSTRUCTION = re.compile(r"InstructionError\W*(\d+)")
 
 
 def error_from(err: object, logs: list[str] | None = None) -> MarketError:
     """Map a runtime error (a solders TransactionError, an RPC error text, ...) to a typed error."""
     text = str(err)
+    at = _INSTRUCTION.search(text)
+    index = int(at.group(1)) if at else None
     m = _CUSTOM.search(text)
     if m and int(m.group(1)) in ERRORS:
         cls = ERRORS[int(m.group(1))]
-        return cls(f"{cls.__doc__} (Custom({m.group(1)}))", logs)
-    return TransactionFailed(text, logs)
+        return cls(f"{cls.__doc__} (Custom({m.group(1)}))", logs, index)
+    return TransactionFailed(text, logs, index)

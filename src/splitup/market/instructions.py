@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from solders.instruction import AccountMeta, Instruction
 from solders.pubkey import Pubkey
 from solders.system_program import ID as SYSTEM_PROGRAM
-from solders.sysvar import SLOT_HASHES
+from solders.sysvar import INSTRUCTIONS, SLOT_HASHES
 
 from splitup.market.constants import MAX_SPECIALIZED, Ix
 from splitup.market.layout import (
@@ -161,6 +161,20 @@ def take_over(pid: Pubkey, client: Pubkey, standin_owner: Pubkey, job: Pubkey, m
                [_r(client, True), _r(standin_owner, True), _w(node_pda(pid, standin_owner)), _w(failed_node),
                 _w(job), _w(config_pda(pid)), _r(model)],
                AcceptArgs(index=index, collateral=collateral))
+
+
+def prove_receipt(pid: Pubkey, job: Pubkey, index: int, node: Pubkey, digest: bytes) -> Instruction:
+    """Follows the Ed25519 check of the node owner's receipt (``splitup.market.evidence``)."""
+    return _ix(pid, Ix.PROVE_RECEIPT, [_w(job), _r(node), _r(INSTRUCTIONS)], HashArgs(index=index, hash=digest))
+
+
+def prove_handoff(pid: Pubkey, job: Pubkey, index: int, node: Pubkey, digest: bytes,
+                  validator: Pubkey | None = None) -> Instruction:
+    """Follows the Ed25519 check of the sender owner's hand-off; ``validator``: the task's validator node
+    if one took it up (otherwise the sender's node is passed again)."""
+    return _ix(pid, Ix.PROVE_HANDOFF,
+               [_w(job), _w(node), _w(config_pda(pid)), _r(INSTRUCTIONS), _w(validator or node)],
+               HashArgs(index=index, hash=digest))
 
 
 def assign_validator(pid: Pubkey, owner: Pubkey, job: Pubkey, model: Pubkey, index: int) -> Instruction:

@@ -157,6 +157,10 @@ class Config(Record):
     validator_reward_bps: int = wire(U64)  # a check pays max(validator_reward, price * this)
     # a node whose last HEARTBEAT is older than this is not routed to nor drawn as validator; 0: not tracked
     heartbeat_window_slots: int = wire(U64)
+    # provable cheating seen by a receiver: a hand-off signed by its sender that differs from the sender's
+    # commitment (prove_handoff); proofs are taken for handoff_slots after the commitment, settle waits
+    handoff_slash_bps: int = wire(U64)
+    handoff_slots: int = wire(U64)
 
 
 @dataclass(kw_only=True)
@@ -227,7 +231,9 @@ class TaskSlot(Record):
     received: int = wire(U8)  # 1 once the node receipted its input (or took the task over with it)
     proved: int = wire(U8)  # 1 when the validator's work digest opened the executor's seal
     standin: int = wire(U8)  # 1 when ``node`` took the task over from a node that failed
-    _pad0: bytes = pad(1)
+    # 1 once its node gave it up with no receipt on chain: released (not reopened) when its cut deadline
+    # passes (in the padding byte that was here: no offset moves)
+    releasing: int = wire(U8)
     node: Pubkey = wire(PUBKEY)
     validator: Pubkey = wire(PUBKEY)
     commitment: bytes = wire(BYTES(32))
@@ -281,6 +287,7 @@ class JobHeader(Record):
     reveal_slots: int = wire(U64)
     validator_ramp_slots: int = wire(U64)
     validator_reward_bps: int = wire(U64)  # a check pays max(validator_reward, price * this)
+    handoff_slots: int = wire(U64)  # a hand-off mismatch can be proved this long after a commitment
 
 
 # ---------------------------------------------------------------- instruction arguments (after the u8 tag)
@@ -312,6 +319,10 @@ class InitConfigArgs(Record):
     validator_ramp_slots: int = wire(U64)
     validator_reward_bps: int = wire(U64)  # a check pays max(validator_reward, price * this)
     heartbeat_window_slots: int = wire(U64)
+    # provable cheating seen by a receiver: a hand-off signed by its sender that differs from the sender's
+    # commitment (prove_handoff); proofs are taken for handoff_slots after the commitment, settle waits
+    handoff_slash_bps: int = wire(U64)
+    handoff_slots: int = wire(U64)
 
 
 @dataclass(kw_only=True)

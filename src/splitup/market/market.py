@@ -12,6 +12,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from solders.instruction import Instruction
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
@@ -31,7 +32,8 @@ from splitup.market.constants import (
     AccountTag,
     TaskStatus,
 )
-from splitup.market.errors import MarketError
+from splitup.market.errors import InvalidSignatureError, MarketError, ProgramError, WrongTaskStateError
+from splitup.market.evidence import HANDOFF, RECEIPT, Signed
 from splitup.market.layout import Config, InitConfigArgs, ModelTask, Node, TaskSlot
 from splitup.market.pda import config_pda, escrow_pda, job_pda, model_pda, node_pda
 from splitup.market.transport import Transport, TxResult
@@ -74,6 +76,11 @@ class MarketParams:
     validator_reward_bps: int = 10_000
     # nodes silent for longer are skipped by routing and refused as validators (never slashed); 0: off
     heartbeat_window_slots: int = DEFAULT_HEARTBEAT_WINDOW_SLOTS
+    # a sender whose signed hand-off contradicts its commitment lied provably: the whole collateral
+    handoff_slash_bps: int = 10_000
+    # the receiver's window to prove a lying hand-off (settlement waits for it), and the client's to show
+    # the receipt of a node that says it was never fed (release_task): about 3 s at 400 ms slots
+    handoff_slots: int = 8
 
     @classmethod
     def flat(cls, rate_bps: int, **kw: int) -> MarketParams:
@@ -326,8 +333,10 @@ class Market:
         return bool(self.job(job).tasks[index].sampled)
 
     def release_task(self, signer: Keypair, job: Pubkey, index: int) -> TxResult:
-        """Give a task up unpaid: the client for an unaccepted or never-fed task, the node for its own
-        (with the liveness penalty if it had receipted its input)."""
+        """Give a task up unpaid: the client for an unaccepted or never-fed task (at once); the node for
+        its own: with the liveness penalty if its receipt is on chain, otherwise its deadline is cut to
+        ``handoff_slots`` from now, in which the client may still prove the node's receipt, and
+        ``expire`` then releases it (unslashed unless the receipt was shown)."""
         t = self.job(job).tasks[index]
         node = t.node if t.node != Pubkey.default() else self.config_address
         return self.t.send([ix.release_task(self.program_id, signer.pubkey(), job, index, node)], [signer])
@@ -339,6 +348,35 @@ class Market:
         return self.t.send([ix.take_over(self.program_id, client.pubkey(), standin_owner.pubkey(), job,
                                          info.header.model, index, info.tasks[index].node, collateral)],
                            [client, standin_owner])
+
+    def prove_receipt(self, receipt: Signed, payer: Keypair | None = None) -> TxResult:
+        """Prove on chain that the task's node receipted its input (its owner signed ``receipt``): the
+        client can then no longer release the task, and a missed deadline is the node's liveness fault."""
+        self._check_statement(receipt, RECEIPT)
+        t = self.job(receipt.job).tasks[receipt.index]
+        return self._send_evidence(receipt, ix.prove_receipt(self.program_id, receipt.job, receipt.index, t.node,
+                                                             receipt.digest), payer)
+
+    def prove_handoff(self, handoff: Signed, payer: Keypair | None = None) -> TxResult:
+        """Prove on chain that the task's node signed a hand-off other than the result it committed: it is
+        slashed as a cheat and its task fails. Refused (NoMismatchError) when they agree."""
+        self._check_statement(handoff, HANDOFF)
+        t = self.job(handoff.job).tasks[handoff.index]
+        validator = t.validator if t.validator != Pubkey.default() else None
+        return self._send_evidence(handoff, ix.prove_handoff(self.program_id, handoff.job, handoff.index, t.node,
+                                                             handoff.digest, validator), payer)
+
+    def _send_evidence(self, s: Signed, proof: Instruction, payer: Keypair | None) -> TxResult:
+        try:
+            return self.t.send([s.verify_ix(), proof], [payer or self.payer])
+        except ProgramError as exc:
+            if exc.instruction == 0:  # the precompile's own error codes overlap the program's
+                raise InvalidSignatureError(f"the Ed25519 precompile refused the {s.kind}: {exc}") from None
+            raise
+
+    def _check_statement(self, s: Signed, kind: str) -> None:
+        if s.kind != kind or s.program_id != self.program_id:
+            raise MarketError(f"not a {kind} for this market program")
 
     def validator_turn(self, job: Pubkey, index: int, validator_owner: Pubkey) -> int:
         """The first slot at which this holder may take the sampled task up (the on-chain lottery)."""
@@ -377,6 +415,7 @@ class Market:
         t = self.job(job).tasks[index]
         node = t.node
         node_owner = self.node_at(node).owner
+        self._await_handoff_window(job, t)
         validator = validator_owner = None
         if t.validator != Pubkey.default():
             validator = t.validator
@@ -384,10 +423,19 @@ class Market:
         return self.t.send([ix.settle(self.program_id, job, index, node, node_owner, validator, validator_owner)],
                            [self.payer])
 
+    def _await_handoff_window(self, job: Pubkey, t: TaskSlot) -> None:
+        """Settlement waits until the receiver's window to prove a hand-off lie has closed."""
+        closes = t.committed_slot + self.job(job).header.handoff_slots
+        while self.t.slot() <= closes:
+            self.t.advance(closes + 1 - self.t.slot())
+
     def expire(self, job: Pubkey, index: int) -> TxResult:
         """Resolve a task whose deadline passed: slash a late node or validator and reopen the task (or
         its validation); release a sampled task nobody validated, or a dispute the arbiter left open."""
         t = self.job(job).tasks[index]
+        if t.status not in (TaskStatus.ACCEPTED, TaskStatus.SAMPLED, TaskStatus.VALIDATING, TaskStatus.DISPUTED):
+            # moved on meanwhile (another party expired or released it): no late party to pass
+            raise WrongTaskStateError(f"task {index} of {job} is {TaskStatus(t.status).name}: nothing to expire")
         late = t.validator if t.status in (TaskStatus.VALIDATING, TaskStatus.DISPUTED) else t.node
         return self.t.send([ix.expire(self.program_id, job, index, late)], [self.payer])
 

@@ -32,6 +32,7 @@ from splitup.decoding import GREEDY, Decoding, DecodingError
 from splitup.market.accounts import node_endpoint
 from splitup.market.constants import TaskStatus
 from splitup.market.errors import MarketError
+from splitup.market.evidence import RECEIPT, Signed
 from splitup.market.market import Market
 from splitup.node.node import HopRecord, Node, NodeConfig
 from splitup.node.wire import DECODING_META, Envelope, WireError
@@ -215,6 +216,12 @@ class MarketAgent:
         self._accepted_at: dict[tuple[str, int], float] = {}
         self.orphan_grace_s = 15.0
         self._receipted: set[tuple[str, int]] = set()
+        # the signed receipt of each task's first input, by (job, index), and which accepted task a hop's
+        # (job, task id) is: node.hop_evidence hands the receipt back to the client with the hop
+        self._receipts: dict[tuple[str, int], dict[str, Any]] = {}
+        self._released: dict[tuple[str, int], Pubkey] = {}
+        self._index_of: dict[tuple[str, str], int] = {}
+        node.hop_evidence = self.hop_receipt
         self.accepted: dict[tuple[str, int], Pubkey] = {}
         self.accepting = True  # False while the node drains: it finishes what it took and takes nothing new
         self.announced: dict[tuple[str, int], Announcement] = {}
@@ -255,13 +262,18 @@ class MarketAgent:
         me = self.owner.pubkey()
         held = set(self.node.runners)
         jobs = self.market.jobs()
-        self._commit_idle({str(job): info for job, info in jobs}, self.market.t.slot())
+        slot = self.market.t.slot()
+        self._commit_idle({str(job): info for job, info in jobs}, slot)
         self._forget_closed({str(job) for job, _ in jobs})
         for job, info in jobs:
             if info.header.client == me:
                 continue  # a node may not work on its own job
             model = None
             for i, t in enumerate(info.tasks):
+                if t.status == TaskStatus.ACCEPTED and t.node == self.address and (str(job), i) in self._released:
+                    if slot > t.deadline:  # the client's window to show a receipt is over: free the collateral
+                        self._expire_released(job, i)
+                    continue
                 if t.status == TaskStatus.ACCEPTED and t.node == self.address and (str(job), i) not in self.accepted:
                     # Lost with a restart. Not at once: the client may be handing it to a stand-in.
                     seen = self._first_seen.setdefault((str(job), i), time.monotonic())
@@ -286,16 +298,44 @@ class MarketAgent:
                     self._busy.add((str(job), i))
                     threading.Thread(target=self._validate, args=(job, i), daemon=True).start()
 
+    def _release(self, job: Pubkey, index: int) -> None:
+        """Give the task up. Without its receipt on chain the program only cuts its deadline (the client may
+        still show the receipt); the tick expires it once that window is over."""
+        self.market.release_task(self.owner, job, index)
+        self._released[(str(job), index)] = job
+        self.stats["released"] += 1
+
+    def _expire_released(self, job: Pubkey, index: int) -> None:
+        try:
+            self.market.expire(job, index)
+        except MarketError as exc:  # someone else expired it first, or the client released it
+            log.debug("expire released %s #%d: %s", job, index, exc)
+        self._released.pop((str(job), index), None)
+
     def _orphan(self, job: Pubkey, index: int) -> None:
         """A task this node accepted that its agent does not know: accepted before the process restarted.
         Whatever was computed died with the process; give the task up (a liveness fault if its input was
         receipted, unslashed otherwise) rather than hold the collateral until the deadline."""
         try:
-            self.market.release_task(self.owner, job, index)
-            self.stats["released"] += 1
+            self._release(job, index)
             log.warning("released task %d of %s, accepted before this node restarted", index, job)
         except MarketError as exc:
             self._error(f"release of orphaned task {index} of {job}: {exc}")
+
+    def hop_receipt(self, env: Envelope, tensors: Mapping[str, np.ndarray]) -> dict[str, Any] | None:
+        """The owner's signed receipt of a task's first input (``splitup.market.evidence``), once per task
+        and job: the client keeps it, and proves it on chain if the node later claims it was never fed.
+        Signed once and handed out again on a retried first step; later steps carry nothing."""
+        index = self._index_of.get((env.job, env.current.task))
+        if index is None or env.current.step not in (None, 0):
+            return None
+        key = (env.job, index)
+        if key not in self._receipts:
+            signed = Signed.make(RECEIPT, self.owner, self.market.program_id, Pubkey.from_string(env.job), index,
+                                 input_digest(tensors))
+            self._receipts[key] = {"receipt": signed.compact().hex(), "index": index,
+                                   "signer": str(self.owner.pubkey())}
+        return self._receipts[key]
 
     def _receipt_inputs(self) -> None:
         """Receipt on chain the first input of each task this node accepted: from then on the client can
@@ -345,7 +385,8 @@ class MarketAgent:
                     f.unlink(missing_ok=True)
         for key in [k for k in self._receipted if k[0] not in open_jobs]:
             self._receipted.discard(key)
-        for table in (self.announced, self._first_seen, self._accepted_at):
+        for table in (self.announced, self._first_seen, self._accepted_at, self._receipts, self._index_of,
+                      self._released):
             for key in [k for k in table if k[0] not in open_jobs]:
                 table.pop(key, None)
 
@@ -356,6 +397,7 @@ class MarketAgent:
             log.debug("accept %s #%d: %s", job, index, exc)
             return
         self.stats["accepted"] += 1
+        self._index_of[(str(job), self.executor.task(job, index).task_id)] = index
         self.accepted[(str(job), index)] = job
         self._accepted_at[(str(job), index)] = time.monotonic()
         log.info("accepted %s task %d", job, index)
@@ -396,10 +438,9 @@ class MarketAgent:
         if slot.node == self.address and slot.status == TaskStatus.ACCEPTED:
             task_id = self.executor.task(job, index).task_id if (str(job), index) in self.accepted else None
             if task_id is None or not self.node.computed(str(job), task_id):
-                self.market.release_task(self.owner, job, index)
+                self._release(job, index)
                 self.accepted.pop((str(job), index), None)
                 self.executor.forget(job, index)
-                self.stats["released"] += 1
                 log.info("released task %d of %s: nothing was computed for it", index, job)
                 return None
         return self.commit(job, index)

@@ -117,8 +117,11 @@ class HopDispatch:
         else:
             out, cpu = await asyncio.get_running_loop().run_in_executor(self.pool, self._timed, env, tensors)
         ms = round((time.perf_counter() - t0) * 1000, 3)
-        return out, {"hop": env.hop, "node": self.node.config.node_id, "task": env.current.task[:16], "ms": ms,
-                     "cpu_ms": round(cpu * 1000, 3)}
+        record = {"hop": env.hop, "node": self.node.config.node_id, "task": env.current.task[:16], "ms": ms,
+                  "cpu_ms": round(cpu * 1000, 3)}
+        if self.node.hop_evidence is not None:
+            record.update(self.node.hop_evidence(env, tensors) or {})
+        return out, record
 
     def _timed(self, env: Envelope, tensors: Mapping[str, Any]) -> tuple[dict[str, Any], float]:
         # CPU time of the computing thread (the engine's own with one intra-op thread): with "ms" it tells

@@ -95,6 +95,9 @@ class Node:
         self.hops_by_task: dict[str, int] = {}
         self.hop_listeners: list[Callable[[str, float], None]] = []
         self.last_heartbeat: float | None = None
+        # Signs what a hop received (its market agent's receipt): fields added to the hop's record, which
+        # travels back to the client over HTTP and frames alike. None: no market, nothing signed.
+        self.hop_evidence: Callable[[Envelope, Mapping[str, np.ndarray]], dict[str, Any] | None] | None = None
 
     # --- tasks ---------------------------------------------------------------------------------------------
     def load_bundle(self, directory: Path, task_id: str | None = None) -> Runner:

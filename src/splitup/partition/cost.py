@@ -63,8 +63,13 @@ class GraphAnalysis:
     producer: dict[str, int] = field(default_factory=dict)
 
     _sizes: dict[str, int] = field(default_factory=dict)
+    # Each node's (inputs, outputs) as Python strings, read once: a protobuf field makes a new string
+    # (whose hash is computed again) on every read, which dominated the partitioner's passes.
+    io: list[tuple[tuple[str, ...], tuple[str, ...]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if len(self.io) != len(self.nodes):
+            self.io = [(tuple(n.input), tuple(n.output)) for n in self.nodes]
         for name in fused_dequantized(self.nodes, self.initializers):
             self._sizes[name] = 0
 
@@ -100,6 +105,8 @@ def fused_dequantized(nodes: list[onnx.NodeProto], initializers: Mapping[str, on
     task's workspace allowance."""
     candidates = {n.output[0]: True for n in nodes
                   if n.op_type == "DequantizeLinear" and n.input and n.input[0] in initializers and n.output}
+    if not candidates:
+        return set()
     for n in nodes:
         for i, name in enumerate(n.input):
             if name in candidates and not (n.op_type == "MatMul" and i == 1):
@@ -161,15 +168,16 @@ def analysis_of(model: onnx.ModelProto, types: dict[str, TensorType], dim_max: d
     constants = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
     if not nodes:  # a graph of constants alone: they are its work, one task makes them
         nodes, constants = list(model.graph.node), {}
+    initializers = {t.name: t for t in model.graph.initializer}
     analysis = GraphAnalysis(
         model=model,
         nodes=nodes,
         constants=constants,
         types=types,
         flops=[node_flops(n, types) for n in nodes],
-        initializers={t.name: t for t in model.graph.initializer},
+        initializers=initializers,
         # An initializer listed as an input (IR < 4 requires it) is a weight, not something callers feed.
-        graph_inputs=[i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}],
+        graph_inputs=[i.name for i in model.graph.input if i.name not in initializers],
         graph_outputs=[o.name for o in model.graph.output],
         state=read_state(model),
         dim_max=dim_max,
@@ -182,10 +190,10 @@ def analysis_of(model: onnx.ModelProto, types: dict[str, TensorType], dim_max: d
 def index_uses(analysis: GraphAnalysis) -> None:
     """Fill in where each tensor is made, first read and last read."""
     first, last, producer = analysis.first_use, analysis.last_use, analysis.producer
-    for i, node in enumerate(analysis.nodes):
-        for name in node.input:
+    for i, (inputs, outputs) in enumerate(analysis.io):
+        for name in inputs:
             if name:
                 first.setdefault(name, i)
                 last[name] = i
-        for name in node.output:
+        for name in outputs:
             producer[name] = i

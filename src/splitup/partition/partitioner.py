@@ -31,6 +31,9 @@ from splitup.graph.memory import hidden_workspace
 from splitup.partition.cost import GraphAnalysis
 
 DEFAULT_WORKSPACE = 256 * 2**20
+# The ops ``graph.memory.hidden_workspace`` sizes (every other op allocates nothing it does not output):
+# asked only for these, since reading a node's fields per node doubled the sweep's time.
+HIDDEN_WORKSPACE_OPS = frozenset({"Attention", "LinearAttention", "CausalConvWithState"})
 
 
 class PartitionError(SplitUpError):
@@ -97,7 +100,7 @@ class _Costs:
                 for p in range(f + 1, last + 1):
                     self.forbidden[p] = True
         inits = self.inits
-        weighted = [i for i, node in enumerate(a.nodes) if not inits.isdisjoint(node.input)]
+        weighted = [i for i, (inputs, _) in enumerate(a.io) if not inits.isdisjoint(inputs)]
         set_weighted = set(weighted)
         self.first_w, self.last_w = (weighted[0], weighted[-1]) if weighted else (0, n - 1)
         self.weighted_prefix = [0] * (n + 1)
@@ -133,7 +136,7 @@ class _Costs:
     def footprint(self, start: int, stop: int) -> tuple[int, int, int, int]:
         """(weight bytes, KV-cache bytes, peak activation bytes, FLOPs) of nodes ``[start, stop)`` as one task."""
         a = self.a
-        reads = {x for node in a.nodes[start:stop] for x in node.input}
+        reads = {x for inputs, _ in a.io[start:stop] for x in inputs}
         weights = reads & self.inits
         kv = reads & self.state_inputs
         return (sum(a.nbytes(w) for w in weights), sum(a.nbytes(k) for k in kv),
@@ -167,10 +170,11 @@ class _Costs:
         inputs_live = 0
         nbytes, level, crossing, rp, fp, flops = a.nbytes, self.level, self.crossing, self.retained_prefix, \
             self.flops_prefix, a.flops
-        for i, node in enumerate(a.nodes):
+        for i, (node, (_, outputs)) in enumerate(zip(a.nodes, a.io, strict=True)):
             inputs_live += pending_inputs[i]
-            out = sum(nbytes(o) for o in node.output if o)
-            level[i] = crossing[i] + inputs_live + out + rp[i] + hidden_workspace(node, a.types)
+            out = sum(nbytes(o) for o in outputs if o)
+            level[i] = crossing[i] + inputs_live + out + rp[i] + (hidden_workspace(node, a.types) if node.op_type
+                                                                  in HIDDEN_WORKSPACE_OPS else 0)
             rp[i + 1] = rp[i] + retained[i]
             fp[i + 1] = fp[i] + flops[i]
 
@@ -264,8 +268,8 @@ class _Units:
         U = self.U = len(bounds) - 1
         readers: dict[str, list[int]] = {}
         for u in range(U):
-            for node in a.nodes[bounds[u] : bounds[u + 1]]:
-                for x in node.input:
+            for inputs, _ in a.io[bounds[u] : bounds[u + 1]]:
+                for x in inputs:
                     if x in costs.inits or x in costs.state_inputs:
                         r = readers.setdefault(x, [])
                         if not r or r[-1] != u:

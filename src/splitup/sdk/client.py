@@ -31,6 +31,7 @@ from solders.pubkey import Pubkey
 from splitup.market.accounts import node_endpoint, node_specialized
 from splitup.market.constants import TaskStatus
 from splitup.market.errors import MarketError, TooEarlyError, TransactionFailed, WrongTaskStateError
+from splitup.market.evidence import RECEIPT, Signed
 from splitup.market.localnet import DEFAULT_RPC_URL
 from splitup.market.market import Market, heartbeat_fresh
 from splitup.market.transport import DEFAULT_PROGRAM_ID
@@ -108,6 +109,15 @@ class Detokenizer:
         return delta
 
 
+def _says_released(r: httpx.Response) -> bool:
+    """Whether a node's answer to "commit" is that it released the task (it computed nothing for it)."""
+    try:
+        body = r.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("released") is True
+
+
 def input_hash(obj: Any) -> bytes:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).digest()
 
@@ -130,6 +140,10 @@ class Client:
         self.deadline_slots, self.task_timeout_slots = deadline_slots, task_timeout_slots
         self.queue_timeout, self.place_timeout, self.wind_up_timeout = queue_timeout, place_timeout, wind_up_timeout
         self._http = httpx.Client(timeout=hop_timeout)
+        # per job, the nodes' signed receipts of their inputs as the hops bring them (PipelineClient.receipts,
+        # filled in place): proved on chain when a job is wound up and a node that had its input did not
+        # deliver, so it cannot leave as if never fed. Dropped when the job is closed.
+        self.receipts: dict[str, dict[tuple[str, int], dict[str, Any]]] = {}
 
     def close(self) -> None:
         self.catalog.close()
@@ -276,20 +290,46 @@ class Client:
             status = TaskStatus(t.status)
             if status == TaskStatus.OPEN:
                 self._release(job, i)
-            elif status == TaskStatus.ACCEPTED and ask:
-                url = node_endpoint(nodes[t.node]).rstrip("/") if t.node in nodes else ""
-                try:
-                    r = self._http.post(f"{url}/market/jobs/{job}/tasks/{i}/commit", timeout=30.0)
-                    ok = r.status_code == 200
-                    if not ok:
-                        log.info("job %s task %d: %s answered %d: %s", job, i, url, r.status_code, r.text[:200])
-                except httpx.HTTPError as exc:
-                    ok = False
-                    log.info("job %s task %d: %s unreachable: %r", job, i, url, exc)
-                if not ok and not m.job(job).tasks[i].received:
-                    self._release(job, i)  # never fed: nobody's fault, nothing to wait for
+            elif status == TaskStatus.ACCEPTED:
+                committing = False  # the node answered with its announcement: its commit is landing
+                if ask:
+                    url = node_endpoint(nodes[t.node]).rstrip("/") if t.node in nodes else ""
+                    try:
+                        r = self._http.post(f"{url}/market/jobs/{job}/tasks/{i}/commit", timeout=30.0)
+                        committing = r.status_code == 200 and not _says_released(r)
+                        if r.status_code != 200:
+                            log.info("job %s task %d: %s answered %d: %s", job, i, url, r.status_code, r.text[:200])
+                    except httpx.HTTPError as exc:
+                        log.info("job %s task %d: %s unreachable: %r", job, i, url, exc)
+                    t = m.job(job).tasks[i]
+                # a node that had its input and did not deliver (gone, or "never fed" while its receipt is
+                # here) is shown its receipt: it commits, or is expired after its deadline (liveness fault)
+                if t.status == TaskStatus.ACCEPTED and not t.received and self._prove_receipt(job, i, t.node):
+                    continue
+                if ask and not committing and t.status == TaskStatus.ACCEPTED and not t.received:
+                    # gone, or it gave the task up, and no receipt here: never fed, nobody's fault
+                    self._release(job, i)
         return self.wait(job, self.wind_up_timeout if timeout is None else timeout, model_name=model_name,
                          task_ids=task_ids, before_close=before_close)
+
+    def _prove_receipt(self, job: Pubkey, index: int, node: Pubkey) -> bool:
+        """Prove the task's node's signed receipt of its input on chain, if a hop brought one; True if the
+        chain now holds it."""
+        record = self.receipts.get(str(job), {}).get((str(job), index))
+        if record is None:
+            return False
+        try:
+            owner = self.market.node_at(node).owner
+            if str(owner) != record.get("signer"):
+                return False  # the receipt of a node that no longer holds the task (a stand-in took over)
+            signed = Signed.from_compact(bytes.fromhex(str(record["receipt"])), RECEIPT, self.market.program_id, job,
+                                         index, owner)
+            self.market.prove_receipt(signed, payer=self.payer)
+        except (MarketError, ValueError) as exc:
+            log.info("job %s task %d: receipt not proved: %s", job, index, exc)
+            return False
+        log.info("job %s task %d: proved the node's receipt of its input", job, index)
+        return True
 
     def _release(self, job: Pubkey, index: int) -> None:
         try:
@@ -318,7 +358,11 @@ class Client:
             for i, t in enumerate(info.tasks):
                 status = TaskStatus(t.status)
                 try:
-                    if status == TaskStatus.COMMITTED:
+                    if status == TaskStatus.OPEN:
+                        # nobody holds it (never accepted, or a late node's expiry reopened it) and the
+                        # client is done with the job: its price comes back with the refund
+                        m.release_task(self.payer, job, i)
+                    elif status == TaskStatus.COMMITTED:
                         m.sample(job, i)
                     elif status in (TaskStatus.READY, TaskStatus.RESOLVED):
                         m.settle(job, i)
@@ -342,6 +386,7 @@ class Client:
                 before_close(report)
             before = m.t.balance(self.payer.pubkey())
             m.close_job(self.payer, job)
+            self.receipts.pop(str(job), None)
             report.closed = True
             # The refund is what came back beyond the fee of the close transaction itself.
             report.refund = int(info.header.deposit) - int(info.header.paid)
@@ -367,6 +412,7 @@ class Client:
         job, routes = self.place(entry, digest.digest())
         try:
             with PipelineClient(entry.plan, [r[:1] for r in routes], hop_timeout=self.hop_timeout) as pc:
+                self.receipts[str(job)] = pc.receipts
                 hops = [Hop(list(r[:1]), t.task_id, s) for r, t, s in zip(routes, entry.plan.tasks, sends, strict=True)]
                 outputs = pc.call(hops, {n: np.asarray(inputs[n]) for n in initial}, str(job))
         except Exception as exc:
@@ -438,6 +484,7 @@ class Client:
         served_by: list[str] = []
         try:
             with PipelineClient(entry.plan, routes, hop_timeout=self.hop_timeout) as pc, pc.session() as gen:
+                self.receipts[str(job)] = pc.receipts
                 gen.job = str(job)  # nodes record their hops under the chain job they accepted
                 gen.decoding = decoding
                 served_by = gen.places_urls  # updated in place when a stand-in takes a task over

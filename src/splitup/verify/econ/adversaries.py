@@ -23,6 +23,7 @@ from solders.pubkey import Pubkey
 
 from splitup.market.constants import BPS
 from splitup.market.errors import MarketError
+from splitup.market.evidence import ED25519_PROGRAM, HANDOFF, RECEIPT, Signed
 from splitup.market.layout import ModelTask
 from splitup.market.market import LAMPORTS_PER_SOL, Market, MarketParams, seal_of, task_reward
 from splitup.market.transport import DEFAULT_PROGRAM_ID, LiteSvmTransport, TxResult
@@ -39,12 +40,14 @@ def _h(tag: str) -> bytes:
 
 
 class _Counting(LiteSvmTransport):
-    """Counts the signatures of every transaction sent (a failed one pays its fee too)."""
+    """Counts the signatures of every transaction sent (a failed one pays its fee too), the ones the
+    Ed25519 precompile checks included: each is charged like a transaction signature."""
 
     signatures = 0
 
     def send(self, instructions: Sequence[Instruction], signers: Sequence[Keypair]) -> TxResult:
-        self.signatures += len({k.pubkey() for k in signers})
+        checked = sum(i.data[0] for i in instructions if i.program_id == ED25519_PROGRAM)
+        self.signatures += len({k.pubkey() for k in signers}) + checked
         return super().send(instructions, signers)
 
 
@@ -320,9 +323,58 @@ def node_dies_mid_job(jobs: int) -> Result:
                   f"stand-in earned {a.profit(a.standin) / max(1, (jobs + 1) // 2) / LAMPORTS_PER_SOL:.4f} SOL a task")
 
 
+def stalls_with_its_input(jobs: int) -> Result:
+    """It accepts, is sent its input (and signs the receipt the protocol asks for, or the client would
+    send nothing), never declares it on chain, never computes, and walks away: half the time it releases
+    the task itself, otherwise it lets the deadline pass. The client proves the node's receipt, so
+    either way it is a liveness fault, not a free exit."""
+    a = Arena()
+    collateral = max(a.cfg.task_collateral, a.price * a.cfg.collateral_bps // BPS)
+    for i in range(jobs):
+        job = a.m.post_job(a.client, a.model, _h("in"), task_timeout_slots=10).address
+        assert job is not None
+        a.m.accept_task(a.actor, job, 0)
+        a.m.prove_receipt(Signed.make(RECEIPT, a.actor, a.m.program_id, job, 0, _h("in")), payer=a.client)
+        if i % 2 == 0:
+            a.m.release_task(a.actor, job, 0)
+        else:
+            a.t.advance(11)
+            a.m.expire(job, 0)
+            a.m.release_task(a.client, job, 0)
+        a.m.close_job(a.client, job)
+    expected = -collateral * a.cfg.liveness_slash_bps / BPS - 1.5 * FEE
+    return Result("node that got its input and stalls", "node", jobs, a.honest_value - EXEC_FEES, expected,
+                  a.profit(a.actor) / jobs, a.stake_lost(a.validators), a.conserved(),
+                  f"liveness faults {a.m.node(a.actor.pubkey()).liveness_faults}")
+
+
+def handoff_liar(jobs: int) -> Result:
+    """It computes and commits the true result, but hands the next node other bytes (sabotage), signed as
+    the protocol asks. The receiver proves the signed hand-off against the commitment: the liar is
+    slashed as a cheat and unpaid; the receiver loses nothing but the proof's fee."""
+    a = Arena()
+    receiver = a.standin
+    collateral = max(a.cfg.task_collateral, a.price * a.cfg.collateral_bps // BPS)
+    for _ in range(jobs):
+        job = a.m.post_job(a.client, a.model, _h("in")).address
+        assert job is not None
+        a.m.accept_task(a.actor, job, 0)
+        a.spend(a.actor, COMPUTE)
+        a.m.commit_result(a.actor, job, 0, _h(f"out {job}"), seal_of(_h(f"work {job}")))
+        lie = Signed.make(HANDOFF, a.actor, a.m.program_id, job, 0, _h(f"sent {job}"))
+        a.m.prove_handoff(lie, payer=receiver)
+        a.m.close_job(a.client, job)
+    expected = -COMPUTE - collateral * a.cfg.handoff_slash_bps / BPS - 2 * FEE
+    proof_fees = 2 * FEE * jobs
+    return Result("hand-off liar", "node", jobs, a.honest_value - EXEC_FEES, expected, a.profit(a.actor) / jobs,
+                  a.stake_lost([receiver, *a.validators]), a.conserved(),
+                  f"the receiver paid {proof_fees // jobs:,} lamports a proof, lost "
+                  f"{max(0, -a.profit(receiver) - proof_fees):,} more")
+
+
 STRATEGIES: tuple[Callable[[int], Result], ...] = (
     honest_node, always_cheat, cheat_when_unlikely_drawn, sybil_rate_washing, lazy_validator,
-    colluding_validator, griefing_client, node_dies_mid_job,
+    colluding_validator, griefing_client, node_dies_mid_job, stalls_with_its_input, handoff_liar,
 )
 
 
