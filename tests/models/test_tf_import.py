@@ -67,6 +67,20 @@ def test_keras_transformer_encoder(tmp_path: Path) -> None:
     _split_and_compare(model, "encoder", x, keras.ops.convert_to_numpy(m(x)), tmp_path, 2)
 
 
+def test_keras_two_inputs_share_the_batch() -> None:
+    import onnxruntime as ort
+
+    a, b = keras.Input((None, 4), name="a"), keras.Input((3,), name="b")
+    m = keras.Model([a, b], keras.ops.sum(keras.layers.Dense(3)(a), axis=1) + b)
+    model = import_tensorflow(m, dim_max={"batch": BATCH_MAX, "seq": SEQ_MAX}, dim_names={"a": ["batch", "seq"]})
+    shapes = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+    assert shapes == {"a": ["batch", "seq", 4], "b": ["batch", 3]}
+    rng = np.random.default_rng(4)
+    xa, xb = rng.random((3, 5, 4), dtype=np.float32), rng.random((3, 3), dtype=np.float32)
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"a": xa, "b": xb})
+    np.testing.assert_allclose(got[0], keras.ops.convert_to_numpy(m([xa, xb])), atol=1e-4, rtol=1e-4)
+
+
 def test_keras_file(tmp_path: Path) -> None:
     m = _cnn()
     m.save(tmp_path / "cnn.keras")

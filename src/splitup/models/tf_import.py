@@ -3,9 +3,10 @@ becomes a validated ONNX graph with the maxima of its dynamic dimensions declare
 ``splitup plan`` like any other model.
 
 Two routes, chosen by what is installed and what the source is:
-- **Keras 3 on the torch backend** (``KERAS_BACKEND=torch``, extras ``keras`` + ``torch``): Keras exports
-  the model through ``torch.onnx`` itself. No TensorFlow needed (torch is already our reference
-  engine's extra), so this is the lighter route for ``.keras`` files and Keras models.
+- **Keras 3 on the torch backend** (``KERAS_BACKEND=torch``, extras ``keras`` + ``torch``): the model is
+  exported by ``torch.export`` (the dynamo ONNX exporter, onnxscript) with its dynamic dims declared.
+  No TensorFlow needed (torch is already our reference engine's extra), so this is the lighter route
+  for ``.keras`` files and Keras models; SavedModels still need TensorFlow.
 - **TensorFlow + tf2onnx** (extra ``tensorflow``): any Keras model on the TensorFlow backend, and every
   SavedModel (only TensorFlow can load one), converted by tf2onnx from the model's traced function.
 
@@ -18,7 +19,6 @@ adds ``ai.onnx.ml``) are dropped, and the validator runs on the result.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -68,11 +68,11 @@ def import_tensorflow(source: Any, *, dim_max: Mapping[str, int], dim_names: Map
                 loaded = keras.models.load_model(path, compile=False, safe_mode=True)
             except Exception as exc:  # a damaged or foreign file: Keras says what, in many types
                 raise ModelError(f"{path}: Keras cannot load it: {type(exc).__name__}: {exc}") from None
-            model, names = _from_keras(loaded, opset)
+            model, names = _from_keras(loaded, opset, dim_names or {}, dim_max)
         else:
             raise ModelError(f"{path}: not a .keras file nor a SavedModel directory (saved_model.pb)")
     else:
-        model, names = _from_keras(source, opset)
+        model, names = _from_keras(source, opset, dim_names or {}, dim_max)
     model = _normalise(model, names, dim_names or {}, dim_max)
     if validate:
         from splitup.graph.validate import validate_model
@@ -81,30 +81,85 @@ def import_tensorflow(source: Any, *, dim_max: Mapping[str, int], dim_names: Map
     return model
 
 
-def _from_keras(model: Any, opset: int) -> tuple[onnx.ModelProto, list[str]]:
+def _from_keras(model: Any, opset: int, dim_names: Mapping[str, Sequence[str]],
+                dim_max: Mapping[str, int]) -> tuple[onnx.ModelProto, list[str]]:
     keras = _keras()
     if not isinstance(model, keras.Model):
         raise ModelError(f"not a Keras model: {type(model).__name__}")
     names = [t.name for t in model.inputs]
     if keras.backend.backend() == "torch":
-        # Keras exports only a model that has run once (it traces the call): run it on zeros
-        import numpy as np
-
-        probe = [np.zeros([d or 1 for d in t.shape], dtype=str(t.dtype)) for t in model.inputs]
-        model(probe if len(probe) > 1 else probe[0], training=False)
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "model.onnx"
-            try:
-                model.export(str(out), format="onnx", verbose=False)
-            except Exception as exc:  # noqa: BLE001 - torch.onnx's failures come in many types
-                raise ModelError(f"Keras could not export the model through torch.onnx: {type(exc).__name__}: "
-                                 f"{exc}") from None
-            return onnx.load(out), names
+        return _from_keras_torch(model, names, dim_names, dim_max, opset), names
     tf, tf2onnx = _tf()
     spec = [tf.TensorSpec(t.shape, t.dtype, name=n) for t, n in zip(model.inputs, names, strict=True)]
     fn = tf.function(lambda *xs: model(list(xs) if len(xs) > 1 else xs[0], training=False), input_signature=spec)
     proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=opset)
     return proto, names
+
+
+def _from_keras_torch(model: Any, names: list[str], dim_names: Mapping[str, Sequence[str]],
+                      dim_max: Mapping[str, int], opset: int) -> onnx.ModelProto:
+    """Through torch.export (the dynamo exporter), with the dynamic dims declared: Keras's own
+    ``export(format="onnx")`` traces with TorchScript whenever a dim is dynamic, which bakes the traced
+    sizes into shape arithmetic (MultiHeadAttention's reshapes fail to export at all)."""
+    import numpy as np
+    import torch
+
+    from splitup.models.onnx_import import _export_dynamo
+
+    class Call(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *xs: Any) -> Any:
+            return self.model(list(xs) if len(xs) > 1 else xs[0], training=False)
+
+    shared: dict[str, Any] = {}  # one torch Dim per declared name, so inputs that share a dim stay equal
+    specs, samples = [], []
+    for t, name in zip(model.inputs, names, strict=True):
+        dims = _dim_names(name, [d is not None for d in t.shape], dim_names)
+        missing = sorted({d for d in dims if d is not None} - set(dim_max))
+        if missing:
+            raise ModelError(f"give a maximum for the dynamic dims {missing} of input {name!r}: "
+                             f"import_tensorflow(..., dim_max={{" + ", ".join(f"{d!r}: N" for d in missing) + "})")
+        spec = {}
+        for i, d in enumerate(dims):
+            if d is not None and dim_max[d] > 1:  # a maximum of 1 is a static 1
+                spec[i] = shared.setdefault(d, torch.export.Dim(f"dim{len(shared)}", min=1, max=dim_max[d]))
+        specs.append(spec)
+        # a traced size of 1 would be specialised as a constant: trace at 2 where the maximum allows
+        shape = [d if d is not None else min(2, dim_max[dims[i] or ""]) for i, d in enumerate(t.shape)]
+        samples.append(torch.from_numpy(np.zeros(shape, dtype=str(t.dtype))))
+    # forward takes *xs, so torch.export sees one tuple argument: its dynamic shapes are one tuple too
+    args = dict(input_names=list(names), output_names=[f"output_{k}" for k in range(len(model.outputs))],
+                dynamic_shapes=(tuple(specs),))
+    try:
+        return _export_dynamo(torch, Call().eval(), samples, args, opset)
+    except ModelError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - torch.export's failures come in many types
+        raise ModelError(f"torch.export could not export the Keras model: {type(exc).__name__}: {exc}; the "
+                         f"TensorFlow route (pip install 'splitup[tensorflow]', KERAS_BACKEND=tensorflow) "
+                         f"converts through tf2onnx instead") from None
+
+
+def _dim_names(name: str, static: Sequence[bool], dim_names: Mapping[str, Sequence[str]]) -> list[str | None]:
+    """The declared name of each dynamic dim of an input (None for a static one): the caller's
+    ``dim_names`` first, else ``batch`` for the first dim, then ``d1``, ``d2``..."""
+    wanted = list(dim_names.get(name, ()))
+    out: list[str | None] = []
+    extra = 0
+    for i, fixed in enumerate(static):
+        if fixed:
+            out.append(None)
+        elif i < len(wanted):
+            out.append(wanted[i])
+        elif i == 0:
+            out.append("batch")
+        else:
+            extra += 1
+            out.append(f"d{extra}")
+    return out
 
 
 def _from_savedmodel(path: Path, opset: int) -> tuple[onnx.ModelProto, list[str]]:
@@ -143,18 +198,11 @@ def _normalise(model: onnx.ModelProto, names: Sequence[str], dim_names: Mapping[
         node.input[:] = [rename.get(x, x) for x in node.input]
         node.output[:] = [rename.get(x, x) for x in node.output]
     for vi in feeds:
-        wanted = list(dim_names.get(vi.name, ()))
-        extra = 0
-        for i, d in enumerate(vi.type.tensor_type.shape.dim):
-            if d.HasField("dim_value"):
-                continue
-            if i < len(wanted):
-                d.dim_param = wanted[i]
-            elif i == 0:
-                d.dim_param = "batch"
-            else:
-                extra += 1
-                d.dim_param = f"d{extra}"
+        dims = vi.type.tensor_type.shape.dim
+        for d, declared in zip(dims, _dim_names(vi.name, [d.HasField("dim_value") for d in dims], dim_names),
+                               strict=True):
+            if declared is not None:
+                d.dim_param = declared
     # outputs' symbolic dims are inferred again by the validator; stale exporter names would only mislead
     for vi in g.output:
         for d in vi.type.tensor_type.shape.dim:
