@@ -155,7 +155,12 @@ class LocalChain:
             self.svm.warp_to_slot(clock.slot)
             self.recent.extend(clock.blockhashes)
         if not self.recent:
-            self.recent.append((self._new_blockhash(Hash.default(), self.slot()), self.slot()))
+            # A new ledger: its first slot is a block too (transactions can land in it before any tick).
+            slot = self.slot()
+            genesis_block = self._new_blockhash(Hash.default(), slot)
+            self.recent.append((genesis_block, slot))
+            self.store.save_slot(self._clock(), Block(slot, str(genesis_block), max(slot - 1, 0), str(Hash.default()),
+                                                      self.block_time), self.history_slots)
 
     def add_listener(self, listener: ChainListener) -> None:
         with self.lock:
