@@ -251,9 +251,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     print(f"node {pid}: draining (stops taking tasks, finishes or commits what it holds, then exits)")
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not _alive(pid):
             print(f"node {pid} stopped")
             return 0
         time.sleep(0.2)

@@ -50,10 +50,10 @@ _EXECUTOR_LOCK = threading.Lock()
 T = TypeVar("T")
 
 
-def on_tinygrad_thread(fn: Callable[[], T]) -> T:
-    """``fn()`` on the process's one tinygrad thread; any tinygrad use outside this engine must go here too,
-    or the kernel cache's sqlite connection ends up owned by a thread the engine never runs on."""
-    return _tinygrad_thread().submit(fn).result()
+def on_tinygrad_thread(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` on the process's one tinygrad thread; every tinygrad use, in this engine or outside it,
+    goes through here, or the kernel cache's sqlite connection ends up owned by a thread it never runs on."""
+    return _tinygrad_thread().submit(fn, *args).result()
 
 
 class TinygradEngine(Engine):
@@ -63,7 +63,7 @@ class TinygradEngine(Engine):
         # tinygrad reads CC when it first probes the CPU device, so it must be set before Device is touched.
         if "CC" not in os.environ and (cc := _find_cc()) is not None:
             os.environ["CC"] = cc
-        self.device = _tinygrad_thread().submit(_probe_device).result()
+        self.device = on_tinygrad_thread(_probe_device)
         from tinygrad.nn.onnx import OnnxRunner
 
         self._runner_cls = OnnxRunner
@@ -85,7 +85,7 @@ class TinygradEngine(Engine):
             return _transpose_matmul_weights(runner)
 
         try:
-            runner = _tinygrad_thread().submit(make).result()
+            runner = on_tinygrad_thread(make)
         except Exception as exc:  # tinygrad raises plain exceptions for unsupported graphs
             raise EngineError(f"tinygrad cannot load task {task.task_id[:12]}: {exc}") from None
         return _TinygradRunner(task, runner, self.device)
@@ -172,7 +172,7 @@ class _TinygradRunner(Runner):
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         # All calls go through the one tinygrad thread, which also keeps them from interleaving
         # (OnnxRunner keeps per-call values on itself).
-        return _tinygrad_thread().submit(self._run, feeds).result()
+        return on_tinygrad_thread(self._run, feeds)
 
     def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         # Without a fixed-capacity cache, shapes may change every call: OnnxRunner pins symbolic dims and
@@ -189,7 +189,7 @@ class _TinygradRunner(Runner):
              ) -> tuple[dict[str, Any], dict[str, Any]]:
         if self.kv is None:
             return super().step(feeds, state)
-        return _tinygrad_thread().submit(self._step, feeds, state or {}).result()
+        return on_tinygrad_thread(self._step, feeds, state or {})
 
     def _step(self, feeds: Mapping[str, np.ndarray], state: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         from tinygrad import Tensor
@@ -345,7 +345,7 @@ class DeviceCache:
         self.ndim = len(self.shape)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        return _tinygrad_thread().submit(self.tensor.numpy).result().astype(dtype or self.dtype, copy=False)
+        return on_tinygrad_thread(self.tensor.numpy).astype(dtype or self.dtype, copy=False)
 
 
 def _tiny_dtype(name: str) -> Any:
