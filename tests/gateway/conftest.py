@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
+from solders.keypair import Keypair
 
 from splitup.demo.chaos import start_gateway
 from splitup.demo.flow import Prepared, prepare
 from splitup.demo.network import LocalMarket, local_market
 from splitup.demo.procs import Child, free_port
+from splitup.market.market import Market
+from splitup.market.wallet import save_keypair
 
 
 @dataclass
@@ -24,6 +29,31 @@ class Env:
     @property
     def url(self) -> str:
         return self.gateway.url
+
+
+def start_market_nodes(env: Env, market: Market, prefix: str, tasks: Sequence[str],
+                       primaries: Sequence[Sequence[str]], vram: Sequence[int]) -> list[Child]:
+    """One more staked node process per entry of ``primaries`` on the shared market, named ``{prefix}-{k}``,
+    each holding ``tasks`` and taking its primaries at once; returned once every one is taking jobs."""
+    nodes = []
+    for k, (primary, budget) in enumerate(zip(primaries, vram, strict=True)):
+        kp = Keypair()
+        path = env.net.root / "wallets" / f"{prefix}-{k}.json"
+        save_keypair(kp, path)
+        market.t.airdrop(kp.pubkey(), 5 * 10**9)
+        port = free_port()
+        nodes.append(env.net.procs.start(f"{prefix}-{k}", [
+            "-m", "splitup.demo.node", "--keypair", str(path), "--rpc-url", env.net.rpc_url, "--store",
+            env.net.store_url, "--port", str(port), "--node-id", f"{prefix}-{k}", "--tasks", ",".join(tasks),
+            "--primary", ",".join(primary), "--stake", str(2 * 10**9), "--vram", str(budget),
+            "--cache", str(env.net.root / "cache" / f"{prefix}-{k}")], f"http://127.0.0.1:{port}"))
+    for n in nodes:
+        env.net.procs.wait_http(n)
+        deadline = time.monotonic() + 60
+        while httpx.get(n.url + "/market/startup", timeout=5).json()["phase"] != "ready":
+            assert time.monotonic() < deadline, n.tail()
+            time.sleep(0.2)
+    return nodes
 
 
 @pytest.fixture(scope="session")

@@ -6,18 +6,13 @@ not installed (``splitup[tensorflow]``; the ``.keras`` half also runs on Keras 3
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
-from solders.keypair import Keypair
 
 import splitup
-from splitup.demo.procs import free_port
-from splitup.market.wallet import save_keypair
 from splitup.partition import analyze, budget_for_tasks
 from splitup.partition.plan import make_plan
 from splitup.sdk.catalog import publish_model
@@ -27,6 +22,8 @@ from splitup.storage import BlobStore
 keras = pytest.importorskip("keras", reason="Keras models need the tensorflow extra (or keras + torch)")
 
 from splitup.models.tf_import import import_tensorflow  # noqa: E402
+
+from .conftest import start_market_nodes  # noqa: E402
 
 BATCH_MAX = 4
 
@@ -94,24 +91,7 @@ def tf_market(env) -> dict[str, Imported]:
         vram += sum(t.vram_bytes for t in plan.tasks)
         imported[key] = item
     every = task_ids[0] + task_ids[1]
-    nodes = []
-    for k in range(2):
-        kp = Keypair()
-        path = env.net.root / "wallets" / f"tf-{k}.json"
-        save_keypair(kp, path)
-        market.t.airdrop(kp.pubkey(), 5 * 10**9)
-        port = free_port()
-        nodes.append(env.net.procs.start(f"tf-{k}", [
-            "-m", "splitup.demo.node", "--keypair", str(path), "--rpc-url", env.net.rpc_url, "--store",
-            env.net.store_url, "--port", str(port), "--node-id", f"tf-{k}", "--tasks", ",".join(every),
-            "--primary", ",".join(task_ids[k]), "--stake", str(2 * 10**9), "--vram", str(vram),
-            "--cache", str(env.net.root / "cache" / f"tf-{k}")], f"http://127.0.0.1:{port}"))
-    for n in nodes:
-        env.net.procs.wait_http(n)
-        deadline = time.monotonic() + 60
-        while httpx.get(n.url + "/market/startup", timeout=5).json()["phase"] != "ready":
-            assert time.monotonic() < deadline, n.tail()
-            time.sleep(0.2)
+    start_market_nodes(env, market, "tf", every, task_ids, [vram, vram])
     return imported
 
 

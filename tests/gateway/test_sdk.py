@@ -6,25 +6,20 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
-import httpx
 import numpy as np
 import pytest
-from solders.keypair import Keypair
 
 import splitup
 from splitup.demo.models import node_budgets
 from splitup.demo.network import placement
-from splitup.demo.procs import free_port
 from splitup.graph import zoo
-from splitup.market.wallet import save_keypair
 from splitup.partition.plan import make_plan
 from splitup.sdk.catalog import publish_model
 from splitup.sdk.chain import connect
 from splitup.storage import BlobStore
 
-from .conftest import reference_text
+from .conftest import reference_text, start_market_nodes
 
 
 @pytest.fixture(scope="module")
@@ -38,26 +33,8 @@ def mlp_market(env):
     publish_model(market, authority, env.net.root / "plan-mlp", BlobStore(env.net.root / "store"), kind="graph",
                   description="5-layer MLP")
     _, primary = placement(plan, budgets)
-    nodes = []
-    for k in range(2):
-        kp = Keypair()
-        path = env.net.root / "wallets" / f"mlp-{k}.json"
-        save_keypair(kp, path)
-        market.t.airdrop(kp.pubkey(), 5 * 10**9)
-        port = free_port()
-        nodes.append(env.net.procs.start(f"mlp-{k}", [
-            "-m", "splitup.demo.node", "--keypair", str(path), "--rpc-url", env.net.rpc_url, "--store",
-            env.net.store_url, "--port", str(port), "--node-id", f"mlp-{k}",
-            "--tasks", ",".join(t.task_id for t in plan.tasks),
-            "--primary", ",".join(plan.tasks[i].task_id for i in primary[k]),
-            "--stake", str(2 * 10**9), "--vram", str(budgets[k]), "--cache", str(env.net.root / "cache" / f"mlp-{k}")],
-            f"http://127.0.0.1:{port}"))
-    for n in nodes:
-        env.net.procs.wait_http(n)
-        deadline = time.monotonic() + 60
-        while httpx.get(n.url + "/market/startup", timeout=5).json()["phase"] != "ready":
-            assert time.monotonic() < deadline, n.tail()
-            time.sleep(0.2)
+    start_market_nodes(env, market, "mlp", [t.task_id for t in plan.tasks],
+                       [[plan.tasks[i].task_id for i in primary[k]] for k in range(2)], budgets[:2])
     return graph
 
 
