@@ -120,19 +120,59 @@ def _widen_4bit(graph: Path, tmp: Path) -> Path:
     return out
 
 
-def _transpose_matmul_weights(runner):  # noqa: ANN001, ANN202 - OnnxRunner
-    """Keep each MatMul weight (in, out) stored as (out, in) and read through a transposed view: a decode
-    step is matrix-vector products, and tinygrad's CPU kernels then read each dot product contiguously
-    (about 2x faster per step on SmolLM2's layers). Values and results are unchanged."""
-    from tinygrad import Tensor
+# Lanes of a decode-step dot product kept apart until the end (see ``_matvec``): 8 fills an AVX register.
+_LANES = 8
 
+
+def _transpose_matmul_weights(runner):  # noqa: ANN001, ANN202 - OnnxRunner
+    """Keep each MatMul weight (in, out) stored as (out, in) and run those MatMuls as ``_matvec``: a decode
+    step is matrix-vector products, and tinygrad's CPU kernels then read each dot product contiguously.
+    Values and results are unchanged (up to float summation order)."""
+    from tinygrad import Tensor
+    from tinygrad.nn.onnx import OnnxNode
+
+    nodes = []
     for node in runner.graph_nodes:
-        if node.op != "MatMul" or len(node.inputs) < 2:
-            continue
-        w = runner.graph_values.get(node.inputs[1])
+        w = runner.graph_values.get(node.inputs[1]) if node.op == "MatMul" and len(node.inputs) == 2 else None
         if isinstance(w, Tensor) and w.ndim == 2 and node.inputs[1] in runner.const_names:
-            runner.graph_values[node.inputs[1]] = w.T.contiguous().realize().T
+            runner.graph_values[node.inputs[1]] = w.T.contiguous().realize()
+            node = OnnxNode(_MATVEC, node.opset_id, node.inputs, node.outputs, node.opts)
+        nodes.append(node)
+    runner.graph_nodes = tuple(nodes)
+    softmax = {opset: _realized(fn) for opset, fn in runner.onnx_ops["Softmax"].items()}
+    runner.onnx_ops = {**runner.onnx_ops, _MATVEC: _matvec, "Softmax": softmax}
     return runner
+
+
+def _realized(fn):  # noqa: ANN001, ANN202 - an ONNX op implementation
+    """``fn`` with its result in a buffer of its own. tinygrad otherwise fuses a softmax into the product
+    that reads it (attention's weights @ values) and evaluates every exp once per output column: 64 times
+    over for a head of 64 dims, most of a decode step's time."""
+    return lambda *args, **kwargs: fn(*args, **kwargs).contiguous()
+
+
+_MATVEC = "SplitUpMatMulTransposed"
+
+
+def _matvec(x, wt):  # noqa: ANN001, ANN202 - tinygrad Tensors
+    """``x @ wt.T`` for a weight stored (out, in). For one row (a decode step) the dot products are summed
+    in ``_LANES`` interleaved partial sums, then those: tinygrad's CPU code then accumulates in a vector
+    register, where one running sum would make every add wait on the one before (several times faster on
+    SmolLM2's projections). Longer inputs (prefill) are matrix products, which tinygrad already handles."""
+    k = int(wt.shape[1])
+    rows = 1
+    for d in x.shape[:-1]:
+        rows *= int(d)
+    if rows != 1 or k % _LANES:
+        return x @ wt.T
+    lead = tuple(x.shape[:-1])
+    # The input in a buffer of its own too: fused into the product, whatever made it (a SiLU's exp, a
+    # norm) would be evaluated again for every output row.
+    x = x.contiguous()
+    lanes = x.reshape(*lead, 1, k // _LANES, _LANES) * wt.reshape(int(wt.shape[0]), k // _LANES, _LANES)
+    # In a buffer of its own: fused with a sibling product (a gated MLP's gate and up) tinygrad orders one
+    # of the two reductions across the weight rows instead of along them.
+    return lanes.sum(-2).sum(-1).contiguous()
 
 
 def _probe_device() -> str:
