@@ -251,7 +251,7 @@ class _TinygradRunner(Runner):
             slot = self._slots.get(key)
             fresh = slot is None
             if slot is None:
-                slot = self._slots[key] = _Slot(self._make_jit(), {})
+                slot = self._slots[key] = _Slot(None, {})
             inputs: dict[str, Any] = {}
             for spec in self.task.inputs:
                 if spec.name in kv.caches:
@@ -274,12 +274,9 @@ class _TinygradRunner(Runner):
                 else:
                     _write(held, value)
                 inputs[spec.name] = held
-            outs = slot.jit(**inputs)
             if fresh:
-                # Capture now rather than on the shape's next call, so one call of each shape is all the
-                # warm-up there is. Running the call again is harmless: it writes the same cache slots
-                # with the same values.
-                outs = slot.jit(**inputs)
+                slot.jit = self._make_jit(inputs)
+            outs = slot.jit(**inputs)
             done: dict[str, Any] = {}
             for spec in self.task.outputs:
                 if spec.name in self.task.state.values():
@@ -317,9 +314,13 @@ class _TinygradRunner(Runner):
         pad[axis] = (0, self.kv.capacity - value.shape[axis])
         return Tensor(np.ascontiguousarray(np.pad(value, pad))).realize()
 
-    def _make_jit(self) -> Any:
+    def _make_jit(self, inputs: Mapping[str, Any]) -> Any:
         """A TinyJit over a private copy of the runner (OnnxRunner pins dims and shape-derived constants per
-        shape) that writes the new caches into the input buffers, so sessions keep one buffer per cache."""
+        shape) that writes the new caches into the input buffers, so sessions keep one buffer per cache.
+        It captures on its first call: ``inputs`` (that call's) are traced here first without running
+        anything, which is where OnnxRunner reads the shape-derived constants it then keeps (a capture
+        cannot read tensor data). The alternative, a first call run eagerly, costs a whole extra
+        schedule of the graph: most of a new shape's first call."""
         import copy
 
         from tinygrad import TinyJit
@@ -329,27 +330,30 @@ class _TinygradRunner(Runner):
         runner.variable_dims = {}
         runner._python_const_cache = {}
         task = self.task
+        caches = self.kv.caches if self.kv else {}
 
         def call(**inputs: Any) -> dict[str, Any]:
             outs = runner(inputs)
             for past, present in task.state.items():
-                if past in inputs and present in outs and past in (self.kv.caches if self.kv else {}):
+                if past in inputs and present in outs and past in caches:
                     inputs[past].assign(outs[present])
             kept = {o.name: outs[o.name] for o in task.outputs if o.name not in task.state.values()}
-            for past in (self.kv.caches if self.kv else {}):
+            for past in caches:
                 kept[past] = inputs[past]
             return kept
 
-        # The first call runs eagerly (OnnxRunner reads the shape-derived constants it then keeps), the
-        # second captures (``_step`` makes both on a shape's first use), later ones replay.
-        return TinyJit(call)
+        runner(dict(inputs))  # the trace: lazy tensors only, dropped here
+        runner.graph_values = dict(self._weights)
+        jit = TinyJit(call)
+        jit.cnt = 1  # TinyJit's call count: 1 = the next call captures (0 would run it eagerly first)
+        return jit
 
 
 @dataclass
 class _Slot:
     """One captured shape: its JIT and the device buffers its non-cache inputs are written into."""
 
-    jit: Any
+    jit: Any  # made on the shape's first call, from that call's inputs
     inputs: dict[str, Any]
 
 
