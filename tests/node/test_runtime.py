@@ -59,6 +59,34 @@ def test_tinygrad_in_the_fixed_form_matches_onnxruntime_in_the_growing_form(plan
                 assert want.shape[2] == length and got.shape[2] == task.dim_max["past"]
                 got = got[:, :, :length]
             assert float(np.max(np.abs(want - got))) <= 1e-5, name
+def test_tinygrad_decode_step_products_equal_plain_matmuls():
+    """The decode-step forms of MatMul (``tiny._matvec``, ``tiny._product``: reductions in vector lanes or
+    chunks) give ``x @ w`` for one row and fall back to it for several."""
+    reason = available_engines()["tinygrad"]
+    if reason != "ok":
+        pytest.skip(f"tinygrad engine unavailable: {reason}")
+    from splitup.runtime.tiny import _matvec, _product, on_tinygrad_thread
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(64, 24)).astype(np.float32)
+    values = rng.normal(size=(1, 3, 256, 16)).astype(np.float32)
+
+    def run():  # noqa: ANN202 - (got, want) pairs
+        from tinygrad import Tensor
+
+        pairs = []
+        for rows in (1, 3):  # a decode step, then a prefill chunk
+            x = rng.normal(size=(1, rows, 64)).astype(np.float32)
+            pairs.append((_matvec(Tensor(x), Tensor(np.ascontiguousarray(w.T))).numpy(), x @ w))
+            p = rng.random((1, 3, rows, 256)).astype(np.float32)
+            pairs.append((_product(Tensor(p), Tensor(values)).numpy(), p @ values))
+        return pairs
+
+    for got, want in on_tinygrad_thread(run):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_engine_checks_the_expected_task_id(plan_dir, plan):
     from splitup.partition.task import PlanError
 
