@@ -248,6 +248,13 @@ class StaleHeartbeatError(ProgramError):
     code = ErrorCode.STALE_HEARTBEAT
 
 
+class BadOpeningError(ProgramError):
+    """The call and Merkle path given with a hand-off do not open the sender's commitment (or the path's
+    length is not the depth of the committed call count)."""
+
+    code = ErrorCode.BAD_OPENING
+
+
 ERRORS: dict[int, type[ProgramError]] = {int(cls.code): cls for cls in ProgramError.__subclasses__() if cls.code}
 
 _CUSTOM = re.compile(r"Custom\((\d+)\)")
