@@ -237,7 +237,7 @@ class BadEvidenceError(ProgramError):
 
 
 class NoMismatchError(ProgramError):
-    """The signed hand-off matches the sender's commitment: nothing to slash."""
+    """The signed hand-off is what the sender committed for that call: nothing to slash."""
 
     code = ErrorCode.NO_MISMATCH
 

@@ -16,7 +16,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,21 +35,39 @@ from splitup.market.constants import TaskStatus
 from splitup.market.errors import MarketError
 from splitup.market.evidence import RECEIPT, Signed
 from splitup.market.market import Market
-from splitup.node.node import HopRecord, Node, NodeConfig
-from splitup.node.wire import DECODING_META, Envelope, WireError
+from splitup.node.handoffs import Handoffs, HandoffStore
+from splitup.node.node import HopRecord, Node, NodeConfig, NotHere
+from splitup.node.wire import DECODING_META, Envelope, Hop, WireError
 from splitup.runtime import Runner
 from splitup.storage import fetch_task
 from splitup.verify.blobs import Blobs, BundleSource, HttpBlobs
 from splitup.verify.cheats import Cheat
+from splitup.verify.commitment import handoff_digest
 from splitup.verify.roles import Announcement, Arbiter, Executor, Validator, input_digest
-from splitup.verify.transcript import Transcript
+from splitup.verify.transcript import BadTranscript, Sent, Step, Transcript
 
 log = logging.getLogger("splitup.agent")
 REPLAY_SUFFIX = ".replay"  # splitup.client.pipeline re-prefills a stand-in under this job id
 
 
+class Sealed(NotHere):
+    """A hop of a task this node has committed for the job: a call after the commitment could never be
+    opened against it, so it is refused (the client moves the task to another holder)."""
+
+
+@dataclass
+class _Call:
+    """One recorded call: the transcript step, the session it ran in, and the digest of its signed
+    hand-off (once signed, the call is what this node committed to send: never recorded over)."""
+
+    step: Step
+    session: str | None
+    signed: bytes | None = None
+
+
 class RecordingNode(Node):
-    """A node that keeps, per (job, task), the inputs and outputs of every step it computed.
+    """A node that keeps, per (job, task), the inputs and outputs of every step it computed, and what each
+    step sent on; with ``sign_handoff`` set (its market agent) it signs each call's hand-off.
 
     ``cheat`` (``splitup.verify.cheats``; the demo's ``--cheat``) makes it a dishonest node: what it
     forwards and records are the cheat's outputs, as a real cheater's would be.
@@ -59,20 +78,44 @@ class RecordingNode(Node):
         self.cheat = cheat
         self._local = threading.local()
         self._lock = threading.Lock()
-        self.steps: dict[tuple[str, str], dict[int, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]] = {}
+        self.steps: dict[tuple[str, str], dict[int, _Call]] = {}
         self.last_hop: dict[tuple[str, str], float] = {}
         self.first_inputs: dict[tuple[str, str], dict[str, np.ndarray]] = {}
         # The token rule the client sent with the job's hops (greedy when it sent none).
         self.decodings: dict[tuple[str, str], Decoding] = {}
         # the cache after the latest step, per (job, task): what the work digest is taken over
         self.state: dict[tuple[str, str], tuple[int, dict[str, np.ndarray]]] = {}
+        # task ids committed per job: their transcript is sealed, no call may be added
+        self.sealed: dict[str, set[str]] = {}
+        # (job, task id, call, digest) -> the signed hand-off's wire form, or None outside the market
+        self.sign_handoff: Callable[[str, str, int, bytes], dict[str, Any] | None] | None = None
 
     def computed(self, job: str, task_id: str) -> bool:
         with self._lock:
             return bool(self.steps.get((job, task_id)))
 
+    def hop(self, env: Envelope, tensors: Mapping[str, np.ndarray],
+            handoff: dict[str, Any] | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any] | None]:
+        """What the call sent on is rebuilt from its record, so the signed digest is the one committed for
+        the call; a retried call sends (and signs) what it sent the first time."""
+        sent, _ = super().hop(env, tensors, handoff)
+        where = getattr(self._local, "recorded", None)
+        self._local.recorded = None
+        if where is None or self.sign_handoff is None:
+            return sent, None
+        key, index = where
+        with self._lock:
+            call = self.steps[key][index]
+        sent = call.step.handoff()
+        digest = handoff_digest(sent)
+        signed = self.sign_handoff(key[0], key[1], index, digest)
+        if signed is not None:
+            call.signed = digest
+        return sent, signed
+
     def compute(self, env: Envelope, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._local.inputs, self._local.reported = tensors, None
+        self._local.hop, self._local.recorded = env.current, None
         self._local.decoding = _decoding(env.meta)
         # A re-prefill after a node failure runs through temporary sessions on the tasks before the one
         # being restored: that is not those tasks' work for the job, and must not overwrite its steps.
@@ -93,19 +136,37 @@ class RecordingNode(Node):
         task = self.runners[rec.task_id].task
         names = {s.name for s in task.inputs if s.name not in task.state}
         given = getattr(self._local, "inputs", None) or {}
+        hop: Hop | None = getattr(self._local, "hop", None)
         ins = {k: np.array(v) for k, v in given.items() if k in names}
         outs = {k: np.array(v) for k, v in rec.outputs.items() if k not in task.state.values()}
         job = rec.job.removesuffix(REPLAY_SUFFIX)
         with self._lock:
+            if rec.task_id in self.sealed.get(job, ()):
+                raise Sealed(f"this node committed task {rec.task_id[:12]} of job {job}: it takes no more calls")
             steps = self.steps.setdefault((job, rec.task_id), {})
             if not steps and not rec.job.endswith(REPLAY_SUFFIX):
                 self.first_inputs[(job, rec.task_id)] = ins  # the agent receipts them on chain
             if self.cheat is not None:
                 outs = self.cheat(len(steps), ins, outs)
                 self._local.reported = outs
-            # A repeated step (a client retry) replaces the earlier one: nodes treat steps as idempotent.
             step = rec.step if rec.step is not None else len(steps)
-            steps[step] = (ins, outs)
+            earlier = steps.get(step)
+            if earlier is not None and earlier.signed is not None:
+                # A signed call is final: a retry in its session sends it again; anything else recording over
+                # it (a re-prefill in a new session) is refused, and the client moves the task elsewhere.
+                if earlier.session != rec.session or rec.job.endswith(REPLAY_SUFFIX):
+                    raise Sealed(f"call {step} of task {rec.task_id[:12]} of job {job} was handed on under this "
+                                 "node's signature; it cannot be recorded again")
+            else:
+                # A repeated unsigned step (a client retry) replaces the earlier one: steps are idempotent.
+                # what it sends on beyond its recorded inputs and outputs: tensors it relays, and the cache a
+                # call without a session hands back to its caller
+                available = {**given, **rec.outputs}
+                relayed = {k: np.array(available[k]) for k in (hop.send if hop else ())
+                           if k in available and k not in ins and k not in outs}
+                sent = Sent(tuple(hop.send), tuple(hop.last)) if hop is not None else None
+                steps[step] = _Call(Step(ins, outs, relayed, sent), rec.session)
+            self._local.recorded = ((job, rec.task_id), step)
             self.last_hop[(job, rec.task_id)] = time.monotonic()
             decoding = getattr(self._local, "decoding", None)
             if decoding is not None:
@@ -121,16 +182,27 @@ class RecordingNode(Node):
             return self.state.pop((job, task_id), (0, {}))[1]
 
     def transcript(self, job: str, index: int, task_id: str) -> Transcript:
-        """Everything computed for (job, task) as a ``splitup.verify`` transcript; forgotten here."""
+        """Everything computed for (job, task) as a ``splitup.verify`` transcript; forgotten here, and the
+        task sealed for the job: a later call could not be opened against the commitment."""
         with self._lock:
             steps = self.steps.pop((job, task_id), {})
             self.last_hop.pop((job, task_id), None)
             self.first_inputs.pop((job, task_id), None)
             decoding = self.decodings.pop((job, task_id), GREEDY)
+            self.sealed.setdefault(job, set()).add(task_id)
+        if sorted(steps) != list(range(len(steps))):
+            # the call indices it signed are the transcript's positions: a gap would shift every later one
+            raise BadTranscript(f"task {task_id[:12]} of job {job}: calls {sorted(steps)[:8]}... are not 0..n-1")
         t = Transcript(job, index, task_id, decoding=decoding)
-        for _, (ins, outs) in sorted(steps.items()):
-            t.add(ins, outs)
+        for _, call in sorted(steps.items()):
+            t.add(call.step.inputs, call.step.outputs, call.step.relayed, call.step.sent)
         return t
+
+    def forget(self, open_jobs: set[str]) -> None:
+        """Drop the seals of closed jobs."""
+        with self._lock:
+            for job in [j for j in self.sealed if j not in open_jobs]:
+                del self.sealed[job]
 
 
 def _decoding(meta: Mapping[str, str]) -> Decoding | None:
@@ -166,15 +238,20 @@ def node_bundles(node: Node, store_url: str) -> BundleSource:
 def announcement_json(a: Announcement) -> dict[str, Any]:
     return {"job": a.job, "index": a.index, "task_id": a.task_id, "transcript_sha": a.transcript_sha,
             "commitment": a.commitment.hex(), "fingerprints": {k: v.hex() for k, v in a.fingerprints.items()},
-            "signer": a.signer, "signature": a.signature.hex()}
+            "signer": a.signer, "signature": a.signature.hex(), "calls": b"".join(a.calls).hex(),
+            "body": a.body.hex()}
 
 
 def announcement_from(d: Any) -> Announcement | None:
     """Parse an announcement; its signature is checked by whoever relies on it (the roles do)."""
     try:
+        packed = bytes.fromhex(d.get("calls", ""))
+        if len(packed) % 32:
+            return None
         return Announcement(str(d["job"]), int(d["index"]), str(d["task_id"]), str(d["transcript_sha"]),
                             bytes.fromhex(d["commitment"]), {str(k): bytes.fromhex(v) for k, v in d["fingerprints"].items()},
-                            str(d["signer"]), bytes.fromhex(d["signature"]))
+                            str(d["signer"]), bytes.fromhex(d["signature"]),
+                            tuple(packed[i : i + 32] for i in range(0, len(packed), 32)), bytes.fromhex(d.get("body", "")))
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
 
@@ -222,6 +299,12 @@ class MarketAgent:
         self._released: dict[tuple[str, int], Pubkey] = {}
         self._index_of: dict[tuple[str, str], int] = {}
         node.hop_evidence = self.hop_receipt
+        # the job's task indices by task id, for hops of tasks this node did not accept (a stand-in's)
+        self._model_index: dict[str, dict[str, int]] = {}
+        self.handoffs = Handoffs(market, owner, HandoffStore(Path(node.config.cache_dir) / "handoffs.sqlite"),
+                                 self._task_index)
+        node.sign_handoff = self.handoffs.sign
+        node.handoff_check = self.handoffs.check
         self.accepted: dict[tuple[str, int], Pubkey] = {}
         self.accepting = True  # False while the node drains: it finishes what it took and takes nothing new
         self.announced: dict[tuple[str, int], Announcement] = {}
@@ -263,8 +346,10 @@ class MarketAgent:
         held = set(self.node.runners)
         jobs = self.market.jobs()
         slot = self.market.t.slot()
-        self._commit_idle({str(job): info for job, info in jobs}, slot)
-        self._forget_closed({str(job) for job, _ in jobs})
+        by_name = {str(job): info for job, info in jobs}
+        self._commit_idle(by_name, slot)
+        self.handoffs.prove(by_name, slot, lambda job, index: fetch_announcement(self.market, job, index))
+        self._forget_closed(set(by_name))
         for job, info in jobs:
             if info.header.client == me:
                 continue  # a node may not work on its own job
@@ -340,6 +425,25 @@ class MarketAgent:
                                    "signer": str(self.owner.pubkey())}
         return self._receipts[key]
 
+    def _task_index(self, job: str, task_id: str) -> int | None:
+        """The index of task ``task_id`` in market job ``job`` (None: not a market job): the accepted
+        task's, else read once per job from the chain (a stand-in computes before it takes the task over)."""
+        index = self._index_of.get((job, task_id))
+        if index is not None:
+            return index
+        if job not in self._model_index:
+            try:
+                info = self.market.job(Pubkey.from_string(job))
+                tasks = self.market.model(info.header.model).tasks
+            except (MarketError, ValueError):  # not a job on this market: nothing to sign or check
+                self._model_index[job] = {}
+            except Exception as exc:  # the ledger is unreachable: not known *yet*, so not remembered
+                log.debug("task index of %s in %s: %s", task_id[:12], job, exc)
+                return None
+            else:
+                self._model_index[job] = {bytes(t.task_id).hex(): i for i, t in enumerate(tasks)}
+        return self._model_index[job].get(task_id)
+
     def _receipt_inputs(self) -> None:
         """Receipt on chain the first input of each task this node accepted: from then on the client can
         no longer release the task (and its pay) from under the node."""
@@ -388,6 +492,9 @@ class MarketAgent:
                     f.unlink(missing_ok=True)
         for key in [k for k in self._receipted if k[0] not in open_jobs]:
             self._receipted.discard(key)
+        self.node.forget(open_jobs)
+        for job in [j for j in self._model_index if j not in open_jobs]:
+            del self._model_index[job]
         for table in (self.announced, self._first_seen, self._accepted_at, self._receipts, self._index_of,
                       self._released):
             for key in [k for k in table if k[0] not in open_jobs]:

@@ -59,6 +59,7 @@ class Frame:
     hops: list[Any] = field(default_factory=list)
     error: dict[str, Any] | None = None
     parked: str | None = None
+    handoff: dict[str, Any] | None = None  # the sender's signed hand-off of the tensors (``wire.HANDOFF_META``)
 
 
 def pack(frame: Frame) -> list[bytes | memoryview]:
@@ -88,6 +89,8 @@ def pack(frame: Frame) -> list[bytes | memoryview]:
         head["x"] = frame.error
     if frame.parked is not None:
         head["p"] = frame.parked
+    if frame.handoff is not None:
+        head["s"] = frame.handoff
     header = json.dumps(head, separators=(",", ":")).encode()
     return [PREFIX.pack(MAGIC, len(header), offset), header, *buffers]
 
@@ -123,12 +126,14 @@ def unpack(header: bytes, payload: bytes | bytearray, *, max_tensor_bytes: int |
             raise FrameError(f"tensor {name!r} appears twice")
         tensors[name] = arr
     envelope, hops, error, parked = head.get("e"), head.get("h", []), head.get("x"), head.get("p")
+    handoff = head.get("s")
     if envelope is not None and not isinstance(envelope, dict):
         raise FrameError("frame envelope must be a JSON object")
     if not isinstance(hops, list) or (error is not None and not isinstance(error, dict)) \
-            or (parked is not None and not isinstance(parked, str)):
-        raise FrameError("frame hop records, error or parked URL are malformed")
-    return Frame(head["k"], tensors, envelope, hops, error, parked)
+            or (parked is not None and not isinstance(parked, str)) \
+            or (handoff is not None and not isinstance(handoff, dict)):
+        raise FrameError("frame hop records, error, parked URL or signed hand-off are malformed")
+    return Frame(head["k"], tensors, envelope, hops, error, parked, handoff)
 
 
 def _tensor(entry: Any, payload: bytes | bytearray, start: int,

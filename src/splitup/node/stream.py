@@ -123,10 +123,10 @@ class FrameServer:
                 raise FrameError(f"expected an 'exec' frame with an envelope, got {frame.kind!r}")
             env = Envelope.from_dict(frame.envelope)
             hop = env.hop
-            out, record = await self.compute(env, frame.tensors)
+            out, record, signed = await self.compute(env, frame.tensors, frame.handoff)
             if hop + 1 == len(env.route):
-                return self._final(env, out, record)
-            return await self._forward(env.next(), out, record)
+                return self._final(env, out, record, signed)
+            return await self._forward(env.next(), out, record, signed)
         except Exception as exc:
             failure = self.failed(exc, hop)
             return _error(failure.status, failure.kind, str(failure), failure.hop)
@@ -134,21 +134,24 @@ class FrameServer:
             if release is not None:
                 release()
 
-    def _final(self, env: Envelope, out: dict[str, Any], record: dict[str, Any]) -> Frame:
+    def _final(self, env: Envelope, out: dict[str, Any], record: dict[str, Any],
+               signed: dict[str, Any] | None) -> Frame:
         size = sum(v.nbytes for v in out.values())
         if size > self.node.config.park_above_bytes:
             rid = self.node.shelf.put(encode(out))
             if rid is not None:
                 # The address this node was reached at is one the route's client can use too.
-                return Frame("ok", hops=[record], parked=f"{env.current.urls[0].rstrip('/')}/results/{rid}")
-        return Frame("ok", out, hops=[record])
+                return Frame("ok", hops=[record], parked=f"{env.current.urls[0].rstrip('/')}/results/{rid}",
+                             handoff=signed)
+        return Frame("ok", out, hops=[record], handoff=signed)
 
-    async def _forward(self, env: Envelope, out: dict[str, Any], record: dict[str, Any]) -> Frame:
+    async def _forward(self, env: Envelope, out: dict[str, Any], record: dict[str, Any],
+                       signed: dict[str, Any] | None) -> Frame:
         """Send to the next hop and relay its reply; stand-ins for a stateless hop that is down."""
         nxt = env.current
         timeout = env.hop_timeout * (len(env.route) - env.hop)  # deeper hops give up first
         urls = nxt.urls if nxt.session is None else nxt.urls[:1]  # a session lives on one node only
-        request = Frame("exec", out, env.to_dict())
+        request = Frame("exec", out, env.to_dict(), handoff=signed)
         failure = None
         for attempt, url in enumerate(urls):
             try:

@@ -10,7 +10,8 @@ Serialized as safetensors (no pickle, mmap-able), tensors named
 
     step{i}.in.{name}     an input of call i (as received; a cache the caller supplied counts as input)
     step{i}.out.{name}    an output of call i that left the node (task outputs minus KV-cache state)
-    step{i}.fwd.{name}    a tensor call i only relayed to the next node (received, not a task input)
+    step{i}.fwd.{name}    a tensor call i sent on that is neither its input nor its output: relayed from
+                          upstream, or the KV cache a call without a session hands back to its caller
 
 and string metadata ``format``, ``version``, ``job`` (base58), ``index``, ``task_id``, ``steps``, ``salt``
 (hex), ``decoding`` (JSON of :class:`splitup.decoding.Decoding`: the job's token rule, which the
