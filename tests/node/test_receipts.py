@@ -95,6 +95,7 @@ def test_receipts_come_back_on_both_transports_and_catch_a_node_that_walks_away(
             added = [{k: r[k] for k in ("receipt", "index", "signer")} for r in pc.last_hops if "receipt" in r]
             assert added and all(len(json.dumps(a)) < 300 for a in added)
     assert seen["http"] == seen["frames"]  # signed once per task, handed out again on a retried step
+    assert agent.handoffs.store.senders() == []  # its hops to itself were signed and checked, not kept
     receipts = seen["http"]
     assert set(receipts) == {(str(job), i) for i in range(len(plan.tasks))}
     for (_, i), record in receipts.items():

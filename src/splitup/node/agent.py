@@ -348,7 +348,8 @@ class MarketAgent:
         slot = self.market.t.slot()
         by_name = {str(job): info for job, info in jobs}
         self._commit_idle(by_name, slot)
-        self.handoffs.prove(by_name, slot, lambda job, index: fetch_announcement(self.market, job, index))
+        # (a short timeout: the tick must not stall on a sender that does not answer, its own commits wait)
+        self.handoffs.prove(by_name, slot, lambda job, index: fetch_announcement(self.market, job, index, 3.0))
         self._forget_closed(set(by_name))
         for job, info in jobs:
             if info.header.client == me:

@@ -42,7 +42,10 @@ class HandoffStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        # one insert per hop received: WAL without a sync per commit (a crash may lose the last few, which
+        # only costs proofs of those calls, never an honest node anything)
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(_SCHEMA)
         self._lock = threading.Lock()
 
@@ -136,17 +139,20 @@ class Handoffs:
             raise WireError(str(exc)) from None
         if s.digest != handoff_digest(tensors):
             raise WireError(f"the signed hand-off of call {call} is not of the tensors received")
-        self.store.keep(s)
+        if signer != self.owner.pubkey():  # a node does not prove against itself
+            self.store.keep(s)
 
     def prove(self, jobs: Mapping[str, Any], slot: int,
               announcement: Callable[[Pubkey, int], Announcement | None]) -> None:
         """Compare what each sender handed this node with what it committed, once it has committed (its
         announcement's call tree, checked against the commitment on chain), and prove every lie within
-        the hand-off window. Kept hand-offs go with their job or once their window is over."""
+        the hand-off window. Kept hand-offs go with their job or once their window is over.
+        ``announcement`` runs in the agent's tick: it should give up within seconds."""
         for job, index in self.store.senders():
             info = jobs.get(job)
-            if info is None:
+            if info is None:  # closed
                 self.store.forget(job)
+                self._checked = {c for c in self._checked if c[0] != job}
                 continue
             t = info.tasks[index]
             if t.status < TaskStatus.COMMITTED:
