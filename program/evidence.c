@@ -92,16 +92,15 @@ static uint64_t check_statement(const Ctx *c, const SolAccountInfo *sv, const St
   return check_signed(sv, s->signer, msg, n + 32);
 }
 
-/* ---- the commitment's call tree (splitup.market.calls) */
-static void sha256_of(const SolBytes *parts, int n, uint8_t *out) { sol_sha256(parts, n, out); }
-
+/* ---- the commitment's call tree (splitup.market.calls). sol_sha256 reads every part before it writes the
+   result, so a hash may be folded into itself. */
 /* H(0x00 || CALL_DOMAIN || u64 call || digest) */
 static void call_leaf(uint64_t call, const uint8_t *digest, uint8_t *out) {
   static const uint8_t LEAF = 0;
   uint8_t le[8];
   wr64(le, call);
   SolBytes parts[] = {{&LEAF, 1}, {(const uint8_t *)CALL_DOMAIN, CALL_DOMAIN_LEN}, {le, 8}, {digest, 32}};
-  sha256_of(parts, 4, out);
+  sol_sha256(parts, 4, out);
 }
 
 /* The commitment the opening in `a` (and the `path_len` siblings at `path`, leaf first) opens:
@@ -123,13 +122,13 @@ static uint64_t opened_commitment(const HandoffArgs *a, const uint8_t *path, uin
     for (uint64_t i = 0; i < depth; i++, index >>= 1) {
       const uint8_t *sibling = path + 32 * i;
       SolBytes parts[] = {{&NODE, 1}, {index & 1 ? sibling : h, 32}, {index & 1 ? h : sibling, 32}};
-      sha256_of(parts, 3, h);
+      sol_sha256(parts, 3, h);
     }
   }
   uint8_t count[8];
   wr64(count, a->count);
   SolBytes parts[] = {{(const uint8_t *)COMMIT_DOMAIN, COMMIT_DOMAIN_LEN}, {count, 8}, {h, 32}, {a->body, 32}};
-  sha256_of(parts, 4, out);
+  sol_sha256(parts, 4, out);
   return 0;
 }
 
