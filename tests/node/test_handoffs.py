@@ -114,6 +114,8 @@ def test_receivers_keep_signed_handoffs_and_prove_a_wrong_hidden_state_on_a_late
         assert job is not None
         for i, agent in enumerate(agents):
             agent._accept(job, i)
+        for agent in agents:  # what the tick does: the hop path reads task indices, never the chain
+            agent._learn_tasks(m.jobs())
         return job
 
     def run(job: Any, transport: str) -> None:

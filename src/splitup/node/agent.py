@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -299,8 +299,10 @@ class MarketAgent:
         self._released: dict[tuple[str, int], Pubkey] = {}
         self._index_of: dict[tuple[str, str], int] = {}
         node.hop_evidence = self.hop_receipt
-        # the job's task indices by task id, for hops of tasks this node did not accept (a stand-in's)
+        # each open job's task indices by task id, for hops of tasks this node did not accept (a stand-in's),
+        # learned by the tick; and each model's task ids
         self._model_index: dict[str, dict[str, int]] = {}
+        self._model_tasks: dict[str, list[str]] = {}
         self.handoffs = Handoffs(market, owner, HandoffStore(Path(node.config.cache_dir) / "handoffs.sqlite"),
                                  self._task_index)
         node.sign_handoff = self.handoffs.sign
@@ -345,6 +347,7 @@ class MarketAgent:
         me = self.owner.pubkey()
         held = set(self.node.runners)
         jobs = self.market.jobs()
+        self._learn_tasks(jobs)
         slot = self.market.t.slot()
         by_name = {str(job): info for job, info in jobs}
         self._commit_idle(by_name, slot)
@@ -427,23 +430,23 @@ class MarketAgent:
         return self._receipts[key]
 
     def _task_index(self, job: str, task_id: str) -> int | None:
-        """The index of task ``task_id`` in market job ``job`` (None: not a market job): the accepted
-        task's, else read once per job from the chain (a stand-in computes before it takes the task over)."""
+        """The index of task ``task_id`` in market job ``job`` (None: not a market job this node knows):
+        the accepted task's, else the one the tick learned (a stand-in computes before it takes the task
+        over). Read on the hop path, so never from the chain: the market's client is the agent thread's."""
         index = self._index_of.get((job, task_id))
-        if index is not None:
-            return index
-        if job not in self._model_index:
-            try:
-                info = self.market.job(Pubkey.from_string(job))
-                tasks = self.market.model(info.header.model).tasks
-            except (MarketError, ValueError):  # not a job on this market: nothing to sign or check
-                self._model_index[job] = {}
-            except Exception as exc:  # the ledger is unreachable: not known *yet*, so not remembered
-                log.debug("task index of %s in %s: %s", task_id[:12], job, exc)
-                return None
-            else:
-                self._model_index[job] = {bytes(t.task_id).hex(): i for i, t in enumerate(tasks)}
-        return self._model_index[job].get(task_id)
+        return index if index is not None else self._model_index.get(job, {}).get(task_id)
+
+    def _learn_tasks(self, jobs: Sequence[tuple[Pubkey, Any]]) -> None:
+        """Index every open job's tasks by task id, for ``_task_index`` (a model's tasks never change once
+        a job can be posted on it)."""
+        for job, info in jobs:
+            if str(job) in self._model_index:
+                continue
+            ids = self._model_tasks.get(str(info.header.model))
+            if ids is None:
+                ids = [bytes(t.task_id).hex() for t in self.market.model(info.header.model).tasks]
+                self._model_tasks[str(info.header.model)] = ids
+            self._model_index[str(job)] = {tid: i for i, tid in enumerate(ids)}
 
     def _receipt_inputs(self) -> None:
         """Receipt on chain the first input of each task this node accepted: from then on the client can
