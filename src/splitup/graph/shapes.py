@@ -138,6 +138,8 @@ def infer_at(model: ModelProto, dims: dict[str, int], limits: Limits, max_rounds
             break
         # Both run: a folded constant may bound a Loop, and a bounded Loop may feed a Shape.
         folded = fold_shape_constants(inferred)
+        if folded:  # a shape value folded in the outer graph is a constant its bodies may read too
+            _inline_outer_constants(inferred.graph)
         # Bounds come last: an exact shape found by folding or induction beats an upper bound.
         ranges = value_ranges(inferred.graph, declared)
         by_values = functools.partial(value_bounds, ranges=ranges) if declared else None
