@@ -1,12 +1,13 @@
 """Upper bounds for outputs sized by the values of an input whose range is declared (``splitup.graph.values``).
 
-Each rule is the op's own size formula taken at the worst end of the ranges: ``Expand`` to at most
-``max(dim, hi)`` per axis, ``Tile`` ``dim * hi``, ``ConstantOfShape`` ``hi`` per axis, ``Range``
-``ceil(span / smallest |delta|)`` (a delta range that holds 0 bounds nothing), ``Pad`` ``dim + 2 hi``,
-``Resize`` ``sizes`` or ``floor(dim * scale)``, ``OneHot`` ``depth``, ``CenterCropPad`` the target shape,
+Each rule is the op's own size formula taken at the worst end of the ranges: ``Expand`` ``hi`` where the
+data's dim is 1 (a larger dim stays), ``Tile`` ``dim * hi``, ``ConstantOfShape`` ``hi`` per axis, ``Range``
+``ceil(span / smallest |delta|)`` (a delta range that holds 0 bounds nothing), ``Pad`` ``dim + begin + end``,
+``Resize`` ``sizes`` or ``ceil(dim * scale)``, ``OneHot`` ``depth``, ``CenterCropPad`` the target shape,
 ``Col2Im`` the image shape, ``AffineGrid`` the size, ``MaxUnpool`` the output shape, ``DFT``/``STFT`` the
-transform length and the frame count, ``Reshape`` of an empty tensor its target shape. The bound is never below the true size for any feed in range; the
-node checks every feed against the range before running, and the byte caps still apply to the bound.
+transform length and the frame count, ``Reshape`` of an empty tensor its target shape. The bound is never
+below the true size for any feed in range; the node checks every feed against the range before running, and
+the byte caps still apply to the bound.
 """
 
 from __future__ import annotations
@@ -76,8 +77,8 @@ def _expand(node, known, ranges):  # noqa: ANN001, ANN202 - one signature for ev
     rank = max(len(x), len(shape))
     padded = [1] * (rank - len(x)) + x
     target = [None] * (rank - len(shape)) + shape
-    # Broadcasting gives the data's dim, or the shape value where the data's dim is 1 (0 stays 0).
-    return [[d if t is None else max(d, _hi(t)) for d, t in zip(padded, target, strict=True)]]
+    # Broadcasting keeps a data dim above 1 (the value must be 1 or that dim), else takes the shape value.
+    return [[d if t is None or d > 1 else max(d, _hi(t)) for d, t in zip(padded, target, strict=True)]]
 
 
 def _tile(node, known, ranges):  # noqa: ANN001, ANN202
