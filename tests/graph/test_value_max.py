@@ -166,3 +166,24 @@ def test_the_node_answers_an_over_range_feed_with_422(split_plan):
             r = client.post("/execute", content=body)
             assert r.status_code == status, r.text
     assert "'shape'" in r.json()["error"] and "1..64" in r.json()["error"], r.text
+
+
+def test_a_later_task_reads_the_declared_input_and_unnamed_nodes_split_in_parts(tmp_path):
+    """The Expand sits in the last task, so the graph input ``shape`` travels to it (with its range); the
+    unnamed MatMuls before it are split by rows, whose parts once all came out named ``#0``, ``#1``..."""
+    rng = np.random.default_rng(2)
+    weights = [onnx.numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+               for n, s in (("w0", (8, 2048)), ("w1", (2048, 512)), ("w2", (512, 8)))]
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["a"]), helper.make_node("Relu", ["a"], ["b"]),
+             helper.make_node("MatMul", ["b", "w1"], ["h"]), helper.make_node("Expand", ["h", "shape"], ["e"]),
+             helper.make_node("MatMul", ["e", "w2"], ["y"])]
+    m = model(nodes, [("x", F, [1, 8]), ("shape", I64, [2])], [("y", F)], inits=weights)
+    m = declare_values(m, {"shape": {"min": [1, 512], "max": [16, 512]}})
+    plan = make_plan(m, "later", 2**20 + 200_000, workspace_bytes=0, out_dir=tmp_path).plan
+    assert len(plan.tasks) >= 3 and "shape" not in plan.tasks[0].value_max
+    assert plan.tasks[-1].value_max == {"shape": [[1, 16], [512, 512]]}
+    x = rng.standard_normal((1, 8)).astype(np.float32)
+    for rows in (1, 16):
+        feeds = {"x": x, "shape": np.array([rows, 512])}
+        (want,) = ort_run(m, feeds)
+        assert np.allclose(LocalPipeline(tmp_path).run(feeds)["y"], want, rtol=1e-4, atol=1e-2)
