@@ -92,8 +92,10 @@ def test_a_declared_range_keeps_the_byte_caps():
 
 @pytest.mark.parametrize("value", [
     {"shape": -1}, {"shape": [3, 1]}, {"shape": True}, {"shape": 2.5}, {"shape": [0, 2**40]}, {"shape": "8"},
-    {"nope": 4}, {"shape": [1, 2, 3]}, {"shape": float("nan")},
-], ids=["negative-max", "empty", "bool", "float-for-int", "huge", "string", "not-an-input", "triple", "nan"])
+    {"nope": 4}, {"shape": [1, 2, 3]}, {"shape": float("nan")}, {"shape": 10**400}, {"shape": {"max": [1]}},
+    {"shape": {"max": [1, 2], "extra": 1}},
+], ids=["negative-max", "empty", "bool", "float-for-int", "huge", "string", "not-an-input", "triple", "nan",
+        "beyond-float", "wrong-length", "unknown-key"])
 def test_malformed_declarations_are_refused(value):
     m = CASES[2][1]
     onnx.helper.set_model_props(m, {VALUE_MAX_KEY: json.dumps(value)})

@@ -98,6 +98,9 @@ def _declared(name: str, spec: object, vi: ValueInfoProto | None, limits: Limits
         dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim]
         if not isinstance(least, list) or len(least) != len(most) or len(dims) > 1 or math.prod(dims) != len(most):
             raise bad  # one range per element of a static vector (or scalar)
+        if len(most) > MAX_FOLD_ELEMENTS:  # sizing vectors are a handful of numbers; this is work, not a size
+            raise MalformedGraph(f"{name!r} has {len(most)} per-element ranges, more than {MAX_FOLD_ELEMENTS}: "
+                                 "declare one range for all of them", where=where)
         pairs = list(zip(least, most, strict=True))
     elif isinstance(spec, list):
         pairs = [tuple(spec)] if len(spec) == 2 else []
@@ -109,17 +112,19 @@ def _declared(name: str, spec: object, vi: ValueInfoProto | None, limits: Limits
 
 
 def _pair(name: str, lo: object, hi: object, elem: int, spec: object, limits: Limits, where: str) -> Range:
-    # bool is an int subclass: true/false as a bound is a mistake, not 1/0; NaN and infinities bound nothing.
-    if any(isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) for v in (lo, hi)):
+    # bool is an int subclass: true/false as a bound is a mistake, not 1/0; NaN and infinities bound nothing
+    # (an int is always finite, and may be too large to convert to a float: the dimension limit comes first).
+    if any(isinstance(v, bool) or not isinstance(v, int | float) or not (isinstance(v, int) or math.isfinite(v))
+           for v in (lo, hi)):
         raise MalformedGraph(f"the range of {name!r} must hold finite numbers, got {spec!r}", where=where)
-    assert isinstance(lo, int | float) and isinstance(hi, int | float)
+    assert isinstance(lo, int | float) and isinstance(hi, int | float)  # for the type checker: tested above
+    if max(abs(lo), abs(hi)) > limits.max_dim:
+        raise MalformedGraph(f"the range of {name!r} ({lo}..{hi}) goes beyond the dimension limit of "
+                             f"{limits.max_dim}", where=where)
     if elem in _INTEGER and not all(float(v).is_integer() for v in (lo, hi)):
         raise MalformedGraph(f"{name!r} holds integers: its range must be integers, got {spec!r}", where=where)
     if lo > hi:
         raise MalformedGraph(f"the range of {name!r} is empty ({lo} > {hi})", where=where)
-    if max(abs(lo), abs(hi)) > limits.max_dim:
-        raise MalformedGraph(f"the range of {name!r} ({lo}..{hi}) goes beyond the dimension limit of "
-                             f"{limits.max_dim}", where=where)
     if elem in _UNSIGNED and lo < 0:
         raise MalformedGraph(f"{name!r} is unsigned: its range cannot start below 0", where=where)
     return (lo, hi)
@@ -179,13 +184,16 @@ def _node_ranges(node: NodeProto, ranges: Mapping[str, Ranges], elem: Mapping[st
         return None
     given = [r for r in ins if r is not None]
     if op == "Concat":
-        # Vectors of known length keep their positions (a shared range is repeated for each element).
-        parts = [r if len(r) == counts.get(x) else r * counts[x] if len(r) == 1 and x in counts else None
-                 for r, x in zip(given, node.input, strict=True)]
-        flat = tuple(p for r in given for p in r)
-        # Along axis 0 the flattened elements are the inputs' in turn, whatever the rank.
+        whole = (span(tuple(p for r in given for p in r)),)
+        # Along axis 0 the flattened elements are the inputs' in turn, whatever the rank, so vectors of known
+        # length keep their positions (a shared range repeated per element); long ones are not sizes and
+        # keep one range, so the per-element work stays small.
         axis0 = next((a.i for a in node.attribute if a.name == "axis"), None) == 0
-        return tuple(p for r in parts if r is not None for p in r) if axis0 and all(parts) else (span(flat),)
+        if not axis0 or any(x not in counts for x in node.input) or sum(counts[x] for x in node.input) > MAX_FOLD_ELEMENTS:
+            return whole
+        if any(len(r) not in (1, counts[x]) for r, x in zip(given, node.input, strict=True)):
+            return whole
+        return tuple(p for r, x in zip(given, node.input, strict=True) for p in (r if len(r) == counts[x] else r * counts[x]))
     if op in ("Max", "Min", "Add", "Sub", "Mul"):
         return _elementwise(op, given)
     return None
