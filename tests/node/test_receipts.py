@@ -121,8 +121,12 @@ def test_receipts_come_back_on_both_transports_and_catch_a_node_that_walks_away(
     seen = {}
     for transport in ("http", "frames"):
         with PipelineClient(plan, [url] * len(hops), transport=transport) as pc:
+            told: list[tuple[str, int]] = []
+            pc.on_receipt = lambda j, i, _r: told.append((j, i))
             pc.call(hops, {n: feeds[n] for n in initial}, str(job))
+            pc.call(hops, {n: feeds[n] for n in initial}, str(job))  # handed out again: told once
             seen[transport] = dict(pc.receipts)
+            assert sorted(told) == sorted(pc.receipts)  # each receipt as it first arrives (the gateway saves it)
             # a receipt rides along with the first step's hop record: 96 bytes as hex, its index and signer
             added = [{k: r[k] for k in ("receipt", "index", "signer")} for r in pc.last_hops if "receipt" in r]
             assert added and all(len(json.dumps(a)) < 300 for a in added)
