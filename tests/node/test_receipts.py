@@ -122,7 +122,7 @@ def test_receipts_come_back_on_both_transports_and_catch_a_node_that_walks_away(
     for transport in ("http", "frames"):
         with PipelineClient(plan, [url] * len(hops), transport=transport) as pc:
             told: list[tuple[str, int]] = []
-            pc.on_receipt = lambda j, i, _r: told.append((j, i))
+            pc.on_receipt = lambda j, i, _r, told=told: told.append((j, i))
             pc.call(hops, {n: feeds[n] for n in initial}, str(job))
             pc.call(hops, {n: feeds[n] for n in initial}, str(job))  # handed out again: told once
             seen[transport] = dict(pc.receipts)
