@@ -186,8 +186,8 @@ class Chaos:
     def _held(self, child: Child) -> int | None:
         """Stop the node, then count the tasks it holds on chain (accepted, or validating): what its kill
         may cost it by the liveness rule. Stopped first, so it takes nothing more between count and kill."""
+        from splitup.market.connect import connect
         from splitup.market.constants import TaskStatus
-        from splitup.sdk.chain import connect
 
         if child.proc.poll() is not None:
             return 0
