@@ -163,7 +163,11 @@ class Handoffs:
                 continue
             if (job, index) in self._checked:
                 continue
-            ann = announcement(Pubkey.from_string(job), index)
+            try:
+                ann = announcement(Pubkey.from_string(job), index)
+            except MarketError as exc:  # the sender is away for now: ask again next tick, within the window
+                log.debug("announcement of task %d of %s: %s", index, job, exc)
+                continue
             owner = self.market.node_at(t.node).owner
             if ann is None or not ann.signed_by(owner) or not ann.opens(bytes(t.commitment)):
                 continue  # not (yet) announced: a validator or the arbiter blames a node that never does
