@@ -178,3 +178,71 @@ def test_unknown_transport_is_refused(plan, cluster):
 
 def test_prefix_layout_is_fixed():
     assert PREFIX.size == 16 and struct.calcsize("<4sIQ") == 16
+
+
+# --- direct answers: the last node writes the result to the client's listening connection ----------------
+def test_a_generation_is_answered_directly_and_matches_the_chain(plan, cluster):
+    prompt = [2, 7, 1, 8]
+    outs = {}
+    for direct in (True, False):
+        with PipelineClient(plan, cluster.route, direct=direct) as client:
+            with client.session() as gen:
+                outs[direct] = [int(np.argmax(gen.step(np.asarray(t)))) for t in (prompt, [5], [9], [5])]
+                assert client.last_direct == direct
+                # every hop's record comes with the result, in route order
+                assert [h["hop"] for h in client.last_hops] == [0, 1, 2]
+    assert outs[True] == outs[False]
+
+
+def _listen(addr, token: str) -> FrameSocket:
+    listener = FrameSocket(*addr, timeout=30)
+    assert listener.request(Frame("listen", reply={"to": token}), 30, 1 << 30).kind == "ok"
+    return listener
+
+
+def test_the_last_node_answers_a_listener_or_else_along_the_chain(plan, cluster):
+    addr = _frame_port(cluster.a.url)
+    listener, conn = _listen(addr, "tok"), FrameSocket(*addr, timeout=30)
+    try:
+        request = _exec(plan, cluster.a.url, _ids())
+        request.reply = {"to": "tok", "id": "step-1"}
+        assert conn.request(request, 30, 1 << 30).kind == "sent"
+        result = listener.receive(30, 1 << 30)
+        assert result.kind == "ok" and result.reply == {"id": "step-1"} and result.hops[0]["hop"] == 0
+        assert set(result.tensors) == {plan.tasks[0].outputs[0].name}
+        # a token nobody listens for here: the result comes back on the request's own connection
+        request.reply = {"to": "nobody", "id": "step-2"}
+        chained = conn.request(request, 30, 1 << 30)
+        assert chained.kind == "ok" and np.array_equal(chained.tensors[plan.tasks[0].outputs[0].name],
+                                                       result.tensors[plan.tasks[0].outputs[0].name])
+        # errors still come back along the chain, never to the listener
+        bad = _exec(plan, cluster.a.url, _ids(dtype=np.float64))
+        bad.reply = {"to": "tok", "id": "step-3"}
+        assert conn.request(bad, 30, 1 << 30).error["status"] == 422
+    finally:
+        listener.close()
+        conn.close()
+    # once its connection is closed, the listener is forgotten
+    conn = FrameSocket(*addr, timeout=30)
+    try:
+        request.reply = {"to": "tok", "id": "step-4"}
+        assert conn.request(request, 30, 1 << 30).kind == "ok"
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(("reply", "words"), [
+    ({"to": 3}, "reply address"),
+    ({"to": "x" * 65}, "reply address"),
+    ({"to": "t", "via": "u"}, "reply address"),
+    ("tok", "reply address"),
+])
+def test_malformed_reply_addresses_are_typed_errors(reply, words):
+    with pytest.raises(FrameError, match=words):
+        unpack(*_split([_raw({"k": "exec", "t": [], "r": reply})]))
+    with pytest.raises(FrameError, match="hop records"):
+        unpack(*_split([_raw({"k": "exec", "t": [], "h": [{}] * 65})]))
+
+
+def test_a_listen_frame_without_a_token_is_refused(cluster):
+    assert _send_raw(_frame_port(cluster.a.url), _raw({"k": "listen", "t": []}), closes=False)["status"] == 400

@@ -4,6 +4,10 @@ The same hop as ``POST /execute``, with the same checks and typed errors (an ``e
 status, kind and hop the HTTP answer would have), minus HTTP: a route sent as frames is forwarded as
 frames, node to node, and the reply comes back along the same connections. A node learns where the next
 node takes frames from that node's ``/health`` (its ``frames`` port) once, then keeps connections open.
+
+Direct answers (:mod:`splitup.node.frames`): a client's ``listen`` frame registers its connection under a
+token; an ``exec`` frame whose reply address names a token registered here, at the route's last hop, has
+its result written to that connection, and ``sent`` goes back along the chain.
 """
 
 from __future__ import annotations
@@ -16,12 +20,21 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from splitup.node.frames import Frame, FrameError, FrameTooLarge, frame_address, read_frame, write_frame
+from splitup.node.frames import (
+    Frame,
+    FrameError,
+    FrameTooLarge,
+    frame_address,
+    pack,
+    read_frame,
+    write_frame,
+)
 from splitup.node.node import Node
 from splitup.node.wire import Envelope, encode
 
 log = logging.getLogger("splitup.node")
 MAX_IDLE = 8
+MAX_LISTENERS = 1024  # clients waiting for direct answers on one node
 # Stream buffer size: a decode step's logits (SmolLM2: 192 KiB) arrive in one read instead of several
 # pause/resume cycles of the default 64 KiB.
 STREAM_LIMIT = 4 << 20
@@ -93,9 +106,11 @@ class FrameServer:
                  admit: Callable[[], Any], failed: Callable[[Exception, int | None], Any]) -> None:
         self.node, self.compute, self.forwarder = node, compute, forwarder
         self.admit, self.failed = admit, failed
+        self.listeners: dict[str, asyncio.StreamWriter] = {}
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         limit = self.node.config.max_body_bytes
+        tokens: list[str] = []  # listeners registered on this connection
         try:
             while True:
                 try:
@@ -108,11 +123,28 @@ class FrameServer:
                     return
                 if frame is None:
                     return
+                if frame.kind == "listen":
+                    await write_frame(writer, self._listen(frame, writer, tokens))
+                    continue
                 await write_frame(writer, await self.serve(frame))
         except (OSError, asyncio.IncompleteReadError):
             pass  # the peer went away; its hop (if any) is lost with it
         finally:
+            for token in tokens:
+                if self.listeners.get(token) is writer:
+                    del self.listeners[token]
             writer.close()
+
+    def _listen(self, frame: Frame, writer: asyncio.StreamWriter, tokens: list[str]) -> Frame:
+        """Register ``writer`` for direct answers to the frame's token (a client's secret)."""
+        token = (frame.reply or {}).get("to")
+        if token is None:
+            return _error(400, "bad_request", "a listen frame names its token in reply.to", None)
+        if token not in self.listeners and len(self.listeners) >= MAX_LISTENERS:
+            return _error(429, "busy", f"this node holds its maximum of {MAX_LISTENERS} listeners", None)
+        self.listeners[token] = writer
+        tokens.append(token)
+        return Frame("ok")
 
     async def serve(self, frame: Frame) -> Frame:
         hop: int | None = None
@@ -125,14 +157,27 @@ class FrameServer:
             hop = env.hop
             out, record = await self.compute(env, frame.tensors)
             if hop + 1 == len(env.route):
-                return self._final(env, out, record)
-            return await self._forward(env.next(), out, record)
+                return self._direct(frame, out, record) or self._final(env, out, record)
+            return await self._forward(env.next(), out, record, frame)
         except Exception as exc:
             failure = self.failed(exc, hop)
             return _error(failure.status, failure.kind, str(failure), failure.hop)
         finally:
             if release is not None:
                 release()
+
+    def _direct(self, frame: Frame, out: dict[str, Any], record: dict[str, Any]) -> Frame | None:
+        """Write the result to the client listening for it here; ``sent`` to reply upstream, or None (no
+        such listener: the result goes back along the chain)."""
+        reply = frame.reply or {}
+        writer = self.listeners.get(reply.get("to", ""))
+        if writer is None or writer.is_closing() or "id" not in reply:
+            return None
+        if writer.transport.get_write_buffer_size() > self.node.config.max_body_bytes:
+            return None  # a listener that does not read: the chain's replies wait for their reader instead
+        # one write call: results for several steps on one listener never interleave
+        writer.writelines(pack(Frame("ok", out, hops=[*frame.hops, record], reply={"id": reply["id"]})))
+        return Frame("sent")
 
     def _final(self, env: Envelope, out: dict[str, Any], record: dict[str, Any]) -> Frame:
         size = sum(v.nbytes for v in out.values())
@@ -143,12 +188,15 @@ class FrameServer:
                 return Frame("ok", hops=[record], parked=f"{env.current.urls[0].rstrip('/')}/results/{rid}")
         return Frame("ok", out, hops=[record])
 
-    async def _forward(self, env: Envelope, out: dict[str, Any], record: dict[str, Any]) -> Frame:
-        """Send to the next hop and relay its reply; stand-ins for a stateless hop that is down."""
+    async def _forward(self, env: Envelope, out: dict[str, Any], record: dict[str, Any], frame: Frame) -> Frame:
+        """Send to the next hop and relay its reply; stand-ins for a stateless hop that is down. A direct
+        answer's hop records travel forward with it, to reach the client with the result."""
         nxt = env.current
         timeout = env.hop_timeout * (len(env.route) - env.hop)  # deeper hops give up first
         urls = nxt.urls if nxt.session is None else nxt.urls[:1]  # a session lives on one node only
         request = Frame("exec", out, env.to_dict())
+        if frame.reply is not None:
+            request.reply, request.hops = frame.reply, [*frame.hops, record]
         failure = None
         for attempt, url in enumerate(urls):
             try:
