@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import select
 import socket
 import struct
 
@@ -24,6 +25,8 @@ from splitup.node.frames import (
     unpack,
 )
 from splitup.node.wire import Envelope, Hop, WireError
+
+from .procs import free_port
 
 
 def _split(buffers) -> tuple[bytes, bytes]:
@@ -203,31 +206,45 @@ def _listen(addr, token: str) -> FrameSocket:
 def test_the_last_node_answers_a_listener_or_else_along_the_chain(plan, cluster):
     addr = _frame_port(cluster.a.url)
     listener, conn = _listen(addr, "tok"), FrameSocket(*addr, timeout=30)
+    out = plan.tasks[0].outputs[0].name
     try:
         request = _exec(plan, cluster.a.url, _ids())
         request.reply = {"to": "tok", "id": "step-1"}
-        assert conn.request(request, 30, 1 << 30).kind == "sent"
+        conn.send(request, 30)
         result = listener.receive(30, 1 << 30)
         assert result.kind == "ok" and result.reply == {"id": "step-1"} and result.hops[0]["hop"] == 0
-        assert set(result.tensors) == {plan.tasks[0].outputs[0].name}
-        # a token nobody listens for here: the result comes back on the request's own connection
+        assert set(result.tensors) == {out}
+        # a step answered directly is not answered along the chain as well
+        assert not select.select([conn.sock], [], [], 0.3)[0]
+        # a token nobody listens for here: the result comes back on the request's own connection, with its id
         request.reply = {"to": "nobody", "id": "step-2"}
         chained = conn.request(request, 30, 1 << 30)
-        assert chained.kind == "ok" and np.array_equal(chained.tensors[plan.tasks[0].outputs[0].name],
-                                                       result.tensors[plan.tasks[0].outputs[0].name])
-        # errors still come back along the chain, never to the listener
+        assert chained.kind == "ok" and chained.reply == {"id": "step-2"}
+        assert np.array_equal(chained.tensors[out], result.tensors[out])
+        # errors come back along the chain, with the step's id, never to the listener
         bad = _exec(plan, cluster.a.url, _ids(dtype=np.float64))
         bad.reply = {"to": "tok", "id": "step-3"}
-        assert conn.request(bad, 30, 1 << 30).error["status"] == 422
+        error = conn.request(bad, 30, 1 << 30)
+        assert error.error["status"] == 422 and error.reply == {"id": "step-3"}
+        assert not select.select([listener.sock], [], [], 0.3)[0]
     finally:
         listener.close()
         conn.close()
-    # once its connection is closed, the listener is forgotten
-    conn = FrameSocket(*addr, timeout=30)
+
+
+def test_a_direct_step_whose_next_node_is_gone_fails_fast_naming_that_hop(plan, cluster):
+    # the route's second node is a closed port: node a cannot send the step on, and says which hop failed
+    addr = _frame_port(cluster.a.url)
+    dead = f"http://127.0.0.1:{free_port()}"
+    env = Envelope("t", 0, [Hop([cluster.a.url], plan.tasks[0].task_id, [plan.tasks[0].outputs[0].name]),
+                            Hop([dead], plan.tasks[1].task_id, ["logits"], "s", 0)])
+    listener, conn = _listen(addr, "tok2"), FrameSocket(*addr, timeout=30)
     try:
-        request.reply = {"to": "tok", "id": "step-4"}
-        assert conn.request(request, 30, 1 << 30).kind == "ok"
+        error = conn.request(Frame("exec", _ids(), env.to_dict(), reply={"to": "tok2", "id": "s1"}), 30, 1 << 30)
+        assert error.kind == "error" and error.error["kind"] == "unreachable" and error.error["hop"] == 1
+        assert error.reply == {"id": "s1"}
     finally:
+        listener.close()
         conn.close()
 
 

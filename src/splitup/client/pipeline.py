@@ -222,15 +222,15 @@ class PipelineClient:
                          timeout: float, listen: tuple[tuple[str, int], str, FrameSocket] | None = None) \
             -> tuple[dict[str, np.ndarray], str | None]:
         request = Frame("exec", dict(tensors), env.to_dict())
+        direct = listen is not None
         if listen is not None:
             request.reply = {"to": listen[1], "id": secrets.token_hex(8)}
         deadline = time.monotonic() + timeout
         self.last_direct = False
         while True:
             reused = False
-            conn = None
             try:
-                reused, conn = self._frames.get(addr, timeout)
+                reused, conn = self._frames.get(addr, timeout, direct=direct)
                 if listen is None:
                     reply = conn.request(request, timeout, MAX_REPLY_BYTES)
                 else:
@@ -238,12 +238,12 @@ class PipelineClient:
                     reply = self._await_direct(conn, listen, request.reply["id"], deadline)  # type: ignore[index]
                 break
             except TimeoutError as exc:
-                if conn is not None:
-                    self._frames.drop(addr, conn)
+                self._frames.drop(addr, direct=direct)
+                if direct:  # a step sent on succeeds silently: which hop hangs, only the chain's timeouts tell
+                    raise NodeFailure(f"no direct answer in time: {exc!r}", hop=None, kind="timeout") from None
                 raise NodeFailure(f"hop 0 at {url} timed out: {exc!r}", hop=0, kind="timeout") from None
             except (OSError, FrameError) as exc:
-                if conn is not None:
-                    self._frames.drop(addr, conn)
+                self._frames.drop(addr, direct=direct)
                 if reused and not isinstance(exc, FrameError):
                     continue  # a kept-open connection the node had closed: a fresh one
                 raise NodeFailure(f"hop 0 at {url} unreachable: {exc!r}", hop=0, kind="unreachable") from None
@@ -256,34 +256,28 @@ class PipelineClient:
     def _await_direct(self, conn: FrameSocket, listen: tuple[tuple[str, int], str, FrameSocket], rid: str,
                       deadline: float) -> Frame:
         """The step's answer: its result on the listening connection, or an error (or, from a last node that
-        lost our listener, the result itself) back along the chain on ``conn``. A result that came directly
-        leaves ``conn`` owing the chain's ``sent``, read before the connection is used again."""
+        has no listener for us, the result) back along the chain on ``conn``. Frames of earlier, abandoned
+        steps (another reply id) are dropped; one without an id is the node refusing the frame itself."""
         addr, _, listener = listen
-        waiting = [conn.sock, listener.sock]
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"no answer within the route's {self.hop_timeout} s per hop")
-            ready = select.select(waiting, [], [], left)[0]
+            ready = select.select([conn.sock, listener.sock], [], [], left)[0]
             if listener.sock in ready:
                 try:
                     result = listener.receive(left, MAX_REPLY_BYTES)
                 except (OSError, FrameError) as exc:
-                    self._frames.drop_listener(addr)
-                    conn.owed += conn.sock in waiting  # the chain still answers on conn; the step is repeated
+                    self._frames.drop_listener(addr)  # the step is repeated (steps are idempotent)
                     raise NodeFailure(f"the last node's direct answer was lost: {exc!r}", hop=None,
                                       kind="lost_result") from None
                 if (result.reply or {}).get("id") == rid:
-                    if conn.sock in waiting:
-                        conn.owed += 1
                     self.last_direct = True
                     return result
-                # an answer to an earlier, abandoned step: dropped
             if conn.sock in ready:
                 reply = conn.receive(left, MAX_REPLY_BYTES)
-                if reply.kind != "sent":
-                    return reply  # an error, or the whole result back along the chain
-                waiting.remove(conn.sock)
+                if (reply.reply or {}).get("id", rid) == rid:
+                    return reply
 
     def _take_parked(self, url: str, hop: int) -> bytes:
         """A large result the last node kept for us: fetched straight from it, not relayed along the route."""
@@ -464,6 +458,7 @@ class GenerationSession:
     def _step(self, ids: np.ndarray) -> np.ndarray:
         c = self.client
         sends = self._sends
+        direct = True
         for _ in range(c.max_failovers + 1):
             try:
                 # Tasks whose session was lost get a new one first, lowest first: a replay runs through the
@@ -472,9 +467,12 @@ class GenerationSession:
                     self._recover(k)
                     self._broken.discard(k)
                 out = c.call(self._hops(sends, len(sends) - 1, last=[c.logits_output]), {c.token_input: ids},
-                             self.job, self._meta(), direct=True)
+                             self.job, self._meta(), direct=direct)
             except NodeFailure as f:
                 if f.kind == "lost_result":  # every node ran the step: repeating it is idempotent
+                    continue
+                if f.kind == "timeout" and f.hop is None:  # no direct answer: along the chain, whose node
+                    direct = False                          # timeouts name the hop that hangs
                     continue
                 if f.hop is None or f.kind not in (*REROUTABLE, "session"):
                     raise

@@ -14,9 +14,10 @@ and its reply at a time; a node keeps a few open per next hop, a client a few pe
 Direct answers: a client opens one more connection, to the route's last node, and sends a ``listen`` frame
 naming a secret token on it. An ``exec`` frame carrying ``reply = {"to": token, "id": nonce}`` is computed
 hop by hop as usual, each node adding its hop record to the frame it forwards; the last node writes the
-result (with every hop's record) to that listening connection instead of replying upstream, and replies
-``sent`` upstream, so a decode step takes tasks + 1 one-way messages and its logits cross one link. Errors
-still come back along the chain; a last node that has no listener for the token replies as usual.
+result (with every hop's record) to that listening connection, so a decode step takes tasks + 1 one-way
+messages and its logits cross one link. A step that succeeds is not answered along the chain at all;
+errors are (each carrying the step's reply id), and so is the result when the last node has no listener
+for the token.
 
 Everything is bounded before it is allocated: the prefix's lengths against the header limit and the
 receiver's body limit, each tensor's dtype, rank, dims and byte range against the payload. Violations
@@ -28,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import select
 import socket
 import struct
 import threading
@@ -45,9 +45,6 @@ MAGIC = b"SUF1"
 PREFIX = struct.Struct("<4sIQ")
 MAX_HEADER_BYTES = 1 << 20
 MAX_TOKEN = 64  # characters of a direct-answer token or reply id
-# Kept-open connections per node and client thread: a direct answer leaves its connection owing the
-# upstream ``sent`` for a while, so the next step may need another one.
-MAX_CONNS = 4
 ALIGN = 8
 # Every type a task can carry (bfloat16 and float8 as ml_dtypes arrays): the raw bytes travel as they are.
 DTYPES = NUMPY_DTYPES
@@ -64,9 +61,8 @@ class FrameTooLarge(FrameError):
 
 @dataclass
 class Frame:
-    """One message: ``kind`` is ``exec`` (a hop request), ``ok`` or ``error`` (its reply), ``sent`` (the
-    reply of a hop whose result went straight to the client), or ``listen`` (a client waiting for direct
-    answers: ``reply = {"to": token}``)."""
+    """One message: ``kind`` is ``exec`` (a hop request), ``ok`` or ``error`` (its reply), or ``listen`` (a
+    client waiting for direct answers: ``reply = {"to": token}``)."""
 
     kind: str
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
@@ -199,13 +195,11 @@ async def write_frame(writer: asyncio.StreamWriter, frame: Frame) -> None:
 
 # --- blocking sockets (the client's side) --------------------------------------------------------------------
 class FrameSocket:
-    """One kept-open connection to a node's frame port; one request at a time. ``owed``: replies the node
-    will still send for requests already answered another way (a direct answer's ``sent``)."""
+    """One kept-open connection to a node's frame port; one request at a time."""
 
     def __init__(self, host: str, port: int, timeout: float) -> None:
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.owed = 0
 
     def close(self) -> None:
         self.sock.close()
@@ -225,16 +219,6 @@ class FrameSocket:
         header = self._exactly(header_len)
         payload = self._exactly(payload_len)
         return unpack(header, payload)
-
-    def settle(self, timeout: float, max_payload: int) -> bool:
-        """Read the replies still owed that have arrived (waiting up to ``timeout`` for them); True when
-        none is owed any more, so the connection can carry a new request."""
-        while self.owed:
-            if not select.select([self.sock], [], [], timeout)[0]:
-                return False
-            self.receive(max(timeout, 1.0), max_payload)  # a `sent` (or a late error for a step already answered)
-            self.owed -= 1
-        return True
 
     def _exactly(self, n: int) -> bytearray:
         buf = bytearray(n)
@@ -262,8 +246,9 @@ def send_all(sock: socket.socket, buffers: Sequence[bytes | memoryview]) -> None
 
 
 class FramePool:
-    """Kept-open frame connections per (host, port) and thread; a connection that failed is dropped.
-    Also each thread's listening connection per last node, for direct answers."""
+    """Kept-open frame connections per (host, port), kind and thread; a connection that failed is dropped.
+    Direct-answer steps have connections of their own (late errors of earlier steps may still arrive on
+    them, to be told apart by reply id); and each thread has a listening connection per last node."""
 
     def __init__(self, max_payload: int) -> None:
         self.max_payload = max_payload
@@ -271,34 +256,20 @@ class FramePool:
         self._all: list[FrameSocket] = []
         self._lock = threading.Lock()
 
-    def get(self, addr: tuple[str, int], timeout: float) -> tuple[bool, FrameSocket]:
-        """A connection owing no reply: (reused, connection)."""
-        conns: dict[tuple[str, int], list[FrameSocket]] = self._local.__dict__.setdefault("conns", {})
-        mine = conns.setdefault(addr, [])
-        for conn in list(mine):
-            if self._settled(addr, conn, 0.0):
-                return True, conn
-        if len(mine) >= MAX_CONNS:  # every one still owes a reply: wait for the oldest
-            if self._settled(addr, mine[0], timeout):
-                return True, mine[0]
-            raise TimeoutError(f"no reply owed by {addr[0]}:{addr[1]} arrived within {timeout} s")
-        conn = FrameSocket(addr[0], addr[1], timeout)
-        mine.append(conn)
+    def get(self, addr: tuple[str, int], timeout: float, *, direct: bool = False) -> tuple[bool, FrameSocket]:
+        """(reused, connection)."""
+        conns: dict[tuple[str, int, bool], FrameSocket] = self._local.__dict__.setdefault("conns", {})
+        conn = conns.get((*addr, direct))
+        if conn is not None:
+            return True, conn
+        conn = conns[(*addr, direct)] = FrameSocket(addr[0], addr[1], timeout)
         self._keep(conn)
         return False, conn
 
-    def _settled(self, addr: tuple[str, int], conn: FrameSocket, timeout: float) -> bool:
-        try:
-            return conn.settle(timeout, self.max_payload)
-        except (OSError, FrameError):
-            self.drop(addr, conn)  # broken while it owed a reply: nothing to reuse
-            return False
-
-    def drop(self, addr: tuple[str, int], conn: FrameSocket) -> None:
-        mine = self._local.__dict__.get("conns", {}).get(addr, [])
-        if conn in mine:
-            mine.remove(conn)
-        conn.close()
+    def drop(self, addr: tuple[str, int], *, direct: bool = False) -> None:
+        conn = self._local.__dict__.get("conns", {}).pop((*addr, direct), None)
+        if conn is not None:
+            conn.close()
 
     def listener(self, addr: tuple[str, int], timeout: float) -> tuple[str, FrameSocket] | None:
         """This thread's connection listening for direct answers from the node at ``addr``: (token,
