@@ -75,13 +75,18 @@ def running_nodes(split: Split, *, threads: int = 1, extra: Sequence[str] = (), 
             d.stop()
 
 
-def cpu_ns(pids: Sequence[int]) -> int:
-    """CPU time used so far by every thread of these processes, in ns (``/proc/PID/task/*/schedstat``)."""
+def cpu_ns(pids: Sequence[int], *, hop_threads_only: bool = False) -> int:
+    """CPU time used so far by every thread of these processes, in ns (``/proc/PID/task/*/schedstat``).
+    ``hop_threads_only``: only the threads that serve hops (each node's event loop, its main thread, and
+    its ``splitup-hop`` compute pool), not background ones (heartbeat, status probes, HTTP control calls)."""
     total = 0
     for pid in pids:
         task_dir = Path(f"/proc/{pid}/task")
         for tid in task_dir.iterdir():
             try:
+                if hop_threads_only and tid.name != str(pid) and \
+                        not (tid / "comm").read_text().startswith("splitup-hop"):
+                    continue
                 total += int((tid / "schedstat").read_text().split()[0])
             except (OSError, ValueError, IndexError):
                 pass  # a thread that ended between listing and reading

@@ -54,7 +54,8 @@ def served(plan_dir, plan, tmp_path_factory) -> Iterator[tuple[str, RecordingNod
         shutil.copytree(task_dir(plan_dir, t), cache / "tasks" / t.task_id)  # what the agent's bundles find
         node.load_bundle(cache / "tasks" / t.task_id, t.task_id)
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(node), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(node, frames_host="127.0.0.1"), host="127.0.0.1", port=port,
+                                           log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
@@ -119,18 +120,19 @@ def test_receipts_come_back_on_both_transports_and_catch_a_node_that_walks_away(
     hops = [Hop([url], x.task_id, sends[k]) for k, x in enumerate(plan.tasks)]
     feeds = FEEDS
     seen = {}
-    for transport in ("http", "frames"):
+    for transport, direct in (("http", False), ("frames", False), ("frames", True)):
         with PipelineClient(plan, [url] * len(hops), transport=transport) as pc:
             told: list[tuple[str, int]] = []
             pc.on_receipt = lambda j, i, _r, told=told: told.append((j, i))
-            pc.call(hops, {n: feeds[n] for n in initial}, str(job))
-            pc.call(hops, {n: feeds[n] for n in initial}, str(job))  # handed out again: told once
-            seen[transport] = dict(pc.receipts)
+            pc.call(hops, {n: feeds[n] for n in initial}, str(job), direct=direct)
+            assert pc.last_direct == direct  # a direct answer brings every hop's record with the result
+            pc.call(hops, {n: feeds[n] for n in initial}, str(job), direct=direct)  # handed out again: told once
+            seen[transport if not direct else "direct"] = dict(pc.receipts)
             assert sorted(told) == sorted(pc.receipts)  # each receipt as it first arrives (the gateway saves it)
             # a receipt rides along with the first step's hop record: 96 bytes as hex, its index and signer
             added = [{k: r[k] for k in ("receipt", "index", "signer")} for r in pc.last_hops if "receipt" in r]
             assert added and all(len(json.dumps(a)) < 300 for a in added)
-    assert seen["http"] == seen["frames"]  # signed once per task, handed out again on a retried step
+    assert seen["http"] == seen["frames"] == seen["direct"]  # signed once per task, handed out again on a retried step
     assert agent.handoffs.store.senders() == []  # its hops to itself were signed and checked, not kept
     receipts = seen["http"]
     assert set(receipts) == {(str(job), i) for i in range(len(plan.tasks))}

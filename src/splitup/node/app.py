@@ -90,13 +90,15 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 class HopDispatch:
     """Admission (at most ``max_concurrent`` hops at once, over HTTP and frames together) and where a hop's
-    compute runs: on the event loop when it is alone and cannot be batched (handing off to a worker thread
-    and back costs two wake-ups, milliseconds per hop on busy cores), otherwise on a worker thread, so
-    the loop keeps taking the hops that may join its engine call."""
+    compute runs: on the event loop when no other hop is computing and it cannot be batched (handing off
+    to a worker thread and back costs two wake-ups, milliseconds per hop on busy cores), otherwise on a
+    worker thread, so the loop keeps taking the hops that may join its engine call. Hops that only wait
+    for the next node's reply (a direct answer's ``sent`` among them) do not count: they join no call."""
 
     def __init__(self, node: Node) -> None:
         self.node = node
         self.in_flight = 0  # the event loop is single-threaded: no lock needed
+        self.computing = 0
         self.pool = ThreadPoolExecutor(node.config.max_concurrent + 2, thread_name_prefix="splitup-hop")
 
     def admit(self) -> Callable[[], None]:
@@ -114,11 +116,15 @@ class HopDispatch:
         """The hop's outputs, its timing record and this node's signed hand-off of the outputs (``handoff``:
         the previous node's, checked before anything is computed; ``Node.hop``)."""
         t0 = time.perf_counter()
-        if self.in_flight == 1 and self.node.expected_peers(env) == 1:
+        if self.computing == 0 and self.node.expected_peers(env) == 1:
             out, signed, cpu = self._timed(env, tensors, handoff)
         else:
-            out, signed, cpu = await asyncio.get_running_loop().run_in_executor(self.pool, self._timed, env,
-                                                                                tensors, handoff)
+            self.computing += 1
+            try:
+                out, signed, cpu = await asyncio.get_running_loop().run_in_executor(self.pool, self._timed, env,
+                                                                                    tensors, handoff)
+            finally:
+                self.computing -= 1
         ms = round((time.perf_counter() - t0) * 1000, 3)
         record = {"hop": env.hop, "node": self.node.config.node_id, "task": env.current.task[:16], "ms": ms,
                   "cpu_ms": round(cpu * 1000, 3)}
