@@ -1,0 +1,101 @@
+"""Make a (task) graph compute in float32 whatever its half-precision types: the form of the task that
+chooses tokens in a plan with float16 activations (docs/posp.md, "Precision of the token-choosing task").
+
+Honest float16 / bfloat16 engines differ at the top of the logits by as much as a near-tie is wide, so no
+comparison rule can tell a flipped token from an honest one there; in float32 they differ by ~1e-6 of
+the range and a flip is caught. So the task emitting logits computes in float32, the others may stay in
+half precision. The pass:
+
+* half-precision initializers (weights, norms, quantisation scales) become float32: the task's shard
+  holds them so (integer weights stay integer; their ``DequantizeLinear`` then yields float32);
+* half-precision graph inputs that are not the task's own KV cache (the hidden state handed over by the
+  previous task, which committed it in half precision) keep their interface type and are read through
+  a ``Cast`` to float32, so the task takes exactly what the previous one sent;
+* the KV cache, every other activation and every output (the logits) are float32: a cache stored in
+  float16 would round float32 values again, and two honest engines straddling a rounding boundary would
+  differ by a float16 step again;
+* ``Cast``s to a half type, and half-precision ``Constant`` / ``ConstantOfShape`` values, become float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from splitup.graph.precision import HALF_TYPES
+
+_NUMPY_HALF = {np.dtype(np.float16)}
+
+
+def float32_arithmetic(model: onnx.ModelProto, weights: Mapping[str, np.ndarray] | None = None, *,
+                       state: Collection[str] = ()) -> tuple[onnx.ModelProto, dict[str, np.ndarray] | None]:
+    """A copy of ``model`` computing in float32, and its shard arrays (``weights``) converted alike.
+
+    ``state``: the graph inputs that are the task's own KV cache (converted with it); every other
+    half-precision input keeps its type at the interface and is cast on entry."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    kept: dict[str, str] = {}
+    for vi in g.input:
+        tt = vi.type.tensor_type
+        if tt.elem_type in HALF_TYPES:
+            if vi.name in state:
+                tt.elem_type = TensorProto.FLOAT
+            else:
+                kept[vi.name] = f"{vi.name}__fp32"
+    for vi in g.output:
+        if vi.type.tensor_type.elem_type in HALF_TYPES:
+            vi.type.tensor_type.elem_type = TensorProto.FLOAT
+    for init in g.initializer:
+        _upcast_initializer(init)
+    _upcast_nodes(g)
+    for node in g.node:
+        node.input[:] = [kept.get(i, i) for i in node.input]
+    casts = [helper.make_node("Cast", [name], [fp32], name=f"{name}.to_fp32", to=TensorProto.FLOAT)
+             for name, fp32 in kept.items()]
+    nodes = casts + list(g.node)
+    del g.node[:]
+    g.node.extend(nodes)
+    del g.value_info[:]  # stale half-precision types; inference redoes them
+    converted = None if weights is None else {
+        k: v.astype(np.float32) if v.dtype in _NUMPY_HALF or v.dtype.name == "bfloat16" else v
+        for k, v in weights.items()}
+    return out, converted
+
+
+def _upcast_initializer(init: TensorProto) -> None:
+    if init.data_type not in HALF_TYPES:
+        return
+    if init.data_location == TensorProto.EXTERNAL:
+        init.data_type = TensorProto.FLOAT  # a stub: the shard array is converted by the caller
+        return
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float32), init.name))
+
+
+def _upcast_nodes(g: onnx.GraphProto) -> None:
+    for node in g.node:
+        for attr in node.attribute:
+            if node.op_type == "Cast" and attr.name == "to" and attr.i in HALF_TYPES:
+                attr.i = TensorProto.FLOAT
+            elif attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type in HALF_TYPES:
+                _upcast_initializer(attr.t)
+            elif attr.type == onnx.AttributeProto.GRAPH:
+                _upcast_body(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for body in attr.graphs:
+                    _upcast_body(body)
+
+
+def _upcast_body(body: onnx.GraphProto) -> None:
+    for vi in (*body.input, *body.output):
+        if vi.type.tensor_type.elem_type in HALF_TYPES:
+            vi.type.tensor_type.elem_type = TensorProto.FLOAT
+    for init in body.initializer:
+        _upcast_initializer(init)
+    del body.value_info[:]
+    _upcast_nodes(body)
+
