@@ -127,7 +127,8 @@ class RecordingNode(Node):
             self.last_hop.pop((job, task_id), None)
             self.first_inputs.pop((job, task_id), None)
             decoding = self.decodings.pop((job, task_id), GREEDY)
-        t = Transcript(job, index, task_id, decoding=decoding)
+        runner = self.runners.get(task_id)
+        t = Transcript(job, index, task_id, decoding=decoding, arithmetic=getattr(runner, "arithmetic", "fp32"))
         for _, (ins, outs) in sorted(steps.items()):
             t.add(ins, outs)
         return t

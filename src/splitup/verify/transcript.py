@@ -13,7 +13,8 @@ Serialized as safetensors (no pickle, mmap-able), tensors named
 
 and string metadata ``format``, ``version``, ``job`` (base58), ``index``, ``task_id``, ``steps``, ``salt``
 (hex), and ``decoding`` (JSON of :class:`splitup.decoding.Decoding`: the job's token rule, which the
-validator applies to logits; greedy when absent). The commitment the node puts on chain is ``commitment(all transcript tensors, salt)``
+validator applies to logits; greedy when absent), and ``arithmetic`` (``fp16`` when the executor's engine
+computed in half precision, which the task must allow; float32 when absent). The commitment the node puts on chain is ``commitment(all transcript tensors, salt)``
 (docs/posp.md "Commitment"): inputs are committed with the outputs, so the node cannot later claim
 inputs that happen to fit wrong outputs. The salt travels inside the uploaded transcript (see
 docs/posp.md "The protocol, step by step" for why publishing it with the upload is safe).
@@ -73,6 +74,9 @@ class Transcript:
     steps: list[Step] = field(default_factory=list)
     max_bytes: int = DEFAULT_MAX_BYTES
     decoding: Decoding = GREEDY
+    # What the executor's engine computed in ("fp32", or "fp16" where the task allows half precision and
+    # the engine has the kernels): the class it is judged under follows it (compare.judged_class).
+    arithmetic: str = "fp32"
 
     @property
     def nbytes(self) -> int:
@@ -113,6 +117,8 @@ class Transcript:
                 "task_id": self.task_id, "steps": str(len(self.steps)), "salt": self.salt.hex()}
         if self.decoding != GREEDY:
             meta["decoding"] = json.dumps(self.decoding.to_json(), sort_keys=True)
+        if self.arithmetic != "fp32":
+            meta["arithmetic"] = self.arithmetic
         return st_save({k: np.ascontiguousarray(v) for k, v in self.tensors().items()}, metadata=meta)
 
     @staticmethod
@@ -128,6 +134,9 @@ class Transcript:
             salt = bytes.fromhex(meta["salt"])
             job, task_id = meta["job"], meta["task_id"]
             decoding = Decoding.from_json(json.loads(meta["decoding"])) if "decoding" in meta else GREEDY
+            arithmetic = meta.get("arithmetic", "fp32")
+            if arithmetic not in ("fp32", "fp16"):
+                raise ValueError(f"arithmetic {arithmetic!r} is not fp32 or fp16")
         except (KeyError, ValueError, TypeError, DecodingError) as exc:
             raise BadTranscript(f"transcript metadata is malformed: {exc}") from None
         if not 1 <= count <= MAX_STEPS:
@@ -147,7 +156,7 @@ class Transcript:
             side[m.group(3)] = value
         if any(not s.outputs for s in steps):
             raise BadTranscript("a recorded call has no outputs")
-        return Transcript(job, index, task_id, salt, steps, max_bytes, decoding)
+        return Transcript(job, index, task_id, salt, steps, max_bytes, decoding, arithmetic)
 
     def check_against(self, task: TaskDefinition) -> None:
         """Every call's inputs fit the task's interface and its outputs are exactly the boundary outputs."""
