@@ -31,33 +31,52 @@ _NUMPY_HALF = {np.dtype(np.float16)}
 
 
 def float32_arithmetic(model: onnx.ModelProto, weights: Mapping[str, np.ndarray] | None = None, *,
-                       state: Collection[str] = ()) -> tuple[onnx.ModelProto, dict[str, np.ndarray] | None]:
+                       state: Collection[str] = (), keep_interface: bool = False,
+                       ) -> tuple[onnx.ModelProto, dict[str, np.ndarray] | None]:
     """A copy of ``model`` computing in float32, and its shard arrays (``weights``) converted alike.
 
     ``state``: the graph inputs that are the task's own KV cache (converted with it); every other
-    half-precision input keeps its type at the interface and is cast on entry."""
+    half-precision input keeps its type at the interface and is cast on entry. ``keep_interface``: the
+    whole interface keeps its types (state included; outputs are cast back on exit), as an engine
+    converts a bundle at load. Weights in an external shard that ``weights`` does not hold are read
+    through a Cast (which engines fold into a float32 copy at load)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
-    kept: dict[str, str] = {}
+    entry: dict[str, str] = {}
     for vi in g.input:
         tt = vi.type.tensor_type
         if tt.elem_type in HALF_TYPES:
-            if vi.name in state:
+            if vi.name in state and not keep_interface:
                 tt.elem_type = TensorProto.FLOAT
             else:
-                kept[vi.name] = f"{vi.name}__fp32"
+                entry[vi.name] = f"{vi.name}__fp32"
+    exits: list[onnx.NodeProto] = []
+    renamed_out: dict[str, str] = {}
     for vi in g.output:
-        if vi.type.tensor_type.elem_type in HALF_TYPES:
-            vi.type.tensor_type.elem_type = TensorProto.FLOAT
+        tt = vi.type.tensor_type
+        if tt.elem_type in HALF_TYPES:
+            if keep_interface:
+                renamed_out[vi.name] = f"{vi.name}__fp32"
+                exits.append(helper.make_node("Cast", [renamed_out[vi.name]], [vi.name], name=f"{vi.name}.to_half",
+                                              to=tt.elem_type))
+            else:
+                tt.elem_type = TensorProto.FLOAT
     for init in g.initializer:
-        _upcast_initializer(init)
+        if init.data_type in HALF_TYPES:
+            if init.data_location == TensorProto.EXTERNAL and weights is None:
+                entry[init.name] = f"{init.name}__fp32"
+            else:
+                _upcast_initializer(init)
     _upcast_nodes(g)
     for node in g.node:
-        node.input[:] = [kept.get(i, i) for i in node.input]
+        # readers of an output inside the graph (a KV cache is attended to as well as handed on) read the
+        # float32 value, not its half-precision copy
+        node.input[:] = [entry.get(i, renamed_out.get(i, i)) for i in node.input]
+        node.output[:] = [renamed_out.get(o, o) for o in node.output]
     casts = [helper.make_node("Cast", [name], [fp32], name=f"{name}.to_fp32", to=TensorProto.FLOAT)
-             for name, fp32 in kept.items()]
-    nodes = casts + list(g.node)
+             for name, fp32 in entry.items()]
+    nodes = casts + list(g.node) + exits
     del g.node[:]
     g.node.extend(nodes)
     del g.value_info[:]  # stale half-precision types; inference redoes them
