@@ -68,14 +68,16 @@ def honest_rows(calib: Table, precision: str, where: str, pairs: dict) -> int:
 def near_ties(models: list, precision: str, runs: dict, engines: list, seeds: int, team: Table,
               ties: Table) -> tuple[int, bool]:
     """Planted near-tie flips and steers, and how often the honest engines differ on the emitted tokens,
-    at the task that chooses tokens (float32 in every plan): the first engine's rows against the others'
+    at the task that chooses tokens (float32 in every plan): the coarsest engine's rows against the others'
     re-execution of that task from its committed inputs. Returns the failures and whether 99 % is within
     what a sound rule can catch."""
     slack = tolerance_for(rt.task_class(precision, models[-1][0])).token_slack
-    first = runs[engines[0].name]
-    rows = [rt.logit_rows(first), *rt.replayed_rows(models, precision, first, engines[1:])]
+    # the executor: the class's coarsest engine (its hidden states as committed), the others validate
+    *validators, executor = engines
+    first = runs[executor.name]
+    rows = [rt.logit_rows(first), *rt.replayed_rows(models, precision, first, validators)]
     emitted = [[r for seq in first.final_rows() for r in seq],
-               *rt.replayed_rows(models, precision, first, engines[1:], emitted=True)]
+               *rt.replayed_rows(models, precision, first, validators, emitted=True)]
     planted: dict[str, rt.PlantedStats] = {}
     failures = 0
     for kind in ("flip", "steer"):
@@ -87,7 +89,7 @@ def near_ties(models: list, precision: str, runs: dict, engines: list, seeds: in
         team.add_row(precision, "last", f"planted near-tie {kind} ({p.rows} rows, honest failed "
                      f"{p.honest_failures})", str(p.matter), str(p.matter),
                      f"{p.caught}/{p.matter} ({p.detection:.1%})" + ("" if ok else " !"), "", "")
-    amb = rt.ambiguity({e.name: r for e, r in zip(engines, emitted, strict=True)}, slack)
+    amb = rt.ambiguity({e.name: r for e, r in zip([executor, *validators], emitted, strict=True)}, slack)
     ties.add_row(precision, str(len(runs)), str(amb.rows), f"{amb.split_rate:.2%}", f"{amb.choice_rate:.2%}",
                  *(x for p in planted.values() for x in (f"{p.caught}/{p.matter} ({p.detection:.1%})",
                                                          f"{p.bound:.1%}")))

@@ -96,9 +96,9 @@ def test_flips_at_planted_near_ties_are_caught_in_every_plan(models, runs, preci
     # The executor's own rows against the other honest engines' re-execution of the last task from the
     # executor's committed inputs (a validator's view); in fp16 / bf16 plans that task computes in float32.
     honest = runs(precision)
-    engines = [e for e in rt.class_engines(precision, full=False, reference=precision == "fp32") if e.name in honest]
-    executor = rt.logit_rows(honest[engines[0].name])
-    *others, validator = rt.replayed_rows(models, precision, honest[engines[0].name], engines[1:])
+    *engines, coarsest = rt.class_engines(precision, full=False, reference=precision == "fp32")
+    executor = rt.logit_rows(honest[coarsest.name])
+    *others, validator = rt.replayed_rows(models, precision, honest[coarsest.name], engines)
     slack = tolerance_for(rt.task_class(precision, models[-1][0])).token_slack
     assert slack == tolerance_for("fp32").token_slack
     for kind in ("flip", "steer"):
