@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from splitup.graph.limits import Limits
 from splitup.graph.precision import HALF_TYPES
 
 _NUMPY_HALF = {np.dtype(np.float16)}
@@ -64,7 +65,7 @@ def float32_arithmetic(model: onnx.ModelProto, weights: Mapping[str, np.ndarray]
                 tt.elem_type = TensorProto.FLOAT
     for init in g.initializer:
         if init.data_type in HALF_TYPES:
-            if init.data_location == TensorProto.EXTERNAL and weights is None:
+            if init.data_location == TensorProto.EXTERNAL and keep_interface:
                 entry[init.name] = f"{init.name}__fp32"
             else:
                 _upcast_initializer(init)
@@ -83,7 +84,53 @@ def float32_arithmetic(model: onnx.ModelProto, weights: Mapping[str, np.ndarray]
     converted = None if weights is None else {
         k: v.astype(np.float32) if v.dtype in _NUMPY_HALF or v.dtype.name == "bfloat16" else v
         for k, v in weights.items()}
+    if not keep_interface:
+        _split_wide_matmuls(g, converted, Limits().max_tensor_bytes)
     return out, converted
+
+
+def _split_wide_matmuls(g: onnx.GraphProto, weights: dict[str, np.ndarray] | None, limit: int) -> None:
+    """A float32 weight matrix over the per-tensor limit (a large vocabulary's LM head: 16384 x 128256 is
+    8.4 GB in float32, 4.2 GB in float16) is stored in column blocks, each read by its own MatMul, and the
+    products concatenated: the same logits, every tensor within the limit."""
+    inits = {t.name: t for t in g.initializer}
+    readers: dict[str, int] = {}
+    for node in g.node:
+        for x in node.input:
+            readers[x] = readers.get(x, 0) + 1
+    nodes: list[onnx.NodeProto] = []
+    for node in g.node:
+        only = node.op_type == "MatMul" and len(node.input) == 2 and readers.get(node.input[1]) == 1
+        w = inits.get(node.input[1]) if only else None
+        size = 4 * int(np.prod(w.dims)) if w is not None and w.data_type == TensorProto.FLOAT else 0
+        if w is None or len(w.dims) != 2 or size <= limit:
+            nodes.append(node)
+            continue
+        rows, cols = int(w.dims[0]), int(w.dims[1])
+        parts = -(-size // limit)
+        step = -(-cols // parts)
+        outs = []
+        for i, lo in enumerate(range(0, cols, step)):
+            hi = min(cols, lo + step)
+            name = f"{w.name}.cols{i}"
+            if weights is not None and w.name in weights:
+                weights[name] = np.ascontiguousarray(weights[w.name][:, lo:hi])
+            part = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=[rows, hi - lo])
+            if w.data_location == TensorProto.EXTERNAL:
+                part.data_location = TensorProto.EXTERNAL
+                part.external_data.extend(w.external_data)
+            else:
+                part.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w)[:, lo:hi], name))
+            g.initializer.append(part)
+            outs.append(f"{node.output[0]}.cols{i}")
+            nodes.append(helper.make_node("MatMul", [node.input[0], name], [outs[-1]], name=f"{node.name}.cols{i}"))
+        nodes.append(helper.make_node("Concat", outs, [node.output[0]], name=f"{node.name}.concat", axis=-1))
+        if weights is not None:
+            weights.pop(w.name, None)
+        g.initializer.remove(w)
+        del inits[w.name]
+    del g.node[:]
+    g.node.extend(nodes)
 
 
 def _upcast_initializer(init: TensorProto) -> None:

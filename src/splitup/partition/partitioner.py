@@ -150,6 +150,11 @@ class _Costs:
             return sum(map(self.widened, weights)), sum(map(self.widened, kv)), 2 * peak, flops
         return sum(a.nbytes(w) for w in weights), sum(a.nbytes(k) for k in kv), peak, flops
 
+    def stored_bytes(self, start: int) -> int:
+        """Weights and KV cache read by nodes ``[start, n)``, at their stored size."""
+        reads = {x for inputs, _ in self.a.io[start:] for x in inputs}
+        return sum(self.a.nbytes(x) for x in reads & (self.inits | self.state_inputs))
+
     def widened(self, name: str) -> int:
         """Bytes of a weight or KV-cache tensor in the float32 task: half-precision types twice their size.
         (Activations are bounded by twice the peak: an upper bound, integer tensors included.)"""
@@ -240,9 +245,18 @@ def partition(
         factor = factor * 4 if factor < 1e6 else None
     total_w = analysis.weight_bytes
     total_kv = sum(analysis.nbytes(n) for n in analysis.state)
+    bound = math.ceil((total_w + total_kv) / largest)
+    if costs.tail_fp32:
+        # The float32 last task holds at most the stored bytes of the longest tail that fits widened; the
+        # rest needs tasks of its own.
+        units = _Units(costs, cuts)
+        start = units.tail_start(largest)
+        if start < units.U:
+            rest = total_w + total_kv - costs.stored_bytes(units.bounds[start])
+            bound = max(bound, 1 + math.ceil(max(0, rest) / largest))
     return Partition(
         segments=segments,
-        lower_bound=max(1, math.ceil((total_w + total_kv) / largest)),
+        lower_bound=max(1, bound),
         cut_factor=factor if factor is not None else math.inf,
         total_weight_bytes=total_w,
         total_kv_cache_bytes=total_kv,
@@ -334,11 +348,11 @@ class _Units:
                 i += 1
             lo[j] = i
         if self.costs.tail_fp32:
-            lo[U] = max(int(lo[U]), self._tail_start(size))
+            lo[U] = max(int(lo[U]), self.tail_start(size))
         self._lowest[size] = lo
         return lo
 
-    def _tail_start(self, size: int) -> int:
+    def tail_start(self, size: int) -> int:
         """The first unit the last task may start at when it computes in float32 (``_Costs.tail_fp32``):
         ``footprint`` of the run up to the end, grown one unit at a time from the end; ``U`` if not even
         the last unit fits."""
