@@ -37,11 +37,11 @@ def split_model(name: str, tasks: int, *, batch: int = 1, max_seq: int = 64, con
     try:
         overrides = {"batch": batch, "max_seq": max_seq, "context": context}
         if name == "smollm2-135m":
-            from splitup.models.real import load_real_model
+            from splitup.models.real import build_real, load_real_model
 
             real = load_real_model(name, max_seq=8)  # only for the tokenizer
             prompt = real.encode("The three primary colors are")
-            model, label = zoo.build(name, real=True, **overrides), "SmolLM2-135M (real weights)"
+            model, label = build_real(name, **overrides), "SmolLM2-135M (real weights)"
         else:
             model, prompt, label = zoo.build(name, seed=0, **overrides), [5, 17, 99, 3, 42, 7], f"{name} (seeded)"
         plan = make_plan(model, name, budget_for_tasks(analyze(model), tasks), workspace_bytes=0,

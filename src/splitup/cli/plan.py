@@ -98,8 +98,10 @@ def _load(args: argparse.Namespace) -> tuple[Any, str, bool, bool, Path | None]:
     quantised = args.dtype in ("int8", "int4")
     if real:
         # Real weights: float32 unless asked (int4 on a GGUF model keeps the file's own 4-bit blocks).
-        model = zoo.build(args.model, real=True, validate=False, dtype=args.dtype or "fp32",
-                          activations=args.activations, **overrides)
+        from splitup.models.real import build_real
+
+        model = build_real(args.model, validate=False, dtype=args.dtype or "fp32",
+                           activations=args.activations, **overrides)
         return model, args.model, True, True, None
     acts = args.activations or ("fp16" if quantised else None)
     model = zoo.build(args.model, dtype=args.dtype or "fp16", activations=acts, validate=False, **overrides)

@@ -122,7 +122,7 @@ def sqlite_fees(path: Path, after_seq: int) -> tuple[int, int, dict[str, int]]:
 
 
 def rpc_accounts(net: LocalMarket, keys: list[Pubkey]) -> dict[str, tuple[int, bytes]]:
-    from splitup.sdk.chain import connect
+    from splitup.market.connect import connect
 
     t = connect(net.rpc_url, net.wallets["authority"]).t
     out = {str(k): (a.lamports, bytes(a.data)) for k, a in t.program_accounts(DEFAULT_PROGRAM_ID)}
@@ -274,7 +274,7 @@ def run_chaos(net: LocalMarket, gateway: Child, *, requests: int = 30, concurren
               gap: tuple[float, float] = (2.0, 6.0), settle_timeout: float = 300.0,
               say: Callable[[str], None] = lambda _t: None) -> ChaosReport:
     """Drive ``requests`` through ``gateway`` while killing processes of ``net``; check the books after."""
-    from splitup.sdk.chain import connect
+    from splitup.market.connect import connect
     from splitup.sdk.limits import context_length
 
     report = ChaosReport(requests=requests)

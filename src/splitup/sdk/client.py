@@ -29,16 +29,16 @@ from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
 from splitup.market.accounts import node_endpoint, node_specialized
+from splitup.market.connect import connect
 from splitup.market.constants import TaskStatus
 from splitup.market.errors import MarketError, TooEarlyError, TransactionFailed, WrongTaskStateError
 from splitup.market.evidence import RECEIPT, Signed
 from splitup.market.localnet import DEFAULT_RPC_URL
 from splitup.market.market import Market, heartbeat_fresh
 from splitup.market.transport import DEFAULT_PROGRAM_ID
-from splitup.market.wallet import default_keypair_path
+from splitup.market.wallet import WalletLike, as_keypair, default_keypair_path
 from splitup.sdk.capacity import TaskCapacity, fetch_statuses, market_capacity, shortfall
 from splitup.sdk.catalog import Catalog, CatalogEntry
-from splitup.sdk.chain import WalletLike, as_keypair, connect
 from splitup.sdk.errors import JobError, MarketBusy, RequestError
 from splitup.sdk.limits import check_generation
 from splitup.sdk.reports import FINAL_TASK, JobReport, job_report
