@@ -87,14 +87,14 @@ def test_a_flip_at_a_near_tie_in_an_fp16_plan_is_caught(fp16_plan):
         replayed = replay(validator, transcript)
         assert judge(transcript, replayed, task=validator.task).match  # honest, under the float32 rule
         judged.append((transcript, replayed))
-    # the row whose top two logits are closest, relative to its range: swap them
+    # the row whose top two logits are closest, relative to its range, beyond float32's tie window: swap them
     gaps = []
     for k, (t, _) in enumerate(judged):
         for r, row in enumerate(t.steps[0].outputs[LOGITS][0].astype(np.float64)):
             top = np.sort(row)[-2:]
             gaps.append(((top[1] - top[0]) / (row.max() - row.min()), k, r))
-    gap, k, r = min(gaps)
-    assert 1e-5 < gap < 2e-3, gap  # a near-tie: inside the fp16 rule's slack, far outside float32's
+    gap, k, r = min(g for g in gaps if g[0] > 2e-5)
+    assert gap < 2e-3, gap  # a near-tie: inside the fp16 rule's slack, far outside float32's
     transcript, replayed = judged[k]
     flipped = transcript.steps[0].outputs[LOGITS].copy()
     a, b = np.argsort(-flipped[0, r])[:2]
