@@ -65,6 +65,7 @@ def test_onnx_file_with_out_writes_runnable_bundles(capsys, tmp_path):
         (["plan", "llama-7b", "--vram", "100MiB"], "alone needs"),
         (["plan", "llama-70b", "--nodes", "24GiB,24GiB"], "does not fit on the given nodes"),
         (["plan", "llama-7b", "--nodes", "twox8GiB"], "bad node list entry"),
+        (["plan", "tiny-llama", "--vram", "1GiB", "--value-max", "x=4"], "declare an ONNX file's maxima"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(capsys, args, message):

@@ -106,6 +106,9 @@ class PipelineClient:
         # the nodes' signed receipts of their tasks' first inputs, by (job, task index), as their hop records
         # brought them (``splitup.market.evidence``): what the client proves on chain if a node walks away
         self.receipts: dict[tuple[str, int], dict[str, Any]] = {}
+        # told (job, task index, record) of each receipt as it first arrives: a caller that may be killed
+        # mid-job (the gateway) writes it down at once
+        self.on_receipt: Callable[[str, int, dict[str, Any]], None] | None = None
         self.last_parked = False
         self._http = httpx.Client(limits=httpx.Limits(max_keepalive_connections=64, max_connections=64))
 
@@ -148,7 +151,12 @@ class PipelineClient:
     def _keep_receipts(self, job: str) -> None:
         for record in self.last_hops:
             if isinstance(record, dict) and "receipt" in record and isinstance(record.get("index"), int):
-                self.receipts.setdefault((job, record["index"]), {k: record.get(k) for k in ("receipt", "index", "signer")})
+                key = (job, record["index"])
+                if key in self.receipts:
+                    continue
+                self.receipts[key] = {k: record.get(k) for k in ("receipt", "index", "signer")}
+                if self.on_receipt is not None:
+                    self.on_receipt(job, record["index"], self.receipts[key])
 
     def _exchange_waiting(self, url: str, env: Envelope, tensors: Mapping[str, np.ndarray]) \
             -> tuple[dict[str, np.ndarray], str | None]:

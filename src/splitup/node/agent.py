@@ -116,22 +116,28 @@ class RecordingNode(Node):
                                                          if present in rec.outputs})
 
     def final_state(self, job: str, task_id: str) -> dict[str, np.ndarray]:
-        """The task's cache after its last step (empty for a stateless task); forgotten here."""
+        """The task's cache after its last step (empty for a stateless task)."""
         with self._lock:
-            return self.state.pop((job, task_id), (0, {}))[1]
+            return dict(self.state.get((job, task_id), (0, {}))[1])
 
     def transcript(self, job: str, index: int, task_id: str) -> Transcript:
-        """Everything computed for (job, task) as a ``splitup.verify`` transcript; forgotten here."""
+        """Everything computed for (job, task) as a ``splitup.verify`` transcript. Kept here until
+        :meth:`forget`: a commit can fail (the ledger away), and a node that dropped its record of the work
+        before the commit landed would next give the task up as never fed, with the liveness penalty."""
         with self._lock:
-            steps = self.steps.pop((job, task_id), {})
-            self.last_hop.pop((job, task_id), None)
-            self.first_inputs.pop((job, task_id), None)
-            decoding = self.decodings.pop((job, task_id), GREEDY)
+            steps = dict(self.steps.get((job, task_id), {}))
+            decoding = self.decodings.get((job, task_id), GREEDY)
         runner = self.runners.get(task_id)
         t = Transcript(job, index, task_id, decoding=decoding, arithmetic=getattr(runner, "arithmetic", "fp32"))
         for _, (ins, outs) in sorted(steps.items()):
             t.add(ins, outs)
         return t
+
+    def forget(self, job: str, task_id: str) -> None:
+        """Drop the record of (job, task): its commitment is on chain and its transcript in the store."""
+        with self._lock:
+            for table in (self.steps, self.last_hop, self.first_inputs, self.decodings, self.state):
+                table.pop((job, task_id), None)
 
 
 def _decoding(meta: Mapping[str, str]) -> Decoding | None:
@@ -180,15 +186,30 @@ def announcement_from(d: Any) -> Announcement | None:
         return None
 
 
+class NodeUnreachable(MarketError):
+    """The executor could not be asked for its announcement (down, restarting, overloaded): no evidence
+    either way, so nobody may be judged on it yet."""
+
+
 def fetch_announcement(market: Market, job: Pubkey, index: int, timeout: float = 30.0) -> Announcement | None:
-    """The executor's signed announcement of a committed task, from the endpoint its node registered."""
+    """The executor's signed announcement of a committed task, from the endpoint its node registered.
+
+    None when the node answered that it announced nothing (404) or answered with something that is not an
+    announcement: its own word. :class:`NodeUnreachable` when it could not be asked, or failed to answer
+    (5xx): being away for a moment is not evidence of hiding work."""
     slot = market.job(job).tasks[index]
     url = node_endpoint(market.node_at(slot.node)).rstrip("/")
     try:
         r = httpx.get(f"{url}/market/jobs/{job}/tasks/{index}/announcement", timeout=timeout)
-        return announcement_from(r.json()) if r.status_code == 200 else None
-    except (httpx.HTTPError, ValueError) as exc:
-        log.warning("announcement of %s #%d from %s: %s", job, index, url, exc)
+    except httpx.HTTPError as exc:
+        raise NodeUnreachable(f"announcement of {job} #{index} from {url!r}: {type(exc).__name__}: {exc}") from None
+    if r.status_code >= 500:
+        raise NodeUnreachable(f"announcement of {job} #{index} from {url!r}: HTTP {r.status_code}")
+    if r.status_code != 200:
+        return None
+    try:
+        return announcement_from(r.json())
+    except ValueError:
         return None
 
 
@@ -229,8 +250,11 @@ class MarketAgent:
         self.stats = {"accepted": 0, "committed": 0, "released": 0, "validated": 0, "disagreed": 0, "errors": 0}
         self.last_error = ""
         self._first_seen: dict[tuple[str, int], float] = {}
+        self._orphan_seen: dict[tuple[str, int], float] = {}
+        self._looked = 0.0  # when the current look at the chain fetched its snapshot (monotonic)
         self._busy: set[tuple[str, int]] = set()
-        self._commit_lock = threading.Lock()
+        self._fetched: dict[tuple[str, int], Announcement | None] = {}  # executors' announcements, to validate
+        self._commit_lock = threading.RLock()  # finish -> commit
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -262,6 +286,9 @@ class MarketAgent:
         self._receipt_inputs()
         me = self.owner.pubkey()
         held = set(self.node.runners)
+        # What the agent learns while this look runs (a takeover landing, a commit) is newer than the
+        # snapshot: nothing it holds is dropped on the snapshot's word alone (``_stale``).
+        self._looked = time.monotonic()
         jobs = self.market.jobs()
         slot = self.market.t.slot()
         self._commit_idle({str(job): info for job, info in jobs}, slot)
@@ -276,11 +303,17 @@ class MarketAgent:
                         self._expire_released(job, i)
                     continue
                 if t.status == TaskStatus.ACCEPTED and t.node == self.address and (str(job), i) not in self.accepted:
-                    # Lost with a restart. Not at once: the client may be handing it to a stand-in.
-                    seen = self._first_seen.setdefault((str(job), i), time.monotonic())
+                    # Lost with a restart. Not at once: the client may be handing it to a stand-in, and a
+                    # snapshot taken before a commit or takeover landed says so for a moment. The grace
+                    # counts from the first look that found it orphaned, not from when the job was seen.
+                    key = (str(job), i)
+                    if key in self.announced or self._stale(key):
+                        continue
+                    seen = self._orphan_seen.setdefault(key, time.monotonic())
                     if time.monotonic() - seen > self.orphan_grace_s:
                         self._orphan(job, i)
                     continue
+                self._orphan_seen.pop((str(job), i), None)
                 # A check this node took up but whose verdict did not land (the ledger was down) is taken
                 # again: a validator that stays silent past its window is slashed.
                 mine = t.status == TaskStatus.VALIDATING and t.validator == self.address
@@ -390,7 +423,7 @@ class MarketAgent:
         for key in [k for k in self._receipted if k[0] not in open_jobs]:
             self._receipted.discard(key)
         for table in (self.announced, self._first_seen, self._accepted_at, self._receipts, self._index_of,
-                      self._released):
+                      self._released, self._fetched, self._orphan_seen):
             for key in [k for k in table if k[0] not in open_jobs]:
                 table.pop(key, None)
 
@@ -406,48 +439,69 @@ class MarketAgent:
         self._accepted_at[(str(job), index)] = time.monotonic()
         log.info("accepted %s task %d", job, index)
 
+    def _stale(self, key: tuple[str, int]) -> bool:
+        """Whether the agent took ``key`` on (accepted it, or took it over) after this look's snapshot."""
+        return self._accepted_at.get(key, 0.0) >= self._looked
+
     def _commit_idle(self, jobs: Mapping[str, Any], slot: int) -> None:
         """Commit (or release) tasks whose client went silent, and any task whose deadline is near: the
         node must not be expired for a client that never said "done"."""
         now = time.monotonic()
         for key, job in list(self.accepted.items()):
             info = jobs.get(key[0])
-            if key in self.announced or info is None:
+            if key in self.announced:
                 self.accepted.pop(key, None)
                 continue
-            t = info.tasks[key[1]]
-            if t.status != TaskStatus.ACCEPTED or t.node != self.address:
-                self.accepted.pop(key, None)
+            t = info.tasks[key[1]] if info is not None else None
+            if t is None or t.status != TaskStatus.ACCEPTED or t.node != self.address:
+                if not self._stale(key):  # a takeover that landed after the snapshot is ours all the same
+                    self.accepted.pop(key, None)
                 continue
             late = t.deadline - slot < max(10, int(info.header.task_timeout_slots) // 4)
-            task_id = self.executor.task(job, key[1]).task_id
-            last = self.node.last_hop.get((key[0], task_id))
+            last = self.node.last_hop.get((key[0], self._task_id(job, key[1])))
             idle = last is not None and (late or now - last > self.idle_commit_s)
             never_fed = last is None and (late or now - self._accepted_at.get(key, now) > self.idle_release_s)
             if idle or never_fed:
                 log.warning("task %d of %s: no word from the client for %.0f s; %s", key[1], job,
-                            now - (last if last is not None else self._accepted_at[key]),
+                            now - (last if last is not None else self._accepted_at.get(key, now)),
                             "committing" if idle else "releasing")
                 try:
                     self.finish(job, key[1])
                 except MarketError as exc:
+                    # Kept: the next look tries again (dropped, the task would pass for one accepted before
+                    # a restart, and be released as an orphan: with the liveness penalty if receipted).
                     self._error(f"idle finish {job} #{key[1]}: {exc}")
+                    continue
                 self.accepted.pop(key, None)
 
     # --- executor -----------------------------------------------------------------------------------------
     def finish(self, job: Pubkey, index: int) -> Announcement | None:
         """Commit what this node computed for the task; when it computed nothing, release the task
         (unpaid; unslashed when its input was never receipted). None when released."""
-        slot = self.market.job(job).tasks[index]
-        if slot.node == self.address and slot.status == TaskStatus.ACCEPTED:
-            task_id = self.executor.task(job, index).task_id if (str(job), index) in self.accepted else None
-            if task_id is None or not self.node.computed(str(job), task_id):
-                self._release(job, index)
-                self.accepted.pop((str(job), index), None)
-                self.executor.forget(job, index)
-                log.info("released task %d of %s: nothing was computed for it", index, job)
-                return None
-        return self.commit(job, index)
+        # One decision at a time: the client's "commit" and the idle tick may ask together, and one must
+        # not take the other's commit in progress for "nothing computed".
+        # Whether it computed something is asked of the node's record, by the task id on chain, never of
+        # the agent's own bookkeeping: that may have lost the task (a stale snapshot), and releasing a task
+        # whose input is receipted costs the liveness penalty.
+        with self._commit_lock:
+            slot = self.market.job(job).tasks[index]
+            if slot.node == self.address and slot.status == TaskStatus.ACCEPTED:
+                key = (str(job), index)
+                if not self.node.computed(str(job), self._task_id(job, index)):
+                    self._release(job, index)
+                    self.accepted.pop(key, None)
+                    self.executor.forget(job, index)
+                    log.info("released task %d of %s: nothing was computed for it", index, job)
+                    return None
+                if not self.executor.holds(job, index):
+                    self.executor.adopt(job, index)
+                self.accepted.setdefault(key, job)
+            return self.commit(job, index)
+
+    def _task_id(self, job: Pubkey, index: int) -> str:
+        if self.executor.holds(job, index):
+            return self.executor.task(job, index).task_id
+        return bytes(self.market.model(self.market.job(job).header.model).tasks[index].task_id).hex()
 
     def wind_down(self) -> dict[str, list[str]]:
         """A draining node's last act on chain: commit every accepted task it computed something for, and
@@ -469,9 +523,7 @@ class MarketAgent:
         from then on it is committed, paid and verified as this node's work."""
         from splitup.market.cosign import cosign_takeover
 
-        task_id = self.executor.task(job, index).task_id if (str(job), index) in self.accepted else None
-        task_id = task_id or bytes(self.market.model(self.market.job(job).header.model).tasks[index].task_id).hex()
-        if not self.node.computed(str(job), task_id):
+        if not self.node.computed(str(job), self._task_id(job, index)):
             raise MarketError(f"this node computed nothing for task {index} of {job}")
         key = (str(job), index)
         self.executor.adopt(job, index)
@@ -517,6 +569,7 @@ class MarketAgent:
             # Kept on disk before the commit is sent (its answer may be lost while the commit lands).
             ann = self.executor.commit(job, index, keep=self._keep)
             self.executor.forget(job, index)
+            self.node.forget(str(job), task.task_id)  # only now: a failed commit is tried again
             self.announced[key] = ann
             self.stats["committed"] += 1
             return ann
@@ -528,12 +581,19 @@ class MarketAgent:
             again = slot.status == TaskStatus.VALIDATING and slot.validator == self.address
             if slot.status != TaskStatus.SAMPLED and not again:
                 return
-            check = self.validator.validate(job, index, fetch_announcement(self.market, job, index),
-                                            assigned=again)
+            # Asked before taking the task up: a validator that cannot reach the executor does not vote
+            # (the next look asks again; the lottery lets another validator in meanwhile).
+            # Kept once fetched: taken up, the check must not depend on reaching the executor again.
+            key = (str(job), index)
+            if key not in self._fetched:
+                self._fetched[key] = fetch_announcement(self.market, job, index)
+            check = self.validator.validate(job, index, self._fetched[key], assigned=again)
             self.stats["validated"] += 1
             if not check.agree:
                 self.stats["disagreed"] += 1
                 log.warning("task %d of %s disagrees: %s", index, job, check.reason)
+        except NodeUnreachable as exc:
+            log.info("not validating yet: %s", exc)
         except MarketError as exc:  # another validator took it first
             log.debug("validate %s #%d: %s", job, index, exc)
         except Exception as exc:
@@ -619,10 +679,20 @@ class DisputeJudge:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                for job, index in self.market.tasks_in(TaskStatus.DISPUTED):
-                    ruling = self.arbiter.arbitrate(job, index, fetch_announcement(self.market, job, index),
-                                                    [self.own_check])
-                    self.rulings.append((str(job), index, ruling.node_honest, ruling.reason))
+                self.judge_once()
             except Exception as exc:
                 log.warning("arbiter: %s: %s", type(exc).__name__, exc)
             self._stop.wait(self.poll_s)
+
+    def judge_once(self) -> None:
+        """Rule on every disputed task whose executor can be asked for its announcement. One that cannot be
+        reached is left for a later look: blame needs evidence, and if the node stays away past the
+        arbiter's window the dispute expires with nobody slashed."""
+        for job, index in self.market.tasks_in(TaskStatus.DISPUTED):
+            try:
+                ann = fetch_announcement(self.market, job, index)
+            except NodeUnreachable as exc:
+                log.info("arbiter: not ruling yet: %s", exc)
+                continue
+            ruling = self.arbiter.arbitrate(job, index, ann, [self.own_check])
+            self.rulings.append((str(job), index, ruling.node_honest, ruling.reason))

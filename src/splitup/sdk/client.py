@@ -144,6 +144,8 @@ class Client:
         # filled in place): proved on chain when a job is wound up and a node that had its input did not
         # deliver, so it cannot leave as if never fed. Dropped when the job is closed.
         self.receipts: dict[str, dict[tuple[str, int], dict[str, Any]]] = {}
+        # told (job, task index, record) of each receipt as a hop brings it (PipelineClient.on_receipt)
+        self.on_receipt: Callable[[str, int, dict[str, Any]], None] | None = None
 
     def close(self) -> None:
         self.catalog.close()
@@ -427,6 +429,7 @@ class Client:
         try:
             with PipelineClient(entry.plan, [r[:1] for r in routes], hop_timeout=self.hop_timeout) as pc:
                 self.receipts[str(job)] = pc.receipts
+                pc.on_receipt = self.on_receipt
                 hops = [Hop(list(r[:1]), t.task_id, s) for r, t, s in zip(routes, entry.plan.tasks, sends, strict=True)]
                 outputs = pc.call(hops, {n: np.asarray(inputs[n]) for n in initial}, str(job))
         except Exception as exc:
@@ -499,6 +502,7 @@ class Client:
         try:
             with PipelineClient(entry.plan, routes, hop_timeout=self.hop_timeout) as pc, pc.session() as gen:
                 self.receipts[str(job)] = pc.receipts
+                pc.on_receipt = self.on_receipt
                 gen.job = str(job)  # nodes record their hops under the chain job they accepted
                 gen.decoding = decoding
                 served_by = gen.places_urls  # updated in place when a stand-in takes a task over

@@ -156,6 +156,10 @@ class Executor:
         self._work[(str(job), index)] = _Work(task, Transcript(str(job), index, task.task_id,
                                                                max_bytes=self.max_transcript_bytes))
 
+    def holds(self, job: Pubkey, index: int) -> bool:
+        """Whether this executor has the task open (accepted or adopted, not yet committed)."""
+        return (str(job), index) in self._work
+
     def _get(self, job: Pubkey, index: int) -> _Work:
         work = self._work.get((str(job), index))
         if work is None:
