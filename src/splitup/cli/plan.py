@@ -40,7 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "a real model's bundles are written")
     p.add_argument("--activations", choices=("fp16", "fp32"),
                    help="activation and KV-cache type with --dtype int8/int4: default fp16 for planning-only "
-                        "graphs (GPU nodes), fp32 when bundles with weights are written (runs on every engine)")
+                        "graphs (GPU nodes), fp32 when bundles with weights are written (runs on every engine); "
+                        "the last task, which chooses tokens, computes in fp32 either way")
     p.add_argument("--context", type=int, help="maximum context (KV-cache length) for decoders")
     p.add_argument("--seq", type=int, help="longest chunk of tokens processed in one step (prefill chunk)")
     p.add_argument("--batch", type=int, help="most sequences a node runs in one engine call (decoders; default 1): "

@@ -193,7 +193,8 @@ class RecordingNode(Node):
         if sorted(steps) != list(range(len(steps))):
             # the call indices it signed are the transcript's positions: a gap would shift every later one
             raise MarketError(f"task {task_id[:12]} of job {job}: calls {sorted(steps)[:8]}... are not 0..n-1")
-        t = Transcript(job, index, task_id, decoding=decoding)
+        runner = self.runners.get(task_id)
+        t = Transcript(job, index, task_id, decoding=decoding, arithmetic=getattr(runner, "arithmetic", "fp32"))
         for _, call in sorted(steps.items()):
             t.add(call.step.inputs, call.step.outputs, call.step.relayed, call.step.sent)
         return t

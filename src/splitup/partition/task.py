@@ -18,7 +18,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +30,10 @@ from splitup.errors import SplitUpError
 from splitup.graph.errors import GraphRejected
 from splitup.graph.limits import Limits
 from splitup.graph.meta import DIM_MAX_KEY, DTYPE_ONNX, STATE_KEY, VALUE_MAX_KEY, dtype_of
-from splitup.graph.precision import DEFAULT_PRECISION, precision_of, split_precision
+from splitup.graph.precision import DEFAULT_PRECISION, TOKEN_OUTPUT, precision_of, split_precision
 from splitup.graph.quant import raw_bytes
 from splitup.graph.sizes import tensor_bytes
+from splitup.graph.upcast import float32_arithmetic
 from splitup.graph.validate import validate_model
 from splitup.graph.values import ranges_json, read_value_max
 from splitup.partition.cost import GraphAnalysis
@@ -333,6 +334,12 @@ def _build_task(a: GraphAnalysis, sym: dict[str, onnx.ValueInfoProto], seg: Segm
     if state:
         props[STATE_KEY] = json.dumps(state, sort_keys=True)
     helper.set_model_props(model, props)
+    if TOKEN_OUTPUT in outputs and split_precision(precision_of(model))[1] == "fp16":
+        # The task choosing tokens computes in float32 (docs/posp.md, "Precision of the token-choosing
+        # task"); the partitioner costed it so (partitioner._Costs.tail_fp32).
+        model, weights = float32_arithmetic(model, weights, state=state)
+        in_specs = [_as_float32(s) if s.name in state else s for s in in_specs]
+        out_specs = [_as_float32(s) for s in out_specs]
     if validate:
         try:
             validate_model(model)
@@ -350,6 +357,10 @@ def _build_task(a: GraphAnalysis, sym: dict[str, onnx.ValueInfoProto], seg: Segm
         precision=precision_of(model), value_max=value_max,
     )
     return BuiltTask(definition, model, weights)
+
+
+def _as_float32(spec: TensorSpec) -> TensorSpec:
+    return replace(spec, dtype="float32") if spec.dtype in ("float16", "bfloat16") else spec
 
 
 def _shard_array(a: GraphAnalysis, t: TensorProto) -> np.ndarray:

@@ -34,6 +34,9 @@ class Runner(ABC):
     """
 
     kv_form = "growing"
+    # What this runner computes in: "fp32", or "fp16" where the task allows half precision and the engine's
+    # device has the kernels (``splitup.runtime.arithmetic``). The transcript declares it to validators.
+    arithmetic = "fp32"
 
     def __init__(self, task: TaskDefinition, engine: str, device: str) -> None:
         self.task = task

@@ -34,7 +34,7 @@ from splitup.storage import StorageError
 from splitup.verify.blobs import Blobs, BundleSource
 from splitup.verify.cheats import Behaviour, Cheat
 from splitup.verify.commitment import commitment as commit_tensors
-from splitup.verify.compare import Tolerance
+from splitup.verify.compare import CoarseClassRefused, Tolerance
 from splitup.verify.digest import work_digest, work_tensors
 from splitup.verify.errors import VerifyError
 from splitup.verify.replay import ReferenceRunner, estimated_flops, judge, replay
@@ -293,7 +293,11 @@ class Validator:
         except (BadTranscript, EngineError, PlanError, StorageError) as exc:
             return Check(False, f"cannot re-execute the transcript: {exc}",
                          commit_tensors({"rejected": np.zeros(1, np.uint8)}, salt))
-        verdict = judge(t, replayed, self.tol, runner.task)
+        try:
+            verdict = judge(t, replayed, self.tol, runner.task, arithmetic=runner.arithmetic)
+        except CoarseClassRefused as exc:
+            return Check(False, f"cannot judge the task: {exc}",
+                         commit_tensors({"rejected": np.zeros(1, np.uint8)}, salt))
         last = replayed.outputs[-1] if replayed.outputs else {}
         digest = work_digest(committed, work_tensors(replayed.state, last))
         return Check(verdict.match, verdict.reason, digest, replayed.seconds,

@@ -15,7 +15,8 @@ Serialized as safetensors (no pickle, mmap-able), tensors named
 
 and string metadata ``format``, ``version``, ``job`` (base58), ``index``, ``task_id``, ``steps``, ``salt``
 (hex), ``decoding`` (JSON of :class:`splitup.decoding.Decoding`: the job's token rule, which the
-validator applies to logits; greedy when absent) and ``handoff`` (JSON, one entry per call: what it sent
+validator applies to logits; greedy when absent), ``arithmetic`` (``fp16`` when the executor's engine
+computed in half precision, which the task must allow; float32 when absent) and ``handoff`` (JSON, one entry per call: what it sent
 on, ``[names, names cut to their last position]``, or null: its outputs as recorded).
 
 The commitment the node puts on chain (docs/posp.md "Commitment") is the call tree of
@@ -116,6 +117,9 @@ class Transcript:
     steps: list[Step] = field(default_factory=list)
     max_bytes: int = DEFAULT_MAX_BYTES
     decoding: Decoding = GREEDY
+    # What the executor's engine computed in ("fp32", or "fp16" where the task allows half precision and
+    # the engine has the kernels): the class it is judged under follows it (compare.judged_class).
+    arithmetic: str = "fp32"
 
     @property
     def nbytes(self) -> int:
@@ -175,6 +179,8 @@ class Transcript:
         if any(s.sent is not None for s in self.steps):
             meta["handoff"] = json.dumps([None if s.sent is None else s.sent.to_json() for s in self.steps],
                                          separators=(",", ":"))
+        if self.arithmetic != "fp32":
+            meta["arithmetic"] = self.arithmetic
         return st_save({k: np.ascontiguousarray(v) for k, v in self.tensors().items()}, metadata=meta)
 
     @staticmethod
@@ -191,6 +197,9 @@ class Transcript:
             job, task_id = meta["job"], meta["task_id"]
             decoding = Decoding.from_json(json.loads(meta["decoding"])) if "decoding" in meta else GREEDY
             sent = json.loads(meta["handoff"]) if "handoff" in meta else [None] * count
+            arithmetic = meta.get("arithmetic", "fp32")
+            if arithmetic not in ("fp32", "fp16"):
+                raise ValueError(f"arithmetic {arithmetic!r} is not fp32 or fp16")
         except (KeyError, ValueError, TypeError, DecodingError) as exc:
             raise BadTranscript(f"transcript metadata is malformed: {exc}") from None
         if not 1 <= count <= MAX_STEPS:
@@ -213,7 +222,7 @@ class Transcript:
             side[m.group(3)] = value
         if any(not s.outputs for s in steps):
             raise BadTranscript("a recorded call has no outputs")
-        return Transcript(job, index, task_id, salt, steps, max_bytes, decoding)
+        return Transcript(job, index, task_id, salt, steps, max_bytes, decoding, arithmetic)
 
     def check_against(self, task: TaskDefinition) -> None:
         """Every call's inputs fit the task's interface and its outputs are exactly the boundary outputs."""
