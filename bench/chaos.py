@@ -49,6 +49,9 @@ def table(r: ChaosReport) -> Table:
         ("client: paid for delivered work + its fees", f"{r.client_paid:,} + {r.client_fees:,}"),
         ("client: escrow refunded at close", f"{r.refunded:,}"),
         ("stake lost: nodes never killed / killed nodes", f"{r.honest_stake_lost} / {r.killed_stake_lost}"),
+        ("liveness faults (tasks held at its kills) / verdicts lost, per node",
+         " ".join(f"{n}: {r.liveness_faults[n]} ({r.held_at_kills.get(n, '-')}) / {r.verdicts_lost[n]}"
+                  for n in sorted(r.liveness_faults))),
         ("ledger SQLite after kill == RPC before", " ".join("yes" if ok else "NO" for ok in r.ledger_checks) or "-"),
         ("books balance", "yes" if not r.problems() else "NO: " + "; ".join(r.problems())),
     ]

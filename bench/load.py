@@ -33,7 +33,7 @@ from splitup.demo.chaos import start_gateway
 from splitup.demo.flow import prepare
 from splitup.demo.network import LocalMarket, local_market
 from splitup.demo.procs import free_port
-from splitup.sdk.chain import connect
+from splitup.market.connect import connect
 
 
 def pct(xs: list[float], q: float) -> float:

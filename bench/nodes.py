@@ -37,11 +37,11 @@ def split_model(name: str, tasks: int, *, batch: int = 1, max_seq: int = 64, con
     try:
         overrides = {"batch": batch, "max_seq": max_seq, "context": context}
         if name == "smollm2-135m":
-            from splitup.models.real import load_real_model
+            from splitup.models.real import build_real, load_real_model
 
             real = load_real_model(name, max_seq=8)  # only for the tokenizer
             prompt = real.encode("The three primary colors are")
-            model, label = zoo.build(name, real=True, **overrides), "SmolLM2-135M (real weights)"
+            model, label = build_real(name, **overrides), "SmolLM2-135M (real weights)"
         else:
             model, prompt, label = zoo.build(name, seed=0, **overrides), [5, 17, 99, 3, 42, 7], f"{name} (seeded)"
         plan = make_plan(model, name, budget_for_tasks(analyze(model), tasks), workspace_bytes=0,
@@ -75,13 +75,18 @@ def running_nodes(split: Split, *, threads: int = 1, extra: Sequence[str] = (), 
             d.stop()
 
 
-def cpu_ns(pids: Sequence[int]) -> int:
-    """CPU time used so far by every thread of these processes, in ns (``/proc/PID/task/*/schedstat``)."""
+def cpu_ns(pids: Sequence[int], *, hop_threads_only: bool = False) -> int:
+    """CPU time used so far by every thread of these processes, in ns (``/proc/PID/task/*/schedstat``).
+    ``hop_threads_only``: only the threads that serve hops (each node's event loop, its main thread, and
+    its ``splitup-hop`` compute pool), not background ones (heartbeat, status probes, HTTP control calls)."""
     total = 0
     for pid in pids:
         task_dir = Path(f"/proc/{pid}/task")
         for tid in task_dir.iterdir():
             try:
+                if hop_threads_only and tid.name != str(pid) and \
+                        not (tid / "comm").read_text().startswith("splitup-hop"):
+                    continue
                 total += int((tid / "schedstat").read_text().split()[0])
             except (OSError, ValueError, IndexError):
                 pass  # a thread that ended between listing and reading

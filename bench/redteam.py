@@ -65,11 +65,19 @@ def honest_rows(calib: Table, precision: str, where: str, pairs: dict) -> int:
     return worst.failures
 
 
-def near_ties(precision: str, runs: dict, seeds: int, team: Table, ties: Table) -> tuple[int, bool]:
-    """Planted near-tie flips and steers, and how often the honest engines differ on the emitted tokens.
-    Returns the failures and whether 99 % is within what a sound rule can catch in this class."""
-    slack = tolerance_for(precision).token_slack
-    rows = [rt.logit_rows(run) for run in runs.values()]
+def near_ties(models: list, precision: str, runs: dict, engines: list, seeds: int, team: Table,
+              ties: Table) -> tuple[int, bool]:
+    """Planted near-tie flips and steers, and how often the honest engines differ on the emitted tokens,
+    at the task that chooses tokens (float32 in every plan): the coarsest engine's rows against the others'
+    re-execution of that task from its committed inputs. Returns the failures and whether 99 % is within
+    what a sound rule can catch."""
+    slack = tolerance_for(rt.task_class(precision, models[-1][0])).token_slack
+    # the executor: the class's coarsest engine (its hidden states as committed), the others validate
+    *validators, executor = engines
+    first = runs[executor.name]
+    rows = [rt.logit_rows(first), *rt.replayed_rows(models, precision, first, validators)]
+    emitted = [[r for seq in first.final_rows() for r in seq],
+               *rt.replayed_rows(models, precision, first, validators, emitted=True)]
     planted: dict[str, rt.PlantedStats] = {}
     failures = 0
     for kind in ("flip", "steer"):
@@ -81,7 +89,7 @@ def near_ties(precision: str, runs: dict, seeds: int, team: Table, ties: Table) 
         team.add_row(precision, "last", f"planted near-tie {kind} ({p.rows} rows, honest failed "
                      f"{p.honest_failures})", str(p.matter), str(p.matter),
                      f"{p.caught}/{p.matter} ({p.detection:.1%})" + ("" if ok else " !"), "", "")
-    amb = rt.ambiguity({name: [r for seq in run.final_rows() for r in seq] for name, run in runs.items()}, slack)
+    amb = rt.ambiguity({e.name: r for e, r in zip([executor, *validators], emitted, strict=True)}, slack)
     ties.add_row(precision, str(len(runs)), str(amb.rows), f"{amb.split_rate:.2%}", f"{amb.choice_rate:.2%}",
                  *(x for p in planted.values() for x in (f"{p.caught}/{p.matter} ({p.detection:.1%})",
                                                          f"{p.bound:.1%}")))
@@ -131,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         extra = {"reference": args.reference and precision in FP32_ARITHMETIC,
                  "tinygrad": args.tinygrad and precision in FP32_ARITHMETIC}
         runs = rt.honest_runs(models, precision, sequences, full=args.full, **extra)
-        fails, reachable = near_ties(precision, runs, args.plant_seeds, team, ties)
+        engines = rt.class_engines(precision, full=args.full, **extra)
+        fails, reachable = near_ties(models, precision, runs, engines, args.plant_seeds, team, ties)
         failures += fails
         if args.near_ties_only:
             console.print(f"[dim]{precision} done, {time.perf_counter() - start:.0f} s[/dim]")

@@ -9,9 +9,10 @@ that delay and rate-limit each direction); ``--netem-only`` skips instead.
 
 Printed per setting: measured greedy tokens/s beside the floor
     T = sum(stage compute) + messages x RTT/2 + sum(message bytes) / bandwidth + messages x overhead,
-one term per one-way message a decode step needs. Here a step's answer comes back along the chain, so a
-step is 2 x tasks messages (requests forward, replies back, the last ones carrying the logits). The floor
-of a route whose last node answered the client directly (tasks + 1 messages) is printed beside it.
+one term per one-way message a decode step needs. The client's steps are answered directly by the last
+node (``PipelineClient``'s default): tasks + 1 messages (the token to the first node, the activations
+node to node, the logits from the last node to the client). The floor of the same step answered back
+along the chain (2 x tasks messages, the logits crossing every link) is printed beside it.
 Addresses are private 10.x ones inside namespaces this script makes and deletes.
 """
 
@@ -126,7 +127,8 @@ def _wait_log(d, text: str, timeout: float = 300) -> None:  # noqa: ANN001 - Dae
 
 
 def message_bytes(plan, sends: list[list[str]], want: str = "logits") -> list[int]:  # noqa: ANN001
-    """Bytes of each one-way message of a decode step (one token, batch 1): requests forward, replies back."""
+    """Bytes of each one-way message of a decode step (one token, batch 1) answered along the chain:
+    requests forward, replies back (the direct answer's messages are the requests and one reply)."""
     specs = {s.name: s for t in plan.tasks for s in (*t.inputs, *t.outputs)}
 
     def size(names) -> int:  # noqa: ANN001
@@ -150,17 +152,18 @@ def inner(args: argparse.Namespace) -> None:
         prompt = [int(x) for x in args.prompt.split(",")]
         client.generate(prompt, 2)
         with client.session() as gen:
-            times, compute, tokens = [], [], []
+            times, compute, tokens, direct = [], [], [], []
             ids = np.asarray([prompt], np.int64)
             for _ in range(args.tokens):
                 t0 = time.perf_counter()
                 logits = gen.step(ids)
                 times.append(time.perf_counter() - t0)
                 compute.append(sum(h["ms"] for h in client.last_hops) / 1000)
+                direct.append(client.last_direct)
                 tokens.append(int(np.argmax(logits[0, -1])))
                 ids = np.asarray([[tokens[-1]]], np.int64)
     print(json.dumps({"step_s": statistics.median(times[1:]), "compute_s": statistics.median(compute[1:]),
-                      "tokens": tokens}))
+                      "tokens": tokens, "direct": all(direct)}))
 
 
 def main() -> None:
@@ -238,34 +241,32 @@ def main() -> None:
             if r.returncode != 0:
                 raise RuntimeError(f"client at {rtt} ms RTT failed:\n{r.stderr[-3000:]}")
             got = json.loads(r.stdout.strip().splitlines()[-1])
-            wire = sum(sizes) * 8 / (RATE_MBIT * 1e6)
-            chain = got["compute_s"] + len(sizes) * (rtt / 2000 + args.overhead_ms / 1000) + wire
             direct_sizes = sizes[: len(plan.tasks)] + sizes[-1:]
-            direct = (got["compute_s"] + len(direct_sizes) * (rtt / 2000 + args.overhead_ms / 1000)
-                      + sum(direct_sizes) * 8 / (RATE_MBIT * 1e6))
+            floor, chain = (got["compute_s"] + len(m) * (rtt / 2000 + args.overhead_ms / 1000)
+                            + sum(m) * 8 / (RATE_MBIT * 1e6) for m in (direct_sizes, sizes))
             rows.append({"rtt_ms": rtt, "measured_ms": round(got["step_s"] * 1000, 2),
-                         "floor_ms": round(chain * 1000, 2), "direct_floor_ms": round(direct * 1000, 2),
-                         "compute_ms": round(got["compute_s"] * 1000, 2),
-                         "over_floor": round(got["step_s"] / chain - 1, 3),
+                         "floor_ms": round(floor * 1000, 2), "chain_floor_ms": round(chain * 1000, 2),
+                         "direct": got["direct"], "compute_ms": round(got["compute_s"] * 1000, 2),
+                         "over_floor": round(got["step_s"] / floor - 1, 3),
                          "identical": got["tokens"] == want, "loadavg": round(os.getloadavg()[0], 2)})
     result = {"model": split.label, "tasks": len(plan.tasks), "emulation": emulation, "rate_mbit": RATE_MBIT,
-              "message_bytes": sizes,
+              "message_bytes": direct_sizes, "chain_message_bytes": sizes,
               "overhead_ms": args.overhead_ms, "rows": rows, "loadavg_start": [round(x, 2) for x in load_start],
               "loadavg_end": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count()}
     if args.json:
         print(json.dumps(result))
         return
     t = Table(title=f"{split.label}: {len(plan.tasks)} nodes over emulated links of {RATE_MBIT} Mbit/s (tc netem)")
-    for col in ("RTT", "measured / token", "tokens/s", "floor (answers along the chain)", "over floor",
-                "floor (direct answer)", "stage compute", "tokens identical", "load avg"):
+    for col in ("RTT", "measured / token", "tokens/s", "floor (direct answer)", "over floor",
+                "floor (answer along the chain)", "stage compute", "tokens identical", "load avg"):
         t.add_column(col, justify="right")
     for row in rows:
         t.add_row(f"{row['rtt_ms']:.0f} ms", f"{row['measured_ms']:.1f} ms", f"{1000 / row['measured_ms']:.1f}",
-                  f"{row['floor_ms']:.1f} ms", f"{100 * row['over_floor']:+.0f}%", f"{row['direct_floor_ms']:.1f} ms",
+                  f"{row['floor_ms']:.1f} ms", f"{100 * row['over_floor']:+.0f}%", f"{row['chain_floor_ms']:.1f} ms",
                   f"{row['compute_ms']:.1f} ms", str(row["identical"]), f"{row['loadavg']:.2f}")
     Console().print(t)
     Console().print(f"emulation: {emulation}")
-    Console().print(f"message sizes per decode step (bytes): {sizes}; load average {result['loadavg_start']} at the "
+    Console().print(f"message sizes per decode step (bytes): {direct_sizes}; load average {result['loadavg_start']} at the "
                     f"start, {result['loadavg_end']} at the end, on {result['cpus']} cores")
 
 

@@ -19,8 +19,14 @@
 #define SEED_ESCROW_LEN 6
 #define RECEIPT_DOMAIN "splitup-receipt-v1"
 #define RECEIPT_DOMAIN_LEN 18
-#define HANDOFF_DOMAIN "splitup-handoff-v1"
+#define HANDOFF_DOMAIN "splitup-handoff-v2"
 #define HANDOFF_DOMAIN_LEN 18
+#define CALL_DOMAIN "splitup-call-v1"
+#define CALL_DOMAIN_LEN 15
+#define COMMIT_DOMAIN "splitup-commit-v2"
+#define COMMIT_DOMAIN_LEN 17
+#define MAX_CALLS 4096ULL
+#define MAX_CALL_DEPTH 12
 
 #define TAG_CONFIG 1
 #define TAG_MODEL 2
@@ -111,6 +117,7 @@
 #define E_BAD_EVIDENCE 34
 #define E_NO_MISMATCH 35
 #define E_STALE_HEARTBEAT 36
+#define E_BAD_OPENING 37
 
 typedef struct {
   uint8_t tag;  /* @0 */
@@ -347,6 +354,16 @@ typedef struct {
   uint8_t hash[32];  /* @8 */
 } HashArgs;
 _Static_assert(sizeof(HashArgs) == 40, "HashArgs layout");
+
+typedef struct {
+  uint64_t index;  /* @0 */
+  uint64_t call;  /* @8 */
+  uint64_t count;  /* @16 */
+  uint8_t digest[32];  /* @24 */
+  uint8_t committed[32];  /* @56 */
+  uint8_t body[32];  /* @88 */
+} HandoffArgs;
+_Static_assert(sizeof(HandoffArgs) == 120, "HandoffArgs layout");
 
 typedef struct {
   uint8_t secret[32];  /* @0 */

@@ -171,3 +171,40 @@ def test_external_data_is_checked_against_the_model_directory(tmp_path: Path, ca
     capsys.readouterr()
     assert main(["validate", str(escaping)]) == 2
     assert "initializer w" in capsys.readouterr().err
+
+
+def _expand_file(tmp_path: Path) -> Path:
+    """y = Expand(x, shape): the output's size is the values of the graph input ``shape``."""
+    graph = helper.make_graph(
+        [helper.make_node("Expand", ["x", "shape"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16]),
+         helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    path = tmp_path / "expand.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    return path
+
+
+def test_value_max_declares_the_range_of_a_sizing_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _expand_file(tmp_path)
+    assert main(["validate", str(path)]) == 2
+    assert "--value-max shape=N" in capsys.readouterr().err  # the refusal names the remedy
+    assert main(["validate", str(path), "--value-max", "shape=8/16", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["output_shapes"] == {"y": [8, 16]} and report["value_max"] == {"shape": [[0, 8], [0, 16]]}
+    assert main(["validate", str(path), "--value-max", "shape=2:16"]) == 0
+    assert "16, 16" in capsys.readouterr().out  # one range for both elements: each dim up to 16
+    plan_dir = tmp_path / "plan"
+    assert main(["plan", str(path), "--vram", "1GiB", "--value-max", "shape=8/16", "--out", str(plan_dir)]) == 0
+    assert '"value_max"' in (plan_dir / "plan.json").read_text()
+
+
+@pytest.mark.parametrize(("option", "words"), [
+    ("shape=x", "not a number"), ("shape", "not NAME=VALUE"), ("shape=-1", "range"), ("nope=4", "not a graph input"),
+    ("shape=1/2/3", "one entry per element"),
+])
+def test_bad_value_max_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, words: str) -> None:
+    assert main(["validate", str(_expand_file(tmp_path)), "--value-max", option]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and words in err and "Traceback" not in err

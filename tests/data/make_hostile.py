@@ -196,6 +196,31 @@ def dim_shrinks() -> onnx.ModelProto:
                  dim_max={"seq": 64})
 
 
+def _declared(m: onnx.ModelProto, value_max: dict) -> onnx.ModelProto:
+    helper.set_model_props(m, {"splitup.value_max": json.dumps(value_max)})
+    return m
+
+
+def value_max_over_cap() -> onnx.ModelProto:
+    """An Expand of a single float to a target declared up to 2^20 per axis: 2^60 floats at the bound."""
+    nodes = [helper.make_node("Expand", ["x", "target"], ["r"], name="data_expand"),
+             helper.make_node("Relu", ["r"], ["y"], name="relu")]
+    m = model(nodes, [fin("x", [1, 1, 1]), fin("target", [3], TensorProto.INT64)], ["y"])
+    return _declared(m, {"target": 2**20})
+
+
+def value_max_malformed() -> onnx.ModelProto:
+    return _declared(dim_data_dependent(), {"target": [5, -5]})
+
+
+def value_shrinks() -> onnx.ModelProto:
+    """``cap - v`` sizes an allocation: empty at v's declared maximum, 10^12 floats at v = 0."""
+    nodes = [helper.make_node("Sub", ["cap", "v"], ["room"], name="room"),
+             helper.make_node("ConstantOfShape", ["room"], ["y"], name="sneaky_alloc")]
+    return _declared(model(nodes, [fin("v", [1], TensorProto.INT64)], ["y"], [_int64("cap", [10**12])]),
+                     {"v": 10**9})
+
+
 def dim_max_malformed() -> onnx.ModelProto:
     m = mlp(batch="batch")
     helper.set_model_props(m, {"splitup.dim_max": '{"batch": -1}'})
@@ -444,6 +469,12 @@ CASES: list[Case] = [
          ["y", "sneaky_alloc"]),
     Case("dim_max_malformed.onnx", "MalformedGraph", "negative declared maximum", dim_max_malformed,
          ["splitup.dim_max"]),
+    Case("value_max_over_cap.onnx", "TensorTooLarge", "declared value range whose bound is over the tensor cap",
+         value_max_over_cap, ["r", "data_expand"]),
+    Case("value_max_malformed.onnx", "MalformedGraph", "empty declared value range", value_max_malformed,
+         ["splitup.value_max", "target"]),
+    Case("value_shrinks.onnx", "TensorTooLarge", "tensor that grows as a declared value shrinks", value_shrinks,
+         ["y", "sneaky_alloc"]),
     # structure
     Case("cycle.onnx", "MalformedGraph", "cycle of two nodes", cycle, ["cycle", "first", "second"]),
     Case("self_loop.onnx", "MalformedGraph", "node consuming its own output", self_loop, ["cycle", "selfish"]),

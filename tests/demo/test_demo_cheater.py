@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from splitup.demo.flow import DemoOptions, Summary, run_demo
+from splitup.market.connect import connect
 from splitup.market.market import task_reward
-from splitup.sdk.chain import connect
 
 FEE = 5_000  # lamports per signature on the local ledger
 

@@ -7,9 +7,9 @@ import pytest
 from solders.pubkey import Pubkey
 
 from splitup.demo.flow import DemoOptions, Summary, run_demo
+from splitup.market.connect import connect
 from splitup.market.constants import TaskStatus
 from splitup.market.market import task_reward
-from splitup.sdk.chain import connect
 
 # LiteSVM (behind the local ledger) charges 5000 lamports per signature; every party signs alone.
 FEE = 5_000

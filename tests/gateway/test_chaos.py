@@ -7,7 +7,25 @@ from __future__ import annotations
 
 import pytest
 
-from splitup.demo.chaos import run_chaos
+from splitup.demo.chaos import ChaosReport, run_chaos
+
+
+def test_the_books_blame_only_what_a_kill_explains() -> None:
+    """Stake lost by a killed node is excused only as far as its kills explain it: one liveness fault per
+    task it held when killed, and no lost verdict at all (nobody cheats in the run). Before, any loss of a
+    node that was killed once passed, which hid honest nodes' penalties whenever they fell on it."""
+    r = ChaosReport(killed_nodes={"node-a"}, held_at_kills={"node-a": 1})
+    r.liveness_faults.update({"node-a": 1})
+    assert r.problems() == []
+    r.liveness_faults.update({"node-a": 1})
+    assert r.problems() == ["node-a has 2 liveness fault(s); its kills found it holding 1 task(s)"]
+    r.liveness_faults.clear()
+    r.verdicts_lost.update({"node-b": 1})
+    assert r.problems() == ["node-b lost 1 verdict(s), yet no node cheats in this run"]
+    r.verdicts_lost.clear()
+    r.held_at_kills["node-a"] = None  # the chain could not be read at the kill: any fault is explained
+    r.liveness_faults.update({"node-a": 3})
+    assert r.problems() == []
 
 
 @pytest.mark.timeout(400)

@@ -12,8 +12,8 @@ import numpy as np
 import openai
 import pytest
 
+from splitup.market.connect import connect
 from splitup.node.wire import Envelope, Hop, encode
-from splitup.sdk.chain import connect
 from splitup.sdk.limits import context_length
 
 

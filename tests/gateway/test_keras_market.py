@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 import splitup
+from splitup.market.connect import connect
 from splitup.partition import analyze, budget_for_tasks
 from splitup.partition.plan import make_plan
 from splitup.sdk.catalog import publish_model
-from splitup.sdk.chain import connect
 from splitup.storage import BlobStore
 
 keras = pytest.importorskip("keras", reason="Keras models need the tensorflow extra (or keras + torch)")

@@ -1,5 +1,5 @@
-"""The gateway writes the nodes' signed receipts down with its jobs: a gateway restarted after a job failed
-still proves them when it winds the job up, so the node that had its input and walked away pays the
+"""The gateway writes the nodes' signed receipts down with its jobs as they arrive: a gateway killed mid-stream
+still proves them after a restart, when it winds the job up, so the node that had its input and walked away pays the
 liveness penalty. The committed program on LiteSVM, the gateway's real SQLite job store, no processes."""
 
 from __future__ import annotations
@@ -38,10 +38,11 @@ def test_a_restarted_gateway_still_proves_the_receipts_it_was_handed(tmp_path) -
 
     first = GatewayService(Client(wallet=client, market=m, store_url="http://127.0.0.1:9"), db_path=db)
     first.job_started(job, "m", "prompt", "completion", ["t"])
-    # as the hops brought it back (PipelineClient.receipts), then the job fails and the gateway dies
-    first.client.receipts[str(job)] = {(str(job), 0): {"receipt": receipt.compact().hex(), "index": 0,
-                                                       "signer": str(owner.pubkey())}}
-    first.job_failed(str(job), "a node stopped answering")
+    # A hop brings the receipt back (PipelineClient.on_receipt, wired by the SDK's stream), then the gateway
+    # is killed mid-stream: nothing else about the job is written after it.
+    record = {"receipt": receipt.compact().hex(), "index": 0, "signer": str(owner.pubkey())}
+    assert first.client.on_receipt is not None
+    first.client.on_receipt(str(job), 0, record)
     first.store.close()  # killed: its workers never ran
     first.client.close()
 

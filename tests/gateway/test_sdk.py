@@ -14,9 +14,9 @@ import splitup
 from splitup.demo.models import node_budgets
 from splitup.demo.network import placement
 from splitup.graph import zoo
+from splitup.market.connect import connect
 from splitup.partition.plan import make_plan
 from splitup.sdk.catalog import publish_model
-from splitup.sdk.chain import connect
 from splitup.storage import BlobStore
 
 from .conftest import reference_text, start_market_nodes

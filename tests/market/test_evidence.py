@@ -1,21 +1,27 @@
-"""Blame only with evidence (issue 12): receipts and hand-offs signed by node owners, proved on chain through
-the Ed25519 precompile, on LiteSVM with the committed program."""
+"""Blame only with evidence (issue 12): receipts and per-call hand-offs signed by node owners, proved on chain
+through the Ed25519 precompile and the opening of the sender's call tree, on LiteSVM with the committed
+program."""
 
 from __future__ import annotations
 
 import struct
+from dataclasses import replace
 
+import numpy as np
 import pytest
 from market_world import FEE_PER_SIGNATURE, PRICES, SOL, World, h, make_world
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 from solders.sysvar import CLOCK
 
+from splitup.market import calls
 from splitup.market import errors as E
 from splitup.market import instructions as ix
-from splitup.market.constants import BPS, TaskStatus
+from splitup.market.constants import BPS, MAX_CALL_DEPTH, MAX_CALLS, TaskStatus
 from splitup.market.evidence import HANDOFF, RECEIPT, Signed, ed25519_verify, statement
 from splitup.market.market import MarketParams, seal_of
+from splitup.verify.commitment import handoff_digest
+from splitup.verify.transcript import Sent, Transcript
 
 PROOF_FEE = 2 * FEE_PER_SIGNATURE  # the payer's signature and the one the precompile checks
 
@@ -106,24 +112,53 @@ def test_a_proved_receipt_blocks_release_and_lateness_is_a_liveness_fault(world:
         m.prove_receipt(receipt)
 
 
-def test_a_lying_handoff_slashes_its_sender_and_nobody_else() -> None:
-    """The sender commits one result and hands the next node other bytes, signed: the receiver proves it;
-    the sender loses handoff_slash_bps of its collateral and its pay, a validator already on the task is
-    released, the receiver and the client lose nothing, lamports are conserved."""
+def _session(calls_n: int = 4, seed: int = 0) -> Transcript:
+    """An honest node's record of a session of ``calls_n`` calls: a prefill and decode steps, each handing
+    a hidden state on (its last position only, as a route's ``last`` asks) and relaying the mask."""
+    rng = np.random.default_rng(seed)
+    t = Transcript(str(Pubkey.new_unique()), 0, "ab" * 32)
+    for i in range(calls_n):
+        n = 3 if i == 0 else 1
+        t.add({"x": rng.standard_normal((1, n, 4)).astype(np.float32)},
+              {"hidden": rng.standard_normal((1, n, 4)).astype(np.float32)},
+              relayed={"mask": np.ones((1, n), np.int64)}, sent=Sent(("hidden", "mask"), ("hidden",)))
+    return t
+
+
+def _commit(w: World, job: Pubkey, index: int, node: Keypair, t: Transcript) -> None:
+    w.m.accept_task(node, job, index)
+    w.m.commit_result(node, job, index, t.commitment(), seal_of(h(b"work")))
+    w.t.advance(1)
+
+
+def test_a_node_that_hands_on_a_wrong_hidden_state_on_a_later_call_is_slashed_by_its_signed_handoff() -> None:
+    """Call 2 of a session: the sender hands the next node a tampered hidden state, signed, and commits
+    its honest transcript (a validator replaying it sees nothing wrong). The receiver proves the hand-off
+    with the opening of the commitment at call 2: the sender loses handoff_slash_bps of its collateral and
+    its pay, a validator already on the task is released, the receiver and the client lose nothing,
+    lamports are conserved."""
     # every task drawn, and a window wide enough for the draw and the validator lottery to happen first
     w = make_world(MarketParams.flat(10_000, handoff_slots=100))
     m, t = w.m, w.t
     sender, receiver, validator = w.nodes
     job = w.post()
-    w.run_to_commit(job, 0, sender, b"committed")
-    lie = Signed.make(HANDOFF, sender, m.program_id, job, 0, h("what it really sent"))
+    honest = _session()
+    _commit(w, job, 0, sender, honest)
+    sent = honest.steps[2].handoff()
+    sent["hidden"] = sent["hidden"] + np.float32(0.5)
+    lie = Signed.make(HANDOFF, sender, m.program_id, job, 0, handoff_digest(sent), call=2)
     assert m.sample(job, 0)
     m.assign_validator(validator, job, 0)
     w.run_to_commit(job, 1, receiver, b"computed on what it got")
     stake = {k.pubkey(): m.node(k.pubkey()).stake for k in w.nodes}
     others, payer = _others(w), t.balance(m.payer.pubkey())
     treasury = m.config().treasury
-    m.prove_handoff(lie, payer=m.payer)
+    # the honest hand-offs of the other calls prove nothing
+    for call in (0, 1, 3):
+        fair = Signed.make(HANDOFF, sender, m.program_id, job, 0, honest.handoff_digests()[call], call=call)
+        with pytest.raises(E.NoMismatchError):
+            m.prove_handoff(fair, honest.opening(call))
+    m.prove_handoff(lie, honest.opening(2), payer=m.payer)
     slot = m.job(job).tasks[0]
     slashed = slot.collateral * w.params.handoff_slash_bps // BPS
     assert slot.status == TaskStatus.FAILED
@@ -132,9 +167,9 @@ def test_a_lying_handoff_slashes_its_sender_and_nobody_else() -> None:
     assert m.node(validator.pubkey()).locked == 0 and m.node(validator.pubkey()).stake == stake[validator.pubkey()]
     assert m.node(receiver.pubkey()).stake == stake[receiver.pubkey()]
     assert m.config().treasury == treasury + slashed
-    assert (_others(w), payer - t.balance(m.payer.pubkey())) == (others, PROOF_FEE)
+    assert (_others(w), payer - t.balance(m.payer.pubkey())) == (others, PROOF_FEE + 3 * PROOF_FEE)
     with pytest.raises(E.WrongTaskStateError):
-        m.prove_handoff(lie)  # no double jeopardy
+        m.prove_handoff(lie, honest.opening(2))  # no double jeopardy
     # the receiver is paid for its honest work on what it got; the client gets the liar's price back
     m.sample(job, 1)
     if m.job(job).tasks[1].status == TaskStatus.SAMPLED:
@@ -146,47 +181,104 @@ def test_a_lying_handoff_slashes_its_sender_and_nobody_else() -> None:
     m.close_job(w.client, job)
 
 
+def test_a_handoff_of_a_call_the_sender_never_committed_is_a_lie(never_verify: World) -> None:
+    """It sent a fifth call and committed four: the opening (the tree's root, no path) shows the count."""
+    w, m = never_verify, never_verify.m
+    sender = w.nodes[0]
+    job = w.post()
+    honest = _session(4)
+    _commit(w, job, 0, sender, honest)
+    extra = Signed.make(HANDOFF, sender, m.program_id, job, 0, h("a fifth call"), call=4)
+    with pytest.raises(E.BadOpeningError):  # a count the commitment does not hold
+        m.prove_handoff(extra, replace(honest.opening(4), count=5))
+    m.prove_handoff(extra, honest.opening(4))
+    assert m.job(job).tasks[0].status == TaskStatus.FAILED
+
+
 def test_an_honest_sender_cannot_be_framed(never_verify: World) -> None:
+    """Whatever the receiver makes up, an honest sender's signed hand-offs open to what it committed."""
     w, m, t = never_verify, never_verify.m, never_verify.t
     sender, receiver = w.nodes[0], w.nodes[1]
     job = w.post()
-    w.run_to_commit(job, 0, sender, b"out")
-    pid = m.program_id
-    honest = Signed.make(HANDOFF, sender, pid, job, 0, h(b"out"))
-    with pytest.raises(E.NoMismatchError):
-        m.prove_handoff(honest)
+    honest = _session(5, seed=1)
+    _commit(w, job, 0, sender, honest)
+    pid, digests = m.program_id, honest.handoff_digests()
+    signed = [Signed.make(HANDOFF, sender, pid, job, 0, d, call=k) for k, d in enumerate(digests)]
+    for k, s in enumerate(signed):
+        with pytest.raises(E.NoMismatchError):
+            m.prove_handoff(s, honest.opening(k))
+    s3, good = signed[3], honest.opening(3)
+    forged_path = (h("sibling"), *good.path[1:])
+    other = _session(5, seed=2).opening(3)  # a tree the sender never committed
+    for forged in (replace(good, committed=h("what the receiver says was committed")),  # another leaf
+                   replace(good, path=forged_path), replace(good, path=good.path[:-1]),  # a wrong, a short path
+                   replace(good, path=(*good.path, h("x"))), replace(good, body=h("body")),
+                   replace(honest.opening(2), call=3),  # call 2's leaf passed off as call 3's
+                   other, replace(other, committed=digests[3])):
+        with pytest.raises(E.BadOpeningError):
+            m.prove_handoff(s3, forged)
+    # "beyond the count" needs the true root and count (here with a statement signed for call 5, to reach
+    # the opening check)
+    beyond = Signed.make(HANDOFF, sender, pid, job, 0, h("x"), call=5)
+    for forged in (replace(honest.opening(5), committed=h("root")), replace(honest.opening(5), count=6),
+                   replace(honest.opening(5), path=(h("x"),))):
+        with pytest.raises(E.BadOpeningError):
+            m.prove_handoff(beyond, forged)
+    # beyond the count with the true root: the honest sender never signed that call, and its real
+    # signature over call 3 does not verify as one over call 5
+    with pytest.raises(E.InvalidSignatureError):
+        m.prove_handoff(replace(s3, call=5), honest.opening(5))
     # the receiver cannot sign in the sender's name, nor reuse a statement from elsewhere
-    for framed in (Signed.make(HANDOFF, receiver, pid, job, 0, h("garbage")),
+    for framed in (Signed.make(HANDOFF, receiver, pid, job, 0, h("garbage"), call=3),
                    Signed.make(RECEIPT, sender, pid, job, 0, h("garbage"))):
         with pytest.raises(E.BadEvidenceError):
-            w.t.send([framed.verify_ix(), ix.prove_handoff(pid, job, 0, m.node_address(sender.pubkey()), framed.digest)],
-                     [m.payer])
-    other_task = Signed.make(HANDOFF, sender, pid, job, 1, h("garbage"))
+            w.t.send([framed.verify_ix(), ix.prove_handoff(pid, job, 0, m.node_address(sender.pubkey()),
+                                                           framed.digest, good)], [m.payer])
+    other_task = Signed.make(HANDOFF, sender, pid, job, 1, h("garbage"), call=3)
     with pytest.raises(E.BadEvidenceError):
         w.t.send([other_task.verify_ix(),
-                  ix.prove_handoff(pid, job, 0, m.node_address(sender.pubkey()), other_task.digest)], [m.payer])
+                  ix.prove_handoff(pid, job, 0, m.node_address(sender.pubkey()), other_task.digest, good)],
+                 [m.payer])
+    assert m.job(job).tasks[0].status == TaskStatus.COMMITTED
+    assert m.node(sender.pubkey()).stake == 2 * SOL
     # settlement waits for the window; after it, no proof is taken
     w.ready(job, 0)
     if m.job(job).tasks[0].status == TaskStatus.READY and t.slot() <= m.job(job).tasks[0].committed_slot + w.params.handoff_slots:
         with pytest.raises(E.TooEarlyError):
             t.send([ix.settle(pid, job, 0, m.node_address(sender.pubkey()), sender.pubkey())], [m.payer])
     t.advance(w.params.handoff_slots + 1)
-    late = Signed.make(HANDOFF, sender, pid, job, 0, h("garbage"))
+    late = Signed.make(HANDOFF, sender, pid, job, 0, h("garbage"), call=3)
     with pytest.raises(E.TooLateError):
-        m.prove_handoff(late)
+        m.prove_handoff(late, good)
     m.settle(job, 0)
     assert m.node(sender.pubkey()).stake == 2 * SOL and m.job(job).tasks[0].status == TaskStatus.SETTLED
+
+
+def test_call_tree_openings_open_the_transcript_commitment() -> None:
+    """Every call of a session (and one beyond it) opens its commitment; the tree's depth bound holds."""
+    for n in (1, 2, 3, 5, 8):
+        t = _session(n, seed=n)
+        assert all(t.opening(k).commitment() == t.commitment() for k in range(n + 1))
+        assert len(t.opening(0).path) == calls.depth(n)
+    assert calls.depth(MAX_CALLS) == MAX_CALL_DEPTH
+    # the hand-off a call sent is what its record rebuilds: the last position of the hidden state
+    t = _session(2)
+    assert t.steps[0].handoff()["hidden"].shape == (1, 1, 4)
+    assert t.steps[0].handoff()["mask"].shape == (1, 3)
 
 
 def test_statement_bytes_are_what_the_program_rebuilds() -> None:
     pid, job = Pubkey.new_unique(), Pubkey.new_unique()
     msg = statement(RECEIPT, pid, job, 7, bytes(range(32)))
     assert len(msg) == 122 and msg[:18] == b"splitup-receipt-v1" and msg[82:90] == (7).to_bytes(8, "little")
-    s = Signed.make(HANDOFF, Keypair(), pid, job, 7, bytes(32))
+    s = Signed.make(HANDOFF, Keypair(), pid, job, 7, bytes(32), call=3)
+    assert len(s.message) == 130 and s.message[:18] == b"splitup-handoff-v2"
+    assert s.message[82:98] == (7).to_bytes(8, "little") + (3).to_bytes(8, "little")
     assert Signed.from_json(s.to_json()) == s
-    assert Signed.from_compact(s.compact(), HANDOFF, pid, job, 7, s.signer) == s
-    with pytest.raises(E.MarketError):
-        Signed.from_compact(s.compact(), HANDOFF, pid, job, 8, s.signer)
+    assert Signed.from_compact(s.compact(), HANDOFF, pid, job, 7, s.signer, call=3) == s
+    for index, call in ((8, 3), (7, 2)):
+        with pytest.raises(E.MarketError):
+            Signed.from_compact(s.compact(), HANDOFF, pid, job, index, s.signer, call=call)
     with pytest.raises(E.MarketError):
         Signed.from_json({**s.to_json(), "digest": "00" * 31})
     assert seal_of(bytes(32)) != bytes(32)

@@ -13,6 +13,7 @@ from solders.instruction import Instruction
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
+from splitup.market import calls
 from splitup.market.constants import TaskStatus
 from splitup.market.errors import MarketError
 from splitup.market.evidence import ED25519_PROGRAM, HANDOFF, RECEIPT, Signed
@@ -22,6 +23,11 @@ from splitup.market.transport import LiteSvmTransport, TxResult
 
 N_NODES = 4
 N_TASKS = 3
+# Every commitment here is a one-call tree (splitup.market.calls) over the digest of "out" or "bad", so a
+# hand-off can be proved against it.
+BODY = h("body")
+OPENINGS = {tag: calls.opening([h(tag)], BODY, 0) for tag in ("out", "bad")}
+COMMITTED = {o.commitment(): o for o in OPENINGS.values()}
 
 
 class CountingTransport(LiteSvmTransport):
@@ -88,7 +94,8 @@ class MarketMachine(RuleBasedStateMachine):
     def commit(self, k: int, honest: bool) -> None:
         if p := self.pick(k, TaskStatus.ACCEPTED):
             node = self.owner_of(p[2].node)
-            self.attempt(lambda: self.w.m.commit_result(node, p[0], p[1], h("out" if honest else "bad")))
+            commitment = OPENINGS["out" if honest else "bad"].commitment()
+            self.attempt(lambda: self.w.m.commit_result(node, p[0], p[1], commitment))
 
     @rule(j=st.integers(0, 2), i=st.integers(0, N_TASKS - 1), n=st.integers(0, N_NODES - 1))
     def commit_anything(self, j: int, i: int, n: int) -> None:
@@ -111,13 +118,15 @@ class MarketMachine(RuleBasedStateMachine):
 
     @rule(k=st.integers(0, 8), n=st.integers(0, N_NODES - 1), lie=st.booleans())
     def prove_handoff(self, k: int, n: int, lie: bool) -> None:
-        """A hand-off signed by some node's owner, equal to the commitment or not, for a committed task."""
+        """A hand-off of call 0 signed by some node's owner, equal to what it committed or not, for a
+        committed task, with the true opening of its commitment."""
         statuses = (TaskStatus.COMMITTED, TaskStatus.SAMPLED, TaskStatus.VALIDATING, TaskStatus.DISPUTED,
                     TaskStatus.READY, TaskStatus.RESOLVED)
         if p := self.pick(k, *statuses):
-            digest = h("sent") if lie else bytes(p[2].commitment)
+            opening = COMMITTED.get(bytes(p[2].commitment), OPENINGS["out"])
+            digest = h("sent") if lie else opening.committed
             s = Signed.make(HANDOFF, self.w.nodes[n], self.w.m.program_id, p[0], p[1], digest)
-            self.attempt(lambda: self.w.m.prove_handoff(s))
+            self.attempt(lambda: self.w.m.prove_handoff(s, opening))
 
     @rule(k=st.integers(0, 8), by_node=st.booleans())
     def release(self, k: int, by_node: bool) -> None:

@@ -4,7 +4,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from splitup.graph import zoo
+from splitup.models.real import build_real
 from splitup.models.registry import spec
 from splitup.partition.local import LocalPipeline
 
@@ -68,7 +68,7 @@ def test_sentence_embeddings_after_splitting_into_two_tasks(minilm, reference, t
 
 def test_zoo_name_resolves_to_the_real_weights(minilm):
     need("minilm")
-    model = zoo.build("minilm", real=True)
+    model = build_real("minilm")
     assert [i.name for i in model.graph.initializer] == [i.name for i in minilm.model.graph.initializer]
     assert all(a.raw_data == b.raw_data for a, b in zip(model.graph.initializer, minilm.model.graph.initializer,
                                                         strict=True))

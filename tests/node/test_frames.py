@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import select
 import socket
 import struct
 
@@ -24,6 +25,8 @@ from splitup.node.frames import (
     unpack,
 )
 from splitup.node.wire import Envelope, Hop, WireError
+
+from .procs import free_port
 
 
 def _split(buffers) -> tuple[bytes, bytes]:
@@ -178,3 +181,85 @@ def test_unknown_transport_is_refused(plan, cluster):
 
 def test_prefix_layout_is_fixed():
     assert PREFIX.size == 16 and struct.calcsize("<4sIQ") == 16
+
+
+# --- direct answers: the last node writes the result to the client's listening connection ----------------
+def test_a_generation_is_answered_directly_and_matches_the_chain(plan, cluster):
+    prompt = [2, 7, 1, 8]
+    outs = {}
+    for direct in (True, False):
+        with PipelineClient(plan, cluster.route, direct=direct) as client:
+            with client.session() as gen:
+                outs[direct] = [int(np.argmax(gen.step(np.asarray(t)))) for t in (prompt, [5], [9], [5])]
+                assert client.last_direct == direct
+                # every hop's record comes with the result, in route order
+                assert [h["hop"] for h in client.last_hops] == [0, 1, 2]
+    assert outs[True] == outs[False]
+
+
+def _listen(addr, token: str) -> FrameSocket:
+    listener = FrameSocket(*addr, timeout=30)
+    assert listener.request(Frame("listen", reply={"to": token}), 30, 1 << 30).kind == "ok"
+    return listener
+
+
+def test_the_last_node_answers_a_listener_or_else_along_the_chain(plan, cluster):
+    addr = _frame_port(cluster.a.url)
+    listener, conn = _listen(addr, "tok"), FrameSocket(*addr, timeout=30)
+    out = plan.tasks[0].outputs[0].name
+    try:
+        request = _exec(plan, cluster.a.url, _ids())
+        request.reply = {"to": "tok", "id": "step-1"}
+        conn.send(request, 30)
+        result = listener.receive(30, 1 << 30)
+        assert result.kind == "ok" and result.reply == {"id": "step-1"} and result.hops[0]["hop"] == 0
+        assert set(result.tensors) == {out}
+        # a step answered directly is not answered along the chain as well
+        assert not select.select([conn.sock], [], [], 0.3)[0]
+        # a token nobody listens for here: the result comes back on the request's own connection, with its id
+        request.reply = {"to": "nobody", "id": "step-2"}
+        chained = conn.request(request, 30, 1 << 30)
+        assert chained.kind == "ok" and chained.reply == {"id": "step-2"}
+        assert np.array_equal(chained.tensors[out], result.tensors[out])
+        # errors come back along the chain, with the step's id, never to the listener
+        bad = _exec(plan, cluster.a.url, _ids(dtype=np.float64))
+        bad.reply = {"to": "tok", "id": "step-3"}
+        error = conn.request(bad, 30, 1 << 30)
+        assert error.error["status"] == 422 and error.reply == {"id": "step-3"}
+        assert not select.select([listener.sock], [], [], 0.3)[0]
+    finally:
+        listener.close()
+        conn.close()
+
+
+def test_a_direct_step_whose_next_node_is_gone_fails_fast_naming_that_hop(plan, cluster):
+    # the route's second node is a closed port: node a cannot send the step on, and says which hop failed
+    addr = _frame_port(cluster.a.url)
+    dead = f"http://127.0.0.1:{free_port()}"
+    env = Envelope("t", 0, [Hop([cluster.a.url], plan.tasks[0].task_id, [plan.tasks[0].outputs[0].name]),
+                            Hop([dead], plan.tasks[1].task_id, ["logits"], "s", 0)])
+    listener, conn = _listen(addr, "tok2"), FrameSocket(*addr, timeout=30)
+    try:
+        error = conn.request(Frame("exec", _ids(), env.to_dict(), reply={"to": "tok2", "id": "s1"}), 30, 1 << 30)
+        assert error.kind == "error" and error.error["kind"] == "unreachable" and error.error["hop"] == 1
+        assert error.reply == {"id": "s1"}
+    finally:
+        listener.close()
+        conn.close()
+
+
+@pytest.mark.parametrize(("reply", "words"), [
+    ({"to": 3}, "reply address"),
+    ({"to": "x" * 65}, "reply address"),
+    ({"to": "t", "via": "u"}, "reply address"),
+    ("tok", "reply address"),
+])
+def test_malformed_reply_addresses_are_typed_errors(reply, words):
+    with pytest.raises(FrameError, match=words):
+        unpack(*_split([_raw({"k": "exec", "t": [], "r": reply})]))
+    with pytest.raises(FrameError, match="hop records"):
+        unpack(*_split([_raw({"k": "exec", "t": [], "h": [{}] * 65})]))
+
+
+def test_a_listen_frame_without_a_token_is_refused(cluster):
+    assert _send_raw(_frame_port(cluster.a.url), _raw({"k": "listen", "t": []}), closes=False)["status"] == 400

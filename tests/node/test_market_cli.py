@@ -21,10 +21,10 @@ from splitup.cli._market_opts import amount_of
 from splitup.demo.models import byte_tokenizer_json
 from splitup.demo.procs import Child, Processes, free_port
 from splitup.market.accounts import node_engines, node_specialized, version_code
+from splitup.market.connect import connect
 from splitup.market.market import LAMPORTS_PER_SOL, Market, MarketParams
 from splitup.market.wallet import load_keypair, save_keypair
 from splitup.partition.task import Plan
-from splitup.sdk.chain import connect
 from splitup.sdk.client import Client
 
 WINDOW_SLOTS = 30

@@ -25,10 +25,10 @@ import splitup
 from splitup.demo.models import byte_tokenizer_json
 from splitup.demo.procs import Processes, free_port
 from splitup.errors import SplitUpError
+from splitup.market.connect import connect
 from splitup.market.market import LAMPORTS_PER_SOL, MarketParams
 from splitup.market.wallet import load_keypair, save_keypair
 from splitup.partition.task import Plan
-from splitup.sdk.chain import connect
 
 DOC = Path(__file__).parents[2] / "docs" / "node.md"
 UNBONDING_SLOTS = 30  # 3 s at the test ledger's 100 ms slots

@@ -32,8 +32,8 @@ import pytest
 
 from splitup.demo.flow import prepare
 from splitup.demo.network import SOL, local_market
+from splitup.market.connect import connect
 from splitup.runtime.registry import available_engines
-from splitup.sdk.chain import connect
 from splitup.sdk.client import Client, Completion
 from splitup.sdk.reports import JobReport
 

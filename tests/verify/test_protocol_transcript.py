@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from solders.keypair import Keypair
 
-from splitup.market import MarketParams
+from splitup.market import MarketParams, calls
 from splitup.verify.blobs import plan_bundles
 from splitup.verify.cheats import zeros
-from splitup.verify.commitment import commitment
+from splitup.verify.commitment import commitment, handoff_digest
 from splitup.verify.roles import Announcement, Executor, RoleError
 from splitup.verify.sandbox import ProtocolWorld, make_world, prompt, write_plan
-from splitup.verify.transcript import BadTranscript, Step, Transcript
+from splitup.verify.transcript import BadTranscript, Sent, Step, Transcript
 
 ALWAYS = MarketParams.flat(10_000)
 JOB = str(Keypair().pubkey())
@@ -46,10 +46,31 @@ def test_round_trip_and_commitment_format():
     assert back.tensors().keys() == t.tensors().keys()
     for k, v in t.tensors().items():
         assert back.tensors()[k].dtype == v.dtype and np.array_equal(back.tensors()[k], v)
-    assert back.commitment() == t.commitment() == commitment(t.tensors(), t.salt)
+    # the call tree over what each call handed on (here: its outputs as recorded) and the salted body
+    handed = [handoff_digest(s.outputs) for s in t.steps]
+    assert back.commitment() == t.commitment() == calls.commitment(2, calls.root(handed),
+                                                                    commitment(t.tensors(), t.salt))
     assert sorted(t.tensors()) == ["step0.in.input_ids", "step0.in.past", "step0.out.hidden",
                                    "step1.in.input_ids", "step1.out.hidden"]
     assert set(t.fingerprints()) == {"step0.out.hidden", "step1.out.hidden"}
+
+
+def test_what_a_call_sent_on_round_trips_and_is_bound():
+    """A node's record says what each call sent (names, those cut to the last position) and holds the
+    tensors it only relayed: they rebuild the hand-off, survive the round trip, and change the commitment."""
+    t = sample_transcript()
+    t.steps[0].sent = Sent(("hidden", "mask"), ("hidden",))
+    t.steps[0].relayed["mask"] = np.ones((1, 3), np.int64)
+    back = Transcript.from_bytes(t.to_bytes())
+    assert back.steps[0].sent == t.steps[0].sent and back.steps[1].sent is None
+    assert back.commitment() == t.commitment() != sample_transcript().commitment()
+    handed = back.steps[0].handoff()
+    assert handed["hidden"].shape == (1, 1, 8) and np.array_equal(handed["mask"], np.ones((1, 3), np.int64))
+    t.steps[0].sent = Sent(("hidden",), ())
+    assert t.commitment() != back.commitment()
+    t.steps[0].sent = Sent(("nowhere",), ())
+    with pytest.raises(BadTranscript):
+        t.commitment()
 
 
 def test_commitment_binds_every_input_output_and_the_salt():
@@ -91,7 +112,7 @@ def test_limits_and_malformed_transcripts_are_refused():
     from safetensors.numpy import save
 
     def forged(tensors, **meta):
-        base = {"format": "splitup.transcript", "version": "1", "job": JOB, "index": "0", "task_id": TASK,
+        base = {"format": "splitup.transcript", "version": "2", "job": JOB, "index": "0", "task_id": TASK,
                 "steps": "1", "salt": "00" * 32}
         return save(tensors, metadata={**base, **meta})
 
@@ -101,7 +122,9 @@ def test_limits_and_malformed_transcripts_are_refused():
         ({"step0.sideways.x": np.zeros(2, np.float32)}, {}, "unexpected tensor"),
         ({"step1.out.x": np.zeros(2, np.float32)}, {}, "unexpected tensor"),
         ({"step0.in.x": np.zeros(2, np.float32), "step1.out.x": np.zeros(2, np.float32)}, {"steps": "2"}, "no outputs"),
-        (one, {"version": "2"}, "version"),
+        (one, {"version": "1"}, "version"),  # before the call tree
+        (one, {"handoff": "[null, null]"}, "one entry per call"),
+        (one, {"handoff": '[["x"]]'}, "malformed hand-off"),
         (one, {"steps": "0"}, "steps"),
         (one, {"salt": "zz"}, "malformed"),
         (one, {"salt": "00" * 8}, "salt of 8 bytes"),

@@ -13,11 +13,8 @@ from splitup.verify.compare import PRECISION_CLASSES, tolerance_for
 from splitup.verify.precision import emulate, round_mantissa
 from splitup.verify.sandbox import write_plan
 
-# A flip or steer at a near-tie moves logits by less than half-precision arithmetic does, so in the classes
-# computing in float16 / bfloat16 honest engines emit the cheat's token themselves (measured below); in the
-# classes computing in float32 (integer weights included) the rule must see it.
-NEAR_TIE = {"top-token flip at near-ties", "top-token steer at near-ties"}
-HALF_ARITHMETIC = {"fp16", "bf16"}
+# A flip or steer at a near-tie moves logits by less than half-precision arithmetic does, so the task that
+# chooses tokens computes in float32 in every plan (fp16 and bf16 plans included): there the rule must see it.
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +72,7 @@ def test_honest_engines_never_fail(models, sequences, runs, precision):
     assert len(pairs) >= 6
     for key, h in pairs.items():
         assert h.calls and h.failures == 0, (key, h.reasons)
-        assert h.logit_gap <= tolerance_for(precision).token_slack / 2, key
+        assert h.logit_gap <= tolerance_for(rt.task_class(precision, models[-1][0])).token_slack / 2, key
 
 
 @pytest.mark.parametrize("precision", PRECISION_CLASSES)
@@ -86,8 +83,6 @@ def test_cheats_are_caught_where_they_change_the_text(models, sequences, precisi
     assert {"top-token flip at near-ties", "top-token steer at near-ties"} <= names
     matter = caught = 0
     for (k, name), s in stats.items():
-        if name in NEAR_TIE and precision in HALF_ARITHMETIC:
-            continue
         matter += s.matter
         caught += s.caught_matter
         # a run below the stated precision is caught on every call, whether or not it shows in the text
@@ -97,23 +92,22 @@ def test_cheats_are_caught_where_they_change_the_text(models, sequences, precisi
 
 
 @pytest.mark.parametrize("precision", PRECISION_CLASSES)
-def test_flips_at_planted_near_ties_are_caught_wherever_a_sound_rule_can(runs, precision):
-    rows = [rt.logit_rows(run) for run in runs(precision).values()]
-    executor, validator, others = rows[0], rows[-1], rows[1:-1]
-    slack = tolerance_for(precision).token_slack
-    half = precision in HALF_ARITHMETIC
+def test_flips_at_planted_near_ties_are_caught_in_every_plan(models, runs, precision):
+    # The executor's own rows against the other honest engines' re-execution of the last task from the
+    # executor's committed inputs (a validator's view); in fp16 / bf16 plans that task computes in float32.
+    honest = runs(precision)
+    *engines, coarsest = rt.class_engines(precision, full=False, reference=precision == "fp32")
+    executor = rt.logit_rows(honest[coarsest.name])
+    *others, validator = rt.replayed_rows(models, precision, honest[coarsest.name], engines)
+    slack = tolerance_for(rt.task_class(precision, models[-1][0])).token_slack
+    assert slack == tolerance_for("fp32").token_slack
     for kind in ("flip", "steer"):
         total = rt.PlantedStats()
-        for seed in range(12 if half else 40):  # a fresh gap in every row per seed
+        for seed in range(40):  # a fresh gap in every row per seed
             st = rt.planted_near_ties(executor, validator, slack, kind, np.random.default_rng(seed), others)
             assert st.rows == len(executor) and st.honest_failures == 0
             total.add(st)
-        if half:
-            # No rule that passes every honest engine can reach 99 %: on more than 1 % of these near-ties
-            # an honest engine of the class emits the cheat's token itself.
-            assert total.matter >= 50 and total.bound < 0.99, (kind, total)
-        else:
-            assert total.matter >= 1000 and total.detection >= 0.99 and total.bound >= 0.99, (kind, total)
+        assert total.matter >= 1000 and total.detection >= 0.99 and total.bound >= 0.99, (kind, total)
 
 
 def test_ambiguity_counts_where_engines_differ_and_where_the_rule_leaves_a_choice():

@@ -45,13 +45,9 @@ def is_tensorflow_source(path: Path) -> bool:
 
 
 def dim_maxima(text: str, max_batch: int | None) -> dict[str, int]:
-    out = {"batch": max_batch or 1}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, _, value = part.partition("=")
-        if not name or not value.isdigit() or int(value) < 1:
-            raise SplitUpError(f"--dim-max: {part!r} is not NAME=N with N >= 1")
-        out[name.strip()] = int(value)
-    return out
+    from splitup.cli._declare import parse_dim_max
+
+    return {"batch": max_batch or 1, **parse_dim_max([text])}
 
 
 def _import_tensorflow(args: argparse.Namespace, path: Path) -> onnx.ModelProto:

@@ -12,6 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from splitup.cli._declare import add_declare_options, apply_declarations
 from splitup.errors import SplitUpError
 from splitup.partition.plan import PlanResult, make_plan
 from splitup.units import format_bytes, parse_bytes
@@ -39,7 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "a real model's bundles are written")
     p.add_argument("--activations", choices=("fp16", "fp32"),
                    help="activation and KV-cache type with --dtype int8/int4: default fp16 for planning-only "
-                        "graphs (GPU nodes), fp32 when bundles with weights are written (runs on every engine)")
+                        "graphs (GPU nodes), fp32 when bundles with weights are written (runs on every engine); "
+                        "the last task, which chooses tokens, computes in fp32 either way")
     p.add_argument("--context", type=int, help="maximum context (KV-cache length) for decoders")
     p.add_argument("--seq", type=int, help="longest chunk of tokens processed in one step (prefill chunk)")
     p.add_argument("--batch", type=int, help="most sequences a node runs in one engine call (decoders; default 1): "
@@ -47,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workspace", default="256MiB", help="runtime workspace allowance per task (default 256MiB)")
     p.add_argument("--cut-factor", type=float, default=2.0,
                    help="cut only where at most this many times the smallest cut's bytes cross (default 2)")
+    add_declare_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--chart", type=Path, help="write a bar chart of memory per task (PNG, needs matplotlib)")
     p.add_argument("--out", type=Path, help="write plan.json and one task bundle (graph + weight shard) per task")
@@ -74,13 +77,16 @@ def _load(args: argparse.Namespace) -> tuple[Any, str, bool, bool, Path | None]:
     if args.model.endswith(".onnx") or path.exists():
         from splitup.graph.load import load_model
 
-        model = load_model(path)
+        model = apply_declarations(load_model(path), args)
         # A model saved with external data (over 2 GiB) is planned with the weights beside it.
         if all(_has_data(t) for t in model.graph.initializer):
             return model, path.stem, False, True, None
         if all(_has_data(t) or _beside(t, path.parent) for t in model.graph.initializer):
             return model, path.stem, False, True, path.parent
         return model, path.stem, False, False, None
+    if args.dim_max or args.value_max:
+        raise SplitUpError("--dim-max and --value-max declare an ONNX file's maxima; a zoo model declares its own "
+                           "(--context, --seq, --batch)")
     from splitup.graph import zoo
     from splitup.models.registry import SPECS
 
@@ -98,8 +104,10 @@ def _load(args: argparse.Namespace) -> tuple[Any, str, bool, bool, Path | None]:
     quantised = args.dtype in ("int8", "int4")
     if real:
         # Real weights: float32 unless asked (int4 on a GGUF model keeps the file's own 4-bit blocks).
-        model = zoo.build(args.model, real=True, validate=False, dtype=args.dtype or "fp32",
-                          activations=args.activations, **overrides)
+        from splitup.models.real import build_real
+
+        model = build_real(args.model, validate=False, dtype=args.dtype or "fp32",
+                           activations=args.activations, **overrides)
         return model, args.model, True, True, None
     acts = args.activations or ("fp16" if quantised else None)
     model = zoo.build(args.model, dtype=args.dtype or "fp16", activations=acts, validate=False, **overrides)

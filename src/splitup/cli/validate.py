@@ -10,6 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from splitup.cli._declare import add_declare_options, apply_declarations
 from splitup.graph.limits import Limits
 from splitup.graph.load import load_model
 from splitup.graph.upgrade import default_opset, upgrade_opset
@@ -42,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-tensor-bytes", type=_byte_size, default=None, metavar="N", help="cap for any single tensor"
     )
+    add_declare_options(p)
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(func=run)
 
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     limits = Limits(max_total_bytes=args.max_bytes)
     if args.max_tensor_bytes is not None:
         limits = dataclasses.replace(limits, max_tensor_bytes=args.max_tensor_bytes)
-    original = load_model(args.model, limits)
+    original = apply_declarations(load_model(args.model, limits), args)
     model = upgrade_opset(original, limits)
     report = validate_model(model, limits=limits, bundle_dir=Path(args.model).parent)
     upgraded_from = default_opset(original) if model is not original else None
@@ -79,6 +81,9 @@ def _summary(path: str, report: ValidationReport, upgraded_from: int | None) -> 
     table.add_row("largest tensor", f"{report.largest_tensor} ({format_bytes(report.largest_tensor_bytes)})")
     if report.dim_max:
         table.add_row("dim maxima", ", ".join(f"{k}≤{v}" for k, v in report.dim_max.items()))
+    if report.value_max:
+        table.add_row("value ranges", ", ".join(f"{k} in " + "/".join(f"{lo}..{hi}" for lo, hi in v)
+                                                for k, v in report.value_max.items()))
     for name, shape in report.output_shapes.items():
         table.add_row(f"output {name}", f"{report.output_dtypes[name]}{list(shape)}")
     return table

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import select
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +26,7 @@ import numpy as np
 from splitup.client.sampling import GREEDY, Decoding, decoding_for, generate_tokens
 from splitup.errors import SplitUpError
 from splitup.node.app import CONTENT_TYPE, HOPS_HEADER, PARKED_HEADER
-from splitup.node.frames import Frame, FrameError, FramePool, frame_address
+from splitup.node.frames import Frame, FrameError, FramePool, FrameSocket, frame_address
 from splitup.node.wire import DECODING_META, Envelope, Hop, decode, encode
 from splitup.partition.task import Plan, TaskDefinition
 
@@ -80,16 +81,19 @@ def _made_before(name: str, tasks: Sequence[TaskDefinition], stop: int) -> bool:
 class PipelineClient:
     def __init__(self, plan: Plan, route: Sequence[str | Sequence[str]], *, hop_timeout: float = 30.0,
                  max_failovers: int = 4, token_input: str = "input_ids", logits_output: str = "logits",
-                 transport: str = "frames", busy_wait_s: float = 10.0) -> None:
+                 transport: str = "frames", busy_wait_s: float = 10.0, direct: bool = True) -> None:
         """``transport``: ``frames`` sends hops as binary frames over kept-open connections to nodes that
         have a frame port (HTTP to those that do not); ``http`` always POSTs to ``/execute``.
+        ``direct``: with frames, a generation step's last node sends the logits straight to this client
+        (tasks + 1 one-way messages a step) instead of back along the chain (2 x tasks).
         ``busy_wait_s``: how long to wait for a full node (429) before giving up."""
         if len(route) != len(plan.tasks):
             raise PipelineError(f"route names {len(route)} hops for a plan of {len(plan.tasks)} tasks")
         if transport not in TRANSPORTS:
             raise PipelineError(f"transport must be one of {', '.join(TRANSPORTS)}, not {transport!r}")
         self.transport = transport
-        self._frames = FramePool()
+        self.direct = direct and transport == "frames"
+        self._frames = FramePool(MAX_REPLY_BYTES)
         self._frame_addrs: dict[str, tuple[str, int] | None] = {}
         self.plan = plan
         self.candidates: list[list[str]] = [[route_k] if isinstance(route_k, str) else list(route_k)
@@ -106,7 +110,11 @@ class PipelineClient:
         # the nodes' signed receipts of their tasks' first inputs, by (job, task index), as their hop records
         # brought them (``splitup.market.evidence``): what the client proves on chain if a node walks away
         self.receipts: dict[tuple[str, int], dict[str, Any]] = {}
+        # told (job, task index, record) of each receipt as it first arrives: a caller that may be killed
+        # mid-job (the gateway) writes it down at once
+        self.on_receipt: Callable[[str, int, dict[str, Any]], None] | None = None
         self.last_parked = False
+        self.last_direct = False  # whether the last call's answer came straight from its last node
         self._http = httpx.Client(limits=httpx.Limits(max_keepalive_connections=64, max_connections=64))
 
     def close(self) -> None:
@@ -121,15 +129,17 @@ class PipelineClient:
 
     # --- the wire ------------------------------------------------------------------------------------------
     def call(self, hops: list[Hop], tensors: Mapping[str, np.ndarray], job: str,
-             meta: Mapping[str, str] | None = None) -> dict[str, np.ndarray]:
-        """One trip through ``hops``; raises :class:`NodeFailure` naming the hop that failed."""
+             meta: Mapping[str, str] | None = None, *, direct: bool = False) -> dict[str, np.ndarray]:
+        """One trip through ``hops``; raises :class:`NodeFailure` naming the hop that failed. ``direct``:
+        ask the last hop (one URL: a session's) to answer this client directly (see ``frames``)."""
         env = Envelope(job, 0, hops, self.hop_timeout, dict(meta or {}))
+        listen = self._listener(hops[-1].urls[0]) if direct and self.direct else None
         first = hops[0]
         urls = first.urls if first.session is None else first.urls[:1]
         failure: NodeFailure | None = None
         for attempt, url in enumerate(urls):
             try:
-                content, parked = self._exchange_waiting(url, env, tensors)
+                content, parked = self._exchange_waiting(url, env, tensors, listen)
             except NodeFailure as f:
                 self._keep_receipts(job)  # a failed trip still brings the records of the hops before it
                 if f.kind not in ("timeout", "unreachable") or f.status is not None:
@@ -148,9 +158,15 @@ class PipelineClient:
     def _keep_receipts(self, job: str) -> None:
         for record in self.last_hops:
             if isinstance(record, dict) and "receipt" in record and isinstance(record.get("index"), int):
-                self.receipts.setdefault((job, record["index"]), {k: record.get(k) for k in ("receipt", "index", "signer")})
+                key = (job, record["index"])
+                if key in self.receipts:
+                    continue
+                self.receipts[key] = {k: record.get(k) for k in ("receipt", "index", "signer")}
+                if self.on_receipt is not None:
+                    self.on_receipt(job, record["index"], self.receipts[key])
 
-    def _exchange_waiting(self, url: str, env: Envelope, tensors: Mapping[str, np.ndarray]) \
+    def _exchange_waiting(self, url: str, env: Envelope, tensors: Mapping[str, np.ndarray],
+                          listen: tuple[tuple[str, int], str, FrameSocket] | None = None) \
             -> tuple[dict[str, np.ndarray], str | None]:
         """``_exchange``, and while the node answers 429 (every worker busy) wait and send again, up to
         ``busy_wait_s``; steps are idempotent on the nodes, so resending one is safe."""
@@ -158,20 +174,21 @@ class PipelineClient:
         pause = 0.02
         while True:
             try:
-                return self._exchange(url, env, tensors)
+                return self._exchange(url, env, tensors, listen)
             except NodeFailure as f:
                 if f.status != 429 or time.monotonic() + pause > deadline:
                     raise
             time.sleep(pause)
             pause = min(pause * 2, 1.0)
 
-    def _exchange(self, url: str, env: Envelope, tensors: Mapping[str, np.ndarray]) \
+    def _exchange(self, url: str, env: Envelope, tensors: Mapping[str, np.ndarray],
+                  listen: tuple[tuple[str, int], str, FrameSocket] | None = None) \
             -> tuple[dict[str, np.ndarray], str | None]:
         """Send the route to its first node at ``url``: (tensors, None) or ({}, URL of a parked result)."""
         timeout = self.hop_timeout * (len(env.route) + 1)
         addr = self._frame_address(url, timeout) if self.transport == "frames" else None
         if addr is not None:
-            return self._exchange_frames(url, addr, env, tensors, timeout)
+            return self._exchange_frames(url, addr, env, tensors, timeout, listen)
         try:
             r = self._http.post(url.rstrip("/") + "/execute", content=encode(tensors, env), timeout=timeout,
                                 headers={"content-type": CONTENT_TYPE})
@@ -199,20 +216,42 @@ class PipelineClient:
             self._frame_addrs[url] = frame_address(health, urlsplit(url).hostname or "")
         return self._frame_addrs[url]
 
+    def _listener(self, url: str) -> tuple[tuple[str, int], str, FrameSocket] | None:
+        """(address, token, connection) on which the node at ``url`` answers this thread directly; None
+        when it cannot (no frame port, unreachable, or it takes no listeners): replies come along the chain."""
+        try:
+            addr = self._frame_address(url, self.hop_timeout)
+        except NodeFailure:
+            return None
+        entry = None if addr is None else self._frames.listener(addr, self.hop_timeout)
+        return None if entry is None or addr is None else (addr, *entry)
+
     def _exchange_frames(self, url: str, addr: tuple[str, int], env: Envelope, tensors: Mapping[str, np.ndarray],
-                         timeout: float) -> tuple[dict[str, np.ndarray], str | None]:
+                         timeout: float, listen: tuple[tuple[str, int], str, FrameSocket] | None = None) \
+            -> tuple[dict[str, np.ndarray], str | None]:
         request = Frame("exec", dict(tensors), env.to_dict())
+        direct = listen is not None
+        if listen is not None:
+            request.reply = {"to": listen[1], "id": secrets.token_hex(8)}
+        deadline = time.monotonic() + timeout
+        self.last_direct = False
         while True:
             reused = False
             try:
-                reused, conn = self._frames.get(addr, timeout)
-                reply = conn.request(request, timeout, MAX_REPLY_BYTES)
+                reused, conn = self._frames.get(addr, timeout, direct=direct)
+                if listen is None:
+                    reply = conn.request(request, timeout, MAX_REPLY_BYTES)
+                else:
+                    conn.send(request, timeout)
+                    reply = self._await_direct(conn, listen, request.reply["id"], deadline)  # type: ignore[index]
                 break
             except TimeoutError as exc:
-                self._frames.drop(addr)
+                self._frames.drop(addr, direct=direct)
+                if direct:  # a step sent on succeeds silently: which hop hangs, only the chain's timeouts tell
+                    raise NodeFailure(f"no direct answer in time: {exc!r}", hop=None, kind="timeout") from None
                 raise NodeFailure(f"hop 0 at {url} timed out: {exc!r}", hop=0, kind="timeout") from None
             except (OSError, FrameError) as exc:
-                self._frames.drop(addr)
+                self._frames.drop(addr, direct=direct)
                 if reused and not isinstance(exc, FrameError):
                     continue  # a kept-open connection the node had closed: a fresh one
                 raise NodeFailure(f"hop 0 at {url} unreachable: {exc!r}", hop=0, kind="unreachable") from None
@@ -221,6 +260,32 @@ class PipelineClient:
             e = reply.error or {}
             raise NodeFailure(str(e.get("error")), hop=e.get("hop"), kind=str(e.get("kind")), status=e.get("status"))
         return reply.tensors, reply.parked
+
+    def _await_direct(self, conn: FrameSocket, listen: tuple[tuple[str, int], str, FrameSocket], rid: str,
+                      deadline: float) -> Frame:
+        """The step's answer: its result on the listening connection, or an error (or, from a last node that
+        has no listener for us, the result) back along the chain on ``conn``. Frames of earlier, abandoned
+        steps (another reply id) are dropped; one without an id is the node refusing the frame itself."""
+        addr, _, listener = listen
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no answer within the route's {self.hop_timeout} s per hop")
+            ready = select.select([conn.sock, listener.sock], [], [], left)[0]
+            if listener.sock in ready:
+                try:
+                    result = listener.receive(left, MAX_REPLY_BYTES)
+                except (OSError, FrameError) as exc:
+                    self._frames.drop_listener(addr)  # the step is repeated (steps are idempotent)
+                    raise NodeFailure(f"the last node's direct answer was lost: {exc!r}", hop=None,
+                                      kind="lost_result") from None
+                if (result.reply or {}).get("id") == rid:
+                    self.last_direct = True
+                    return result
+            if conn.sock in ready:
+                reply = conn.receive(left, MAX_REPLY_BYTES)
+                if (reply.reply or {}).get("id", rid) == rid:
+                    return reply
 
     def _take_parked(self, url: str, hop: int) -> bytes:
         """A large result the last node kept for us: fetched straight from it, not relayed along the route."""
@@ -401,6 +466,7 @@ class GenerationSession:
     def _step(self, ids: np.ndarray) -> np.ndarray:
         c = self.client
         sends = self._sends
+        direct = True
         for _ in range(c.max_failovers + 1):
             try:
                 # Tasks whose session was lost get a new one first, lowest first: a replay runs through the
@@ -409,9 +475,12 @@ class GenerationSession:
                     self._recover(k)
                     self._broken.discard(k)
                 out = c.call(self._hops(sends, len(sends) - 1, last=[c.logits_output]), {c.token_input: ids},
-                             self.job, self._meta())
+                             self.job, self._meta(), direct=direct)
             except NodeFailure as f:
                 if f.kind == "lost_result":  # every node ran the step: repeating it is idempotent
+                    continue
+                if f.kind == "timeout" and f.hop is None:  # no direct answer: along the chain, whose node
+                    direct = False                          # timeouts name the hop that hangs
                     continue
                 if f.hop is None or f.kind not in (*REROUTABLE, "session"):
                     raise

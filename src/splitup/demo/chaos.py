@@ -58,6 +58,12 @@ class ChaosReport:
     refunded: int = 0
     honest_stake_lost: int = 0
     killed_stake_lost: int = 0
+    # Per node (by name): liveness faults and lost verdicts the chain counted during the run, and for a
+    # killed node the tasks it held (accepted, or taken up to validate) at its kills: the most liveness
+    # faults its kills can explain (None: the chain could not be read just before a kill).
+    liveness_faults: Counter[str] = field(default_factory=Counter)
+    verdicts_lost: Counter[str] = field(default_factory=Counter)
+    held_at_kills: dict[str, int | None] = field(default_factory=dict)
     ledger_checks: list[bool] = field(default_factory=list)
     seconds: float = 0.0
     load_avg: str = ""
@@ -73,6 +79,15 @@ class ChaosReport:
             out.append(f"{self.locked_after} lamports of collateral still locked")
         if self.honest_stake_lost:
             out.append(f"nodes never killed lost {self.honest_stake_lost} lamports of stake")
+        # Stake is lost only through these counters. Nobody cheats here, so no verdict may go against a
+        # node; a liveness fault is explained only by a kill that found the node holding that many tasks.
+        for name, n in sorted(self.verdicts_lost.items()):
+            if n:
+                out.append(f"{name} lost {n} verdict(s), yet no node cheats in this run")
+        for name, n in sorted(self.liveness_faults.items()):
+            held = self.held_at_kills.get(name, 0)
+            if n and held is not None and n > held:
+                out.append(f"{name} has {n} liveness fault(s); its kills found it holding {held} task(s)")
         if self.lamports_before - self.lamports_after != self.fees:
             out.append(f"lamports changed by {self.lamports_before - self.lamports_after}, fees were {self.fees}")
         if self.client_before - self.client_after != self.client_paid + self.client_fees:
@@ -122,7 +137,7 @@ def sqlite_fees(path: Path, after_seq: int) -> tuple[int, int, dict[str, int]]:
 
 
 def rpc_accounts(net: LocalMarket, keys: list[Pubkey]) -> dict[str, tuple[int, bytes]]:
-    from splitup.sdk.chain import connect
+    from splitup.market.connect import connect
 
     t = connect(net.rpc_url, net.wallets["authority"]).t
     out = {str(k): (a.lamports, bytes(a.data)) for k, a in t.program_accounts(DEFAULT_PROGRAM_ID)}
@@ -159,11 +174,34 @@ class Chaos:
         # ledger waits for it (a node that starts while the ledger is down gives up), and ``revive`` sees
         # every process up again before the books are read.
         child = self.rng.choice(self.net.nodes)
-        self.say(f"   SIGKILL {child.name}")
+        held = self._held(child)
+        self.say(f"   SIGKILL {child.name} (holding {held} task(s))")
         self.net.procs.kill(child)
         self.report.killed_nodes.add(child.name)
+        so_far = self.report.held_at_kills.get(child.name, 0)
+        self.report.held_at_kills[child.name] = None if held is None or so_far is None else so_far + held
         time.sleep(self.rng.uniform(0.5, 2.0))
         self.net.procs.restart(child)
+
+    def _held(self, child: Child) -> int | None:
+        """Stop the node, then count the tasks it holds on chain (accepted, or validating): what its kill
+        may cost it by the liveness rule. Stopped first, so it takes nothing more between count and kill."""
+        from splitup.market.connect import connect
+        from splitup.market.constants import TaskStatus
+
+        if child.proc.poll() is not None:
+            return 0
+        os.kill(child.proc.pid, signal.SIGSTOP)
+        time.sleep(0.3)  # its transactions already sent land
+        try:
+            m = connect(self.net.rpc_url, self.net.wallets["authority"])
+            me = m.node_address(self.net.wallets[child.name].pubkey())
+            return sum((t.status == TaskStatus.ACCEPTED and t.node == me)
+                       or (t.status == TaskStatus.VALIDATING and t.validator == me)
+                       for _, info in m.jobs() for t in info.tasks)
+        except Exception as exc:  # the ledger is slow or away: this kill explains any fault
+            self.report.notes.append(f"tasks held by {child.name} at its kill unknown: {type(exc).__name__}")
+            return None
 
     def _kill_gateway(self) -> None:
         self.say("   SIGKILL gateway")
@@ -196,8 +234,16 @@ class Chaos:
         for c in others:
             os.kill(c.proc.pid, signal.SIGSTOP)
         try:
-            time.sleep(0.3)  # requests already inside the ledger finish
+            # Requests already inside the ledger finish: on a loaded machine one sent just before the
+            # freeze can land after a first read, so read until two reads agree (an acknowledged change
+            # missing from the file after the kill is still caught: it shows in both reads).
             before = rpc_accounts(self.net, self.wallet_keys())
+            for _ in range(10):
+                time.sleep(0.3)
+                again = rpc_accounts(self.net, self.wallet_keys())
+                if again == before:
+                    break
+                before = again
             self.say("   SIGKILL ledger")
             self.net.procs.kill(self.net.ledger)
             after = sqlite_accounts(self.ledger_db)
@@ -274,7 +320,7 @@ def run_chaos(net: LocalMarket, gateway: Child, *, requests: int = 30, concurren
               gap: tuple[float, float] = (2.0, 6.0), settle_timeout: float = 300.0,
               say: Callable[[str], None] = lambda _t: None) -> ChaosReport:
     """Drive ``requests`` through ``gateway`` while killing processes of ``net``; check the books after."""
-    from splitup.sdk.chain import connect
+    from splitup.market.connect import connect
     from splitup.sdk.limits import context_length
 
     report = ChaosReport(requests=requests)
@@ -282,7 +328,8 @@ def run_chaos(net: LocalMarket, gateway: Child, *, requests: int = 30, concurren
     m = connect(net.rpc_url, net.wallets["authority"])
     client = net.wallets["client"].pubkey()
     names = {str(m.node_address(net.wallets[c.name].pubkey())): c.name for c in net.nodes}
-    stakes_before = {names[str(a)]: n.stake for a, n in m.nodes() if str(a) in names}
+    before = {names[str(a)]: n for a, n in m.nodes() if str(a) in names}
+    stakes_before = {name: n.stake for name, n in before.items()}
     report.client_before = m.t.balance(client)
     report.lamports_before = sum(v[0] for v in sqlite_accounts(chaos.ledger_db).values())
     seq_before = sqlite_last_seq(chaos.ledger_db)
@@ -348,12 +395,14 @@ def run_chaos(net: LocalMarket, gateway: Child, *, requests: int = 30, concurren
     report.jobs_open_after = sum(info.header.client == client for _, info in m.jobs())
     nodes_after = {names[str(a)]: n for a, n in m.nodes() if str(a) in names}
     report.locked_after = sum(n.locked for n in nodes_after.values())
-    for name, before in stakes_before.items():
-        lost = max(0, before - nodes_after[name].stake)
+    for name, staked in stakes_before.items():
+        lost = max(0, staked - nodes_after[name].stake)
         if name in report.killed_nodes:
             report.killed_stake_lost += lost
         else:
             report.honest_stake_lost += lost
+        report.liveness_faults[name] = nodes_after[name].liveness_faults - before[name].liveness_faults
+        report.verdicts_lost[name] = nodes_after[name].failed - before[name].failed
     report.client_after = m.t.balance(client)
     # Read the file the ledger keeps: the books as they would survive another crash.
     report.lamports_after = sum(v[0] for v in sqlite_accounts(chaos.ledger_db).values())

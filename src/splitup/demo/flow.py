@@ -225,8 +225,8 @@ def prepare(root: Path, smaller: bool, tasks: int, nodes: int, workspace: int, p
 def run_demo(opts: DemoOptions, progress: Ui | None = None,
              inspect: Callable[[Summary, dict[str, Any]], None] | None = None) -> Summary:
     """Run the demo; every process it starts is stopped before this returns or raises."""
+    from splitup.market.connect import connect
     from splitup.partition.task import Plan
-    from splitup.sdk.chain import connect
     from splitup.sdk.client import Client
 
     ui = progress or Ui(False)

@@ -87,9 +87,9 @@ def local_market(root: Path, model: DemoModel, plan_dir: Path, budgets: list[int
                  validator_timeout_slots: int = 6_000) -> Iterator[LocalMarket]:
     """``cheaters``: node name -> a cheat of ``splitup.demo.node --cheat`` (perturb, zeros) for that node;
     ``node_args``: node name -> more ``splitup.demo.node`` options for it (``--engine tinygrad``, ``--threads 2``)."""
+    from splitup.market.connect import connect
     from splitup.node.agent import DisputeJudge
     from splitup.sdk.catalog import publish_model
-    from splitup.sdk.chain import connect
     from splitup.storage import BlobStore
 
     say = ui.say if ui is not None else (lambda _text: None)

@@ -19,9 +19,9 @@ from solders.pubkey import Pubkey
 from splitup.errors import SplitUpError
 from splitup.market.localnet import DEFAULT_RPC_URL
 from splitup.market.transport import DEFAULT_PROGRAM_ID
+from splitup.market.wallet import as_keypair
 from splitup.node.market import serve_market_node
 from splitup.node.node import NodeConfig
-from splitup.sdk.chain import as_keypair
 
 
 def main(argv: list[str] | None = None) -> int:

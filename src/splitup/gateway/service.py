@@ -11,6 +11,7 @@ tried again later, never dropped.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -103,6 +104,7 @@ class GatewayService:
         # yet placed, which the chain and the nodes cannot see yet.
         self._room: dict[str, tuple[int, str]] = {}
         self._pending: dict[str, int] = {}
+        client.on_receipt = self._receipt_arrived
         self.admission = Admission(max_running=max_running, max_queue=max_queue, queue_timeout=queue_timeout,
                                    room=self.room, taken=self._placing)
         self._threads = [threading.Thread(target=self._work_loop, name=f"gateway-settle-{i}", daemon=True)
@@ -187,6 +189,19 @@ class GatewayService:
             j.receipts = {str(index): record for (_, index), record in list(held.items())}
         if self.store is not None:
             self.store.put(j.address, j.created, j.to_json())
+
+    def _receipt_arrived(self, job: str, index: int, record: dict[str, Any]) -> None:
+        """A node's signed receipt of its input, written down as it arrives: a gateway killed mid-stream
+        still proves it after a restart, when it winds the job up."""
+        with self._lock:
+            j = self.jobs.get(job)
+            if j is None:
+                return
+            j.receipts[str(index)] = dict(record)
+        try:
+            self._save(j)
+        except sqlite3.Error as exc:  # the stream goes on; the receipt is written with the job's next save
+            log.warning("job %s: receipt of task %d not written down: %s", job, index, exc)
 
     def job_started(self, job: Pubkey, model: str, prompt: str, kind: str, task_ids: list[str]) -> None:
         secret = self.client.draw_secret(job)

@@ -7,8 +7,9 @@ of input dims ``j .. j+k`` for ``k`` removed axes, or 1). Such an output is give
 its shape, so the tensors after it are sized at bounds too. That is sound only while the bound stays a
 size and never becomes a value: an output whose shape is read (``Shape``/``Size`` downstream) keeps its
 unknown shape and is refused as before. Data-sized outputs (``Reshape``/``Expand``/``Tile``/``Pad``/
-``Resize``/``ConstantOfShape``/``OneHot``/``Range`` sized by data values) are never bounded here: their
-size follows a value, not an input's size.
+``Resize``/``ConstantOfShape``/``OneHot``/``Range`` sized by data values) are not bounded by these rules:
+their size follows a value, not an input's size; they are bounded only where the model declares the
+range of those values (the ``extra`` rules, ``splitup.graph.valuesized``).
 
 Outputs whose length is chosen by data but can never exceed their input are bounded the same way:
 ``NonZero`` (rank x at most numel), ``Compress`` and ``Unique`` (at most the input's elements, or its
@@ -18,7 +19,9 @@ dim along ``axis``), ``TopK`` with ``k`` given as data (at most the input's dim 
 
 from __future__ import annotations
 
-from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, ValueInfoProto, helper
+from collections.abc import Callable
+
+from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto, helper
 
 _REDUCE = frozenset({
     "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin",
@@ -29,7 +32,7 @@ _READS_SHAPE = frozenset({"Shape", "Size"})
 _BY_INPUT_LENGTH = frozenset({"NonZero", "Compress", "Unique", "TopK"})
 
 
-def _dims(vi: ValueInfoProto | None) -> list[int] | None:
+def static_dims(vi: ValueInfoProto | None) -> list[int] | None:
     if vi is None or vi.type.WhichOneof("value") != "tensor_type":
         return None
     tt = vi.type.tensor_type
@@ -44,7 +47,7 @@ def _rank(vi: ValueInfoProto | None) -> int | None:
     return len(vi.type.tensor_type.shape.dim)
 
 
-def _attr(node: NodeProto, name: str, default: int) -> int:
+def int_attr(node: NodeProto, name: str, default: int) -> int:
     return next((a.i for a in node.attribute if a.name == name), default)
 
 
@@ -56,41 +59,45 @@ def _subsequence_bound(dims: list[int], rank: int) -> list[int]:
 
 def _bounds(node: NodeProto, known: dict[str, ValueInfoProto]) -> list[list[int]] | None:
     """Per-output upper bounds, or None when this node's outputs cannot be bounded by its input."""
-    data = _dims(known.get(node.input[0])) if node.input else None
+    data = static_dims(known.get(node.input[0])) if node.input else None
     if data is None:
         return None
     op = node.op_type
     if op in _SAME_SHAPE:
         return [data]
     if op in _REDUCE or op in ("Slice", "Split"):
-        if op in _REDUCE and not _attr(node, "keepdims", 1):
-            axes = _dims(known.get(node.input[1])) if len(node.input) > 1 and node.input[1] else None
+        if op in _REDUCE:
+            # Reducing an empty axis gives one element (the reduction's identity): 0 becomes 1, not less.
+            data = [max(d, 1) for d in data]
+        if op in _REDUCE and not int_attr(node, "keepdims", 1):
+            axes = static_dims(known.get(node.input[1])) if len(node.input) > 1 and node.input[1] else None
             if axes is None or len(axes) != 1 or axes[0] == 0:
                 return None  # how many axes go (all of them, for an empty list) is unknown
             return [_subsequence_bound(data, len(data) - axes[0])] if axes[0] <= len(data) else None
         return [data] * len([o for o in node.output if o])
     if op == "Squeeze" and len(node.input) > 1:
-        axes = _dims(known.get(node.input[1]))
+        axes = static_dims(known.get(node.input[1]))
         if axes is None or len(axes) != 1 or not 0 < axes[0] <= len(data):
             return None
         return [_subsequence_bound(data, len(data) - axes[0])]
     if op in _BY_INPUT_LENGTH:
         return _data_sized(node, data)
     if op == "NonMaxSuppression":
-        scores = _dims(known.get(node.input[1])) if len(node.input) > 1 else None
+        scores = static_dims(known.get(node.input[1])) if len(node.input) > 1 else None
         # At most every (batch, class, box) triple is selected, one row of 3 indices each.
         return [[scores[0] * scores[1] * scores[2], 3]] if scores is not None and len(scores) == 3 else None
     if op == "Reshape":
-        shape = _dims(known.get(node.input[1])) if len(node.input) > 1 else None
+        shape = static_dims(known.get(node.input[1])) if len(node.input) > 1 else None
         numel = 1
         for d in data:
             numel *= d
         # Same elements as the input, so no dim exceeds their count (loose: sizes only, see _shape_read...).
-        return [[numel] * shape[0]] if shape is not None and len(shape) == 1 else None
+        # An empty input bounds nothing: [0, n] holds no element for any n.
+        return [[numel] * shape[0]] if shape is not None and len(shape) == 1 and numel else None
     if op == "LinearAttention":
         return _linear_attention(node, data, known)
     if op == "Unsqueeze":
-        axes = _dims(known.get(node.input[1])) if len(node.input) > 1 else None
+        axes = static_dims(known.get(node.input[1])) if len(node.input) > 1 else None
         if axes is None or len(axes) != 1:
             return None
         k = axes[0]
@@ -101,9 +108,9 @@ def _bounds(node: NodeProto, known: dict[str, ValueInfoProto]) -> list[list[int]
 
 def _linear_attention(node: NodeProto, q: list[int], known: dict[str, ValueInfoProto]) -> list[list[int]] | None:
     """Exact shapes (ONNX's inference has none): output (B, T, Hq*dv), present_state (B, Hkv, dk, dv)."""
-    k = _dims(known.get(node.input[1])) if len(node.input) > 1 else None
-    v = _dims(known.get(node.input[2])) if len(node.input) > 2 else None
-    heads, kv_heads = _attr(node, "q_num_heads", 0), _attr(node, "kv_num_heads", 0)
+    k = static_dims(known.get(node.input[1])) if len(node.input) > 1 else None
+    v = static_dims(known.get(node.input[2])) if len(node.input) > 2 else None
+    heads, kv_heads = int_attr(node, "q_num_heads", 0), int_attr(node, "kv_num_heads", 0)
     if k is None or v is None or len(q) != 3 or len(k) != 3 or len(v) != 3 or heads <= 0 or kv_heads <= 0:
         return None
     dk, dv = k[2] // kv_heads, v[2] // kv_heads
@@ -117,7 +124,7 @@ def _data_sized(node: NodeProto, data: list[int]) -> list[list[int]] | None:
     for d in data:
         numel *= d
     has_axis = any(a.name == "axis" for a in node.attribute)
-    axis = _attr(node, "axis", -1 if node.op_type == "TopK" else 0)
+    axis = int_attr(node, "axis", -1 if node.op_type == "TopK" else 0)
     if has_axis or node.op_type == "TopK":
         if not -len(data) <= axis < len(data):
             return None
@@ -132,6 +139,12 @@ def _data_sized(node: NodeProto, data: list[int]) -> list[list[int]] | None:
         length = data[axis] if has_axis else numel
         per_output = [data if has_axis else [numel], [length], [length], [length]]
     return [b for b, o in zip(per_output, node.output, strict=False) if o]
+
+
+def _value_elem(node: NodeProto) -> int:
+    """ConstantOfShape's element type is its ``value``'s (float32 without one), not its shape input's."""
+    value = next((a.t for a in node.attribute if a.name == "value"), None)
+    return value.data_type if value is not None else TensorProto.FLOAT
 
 
 def _shape_read_downstream(graph: GraphProto, start: list[str]) -> bool:
@@ -154,8 +167,12 @@ def _shape_read_downstream(graph: GraphProto, start: list[str]) -> bool:
     return False
 
 
-def bound_by_input(model: ModelProto) -> bool:
-    """Give unknown outputs of the main graph the bound their input proves; True if any was added."""
+Extra = Callable[[NodeProto, dict[str, ValueInfoProto]], "list[list[int]] | None"]
+
+
+def bound_by_input(model: ModelProto, extra: Extra | None = None) -> bool:
+    """Give unknown outputs of the main graph the bound their input proves (or ``extra`` gives: the
+    value-sized ops, ``splitup.graph.valuesized``); True if any was added."""
     graph = model.graph
     known = {vi.name: vi for vi in (*graph.input, *graph.value_info, *graph.output)}
     for init in graph.initializer:
@@ -163,14 +180,16 @@ def bound_by_input(model: ModelProto) -> bool:
     added = False
     for node in graph.node:
         outs = [o for o in node.output if o]
-        if not outs or all(_dims(known.get(o)) is not None for o in outs):
+        if not outs or all(static_dims(known.get(o)) is not None for o in outs):
             continue
         bounds = _bounds(node, known)
+        if bounds is None and extra is not None:
+            bounds = extra(node, known)
         if bounds is None or len(bounds) != len(outs) or _shape_read_downstream(graph, outs):
             continue
-        elem = known[node.input[0]].type.tensor_type.elem_type
+        elem = _value_elem(node) if node.op_type == "ConstantOfShape" else known[node.input[0]].type.tensor_type.elem_type
         for out, dims in zip(outs, bounds, strict=True):
-            if _dims(known.get(out)) is not None:
+            if static_dims(known.get(out)) is not None:
                 continue
             rank = _rank(known.get(out))
             if rank is not None and rank != len(dims):

@@ -31,7 +31,7 @@ _BOUNDED_BY_INPUTS = frozenset(
 _SIZED_BY_VALUES = frozenset({"Range", "ConstantOfShape", "Expand"})
 
 
-def _array(t: TensorProto) -> np.ndarray | None:
+def constant_array(t: TensorProto) -> np.ndarray | None:
     """The tensor's value, or None when its payload is malformed (that is for the runtime to refuse)."""
     if is_external(t) or math.prod(t.dims) > MAX_FOLD_ELEMENTS:
         return None
@@ -114,13 +114,13 @@ def fold_shape_constants(model: ModelProto) -> bool:
     consts: dict[str, np.ndarray] = {}
     inits = {init.name: init for init in graph.initializer}
     for init in graph.initializer:
-        if (array := _array(init)) is not None:
+        if (array := constant_array(init)) is not None:
             consts[init.name] = array
     changed = False
     for index, node in enumerate(graph.node):
         if node.op_type == "Constant":
             value = next((a.t for a in node.attribute if a.name == "value"), None)
-            if value is not None and (array := _array(value)) is not None:
+            if value is not None and (array := constant_array(value)) is not None:
                 consts[node.output[0]] = array
             continue
         results: list[np.ndarray] | None = None

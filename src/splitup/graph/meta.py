@@ -2,6 +2,9 @@
 shape code all read, kept below all three so that none of them imports another for a name.
 
 - symbolic input dimensions are strings; their maxima go to ``metadata_props[DIM_MAX_KEY]``;
+- the values of shape-giving integer (or scale-giving float) inputs get a declared range in
+  ``metadata_props[VALUE_MAX_KEY]`` (``{"new_shape": 64, "pads": [-2, 8]}``: a number N means every element
+  is in 0..N, a pair [lo, hi] every element in lo..hi), so the outputs they size can be bounded;
 - stateful inputs (KV cache) are paired with the outputs that replace them in ``metadata_props[STATE_KEY]``
   (``{"past.0.key": "present.0.key", ...}``).
 """
@@ -18,6 +21,7 @@ from onnx import TensorProto
 from splitup.graph.errors import UnsupportedDtype
 
 DIM_MAX_KEY = "splitup.dim_max"
+VALUE_MAX_KEY = "splitup.value_max"
 STATE_KEY = "splitup.state"
 
 # Every ONNX element type a task may carry, by its numpy / ml_dtypes name (the names safetensors and the

@@ -9,6 +9,7 @@ then give every tensor a concrete dtype and shape. Sizes at the maximum inputs b
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 
@@ -24,6 +25,8 @@ from splitup.graph.meta import DIM_MAX_KEY
 from splitup.graph.monotone import check_monotone, probe_points
 from splitup.graph.sizes import element_bits, element_count, tensor_bytes
 from splitup.graph.structure import check_dims, node_label, subgraphs
+from splitup.graph.values import read_value_max, remedy, value_ranges
+from splitup.graph.valuesized import value_bounds
 
 
 @dataclass(frozen=True)
@@ -129,13 +132,18 @@ def infer_at(model: ModelProto, dims: dict[str, int], limits: Limits, max_rounds
             if dim.WhichOneof("value") == "dim_param":
                 dim.dim_value = dims[dim.dim_param]
     inferred = _screened(_infer(copy), limits)
+    declared = read_value_max(model, limits)
     for _ in range(max_rounds):
         if _fully_known(inferred.graph):
             break
         # Both run: a folded constant may bound a Loop, and a bounded Loop may feed a Shape.
         folded = fold_shape_constants(inferred)
+        if folded:  # a shape value folded in the outer graph is a constant its bodies may read too
+            _inline_outer_constants(inferred.graph)
         # Bounds come last: an exact shape found by folding or induction beats an upper bound.
-        if not (complete_loop_shapes(inferred) | folded) and not bound_by_input(inferred):
+        ranges = value_ranges(inferred.graph, declared)
+        by_values = functools.partial(value_bounds, ranges=ranges) if declared else None
+        if not (complete_loop_shapes(inferred) | folded) and not bound_by_input(inferred, by_values):
             break
         inferred = _screened(_infer(inferred), limits)
     _drop_inlined(inferred.graph, set())
@@ -254,26 +262,64 @@ def _concrete(vi: ValueInfoProto, limits: Limits, *, where: str) -> TensorType |
     return TensorType(tt.elem_type, tuple(dims))
 
 
-# Ops whose output size follows the values (not the sizes) of an input: bounded only when those values are
-# constants or computed from shapes.
-_VALUE_SIZED = frozenset({
-    "AffineGrid", "CenterCropPad", "Col2Im", "ConstantOfShape", "DFT", "Expand", "MaxUnpool", "OneHot", "Pad",
-    "Range", "Resize", "STFT", "Tile", "TopK", "Reshape",
-})
+# Ops whose output size follows the values (not the sizes) of some inputs, by input position: bounded only
+# when those values are constants, computed from shapes, or in a declared range (``splitup.graph.values``).
+_VALUE_SIZED: dict[str, tuple[int, ...]] = {
+    "AffineGrid": (1,), "CenterCropPad": (1,), "Col2Im": (1, 2), "ConstantOfShape": (0,), "DFT": (1, 2),
+    "Expand": (1,), "MaxUnpool": (2,), "OneHot": (1,), "Pad": (1, 3), "Range": (0, 1, 2), "Resize": (1, 2, 3),
+    "STFT": (1, 3), "Tile": (1,), "TopK": (1,), "Reshape": (1,),
+}
+
+
+def _sizing_data(node: onnx.NodeProto, constant: set[str]) -> list[str]:
+    """The inputs of a value-sized op whose values size its output and that are not constants."""
+    sizing = [node.input[i] for i in _VALUE_SIZED.get(node.op_type, ()) if i < len(node.input)]
+    return [x for x in sizing if x and x not in constant]
+
+
+def _constants(graph: GraphProto) -> set[str]:
+    return {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+
+
+def sizing_inputs(model: ModelProto) -> list[str]:
+    """Graph inputs whose values size an output (directly or through arithmetic): the ones to declare a value
+    range for (``splitup.graph.values``)."""
+    graph = model.graph
+    constant = _constants(graph)
+    data = [x for node in graph.node for x in _sizing_data(node, constant)]
+    return sorted(_graph_inputs_behind(graph, data))
 
 
 def _why_unbounded(node: onnx.NodeProto, graph: GraphProto) -> str:
-    constant = {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
-    sizing = node.input if node.op_type in ("ConstantOfShape", "Range") else node.input[1:]
-    data = [x for x in sizing if x and x not in constant]
-    if node.op_type in _VALUE_SIZED and data:
+    data = _sizing_data(node, _constants(graph))
+    if data:
+        inputs = {vi.name for vi in graph.input}
+        named = [x for x in data if x in inputs] or sorted(_graph_inputs_behind(graph, data))
+        fix = (remedy(named) if named else "make them constants, or compute them from tensor shapes")
         return (f"{node.op_type}'s output size follows the values of {', '.join(data)}, which are data here (a graph "
-                "input or computed from one), so no size can be bounded before it runs; make them constants, or "
-                "compute them from tensor shapes")
+                f"input or computed from one), so no size can be bounded before it runs: {fix}")
     if node.op_type in ("If", "Loop", "Scan"):
         return (f"{node.op_type} output whose shape its body does not fix (onnx's inference cannot see the values "
                 "of outer-graph constants a body reads, nor bound a body's data-sized outputs)")
     return "shape or dtype could not be bounded by inference"
+
+
+def _graph_inputs_behind(graph: GraphProto, names: list[str]) -> set[str]:
+    """The graph inputs that ``names`` are computed from (whose value ranges could bound them)."""
+    producer = {o: n for n in graph.node for o in n.output if o}
+    inputs = {vi.name for vi in graph.input}
+    found: set[str] = set()
+    seen, todo = set(names), list(names)
+    while todo:
+        name = todo.pop()
+        if name in inputs:
+            found.add(name)
+        elif name in producer and producer[name].op_type not in ("Shape", "Size"):
+            for x in producer[name].input:
+                if x and x not in seen:
+                    seen.add(x)
+                    todo.append(x)
+    return found
 
 
 def typed_tensors(

@@ -36,6 +36,7 @@ from splitup.graph.shapes import (
     typed_tensors,
 )
 from splitup.graph.structure import check_structure
+from splitup.graph.values import read_value_max
 
 __all__ = ["DIM_MAX_KEY", "GraphRejected", "Limits", "ValidationReport", "load_model", "validate_model", "validate_file"]
 
@@ -57,6 +58,9 @@ class ValidationReport:
     input_shapes: dict[str, tuple[int, ...]]
     output_shapes: dict[str, tuple[int, ...]]
     output_dtypes: dict[str, str]
+    # Declared ranges of the inputs whose values size outputs: one (lo, hi) shared by every element, or one per
+    # element (``splitup.graph.values``).
+    value_max: dict[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
     # Every tensor's type and shape at the declared maxima, for callers that size the graph next.
     tensor_types: dict[str, TensorType] = field(default_factory=dict, repr=False, compare=False)
 
@@ -123,6 +127,7 @@ def validate_model(
     graphs = check_structure(model.graph, limits, bundle_dir)
     dim_max = read_dim_max(model, limits)
     check_graph_inputs(model.graph, dim_max, limits)
+    value_max = read_value_max(model, limits)
     inferred = infer_bounded(model, dim_max, limits)
     types = typed_tensors(inferred.graph, limits)
     memory = estimate_memory(inferred.graph, types, limits)
@@ -145,6 +150,7 @@ def validate_model(
         largest_tensor=memory.largest_tensor,
         largest_tensor_bytes=memory.largest_tensor_bytes,
         dim_max=dim_max,
+        value_max=value_max,
         input_shapes={vi.name: types[vi.name].shape for vi in model.graph.input},
         output_shapes={name: types[name].shape for name in outputs},
         output_dtypes={name: onnx.TensorProto.DataType.Name(types[name].elem_type).lower() for name in outputs},

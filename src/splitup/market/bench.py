@@ -11,8 +11,9 @@ from collections.abc import Callable
 
 from solders.keypair import Keypair
 
+from splitup.market import calls
 from splitup.market import instructions as ix
-from splitup.market.constants import MAX_TASKS
+from splitup.market.constants import MAX_CALLS, MAX_TASKS
 from splitup.market.evidence import HANDOFF, RECEIPT, Signed
 from splitup.market.layout import ModelTask
 from splitup.market.market import LAMPORTS_PER_SOL, Market, MarketParams, seal_of
@@ -101,9 +102,13 @@ def measure(tasks: int = MAX_TASKS) -> dict[str, int]:
     assert job3 is not None
     m.accept_task(a, job3, 0)
     rec("prove_receipt", lambda: m.prove_receipt(Signed.make(RECEIPT, a, m.program_id, job3, 0, _h("in"))))
+    # the deepest opening: the last call of a session of MAX_CALLS calls (a path of MAX_CALL_DEPTH siblings)
+    sent = [_h(f"call {k}") for k in range(MAX_CALLS)]
+    opening = calls.opening(sent, _h("body"), MAX_CALLS - 1)
     m.accept_task(a, job3, 1)
-    m.commit_result(a, job3, 1, _h("out"))
-    rec("prove_handoff", lambda: m.prove_handoff(Signed.make(HANDOFF, a, m.program_id, job3, 1, _h("other"))))
+    m.commit_result(a, job3, 1, opening.commitment())
+    lie = Signed.make(HANDOFF, a, m.program_id, job3, 1, _h("other"), call=MAX_CALLS - 1)
+    rec("prove_handoff", lambda: m.prove_handoff(lie, opening))
     return cu
 
 

@@ -25,9 +25,16 @@ SEED_NODE = b"node"
 SEED_JOB = b"job"
 SEED_ESCROW = b"escrow"
 # Domain tags of the signed statements the program checks (splitup.market.evidence): a receipt by the
-# receiver of a task's input, a hand-off by the sender of a task's output.
+# receiver of a task's input, a hand-off by the sender of one call's output (v2: the call index is signed).
 RECEIPT_DOMAIN = b"splitup-receipt-v1"
-HANDOFF_DOMAIN = b"splitup-handoff-v1"
+HANDOFF_DOMAIN = b"splitup-handoff-v2"
+# Domain tags of the commitment's call tree (splitup.market.calls): a leaf per call, and the commitment
+# over (call count, tree root, salted transcript hash) that the program opens in prove_handoff.
+CALL_DOMAIN = b"splitup-call-v1"
+COMMIT_DOMAIN = b"splitup-commit-v2"
+# Calls one committed task may hold (splitup.verify.transcript.MAX_STEPS): the tree is at most 12 deep.
+MAX_CALLS = 4096
+MAX_CALL_DEPTH = 12
 
 
 class AccountTag(IntEnum):
@@ -132,3 +139,4 @@ class ErrorCode(IntEnum):
     BAD_EVIDENCE = 34
     NO_MISMATCH = 35
     STALE_HEARTBEAT = 36
+    BAD_OPENING = 37

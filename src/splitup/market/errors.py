@@ -237,7 +237,7 @@ class BadEvidenceError(ProgramError):
 
 
 class NoMismatchError(ProgramError):
-    """The signed hand-off matches the sender's commitment: nothing to slash."""
+    """The signed hand-off is what the sender committed for that call: nothing to slash."""
 
     code = ErrorCode.NO_MISMATCH
 
@@ -246,6 +246,13 @@ class StaleHeartbeatError(ProgramError):
     """The node's last heartbeat is older than the market's heartbeat window: it is not taken for alive."""
 
     code = ErrorCode.STALE_HEARTBEAT
+
+
+class BadOpeningError(ProgramError):
+    """The call and Merkle path given with a hand-off do not open the sender's commitment (or the path's
+    length is not the depth of the committed call count)."""
+
+    code = ErrorCode.BAD_OPENING
 
 
 ERRORS: dict[int, type[ProgramError]] = {int(cls.code): cls for cls in ProgramError.__subclasses__() if cls.code}

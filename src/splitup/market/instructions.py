@@ -13,6 +13,7 @@ from solders.pubkey import Pubkey
 from solders.system_program import ID as SYSTEM_PROGRAM
 from solders.sysvar import INSTRUCTIONS, SLOT_HASHES
 
+from splitup.market.calls import Opening
 from splitup.market.constants import MAX_SPECIALIZED, Ix
 from splitup.market.layout import (
     AcceptArgs,
@@ -20,6 +21,7 @@ from splitup.market.layout import (
     AmountArgs,
     ArbitrateArgs,
     CommitArgs,
+    HandoffArgs,
     HashArgs,
     HeartbeatArgs,
     InitConfigArgs,
@@ -168,13 +170,15 @@ def prove_receipt(pid: Pubkey, job: Pubkey, index: int, node: Pubkey, digest: by
     return _ix(pid, Ix.PROVE_RECEIPT, [_w(job), _r(node), _r(INSTRUCTIONS)], HashArgs(index=index, hash=digest))
 
 
-def prove_handoff(pid: Pubkey, job: Pubkey, index: int, node: Pubkey, digest: bytes,
+def prove_handoff(pid: Pubkey, job: Pubkey, index: int, node: Pubkey, digest: bytes, opening: Opening,
                   validator: Pubkey | None = None) -> Instruction:
-    """Follows the Ed25519 check of the sender owner's hand-off; ``validator``: the task's validator node
-    if one took it up (otherwise the sender's node is passed again)."""
+    """Follows the Ed25519 check of the sender owner's hand-off of call ``opening.call`` with ``digest``;
+    ``opening`` opens the sender's commitment at that call (``splitup.market.calls``); ``validator``: the
+    task's validator node if one took it up (otherwise the sender's node is passed again)."""
     return _ix(pid, Ix.PROVE_HANDOFF,
                [_w(job), _w(node), _w(config_pda(pid)), _r(INSTRUCTIONS), _w(validator or node)],
-               HashArgs(index=index, hash=digest))
+               HandoffArgs(index=index, call=opening.call, count=opening.count, digest=digest,
+                           committed=opening.committed, body=opening.body), b"".join(opening.path))
 
 
 def assign_validator(pid: Pubkey, owner: Pubkey, job: Pubkey, model: Pubkey, index: int) -> Instruction:

@@ -412,6 +412,22 @@ class HashArgs(Record):
 
 
 @dataclass(kw_only=True)
+class HandoffArgs(Record):
+    """A signed hand-off of call ``call`` of task ``index`` and the opening of the sender's commitment
+    (``splitup.market.calls``): ``count`` calls, the salted transcript hash ``body`` and, for a call it
+    committed (call < count), the digest committed for it in ``committed``, its Merkle path following
+    the struct; for a call beyond the count, the tree's root in ``committed`` and no path."""
+
+    C_NAME: ClassVar[str] = "HandoffArgs"
+    index: int = wire(U64)
+    call: int = wire(U64)
+    count: int = wire(U64)
+    digest: bytes = wire(BYTES(32))
+    committed: bytes = wire(BYTES(32))
+    body: bytes = wire(BYTES(32))
+
+
+@dataclass(kw_only=True)
 class SecretArgs(Record):
     C_NAME: ClassVar[str] = "SecretArgs"
     secret: bytes = wire(BYTES(32))
@@ -458,6 +474,7 @@ ARG_LAYOUTS: tuple[type[Record], ...] = (
     AcceptArgs,
     CommitArgs,
     HashArgs,
+    HandoffArgs,
     SecretArgs,
     VerdictArgs,
     ArbitrateArgs,

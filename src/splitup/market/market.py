@@ -25,6 +25,7 @@ from splitup.market.accounts import (
     decode_model,
     decode_node,
 )
+from splitup.market.calls import Opening
 from splitup.market.constants import (
     BPS,
     DEFAULT_HEARTBEAT_WINDOW_SLOTS,
@@ -357,14 +358,18 @@ class Market:
         return self._send_evidence(receipt, ix.prove_receipt(self.program_id, receipt.job, receipt.index, t.node,
                                                              receipt.digest), payer)
 
-    def prove_handoff(self, handoff: Signed, payer: Keypair | None = None) -> TxResult:
-        """Prove on chain that the task's node signed a hand-off other than the result it committed: it is
-        slashed as a cheat and its task fails. Refused (NoMismatchError) when they agree."""
+    def prove_handoff(self, handoff: Signed, opening: Opening, payer: Keypair | None = None) -> TxResult:
+        """Prove on chain that the task's node signed a hand-off of one call other than what it committed
+        for that call (or of a call beyond those it committed): ``opening`` opens its commitment at the
+        call (``splitup.market.calls``). It is slashed as a cheat and its task fails. Refused
+        (NoMismatchError) when they agree, BadOpeningError when the opening does not open the commitment."""
         self._check_statement(handoff, HANDOFF)
+        if opening.call != handoff.call:
+            raise MarketError(f"the opening is of call {opening.call}, the hand-off of call {handoff.call}")
         t = self.job(handoff.job).tasks[handoff.index]
         validator = t.validator if t.validator != Pubkey.default() else None
         return self._send_evidence(handoff, ix.prove_handoff(self.program_id, handoff.job, handoff.index, t.node,
-                                                             handoff.digest, validator), payer)
+                                                             handoff.digest, opening, validator), payer)
 
     def _send_evidence(self, s: Signed, proof: Instruction, payer: Keypair | None) -> TxResult:
         try:

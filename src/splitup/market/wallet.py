@@ -10,6 +10,8 @@ from solders.keypair import Keypair
 
 from splitup.errors import SplitUpError
 
+WalletLike = Keypair | Path | str
+
 
 class WalletError(SplitUpError):
     """A keypair file is missing, malformed, or would be overwritten."""
@@ -45,3 +47,8 @@ def save_keypair(kp: Keypair, path: Path, force: bool = False) -> None:
     with os.fdopen(fd, "w") as f:
         json.dump(list(bytes(kp)), f)
     os.chmod(path, 0o600)
+
+
+def as_keypair(wallet: WalletLike) -> Keypair:
+    """A keypair, or the path of a Solana CLI keypair file."""
+    return wallet if isinstance(wallet, Keypair) else load_keypair(Path(wallet).expanduser())

@@ -19,7 +19,7 @@ from typing import Any
 
 import onnx
 
-from splitup.graph.meta import DIM_MAX_KEY, STATE_KEY
+from splitup.graph.meta import DIM_MAX_KEY, STATE_KEY, VALUE_MAX_KEY
 from splitup.models.errors import ModelError
 
 DEFAULT_OPSET = 17
@@ -36,6 +36,20 @@ def declare_dims(model: onnx.ModelProto, dim_max: Mapping[str, int]) -> onnx.Mod
                          f"metadata_props[{DIM_MAX_KEY!r}]")
     props = {p.key: p.value for p in model.metadata_props}
     props[DIM_MAX_KEY] = json.dumps({k: int(v) for k, v in sorted(dim_max.items()) if k in symbolic}, sort_keys=True)
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, props)
+    return model
+
+
+def declare_values(model: onnx.ModelProto, value_max: Mapping[str, Any]) -> onnx.ModelProto:
+    """Record the range of each named graph input's values, so outputs sized by them (Expand, Tile, Resize,
+    Pad, ConstantOfShape, Range, ...) can be bounded; a node refuses any feed outside it. Each range is
+    ``N`` (every element 0..N), ``(lo, hi)`` (every element lo..hi) or ``{"max": [...], "min": [...]}`` (one
+    per element, ``min`` zeros by default). Merges with ranges already declared; the validator checks them."""
+    props = {p.key: p.value for p in model.metadata_props}
+    declared = json.loads(props.get(VALUE_MAX_KEY, "{}"))
+    declared.update({k: list(v) if isinstance(v, Sequence) else v for k, v in value_max.items()})
+    props[VALUE_MAX_KEY] = json.dumps(declared, sort_keys=True)
     del model.metadata_props[:]
     onnx.helper.set_model_props(model, props)
     return model

@@ -2,7 +2,7 @@
 
 ``load_real_model("smollm2-135m")`` reads the weights from the package that ships them (through
 the user cache after the first time), builds the graph with the zoo's builder code and binds the
-weights by name. ``zoo.build(name, real=True)`` reaches the same weights through ``zoo_weights``.
+weights by name. ``build_real(name)`` gives the zoo graph with the same weights, in any dtype.
 """
 
 from __future__ import annotations
@@ -119,8 +119,18 @@ def to_zoo_names(imported: ImportedWeights) -> dict[str, np.ndarray | QuantizedA
 
 
 def zoo_weights(name: str, *, keep_quantised: bool = False) -> dict[str, np.ndarray | QuantizedArray]:
-    """Real weights for ``zoo.build(name, real=True)``."""
+    """Real weights under our graph's parameter names."""
     return to_zoo_names(import_weights(name, keep_quantised=keep_quantised))
+
+
+def build_real(name: str, *, dtype: str = "float32", activations: str | None = None, **kw: Any) -> onnx.ModelProto:
+    """``zoo.build`` with the pretrained weights the model's package ships; int4 on a GGUF model keeps
+    the file's own 4-bit blocks instead of quantising a float copy again."""
+    from splitup.graph import zoo
+
+    _, quant = resolve_dtype(dtype, activations)
+    weights = zoo_weights(name, keep_quantised=quant is not None and quant.bits == 4)
+    return zoo.build(name, weights=weights, dtype=dtype, activations=activations, **kw)
 
 
 def render_chat(template: str, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True) -> str:

@@ -16,7 +16,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,21 +35,39 @@ from splitup.market.constants import TaskStatus
 from splitup.market.errors import MarketError
 from splitup.market.evidence import RECEIPT, Signed
 from splitup.market.market import Market
-from splitup.node.node import HopRecord, Node, NodeConfig
-from splitup.node.wire import DECODING_META, Envelope, WireError
+from splitup.node.handoffs import Handoffs, HandoffStore
+from splitup.node.node import HopRecord, Node, NodeConfig, NotHere
+from splitup.node.wire import DECODING_META, Envelope, Hop, WireError
 from splitup.runtime import Runner
 from splitup.storage import fetch_task
 from splitup.verify.blobs import Blobs, BundleSource, HttpBlobs
 from splitup.verify.cheats import Cheat
+from splitup.verify.commitment import handoff_digest
 from splitup.verify.roles import Announcement, Arbiter, Executor, Validator, input_digest
-from splitup.verify.transcript import Transcript
+from splitup.verify.transcript import Sent, Step, Transcript
 
 log = logging.getLogger("splitup.agent")
 REPLAY_SUFFIX = ".replay"  # splitup.client.pipeline re-prefills a stand-in under this job id
 
 
+class Sealed(NotHere):
+    """A hop of a task this node has committed for the job: a call after the commitment could never be
+    opened against it, so it is refused (the client moves the task to another holder)."""
+
+
+@dataclass
+class _Call:
+    """One recorded call: the transcript step, the session it ran in, and the digest of its signed
+    hand-off (once signed, the call is what this node committed to send: never recorded over)."""
+
+    step: Step
+    session: str | None
+    signed: bytes | None = None
+
+
 class RecordingNode(Node):
-    """A node that keeps, per (job, task), the inputs and outputs of every step it computed.
+    """A node that keeps, per (job, task), the inputs and outputs of every step it computed, and what each
+    step sent on; with ``sign_handoff`` set (its market agent) it signs each call's hand-off.
 
     ``cheat`` (``splitup.verify.cheats``; the demo's ``--cheat``) makes it a dishonest node: what it
     forwards and records are the cheat's outputs, as a real cheater's would be.
@@ -59,20 +78,44 @@ class RecordingNode(Node):
         self.cheat = cheat
         self._local = threading.local()
         self._lock = threading.Lock()
-        self.steps: dict[tuple[str, str], dict[int, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]] = {}
+        self.steps: dict[tuple[str, str], dict[int, _Call]] = {}
         self.last_hop: dict[tuple[str, str], float] = {}
         self.first_inputs: dict[tuple[str, str], dict[str, np.ndarray]] = {}
         # The token rule the client sent with the job's hops (greedy when it sent none).
         self.decodings: dict[tuple[str, str], Decoding] = {}
         # the cache after the latest step, per (job, task): what the work digest is taken over
         self.state: dict[tuple[str, str], tuple[int, dict[str, np.ndarray]]] = {}
+        # task ids committed per job: their transcript is sealed, no call may be added
+        self.sealed: dict[str, set[str]] = {}
+        # (job, task id, call, digest) -> the signed hand-off's wire form, or None outside the market
+        self.sign_handoff: Callable[[str, str, int, bytes], dict[str, Any] | None] | None = None
 
     def computed(self, job: str, task_id: str) -> bool:
         with self._lock:
             return bool(self.steps.get((job, task_id)))
 
+    def hop(self, env: Envelope, tensors: Mapping[str, np.ndarray],
+            handoff: dict[str, Any] | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any] | None]:
+        """What the call sent on is rebuilt from its record, so the signed digest is the one committed for
+        the call; a retried call sends (and signs) what it sent the first time."""
+        sent, _ = super().hop(env, tensors, handoff)
+        where = getattr(self._local, "recorded", None)
+        self._local.recorded = None
+        if where is None or self.sign_handoff is None:
+            return sent, None
+        key, index = where
+        with self._lock:
+            call = self.steps[key][index]
+        sent = call.step.handoff()
+        digest = handoff_digest(sent)
+        signed = self.sign_handoff(key[0], key[1], index, digest)
+        if signed is not None:
+            call.signed = digest
+        return sent, signed
+
     def compute(self, env: Envelope, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._local.inputs, self._local.reported = tensors, None
+        self._local.hop, self._local.recorded = env.current, None
         self._local.decoding = _decoding(env.meta)
         # A re-prefill after a node failure runs through temporary sessions on the tasks before the one
         # being restored: that is not those tasks' work for the job, and must not overwrite its steps.
@@ -93,19 +136,37 @@ class RecordingNode(Node):
         task = self.runners[rec.task_id].task
         names = {s.name for s in task.inputs if s.name not in task.state}
         given = getattr(self._local, "inputs", None) or {}
+        hop: Hop | None = getattr(self._local, "hop", None)
         ins = {k: np.array(v) for k, v in given.items() if k in names}
         outs = {k: np.array(v) for k, v in rec.outputs.items() if k not in task.state.values()}
         job = rec.job.removesuffix(REPLAY_SUFFIX)
         with self._lock:
+            if rec.task_id in self.sealed.get(job, ()):
+                raise Sealed(f"this node committed task {rec.task_id[:12]} of job {job}: it takes no more calls")
             steps = self.steps.setdefault((job, rec.task_id), {})
             if not steps and not rec.job.endswith(REPLAY_SUFFIX):
                 self.first_inputs[(job, rec.task_id)] = ins  # the agent receipts them on chain
             if self.cheat is not None:
                 outs = self.cheat(len(steps), ins, outs)
                 self._local.reported = outs
-            # A repeated step (a client retry) replaces the earlier one: nodes treat steps as idempotent.
             step = rec.step if rec.step is not None else len(steps)
-            steps[step] = (ins, outs)
+            earlier = steps.get(step)
+            if earlier is not None and earlier.signed is not None:
+                # A signed call is final: a retry in its session sends it again; anything else recording over
+                # it (a re-prefill in a new session) is refused, and the client moves the task elsewhere.
+                if earlier.session != rec.session or rec.job.endswith(REPLAY_SUFFIX):
+                    raise Sealed(f"call {step} of task {rec.task_id[:12]} of job {job} was handed on under this "
+                                 "node's signature; it cannot be recorded again")
+            else:
+                # A repeated unsigned step (a client retry) replaces the earlier one: steps are idempotent.
+                # what it sends on beyond its recorded inputs and outputs: tensors it relays, and the cache a
+                # call without a session hands back to its caller
+                available = {**given, **rec.outputs}
+                relayed = {k: np.array(available[k]) for k in (hop.send if hop else ())
+                           if k in available and k not in ins and k not in outs}
+                sent = Sent(tuple(hop.send), tuple(hop.last)) if hop is not None else None
+                steps[step] = _Call(Step(ins, outs, relayed, sent), rec.session)
+            self._local.recorded = ((job, rec.task_id), step)
             self.last_hop[(job, rec.task_id)] = time.monotonic()
             decoding = getattr(self._local, "decoding", None)
             if decoding is not None:
@@ -116,21 +177,39 @@ class RecordingNode(Node):
                                                          if present in rec.outputs})
 
     def final_state(self, job: str, task_id: str) -> dict[str, np.ndarray]:
-        """The task's cache after its last step (empty for a stateless task); forgotten here."""
+        """The task's cache after its last step (empty for a stateless task)."""
         with self._lock:
-            return self.state.pop((job, task_id), (0, {}))[1]
+            return dict(self.state.get((job, task_id), (0, {}))[1])
 
     def transcript(self, job: str, index: int, task_id: str) -> Transcript:
-        """Everything computed for (job, task) as a ``splitup.verify`` transcript; forgotten here."""
+        """Everything computed for (job, task) as a ``splitup.verify`` transcript. Kept here until
+        :meth:`forget`: a commit can fail (the ledger away), and a node that dropped its record of the work
+        before the commit landed would next give the task up as never fed, with the liveness penalty. The
+        task is sealed for the job from now on: a later call could not be opened against the commitment."""
         with self._lock:
-            steps = self.steps.pop((job, task_id), {})
-            self.last_hop.pop((job, task_id), None)
-            self.first_inputs.pop((job, task_id), None)
-            decoding = self.decodings.pop((job, task_id), GREEDY)
-        t = Transcript(job, index, task_id, decoding=decoding)
-        for _, (ins, outs) in sorted(steps.items()):
-            t.add(ins, outs)
+            steps = dict(self.steps.get((job, task_id), {}))
+            decoding = self.decodings.get((job, task_id), GREEDY)
+            self.sealed.setdefault(job, set()).add(task_id)
+        if sorted(steps) != list(range(len(steps))):
+            # the call indices it signed are the transcript's positions: a gap would shift every later one
+            raise MarketError(f"task {task_id[:12]} of job {job}: calls {sorted(steps)[:8]}... are not 0..n-1")
+        runner = self.runners.get(task_id)
+        t = Transcript(job, index, task_id, decoding=decoding, arithmetic=getattr(runner, "arithmetic", "fp32"))
+        for _, call in sorted(steps.items()):
+            t.add(call.step.inputs, call.step.outputs, call.step.relayed, call.step.sent)
         return t
+
+    def forget(self, job: str, task_id: str) -> None:
+        """Drop the record of (job, task): its commitment is on chain and its transcript in the store."""
+        with self._lock:
+            for table in (self.steps, self.last_hop, self.first_inputs, self.decodings, self.state):
+                table.pop((job, task_id), None)
+
+    def forget_sealed(self, open_jobs: set[str]) -> None:
+        """Drop the seals of closed jobs."""
+        with self._lock:
+            for job in [j for j in self.sealed if j not in open_jobs]:
+                del self.sealed[job]
 
 
 def _decoding(meta: Mapping[str, str]) -> Decoding | None:
@@ -166,28 +245,48 @@ def node_bundles(node: Node, store_url: str) -> BundleSource:
 def announcement_json(a: Announcement) -> dict[str, Any]:
     return {"job": a.job, "index": a.index, "task_id": a.task_id, "transcript_sha": a.transcript_sha,
             "commitment": a.commitment.hex(), "fingerprints": {k: v.hex() for k, v in a.fingerprints.items()},
-            "signer": a.signer, "signature": a.signature.hex()}
+            "signer": a.signer, "signature": a.signature.hex(), "calls": b"".join(a.calls).hex(),
+            "body": a.body.hex()}
 
 
 def announcement_from(d: Any) -> Announcement | None:
     """Parse an announcement; its signature is checked by whoever relies on it (the roles do)."""
     try:
+        packed = bytes.fromhex(d.get("calls", ""))
+        if len(packed) % 32:
+            return None
         return Announcement(str(d["job"]), int(d["index"]), str(d["task_id"]), str(d["transcript_sha"]),
                             bytes.fromhex(d["commitment"]), {str(k): bytes.fromhex(v) for k, v in d["fingerprints"].items()},
-                            str(d["signer"]), bytes.fromhex(d["signature"]))
+                            str(d["signer"]), bytes.fromhex(d["signature"]),
+                            tuple(packed[i : i + 32] for i in range(0, len(packed), 32)), bytes.fromhex(d.get("body", "")))
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
 
 
+class NodeUnreachable(MarketError):
+    """The executor could not be asked for its announcement (down, restarting, overloaded): no evidence
+    either way, so nobody may be judged on it yet."""
+
+
 def fetch_announcement(market: Market, job: Pubkey, index: int, timeout: float = 30.0) -> Announcement | None:
-    """The executor's signed announcement of a committed task, from the endpoint its node registered."""
+    """The executor's signed announcement of a committed task, from the endpoint its node registered.
+
+    None when the node answered that it announced nothing (404) or answered with something that is not an
+    announcement: its own word. :class:`NodeUnreachable` when it could not be asked, or failed to answer
+    (5xx): being away for a moment is not evidence of hiding work."""
     slot = market.job(job).tasks[index]
     url = node_endpoint(market.node_at(slot.node)).rstrip("/")
     try:
         r = httpx.get(f"{url}/market/jobs/{job}/tasks/{index}/announcement", timeout=timeout)
-        return announcement_from(r.json()) if r.status_code == 200 else None
-    except (httpx.HTTPError, ValueError) as exc:
-        log.warning("announcement of %s #%d from %s: %s", job, index, url, exc)
+    except httpx.HTTPError as exc:
+        raise NodeUnreachable(f"announcement of {job} #{index} from {url!r}: {type(exc).__name__}: {exc}") from None
+    if r.status_code >= 500:
+        raise NodeUnreachable(f"announcement of {job} #{index} from {url!r}: HTTP {r.status_code}")
+    if r.status_code != 200:
+        return None
+    try:
+        return announcement_from(r.json())
+    except ValueError:
         return None
 
 
@@ -222,14 +321,25 @@ class MarketAgent:
         self._released: dict[tuple[str, int], Pubkey] = {}
         self._index_of: dict[tuple[str, str], int] = {}
         node.hop_evidence = self.hop_receipt
+        # each open job's task indices by task id, for hops of tasks this node did not accept (a stand-in's),
+        # learned by the tick; and each model's task ids
+        self._model_index: dict[str, dict[str, int]] = {}
+        self._model_tasks: dict[str, list[str]] = {}
+        self.handoffs = Handoffs(market, owner, HandoffStore(Path(node.config.cache_dir) / "handoffs.sqlite"),
+                                 self._task_index)
+        node.sign_handoff = self.handoffs.sign
+        node.handoff_check = self.handoffs.check
         self.accepted: dict[tuple[str, int], Pubkey] = {}
         self.accepting = True  # False while the node drains: it finishes what it took and takes nothing new
         self.announced: dict[tuple[str, int], Announcement] = {}
         self.stats = {"accepted": 0, "committed": 0, "released": 0, "validated": 0, "disagreed": 0, "errors": 0}
         self.last_error = ""
         self._first_seen: dict[tuple[str, int], float] = {}
+        self._orphan_seen: dict[tuple[str, int], float] = {}
+        self._looked = 0.0  # when the current look at the chain fetched its snapshot (monotonic)
         self._busy: set[tuple[str, int]] = set()
-        self._commit_lock = threading.Lock()
+        self._fetched: dict[tuple[str, int], Announcement | None] = {}  # executors' announcements, to validate
+        self._commit_lock = threading.RLock()  # finish -> commit
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -261,10 +371,17 @@ class MarketAgent:
         self._receipt_inputs()
         me = self.owner.pubkey()
         held = set(self.node.runners)
+        # What the agent learns while this look runs (a takeover landing, a commit) is newer than the
+        # snapshot: nothing it holds is dropped on the snapshot's word alone (``_stale``).
+        self._looked = time.monotonic()
         jobs = self.market.jobs()
+        self._learn_tasks(jobs)
         slot = self.market.t.slot()
-        self._commit_idle({str(job): info for job, info in jobs}, slot)
-        self._forget_closed({str(job) for job, _ in jobs})
+        by_name = {str(job): info for job, info in jobs}
+        self._commit_idle(by_name, slot)
+        # (a short timeout: the tick must not stall on a sender that does not answer, its own commits wait)
+        self.handoffs.prove(by_name, slot, lambda job, index: fetch_announcement(self.market, job, index, 3.0))
+        self._forget_closed(set(by_name))
         for job, info in jobs:
             if info.header.client == me:
                 continue  # a node may not work on its own job
@@ -275,11 +392,17 @@ class MarketAgent:
                         self._expire_released(job, i)
                     continue
                 if t.status == TaskStatus.ACCEPTED and t.node == self.address and (str(job), i) not in self.accepted:
-                    # Lost with a restart. Not at once: the client may be handing it to a stand-in.
-                    seen = self._first_seen.setdefault((str(job), i), time.monotonic())
+                    # Lost with a restart. Not at once: the client may be handing it to a stand-in, and a
+                    # snapshot taken before a commit or takeover landed says so for a moment. The grace
+                    # counts from the first look that found it orphaned, not from when the job was seen.
+                    key = (str(job), i)
+                    if key in self.announced or self._stale(key):
+                        continue
+                    seen = self._orphan_seen.setdefault(key, time.monotonic())
                     if time.monotonic() - seen > self.orphan_grace_s:
                         self._orphan(job, i)
                     continue
+                self._orphan_seen.pop((str(job), i), None)
                 # A check this node took up but whose verdict did not land (the ledger was down) is taken
                 # again: a validator that stays silent past its window is slashed.
                 mine = t.status == TaskStatus.VALIDATING and t.validator == self.address
@@ -340,6 +463,25 @@ class MarketAgent:
                                    "signer": str(self.owner.pubkey())}
         return self._receipts[key]
 
+    def _task_index(self, job: str, task_id: str) -> int | None:
+        """The index of task ``task_id`` in market job ``job`` (None: not a market job this node knows):
+        the accepted task's, else the one the tick learned (a stand-in computes before it takes the task
+        over). Read on the hop path, so never from the chain: the market's client is the agent thread's."""
+        index = self._index_of.get((job, task_id))
+        return index if index is not None else self._model_index.get(job, {}).get(task_id)
+
+    def _learn_tasks(self, jobs: Sequence[tuple[Pubkey, Any]]) -> None:
+        """Index every open job's tasks by task id, for ``_task_index`` (a model's tasks never change once
+        a job can be posted on it)."""
+        for job, info in jobs:
+            if str(job) in self._model_index:
+                continue
+            ids = self._model_tasks.get(str(info.header.model))
+            if ids is None:
+                ids = [bytes(t.task_id).hex() for t in self.market.model(info.header.model).tasks]
+                self._model_tasks[str(info.header.model)] = ids
+            self._model_index[str(job)] = {tid: i for i, tid in enumerate(ids)}
+
     def _receipt_inputs(self) -> None:
         """Receipt on chain the first input of each task this node accepted: from then on the client can
         no longer release the task (and its pay) from under the node."""
@@ -388,8 +530,11 @@ class MarketAgent:
                     f.unlink(missing_ok=True)
         for key in [k for k in self._receipted if k[0] not in open_jobs]:
             self._receipted.discard(key)
+        self.node.forget_sealed(open_jobs)
+        for job in [j for j in self._model_index if j not in open_jobs]:
+            del self._model_index[job]
         for table in (self.announced, self._first_seen, self._accepted_at, self._receipts, self._index_of,
-                      self._released):
+                      self._released, self._fetched, self._orphan_seen):
             for key in [k for k in table if k[0] not in open_jobs]:
                 table.pop(key, None)
 
@@ -405,48 +550,69 @@ class MarketAgent:
         self._accepted_at[(str(job), index)] = time.monotonic()
         log.info("accepted %s task %d", job, index)
 
+    def _stale(self, key: tuple[str, int]) -> bool:
+        """Whether the agent took ``key`` on (accepted it, or took it over) after this look's snapshot."""
+        return self._accepted_at.get(key, 0.0) >= self._looked
+
     def _commit_idle(self, jobs: Mapping[str, Any], slot: int) -> None:
         """Commit (or release) tasks whose client went silent, and any task whose deadline is near: the
         node must not be expired for a client that never said "done"."""
         now = time.monotonic()
         for key, job in list(self.accepted.items()):
             info = jobs.get(key[0])
-            if key in self.announced or info is None:
+            if key in self.announced:
                 self.accepted.pop(key, None)
                 continue
-            t = info.tasks[key[1]]
-            if t.status != TaskStatus.ACCEPTED or t.node != self.address:
-                self.accepted.pop(key, None)
+            t = info.tasks[key[1]] if info is not None else None
+            if t is None or t.status != TaskStatus.ACCEPTED or t.node != self.address:
+                if not self._stale(key):  # a takeover that landed after the snapshot is ours all the same
+                    self.accepted.pop(key, None)
                 continue
             late = t.deadline - slot < max(10, int(info.header.task_timeout_slots) // 4)
-            task_id = self.executor.task(job, key[1]).task_id
-            last = self.node.last_hop.get((key[0], task_id))
+            last = self.node.last_hop.get((key[0], self._task_id(job, key[1])))
             idle = last is not None and (late or now - last > self.idle_commit_s)
             never_fed = last is None and (late or now - self._accepted_at.get(key, now) > self.idle_release_s)
             if idle or never_fed:
                 log.warning("task %d of %s: no word from the client for %.0f s; %s", key[1], job,
-                            now - (last if last is not None else self._accepted_at[key]),
+                            now - (last if last is not None else self._accepted_at.get(key, now)),
                             "committing" if idle else "releasing")
                 try:
                     self.finish(job, key[1])
                 except MarketError as exc:
+                    # Kept: the next look tries again (dropped, the task would pass for one accepted before
+                    # a restart, and be released as an orphan: with the liveness penalty if receipted).
                     self._error(f"idle finish {job} #{key[1]}: {exc}")
+                    continue
                 self.accepted.pop(key, None)
 
     # --- executor -----------------------------------------------------------------------------------------
     def finish(self, job: Pubkey, index: int) -> Announcement | None:
         """Commit what this node computed for the task; when it computed nothing, release the task
         (unpaid; unslashed when its input was never receipted). None when released."""
-        slot = self.market.job(job).tasks[index]
-        if slot.node == self.address and slot.status == TaskStatus.ACCEPTED:
-            task_id = self.executor.task(job, index).task_id if (str(job), index) in self.accepted else None
-            if task_id is None or not self.node.computed(str(job), task_id):
-                self._release(job, index)
-                self.accepted.pop((str(job), index), None)
-                self.executor.forget(job, index)
-                log.info("released task %d of %s: nothing was computed for it", index, job)
-                return None
-        return self.commit(job, index)
+        # One decision at a time: the client's "commit" and the idle tick may ask together, and one must
+        # not take the other's commit in progress for "nothing computed".
+        # Whether it computed something is asked of the node's record, by the task id on chain, never of
+        # the agent's own bookkeeping: that may have lost the task (a stale snapshot), and releasing a task
+        # whose input is receipted costs the liveness penalty.
+        with self._commit_lock:
+            slot = self.market.job(job).tasks[index]
+            if slot.node == self.address and slot.status == TaskStatus.ACCEPTED:
+                key = (str(job), index)
+                if not self.node.computed(str(job), self._task_id(job, index)):
+                    self._release(job, index)
+                    self.accepted.pop(key, None)
+                    self.executor.forget(job, index)
+                    log.info("released task %d of %s: nothing was computed for it", index, job)
+                    return None
+                if not self.executor.holds(job, index):
+                    self.executor.adopt(job, index)
+                self.accepted.setdefault(key, job)
+            return self.commit(job, index)
+
+    def _task_id(self, job: Pubkey, index: int) -> str:
+        if self.executor.holds(job, index):
+            return self.executor.task(job, index).task_id
+        return bytes(self.market.model(self.market.job(job).header.model).tasks[index].task_id).hex()
 
     def wind_down(self) -> dict[str, list[str]]:
         """A draining node's last act on chain: commit every accepted task it computed something for, and
@@ -468,9 +634,7 @@ class MarketAgent:
         from then on it is committed, paid and verified as this node's work."""
         from splitup.market.cosign import cosign_takeover
 
-        task_id = self.executor.task(job, index).task_id if (str(job), index) in self.accepted else None
-        task_id = task_id or bytes(self.market.model(self.market.job(job).header.model).tasks[index].task_id).hex()
-        if not self.node.computed(str(job), task_id):
+        if not self.node.computed(str(job), self._task_id(job, index)):
             raise MarketError(f"this node computed nothing for task {index} of {job}")
         key = (str(job), index)
         self.executor.adopt(job, index)
@@ -516,6 +680,7 @@ class MarketAgent:
             # Kept on disk before the commit is sent (its answer may be lost while the commit lands).
             ann = self.executor.commit(job, index, keep=self._keep)
             self.executor.forget(job, index)
+            self.node.forget(str(job), task.task_id)  # only now: a failed commit is tried again
             self.announced[key] = ann
             self.stats["committed"] += 1
             return ann
@@ -527,12 +692,19 @@ class MarketAgent:
             again = slot.status == TaskStatus.VALIDATING and slot.validator == self.address
             if slot.status != TaskStatus.SAMPLED and not again:
                 return
-            check = self.validator.validate(job, index, fetch_announcement(self.market, job, index),
-                                            assigned=again)
+            # Asked before taking the task up: a validator that cannot reach the executor does not vote
+            # (the next look asks again; the lottery lets another validator in meanwhile).
+            # Kept once fetched: taken up, the check must not depend on reaching the executor again.
+            key = (str(job), index)
+            if key not in self._fetched:
+                self._fetched[key] = fetch_announcement(self.market, job, index)
+            check = self.validator.validate(job, index, self._fetched[key], assigned=again)
             self.stats["validated"] += 1
             if not check.agree:
                 self.stats["disagreed"] += 1
                 log.warning("task %d of %s disagrees: %s", index, job, check.reason)
+        except NodeUnreachable as exc:
+            log.info("not validating yet: %s", exc)
         except MarketError as exc:  # another validator took it first
             log.debug("validate %s #%d: %s", job, index, exc)
         except Exception as exc:
@@ -618,10 +790,20 @@ class DisputeJudge:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                for job, index in self.market.tasks_in(TaskStatus.DISPUTED):
-                    ruling = self.arbiter.arbitrate(job, index, fetch_announcement(self.market, job, index),
-                                                    [self.own_check])
-                    self.rulings.append((str(job), index, ruling.node_honest, ruling.reason))
+                self.judge_once()
             except Exception as exc:
                 log.warning("arbiter: %s: %s", type(exc).__name__, exc)
             self._stop.wait(self.poll_s)
+
+    def judge_once(self) -> None:
+        """Rule on every disputed task whose executor can be asked for its announcement. One that cannot be
+        reached is left for a later look: blame needs evidence, and if the node stays away past the
+        arbiter's window the dispute expires with nobody slashed."""
+        for job, index in self.market.tasks_in(TaskStatus.DISPUTED):
+            try:
+                ann = fetch_announcement(self.market, job, index)
+            except NodeUnreachable as exc:
+                log.info("arbiter: not ruling yet: %s", exc)
+                continue
+            ruling = self.arbiter.arbitrate(job, index, ann, [self.own_check])
+            self.rulings.append((str(job), index, ruling.node_honest, ruling.reason))

@@ -25,7 +25,7 @@ from splitup.node.forward import ForwardError, HopClient, Reply
 from splitup.node.metrics import NodeMetrics
 from splitup.node.node import Draining, Node, NotHere
 from splitup.node.stream import STREAM_LIMIT, FrameForwarder, FrameServer
-from splitup.node.wire import Envelope, WireError, decode, encode, envelope_of
+from splitup.node.wire import HANDOFF_HEADER, Envelope, WireError, decode, encode, envelope_of, handoff_of
 from splitup.partition.task import PlanError
 from splitup.runtime import (
     ContextLimit,
@@ -90,13 +90,15 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 class HopDispatch:
     """Admission (at most ``max_concurrent`` hops at once, over HTTP and frames together) and where a hop's
-    compute runs: on the event loop when it is alone and cannot be batched (handing off to a worker thread
-    and back costs two wake-ups, milliseconds per hop on busy cores), otherwise on a worker thread, so
-    the loop keeps taking the hops that may join its engine call."""
+    compute runs: on the event loop when no other hop is computing and it cannot be batched (handing off
+    to a worker thread and back costs two wake-ups, milliseconds per hop on busy cores), otherwise on a
+    worker thread, so the loop keeps taking the hops that may join its engine call. Hops that only wait
+    for the next node's reply (a direct answer's ``sent`` among them) do not count: they join no call."""
 
     def __init__(self, node: Node) -> None:
         self.node = node
         self.in_flight = 0  # the event loop is single-threaded: no lock needed
+        self.computing = 0
         self.pool = ThreadPoolExecutor(node.config.max_concurrent + 2, thread_name_prefix="splitup-hop")
 
     def admit(self) -> Callable[[], None]:
@@ -109,25 +111,34 @@ class HopDispatch:
             self.in_flight -= 1
         return release
 
-    async def compute(self, env: Envelope, tensors: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The hop's outputs and its timing record."""
+    async def compute(self, env: Envelope, tensors: Mapping[str, Any], handoff: dict[str, Any] | None = None
+                      ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+        """The hop's outputs, its timing record and this node's signed hand-off of the outputs (``handoff``:
+        the previous node's, checked before anything is computed; ``Node.hop``)."""
         t0 = time.perf_counter()
-        if self.in_flight == 1 and self.node.expected_peers(env) == 1:
-            out, cpu = self._timed(env, tensors)
+        if self.computing == 0 and self.node.expected_peers(env) == 1:
+            out, signed, cpu = self._timed(env, tensors, handoff)
         else:
-            out, cpu = await asyncio.get_running_loop().run_in_executor(self.pool, self._timed, env, tensors)
+            self.computing += 1
+            try:
+                out, signed, cpu = await asyncio.get_running_loop().run_in_executor(self.pool, self._timed, env,
+                                                                                    tensors, handoff)
+            finally:
+                self.computing -= 1
         ms = round((time.perf_counter() - t0) * 1000, 3)
         record = {"hop": env.hop, "node": self.node.config.node_id, "task": env.current.task[:16], "ms": ms,
                   "cpu_ms": round(cpu * 1000, 3)}
         if self.node.hop_evidence is not None:
             record.update(self.node.hop_evidence(env, tensors) or {})
-        return out, record
+        return out, record, signed
 
-    def _timed(self, env: Envelope, tensors: Mapping[str, Any]) -> tuple[dict[str, Any], float]:
+    def _timed(self, env: Envelope, tensors: Mapping[str, Any], handoff: dict[str, Any] | None
+               ) -> tuple[dict[str, Any], dict[str, Any] | None, float]:
         # CPU time of the computing thread (the engine's own with one intra-op thread): with "ms" it tells
         # compute from waiting for a core on a busy machine.
         c0 = time.thread_time()
-        return self.node.compute(env, tensors), time.thread_time() - c0
+        out, signed = self.node.hop(env, tensors, handoff)
+        return out, signed, time.thread_time() - c0
 
 
 def _failed(exc: Exception, hop: int | None) -> HopFailed:
@@ -265,17 +276,19 @@ def create_app(node: Node, *, heartbeat: Callable[[dict[str, Any]], None] | None
             tensors, meta = decode(body, max_tensor_bytes=node.config.max_body_bytes)
             env = envelope_of(meta)
             hop = env.hop
-            out, record = await dispatch.compute(env, tensors)
+            out, record, signed = await dispatch.compute(env, tensors, handoff_of(meta))
             if hop + 1 == len(env.route):
                 body = encode(out)
                 headers = {HOPS_HEADER: json.dumps([record])}
+                if signed is not None:
+                    headers[HANDOFF_HEADER] = json.dumps(signed)
                 rid = node.shelf.put(body) if len(body) > node.config.park_above_bytes else None
                 if rid is not None:
                     # The address the previous hop used for this node is one the route's client can use too.
                     headers[PARKED_HEADER] = f"{str(request.base_url).rstrip('/')}/results/{rid}"
                     body = b""
                 return Response(body, media_type=CONTENT_TYPE, headers=headers)
-            return await _forward(request.app.state, env.next(), encode(out, env.next()), record)
+            return await _forward(request.app.state, env.next(), encode(out, env.next(), signed), record)
         except HopFailed as exc:
             if exc.hop is None:
                 exc.hop = hop
@@ -320,8 +333,9 @@ async def _forward(app_state: Any, env: Envelope, body: bytes, record: dict[str,
             continue
         hops = [record | ({"failover": attempt} if attempt else {}), *_hop_records(r)]
         headers = {HOPS_HEADER: json.dumps(hops)}
-        if PARKED_HEADER in r.headers:
-            headers[PARKED_HEADER] = r.headers[PARKED_HEADER]
+        for name in (PARKED_HEADER, HANDOFF_HEADER):  # the last node's, for the client
+            if name in r.headers:
+                headers[name] = r.headers[name]
         return Response(r.content, status_code=r.status, headers=headers,
                         media_type=r.headers.get("content-type", CONTENT_TYPE))
     assert failure is not None

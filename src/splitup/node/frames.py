@@ -7,9 +7,17 @@ error protocol, safetensors' copy into fresh arrays) is paid many times a second
 
 The header lists each tensor as ``[name, dtype, shape, offset]`` into the payload (offsets 8-aligned)
 and carries the routing envelope, the hop timing records and, in replies, an error or a parked-result
-URL. Tensors are ``np.frombuffer`` views of the received payload (no per-tensor copy); sending writes
+URL, and in a route whose last node answers the client directly, the reply address. Tensors are ``np.frombuffer`` views of the received payload (no per-tensor copy); sending writes
 the arrays' own buffers (``sendmsg`` / ``writelines``) behind one small header. A connection carries one request
-and its reply at a time; a node keeps a few open per next hop, a client one per thread and node.
+and its reply at a time; a node keeps a few open per next hop, a client a few per thread and node.
+
+Direct answers: a client opens one more connection, to the route's last node, and sends a ``listen`` frame
+naming a secret token on it. An ``exec`` frame carrying ``reply = {"to": token, "id": nonce}`` is computed
+hop by hop as usual, each node adding its hop record to the frame it forwards; the last node writes the
+result (with every hop's record) to that listening connection, so a decode step takes tasks + 1 one-way
+messages and its logits cross one link. A step that succeeds is not answered along the chain at all;
+errors are (each carrying the step's reply id), and so is the result when the last node has no listener
+for the token.
 
 Everything is bounded before it is allocated: the prefix's lengths against the header limit and the
 receiver's body limit, each tensor's dtype, rank, dims and byte range against the payload. Violations
@@ -20,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import socket
 import struct
 import threading
@@ -30,11 +39,12 @@ from typing import Any
 import numpy as np
 
 from splitup.graph.meta import NUMPY_DTYPES
-from splitup.node.wire import MAX_TENSORS, WireError
+from splitup.node.wire import MAX_ROUTE, MAX_TENSORS, WireError
 
 MAGIC = b"SUF1"
 PREFIX = struct.Struct("<4sIQ")
 MAX_HEADER_BYTES = 1 << 20
+MAX_TOKEN = 64  # characters of a direct-answer token or reply id
 ALIGN = 8
 # Every type a task can carry (bfloat16 and float8 as ml_dtypes arrays): the raw bytes travel as they are.
 DTYPES = NUMPY_DTYPES
@@ -51,7 +61,8 @@ class FrameTooLarge(FrameError):
 
 @dataclass
 class Frame:
-    """One message: ``kind`` is ``exec`` (a hop request), ``ok`` or ``error`` (its reply)."""
+    """One message: ``kind`` is ``exec`` (a hop request), ``ok`` or ``error`` (its reply), or ``listen`` (a
+    client waiting for direct answers: ``reply = {"to": token}``)."""
 
     kind: str
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
@@ -59,6 +70,8 @@ class Frame:
     hops: list[Any] = field(default_factory=list)
     error: dict[str, Any] | None = None
     parked: str | None = None
+    handoff: dict[str, Any] | None = None  # the sender's signed hand-off of the tensors (``wire.HANDOFF_META``)
+    reply: dict[str, str] | None = None  # direct answers: {"to": token, "id": nonce}; results: {"id": nonce}
 
 
 def pack(frame: Frame) -> list[bytes | memoryview]:
@@ -88,6 +101,10 @@ def pack(frame: Frame) -> list[bytes | memoryview]:
         head["x"] = frame.error
     if frame.parked is not None:
         head["p"] = frame.parked
+    if frame.handoff is not None:
+        head["s"] = frame.handoff
+    if frame.reply is not None:
+        head["r"] = frame.reply
     header = json.dumps(head, separators=(",", ":")).encode()
     return [PREFIX.pack(MAGIC, len(header), offset), header, *buffers]
 
@@ -123,12 +140,19 @@ def unpack(header: bytes, payload: bytes | bytearray, *, max_tensor_bytes: int |
             raise FrameError(f"tensor {name!r} appears twice")
         tensors[name] = arr
     envelope, hops, error, parked = head.get("e"), head.get("h", []), head.get("x"), head.get("p")
+    handoff, reply = head.get("s"), head.get("r")
     if envelope is not None and not isinstance(envelope, dict):
         raise FrameError("frame envelope must be a JSON object")
     if not isinstance(hops, list) or (error is not None and not isinstance(error, dict)) \
-            or (parked is not None and not isinstance(parked, str)):
-        raise FrameError("frame hop records, error or parked URL are malformed")
-    return Frame(head["k"], tensors, envelope, hops, error, parked)
+            or (parked is not None and not isinstance(parked, str)) \
+            or (handoff is not None and not isinstance(handoff, dict)):
+        raise FrameError("frame hop records, error, parked URL or signed hand-off are malformed")
+    if len(hops) > MAX_ROUTE:
+        raise FrameError(f"{len(hops)} hop records; at most {MAX_ROUTE}")
+    if reply is not None and not (isinstance(reply, dict) and set(reply) <= {"to", "id"} and all(
+            isinstance(v, str) and 0 < len(v) <= MAX_TOKEN for v in reply.values())):
+        raise FrameError(f"frame reply address must be {{'to', 'id'}} strings of 1..{MAX_TOKEN} characters")
+    return Frame(head["k"], tensors, envelope, hops, error, parked, handoff=handoff, reply=reply)
 
 
 def _tensor(entry: Any, payload: bytes | bytearray, start: int,
@@ -187,8 +211,15 @@ class FrameSocket:
 
     def request(self, frame: Frame, timeout: float, max_payload: int) -> Frame:
         """Send ``frame`` and return the reply; ``OSError`` (``TimeoutError`` included) on transport failure."""
+        self.send(frame, timeout)
+        return self.receive(timeout, max_payload)
+
+    def send(self, frame: Frame, timeout: float) -> None:
         self.sock.settimeout(timeout)
         send_all(self.sock, pack(frame))
+
+    def receive(self, timeout: float, max_payload: int) -> Frame:
+        self.sock.settimeout(timeout)
         header_len, payload_len = read_prefix(self._exactly(PREFIX.size), max_payload)
         header = self._exactly(header_len)
         payload = self._exactly(payload_len)
@@ -220,27 +251,58 @@ def send_all(sock: socket.socket, buffers: Sequence[bytes | memoryview]) -> None
 
 
 class FramePool:
-    """Kept-open frame connections per (host, port) and thread; a connection that failed is dropped."""
+    """Kept-open frame connections per (host, port), kind and thread; a connection that failed is dropped.
+    Direct-answer steps have connections of their own (late errors of earlier steps may still arrive on
+    them, to be told apart by reply id); and each thread has a listening connection per last node."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_payload: int) -> None:
+        self.max_payload = max_payload
         self._local = threading.local()
         self._all: list[FrameSocket] = []
         self._lock = threading.Lock()
 
-    def get(self, addr: tuple[str, int], timeout: float) -> tuple[bool, FrameSocket]:
-        conns: dict[tuple[str, int], FrameSocket] = self._local.__dict__.setdefault("conns", {})
-        conn = conns.get(addr)
+    def get(self, addr: tuple[str, int], timeout: float, *, direct: bool = False) -> tuple[bool, FrameSocket]:
+        """(reused, connection)."""
+        conns: dict[tuple[str, int, bool], FrameSocket] = self._local.__dict__.setdefault("conns", {})
+        conn = conns.get((*addr, direct))
         if conn is not None:
             return True, conn
-        conn = conns[addr] = FrameSocket(addr[0], addr[1], timeout)
-        with self._lock:
-            self._all.append(conn)
+        conn = conns[(*addr, direct)] = FrameSocket(addr[0], addr[1], timeout)
+        self._keep(conn)
         return False, conn
 
-    def drop(self, addr: tuple[str, int]) -> None:
-        conn = self._local.__dict__.get("conns", {}).pop(addr, None)
+    def drop(self, addr: tuple[str, int], *, direct: bool = False) -> None:
+        conn = self._local.__dict__.get("conns", {}).pop((*addr, direct), None)
         if conn is not None:
             conn.close()
+
+    def listener(self, addr: tuple[str, int], timeout: float) -> tuple[str, FrameSocket] | None:
+        """This thread's connection listening for direct answers from the node at ``addr``: (token,
+        connection), registered on first use; None if the node does not take listeners."""
+        listeners: dict[tuple[str, int], tuple[str, FrameSocket] | None] = \
+            self._local.__dict__.setdefault("listeners", {})
+        if addr not in listeners:
+            token = secrets.token_hex(16)
+            conn = FrameSocket(addr[0], addr[1], timeout)
+            self._keep(conn)
+            try:
+                ok = conn.request(Frame("listen", reply={"to": token}), timeout, self.max_payload).kind == "ok"
+            except (OSError, FrameError):
+                conn.close()
+                return None  # unreachable now: the chain's own path will say so; ask again next time
+            if not ok:
+                conn.close()  # a node that takes no listeners (it answered an error frame): replies come back along the chain
+            listeners[addr] = (token, conn) if ok else None
+        return listeners[addr]
+
+    def drop_listener(self, addr: tuple[str, int]) -> None:
+        entry = self._local.__dict__.get("listeners", {}).pop(addr, None)
+        if entry is not None:
+            entry[1].close()
+
+    def _keep(self, conn: FrameSocket) -> None:
+        with self._lock:
+            self._all.append(conn)
 
     def close(self) -> None:
         with self._lock:

@@ -19,13 +19,13 @@ from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
 from splitup.errors import SplitUpError
+from splitup.market.connect import connect
 from splitup.market.market import Market
 from splitup.node.agent import MarketAgent, RecordingNode
 from splitup.node.app import create_app
 from splitup.node.heartbeat import DEFAULT_CHAIN_HEARTBEAT_MIN, ChainHeartbeat
 from splitup.node.node import Node, NodeConfig
 from splitup.node.report import sampling_rate_bps
-from splitup.sdk.chain import connect
 from splitup.verify.cheats import Cheat
 
 log = logging.getLogger("splitup.node.market")

@@ -98,6 +98,9 @@ class Node:
         # Signs what a hop received (its market agent's receipt): fields added to the hop's record, which
         # travels back to the client over HTTP and frames alike. None: no market, nothing signed.
         self.hop_evidence: Callable[[Envelope, Mapping[str, np.ndarray]], dict[str, Any] | None] | None = None
+        # Checks (and keeps) the previous node's signed hand-off of what a hop received, before the hop is
+        # computed; raises a WireError to refuse the hop. None: no market, nothing checked.
+        self.handoff_check: Callable[[Envelope, Mapping[str, np.ndarray], dict[str, Any] | None], None] | None = None
 
     # --- tasks ---------------------------------------------------------------------------------------------
     def load_bundle(self, directory: Path, task_id: str | None = None) -> Runner:
@@ -143,6 +146,15 @@ class Node:
         return 1 if session is None else self.sessions.peers(session, same_cache=runner.kv is None)
 
     # --- one hop -------------------------------------------------------------------------------------------
+    def hop(self, env: Envelope, tensors: Mapping[str, np.ndarray],
+            handoff: dict[str, Any] | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any] | None]:
+        """One hop as served: ``handoff`` (the previous node's signed hand-off of ``tensors``) checked
+        first, then ``compute``; returns what to send on and this node's signed hand-off of it (None: a
+        node outside the market signs nothing)."""
+        if self.handoff_check is not None:
+            self.handoff_check(env, tensors, handoff)
+        return self.compute(env, tensors), None
+
     def compute(self, env: Envelope, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the envelope's current hop on ``tensors``; returns the tensors to send on (``hop.send``)."""
         hop = env.current

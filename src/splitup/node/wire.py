@@ -21,6 +21,12 @@ META_KEY = "splitup"
 #: Envelope meta key under which a client sends the job's token rule (``splitup.decoding.Decoding`` JSON),
 #: so that the node emitting logits records it with its transcript.
 DECODING_META = "decoding"
+#: Metadata key (HTTP hops) of the sender's signed hand-off of the tensors (``splitup.market.evidence``):
+#: ``{"by": signer, "index": task index, "call": call index, "sig": digest || signature as hex}``; frames
+#: carry the same object in their header, a final HTTP reply in the ``x-splitup-handoff`` header.
+HANDOFF_META = "handoff"
+HANDOFF_HEADER = "x-splitup-handoff"
+MAX_HANDOFF_BYTES = 1024
 MAX_HEADER_BYTES = 1 << 20
 MAX_TENSORS = 4096
 MAX_ROUTE = 64
@@ -105,9 +111,28 @@ def _hop(d: dict[str, Any]) -> Hop:
                None if step is None else int(step), [str(s) for s in d.get("last", [])])
 
 
-def encode(tensors: Mapping[str, np.ndarray], envelope: Envelope | None = None) -> bytes:
-    meta = {META_KEY: envelope.to_json()} if envelope is not None else None
-    return save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata=meta)
+def encode(tensors: Mapping[str, np.ndarray], envelope: Envelope | None = None,
+           handoff: Mapping[str, Any] | None = None) -> bytes:
+    meta = {META_KEY: envelope.to_json()} if envelope is not None else {}
+    if handoff is not None:
+        meta[HANDOFF_META] = json.dumps(handoff, separators=(",", ":"))
+    return save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata=meta or None)
+
+
+def handoff_of(meta: Mapping[str, str]) -> dict[str, Any] | None:
+    """The signed hand-off a hop's metadata (or a reply header's text) carries; None when there is none."""
+    raw = meta.get(HANDOFF_META)
+    if raw is None:
+        return None
+    if len(raw) > MAX_HANDOFF_BYTES:
+        raise WireError(f"signed hand-off of {len(raw)} bytes exceeds {MAX_HANDOFF_BYTES}")
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise WireError(f"signed hand-off is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise WireError("signed hand-off must be a JSON object")
+    return value
 
 
 def decode(body: bytes, *, max_tensor_bytes: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:

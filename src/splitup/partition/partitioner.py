@@ -28,6 +28,7 @@ import numpy as np
 
 from splitup.errors import SplitUpError
 from splitup.graph.memory import hidden_workspace
+from splitup.graph.precision import HALF_TYPES, TOKEN_OUTPUT
 from splitup.partition.cost import GraphAnalysis
 
 DEFAULT_WORKSPACE = 256 * 2**20
@@ -78,6 +79,10 @@ class _Costs:
         self.inits = set(a.initializers)
         self.outputs = set(a.graph_outputs)
         self.state_inputs = set(a.state)
+        # A decoder computing in half precision: its last task (the one emitting logits) computes in float32
+        # (splitup.graph.upcast), so it is costed as it will run, half-precision tensors at twice their size.
+        self.tail_fp32 = TOKEN_OUTPUT in self.outputs and any(
+            a.types[x].elem_type in HALF_TYPES for x in (*a.graph_outputs, *a.state) if x in a.types)
         delta = [0] * (n + 2)
         nbytes, last_use = a.nbytes, a.last_use
         # A tensor made by node p and last read by node q crosses every cut in (p, q].
@@ -139,9 +144,24 @@ class _Costs:
         reads = {x for inputs, _ in a.io[start:stop] for x in inputs}
         weights = reads & self.inits
         kv = reads & self.state_inputs
-        return (sum(a.nbytes(w) for w in weights), sum(a.nbytes(k) for k in kv),
-                max(self.level[start:stop]) - self.retained_prefix[start],
-                self.flops_prefix[stop] - self.flops_prefix[start])
+        flops = self.flops_prefix[stop] - self.flops_prefix[start]
+        peak = max(self.level[start:stop]) - self.retained_prefix[start]
+        if self.tail_fp32 and stop == self.n:
+            return sum(map(self.widened, weights)), sum(map(self.widened, kv)), 2 * peak, flops
+        return sum(a.nbytes(w) for w in weights), sum(a.nbytes(k) for k in kv), peak, flops
+
+    def stored_bytes(self, start: int) -> int:
+        """Weights and KV cache read by nodes ``[start, n)``, at their stored size."""
+        reads = {x for inputs, _ in self.a.io[start:] for x in inputs}
+        return sum(self.a.nbytes(x) for x in reads & (self.inits | self.state_inputs))
+
+    def widened(self, name: str) -> int:
+        """Bytes of a weight or KV-cache tensor in the float32 task: half-precision types twice their size.
+        (Activations are bounded by twice the peak: an upper bound, integer tensors included.)"""
+        a = self.a
+        t = a.initializers.get(name)
+        half = (t.data_type if t is not None else a.types[name].elem_type) in HALF_TYPES
+        return a.nbytes(name) * (2 if half else 1)
 
     def _sweep(self) -> None:
         """Live bytes while each node runs, in one pass.
@@ -225,9 +245,18 @@ def partition(
         factor = factor * 4 if factor < 1e6 else None
     total_w = analysis.weight_bytes
     total_kv = sum(analysis.nbytes(n) for n in analysis.state)
+    bound = math.ceil((total_w + total_kv) / largest)
+    if costs.tail_fp32:
+        # The float32 last task holds at most the stored bytes of the longest tail that fits widened; the
+        # rest needs tasks of its own.
+        units = _Units(costs, cuts)
+        start = units.tail_start(largest)
+        if start < units.U:
+            rest = total_w + total_kv - costs.stored_bytes(units.bounds[start])
+            bound = max(bound, 1 + math.ceil(max(0, rest) / largest))
     return Partition(
         segments=segments,
-        lower_bound=max(1, math.ceil((total_w + total_kv) / largest)),
+        lower_bound=max(1, bound),
         cut_factor=factor if factor is not None else math.inf,
         total_weight_bytes=total_w,
         total_kv_cache_bytes=total_kv,
@@ -318,8 +347,29 @@ class _Units:
                     window.popleft()
                 i += 1
             lo[j] = i
+        if self.costs.tail_fp32:
+            lo[U] = max(int(lo[U]), self.tail_start(size))
         self._lowest[size] = lo
         return lo
+
+    def tail_start(self, size: int) -> int:
+        """The first unit the last task may start at when it computes in float32 (``_Costs.tail_fp32``):
+        ``footprint`` of the run up to the end, grown one unit at a time from the end; ``U`` if not even
+        the last unit fits."""
+        costs, bounds = self.costs, self.bounds
+        a, seen = costs.a, set()
+        held, peak, first = 0, 0, self.U
+        for u in range(self.U - 1, -1, -1):
+            for inputs, _ in a.io[bounds[u] : bounds[u + 1]]:
+                for x in inputs:
+                    if x not in seen and (x in costs.inits or x in costs.state_inputs):
+                        seen.add(x)
+                        held += costs.widened(x)
+            peak = max(peak, self.umax[u])
+            if held + 2 * (peak - costs.retained_prefix[bounds[u]]) + costs.workspace > size:
+                break
+            first = u
+        return first
 
     def starts_under(self, size: int, max_flops: int | None) -> np.ndarray:
         lo = self.lowest_starts(size)

@@ -312,6 +312,12 @@ class Sketch:
     domain: str = ""
 
 
+
+def _named(name: str, output: str) -> str:
+    """Parts of an unnamed node would all be called ``#0``, ``#1``...: onnxruntime refuses a graph with two
+    nodes of one name, so those take their (unique) output's name in front."""
+    return f"{output}{name}" if name.startswith("#") else name
+
 class _Rewriter:
     def __init__(self, a: GraphAnalysis, sketch: bool = False) -> None:
         self.a = a
@@ -326,6 +332,7 @@ class _Rewriter:
         self.flops: dict[int, int] = {}  # id(node) -> FLOPs of a node whose count the emitter knows
 
     def emit(self, op: str, inputs: list[str], output: str, name: str, tt: TensorType, **attrs: object) -> str:
+        name = _named(name, output)
         if self.sketch:
             attribute = [helper.make_attribute(k, v) for k, v in attrs.items()] if op == "Gemm" else ()
             self.nodes.append(Sketch(op, name, inputs, [output], attribute))  # type: ignore[arg-type]
@@ -336,6 +343,7 @@ class _Rewriter:
 
     def clone(self, node: onnx.NodeProto, op: str, name: str, inputs: list[str], outputs: list[str]) -> onnx.NodeProto:
         """``node`` (of type ``op``) with new inputs and outputs (its domain and attributes kept)."""
+        name = _named(name, outputs[0] if outputs else "")
         if self.sketch:  # the partitioner reads no attributes of these ops (only Gemm's, never cloned)
             clone = Sketch(op, name, inputs, outputs)
         else:

@@ -18,7 +18,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +28,14 @@ from onnx import TensorProto, helper
 
 from splitup.errors import SplitUpError
 from splitup.graph.errors import GraphRejected
-from splitup.graph.meta import DIM_MAX_KEY, DTYPE_ONNX, STATE_KEY, dtype_of
-from splitup.graph.precision import DEFAULT_PRECISION, precision_of, split_precision
+from splitup.graph.limits import Limits
+from splitup.graph.meta import DIM_MAX_KEY, DTYPE_ONNX, STATE_KEY, VALUE_MAX_KEY, dtype_of
+from splitup.graph.precision import DEFAULT_PRECISION, TOKEN_OUTPUT, precision_of, split_precision
 from splitup.graph.quant import raw_bytes
 from splitup.graph.sizes import tensor_bytes
+from splitup.graph.upcast import float32_arithmetic
 from splitup.graph.validate import validate_model
+from splitup.graph.values import ranges_json, read_value_max
 from splitup.partition.cost import GraphAnalysis
 from splitup.partition.partitioner import Partition, Segment
 from splitup.partition.shapeflow import Probes, rematerialise, shape_values
@@ -109,6 +112,9 @@ class TaskDefinition:
     node_count: int
     # "<weights>/<activations>" (splitup.graph.precision): the PoSP tolerance is chosen by it.
     precision: str = DEFAULT_PRECISION
+    # [[lo, hi]] (shared by every element) or one [lo, hi] per element, of the inputs whose values size outputs
+    # (``splitup.value_max`` in the graph); the node refuses a feed outside (``splitup.runtime.interface``).
+    value_max: dict[str, list[list[float]]] = field(default_factory=dict)
     task_id: str = field(default="")
 
     def canonical(self) -> bytes:
@@ -116,6 +122,8 @@ class TaskDefinition:
         body.pop("task_id")
         if body["precision"] == DEFAULT_PRECISION:
             body.pop("precision")  # fp32 tasks keep the ids they had before precision was recorded
+        if not body["value_max"]:
+            body.pop("value_max")  # so do tasks without value-sized inputs
         return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
     def with_id(self) -> TaskDefinition:
@@ -319,9 +327,19 @@ def _build_task(a: GraphAnalysis, sym: dict[str, onnx.ValueInfoProto], seg: Segm
     model = helper.make_model(graph, opset_imports=list(a.model.opset_import), producer_name="splitup")
     model.ir_version = a.model.ir_version
     props = {DIM_MAX_KEY: json.dumps(dim_max, sort_keys=True)}
+    declared = {k: v for k, v in read_value_max(a.model, Limits()).items() if k in inputs}
+    value_max = {k: [list(p) for p in v] for k, v in declared.items()}
+    if declared:
+        props[VALUE_MAX_KEY] = json.dumps({k: ranges_json(v) for k, v in declared.items()}, sort_keys=True)
     if state:
         props[STATE_KEY] = json.dumps(state, sort_keys=True)
     helper.set_model_props(model, props)
+    if TOKEN_OUTPUT in outputs and split_precision(precision_of(model))[1] == "fp16":
+        # The task choosing tokens computes in float32 (docs/posp.md, "Precision of the token-choosing
+        # task"); the partitioner costed it so (partitioner._Costs.tail_fp32).
+        model, weights = float32_arithmetic(model, weights, state=state)
+        in_specs = [_as_float32(s) if s.name in state else s for s in in_specs]
+        out_specs = [_as_float32(s) for s in out_specs]
     if validate:
         try:
             validate_model(model)
@@ -336,9 +354,13 @@ def _build_task(a: GraphAnalysis, sym: dict[str, onnx.ValueInfoProto], seg: Segm
         activation_bytes=seg.activation_bytes, kv_cache_bytes=seg.kv_cache_bytes,
         workspace_bytes=seg.workspace_bytes, flops=seg.flops, cut_bytes=seg.cut_bytes,
         budget_bytes=seg.budget_bytes, layers=_layers(nodes, set(a.initializers)), node_count=len(nodes),
-        precision=precision_of(model),
+        precision=precision_of(model), value_max=value_max,
     )
     return BuiltTask(definition, model, weights)
+
+
+def _as_float32(spec: TensorSpec) -> TensorSpec:
+    return replace(spec, dtype="float32") if spec.dtype in ("float16", "bfloat16") else spec
 
 
 def _shard_array(a: GraphAnalysis, t: TensorProto) -> np.ndarray:

@@ -14,7 +14,7 @@ from splitup.graph.limits import Limits
 from splitup.graph.meta import ONNX_DTYPE_NAMES
 from splitup.graph.validate import validate_file
 from splitup.partition.task import GRAPH_FILE, PlanError, TaskDefinition, TensorSpec, load_task
-from splitup.runtime.interface import check_feeds
+from splitup.runtime.interface import check_feeds, check_values
 from splitup.runtime.kv import KvLayout
 
 
@@ -34,6 +34,9 @@ class Runner(ABC):
     """
 
     kv_form = "growing"
+    # What this runner computes in: "fp32", or "fp16" where the task allows half precision and the engine's
+    # device has the kernels (``splitup.runtime.arithmetic``). The transcript declares it to validators.
+    arithmetic = "fp32"
 
     def __init__(self, task: TaskDefinition, engine: str, device: str) -> None:
         self.task = task
@@ -52,6 +55,9 @@ class Runner(ABC):
         full = fill_state(self.task, feeds, state, self.kv_form)
         if self.kv is None and self.task.state:
             check_feeds(self.task, full)  # a concatenating cache must still fit its declared maximum
+        for name, declared in self.task.value_max.items():  # whoever calls, no engine sees an unsized feed
+            if name in full:
+                check_values(name, np.asarray(full[name]), declared)
         outs = self.run(full)
         return outs, {past: outs[present] for past, present in self.task.state.items()}
 
@@ -78,8 +84,12 @@ class Engine(ABC):
         task = load_task(directory, verify=True)
         if task_id is not None and task.task_id != task_id:
             raise PlanError(f"bundle {directory} holds task {task.task_id[:12]}, expected {task_id[:12]}")
-        model, _ = validate_file(directory / GRAPH_FILE, limits=limits or Limits(max_total_bytes=None))
+        model, report = validate_file(directory / GRAPH_FILE, limits=limits or Limits(max_total_bytes=None))
         _check_interface(model, task)
+        # Feeds are checked against task.json's ranges, the graph was sized at its own: they must agree.
+        if {k: [list(p) for p in v] for k, v in report.value_max.items()} != task.value_max:
+            raise PlanError(f"task {task.task_id[:12]}: value ranges differ between the graph ({report.value_max}) "
+                            f"and task.json ({task.value_max})")
         return self._open(directory / GRAPH_FILE, task)
 
 

@@ -50,6 +50,30 @@ def check_feeds(task: TaskDefinition, tensors: Mapping[str, np.ndarray], *, pass
             seen = symbols.setdefault(want, (got, name))
             if seen[0] != got:
                 raise InterfaceError(f"dimension {want!r} is {got} in {name!r} but {seen[0]} in {seen[1]!r}")
+        if name in task.value_max:
+            check_values(name, value, task.value_max[name])
+
+
+def check_values(name: str, value: np.ndarray, declared: list[list[float]]) -> None:
+    """A feed whose values size outputs must stay in its declared range(s): the task was sized at their ends."""
+    if not value.size:
+        return
+    if value.dtype.kind in "fc" and not np.isfinite(value).all():
+        raise InterfaceError(f"input {name!r}: values must be finite, they size this task's outputs "
+                             "(splitup.value_max)")
+    if len(declared) == 1:
+        (lo, hi), least, most = declared[0], value.min().item(), value.max().item()
+        if least < lo or most > hi:
+            raise InterfaceError(f"input {name!r}: values {least}..{most} are outside the declared range {lo}..{hi} "
+                                 "(splitup.value_max), which the task's memory was sized for")
+        return
+    if value.size != len(declared):
+        raise InterfaceError(f"input {name!r}: {value.size} values, but a range is declared for each of "
+                             f"{len(declared)} (splitup.value_max)")
+    for i, (v, (lo, hi)) in enumerate(zip(value.reshape(-1).tolist(), declared, strict=True)):
+        if not lo <= v <= hi:
+            raise InterfaceError(f"input {name!r}: element {i} is {v}, outside its declared range {lo}..{hi} "
+                                 "(splitup.value_max), which the task's memory was sized for")
 
 
 class ContextLimit(InterfaceError):

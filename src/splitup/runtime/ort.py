@@ -15,6 +15,7 @@ import numpy as np
 
 from splitup.graph.meta import DTYPE_ONNX, NUMPY_DTYPES
 from splitup.partition.task import TaskDefinition
+from splitup.runtime.arithmetic import arithmetic_for, converts, float32_graph, ort_device_arithmetic
 from splitup.runtime.engine import Engine, EngineError, EngineUnavailable, Runner
 from splitup.runtime.kv import step_bucket
 
@@ -37,6 +38,8 @@ PREFERRED_PROVIDERS = (
 # Sampling could not tell it from a cheat. Level 1 accumulates in float32 (within 3e-5 of the float
 # model, as tinygrad computes it); bench/quant_table.py measures both.
 QUANT_ACCURACY_KEY = "session.qdq_matmulnbits_accuracy_level"
+# Where a graph loaded from bytes finds its external data (a bundle converted at load).
+EXTERNAL_DATA_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 EXACT_QUANT_ACCURACY = "1"
 FAST_QUANT_ACCURACY = "4"
 
@@ -99,12 +102,19 @@ class OnnxruntimeEngine(Engine):
 
     def _open(self, graph: Path, task: TaskDefinition) -> Runner:
         opts = session_options(self._ort, threads=self.threads, fast_quantised=self.fast_quantised)
+        arith = arithmetic_for(task, ort_device_arithmetic(self.providers))
+        # Loading from the path lets onnxruntime resolve external data next to the graph (mmap'd shard); a
+        # converted graph is loaded from bytes, its external data resolved in the bundle's directory.
+        source: str | bytes = str(graph)
+        if converts(task, arith):
+            opts.add_session_config_entry(EXTERNAL_DATA_FOLDER_KEY, str(graph.parent))
+            source = float32_graph(graph).SerializeToString()
         try:
-            # Loading from the path lets onnxruntime resolve external data next to the graph (mmap'd shard).
-            sess = self._ort.InferenceSession(str(graph), opts, providers=self.providers)
+            sess = self._ort.InferenceSession(source, opts, providers=self.providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise EngineError(f"onnxruntime cannot load task {task.task_id[:12]}: {exc}") from None
         runner = _OrtRunner(task, sess, self.devices()[0])
+        runner.arithmetic = arith
         if runner.kv is not None and kv_form_for(self.providers) == "fixed":
             runner.kv_form = "fixed"
             runner.captured = _CapturedSteps(self._ort, graph, opts, self.providers, runner)

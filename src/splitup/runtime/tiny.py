@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from splitup.partition.task import TaskDefinition, TensorSpec
+from splitup.runtime.arithmetic import arithmetic_for, converts, float32_copy, tinygrad_device_arithmetic
 from splitup.runtime.engine import Engine, EngineError, EngineUnavailable, Runner
 from splitup.runtime.kv import step_bucket
 
@@ -73,6 +74,10 @@ class TinygradEngine(Engine):
         return [self.device]
 
     def _open(self, graph: Path, task: TaskDefinition) -> Runner:
+        arith = arithmetic_for(task, tinygrad_device_arithmetic(self.device))
+        keep = threading.Event()  # lives as long as the runner: owns a converted copy of the graph
+        graph = float32_copy(graph, keep) if converts(task, arith) else graph
+
         def make():  # noqa: ANN202 - OnnxRunner
             tmp = Path(tempfile.mkdtemp(prefix="splitup-tinygrad-"))
             try:
@@ -88,7 +93,10 @@ class TinygradEngine(Engine):
             runner = on_tinygrad_thread(make)
         except Exception as exc:  # tinygrad raises plain exceptions for unsupported graphs
             raise EngineError(f"tinygrad cannot load task {task.task_id[:12]}: {exc}") from None
-        return _TinygradRunner(task, runner, self.device)
+        done = _TinygradRunner(task, runner, self.device)
+        done.arithmetic = arith
+        done.keep = keep
+        return done
 
 
 def _widen_4bit(graph: Path, tmp: Path) -> Path:

@@ -29,16 +29,16 @@ from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
 from splitup.market.accounts import node_endpoint, node_specialized
+from splitup.market.connect import connect
 from splitup.market.constants import TaskStatus
 from splitup.market.errors import MarketError, TooEarlyError, TransactionFailed, WrongTaskStateError
 from splitup.market.evidence import RECEIPT, Signed
 from splitup.market.localnet import DEFAULT_RPC_URL
 from splitup.market.market import Market, heartbeat_fresh
 from splitup.market.transport import DEFAULT_PROGRAM_ID
-from splitup.market.wallet import default_keypair_path
+from splitup.market.wallet import WalletLike, as_keypair, default_keypair_path
 from splitup.sdk.capacity import TaskCapacity, fetch_statuses, market_capacity, shortfall
 from splitup.sdk.catalog import Catalog, CatalogEntry
-from splitup.sdk.chain import WalletLike, as_keypair, connect
 from splitup.sdk.errors import JobError, MarketBusy, RequestError
 from splitup.sdk.limits import check_generation
 from splitup.sdk.reports import FINAL_TASK, JobReport, job_report
@@ -144,6 +144,8 @@ class Client:
         # filled in place): proved on chain when a job is wound up and a node that had its input did not
         # deliver, so it cannot leave as if never fed. Dropped when the job is closed.
         self.receipts: dict[str, dict[tuple[str, int], dict[str, Any]]] = {}
+        # told (job, task index, record) of each receipt as a hop brings it (PipelineClient.on_receipt)
+        self.on_receipt: Callable[[str, int, dict[str, Any]], None] | None = None
 
     def close(self) -> None:
         self.catalog.close()
@@ -427,6 +429,7 @@ class Client:
         try:
             with PipelineClient(entry.plan, [r[:1] for r in routes], hop_timeout=self.hop_timeout) as pc:
                 self.receipts[str(job)] = pc.receipts
+                pc.on_receipt = self.on_receipt
                 hops = [Hop(list(r[:1]), t.task_id, s) for r, t, s in zip(routes, entry.plan.tasks, sends, strict=True)]
                 outputs = pc.call(hops, {n: np.asarray(inputs[n]) for n in initial}, str(job))
         except Exception as exc:
@@ -499,6 +502,7 @@ class Client:
         try:
             with PipelineClient(entry.plan, routes, hop_timeout=self.hop_timeout) as pc, pc.session() as gen:
                 self.receipts[str(job)] = pc.receipts
+                pc.on_receipt = self.on_receipt
                 gen.job = str(job)  # nodes record their hops under the chain job they accepted
                 gen.decoding = decoding
                 served_by = gen.places_urls  # updated in place when a stand-in takes a task over

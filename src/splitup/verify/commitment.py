@@ -1,6 +1,9 @@
-"""The hash a node commits on chain before it knows whether its task will be verified.
+"""The hashes a node commits to: its salted transcript, and what each call handed on.
 
-``commitment(outputs, salt)`` is sha256 over this byte string (all integers little-endian):
+The on-chain commitment of a task (``splitup.verify.transcript.Transcript.commitment``) is the call tree
+of ``splitup.market.calls`` over each call's ``handoff_digest`` and a *body*, ``commitment(every
+transcript tensor, salt)``. ``commitment(outputs, salt)`` is sha256 over this byte string (all integers
+little-endian):
 
     b"SPLITUP-COMMIT-v1\\x00"                                   domain tag, 18 bytes
     u32 number of tensors
@@ -14,6 +17,11 @@
 Every field is length-prefixed, so no two different output sets serialize to the same bytes. The salt
 (16 to 1024 random bytes, revealed when the commitment is opened) keeps a low-entropy output, such as
 a handful of token ids, from being guessed off the chain by hashing candidates.
+
+``handoff_digest(tensors)`` is sha256 over the tensors one call sent to the next node (or back to the
+client), unsalted (sender and receiver both compute it, and it is signed, not published):
+``b"SPLITUP-HANDOFF-v1\x00"``, u32 count, then per tensor by name as above but with numpy's dtype *name*
+("float32", "bfloat16", ...: every type a hop may carry), and the raw bytes in C order.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import numpy as np
 from splitup.verify.errors import BadCommitmentInput
 
 DOMAIN_TAG = b"SPLITUP-COMMIT-v1\x00"
+HANDOFF_TAG = b"SPLITUP-HANDOFF-v1\x00"
 MIN_SALT = 16
 MAX_SALT = 1024
 # bool, signed and unsigned integers, IEEE floats: the kinds every engine and the C program agree on.
@@ -75,3 +84,19 @@ def serialize(outputs: Mapping[str, np.ndarray], salt: bytes) -> Iterator[bytes 
         yield struct.pack("<Q", data.nbytes)
         yield memoryview(data).cast("B") if data.nbytes else b""
     yield struct.pack("<I", len(salt)) + salt
+
+
+def handoff_digest(tensors: Mapping[str, np.ndarray]) -> bytes:
+    """sha256 of what one call handed on (the module docstring): what its sender signs and commits."""
+    h = hashlib.sha256(HANDOFF_TAG + struct.pack("<I", len(tensors)))
+    for raw_name, arr in sorted(((str(k).encode("utf-8"), np.asarray(v)) for k, v in tensors.items()),
+                                key=lambda item: item[0]):
+        if arr.dtype.byteorder == ">":
+            arr = arr.astype(arr.dtype.newbyteorder("<"))
+        data = np.ascontiguousarray(arr)
+        kind = data.dtype.name.encode("ascii")
+        h.update(struct.pack("<I", len(raw_name)) + raw_name + struct.pack("<B", len(kind)) + kind)
+        h.update(struct.pack(f"<B{data.ndim}Q", data.ndim, *data.shape) + struct.pack("<Q", data.nbytes))
+        if data.nbytes:
+            h.update(memoryview(data.reshape(-1).view(np.uint8)))
+    return h.digest()

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from splitup.decoding import GREEDY, Decoding, admissible, choose
-from splitup.graph.precision import split_precision
+from splitup.graph.precision import TOKEN_OUTPUT, split_precision
+from splitup.verify.errors import VerifyError
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,64 @@ def precision_class(precision: str) -> str:
     if weights in ("int8", "int4"):
         return weights
     return "fp16" if weights == "fp16" else "fp32"
+
+
+#: Classes whose honest engines compute in float32: the only ones a task choosing tokens is judged under
+#: (docs/posp.md, "Precision of the token-choosing task": in half precision honest engines themselves
+#: emit a flipped token on 17-20 % (fp16) to 43-58 % (bf16) of near-ties, so no rule could catch it).
+FLOAT32_CLASSES = frozenset({"fp32", "int8", "int4"})
+ARITHMETICS = ("fp32", "fp16")
+
+
+class CoarseClassRefused(VerifyError):
+    """A task that chooses tokens would be judged under a class whose honest engines compute in half
+    precision, or a validator computing in half precision would judge a float32 task."""
+
+
+class ArithmeticBelowStated(VerifyError):
+    """The executor declares half-precision arithmetic for a task that states float32: a run below the
+    stated precision, which the validator rules against whatever the outputs."""
+
+
+def chooses_tokens(output_names: Collection[str]) -> bool:
+    """Whether a task with these outputs emits logits, from which the canonical token is chosen."""
+    return TOKEN_OUTPUT in output_names
+
+
+def judged_class(precision: str, *, tokens: bool, executor: str = "fp32", validator: str = "fp32") -> str:
+    """The class a validator judges a task under, from the precision the task states and the arithmetic
+    the executor declared (in its transcript) and the validator's own engine ran.
+
+    A task stating fp16 / bf16 allows half precision: it is judged under its class whoever ran what (an
+    fp32 validator judges an fp16 executor with the fp16 rule). A task stating a float32 class is judged
+    under it, and only engines computing in float32 may take part: an executor declaring fp16 ran below
+    the stated precision (``ArithmeticBelowStated``), a validator computing in fp16 cannot judge it
+    (``CoarseClassRefused``). A task that chooses tokens (``tokens``) must state a float32 class."""
+    for who, arith in (("executor", executor), ("validator", validator)):
+        if arith not in ARITHMETICS:
+            raise KeyError(f"{who} arithmetic {arith!r} is not one of {', '.join(ARITHMETICS)}")
+    cls = precision_class(precision)
+    if cls in FLOAT32_CLASSES:
+        if executor != "fp32":
+            raise ArithmeticBelowStated(f"the executor computed in {executor}, the task states {precision} "
+                                        "(float32 arithmetic)")
+        if validator != "fp32":
+            raise CoarseClassRefused(f"a validator computing in {validator} cannot judge a task stating "
+                                     f"{precision} (float32 arithmetic)")
+        return cls
+    if tokens:
+        raise CoarseClassRefused(f"a task that chooses tokens is judged only under a float32 class "
+                                 f"({', '.join(sorted(FLOAT32_CLASSES))}); this one states {precision}")
+    return cls
+
+
+def check_token_tolerance(tol: Tolerance) -> None:
+    """Refuse thresholds coarser than float32's for a task that chooses tokens (an explicit override)."""
+    fp32 = TOLERANCES["fp32"]
+    if tol.token_slack > fp32.token_slack or tol.max_rel_l2 > fp32.max_rel_l2:
+        raise CoarseClassRefused(f"a task that chooses tokens is judged only with float32 thresholds "
+                                 f"(token_slack {fp32.token_slack:g}, max_rel_l2 {fp32.max_rel_l2:g}); "
+                                 f"got token_slack {tol.token_slack:g}, max_rel_l2 {tol.max_rel_l2:g}")
 
 
 def tolerance_for(precision: str) -> Tolerance:

@@ -1,10 +1,11 @@
 """The next node's cheap check: tensors it received against the sender's signed fingerprints.
 
 A node forwards its boundary outputs to the next node and announces TOPLOC-style fingerprints of them
-with its commitment. The receiver (or anyone holding both) checks, within tolerance and without the
-sender's transcript, that what arrived is what the sender committed to. A mismatch means one of the two
-lied about the handoff; without the sender's signature on the tensors themselves it cannot say which
-(docs/posp.md, "What is left"), so it is reported, not slashed.
+with its commitment. Anyone holding the receiver's transcript and the sender's announcement checks,
+within tolerance and without the sender's transcript, that what the receiver recorded as received is
+what the sender committed to: a report (``TaskReport.handoff_mismatches``). The blame itself needs the
+sender's signature on the exact tensors of each call: the signed hand-offs the receiving node keeps
+(``splitup.node.handoffs``) and proves against the commitment's call tree (docs/posp.md).
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from onnx import helper, numpy_helper
 from splitup.decoding import GREEDY, Decoding, admissible, choose
 from splitup.partition.task import GRAPH_FILE, Plan, TaskDefinition, task_dir
 from splitup.runtime import Runner, run_stateful
-from splitup.verify.compare import Tolerance, compare_outputs, tolerance_for
+from splitup.verify.compare import FLOAT32_CLASSES, Tolerance, chooses_tokens, compare_outputs, tolerance_for
 from splitup.verify.engines import ort_session, tinygrad_session
 from splitup.verify.precision import BELOW, HONEST, emulate, stated_weights
 from splitup.verify.replay import LOGITS, call_positions
@@ -309,11 +309,26 @@ def class_engines(precision: str, *, full: bool, reference: bool, tinygrad: bool
     return engines
 
 
+def task_class(precision: str, task: TaskDefinition) -> str:
+    """The class one task of a plan at ``precision`` is judged under: the task that chooses tokens computes
+    in float32 in every plan (docs/posp.md, "Precision of the token-choosing task"), the others at the
+    plan's precision."""
+    if precision not in FLOAT32_CLASSES and chooses_tokens([o.name for o in task.outputs]):
+        return "fp32"
+    return precision
+
+
 def runners_for(models: Sequence[tuple[TaskDefinition, onnx.ModelProto]], e: Engine,
-                replace: Mapping[int, onnx.ModelProto] | None = None) -> list[Runner]:
+                replace: Mapping[int, onnx.ModelProto] | None = None, precision: str | None = None) -> list[Runner]:
+    """The engine's runners for every task; with ``precision`` (the plan's), a task judged under a float32
+    class while the plan's is half computes in float32 on this engine (no emulated rounding, no TF32)."""
     replace = replace or {}
-    return [ModelRunner(t, replace.get(k, emulate(m, **e.spec)), e.kind, level=e.level, threads=e.threads)
-            for k, (t, m) in enumerate(models)]
+    return [ModelRunner(t, replace.get(k, emulate(m, **_spec(e, precision, t))), e.kind, level=e.level,
+                        threads=e.threads) for k, (t, m) in enumerate(models)]
+
+
+def _spec(e: Engine, precision: str | None, task: TaskDefinition) -> dict:
+    return {} if precision is not None and task_class(precision, task) != precision else e.spec
 
 
 def judge_calls(task: TaskDefinition, asserted: Sequence[Sequence[Feeds]], reference: Sequence[Sequence[Feeds]],
@@ -330,7 +345,7 @@ def honest_runs(models, precision: str, sequences, *, full: bool = False, refere
                 tinygrad: bool = False) -> dict[str, Run]:
     """The plan run on every honest engine of the class (the task's stated weights), by engine name."""
     models = [(t, stated_weights(m, precision)) for t, m in models]
-    return {e.name: run_plan(runners_for(models, e), sequences)
+    return {e.name: run_plan(runners_for(models, e, precision=precision), sequences)
             for e in class_engines(precision, full=full, reference=reference, tinygrad=tinygrad)}
 
 
@@ -338,11 +353,10 @@ def honest_pairs(models, precision: str, sequences, *, full: bool = False, refer
                  tinygrad: bool = False, runs: Mapping[str, Run] | None = None) -> dict[tuple[str, str], Honest]:
     """Every ordered pair of the class's honest engines as (executor, validator), judged call by call
     (``runs``: ``honest_runs`` already made)."""
-    tol = tolerance_for(precision)
     engines = class_engines(precision, full=full, reference=reference, tinygrad=tinygrad)
     runs = runs or honest_runs(models, precision, sequences, full=full, reference=reference, tinygrad=tinygrad)
     models = [(t, stated_weights(m, precision)) for t, m in models]
-    by_engine = {e.name: runners_for(models, e) for e in engines}
+    by_engine = {e.name: runners_for(models, e, precision=precision) for e in engines}
     out: dict[tuple[str, str], Honest] = {}
     for ex, va in itertools.permutations(engines, 2):
         h = out.setdefault((ex.name, va.name), Honest())
@@ -350,6 +364,7 @@ def honest_pairs(models, precision: str, sequences, *, full: bool = False, refer
         for k, (task, _) in enumerate(models):
             mine = replay_task(by_engine[va.name][k], run, k)
             theirs = [[call[k] for call in seq] for seq in run.outputs]
+            tol = tolerance_for(task_class(precision, task))
             for _s, _c, v in judge_calls(task, theirs, mine, sequences, tol):
                 h.calls += 1
                 h.failures += not v.match
@@ -388,7 +403,7 @@ def cheats_for(models, precision: str, task_index: int, sequences, base: Run,
     layers = whole_layers(model)
     if layers:
         out[f"layer skipped ({layers[0].rstrip('.')})"] = ({k: skip_layer(model, layers[0])}, {})
-    for name, spec in BELOW[precision].items():
+    for name, spec in BELOW[task_class(precision, task)].items():
         out[name] = ({k: emulate(model, **spec)}, {})
     try:
         out[f"attention window {window}"] = ({k: truncate_attention(model, window)}, {})
@@ -407,15 +422,15 @@ def red_team(models, precision: str, sequences, *, window: int = 8,
     """Each cheat on each task, against each validator engine (all honest engines of the class by
     default); a call counts as caught only if every validator flags it."""
     models = [(t, stated_weights(m, precision)) for t, m in models]
-    tol = tolerance_for(precision)
     base_engine = Engine("fp32/ort-all-t1", {})
     validators = list(validators or class_engines(precision, full=False, reference=False))
     base_runners = runners_for(models, base_engine)
     base = run_plan(base_runners, sequences)
     honest_final = base.final_rows()
-    checkers = {e.name: runners_for(models, e) for e in validators}
+    checkers = {e.name: runners_for(models, e, precision=precision) for e in validators}
     stats: dict[tuple[int, str], CheatStats] = {}
     for k, (task, _) in enumerate(models):
+        tol = tolerance_for(task_class(precision, task))
         replays = {name: replay_task(rs[k], base, k) for name, rs in checkers.items()}
         for name, (graphs, rewrites) in cheats_for(models, precision, k, sequences, base, window).items():
             runners = list(base_runners)
@@ -543,6 +558,21 @@ def ambiguity(rows_by_engine: Mapping[str, Sequence[np.ndarray]], slack: float) 
         for r in rows:
             out.checks += 1
             out.admits_two += len(admissible_tokens(r, slack)) > 1
+    return out
+
+
+def replayed_rows(models, precision: str, executor: Run, engines: Sequence[Engine], *,
+                  emitted: bool = False) -> list[list[np.ndarray]]:
+    """Per engine, the last task's logit rows as that engine re-executes it from the inputs ``executor``
+    committed: what a validator compares the executor's rows with (``emitted``: only each call's last
+    row, the one a token is emitted from)."""
+    models = [(t, stated_weights(m, precision)) for t, m in models]
+    last = len(models) - 1
+    out = []
+    for e in engines:
+        replays = replay_task(runners_for(models, e, precision=precision)[last], executor, last)
+        rows = [call[LOGITS].reshape(-1, call[LOGITS].shape[-1]) for seq in replays for call in seq]
+        out.append([r[-1] for r in rows] if emitted else [x for r in rows for x in r])
     return out
 
 

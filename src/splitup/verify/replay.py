@@ -17,7 +17,16 @@ from onnx.reference import ReferenceEvaluator
 
 from splitup.partition.task import GRAPH_FILE, TaskDefinition, load_task
 from splitup.runtime import Runner, run_stateful
-from splitup.verify.compare import DEFAULT_TOLERANCE, Tolerance, compare_outputs, tolerance_for
+from splitup.verify.compare import (
+    DEFAULT_TOLERANCE,
+    TOLERANCES,
+    ArithmeticBelowStated,
+    Tolerance,
+    check_token_tolerance,
+    chooses_tokens,
+    compare_outputs,
+    judged_class,
+)
 from splitup.verify.transcript import Transcript
 
 LOGITS = "logits"
@@ -50,15 +59,28 @@ def replay(runner: Runner, transcript: Transcript) -> Replay:
 
 
 def judge(transcript: Transcript, replayed: Replay, tol: Tolerance | None = None,
-          task: TaskDefinition | None = None) -> Judgement:
+          task: TaskDefinition | None = None, *, arithmetic: str = "fp32") -> Judgement:
     """The asserted outputs of every call against the replay; the first failing call decides.
 
-    Without ``tol`` the thresholds are those of the precision ``task`` states (float32 without a task).
+    Without ``tol`` the thresholds are those of the class ``compare.judged_class`` gives for the
+    precision ``task`` states, the arithmetic the transcript declares and the validator's own
+    (``arithmetic``); float32 without a task. A task choosing tokens is never judged under a coarser
+    class (``CoarseClassRefused``, also for an explicit ``tol``); an executor declaring half precision
+    for a float32 task loses whatever its outputs.
     Logits are held to the transcript's decoding rule, each call's sampled draw keyed by the tokens in
     the sequence once its inputs are in (read off ``task``'s ``seq`` axis).
     """
-    if tol is None:
-        tol = tolerance_for(task.precision) if task is not None else DEFAULT_TOLERANCE
+    if task is not None:
+        tokens = chooses_tokens([o.name for o in task.outputs])
+        try:
+            cls = judged_class(task.precision, tokens=tokens, executor=transcript.arithmetic, validator=arithmetic)
+        except ArithmeticBelowStated as exc:
+            return Judgement(False, str(exc), float("inf"))
+        if tol is None:
+            tol = TOLERANCES[cls]
+        elif tokens:
+            check_token_tolerance(tol)
+    tol = tol or DEFAULT_TOLERANCE
     positions = call_positions(task, transcript) if task is not None else [0] * len(transcript.steps)
     worst = 0.0
     for i, (step, ref) in enumerate(zip(transcript.steps, replayed.outputs, strict=True)):

@@ -26,14 +26,15 @@ from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 from solders.signature import Signature
 
-from splitup.market import Market, seal_of
+from splitup.market import Market, calls, seal_of
+from splitup.market.errors import MarketError
 from splitup.partition.task import PlanError, TaskDefinition, load_task
 from splitup.runtime import Engine, EngineError, Runner, run_stateful
 from splitup.storage import StorageError
 from splitup.verify.blobs import Blobs, BundleSource
 from splitup.verify.cheats import Behaviour, Cheat
 from splitup.verify.commitment import commitment as commit_tensors
-from splitup.verify.compare import Tolerance
+from splitup.verify.compare import CoarseClassRefused, Tolerance
 from splitup.verify.digest import work_digest, work_tensors
 from splitup.verify.errors import VerifyError
 from splitup.verify.replay import ReferenceRunner, estimated_flops, judge, replay
@@ -50,7 +51,10 @@ ANNOUNCE_TAG = b"SPLITUP-ANNOUNCE-v1\x00"
 @dataclass(frozen=True)
 class Announcement:
     """What an executor publishes off chain with its commitment, signed with its node's owner key:
-    where the transcript is, and the fingerprints of its boundary outputs (the next node's cheap check).
+    where the transcript is, the fingerprints of its boundary outputs (the next node's cheap check), and
+    the commitment's call tree: what each call handed on (``calls``) and the salted transcript hash
+    (``body``), from which a receiver of its hand-offs opens the commitment at any call without the
+    transcript (``splitup.market.calls``; ``opens`` checks them against the chain's commitment).
 
     The signature is what lets the arbiter blame the node for a transcript that is missing or does not
     open the commitment: nobody else can announce in the node's name.
@@ -64,6 +68,15 @@ class Announcement:
     fingerprints: dict[str, bytes] = field(default_factory=dict)
     signer: str = ""
     signature: bytes = b""
+    calls: tuple[bytes, ...] = ()
+    body: bytes = b""
+
+    def opens(self, commitment: bytes) -> bool:
+        """Whether ``calls`` and ``body`` are what ``commitment`` binds."""
+        try:
+            return calls.commitment(len(self.calls), calls.root(self.calls), self.body) == commitment
+        except MarketError:  # no calls, or more than a commitment can hold
+            return False
 
     def message(self) -> bytes:
         fp = hashlib.sha256()
@@ -72,7 +85,8 @@ class Announcement:
             fp.update(struct.pack("<I", len(raw)) + raw + struct.pack("<I", len(self.fingerprints[name])))
             fp.update(self.fingerprints[name])
         return (ANNOUNCE_TAG + bytes(Pubkey.from_string(self.job)) + struct.pack("<I", self.index)
-                + bytes.fromhex(self.task_id) + bytes.fromhex(self.transcript_sha) + self.commitment + fp.digest())
+                + bytes.fromhex(self.task_id) + bytes.fromhex(self.transcript_sha) + self.commitment + fp.digest()
+                + hashlib.sha256(b"".join(self.calls)).digest() + self.body)
 
     def signed(self, owner: Keypair) -> Announcement:
         return replace(self, signer=str(owner.pubkey()), signature=bytes(owner.sign_message(self.message())))
@@ -156,6 +170,10 @@ class Executor:
         self._work[(str(job), index)] = _Work(task, Transcript(str(job), index, task.task_id,
                                                                max_bytes=self.max_transcript_bytes))
 
+    def holds(self, job: Pubkey, index: int) -> bool:
+        """Whether this executor has the task open (accepted or adopted, not yet committed)."""
+        return (str(job), index) in self._work
+
     def _get(self, job: Pubkey, index: int) -> _Work:
         work = self._work.get((str(job), index))
         if work is None:
@@ -216,7 +234,8 @@ class Executor:
             # recorded elsewhere (the node daemon's session): the cache is not here, so run it again
             state = replay(self._loaded.runner(t.task_id), t).state
         last = t.steps[-1].outputs if t.steps else {}
-        ann = Announcement(str(job), index, t.task_id, sha, c, t.fingerprints()).signed(self.owner)
+        ann = Announcement(str(job), index, t.task_id, sha, c, t.fingerprints(), calls=tuple(t.handoff_digests()),
+                           body=t.body()).signed(self.owner)
         if keep is not None:
             keep(ann)
         self.market.commit_result(self.owner, job, index, c, seal_of(work_digest(c, work_tensors(state, last))))
@@ -274,7 +293,11 @@ class Validator:
         except (BadTranscript, EngineError, PlanError, StorageError) as exc:
             return Check(False, f"cannot re-execute the transcript: {exc}",
                          commit_tensors({"rejected": np.zeros(1, np.uint8)}, salt))
-        verdict = judge(t, replayed, self.tol, runner.task)
+        try:
+            verdict = judge(t, replayed, self.tol, runner.task, arithmetic=runner.arithmetic)
+        except CoarseClassRefused as exc:
+            return Check(False, f"cannot judge the task: {exc}",
+                         commit_tensors({"rejected": np.zeros(1, np.uint8)}, salt))
         last = replayed.outputs[-1] if replayed.outputs else {}
         digest = work_digest(committed, work_tensors(replayed.state, last))
         return Check(verdict.match, verdict.reason, digest, replayed.seconds,

@@ -10,13 +10,22 @@ Serialized as safetensors (no pickle, mmap-able), tensors named
 
     step{i}.in.{name}     an input of call i (as received; a cache the caller supplied counts as input)
     step{i}.out.{name}    an output of call i that left the node (task outputs minus KV-cache state)
+    step{i}.fwd.{name}    a tensor call i sent on that is neither its input nor its output: relayed from
+                          upstream, or the KV cache a call without a session hands back to its caller
 
 and string metadata ``format``, ``version``, ``job`` (base58), ``index``, ``task_id``, ``steps``, ``salt``
-(hex), and ``decoding`` (JSON of :class:`splitup.decoding.Decoding`: the job's token rule, which the
-validator applies to logits; greedy when absent). The commitment the node puts on chain is ``commitment(all transcript tensors, salt)``
-(docs/posp.md "Commitment"): inputs are committed with the outputs, so the node cannot later claim
-inputs that happen to fit wrong outputs. The salt travels inside the uploaded transcript (see
-docs/posp.md "The protocol, step by step" for why publishing it with the upload is safe).
+(hex), ``decoding`` (JSON of :class:`splitup.decoding.Decoding`: the job's token rule, which the
+validator applies to logits; greedy when absent), ``arithmetic`` (``fp16`` when the executor's engine
+computed in half precision, which the task must allow; float32 when absent) and ``handoff`` (JSON, one entry per call: what it sent
+on, ``[names, names cut to their last position]``, or null: its outputs as recorded).
+
+The commitment the node puts on chain (docs/posp.md "Commitment") is the call tree of
+``splitup.market.calls`` over each call's hand-off digest (``handoff_digest`` of exactly the tensors it
+sent, rebuilt here from the record) and the body ``commitment(all transcript tensors, salt)``: inputs are
+committed with the outputs, so the node cannot later claim inputs that happen to fit wrong outputs, and
+each call's hand-off is bound, so a receiver can prove what one call sent against it. The salt travels
+inside the uploaded transcript (see docs/posp.md "The protocol, step by step" for why publishing it with
+the upload is safe).
 """
 
 from __future__ import annotations
@@ -33,35 +42,70 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from splitup.decoding import GREEDY, Decoding, DecodingError
+from splitup.market import calls
+from splitup.market.constants import MAX_CALLS
 from splitup.partition.task import TaskDefinition
 from splitup.runtime.interface import InterfaceError, check_feeds
-from splitup.verify.commitment import MAX_SALT, MIN_SALT
+from splitup.verify.commitment import MAX_SALT, MIN_SALT, handoff_digest
 from splitup.verify.commitment import commitment as commit_tensors
 from splitup.verify.errors import VerifyError
 from splitup.verify.fingerprint import fingerprint
 
 FORMAT = "splitup.transcript"
-VERSION = 1
+VERSION = 2  # 2: the call tree (hand-offs bound per call) and relayed tensors
 SALT_BYTES = 32
 # A long generation is thousands of calls; beyond that a job should be split, and the blob stays bounded.
-MAX_STEPS = 4096
+MAX_STEPS = MAX_CALLS  # the call tree the program opens is at most this wide
 DEFAULT_MAX_BYTES = 256 << 20
 FINGERPRINT_K = 64
-_NAME = re.compile(r"step(0|[1-9][0-9]{0,5})\.(in|out)\.(.+)")
+_NAME = re.compile(r"step(0|[1-9][0-9]{0,5})\.(in|out|fwd)\.(.+)")
 
 
 class BadTranscript(VerifyError):
     """A transcript that does not parse, breaks a limit, or does not fit its task's interface."""
 
 
+@dataclass(frozen=True)
+class Sent:
+    """What a call sent on: ``names`` (its outputs, else inputs or relayed tensors, by name), those in
+    ``last`` cut to their last position on axis 1 (``splitup.node.wire.Hop``)."""
+
+    names: tuple[str, ...]
+    last: tuple[str, ...] = ()
+
+    def to_json(self) -> list[list[str]]:
+        return [list(self.names), list(self.last)]
+
+    @staticmethod
+    def from_json(d: object) -> Sent:
+        if not (isinstance(d, list) and len(d) == 2 and all(isinstance(x, list) for x in d)
+                and all(isinstance(n, str) for x in d for n in x)):
+            raise BadTranscript(f"malformed hand-off entry {str(d)[:80]!r}")
+        return Sent(tuple(d[0]), tuple(d[1]))
+
+
 @dataclass
 class Step:
     inputs: dict[str, np.ndarray]
     outputs: dict[str, np.ndarray]
+    relayed: dict[str, np.ndarray] = field(default_factory=dict)
+    sent: Sent | None = None  # None: the call handed on its outputs as recorded
 
     @property
     def nbytes(self) -> int:
-        return sum(v.nbytes for v in (*self.inputs.values(), *self.outputs.values()))
+        return sum(v.nbytes for v in (*self.inputs.values(), *self.outputs.values(), *self.relayed.values()))
+
+    def handoff(self) -> dict[str, np.ndarray]:
+        """The tensors this call sent on, rebuilt from the record (``Node.compute``'s ``sent``)."""
+        if self.sent is None:
+            return dict(self.outputs)
+        out = {}
+        for name in self.sent.names:
+            value = self.outputs.get(name, self.inputs.get(name, self.relayed.get(name)))
+            if value is None:
+                raise BadTranscript(f"call sent {name!r}, which it neither received nor computed")
+            out[name] = value[:, -1:] if name in self.sent.last and value.ndim >= 2 else value
+        return out
 
 
 @dataclass
@@ -73,14 +117,19 @@ class Transcript:
     steps: list[Step] = field(default_factory=list)
     max_bytes: int = DEFAULT_MAX_BYTES
     decoding: Decoding = GREEDY
+    # What the executor's engine computed in ("fp32", or "fp16" where the task allows half precision and
+    # the engine has the kernels): the class it is judged under follows it (compare.judged_class).
+    arithmetic: str = "fp32"
 
     @property
     def nbytes(self) -> int:
         return sum(s.nbytes for s in self.steps)
 
-    def add(self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
+    def add(self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray],
+            relayed: Mapping[str, np.ndarray] | None = None, sent: Sent | None = None) -> None:
         """Record one call; copies, so later in-place edits by the caller cannot change the record."""
-        step = Step({k: np.array(v) for k, v in inputs.items()}, {k: np.array(v) for k, v in outputs.items()})
+        step = Step({k: np.array(v) for k, v in inputs.items()}, {k: np.array(v) for k, v in outputs.items()},
+                    {k: np.array(v) for k, v in (relayed or {}).items()}, sent)
         if not step.outputs:
             raise BadTranscript("a call must have at least one output")
         if len(self.steps) >= MAX_STEPS:
@@ -94,13 +143,27 @@ class Transcript:
         for i, s in enumerate(self.steps):
             out.update({f"step{i}.in.{k}": v for k, v in s.inputs.items()})
             out.update({f"step{i}.out.{k}": v for k, v in s.outputs.items()})
+            out.update({f"step{i}.fwd.{k}": v for k, v in s.relayed.items()})
         return out
 
-    def commitment(self) -> bytes:
-        """The 32 bytes the node commits on chain: ``commitment(every transcript tensor, salt)``."""
+    def handoff_digests(self) -> list[bytes]:
+        """What each call handed on, as its sender signs it (``handoff_digest``)."""
+        return [handoff_digest(s.handoff()) for s in self.steps]
+
+    def body(self) -> bytes:
+        """``commitment(every transcript tensor, salt)``: the salted hash under the call tree."""
         if not self.steps:
             raise BadTranscript("nothing recorded")
         return commit_tensors(self.tensors(), self.salt)
+
+    def commitment(self) -> bytes:
+        """The 32 bytes the node commits on chain: the call tree over the hand-off digests and the body."""
+        body = self.body()
+        return calls.commitment(len(self.steps), calls.root(self.handoff_digests()), body)
+
+    def opening(self, call: int) -> calls.Opening:
+        """Opens the commitment at ``call`` (for ``Market.prove_handoff``)."""
+        return calls.opening(self.handoff_digests(), self.body(), call)
 
     def fingerprints(self, k: int = FINGERPRINT_K) -> dict[str, bytes]:
         """TOPLOC-style fingerprints of every float boundary output, by transcript name: the next node
@@ -113,6 +176,11 @@ class Transcript:
                 "task_id": self.task_id, "steps": str(len(self.steps)), "salt": self.salt.hex()}
         if self.decoding != GREEDY:
             meta["decoding"] = json.dumps(self.decoding.to_json(), sort_keys=True)
+        if any(s.sent is not None for s in self.steps):
+            meta["handoff"] = json.dumps([None if s.sent is None else s.sent.to_json() for s in self.steps],
+                                         separators=(",", ":"))
+        if self.arithmetic != "fp32":
+            meta["arithmetic"] = self.arithmetic
         return st_save({k: np.ascontiguousarray(v) for k, v in self.tensors().items()}, metadata=meta)
 
     @staticmethod
@@ -128,6 +196,10 @@ class Transcript:
             salt = bytes.fromhex(meta["salt"])
             job, task_id = meta["job"], meta["task_id"]
             decoding = Decoding.from_json(json.loads(meta["decoding"])) if "decoding" in meta else GREEDY
+            sent = json.loads(meta["handoff"]) if "handoff" in meta else [None] * count
+            arithmetic = meta.get("arithmetic", "fp32")
+            if arithmetic not in ("fp32", "fp16"):
+                raise ValueError(f"arithmetic {arithmetic!r} is not fp32 or fp16")
         except (KeyError, ValueError, TypeError, DecodingError) as exc:
             raise BadTranscript(f"transcript metadata is malformed: {exc}") from None
         if not 1 <= count <= MAX_STEPS:
@@ -138,16 +210,19 @@ class Transcript:
             tensors = st_load(data)
         except (SafetensorError, ValueError) as exc:
             raise BadTranscript(f"transcript tensors do not parse: {exc}") from None
-        steps = [Step({}, {}) for _ in range(count)]
+        if not isinstance(sent, list) or len(sent) != count:
+            raise BadTranscript(f"the hand-off list must have one entry per call ({count})")
+        steps = [Step({}, {}, {}, None if d is None else Sent.from_json(d)) for d in sent]
         for name, value in tensors.items():
             m = _NAME.fullmatch(name)
             if m is None or int(m.group(1)) >= count:
                 raise BadTranscript(f"unexpected tensor {name!r} in a {count}-step transcript")
-            side = steps[int(m.group(1))].inputs if m.group(2) == "in" else steps[int(m.group(1))].outputs
+            step = steps[int(m.group(1))]
+            side = {"in": step.inputs, "out": step.outputs, "fwd": step.relayed}[m.group(2)]
             side[m.group(3)] = value
         if any(not s.outputs for s in steps):
             raise BadTranscript("a recorded call has no outputs")
-        return Transcript(job, index, task_id, salt, steps, max_bytes, decoding)
+        return Transcript(job, index, task_id, salt, steps, max_bytes, decoding, arithmetic)
 
     def check_against(self, task: TaskDefinition) -> None:
         """Every call's inputs fit the task's interface and its outputs are exactly the boundary outputs."""

@@ -3,8 +3,8 @@
 ``build("llama-70b")`` gives a shape-only planning graph (no weights in memory);
 ``build("tiny-llama", seed=0)`` a runnable one with seeded random weights;
 ``build("gpt2", weights=...)`` binds real weights by parameter name;
-``build("smollm2-135m", real=True)`` binds the pretrained weights of a model that a package ships
-(``splitup.models``: ``minilm`` and ``smollm2-135m``).
+the pretrained weights of a model that a package ships come from ``splitup.models.real.build_real``
+(``minilm`` and ``smollm2-135m``), which binds them through ``weights``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from splitup.graph.errors import BuilderError
-from splitup.graph.quant import resolve_dtype
+from splitup.graph.quant import QuantizedArray, resolve_dtype
 from splitup.graph.zoo.bert import BertConfig, build_bert
 from splitup.graph.zoo.common import ParamSource
 from splitup.graph.zoo.gpt2 import GPT2Config, build_gpt2
@@ -88,26 +88,18 @@ def build(
     name: str,
     *,
     seed: int | None = None,
-    weights: Mapping[str, np.ndarray] | None = None,
+    weights: Mapping[str, np.ndarray | QuantizedArray] | None = None,
     dtype: str = "float32",
     activations: str | None = None,
     validate: bool = True,
-    real: bool = False,
     **overrides: Any,
 ) -> onnx.ModelProto:
     """Build zoo model ``name``; ``overrides`` replace config fields (``context=8192``) or pass
     builder options (``kv_cache=False``). Without seed or weights the graph is shape-only.
-    ``real=True`` binds the pretrained weights its package ships (``splitup.models``).
     ``dtype`` is fp32/float32, fp16/float16 or int8/int4 (weights quantised per block, activations
     ``activations``, float32 by default); see ``splitup.graph.quant``."""
     act, quant = resolve_dtype(dtype, activations)
     e = entry(name)
-    if real:
-        if seed is not None or weights is not None:
-            raise BuilderError("real=True brings its own weights: give no seed or weights")
-        from splitup.models.real import zoo_weights
-
-        weights = zoo_weights(name, keep_quantised=quant is not None and quant.bits == 4)
     fields = set(e.config.__dataclass_fields__)
     cfg = replace(e.config, **{k: v for k, v in overrides.items() if k in fields})
     opts = {k: v for k, v in overrides.items() if k not in fields}

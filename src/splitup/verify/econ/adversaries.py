@@ -21,6 +21,7 @@ from solders.instruction import Instruction
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
+from splitup.market import calls
 from splitup.market.constants import BPS
 from splitup.market.errors import MarketError
 from splitup.market.evidence import ED25519_PROGRAM, HANDOFF, RECEIPT, Signed
@@ -349,9 +350,10 @@ def stalls_with_its_input(jobs: int) -> Result:
 
 
 def handoff_liar(jobs: int) -> Result:
-    """It computes and commits the true result, but hands the next node other bytes (sabotage), signed as
-    the protocol asks. The receiver proves the signed hand-off against the commitment: the liar is
-    slashed as a cheat and unpaid; the receiver loses nothing but the proof's fee."""
+    """It computes and commits the true result of a three-call session, but on the second call hands the
+    next node other bytes (sabotage), signed as the protocol asks. The receiver proves the signed hand-off
+    against the commitment opened at that call: the liar is slashed as a cheat and unpaid; the receiver
+    loses nothing but the proof's fee."""
     a = Arena()
     receiver = a.standin
     collateral = max(a.cfg.task_collateral, a.price * a.cfg.collateral_bps // BPS)
@@ -360,9 +362,11 @@ def handoff_liar(jobs: int) -> Result:
         assert job is not None
         a.m.accept_task(a.actor, job, 0)
         a.spend(a.actor, COMPUTE)
-        a.m.commit_result(a.actor, job, 0, _h(f"out {job}"), seal_of(_h(f"work {job}")))
-        lie = Signed.make(HANDOFF, a.actor, a.m.program_id, job, 0, _h(f"sent {job}"))
-        a.m.prove_handoff(lie, payer=receiver)
+        sent = [_h(f"call {k} of {job}") for k in range(3)]
+        body = _h(f"transcript of {job}")
+        a.m.commit_result(a.actor, job, 0, calls.opening(sent, body, 0).commitment(), seal_of(_h(f"work {job}")))
+        lie = Signed.make(HANDOFF, a.actor, a.m.program_id, job, 0, _h(f"sent {job}"), call=1)
+        a.m.prove_handoff(lie, calls.opening(sent, body, 1), payer=receiver)
         a.m.close_job(a.client, job)
     expected = -COMPUTE - collateral * a.cfg.handoff_slash_bps / BPS - 2 * FEE
     proof_fees = 2 * FEE * jobs

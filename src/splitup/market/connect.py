@@ -1,10 +1,9 @@
-"""Reaching the chain from several threads: a pool of connections, wallets from anything."""
+"""Reaching the chain from several threads: a pool of connections the parties share."""
 
 from __future__ import annotations
 
 import queue
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from solders.keypair import Keypair
@@ -12,9 +11,6 @@ from solders.pubkey import Pubkey
 
 from splitup.market.market import Market
 from splitup.market.transport import DEFAULT_PROGRAM_ID, Transport
-from splitup.market.wallet import load_keypair
-
-WalletLike = Keypair | Path | str
 
 
 class PooledTransport:
@@ -42,10 +38,6 @@ class PooledTransport:
             raise AttributeError(name)
         return lambda *args, **kw: self._call(name, *args, **kw)
 
-
-def as_keypair(wallet: WalletLike) -> Keypair:
-    """A keypair, or the path of a Solana CLI keypair file."""
-    return wallet if isinstance(wallet, Keypair) else load_keypair(Path(wallet).expanduser())
 
 
 def connect(rpc_url: str, payer: Keypair, program_id: Pubkey = DEFAULT_PROGRAM_ID, *,
