@@ -29,8 +29,8 @@ from rich.table import Table
 from splitup.models.generate import OrtDecoder, generate, pipeline_step
 from splitup.models.real import load_real_model
 from splitup.partition import analyze, partition, plan_partition
-from splitup.partition.local import LocalPipeline
 from splitup.partition.plan import make_plan
+from splitup.runtime.local import LocalPipeline
 
 PROMPT = "Once upon a time, there was a little"
 

@@ -33,8 +33,8 @@ from nodes import cpu_ns, running_nodes, split_model  # noqa: E402
 
 from splitup.client.pipeline import PipelineClient  # noqa: E402
 from splitup.client.sampling import generate_tokens  # noqa: E402
-from splitup.partition.local import LocalPipeline  # noqa: E402
 from splitup.runtime import get_engine  # noqa: E402
+from splitup.runtime.local import LocalPipeline  # noqa: E402
 
 # name -> (transport, direct answer); "frames" is the default client
 TRANSPORTS = {"frames": ("frames", True), "chain": ("frames", False), "http": ("http", False)}

@@ -28,9 +28,9 @@ import numpy as np
 from splitup.graph import zoo
 from splitup.models.generate import OrtDecoder, generate, pipeline_step
 from splitup.partition import analyze, budget_for_tasks, partition
-from splitup.partition.local import LocalPipeline
 from splitup.partition.plan import make_plan
 from splitup.partition.task import Plan, task_dir
+from splitup.runtime.local import LocalPipeline
 
 PROMPT = "Give me three short tips for staying focused while studying. First, find a quiet place where"
 

@@ -192,7 +192,7 @@ def main() -> None:
 
     from splitup.client.pipeline import plan_sends
     from splitup.client.sampling import generate_tokens
-    from splitup.partition.local import LocalPipeline
+    from splitup.runtime.local import LocalPipeline
 
     load_start = os.getloadavg()
     rows = []

@@ -28,9 +28,9 @@ from splitup.graph.shapes import sizing_inputs
 from splitup.graph.upgrade import upgrade_opset
 from splitup.graph.validate import validate_model
 from splitup.models.onnx_import import declare_values
-from splitup.partition.local import LocalPipeline
 from splitup.partition.plan import make_plan
 from splitup.runtime.interface import InterfaceError
+from splitup.runtime.local import LocalPipeline
 
 
 @dataclass

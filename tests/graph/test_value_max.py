@@ -17,10 +17,10 @@ from splitup.graph.meta import VALUE_MAX_KEY
 from splitup.graph.shapes import sizing_inputs
 from splitup.graph.validate import validate_model
 from splitup.models.onnx_import import declare_values
-from splitup.partition.local import LocalPipeline
 from splitup.partition.plan import make_plan
 from splitup.partition.task import task_dir
 from splitup.runtime.interface import InterfaceError, check_feeds
+from splitup.runtime.local import LocalPipeline
 
 F, I64 = TensorProto.FLOAT, TensorProto.INT64
 

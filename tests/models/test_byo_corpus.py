@@ -18,7 +18,7 @@ import pytest
 from splitup.graph.limits import Limits
 from splitup.graph.shapes import read_dim_max
 from splitup.graph.validate import validate_model
-from splitup.partition.local import LocalPipeline
+from splitup.runtime.local import LocalPipeline
 
 from .splits import plan_with_tasks
 

@@ -11,7 +11,7 @@ import pytest
 
 from splitup.cli import main
 from splitup.graph.validate import validate_file
-from splitup.partition.local import LocalPipeline
+from splitup.runtime.local import LocalPipeline
 
 from .splits import plan_with_tasks
 

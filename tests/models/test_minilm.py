@@ -6,7 +6,7 @@ import pytest
 
 from splitup.models.real import build_real
 from splitup.models.registry import spec
-from splitup.partition.local import LocalPipeline
+from splitup.runtime.local import LocalPipeline
 
 from .conftest import need
 from .splits import plan_with_tasks

@@ -8,7 +8,7 @@ from splitup.graph.errors import GraphRejected
 from splitup.graph.validate import validate_model
 from splitup.models.errors import ModelError
 from splitup.models.onnx_import import declare_dims, export_torch
-from splitup.partition.local import LocalPipeline
+from splitup.runtime.local import LocalPipeline
 
 from .splits import plan_with_tasks
 

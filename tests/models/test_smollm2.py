@@ -6,7 +6,7 @@ import pytest
 from splitup.graph import zoo
 from splitup.models.generate import generate, pipeline_step
 from splitup.models.registry import spec
-from splitup.partition.local import LocalPipeline
+from splitup.runtime.local import LocalPipeline
 
 from .conftest import CONTINUATION, PROMPT, PROMPT_IDS
 from .splits import plan_with_tasks

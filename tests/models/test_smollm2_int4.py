@@ -6,7 +6,7 @@ from onnx import TensorProto
 
 from splitup.models.generate import OrtDecoder, generate, pipeline_step
 from splitup.partition import analyze
-from splitup.partition.local import LocalPipeline
+from splitup.runtime.local import LocalPipeline
 
 from .conftest import CONTINUATION, PROMPT_IDS, need
 from .splits import plan_with_tasks

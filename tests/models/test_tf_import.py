@@ -17,8 +17,8 @@ keras = pytest.importorskip("keras", reason="the Keras import path needs the ker
 from splitup.models.errors import ModelError  # noqa: E402
 from splitup.models.tf_import import import_tensorflow  # noqa: E402
 from splitup.partition import analyze, budget_for_tasks  # noqa: E402
-from splitup.partition.local import LocalPipeline  # noqa: E402
 from splitup.partition.plan import make_plan  # noqa: E402
+from splitup.runtime.local import LocalPipeline  # noqa: E402
 
 BATCH_MAX, SEQ_MAX = 4, 16
 

@@ -7,7 +7,7 @@ import pytest
 
 from splitup.client.pipeline import PipelineClient
 from splitup.client.sampling import generate_tokens
-from splitup.partition.local import LocalPipeline
+from splitup.runtime.local import LocalPipeline
 
 from .procs import start_node
 

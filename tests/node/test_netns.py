@@ -18,7 +18,7 @@ import pytest
 from safetensors import safe_open
 
 from splitup.client.sampling import generate_tokens
-from splitup.partition.local import LocalPipeline
+from splitup.runtime.local import LocalPipeline
 from splitup.storage import BlobStore, publish_plan
 
 from .procs import Daemon, start_node, start_store

@@ -11,8 +11,8 @@ from splitup.client.pipeline import PipelineClient
 from splitup.client.sampling import generate_tokens
 from splitup.graph import zoo
 from splitup.partition import analyze, budget_for_tasks
-from splitup.partition.local import LocalPipeline
 from splitup.partition.plan import make_plan
+from splitup.runtime.local import LocalPipeline
 from splitup.storage import BlobStore, publish_plan
 
 

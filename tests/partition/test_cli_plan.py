@@ -9,7 +9,7 @@ import pytest
 from splitup.cli import main
 from splitup.cli.plan import compact_layers, parse_nodes
 from splitup.graph import zoo
-from splitup.partition.local import LocalPipeline
+from splitup.runtime.local import LocalPipeline
 
 from .conftest import random_feeds, reference
 

@@ -11,9 +11,9 @@ from onnx import TensorProto, helper, numpy_helper
 from splitup.graph.errors import UnsupportedDtype
 from splitup.graph.meta import ONNX_DTYPE_NAMES, dtype_of
 from splitup.partition import analyze, budget_for_tasks
-from splitup.partition.local import LocalPipeline
 from splitup.partition.plan import make_plan
 from splitup.partition.task import TensorSpec
+from splitup.runtime.local import LocalPipeline
 
 
 def mixed_model():

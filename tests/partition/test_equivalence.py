@@ -7,9 +7,9 @@ import pytest
 
 from splitup.graph import zoo
 from splitup.partition import PartitionError, analyze, budget_for_tasks
-from splitup.partition.local import LocalPipeline
 from splitup.partition.plan import make_plan
 from splitup.partition.task import Plan, PlanError, load_task, task_dir
+from splitup.runtime.local import LocalPipeline
 
 from .conftest import random_feeds, reference, whole_vram
 

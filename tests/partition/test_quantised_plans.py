@@ -9,10 +9,10 @@ from splitup.cli import main
 from splitup.graph import zoo
 from splitup.models.generate import OrtDecoder, generate, pipeline_step
 from splitup.partition import analyze, budget_for_tasks
-from splitup.partition.local import LocalPipeline
 from splitup.partition.plan import make_plan
 from splitup.partition.task import Plan, load_task, task_dir
 from splitup.runtime import available_engines, get_engine, run_stateful
+from splitup.runtime.local import LocalPipeline
 
 
 def test_llama_70b_int4_reaches_its_lower_bound(capsys):

@@ -7,9 +7,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from splitup.graph import zoo
 from splitup.partition import PartitionError, analyze, partition, plan_partition
-from splitup.partition.local import LocalPipeline
 from splitup.partition.plan import make_plan
 from splitup.partition.refine import find_sites, refine
+from splitup.runtime.local import LocalPipeline
 
 from .conftest import random_feeds, reference, whole_vram
 

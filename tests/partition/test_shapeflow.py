@@ -16,9 +16,9 @@ from splitup.graph.meta import DIM_MAX_KEY
 from splitup.graph.validate import validate_model
 from splitup.partition import analyze, budget_for_tasks
 from splitup.partition import task as task_module
-from splitup.partition.local import LocalPipeline
 from splitup.partition.plan import make_plan
 from splitup.partition.task import PlannerFault
+from splitup.runtime.local import LocalPipeline
 
 
 def exporter_style_model() -> onnx.ModelProto:

@@ -14,7 +14,7 @@ import pytest
 from splitup.market import MarketParams
 from splitup.market.constants import TaskStatus
 from splitup.market.market import task_reward
-from splitup.partition.local import LocalPipeline
+from splitup.runtime.local import LocalPipeline
 from splitup.verify.cheats import Behaviour, perturb, skip_layers, zeros
 from splitup.verify.sandbox import FEE_PER_SIGNATURE, PRICE, ProtocolWorld, make_world, prompt, write_plan
 

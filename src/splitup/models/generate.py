@@ -142,7 +142,7 @@ class OrtDecoder:
         return out["logits"][0, -1]
 
 
-def pipeline_step(pipeline) -> StepFn:  # noqa: ANN001 - splitup.partition.local.LocalPipeline
+def pipeline_step(pipeline) -> StepFn:  # noqa: ANN001 - splitup.runtime.local.LocalPipeline
     """A step over a plan's tasks run in sequence; the pipeline keeps the KV cache per task."""
 
     def step(ids: np.ndarray) -> np.ndarray:

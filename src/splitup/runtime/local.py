@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from splitup.partition.task import Plan, task_dir
+from splitup.runtime.registry import get_engine
 
 
 class LocalPipeline:
@@ -18,7 +19,6 @@ class LocalPipeline:
     """
 
     def __init__(self, plan_dir: Path, providers: list[str] | None = None, *, engine=None) -> None:  # noqa: ANN001
-        from splitup.runtime import get_engine
         from splitup.runtime.ort import OnnxruntimeEngine
 
         self.plan = Plan.load(plan_dir)
