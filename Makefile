@@ -23,8 +23,13 @@ venv: $(PY)
 # crashed it (a segfault in its eager executor once torch, onnxruntime and tinygrad had been loaded).
 TF_TESTS := tests/models/test_tf_import.py tests/models/test_import_cli_tf.py tests/gateway/test_keras_market.py
 
+# The suite runs on TEST_WORKERS processes, a test file to each at a time (--dist loadfile: a file's
+# module fixtures, such as a whole multi-process market, are built once); most tests wait on node
+# processes or the ledger, so two workers on two cores take 9 minutes where one took 15.
+TEST_WORKERS ?= 2
+
 test: venv
-	$(PY) -m pytest -q $(addprefix --ignore=,$(TF_TESTS))
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(addprefix --ignore=,$(TF_TESTS))
 	$(PY) -m pytest -q $(TF_TESTS)
 
 demo: venv
