@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from splitup.graph.errors import UnsupportedDtype
+from splitup.graph.errors import MalformedGraph, UnsupportedDtype
 
 DIM_MAX_KEY = "splitup.dim_max"
 VALUE_MAX_KEY = "splitup.value_max"
@@ -70,6 +70,20 @@ def dtype_of(elem_type: int, *, where: str) -> str:
             f"element type {label} cannot cross a task boundary or be stored in a weight shard "
             f"(supported: {', '.join(sorted(DTYPE_ONNX))})", where=where)
     return name
+
+
+def declared_json(model: onnx.ModelProto, key: str) -> object | None:
+    """The JSON a graph declares under metadata ``key``; None when absent. Given twice or not JSON is
+    ``MalformedGraph`` (deeply nested JSON exhausts the parser's stack: a RecursionError, refused too)."""
+    values = [p.value for p in model.metadata_props if p.key == key]
+    if not values:
+        return None
+    if len(values) > 1:
+        raise MalformedGraph(f"metadata key {key} given more than once", where=key)
+    try:
+        return json.loads(values[0])
+    except (ValueError, RecursionError) as exc:
+        raise MalformedGraph(f"{key} is not valid JSON: {exc}", where=key) from None
 
 
 def read_state(model: onnx.ModelProto) -> dict[str, str]:

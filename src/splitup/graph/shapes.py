@@ -10,7 +10,6 @@ then give every tensor a concrete dtype and shape. Sizes at the maximum inputs b
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass
 
 import onnx
@@ -21,7 +20,7 @@ from splitup.graph.errors import MalformedGraph, StringTensor, TensorTooLarge, U
 from splitup.graph.fold import MAX_FOLD_ELEMENTS, fold_shape_constants
 from splitup.graph.limits import Limits
 from splitup.graph.loopshapes import complete_loop_shapes
-from splitup.graph.meta import DIM_MAX_KEY
+from splitup.graph.meta import DIM_MAX_KEY, declared_json
 from splitup.graph.monotone import check_monotone, probe_points
 from splitup.graph.sizes import element_bits, element_count, tensor_bytes
 from splitup.graph.structure import check_dims, node_label, subgraphs
@@ -37,15 +36,9 @@ class TensorType:
 
 def read_dim_max(model: ModelProto, limits: Limits) -> dict[str, int]:
     """The declared maxima of symbolic input dims; an absent key means no symbolic dims are allowed."""
-    values = [p.value for p in model.metadata_props if p.key == DIM_MAX_KEY]
-    if not values:
+    parsed = declared_json(model, DIM_MAX_KEY)
+    if parsed is None:
         return {}
-    if len(values) > 1:
-        raise MalformedGraph(f"metadata key {DIM_MAX_KEY} given more than once", where=DIM_MAX_KEY)
-    try:
-        parsed = json.loads(values[0])
-    except (ValueError, RecursionError) as exc:  # deeply nested JSON exhausts the parser's stack
-        raise MalformedGraph(f"{DIM_MAX_KEY} is not valid JSON: {exc}", where=DIM_MAX_KEY) from None
     if not isinstance(parsed, dict):
         raise MalformedGraph(f"{DIM_MAX_KEY} must be a JSON object of name -> maximum", where=DIM_MAX_KEY)
     for name, value in parsed.items():

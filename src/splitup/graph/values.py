@@ -14,7 +14,6 @@ front of the sizing input keeps its bound.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 
@@ -24,7 +23,7 @@ from onnx import GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto
 from splitup.graph.errors import MalformedGraph
 from splitup.graph.fold import MAX_FOLD_ELEMENTS, constant_array
 from splitup.graph.limits import Limits
-from splitup.graph.meta import VALUE_MAX_KEY
+from splitup.graph.meta import VALUE_MAX_KEY, declared_json
 
 Range = tuple[float, float]
 # One range per element, or a single range that every element shares.
@@ -64,15 +63,9 @@ def span(ranges: Ranges) -> Range:
 
 def read_value_max(model: ModelProto, limits: Limits) -> dict[str, Ranges]:
     """The declared ranges of each named graph input; every entry must name a numeric graph input."""
-    values = [p.value for p in model.metadata_props if p.key == VALUE_MAX_KEY]
-    if not values:
+    parsed = declared_json(model, VALUE_MAX_KEY)
+    if parsed is None:
         return {}
-    if len(values) > 1:
-        raise MalformedGraph(f"metadata key {VALUE_MAX_KEY} given more than once", where=VALUE_MAX_KEY)
-    try:
-        parsed = json.loads(values[0])
-    except (ValueError, RecursionError) as exc:
-        raise MalformedGraph(f"{VALUE_MAX_KEY} is not valid JSON: {exc}", where=VALUE_MAX_KEY) from None
     if not isinstance(parsed, dict):
         raise MalformedGraph(f"{VALUE_MAX_KEY} must be a JSON object of input name -> N, [lo, hi] or "
                              '{"max": [...]}', where=VALUE_MAX_KEY)
