@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 
 from splitup.graph.meta import NUMPY_DTYPES
 from splitup.node.wire import MAX_ROUTE, MAX_TENSORS, WireError
@@ -49,6 +50,25 @@ ALIGN = 8
 # Every type a task can carry (bfloat16 and float8 as ml_dtypes arrays): the raw bytes travel as they are.
 DTYPES = NUMPY_DTYPES
 _PAD = bytes(ALIGN)
+# dtype -> its wire name, looked up instead of ``dtype.name`` (a Python-level property in numpy: every hop
+# pays it with cold caches, after the engine's compute has streamed the weights through them)
+_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+
+
+def _has_buffer_format(dtype: np.dtype) -> bool:
+    try:
+        memoryview(np.zeros(1, dtype)).cast("B")
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+_BUFFERS = {name for name, dtype in DTYPES.items() if _has_buffer_format(dtype)}
+# The C encoder and scanner built once: ``json.dumps``/``json.loads`` build them again (in Python) per call,
+# which is most of a small header's cost when the caches are cold. Same output as ``json.dumps(head,
+# separators=(",", ":"))``; non-finite floats are written as JSON's extensions, as ``json.dumps`` does.
+_ENCODE = c_make_encoder(None, None, encode_basestring_ascii, None, ":", ",", False, False, True)
+_SCAN = json.JSONDecoder().scan_once
 
 
 class FrameError(WireError):
@@ -78,14 +98,12 @@ def pack(frame: Frame) -> list[bytes | memoryview]:
     """The frame as buffers to write in order; tensor data is referenced, not copied."""
     entries, buffers, offset = [], [], 0
     for name, value in frame.tensors.items():
-        arr = np.asarray(value)
-        if not arr.flags.c_contiguous:
-            arr = np.ascontiguousarray(arr)  # (not for all: it turns a 0-d array into a 1-d one)
-        if arr.dtype.name not in DTYPES:
-            raise FrameError(f"tensor {name!r}: dtype {arr.dtype} cannot be sent ({', '.join(DTYPES)})")
-        entries.append([name, arr.dtype.name, list(arr.shape), offset])
-        # as bytes: the buffer protocol cannot name ml_dtypes' bfloat16 / float8 formats
-        view = memoryview(arr.reshape(-1).view(np.uint8)) if arr.size else memoryview(b"")
+        arr, dtype = _sendable(name, value)
+        entries.append([name, dtype, list(arr.shape), offset])
+        if dtype in _BUFFERS and arr.size:
+            view = memoryview(arr).cast("B")
+        else:  # the buffer protocol cannot name ml_dtypes' bfloat16 / float8 formats: as bytes
+            view = memoryview(arr.reshape(-1).view(np.uint8)) if arr.size else memoryview(b"")
         buffers.append(view)
         offset += view.nbytes
         pad = -offset % ALIGN
@@ -105,8 +123,22 @@ def pack(frame: Frame) -> list[bytes | memoryview]:
         head["s"] = frame.handoff
     if frame.reply is not None:
         head["r"] = frame.reply
-    header = json.dumps(head, separators=(",", ":")).encode()
+    header = "".join(_ENCODE(head, 0)).encode()
     return [PREFIX.pack(MAGIC, len(header), offset), header, *buffers]
+
+
+def _sendable(name: str, value: Any) -> tuple[np.ndarray, str]:
+    """``value`` as a C-contiguous array of native byte order, and its dtype's name on the wire."""
+    arr = value if type(value) is np.ndarray else np.asarray(value)
+    if not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr)  # (not for all: it turns a 0-d array into a 1-d one)
+    dtype = _NAMES.get(arr.dtype)
+    if dtype is None:
+        if arr.dtype.name not in DTYPES:
+            raise FrameError(f"tensor {name!r}: dtype {arr.dtype} cannot be sent ({', '.join(DTYPES)})")
+        dtype = arr.dtype.name  # the same type in the other byte order: the wire's is the native one
+        arr = arr.astype(DTYPES[dtype])
+    return arr, dtype
 
 
 def read_prefix(prefix: bytes, max_payload: int) -> tuple[int, int]:
@@ -123,10 +155,7 @@ def read_prefix(prefix: bytes, max_payload: int) -> tuple[int, int]:
 
 def unpack(header: bytes, payload: bytes | bytearray, *, max_tensor_bytes: int | None = None) -> Frame:
     """A frame from its header and payload; tensors are read-only views of ``payload``."""
-    try:
-        head = json.loads(header)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FrameError(f"frame header is not JSON: {exc}") from None
+    head = _json_object(header)
     if not isinstance(head, dict) or not isinstance(head.get("k"), str) or not isinstance(head.get("t"), list):
         raise FrameError("frame header must be an object with a kind 'k' and a tensor list 't'")
     entries = head["t"]
@@ -155,6 +184,20 @@ def unpack(header: bytes, payload: bytes | bytearray, *, max_tensor_bytes: int |
     return Frame(head["k"], tensors, envelope, hops, error, parked, handoff=handoff, reply=reply)
 
 
+def _json_object(header: bytes | bytearray | memoryview) -> Any:
+    """The header's JSON value: the whole of it, as ``json.loads`` would (no trailing data)."""
+    try:
+        text = bytes(header).decode().strip(" \t\n\r")  # JSON's whitespace, as json.loads allows
+        head, end = _SCAN(text, 0)
+        if end != len(text):
+            raise json.JSONDecodeError("Extra data", text, end)
+    except StopIteration as exc:
+        raise FrameError(f"frame header is not JSON: expecting a value at {exc.value}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FrameError(f"frame header is not JSON: {exc}") from None
+    return head
+
+
 def _tensor(entry: Any, payload: bytes | bytearray, start: int,
             max_tensor_bytes: int | None) -> tuple[str, np.ndarray, int]:
     if not (isinstance(entry, list) and len(entry) == 4 and isinstance(entry[0], str)):
@@ -173,7 +216,7 @@ def _tensor(entry: Any, payload: bytes | bytearray, start: int,
         raise FrameError(f"tensor {name!r}: offset {offset!r} does not hold {size} bytes inside the payload")
     if max_tensor_bytes is not None and size > max_tensor_bytes:
         raise FrameError(f"tensor {name!r}: {size} bytes exceeds the {max_tensor_bytes}-byte limit")
-    arr = np.frombuffer(payload, DTYPES[dtype], count, offset).reshape(tuple(shape))
+    arr = np.ndarray(shape, DTYPES[dtype], payload, offset)  # a view of the payload
     return name, arr, offset + size
 
 
