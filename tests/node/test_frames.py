@@ -46,9 +46,10 @@ def test_round_trip_of_every_dtype_without_copying():
     tensors = {f"t.{name}": np.arange(6).astype(dtype).reshape(2, 3) for name, dtype in NUMPY_DTYPES.items()}
     tensors["scalar"] = np.array(7, np.int64)
     tensors["empty"] = np.zeros((0, 4), np.float32)
-    header, payload = _split(pack(Frame("exec", tensors, {"job": "j"}, hops=[{"hop": 0}])))
+    env = Envelope("j", 1, [Hop(["http://a"], "t0", ["h"], "s0", 3), Hop(["http://b"], "t1", ["y"], "s1", 5)])
+    header, payload = _split(pack(Frame("exec", tensors, env, hops=[{"hop": 0}])))
     frame = unpack(header, payload)
-    assert frame.kind == "exec" and frame.envelope == {"job": "j"} and frame.hops == [{"hop": 0}]
+    assert frame.kind == "exec" and Envelope.from_wire(frame.envelope) == env and frame.hops == [{"hop": 0}]
     for name, value in tensors.items():
         got = frame.tensors[name]
         assert got.dtype == value.dtype and got.shape == value.shape and np.array_equal(got, value)
@@ -107,7 +108,7 @@ def _frame_port(url: str) -> tuple[str, int]:
 
 def _exec(plan, url: str, tensors, *, task: int = 0) -> Frame:
     env = Envelope("t", 0, [Hop([url], plan.tasks[task].task_id, [plan.tasks[task].outputs[0].name])])
-    return Frame("exec", tensors, env.to_dict())
+    return Frame("exec", tensors, env)
 
 
 def _ids(n: int = 3, dtype=np.int64) -> dict[str, np.ndarray]:
@@ -156,7 +157,7 @@ def test_garbage_oversize_and_malformed_frames_get_typed_errors(plan, cluster):
     # a well-formed frame with a bad request in it: refused, the connection stays usable
     no_env = _send_raw(addr, _raw({"k": "exec", "t": []}), closes=False)
     assert no_env["status"] == 400 and "envelope" in no_env["error"]
-    bad_env = _send_raw(addr, _raw({"k": "exec", "t": [], "e": {"job": "j", "hop": 5, "route": []}}),
+    bad_env = _send_raw(addr, _raw({"k": "exec", "t": [], "e": ['{"job":"j","route":[]}', 5, []]}),
                        closes=False)
     assert bad_env["status"] == 400 and "route" in bad_env["error"]
     assert httpx.get(cluster.c.url + "/health", timeout=10).status_code == 200
@@ -240,7 +241,7 @@ def test_a_direct_step_whose_next_node_is_gone_fails_fast_naming_that_hop(plan, 
                             Hop([dead], plan.tasks[1].task_id, ["logits"], "s", 0)])
     listener, conn = _listen(addr, "tok2"), FrameSocket(*addr, timeout=30)
     try:
-        error = conn.request(Frame("exec", _ids(), env.to_dict(), reply={"to": "tok2", "id": "s1"}), 30, 1 << 30)
+        error = conn.request(Frame("exec", _ids(), env, reply={"to": "tok2", "id": "s1"}), 30, 1 << 30)
         assert error.kind == "error" and error.error["kind"] == "unreachable" and error.error["hop"] == 1
         assert error.reply == {"id": "s1"}
     finally:

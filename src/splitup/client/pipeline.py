@@ -229,7 +229,7 @@ class PipelineClient:
     def _exchange_frames(self, url: str, addr: tuple[str, int], env: Envelope, tensors: Mapping[str, np.ndarray],
                          timeout: float, listen: tuple[tuple[str, int], str, FrameSocket] | None = None) \
             -> tuple[dict[str, np.ndarray], str | None]:
-        request = Frame("exec", dict(tensors), env.to_dict())
+        request = Frame("exec", dict(tensors), env)
         direct = listen is not None
         if listen is not None:
             request.reply = {"to": listen[1], "id": secrets.token_hex(8)}

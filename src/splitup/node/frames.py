@@ -40,7 +40,7 @@ import numpy as np
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 
 from splitup.graph.meta import NUMPY_DTYPES
-from splitup.node.wire import MAX_ROUTE, MAX_TENSORS, WireError
+from splitup.node.wire import MAX_ROUTE, MAX_TENSORS, Envelope, WireError
 
 MAGIC = b"SUF1"
 PREFIX = struct.Struct("<4sIQ")
@@ -86,7 +86,9 @@ class Frame:
 
     kind: str
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
-    envelope: dict[str, Any] | None = None  # the routing envelope (``wire.Envelope.to_dict``/``from_dict``)
+    # The routing envelope: to send, an Envelope; as received, its wire form (``Envelope.to_wire``/``from_wire``,
+    # parsed by the node that serves the hop, so that a malformed one is answered like any refused hop).
+    envelope: Envelope | list[Any] | None = None
     hops: list[Any] = field(default_factory=list)
     error: dict[str, Any] | None = None
     parked: str | None = None
@@ -112,7 +114,7 @@ def pack(frame: Frame) -> list[bytes | memoryview]:
             offset += pad
     head: dict[str, Any] = {"k": frame.kind, "t": entries}
     if frame.envelope is not None:
-        head["e"] = frame.envelope
+        head["e"] = frame.envelope.to_wire() if isinstance(frame.envelope, Envelope) else frame.envelope
     if frame.hops:
         head["h"] = frame.hops
     if frame.error is not None:
@@ -170,8 +172,8 @@ def unpack(header: bytes, payload: bytes | bytearray, *, max_tensor_bytes: int |
         tensors[name] = arr
     envelope, hops, error, parked = head.get("e"), head.get("h", []), head.get("x"), head.get("p")
     handoff, reply = head.get("s"), head.get("r")
-    if envelope is not None and not isinstance(envelope, dict):
-        raise FrameError("frame envelope must be a JSON object")
+    if envelope is not None and not isinstance(envelope, list):
+        raise FrameError("frame envelope must be a JSON array (its wire form)")
     if not isinstance(hops, list) or (error is not None and not isinstance(error, dict)) \
             or (parked is not None and not isinstance(parked, str)) \
             or (handoff is not None and not isinstance(handoff, dict)):

@@ -161,7 +161,7 @@ class FrameServer:
             release = self.admit()
             if frame.kind != "exec" or frame.envelope is None:
                 raise FrameError(f"expected an 'exec' frame with an envelope, got {frame.kind!r}")
-            env = Envelope.from_dict(frame.envelope)
+            env = Envelope.from_wire(frame.envelope)
             hop = env.hop
             out, record, signed = await self.compute(env, frame.tensors, frame.handoff)
             rid = (frame.reply or {}).get("id")
@@ -215,7 +215,7 @@ class FrameServer:
         """A direct-answer step goes on to the next hop's first URL (a session lives on one node) with the
         hop records so far; only failing to send it is an error here."""
         url = env.current.urls[0]
-        request = Frame("exec", out, env.to_dict(), hops=[*frame.hops, record], reply=frame.reply,
+        request = Frame("exec", out, env, hops=[*frame.hops, record], reply=frame.reply,
                         handoff=signed)
         try:
             async with asyncio.timeout(env.hop_timeout):
@@ -231,7 +231,7 @@ class FrameServer:
         nxt = env.current
         timeout = env.hop_timeout * (len(env.route) - env.hop)  # deeper hops give up first
         urls = nxt.urls if nxt.session is None else nxt.urls[:1]  # a session lives on one node only
-        request = Frame("exec", out, env.to_dict(), handoff=signed)
+        request = Frame("exec", out, env, handoff=signed)
         failure = None
         for attempt, url in enumerate(urls):
             try:

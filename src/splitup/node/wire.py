@@ -7,6 +7,7 @@ header size, tensor count, dtypes, dims and each tensor's byte range must all be
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,10 @@ MAX_HEADER_BYTES = 1 << 20
 MAX_TENSORS = 4096
 MAX_ROUTE = 64
 MAX_URLS = 8
+# Routes a node keeps parsed, by their wire text (``Envelope.from_wire``): a few per live job; texts longer
+# than ROUTE_CACHE_CHARS are parsed every time rather than kept.
+ROUTE_CACHE = 256
+ROUTE_CACHE_CHARS = 16 << 10
 _DTYPES = {code: NUMPY_DTYPES[name] for code, name in SAFETENSORS_DTYPES.items()}
 
 
@@ -60,6 +65,8 @@ class Envelope:
     route: list[Hop]
     hop_timeout: float = 30.0
     meta: dict[str, str] = field(default_factory=dict)
+    # The route's wire text (``to_wire``) once known: a node forwards the text it received as it is.
+    wire: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def current(self) -> Hop:
@@ -74,7 +81,42 @@ class Envelope:
         return json.dumps(self.to_dict(), separators=(",", ":"))
 
     def next(self) -> Envelope:
-        return Envelope(self.job, self.hop + 1, self.route, self.hop_timeout, self.meta)
+        return Envelope(self.job, self.hop + 1, self.route, self.hop_timeout, self.meta, self.wire)
+
+    def to_wire(self) -> list[Any]:
+        """The envelope as frames carry it: ``[text, hop, steps]``, ``text`` the JSON of everything but the
+        hop index and the hops' steps. Those two change at every hop and token; the text does not while a
+        job runs, so a node parses it once per job (``from_wire``) and forwards it unchanged."""
+        text = self.wire
+        if text is None:
+            text = json.dumps({"job": self.job, "route": [{k: v for k, v in vars(h).items() if k != "step"}
+                                                          for h in self.route],
+                               "hop_timeout": self.hop_timeout, "meta": self.meta}, separators=(",", ":"))
+            object.__setattr__(self, "wire", text)  # frozen: a cache of a function of the fields
+        return [text, self.hop, [h.step for h in self.route]]
+
+    @staticmethod
+    def from_wire(value: Any) -> Envelope:
+        """The envelope of ``to_wire``'s form, as checked as ``from_dict``'s; the text's parse is kept."""
+        if not (isinstance(value, list) and len(value) == 3 and isinstance(value[0], str)
+                and type(value[1]) is int and isinstance(value[2], list)):
+            raise WireError("malformed routing envelope: expected [text, hop index, steps]")
+        text, hop, steps = value
+        base = _ROUTES.get(text)
+        if base is None:
+            base = _parse_route(text)
+        if len(steps) != len(base.route) or not 0 <= hop < len(base.route):
+            raise WireError(f"route of {len(base.route)} hops with hop index {hop} and {len(steps)} steps is invalid")
+        route = list(base.route)
+        for k, (h, step) in enumerate(zip(base.route, steps)):
+            if step is None:
+                if h.session is not None:
+                    raise WireError("malformed routing envelope: a hop with a session needs an integer step")
+            elif type(step) is not int:
+                raise WireError(f"malformed routing envelope: step {step!r} is not an integer")
+            else:
+                route[k] = Hop(h.urls, h.task, h.send, h.session, step, h.last)
+        return Envelope(base.job, hop, route, base.hop_timeout, base.meta, text)
 
     @staticmethod
     def from_json(text: str) -> Envelope:
@@ -97,6 +139,30 @@ class Envelope:
         if not 0 < env.hop_timeout <= 3600:
             raise WireError("hop_timeout must be in (0, 3600] seconds")
         return env
+
+
+_ROUTES: dict[str, Envelope] = {}  # wire text -> its envelope at hop 0 with no steps (``from_wire``)
+_ROUTES_LOCK = threading.Lock()
+
+
+def _parse_route(text: str) -> Envelope:
+    try:
+        d = json.loads(text)
+    except ValueError as exc:
+        raise WireError(f"malformed routing envelope: {exc!r}") from None
+    if not isinstance(d, dict) or not isinstance(d.get("route"), list):
+        raise WireError("malformed routing envelope: expected an object with a route")
+    # checked as any envelope is (sessions' steps are checked per frame, in from_wire)
+    route = d["route"]
+    base = Envelope.from_dict({**d, "hop": 0, "route": [{**h, "step": 0} if isinstance(h, dict) else h for h in route]})
+    base = Envelope(base.job, 0, [Hop(h.urls, h.task, h.send, h.session, None, h.last) for h in base.route],
+                    base.hop_timeout, base.meta, text)
+    if len(text) <= ROUTE_CACHE_CHARS:
+        with _ROUTES_LOCK:
+            if len(_ROUTES) >= ROUTE_CACHE:
+                del _ROUTES[next(iter(_ROUTES))]  # the oldest: routes of jobs long done
+            _ROUTES[text] = base
+    return base
 
 
 def _hop(d: dict[str, Any]) -> Hop:
