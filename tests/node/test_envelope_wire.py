@@ -70,3 +70,15 @@ def test_the_route_cache_is_bounded(monkeypatch: pytest.MonkeyPatch):
     long = Envelope("j" * 100, 0, [Hop(["http://a"], "t" * (wire.ROUTE_CACHE_CHARS + 1), ["y"])]).to_wire()
     assert Envelope.from_wire(long).current.task == "t" * (wire.ROUTE_CACHE_CHARS + 1)
     assert long[0] not in wire._ROUTES  # parsed, not kept
+
+
+def test_a_later_envelope_takes_the_route_text_only_when_just_steps_and_hop_differ():
+    first = _env()
+    first.to_wire()
+    later = _env(steps=(5, 10))
+    assert later.to_wire(like=first)[0] is first.wire and later.to_wire()[2] == [5, 10]
+    moved = Envelope("job", 0, [Hop(["http://a:1"], "t0", ["h"], "s0", 5),
+                                Hop(["http://d:4"], "t1", ["logits"], "s9", 10, ["logits"])], 12.5, {"decoding": "{}"})
+    text = moved.to_wire(like=first)[0]
+    assert text != first.wire and Envelope.from_wire([text, 1, [5, 10]]).current.urls == ["http://d:4"]
+    assert not _env().same_route(Envelope("job", 0, _env().route, 12.5, {}))  # meta differs

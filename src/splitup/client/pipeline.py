@@ -107,6 +107,7 @@ class PipelineClient:
         state_outputs = {present for t in plan.tasks for present in t.state.values()}
         self.stateless_outputs = [o.name for o in plan.outputs if o.name not in state_outputs]
         self.last_hops: list[dict[str, Any]] = []
+        self._last_env: Envelope | None = None  # the last call's envelope, whose route text the next may reuse
         # the nodes' signed receipts of their tasks' first inputs, by (job, task index), as their hop records
         # brought them (``splitup.market.evidence``): what the client proves on chain if a node walks away
         self.receipts: dict[tuple[str, int], dict[str, Any]] = {}
@@ -133,6 +134,10 @@ class PipelineClient:
         """One trip through ``hops``; raises :class:`NodeFailure` naming the hop that failed. ``direct``:
         ask the last hop (one URL: a session's) to answer this client directly (see ``frames``)."""
         env = Envelope(job, 0, hops, self.hop_timeout, dict(meta or {}))
+        if self.transport == "frames":
+            # a generation's route changes only in its steps: the previous call's route text, if it fits
+            env.to_wire(like=self._last_env)
+            self._last_env = env
         listen = self._listener(hops[-1].urls[0]) if direct and self.direct else None
         first = hops[0]
         urls = first.urls if first.session is None else first.urls[:1]

@@ -37,10 +37,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 
 from splitup.graph.meta import NUMPY_DTYPES
-from splitup.node.wire import MAX_ROUTE, MAX_TENSORS, Envelope, WireError
+from splitup.node.wire import ENCODE_JSON, MAX_ROUTE, MAX_TENSORS, Envelope, WireError
 
 MAGIC = b"SUF1"
 PREFIX = struct.Struct("<4sIQ")
@@ -64,10 +63,8 @@ def _has_buffer_format(dtype: np.dtype) -> bool:
 
 
 _BUFFERS = {name for name, dtype in DTYPES.items() if _has_buffer_format(dtype)}
-# The C encoder and scanner built once: ``json.dumps``/``json.loads`` build them again (in Python) per call,
-# which is most of a small header's cost when the caches are cold. Same output as ``json.dumps(head,
-# separators=(",", ":"))``; non-finite floats are written as JSON's extensions, as ``json.dumps`` does.
-_ENCODE = c_make_encoder(None, None, encode_basestring_ascii, None, ":", ",", False, False, True)
+# The JSON scanner built once, as the encoder (``wire.ENCODE_JSON``): ``json.loads`` goes through Python
+# wrappers per call, which cost more than a small header's parse when the caches are cold.
 _SCAN = json.JSONDecoder().scan_once
 
 
@@ -125,7 +122,7 @@ def pack(frame: Frame) -> list[bytes | memoryview]:
         head["s"] = frame.handoff
     if frame.reply is not None:
         head["r"] = frame.reply
-    header = "".join(_ENCODE(head, 0)).encode()
+    header = "".join(ENCODE_JSON(head, 0)).encode()
     return [PREFIX.pack(MAGIC, len(header), offset), header, *buffers]
 
 
@@ -155,7 +152,7 @@ def read_prefix(prefix: bytes, max_payload: int) -> tuple[int, int]:
     return header_len, payload_len
 
 
-def unpack(header: bytes, payload: bytes | bytearray, *, max_tensor_bytes: int | None = None) -> Frame:
+def unpack(header: bytes | memoryview, payload: bytes | bytearray | memoryview, *, max_tensor_bytes: int | None = None) -> Frame:
     """A frame from its header and payload; tensors are read-only views of ``payload``."""
     head = _json_object(header)
     if not isinstance(head, dict) or not isinstance(head.get("k"), str) or not isinstance(head.get("t"), list):
@@ -200,7 +197,7 @@ def _json_object(header: bytes | bytearray | memoryview) -> Any:
     return head
 
 
-def _tensor(entry: Any, payload: bytes | bytearray, start: int,
+def _tensor(entry: Any, payload: bytes | bytearray | memoryview, start: int,
             max_tensor_bytes: int | None) -> tuple[str, np.ndarray, int]:
     if not (isinstance(entry, list) and len(entry) == 4 and isinstance(entry[0], str)):
         raise FrameError(f"malformed tensor entry {str(entry)[:80]!r}")
@@ -233,14 +230,17 @@ async def read_frame(reader: asyncio.StreamReader, max_payload: int, *,
             return None
         raise FrameError("connection closed inside a frame prefix") from None
     header_len, payload_len = read_prefix(prefix, max_payload)
-    header = await reader.readexactly(header_len)
-    payload = await reader.readexactly(payload_len)
-    return unpack(header, payload, max_tensor_bytes=max_tensor_bytes)
+    # header and payload in one read: usually already buffered, so one call and one copy out of the stream
+    body = memoryview(await reader.readexactly(header_len + payload_len))
+    return unpack(body[:header_len], body[header_len:], max_tensor_bytes=max_tensor_bytes)
 
 
 async def write_frame(writer: asyncio.StreamWriter, frame: Frame) -> None:
     writer.writelines(pack(frame))
-    await writer.drain()
+    # drain waits only while the transport holds more than its high-water mark, or reports a closed one:
+    # skip the call (a chain of coroutines) when the socket took everything, as after almost every hop
+    if writer.transport.get_write_buffer_size() or writer.transport.is_closing():
+        await writer.drain()
 
 
 # --- blocking sockets (the client's side) --------------------------------------------------------------------

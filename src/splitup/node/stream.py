@@ -57,6 +57,10 @@ class FrameForwarder:
                 writer.close()
         self._idle.clear()
 
+    def known(self, url: str) -> tuple[str, int] | None:
+        """Where the node at ``url`` takes frames, if already asked."""
+        return self._addr.get(url)
+
     async def address(self, url: str, timeout: float) -> tuple[str, int]:
         addr = self._addr.get(url)
         if addr is None:
@@ -215,11 +219,18 @@ class FrameServer:
         """A direct-answer step goes on to the next hop's first URL (a session lives on one node) with the
         hop records so far; only failing to send it is an error here."""
         url = env.current.urls[0]
-        request = Frame("exec", out, env, hops=[*frame.hops, record], reply=frame.reply,
-                        handoff=signed)
+        request = Frame("exec", out, env, hops=[*frame.hops, record], reply=frame.reply, handoff=signed)
+        # the usual step: the next node's connection is open and takes the frame at once (no timer to set)
+        addr = self.forwarder.known(url)
+        link = None if addr is None else onward.post(addr, request, rid, env.hop, url)
+        if link is not None and not link.transport.get_write_buffer_size() and not link.is_closing():
+            return
         try:
             async with asyncio.timeout(env.hop_timeout):
-                await onward.send(await self.forwarder.address(url, env.hop_timeout), request, rid, env.hop, url)
+                if link is not None:
+                    await link.drain()
+                else:
+                    await onward.send(await self.forwarder.address(url, env.hop_timeout), request, rid, env.hop, url)
         except TimeoutError:
             raise _Failed(504, "timeout", f"hop {env.hop} at {url} timed out after {env.hop_timeout} s", env.hop) from None
         except (OSError, ConnectionError) as exc:
@@ -279,12 +290,24 @@ class _Onward:
         self.closed = False
 
     async def send(self, addr: tuple[str, int], frame: Frame, rid: str, hop: int, url: str) -> None:
+        link = self.post(addr, frame, rid, hop, url)
+        if link is None:
+            reader, writer = await asyncio.open_connection(*addr, limit=STREAM_LIMIT)
+            self.links[addr] = (writer, asyncio.create_task(self._relay(addr, reader, writer)))
+            link = self.post(addr, frame, rid, hop, url)
+            if link is None:
+                raise ConnectionResetError(f"the connection to {addr[0]}:{addr[1]} closed as it opened")
+        if link.transport.get_write_buffer_size() or link.is_closing():
+            await link.drain()
+
+    def post(self, addr: tuple[str, int], frame: Frame, rid: str, hop: int, url: str) -> asyncio.StreamWriter | None:
+        """Write ``frame`` on the open link to ``addr`` (not waiting for it to drain); None: no open link."""
         link = self.links.get(addr)
         if link is None or link[0].is_closing():
-            reader, writer = await asyncio.open_connection(*addr, limit=STREAM_LIMIT)
-            link = self.links[addr] = (writer, asyncio.create_task(self._relay(addr, reader, writer)))
+            return None
         self.last[addr] = (rid, hop, url)
-        await write_frame(link[0], frame)
+        link[0].writelines(pack(frame))
+        return link[0]
 
     async def _relay(self, addr: tuple[str, int], reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
