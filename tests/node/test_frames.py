@@ -57,6 +57,25 @@ def test_round_trip_of_every_dtype_without_copying():
         assert got.base is not None and got.flags.aligned
 
 
+def test_frames_read_in_one_buffer_keep_their_tensors_aligned():
+    # both readers take header and payload in one read; pack pads the header so the payload stays aligned
+    frame = Frame("ok", {"a": np.arange(5, dtype=np.float64)}, hops=[{"hop": 0, "node": "n"}])
+    for raw in (b"".join(bytes(b) for b in pack(frame)), _raw({"k": "ok", "t": [["a", "float64", [5], 0]]},
+                                                              np.arange(5, dtype=np.float64).tobytes())):
+        a, b = socket.socketpair()
+        with a, b:
+            a.sendall(raw)
+            conn = FrameSocket.__new__(FrameSocket)
+            conn.sock = b
+            got = conn.receive(5, 1 << 20)
+        assert np.array_equal(got.tensors["a"], np.arange(5)) and got.tensors["a"].flags.aligned
+        # a view into the one buffer read; a sender that does not pad (``_raw``'s 44-byte json.dumps header)
+        # gets its payload copied rather than its tensors misaligned
+        padded = PREFIX.unpack(raw[: PREFIX.size])[1] % 8 == 0
+        assert type(got.tensors["a"].base) is (bytearray if padded else bytes)
+    assert PREFIX.unpack(raw[: PREFIX.size])[1] == 44  # the unpadded case was tested
+
+
 @pytest.mark.parametrize(("entry", "words"), [
     (["x", "complex128", [1], 0], "dtype 'complex128'"),
     (["x", "int4", [1], 0], "dtype 'int4'"),

@@ -123,6 +123,9 @@ def pack(frame: Frame) -> list[bytes | memoryview]:
     if frame.reply is not None:
         head["r"] = frame.reply
     header = "".join(ENCODE_JSON(head, 0)).encode()
+    # padded with JSON whitespace to a multiple of ALIGN: a receiver reading header and payload into one
+    # buffer finds the payload (and so every tensor) aligned in it
+    header += b" " * (-len(header) % ALIGN)
     return [PREFIX.pack(MAGIC, len(header), offset), header, *buffers]
 
 
@@ -232,7 +235,13 @@ async def read_frame(reader: asyncio.StreamReader, max_payload: int, *,
     header_len, payload_len = read_prefix(prefix, max_payload)
     # header and payload in one read: usually already buffered, so one call and one copy out of the stream
     body = memoryview(await reader.readexactly(header_len + payload_len))
-    return unpack(body[:header_len], body[header_len:], max_tensor_bytes=max_tensor_bytes)
+    return unpack(body[:header_len], _payload(body, header_len), max_tensor_bytes=max_tensor_bytes)
+
+
+def _payload(body: memoryview, header_len: int) -> memoryview | bytes:
+    """The payload part of a frame read with its header: a view when the header kept it aligned (``pack``
+    pads it), else a copy (from a sender that does not pad), so that no tensor is handed on misaligned."""
+    return body[header_len:] if header_len % ALIGN == 0 else bytes(body[header_len:])
 
 
 async def write_frame(writer: asyncio.StreamWriter, frame: Frame) -> None:
@@ -266,9 +275,8 @@ class FrameSocket:
     def receive(self, timeout: float, max_payload: int) -> Frame:
         self.sock.settimeout(timeout)
         header_len, payload_len = read_prefix(self._exactly(PREFIX.size), max_payload)
-        header = self._exactly(header_len)
-        payload = self._exactly(payload_len)
-        return unpack(header, payload)
+        body = memoryview(self._exactly(header_len + payload_len))
+        return unpack(body[:header_len], _payload(body, header_len))
 
     def _exactly(self, n: int) -> bytearray:
         buf = bytearray(n)
