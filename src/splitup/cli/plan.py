@@ -165,7 +165,7 @@ def summary(result: PlanResult, seconds: float) -> dict[str, Any]:
                 "index": t.index, "task_id": t.task_id, "layers": t.layers, "vram_bytes": t.vram_bytes,
                 "weight_bytes": t.weight_bytes, "activation_bytes": t.activation_bytes,
                 "kv_cache_bytes": t.kv_cache_bytes, "workspace_bytes": t.workspace_bytes, "flops": t.flops,
-                "precision": t.precision,
+                "precision": t.precision, "head": t.head,
                 "cut_bytes": t.cut_bytes, "node_bytes": t.budget_bytes,
                 "inputs": [i.name for i in t.inputs], "outputs": [o.name for o in t.outputs],
             }
