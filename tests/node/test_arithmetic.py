@@ -23,7 +23,7 @@ PROMPT = np.array([[5, 17, 3, 250, 9, 44]], np.int64)
 @pytest.fixture(scope="module")
 def fp16_plan(tmp_path_factory) -> tuple[Path, Plan]:
     out = tmp_path_factory.mktemp("fp16plan")
-    return out, write_plan(out, dtype="fp16")
+    return out, write_plan(out, dtype="fp16", token_fp32="head")  # the token task's layers in fp16 too
 
 
 def test_the_device_decides_where_the_bundle_allows_half(fp16_plan):

@@ -1,6 +1,7 @@
-"""The task that chooses tokens computes its head in float32 in every plan, and its logits are judged only
-under float32's rule, from the hidden state the executor committed: in an fp16 plan a flip at a near-tie,
-which the fp16 rule cannot see, is caught (docs/posp.md, "Precision of the token-choosing task")."""
+"""The task that chooses tokens computes in float32 in every plan, all of it or its head (then its logits
+are judged from the hidden state the executor committed), and its logits are judged only under float32's
+rule: in an fp16 plan a flip at a near-tie, which the fp16 rule cannot see, is caught (docs/posp.md,
+"Precision of the token-choosing task")."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import numpy as np
 import onnx
 import pytest
 
+from splitup.graph.errors import MalformedGraph
+from splitup.graph.meta import TOKEN_FP32_KEY
 from splitup.graph.precision import HALF_TYPES
-from splitup.graph.upcast import split_head, token_head
+from splitup.graph.upcast import split_head, token_fp32_form, token_head, with_token_fp32_form
 from splitup.partition.task import GRAPH_FILE, Plan, PlanError, TaskDefinition, task_dir
 from splitup.runtime import get_engine, run_stateful
 from splitup.verify.compare import (
@@ -29,8 +32,40 @@ from splitup.verify.transcript import BadTranscript, Transcript
 
 @pytest.fixture(scope="module")
 def fp16_plan(tmp_path_factory) -> tuple[Path, Plan]:
+    """The token task with a float32 head."""
     out = tmp_path_factory.mktemp("fp16plan")
+    return out, write_plan(out, dtype="fp16", token_fp32="head")
+
+
+@pytest.fixture(scope="module")
+def whole_plan(tmp_path_factory) -> tuple[Path, Plan]:
+    """The token task all in float32: what ``auto`` gives where it costs no task."""
+    out = tmp_path_factory.mktemp("wholeplan")
     return out, write_plan(out, dtype="fp16")
+
+
+@pytest.fixture(params=["head", "task"])
+def either_plan(request, fp16_plan, whole_plan) -> tuple[Path, Plan]:
+    return fp16_plan if request.param == "head" else whole_plan
+
+
+def test_auto_computes_the_whole_token_task_in_float32_where_that_costs_no_task(whole_plan):
+    out, plan = whole_plan
+    *hidden, last = plan.tasks
+    assert all(t.precision == "fp16/fp16" for t in hidden)
+    assert last.head is None
+    assert last.precision == "fp32/fp32" and judged_class(last.precision, tokens=True) == "fp32"
+    graph = onnx.load(str(task_dir(out, last) / GRAPH_FILE))
+    assert _half_arithmetic(graph) == []
+    specs = {s.name: s for s in (*last.inputs, *last.outputs)}
+    assert specs[LOGITS].dtype == "float32"
+    handed = [s for s in last.inputs if s.name not in last.state]
+    assert handed and all(s.dtype == "float16" for s in handed)  # what the previous task committed
+    # what the node holds is costed as it runs: a float32 cache where there is one (here the cut falls after
+    # the last attention: the token task holds the last MLP, the norm and the LM head)
+    assert last.kv_cache_bytes == sum(specs[n].max_bytes for n in last.state)
+    assert all(specs[n].dtype in ("float32", "int64") for n in last.state)
+    assert _half_arithmetic(onnx.load(str(task_dir(out, hidden[0]) / GRAPH_FILE)))  # the rest stays fp16
 
 
 def _half_arithmetic(model: onnx.ModelProto) -> list[str]:
@@ -78,8 +113,8 @@ def test_a_token_choosing_task_is_never_judged_under_a_half_class():
         judged_class("fp32/fp32", tokens=True, validator="fp16")
 
 
-def test_a_flip_at_a_near_tie_in_an_fp16_plan_is_caught(fp16_plan):
-    out, plan = fp16_plan
+def test_a_flip_at_a_near_tie_in_an_fp16_plan_is_caught(either_plan):
+    out, plan = either_plan
     engine = get_engine("onnxruntime", threads=1)
     runners = [engine.load(task_dir(out, t)) for t in plan.tasks]
     last = runners[-1]
@@ -93,7 +128,7 @@ def test_a_flip_at_a_near_tie_in_an_fp16_plan_is_caught(fp16_plan):
             given = {s.name: env[s.name] for s in r.task.inputs if s.name in env and s.name not in r.task.state}
             result, _ = run_stateful(r, given, None)
             env.update(result)
-        transcript.add(given, {LOGITS: result[LOGITS], last.task.head: result[last.task.head]})
+        transcript.add(given, {k: v for k, v in result.items() if k not in last.task.state.values()})
         replayed = replay(validator, transcript)
         assert judge(transcript, replayed, task=validator.task).match  # honest, under the float32 rule
         judged.append((transcript, replayed))
@@ -162,3 +197,16 @@ def test_a_head_that_is_not_an_output_beside_the_logits_is_refused(fp16_plan):
         with pytest.raises(PlanError, match="head input"):
             TaskDefinition.from_json(forged.to_json())
     assert TaskDefinition.from_json(plan.tasks[-1].to_json()) == plan.tasks[-1]
+
+
+def test_the_token_task_form_in_a_graph_is_one_of_the_known_ones():
+    model = onnx.ModelProto()
+    assert token_fp32_form(model) == "head"
+    with_token_fp32_form(model, "task")
+    with_token_fp32_form(model, "task")  # set, not added
+    assert token_fp32_form(model) == "task" and len(model.metadata_props) == 1
+    model.metadata_props.add(key=TOKEN_FP32_KEY, value="layers")
+    with pytest.raises(MalformedGraph, match="one of task, head"):
+        token_fp32_form(model)
+    with pytest.raises(ValueError):
+        with_token_fp32_form(model, "layers")

@@ -33,8 +33,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from splitup.graph.errors import MalformedGraph
 from splitup.graph.limits import Limits
-from splitup.graph.meta import DIM_MAX_KEY
+from splitup.graph.meta import DIM_MAX_KEY, TOKEN_FP32_KEY
 from splitup.graph.precision import HALF_TYPES
 
 _NUMPY_HALF = {np.dtype(np.float16)}
@@ -184,6 +185,31 @@ def _upcast_body(body: onnx.GraphProto) -> None:
         _upcast_initializer(init)
     del body.value_info[:]
     _upcast_nodes(body)
+
+
+#: ``task``: the whole token task computes in float32 (KV cache included), judged from the previous task's
+#: committed hidden state; ``head``: only its head, judged from the hidden state it commits itself.
+TOKEN_FP32_FORMS = ("task", "head")
+
+
+def token_fp32_form(model: onnx.ModelProto) -> str:
+    """How much of a half-precision plan's token task computes in float32 (``splitup.token_fp32`` in the
+    graph, set by the planner; ``head`` where absent)."""
+    values = [p.value for p in model.metadata_props if p.key == TOKEN_FP32_KEY]
+    if len(values) > 1 or (values and values[0] not in TOKEN_FP32_FORMS):
+        raise MalformedGraph(f"{TOKEN_FP32_KEY} must be given once, one of {', '.join(TOKEN_FP32_FORMS)}; "
+                             f"got {values}")
+    return values[0] if values else "head"
+
+
+def with_token_fp32_form(model: onnx.ModelProto, form: str) -> None:
+    """Set ``splitup.token_fp32`` on ``model`` (in place)."""
+    if form not in TOKEN_FP32_FORMS:
+        raise ValueError(f"token task float32 form must be one of {', '.join(TOKEN_FP32_FORMS)}, got {form!r}")
+    kept = [p for p in model.metadata_props if p.key != TOKEN_FP32_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    model.metadata_props.add(key=TOKEN_FP32_KEY, value=form)
 
 
 def token_head(io: Sequence[tuple[Sequence[str], Sequence[str]]], weights: Set[str], local: Set[str],

@@ -29,7 +29,7 @@ import numpy as np
 from splitup.errors import SplitUpError
 from splitup.graph.memory import hidden_workspace
 from splitup.graph.precision import HALF_TYPES, TOKEN_OUTPUT
-from splitup.graph.upcast import token_head
+from splitup.graph.upcast import token_fp32_form, token_head
 from splitup.partition.cost import INLINE_ELEMENTS, GraphAnalysis
 
 DEFAULT_WORKSPACE = 256 * 2**20
@@ -70,6 +70,13 @@ class Partition:
     total_kv_cache_bytes: int
 
 
+def float32_tail(a: GraphAnalysis) -> bool:
+    """Whether the graph chooses tokens (outputs logits) and computes in half precision: its token task then
+    computes in float32, in whole or its head (``splitup.graph.upcast``)."""
+    return TOKEN_OUTPUT in a.graph_outputs and any(
+        a.types[x].elem_type in HALF_TYPES for x in (*a.graph_outputs, *a.state) if x in a.types)
+
+
 class _Costs:
     def __init__(self, a: GraphAnalysis, workspace: int) -> None:
         self.a = a
@@ -82,12 +89,12 @@ class _Costs:
         self.state_inputs = set(a.state)
         # A decoder computing in half precision: its last task (the one emitting logits) computes in float32
         # (splitup.graph.upcast), so it is costed as it will run, half-precision tensors at twice their size.
-        self.tail_fp32 = TOKEN_OUTPUT in self.outputs and any(
-            a.types[x].elem_type in HALF_TYPES for x in (*a.graph_outputs, *a.state) if x in a.types)
-        # Only its head does where the graph has one (graph.upcast.token_head): nodes ``head..`` compute in
-        # float32, the rest of the last task in the plan's precision. 0: the whole last task.
+        self.tail_fp32 = float32_tail(a)
+        # Only its head does where the graph has one and the plan asks for that (graph.upcast.token_head,
+        # token_fp32_form): nodes ``head..`` compute in float32, the rest of the last task in the plan's
+        # precision. 0: the whole last task.
         self.head = 0
-        if self.tail_fp32:
+        if self.tail_fp32 and token_fp32_form(a.model) == "head":
             found = token_head(a.io, {k for k, t in a.initializers.items() if math.prod(t.dims) > INLINE_ELEMENTS},
                                set(a.initializers) | set(a.constants), set(a.graph_inputs))
             self.head = found[0] if found is not None else 0

@@ -33,7 +33,7 @@ from splitup.graph.meta import DIM_MAX_KEY, DTYPE_ONNX, STATE_KEY, VALUE_MAX_KEY
 from splitup.graph.precision import DEFAULT_PRECISION, TOKEN_OUTPUT, precision_of, split_precision
 from splitup.graph.quant import raw_bytes
 from splitup.graph.sizes import tensor_bytes
-from splitup.graph.upcast import float32_arithmetic, float32_head, token_head
+from splitup.graph.upcast import float32_arithmetic, float32_head, token_fp32_form, token_head
 from splitup.graph.validate import validate_model
 from splitup.graph.values import ranges_json, read_value_max
 from splitup.partition.cost import INLINE_ELEMENTS, GraphAnalysis
@@ -348,7 +348,7 @@ def _build_task(a: GraphAnalysis, sym: dict[str, onnx.ValueInfoProto], seg: Segm
         # commits), or all of it where there is no such point (docs/posp.md, "Precision of the
         # token-choosing task"); the partitioner costed it so (partitioner._Costs.tail_fp32).
         found = token_head([(n.input, n.output) for n in nodes], set(shard), set(inits) | set(consts),
-                           set(inputs))
+                           set(inputs)) if token_fp32_form(a.model) == "head" else None
         if found is None:
             model, weights = float32_arithmetic(model, weights, state=state)
             in_specs = [_as_float32(s) if s.name in state else s for s in in_specs]
