@@ -25,9 +25,11 @@ def test_json_output_for_llama_70b(capsys):
     assert code == 0
     doc = json.loads(out)
     assert doc["model"] == "llama-70b" and doc["budget_bytes"] == 12 * 2**30
-    # the last task computes in float32 (it chooses tokens): at most 6 layers fit it, so the bound is 12
-    assert doc["lower_bound"] == 12 and len(doc["tasks"]) == 12
+    # 128.5 GiB of fp16 weights: 11 tasks at least; the cuts fall between layers, so 12, and at 12 the
+    # task that chooses tokens computes all in float32 (--token-fp32 auto: that costs no task here)
+    assert doc["lower_bound"] == 11 and len(doc["tasks"]) == 12
     assert doc["tasks"][-1]["precision"] == "fp32/fp32" and doc["tasks"][0]["precision"] == "fp16/fp16"
+    assert all(t["head"] is None for t in doc["tasks"])
     keys = {"index", "vram_bytes", "weight_bytes", "activation_bytes", "kv_cache_bytes", "flops", "cut_bytes"}
     assert all(keys <= set(t) for t in doc["tasks"])
     assert all(t["vram_bytes"] <= 12 * 2**30 for t in doc["tasks"])

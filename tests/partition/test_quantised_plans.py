@@ -16,13 +16,19 @@ from splitup.runtime.local import LocalPipeline
 
 
 def test_llama_70b_int4_reaches_its_lower_bound(capsys):
-    # At 12 GiB the three int4/fp16 tasks would fill 11.75-11.87 GiB; the last one computes in float32
-    # (its KV cache and activations twice as large, docs/posp.md), which takes a fourth task there.
-    assert main(["plan", "llama-70b", "--vram", "12.5GiB", "--dtype", "int4", "--json"]) == 0
+    # Three int4/fp16 tasks of 11.7-11.9 GiB; the last chooses tokens in a float32 head (the LM head's int4
+    # matrix read as float32) while its layers and KV cache stay fp16 (docs/posp.md). All of the last task
+    # in float32 (its KV cache and activations doubled) takes a fourth task, so --token-fp32 auto picks the head.
+    assert main(["plan", "llama-70b", "--vram", "12GiB", "--dtype", "int4", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["lower_bound"] == 3 and doc["task_count"] == 3
-    assert all(t["vram_bytes"] <= 12.5 * 2**30 for t in doc["tasks"])
-    assert [t["precision"] for t in doc["tasks"]] == ["int4/fp16", "int4/fp16", "int4/fp32"]
+    assert all(t["vram_bytes"] <= 12 * 2**30 for t in doc["tasks"])
+    assert [t["precision"] for t in doc["tasks"]] == ["int4/fp16"] * 3
+    assert doc["tasks"][-1]["head"] in doc["tasks"][-1]["outputs"]
+    assert main(["plan", "llama-70b", "--vram", "12GiB", "--dtype", "int4", "--json", "--token-fp32", "task"]) == 0
+    whole = json.loads(capsys.readouterr().out)
+    assert whole["task_count"] == 4 and whole["tasks"][-1]["precision"] == "int4/fp32"
+    assert whole["tasks"][-1]["head"] is None
     # int4 matrices are half a byte per weight plus one fp16 scale and a 4-bit zero point per block of 256;
     # the embedding is int8 (it is read by row lookups) and the norms stay fp16.
     assert 32 * 2**30 < doc["total_weight_bytes"] < 33 * 2**30

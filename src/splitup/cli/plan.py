@@ -41,7 +41,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--activations", choices=("fp16", "fp32"),
                    help="activation and KV-cache type with --dtype int8/int4: default fp16 for planning-only "
                         "graphs (GPU nodes), fp32 when bundles with weights are written (runs on every engine); "
-                        "the last task, which chooses tokens, computes in fp32 either way")
+                        "the last task, which chooses tokens, computes in fp32 either way (--token-fp32)")
+    p.add_argument("--token-fp32", choices=("auto", "task", "head"), default="auto",
+                   help="in a half-precision plan, what of the task that chooses tokens computes in float32: "
+                        "'task' (all of it: a validator judges the token from the previous node's committed "
+                        "state), 'head' (only its LM head: smaller, but its executor can steer the state the "
+                        "head reads within the fp16 rule and flip near-tie tokens), 'auto' (task unless that "
+                        "takes more tasks; docs/posp.md)")
     p.add_argument("--context", type=int, help="maximum context (KV-cache length) for decoders")
     p.add_argument("--seq", type=int, help="longest chunk of tokens processed in one step (prefill chunk)")
     p.add_argument("--batch", type=int, help="most sequences a node runs in one engine call (decoders; default 1): "
@@ -132,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     model, name, trusted, has_weights, weights_dir = _load(args)
     result = make_plan(model, name, budgets, workspace_bytes=parse_bytes(args.workspace), cut_factor=args.cut_factor,
-                       out_dir=args.out, trusted=trusted, weights_dir=weights_dir)
+                       out_dir=args.out, trusted=trusted, weights_dir=weights_dir, token_fp32=args.token_fp32)
     elapsed = time.perf_counter() - t0
     if args.json:
         print(json.dumps(summary(result, elapsed)))
@@ -165,7 +171,7 @@ def summary(result: PlanResult, seconds: float) -> dict[str, Any]:
                 "index": t.index, "task_id": t.task_id, "layers": t.layers, "vram_bytes": t.vram_bytes,
                 "weight_bytes": t.weight_bytes, "activation_bytes": t.activation_bytes,
                 "kv_cache_bytes": t.kv_cache_bytes, "workspace_bytes": t.workspace_bytes, "flops": t.flops,
-                "precision": t.precision,
+                "precision": t.precision, "head": t.head,
                 "cut_bytes": t.cut_bytes, "node_bytes": t.budget_bytes,
                 "inputs": [i.name for i in t.inputs], "outputs": [o.name for o in t.outputs],
             }
@@ -217,6 +223,11 @@ def print_table(result: PlanResult, seconds: float) -> None:
     console.print(table)
     console.print(f"weights {format_bytes(plan.total_weight_bytes)}, KV cache {format_bytes(plan.total_kv_cache_bytes)}; "
                   f"lower bound ceil(total / largest node) = {plan.lower_bound}")
+    last = plan.tasks[-1]
+    if last.head is not None:
+        console.print(f"the token task computes only its head in float32 (from {last.head!r}): its executor can steer "
+                      "that state within the fp16 rule and flip near-tie tokens; --token-fp32 task to close that "
+                      "(docs/posp.md)")
     if result.written:
         console.print(f"wrote plan and {len(plan.tasks)} task bundles to {result.written}")
 

@@ -23,6 +23,9 @@ from splitup.graph.errors import MalformedGraph, UnsupportedDtype
 DIM_MAX_KEY = "splitup.dim_max"
 VALUE_MAX_KEY = "splitup.value_max"
 STATE_KEY = "splitup.state"
+#: Where the task that chooses tokens computes in float32 in a half-precision plan: "head" or "task"
+#: (splitup.graph.upcast.token_fp32_form).
+TOKEN_FP32_KEY = "splitup.token_fp32"
 
 # Every ONNX element type a task may carry, by its numpy / ml_dtypes name (the names safetensors and the
 # engines use). Strings (no static size), complex128 and the sub-byte packed types (no safetensors form)

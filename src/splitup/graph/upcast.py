@@ -15,17 +15,27 @@ half precision. The pass:
   float16 would round float32 values again, and two honest engines straddling a rounding boundary would
   differ by a float16 step again;
 * ``Cast``s to a half type, and half-precision ``Constant`` / ``ConstantOfShape`` values, become float32.
+
+Only the *head* of that task needs it (``token_head``): the nodes after the last point where one tensor,
+the final hidden state, carries everything on to the logits. The head computes in float32 from that
+tensor, which the task also outputs (and so commits); the layers before it keep the plan's half precision,
+KV cache included. A validator then judges in two stages: the hidden state under the half-precision rule,
+the logits under float32's against the head run on the executor's own committed hidden state
+(``splitup.verify.replay``). That keeps the token task the size of any other (LLaMA-70B int4 at 12 GiB in
+3 tasks, not 4); a graph without such a point has its whole token task upcast.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence, Set
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from splitup.graph.errors import MalformedGraph
 from splitup.graph.limits import Limits
+from splitup.graph.meta import DIM_MAX_KEY, TOKEN_FP32_KEY
 from splitup.graph.precision import HALF_TYPES
 
 _NUMPY_HALF = {np.dtype(np.float16)}
@@ -44,6 +54,17 @@ def float32_arithmetic(model: onnx.ModelProto, weights: Mapping[str, np.ndarray]
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
+    taken = {x for n in g.node for x in (*n.input, *n.output)} | {t.name for t in g.initializer} | \
+        {v.name for v in (*g.input, *g.output)}
+
+    def fp32_name(name: str) -> str:
+        # unique: a graph converted twice (a plan's head, then an engine at load) already has such names
+        fresh, k = f"{name}__fp32", 1
+        while fresh in taken:
+            fresh, k = f"{name}__fp32_{k}", k + 1
+        taken.add(fresh)
+        return fresh
+
     entry: dict[str, str] = {}
     for vi in g.input:
         tt = vi.type.tensor_type
@@ -51,22 +72,22 @@ def float32_arithmetic(model: onnx.ModelProto, weights: Mapping[str, np.ndarray]
             if vi.name in state and not keep_interface:
                 tt.elem_type = TensorProto.FLOAT
             else:
-                entry[vi.name] = f"{vi.name}__fp32"
+                entry[vi.name] = fp32_name(vi.name)
     exits: list[onnx.NodeProto] = []
     renamed_out: dict[str, str] = {}
     for vi in g.output:
         tt = vi.type.tensor_type
         if tt.elem_type in HALF_TYPES:
             if keep_interface:
-                renamed_out[vi.name] = f"{vi.name}__fp32"
-                exits.append(helper.make_node("Cast", [renamed_out[vi.name]], [vi.name], name=f"{vi.name}.to_half",
+                renamed_out[vi.name] = fp32_name(vi.name)
+                exits.append(helper.make_node("Cast", [renamed_out[vi.name]], [vi.name], name=f"{renamed_out[vi.name]}.cast",
                                               to=tt.elem_type))
             else:
                 tt.elem_type = TensorProto.FLOAT
     for init in g.initializer:
         if init.data_type in HALF_TYPES:
             if init.data_location == TensorProto.EXTERNAL and keep_interface:
-                entry[init.name] = f"{init.name}__fp32"
+                entry[init.name] = fp32_name(init.name)
             else:
                 _upcast_initializer(init)
     _upcast_nodes(g)
@@ -75,7 +96,7 @@ def float32_arithmetic(model: onnx.ModelProto, weights: Mapping[str, np.ndarray]
         # float32 value, not its half-precision copy
         node.input[:] = [entry.get(i, renamed_out.get(i, i)) for i in node.input]
         node.output[:] = [renamed_out.get(o, o) for o in node.output]
-    casts = [helper.make_node("Cast", [name], [fp32], name=f"{name}.to_fp32", to=TensorProto.FLOAT)
+    casts = [helper.make_node("Cast", [name], [fp32], name=f"{fp32}.cast", to=TensorProto.FLOAT)
              for name, fp32 in entry.items()]
     nodes = casts + list(g.node) + exits
     del g.node[:]
@@ -165,3 +186,151 @@ def _upcast_body(body: onnx.GraphProto) -> None:
     del body.value_info[:]
     _upcast_nodes(body)
 
+
+#: ``task``: the whole token task computes in float32 (KV cache included), judged from the previous task's
+#: committed hidden state; ``head``: only its head, judged from the hidden state it commits itself.
+TOKEN_FP32_FORMS = ("task", "head")
+
+
+def token_fp32_form(model: onnx.ModelProto) -> str:
+    """How much of a half-precision plan's token task computes in float32 (``splitup.token_fp32`` in the
+    graph, set by the planner; ``head`` where absent)."""
+    values = [p.value for p in model.metadata_props if p.key == TOKEN_FP32_KEY]
+    if len(values) > 1 or (values and values[0] not in TOKEN_FP32_FORMS):
+        raise MalformedGraph(f"{TOKEN_FP32_KEY} must be given once, one of {', '.join(TOKEN_FP32_FORMS)}; "
+                             f"got {values}")
+    return values[0] if values else "head"
+
+
+def with_token_fp32_form(model: onnx.ModelProto, form: str) -> None:
+    """Set ``splitup.token_fp32`` on ``model`` (in place)."""
+    if form not in TOKEN_FP32_FORMS:
+        raise ValueError(f"token task float32 form must be one of {', '.join(TOKEN_FP32_FORMS)}, got {form!r}")
+    kept = [p for p in model.metadata_props if p.key != TOKEN_FP32_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    model.metadata_props.add(key=TOKEN_FP32_KEY, value=form)
+
+
+def token_head(io: Sequence[tuple[Sequence[str], Sequence[str]]], weights: Set[str], local: Set[str],
+               graph_inputs: Set[str]) -> tuple[int, str] | None:
+    """Where the head of a token-choosing graph starts: ``(i, h)`` for the latest node position ``i`` such
+    that nodes ``i..`` read, besides ``local`` names (initializers, constants) and what they make
+    themselves, exactly one tensor ``h`` (made by a node before ``i``, not a graph input) and include the
+    last node reading one of ``weights`` (the LM head's matrix, or its dequantisation). ``io``: each node's
+    (inputs, outputs) in execution order. None if there is no such point."""
+    last_weight = max((i for i, (ins, _) in enumerate(io) if not weights.isdisjoint(ins)), default=-1)
+    if last_weight < 0:
+        return None
+    made: set[str] = set()
+    external: set[str] = set()
+    for i in range(len(io) - 1, -1, -1):
+        ins, outs = io[i]
+        made.update(o for o in outs if o)
+        external.difference_update(outs)
+        external.update(x for x in ins if x and x not in local and x not in made)
+        if i <= last_weight and len(external) == 1:
+            (h,) = external
+            if h not in graph_inputs:
+                return i, h
+    return None
+
+
+def float32_head(model: onnx.ModelProto, weights: Mapping[str, np.ndarray] | None, start: int, boundary: str,
+                 ) -> tuple[onnx.ModelProto, dict[str, np.ndarray] | None]:
+    """A copy of ``model`` whose nodes from ``start`` on (the head: they read ``boundary`` and constants
+    only, ``token_head``) compute in float32, and its shard arrays alike; the nodes before keep their types.
+    A half-precision initializer the body reads too gets a float32 copy of its own for the head."""
+    g = model.graph
+    body, head = list(g.node[:start]), list(g.node[start:])
+    inits = {t.name: t for t in g.initializer}
+    body_reads = {x for n in body for x in n.input if x}
+    head_reads = {x for n in head for x in n.input if x}
+    made_in_head = {o for n in head for o in n.output if o}
+    shared = {x for x in head_reads & body_reads if x in inits and inits[x].data_type in HALF_TYPES}
+    rename = {x: f"{x}__fp32_head" for x in sorted(shared)}
+    sub_nodes = []
+    for n in head:
+        c = onnx.NodeProto()
+        c.CopyFrom(n)
+        c.input[:] = [rename.get(x, x) for x in c.input]
+        sub_nodes.append(c)
+    sub_inits = []
+    for x in sorted(head_reads & set(inits)):
+        t = TensorProto()
+        t.CopyFrom(inits[x])
+        t.name = rename.get(x, x)
+        sub_inits.append(t)
+    held = {} if weights is None else dict(weights)
+    sub_weights = None if weights is None else {rename.get(x, x): held[x] for x in head_reads if x in held}
+    outs = [vi for vi in g.output if vi.name in made_in_head]
+    entry = next((vi for vi in g.output if vi.name == boundary), None)
+    if entry is None:
+        raise ValueError(f"the head's input {boundary!r} must be an output of the graph (it is committed)")
+    sub = helper.make_model(helper.make_graph(sub_nodes, f"{g.name}.head", [entry], outs, initializer=sub_inits),
+                            opset_imports=list(model.opset_import))
+    sub.ir_version = model.ir_version
+    up, up_weights = float32_arithmetic(sub, sub_weights)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    og = out.graph
+    keep = [t for t in g.initializer if t.name in body_reads or t.name not in head_reads]
+    del og.initializer[:]
+    og.initializer.extend([*keep, *up.graph.initializer])
+    del og.node[:]
+    og.node.extend([*body, *up.graph.node])
+    head_types = {vi.name: vi.type.tensor_type.elem_type for vi in up.graph.output}
+    for vi in og.output:
+        if vi.name in head_types:
+            vi.type.tensor_type.elem_type = head_types[vi.name]
+    del og.value_info[:]
+    if weights is None:
+        return out, None
+    merged = {k: v for k, v in held.items() if k in body_reads or k not in head_reads}
+    merged.update(up_weights or {})
+    return out, merged
+
+
+def split_head(model: onnx.ModelProto, boundary: str, head_outputs: Collection[str],
+               ) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """A task graph with a float32 head as two graphs: the body (every node the head does not need; the
+    task's inputs, its outputs but ``head_outputs``, ``boundary`` among them) and the head (``boundary`` in,
+    ``head_outputs`` out, the nodes between). Each keeps the initializers it reads (external stubs stay
+    stubs). An engine runs them one after the other, so the head reads exactly the ``boundary`` the task
+    hands out and commits, as a validator's run of the head alone does (``splitup.runtime.engine``)."""
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output if o}
+    inits = {t.name: t for t in g.initializer}
+    needed: set[int] = set()
+    seen: set[str] = set()
+    todo = list(head_outputs)
+    while todo:
+        x = todo.pop()
+        if x in seen or x == boundary or x in inits:
+            continue
+        seen.add(x)
+        n = producer.get(x)
+        if n is None:
+            raise ValueError(f"{x!r} is not computed from {boundary!r} and constants alone")
+        needed.add(id(n))
+        todo.extend(i for i in n.input if i)
+    head_nodes = [n for n in g.node if id(n) in needed]
+    body_nodes = [n for n in g.node if id(n) not in needed]
+    vis = {vi.name: vi for vi in (*g.input, *g.output, *g.value_info)}
+
+    def part(nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto],
+             suffix: str, props: dict[str, str]) -> onnx.ModelProto:
+        reads = {x for n in nodes for x in n.input}
+        m = helper.make_model(helper.make_graph(nodes, f"{g.name}.{suffix}", inputs, outputs,
+                                                initializer=[inits[x] for x in sorted(reads & set(inits))]),
+                              opset_imports=list(model.opset_import))
+        m.ir_version = model.ir_version
+        helper.set_model_props(m, props)
+        return m
+
+    props = {p.key: p.value for p in model.metadata_props}
+    body = part(body_nodes, list(g.input), [vi for vi in g.output if vi.name not in head_outputs], "body", props)
+    # the head has no KV cache and reads no value-sized input: the dims' maxima only
+    head = part(head_nodes, [vis[boundary]], [vis[o] for o in head_outputs], "head",
+                {k: v for k, v in props.items() if k == DIM_MAX_KEY})
+    return body, head

@@ -41,6 +41,11 @@ class NodeCost:
     flops: int
 
 
+#: Initializers up to this many elements (axes, shape constants, scalars) stay inside a task's graph, where
+#: shape inference can read them; larger ones are weights, held in the task's shard.
+INLINE_ELEMENTS = 64
+
+
 @dataclass
 class GraphAnalysis:
     """A model's nodes in execution order with their costs, tensor sizes and consumers."""

@@ -29,7 +29,8 @@ import numpy as np
 from splitup.errors import SplitUpError
 from splitup.graph.memory import hidden_workspace
 from splitup.graph.precision import HALF_TYPES, TOKEN_OUTPUT
-from splitup.partition.cost import GraphAnalysis
+from splitup.graph.upcast import token_fp32_form, token_head
+from splitup.partition.cost import INLINE_ELEMENTS, GraphAnalysis
 
 DEFAULT_WORKSPACE = 256 * 2**20
 # The ops ``graph.memory.hidden_workspace`` sizes (every other op allocates nothing it does not output):
@@ -69,6 +70,13 @@ class Partition:
     total_kv_cache_bytes: int
 
 
+def float32_tail(a: GraphAnalysis) -> bool:
+    """Whether the graph chooses tokens (outputs logits) and computes in half precision: its token task then
+    computes in float32, in whole or its head (``splitup.graph.upcast``)."""
+    return TOKEN_OUTPUT in a.graph_outputs and any(
+        a.types[x].elem_type in HALF_TYPES for x in (*a.graph_outputs, *a.state) if x in a.types)
+
+
 class _Costs:
     def __init__(self, a: GraphAnalysis, workspace: int) -> None:
         self.a = a
@@ -81,8 +89,15 @@ class _Costs:
         self.state_inputs = set(a.state)
         # A decoder computing in half precision: its last task (the one emitting logits) computes in float32
         # (splitup.graph.upcast), so it is costed as it will run, half-precision tensors at twice their size.
-        self.tail_fp32 = TOKEN_OUTPUT in self.outputs and any(
-            a.types[x].elem_type in HALF_TYPES for x in (*a.graph_outputs, *a.state) if x in a.types)
+        self.tail_fp32 = float32_tail(a)
+        # Only its head does where the graph has one and the plan asks for that (graph.upcast.token_head,
+        # token_fp32_form): nodes ``head..`` compute in float32, the rest of the last task in the plan's
+        # precision. 0: the whole last task.
+        self.head = 0
+        if self.tail_fp32 and token_fp32_form(a.model) == "head":
+            found = token_head(a.io, {k for k, t in a.initializers.items() if math.prod(t.dims) > INLINE_ELEMENTS},
+                               set(a.initializers) | set(a.constants), set(a.graph_inputs))
+            self.head = found[0] if found is not None else 0
         delta = [0] * (n + 2)
         nbytes, last_use = a.nbytes, a.last_use
         # A tensor made by node p and last read by node q crosses every cut in (p, q].
@@ -104,6 +119,8 @@ class _Costs:
             if f is not None and last is not None:
                 for p in range(f + 1, last + 1):
                     self.forbidden[p] = True
+        for p in range(self.head + 1, n) if self.head else ():
+            self.forbidden[p] = True  # the head stays whole, with the token task
         inits = self.inits
         weighted = [i for i, (inputs, _) in enumerate(a.io) if not inits.isdisjoint(inputs)]
         set_weighted = set(weighted)
@@ -147,8 +164,23 @@ class _Costs:
         flops = self.flops_prefix[stop] - self.flops_prefix[start]
         peak = max(self.level[start:stop]) - self.retained_prefix[start]
         if self.tail_fp32 and stop == self.n:
-            return sum(map(self.widened, weights)), sum(map(self.widened, kv)), 2 * peak, flops
+            head = max(start, self.head)
+            body = {x for inputs, _ in a.io[start:head] for x in inputs}
+            held = reads & (self.inits | self.state_inputs)
+            wide = {x for inputs, _ in a.io[head:] for x in inputs} & held
+            # a tensor the body reads too is held twice: as stored, and widened for the head
+            nbytes = {x: (a.nbytes(x) if x in body or x not in wide else 0) + (self.widened(x) if x in wide else 0)
+                      for x in held}
+            body_peak = max(self.level[start:head], default=0) - self.retained_prefix[start]
+            return (sum(nbytes[w] for w in weights), sum(nbytes[k] for k in kv),
+                    max(body_peak, self.head_peak(head) - self.retained_prefix[start]), flops)
         return sum(a.nbytes(w) for w in weights), sum(a.nbytes(k) for k in kv), peak, flops
+
+    def head_peak(self, head: int) -> int:
+        """The most bytes live in float32 nodes ``head..``, less a task's ``retained_prefix`` at its start:
+        their tensors and the outputs retained from the head on widened (an upper bound: integer tensors
+        too), the outputs retained from before the head (the body's, in the plan's precision) not."""
+        return 2 * self.level_suffix_max[head] - self.retained_prefix[head] if head < self.n else 0
 
     def stored_bytes(self, start: int) -> int:
         """Weights and KV cache read by nodes ``[start, n)``, at their stored size."""
@@ -197,6 +229,9 @@ class _Costs:
                                                                   in HIDDEN_WORKSPACE_OPS else 0)
             rp[i + 1] = rp[i] + retained[i]
             fp[i + 1] = fp[i] + flops[i]
+        self.level_suffix_max = [0] * (n + 1)
+        for i in range(n - 1, -1, -1):
+            self.level_suffix_max[i] = max(level[i], self.level_suffix_max[i + 1])
 
 
 def partition(
@@ -247,8 +282,8 @@ def partition(
     total_kv = sum(analysis.nbytes(n) for n in analysis.state)
     bound = math.ceil((total_w + total_kv) / largest)
     if costs.tail_fp32:
-        # The float32 last task holds at most the stored bytes of the longest tail that fits widened; the
-        # rest needs tasks of its own.
+        # The last task holds at most the stored bytes of the longest tail that fits with its float32 head
+        # (or all of it widened, without one); the rest needs tasks of its own.
         units = _Units(costs, cuts)
         start = units.tail_start(largest)
         if start < units.U:
@@ -353,20 +388,25 @@ class _Units:
         return lo
 
     def tail_start(self, size: int) -> int:
-        """The first unit the last task may start at when it computes in float32 (``_Costs.tail_fp32``):
-        ``footprint`` of the run up to the end, grown one unit at a time from the end; ``U`` if not even
-        the last unit fits."""
+        """The first unit the last task may start at when it computes its head in float32
+        (``_Costs.tail_fp32``): ``footprint`` of the run up to the end, grown one unit at a time from the
+        end; ``U`` if not even the last unit fits."""
         costs, bounds = self.costs, self.bounds
-        a, seen = costs.a, set()
-        held, peak, first = 0, 0, self.U
+        a, level, rp = costs.a, costs.level, costs.retained_prefix
+        seen: set[tuple[str, bool]] = set()
+        held, body_peak, first = 0, 0, self.U
         for u in range(self.U - 1, -1, -1):
-            for inputs, _ in a.io[bounds[u] : bounds[u + 1]]:
-                for x in inputs:
-                    if x not in seen and (x in costs.inits or x in costs.state_inputs):
-                        seen.add(x)
-                        held += costs.widened(x)
-            peak = max(peak, self.umax[u])
-            if held + 2 * (peak - costs.retained_prefix[bounds[u]]) + costs.workspace > size:
+            for i in range(bounds[u], bounds[u + 1]):
+                wide = i >= costs.head
+                for x in a.io[i][0]:
+                    if (x, wide) not in seen and (x in costs.inits or x in costs.state_inputs):
+                        seen.add((x, wide))
+                        held += costs.widened(x) if wide else a.nbytes(x)
+                if not wide:
+                    body_peak = max(body_peak, level[i])
+            start = bounds[u]
+            peak = max(body_peak - rp[start], costs.head_peak(max(start, costs.head)) - rp[start])
+            if held + peak + costs.workspace > size:
                 break
             first = u
         return first

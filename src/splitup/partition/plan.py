@@ -6,15 +6,22 @@ import math
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import onnx
 
 from splitup.graph.meta import dtype_of
+from splitup.graph.upcast import TOKEN_FP32_FORMS, with_token_fp32_form
 from splitup.graph.upgrade import upgrade_opset
 from splitup.partition.cost import GraphAnalysis, analyze
-from splitup.partition.partitioner import DEFAULT_WORKSPACE, Partition, PartitionError, partition
+from splitup.partition.partitioner import (
+    DEFAULT_WORKSPACE,
+    Partition,
+    PartitionError,
+    float32_tail,
+    partition,
+)
 from splitup.partition.refine import plan_partition
 from splitup.partition.task import Plan, TensorSpec, build_tasks, task_dir, write_task
 from splitup.units import format_bytes
@@ -116,23 +123,41 @@ def make_plan(
     out_dir: Path | None = None,
     trusted: bool = False,
     weights_dir: Path | None = None,
+    token_fp32: str = "auto",
 ) -> PlanResult:
     """Split ``model`` under ``budgets``; with ``out_dir`` write plan.json and one bundle per task.
 
     Shape-only models (no weight data) can be planned and their graphs written, but have no shards.
     A model from an old exporter (opset below 13) is upgraded first; its tasks are written upgraded.
     ``weights_dir`` holds the external-data files of a model saved with them (over 2 GiB): the shards are
-    read from there.
+    read from there. ``token_fp32``: in a half-precision plan, how much of the task that chooses tokens
+    computes in float32 (docs/posp.md, "Precision of the token-choosing task"): ``task`` (all of it, judged
+    from the previous task's committed hidden state), ``head`` (its head only, from the hidden state it
+    commits itself: smaller, but its executor may steer that state within the fp16 rule) or ``auto``
+    (``task`` unless that takes more tasks than ``head``).
     """
+    if token_fp32 not in ("auto", *TOKEN_FP32_FORMS):
+        raise ValueError(f"token_fp32 must be auto, {' or '.join(TOKEN_FP32_FORMS)}; got {token_fp32!r}")
     if not trusted:
         model = _localise_body_constants(upgrade_opset(model))
     analysis = analyze(model, trusted=trusted, weights_dir=weights_dir)
     wall, cpu = time.perf_counter(), time.process_time()
-    try:
-        # The analysis comes back rewritten where the planner split operators; tasks are cut from it.
-        a, part = plan_partition(analysis, budgets, workspace_bytes=workspace_bytes, cut_factor=cut_factor)
-    except PartitionError as exc:
-        raise PartitionError(f"{exc}; {_what_fits(analysis, budgets, workspace_bytes, cut_factor)}") from None
+    forms = [token_fp32] if token_fp32 != "auto" else list(TOKEN_FP32_FORMS) if float32_tail(analysis) else ["task"]
+    tried: list[tuple[str, GraphAnalysis, Partition]] = []
+    for form in forms:
+        # the form travels in the graph's metadata, which the partitioner, its rewrites and the task writer read
+        with_token_fp32_form(analysis.model, form)
+        try:
+            # The analysis comes back rewritten where the planner split operators; tasks are cut from it.
+            tried.append((form, *plan_partition(analysis, budgets, workspace_bytes=workspace_bytes,
+                                                cut_factor=cut_factor)))
+        except PartitionError as exc:
+            if form == forms[-1] and not tried:
+                raise PartitionError(f"{exc}; {_what_fits(analysis, budgets, workspace_bytes, cut_factor)}") from None
+    # the whole token task in float32 unless that costs a task (a ``head`` plan's bound holds for both forms)
+    form, a, part = min(tried, key=lambda t: len(t[2].segments))
+    with_token_fp32_form(a.model, form)  # the analysis may be shared between the tries
+    part = replace(part, lower_bound=min(p.lower_bound for _, _, p in tried))
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     # Every task is validated whether or not it is written: a plan that prints fine must also write.
     built = build_tasks(a, part, name, validate=True)

@@ -33,10 +33,10 @@ from splitup.graph.meta import DIM_MAX_KEY, DTYPE_ONNX, STATE_KEY, VALUE_MAX_KEY
 from splitup.graph.precision import DEFAULT_PRECISION, TOKEN_OUTPUT, precision_of, split_precision
 from splitup.graph.quant import raw_bytes
 from splitup.graph.sizes import tensor_bytes
-from splitup.graph.upcast import float32_arithmetic
+from splitup.graph.upcast import float32_arithmetic, float32_head, token_fp32_form, token_head
 from splitup.graph.validate import validate_model
 from splitup.graph.values import ranges_json, read_value_max
-from splitup.partition.cost import GraphAnalysis
+from splitup.partition.cost import INLINE_ELEMENTS, GraphAnalysis
 from splitup.partition.partitioner import Partition, Segment
 from splitup.partition.shapeflow import Probes, rematerialise, shape_values
 
@@ -45,7 +45,6 @@ PLAN_VERSION = 1
 GRAPH_FILE = "task.onnx"
 WEIGHTS_FILE = "weights.safetensors"
 TASK_FILE = "task.json"
-INLINE_ELEMENTS = 64
 
 
 
@@ -115,6 +114,9 @@ class TaskDefinition:
     # [[lo, hi]] (shared by every element) or one [lo, hi] per element, of the inputs whose values size outputs
     # (``splitup.value_max`` in the graph); the node refuses a feed outside (``splitup.runtime.interface``).
     value_max: dict[str, list[list[float]]] = field(default_factory=dict)
+    # The output a token task's float32 head reads (graph.upcast.token_head): its logits are judged from
+    # the executor's committed value of it (splitup.verify.replay). None: no separate head.
+    head: str | None = None
     task_id: str = field(default="")
 
     def canonical(self) -> bytes:
@@ -124,6 +126,8 @@ class TaskDefinition:
             body.pop("precision")  # fp32 tasks keep the ids they had before precision was recorded
         if not body["value_max"]:
             body.pop("value_max")  # so do tasks without value-sized inputs
+        if body["head"] is None:
+            body.pop("head")  # and tasks without a float32 head
         return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
     def with_id(self) -> TaskDefinition:
@@ -146,6 +150,10 @@ class TaskDefinition:
             split_precision(task.precision)
         except ValueError as exc:
             raise PlanError(f"task {task.index}: {exc}") from None
+        names = {o.name for o in task.outputs}
+        if task.head is not None and (task.head not in names or TOKEN_OUTPUT not in names or task.head == TOKEN_OUTPUT):
+            raise PlanError(f"task {task.index}: its head input {task.head!r} must be an output of a task that "
+                            f"outputs {TOKEN_OUTPUT!r}, and not that output")
         if task.task_id != task.with_id().task_id:
             raise PlanError(f"task {task.index}: task_id does not match its definition")
         return task
@@ -334,12 +342,24 @@ def _build_task(a: GraphAnalysis, sym: dict[str, onnx.ValueInfoProto], seg: Segm
     if state:
         props[STATE_KEY] = json.dumps(state, sort_keys=True)
     helper.set_model_props(model, props)
+    head = None
     if TOKEN_OUTPUT in outputs and split_precision(precision_of(model))[1] == "fp16":
-        # The task choosing tokens computes in float32 (docs/posp.md, "Precision of the token-choosing
-        # task"); the partitioner costed it so (partitioner._Costs.tail_fp32).
-        model, weights = float32_arithmetic(model, weights, state=state)
-        in_specs = [_as_float32(s) if s.name in state else s for s in in_specs]
-        out_specs = [_as_float32(s) for s in out_specs]
+        # The task choosing tokens computes its head in float32, from a hidden state it also outputs (and so
+        # commits), or all of it where there is no such point (docs/posp.md, "Precision of the
+        # token-choosing task"); the partitioner costed it so (partitioner._Costs.tail_fp32).
+        found = token_head([(n.input, n.output) for n in nodes], set(shard), set(inits) | set(consts),
+                           set(inputs)) if token_fp32_form(a.model) == "head" else None
+        if found is None:
+            model, weights = float32_arithmetic(model, weights, state=state)
+            in_specs = [_as_float32(s) if s.name in state else s for s in in_specs]
+            out_specs = [_as_float32(s) for s in out_specs]
+        else:
+            start, head = found
+            spec = _interface(a, sym, head, {})
+            model.graph.output.append(vi(spec))
+            model, weights = float32_head(model, weights, len(consts) + start, head)
+            made = {o for n in nodes[start:] for o in n.output}
+            out_specs = [_as_float32(s) if s.name in made else s for s in out_specs] + [spec]
     if validate:
         try:
             validate_model(model)
@@ -354,7 +374,7 @@ def _build_task(a: GraphAnalysis, sym: dict[str, onnx.ValueInfoProto], seg: Segm
         activation_bytes=seg.activation_bytes, kv_cache_bytes=seg.kv_cache_bytes,
         workspace_bytes=seg.workspace_bytes, flops=seg.flops, cut_bytes=seg.cut_bytes,
         budget_bytes=seg.budget_bytes, layers=_layers(nodes, set(a.initializers)), node_count=len(nodes),
-        precision=precision_of(model), value_max=value_max,
+        precision=precision_of(model), value_max=value_max, head=head,
     )
     return BuiltTask(definition, model, weights)
 

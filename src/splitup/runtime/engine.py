@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from splitup.errors import SplitUpError
 from splitup.graph.limits import Limits
 from splitup.graph.meta import ONNX_DTYPE_NAMES
+from splitup.graph.precision import TOKEN_OUTPUT
+from splitup.graph.upcast import split_head
 from splitup.graph.validate import validate_file
-from splitup.partition.task import GRAPH_FILE, PlanError, TaskDefinition, TensorSpec, load_task
+from splitup.partition.task import GRAPH_FILE, WEIGHTS_FILE, PlanError, TaskDefinition, TensorSpec, load_task
 from splitup.runtime.interface import check_feeds, check_values
 from splitup.runtime.kv import KvLayout
 
@@ -43,6 +50,14 @@ class Runner(ABC):
         self.engine = engine
         self.device = device
         self.kv = KvLayout.of(task.inputs, task.state)
+        self._head: Runner | None = None
+
+    def head(self) -> Runner:
+        """A runner of this task's float32 head alone (``task.head`` in, the logits out): what a validator
+        runs on an executor's committed hidden state (``splitup.verify.replay``)."""
+        if self._head is None:
+            raise EngineError(f"task {self.task.task_id[:12]} has no float32 head on this {self.engine} runner")
+        return self._head
 
     @abstractmethod
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -90,7 +105,60 @@ class Engine(ABC):
         if {k: [list(p) for p in v] for k, v in report.value_max.items()} != task.value_max:
             raise PlanError(f"task {task.task_id[:12]}: value ranges differ between the graph ({report.value_max}) "
                             f"and task.json ({task.value_max})")
-        return self._open(directory / GRAPH_FILE, task)
+        if task.head is None:
+            return self._open(directory / GRAPH_FILE, task)
+        try:
+            body, head = split_task(onnx.load(str(directory / GRAPH_FILE), load_external_data=False), task)
+        except ValueError as exc:
+            raise PlanError(f"task {task.task_id[:12]}: its head {task.head!r} does not split the graph: {exc}") from None
+        return HeadedRunner(task, self._open_part(directory, *body), self._open_part(directory, *head))
+
+    def _open_part(self, directory: Path, model: onnx.ModelProto, task: TaskDefinition) -> Runner:
+        """A part of a verified bundle's graph, written beside a link to the bundle's shard."""
+        tmp = tempfile.TemporaryDirectory(prefix="splitup-part-")
+        try:
+            onnx.save(model, str(Path(tmp.name) / GRAPH_FILE))
+            if (directory / WEIGHTS_FILE).exists():
+                os.symlink((directory / WEIGHTS_FILE).resolve(), Path(tmp.name) / WEIGHTS_FILE)
+            runner = self._open(Path(tmp.name) / GRAPH_FILE, task)
+        except BaseException:
+            tmp.cleanup()
+            raise
+        weakref.finalize(runner, tmp.cleanup)  # engines may read the shard lazily: it lives with the runner
+        return runner
+
+
+def split_task(model: onnx.ModelProto, task: TaskDefinition,
+               ) -> tuple[tuple[onnx.ModelProto, TaskDefinition], tuple[onnx.ModelProto, TaskDefinition]]:
+    """A task with a float32 head as its body and its head (``graph.upcast.split_head``), each with the
+    definition of its interface."""
+    assert task.head is not None
+    specs = {s.name: s for s in task.outputs}
+    body, head = split_head(model, task.head, [TOKEN_OUTPUT])
+    body_task = replace(task, outputs=[s for s in task.outputs if s.name != TOKEN_OUTPUT], head=None)
+    head_task = replace(task, inputs=[specs[task.head]], outputs=[specs[TOKEN_OUTPUT]], state={}, head=None,
+                        value_max={})
+    return (body, body_task), (head, head_task)
+
+
+class HeadedRunner(Runner):
+    """A task with a float32 head run as two engine calls, the body then the head on the hidden state the
+    body hands out: the logits are the head of exactly the bits the node commits (an engine running the
+    whole graph may fuse away the rounding between them), as a validator computes them."""
+
+    def __init__(self, task: TaskDefinition, body: Runner, head: Runner) -> None:
+        super().__init__(task, body.engine, body.device)
+        self.body, self._head = body, head
+        self.kv_form, self.arithmetic = body.kv_form, body.arithmetic
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outs = self.body.run(feeds)
+        return outs | self._head.run({self.task.head: outs[self.task.head]})
+
+    def step(self, feeds: Mapping[str, np.ndarray], state: Mapping[str, Any] | None
+             ) -> tuple[dict[str, Any], dict[str, Any]]:
+        outs, state = self.body.step(feeds, state)
+        return outs | self._head.run({self.task.head: np.asarray(outs[self.task.head])}), state
 
 
 def _check_interface(model, task: TaskDefinition) -> None:  # noqa: ANN001 - onnx.ModelProto

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from splitup.graph.meta import DTYPE_ONNX, NUMPY_DTYPES
-from splitup.partition.task import TaskDefinition
+from splitup.partition.task import WEIGHTS_FILE, TaskDefinition
 from splitup.runtime.arithmetic import arithmetic_for, converts, float32_graph, ort_device_arithmetic
 from splitup.runtime.engine import Engine, EngineError, EngineUnavailable, Runner
 from splitup.runtime.kv import step_bucket
@@ -106,9 +107,14 @@ class OnnxruntimeEngine(Engine):
         # Loading from the path lets onnxruntime resolve external data next to the graph (mmap'd shard); a
         # converted graph is loaded from bytes, its external data resolved in the bundle's directory.
         source: str | bytes = str(graph)
-        if converts(task, arith):
-            opts.add_session_config_entry(EXTERNAL_DATA_FOLDER_KEY, str(graph.parent))
-            source = float32_graph(graph).SerializeToString()
+        shard = graph.parent / WEIGHTS_FILE
+        if converts(task, arith) or shard.is_symlink():
+            # A task's head beside a link to its bundle's shard (Engine._open_part): onnxruntime refuses external
+            # data outside the folder it is given, so it gets the shard's own.
+            opts.add_session_config_entry(EXTERNAL_DATA_FOLDER_KEY,
+                                          str(shard.resolve().parent if shard.is_symlink() else graph.parent))
+            model = float32_graph(graph) if converts(task, arith) else onnx.load(str(graph), load_external_data=False)
+            source = model.SerializeToString()
         try:
             sess = self._ort.InferenceSession(source, opts, providers=self.providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors

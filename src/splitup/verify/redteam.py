@@ -311,8 +311,10 @@ def class_engines(precision: str, *, full: bool, reference: bool, tinygrad: bool
 
 def task_class(precision: str, task: TaskDefinition) -> str:
     """The class one task of a plan at ``precision`` is judged under: the task that chooses tokens computes
-    in float32 in every plan (docs/posp.md, "Precision of the token-choosing task"), the others at the
-    plan's precision."""
+    its logits in float32 in every plan (docs/posp.md, "Precision of the token-choosing task"), the others
+    at the plan's precision. Here the whole token task runs in float32 (the plans are float32 ones, their
+    precision emulated): its logits come from a hidden state honest float32 engines agree on to ~1e-7, as
+    a float32 head's come from the very bits its executor committed."""
     if precision not in FLOAT32_CLASSES and chooses_tokens([o.name for o in task.outputs]):
         return "fp32"
     return precision

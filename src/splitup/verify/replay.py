@@ -17,10 +17,12 @@ from onnx.reference import ReferenceEvaluator
 
 from splitup.partition.task import GRAPH_FILE, TaskDefinition, load_task
 from splitup.runtime import Runner, run_stateful
+from splitup.runtime.engine import split_task
 from splitup.verify.compare import (
     DEFAULT_TOLERANCE,
     TOLERANCES,
     ArithmeticBelowStated,
+    CoarseClassRefused,
     Tolerance,
     check_token_tolerance,
     chooses_tokens,
@@ -37,6 +39,8 @@ class Replay:
     outputs: list[dict[str, np.ndarray]]  # boundary outputs per call
     seconds: float
     state: dict[str, np.ndarray] = field(default_factory=dict)  # the cache after the last call
+    # per call, for a task with a float32 head: the head run on the executor's committed head input
+    head: list[dict[str, np.ndarray]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -51,11 +55,15 @@ def replay(runner: Runner, transcript: Transcript) -> Replay:
     held = set(runner.task.state.values())
     state: dict[str, np.ndarray] = {}
     outs: list[dict[str, np.ndarray]] = []
+    heads: list[dict[str, np.ndarray]] = []
+    boundary = runner.task.head
     start = time.perf_counter()
     for step in transcript.steps:
         result, state = run_stateful(runner, step.inputs, state)
         outs.append({k: v for k, v in result.items() if k not in held})
-    return Replay(outs, time.perf_counter() - start, state)
+        if boundary is not None and boundary in step.outputs:
+            heads.append(runner.head().run({boundary: step.outputs[boundary]}))
+    return Replay(outs, time.perf_counter() - start, state, heads)
 
 
 def judge(transcript: Transcript, replayed: Replay, tol: Tolerance | None = None,
@@ -70,25 +78,47 @@ def judge(transcript: Transcript, replayed: Replay, tol: Tolerance | None = None
     Logits are held to the transcript's decoding rule, each call's sampled draw keyed by the tokens in
     the sequence once its inputs are in (read off ``task``'s ``seq`` axis).
     """
+    head = task.head if task is not None else None
+    head_tol = TOLERANCES["fp32"] if tol is None else tol
     if task is not None:
         tokens = chooses_tokens([o.name for o in task.outputs])
         try:
-            cls = judged_class(task.precision, tokens=tokens, executor=transcript.arithmetic, validator=arithmetic)
+            # with a float32 head the body keeps the plan's class; the logits are judged below in float32
+            cls = judged_class(task.precision, tokens=tokens and head is None, executor=transcript.arithmetic,
+                               validator=arithmetic)
         except ArithmeticBelowStated as exc:
             return Judgement(False, str(exc), float("inf"))
         if tol is None:
             tol = TOLERANCES[cls]
-        elif tokens:
+        elif tokens and head is None:
             check_token_tolerance(tol)
+        if head is not None:
+            check_token_tolerance(head_tol)
+            if len(replayed.head) != len(transcript.steps):
+                raise CoarseClassRefused(f"task {task.task_id[:12]} chooses tokens in a float32 head: its logits are "
+                                         f"judged only against the head run on each call's {head!r} "
+                                         f"({len(replayed.head)} of {len(transcript.steps)} calls have it)")
     tol = tol or DEFAULT_TOLERANCE
     positions = call_positions(task, transcript) if task is not None else [0] * len(transcript.steps)
     worst = 0.0
     for i, (step, ref) in enumerate(zip(transcript.steps, replayed.outputs, strict=True)):
-        verdict = compare_outputs(step.outputs, ref, tol, logits=[LOGITS] if LOGITS in ref else (),
-                                  decoding=transcript.decoding, position=positions[i])
-        worst = max([worst, *(t.rel_l2 for t in verdict.tensors)])
-        if not verdict.match:
-            return Judgement(False, f"call {i}: {verdict.reason}", worst)
+        if head is None:
+            verdicts = [compare_outputs(step.outputs, ref, tol, logits=[LOGITS] if LOGITS in ref else (),
+                                        decoding=transcript.decoding, position=positions[i])]
+        else:
+            # two stages: what the layers made (the head's input included) under the plan's class; the
+            # logits under float32's against the head computed from the executor's own head input
+            verdicts = [
+                compare_outputs({k: v for k, v in step.outputs.items() if k != LOGITS},
+                                {k: v for k, v in ref.items() if k != LOGITS}, tol),
+                compare_outputs({LOGITS: step.outputs[LOGITS]} if LOGITS in step.outputs else {},
+                                replayed.head[i], head_tol, logits=[LOGITS], decoding=transcript.decoding,
+                                position=positions[i]),
+            ]
+        for verdict in verdicts:
+            worst = max([worst, *(t.rel_l2 for t in verdict.tensors)])
+            if not verdict.match:
+                return Judgement(False, f"call {i}: {verdict.reason}", worst)
     return Judgement(True, "", worst)
 
 
@@ -123,13 +153,19 @@ def estimated_flops(task: TaskDefinition, transcript: Transcript) -> int:
 class ReferenceRunner(Runner):
     """``onnx.reference.ReferenceEvaluator`` behind the engine interface: the arbiter's exact engine."""
 
-    def __init__(self, bundle: Path) -> None:
-        task = load_task(Path(bundle), verify=True)
+    def __init__(self, bundle: Path | None = None, *, graph: tuple[onnx.ModelProto, TaskDefinition] | None = None,
+                 ) -> None:
+        if graph is None:
+            # onnx.load resolves the external weights next to the graph (offsets into the verified shard).
+            task = load_task(Path(bundle), verify=True)
+            graph = onnx.load(str(Path(bundle) / GRAPH_FILE)), task
+        model, task = graph  # ``graph``: a model whose weights are loaded, and its definition
         super().__init__(task, "onnx.reference", "cpu")
-        # onnx.load resolves the external weights next to the graph (offsets into the verified shard).
-        model = onnx.load(str(Path(bundle) / GRAPH_FILE))
         self._names = [o.name for o in model.graph.output]
         self._eval = ReferenceEvaluator(model)
+        if task.head is not None:
+            # the exact engine runs the whole graph (no fusing there) and, for judging, the head alone
+            self._head = ReferenceRunner(graph=split_task(model, task)[1])
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         outs = self._eval.run(None, dict(feeds))

@@ -19,6 +19,7 @@ from splitup.market import DEFAULT_PROGRAM_ID, LiteSvmTransport, Market, MarketP
 from splitup.market.layout import ModelTask
 from splitup.market.transport import TxResult, unique_signers
 from splitup.partition import PartitionError, analyze, partition, plan_partition
+from splitup.partition.partitioner import float32_tail
 from splitup.partition.plan import make_plan
 from splitup.partition.task import Plan
 from splitup.runtime import Engine, get_engine
@@ -33,16 +34,22 @@ PRICE = 10_000_000
 MODEL = "tiny-llama"
 
 
-def write_plan(out: Path, tasks: int = 3, model_name: str = MODEL, dtype: str = "float32") -> Plan:
+def write_plan(out: Path, tasks: int = 3, model_name: str = MODEL, dtype: str = "float32",
+               token_fp32: str = "auto") -> Plan:
     """A zoo model (seeded weights, ``dtype`` as ``zoo.build`` takes it) split into ``tasks`` tasks: the
-    largest budget that gives that many."""
+    largest budget that gives that many (``token_fp32`` as ``make_plan`` takes it)."""
     model = zoo.build(model_name, seed=0, dtype=dtype)
     a = analyze(model)
     whole = partition(a, 2**40, workspace_bytes=0).segments[0].vram_bytes
+    half = float32_tail(a)
     for frac in np.linspace(0.95, 0.1, 86):
+        budget = int(whole * frac)
         try:
-            if len(plan_partition(a, int(whole * frac), workspace_bytes=0)[1].segments) == tasks:  # as make_plan
-                return make_plan(model, model_name, int(whole * frac), workspace_bytes=0, out_dir=out).plan
+            # as make_plan does (the token task's form can change the count of a half-precision plan)
+            count = (len(make_plan(model, model_name, budget, workspace_bytes=0, token_fp32=token_fp32).plan.tasks)
+                     if half else len(plan_partition(a, budget, workspace_bytes=0)[1].segments))
+            if count == tasks:
+                return make_plan(model, model_name, budget, workspace_bytes=0, out_dir=out, token_fp32=token_fp32).plan
         except PartitionError:
             continue
     raise PartitionError(f"no budget splits {model_name} into {tasks} tasks")
