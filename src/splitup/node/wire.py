@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import threading
-from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
 import numpy as np
@@ -109,7 +109,7 @@ class Envelope:
         return (self.job == other.job and self.hop_timeout == other.hop_timeout and self.meta == other.meta
                 and len(self.route) == len(other.route)
                 and all(a.urls == b.urls and a.task == b.task and a.send == b.send and a.session == b.session
-                        and a.last == b.last for a, b in zip(self.route, other.route)))
+                        and a.last == b.last for a, b in zip(self.route, other.route, strict=True)))
 
     @staticmethod
     def from_wire(value: Any) -> Envelope:
@@ -124,7 +124,7 @@ class Envelope:
         if len(steps) != len(base.route) or not 0 <= hop < len(base.route):
             raise WireError(f"route of {len(base.route)} hops with hop index {hop} and {len(steps)} steps is invalid")
         route = list(base.route)
-        for k, (h, step) in enumerate(zip(base.route, steps)):
+        for k, (h, step) in enumerate(zip(base.route, steps, strict=True)):
             if step is None:
                 if h.session is not None:
                     raise WireError("malformed routing envelope: a hop with a session needs an integer step")
