@@ -17,7 +17,7 @@ from splitup.graph.meta import TOKEN_FP32_KEY
 from splitup.graph.precision import HALF_TYPES
 from splitup.graph.upcast import split_head, token_fp32_form, token_head, with_token_fp32_form
 from splitup.partition.task import GRAPH_FILE, Plan, PlanError, TaskDefinition, task_dir
-from splitup.runtime import get_engine, run_stateful
+from splitup.runtime import available_engines, get_engine, run_stateful
 from splitup.verify.compare import (
     TOLERANCES,
     ArithmeticBelowStated,
@@ -210,3 +210,24 @@ def test_the_token_task_form_in_a_graph_is_one_of_the_known_ones():
         token_fp32_form(model)
     with pytest.raises(ValueError):
         with_token_fp32_form(model, "layers")
+
+
+def test_onnxruntime_and_tinygrad_judge_each_others_float32_head(fp16_plan):
+    reason = available_engines()["tinygrad"]
+    if reason != "ok":
+        pytest.skip(f"tinygrad engine unavailable: {reason}")
+    out, plan = fp16_plan
+    last = plan.tasks[-1]
+    runners = [get_engine("onnxruntime", threads=1).load(task_dir(out, t)) for t in plan.tasks]
+    env: dict[str, np.ndarray] = {"input_ids": np.arange(3, 11, dtype=np.int64)[None]}
+    for r in runners[:-1]:
+        env.update(run_stateful(r, {s.name: env[s.name] for s in r.task.inputs
+                                    if s.name in env and s.name not in r.task.state}, None)[0])
+    feeds = {s.name: env[s.name] for s in last.inputs if s.name in env and s.name not in last.state}
+    tiny = get_engine("tinygrad").load(task_dir(out, last))
+    for executor, validator in ((runners[-1], tiny), (tiny, runners[-1])):
+        outs, _ = run_stateful(executor, feeds, None)
+        t = Transcript("job", last.index, last.task_id, arithmetic=executor.arithmetic)
+        t.add(feeds, {k: v for k, v in outs.items() if k not in last.state.values()})
+        verdict = judge(t, replay(validator, t), task=last, arithmetic=validator.arithmetic)
+        assert verdict.match, (executor.engine, verdict.reason)
