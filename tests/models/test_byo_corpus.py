@@ -199,3 +199,26 @@ def test_dynamo_exporter(tmp_path):
                          dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, dim_max={"batch": 8})
     assert model.opset_import[0].version >= 18
     check_split(model, "dynamo-mlp", 2, tmp_path)
+
+
+@pytest.mark.parametrize("form", ["head", "task"])
+def test_a_half_precision_export_chooses_its_tokens_in_float32(form, tmp_path):
+    """A model exported in fp16 with its KV cache (the cache in the model's own precision) splits into three
+    tasks whose token task computes its head, or all of it, in float32, and runs as the model does."""
+    from splitup.partition import analyze, budget_for_tasks
+    from splitup.partition.plan import make_plan
+
+    torch.manual_seed(0)
+    hf = _llama().eval().half()
+    model = export_transformers(hf, max_batch=1, max_seq=8, max_past=16, attention_mask=False, kv_cache=True)
+    plan = make_plan(model, "llama-fp16", budget_for_tasks(analyze(model), 3), workspace_bytes=0, out_dir=tmp_path,
+                     token_fp32=form).plan
+    last = plan.tasks[-1]
+    assert (last.head is not None) == (form == "head")
+    assert last.precision == ("fp16/fp16" if form == "head" else "fp32/fp32")
+    ids = np.array([[5, 17, 3, 40]], np.int64)
+    got = LocalPipeline(tmp_path).run({"input_ids": ids})["logits"]
+    with torch.no_grad():
+        want = hf.float()(torch.tensor(ids)).logits.numpy()
+    assert got.dtype == np.float32 and np.abs(got - want).max() < 1e-3 * max(1.0, np.abs(want).max())
+    assert (got.argmax(-1) == want.argmax(-1)).all()

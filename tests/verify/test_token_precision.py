@@ -12,10 +12,13 @@ import numpy as np
 import onnx
 import pytest
 
+from splitup.graph import zoo
 from splitup.graph.errors import MalformedGraph
 from splitup.graph.meta import TOKEN_FP32_KEY
 from splitup.graph.precision import HALF_TYPES
 from splitup.graph.upcast import split_head, token_fp32_form, token_head, with_token_fp32_form
+from splitup.partition import analyze, budget_for_tasks
+from splitup.partition.plan import make_plan
 from splitup.partition.task import GRAPH_FILE, Plan, PlanError, TaskDefinition, task_dir
 from splitup.runtime import available_engines, get_engine, run_stateful
 from splitup.verify.compare import (
@@ -231,3 +234,14 @@ def test_onnxruntime_and_tinygrad_judge_each_others_float32_head(fp16_plan):
         t.add(feeds, {k: v for k, v in outs.items() if k not in last.state.values()})
         verdict = judge(t, replay(validator, t), task=last, arithmetic=validator.arithmetic)
         assert verdict.match, (executor.engine, verdict.reason)
+
+
+def test_planning_leaves_the_callers_model_as_it_was():
+    model = zoo.build("tiny-llama", seed=0, dtype="fp16")
+    before = [(p.key, p.value) for p in model.metadata_props]
+    budget = budget_for_tasks(analyze(model), 3)
+    counts = {form: len(make_plan(model, "tiny", budget, workspace_bytes=0, token_fp32=form).plan.tasks)
+              for form in ("task", "head", "auto")}
+    assert [(p.key, p.value) for p in model.metadata_props] == before
+    # and so a plan's count does not depend on the form asked for before it
+    assert counts["auto"] == min(counts["task"], counts["head"])

@@ -222,7 +222,8 @@ def export_transformers(
         dims |= {"past": limit} | ({"total": limit + max_seq} if attention_mask else {})
         for i in range(layers):
             for kind in ("key", "value"):
-                inputs.append(torch.randn(batch, kv_heads, past, head_dim, generator=g))
+                # the cache in the model's own precision (a half-precision model attends in half)
+                inputs.append(torch.randn(batch, kv_heads, past, head_dim, generator=g).to(model.dtype))
                 names.append(f"past.{i}.{kind}")
                 dyn[f"past.{i}.{kind}"] = {0: "batch", 2: "past"}
                 out_names.append(f"present.{i}.{kind}")

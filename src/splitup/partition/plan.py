@@ -142,25 +142,31 @@ def make_plan(
         model = _localise_body_constants(upgrade_opset(model))
     analysis = analyze(model, trusted=trusted, weights_dir=weights_dir)
     wall, cpu = time.perf_counter(), time.process_time()
-    forms = [token_fp32] if token_fp32 != "auto" else list(TOKEN_FP32_FORMS) if float32_tail(analysis) else ["task"]
-    tried: list[tuple[str, GraphAnalysis, Partition]] = []
-    for form in forms:
-        # the form travels in the graph's metadata, which the partitioner, its rewrites and the task writer read
-        with_token_fp32_form(analysis.model, form)
-        try:
-            # The analysis comes back rewritten where the planner split operators; tasks are cut from it.
-            tried.append((form, *plan_partition(analysis, budgets, workspace_bytes=workspace_bytes,
-                                                cut_factor=cut_factor)))
-        except PartitionError as exc:
-            if form == forms[-1] and not tried:
-                raise PartitionError(f"{exc}; {_what_fits(analysis, budgets, workspace_bytes, cut_factor)}") from None
-    # the whole token task in float32 unless that costs a task (a ``head`` plan's bound holds for both forms)
-    form, a, part = min(tried, key=lambda t: len(t[2].segments))
-    with_token_fp32_form(a.model, form)  # the analysis may be shared between the tries
-    part = replace(part, lower_bound=min(p.lower_bound for _, _, p in tried))
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    # Every task is validated whether or not it is written: a plan that prints fine must also write.
-    built = build_tasks(a, part, name, validate=True)
+    # the form travels in the graph's metadata, which the partitioner, its rewrites and the task writer read;
+    # the caller's model may be the analysed one itself, so its metadata is put back afterwards
+    original = list(analysis.model.metadata_props)
+    try:
+        forms = [token_fp32] if token_fp32 != "auto" else list(TOKEN_FP32_FORMS) if float32_tail(analysis) else ["task"]
+        tried: list[tuple[str, GraphAnalysis, Partition]] = []
+        for form in forms:
+            with_token_fp32_form(analysis.model, form)
+            try:
+                # The analysis comes back rewritten where the planner split operators; tasks are cut from it.
+                tried.append((form, *plan_partition(analysis, budgets, workspace_bytes=workspace_bytes,
+                                                    cut_factor=cut_factor)))
+            except PartitionError as exc:
+                if form == forms[-1] and not tried:
+                    raise PartitionError(f"{exc}; {_what_fits(analysis, budgets, workspace_bytes, cut_factor)}") from None
+        # the whole token task in float32 unless that costs a task (a ``head`` plan's bound holds for both forms)
+        form, a, part = min(tried, key=lambda t: len(t[2].segments))
+        with_token_fp32_form(a.model, form)  # the analysis may be shared between the tries
+        part = replace(part, lower_bound=min(p.lower_bound for _, _, p in tried))
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        # Every task is validated whether or not it is written: a plan that prints fine must also write.
+        built = build_tasks(a, part, name, validate=True)
+    finally:
+        del analysis.model.metadata_props[:]
+        analysis.model.metadata_props.extend(original)
     if out_dir is not None:
         out_dir = Path(out_dir)
         if (out_dir / "tasks").exists():
