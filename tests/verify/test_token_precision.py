@@ -245,3 +245,21 @@ def test_planning_leaves_the_callers_model_as_it_was():
     assert [(p.key, p.value) for p in model.metadata_props] == before
     # and so a plan's count does not depend on the form asked for before it
     assert counts["auto"] == min(counts["task"], counts["head"])
+
+
+def test_a_constant_both_the_layers_and_the_head_read_is_in_both_parts():
+    from onnx import TensorProto, helper
+    from onnx.reference import ReferenceEvaluator
+
+    c = helper.make_node("Constant", [], ["c"], value=helper.make_tensor("c", TensorProto.FLOAT, [], [2.0]))
+    graph = helper.make_graph(
+        [c, helper.make_node("Add", ["x", "c"], ["h"]), helper.make_node("Mul", ["h", "c"], [LOGITS])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+        [helper.make_tensor_value_info("h", TensorProto.FLOAT, [3]),
+         helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, [3])])
+    body, head = split_head(helper.make_model(graph), "h", [LOGITS])
+    x = np.arange(3, dtype=np.float32)
+    (h,) = ReferenceEvaluator(body).run(None, {"x": x})
+    (logits,) = ReferenceEvaluator(head).run(None, {"h": h})
+    assert np.array_equal(logits, (x + 2) * 2)
+    assert [n.op_type for n in head.graph.node] == ["Constant", "Mul"]

@@ -255,21 +255,17 @@ def float32_head(model: onnx.ModelProto, weights: Mapping[str, np.ndarray] | Non
         c.CopyFrom(n)
         c.input[:] = [rename.get(x, x) for x in c.input]
         sub_nodes.append(c)
-    sub_inits = []
-    for x in sorted(head_reads & set(inits)):
-        t = TensorProto()
-        t.CopyFrom(inits[x])
-        t.name = rename.get(x, x)
-        sub_inits.append(t)
+    sub_inits = dict(inits)
+    for x, fresh in rename.items():
+        sub_inits[fresh] = TensorProto()
+        sub_inits[fresh].CopyFrom(inits[x])
+        sub_inits[fresh].name = fresh
     held = {} if weights is None else dict(weights)
     sub_weights = None if weights is None else {rename.get(x, x): held[x] for x in head_reads if x in held}
-    outs = [vi for vi in g.output if vi.name in made_in_head]
     entry = next((vi for vi in g.output if vi.name == boundary), None)
     if entry is None:
         raise ValueError(f"the head's input {boundary!r} must be an output of the graph (it is committed)")
-    sub = helper.make_model(helper.make_graph(sub_nodes, f"{g.name}.head", [entry], outs, initializer=sub_inits),
-                            opset_imports=list(model.opset_import))
-    sub.ir_version = model.ir_version
+    sub = _subgraph(model, sub_nodes, [entry], [vi for vi in g.output if vi.name in made_in_head], "head", sub_inits)
     up, up_weights = float32_arithmetic(sub, sub_weights)
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -291,46 +287,62 @@ def float32_head(model: onnx.ModelProto, weights: Mapping[str, np.ndarray] | Non
     return out, merged
 
 
-def split_head(model: onnx.ModelProto, boundary: str, head_outputs: Collection[str],
-               ) -> tuple[onnx.ModelProto, onnx.ModelProto]:
-    """A task graph with a float32 head as two graphs: the body (every node the head does not need; the
-    task's inputs, its outputs but ``head_outputs``, ``boundary`` among them) and the head (``boundary`` in,
-    ``head_outputs`` out, the nodes between). Each keeps the initializers it reads (external stubs stay
-    stubs). An engine runs them one after the other, so the head reads exactly the ``boundary`` the task
-    hands out and commits, as a validator's run of the head alone does (``splitup.runtime.engine``)."""
-    g = model.graph
+def _subgraph(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto], inputs: Sequence[onnx.ValueInfoProto],
+              outputs: Sequence[onnx.ValueInfoProto], suffix: str, inits: Mapping[str, TensorProto],
+              props: Mapping[str, str] | None = None) -> onnx.ModelProto:
+    """``nodes`` of ``model`` as a model of their own, with the initializers (from ``inits``) they read."""
+    reads = {x for n in nodes for x in n.input}
+    m = helper.make_model(helper.make_graph(nodes, f"{model.graph.name}.{suffix}", inputs, outputs,
+                                            initializer=[inits[x] for x in sorted(reads & set(inits))]),
+                          opset_imports=list(model.opset_import))
+    m.ir_version = model.ir_version
+    if props:
+        helper.set_model_props(m, props)
+    return m
+
+
+def _ancestors(g: onnx.GraphProto, outputs: Collection[str], sources: Collection[str]) -> list[onnx.NodeProto]:
+    """The nodes of ``g`` that ``outputs`` are computed by from ``sources`` and initializers, in graph order."""
     producer = {o: n for n in g.node for o in n.output if o}
-    inits = {t.name: t for t in g.initializer}
+    inits = {t.name for t in g.initializer}
     needed: set[int] = set()
     seen: set[str] = set()
-    todo = list(head_outputs)
+    todo = list(outputs)
     while todo:
         x = todo.pop()
-        if x in seen or x == boundary or x in inits:
+        if x in seen or x in sources or x in inits:
             continue
         seen.add(x)
         n = producer.get(x)
         if n is None:
-            raise ValueError(f"{x!r} is not computed from {boundary!r} and constants alone")
+            raise ValueError(f"{x!r} is not computed from {', '.join(map(repr, sources))} and constants alone")
         needed.add(id(n))
         todo.extend(i for i in n.input if i)
-    head_nodes = [n for n in g.node if id(n) in needed]
-    body_nodes = [n for n in g.node if id(n) not in needed]
+    return [n for n in g.node if id(n) in needed]
+
+
+def head_graph(model: onnx.ModelProto, boundary: str, head_outputs: Collection[str]) -> onnx.ModelProto:
+    """The head of a task graph (``boundary`` in, ``head_outputs`` out, the nodes between and the initializers
+    they read; external stubs stay stubs): what a validator runs on an executor's committed hidden state."""
+    g = model.graph
     vis = {vi.name: vi for vi in (*g.input, *g.output, *g.value_info)}
-
-    def part(nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto],
-             suffix: str, props: dict[str, str]) -> onnx.ModelProto:
-        reads = {x for n in nodes for x in n.input}
-        m = helper.make_model(helper.make_graph(nodes, f"{g.name}.{suffix}", inputs, outputs,
-                                                initializer=[inits[x] for x in sorted(reads & set(inits))]),
-                              opset_imports=list(model.opset_import))
-        m.ir_version = model.ir_version
-        helper.set_model_props(m, props)
-        return m
-
-    props = {p.key: p.value for p in model.metadata_props}
-    body = part(body_nodes, list(g.input), [vi for vi in g.output if vi.name not in head_outputs], "body", props)
+    if boundary not in vis:
+        raise ValueError(f"the head's input {boundary!r} is not a tensor of the graph")
     # the head has no KV cache and reads no value-sized input: the dims' maxima only
-    head = part(head_nodes, [vis[boundary]], [vis[o] for o in head_outputs], "head",
-                {k: v for k, v in props.items() if k == DIM_MAX_KEY})
-    return body, head
+    return _subgraph(model, _ancestors(g, head_outputs, {boundary}), [vis[boundary]], [vis[o] for o in head_outputs],
+                     "head", {t.name: t for t in g.initializer},
+                     {p.key: p.value for p in model.metadata_props if p.key == DIM_MAX_KEY})
+
+
+def split_head(model: onnx.ModelProto, boundary: str, head_outputs: Collection[str],
+               ) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """A task graph with a float32 head as two graphs: the body (what the task's other outputs, ``boundary``
+    among them, are computed by from its inputs) and the head (``head_graph``); a constant both read is in
+    both. An engine runs them one after the other, so the head reads exactly the ``boundary`` the task
+    hands out and commits, as a validator's run of the head alone does (``splitup.runtime.engine``)."""
+    g = model.graph
+    outputs = [vi for vi in g.output if vi.name not in head_outputs]
+    body = _subgraph(model, _ancestors(g, [vi.name for vi in outputs], {vi.name for vi in g.input}), list(g.input),
+                     outputs, "body", {t.name: t for t in g.initializer},
+                     {p.key: p.value for p in model.metadata_props})
+    return body, head_graph(model, boundary, head_outputs)

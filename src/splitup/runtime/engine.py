@@ -18,7 +18,7 @@ from splitup.errors import SplitUpError
 from splitup.graph.limits import Limits
 from splitup.graph.meta import ONNX_DTYPE_NAMES
 from splitup.graph.precision import TOKEN_OUTPUT
-from splitup.graph.upcast import split_head
+from splitup.graph.upcast import head_graph, split_head
 from splitup.graph.validate import validate_file
 from splitup.partition.task import GRAPH_FILE, WEIGHTS_FILE, PlanError, TaskDefinition, TensorSpec, load_task
 from splitup.runtime.interface import check_feeds, check_values
@@ -133,12 +133,21 @@ def split_task(model: onnx.ModelProto, task: TaskDefinition,
     """A task with a float32 head as its body and its head (``graph.upcast.split_head``), each with the
     definition of its interface."""
     assert task.head is not None
-    specs = {s.name: s for s in task.outputs}
     body, head = split_head(model, task.head, [TOKEN_OUTPUT])
     body_task = replace(task, outputs=[s for s in task.outputs if s.name != TOKEN_OUTPUT], head=None)
-    head_task = replace(task, inputs=[specs[task.head]], outputs=[specs[TOKEN_OUTPUT]], state={}, head=None,
-                        value_max={})
-    return (body, body_task), (head, head_task)
+    return (body, body_task), (head, _head_task(task))
+
+
+def head_of(model: onnx.ModelProto, task: TaskDefinition) -> tuple[onnx.ModelProto, TaskDefinition]:
+    """A task's float32 head alone (``graph.upcast.head_graph``; the body is not built) and its definition."""
+    assert task.head is not None
+    return head_graph(model, task.head, [TOKEN_OUTPUT]), _head_task(task)
+
+
+def _head_task(task: TaskDefinition) -> TaskDefinition:
+    specs = {s.name: s for s in task.outputs}
+    assert task.head is not None
+    return replace(task, inputs=[specs[task.head]], outputs=[specs[TOKEN_OUTPUT]], state={}, head=None, value_max={})
 
 
 class HeadedRunner(Runner):

@@ -17,7 +17,7 @@ from onnx.reference import ReferenceEvaluator
 
 from splitup.partition.task import GRAPH_FILE, TaskDefinition, load_task
 from splitup.runtime import Runner, run_stateful
-from splitup.runtime.engine import split_task
+from splitup.runtime.engine import head_of
 from splitup.verify.compare import (
     DEFAULT_TOLERANCE,
     TOLERANCES,
@@ -165,7 +165,7 @@ class ReferenceRunner(Runner):
         self._eval = ReferenceEvaluator(model)
         if task.head is not None:
             # the exact engine runs the whole graph (no fusing there) and, for judging, the head alone
-            self._head = ReferenceRunner(graph=split_task(model, task)[1])
+            self._head = ReferenceRunner(graph=head_of(model, task))
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         outs = self._eval.run(None, dict(feeds))
