@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
@@ -98,7 +98,7 @@ class Envelope:
             text = like.wire
             object.__setattr__(self, "wire", text)
         if text is None:
-            text = "".join(ENCODE_JSON({"job": self.job, "route": [{k: v for k, v in vars(h).items() if k != "step"}
+            text = "".join(ENCODE_JSON({"job": self.job, "route": [{f: getattr(h, f) for f in _ROUTE_FIELDS}
                                                                    for h in self.route],
                                         "hop_timeout": self.hop_timeout, "meta": self.meta}, 0))
             object.__setattr__(self, "wire", text)  # frozen: a cache of a function of the fields
@@ -108,8 +108,8 @@ class Envelope:
         """Whether the two differ in their hop index and steps at most."""
         return (self.job == other.job and self.hop_timeout == other.hop_timeout and self.meta == other.meta
                 and len(self.route) == len(other.route)
-                and all(a.urls == b.urls and a.task == b.task and a.send == b.send and a.session == b.session
-                        and a.last == b.last for a, b in zip(self.route, other.route, strict=True)))
+                and all(getattr(a, f) == getattr(b, f) for a, b in zip(self.route, other.route, strict=True)
+                        for f in _ROUTE_FIELDS))
 
     @staticmethod
     def from_wire(value: Any) -> Envelope:
@@ -157,6 +157,8 @@ class Envelope:
         return env
 
 
+# A hop's fields in a route's wire text: all but its step, which changes at every token
+_ROUTE_FIELDS = tuple(f.name for f in fields(Hop) if f.name != "step")
 _ROUTES: dict[str, Envelope] = {}  # wire text -> its envelope at hop 0 with no steps (``from_wire``)
 _ROUTES_LOCK = threading.Lock()
 
@@ -171,8 +173,7 @@ def _parse_route(text: str) -> Envelope:
     # checked as any envelope is (sessions' steps are checked per frame, in from_wire)
     route = d["route"]
     base = Envelope.from_dict({**d, "hop": 0, "route": [{**h, "step": 0} if isinstance(h, dict) else h for h in route]})
-    base = Envelope(base.job, 0, [Hop(h.urls, h.task, h.send, h.session, None, h.last) for h in base.route],
-                    base.hop_timeout, base.meta, text)
+    base = Envelope(base.job, 0, [replace(h, step=None) for h in base.route], base.hop_timeout, base.meta, text)
     if len(text) <= ROUTE_CACHE_CHARS:
         with _ROUTES_LOCK:
             if len(_ROUTES) >= ROUTE_CACHE:

@@ -98,6 +98,10 @@ class GraphAnalysis:
     def total_flops(self) -> int:
         return sum(self.flops)
 
+    def matrices(self) -> set[str]:
+        """The weights: initializers of more than ``INLINE_ELEMENTS`` elements (the rest are axes, shapes, scalars)."""
+        return {k for k, t in self.initializers.items() if math.prod(t.dims) > INLINE_ELEMENTS}
+
     @property
     def weight_bytes(self) -> int:
         return sum(self.nbytes(n) for n in self.initializers)

@@ -30,7 +30,7 @@ from splitup.errors import SplitUpError
 from splitup.graph.memory import hidden_workspace
 from splitup.graph.precision import HALF_TYPES, TOKEN_OUTPUT
 from splitup.graph.upcast import token_fp32_form, token_head
-from splitup.partition.cost import INLINE_ELEMENTS, GraphAnalysis
+from splitup.partition.cost import GraphAnalysis
 
 DEFAULT_WORKSPACE = 256 * 2**20
 # The ops ``graph.memory.hidden_workspace`` sizes (every other op allocates nothing it does not output):
@@ -95,8 +95,7 @@ class _Costs:
         # precision. 0: the whole last task.
         self.head = 0
         if self.tail_fp32 and token_fp32_form(a.model) == "head":
-            found = token_head(a.io, {k for k, t in a.initializers.items() if math.prod(t.dims) > INLINE_ELEMENTS},
-                               set(a.initializers) | set(a.constants), set(a.graph_inputs))
+            found = token_head(a.io, a.matrices(), set(a.initializers) | set(a.constants), set(a.graph_inputs))
             self.head = found[0] if found is not None else 0
         delta = [0] * (n + 2)
         nbytes, last_use = a.nbytes, a.last_use

@@ -347,7 +347,8 @@ def _build_task(a: GraphAnalysis, sym: dict[str, onnx.ValueInfoProto], seg: Segm
         # The task choosing tokens computes its head in float32, from a hidden state it also outputs (and so
         # commits), or all of it where there is no such point (docs/posp.md, "Precision of the
         # token-choosing task"); the partitioner costed it so (partitioner._Costs.tail_fp32).
-        found = token_head([(n.input, n.output) for n in nodes], set(shard), set(inits) | set(consts),
+        # the same head the partitioner costed (its weights by the same rule)
+        found = token_head([(n.input, n.output) for n in nodes], a.matrices(), set(inits) | set(consts),
                            set(inputs)) if token_fp32_form(a.model) == "head" else None
         if found is None:
             model, weights = float32_arithmetic(model, weights, state=state)

@@ -107,13 +107,13 @@ class OnnxruntimeEngine(Engine):
         # Loading from the path lets onnxruntime resolve external data next to the graph (mmap'd shard); a
         # converted graph is loaded from bytes, its external data resolved in the bundle's directory.
         source: str | bytes = str(graph)
-        shard = graph.parent / WEIGHTS_FILE
-        if converts(task, arith) or shard.is_symlink():
+        shard, convert = graph.parent / WEIGHTS_FILE, converts(task, arith)
+        if convert or shard.is_symlink():
             # A task's head beside a link to its bundle's shard (Engine._open_part): onnxruntime refuses external
             # data outside the folder it is given, so it gets the shard's own.
             opts.add_session_config_entry(EXTERNAL_DATA_FOLDER_KEY,
                                           str(shard.resolve().parent if shard.is_symlink() else graph.parent))
-            model = float32_graph(graph) if converts(task, arith) else onnx.load(str(graph), load_external_data=False)
+            model = float32_graph(graph) if convert else onnx.load(str(graph), load_external_data=False)
             source = model.SerializeToString()
         try:
             sess = self._ort.InferenceSession(source, opts, providers=self.providers)
