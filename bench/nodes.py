@@ -75,18 +75,23 @@ def running_nodes(split: Split, *, threads: int = 1, extra: Sequence[str] = (), 
             d.stop()
 
 
-def cpu_ns(pids: Sequence[int], *, hop_threads_only: bool = False) -> int:
-    """CPU time used so far by every thread of these processes, in ns (``/proc/PID/task/*/schedstat``).
-    ``hop_threads_only``: only the threads that serve hops (each node's event loop, its main thread, and
-    its ``splitup-hop`` compute pool), not background ones (heartbeat, status probes, HTTP control calls)."""
+def cpu_ns(pids: Sequence[int], *, serving: str | None = None) -> int:
+    """CPU time used so far by threads of these processes, in ns (``/proc/PID/task/*/schedstat``): all of
+    them, or with ``serving`` only those that serve that transport's hops, not background ones (heartbeat,
+    uvicorn's ticks, status probes, HTTP control calls). ``http``: each node's main thread (its event loop
+    takes the hops) and its compute pool; ``frames``: the threads a node names ``splitup-hop*`` in the OS
+    (one per frame connection, which reads, computes and sends on; their relays; the compute pool), since
+    the main thread's event loop takes no part in a frame's hop."""
     total = 0
     for pid in pids:
         task_dir = Path(f"/proc/{pid}/task")
         for tid in task_dir.iterdir():
             try:
-                if hop_threads_only and tid.name != str(pid) and \
-                        not (tid / "comm").read_text().startswith("splitup-hop"):
-                    continue
+                if serving is not None:
+                    main = tid.name == str(pid)
+                    hop = (tid / "comm").read_text().startswith("splitup-hop")
+                    if not (hop or (main and serving == "http")):
+                        continue
                 total += int((tid / "schedstat").read_text().split()[0])
             except (OSError, ValueError, IndexError):
                 pass  # a thread that ended between listing and reading

@@ -95,12 +95,13 @@ def main() -> None:
                 for which in order[i % len(order):] + order[: i % len(order)]:
                     # the nodes' counters are read outside the client's own CPU window: reading them is the
                     # bench's work, not the transport's
-                    n0 = cpu_ns(pids, hop_threads_only=True)
+                    serving = None if which == "local" else TRANSPORTS[which][0]
+                    n0 = cpu_ns(pids, serving=serving)
                     c0, t0 = time.thread_time_ns(), time.perf_counter()
                     logits = local_step(ids[which]) if which == "local" else gens[which].step(ids[which])
                     times[which].append(time.perf_counter() - t0)
                     c1 = time.thread_time_ns()
-                    cpu = (c1 - c0 + cpu_ns(pids, hop_threads_only=True) - n0) / 1e9
+                    cpu = (c1 - c0 + cpu_ns(pids, serving=serving) - n0) / 1e9
                     if which != "local":
                         records[which].append([*clients[which].last_hops, {"rtt": times[which][-1], "cpu": cpu}])
                     tokens[which].append(int(np.argmax(logits[0, -1])))

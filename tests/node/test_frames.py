@@ -29,16 +29,24 @@ from splitup.node.wire import Envelope, Hop, WireError
 from .procs import free_port
 
 
-def _split(buffers) -> tuple[bytes, bytes]:
+def _split(buffers) -> tuple[bytes, int, bytes]:
     raw = b"".join(bytes(b) for b in buffers)
-    _, header_len, payload_len = PREFIX.unpack(raw[: PREFIX.size])
+    _, header_len, stable_len, _ = PREFIX.unpack(raw[: PREFIX.size])
     header = raw[PREFIX.size : PREFIX.size + header_len]
-    return header, raw[PREFIX.size + header_len :]
+    return header, stable_len, raw[PREFIX.size + header_len :]
 
 
-def _raw(head: dict, payload: bytes = b"") -> bytes:
-    header = json.dumps(head).encode()
-    return PREFIX.pack(MAGIC, len(header), len(payload)) + header + payload
+def _unpack(buffers, **kw) -> Frame:
+    return unpack(*_split(buffers), **kw)[0]
+
+
+NO_REST = [None, None, None, [], None, None, None]  # hop, steps, reply id, hop records, hand-off, error, parked
+
+
+def _raw(stable: list, payload: bytes = b"", rest: list = NO_REST) -> bytes:
+    """A frame as another sender might write it: json.dumps' spacing, no padding."""
+    first, second = json.dumps(stable).encode(), json.dumps(rest).encode()
+    return PREFIX.pack(MAGIC, len(first) + len(second), len(first), len(payload)) + first + second + payload
 
 
 def test_round_trip_of_every_dtype_without_copying():
@@ -47,8 +55,7 @@ def test_round_trip_of_every_dtype_without_copying():
     tensors["scalar"] = np.array(7, np.int64)
     tensors["empty"] = np.zeros((0, 4), np.float32)
     env = Envelope("j", 1, [Hop(["http://a"], "t0", ["h"], "s0", 3), Hop(["http://b"], "t1", ["y"], "s1", 5)])
-    header, payload = _split(pack(Frame("exec", tensors, env, hops=[{"hop": 0}])))
-    frame = unpack(header, payload)
+    frame = _unpack(pack(Frame("exec", tensors, env, hops=[{"hop": 0}])))
     assert frame.kind == "exec" and Envelope.from_wire(frame.envelope) == env and frame.hops == [{"hop": 0}]
     for name, value in tensors.items():
         got = frame.tensors[name]
@@ -60,20 +67,43 @@ def test_round_trip_of_every_dtype_without_copying():
 def test_frames_read_in_one_buffer_keep_their_tensors_aligned():
     # both readers take header and payload in one read; pack pads the header so the payload stays aligned
     frame = Frame("ok", {"a": np.arange(5, dtype=np.float64)}, hops=[{"hop": 0, "node": "n"}])
-    for raw in (b"".join(bytes(b) for b in pack(frame)), _raw({"k": "ok", "t": [["a", "float64", [5], 0]]},
+    for raw in (b"".join(bytes(b) for b in pack(frame)), _raw(["ok", [["a", "float64", [5], 0]], None, None],
                                                               np.arange(5, dtype=np.float64).tobytes())):
         a, b = socket.socketpair()
         with a, b:
             a.sendall(raw)
-            conn = FrameSocket.__new__(FrameSocket)
-            conn.sock = b
+            conn = FrameSocket.over(b)
             got = conn.receive(5, 1 << 20)
         assert np.array_equal(got.tensors["a"], np.arange(5)) and got.tensors["a"].flags.aligned
-        # a view into the one buffer read; a sender that does not pad (``_raw``'s 44-byte json.dumps header)
+        # a view into the one buffer read; a sender that does not pad (``_raw``'s 87-byte json.dumps header)
         # gets its payload copied rather than its tensors misaligned
         padded = PREFIX.unpack(raw[: PREFIX.size])[1] % 8 == 0
-        assert type(got.tensors["a"].base) is (bytearray if padded else bytes)
-    assert PREFIX.unpack(raw[: PREFIX.size])[1] == 44  # the unpadded case was tested
+        base = got.tensors["a"].base  # the receive buffer itself, or the copy
+        assert (type(base) is np.ndarray and base.dtype == np.uint8) if padded else type(base) is bytes
+    assert PREFIX.unpack(raw[: PREFIX.size])[1] % 8  # the unpadded case was tested
+
+
+def test_a_connection_reads_back_to_back_frames_and_reuses_what_repeats():
+    # several frames in one read (pipelined requests), and a stable part seen before taken again
+    env = Envelope("j", 0, [Hop(["http://a"], "t0", ["h"], "s0", 3)])
+    frames = [Frame("exec", {"x": np.full((1, 4), k, np.float32)}, env, reply={"to": "tok", "id": f"s{k}"})
+              for k in range(3)]
+    frames.append(Frame("exec", {"x": np.zeros((1, 9), np.float32)}, env))  # another layout, no reply address
+    raw = b"".join(b"".join(bytes(b) for b in pack(f)) for f in frames)
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(raw)
+        conn = FrameSocket.over(b)
+        got = [conn.receive(5, 1 << 20) for _ in frames]
+        first = conn._seen
+    assert [f.reply for f in got] == [{"to": "tok", "id": f"s{k}"} for k in range(3)] + [None]
+    assert [int(f.tensors["x"][0, 0]) for f in got[:3]] == [0, 1, 2] and got[3].tensors["x"].shape == (1, 9)
+    assert all(Envelope.from_wire(f.envelope) == env for f in got)
+    assert first is not None and first.tensors[0][2] == (1, 9)
+    # the sender keeps its last stable part too: the same layout and route give the same bytes, not a new encoding
+    sent: list = [None, b""]
+    one, two = pack(frames[0], sent), pack(frames[1], sent)
+    assert one[1] is two[1] and bytes(one[2]) != bytes(two[2])
 
 
 @pytest.mark.parametrize(("entry", "words"), [
@@ -88,33 +118,45 @@ def test_frames_read_in_one_buffer_keep_their_tensors_aligned():
     ([3, "float32", [1], 0], "malformed tensor entry"),
 ])
 def test_malformed_tensor_entries_are_typed_errors(entry, words):
-    header, payload = _split([_raw({"k": "exec", "t": [entry]}, bytes(16))])
     with pytest.raises(FrameError, match=words.replace("(", r"\(").replace("[", r"\[")):
-        unpack(header, payload)
+        _unpack([_raw(["exec", [entry], None, None], bytes(16))])
 
 
 def test_overlapping_and_duplicate_tensors_are_refused():
-    overlap = {"k": "exec", "t": [["a", "float32", [2], 0], ["b", "float32", [2], 0]]}
+    overlap = ["exec", [["a", "float32", [2], 0], ["b", "float32", [2], 0]], None, None]
     with pytest.raises(FrameError, match="offset 0"):
-        unpack(*_split([_raw(overlap, bytes(16))]))
-    twice = {"k": "exec", "t": [["a", "float32", [2], 0], ["a", "float32", [2], 8]]}
+        _unpack([_raw(overlap, bytes(16))])
+    twice = ["exec", [["a", "float32", [2], 0], ["a", "float32", [2], 8]], None, None]
     with pytest.raises(FrameError, match="twice"):
-        unpack(*_split([_raw(twice, bytes(16))]))
+        _unpack([_raw(twice, bytes(16))])
 
 
 def test_headers_and_sizes_are_bounded_before_anything_is_read():
     with pytest.raises(FrameError, match="magic"):
-        read_prefix(PREFIX.pack(b"HTTP", 0, 0), 1 << 20)
+        read_prefix(PREFIX.pack(b"HTTP", 0, 0, 0), 1 << 20)
+    with pytest.raises(FrameError, match="format SUF1 is not this node's"):  # an older node's frames
+        read_prefix(PREFIX.pack(b"SUF1", 0, 0, 0), 1 << 20)
     with pytest.raises(FrameError, match="header of"):
-        read_prefix(PREFIX.pack(MAGIC, 1 << 30, 0), 1 << 20)
+        read_prefix(PREFIX.pack(MAGIC, 1 << 30, 0, 0), 1 << 20)
+    with pytest.raises(FrameError, match="stable part"):
+        read_prefix(PREFIX.pack(MAGIC, 10, 11, 0), 1 << 20)
     with pytest.raises(FrameTooLarge, match="exceeds the 1024-byte limit"):
-        read_prefix(PREFIX.pack(MAGIC, 10, 1025), 1024)
+        read_prefix(PREFIX.pack(MAGIC, 10, 0, 1025), 1024)
     with pytest.raises(FrameError, match="not JSON"):
-        unpack(b"{nope", b"")
+        unpack(b"{nope", 5, b"")
     with pytest.raises(FrameError, match="kind"):
-        unpack(b"[]", b"")
+        unpack(b"[][]", 2, b"")
+    with pytest.raises(FrameError, match="must end with"):
+        unpack(b'["ok",[],null,null][]', 19, b"")
     with pytest.raises(FrameError, match="exceeds the 16-byte limit"):
-        unpack(*_split(pack(Frame("exec", {"x": np.zeros(8, np.float32)}))), max_tensor_bytes=16)
+        _unpack(pack(Frame("exec", {"x": np.zeros(8, np.float32)})), max_tensor_bytes=16)
+    # a stable part seen before is checked against each frame's own payload and limit again
+    seen = unpack(*_split(pack(Frame("exec", {"x": np.zeros(8, np.float32)}))))[1]
+    header, stable_len, _ = _split(pack(Frame("exec", {"x": np.zeros(8, np.float32)})))
+    with pytest.raises(FrameError, match="does not hold 32 bytes"):
+        unpack(header, stable_len, bytes(16), known=seen)
+    with pytest.raises(FrameError, match="exceeds the 16-byte limit"):
+        unpack(header, stable_len, bytes(32), known=seen, max_tensor_bytes=16)
     assert issubclass(FrameError, WireError)  # the node answers every one of them as a bad request
 
 
@@ -157,9 +199,9 @@ def _send_raw(addr, data: bytes, *, closes: bool = True) -> dict:
     with socket.create_connection(addr, timeout=30) as s:
         s.sendall(data)
         prefix = s.recv(PREFIX.size, socket.MSG_WAITALL)
-        _, header_len, payload_len = PREFIX.unpack(prefix)
+        _, header_len, stable_len, payload_len = PREFIX.unpack(prefix)
         header = s.recv(header_len, socket.MSG_WAITALL)
-        reply = unpack(header, s.recv(payload_len, socket.MSG_WAITALL) if payload_len else b"")
+        reply = unpack(header, stable_len, s.recv(payload_len, socket.MSG_WAITALL) if payload_len else b"")[0]
         if closes:  # after a frame it could not read, the node closes the connection
             assert s.recv(1) == b""
     assert reply.kind == "error"
@@ -169,14 +211,14 @@ def _send_raw(addr, data: bytes, *, closes: bool = True) -> dict:
 def test_garbage_oversize_and_malformed_frames_get_typed_errors(plan, cluster):
     addr = _frame_port(cluster.c.url)  # c takes at most 1 MiB
     assert _send_raw(addr, b"GET / HTTP/1.1\r\n\r\n")["status"] == 400
-    too_big = _send_raw(addr, PREFIX.pack(MAGIC, 2, 2 << 20) + b"{}")
+    too_big = _send_raw(addr, PREFIX.pack(MAGIC, 2, 0, 2 << 20) + b"{}")
     assert too_big["status"] == 413 and too_big["kind"] == "too_large"
-    malformed = _send_raw(addr, _raw({"k": "exec", "t": [["x", "float32", [4], 0]]}, bytes(8)))
+    malformed = _send_raw(addr, _raw(["exec", [["x", "float32", [4], 0]], None, None], bytes(8)))
     assert malformed["status"] == 400 and "does not hold 16 bytes" in malformed["error"]
     # a well-formed frame with a bad request in it: refused, the connection stays usable
-    no_env = _send_raw(addr, _raw({"k": "exec", "t": []}), closes=False)
+    no_env = _send_raw(addr, _raw(["exec", [], None, None]), closes=False)
     assert no_env["status"] == 400 and "envelope" in no_env["error"]
-    bad_env = _send_raw(addr, _raw({"k": "exec", "t": [], "e": ['{"job":"j","route":[]}', 5, []]}),
+    bad_env = _send_raw(addr, _raw(["exec", [], '{"job":"j","route":[]}', None], rest=[5, [], *NO_REST[2:]]),
                        closes=False)
     assert bad_env["status"] == 400 and "route" in bad_env["error"]
     assert httpx.get(cluster.c.url + "/health", timeout=10).status_code == 200
@@ -200,7 +242,7 @@ def test_unknown_transport_is_refused(plan, cluster):
 
 
 def test_prefix_layout_is_fixed():
-    assert PREFIX.size == 16 and struct.calcsize("<4sIQ") == 16
+    assert PREFIX.size == 16 and struct.calcsize("<4sIII") == 16
 
 
 # --- direct answers: the last node writes the result to the client's listening connection ----------------
@@ -268,18 +310,29 @@ def test_a_direct_step_whose_next_node_is_gone_fails_fast_naming_that_hop(plan, 
         conn.close()
 
 
-@pytest.mark.parametrize(("reply", "words"), [
-    ({"to": 3}, "reply address"),
-    ({"to": "x" * 65}, "reply address"),
-    ({"to": "t", "via": "u"}, "reply address"),
-    ("tok", "reply address"),
+@pytest.mark.parametrize(("to", "rid"), [
+    (3, None),            # a token that is not a string
+    ("x" * 65, None),     # longer than MAX_TOKEN
+    (None, 7),            # a reply id that is not a string
+    (None, ""),           # nor empty
+    (None, "y" * 65),
 ])
-def test_malformed_reply_addresses_are_typed_errors(reply, words):
-    with pytest.raises(FrameError, match=words):
-        unpack(*_split([_raw({"k": "exec", "t": [], "r": reply})]))
+def test_malformed_reply_addresses_are_typed_errors(to, rid):
+    with pytest.raises(FrameError, match="reply address"):
+        _unpack([_raw(["exec", [], None, to], rest=[None, None, rid, *NO_REST[3:]])])
+
+
+def test_malformed_hop_records_and_envelopes_are_typed_errors():
     with pytest.raises(FrameError, match="hop records"):
-        unpack(*_split([_raw({"k": "exec", "t": [], "h": [{}] * 65})]))
+        _unpack([_raw(["exec", [], None, None], rest=[None, None, None, [{}] * 65, None, None, None])])
+    with pytest.raises(FrameError, match="hop records"):
+        _unpack([_raw(["exec", [], None, None], rest=[None, None, None, {}, None, None, None])])
+    # a route text without its hop index and steps
+    with pytest.raises(FrameError, match="envelope"):
+        _unpack([_raw(["exec", [], "{}", None])])
+    with pytest.raises(FrameError, match="route text"):
+        _unpack([_raw(["exec", [], 5, None], rest=[0, [], *NO_REST[2:]])])
 
 
 def test_a_listen_frame_without_a_token_is_refused(cluster):
-    assert _send_raw(_frame_port(cluster.a.url), _raw({"k": "listen", "t": []}), closes=False)["status"] == 400
+    assert _send_raw(_frame_port(cluster.a.url), _raw(["listen", [], None, None]), closes=False)["status"] == 400

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +25,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from splitup.node.forward import ForwardError, HopClient, Reply
 from splitup.node.metrics import NodeMetrics
 from splitup.node.node import Draining, Node, NotHere
-from splitup.node.stream import STREAM_LIMIT, FrameForwarder, FrameServer
+from splitup.node.stream import FrameForwarder, FrameServer
+from splitup.node.threads import name_this_thread
 from splitup.node.wire import HANDOFF_HEADER, Envelope, WireError, decode, encode, envelope_of, handoff_of
 from splitup.partition.task import PlanError
 from splitup.runtime import (
@@ -90,47 +92,73 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 class HopDispatch:
     """Admission (at most ``max_concurrent`` hops at once, over HTTP and frames together) and where a hop's
-    compute runs: on the event loop when no other hop is computing and it cannot be batched (handing off
-    to a worker thread and back costs two wake-ups, milliseconds per hop on busy cores), otherwise on a
+    compute runs. A frame connection's own thread computes its hops where it stands (``compute_here``). An
+    HTTP hop computes on the event loop when no other hop is computing and it cannot be batched (handing
+    off to a worker thread and back costs two wake-ups, milliseconds per hop on busy cores), otherwise on a
     worker thread, so the loop keeps taking the hops that may join its engine call. Hops that only wait
     for the next node's reply (a direct answer's ``sent`` among them) do not count: they join no call."""
 
     def __init__(self, node: Node) -> None:
         self.node = node
-        self.in_flight = 0  # the event loop is single-threaded: no lock needed
+        self.in_flight = 0
         self.computing = 0
-        self.pool = ThreadPoolExecutor(node.config.max_concurrent + 2, thread_name_prefix="splitup-hop")
+        self._lock = threading.Lock()  # the event loop and the frame connections' threads both count
+        self.pool = ThreadPoolExecutor(node.config.max_concurrent + 2, thread_name_prefix="splitup-hop",
+                                       initializer=name_this_thread)
 
     def admit(self) -> Callable[[], None]:
-        if self.in_flight >= self.node.config.max_concurrent:
-            raise HopFailed(429, "busy", f"this node is serving its maximum of {self.node.config.max_concurrent} "
-                            "requests; retry later", None)
-        self.in_flight += 1
+        with self._lock:
+            if self.in_flight >= self.node.config.max_concurrent:
+                raise HopFailed(429, "busy", f"this node is serving its maximum of {self.node.config.max_concurrent} "
+                                "requests; retry later", None)
+            self.in_flight += 1
 
         def release() -> None:
-            self.in_flight -= 1
+            with self._lock:
+                self.in_flight -= 1
         return release
 
     async def compute(self, env: Envelope, tensors: Mapping[str, Any], handoff: dict[str, Any] | None = None
                       ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
-        """The hop's outputs, its timing record and this node's signed hand-off of the outputs (``handoff``:
-        the previous node's, checked before anything is computed; ``Node.hop``)."""
+        """An HTTP hop's outputs, its timing record and this node's signed hand-off of the outputs
+        (``handoff``: the previous node's, checked before anything is computed; ``Node.hop``)."""
         t0 = time.perf_counter()
         if self.computing == 0 and self.node.expected_peers(env) == 1:
             out, signed, cpu = self._timed(env, tensors, handoff)
         else:
-            self.computing += 1
+            with self._lock:
+                self.computing += 1  # counted from now: the loop must not compute the next hop itself meanwhile
             try:
                 out, signed, cpu = await asyncio.get_running_loop().run_in_executor(self.pool, self._timed, env,
                                                                                     tensors, handoff)
             finally:
-                self.computing -= 1
-        ms = round((time.perf_counter() - t0) * 1000, 3)
-        record = {"hop": env.hop, "node": self.node.config.node_id, "task": env.current.task[:16], "ms": ms,
-                  "cpu_ms": round(cpu * 1000, 3)}
+                with self._lock:
+                    self.computing -= 1
+        return out, self._record(env, tensors, t0, cpu), signed
+
+    def compute_here(self, env: Envelope, tensors: Mapping[str, Any], handoff: dict[str, Any] | None = None
+                     ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+        """``compute`` on the calling thread (a frame connection's)."""
+        t0 = time.perf_counter()
+        out, signed, cpu = self._counted(env, tensors, handoff)
+        return out, self._record(env, tensors, t0, cpu), signed
+
+    def _record(self, env: Envelope, tensors: Mapping[str, Any], t0: float, cpu: float) -> dict[str, Any]:
+        record = {"hop": env.hop, "node": self.node.config.node_id, "task": env.current.task[:16],
+                  "ms": round((time.perf_counter() - t0) * 1000, 3), "cpu_ms": round(cpu * 1000, 3)}
         if self.node.hop_evidence is not None:
             record.update(self.node.hop_evidence(env, tensors) or {})
-        return out, record, signed
+        return record
+
+    def _counted(self, env: Envelope, tensors: Mapping[str, Any], handoff: dict[str, Any] | None
+                 ) -> tuple[dict[str, Any], dict[str, Any] | None, float]:
+        with self._lock:
+            self.computing += 1
+        try:
+            return self._timed(env, tensors, handoff)
+        finally:
+            with self._lock:
+                self.computing -= 1
 
     def _timed(self, env: Envelope, tensors: Mapping[str, Any], handoff: dict[str, Any] | None
                ) -> tuple[dict[str, Any], dict[str, Any] | None, float]:
@@ -162,12 +190,11 @@ def create_app(node: Node, *, heartbeat: Callable[[dict[str, Any]], None] | None
     async def lifespan(app: FastAPI):  # noqa: ANN202
         app.state.http = httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=32))
         app.state.hops = HopClient(max_reply_bytes=node.config.max_body_bytes)
-        app.state.frames = FrameForwarder(app.state.http, node.config.max_body_bytes)
+        forwarder = FrameForwarder(node.config.max_body_bytes)
         server = None
         if frames_host is not None and node.config.frame_port is not None:
-            handler = FrameServer(node, dispatch.compute, app.state.frames, dispatch.admit, _failed).handle
-            server = await asyncio.start_server(handler, frames_host, node.config.frame_port, limit=STREAM_LIMIT)
-            frames["port"] = server.sockets[0].getsockname()[1]
+            server = FrameServer(node, dispatch.compute_here, forwarder, dispatch.admit, _failed)
+            frames["port"] = server.start(frames_host, node.config.frame_port)
         # Probed off the event loop at start, so the first GET /capabilities does not wait seconds for it.
         asyncio.get_running_loop().run_in_executor(dispatch.pool, node.engines)
         beat = asyncio.create_task(_heartbeat_loop(node, heartbeat)) if heartbeat is not None else None
@@ -180,7 +207,7 @@ def create_app(node: Node, *, heartbeat: Callable[[dict[str, Any]], None] | None
                 server.close()
             await app.state.http.aclose()
             await app.state.hops.aclose()
-            await app.state.frames.aclose()
+            forwarder.close()
             dispatch.pool.shutdown(wait=False)
 
     app = FastAPI(title="SplitUp node", docs_url=None, redoc_url=None, lifespan=lifespan)

@@ -3,13 +3,17 @@
 Every generated token crosses every hop, so the per-hop cost of HTTP (request line, headers, a JSON
 error protocol, safetensors' copy into fresh arrays) is paid many times a second. A frame is::
 
-    b"SUF1" | u32 header length | u64 payload length | header (JSON) | payload (raw tensor bytes)
+    b"SUF2" | u32 header length | u32 stable length | u32 payload length | header | payload (raw tensor bytes)
 
-The header lists each tensor as ``[name, dtype, shape, offset]`` into the payload (offsets 8-aligned)
-and carries the routing envelope, the hop timing records and, in replies, an error or a parked-result
-URL, and in a route whose last node answers the client directly, the reply address. Tensors are ``np.frombuffer`` views of the received payload (no per-tensor copy); sending writes
-the arrays' own buffers (``sendmsg`` / ``writelines``) behind one small header. A connection carries one request
-and its reply at a time; a node keeps a few open per next hop, a client a few per thread and node.
+The header is two JSON arrays, back to back. The first (``stable length`` bytes) is what stays the same
+from one decode step of a job to the next: ``[kind, tensors, route text, listen token]``, each tensor as
+``[name, dtype, shape, offset]`` into the payload (offsets 8-aligned). A connection keeps the last one it
+parsed and checked and takes it again when the next frame's bytes are the same, so a steady generation's
+frames cost one comparison there. The second is what changes: ``[hop index, steps, reply id, hop records,
+signed hand-off, error, parked-result URL]`` (``null`` where absent), padded with spaces so that the
+payload stays aligned. Tensors are views of the received payload (no per-tensor copy); sending writes the
+arrays' own buffers (``sendmsg``) behind one small header. A connection carries one request and its reply
+at a time; a node keeps a few open per next hop, a client a few per thread and node.
 
 Direct answers: a client opens one more connection, to the route's last node, and sends a ``listen`` frame
 naming a secret token on it. An ``exec`` frame carrying ``reply = {"to": token, "id": nonce}`` is computed
@@ -26,12 +30,13 @@ raise :class:`FrameError` (a :class:`WireError`, so the node answers them as a b
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
+import select
 import socket
 import struct
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,9 +46,10 @@ import numpy as np
 from splitup.graph.meta import NUMPY_DTYPES
 from splitup.node.wire import ENCODE_JSON, MAX_ROUTE, MAX_TENSORS, Envelope, WireError
 
-MAGIC = b"SUF1"
-PREFIX = struct.Struct("<4sIQ")
+MAGIC = b"SUF2"
+PREFIX = struct.Struct("<4sIII")
 MAX_HEADER_BYTES = 1 << 20
+MAX_PAYLOAD_BYTES = (1 << 32) - 1  # what the prefix can say
 MAX_TOKEN = 64  # characters of a direct-answer token or reply id
 ALIGN = 8
 # Every type a task can carry (bfloat16 and float8 as ml_dtypes arrays): the raw bytes travel as they are.
@@ -52,6 +58,7 @@ _PAD = bytes(ALIGN)
 # dtype -> its wire name, looked up instead of ``dtype.name`` (a Python-level property in numpy: every hop
 # pays it with cold caches, after the engine's compute has streamed the weights through them)
 _NAMES = {dtype: name for name, dtype in DTYPES.items()}
+_NO_TENSORS: dict[str, np.ndarray] = {}
 
 
 def _has_buffer_format(dtype: np.dtype) -> bool:
@@ -93,12 +100,67 @@ class Frame:
     reply: dict[str, str] | None = None  # direct answers: {"to": token, "id": nonce}; results: {"id": nonce}
 
 
-def pack(frame: Frame) -> list[bytes | memoryview]:
-    """The frame as buffers to write in order; tensor data is referenced, not copied."""
-    entries, buffers, offset = [], [], 0
+class Stable:
+    """A frame's first header part, parsed and checked: kind, tensor layout, route text, listen token. The
+    tensors are ``(name, dtype, shape, offset, size)``; ``end`` is where the last one ends in the payload."""
+
+    __slots__ = ("raw", "kind", "tensors", "text", "to", "end", "largest")
+
+    def __init__(self, raw: bytes, kind: str, tensors: list[tuple[str, np.dtype, tuple[int, ...], int, int]],
+                 text: str | None, to: str | None) -> None:
+        self.raw, self.kind, self.tensors, self.text, self.to = raw, kind, tensors, text, to
+        self.end = tensors[-1][3] + tensors[-1][4] if tensors else 0
+        self.largest = max((t[4] for t in tensors), default=0)
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Stable:
+        value = _json(raw, "stable")
+        if not (type(value) is list and len(value) == 4 and type(value[0]) is str and type(value[1]) is list):
+            raise FrameError("frame header must start with [kind, tensors, route text, listen token]")
+        kind, entries, text, to = value
+        if len(entries) > MAX_TENSORS:
+            raise FrameError(f"{len(entries)} tensors; at most {MAX_TENSORS}")
+        if text is not None and type(text) is not str:
+            raise FrameError("frame envelope's route text must be a string")
+        if to is not None and not (type(to) is str and 0 < len(to) <= MAX_TOKEN):
+            raise FrameError(f"frame reply address must be {{'to', 'id'}} strings of 1..{MAX_TOKEN} characters")
+        tensors, names, end = [], set(), 0
+        for entry in entries:
+            tensor = _entry(entry, end)
+            if tensor[0] in names:
+                raise FrameError(f"tensor {tensor[0]!r} appears twice")
+            names.add(tensor[0])
+            tensors.append(tensor)
+            end = tensor[3] + tensor[4]
+        return cls(raw, kind, tensors, text, to)
+
+
+def _entry(entry: Any, start: int) -> tuple[str, np.dtype, tuple[int, ...], int, int]:
+    if not (type(entry) is list and len(entry) == 4 and type(entry[0]) is str):
+        raise FrameError(f"malformed tensor entry {str(entry)[:80]!r}")
+    name, dtype, shape, offset = entry
+    if dtype not in DTYPES:
+        raise FrameError(f"tensor {name!r}: dtype {dtype!r} is not accepted ({', '.join(DTYPES)})")
+    if type(shape) is not list or len(shape) > 8 or not all(type(d) is int and 0 <= d < 2**31 for d in shape):
+        raise FrameError(f"tensor {name!r}: shape {shape!r} is not a list of at most 8 dims in [0, 2^31)")
+    count = 1
+    for d in shape:
+        count *= d
+    size = count * DTYPES[dtype].itemsize
+    # In order and non-overlapping: a frame cannot make two tensors alias the same bytes.
+    if type(offset) is not int or offset < start or offset % ALIGN or offset + size > MAX_PAYLOAD_BYTES:
+        raise FrameError(f"tensor {name!r}: offset {offset!r} does not hold {size} bytes inside the payload")
+    return name, DTYPES[dtype], tuple(shape), offset, size
+
+
+def pack(frame: Frame, known: list[Any] | None = None) -> list[bytes | memoryview]:
+    """The frame as buffers to write in order; tensor data is referenced, not copied. ``known``: the
+    sending connection's last stable part, ``[key, bytes]``, reused when this frame's is the same."""
+    entries, buffers, shapes, offset = [], [], [], 0
     for name, value in frame.tensors.items():
         arr, dtype = _sendable(name, value)
         entries.append([name, dtype, list(arr.shape), offset])
+        shapes.append((name, dtype, arr.shape))
         if dtype in _BUFFERS and arr.size:
             view = memoryview(arr).cast("B")
         else:  # the buffer protocol cannot name ml_dtypes' bfloat16 / float8 formats: as bytes
@@ -109,24 +171,24 @@ def pack(frame: Frame) -> list[bytes | memoryview]:
         if pad:
             buffers.append(_PAD[:pad])
             offset += pad
-    head: dict[str, Any] = {"k": frame.kind, "t": entries}
-    if frame.envelope is not None:
-        head["e"] = frame.envelope.to_wire() if isinstance(frame.envelope, Envelope) else frame.envelope
-    if frame.hops:
-        head["h"] = frame.hops
-    if frame.error is not None:
-        head["x"] = frame.error
-    if frame.parked is not None:
-        head["p"] = frame.parked
-    if frame.handoff is not None:
-        head["s"] = frame.handoff
-    if frame.reply is not None:
-        head["r"] = frame.reply
-    header = "".join(ENCODE_JSON(head, 0)).encode()
+    if offset > MAX_PAYLOAD_BYTES:
+        raise FrameError(f"a frame's payload is at most {MAX_PAYLOAD_BYTES} bytes, not {offset}")
+    env, reply = frame.envelope, frame.reply or {}
+    wire = env.to_wire() if isinstance(env, Envelope) else env
+    text, hop, steps = wire if wire is not None else (None, None, None)
+    key = (frame.kind, text, reply.get("to"), shapes)
+    if known is not None and known[0] == key:
+        stable = known[1]
+    else:
+        stable = "".join(ENCODE_JSON([frame.kind, entries, text, reply.get("to")], 0)).encode()
+        if known is not None:
+            known[:] = [key, stable]
+    rest = "".join(ENCODE_JSON([hop, steps, reply.get("id"), frame.hops, frame.handoff, frame.error, frame.parked],
+                               0)).encode()
     # padded with JSON whitespace to a multiple of ALIGN: a receiver reading header and payload into one
     # buffer finds the payload (and so every tensor) aligned in it
-    header += b" " * (-len(header) % ALIGN)
-    return [PREFIX.pack(MAGIC, len(header), offset), header, *buffers]
+    rest += b" " * (-(len(stable) + len(rest)) % ALIGN)
+    return [PREFIX.pack(MAGIC, len(stable) + len(rest), len(stable), offset), stable, rest, *buffers]
 
 
 def _sendable(name: str, value: Any) -> tuple[np.ndarray, str]:
@@ -143,164 +205,238 @@ def _sendable(name: str, value: Any) -> tuple[np.ndarray, str]:
     return arr, dtype
 
 
-def read_prefix(prefix: bytes, max_payload: int) -> tuple[int, int]:
-    """(header length, payload length) of a frame prefix, both checked against the limits."""
-    magic, header_len, payload_len = PREFIX.unpack(prefix)
+def read_prefix(prefix: bytes | bytearray | memoryview, max_payload: int) -> tuple[int, int, int]:
+    """(header length, stable length, payload length) of a frame prefix, checked against the limits."""
+    magic, header_len, stable_len, payload_len = PREFIX.unpack(prefix)
     if magic != MAGIC:
+        if magic[:3] == MAGIC[:3]:
+            raise FrameError(f"frame format {magic.decode()} is not this node's ({MAGIC.decode()}): upgrade the sender")
         raise FrameError(f"not a SplitUp frame (magic {magic!r})")
     if header_len > MAX_HEADER_BYTES:
         raise FrameError(f"frame header of {header_len} bytes exceeds the {MAX_HEADER_BYTES}-byte limit")
+    if stable_len > header_len:
+        raise FrameError(f"frame's stable part of {stable_len} bytes is longer than its {header_len}-byte header")
     if payload_len > max_payload:
         raise FrameTooLarge(f"frame payload of {payload_len} bytes exceeds the {max_payload}-byte limit")
-    return header_len, payload_len
+    return header_len, stable_len, payload_len
 
 
-def unpack(header: bytes | memoryview, payload: bytes | bytearray | memoryview, *, max_tensor_bytes: int | None = None) -> Frame:
-    """A frame from its header and payload; tensors are read-only views of ``payload``."""
-    head = _json_object(header)
-    if not isinstance(head, dict) or not isinstance(head.get("k"), str) or not isinstance(head.get("t"), list):
-        raise FrameError("frame header must be an object with a kind 'k' and a tensor list 't'")
-    entries = head["t"]
-    if len(entries) > MAX_TENSORS:
-        raise FrameError(f"{len(entries)} tensors; at most {MAX_TENSORS}")
-    tensors: dict[str, np.ndarray] = {}
-    end = 0
-    for entry in entries:
-        name, arr, end = _tensor(entry, payload, end, max_tensor_bytes)
-        if name in tensors:
-            raise FrameError(f"tensor {name!r} appears twice")
-        tensors[name] = arr
-    envelope, hops, error, parked = head.get("e"), head.get("h", []), head.get("x"), head.get("p")
-    handoff, reply = head.get("s"), head.get("r")
-    if envelope is not None and not isinstance(envelope, list):
-        raise FrameError("frame envelope must be a JSON array (its wire form)")
-    if not isinstance(hops, list) or (error is not None and not isinstance(error, dict)) \
-            or (parked is not None and not isinstance(parked, str)) \
-            or (handoff is not None and not isinstance(handoff, dict)):
+def unpack(header: bytes | bytearray | memoryview, stable_len: int, payload: bytes | bytearray | memoryview, *,
+           max_tensor_bytes: int | None = None, known: Stable | None = None) -> tuple[Frame, Stable]:
+    """A frame from its header (of which the first ``stable_len`` bytes are the stable part) and payload,
+    and its parsed stable part; tensors are read-only views of ``payload``. ``known``: a stable part parsed
+    before, taken again if this frame's bytes are the same."""
+    raw = header[:stable_len]
+    stable = known if known is not None and known.raw == raw else Stable.parse(bytes(raw))
+    if stable.end > len(payload):
+        last = stable.tensors[-1]
+        raise FrameError(f"tensor {last[0]!r}: offset {last[3]} does not hold {last[4]} bytes inside the payload")
+    if max_tensor_bytes is not None and stable.largest > max_tensor_bytes:
+        big = max(stable.tensors, key=lambda t: t[4])
+        raise FrameError(f"tensor {big[0]!r}: {big[4]} bytes exceeds the {max_tensor_bytes}-byte limit")
+    rest = _json(header[stable_len:], "rest")
+    if not (type(rest) is list and len(rest) == 7):
+        raise FrameError("frame header must end with [hop, steps, reply id, hop records, hand-off, error, parked]")
+    hop, steps, rid, hops, handoff, error, parked = rest
+    if stable.text is None:
+        envelope = None
+    elif type(hop) is int and type(steps) is list:
+        envelope = [stable.text, hop, steps]
+    else:
+        raise FrameError("frame envelope must be a JSON array (its wire form): a route text, a hop index and steps")
+    if type(hops) is not list or (error is not None and type(error) is not dict) \
+            or (parked is not None and type(parked) is not str) \
+            or (handoff is not None and type(handoff) is not dict):
         raise FrameError("frame hop records, error, parked URL or signed hand-off are malformed")
     if len(hops) > MAX_ROUTE:
         raise FrameError(f"{len(hops)} hop records; at most {MAX_ROUTE}")
-    if reply is not None and not (isinstance(reply, dict) and set(reply) <= {"to", "id"} and all(
-            isinstance(v, str) and 0 < len(v) <= MAX_TOKEN for v in reply.values())):
+    if rid is not None and not (type(rid) is str and 0 < len(rid) <= MAX_TOKEN):
         raise FrameError(f"frame reply address must be {{'to', 'id'}} strings of 1..{MAX_TOKEN} characters")
-    return Frame(head["k"], tensors, envelope, hops, error, parked, handoff=handoff, reply=reply)
+    reply = None
+    if stable.to is not None or rid is not None:
+        reply = {"to": stable.to, "id": rid} if stable.to is not None and rid is not None else \
+            {"to": stable.to} if rid is None else {"id": rid}
+    tensors = {name: np.ndarray(shape, dtype, payload, offset) for name, dtype, shape, offset, _ in stable.tensors} \
+        if stable.tensors else {}
+    return Frame(stable.kind, tensors, envelope, hops, error, parked, handoff, reply), stable
 
 
-def _json_object(header: bytes | bytearray | memoryview) -> Any:
-    """The header's JSON value: the whole of it, as ``json.loads`` would (no trailing data)."""
+def _json(raw: bytes | bytearray | memoryview, part: str) -> Any:
+    """The JSON value of a header part: the whole of it, as ``json.loads`` would (no trailing data)."""
     try:
-        text = bytes(header).decode().strip(" \t\n\r")  # JSON's whitespace, as json.loads allows
-        head, end = _SCAN(text, 0)
-        if end != len(text):
+        text = str(raw, "utf-8")
+        value, end = _SCAN(text, 0)
+        if end != len(text) and text[end:].strip(" \t\n\r"):
             raise json.JSONDecodeError("Extra data", text, end)
     except StopIteration as exc:
-        raise FrameError(f"frame header is not JSON: expecting a value at {exc.value}") from None
+        raise FrameError(f"frame header ({part} part) is not JSON: expecting a value at {exc.value}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FrameError(f"frame header is not JSON: {exc}") from None
-    return head
+        raise FrameError(f"frame header ({part} part) is not JSON: {exc}") from None
+    return value
 
 
-def _tensor(entry: Any, payload: bytes | bytearray | memoryview, start: int,
-            max_tensor_bytes: int | None) -> tuple[str, np.ndarray, int]:
-    if not (isinstance(entry, list) and len(entry) == 4 and isinstance(entry[0], str)):
-        raise FrameError(f"malformed tensor entry {str(entry)[:80]!r}")
-    name, dtype, shape, offset = entry
-    if dtype not in DTYPES:
-        raise FrameError(f"tensor {name!r}: dtype {dtype!r} is not accepted ({', '.join(DTYPES)})")
-    if not isinstance(shape, list) or len(shape) > 8 or not all(type(d) is int and 0 <= d < 2**31 for d in shape):
-        raise FrameError(f"tensor {name!r}: shape {shape!r} is not a list of at most 8 dims in [0, 2^31)")
-    count = 1
-    for d in shape:
-        count *= d
-    size = count * DTYPES[dtype].itemsize
-    # In order and non-overlapping: a frame cannot make two tensors alias the same bytes.
-    if type(offset) is not int or offset < start or offset % ALIGN or offset + size > len(payload):
-        raise FrameError(f"tensor {name!r}: offset {offset!r} does not hold {size} bytes inside the payload")
-    if max_tensor_bytes is not None and size > max_tensor_bytes:
-        raise FrameError(f"tensor {name!r}: {size} bytes exceeds the {max_tensor_bytes}-byte limit")
-    arr = np.ndarray(shape, DTYPES[dtype], payload, offset)  # a view of the payload
-    return name, arr, offset + size
-
-
-# --- asyncio streams (the node's side) -----------------------------------------------------------------------
-async def read_frame(reader: asyncio.StreamReader, max_payload: int, *,
-                     max_tensor_bytes: int | None = None) -> Frame | None:
-    """The next frame, or None at a clean end of stream between frames."""
-    try:
-        prefix = await reader.readexactly(PREFIX.size)
-    except asyncio.IncompleteReadError as exc:
-        if not exc.partial:
-            return None
-        raise FrameError("connection closed inside a frame prefix") from None
-    header_len, payload_len = read_prefix(prefix, max_payload)
-    # header and payload in one read: usually already buffered, so one call and one copy out of the stream
-    body = memoryview(await reader.readexactly(header_len + payload_len))
-    return unpack(body[:header_len], _payload(body, header_len), max_tensor_bytes=max_tensor_bytes)
-
-
-def _payload(body: memoryview, header_len: int) -> memoryview | bytes:
-    """The payload part of a frame read with its header: a view when the header kept it aligned (``pack``
-    pads it), else a copy (from a sender that does not pad), so that no tensor is handed on misaligned."""
-    return body[header_len:] if header_len % ALIGN == 0 else bytes(body[header_len:])
-
-
-async def write_frame(writer: asyncio.StreamWriter, frame: Frame) -> None:
-    writer.writelines(pack(frame))
-    # drain waits only while the transport holds more than its high-water mark, or reports a closed one:
-    # skip the call (a chain of coroutines) when the socket took everything, as after almost every hop
-    if writer.transport.get_write_buffer_size() or writer.transport.is_closing():
-        await writer.drain()
-
-
-# --- blocking sockets (the client's side) --------------------------------------------------------------------
+# --- kept-open connections (node and client) -----------------------------------------------------------------
 class FrameSocket:
-    """One kept-open connection to a node's frame port; one request at a time."""
+    """One kept-open frame connection. The socket stays blocking at the OS level and deadlines are kept
+    here: a read or write with a deadline first tries without waiting (on a hop the data, or the room to
+    write, is almost always there already) and polls only when it must, so a hop costs one system call per
+    read or write where a socket timeout costs a poll before each. A frame is usually read whole in one
+    call, into a fresh buffer of the size the connection's last frame had (bytes of the next frame read
+    with it wait for the next read). Writes hold a lock: frames written by several threads (a node's
+    direct answers to one listener) never interleave."""
 
     def __init__(self, host: str, port: int, timeout: float) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = socket.create_connection((host, port), timeout=timeout)
+        sock.settimeout(None)
+        self._attach(sock)
+
+    @classmethod
+    def over(cls, sock: socket.socket) -> FrameSocket:
+        """An accepted (or otherwise connected) socket as a frame connection."""
+        conn = cls.__new__(cls)
+        sock.settimeout(None)
+        conn._attach(sock)
+        return conn
+
+    def _attach(self, sock: socket.socket) -> None:
+        self.sock = sock
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._write = threading.Lock()
+        self._sent: list[Any] = [None, b""]  # the last stable part sent: [key, bytes]
+        self._seen: Stable | None = None  # the last stable part received
+        self._size = 4096  # the buffer a read starts with: the last frame's size
+        self._carry = b""  # the start of the next frame, read with the last one
 
     def close(self) -> None:
+        # shut down first: a thread blocked reading this socket wakes (close alone does not wake it)
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.sock.close()
 
     def request(self, frame: Frame, timeout: float, max_payload: int) -> Frame:
         """Send ``frame`` and return the reply; ``OSError`` (``TimeoutError`` included) on transport failure."""
-        self.send(frame, timeout)
-        return self.receive(timeout, max_payload)
+        deadline = time.monotonic() + timeout
+        self.send(frame, deadline=deadline)
+        return self.receive(None, max_payload, deadline=deadline)
 
-    def send(self, frame: Frame, timeout: float) -> None:
-        self.sock.settimeout(timeout)
-        send_all(self.sock, pack(frame))
+    def send(self, frame: Frame, timeout: float | None = None, *, deadline: float | None = None,
+             only_if_room: bool = False) -> bool:
+        """Write ``frame`` within ``timeout`` seconds (or by ``deadline``; neither: wait as long as it takes).
+        ``only_if_room``: write nothing and return False when the socket cannot take any of it now (a peer
+        that does not read)."""
+        if deadline is None and timeout is not None:
+            deadline = time.monotonic() + timeout
+        with self._write:
+            return send_all(self.sock, pack(frame, self._sent), deadline, only_if_room=only_if_room)
 
-    def receive(self, timeout: float, max_payload: int) -> Frame:
-        self.sock.settimeout(timeout)
-        header_len, payload_len = read_prefix(self._exactly(PREFIX.size), max_payload)
-        body = memoryview(self._exactly(header_len + payload_len))
-        return unpack(body[:header_len], _payload(body, header_len))
+    def receive(self, timeout: float | None, max_payload: int, *, max_tensor_bytes: int | None = None,
+                deadline: float | None = None) -> Frame:
+        """The next frame, within ``timeout`` seconds (or by ``deadline``); ``ConnectionError`` at the end
+        of the stream."""
+        if deadline is None and timeout is not None:
+            deadline = time.monotonic() + timeout
+        frame = self._read(max_payload, max_tensor_bytes, deadline)
+        if frame is None:
+            raise ConnectionError("the node closed the connection")
+        return frame
 
-    def _exactly(self, n: int) -> bytearray:
-        buf = bytearray(n)
-        view, got = memoryview(buf), 0
-        while got < n:
-            k = self.sock.recv_into(view[got:])
-            if k == 0:
-                raise ConnectionError("the node closed the connection")
-            got += k
-        return buf
+    def read(self, max_payload: int, *, max_tensor_bytes: int | None = None) -> Frame | None:
+        """The next frame, waiting as long as it takes; None at a clean end of stream between frames."""
+        return self._read(max_payload, max_tensor_bytes, None)
 
+    def _read(self, max_payload: int, max_tensor_bytes: int | None, deadline: float | None) -> Frame | None:
+        # np.empty: a fresh buffer (the tensors are views of it) that is not zeroed first
+        buf = memoryview(np.empty(max(self._size, PREFIX.size, len(self._carry)), np.uint8))
+        got = len(self._carry)
+        if got:
+            buf[:got] = self._carry
+            self._carry = b""
+        if got < PREFIX.size:
+            got += self._some(buf[got:], PREFIX.size - got, deadline)
+            if got == 0:
+                return None
+            if got < PREFIX.size:
+                raise FrameError("connection closed inside a frame prefix")
+        header_len, stable_len, payload_len = read_prefix(buf[:PREFIX.size], max_payload)
+        size = PREFIX.size + header_len + payload_len
+        if size > len(buf):
+            bigger = memoryview(np.empty(size, np.uint8))
+            bigger[:got] = buf[:got]
+            buf = bigger
+        if got < size:
+            got += self._some(buf[got:size], size - got, deadline, exactly=True)
+            if got < size:
+                raise ConnectionError("the connection closed inside a frame")
+        elif got > size:
+            self._carry = bytes(buf[size:got])
+        self._size = size
+        header = buf[PREFIX.size:PREFIX.size + header_len]
+        payload = buf[PREFIX.size + header_len:size]
+        if header_len % ALIGN:  # a sender that does not pad: its tensors are copied rather than handed on misaligned
+            payload = memoryview(bytes(payload))
+        frame, self._seen = unpack(header, stable_len, payload, max_tensor_bytes=max_tensor_bytes, known=self._seen)
+        return frame
 
-def send_all(sock: socket.socket, buffers: Sequence[bytes | memoryview]) -> None:
-    """Gathered writes of ``buffers`` (no joining copy); a call may write part of them, so loop."""
-    views = [memoryview(b).cast("B") for b in buffers]
-    while views:
-        sent = sock.sendmsg(views[:512])  # below every platform's IOV_MAX
-        while sent:
-            if sent >= views[0].nbytes:
-                sent -= views.pop(0).nbytes
+    def _some(self, view: memoryview, least: int, deadline: float | None, *, exactly: bool = False) -> int:
+        """Read at least ``least`` bytes into ``view`` (all of it when ``exactly``), more if they are there;
+        returns how many were read before the end of the stream."""
+        got, n = 0, len(view)
+        while got < least:
+            if deadline is None:
+                k = self.sock.recv_into(view[got:], n - got, socket.MSG_WAITALL if exactly else 0)
             else:
-                views[0], sent = views[0][sent:], 0
-        while views and not views[0].nbytes:
+                try:
+                    k = self.sock.recv_into(view[got:], n - got, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    _wait(self.sock, deadline, select.POLLIN)
+                    continue
+            if k == 0:
+                return got
+            got += k
+        return got
+
+
+def _wait(sock: socket.socket, deadline: float, events: int) -> None:
+    """Until ``sock`` is ready for ``events``; ``TimeoutError`` at the deadline (poll, not select: a node
+    may hold more than select's 1024 descriptors)."""
+    left = deadline - time.monotonic()
+    poller = select.poll()
+    poller.register(sock, events)
+    if left <= 0 or not poller.poll(left * 1000):
+        raise TimeoutError("the connection did not become ready in time")
+
+
+def send_all(sock: socket.socket, buffers: Sequence[bytes | memoryview], deadline: float | None = None, *,
+             only_if_room: bool = False) -> bool:
+    """Gathered writes of ``buffers`` (no joining copy) on a blocking socket, by ``deadline`` if given; a
+    call may write part of them, so loop. ``only_if_room``: False, nothing written, when the socket takes
+    nothing now."""
+    flags = 0 if deadline is None and not only_if_room else socket.MSG_DONTWAIT
+    views: list[Any] = list(buffers)
+    while views:
+        try:
+            sent = sock.sendmsg(views[:512], (), flags)  # below every platform's IOV_MAX
+        except BlockingIOError:
+            if only_if_room:
+                return False
+            _wait(sock, deadline if deadline is not None else time.monotonic() + 1e9, select.POLLOUT)
+            continue
+        only_if_room = False  # part of the frame is out: the rest must follow
+        if deadline is None:
+            flags = 0
+        while sent:
+            size = memoryview(views[0]).nbytes
+            if sent >= size:
+                sent -= size
+                views.pop(0)
+            else:
+                views[0], sent = memoryview(views[0]).cast("B")[sent:], 0
+        while views and not memoryview(views[0]).nbytes:
             views.pop(0)
+    return True
 
 
 class FramePool:

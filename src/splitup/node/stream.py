@@ -4,6 +4,8 @@ The same hop as ``POST /execute``, with the same checks and typed errors (an ``e
 status, kind and hop the HTTP answer would have), minus HTTP: a route sent as frames is forwarded as
 frames, node to node, and the reply comes back along the same connections. A node learns where the next
 node takes frames from that node's ``/health`` (its ``frames`` port) once, then keeps connections open.
+Each connection has a thread of its own that reads, computes and sends on (the HTTP path keeps the event
+loop); a node serves at most ``MAX_LINKS`` connections at once and refuses more with a ``busy`` frame.
 
 Direct answers (:mod:`splitup.node.frames`): a client's ``listen`` frame registers its connection under a
 token; an ``exec`` frame whose reply address names a token registered here, at the route's last hop, has
@@ -11,61 +13,66 @@ its result written to that connection. Such a step is not answered upstream when
 forwards it on a connection paired with the one it came in on and goes back to reading, and whatever
 comes back on the pair (an error, a result the last node could not deliver directly, or the next node
 going away) is relayed to the upstream connection with the step's reply id, for the client to match.
+A listener that does not read is not written to: its results go back along the chain instead.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import socket
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
-from splitup.node.frames import (
-    Frame,
-    FrameError,
-    FrameTooLarge,
-    frame_address,
-    pack,
-    read_frame,
-    write_frame,
-)
+from splitup.node.frames import Frame, FrameError, FrameSocket, FrameTooLarge, frame_address
 from splitup.node.node import Node
+from splitup.node.threads import name_this_thread
 from splitup.node.wire import Envelope, encode
 
 log = logging.getLogger("splitup.node")
 MAX_IDLE = 8
 MAX_LISTENERS = 1024  # clients waiting for direct answers on one node
-# Stream buffer size: a decode step's logits (SmolLM2: 192 KiB) arrive in one read instead of several
-# pause/resume cycles of the default 64 KiB.
-STREAM_LIMIT = 4 << 20
+MAX_LINKS = 512  # frame connections served at once (a thread each)
+REFUSAL_S = 5.0  # how long writing a refusal to a peer may take before the connection is dropped
+WRITE_S = 30.0  # how long writing a frame to a peer that does not read may take, likewise
+HOP_THREAD = "splitup-hop-link"  # the threads that serve hops ("splitup-hop": as the HTTP path's pool)
 
 
 class FrameForwarder:
-    """Kept-open frame connections to next hops, keyed by the hop's HTTP URL."""
+    """Kept-open frame connections to next hops, keyed by the hop's HTTP URL; shared by the link threads."""
 
-    def __init__(self, http: httpx.AsyncClient, max_payload: int) -> None:
-        self.http, self.max_payload = http, max_payload
+    def __init__(self, max_payload: int) -> None:
+        self.max_payload = max_payload
         self._addr: dict[str, tuple[str, int]] = {}
-        self._idle: dict[tuple[str, int], list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
+        self._idle: dict[tuple[str, int], list[FrameSocket]] = {}
+        self._lock = threading.Lock()
+        self._http: httpx.Client | None = None
 
-    async def aclose(self) -> None:
-        for conns in self._idle.values():
-            for _, writer in conns:
-                writer.close()
-        self._idle.clear()
+    def close(self) -> None:
+        with self._lock:
+            for conns in self._idle.values():
+                for conn in conns:
+                    conn.close()
+            self._idle.clear()
+            if self._http is not None:
+                self._http.close()
 
     def known(self, url: str) -> tuple[str, int] | None:
         """Where the node at ``url`` takes frames, if already asked."""
         return self._addr.get(url)
 
-    async def address(self, url: str, timeout: float) -> tuple[str, int]:
+    def address(self, url: str, timeout: float) -> tuple[str, int]:
         addr = self._addr.get(url)
         if addr is None:
+            with self._lock:
+                if self._http is None:
+                    self._http = httpx.Client()
             try:
-                r = await self.http.get(url.rstrip("/") + "/health", timeout=timeout)
+                r = self._http.get(url.rstrip("/") + "/health", timeout=timeout)
                 health = r.json() if r.status_code == 200 else {}
             except (httpx.HTTPError, ValueError) as exc:
                 raise ConnectionError(f"cannot ask {url} for its frame port: {exc!r}") from None
@@ -75,89 +82,155 @@ class FrameForwarder:
             self._addr[url] = addr
         return addr
 
-    async def request(self, url: str, frame: Frame, timeout: float) -> Frame:
-        """Send ``frame`` to the node at ``url``; ``TimeoutError`` or ``ConnectionError``/``FrameError``."""
-        async with asyncio.timeout(timeout):
-            addr = await self.address(url, timeout)
-            while True:
+    def request(self, url: str, frame: Frame, timeout: float) -> Frame:
+        """Send ``frame`` to the node at ``url``; ``TimeoutError`` or ``ConnectionError``."""
+        deadline = time.monotonic() + timeout
+        addr = self.address(url, timeout)
+        while True:
+            with self._lock:
                 conns = self._idle.setdefault(addr, [])
-                reused = bool(conns)
-                if reused:
-                    reader, writer = conns.pop()
-                else:
-                    reader, writer = await asyncio.open_connection(*addr, limit=STREAM_LIMIT)
-                try:
-                    await write_frame(writer, frame)
-                    reply = await read_frame(reader, self.max_payload)
-                    if reply is None:
-                        raise ConnectionError("the next node closed the connection")
-                except (OSError, asyncio.IncompleteReadError, FrameError) as exc:
-                    writer.close()
-                    if reused and not isinstance(exc, FrameError):
-                        continue  # an idle connection the peer had closed: open a fresh one
-                    raise ConnectionError(f"{type(exc).__name__}: {exc}") from None
-                except BaseException:
-                    writer.close()  # timed out or cancelled mid-reply: the stream is in an unknown state
-                    raise
+                conn = conns.pop() if conns else None
+            reused = conn is not None
+            try:
+                if conn is None:
+                    conn = connect(addr, deadline)
+                reply = conn.request(frame, max(deadline - time.monotonic(), 0.0), self.max_payload)
+            except TimeoutError:
+                if conn is not None:
+                    conn.close()  # timed out mid-reply: the stream is in an unknown state
+                raise
+            except (OSError, FrameError) as exc:
+                if conn is not None:
+                    conn.close()
+                if reused and not isinstance(exc, FrameError):
+                    continue  # an idle connection the peer had closed: open a fresh one
+                raise ConnectionError(f"{type(exc).__name__}: {exc}") from None
+            with self._lock:
                 if len(conns) < MAX_IDLE:
-                    conns.append((reader, writer))
-                else:
-                    writer.close()
-                return reply
+                    conns.append(conn)
+                    conn = None
+            if conn is not None:
+                conn.close()
+            return reply
+
+
+def connect(addr: tuple[str, int], deadline: float) -> FrameSocket:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError(f"no time left to connect to {addr[0]}:{addr[1]}")
+    return FrameSocket(addr[0], addr[1], left)
 
 
 class FrameServer:
-    """Serves hop frames; ``compute(env, tensors)`` is the node's shared hop dispatcher."""
+    """Serves hop frames on a thread per connection: a hop is read with a blocking ``recv_into``, computed
+    and sent on in that thread, with no event loop in between (an event loop's wake-up, callbacks and stream
+    buffers cost more than the read itself when every hop runs with caches the engine just flushed).
+    ``compute(env, tensors, handoff)`` is the node's shared hop dispatcher, run where it is called."""
 
     def __init__(self, node: Node, compute: Callable[..., Any], forwarder: FrameForwarder,
                  admit: Callable[[], Any], failed: Callable[[Exception, int | None], Any]) -> None:
         self.node, self.compute, self.forwarder = node, compute, forwarder
         self.admit, self.failed = admit, failed
-        self.listeners: dict[str, asyncio.StreamWriter] = {}
+        self.listeners: dict[str, FrameSocket] = {}
+        self._links: set[FrameSocket] = set()
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._closed = False
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def start(self, host: str, port: int) -> int:
+        """Listen on ``host:port`` (0: any free port); returns the port."""
+        family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+        self._sock = socket.create_server((host, port), family=family, backlog=128)
+        threading.Thread(target=self._accept, args=(self._sock,), name="splitup-frames", daemon=True).start()
+        return self._sock.getsockname()[1]
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            links = list(self._links)
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+            except OSError:
+                pass
+            self._sock.close()
+        for link in links:
+            link.close()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                sock, _ = server.accept()
+            except OSError:
+                return  # closed
+            link = FrameSocket.over(sock)
+            with self._lock:
+                full = self._closed or len(self._links) >= MAX_LINKS
+                if not full:
+                    self._links.add(link)
+            if full:
+                threading.Thread(target=self._refuse, args=(link,), name="splitup-frames-refuse", daemon=True).start()
+                continue
+            threading.Thread(target=self._serve_link, args=(link,), name=HOP_THREAD, daemon=True).start()
+
+    def _refuse(self, link: FrameSocket) -> None:
+        try:
+            link.send(_error(429, "busy", f"this node serves its maximum of {MAX_LINKS} frame connections",
+                             None), REFUSAL_S)
+        except OSError:
+            pass
+        finally:
+            link.close()
+
+    def _serve_link(self, link: FrameSocket) -> None:
+        name_this_thread()
         limit = self.node.config.max_body_bytes
         tokens: list[str] = []  # listeners registered on this connection
-        onward = _Onward(writer, limit)
+        onward = _Onward(link, limit)
         try:
             while True:
                 try:
-                    frame = await read_frame(reader, limit, max_tensor_bytes=limit)
+                    frame = link.read(limit, max_tensor_bytes=limit)
                 except FrameTooLarge as exc:
-                    await write_frame(writer, _error(413, "too_large", str(exc), None))
+                    link.send(_error(413, "too_large", str(exc), None), REFUSAL_S)
                     return  # the payload was not read: the stream cannot be resynchronised
                 except FrameError as exc:
-                    await write_frame(writer, _error(400, "bad_request", str(exc), None))
+                    link.send(_error(400, "bad_request", str(exc), None), REFUSAL_S)
                     return
                 if frame is None:
                     return
                 if frame.kind == "listen":
-                    await write_frame(writer, self._listen(frame, writer, tokens))
+                    link.send(self._listen(frame, link, tokens), REFUSAL_S)
                     continue
-                reply = await self.serve(frame, onward)
+                reply = self.serve(frame, onward)
                 if reply is not None:
-                    await write_frame(writer, reply)
-        except (OSError, asyncio.IncompleteReadError):
-            pass  # the peer went away; its hop (if any) is lost with it
+                    link.send(reply, WRITE_S)
+        except OSError:
+            pass  # the peer went away, or would not read; its hop (if any) is lost with it
+        except Exception:  # a link's thread must end cleanly whatever happens in it
+            log.exception("unexpected error on a frame connection")
         finally:
             onward.close()
-            for token in tokens:
-                if self.listeners.get(token) is writer:
-                    del self.listeners[token]
-            writer.close()
+            with self._lock:
+                for token in tokens:
+                    if self.listeners.get(token) is link:
+                        del self.listeners[token]
+                self._links.discard(link)
+            link.close()
 
-    def _listen(self, frame: Frame, writer: asyncio.StreamWriter, tokens: list[str]) -> Frame:
-        """Register ``writer`` for direct answers to the frame's token (a client's secret)."""
+    def _listen(self, frame: Frame, link: FrameSocket, tokens: list[str]) -> Frame:
+        """Register ``link`` for direct answers to the frame's token (a client's secret)."""
         token = (frame.reply or {}).get("to")
         if token is None:
             return _error(400, "bad_request", "a listen frame names its token in reply.to", None)
-        if token not in self.listeners and len(self.listeners) >= MAX_LISTENERS:
-            return _error(429, "busy", f"this node holds its maximum of {MAX_LISTENERS} listeners", None)
-        self.listeners[token] = writer
+        with self._lock:
+            if token not in self.listeners and len(self.listeners) >= MAX_LISTENERS:
+                return _error(429, "busy", f"this node holds its maximum of {MAX_LISTENERS} listeners", None)
+            self.listeners[token] = link
         tokens.append(token)
         return Frame("ok")
 
-    async def serve(self, frame: Frame, onward: _Onward | None = None) -> Frame | None:
+    def serve(self, frame: Frame, onward: _Onward | None = None) -> Frame | None:
         """The reply to ``frame``; None for a direct-answer step that went on (or to its client) well."""
         hop: int | None = None
         release = None
@@ -167,15 +240,15 @@ class FrameServer:
                 raise FrameError(f"expected an 'exec' frame with an envelope, got {frame.kind!r}")
             env = Envelope.from_wire(frame.envelope)
             hop = env.hop
-            out, record, signed = await self.compute(env, frame.tensors, frame.handoff)
+            out, record, signed = self.compute(env, frame.tensors, frame.handoff)
             rid = (frame.reply or {}).get("id")
             if hop + 1 == len(env.route):
                 return None if self._direct(frame, out, record, signed) else self._final(env, out, record, frame,
                                                                                          signed)
             if rid is not None and onward is not None:
-                await self._onward(onward, env.next(), out, record, frame, rid, signed)
+                self._onward(onward, env.next(), out, record, frame, rid, signed)
                 return None
-            return await self._forward(env.next(), out, record, signed)
+            return self._forward(env.next(), out, record, signed)
         except _Failed as exc:
             return _error(exc.status, exc.kind, str(exc), exc.hop, (frame.reply or {}).get("id"))
         except Exception as exc:
@@ -187,18 +260,18 @@ class FrameServer:
 
     def _direct(self, frame: Frame, out: dict[str, Any], record: dict[str, Any],
                 signed: dict[str, Any] | None) -> bool:
-        """Write the result to the client listening for it here; False if there is no such listener (the
-        result then goes back along the chain)."""
+        """Write the result to the client listening for it here; False if there is no such listener, or its
+        socket takes nothing now (a listener that does not read): the result then goes back along the chain."""
         reply = frame.reply or {}
-        writer = self.listeners.get(reply.get("to", ""))
-        if writer is None or writer.is_closing() or "id" not in reply:
+        listener = self.listeners.get(reply.get("to", ""))
+        if listener is None or "id" not in reply:
             return False
-        if writer.transport.get_write_buffer_size() > self.node.config.max_body_bytes:
-            return False  # a listener that does not read: the chain's replies wait for their reader instead
-        # one write call: results for several steps on one listener never interleave
-        writer.writelines(pack(Frame("ok", out, hops=[*frame.hops, record], reply={"id": reply["id"]},
-                                     handoff=signed)))
-        return True
+        answer = Frame("ok", out, hops=[*frame.hops, record], reply={"id": reply["id"]}, handoff=signed)
+        try:
+            return listener.send(answer, WRITE_S, only_if_room=True)
+        except OSError:
+            listener.close()  # part of a frame went out and the rest could not: that listener is done
+            return False
 
     def _final(self, env: Envelope, out: dict[str, Any], record: dict[str, Any], frame: Frame,
                signed: dict[str, Any] | None) -> Frame:
@@ -214,30 +287,23 @@ class FrameServer:
                              parked=f"{env.current.urls[0].rstrip('/')}/results/{rid}", handoff=signed)
         return Frame("ok", out, hops=hops, reply=reply, handoff=signed)
 
-    async def _onward(self, onward: _Onward, env: Envelope, out: dict[str, Any], record: dict[str, Any],
-                      frame: Frame, rid: str, signed: dict[str, Any] | None) -> None:
+    def _onward(self, onward: _Onward, env: Envelope, out: dict[str, Any], record: dict[str, Any],
+                frame: Frame, rid: str, signed: dict[str, Any] | None) -> None:
         """A direct-answer step goes on to the next hop's first URL (a session lives on one node) with the
         hop records so far; only failing to send it is an error here."""
         url = env.current.urls[0]
         request = Frame("exec", out, env, hops=[*frame.hops, record], reply=frame.reply, handoff=signed)
-        # the usual step: the next node's connection is open and takes the frame at once (no timer to set)
-        addr = self.forwarder.known(url)
-        link = None if addr is None else onward.post(addr, request, rid, env.hop, url)
-        if link is not None and not link.transport.get_write_buffer_size() and not link.is_closing():
-            return
         try:
-            async with asyncio.timeout(env.hop_timeout):
-                if link is not None:
-                    await link.drain()
-                else:
-                    await onward.send(await self.forwarder.address(url, env.hop_timeout), request, rid, env.hop, url)
+            deadline = time.monotonic() + env.hop_timeout
+            addr = self.forwarder.known(url) or self.forwarder.address(url, env.hop_timeout)
+            onward.send(addr, request, rid, env.hop, url, deadline)
         except TimeoutError:
             raise _Failed(504, "timeout", f"hop {env.hop} at {url} timed out after {env.hop_timeout} s", env.hop) from None
-        except (OSError, ConnectionError) as exc:
+        except (OSError, FrameError) as exc:
             raise _Failed(502, "unreachable", f"hop {env.hop} at {url} unreachable: {exc}", env.hop) from None
 
-    async def _forward(self, env: Envelope, out: dict[str, Any], record: dict[str, Any],
-                       signed: dict[str, Any] | None) -> Frame:
+    def _forward(self, env: Envelope, out: dict[str, Any], record: dict[str, Any],
+                 signed: dict[str, Any] | None) -> Frame:
         """Send to the next hop and relay its reply; stand-ins for a stateless hop that is down."""
         nxt = env.current
         timeout = env.hop_timeout * (len(env.route) - env.hop)  # deeper hops give up first
@@ -246,7 +312,7 @@ class FrameServer:
         failure = None
         for attempt, url in enumerate(urls):
             try:
-                reply = await self.forwarder.request(url, request, timeout)
+                reply = self.forwarder.request(url, request, timeout)
             except TimeoutError:
                 failure = _error(504, "timeout", f"hop {env.hop} at {url} timed out after {timeout} s", env.hop)
                 continue
@@ -279,55 +345,61 @@ class _Failed(Exception):
 
 class _Onward:
     """The connections a node's upstream connection sends its direct-answer steps on, one per next node,
-    each with a task relaying what comes back on it (errors, undelivered results) to the upstream; when
+    each with a thread relaying what comes back on it (errors, undelivered results) to the upstream; when
     the next node goes away, an ``unreachable`` error for the last step sent to it (a client that already
     has that step's result drops it)."""
 
-    def __init__(self, upstream: asyncio.StreamWriter, max_payload: int) -> None:
+    def __init__(self, upstream: FrameSocket, max_payload: int) -> None:
         self.upstream, self.max_payload = upstream, max_payload
-        self.links: dict[tuple[str, int], tuple[asyncio.StreamWriter, asyncio.Task[None]]] = {}
+        self.links: dict[tuple[str, int], FrameSocket] = {}
         self.last: dict[tuple[str, int], tuple[str, int, str]] = {}  # addr -> (reply id, hop, url)
+        self._lock = threading.Lock()
         self.closed = False
 
-    async def send(self, addr: tuple[str, int], frame: Frame, rid: str, hop: int, url: str) -> None:
-        link = self.post(addr, frame, rid, hop, url)
-        if link is None:
-            reader, writer = await asyncio.open_connection(*addr, limit=STREAM_LIMIT)
-            self.links[addr] = (writer, asyncio.create_task(self._relay(addr, reader, writer)))
-            link = self.post(addr, frame, rid, hop, url)
-            if link is None:
-                raise ConnectionResetError(f"the connection to {addr[0]}:{addr[1]} closed as it opened")
-        if link.transport.get_write_buffer_size() or link.is_closing():
-            await link.drain()
-
-    def post(self, addr: tuple[str, int], frame: Frame, rid: str, hop: int, url: str) -> asyncio.StreamWriter | None:
-        """Write ``frame`` on the open link to ``addr`` (not waiting for it to drain); None: no open link."""
+    def send(self, addr: tuple[str, int], frame: Frame, rid: str, hop: int, url: str, deadline: float) -> None:
+        """Write ``frame`` on the link to ``addr``, opened (with its relay) if there is none yet."""
         link = self.links.get(addr)
-        if link is None or link[0].is_closing():
-            return None
+        if link is None:
+            link = connect(addr, deadline)
+            with self._lock:
+                if self.closed:
+                    link.close()
+                    raise ConnectionResetError("the upstream connection closed")
+                self.links[addr] = link
+            threading.Thread(target=self._relay, args=(addr, link), name="splitup-hop-relay", daemon=True).start()
         self.last[addr] = (rid, hop, url)
-        link[0].writelines(pack(frame))
-        return link[0]
-
-    async def _relay(self, addr: tuple[str, int], reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            while (frame := await read_frame(reader, self.max_payload)) is not None:
-                await write_frame(self.upstream, frame)
-        except (OSError, asyncio.IncompleteReadError, FrameError):
+            link.send(frame, deadline=deadline)
+        except OSError:
+            link.close()  # part of a frame may be out: the link cannot carry another; its relay ends it
+            raise
+
+    def _relay(self, addr: tuple[str, int], link: FrameSocket) -> None:
+        name_this_thread()
+        try:
+            while (frame := link.read(self.max_payload)) is not None:
+                self.upstream.send(frame, WRITE_S)
+        except (OSError, FrameError):
             pass
         finally:
-            writer.close()
-            if self.links.get(addr, (None,))[0] is writer:
-                del self.links[addr]
-            last = self.last.pop(addr, None)
-            if last is not None and not self.closed and not self.upstream.is_closing():
+            link.close()
+            with self._lock:
+                if self.links.get(addr) is link:
+                    del self.links[addr]
+                last = self.last.pop(addr, None)
+                closed = self.closed
+            if last is not None and not closed:
                 rid, hop, url = last
-                self.upstream.writelines(pack(_error(502, "unreachable", f"hop {hop} at {url} closed the connection",
-                                                     hop, rid)))
+                try:
+                    self.upstream.send(_error(502, "unreachable", f"hop {hop} at {url} closed the connection", hop,
+                                              rid), WRITE_S)
+                except OSError:
+                    pass
 
     def close(self) -> None:
-        self.closed = True
-        for writer, task in self.links.values():
-            task.cancel()
-            writer.close()
-        self.links.clear()
+        with self._lock:
+            self.closed = True
+            links = list(self.links.values())
+            self.links.clear()
+        for link in links:
+            link.close()
