@@ -10,6 +10,7 @@ on the nodes, see :mod:`splitup.runtime.sessions`), so the output is the same as
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import secrets
@@ -94,6 +95,7 @@ class PipelineClient:
         self.transport = transport
         self.direct = direct and transport == "frames"
         self._frames = FramePool(MAX_REPLY_BYTES)
+        self._step_ids = itertools.count(1)
         self._frame_addrs: dict[str, tuple[str, int] | None] = {}
         self.plan = plan
         self.candidates: list[list[str]] = [[route_k] if isinstance(route_k, str) else list(route_k)
@@ -130,10 +132,13 @@ class PipelineClient:
 
     # --- the wire ------------------------------------------------------------------------------------------
     def call(self, hops: list[Hop], tensors: Mapping[str, np.ndarray], job: str,
-             meta: Mapping[str, str] | None = None, *, direct: bool = False) -> dict[str, np.ndarray]:
+             meta: Mapping[str, str] | None = None, *, direct: bool = False,
+             envelope: Envelope | None = None) -> dict[str, np.ndarray]:
         """One trip through ``hops``; raises :class:`NodeFailure` naming the hop that failed. ``direct``:
-        ask the last hop (one URL: a session's) to answer this client directly (see ``frames``)."""
-        env = Envelope(job, 0, hops, self.hop_timeout, dict(meta or {}))
+        ask the last hop (one URL: a session's) to answer this client directly (see ``frames``).
+        ``envelope``: the trip's envelope made already (a generation's next step), in place of hops, job and meta."""
+        env = envelope or Envelope(job, 0, hops, self.hop_timeout, dict(meta or {}))
+        hops = env.route
         if self.transport == "frames":
             # a generation's route changes only in its steps: the previous call's route text, if it fits
             env.to_wire(like=self._last_env)
@@ -237,7 +242,8 @@ class PipelineClient:
         request = Frame("exec", dict(tensors), env)
         direct = listen is not None
         if listen is not None:
-            request.reply = {"to": listen[1], "id": secrets.token_hex(8)}
+            # the token is the secret; a step's id only tells this listener's answers apart
+            request.reply = {"to": listen[1], "id": f"{next(self._step_ids):x}"}
         deadline = time.monotonic() + timeout
         self.last_direct = False
         while True:
@@ -435,6 +441,7 @@ class GenerationSession:
         self.max_chunk = int(spec.max_shape[-1])
         self.recoveries = 0
         self._sends = plan_sends(self.plan.tasks, [client.logits_output])[1]
+        self._last: tuple[list[tuple[str, str]], list[list[str]], Envelope] | None = None  # (places, sends, envelope)
 
     def __enter__(self) -> GenerationSession:
         return self
@@ -479,8 +486,7 @@ class GenerationSession:
                 for k in sorted(self._broken):
                     self._recover(k)
                     self._broken.discard(k)
-                out = c.call(self._hops(sends, len(sends) - 1, last=[c.logits_output]), {c.token_input: ids},
-                             self.job, self._meta(), direct=direct)
+                out = c.call([], {c.token_input: ids}, self.job, direct=direct, envelope=self._envelope(sends))
             except NodeFailure as f:
                 if f.kind == "lost_result":  # every node ran the step: repeating it is idempotent
                     continue
@@ -494,9 +500,22 @@ class GenerationSession:
                 self._broken.add(f.hop)
                 continue
             self.steps = [s + 1 for s in self.steps]
-            self.context.extend(int(t) for t in ids[0])
+            self.context.extend(ids[0].tolist())
             return out[c.logits_output]
         raise PipelineError(f"generation gave up after {c.max_failovers} failovers")
+
+    def _envelope(self, sends: list[list[str]]) -> Envelope:
+        """The next step's envelope: the last one at the new steps while the route's endpoints and the job's
+        decoding rule stay the same (the usual step: no route to build, compare or encode again)."""
+        meta = self._meta()
+        last = self._last
+        if last is not None and last[0] == self.places and last[1] is sends and last[2].meta == meta:
+            env = last[2].at_steps(self.steps)
+        else:
+            env = Envelope(self.job, 0, self._hops(sends, len(sends) - 1, last=[self.client.logits_output]),
+                           self.client.hop_timeout, meta)
+        self._last = (list(self.places), sends, env)
+        return env
 
     def _meta(self) -> dict[str, str]:
         return {} if self.decoding == GREEDY else {DECODING_META: json.dumps(self.decoding.to_json())}

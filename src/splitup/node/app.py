@@ -106,17 +106,17 @@ class HopDispatch:
         self.pool = ThreadPoolExecutor(node.config.max_concurrent + 2, thread_name_prefix="splitup-hop",
                                        initializer=name_this_thread)
 
-    def admit(self) -> Callable[[], None]:
+    def admit(self) -> None:
+        """Take a hop in, or refuse it (429) when the node serves its maximum; ``release`` when it is done."""
         with self._lock:
             if self.in_flight >= self.node.config.max_concurrent:
                 raise HopFailed(429, "busy", f"this node is serving its maximum of {self.node.config.max_concurrent} "
                                 "requests; retry later", None)
             self.in_flight += 1
 
-        def release() -> None:
-            with self._lock:
-                self.in_flight -= 1
-        return release
+    def release(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
 
     async def compute(self, env: Envelope, tensors: Mapping[str, Any], handoff: dict[str, Any] | None = None
                       ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
@@ -193,7 +193,7 @@ def create_app(node: Node, *, heartbeat: Callable[[dict[str, Any]], None] | None
         forwarder = FrameForwarder(node.config.max_body_bytes)
         server = None
         if frames_host is not None and node.config.frame_port is not None:
-            server = FrameServer(node, dispatch.compute_here, forwarder, dispatch.admit, _failed)
+            server = FrameServer(node, dispatch, forwarder, _failed)
             frames["port"] = server.start(frames_host, node.config.frame_port)
         # Probed off the event loop at start, so the first GET /capabilities does not wait seconds for it.
         asyncio.get_running_loop().run_in_executor(dispatch.pool, node.engines)
@@ -288,13 +288,13 @@ def create_app(node: Node, *, heartbeat: Callable[[dict[str, Any]], None] | None
     @app.post("/execute")
     async def execute(request: Request) -> Response:
         try:
-            release = dispatch.admit()
+            dispatch.admit()
         except HopFailed as exc:
             return exc.response()
         try:
             return await _execute(request)
         finally:
-            release()
+            dispatch.release()
 
     async def _execute(request: Request) -> Response:
         hop: int | None = None

@@ -52,6 +52,7 @@ MAX_HEADER_BYTES = 1 << 20
 MAX_PAYLOAD_BYTES = (1 << 32) - 1  # what the prefix can say
 MAX_TOKEN = 64  # characters of a direct-answer token or reply id
 ALIGN = 8
+SMALL_BUFFER = 64 << 10
 # Every type a task can carry (bfloat16 and float8 as ml_dtypes arrays): the raw bytes travel as they are.
 DTYPES = NUMPY_DTYPES
 _PAD = bytes(ALIGN)
@@ -156,30 +157,30 @@ def _entry(entry: Any, start: int) -> tuple[str, np.dtype, tuple[int, ...], int,
 def pack(frame: Frame, known: list[Any] | None = None) -> list[bytes | memoryview]:
     """The frame as buffers to write in order; tensor data is referenced, not copied. ``known``: the
     sending connection's last stable part, ``[key, bytes]``, reused when this frame's is the same."""
-    entries, buffers, shapes, offset = [], [], [], 0
+    layout: list[tuple[str, str, tuple[int, ...], int]] = []
+    buffers: list[Any] = []
+    offset = 0
     for name, value in frame.tensors.items():
         arr, dtype = _sendable(name, value)
-        entries.append([name, dtype, list(arr.shape), offset])
-        shapes.append((name, dtype, arr.shape))
-        if dtype in _BUFFERS and arr.size:
-            view = memoryview(arr).cast("B")
-        else:  # the buffer protocol cannot name ml_dtypes' bfloat16 / float8 formats: as bytes
-            view = memoryview(arr.reshape(-1).view(np.uint8)) if arr.size else memoryview(b"")
-        buffers.append(view)
-        offset += view.nbytes
-        pad = -offset % ALIGN
-        if pad:
-            buffers.append(_PAD[:pad])
-            offset += pad
+        layout.append((name, dtype, arr.shape, offset))
+        if arr.size:
+            # the array itself where the buffer protocol can name its type; ml_dtypes' bfloat16 / float8 as bytes
+            buffers.append(arr if dtype in _BUFFERS else arr.reshape(-1).view(np.uint8))
+            offset += arr.nbytes
+            pad = -offset % ALIGN
+            if pad:
+                buffers.append(_PAD[:pad])
+                offset += pad
     if offset > MAX_PAYLOAD_BYTES:
         raise FrameError(f"a frame's payload is at most {MAX_PAYLOAD_BYTES} bytes, not {offset}")
     env, reply = frame.envelope, frame.reply or {}
     wire = env.to_wire() if isinstance(env, Envelope) else env
     text, hop, steps = wire if wire is not None else (None, None, None)
-    key = (frame.kind, text, reply.get("to"), shapes)
+    key = (frame.kind, text, reply.get("to"), layout)
     if known is not None and known[0] == key:
         stable = known[1]
     else:
+        entries = [[name, dtype, list(shape), at] for name, dtype, shape, at in layout]
         stable = "".join(ENCODE_JSON([frame.kind, entries, text, reply.get("to")], 0)).encode()
         if known is not None:
             known[:] = [key, stable]
@@ -348,8 +349,7 @@ class FrameSocket:
         return self._read(max_payload, max_tensor_bytes, None)
 
     def _read(self, max_payload: int, max_tensor_bytes: int | None, deadline: float | None) -> Frame | None:
-        # np.empty: a fresh buffer (the tensors are views of it) that is not zeroed first
-        buf = memoryview(np.empty(max(self._size, PREFIX.size, len(self._carry)), np.uint8))
+        buf = _buffer(max(self._size, PREFIX.size, len(self._carry)))
         got = len(self._carry)
         if got:
             buf[:got] = self._carry
@@ -363,7 +363,7 @@ class FrameSocket:
         header_len, stable_len, payload_len = read_prefix(buf[:PREFIX.size], max_payload)
         size = PREFIX.size + header_len + payload_len
         if size > len(buf):
-            bigger = memoryview(np.empty(size, np.uint8))
+            bigger = _buffer(size)
             bigger[:got] = buf[:got]
             buf = bigger
         if got < size:
@@ -397,6 +397,12 @@ class FrameSocket:
                 return got
             got += k
         return got
+
+
+def _buffer(size: int) -> memoryview:
+    """A fresh receive buffer (the tensors read into it are views of it): a small one as a bytearray, a
+    large one unzeroed (zeroing a decode step's logits costs more than reading them)."""
+    return memoryview(bytearray(size) if size <= SMALL_BUFFER else np.empty(size, np.uint8))
 
 
 def _wait(sock: socket.socket, deadline: float, events: int) -> None:
@@ -434,8 +440,6 @@ def send_all(sock: socket.socket, buffers: Sequence[bytes | memoryview], deadlin
                 views.pop(0)
             else:
                 views[0], sent = memoryview(views[0]).cast("B")[sent:], 0
-        while views and not memoryview(views[0]).nbytes:
-            views.pop(0)
     return True
 
 

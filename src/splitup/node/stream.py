@@ -22,8 +22,8 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
@@ -121,16 +121,26 @@ def connect(addr: tuple[str, int], deadline: float) -> FrameSocket:
     return FrameSocket(addr[0], addr[1], left)
 
 
+class Dispatch(Protocol):
+    """What the frame server needs of the node's hop dispatcher (``splitup.node.app.HopDispatch``)."""
+
+    def admit(self) -> None: ...
+
+    def release(self) -> None: ...
+
+    def compute_here(self, env: Envelope, tensors: Mapping[str, Any], handoff: dict[str, Any] | None = None
+                     ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]: ...
+
+
 class FrameServer:
     """Serves hop frames on a thread per connection: a hop is read with a blocking ``recv_into``, computed
     and sent on in that thread, with no event loop in between (an event loop's wake-up, callbacks and stream
     buffers cost more than the read itself when every hop runs with caches the engine just flushed).
-    ``compute(env, tensors, handoff)`` is the node's shared hop dispatcher, run where it is called."""
+    ``dispatch`` is the node's hop dispatcher (``admit``, ``release``, ``compute_here``), shared with HTTP."""
 
-    def __init__(self, node: Node, compute: Callable[..., Any], forwarder: FrameForwarder,
-                 admit: Callable[[], Any], failed: Callable[[Exception, int | None], Any]) -> None:
-        self.node, self.compute, self.forwarder = node, compute, forwarder
-        self.admit, self.failed = admit, failed
+    def __init__(self, node: Node, dispatch: Dispatch, forwarder: FrameForwarder,
+                 failed: Callable[[Exception, int | None], Any]) -> None:
+        self.node, self.dispatch, self.forwarder, self.failed = node, dispatch, forwarder, failed
         self.listeners: dict[str, FrameSocket] = {}
         self._links: set[FrameSocket] = set()
         self._lock = threading.Lock()
@@ -233,14 +243,15 @@ class FrameServer:
     def serve(self, frame: Frame, onward: _Onward | None = None) -> Frame | None:
         """The reply to ``frame``; None for a direct-answer step that went on (or to its client) well."""
         hop: int | None = None
-        release = None
+        admitted = False
         try:
-            release = self.admit()
+            self.dispatch.admit()
+            admitted = True
             if frame.kind != "exec" or frame.envelope is None:
                 raise FrameError(f"expected an 'exec' frame with an envelope, got {frame.kind!r}")
             env = Envelope.from_wire(frame.envelope)
             hop = env.hop
-            out, record, signed = self.compute(env, frame.tensors, frame.handoff)
+            out, record, signed = self.dispatch.compute_here(env, frame.tensors, frame.handoff)
             rid = (frame.reply or {}).get("id")
             if hop + 1 == len(env.route):
                 return None if self._direct(frame, out, record, signed) else self._final(env, out, record, frame,
@@ -255,8 +266,8 @@ class FrameServer:
             failure = self.failed(exc, hop)
             return _error(failure.status, failure.kind, str(failure), failure.hop, (frame.reply or {}).get("id"))
         finally:
-            if release is not None:
-                release()
+            if admitted:
+                self.dispatch.release()
 
     def _direct(self, frame: Frame, out: dict[str, Any], record: dict[str, Any],
                 signed: dict[str, Any] | None) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
@@ -62,6 +62,13 @@ class Hop:
     # then carries one row of logits back along the chain instead of one per prompt token.
     last: list[str] = field(default_factory=list)
 
+    def at_step(self, step: int) -> Hop:
+        """This hop at ``step``. Its fields copied as they are: the frozen constructor sets them one by one
+        through ``object.__setattr__``, and this runs for every hop of every frame a node reads."""
+        hop = object.__new__(Hop)
+        hop.__dict__.update(self.__dict__, step=step)
+        return hop
+
 
 @dataclass(frozen=True)
 class Envelope:
@@ -86,7 +93,18 @@ class Envelope:
         return json.dumps(self.to_dict(), separators=(",", ":"))
 
     def next(self) -> Envelope:
-        return Envelope(self.job, self.hop + 1, self.route, self.hop_timeout, self.meta, self.wire)
+        return self._with(hop=self.hop + 1)
+
+    def at_steps(self, steps: Sequence[int | None]) -> Envelope:
+        """This route with its hops at ``steps`` (a generation's next token); the route text, which has no
+        steps in it, is kept."""
+        return self._with(route=[h if s is None else h.at_step(s) for h, s in zip(self.route, steps, strict=True)])
+
+    def _with(self, **changes: Any) -> Envelope:
+        """A copy with ``changes`` (fields already checked), without the frozen constructor (``Hop.at_step``)."""
+        env = object.__new__(Envelope)
+        env.__dict__.update(self.__dict__, **changes)
+        return env
 
     def to_wire(self, like: Envelope | None = None) -> list[Any]:
         """The envelope as frames carry it: ``[text, hop, steps]``, ``text`` the JSON of everything but the
@@ -123,16 +141,17 @@ class Envelope:
             base = _parse_route(text)
         if len(steps) != len(base.route) or not 0 <= hop < len(base.route):
             raise WireError(f"route of {len(base.route)} hops with hop index {hop} and {len(steps)} steps is invalid")
-        route = list(base.route)
-        for k, (h, step) in enumerate(zip(base.route, steps, strict=True)):
+        route = []
+        for h, step in zip(base.route, steps, strict=True):
             if step is None:
                 if h.session is not None:
                     raise WireError("malformed routing envelope: a hop with a session needs an integer step")
+                route.append(h)
             elif type(step) is not int:
                 raise WireError(f"malformed routing envelope: step {step!r} is not an integer")
             else:
-                route[k] = Hop(h.urls, h.task, h.send, h.session, step, h.last)
-        return Envelope(base.job, hop, route, base.hop_timeout, base.meta, text)
+                route.append(h.at_step(step))
+        return base._with(hop=hop, route=route)
 
     @staticmethod
     def from_json(text: str) -> Envelope:
