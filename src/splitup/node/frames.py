@@ -35,6 +35,7 @@ import secrets
 import select
 import socket
 import struct
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -53,6 +54,7 @@ MAX_PAYLOAD_BYTES = (1 << 32) - 1  # what the prefix can say
 MAX_TOKEN = 64  # characters of a direct-answer token or reply id
 ALIGN = 8
 SMALL_BUFFER = 64 << 10
+SOCKET_BUFFER = 2 << 20
 # Every type a task can carry (bfloat16 and float8 as ml_dtypes arrays): the raw bytes travel as they are.
 DTYPES = NUMPY_DTYPES
 _PAD = bytes(ALIGN)
@@ -303,11 +305,17 @@ class FrameSocket:
         self.sock = sock
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # room for a whole frame (a decode step's logits: 192 KiB for SmolLM2) in the socket's buffers: a
+            # frame larger than the default receive window crosses in several rounds of window updates
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                if sock.getsockopt(socket.SOL_SOCKET, option) < SOCKET_BUFFER:
+                    sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
         self._write = threading.Lock()
         self._sent: list[Any] = [None, b""]  # the last stable part sent: [key, bytes]
         self._seen: Stable | None = None  # the last stable part received
         self._size = 4096  # the buffer a read starts with: the last frame's size
         self._carry = b""  # the start of the next frame, read with the last one
+        self._spares: list[np.ndarray] = []  # large buffers read into before (see _buffer)
 
     def close(self) -> None:
         # shut down first: a thread blocked reading this socket wakes (close alone does not wake it)
@@ -349,7 +357,7 @@ class FrameSocket:
         return self._read(max_payload, max_tensor_bytes, None)
 
     def _read(self, max_payload: int, max_tensor_bytes: int | None, deadline: float | None) -> Frame | None:
-        buf = _buffer(max(self._size, PREFIX.size, len(self._carry)))
+        buf = self._buffer(max(self._size, PREFIX.size, len(self._carry)))
         got = len(self._carry)
         if got:
             buf[:got] = self._carry
@@ -363,7 +371,7 @@ class FrameSocket:
         header_len, stable_len, payload_len = read_prefix(buf[:PREFIX.size], max_payload)
         size = PREFIX.size + header_len + payload_len
         if size > len(buf):
-            bigger = _buffer(size)
+            bigger = self._buffer(size)
             bigger[:got] = buf[:got]
             buf = bigger
         if got < size:
@@ -379,6 +387,21 @@ class FrameSocket:
             payload = memoryview(bytes(payload))
         frame, self._seen = unpack(header, stable_len, payload, max_tensor_bytes=max_tensor_bytes, known=self._seen)
         return frame
+
+    def _buffer(self, size: int) -> memoryview:
+        """A receive buffer nothing else refers to (the tensors read into it are views of it): a small one
+        fresh, as a bytearray; a large one unzeroed, and one of the last two again once every view of it is
+        gone (a client drops a step's logits by the step after next). A fresh large block costs its page
+        faults and zeroing by the kernel at every frame, more than reading the frame into it."""
+        if size <= SMALL_BUFFER:
+            return memoryview(bytearray(size))
+        for spare in self._spares:
+            # referred to by the list, the loop and getrefcount's argument only: no array views it any more
+            if len(spare) >= size and sys.getrefcount(spare) == 3:
+                return memoryview(spare)[:size]
+        spare = np.empty(size, np.uint8)
+        self._spares = [spare, *self._spares[:1]]
+        return memoryview(spare)
 
     def _some(self, view: memoryview, least: int, deadline: float | None, *, exactly: bool = False) -> int:
         """Read at least ``least`` bytes into ``view`` (all of it when ``exactly``), more if they are there;
@@ -397,12 +420,6 @@ class FrameSocket:
                 return got
             got += k
         return got
-
-
-def _buffer(size: int) -> memoryview:
-    """A fresh receive buffer (the tensors read into it are views of it): a small one as a bytearray, a
-    large one unzeroed (zeroing a decode step's logits costs more than reading them)."""
-    return memoryview(bytearray(size) if size <= SMALL_BUFFER else np.empty(size, np.uint8))
 
 
 def _wait(sock: socket.socket, deadline: float, events: int) -> None:
