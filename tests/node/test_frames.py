@@ -6,6 +6,8 @@ import json
 import select
 import socket
 import struct
+import threading
+import time
 
 import httpx
 import numpy as np
@@ -104,6 +106,85 @@ def test_a_connection_reads_back_to_back_frames_and_reuses_what_repeats():
     sent: list = [None, b""]
     one, two = pack(frames[0], sent), pack(frames[1], sent)
     assert one[1] is two[1] and bytes(one[2]) != bytes(two[2])
+
+
+def test_a_large_receive_buffer_is_read_into_again_only_once_nothing_views_it():
+    a, b = socket.socketpair()
+    with a, b:
+        src, conn = FrameSocket.over(a), FrameSocket.over(b)
+
+        def send() -> None:
+            for k in range(6):
+                src.send(Frame("ok", {"x": np.full(70_000, k, np.float32)}))  # 280 KB: a large buffer
+        threading.Thread(target=send, daemon=True).start()
+        held, buffers = [], []
+        for k in range(6):
+            x = conn.receive(5, 1 << 30).tensors["x"]  # the last step's x is still alive while this one is read
+            assert (x == k).all()
+            buffers.append(id(x.base))
+            if k < 2:
+                held.append(x)  # a caller keeping two steps' logits: their buffers are never read into again
+    assert (held[0] == 0).all() and (held[1] == 1).all()
+    # two held for good, then two taken in turn: each read while the other's array is still alive
+    assert len(set(buffers)) == 4 and buffers[4:] == buffers[2:4]
+
+
+def test_waiting_is_bounded_and_a_peer_that_does_not_read_is_not_written_to():
+    a, b = socket.socketpair()
+    with a, b:
+        conn = FrameSocket.over(b)
+        with pytest.raises(TimeoutError):
+            conn.receive(0.2, 1 << 20)  # nothing comes
+        a.setblocking(False)
+        try:
+            while True:
+                a.send(bytes(1 << 16))  # nobody reads b: fill the pair until it takes nothing
+        except BlockingIOError:
+            pass
+        sender = FrameSocket.over(a)
+        assert sender.send(Frame("ok", {"x": np.zeros(4, np.float32)}), 1, only_if_room=True) is False
+        with pytest.raises(TimeoutError):
+            sender.send(Frame("ok"), 0.2)
+
+
+def test_a_node_refuses_frame_connections_beyond_its_maximum(monkeypatch):
+    from types import SimpleNamespace
+
+    from splitup.node import stream
+
+    monkeypatch.setattr(stream, "MAX_LINKS", 2)
+    node = SimpleNamespace(config=SimpleNamespace(max_body_bytes=1 << 20))
+    server = stream.FrameServer(node, None, stream.FrameForwarder(1 << 20), None)  # type: ignore[arg-type]
+    port = server.start("127.0.0.1", 0)
+    held = []
+    try:
+        for k in range(2):
+            conn = FrameSocket("127.0.0.1", port, 5)
+            held.append(conn)
+            assert conn.request(Frame("listen", reply={"to": f"t{k}"}), 5, 1 << 20).kind == "ok"
+        extra = FrameSocket("127.0.0.1", port, 5)
+        refused = extra.receive(5, 1 << 20)
+        assert refused.kind == "error" and refused.error["status"] == 429 and "maximum of 2" in refused.error["error"]
+        with pytest.raises(ConnectionError):
+            extra.receive(5, 1 << 20)  # and closed
+        extra.close()
+        held.pop().close()  # a connection that ends frees its place
+        for _ in range(50):
+            again = FrameSocket("127.0.0.1", port, 5)
+            try:
+                if again.request(Frame("listen", reply={"to": "t9"}), 5, 1 << 20).kind == "ok":
+                    break
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                again.close()
+            time.sleep(0.05)
+        else:
+            pytest.fail("the freed place was not given to a new connection")
+    finally:
+        for conn in held:
+            conn.close()
+        server.close()
 
 
 @pytest.mark.parametrize(("entry", "words"), [

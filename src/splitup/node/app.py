@@ -195,8 +195,9 @@ def create_app(node: Node, *, heartbeat: Callable[[dict[str, Any]], None] | None
         if frames_host is not None and node.config.frame_port is not None:
             server = FrameServer(node, dispatch, forwarder, _failed)
             frames["port"] = server.start(frames_host, node.config.frame_port)
-        # Probed off the event loop at start, so the first GET /capabilities does not wait seconds for it.
-        asyncio.get_running_loop().run_in_executor(dispatch.pool, node.engines)
+        # Probed off the event loop at start, so the first GET /capabilities does not wait seconds for it
+        # (on the loop's default executor: the hop pool's threads serve hops only).
+        asyncio.get_running_loop().run_in_executor(None, node.engines)
         beat = asyncio.create_task(_heartbeat_loop(node, heartbeat)) if heartbeat is not None else None
         try:
             yield
