@@ -139,10 +139,10 @@ class PipelineClient:
         ``envelope``: the trip's envelope made already (a generation's next step), in place of hops, job and meta."""
         env = envelope or Envelope(job, 0, hops, self.hop_timeout, dict(meta or {}))
         hops = env.route
-        if self.transport == "frames":
+        if self.transport == "frames" and env.wire is None:
             # a generation's route changes only in its steps: the previous call's route text, if it fits
             env.to_wire(like=self._last_env)
-            self._last_env = env
+        self._last_env = env
         listen = self._listener(hops[-1].urls[0]) if direct and self.direct else None
         first = hops[0]
         urls = first.urls if first.session is None else first.urls[:1]
@@ -313,6 +313,8 @@ class PipelineClient:
         next call does not wait for them again. Routes always start at task 0."""
         for url in hops[0].urls[:first_attempt]:
             self._retire(0, url)
+        if not any("failover" in record for record in self.last_hops if isinstance(record, dict)):
+            return
         for record in self.last_hops:
             k = int(record.get("hop", -1)) + 1
             if record.get("failover") and 0 < k < len(hops):
@@ -518,7 +520,9 @@ class GenerationSession:
         return env
 
     def _meta(self) -> dict[str, str]:
-        return {} if self.decoding == GREEDY else {DECODING_META: json.dumps(self.decoding.to_json())}
+        if self.decoding is GREEDY or self.decoding == GREEDY:
+            return {}
+        return {DECODING_META: json.dumps(self.decoding.to_json())}
 
     def _recover(self, k: int) -> None:
         """Give task ``k`` a fresh session on the first endpoint of its list and re-prefill it with the

@@ -93,15 +93,15 @@ async def _read_body(request: Request, limit: int) -> bytes:
 class HopDispatch:
     """Admission (at most ``max_concurrent`` hops at once, over HTTP and frames together) and where a hop's
     compute runs. A frame connection's own thread computes its hops where it stands (``compute_here``). An
-    HTTP hop computes on the event loop when no other hop is computing and it cannot be batched (handing
+    HTTP hop computes on the event loop when no other HTTP hop is computing and it cannot be batched (handing
     off to a worker thread and back costs two wake-ups, milliseconds per hop on busy cores), otherwise on a
     worker thread, so the loop keeps taking the hops that may join its engine call. Hops that only wait
     for the next node's reply (a direct answer's ``sent`` among them) do not count: they join no call."""
 
     def __init__(self, node: Node) -> None:
         self.node = node
-        self.in_flight = 0
-        self.computing = 0
+        self.in_flight = 0  # hops admitted, over HTTP and frames
+        self.computing = 0  # HTTP hops computing on worker threads
         self._lock = threading.Lock()  # the event loop and the frame connections' threads both count
         self.pool = ThreadPoolExecutor(node.config.max_concurrent + 2, thread_name_prefix="splitup-hop",
                                        initializer=name_this_thread)
@@ -138,9 +138,10 @@ class HopDispatch:
 
     def compute_here(self, env: Envelope, tensors: Mapping[str, Any], handoff: dict[str, Any] | None = None
                      ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
-        """``compute`` on the calling thread (a frame connection's)."""
+        """``compute`` on the calling thread (a frame connection's). Not counted in ``computing``: that
+        tells the event loop whether to compute an HTTP hop itself, and a frame hop never needs the loop."""
         t0 = time.perf_counter()
-        out, signed, cpu = self._counted(env, tensors, handoff)
+        out, signed, cpu = self._timed(env, tensors, handoff)
         return out, self._record(env, tensors, t0, cpu), signed
 
     def _record(self, env: Envelope, tensors: Mapping[str, Any], t0: float, cpu: float) -> dict[str, Any]:
@@ -149,16 +150,6 @@ class HopDispatch:
         if self.node.hop_evidence is not None:
             record.update(self.node.hop_evidence(env, tensors) or {})
         return record
-
-    def _counted(self, env: Envelope, tensors: Mapping[str, Any], handoff: dict[str, Any] | None
-                 ) -> tuple[dict[str, Any], dict[str, Any] | None, float]:
-        with self._lock:
-            self.computing += 1
-        try:
-            return self._timed(env, tensors, handoff)
-        finally:
-            with self._lock:
-                self.computing -= 1
 
     def _timed(self, env: Envelope, tensors: Mapping[str, Any], handoff: dict[str, Any] | None
                ) -> tuple[dict[str, Any], dict[str, Any] | None, float]:
