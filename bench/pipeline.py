@@ -8,7 +8,8 @@ other processes hits them alike):
   through the nodes with hops as binary frames on kept-open connections (the last node answering the
   client directly, the default, and with the answer back along the chain) and over HTTP;
 - per hop (per task of the route): the CPU time the client and the nodes' hop-serving threads spend on a
-  step beyond the engines' compute, and the round trip minus compute;
+  step beyond the engines' compute (for frames also apart: the client's per step, the nodes' per hop),
+  and the round trip minus compute;
 - batch: time for a set of prompts, pipelined through the nodes (one request in flight per node).
 ``--json`` prints one JSON object instead of the tables.
 """
@@ -53,6 +54,14 @@ def cpu_ms_per_hop(records: list[list[dict]], hops: int) -> float:
     load (the nodes' background threads, heartbeat and the like, are not the hop's work: not counted)."""
     extra = [(r[-1]["cpu"] - sum(h["cpu_ms"] for h in r[:-1]) / 1000) / hops for r in records]
     return statistics.mean(extra) * 1000
+
+
+def split_ms(records: list[list[dict]], hops: int) -> tuple[float, float]:
+    """The frames figure's two parts, in ms: the client's CPU per step (sending the tokens, taking the
+    logits, its own bookkeeping) and the nodes' CPU beyond compute per hop."""
+    client = [r[-1]["client_cpu"] for r in records]
+    nodes = [(r[-1]["cpu"] - r[-1]["client_cpu"] - sum(h["cpu_ms"] for h in r[:-1]) / 1000) / hops for r in records]
+    return statistics.mean(client) * 1000, statistics.mean(nodes) * 1000
 
 
 def main() -> None:
@@ -103,7 +112,8 @@ def main() -> None:
                     c1 = time.thread_time_ns()
                     cpu = (c1 - c0 + cpu_ns(pids, serving=serving) - n0) / 1e9
                     if which != "local":
-                        records[which].append([*clients[which].last_hops, {"rtt": times[which][-1], "cpu": cpu}])
+                        records[which].append([*clients[which].last_hops, {"rtt": times[which][-1], "cpu": cpu,
+                                                                           "client_cpu": (c1 - c0) / 1e9}])
                     tokens[which].append(int(np.argmax(logits[0, -1])))
                     ids[which] = np.asarray([[tokens[which][-1]]], np.int64)
             for g in gens.values():
@@ -131,6 +141,7 @@ def main() -> None:
     per_hop = {t: cpu_ms_per_hop(records[t][1:], hops) for t in TRANSPORTS}
     wall = {t: wall_ms_per_hop(records[t][1:], hops) for t in TRANSPORTS}
     compute = [statistics.median(r[k]["ms"] for r in records["frames"][1:]) for k in range(hops)]
+    client_step, node_hop = split_ms(records["frames"][1:], hops)
     identical = all(tokens[t] == tokens["local"] for t in TRANSPORTS)
     result = {
         "model": split.label, "tasks": hops, "tokens": args.tokens, "threads": args.threads,
@@ -143,6 +154,7 @@ def main() -> None:
         "chain_ms_per_hop": round(per_hop["chain"], 3),
         "http_ms_per_hop": round(per_hop["http"], 3),
         "transport_wall_ms_per_hop": round(wall["frames"], 3),
+        "client_ms_per_step": round(client_step, 3), "node_ms_per_hop": round(node_hop, 3),
         "chain_wall_ms_per_hop": round(wall["chain"], 3),
         "http_wall_ms_per_hop": round(wall["http"], 3),
         "ms_per_token": {k: round(v * 1000, 2) for k, v in med.items()},
@@ -182,7 +194,9 @@ def _tables(r: dict, args: argparse.Namespace, ref_batch: float, pipe_batch: flo
     t.add_row("  same batch, one request at a time", f"{ref_batch:.3f} s", f"{seq_batch:.3f} s", "", "",
               f"{r['sequential_batch_time_ratio']:.2f}x time")
     console.print(t)
-    console.print(f"node compute per hop (median, ms): {r['node_compute_ms']}")
+    console.print(f"node compute per hop (median, ms): {r['node_compute_ms']}; the frames figure is the client's "
+                  f"{r['client_ms_per_step']:.2f} ms a step spread over {r['tasks']} hops plus the nodes' "
+                  f"{r['node_ms_per_hop']:.2f} ms a hop")
     console.print(f"greedy tokens identical (one process, frames direct and chained, HTTP): {r['tokens_identical']} ({args.tokens} tokens); "
                   f"load average {r['loadavg_start']} at the start, {r['loadavg_end']} at the end, on {r['cpus']} cores")
 
