@@ -147,6 +147,18 @@ def test_waiting_is_bounded_and_a_peer_that_does_not_read_is_not_written_to():
             sender.send(Frame("ok"), 0.2)
 
 
+def test_tcp_frame_connections_find_a_vanished_peer_and_hold_a_whole_frame():
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        conn = FrameSocket("127.0.0.1", server.getsockname()[1], 5)
+        accepted = FrameSocket.over(server.accept()[0])
+        for c in (conn, accepted):
+            assert c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+            if hasattr(socket, "TCP_KEEPIDLE"):
+                assert c.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 60
+            assert c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 2 << 20
+            c.close()
+
+
 def test_a_node_refuses_frame_connections_beyond_its_maximum(monkeypatch):
     from types import SimpleNamespace
 

@@ -310,6 +310,12 @@ class FrameSocket:
             for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
                 if sock.getsockopt(socket.SOL_SOCKET, option) < SOCKET_BUFFER:
                     sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+            # a peer that vanished without closing (a crashed machine, a cut link) is found within ~90 s, so
+            # the thread and the connection place it holds on a node are given back
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            for name, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+                if hasattr(socket, name):
+                    sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
         self._write = threading.Lock()
         self._sent: list[Any] = [None, b""]  # the last stable part sent: [key, bytes]
         self._seen: Stable | None = None  # the last stable part received
