@@ -313,8 +313,6 @@ class PipelineClient:
         next call does not wait for them again. Routes always start at task 0."""
         for url in hops[0].urls[:first_attempt]:
             self._retire(0, url)
-        if not any("failover" in record for record in self.last_hops if isinstance(record, dict)):
-            return
         for record in self.last_hops:
             k = int(record.get("hop", -1)) + 1
             if record.get("failover") and 0 < k < len(hops):
@@ -520,9 +518,7 @@ class GenerationSession:
         return env
 
     def _meta(self) -> dict[str, str]:
-        if self.decoding is GREEDY or self.decoding == GREEDY:
-            return {}
-        return {DECODING_META: json.dumps(self.decoding.to_json())}
+        return {} if self.decoding == GREEDY else {DECODING_META: json.dumps(self.decoding.to_json())}
 
     def _recover(self, k: int) -> None:
         """Give task ``k`` a fresh session on the first endpoint of its list and re-prefill it with the

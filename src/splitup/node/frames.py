@@ -61,7 +61,6 @@ _PAD = bytes(ALIGN)
 # dtype -> its wire name, looked up instead of ``dtype.name`` (a Python-level property in numpy: every hop
 # pays it with cold caches, after the engine's compute has streamed the weights through them)
 _NAMES = {dtype: name for name, dtype in DTYPES.items()}
-_NO_TENSORS: dict[str, np.ndarray] = {}
 
 
 def _has_buffer_format(dtype: np.dtype) -> bool:
@@ -156,8 +155,8 @@ def _entry(entry: Any, start: int) -> tuple[str, np.dtype, tuple[int, ...], int,
     return name, DTYPES[dtype], tuple(shape), offset, size
 
 
-def pack(frame: Frame, known: list[Any] | None = None) -> list[bytes | memoryview]:
-    """The frame as buffers to write in order; tensor data is referenced, not copied. ``known``: the
+def pack(frame: Frame, known: list[Any] | None = None) -> list[Any]:
+    """The frame as buffers to write in order (bytes and the tensors' own arrays: nothing is copied). ``known``: the
     sending connection's last stable part, ``[key, bytes]``, reused when this frame's is the same."""
     layout: list[tuple[str, str, tuple[int, ...], int]] = []
     buffers: list[Any] = []
@@ -438,7 +437,7 @@ def _wait(sock: socket.socket, deadline: float, events: int) -> None:
         raise TimeoutError("the connection did not become ready in time")
 
 
-def send_all(sock: socket.socket, buffers: Sequence[bytes | memoryview], deadline: float | None = None, *,
+def send_all(sock: socket.socket, buffers: Sequence[Any], deadline: float | None = None, *,
              only_if_room: bool = False) -> bool:
     """Gathered writes of ``buffers`` (no joining copy) on a blocking socket, by ``deadline`` if given; a
     call may write part of them, so loop. ``only_if_room``: False, nothing written, when the socket takes

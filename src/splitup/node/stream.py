@@ -179,14 +179,16 @@ class FrameServer:
                 if not full:
                     self._links.add(link)
             if full:
-                threading.Thread(target=self._refuse, args=(link,), name="splitup-frames-refuse", daemon=True).start()
+                self._refuse(link)
                 continue
             threading.Thread(target=self._serve_link, args=(link,), name=HOP_THREAD, daemon=True).start()
 
     def _refuse(self, link: FrameSocket) -> None:
+        """Answer ``busy`` and close, in the accepting thread and without waiting: a fresh connection's
+        buffer takes the small frame at once, and a flood of connections must not cost a thread each."""
         try:
             link.send(_error(429, "busy", f"this node serves its maximum of {MAX_LINKS} frame connections",
-                             None), REFUSAL_S)
+                             None), 0, only_if_room=True)
         except OSError:
             pass
         finally:
