@@ -138,14 +138,22 @@ class HopDispatch:
 
     def compute_here(self, env: Envelope, tensors: Mapping[str, Any], handoff: dict[str, Any] | None = None
                      ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
-        """``compute`` on the calling thread (a frame connection's). Not counted in ``computing``: that
-        tells the event loop whether to compute an HTTP hop itself, and a frame hop never needs the loop."""
-        t0 = time.perf_counter()
-        out, signed, cpu = self._timed(env, tensors, handoff)
-        return out, self._record(env, tensors, t0, cpu), signed
+        """A frame connection's hop, admitted (``admit``), computed on the calling thread and released, in one
+        call: every hop runs this with the caches cold after the last engine call, so it is kept to few steps.
+        Not counted in ``computing``: that tells the event loop whether to compute an HTTP hop itself, and a
+        frame hop never needs the loop."""
+        self.admit()
+        try:
+            t0 = time.perf_counter()
+            c0 = time.thread_time()
+            out, signed = self.node.hop(env, tensors, handoff)
+            return out, self._record(env, tensors, t0, time.thread_time() - c0), signed
+        finally:
+            with self._lock:
+                self.in_flight -= 1
 
     def _record(self, env: Envelope, tensors: Mapping[str, Any], t0: float, cpu: float) -> dict[str, Any]:
-        record = {"hop": env.hop, "node": self.node.config.node_id, "task": env.current.task[:16],
+        record = {"hop": env.hop, "node": self.node.config.node_id, "task": env.route[env.hop].task[:16],
                   "ms": round((time.perf_counter() - t0) * 1000, 3), "cpu_ms": round(cpu * 1000, 3)}
         if self.node.hop_evidence is not None:
             record.update(self.node.hop_evidence(env, tensors) or {})

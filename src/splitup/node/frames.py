@@ -58,6 +58,7 @@ SOCKET_BUFFER = 2 << 20
 # Every type a task can carry (bfloat16 and float8 as ml_dtypes arrays): the raw bytes travel as they are.
 DTYPES = NUMPY_DTYPES
 _PAD = bytes(ALIGN)
+_SPACES = b" " * ALIGN
 # dtype -> its wire name, looked up instead of ``dtype.name`` (a Python-level property in numpy: every hop
 # pays it with cold caches, after the engine's compute has streamed the weights through them)
 _NAMES = {dtype: name for name, dtype in DTYPES.items()}
@@ -174,22 +175,23 @@ def pack(frame: Frame, known: list[Any] | None = None) -> list[Any]:
                 offset += pad
     if offset > MAX_PAYLOAD_BYTES:
         raise FrameError(f"a frame's payload is at most {MAX_PAYLOAD_BYTES} bytes, not {offset}")
-    env, reply = frame.envelope, frame.reply or {}
-    wire = env.to_wire() if isinstance(env, Envelope) else env
-    text, hop, steps = wire if wire is not None else (None, None, None)
-    key = (frame.kind, text, reply.get("to"), layout)
+    env, reply = frame.envelope, frame.reply
+    text, hop, steps = (env.to_wire() if type(env) is Envelope else env) if env is not None else (None, None, None)
+    to, rid = (None, None) if reply is None else (reply.get("to"), reply.get("id"))
+    key = (frame.kind, text, to, layout)
     if known is not None and known[0] == key:
         stable = known[1]
     else:
         entries = [[name, dtype, list(shape), at] for name, dtype, shape, at in layout]
-        stable = "".join(ENCODE_JSON([frame.kind, entries, text, reply.get("to")], 0)).encode()
+        stable = "".join(ENCODE_JSON([frame.kind, entries, text, to], 0)).encode()
         if known is not None:
             known[:] = [key, stable]
-    rest = "".join(ENCODE_JSON([hop, steps, reply.get("id"), frame.hops, frame.handoff, frame.error, frame.parked],
-                               0)).encode()
+    rest = "".join(ENCODE_JSON([hop, steps, rid, frame.hops, frame.handoff, frame.error, frame.parked], 0)).encode()
     # padded with JSON whitespace to a multiple of ALIGN: a receiver reading header and payload into one
     # buffer finds the payload (and so every tensor) aligned in it
-    rest += b" " * (-(len(stable) + len(rest)) % ALIGN)
+    pad = -(len(stable) + len(rest)) % ALIGN
+    if pad:
+        rest += _SPACES[:pad]
     return [PREFIX.pack(MAGIC, len(stable) + len(rest), len(stable), offset), stable, rest, *buffers]
 
 
@@ -246,20 +248,21 @@ def unpack(header: bytes | bytearray | memoryview, stable_len: int, payload: byt
         envelope = [stable.text, hop, steps]
     else:
         raise FrameError("frame envelope must be a JSON array (its wire form): a route text, a hop index and steps")
-    if type(hops) is not list or (error is not None and type(error) is not dict) \
-            or (parked is not None and type(parked) is not str) \
-            or (handoff is not None and type(handoff) is not dict):
+    if type(hops) is not list or not (error is None or type(error) is dict) \
+            or not (parked is None or type(parked) is str) or not (handoff is None or type(handoff) is dict):
         raise FrameError("frame hop records, error, parked URL or signed hand-off are malformed")
     if len(hops) > MAX_ROUTE:
         raise FrameError(f"{len(hops)} hop records; at most {MAX_ROUTE}")
-    if rid is not None and not (type(rid) is str and 0 < len(rid) <= MAX_TOKEN):
+    to = stable.to
+    if rid is None:
+        reply = None if to is None else {"to": to}
+    elif type(rid) is str and 0 < len(rid) <= MAX_TOKEN:
+        reply = {"id": rid} if to is None else {"to": to, "id": rid}
+    else:
         raise FrameError(f"frame reply address must be {{'to', 'id'}} strings of 1..{MAX_TOKEN} characters")
-    reply = None
-    if stable.to is not None or rid is not None:
-        reply = {"to": stable.to, "id": rid} if stable.to is not None and rid is not None else \
-            {"to": stable.to} if rid is None else {"id": rid}
-    tensors = {name: np.ndarray(shape, dtype, payload, offset) for name, dtype, shape, offset, _ in stable.tensors} \
-        if stable.tensors else {}
+    tensors = {}
+    for name, dtype, shape, offset, _ in stable.tensors:
+        tensors[name] = np.ndarray(shape, dtype, payload, offset)
     return Frame(stable.kind, tensors, envelope, hops, error, parked, handoff, reply), stable
 
 
@@ -344,7 +347,10 @@ class FrameSocket:
         if deadline is None and timeout is not None:
             deadline = time.monotonic() + timeout
         with self._write:
-            return send_all(self.sock, pack(frame, self._sent), deadline, only_if_room=only_if_room)
+            buffers = pack(frame, self._sent)
+            _, header_len, _, payload_len = PREFIX.unpack(buffers[0])
+            return send_all(self.sock, buffers, PREFIX.size + header_len + payload_len, deadline,
+                            only_if_room=only_if_room)
 
     def receive(self, timeout: float | None, max_payload: int, *, max_tensor_bytes: int | None = None,
                 deadline: float | None = None) -> Frame:
@@ -437,14 +443,14 @@ def _wait(sock: socket.socket, deadline: float, events: int) -> None:
         raise TimeoutError("the connection did not become ready in time")
 
 
-def send_all(sock: socket.socket, buffers: Sequence[Any], deadline: float | None = None, *,
+def send_all(sock: socket.socket, buffers: Sequence[Any], size: int, deadline: float | None = None, *,
              only_if_room: bool = False) -> bool:
-    """Gathered writes of ``buffers`` (no joining copy) on a blocking socket, by ``deadline`` if given; a
-    call may write part of them, so loop. ``only_if_room``: False, nothing written, when the socket takes
-    nothing now."""
+    """Gathered writes of ``buffers`` (``size`` bytes in all; no joining copy) on a blocking socket, by
+    ``deadline`` if given. ``only_if_room``: False, nothing written, when the socket takes nothing now. A
+    frame usually goes out in one call; one that does not is written on from where the call stopped."""
     flags = 0 if deadline is None and not only_if_room else socket.MSG_DONTWAIT
     views: list[Any] = list(buffers)
-    while views:
+    while True:
         try:
             sent = sock.sendmsg(views[:512], (), flags)  # below every platform's IOV_MAX
         except BlockingIOError:
@@ -452,17 +458,19 @@ def send_all(sock: socket.socket, buffers: Sequence[Any], deadline: float | None
                 return False
             _wait(sock, deadline if deadline is not None else time.monotonic() + 1e9, select.POLLOUT)
             continue
+        if sent == size:
+            return True
+        size -= sent
         only_if_room = False  # part of the frame is out: the rest must follow
         if deadline is None:
             flags = 0
         while sent:
-            size = memoryview(views[0]).nbytes
-            if sent >= size:
-                sent -= size
+            first = memoryview(views[0]).nbytes
+            if sent >= first:
+                sent -= first
                 views.pop(0)
             else:
                 views[0], sent = memoryview(views[0]).cast("B")[sent:], 0
-    return True
 
 
 class FramePool:

@@ -124,10 +124,6 @@ def connect(addr: tuple[str, int], deadline: float) -> FrameSocket:
 class Dispatch(Protocol):
     """What the frame server needs of the node's hop dispatcher (``splitup.node.app.HopDispatch``)."""
 
-    def admit(self) -> None: ...
-
-    def release(self) -> None: ...
-
     def compute_here(self, env: Envelope, tensors: Mapping[str, Any], handoff: dict[str, Any] | None = None
                      ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]: ...
 
@@ -136,7 +132,7 @@ class FrameServer:
     """Serves hop frames on a thread per connection: a hop is read with a blocking ``recv_into``, computed
     and sent on in that thread, with no event loop in between (an event loop's wake-up, callbacks and stream
     buffers cost more than the read itself when every hop runs with caches the engine just flushed).
-    ``dispatch`` is the node's hop dispatcher (``admit``, ``release``, ``compute_here``), shared with HTTP."""
+    ``dispatch`` is the node's hop dispatcher (``compute_here``), shared with HTTP."""
 
     def __init__(self, node: Node, dispatch: Dispatch, forwarder: FrameForwarder,
                  failed: Callable[[Exception, int | None], Any]) -> None:
@@ -245,31 +241,25 @@ class FrameServer:
     def serve(self, frame: Frame, onward: _Onward | None = None) -> Frame | None:
         """The reply to ``frame``; None for a direct-answer step that went on (or to its client) well."""
         hop: int | None = None
-        admitted = False
+        reply = frame.reply
         try:
-            self.dispatch.admit()
-            admitted = True
             if frame.kind != "exec" or frame.envelope is None:
                 raise FrameError(f"expected an 'exec' frame with an envelope, got {frame.kind!r}")
             env = Envelope.from_wire(frame.envelope)
             hop = env.hop
             out, record, signed = self.dispatch.compute_here(env, frame.tensors, frame.handoff)
-            rid = (frame.reply or {}).get("id")
             if hop + 1 == len(env.route):
                 return None if self._direct(frame, out, record, signed) else self._final(env, out, record, frame,
                                                                                          signed)
-            if rid is not None and onward is not None:
-                self._onward(onward, env.next(), out, record, frame, rid, signed)
+            if reply is not None and onward is not None and "id" in reply:
+                self._onward(onward, env.next(), out, record, frame, reply["id"], signed)
                 return None
             return self._forward(env.next(), out, record, signed)
         except _Failed as exc:
-            return _error(exc.status, exc.kind, str(exc), exc.hop, (frame.reply or {}).get("id"))
+            return _error(exc.status, exc.kind, str(exc), exc.hop, (reply or {}).get("id"))
         except Exception as exc:
             failure = self.failed(exc, hop)
-            return _error(failure.status, failure.kind, str(failure), failure.hop, (frame.reply or {}).get("id"))
-        finally:
-            if admitted:
-                self.dispatch.release()
+            return _error(failure.status, failure.kind, str(failure), failure.hop, (reply or {}).get("id"))
 
     def _direct(self, frame: Frame, out: dict[str, Any], record: dict[str, Any],
                 signed: dict[str, Any] | None) -> bool:

@@ -79,6 +79,8 @@ class Envelope:
     meta: dict[str, str] = field(default_factory=dict)
     # The route's wire text (``to_wire``) once known: a node forwards the text it received as it is.
     wire: str | None = field(default=None, compare=False, repr=False)
+    # The hops' steps as a frame carried them (``from_wire``, ``at_steps``): forwarded without collecting them again.
+    steps: list[int | None] | None = field(default=None, compare=False, repr=False)
 
     @property
     def current(self) -> Hop:
@@ -98,7 +100,8 @@ class Envelope:
     def at_steps(self, steps: Sequence[int | None]) -> Envelope:
         """This route with its hops at ``steps`` (a generation's next token); the route text, which has no
         steps in it, is kept."""
-        return self._with(route=[h if s is None else h.at_step(s) for h, s in zip(self.route, steps, strict=True)])
+        return self._with(route=[h if s is None else h.at_step(s) for h, s in zip(self.route, steps, strict=True)],
+                          steps=list(steps))
 
     def _with(self, **changes: Any) -> Envelope:
         """A copy with ``changes`` (fields already checked), without the frozen constructor (``Hop.at_step``)."""
@@ -120,7 +123,7 @@ class Envelope:
                                                                    for h in self.route],
                                         "hop_timeout": self.hop_timeout, "meta": self.meta}, 0))
             object.__setattr__(self, "wire", text)  # frozen: a cache of a function of the fields
-        return [text, self.hop, [h.step for h in self.route]]
+        return [text, self.hop, self.steps if self.steps is not None else [h.step for h in self.route]]
 
     def same_route(self, other: Envelope) -> bool:
         """Whether the two differ in their hop index and steps at most."""
@@ -131,27 +134,33 @@ class Envelope:
 
     @staticmethod
     def from_wire(value: Any) -> Envelope:
-        """The envelope of ``to_wire``'s form, as checked as ``from_dict``'s; the text's parse is kept."""
-        if not (isinstance(value, list) and len(value) == 3 and isinstance(value[0], str)
-                and type(value[1]) is int and isinstance(value[2], list)):
+        """The envelope of ``to_wire``'s form, as checked as ``from_dict``'s; the text's parse is kept. Runs for
+        every frame a node reads, with the caches cold after the engine's compute: kept to few steps."""
+        if type(value) is not list or len(value) != 3:
             raise WireError("malformed routing envelope: expected [text, hop index, steps]")
         text, hop, steps = value
-        base = _ROUTES.get(text)
-        if base is None:
-            base = _parse_route(text)
-        if len(steps) != len(base.route) or not 0 <= hop < len(base.route):
-            raise WireError(f"route of {len(base.route)} hops with hop index {hop} and {len(steps)} steps is invalid")
-        route = []
-        for h, step in zip(base.route, steps, strict=True):
-            if step is None:
-                if h.session is not None:
+        if type(text) is not str or type(hop) is not int or type(steps) is not list:
+            raise WireError("malformed routing envelope: expected [text, hop index, steps]")
+        base = _ROUTES.get(text) or _parse_route(text)
+        hops = base.route
+        if len(steps) != len(hops) or not 0 <= hop < len(hops):
+            raise WireError(f"route of {len(hops)} hops with hop index {hop} and {len(steps)} steps is invalid")
+        if set(map(type, steps)) == _INT:  # a generation's frames: every hop at a step (one pass, in C)
+            route = list(map(Hop.at_step, hops, steps))
+        else:
+            route = []
+            for h, step in zip(hops, steps):
+                if type(step) is int:
+                    route.append(h.at_step(step))
+                elif step is None and h.session is None:
+                    route.append(h)
+                elif step is None:
                     raise WireError("malformed routing envelope: a hop with a session needs an integer step")
-                route.append(h)
-            elif type(step) is not int:
-                raise WireError(f"malformed routing envelope: step {step!r} is not an integer")
-            else:
-                route.append(h.at_step(step))
-        return base._with(hop=hop, route=route)
+                else:
+                    raise WireError(f"malformed routing envelope: step {step!r} is not an integer")
+        env = object.__new__(Envelope)
+        env.__dict__.update(base.__dict__, hop=hop, route=route, steps=steps)
+        return env
 
     @staticmethod
     def from_json(text: str) -> Envelope:
@@ -178,6 +187,7 @@ class Envelope:
 
 # A hop's fields in a route's wire text: all but its step, which changes at every token
 _ROUTE_FIELDS = tuple(f.name for f in fields(Hop) if f.name != "step")
+_INT = {int}
 _ROUTES: dict[str, Envelope] = {}  # wire text -> its envelope at hop 0 with no steps (``from_wire``)
 _ROUTES_LOCK = threading.Lock()
 
