@@ -75,6 +75,19 @@ def plan_sends(tasks: Sequence[TaskDefinition], want: Sequence[str]) -> tuple[li
     return initial, sends
 
 
+_NOTEWORTHY = frozenset(("receipt", "failover"))
+_DICTS = frozenset((dict,))
+
+
+def _noteworthy(records: list[Any]) -> bool:
+    """Whether a hop record carries a receipt or a failover (``_keep_receipts``, ``_learn``), or is not a record
+    at all; looked over in C (a record's keys against the two), since most steps have none."""
+    try:
+        return any(map(_NOTEWORTHY.intersection, records)) or not _DICTS.issuperset(map(type, records))
+    except TypeError:
+        return True
+
+
 def _made_before(name: str, tasks: Sequence[TaskDefinition], stop: int) -> bool:
     return any(name in {o.name for o in t.outputs} for t in tasks[:stop])
 
@@ -156,11 +169,13 @@ class PipelineClient:
                     raise
                 failure = f
                 continue
-            self._keep_receipts(job)
             self.last_parked = parked is not None
             if parked is not None:
                 content = decode(self._take_parked(parked, len(hops) - 1))[0]
-            self._learn(hops, attempt)
+            # most steps' records carry neither receipts nor failovers: looked over once, in C, before any work
+            if attempt or _noteworthy(self.last_hops):
+                self._keep_receipts(job)
+                self._learn(hops, attempt)
             return content
         assert failure is not None
         raise failure
@@ -314,6 +329,8 @@ class PipelineClient:
         for url in hops[0].urls[:first_attempt]:
             self._retire(0, url)
         for record in self.last_hops:
+            if not isinstance(record, dict):
+                continue
             k = int(record.get("hop", -1)) + 1
             if record.get("failover") and 0 < k < len(hops):
                 for url in hops[k].urls[: int(record["failover"])]:
@@ -414,6 +431,9 @@ class PipelineClient:
             pass  # a dead node's sessions died with it; live ones expire
 
 
+_NEXT = (1).__add__  # a step counter's next value, mapped in C over a route's counters
+
+
 class GenerationSession:
     """One generation job: a session per task, step counters, and the tokens every session has consumed."""
 
@@ -459,6 +479,8 @@ class GenerationSession:
         Prompts longer than the graph's maximum chunk go in several steps. This is also the ``step``
         that ``splitup.models.generate`` drives."""
         ids = np.asarray(ids, dtype=np.int64).reshape(1, -1)
+        if 0 < ids.shape[1] <= self.max_chunk:  # a decode step: one token
+            return self._step(ids)
         logits = None
         for i in range(0, ids.shape[1], self.max_chunk):
             logits = self._step(ids[:, i : i + self.max_chunk])
@@ -499,7 +521,7 @@ class GenerationSession:
                     c._retire(f.hop, self.places[f.hop][0])
                 self._broken.add(f.hop)
                 continue
-            self.steps = [s + 1 for s in self.steps]
+            self.steps = list(map(_NEXT, self.steps))
             self.context.extend(ids[0].tolist())
             return out[c.logits_output]
         raise PipelineError(f"generation gave up after {c.max_failovers} failovers")
@@ -518,7 +540,8 @@ class GenerationSession:
         return env
 
     def _meta(self) -> dict[str, str]:
-        return {} if self.decoding == GREEDY else {DECODING_META: json.dumps(self.decoding.to_json())}
+        decoding = self.decoding
+        return {} if decoding is GREEDY or decoding == GREEDY else {DECODING_META: json.dumps(decoding.to_json())}
 
     def _recover(self, k: int) -> None:
         """Give task ``k`` a fresh session on the first endpoint of its list and re-prefill it with the

@@ -100,8 +100,11 @@ class Envelope:
     def at_steps(self, steps: Sequence[int | None]) -> Envelope:
         """This route with its hops at ``steps`` (a generation's next token); the route text, which has no
         steps in it, is kept."""
-        return self._with(route=[h if s is None else h.at_step(s) for h, s in zip(self.route, steps, strict=True)],
-                          steps=list(steps))
+        if len(steps) != len(self.route):
+            raise ValueError(f"{len(steps)} steps for a route of {len(self.route)} hops")
+        route = list(map(Hop.at_step, self.route, steps)) if set(map(type, steps)) == _INT else \
+            [h if s is None else h.at_step(s) for h, s in zip(self.route, steps)]
+        return self._with(route=route, steps=list(steps))
 
     def _with(self, **changes: Any) -> Envelope:
         """A copy with ``changes`` (fields already checked), without the frozen constructor (``Hop.at_step``)."""
