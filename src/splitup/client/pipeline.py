@@ -479,7 +479,7 @@ class GenerationSession:
         Prompts longer than the graph's maximum chunk go in several steps. This is also the ``step``
         that ``splitup.models.generate`` drives."""
         ids = np.asarray(ids, dtype=np.int64).reshape(1, -1)
-        if 0 < ids.shape[1] <= self.max_chunk:  # a decode step: one token
+        if 0 < ids.shape[1] <= self.max_chunk:  # one chunk (every decode step): no loop
             return self._step(ids)
         logits = None
         for i in range(0, ids.shape[1], self.max_chunk):
