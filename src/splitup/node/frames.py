@@ -30,6 +30,7 @@ raise :class:`FrameError` (a :class:`WireError`, so the node answers them as a b
 
 from __future__ import annotations
 
+import itertools
 import json
 import secrets
 import select
@@ -158,26 +159,29 @@ def _entry(entry: Any, start: int) -> tuple[str, np.dtype, tuple[int, ...], int,
 
 def pack(frame: Frame, known: list[Any] | None = None) -> list[Any]:
     """The frame as buffers to write in order (bytes and the tensors' own arrays: nothing is copied). ``known``: the
-    sending connection's last stable part, ``[key, bytes]``, reused when this frame's is the same."""
+    sending connection's last stable part, ``[key, bytes]``, reused when this frame's is the same. Every hop
+    packs a frame with the caches cold after the engine's compute: the usual frame takes few steps."""
     layout: list[tuple[str, str, tuple[int, ...], int]] = []
     buffers: list[Any] = []
     offset = 0
     for name, value in frame.tensors.items():
-        arr, dtype = _sendable(name, value)
-        layout.append((name, dtype, arr.shape, offset))
-        if arr.size:
+        # an engine's output: a C-contiguous array of a wire type as it is (anything else through _sendable)
+        dtype = _NAMES.get(value.dtype) if type(value) is np.ndarray and value.flags.c_contiguous else None
+        if dtype is None:
+            value, dtype = _sendable(name, value)
+        layout.append((name, dtype, value.shape, offset))
+        size = value.nbytes
+        if size:
             # the array itself where the buffer protocol can name its type; ml_dtypes' bfloat16 / float8 as bytes
-            buffers.append(arr if dtype in _BUFFERS else arr.reshape(-1).view(np.uint8))
-            offset += arr.nbytes
-            pad = -offset % ALIGN
-            if pad:
-                buffers.append(_PAD[:pad])
-                offset += pad
+            buffers.append(value if dtype in _BUFFERS else value.reshape(-1).view(np.uint8))
+            offset += size + (-size % ALIGN)
+            if size % ALIGN:
+                buffers.append(_PAD[: -size % ALIGN])
     if offset > MAX_PAYLOAD_BYTES:
         raise FrameError(f"a frame's payload is at most {MAX_PAYLOAD_BYTES} bytes, not {offset}")
     env, reply = frame.envelope, frame.reply
-    text, hop, steps = (env.to_wire() if type(env) is Envelope else env) if env is not None else (None, None, None)
-    to, rid = (None, None) if reply is None else (reply.get("to"), reply.get("id"))
+    text, hop, steps = (env.to_wire() if type(env) is Envelope else env) if env is not None else _NO_ENVELOPE
+    to, rid = _NO_REPLY if reply is None else (reply.get("to"), reply.get("id"))
     key = (frame.kind, text, to, layout)
     if known is not None and known[0] == key:
         stable = known[1]
@@ -189,10 +193,12 @@ def pack(frame: Frame, known: list[Any] | None = None) -> list[Any]:
     rest = "".join(ENCODE_JSON([hop, steps, rid, frame.hops, frame.handoff, frame.error, frame.parked], 0)).encode()
     # padded with JSON whitespace to a multiple of ALIGN: a receiver reading header and payload into one
     # buffer finds the payload (and so every tensor) aligned in it
-    pad = -(len(stable) + len(rest)) % ALIGN
-    if pad:
-        rest += _SPACES[:pad]
+    rest += _SPACES[: -(len(stable) + len(rest)) % ALIGN]
     return [PREFIX.pack(MAGIC, len(stable) + len(rest), len(stable), offset), stable, rest, *buffers]
+
+
+_NO_ENVELOPE = (None, None, None)
+_NO_REPLY = (None, None)
 
 
 def _sendable(name: str, value: Any) -> tuple[np.ndarray, str]:
@@ -239,31 +245,46 @@ def unpack(header: bytes | bytearray | memoryview, stable_len: int, payload: byt
         big = max(stable.tensors, key=lambda t: t[4])
         raise FrameError(f"tensor {big[0]!r}: {big[4]} bytes exceeds the {max_tensor_bytes}-byte limit")
     rest = _json(header[stable_len:], "rest")
-    if not (type(rest) is list and len(rest) == 7):
-        raise FrameError("frame header must end with [hop, steps, reply id, hop records, hand-off, error, parked]")
+    # checked in few steps (the fields' types against the allowed ones, in C); _rest_error names what is wrong
+    if type(rest) is not list or len(rest) != 7 or tuple(map(type, rest)) not in _REST_TYPES:
+        raise _rest_error(rest, stable.text)
     hop, steps, rid, hops, handoff, error, parked = rest
-    if stable.text is None:
-        envelope = None
-    elif type(hop) is int and type(steps) is list:
-        envelope = [stable.text, hop, steps]
-    else:
-        raise FrameError("frame envelope must be a JSON array (its wire form): a route text, a hop index and steps")
-    if type(hops) is not list or not (error is None or type(error) is dict) \
-            or not (parked is None or type(parked) is str) or not (handoff is None or type(handoff) is dict):
-        raise FrameError("frame hop records, error, parked URL or signed hand-off are malformed")
-    if len(hops) > MAX_ROUTE:
-        raise FrameError(f"{len(hops)} hop records; at most {MAX_ROUTE}")
-    to = stable.to
+    text, to = stable.text, stable.to
+    if (text is not None and (hop is None or steps is None)) or len(hops) > MAX_ROUTE \
+            or (rid is not None and not 0 < len(rid) <= MAX_TOKEN):
+        raise _rest_error(rest, text)
     if rid is None:
         reply = None if to is None else {"to": to}
-    elif type(rid) is str and 0 < len(rid) <= MAX_TOKEN:
-        reply = {"id": rid} if to is None else {"to": to, "id": rid}
     else:
-        raise FrameError(f"frame reply address must be {{'to', 'id'}} strings of 1..{MAX_TOKEN} characters")
+        reply = {"id": rid} if to is None else {"to": to, "id": rid}
     tensors = {}
     for name, dtype, shape, offset, _ in stable.tensors:
         tensors[name] = np.ndarray(shape, dtype, payload, offset)
-    return Frame(stable.kind, tensors, envelope, hops, error, parked, handoff, reply), stable
+    return Frame(stable.kind, tensors, None if text is None else [text, hop, steps], hops, error, parked, handoff,
+                 reply), stable
+
+
+_NONE = type(None)
+# The types each field of a frame's second header part may have: [hop, steps, reply id, hop records, hand-off,
+# error, parked]
+_REST_TYPES = frozenset(itertools.product((int, _NONE), (list, _NONE), (str, _NONE), (list,), (dict, _NONE),
+                                          (dict, _NONE), (str, _NONE)))
+
+
+def _rest_error(rest: Any, text: str | None) -> FrameError:
+    """What is wrong with a frame's second header part, which failed ``unpack``'s quick check."""
+    if not (type(rest) is list and len(rest) == 7):
+        return FrameError("frame header must end with [hop, steps, reply id, hop records, hand-off, error, parked]")
+    hop, steps, rid, hops, handoff, error, parked = rest
+    if (text is not None or hop is not None) and type(hop) is not int or \
+            (text is not None or steps is not None) and type(steps) is not list:
+        return FrameError("frame envelope must be a JSON array (its wire form): a route text, a hop index and steps")
+    if type(hops) is not list or not (error is None or type(error) is dict) \
+            or not (parked is None or type(parked) is str) or not (handoff is None or type(handoff) is dict):
+        return FrameError("frame hop records, error, parked URL or signed hand-off are malformed")
+    if len(hops) > MAX_ROUTE:
+        return FrameError(f"{len(hops)} hop records; at most {MAX_ROUTE}")
+    return FrameError(f"frame reply address must be {{'to', 'id'}} strings of 1..{MAX_TOKEN} characters")
 
 
 def _json(raw: bytes | bytearray | memoryview, part: str) -> Any:
@@ -368,18 +389,31 @@ class FrameSocket:
         return self._read(max_payload, max_tensor_bytes, None)
 
     def _read(self, max_payload: int, max_tensor_bytes: int | None, deadline: float | None) -> Frame | None:
-        buf = self._buffer(max(self._size, PREFIX.size, len(self._carry)))
-        got = len(self._carry)
+        # Every hop reads a frame with the caches cold after the engine's compute, so the usual case (the whole
+        # frame already there, or arriving while this waits) takes one system call and few interpreter steps.
+        carry = self._carry
+        buf = self._buffer(max(self._size, PREFIX.size, len(carry)))
+        got = len(carry)
         if got:
-            buf[:got] = self._carry
+            buf[:got] = carry
             self._carry = b""
+        else:
+            try:
+                got = self.sock.recv_into(buf, 0, 0 if deadline is None else socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                got = -1  # nothing there yet: waited for below, by the deadline
+            if got == 0:
+                return None
+            got = max(got, 0)
         if got < PREFIX.size:
             got += self._some(buf[got:], PREFIX.size - got, deadline)
             if got == 0:
                 return None
             if got < PREFIX.size:
                 raise FrameError("connection closed inside a frame prefix")
-        header_len, stable_len, payload_len = read_prefix(buf[:PREFIX.size], max_payload)
+        magic, header_len, stable_len, payload_len = PREFIX.unpack_from(buf)
+        if magic != MAGIC or header_len > MAX_HEADER_BYTES or stable_len > header_len or payload_len > max_payload:
+            read_prefix(buf[:PREFIX.size], max_payload)  # raises, naming what is wrong
         size = PREFIX.size + header_len + payload_len
         if size > len(buf):
             bigger = self._buffer(size)
