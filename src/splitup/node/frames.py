@@ -159,12 +159,24 @@ def _entry(entry: Any, start: int) -> tuple[str, np.dtype, tuple[int, ...], int,
 
 def pack(frame: Frame, known: list[Any] | None = None) -> list[Any]:
     """The frame as buffers to write in order (bytes and the tensors' own arrays: nothing is copied). ``known``: the
-    sending connection's last stable part, ``[key, bytes]``, reused when this frame's is the same. Every hop
-    packs a frame with the caches cold after the engine's compute: the usual frame takes few steps."""
+    sending connection's last stable part, ``[key, bytes]``, reused when this frame's is the same."""
+    env, reply = frame.envelope, frame.reply
+    wire = (env.to_wire() if type(env) is Envelope else env) if env is not None else _NO_ENVELOPE
+    to, rid = _NO_REPLY if reply is None else (reply.get("to"), reply.get("id"))
+    return pack_fields(frame.kind, frame.tensors, wire, to, rid, frame.hops, frame.handoff, frame.error, frame.parked,
+                       known)
+
+
+def pack_fields(kind: str, tensors: Mapping[str, Any], wire: Sequence[Any], to: str | None, rid: str | None,
+                hops: list[Any], handoff: dict[str, Any] | None, error: dict[str, Any] | None, parked: str | None,
+                known: list[Any] | None) -> list[Any]:
+    """``pack`` of a frame given as its fields, ``wire`` the envelope's wire form (``[text, hop, steps]``): a
+    node sends each hop on this way, without building a Frame and an Envelope for the next hop first. Every
+    hop packs a frame with the caches cold after the engine's compute: the usual frame takes few steps."""
     layout: list[tuple[str, str, tuple[int, ...], int]] = []
     buffers: list[Any] = []
     offset = 0
-    for name, value in frame.tensors.items():
+    for name, value in tensors.items():
         # an engine's output: a C-contiguous array of a wire type as it is (anything else through _sendable)
         dtype = _NAMES.get(value.dtype) if type(value) is np.ndarray and value.flags.c_contiguous else None
         if dtype is None:
@@ -179,18 +191,16 @@ def pack(frame: Frame, known: list[Any] | None = None) -> list[Any]:
                 buffers.append(_PAD[: -size % ALIGN])
     if offset > MAX_PAYLOAD_BYTES:
         raise FrameError(f"a frame's payload is at most {MAX_PAYLOAD_BYTES} bytes, not {offset}")
-    env, reply = frame.envelope, frame.reply
-    text, hop, steps = (env.to_wire() if type(env) is Envelope else env) if env is not None else _NO_ENVELOPE
-    to, rid = _NO_REPLY if reply is None else (reply.get("to"), reply.get("id"))
-    key = (frame.kind, text, to, layout)
+    text, hop, steps = wire
+    key = (kind, text, to, layout)
     if known is not None and known[0] == key:
         stable = known[1]
     else:
         entries = [[name, dtype, list(shape), at] for name, dtype, shape, at in layout]
-        stable = "".join(ENCODE_JSON([frame.kind, entries, text, to], 0)).encode()
+        stable = "".join(ENCODE_JSON([kind, entries, text, to], 0)).encode()
         if known is not None:
             known[:] = [key, stable]
-    rest = "".join(ENCODE_JSON([hop, steps, rid, frame.hops, frame.handoff, frame.error, frame.parked], 0)).encode()
+    rest = "".join(ENCODE_JSON([hop, steps, rid, hops, handoff, error, parked], 0)).encode()
     # padded with JSON whitespace to a multiple of ALIGN: a receiver reading header and payload into one
     # buffer finds the payload (and so every tensor) aligned in it
     rest += _SPACES[: -(len(stable) + len(rest)) % ALIGN]
@@ -368,10 +378,20 @@ class FrameSocket:
         if deadline is None and timeout is not None:
             deadline = time.monotonic() + timeout
         with self._write:
-            buffers = pack(frame, self._sent)
-            _, header_len, _, payload_len = PREFIX.unpack(buffers[0])
-            return send_all(self.sock, buffers, PREFIX.size + header_len + payload_len, deadline,
-                            only_if_room=only_if_room)
+            return self._send(pack(frame, self._sent), deadline, only_if_room)
+
+    def send_step(self, tensors: Mapping[str, Any], wire: Sequence[Any], reply: dict[str, str] | None,
+                  hops: list[Any], handoff: dict[str, Any] | None, deadline: float) -> None:
+        """Write an ``exec`` frame given as its fields (``pack_fields``) by ``deadline``."""
+        to, rid = _NO_REPLY if reply is None else (reply.get("to"), reply.get("id"))
+        with self._write:
+            self._send(pack_fields("exec", tensors, wire, to, rid, hops, handoff, None, None, self._sent), deadline,
+                       False)
+
+    def _send(self, buffers: list[Any], deadline: float | None, only_if_room: bool) -> bool:
+        _, header_len, _, payload_len = PREFIX.unpack(buffers[0])
+        return send_all(self.sock, buffers, PREFIX.size + header_len + payload_len, deadline,
+                        only_if_room=only_if_room)
 
     def receive(self, timeout: float | None, max_payload: int, *, max_tensor_bytes: int | None = None,
                 deadline: float | None = None) -> Frame:

@@ -252,7 +252,7 @@ class FrameServer:
                 return None if self._direct(frame, out, record, signed) else self._final(env, out, record, frame,
                                                                                          signed)
             if reply is not None and onward is not None and "id" in reply:
-                self._onward(onward, env.next(), out, record, frame, reply["id"], signed)
+                self._onward(onward, env, out, record, frame, reply["id"], signed)
                 return None
             return self._forward(env.next(), out, record, signed)
         except _Failed as exc:
@@ -293,17 +293,20 @@ class FrameServer:
     def _onward(self, onward: _Onward, env: Envelope, out: dict[str, Any], record: dict[str, Any],
                 frame: Frame, rid: str, signed: dict[str, Any] | None) -> None:
         """A direct-answer step goes on to the next hop's first URL (a session lives on one node) with the
-        hop records so far; only failing to send it is an error here."""
-        url = env.current.urls[0]
-        request = Frame("exec", out, env, hops=[*frame.hops, record], reply=frame.reply, handoff=signed)
+        hop records so far; only failing to send it is an error here. Sent as its fields (no Frame and no
+        next hop's Envelope built first): this runs at every hop of every generated token."""
+        wire = env.to_wire()
+        hop = wire[1] = env.hop + 1
+        url = env.route[hop].urls[0]
+        frame.hops.append(record)  # the records the frame brought, this node's last: the frame is not used again
         try:
             deadline = time.monotonic() + env.hop_timeout
             addr = self.forwarder.known(url) or self.forwarder.address(url, env.hop_timeout)
-            onward.send(addr, request, rid, env.hop, url, deadline)
+            onward.send(addr, out, wire, frame, signed, hop, url, deadline)
         except TimeoutError:
-            raise _Failed(504, "timeout", f"hop {env.hop} at {url} timed out after {env.hop_timeout} s", env.hop) from None
+            raise _Failed(504, "timeout", f"hop {hop} at {url} timed out after {env.hop_timeout} s", hop) from None
         except (OSError, FrameError) as exc:
-            raise _Failed(502, "unreachable", f"hop {env.hop} at {url} unreachable: {exc}", env.hop) from None
+            raise _Failed(502, "unreachable", f"hop {hop} at {url} unreachable: {exc}", hop) from None
 
     def _forward(self, env: Envelope, out: dict[str, Any], record: dict[str, Any],
                  signed: dict[str, Any] | None) -> Frame:
@@ -359,8 +362,10 @@ class _Onward:
         self._lock = threading.Lock()
         self.closed = False
 
-    def send(self, addr: tuple[str, int], frame: Frame, rid: str, hop: int, url: str, deadline: float) -> None:
-        """Write ``frame`` on the link to ``addr``, opened (with its relay) if there is none yet."""
+    def send(self, addr: tuple[str, int], tensors: dict[str, Any], wire: list[Any], frame: Frame,
+             handoff: dict[str, Any] | None, hop: int, url: str, deadline: float) -> None:
+        """Write the step on the link to ``addr`` (``FrameSocket.send_step``: ``tensors`` at ``wire``, with
+        ``frame``'s reply address and records), opened (with its relay) if there is none yet."""
         link = self.links.get(addr)
         if link is None:
             link = connect(addr, deadline)
@@ -370,9 +375,10 @@ class _Onward:
                     raise ConnectionResetError("the upstream connection closed")
                 self.links[addr] = link
             threading.Thread(target=self._relay, args=(addr, link), name="splitup-hop-relay", daemon=True).start()
-        self.last[addr] = (rid, hop, url)
+        reply = frame.reply
+        self.last[addr] = (reply["id"] if reply else "", hop, url)
         try:
-            link.send(frame, deadline=deadline)
+            link.send_step(tensors, wire, reply, frame.hops, handoff, deadline)
         except OSError:
             link.close()  # part of a frame may be out: the link cannot carry another; its relay ends it
             raise
