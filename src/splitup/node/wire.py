@@ -103,7 +103,7 @@ class Envelope:
         if len(steps) != len(self.route):
             raise ValueError(f"{len(steps)} steps for a route of {len(self.route)} hops")
         route = list(map(Hop.at_step, self.route, steps)) if set(map(type, steps)) == _INT else \
-            [h if s is None else h.at_step(s) for h, s in zip(self.route, steps)]
+            [h if s is None else h.at_step(s) for h, s in zip(self.route, steps, strict=True)]
         return self._with(route=route, steps=list(steps))
 
     def _with(self, **changes: Any) -> Envelope:
@@ -152,7 +152,7 @@ class Envelope:
             route = list(map(Hop.at_step, hops, steps))
         else:
             route = []
-            for h, step in zip(hops, steps):
+            for h, step in zip(hops, steps, strict=True):
                 if type(step) is int:
                     route.append(h.at_step(step))
                 elif step is None and h.session is None:
