@@ -26,6 +26,12 @@ def test_round_trip_and_the_text_is_parsed_once_per_route():
     # the next token's frame: same text, new steps; parsed from the kept route, forwarded as received
     assert wire._ROUTES[text].route[1].urls is Envelope.from_wire([text, 0, [6, 11]]).route[1].urls
     assert back.next().to_wire() == [text, 2, [5, 10]] and back.next().wire is text
+    # a generation's next step: the route at new steps, sent with them (None: a hop's step as it was)
+    later = back.at_steps([6, None])
+    assert [h.step for h in later.route] == [6, 10] and later.to_wire() == [text, 1, [6, 10]]
+    assert back.at_steps([7, 11]).to_wire() == [text, 1, [7, 11]]
+    with pytest.raises(ValueError, match="1 steps for a route of 2 hops"):
+        back.at_steps([6])
     # a stateless hop has no step
     free = Envelope("j", 0, [Hop(["http://a"], "t", ["y"])])
     assert Envelope.from_wire(free.to_wire()) == free

@@ -108,6 +108,27 @@ def test_a_connection_reads_back_to_back_frames_and_reuses_what_repeats():
     assert one[1] is two[1] and bytes(one[2]) != bytes(two[2])
 
 
+@pytest.mark.parametrize("deadline", [None, 10.0])
+def test_a_frame_larger_than_the_socket_takes_goes_out_whole_across_partial_writes(deadline: float | None):
+    # tensors of odd sizes (padding between them) and far larger than the socket's buffers: sendmsg takes
+    # part of a frame at a time and the rest is written from where it stopped, in the middle of an array
+    tensors = {"a": np.arange(300_001, dtype=np.float32), "b": np.arange(77, dtype=np.int8),
+               "c": np.arange(200_003, dtype=np.float64)}
+    a, b = socket.socketpair()
+    with a, b:
+        src, conn = FrameSocket.over(a), FrameSocket.over(b)
+        src.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 << 10)
+        got: list = []
+        reader = threading.Thread(target=lambda: got.extend(conn.receive(10, 1 << 30) for _ in range(2)), daemon=True)
+        reader.start()
+        for _ in range(2):
+            assert src.send(Frame("ok", tensors), deadline) is True
+        reader.join(10)
+    assert len(got) == 2
+    for frame in got:
+        assert all(np.array_equal(frame.tensors[k], v) for k, v in tensors.items())
+
+
 def test_a_large_receive_buffer_is_read_into_again_only_once_nothing_views_it():
     a, b = socket.socketpair()
     with a, b:

@@ -98,13 +98,14 @@ class Envelope:
         return self._with(hop=self.hop + 1)
 
     def at_steps(self, steps: Sequence[int | None]) -> Envelope:
-        """This route with its hops at ``steps`` (a generation's next token); the route text, which has no
-        steps in it, is kept."""
+        """This route with its hops at ``steps`` (a generation's next token; None: a hop's step as it is);
+        the route text, which has no steps in it, is kept."""
         if len(steps) != len(self.route):
             raise ValueError(f"{len(steps)} steps for a route of {len(self.route)} hops")
-        route = list(map(Hop.at_step, self.route, steps)) if set(map(type, steps)) == _INT else \
-            [h if s is None else h.at_step(s) for h, s in zip(self.route, steps, strict=True)]
-        return self._with(route=route, steps=list(steps))
+        if set(map(type, steps)) == _INT:
+            return self._with(route=list(map(Hop.at_step, self.route, steps)), steps=list(steps))
+        route = [h if s is None else h.at_step(s) for h, s in zip(self.route, steps, strict=True)]
+        return self._with(route=route, steps=[h.step for h in route])
 
     def _with(self, **changes: Any) -> Envelope:
         """A copy with ``changes`` (fields already checked), without the frozen constructor (``Hop.at_step``)."""
