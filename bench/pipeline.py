@@ -153,6 +153,8 @@ def main() -> None:
         "transport_ms_per_hop": round(per_hop["frames"], 3),
         "chain_ms_per_hop": round(per_hop["chain"], 3),
         "http_ms_per_hop": round(per_hop["http"], 3),
+        # the figure that drifts least with this VM's speed: both transports measured in the same run
+        "frames_to_http": round(per_hop["frames"] / per_hop["http"], 3),
         "transport_wall_ms_per_hop": round(wall["frames"], 3),
         "client_ms_per_step": round(client_step, 3), "node_ms_per_hop": round(node_hop, 3),
         "chain_wall_ms_per_hop": round(wall["chain"], 3),
@@ -194,6 +196,7 @@ def _tables(r: dict, args: argparse.Namespace, ref_batch: float, pipe_batch: flo
     t.add_row("  same batch, one request at a time", f"{ref_batch:.3f} s", f"{seq_batch:.3f} s", "", "",
               f"{r['sequential_batch_time_ratio']:.2f}x time")
     console.print(t)
+    console.print(f"frames cost {r['frames_to_http']:.2f} of HTTP per hop in this run")
     console.print(f"node compute per hop (median, ms): {r['node_compute_ms']}; the frames figure is the client's "
                   f"{r['client_ms_per_step']:.2f} ms a step spread over {r['tasks']} hops plus the nodes' "
                   f"{r['node_ms_per_hop']:.2f} ms a hop")
