@@ -1,6 +1,7 @@
 """A node's own part of a frame hop, apart from the pipeline: the real frame server against a bare relay.
 
-Run: .venv/bin/python bench/node_hop.py [--steps 150] [--rounds 3] [--stream-mib 180] [--count-steps] [--json]
+Run: .venv/bin/python bench/node_hop.py [--steps 150] [--rounds 3] [--stream-mib 180] [--gap-ms 2] [--count-steps]
+[--json]
 
 One node process serves one frame connection, as the middle node of a 3-task route serves its upstream: an
 upstream (this process) sends SmolLM2-sized decode steps (a 2,304-byte hidden state, direct answers), the node
@@ -152,7 +153,7 @@ def one_round(mode: str, args: argparse.Namespace) -> dict[str, Any]:
             up.send(Frame("exec", {"hidden_states": hidden}, step, hops=[dict(record)],
                           reply={"to": token, "id": f"{i:x}"}), 30)
             done.get(timeout=60)
-            time.sleep(0.002)
+            time.sleep(args.gap_ms / 1000)
         result = out.get(timeout=60)
     finally:
         up.close()
@@ -169,7 +170,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--stream-mib", type=int, default=180, help="memory streamed per hop (0: warm caches)")
+    ap.add_argument("--stream-mib", type=int, default=180, help="memory streamed per hop (0: nothing)")
+    ap.add_argument("--gap-ms", type=float, default=2.0,
+                    help="pause between steps (0 with --stream-mib 0: caches as warm as they get)")
     ap.add_argument("--count-steps", action="store_true", help="also count interpreter steps (slows the hops)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -180,7 +183,8 @@ def main() -> None:
     for _ in range(args.rounds):
         for mode in runs:
             runs[mode].append(one_round(mode, args))
-    result: dict[str, Any] = {"stream_mib": args.stream_mib, "steps": args.steps, "rounds": args.rounds,
+    result: dict[str, Any] = {"stream_mib": args.stream_mib, "gap_ms": args.gap_ms, "steps": args.steps,
+                              "rounds": args.rounds,
                               "loadavg_start": [round(x, 2) for x in load]}
     for mode, rounds in runs.items():
         result[f"{mode}_us_per_hop"] = round(statistics.mean(r["median_us"] for r in rounds), 1)
