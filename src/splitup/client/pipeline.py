@@ -431,9 +431,6 @@ class PipelineClient:
             pass  # a dead node's sessions died with it; live ones expire
 
 
-_NEXT = (1).__add__  # a step counter's next value, mapped in C over a route's counters
-
-
 class GenerationSession:
     """One generation job: a session per task, step counters, and the tokens every session has consumed."""
 
@@ -521,7 +518,7 @@ class GenerationSession:
                     c._retire(f.hop, self.places[f.hop][0])
                 self._broken.add(f.hop)
                 continue
-            self.steps = list(map(_NEXT, self.steps))
+            self.steps = [s + 1 for s in self.steps]
             self.context.extend(ids[0].tolist())
             return out[c.logits_output]
         raise PipelineError(f"generation gave up after {c.max_failovers} failovers")
@@ -540,8 +537,7 @@ class GenerationSession:
         return env
 
     def _meta(self) -> dict[str, str]:
-        decoding = self.decoding
-        return {} if decoding is GREEDY or decoding == GREEDY else {DECODING_META: json.dumps(decoding.to_json())}
+        return {} if self.decoding == GREEDY else {DECODING_META: json.dumps(self.decoding.to_json())}
 
     def _recover(self, k: int) -> None:
         """Give task ``k`` a fresh session on the first endpoint of its list and re-prefill it with the

@@ -145,15 +145,13 @@ class HopDispatch:
         self.admit()
         try:
             t0 = time.perf_counter()
-            c0 = time.thread_time()
-            out, signed = self.node.hop(env, tensors, handoff)
-            return out, self._record(env, tensors, t0, time.thread_time() - c0), signed
+            out, signed, cpu = self._timed(env, tensors, handoff)
+            return out, self._record(env, tensors, t0, cpu), signed
         finally:
-            with self._lock:
-                self.in_flight -= 1
+            self.release()
 
     def _record(self, env: Envelope, tensors: Mapping[str, Any], t0: float, cpu: float) -> dict[str, Any]:
-        record = {"hop": env.hop, "node": self.node.config.node_id, "task": env.route[env.hop].task[:16],
+        record = {"hop": env.hop, "node": self.node.config.node_id, "task": env.current.task[:16],
                   "ms": round((time.perf_counter() - t0) * 1000, 3), "cpu_ms": round(cpu * 1000, 3)}
         if self.node.hop_evidence is not None:
             record.update(self.node.hop_evidence(env, tensors) or {})

@@ -160,9 +160,9 @@ def _entry(entry: Any, start: int) -> tuple[str, np.dtype, tuple[int, ...], int,
 def pack(frame: Frame, known: list[Any] | None = None) -> list[Any]:
     """The frame as buffers to write in order (bytes and the tensors' own arrays: nothing is copied). ``known``: the
     sending connection's last stable part, ``[key, bytes]``, reused when this frame's is the same."""
-    env, reply = frame.envelope, frame.reply
+    env = frame.envelope
     wire = (env.to_wire() if type(env) is Envelope else env) if env is not None else _NO_ENVELOPE
-    to, rid = _NO_REPLY if reply is None else (reply.get("to"), reply.get("id"))
+    to, rid = _address(frame.reply)
     return pack_fields(frame.kind, frame.tensors, wire, to, rid, frame.hops, frame.handoff, frame.error, frame.parked,
                        known)
 
@@ -208,7 +208,11 @@ def pack_fields(kind: str, tensors: Mapping[str, Any], wire: Sequence[Any], to: 
 
 
 _NO_ENVELOPE = (None, None, None)
-_NO_REPLY = (None, None)
+
+
+def _address(reply: dict[str, str] | None) -> tuple[str | None, str | None]:
+    """(listen token, reply id) of a frame's reply address, either absent."""
+    return (None, None) if reply is None else (reply.get("to"), reply.get("id"))
 
 
 def _sendable(name: str, value: Any) -> tuple[np.ndarray, str]:
@@ -383,7 +387,7 @@ class FrameSocket:
     def send_step(self, tensors: Mapping[str, Any], wire: Sequence[Any], reply: dict[str, str] | None,
                   hops: list[Any], handoff: dict[str, Any] | None, deadline: float) -> None:
         """Write an ``exec`` frame given as its fields (``pack_fields``) by ``deadline``."""
-        to, rid = _NO_REPLY if reply is None else (reply.get("to"), reply.get("id"))
+        to, rid = _address(reply)
         with self._write:
             self._send(pack_fields("exec", tensors, wire, to, rid, hops, handoff, None, None, self._sent), deadline,
                        False)
@@ -421,10 +425,10 @@ class FrameSocket:
             try:
                 got = self.sock.recv_into(buf, 0, 0 if deadline is None else socket.MSG_DONTWAIT)
             except BlockingIOError:
-                got = -1  # nothing there yet: waited for below, by the deadline
-            if got == 0:
-                return None
-            got = max(got, 0)
+                pass  # nothing there yet (got is 0): waited for below, by the deadline
+            else:
+                if got == 0:
+                    return None
         if got < PREFIX.size:
             got += self._some(buf[got:], PREFIX.size - got, deadline)
             if got == 0:

@@ -302,7 +302,7 @@ class FrameServer:
         try:
             deadline = time.monotonic() + env.hop_timeout
             addr = self.forwarder.known(url) or self.forwarder.address(url, env.hop_timeout)
-            onward.send(addr, out, wire, frame, signed, hop, url, deadline)
+            onward.send(addr, out, wire, frame, signed, rid, hop, url, deadline)
         except TimeoutError:
             raise _Failed(504, "timeout", f"hop {hop} at {url} timed out after {env.hop_timeout} s", hop) from None
         except (OSError, FrameError) as exc:
@@ -363,7 +363,7 @@ class _Onward:
         self.closed = False
 
     def send(self, addr: tuple[str, int], tensors: dict[str, Any], wire: list[Any], frame: Frame,
-             handoff: dict[str, Any] | None, hop: int, url: str, deadline: float) -> None:
+             handoff: dict[str, Any] | None, rid: str, hop: int, url: str, deadline: float) -> None:
         """Write the step on the link to ``addr`` (``FrameSocket.send_step``: ``tensors`` at ``wire``, with
         ``frame``'s reply address and records), opened (with its relay) if there is none yet."""
         link = self.links.get(addr)
@@ -375,10 +375,9 @@ class _Onward:
                     raise ConnectionResetError("the upstream connection closed")
                 self.links[addr] = link
             threading.Thread(target=self._relay, args=(addr, link), name="splitup-hop-relay", daemon=True).start()
-        reply = frame.reply
-        self.last[addr] = (reply["id"] if reply else "", hop, url)
+        self.last[addr] = (rid, hop, url)
         try:
-            link.send_step(tensors, wire, reply, frame.hops, handoff, deadline)
+            link.send_step(tensors, wire, frame.reply, frame.hops, handoff, deadline)
         except OSError:
             link.close()  # part of a frame may be out: the link cannot carry another; its relay ends it
             raise

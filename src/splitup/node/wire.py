@@ -162,9 +162,7 @@ class Envelope:
                     raise WireError("malformed routing envelope: a hop with a session needs an integer step")
                 else:
                     raise WireError(f"malformed routing envelope: step {step!r} is not an integer")
-        env = object.__new__(Envelope)
-        env.__dict__.update(base.__dict__, hop=hop, route=route, steps=steps)
-        return env
+        return base._with(hop=hop, route=route, steps=steps)
 
     @staticmethod
     def from_json(text: str) -> Envelope:
