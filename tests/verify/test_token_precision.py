@@ -150,7 +150,9 @@ def test_a_flip_at_a_near_tie_in_an_fp16_plan_is_caught(either_plan):
     flipped = transcript.steps[0].outputs[LOGITS].copy()
     a, b = np.argsort(-flipped[0, r])[:2]
     flipped[0, r, a], flipped[0, r, b] = flipped[0, r, b], flipped[0, r, a]
-    fp16_rule = compare_tensor(LOGITS, flipped, replayed.outputs[0][LOGITS], TOLERANCES["fp16"], is_logits=True)
+    # the validator's logits: with a float32 head, its head's on the executor's hidden state
+    ref = (replayed.head or replayed.outputs)[0][LOGITS]
+    fp16_rule = compare_tensor(LOGITS, flipped, ref, TOLERANCES["fp16"], is_logits=True)
     assert fp16_rule.match  # what the old fp16 class would have let through
     transcript.steps[0].outputs[LOGITS] = flipped
     verdict = judge(transcript, replayed, task=validator.task)
@@ -191,6 +193,33 @@ def test_the_head_judges_logits_from_the_executors_own_hidden_state(fp16_plan):
     t.add(given, {LOGITS: logits})
     with pytest.raises(BadTranscript):
         t.check_against(last)
+
+
+def test_a_replay_runs_the_head_once_a_call_on_the_executors_hidden_state(fp16_plan, monkeypatch):
+    """The logits are judged only as the head of the executor's committed hidden state: the replay runs the
+    layers alone and the head once a call, not on the replayed hidden state as well."""
+    out, plan = fp16_plan
+    runners = [get_engine("onnxruntime", threads=1).load(task_dir(out, t)) for t in plan.tasks]
+    last = runners[-1].task
+    t = Transcript("job", last.index, last.task_id)
+    env: dict[str, np.ndarray] = {"input_ids": np.arange(1, 9, dtype=np.int64)[None]}
+    state: dict = {}
+    for ids in (env["input_ids"], np.array([[9]], np.int64)):
+        env = {"input_ids": ids}
+        for r in runners[:-1]:
+            env.update(run_stateful(r, {s.name: env[s.name] for s in r.task.inputs if s.name in env}, None)[0])
+        given = {s.name: env[s.name] for s in last.inputs if s.name in env and s.name not in last.state}
+        result, state = run_stateful(runners[-1], given, state)
+        t.add(given, {k: v for k, v in result.items() if k not in last.state.values()})
+    head = runners[-1].head()
+    seen: list[np.ndarray] = []
+    run = head.run
+    monkeypatch.setattr(head, "run", lambda feeds: seen.append(feeds[last.head]) or run(feeds))
+    replayed = replay(runners[-1], t)
+    assert len(seen) == len(t.steps) == 2
+    assert all(h is step.outputs[last.head] for h, step in zip(seen, t.steps, strict=True))
+    assert all(LOGITS not in o for o in replayed.outputs) and len(replayed.head) == 2
+    assert judge(t, replayed, task=last).match
 
 
 def test_a_head_that_is_not_an_output_beside_the_logits_is_refused(fp16_plan):

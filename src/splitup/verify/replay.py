@@ -17,7 +17,7 @@ from onnx.reference import ReferenceEvaluator
 
 from splitup.partition.task import GRAPH_FILE, TaskDefinition, load_task
 from splitup.runtime import Runner, run_stateful
-from splitup.runtime.engine import head_of
+from splitup.runtime.engine import HeadedRunner, head_of
 from splitup.verify.compare import (
     DEFAULT_TOLERANCE,
     TOLERANCES,
@@ -57,9 +57,12 @@ def replay(runner: Runner, transcript: Transcript) -> Replay:
     outs: list[dict[str, np.ndarray]] = []
     heads: list[dict[str, np.ndarray]] = []
     boundary = runner.task.head
+    # a headed runner's body alone: the head is judged only as run below on the executor's committed head
+    # input, so running it on the replayed one as well would compute every call's logits twice
+    layers = runner.body if isinstance(runner, HeadedRunner) else runner
     start = time.perf_counter()
     for step in transcript.steps:
-        result, state = run_stateful(runner, step.inputs, state)
+        result, state = run_stateful(layers, step.inputs, state)
         outs.append({k: v for k, v in result.items() if k not in held})
         if boundary is not None and boundary in step.outputs:
             heads.append(runner.head().run({boundary: step.outputs[boundary]}))

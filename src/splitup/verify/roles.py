@@ -299,6 +299,8 @@ class Validator:
             return Check(False, f"cannot judge the task: {exc}",
                          commit_tensors({"rejected": np.zeros(1, np.uint8)}, salt))
         last = replayed.outputs[-1] if replayed.outputs else {}
+        if replayed.head:  # the replay ran the body alone: a headed task's logits are its head's on the same call
+            last = last | replayed.head[-1]
         digest = work_digest(committed, work_tensors(replayed.state, last))
         return Check(verdict.match, verdict.reason, digest, replayed.seconds,
                      estimated_flops(runner.task, t), len(t.steps))
