@@ -88,12 +88,12 @@ def node_process(mode: str, sink_port: int, stream_bytes: int, count: bool, step
     counter = _steps_counter() if count else None
     node = StandInNode(stream_bytes, marks)
     if mode == "node":
-        from splitup.node.app import HopDispatch, _failed
+        from splitup.node.app import HopDispatch
         from splitup.node.stream import FrameForwarder, FrameServer
 
         forwarder = FrameForwarder(1 << 30)
         forwarder._addr[NEXT_URL] = ("127.0.0.1", sink_port)  # as if learnt from the next node's /health
-        server = FrameServer(node, HopDispatch(node), forwarder, _failed)  # type: ignore[arg-type]
+        server = FrameServer(node, HopDispatch(node), forwarder)  # type: ignore[arg-type]
         out.put(server.start("127.0.0.1", 0))
     else:
         listen = socket.create_server(("127.0.0.1", 0))

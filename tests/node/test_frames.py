@@ -187,7 +187,7 @@ def test_a_node_refuses_frame_connections_beyond_its_maximum(monkeypatch):
 
     monkeypatch.setattr(stream, "MAX_LINKS", 2)
     node = SimpleNamespace(config=SimpleNamespace(max_body_bytes=1 << 20))
-    server = stream.FrameServer(node, None, stream.FrameForwarder(1 << 20), None)  # type: ignore[arg-type]
+    server = stream.FrameServer(node, None, stream.FrameForwarder(1 << 20))  # type: ignore[arg-type]
     port = server.start("127.0.0.1", 0)
     held = []
     try:

@@ -22,21 +22,15 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+from splitup.node.failures import HopFailed, classify
 from splitup.node.forward import ForwardError, HopClient, Reply
 from splitup.node.metrics import NodeMetrics
-from splitup.node.node import Draining, Node, NotHere
+from splitup.node.node import Node, NotHere
 from splitup.node.stream import FrameForwarder, FrameServer
 from splitup.node.threads import name_this_thread
-from splitup.node.wire import HANDOFF_HEADER, Envelope, WireError, decode, encode, envelope_of, handoff_of
+from splitup.node.wire import HANDOFF_HEADER, Envelope, decode, encode, envelope_of, handoff_of
 from splitup.partition.task import PlanError
-from splitup.runtime import (
-    ContextLimit,
-    EngineError,
-    InterfaceError,
-    SessionError,
-    SessionLimit,
-    StepConflict,
-)
+from splitup.runtime import EngineError
 from splitup.storage import StorageError
 
 log = logging.getLogger("splitup.node")
@@ -46,36 +40,13 @@ PARKED_HEADER = "x-splitup-result"
 CONTENT_TYPE = "application/vnd.splitup.safetensors"
 
 
-class HopFailed(Exception):
-    def __init__(self, status: int, kind: str, message: str, hop: int | None) -> None:
-        super().__init__(message)
-        self.status, self.kind, self.hop = status, kind, hop
-
-    def response(self) -> JSONResponse:
-        # A full node says when to come back, as HTTP's 429 does; the pipeline client waits or re-routes.
-        # A draining node is gone for good: come back never, re-route now.
-        headers = {"retry-after": "1"} if self.status == 429 else {"retry-after": "0"} if self.kind == "draining" else None
-        return JSONResponse({"error": str(self), "kind": self.kind, "hop": self.hop}, status_code=self.status,
-                            headers=headers)
-
-
-def _classify(exc: Exception, hop: int | None) -> HopFailed:
-    """Map the node's typed errors to HTTP answers."""
-    for kind, status, types in (
-        ("draining", 503, (Draining,)),
-        ("not_here", 404, (NotHere,)),
-        ("busy", 429, (SessionLimit,)),
-        ("step_conflict", 409, (StepConflict,)),
-        ("session", 404, (SessionError,)),
-        ("bad_request", 400, (WireError,)),
-        ("context_limit", 400, (ContextLimit,)),
-        ("bad_request", 422, (InterfaceError,)),
-        ("engine", 422, (EngineError,)),
-    ):
-        if isinstance(exc, types):
-            return HopFailed(status, kind, str(exc), hop)
-    log.exception("unexpected error in a hop")
-    return HopFailed(500, "internal", f"internal error: {type(exc).__name__}", hop)
+def _respond(failure: HopFailed) -> JSONResponse:
+    # A full node says when to come back, as HTTP's 429 does; the pipeline client waits or re-routes.
+    # A draining node is gone for good: come back never, re-route now.
+    headers = ({"retry-after": "1"} if failure.status == 429 else
+               {"retry-after": "0"} if failure.kind == "draining" else None)
+    return JSONResponse({"error": str(failure), "kind": failure.kind, "hop": failure.hop},
+                        status_code=failure.status, headers=headers)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -166,14 +137,6 @@ class HopDispatch:
         return out, signed, time.thread_time() - c0
 
 
-def _failed(exc: Exception, hop: int | None) -> HopFailed:
-    if isinstance(exc, HopFailed):
-        if exc.hop is None:
-            exc.hop = hop
-        return exc
-    return _classify(exc, hop)
-
-
 def create_app(node: Node, *, heartbeat: Callable[[dict[str, Any]], None] | None = None,
                frames_host: str | None = None, market: Callable[[], dict[str, Any]] | None = None) -> FastAPI:
     """The node's HTTP service; with ``frames_host`` also its frame port (``node.config.frame_port``).
@@ -190,7 +153,7 @@ def create_app(node: Node, *, heartbeat: Callable[[dict[str, Any]], None] | None
         forwarder = FrameForwarder(node.config.max_body_bytes)
         server = None
         if frames_host is not None and node.config.frame_port is not None:
-            server = FrameServer(node, dispatch, forwarder, _failed)
+            server = FrameServer(node, dispatch, forwarder)
             frames["port"] = server.start(frames_host, node.config.frame_port)
         # Probed off the event loop at start, so the first GET /capabilities does not wait seconds for it
         # (on the loop's default executor: the hop pool's threads serve hops only).
@@ -265,7 +228,7 @@ def create_app(node: Node, *, heartbeat: Callable[[dict[str, Any]], None] | None
         try:
             session = node.open_session(task_id)
         except Exception as exc:
-            return _classify(exc, None).response()
+            return _respond(classify(exc, None))
         return JSONResponse({"session": session, "task_id": task_id, "idle_s": node.sessions.idle_s},
                             status_code=201)
 
@@ -288,7 +251,7 @@ def create_app(node: Node, *, heartbeat: Callable[[dict[str, Any]], None] | None
         try:
             dispatch.admit()
         except HopFailed as exc:
-            return exc.response()
+            return _respond(exc)
         try:
             return await _execute(request)
         finally:
@@ -317,9 +280,9 @@ def create_app(node: Node, *, heartbeat: Callable[[dict[str, Any]], None] | None
         except HopFailed as exc:
             if exc.hop is None:
                 exc.hop = hop
-            return exc.response()
+            return _respond(exc)
         except Exception as exc:  # a bad request must never take the node down
-            return _classify(exc, hop).response()
+            return _respond(classify(exc, hop))
 
     return app
 
@@ -349,10 +312,10 @@ async def _forward(app_state: Any, env: Envelope, body: bytes, record: dict[str,
         try:
             r = await _post(app_state, url.rstrip("/") + "/execute", body, timeout)
         except TimeoutError:
-            failure = HopFailed(504, "timeout", f"hop {env.hop} at {url} timed out after {timeout} s", env.hop)
+            failure = HopFailed.timed_out(env.hop, url, timeout)
             continue
         except ForwardError as exc:
-            failure = HopFailed(502, "unreachable", f"hop {env.hop} at {url} unreachable: {exc}", env.hop)
+            failure = HopFailed.unreachable(env.hop, url, exc)
             continue
         if r.status == 404 and nxt.session is None and _kind(r) == "not_here" and attempt + 1 < len(urls):
             continue

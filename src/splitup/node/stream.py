@@ -22,12 +22,13 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
 
+from splitup.node.failures import HopFailed, failed
 from splitup.node.frames import Frame, FrameError, FrameSocket, FrameTooLarge, frame_address
 from splitup.node.node import Node
 from splitup.node.threads import name_this_thread
@@ -134,9 +135,8 @@ class FrameServer:
     buffers cost more than the read itself when every hop runs with caches the engine just flushed).
     ``dispatch`` is the node's hop dispatcher (``compute_here``), shared with HTTP."""
 
-    def __init__(self, node: Node, dispatch: Dispatch, forwarder: FrameForwarder,
-                 failed: Callable[[Exception, int | None], Any]) -> None:
-        self.node, self.dispatch, self.forwarder, self.failed = node, dispatch, forwarder, failed
+    def __init__(self, node: Node, dispatch: Dispatch, forwarder: FrameForwarder) -> None:
+        self.node, self.dispatch, self.forwarder = node, dispatch, forwarder
         self.listeners: dict[str, FrameSocket] = {}
         self._links: set[FrameSocket] = set()
         self._lock = threading.Lock()
@@ -255,11 +255,8 @@ class FrameServer:
                 self._onward(onward, env, out, record, frame, reply["id"], signed)
                 return None
             return self._forward(env.next(), out, record, signed)
-        except _Failed as exc:
-            return _error(exc.status, exc.kind, str(exc), exc.hop, (reply or {}).get("id"))
         except Exception as exc:
-            failure = self.failed(exc, hop)
-            return _error(failure.status, failure.kind, str(failure), failure.hop, (reply or {}).get("id"))
+            return _error_of(failed(exc, hop), (reply or {}).get("id"))
 
     def _direct(self, frame: Frame, out: dict[str, Any], record: dict[str, Any],
                 signed: dict[str, Any] | None) -> bool:
@@ -304,9 +301,9 @@ class FrameServer:
             addr = self.forwarder.known(url) or self.forwarder.address(url, env.hop_timeout)
             onward.send(addr, out, wire, frame, signed, rid, hop, url, deadline)
         except TimeoutError:
-            raise _Failed(504, "timeout", f"hop {hop} at {url} timed out after {env.hop_timeout} s", hop) from None
+            raise HopFailed.timed_out(hop, url, env.hop_timeout) from None
         except (OSError, FrameError) as exc:
-            raise _Failed(502, "unreachable", f"hop {hop} at {url} unreachable: {exc}", hop) from None
+            raise HopFailed.unreachable(hop, url, exc) from None
 
     def _forward(self, env: Envelope, out: dict[str, Any], record: dict[str, Any],
                  signed: dict[str, Any] | None) -> Frame:
@@ -320,10 +317,10 @@ class FrameServer:
             try:
                 reply = self.forwarder.request(url, request, timeout)
             except TimeoutError:
-                failure = _error(504, "timeout", f"hop {env.hop} at {url} timed out after {timeout} s", env.hop)
+                failure = _error_of(HopFailed.timed_out(env.hop, url, timeout))
                 continue
             except ConnectionError as exc:
-                failure = _error(502, "unreachable", f"hop {env.hop} at {url} unreachable: {exc}", env.hop)
+                failure = _error_of(HopFailed.unreachable(env.hop, url, exc))
                 continue
             error = reply.error or {}
             if (reply.kind == "error" and error.get("kind") == "not_here" and nxt.session is None
@@ -341,12 +338,8 @@ def _error(status: int, kind: str, message: str, hop: int | None, rid: str | Non
                  reply=None if rid is None else {"id": rid})
 
 
-class _Failed(Exception):
-    """A hop that could not go on, as the error frame's status, kind and hop."""
-
-    def __init__(self, status: int, kind: str, message: str, hop: int) -> None:
-        super().__init__(message)
-        self.status, self.kind, self.hop = status, kind, hop
+def _error_of(failure: HopFailed, rid: str | None = None) -> Frame:
+    return _error(failure.status, failure.kind, str(failure), failure.hop, rid)
 
 
 class _Onward:
