@@ -70,6 +70,22 @@ def test_node_refuses_a_step_beyond_the_context_with_a_4xx(env) -> None:
     assert f"maximum context of {ctx}" in r.json()["error"]
 
 
+def test_json_nested_past_the_parsers_stack_is_a_4xx_everywhere(env) -> None:
+    """A stranger's body whose JSON nests deeper than Python's parser recurses: refused as malformed by the
+    gateway, a node's /execute and the ledger's RPC, which all keep serving (not a 500, not a dead worker)."""
+    deep = b"[" * 100_000 + b"]" * 100_000
+    r = httpx.post(env.url + "/v1/completions", content=deep, timeout=30)
+    assert r.status_code == 400 and "not JSON" in r.text, r.text
+    node = env.net.nodes[0].url
+    r = httpx.post(node + "/execute", content=len(deep).to_bytes(8, "little") + deep, timeout=30)
+    assert r.status_code == 400 and r.json()["kind"] == "bad_request", r.text
+    r = httpx.post(env.net.rpc_url, content=deep, headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == 200 and r.json()["error"]["code"] == -32700, r.text  # JSON-RPC's parse error
+    assert httpx.get(node + "/health", timeout=10).status_code == 200
+    assert httpx.post(env.net.rpc_url, json={"jsonrpc": "2.0", "id": 1, "method": "getHealth"},
+                      timeout=10).json()["result"] == "ok"
+
+
 def _locked(env) -> int:
     m = connect(env.net.rpc_url, env.net.wallets["authority"])
     return sum(n.locked for _, n in m.nodes())

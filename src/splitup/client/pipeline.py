@@ -221,7 +221,13 @@ class PipelineClient:
             raise NodeFailure(f"hop 0 at {url} timed out: {exc!r}", hop=0, kind="timeout") from None
         except httpx.HTTPError as exc:
             raise NodeFailure(f"hop 0 at {url} unreachable: {exc!r}", hop=0, kind="unreachable") from None
-        self.last_hops = json.loads(r.headers.get(HOPS_HEADER, "[]"))
+        try:
+            records = json.loads(r.headers.get(HOPS_HEADER, "[]"))
+        except (ValueError, RecursionError):
+            records = None
+        if not isinstance(records, list):  # as a malformed frame is: the node is not one to talk to
+            raise NodeFailure(f"hop 0 at {url} sent malformed hop records", hop=0, kind="unreachable")
+        self.last_hops = records
         if r.status_code != 200:
             raise _failure(r)
         if PARKED_HEADER in r.headers:

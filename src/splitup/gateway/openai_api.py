@@ -335,7 +335,7 @@ def router(svc: GatewayService) -> APIRouter:
             if len(raw) > MAX_BODY_BYTES:
                 return BadRequest(f"the body exceeds the limit of {MAX_BODY_BYTES} bytes", None, 413).response()
             body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser's stack
             return BadRequest("the body is not JSON").response()
         try:
             req = await run_in_threadpool(parse, body, svc, chat=chat)

@@ -218,7 +218,7 @@ def _decoding(meta: Mapping[str, str]) -> Decoding | None:
         return None
     try:
         return Decoding.from_json(json.loads(meta[DECODING_META]))
-    except (ValueError, TypeError, DecodingError) as exc:
+    except (ValueError, TypeError, DecodingError, RecursionError) as exc:
         raise WireError(f"malformed decoding rule in the envelope: {exc}") from None
 
 
@@ -739,7 +739,7 @@ class MarketAgent:
                 raw = base64.b64decode(str(body["tx"]), validate=True)
                 if len(raw) > 4096:
                     raise ValueError("transaction too large")
-            except (ValueError, KeyError, TypeError) as exc:
+            except (ValueError, KeyError, TypeError, RecursionError) as exc:
                 return JSONResponse({"error": f"send {{\"tx\": base64}}: {exc}"}, status_code=400)
             try:
                 await run_in_threadpool(self.take_over, Pubkey.from_string(job), index, raw)

@@ -335,7 +335,7 @@ def _hop_records(r: Reply) -> list[Any]:
     raw = r.headers.get(HOPS_HEADER, "[]")
     try:
         records = json.loads(raw) if len(raw) <= 16384 else []
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         return []
     return records if isinstance(records, list) else []
 
@@ -343,7 +343,7 @@ def _hop_records(r: Reply) -> list[Any]:
 def _kind(r: Reply) -> str | None:
     try:
         body = json.loads(r.content)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         return None
     return body.get("kind") if isinstance(body, dict) else None
 
@@ -355,7 +355,7 @@ async def _json_body(request: Request) -> Any:
         return None
     try:
         return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         return None
 
 

@@ -234,7 +234,8 @@ def read_prefix(prefix: bytes | bytearray | memoryview, max_payload: int) -> tup
     magic, header_len, stable_len, payload_len = PREFIX.unpack(prefix)
     if magic != MAGIC:
         if magic[:3] == MAGIC[:3]:
-            raise FrameError(f"frame format {magic.decode()} is not this node's ({MAGIC.decode()}): upgrade the sender")
+            raise FrameError(f"frame format {magic.decode('ascii', 'replace')} is not this node's ({MAGIC.decode()}): "
+                             "upgrade the sender")
         raise FrameError(f"not a SplitUp frame (magic {magic!r})")
     if header_len > MAX_HEADER_BYTES:
         raise FrameError(f"frame header of {header_len} bytes exceeds the {MAX_HEADER_BYTES}-byte limit")
@@ -310,7 +311,8 @@ def _json(raw: bytes | bytearray | memoryview, part: str) -> Any:
             raise json.JSONDecodeError("Extra data", text, end)
     except StopIteration as exc:
         raise FrameError(f"frame header ({part} part) is not JSON: expecting a value at {exc.value}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        # RecursionError: nesting deeper than the parser's stack, malformed like any other
         raise FrameError(f"frame header ({part} part) is not JSON: {exc}") from None
     return value
 

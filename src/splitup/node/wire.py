@@ -168,7 +168,7 @@ class Envelope:
     def from_json(text: str) -> Envelope:
         try:
             d = json.loads(text)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deeply to parse
             raise WireError(f"malformed routing envelope: {exc!r}") from None
         return Envelope.from_dict(d)
 
@@ -197,7 +197,7 @@ _ROUTES_LOCK = threading.Lock()
 def _parse_route(text: str) -> Envelope:
     try:
         d = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise WireError(f"malformed routing envelope: {exc!r}") from None
     if not isinstance(d, dict) or not isinstance(d.get("route"), list):
         raise WireError("malformed routing envelope: expected an object with a route")
@@ -242,7 +242,7 @@ def handoff_of(meta: Mapping[str, str]) -> dict[str, Any] | None:
         raise WireError(f"signed hand-off of {len(raw)} bytes exceeds {MAX_HANDOFF_BYTES}")
     try:
         value = json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise WireError(f"signed hand-off is not JSON: {exc}") from None
     if not isinstance(value, dict):
         raise WireError("signed hand-off must be a JSON object")
@@ -258,7 +258,7 @@ def decode(body: bytes, *, max_tensor_bytes: int | None = None) -> tuple[dict[st
         raise WireError(f"safetensors header of {n} bytes does not fit the body or the {MAX_HEADER_BYTES}-byte limit")
     try:
         header = json.loads(body[8 : 8 + n])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
         raise WireError(f"safetensors header is not JSON: {exc}") from None
     if not isinstance(header, dict):
         raise WireError("safetensors header is not an object")

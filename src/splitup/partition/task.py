@@ -452,7 +452,7 @@ def load_task(directory: Path, *, verify: bool = True) -> TaskDefinition:
     directory = Path(directory)
     try:
         task = TaskDefinition.from_json(json.loads((directory / TASK_FILE).read_text()))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise PlanError(f"cannot read task bundle {directory}: {exc}") from None
     if verify:
         if sha256_file(directory / GRAPH_FILE) != task.graph_sha256:

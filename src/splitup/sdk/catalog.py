@@ -67,7 +67,7 @@ class ModelManifest:
                 chat_template=d.get("chat_template"), bos_id=d.get("bos_id"),
                 eos_ids=tuple(int(x) for x in d.get("eos_ids", ())), description=str(d.get("description", "")),
             )
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise CatalogError(f"malformed model manifest: {exc}") from None
 
 

@@ -55,7 +55,7 @@ def publish_plan(plan_dir: Path, store: BlobStore) -> PublishedPlan:
 def fetch_plan(plan_sha256: str, client: BlobClient) -> Plan:
     try:
         return Plan.from_json(json.loads(client.get_bytes(plan_sha256, max_bytes=MAX_DEFINITION_BYTES)))
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:
         raise StorageError(f"plan {plan_sha256[:12]} is not JSON: {exc}") from None
 
 
@@ -98,5 +98,5 @@ def _fetch_definition(task_id: str, client: BlobClient) -> TaskDefinition:
         if not isinstance(body, dict):
             raise ValueError("not an object")
         return TaskDefinition.from_json({**body, "task_id": task_id})
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:
         raise StorageError(f"definition of task {task_id[:12]} is malformed: {exc}") from None

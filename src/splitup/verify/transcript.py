@@ -200,7 +200,7 @@ class Transcript:
             arithmetic = meta.get("arithmetic", "fp32")
             if arithmetic not in ("fp32", "fp16"):
                 raise ValueError(f"arithmetic {arithmetic!r} is not fp32 or fp16")
-        except (KeyError, ValueError, TypeError, DecodingError) as exc:
+        except (KeyError, ValueError, TypeError, DecodingError, RecursionError) as exc:
             raise BadTranscript(f"transcript metadata is malformed: {exc}") from None
         if not 1 <= count <= MAX_STEPS:
             raise BadTranscript(f"{count} steps (1 to {MAX_STEPS} allowed)")
@@ -255,7 +255,7 @@ def _metadata(data: bytes) -> dict[str, str]:
     try:
         header = json.loads(data[8 : 8 + n])
         meta = header.get("__metadata__", {})
-    except (ValueError, AttributeError) as exc:
+    except (ValueError, AttributeError, RecursionError) as exc:  # RecursionError: nested too deeply to parse
         raise BadTranscript(f"transcript header is not JSON: {exc}") from None
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise BadTranscript("transcript metadata must be string pairs")

@@ -214,7 +214,7 @@ class PubSub(ChainListener):
     def _handle(self, conn: _Connection, text: str) -> list[str]:
         try:
             body = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser's stack
             return [json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": PARSE_ERROR, "message": "Parse error"}})]
         reqs = body if isinstance(body, list) else [body]
         out = []

@@ -396,7 +396,7 @@ def create_app(chain: LocalChain) -> FastAPI:
     async def rpc_raw(request: Request) -> JSONResponse:
         try:
             body = await request.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser's stack
             return JSONResponse({"jsonrpc": "2.0", "id": None, "error": {"code": PARSE_ERROR, "message": "Parse error"}})
         # the chain is synchronous and locked: run it off the event loop
         if isinstance(body, list):
