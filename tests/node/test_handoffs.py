@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -35,6 +34,8 @@ from splitup.partition.task import task_dir
 from splitup.verify.blobs import LocalBlobs
 from splitup.verify.commitment import handoff_digest
 
+from .procs import free_port
+
 PRICE = 10_000_000
 LIE_ON_CALL = 2
 
@@ -58,12 +59,6 @@ class LyingNode(RecordingNode):
         return bad, {**signed, "sig": lie.compact().hex()}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def three(plan_dir, plan, tmp_path_factory) -> Iterator[list[tuple[str, RecordingNode]]]:
     served, servers = [], []
@@ -72,7 +67,9 @@ def three(plan_dir, plan, tmp_path_factory) -> Iterator[list[tuple[str, Recordin
         node = (LyingNode if k == 0 else RecordingNode)(NodeConfig(cache_dir=cache, max_session_bytes=1 << 30))
         shutil.copytree(task_dir(plan_dir, t), cache / "tasks" / t.task_id)
         node.load_bundle(cache / "tasks" / t.task_id, t.task_id)
-        port = _free_port()
+        # free_port, not a bare bind to port 0: the previous server may not listen yet, and the kernel hands
+        # the same free port out twice about once in 14,000 picks
+        port = free_port()
         server = uvicorn.Server(uvicorn.Config(create_app(node), host="127.0.0.1", port=port, log_level="warning"))
         threading.Thread(target=server.run, daemon=True).start()
         servers.append(server)

@@ -3,11 +3,11 @@
 The demo's local market (``splitup.demo.network.local_market``: ledger, blob store, four node processes
 with their market agents, the arbiter) runs the tiny model at a verification rate of 30%; node-c is
 started with ``--cheat perturb`` (every output it forwards carries noise of 5% of its RMS, from a fixed
-seed) and executes the last task of every job. After ``JOBS`` (30) short generations (prompts drawn with a
+seed) and executes the last task of every job. After ``JOBS`` (48) short generations (prompts drawn with a
 fixed seed) the chain must show:
 
 - the cheater's tasks were drawn at a rate consistent with p (exact binomial acceptance region at
-  significance 1e-4, so the test does not flake; the draw itself comes from slot hashes and salted
+  significance 1e-6, so the test does not flake; the draw itself comes from slot hashes and salted
   commitments and cannot be seeded), and so were all tasks of all jobs;
 - every drawn cheat ended FAILED, ruled "node cheated", with exactly the configured slash taken from
   the cheater's stake and paid to the validator; every undrawn cheat was settled and paid (PoSP makes
@@ -18,7 +18,6 @@ fixed seed) the chain must show:
 
 from __future__ import annotations
 
-import math
 import random
 import sqlite3
 import time
@@ -29,19 +28,21 @@ from typing import Any
 
 import httpx
 import pytest
+from binomial import binomial_region
 
 from splitup.demo.flow import prepare
-from splitup.demo.network import SOL, local_market
+from splitup.demo.network import local_market
 from splitup.market.connect import connect
 from splitup.runtime.registry import available_engines
 from splitup.sdk.client import Client, Completion
 from splitup.sdk.reports import JobReport
 
-# ~1.3 s each with the tiny model on 2 shared cores; about 45 s for the whole module. At 30 jobs a run with no
-# cheat drawn (which the slash checks below need) has probability 0.7**30 = 2e-5.
-JOBS = 30
+# ~1.3-1.7 s each with the tiny model on 2 shared cores; about 80 s for the whole module. 48 jobs: a run fails
+# by chance about once in a million (the regions at ALPHA: 1-31 of 48 cheats, 18-71 of 144 tasks; no cheat
+# drawn, which the slash checks below need, 0.7**48 = 4e-8); 30 jobs at 1e-4 failed about once in 10^4.
+JOBS = 48
 RATE_BPS = 3_000
-ALPHA = 1e-4  # two-sided significance of the binomial checks
+ALPHA = 1e-6  # two-sided significance of each binomial check
 MAX_TOKENS = 3
 SEED = 7
 FEE = 5_000  # lamports per signature on the local ledger (every transaction has one signer)
@@ -127,9 +128,12 @@ def run(tmp_path_factory) -> Iterator[Run]:
                       cheaters={CHEATER: "perturb"}, node_args=NODE_ARGS) as net:
         assert net.primary[net.node_names.index(CHEATER)] == [2]
         market = connect(net.rpc_url, net.wallets["authority"])
-        # 40 slashes of 0.05 SOL would take 2 SOL: with 2 more staked the cheater stays above the
-        # minimum stake and keeps accepting its task in every job, whatever the draws.
-        market.add_stake(net.wallets[CHEATER], 2 * SOL)
+        # With a slash's worth more staked per job the cheater stays above the minimum stake and keeps
+        # accepting its task in every job, whatever the draws (its wallet holds too little for that).
+        cfg = market.config()
+        extra = JOBS * cfg.task_collateral * cfg.slash_bps // 10_000
+        market.t.airdrop(net.wallets[CHEATER].pubkey(), extra)
+        market.add_stake(net.wallets[CHEATER], extra)
         engines = {c.name: httpx.get(c.url + "/capabilities", timeout=10).json()["engine"] for c in net.nodes}
         names = {str(market.node_address(net.wallets[n].pubkey())): n for n in net.node_names}
         ledger_dir = root / "ledger"
@@ -150,25 +154,12 @@ def run(tmp_path_factory) -> Iterator[Run]:
         yield Run(reports, names, before, after, market.config(), engines, seconds, prompts)
 
 
-def binomial_region(n: int, p: float, alpha: float) -> tuple[int, int]:
-    """The smallest ``[lo, hi]`` with P(X < lo) <= alpha/2 and P(X > hi) <= alpha/2 for X ~ Bin(n, p)."""
-    pmf = [math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(n + 1)]
-    lo, tail = 0, 0.0
-    while tail + pmf[lo] <= alpha / 2:
-        tail += pmf[lo]
-        lo += 1
-    hi, tail = n, 0.0
-    while tail + pmf[hi] <= alpha / 2:
-        tail += pmf[hi]
-        hi -= 1
-    return lo, hi
-
-
 def test_binomial_region() -> None:
     # Bin(10, 1/2): P(X = 0) = P(X = 10) = 1/1024 <= 0.001 < P(X <= 1) = 11/1024
     assert binomial_region(10, 0.5, 0.002) == (1, 9)
     assert binomial_region(1000, 0.5, 0.05) == (469, 531)  # 500 -+ 1.96 x 15.8
-    assert binomial_region(JOBS, RATE_BPS / 10_000, ALPHA) == (1, 19)
+    assert binomial_region(JOBS, RATE_BPS / 10_000, ALPHA) == (1, 31)
+    assert binomial_region(3 * JOBS, RATE_BPS / 10_000, ALPHA) == (18, 71)
 
 
 def test_the_nodes_run_different_engines(run: Run) -> None:
