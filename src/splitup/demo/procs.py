@@ -6,11 +6,13 @@ started gets SIGTERM, then SIGKILL after a grace period.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,30 +28,53 @@ class ProcessError(SplitUpError):
 
 
 _HANDED_OUT: set[int] = set()
+# Ports handed out on this machine lately, by any process (test workers, two demos): ``port time`` lines
+_RECENT = Path(tempfile.gettempdir()) / f"splitup-ports-{os.getuid()}"
+_RECENT_S = 120.0  # long enough for a child to start and bind what it was given
 
 
 def free_port() -> int:
-    """A loopback port nobody listens on, never the same twice in this process, whose successor is free too.
+    """A loopback port nobody listens on, never the same twice in this process nor, for two minutes, in
+    another one on this machine, whose successor is free too.
 
     Between this call and the child binding the port, the kernel may hand the same free port out again
-    (several daemons start within milliseconds): two children on one port, one of them dead, and a
-    health check answered by the other. Remembering what was handed out closes that window here. The
-    next port is kept back as well: the local ledger serves its websocket on RPC port + 1, where Solana
-    clients look for it.
+    (several daemons start within milliseconds, here or in a process beside this one): two children on one
+    port, one of them dead, and a health check answered by the other. Remembering what was handed out
+    closes that window. The next port is kept back as well: the local ledger serves its websocket on RPC
+    port + 1, where Solana clients look for it.
     """
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port in _HANDED_OUT or port + 1 in _HANDED_OUT or port + 1 > 65535:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-            except OSError:
+    with open(_RECENT, "a+") as book:
+        fcntl.flock(book, fcntl.LOCK_EX)  # released when the file closes
+        book.seek(0)
+        now, recent = time.time(), {}
+        for line in book.read().split("\n"):
+            port_text, _, when = line.partition(" ")
+            if port_text.isdigit() and when.replace(".", "", 1).isdigit() and now - float(when) < _RECENT_S:
+                recent[int(port_text)] = float(when)
+        taken = _HANDED_OUT | recent.keys()
+        while True:
+            port = _offered()
+            if port in taken or port + 1 in taken or port + 1 > 65535:
                 continue
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+            break
         _HANDED_OUT.update((port, port + 1))
-        return port
+        book.seek(0)
+        book.truncate()
+        recent.update({port: now, port + 1: now})
+        book.write("".join(f"{p} {when}\n" for p, when in recent.items()))
+    return port
+
+
+def _offered() -> int:
+    """The free loopback port the kernel offers now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @dataclass
