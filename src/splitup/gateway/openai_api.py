@@ -129,7 +129,10 @@ def parse(body: Any, svc: GatewayService, *, chat: bool) -> GenRequest:
                 raise BadRequest("each message needs a role and content", "messages")
             content = m.get("content")
             if isinstance(content, list):  # the typed-parts form: keep the text parts
-                content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+                texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+                if not all(isinstance(t, str) for t in texts):
+                    raise BadRequest("a text part's text must be a string", "messages")
+                content = "".join(texts)
             if not isinstance(content, str):
                 raise BadRequest("message content must be text", "messages")
             if len(content) > MAX_PROMPT_CHARS:

@@ -7,6 +7,10 @@ class ModelError(SplitUpError):
     """A real model cannot be found, read or used as asked."""
 
 
+class ChatTemplateError(ModelError):
+    """A model's chat template refused the messages (``raise_exception``) or could not render them."""
+
+
 class MissingExtraError(ModelError):
     """A route needs an optional extra that is not installed; ``extra`` names it (``pip install 'splitup[extra]'``)."""
 

@@ -7,8 +7,11 @@ weights by name. ``build_real(name)`` gives the zoo graph with the same weights,
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,7 @@ from splitup.graph.zoo.common import ParamSource
 from splitup.graph.zoo.llama import LlamaConfig, build_llama
 from splitup.models.cache import CacheEntry, cache_root, sha256_file
 from splitup.models.convert import bert_from_hf, llama_from_hf
-from splitup.models.errors import ModelError
+from splitup.models.errors import ChatTemplateError, ModelError
 from splitup.models.registry import RealModelSpec, spec
 
 # Bumped whenever the importer's output changes, so old cache entries are not reused.
@@ -134,11 +137,80 @@ def build_real(name: str, *, dtype: str = "float32", activations: str | None = N
 
 
 def render_chat(template: str, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True) -> str:
-    """Render a shipped Jinja chat template in a sandbox: a template is data, not trusted code."""
+    """Render a shipped Jinja chat template in a sandbox (a template is data, not trusted code) with what Hugging
+    Face's templates use besides the messages, as ``transformers`` renders them: ``raise_exception`` (a template
+    refusing the conversation, e.g. roles that do not alternate), ``strftime_now``, ``tojson`` without HTML
+    escaping, loop controls, ``{% generation %}`` blocks, ``dict`` and ``namespace``. Whatever stops the
+    rendering is a ``ChatTemplateError`` naming it."""
+    env = _chat_environment()
+    try:
+        return env.from_string(template).render(messages=list(messages), add_generation_prompt=add_generation_prompt)
+    except ChatTemplateError:
+        raise
+    except Exception as exc:  # the template is the model's data: any failure of it is its error, named
+        raise ChatTemplateError(f"the model's chat template cannot render these messages: "
+                                f"{type(exc).__name__}: {exc}") from None
+
+
+@functools.cache
+def _chat_environment() -> Any:
+    import jinja2
+    from jinja2.ext import Extension, loopcontrols
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    return env.from_string(template).render(messages=list(messages), add_generation_prompt=add_generation_prompt)
+    class Generation(Extension):
+        """``{% generation %}...{% endgeneration %}`` marks the assistant's part for training masks: its body."""
+
+        tags = {"generation"}
+
+        def parse(self, parser: Any) -> Any:
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+        def _body(self, caller: Any) -> str:
+            return str(caller())
+
+    class Namespace(jinja2.utils.Namespace):
+        """No underscore names: a template must not reach the interpreter's internals through attributes."""
+
+        def __init__(*args: Any, **kwargs: Any) -> None:  # noqa: N805 - jinja's own signature trick (self in args)
+            self, rest = args[0], args[1:]
+            attrs = dict(*rest, **kwargs)
+            for name in attrs:
+                Namespace._check(name)
+            jinja2.utils.Namespace.__init__(self, attrs)
+
+        def __setitem__(self, name: str, value: Any) -> None:
+            Namespace._check(name)
+            jinja2.utils.Namespace.__setitem__(self, name, value)
+
+        @staticmethod
+        def _check(name: Any) -> None:
+            if isinstance(name, str) and name.startswith("_"):
+                raise jinja2.exceptions.SecurityError(f"a template may not set {name!r} on a namespace")
+
+    class Dict:
+        """``dict(...)`` and ``dict.fromkeys(...)``, without the type itself (its attributes lead out)."""
+
+        def __call__(self, *args: Any, **kwargs: Any) -> dict[Any, Any]:
+            return dict(*args, **kwargs)
+
+        def fromkeys(self, *args: Any, **kwargs: Any) -> dict[Any, Any]:
+            return dict.fromkeys(*args, **kwargs)
+
+    def raise_exception(message: Any) -> None:
+        raise ChatTemplateError(f"the model's chat template refuses these messages: {message}")
+
+    def tojson(x: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None,
+               sort_keys: bool = False) -> str:
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[Generation, loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals.update(raise_exception=raise_exception, namespace=Namespace,
+                       strftime_now=lambda fmt: datetime.now().strftime(fmt), dict=Dict())
+    return env
 
 
 @dataclass
