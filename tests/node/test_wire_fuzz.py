@@ -30,6 +30,7 @@ from splitup.sdk.catalog import CatalogError, ModelManifest
 from splitup.verify.transcript import FORMAT, VERSION, BadTranscript, Transcript
 
 DEEP = "[" * 100_000 + "]" * 100_000  # far deeper than the interpreter's recursion limit
+HUGE = "[" + "7" * 5000 + "]"  # more digits than Python converts to an int (a ValueError, not a JSONDecodeError)
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 json_values = st.recursive(
@@ -115,19 +116,20 @@ def test_a_frame_with_any_json_in_any_place_is_a_frame_error_or_a_frame(part, va
         pass
 
 
+@pytest.mark.parametrize("text", [DEEP, HUGE], ids=["deep", "huge"])
 @pytest.mark.parametrize("part", ["stable", "rest", "route", "steps"])
-def test_deeply_nested_json_anywhere_in_a_frame_is_a_frame_error(part):
+def test_json_python_cannot_parse_anywhere_in_a_frame_is_a_frame_error(part, text):
     stable, rest, payload = _header_parts()
     nested = json.loads("[" * 50 + "]" * 50)
     if part == "route":
-        stable[2] = DEEP
+        stable[2] = text
     elif part == "steps":
         rest[1] = nested
     first, second = json.dumps(stable).encode(), json.dumps(rest).encode()
     if part == "stable":
-        first = DEEP.encode()
+        first = text.encode()
     elif part == "rest":
-        second = DEEP.encode()
+        second = text.encode()
     raw = PREFIX.pack(MAGIC, len(first) + len(second), len(first), len(payload)) + first + second + payload
     with pytest.raises(WireError):
         _parse_frame(raw)
@@ -168,10 +170,11 @@ def test_any_json_as_an_envelope_or_a_hand_off_is_a_wire_error_or_one(envelope, 
             pass
 
 
+@pytest.mark.parametrize("text", [DEEP, HUGE], ids=["deep", "huge"])
 @pytest.mark.parametrize("where", ["header", "envelope"])
-def test_deeply_nested_json_in_an_http_hop_is_a_wire_error(where):
+def test_json_python_cannot_parse_in_an_http_hop_is_a_wire_error(where, text):
     # (a hand-off is refused above 1 KiB, too short to nest past the parser's stack)
-    body = _body(DEEP) if where == "header" else _body({"__metadata__": {META_KEY: DEEP}})
+    body = _body(text) if where == "header" else _body({"__metadata__": {META_KEY: text}})
     with pytest.raises(WireError):
         _parse_http(body)
 

@@ -311,8 +311,9 @@ def _json(raw: bytes | bytearray | memoryview, part: str) -> Any:
             raise json.JSONDecodeError("Extra data", text, end)
     except StopIteration as exc:
         raise FrameError(f"frame header ({part} part) is not JSON: expecting a value at {exc.value}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        # RecursionError: nesting deeper than the parser's stack, malformed like any other
+    except (ValueError, RecursionError) as exc:
+        # ValueError: not JSON, not UTF-8, or an integer of more digits than Python converts; RecursionError:
+        # nesting deeper than the parser's stack. Malformed, all of them.
         raise FrameError(f"frame header ({part} part) is not JSON: {exc}") from None
     return value
 

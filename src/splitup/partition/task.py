@@ -208,7 +208,7 @@ class Plan:
             path = path / "plan.json"
         try:
             return Plan.from_json(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             raise PlanError(f"cannot read plan {path}: {exc}") from None
 
 
