@@ -31,11 +31,12 @@ from splitup.market.localnet.rpc_errors import (
     invalid_params,
 )
 from splitup.market.localnet.store import TxRecord
-from splitup.market.localnet.wire import matches_filters, parse_pubkey
+from splitup.market.localnet.wire import invalid_request, matches_filters, parse_json, parse_pubkey
 from splitup.market.transport import AccountData
 
 QUEUE_LIMIT = 4096  # notifications waiting for one client before it is dropped as too slow
 MAX_SUBSCRIPTIONS = 1024  # per connection
+MAX_BATCH = 100  # requests in one message, as over HTTP
 
 _KINDS = {"account", "program", "signature", "slot", "logs"}
 
@@ -187,7 +188,11 @@ class PubSub(ChainListener):
         sender = asyncio.create_task(self._send_loop(ws, conn))
         try:
             while True:
-                text = await ws.receive_text()
+                msg = await ws.receive()
+                if msg["type"] == "websocket.disconnect":
+                    break
+                # a binary frame is read as UTF-8 JSON too (receive_text raised KeyError on one)
+                text = msg.get("text") if msg.get("text") is not None else msg.get("bytes") or b""
                 # Under the chain's lock, so that no notification of a new subscription can be queued
                 # before the reply that tells the client its id.
                 with self.chain.lock:
@@ -211,11 +216,14 @@ class PubSub(ChainListener):
         except (WebSocketDisconnect, RuntimeError):
             return
 
-    def _handle(self, conn: _Connection, text: str) -> list[str]:
+    def _handle(self, conn: _Connection, text: str | bytes) -> list[str]:
         try:
-            body = json.loads(text)
-        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser's stack
+            body = parse_json(text)
+        except ValueError:
             return [json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": PARSE_ERROR, "message": "Parse error"}})]
+        if isinstance(body, list) and not 0 < len(body) <= MAX_BATCH:
+            return [json.dumps({"jsonrpc": "2.0", "id": None, "error": {
+                "code": INVALID_REQUEST, "message": f"Invalid request: batch of {len(body)} requests; 1 to {MAX_BATCH}"}})]
         reqs = body if isinstance(body, list) else [body]
         out = []
         for req in reqs:
@@ -225,8 +233,9 @@ class PubSub(ChainListener):
         return out
 
     def _one(self, conn: _Connection, req: Any) -> dict[str, Any]:
-        if not isinstance(req, dict) or not isinstance(req.get("method"), str):
-            return {"jsonrpc": "2.0", "id": None, "error": {"code": INVALID_REQUEST, "message": "Invalid request"}}
+        refused = invalid_request(req)
+        if refused is not None:
+            return refused
         rid, params = req.get("id"), req.get("params") or []
         if not isinstance(params, list):
             params = [params]

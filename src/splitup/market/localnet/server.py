@@ -48,7 +48,7 @@ from splitup.market.localnet.rpc_errors import (
     preflight_failure,
 )
 from splitup.market.localnet.store import Block, TxRecord
-from splitup.market.localnet.wire import matches_filters, opts, parse_pubkey
+from splitup.market.localnet.wire import invalid_request, matches_filters, opts, parse_json, parse_pubkey
 
 MAX_MULTIPLE_ACCOUNTS = 100
 MAX_SIGNATURES_FOR_ADDRESS = 1000
@@ -100,8 +100,9 @@ class RpcHandler:
         return {"context": {"slot": self.chain.slot(), "apiVersion": VERSION["solana-core"]}, "value": value}
 
     def handle(self, req: Any) -> dict[str, Any]:
-        if not isinstance(req, dict) or not isinstance(req.get("method"), str):
-            return {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "Invalid request"}}
+        refused = invalid_request(req)
+        if refused is not None:
+            return refused
         rid = req.get("id")
         method, params = req["method"], req.get("params") or []
         if not isinstance(params, list):
@@ -395,14 +396,14 @@ def create_app(chain: LocalChain) -> FastAPI:
     @app.post("/")
     async def rpc_raw(request: Request) -> JSONResponse:
         try:
-            body = await request.json()
-        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser's stack
+            body = parse_json(await request.body())
+        except ValueError:
             return JSONResponse({"jsonrpc": "2.0", "id": None, "error": {"code": PARSE_ERROR, "message": "Parse error"}})
         # the chain is synchronous and locked: run it off the event loop
         if isinstance(body, list):
-            if len(body) > MAX_BATCH:
+            if not 0 < len(body) <= MAX_BATCH:
                 return JSONResponse({"jsonrpc": "2.0", "id": None, "error": {
-                    "code": -32600, "message": f"Invalid request: batch of {len(body)} requests; max {MAX_BATCH}"}})
+                    "code": -32600, "message": f"Invalid request: batch of {len(body)} requests; 1 to {MAX_BATCH}"}})
             result: Any = [await anyio.to_thread.run_sync(handler.handle, r) for r in body]
         else:
             result = await anyio.to_thread.run_sync(handler.handle, body)
