@@ -31,7 +31,15 @@ from splitup.market.localnet.rpc_errors import (
     invalid_params,
 )
 from splitup.market.localnet.store import TxRecord
-from splitup.market.localnet.wire import invalid_request, matches_filters, parse_json, parse_pubkey
+from splitup.market.localnet.wire import (
+    Filter,
+    invalid_request,
+    matches_filters,
+    parse_filters,
+    parse_json,
+    parse_pubkey,
+    u64,
+)
 from splitup.market.transport import AccountData
 
 QUEUE_LIMIT = 4096  # notifications waiting for one client before it is dropped as too slow
@@ -49,7 +57,7 @@ class _Sub:
     key: str | None = None  # account, program or signature; for logs: the mentioned address or None
     encoding: str = "base64"
     slice_: tuple[int, int] | None = None
-    filters: list[dict[str, Any]] | None = None
+    filters: list[Filter] | None = None
     votes: bool = False
 
 
@@ -150,7 +158,7 @@ class PubSub(ChainListener):
         if method == "programSubscribe":
             key = str(parse_pubkey(params[0]))
             return self._add(_Sub(sid, "program", conn, key, account_encoding(opts, "base58"), data_slice(opts),
-                                  list(opts.get("filters") or [])))
+                                  parse_filters(opts.get("filters"))))
         if method == "signatureSubscribe":
             sig = str(params[0])
             status = self.chain.signature_status(sig)
@@ -171,7 +179,7 @@ class PubSub(ChainListener):
             raise invalid_params("Invalid Request: Only 1 address supported")
         kind = method.removesuffix("Unsubscribe")
         if kind in _KINDS and method.endswith("Unsubscribe"):
-            sid_ = int(params[0])
+            sid_ = u64(params[0], "subscription id")
             sub = conn.subs.get(sid_)
             if sub is None or sub.kind != kind or not self._drop(sid_):
                 raise invalid_params("Invalid subscription id.")
