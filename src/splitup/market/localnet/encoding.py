@@ -42,10 +42,13 @@ def account_encoding(opts: dict[str, Any], default: str = "base64") -> str:
     return enc
 
 
-def encode_account(acc: AccountData, encoding: str, slice_: tuple[int, int] | None = None) -> dict[str, Any]:
+def encode_account(acc: AccountData, encoding: str, slice_: tuple[int, int] | None = None,
+                   base58_limit: bool = True) -> dict[str, Any]:
+    """``base58_limit``: refuse base58 of more than 128 bytes, as a validator's getAccountInfo does (its
+    subscriptions have no such limit: a notification has no one to refuse)."""
     data = acc.data if slice_ is None else acc.data[slice_[0] : slice_[0] + slice_[1]]
     if encoding == "base58":
-        if len(data) > BASE58_LIMIT:
+        if base58_limit and len(data) > BASE58_LIMIT:
             raise invalid_params("Encoded binary (base 58) data should be less than 128 bytes, "
                                  "please use Base64 encoding.")
         encoded: object = [b58encode(data), "base58"]

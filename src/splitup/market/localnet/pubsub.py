@@ -116,7 +116,7 @@ class PubSub(ChainListener):
                 done.append(s.id)
             elif s.kind == "account" and s.key in changed:
                 acc = changed[s.key]
-                value = (encode_account(acc, s.encoding, s.slice_) if acc is not None else
+                value = (encode_account(acc, s.encoding, s.slice_, base58_limit=False) if acc is not None else
                          {"lamports": 0, "owner": "11111111111111111111111111111111", "data": ["", "base64"],
                           "executable": False, "rentEpoch": 2**64 - 1, "space": 0})
                 s.conn.push(_notification("accountNotification", s.id, {"context": ctx, "value": value}))
@@ -124,8 +124,8 @@ class PubSub(ChainListener):
                 for key, acc in changed.items():
                     if acc is not None and str(acc.owner) == s.key and matches_filters(acc, s.filters or []):
                         s.conn.push(_notification("programNotification", s.id, {
-                            "context": ctx, "value": {"pubkey": key, "account": encode_account(acc, s.encoding,
-                                                                                               s.slice_)}}))
+                            "context": ctx, "value": {"pubkey": key, "account": encode_account(
+                                acc, s.encoding, s.slice_, base58_limit=False)}}))
             elif s.kind == "logs" and record.tx and (s.key is None or s.key in keys):
                 s.conn.push(_notification("logsNotification", s.id, {"context": ctx, "value": {
                     "signature": record.signature, "err": err, "logs": record.meta.get("logMessages", [])}}))
