@@ -17,6 +17,7 @@ from splitup.market.localnet.rpc_errors import (
     RpcError,
     invalid_params,
 )
+from splitup.market.localnet.wire import u64
 from splitup.market.transport import AccountData
 
 U64_MAX = 2**64 - 1
@@ -29,13 +30,9 @@ def data_slice(opts: dict[str, Any]) -> tuple[int, int] | None:
     ds = opts.get("dataSlice")
     if ds is None:
         return None
-    try:
-        offset, length = int(ds["offset"]), int(ds["length"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise invalid_params("Invalid param: dataSlice needs integer 'offset' and 'length'") from exc
-    if offset < 0 or length < 0:
-        raise invalid_params("Invalid param: dataSlice offset and length must not be negative")
-    return offset, length
+    if not isinstance(ds, dict):
+        raise invalid_params("Invalid param: dataSlice needs integer 'offset' and 'length'")
+    return u64(ds.get("offset"), "dataSlice offset"), u64(ds.get("length"), "dataSlice length")
 
 
 def account_encoding(opts: dict[str, Any], default: str = "base64") -> str:
@@ -45,10 +42,13 @@ def account_encoding(opts: dict[str, Any], default: str = "base64") -> str:
     return enc
 
 
-def encode_account(acc: AccountData, encoding: str, slice_: tuple[int, int] | None = None) -> dict[str, Any]:
+def encode_account(acc: AccountData, encoding: str, slice_: tuple[int, int] | None = None,
+                   base58_limit: bool = True) -> dict[str, Any]:
+    """``base58_limit``: refuse base58 of more than 128 bytes, as a validator's getAccountInfo does (its
+    subscriptions have no such limit: a notification has no one to refuse)."""
     data = acc.data if slice_ is None else acc.data[slice_[0] : slice_[0] + slice_[1]]
     if encoding == "base58":
-        if len(data) > BASE58_LIMIT:
+        if base58_limit and len(data) > BASE58_LIMIT:
             raise invalid_params("Encoded binary (base 58) data should be less than 128 bytes, "
                                  "please use Base64 encoding.")
         encoded: object = [b58encode(data), "base58"]

@@ -31,11 +31,20 @@ from splitup.market.localnet.rpc_errors import (
     invalid_params,
 )
 from splitup.market.localnet.store import TxRecord
-from splitup.market.localnet.wire import matches_filters, parse_pubkey
+from splitup.market.localnet.wire import (
+    Filter,
+    invalid_request,
+    matches_filters,
+    parse_filters,
+    parse_json,
+    parse_pubkey,
+    u64,
+)
 from splitup.market.transport import AccountData
 
 QUEUE_LIMIT = 4096  # notifications waiting for one client before it is dropped as too slow
 MAX_SUBSCRIPTIONS = 1024  # per connection
+MAX_BATCH = 100  # requests in one message, as over HTTP
 
 _KINDS = {"account", "program", "signature", "slot", "logs"}
 
@@ -48,7 +57,7 @@ class _Sub:
     key: str | None = None  # account, program or signature; for logs: the mentioned address or None
     encoding: str = "base64"
     slice_: tuple[int, int] | None = None
-    filters: list[dict[str, Any]] | None = None
+    filters: list[Filter] | None = None
     votes: bool = False
 
 
@@ -107,7 +116,7 @@ class PubSub(ChainListener):
                 done.append(s.id)
             elif s.kind == "account" and s.key in changed:
                 acc = changed[s.key]
-                value = (encode_account(acc, s.encoding, s.slice_) if acc is not None else
+                value = (encode_account(acc, s.encoding, s.slice_, base58_limit=False) if acc is not None else
                          {"lamports": 0, "owner": "11111111111111111111111111111111", "data": ["", "base64"],
                           "executable": False, "rentEpoch": 2**64 - 1, "space": 0})
                 s.conn.push(_notification("accountNotification", s.id, {"context": ctx, "value": value}))
@@ -115,8 +124,8 @@ class PubSub(ChainListener):
                 for key, acc in changed.items():
                     if acc is not None and str(acc.owner) == s.key and matches_filters(acc, s.filters or []):
                         s.conn.push(_notification("programNotification", s.id, {
-                            "context": ctx, "value": {"pubkey": key, "account": encode_account(acc, s.encoding,
-                                                                                               s.slice_)}}))
+                            "context": ctx, "value": {"pubkey": key, "account": encode_account(
+                                acc, s.encoding, s.slice_, base58_limit=False)}}))
             elif s.kind == "logs" and record.tx and (s.key is None or s.key in keys):
                 s.conn.push(_notification("logsNotification", s.id, {"context": ctx, "value": {
                     "signature": record.signature, "err": err, "logs": record.meta.get("logMessages", [])}}))
@@ -149,7 +158,7 @@ class PubSub(ChainListener):
         if method == "programSubscribe":
             key = str(parse_pubkey(params[0]))
             return self._add(_Sub(sid, "program", conn, key, account_encoding(opts, "base58"), data_slice(opts),
-                                  list(opts.get("filters") or [])))
+                                  parse_filters(opts.get("filters"))))
         if method == "signatureSubscribe":
             sig = str(params[0])
             status = self.chain.signature_status(sig)
@@ -170,7 +179,7 @@ class PubSub(ChainListener):
             raise invalid_params("Invalid Request: Only 1 address supported")
         kind = method.removesuffix("Unsubscribe")
         if kind in _KINDS and method.endswith("Unsubscribe"):
-            sid_ = int(params[0])
+            sid_ = u64(params[0], "subscription id")
             sub = conn.subs.get(sid_)
             if sub is None or sub.kind != kind or not self._drop(sid_):
                 raise invalid_params("Invalid subscription id.")
@@ -187,7 +196,11 @@ class PubSub(ChainListener):
         sender = asyncio.create_task(self._send_loop(ws, conn))
         try:
             while True:
-                text = await ws.receive_text()
+                msg = await ws.receive()
+                if msg["type"] == "websocket.disconnect":
+                    break
+                # a binary frame is read as UTF-8 JSON too (receive_text raised KeyError on one)
+                text = msg.get("text") if msg.get("text") is not None else msg.get("bytes") or b""
                 # Under the chain's lock, so that no notification of a new subscription can be queued
                 # before the reply that tells the client its id.
                 with self.chain.lock:
@@ -211,11 +224,14 @@ class PubSub(ChainListener):
         except (WebSocketDisconnect, RuntimeError):
             return
 
-    def _handle(self, conn: _Connection, text: str) -> list[str]:
+    def _handle(self, conn: _Connection, text: str | bytes) -> list[str]:
         try:
-            body = json.loads(text)
-        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser's stack
+            body = parse_json(text)
+        except ValueError:
             return [json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": PARSE_ERROR, "message": "Parse error"}})]
+        if isinstance(body, list) and not 0 < len(body) <= MAX_BATCH:
+            return [json.dumps({"jsonrpc": "2.0", "id": None, "error": {
+                "code": INVALID_REQUEST, "message": f"Invalid request: batch of {len(body)} requests; 1 to {MAX_BATCH}"}})]
         reqs = body if isinstance(body, list) else [body]
         out = []
         for req in reqs:
@@ -225,8 +241,9 @@ class PubSub(ChainListener):
         return out
 
     def _one(self, conn: _Connection, req: Any) -> dict[str, Any]:
-        if not isinstance(req, dict) or not isinstance(req.get("method"), str):
-            return {"jsonrpc": "2.0", "id": None, "error": {"code": INVALID_REQUEST, "message": "Invalid request"}}
+        refused = invalid_request(req)
+        if refused is not None:
+            return refused
         rid, params = req.get("id"), req.get("params") or []
         if not isinstance(params, list):
             params = [params]

@@ -48,7 +48,16 @@ from splitup.market.localnet.rpc_errors import (
     preflight_failure,
 )
 from splitup.market.localnet.store import Block, TxRecord
-from splitup.market.localnet.wire import matches_filters, opts, parse_pubkey
+from splitup.market.localnet.wire import (
+    invalid_request,
+    matches_filters,
+    opts,
+    parse_filters,
+    parse_json,
+    parse_list,
+    parse_pubkey,
+    u64,
+)
 
 MAX_MULTIPLE_ACCOUNTS = 100
 MAX_SIGNATURES_FOR_ADDRESS = 1000
@@ -56,6 +65,9 @@ MAX_SIGNATURE_STATUSES = 256
 MAX_PRIORITIZATION_ADDRESSES = 128
 MAX_GET_BLOCKS_RANGE = 500_000
 MAX_BATCH = 100  # requests in one JSON-RPC batch
+# A validator's limits on an encoded transaction (a packet is 1232 bytes), checked before decoding: base58
+# decoding is quadratic in the length, and a megabyte of it held a worker thread for minutes.
+MAX_BASE58_TX, MAX_BASE64_TX, PACKET_DATA_SIZE = 1683, 1644, 1232
 VERSION = {"solana-core": "2.2.0", "feature-set": 0}
 
 
@@ -78,7 +90,7 @@ class RpcHandler:
             "getSignaturesForAddress": self.get_signatures_for_address,
             "getBlock": self.get_block,
             "getBlocks": self.get_blocks,
-            "getBlockTime": lambda p: self._block(int(p[0])).block_time,
+            "getBlockTime": lambda p: self._block(u64(p[0], "slot")).block_time,
             "getEpochInfo": self.get_epoch_info,
             "getEpochSchedule": self.get_epoch_schedule,
             "getIdentity": lambda p: {"identity": str(self.chain.identity)},
@@ -89,7 +101,7 @@ class RpcHandler:
             "getTransactionCount": lambda p: self.chain.history().transaction_count(),
             "getFirstAvailableBlock": lambda p: self.chain.history().first_block() or 0,
             "minimumLedgerSlot": lambda p: self.chain.history().first_block() or 0,
-            "getMinimumBalanceForRentExemption": lambda p: self.chain.rent(int(p[0])),
+            "getMinimumBalanceForRentExemption": lambda p: self.chain.rent(u64(p[0], "data length")),
             "getHealth": lambda p: "ok",
             "getVersion": lambda p: VERSION,
             "getGenesisHash": lambda p: self.chain.genesis_hash,
@@ -100,8 +112,9 @@ class RpcHandler:
         return {"context": {"slot": self.chain.slot(), "apiVersion": VERSION["solana-core"]}, "value": value}
 
     def handle(self, req: Any) -> dict[str, Any]:
-        if not isinstance(req, dict) or not isinstance(req.get("method"), str):
-            return {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "Invalid request"}}
+        refused = invalid_request(req)
+        if refused is not None:
+            return refused
         rid = req.get("id")
         method, params = req["method"], req.get("params") or []
         if not isinstance(params, list):
@@ -119,11 +132,11 @@ class RpcHandler:
     # ---------------------------------------------------------------- decoding
     @staticmethod
     def _hash(value: object):  # noqa: ANN205 - solders Hash
-        from solders.hash import Hash
+        from solders.hash import Hash, ParseHashError
 
         try:
             return Hash.from_string(str(value))
-        except ValueError as exc:
+        except (ValueError, ParseHashError) as exc:  # ParseHashError is no ValueError
             raise invalid_params(f"Invalid param: {exc}") from exc
 
     @staticmethod
@@ -132,6 +145,10 @@ class RpcHandler:
         enc = opts(params, 1).get("encoding", "base58")
         if enc not in ("base58", "base64"):
             raise invalid_params(f"Invalid param: unsupported encoding: {enc}. Supported encodings: base58, base64")
+        most = MAX_BASE58_TX if enc == "base58" else MAX_BASE64_TX
+        if len(raw) > most:
+            raise invalid_params(f"{enc} encoded solana_transaction::versioned::VersionedTransaction too large: "
+                                 f"{len(raw)} bytes (max: encoded/raw {most}/{PACKET_DATA_SIZE})")
         try:
             data = base64.b64decode(raw, validate=True) if enc == "base64" else b58decode(raw)
             return VersionedTransaction.from_bytes(data)
@@ -161,9 +178,12 @@ class RpcHandler:
             raise invalid_params("sigVerify may not be used with replaceRecentBlockhash")
         wanted = o.get("accounts")
         if wanted is not None:
-            addresses = [parse_pubkey(a) for a in wanted.get("addresses", [])]
-            if len(addresses) > len(tx.message.account_keys):
-                raise invalid_params(f"Too many accounts provided; max {len(tx.message.account_keys)}")
+            if not isinstance(wanted, dict):
+                raise invalid_params("Invalid param: accounts must be an object with 'addresses'")
+            most = len(tx.message.account_keys)
+            if isinstance(wanted.get("addresses"), list) and len(wanted["addresses"]) > most:
+                raise invalid_params(f"Too many accounts provided; max {most}")
+            addresses = [parse_pubkey(a) for a in parse_list(wanted.get("addresses", []), "addresses", most)]
             enc = account_encoding(wanted, "base64")
             if enc == "base58":
                 raise invalid_params("base58 encoding not supported")
@@ -212,7 +232,7 @@ class RpcHandler:
     def get_signatures_for_address(self, params: list[Any]) -> list[dict[str, Any]]:
         address = str(parse_pubkey(params[0]))
         o = opts(params, 1)
-        limit = int(o.get("limit") or MAX_SIGNATURES_FOR_ADDRESS)
+        limit = u64(o.get("limit", MAX_SIGNATURES_FOR_ADDRESS), "limit")
         if not 1 <= limit <= MAX_SIGNATURES_FOR_ADDRESS:
             raise invalid_params(f"Invalid limit; max {MAX_SIGNATURES_FOR_ADDRESS}")
         with self.chain.lock:
@@ -224,10 +244,8 @@ class RpcHandler:
                  "blockTime": r.block_time, "confirmationStatus": "finalized"} for r in rows]
 
     def get_signature_statuses(self, params: list[Any]) -> dict[str, Any]:
-        if len(params[0]) > MAX_SIGNATURE_STATUSES:
-            raise invalid_params(f"Too many inputs provided; max {MAX_SIGNATURE_STATUSES}")
         out: list[object] = []
-        for sig in params[0]:
+        for sig in parse_list(params[0], "signatures", MAX_SIGNATURE_STATUSES):
             st = self.chain.signature_status(str(sig))
             if st is None:
                 out.append(None)
@@ -239,7 +257,7 @@ class RpcHandler:
         return self._ctx(out)
 
     def request_airdrop(self, params: list[Any]) -> str:
-        lamports = int(params[1])
+        lamports = u64(params[1], "lamports")
         if not 0 < lamports <= 1_000 * 10**9:
             raise invalid_params("airdrop amount must be between 1 lamport and 1000 SOL")
         try:
@@ -263,7 +281,7 @@ class RpcHandler:
         raise RpcError(SLOT_SKIPPED, f"Slot {slot} was skipped, or missing in long-term storage")
 
     def get_block(self, params: list[Any]) -> dict[str, Any]:
-        block = self._block(int(params[0]))
+        block = self._block(u64(params[0], "slot"))
         o = opts(params, 1)
         encoding, details = o.get("encoding", "json"), o.get("transactionDetails", "full")
         if details not in ("full", "signatures", "none", "accounts"):
@@ -307,8 +325,8 @@ class RpcHandler:
         return out
 
     def get_blocks(self, params: list[Any]) -> list[int]:
-        start = int(params[0])
-        end = int(params[1]) if len(params) > 1 and not isinstance(params[1], dict) else self.chain.slot()
+        start = u64(params[0], "start slot")
+        end = u64(params[1], "end slot") if len(params) > 1 and not isinstance(params[1], dict) else self.chain.slot()
         if end - start > MAX_GET_BLOCKS_RANGE:
             raise invalid_params(f"Slot range too large; max {MAX_GET_BLOCKS_RANGE}")
         first = self.chain.history().first_block() or 0
@@ -329,9 +347,8 @@ class RpcHandler:
                 "warmup": s.warmup, "firstNormalEpoch": s.first_normal_epoch, "firstNormalSlot": s.first_normal_slot}
 
     def get_recent_prioritization_fees(self, params: list[Any]) -> list[dict[str, int]]:
-        addresses = [str(parse_pubkey(a)) for a in (params[0] if params else [])]
-        if len(addresses) > MAX_PRIORITIZATION_ADDRESSES:
-            raise invalid_params(f"Too many inputs provided; max {MAX_PRIORITIZATION_ADDRESSES}")
+        addresses = [str(parse_pubkey(a)) for a in
+                     (parse_list(params[0], "addresses", MAX_PRIORITIZATION_ADDRESSES) if params else [])]
         current = self.chain.slot()
         first = max(0, current - RECENT_BLOCKHASHES + 1)
         with self.chain.lock:
@@ -368,16 +385,15 @@ class RpcHandler:
         return self._ctx(None if acc is None else encode_account(acc, enc, slice_))
 
     def get_multiple_accounts(self, params: list[Any]) -> dict[str, Any]:
-        if len(params[0]) > MAX_MULTIPLE_ACCOUNTS:
-            raise invalid_params(f"Too many inputs provided; max {MAX_MULTIPLE_ACCOUNTS}")
+        keys = [parse_pubkey(k) for k in parse_list(params[0], "pubkeys", MAX_MULTIPLE_ACCOUNTS)]
         o = opts(params, 1)
         enc, slice_ = account_encoding(o, "base64"), data_slice(o)
-        accs = [self.chain.account(parse_pubkey(k)) for k in params[0]]
+        accs = [self.chain.account(k) for k in keys]
         return self._ctx([None if a is None else encode_account(a, enc, slice_) for a in accs])
 
     def get_program_accounts(self, params: list[Any]) -> Any:
         o = opts(params, 1)
-        enc, slice_, filters = account_encoding(o, "base64"), data_slice(o), o.get("filters") or []
+        enc, slice_, filters = account_encoding(o, "base64"), data_slice(o), parse_filters(o.get("filters"))
         out = [{"pubkey": str(k), "account": encode_account(a, enc, slice_)}
                for k, a in self.chain.program_accounts(parse_pubkey(params[0])) if matches_filters(a, filters)]
         return self._ctx(out) if o.get("withContext") else out
@@ -395,14 +411,14 @@ def create_app(chain: LocalChain) -> FastAPI:
     @app.post("/")
     async def rpc_raw(request: Request) -> JSONResponse:
         try:
-            body = await request.json()
-        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser's stack
+            body = parse_json(await request.body())
+        except ValueError:
             return JSONResponse({"jsonrpc": "2.0", "id": None, "error": {"code": PARSE_ERROR, "message": "Parse error"}})
         # the chain is synchronous and locked: run it off the event loop
         if isinstance(body, list):
-            if len(body) > MAX_BATCH:
+            if not 0 < len(body) <= MAX_BATCH:
                 return JSONResponse({"jsonrpc": "2.0", "id": None, "error": {
-                    "code": -32600, "message": f"Invalid request: batch of {len(body)} requests; max {MAX_BATCH}"}})
+                    "code": -32600, "message": f"Invalid request: batch of {len(body)} requests; 1 to {MAX_BATCH}"}})
             result: Any = [await anyio.to_thread.run_sync(handler.handle, r) for r in body]
         else:
             result = await anyio.to_thread.run_sync(handler.handle, body)
