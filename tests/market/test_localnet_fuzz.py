@@ -560,3 +560,29 @@ def test_an_account_notification_in_base58_of_a_large_account_breaks_no_transact
                 break
         data, enc = note["params"]["result"]["value"]["data"]
         assert enc == "base58" and len(b58decode(data)) == 200
+
+
+def test_a_failing_listener_does_not_fail_the_transaction_it_hears_of(tmp_path, caplog):
+    """The ledger has changed by the time listeners hear of it: a listener's failure is logged, and the sender
+    is told its transaction landed (told otherwise, it would send a landed transfer again)."""
+    from solders.keypair import Keypair
+
+    from splitup.market.localnet.chain import ChainListener
+
+    class Broken(ChainListener):
+        def on_transaction(self, record, accounts):  # noqa: ANN001 - the protocol's
+            raise RuntimeError("a subscriber's bug")
+
+        def on_slot(self, slot, parent):  # noqa: ANN001
+            raise RuntimeError("a subscriber's bug")
+
+    chain = LocalChain(tmp_path / "ledger")
+    try:
+        chain.add_listener(Broken())
+        to = Keypair().pubkey()
+        chain.airdrop(to, 10**9)  # raises if the transfer is reported failed
+        chain.tick()
+        assert chain.svm.get_balance(to) == 10**9
+        assert sum("a chain listener failed" in r.getMessage() for r in caplog.records) == 2
+    finally:
+        chain.close()

@@ -11,10 +11,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +42,7 @@ from splitup.market.transport import (
     program_bytes,
 )
 
+log = logging.getLogger("splitup.ledger")
 UPGRADEABLE_LOADER = Pubkey.from_string("BPFLoaderUpgradeab1e11111111111111111111111")
 PROGRAMDATA_HEADER = 45  # UpgradeableLoaderState::ProgramData: tag, slot, Option<authority>
 RECENT_BLOCKHASHES = 150  # as on Solana: a transaction must use one of the last 150 blockhashes
@@ -198,8 +201,7 @@ class LocalChain:
             self.block_time = int(time.time())
             self.store.save_slot(self._clock(), Block(slot, str(blockhash), parent, str(previous_blockhash),
                                                       self.block_time), self.history_slots)
-            for listener in self.listeners:
-                listener.on_slot(slot, parent)
+            self._tell(lambda listener: listener.on_slot(slot, parent))
             return slot
 
     def latest_blockhash(self) -> tuple[Hash, int]:
@@ -314,9 +316,17 @@ class LocalChain:
                     "programId": out.return_data[0], "data": [base64.b64encode(out.return_data[1]).decode(), "base64"]},
             }, compute_budget(tx.message)[1])
             touched = self._persist(keys, sig, err, record)
-            for listener in self.listeners:
-                listener.on_transaction(record, touched)
+            self._tell(lambda listener: listener.on_transaction(record, touched))
             return out
+
+    def _tell(self, event: Callable[[ChainListener], None]) -> None:
+        """Tell every listener; one that fails is logged and is not the transaction's or the slot's failure:
+        the ledger has changed already, and a sender told its landed transfer failed would send it again."""
+        for listener in self.listeners:
+            try:
+                event(listener)
+            except Exception:
+                log.exception("a chain listener failed on an event (the event itself stands)")
 
     def airdrop(self, key: Pubkey, lamports: int) -> str:
         """A transfer from the network's faucet, executed and recorded like any transaction."""
