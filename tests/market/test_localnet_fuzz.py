@@ -586,3 +586,16 @@ def test_a_failing_listener_does_not_fail_the_transaction_it_hears_of(tmp_path, 
         assert sum("a chain listener failed" in r.getMessage() for r in caplog.records) == 2
     finally:
         chain.close()
+
+
+@pytest.mark.parametrize("sig", ["abc", "1" * 88, "z" * 100_000, 5, None, ["x"]])
+def test_a_malformed_signature_is_invalid_params(ledger: Ledger, sig: object) -> None:
+    # were looked up as they came (a status of null for "abc", as if it might land yet)
+    for method, params in (("getSignatureStatuses", [[sig]]), ("getTransaction", [sig]),
+                           ("getSignaturesForAddress", [str(ledger.payer.pubkey()), {"before": sig}])):
+        if sig is None and method != "getSignatureStatuses":
+            continue  # null is an absent option there
+        resp = ledger.call(method, *params)
+        assert resp["error"]["code"] == -32602, (method, resp)
+    assert ledger.call("getSignatureStatuses", [ledger.signature])["result"]["value"][0]["err"] is None
+    assert ledger.call("getTransaction", ledger.signature)["result"]["slot"] == ledger.slot

@@ -56,6 +56,7 @@ from splitup.market.localnet.wire import (
     parse_json,
     parse_list,
     parse_pubkey,
+    parse_signature,
     u64,
 )
 
@@ -218,7 +219,7 @@ class RpcHandler:
         o = opts(params, 1)
         encoding = params[1] if len(params) > 1 and isinstance(params[1], str) else o.get("encoding", "json")
         with self.chain.lock:
-            rec = self.chain.history().transaction(str(params[0]))
+            rec = self.chain.history().transaction(parse_signature(params[0]))
         if rec is None or not rec.tx:
             return None
         tx = VersionedTransaction.from_bytes(rec.tx)
@@ -237,8 +238,8 @@ class RpcHandler:
             raise invalid_params(f"Invalid limit; max {MAX_SIGNATURES_FOR_ADDRESS}")
         with self.chain.lock:
             store = self.chain.history()
-            before = store.transaction(str(o["before"])) if o.get("before") else None
-            until = store.transaction(str(o["until"])) if o.get("until") else None
+            before = store.transaction(parse_signature(o["before"])) if o.get("before") else None
+            until = store.transaction(parse_signature(o["until"])) if o.get("until") else None
             rows = store.signatures_for(address, limit, before.seq if before else None, until.seq if until else None)
         return [{"signature": r.signature, "slot": r.slot, "err": r.meta.get("err"), "memo": None,
                  "blockTime": r.block_time, "confirmationStatus": "finalized"} for r in rows]
@@ -246,7 +247,7 @@ class RpcHandler:
     def get_signature_statuses(self, params: list[Any]) -> dict[str, Any]:
         out: list[object] = []
         for sig in parse_list(params[0], "signatures", MAX_SIGNATURE_STATUSES):
-            st = self.chain.signature_status(str(sig))
+            st = self.chain.signature_status(parse_signature(sig))
             if st is None:
                 out.append(None)
                 continue

@@ -9,6 +9,7 @@ import math
 from typing import Any
 
 from solders.pubkey import Pubkey
+from solders.signature import Signature
 
 from splitup.market.localnet.b58 import b58decode
 from splitup.market.localnet.rpc_errors import invalid_params
@@ -18,6 +19,7 @@ MAX_FILTERS = 4  # as a validator: at most four filters per getProgramAccounts /
 # A validator's limits on a memcmp filter's bytes: 128 decoded, and what encodes 128 bytes
 MAX_MEMCMP_BYTES, MAX_MEMCMP_BASE58, MAX_MEMCMP_BASE64 = 128, 175, 172
 U64_MAX = 2**64 - 1
+MAX_SIGNATURE_BASE58 = 88  # 64 bytes
 
 Filter = tuple[str, int, bytes]  # ("dataSize", size, b"") or ("memcmp", offset, bytes)
 
@@ -81,6 +83,17 @@ def opts(params: list[Any], index: int) -> dict[str, Any]:
 def parse_pubkey(value: object) -> Pubkey:
     try:
         return Pubkey.from_string(str(value))
+    except ValueError as exc:
+        raise invalid_params(f"Invalid param: {exc}") from exc
+
+
+def parse_signature(value: object) -> str:
+    """A transaction signature param, in its base58 form; refused as a validator refuses it (the length is
+    checked before decoding: base58 decoding is quadratic in it)."""
+    if not isinstance(value, str) or len(value) > MAX_SIGNATURE_BASE58:
+        raise invalid_params(f"Invalid param: not a base58 signature: {_shown(value)}")
+    try:
+        return str(Signature.from_string(value))
     except ValueError as exc:
         raise invalid_params(f"Invalid param: {exc}") from exc
 
