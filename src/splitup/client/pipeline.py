@@ -33,8 +33,10 @@ from splitup.partition.task import Plan, TaskDefinition
 
 log = logging.getLogger("splitup.client")
 
-# Failures that mean "this node, not this request": the task moves to a stand-in.
-REROUTABLE = ("unreachable", "timeout", "not_here", "internal")
+# Failures that mean "this node, not this request": the task moves to a stand-in. ``malformed``: a reply no
+# honest node sends (an error report with odd fields); nodes are strangers, so it is the node's failure,
+# never the request's.
+REROUTABLE = ("unreachable", "timeout", "not_here", "internal", "malformed")
 MAX_REPLY_BYTES = 1 << 30
 TRANSPORTS = ("frames", "http")
 
@@ -229,7 +231,7 @@ class PipelineClient:
             raise NodeFailure(f"hop 0 at {url} sent malformed hop records", hop=0, kind="unreachable")
         self.last_hops = records
         if r.status_code != 200:
-            raise _failure(r)
+            raise _failure(r, len(env.route))
         if PARKED_HEADER in r.headers:
             return {}, r.headers[PARKED_HEADER]
         return decode(r.content)[0], None
@@ -289,8 +291,7 @@ class PipelineClient:
                 raise NodeFailure(f"hop 0 at {url} unreachable: {exc!r}", hop=0, kind="unreachable") from None
         self.last_hops = reply.hops
         if reply.kind == "error":
-            e = reply.error or {}
-            raise NodeFailure(str(e.get("error")), hop=e.get("hop"), kind=str(e.get("kind")), status=e.get("status"))
+            raise _reported(reply.error, len(env.route), None)
         return reply.tensors, reply.parked
 
     def _await_direct(self, conn: FrameSocket, listen: tuple[tuple[str, int], str, FrameSocket], rid: str,
@@ -335,11 +336,13 @@ class PipelineClient:
         for url in hops[0].urls[:first_attempt]:
             self._retire(0, url)
         for record in self.last_hops:
-            if not isinstance(record, dict):
+            # a record is a stranger's JSON: only a whole number of failovers at a hop of this route counts
+            if not isinstance(record, dict) or type(record.get("hop")) is not int \
+                    or type(record.get("failover")) is not int:
                 continue
-            k = int(record.get("hop", -1)) + 1
-            if record.get("failover") and 0 < k < len(hops):
-                for url in hops[k].urls[: int(record["failover"])]:
+            k = record["hop"] + 1
+            if record["failover"] > 0 and 0 < k < len(hops):
+                for url in hops[k].urls[: record["failover"]]:
                     self._retire(k, url)
 
     def _retire(self, task_index: int, url: str) -> None:
@@ -413,8 +416,8 @@ class PipelineClient:
                 try:
                     r = self._http.post(url.rstrip("/") + "/sessions", json={"task_id": task.task_id},
                                         timeout=self.hop_timeout)
-                    if r.status_code == 201:
-                        return url, str(r.json()["session"])
+                    if r.status_code == 201 and (session := _session_of(r)) is not None:
+                        return url, session
                     if r.status_code == 429:
                         busy += 1
                         wait = min(wait, _retry_after(r))
@@ -581,12 +584,39 @@ def _retry_after(r: httpx.Response) -> float:
         return 1.0
 
 
-def _failure(r: httpx.Response) -> NodeFailure:
+def _failure(r: httpx.Response, hops: int) -> NodeFailure:
     try:
         body = r.json()
-        return NodeFailure(str(body.get("error")), hop=body.get("hop"), kind=str(body.get("kind")), status=r.status_code)
-    except (ValueError, AttributeError):
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
         return NodeFailure(f"HTTP {r.status_code}: {r.text[:200]}", hop=None, kind="http", status=r.status_code)
+    return _reported(body, hops, r.status_code)
+
+
+def _reported(error: Any, hops: int, status: int | None) -> NodeFailure:
+    """A node's error report (an error frame's, an HTTP error's body) as the failure it names. The re-routing
+    acts on its hop and kind, so a report whose hop is not one of the route's ``hops``, or whose kind or
+    status is not what nodes send, is the failure of the node that sent it: hop 0, ``malformed``."""
+    if not isinstance(error, dict):
+        return NodeFailure(f"hop 0 sent an error without a report: {str(error)[:200]}", hop=0, kind="malformed")
+    hop, kind = error.get("hop"), error.get("kind", "http")
+    if status is None:
+        status = error.get("status")
+    if (hop is not None and not (type(hop) is int and 0 <= hop < hops)) or type(kind) is not str \
+            or not (status is None or type(status) is int and 100 <= status < 600):
+        return NodeFailure(f"hop 0 sent a malformed error report: {str(error)[:200]}", hop=0, kind="malformed")
+    return NodeFailure(str(error.get("error"))[:1000], hop=hop, kind=kind[:64], status=status)
+
+
+def _session_of(r: httpx.Response) -> str | None:
+    """The session id of a node's 201 answer to ``POST /sessions``; None if the answer holds none."""
+    try:
+        body = r.json()
+    except ValueError:
+        return None
+    session = body.get("session") if isinstance(body, dict) else None
+    return session if type(session) is str and 0 < len(session) <= 256 else None
 
 
 class _progress:

@@ -1,0 +1,348 @@
+"""A node run by a stranger answers with whatever it likes: the client turns every such answer into its typed
+error (``NodeFailure`` naming the hop, or ``PipelineError``) and moves the task to an honest stand-in, never a
+raw exception, a hang beyond the hop timeout, or a result that does not fit the plan handed to the caller.
+
+The hostile node is real: a frame port and an HTTP service in threads of this process. Where it needs honest
+answers to spoil, it relays the request to an honest node of the cluster and changes what comes back."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from splitup.client.pipeline import PipelineClient
+from splitup.node.app import HOPS_HEADER, PARKED_HEADER
+from splitup.node.frames import Frame, FrameError, FrameSocket, pack
+
+from .procs import free_port
+
+FEEDS = {"input_ids": np.arange(5, dtype=np.int64).reshape(1, 5)}
+PROMPT, TOKENS = [7, 3, 9, 2], 3
+RELAYED = ("content-type", HOPS_HEADER, PARKED_HEADER, "x-splitup-handoff")
+
+Reply = tuple[int, dict[str, str], bytes]
+
+
+class Hostile:
+    """A stranger's node: a frame port and HTTP, each answer chosen by the test. ``upstream``: an honest
+    node it relays requests to (``relay``, ``relay_http``), to spoil what comes back."""
+
+    def __init__(self, upstream: str | None = None) -> None:
+        self.upstream = upstream
+        self.hits: list[str] = []
+        self.listeners: dict[str, FrameSocket] = {}
+        # what it does with an exec frame (default: relay it and answer as an honest last node would)
+        self.on_frame: Callable[[Hostile, FrameSocket, Frame], None] = lambda node, link, f: node.answer(
+            link, f, node.relay(f))
+        self.on_health: Callable[[Hostile], Reply] = lambda node: _json(200, {"status": "ok", "frames": node.port})
+        self.on_execute: Callable[[Hostile, bytes], Reply] = lambda node, body: node.relay_http("POST", "/execute",
+                                                                                               body)
+        self.on_sessions: Callable[[Hostile, bytes], Reply] = lambda node, body: node.relay_http("POST", "/sessions",
+                                                                                                body)
+        self.on_results: Callable[[Hostile, str], Reply] = lambda node, path: node.relay_http("GET", path)
+        self._links: list[FrameSocket] = []
+        self._frames = socket.create_server(("127.0.0.1", 0))
+        self.port = self._frames.getsockname()[1]
+        self._http = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._http.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._http.server_address[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+        threading.Thread(target=self._http.serve_forever, args=(0.05,), daemon=True).start()
+
+    def close(self) -> None:
+        self._http.shutdown()
+        self._http.server_close()
+        try:
+            self._frames.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread (close alone does not)
+        except OSError:
+            pass
+        self._frames.close()
+        for link in list(self._links):
+            link.close()
+
+    # --- honest behaviour, to spoil --------------------------------------------------------------------
+    def relay(self, frame: Frame) -> Frame:
+        """The honest upstream node's answer to ``frame`` (a last hop without our listener: along the chain)."""
+        assert self.upstream is not None
+        port = httpx.get(self.upstream + "/health", timeout=10).json()["frames"]
+        conn = FrameSocket("127.0.0.1", port, 10)
+        try:
+            return conn.request(frame, 30, 1 << 30)
+        finally:
+            conn.close()
+
+    def answer(self, link: FrameSocket, frame: Frame, answer: Frame) -> None:
+        """Send ``answer`` as an honest last node would: to the client listening here if the step names one."""
+        listener = self.listeners.get((frame.reply or {}).get("to", ""))
+        (listener or link).send(answer, 10)
+
+    def relay_http(self, method: str, path: str, body: bytes = b"") -> Reply:
+        assert self.upstream is not None
+        r = httpx.request(method, self.upstream + path, content=body, timeout=30,
+                          headers={"content-type": "application/octet-stream" if path == "/execute"
+                                   else "application/json"})
+        return r.status_code, {k: v for k, v in r.headers.items() if k.lower() in RELAYED}, r.content
+
+    # --- the frame port --------------------------------------------------------------------------------
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self._frames.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(FrameSocket.over(sock),), daemon=True).start()
+
+    def _serve(self, link: FrameSocket) -> None:
+        self._links.append(link)
+        try:
+            while (frame := link.read(1 << 30)) is not None:
+                if frame.kind == "listen":
+                    self.listeners[(frame.reply or {})["to"]] = link
+                    link.send(Frame("ok"), 10)
+                    continue
+                self.hits.append("frame")
+                self.on_frame(self, link, frame)
+        except (OSError, FrameError):
+            pass
+        finally:
+            link.close()
+
+
+def _json(status: int, value: Any) -> Reply:
+    return status, {"content-type": "application/json"}, json.dumps(value).encode()
+
+
+def _handler(node: Hostile) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _reply(self, reply: Reply) -> None:
+            status, headers, body = reply
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            node.hits.append(self.path)
+            self._reply(node.on_health(node) if self.path == "/health" else node.on_results(node, self.path))
+
+        def do_POST(self) -> None:
+            node.hits.append(self.path)
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            self._reply(node.on_sessions(node, body) if self.path == "/sessions" else node.on_execute(node, body))
+
+        def do_DELETE(self) -> None:
+            self._reply(node.relay_http("DELETE", self.path) if node.upstream else _json(200, {}))
+
+    return Handler
+
+
+@pytest.fixture
+def hostile() -> Iterator[Callable[..., Hostile]]:
+    made: list[Hostile] = []
+
+    def make(upstream: str | None = None) -> Hostile:
+        made.append(Hostile(upstream))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for node in made:
+            node.close()
+
+
+@pytest.fixture(scope="module")
+def honest(plan, cluster) -> dict[str, np.ndarray]:
+    with PipelineClient(plan, cluster.route) as client:
+        return {k: np.array(v) for k, v in client.run(FEEDS).items()}
+
+
+@pytest.fixture(scope="module")
+def honest_tokens(plan, cluster) -> list[int]:
+    with PipelineClient(plan, cluster.route) as client:
+        return client.generate(PROMPT, TOKENS)
+
+
+def _same(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> bool:
+    return set(got) == set(want) and all(np.allclose(got[k], want[k], rtol=1e-5, atol=1e-6) for k in want)
+
+
+# --- error reports with odd fields -------------------------------------------------------------------------
+ODD_REPORTS = {
+    "hop-as-text": {"error": "x", "kind": "internal", "hop": "0", "status": 500},
+    "hop-past-the-route": {"error": "x", "kind": "internal", "hop": 7, "status": 500},
+    "negative-hop": {"error": "x", "kind": "internal", "hop": -1, "status": 500},
+    "hop-as-bool": {"error": "x", "kind": "internal", "hop": True, "status": 500},
+    "kind-not-text": {"error": "x", "kind": ["internal"], "hop": 0, "status": 500},
+    "status-as-text": {"error": "x", "kind": "unreachable", "hop": 0, "status": "502"},
+}
+
+
+@pytest.mark.parametrize("transport", ["frames", "http"])
+@pytest.mark.parametrize("report", list(ODD_REPORTS))
+def test_an_error_report_with_odd_fields_moves_the_task_to_a_stand_in(plan, cluster, honest, hostile, transport,
+                                                                     report):
+    node = hostile()
+    error = ODD_REPORTS[report]
+    node.on_frame = lambda _n, link, _f: link.send(Frame("error", error=error), 10)
+    node.on_execute = lambda _n, _body: _json(int(error["status"]), error)
+    route = [[node.url, cluster.a.url], cluster.b.url, cluster.c.url]
+    with PipelineClient(plan, route, transport=transport) as client:
+        assert _same(client.run(FEEDS), honest)
+        assert client.candidates[0][0] == cluster.a.url  # the node that lied is the one passed over
+    assert node.hits
+
+
+def test_an_error_frame_without_a_report_is_the_node_failing(plan, cluster, honest, hostile):
+    node = hostile()
+    node.on_frame = lambda _n, link, _f: link.send(Frame("error"), 10)
+    with PipelineClient(plan, [[node.url, cluster.a.url], cluster.b.url, cluster.c.url]) as client:
+        assert _same(client.run(FEEDS), honest)
+
+
+# --- hop records that are not records ----------------------------------------------------------------------
+ODD_RECORDS = {
+    "hop-as-text": [{"hop": "x", "failover": 1}],
+    "failover-as-text": [{"hop": 0, "failover": "2"}],
+    "failover-as-list": [{"hop": None, "failover": [1]}],
+    "not-dicts": [7, "x", None, [1, [2]], {"receipt": 5, "index": "0"}],
+    "huge-failover": [{"hop": 0, "failover": 10**30}, {"hop": 10**30, "failover": 1}],
+}
+
+
+@pytest.mark.parametrize("transport", ["frames", "http"])
+@pytest.mark.parametrize("records", list(ODD_RECORDS))
+def test_hop_records_that_are_not_records_are_ignored(plan, cluster, honest, hostile, transport, records):
+    node = hostile(cluster.a.url)
+    odd = ODD_RECORDS[records]
+    node.on_frame = lambda n, link, f: link.send(replace(n.relay(f), hops=odd), 10)
+
+    def execute(n: Hostile, body: bytes) -> Reply:
+        status, headers, content = n.relay_http("POST", "/execute", body)
+        return status, {**headers, HOPS_HEADER: json.dumps(odd)}, content
+
+    node.on_execute = execute
+    with PipelineClient(plan, [node.url, cluster.b.url, cluster.c.url], transport=transport) as client:
+        assert _same(client.run(FEEDS), honest)
+        assert client.last_hops == odd
+
+
+@pytest.mark.parametrize("header", ["{", "5", '{"hop": 0}'])
+def test_a_hop_records_header_that_is_not_a_list_moves_the_task(plan, cluster, honest, hostile, header):
+    node = hostile(cluster.a.url)
+    node.on_execute = lambda n, body: (*n.relay_http("POST", "/execute", body)[:1], {HOPS_HEADER: header}, b"")
+    with PipelineClient(plan, [[node.url, cluster.a.url], cluster.b.url, cluster.c.url], transport="http") as client:
+        assert _same(client.run(FEEDS), honest)
+
+
+def _generate(gen, prompt: list[int], n: int) -> list[int]:
+    out, ids = [], np.asarray(prompt)
+    for _ in range(n):
+        token = int(np.argmax(gen.step(ids)[0, -1]))
+        out.append(token)
+        ids = np.asarray([token])
+    return out
+
+
+# --- answers to another request, answers that never come, connections cut mid-frame --------------------------
+
+
+@pytest.mark.parametrize("transport", ["frames", "http"])
+def test_a_node_that_never_answers_times_out_and_its_task_moves(plan, cluster, honest, hostile, transport):
+    node = hostile()
+    release = threading.Event()
+    node.on_frame = lambda _n, _link, _f: release.wait(30)
+
+    def silent(_n: Hostile, _body: bytes) -> Reply:
+        release.wait(30)
+        return _json(500, {})
+
+    node.on_execute = silent
+    t0 = time.monotonic()
+    try:
+        with PipelineClient(plan, [[node.url, cluster.a.url], cluster.b.url, cluster.c.url], hop_timeout=0.5,
+                            transport=transport) as client:
+            assert _same(client.run(FEEDS), honest)
+        assert time.monotonic() - t0 < 8  # the route's 4 x 0.5 s, and the honest run
+    finally:
+        release.set()
+
+
+def _half(frame: Frame) -> bytes:
+    raw = b"".join(bytes(memoryview(b)) for b in pack(frame))
+    return raw[: len(raw) // 2]
+
+
+@pytest.mark.parametrize("cut", ["inside-the-prefix", "inside-the-frame"])
+def test_a_connection_closed_mid_frame_moves_the_task(plan, cluster, honest, hostile, cut):
+    node = hostile(cluster.a.url)
+
+    def cut_short(n: Hostile, link: FrameSocket, f: Frame) -> None:
+        raw = b"SUF2\x00" if cut == "inside-the-prefix" else _half(n.relay(f))
+        link.sock.sendall(raw)
+        link.close()
+
+    node.on_frame = cut_short
+    with PipelineClient(plan, [[node.url, cluster.a.url], cluster.b.url, cluster.c.url]) as client:
+        assert _same(client.run(FEEDS), honest)
+        assert client.candidates[0][0] == cluster.a.url
+
+
+# --- /health, sessions and parked results ------------------------------------------------------------------
+def _closed_port() -> int:
+    return free_port()  # bound and released: nothing listens there
+
+
+HEALTHS: dict[str, Callable[[Hostile], Reply]] = {
+    "not-json": lambda _n: (200, {}, b"<html>ok</html>"),
+    "a-list": lambda _n: _json(200, [1, 2]),
+    "an-error": lambda _n: _json(500, {"frames": 1}),
+    "port-as-text": lambda n: _json(200, {"frames": str(n.port)}),
+    "port-out-of-range": lambda _n: _json(200, {"frames": 70000}),
+    "port-where-nothing-listens": lambda _n: _json(200, {"frames": _closed_port()}),
+    "port-that-speaks-http": lambda n: _json(200, {"frames": int(n.url.rsplit(":", 1)[1])}),
+}
+
+
+@pytest.mark.parametrize("health", list(HEALTHS))
+def test_a_garbled_health_report_is_survived(plan, cluster, honest, hostile, health):
+    node = hostile(cluster.a.url)  # whatever its health says, its hops are honest (HTTP relays them)
+    node.on_health = HEALTHS[health]
+    # an HTTP server sent a frame waits for the rest of its request line: the route's timeout (4 x 1 s) ends it
+    with PipelineClient(plan, [[node.url, cluster.a.url], cluster.b.url, cluster.c.url], hop_timeout=1) as client:
+        assert _same(client.run(FEEDS), honest)
+
+
+SESSIONS = {
+    "not-json": (201, {}, b"session!"),
+    "a-list": _json(201, ["s"]),
+    "no-session": _json(201, {"task_id": "t"}),
+    "session-not-text": _json(201, {"session": {"id": 1}}),
+}
+
+
+@pytest.mark.parametrize("answer", list(SESSIONS))
+def test_a_garbled_session_answer_passes_the_node_over(plan, cluster, honest_tokens, hostile, answer):
+    node = hostile(cluster.spare.url)
+    node.on_sessions = lambda _n, _body: SESSIONS[answer]
+    with PipelineClient(plan, [cluster.a.url, cluster.b.url, [node.url, cluster.spare.url]]) as client, \
+            client.session() as gen:
+        assert gen.places[2][0] == cluster.spare.url
+        assert _generate(gen, PROMPT, TOKENS) == honest_tokens
