@@ -19,10 +19,13 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from splitup.client.pipeline import PipelineClient
+from splitup.client.pipeline import REROUTABLE, NodeFailure, PipelineClient, PipelineError
 from splitup.node.app import HOPS_HEADER, PARKED_HEADER
 from splitup.node.frames import Frame, FrameError, FrameSocket, pack
+from splitup.node.wire import decode, encode
 
 from .procs import free_port
 
@@ -184,6 +187,14 @@ def _same(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> bool:
     return set(got) == set(want) and all(np.allclose(got[k], want[k], rtol=1e-5, atol=1e-6) for k in want)
 
 
+def _spoiled(frame: Frame, change: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]) -> Frame:
+    return replace(frame, tensors=change({k: np.array(v) for k, v in frame.tensors.items()}))
+
+
+def _spoiled_body(body: bytes, change: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]) -> bytes:
+    return encode(change(decode(body)[0]))
+
+
 # --- error reports with odd fields -------------------------------------------------------------------------
 ODD_REPORTS = {
     "hop-as-text": {"error": "x", "kind": "internal", "hop": "0", "status": 500},
@@ -252,6 +263,66 @@ def test_a_hop_records_header_that_is_not_a_list_moves_the_task(plan, cluster, h
         assert _same(client.run(FEEDS), honest)
 
 
+# --- results that do not fit the declared outputs ----------------------------------------------------------
+def _nan(t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    t["logits"][..., 3] = np.nan
+    return t
+
+
+SPOILS: dict[str, Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]] = {
+    "renamed": lambda t: {("scores" if k == "logits" else k): v for k, v in t.items()},
+    "missing": lambda t: {k: v for k, v in t.items() if k != "logits"},
+    "extra": lambda t: {**t, "extra": np.zeros(3, np.float32)},
+    "float64": lambda t: {**t, "logits": t["logits"].astype(np.float64)},
+    "int32": lambda t: {**t, "logits": t["logits"].astype(np.int32)},
+    "other-vocabulary": lambda t: {**t, "logits": np.ascontiguousarray(t["logits"][..., :-1])},
+    "extra-axis": lambda t: {**t, "logits": t["logits"][None]},
+    "too-long": lambda t: {**t, "logits": np.concatenate([t["logits"]] * 400, axis=1)},
+    "nan": _nan,
+}
+
+
+@pytest.mark.parametrize("transport", ["frames", "http"])
+@pytest.mark.parametrize("spoil", list(SPOILS))
+def test_a_result_that_does_not_fit_the_outputs_is_refused_and_the_task_moves(plan, cluster, honest, hostile,
+                                                                               transport, spoil):
+    node = hostile(cluster.spare.url)  # the last hop, relaying to the honest spare and spoiling its answer
+    change = SPOILS[spoil]
+    node.on_frame = lambda n, link, f: link.send(_spoiled(n.relay(f), change), 10)
+
+    def execute(n: Hostile, body: bytes) -> Reply:
+        status, headers, content = n.relay_http("POST", "/execute", body)
+        return status, headers, _spoiled_body(content, change)
+
+    node.on_execute = execute
+    route = [cluster.a.url, cluster.b.url, [node.url, cluster.spare.url]]
+    with PipelineClient(plan, route, transport=transport) as client:
+        assert _same(client.run(FEEDS), honest)
+        assert client.candidates[2][0] == cluster.spare.url
+    assert node.hits
+
+
+def test_an_http_result_that_is_not_a_message_is_refused(plan, cluster, honest, hostile):
+    node = hostile(cluster.spare.url)
+    node.on_execute = lambda n, body: (200, n.relay_http("POST", "/execute", body)[1], b"\x08" + bytes(20))
+    route = [cluster.a.url, cluster.b.url, [node.url, cluster.spare.url]]
+    with PipelineClient(plan, route, transport="http") as client:
+        assert _same(client.run(FEEDS), honest)
+
+
+@pytest.mark.parametrize("spoil", ["nan", "other-vocabulary", "missing", "float64"])
+def test_a_direct_answer_that_does_not_fit_moves_the_generation(plan, cluster, honest_tokens, hostile, spoil):
+    node = hostile(cluster.spare.url)  # the last node: the client listens to it for each step's logits
+    change = SPOILS[spoil]
+    node.on_frame = lambda n, link, f: n.answer(link, f, _spoiled(n.relay(f), change))
+    with PipelineClient(plan, [cluster.a.url, cluster.b.url, [node.url, cluster.spare.url]]) as client, \
+            client.session() as gen:
+        assert gen.places[2][0] == node.url
+        assert [int(t) for t in _generate(gen, PROMPT, TOKENS)] == honest_tokens
+        assert gen.places[2][0] == cluster.spare.url and gen.recoveries == 1
+    assert node.listeners  # the spoiled logits came straight from it
+
+
 def _generate(gen, prompt: list[int], n: int) -> list[int]:
     out, ids = [], np.asarray(prompt)
     for _ in range(n):
@@ -262,6 +333,23 @@ def _generate(gen, prompt: list[int], n: int) -> list[int]:
 
 
 # --- answers to another request, answers that never come, connections cut mid-frame --------------------------
+def test_a_direct_answer_to_another_step_is_dropped_and_the_step_goes_along_the_chain(plan, cluster, honest_tokens,
+                                                                                      hostile):
+    node = hostile(cluster.spare.url)
+
+    def misaddressed(n: Hostile, link: FrameSocket, f: Frame) -> None:
+        answer = n.relay(f)
+        if answer.reply:  # a direct step: answered as if it were another
+            answer.reply = {"id": "not-" + answer.reply["id"]}
+        n.answer(link, f, answer)
+
+    node.on_frame = misaddressed
+    t0 = time.monotonic()
+    with PipelineClient(plan, [cluster.a.url, cluster.b.url, node.url], hop_timeout=0.5) as client, \
+            client.session() as gen:
+        assert _generate(gen, PROMPT, 2) == honest_tokens[:2]
+    # each step waits out the route's timeout (4 x 0.5 s) for its direct answer, then goes along the chain
+    assert time.monotonic() - t0 < 15
 
 
 @pytest.mark.parametrize("transport", ["frames", "http"])
@@ -346,3 +434,82 @@ def test_a_garbled_session_answer_passes_the_node_over(plan, cluster, honest_tok
             client.session() as gen:
         assert gen.places[2][0] == cluster.spare.url
         assert _generate(gen, PROMPT, TOKENS) == honest_tokens
+
+
+@pytest.mark.parametrize("transport", ["frames", "http"])
+@pytest.mark.parametrize("where", ["another-node", "not-a-url", "unclosed-bracket", "another-scheme"])
+def test_a_result_parked_elsewhere_is_not_fetched(plan, cluster, honest, hostile, transport, where):
+    decoy = hostile()
+    decoy.on_results = lambda _n, _path: (200, {}, encode({k: np.zeros_like(v) for k, v in honest.items()}))
+    node = hostile(cluster.spare.url)
+    parked = {"another-node": f"{decoy.url}/results/r1", "not-a-url": "results/r1",
+              "unclosed-bracket": "http://[::1/results/r1", "another-scheme": node.url.replace("http", "ftp")}[where]
+    node.on_frame = lambda n, link, f: link.send(replace(n.relay(f), tensors={}, parked=parked), 10)
+
+    def execute(n: Hostile, body: bytes) -> Reply:
+        status, headers, _ = n.relay_http("POST", "/execute", body)
+        return status, {**headers, PARKED_HEADER: parked}, b""
+
+    node.on_execute = execute
+    route = [cluster.a.url, cluster.b.url, [node.url, cluster.spare.url]]
+    with PipelineClient(plan, route, transport=transport) as client:
+        assert _same(client.run(FEEDS), honest)
+        assert client.candidates[2][0] == cluster.spare.url
+    assert decoy.hits == []
+
+
+# --- any spoiled reply frame -------------------------------------------------------------------------------
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(["hop", "kind", "status", "error",
+                                                                                "failover", "index", "receipt"]),
+                                                                inner, max_size=5),
+    max_leaves=12,
+)
+error_reports = st.fixed_dictionaries({}, optional={"hop": json_values | st.integers(-3, 5),
+                                                    "kind": json_values | st.sampled_from(REROUTABLE),
+                                                    "status": json_values | st.sampled_from([404, 429, 500]),
+                                                    "error": json_values})
+spoils = st.one_of(
+    st.builds(lambda e: ("error", e), st.none() | error_reports),
+    st.builds(lambda h: ("hops", h), st.lists(json_values, max_size=4)),
+    st.builds(lambda k: ("kind", k), st.sampled_from(["exec", "listen", "", "OK"])),
+    st.builds(lambda s: ("tensors", s), st.sampled_from(list(SPOILS))),
+    st.builds(lambda p: ("parked", p), st.text(max_size=30)),
+)
+
+
+def test_any_spoiled_reply_frame_gives_the_honest_result_or_a_typed_error(plan, cluster, honest):
+    # one hostile node for every example (hypothesis runs them inside one test call), relaying to the honest
+    # last node and spoiling its answer as drawn; the client has no stand-in, so a refusal ends in its error
+    node = Hostile(cluster.spare.url)
+    route = [cluster.a.url, cluster.b.url, node.url]
+    try:
+        # a report of status 429 has the client wait for room: briefly here
+        with PipelineClient(plan, route, max_failovers=1, busy_wait_s=0.2) as client:
+            @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+            @given(spoils)
+            def check(spoil: tuple[str, Any]) -> None:
+                what, value = spoil
+
+                def spoiled(n: Hostile, link: FrameSocket, f: Frame) -> None:
+                    answer = n.relay(f)
+                    if what == "tensors":
+                        answer = _spoiled(answer, SPOILS[value])
+                    elif what == "error":
+                        answer = replace(answer, kind="error", tensors={}, error=value)
+                    else:
+                        answer = replace(answer, **{what: value})
+                    link.send(answer, 10)
+
+                node.on_frame = spoiled
+                try:
+                    got = client.run(FEEDS)
+                except PipelineError as exc:
+                    assert not isinstance(exc, NodeFailure) or exc.hop is None or 0 <= exc.hop < len(route)
+                    return
+                assert what == "hops" and _same(got, honest)
+
+            check()
+    finally:
+        node.close()
