@@ -418,6 +418,15 @@ def test_a_garbled_health_report_is_survived(plan, cluster, honest, hostile, hea
         assert _same(client.run(FEEDS), honest)
 
 
+def test_a_last_node_whose_frame_port_is_dead_is_replaced_in_a_generation(plan, cluster, honest_tokens, hostile):
+    node = hostile(cluster.spare.url)
+    node.on_health = lambda _n: _json(200, {"frames": _closed_port()})
+    with PipelineClient(plan, [cluster.a.url, cluster.b.url, [node.url, cluster.spare.url]]) as client, \
+            client.session() as gen:
+        assert _generate(gen, PROMPT, TOKENS) == honest_tokens
+        assert gen.places[2][0] == cluster.spare.url
+
+
 SESSIONS = {
     "not-json": (201, {}, b"session!"),
     "a-list": _json(201, ["s"]),
