@@ -393,6 +393,23 @@ def test_a_connection_closed_mid_frame_moves_the_task(plan, cluster, honest, hos
         assert client.candidates[0][0] == cluster.a.url
 
 
+def test_a_direct_answer_cut_mid_frame_is_had_along_the_chain(plan, cluster, honest_tokens, hostile):
+    node = hostile(cluster.spare.url)
+
+    def cut_short(n: Hostile, link: FrameSocket, f: Frame) -> None:
+        answer = n.relay(f)
+        listener = n.listeners.pop((f.reply or {}).get("to", ""), None)
+        if listener is None:
+            link.send(answer, 10)
+            return
+        listener.sock.sendall(_half(answer))
+        listener.close()
+
+    node.on_frame = cut_short
+    with PipelineClient(plan, [cluster.a.url, cluster.b.url, node.url]) as client, client.session() as gen:
+        assert _generate(gen, PROMPT, TOKENS) == honest_tokens
+
+
 # --- /health, sessions and parked results ------------------------------------------------------------------
 def _closed_port() -> int:
     return free_port()  # bound and released: nothing listens there

@@ -551,8 +551,9 @@ class GenerationSession:
                     self._broken.discard(k)
                 out = c.call([], {c.token_input: ids}, self.job, direct=direct, envelope=self._envelope(sends))
             except NodeFailure as f:
-                if f.kind == "lost_result":  # every node ran the step: repeating it is idempotent
-                    continue
+                if f.kind == "lost_result":  # every node ran the step: repeating it is idempotent, and along
+                    direct = False              # the chain, as a last node that spoils its direct answers
+                    continue                    # would spoil each repeat too
                 if f.kind == "timeout" and f.hop is None:  # no direct answer: along the chain, whose node
                     direct = False                          # timeouts name the hop that hangs
                     continue
