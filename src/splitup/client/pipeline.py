@@ -28,13 +28,15 @@ from splitup.client.sampling import GREEDY, Decoding, decoding_for, generate_tok
 from splitup.errors import SplitUpError
 from splitup.node.app import CONTENT_TYPE, HOPS_HEADER, PARKED_HEADER
 from splitup.node.frames import Frame, FrameError, FramePool, FrameSocket, frame_address
-from splitup.node.wire import DECODING_META, Envelope, Hop, decode, encode
+from splitup.node.wire import DECODING_META, Envelope, Hop, WireError, decode, encode
 from splitup.partition.task import Plan, TaskDefinition
 
 log = logging.getLogger("splitup.client")
 
-# Failures that mean "this node, not this request": the task moves to a stand-in.
-REROUTABLE = ("unreachable", "timeout", "not_here", "internal")
+# Failures that mean "this node, not this request": the task moves to a stand-in. ``malformed``: a reply no
+# honest node sends (an error report with odd fields, tensors that do not fit the declared outputs, a result
+# parked elsewhere); nodes are strangers, so it is the node's failure, never the request's.
+REROUTABLE = ("unreachable", "timeout", "not_here", "internal", "malformed")
 MAX_REPLY_BYTES = 1 << 30
 TRANSPORTS = ("frames", "http")
 
@@ -122,6 +124,9 @@ class PipelineClient:
         state_outputs = {present for t in plan.tasks for present in t.state.values()}
         self.stateless_outputs = [o.name for o in plan.outputs if o.name not in state_outputs]
         self.last_hops: list[dict[str, Any]] = []
+        # what a reply's tensors must look like (``_fit``): (dtype, shape, max shape) of every declared tensor
+        self._specs = {spec.name: (spec.dtype, list(spec.shape), list(spec.max_shape))
+                       for spec in [*plan.inputs, *(o for t in plan.tasks for o in t.outputs)]}
         self._last_env: Envelope | None = None  # the last call's envelope, whose route text the next may reuse
         # the nodes' signed receipts of their tasks' first inputs, by (job, task index), as their hop records
         # brought them (``splitup.market.evidence``): what the client proves on chain if a node walks away
@@ -171,7 +176,8 @@ class PipelineClient:
                 continue
             self.last_parked = parked is not None
             if parked is not None:
-                content = decode(self._take_parked(parked, len(hops) - 1))[0]
+                content = _decoded(self._take_parked(parked, hops[-1], len(hops) - 1), len(hops) - 1)
+            self._fit(content, hops)
             # most steps' records carry neither receipts nor failovers: looked over once, in C, before any work
             if attempt or _noteworthy(self.last_hops):
                 self._keep_receipts(job)
@@ -179,6 +185,29 @@ class PipelineClient:
             return content
         assert failure is not None
         raise failure
+
+    def _fit(self, tensors: Mapping[str, Any], hops: list[Hop]) -> None:
+        """Refuse a result that is not what the route's last hop was asked to send back, as the plan declares
+        it: a stranger's tensors of other names, types or shapes (or NaN logits) must not reach the caller or
+        its sampler. Blamed on the last hop, which made them (one relaying them cannot be told apart)."""
+        hop = len(hops) - 1
+        want = hops[-1].send
+        if len(tensors) != len(want) or not all(n in tensors for n in want):
+            raise NodeFailure(f"hop {hop} sent back {sorted(tensors)[:8]}, not {want}", hop=hop, kind="malformed")
+        for name, value in tensors.items():
+            spec = self._specs.get(name)
+            if type(value) is not np.ndarray:
+                raise NodeFailure(f"hop {hop} sent {name!r} as {type(value).__name__}", hop=hop, kind="malformed")
+            if spec is None:
+                continue
+            dtype, shape, most = spec
+            if value.dtype.name != dtype or value.ndim != len(shape) or not all(
+                    got == want if type(want) is int else got <= top
+                    for got, want, top in zip(value.shape, shape, most, strict=True)):
+                raise NodeFailure(f"hop {hop} sent {name!r} as {value.dtype.name} {list(value.shape)}, which does not "
+                                  f"fit the declared {dtype} {shape}", hop=hop, kind="malformed")
+            if name == self.logits_output and value.dtype.kind == "f" and np.isnan(value).any():
+                raise NodeFailure(f"hop {hop} sent NaN {name!r}", hop=hop, kind="malformed")
 
     def _keep_receipts(self, job: str) -> None:
         for record in self.last_hops:
@@ -229,10 +258,10 @@ class PipelineClient:
             raise NodeFailure(f"hop 0 at {url} sent malformed hop records", hop=0, kind="unreachable")
         self.last_hops = records
         if r.status_code != 200:
-            raise _failure(r)
+            raise _failure(r, len(env.route))
         if PARKED_HEADER in r.headers:
             return {}, r.headers[PARKED_HEADER]
-        return decode(r.content)[0], None
+        return _decoded(r.content, len(env.route) - 1), None
 
     def _frame_address(self, url: str, timeout: float) -> tuple[str, int] | None:
         """Where the node at ``url`` takes frames (asked once, from its /health); None: HTTP only."""
@@ -289,8 +318,10 @@ class PipelineClient:
                 raise NodeFailure(f"hop 0 at {url} unreachable: {exc!r}", hop=0, kind="unreachable") from None
         self.last_hops = reply.hops
         if reply.kind == "error":
-            e = reply.error or {}
-            raise NodeFailure(str(e.get("error")), hop=e.get("hop"), kind=str(e.get("kind")), status=e.get("status"))
+            raise _reported(reply.error, len(env.route), None)
+        if reply.kind != "ok":
+            sender = len(env.route) - 1 if self.last_direct else 0
+            raise NodeFailure(f"hop {sender} answered a {str(reply.kind)[:40]!r} frame", hop=sender, kind="malformed")
         return reply.tensors, reply.parked
 
     def _await_direct(self, conn: FrameSocket, listen: tuple[tuple[str, int], str, FrameSocket], rid: str,
@@ -319,11 +350,16 @@ class PipelineClient:
                 if (reply.reply or {}).get("id", rid) == rid:
                     return reply
 
-    def _take_parked(self, url: str, hop: int) -> bytes:
-        """A large result the last node kept for us: fetched straight from it, not relayed along the route."""
+    def _take_parked(self, url: str, last: Hop, hop: int) -> bytes:
+        """A large result the last node kept for us: fetched straight from it, not relayed along the route.
+        Only from a node the route names for that hop: a stranger's URL elsewhere would have this client
+        fetch (and return) whatever is there, or call a service of the stranger's choice."""
+        if not _same_origin(url, last.urls):
+            raise NodeFailure(f"hop {hop} parked its result at {str(url)[:200]!r}, not on a node of that hop",
+                              hop=hop, kind="malformed")
         try:
             r = self._http.get(url, timeout=self.hop_timeout)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise NodeFailure(f"result at {url} unreachable: {exc!r}", hop=hop, kind="unreachable") from None
         if r.status_code != 200:
             raise NodeFailure(f"result at {url}: HTTP {r.status_code}", hop=hop, kind="lost_result")
@@ -335,11 +371,13 @@ class PipelineClient:
         for url in hops[0].urls[:first_attempt]:
             self._retire(0, url)
         for record in self.last_hops:
-            if not isinstance(record, dict):
+            # a record is a stranger's JSON: only a whole number of failovers at a hop of this route counts
+            if not isinstance(record, dict) or type(record.get("hop")) is not int \
+                    or type(record.get("failover")) is not int:
                 continue
-            k = int(record.get("hop", -1)) + 1
-            if record.get("failover") and 0 < k < len(hops):
-                for url in hops[k].urls[: int(record["failover"])]:
+            k = record["hop"] + 1
+            if record["failover"] > 0 and 0 < k < len(hops):
+                for url in hops[k].urls[: record["failover"]]:
                     self._retire(k, url)
 
     def _retire(self, task_index: int, url: str) -> None:
@@ -413,8 +451,8 @@ class PipelineClient:
                 try:
                     r = self._http.post(url.rstrip("/") + "/sessions", json={"task_id": task.task_id},
                                         timeout=self.hop_timeout)
-                    if r.status_code == 201:
-                        return url, str(r.json()["session"])
+                    if r.status_code == 201 and (session := _session_of(r)) is not None:
+                        return url, session
                     if r.status_code == 429:
                         busy += 1
                         wait = min(wait, _retry_after(r))
@@ -513,8 +551,9 @@ class GenerationSession:
                     self._broken.discard(k)
                 out = c.call([], {c.token_input: ids}, self.job, direct=direct, envelope=self._envelope(sends))
             except NodeFailure as f:
-                if f.kind == "lost_result":  # every node ran the step: repeating it is idempotent
-                    continue
+                if f.kind == "lost_result":  # every node ran the step: repeating it is idempotent, and along
+                    direct = False              # the chain, as a last node that spoils its direct answers
+                    continue                    # would spoil each repeat too
                 if f.kind == "timeout" and f.hop is None:  # no direct answer: along the chain, whose node
                     direct = False                          # timeouts name the hop that hangs
                     continue
@@ -581,12 +620,58 @@ def _retry_after(r: httpx.Response) -> float:
         return 1.0
 
 
-def _failure(r: httpx.Response) -> NodeFailure:
+def _failure(r: httpx.Response, hops: int) -> NodeFailure:
     try:
         body = r.json()
-        return NodeFailure(str(body.get("error")), hop=body.get("hop"), kind=str(body.get("kind")), status=r.status_code)
-    except (ValueError, AttributeError):
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
         return NodeFailure(f"HTTP {r.status_code}: {r.text[:200]}", hop=None, kind="http", status=r.status_code)
+    return _reported(body, hops, r.status_code)
+
+
+def _reported(error: Any, hops: int, status: int | None) -> NodeFailure:
+    """A node's error report (an error frame's, an HTTP error's body) as the failure it names. The re-routing
+    acts on its hop and kind, so a report whose hop is not one of the route's ``hops``, or whose kind or
+    status is not what nodes send, is the failure of the node that sent it: hop 0, ``malformed``."""
+    if not isinstance(error, dict):
+        return NodeFailure(f"hop 0 sent an error without a report: {str(error)[:200]}", hop=0, kind="malformed")
+    hop, kind = error.get("hop"), error.get("kind", "http")
+    if status is None:
+        status = error.get("status")
+    if (hop is not None and not (type(hop) is int and 0 <= hop < hops)) or type(kind) is not str \
+            or not (status is None or type(status) is int and 100 <= status < 600):
+        return NodeFailure(f"hop 0 sent a malformed error report: {str(error)[:200]}", hop=0, kind="malformed")
+    return NodeFailure(str(error.get("error"))[:1000], hop=hop, kind=kind[:64], status=status)
+
+
+def _decoded(body: bytes, hop: int) -> dict[str, np.ndarray]:
+    """The tensors of a result's body; one that is not a well-formed message is the failure of ``hop``."""
+    try:
+        return decode(body)[0]
+    except WireError as exc:
+        raise NodeFailure(f"hop {hop} sent a malformed result: {exc}", hop=hop, kind="malformed") from None
+
+
+def _same_origin(url: Any, urls: Sequence[str]) -> bool:
+    """Whether ``url`` is an http(s) URL on the scheme, host and port of one of ``urls``."""
+    try:
+        where = urlsplit(url) if type(url) is str else None
+        origins = {(u.scheme, u.hostname, u.port) for u in map(urlsplit, urls)}
+        return where is not None and where.scheme in ("http", "https") \
+            and (where.scheme, where.hostname, where.port) in origins
+    except ValueError:  # not a URL (an unclosed IPv6 bracket, a port that is not a number)
+        return False
+
+
+def _session_of(r: httpx.Response) -> str | None:
+    """The session id of a node's 201 answer to ``POST /sessions``; None if the answer holds none."""
+    try:
+        body = r.json()
+    except ValueError:
+        return None
+    session = body.get("session") if isinstance(body, dict) else None
+    return session if type(session) is str and 0 < len(session) <= 256 else None
 
 
 class _progress:

@@ -567,12 +567,15 @@ class FramePool:
             self._local.__dict__.setdefault("listeners", {})
         if addr not in listeners:
             token = secrets.token_hex(16)
-            conn = FrameSocket(addr[0], addr[1], timeout)
-            self._keep(conn)
+            conn = None
             try:
+                # connecting is inside: a port that takes no connection is as unreachable as one that hangs up
+                conn = FrameSocket(addr[0], addr[1], timeout)
+                self._keep(conn)
                 ok = conn.request(Frame("listen", reply={"to": token}), timeout, self.max_payload).kind == "ok"
             except (OSError, FrameError):
-                conn.close()
+                if conn is not None:
+                    conn.close()
                 return None  # unreachable now: the chain's own path will say so; ask again next time
             if not ok:
                 conn.close()  # a node that takes no listeners (it answered an error frame): replies come back along the chain
