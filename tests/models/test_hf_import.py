@@ -74,12 +74,24 @@ def test_bfloat16_checkpoint_is_widened_exactly(tmp_path):
     np.testing.assert_array_equal(weights["embed.weight"], expected)
 
 
+_HOSTILE_HEADERS = {
+    "nested-header": b"[" * 100_000 + b"]" * 100_000,
+    "offsets-past-the-end": json.dumps({"w": {"dtype": "BF16", "shape": [400], "data_offsets": [0, 800]}}).encode(),
+    "header-not-a-map": b"[1, 2]",
+    "float8": json.dumps({"w": {"dtype": "F8_E4M3", "shape": [8], "data_offsets": [0, 8]}}).encode(),
+}
+
+
 @pytest.mark.parametrize(("setup", "message"), [
     ("missing", "is not a directory"),
     ("no-config", "has no config.json"),
     ("t5", "model_type 't5' is not importable"),
     ("no-weights", "has no *.safetensors"),
     ("rope", "rope_parameters"),
+    ("nested-header", "model.safetensors is not a valid safetensors file"),
+    ("offsets-past-the-end", "model.safetensors is not a valid safetensors file"),
+    ("header-not-a-map", "model.safetensors is not a valid safetensors file"),
+    ("float8", "model.safetensors: tensors of a type the importer does not read: w (F8_E4M3)"),
 ])
 def test_import_refusals_say_what_to_do(setup, message, tmp_path, capsys):
     d = tmp_path / "hf"
@@ -94,6 +106,10 @@ def test_import_refusals_say_what_to_do(setup, message, tmp_path, capsys):
         cfg = json.loads((d / "config.json").read_text())
         cfg["rope_parameters"] = {"rope_type": "yarn", "factor": 4.0}
         (d / "config.json").write_text(json.dumps(cfg))
+    if setup in _HOSTILE_HEADERS:  # a checkpoint from someone else's tool, damaged or hostile
+        (d / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1}))
+        header = _HOSTILE_HEADERS[setup]
+        (d / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + bytes(8))
     assert main(["import", str(d), "--out", str(tmp_path / "m.onnx")]) == 2
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]  # save_pretrained's progress bar may come first

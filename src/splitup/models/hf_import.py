@@ -65,7 +65,7 @@ def _normalise(model_type: str, config: dict[str, Any]) -> dict[str, Any]:
 
 def read_safetensors(directory: Path) -> dict[str, np.ndarray]:
     """Every tensor of every ``*.safetensors`` file in ``directory``, as numpy (bfloat16 -> float32)."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     files = sorted(directory.glob("*.safetensors"))
     if not files:
@@ -73,20 +73,39 @@ def read_safetensors(directory: Path) -> dict[str, np.ndarray]:
                          "convert them with transformers' save_pretrained(safe_serialization=True))")
     tensors: dict[str, np.ndarray] = {}
     for path in files:
-        with open(path, "rb") as fh:
-            header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
-        bf16 = {k for k, v in header.items() if k != "__metadata__" and v.get("dtype") == "BF16"}
-        if bf16:
-            tensors.update(_read_bf16(path, header, bf16))
-        with safe_open(str(path), framework="numpy") as f:
-            for key in f.keys():  # noqa: SIM118 - safe_open is not iterable
-                if key not in bf16:
-                    tensors[key] = f.get_tensor(key)
+        try:
+            # Opening checks the whole header (its JSON, every tensor's offsets inside the file and its size
+            # against dtype and shape), so the header read again below is one safetensors accepted.
+            with safe_open(str(path), framework="numpy") as f:
+                dtypes = {k: v["dtype"] for k, v in _header(path).items() if k != "__metadata__"}
+                unreadable = sorted(f"{k} ({d})" for k, d in dtypes.items() if d not in READABLE_DTYPES)
+                if unreadable:
+                    raise ModelError(f"{path.name}: tensors of a type the importer does not read: "
+                                     f"{', '.join(unreadable[:5])}{' ...' if len(unreadable) > 5 else ''} "
+                                     f"(it reads {', '.join(sorted(READABLE_DTYPES))})")
+                for key in f.keys():  # noqa: SIM118 - safe_open is not iterable
+                    if dtypes[key] != "BF16":
+                        tensors[key] = f.get_tensor(key)
+        except SafetensorError as exc:
+            raise ModelError(f"{path.name} is not a valid safetensors file: {exc}") from None
+        tensors.update(_read_bf16(path, {k for k, d in dtypes.items() if d == "BF16"}))
     return tensors
 
 
-def _read_bf16(path: Path, header: dict[str, Any], names: set[str]) -> dict[str, np.ndarray]:
+# safetensors' dtypes that numpy holds (BF16 widened here); float8 and the like have no numpy type.
+READABLE_DTYPES = frozenset({"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U64", "U32", "U16", "U8", "BOOL"})
+
+
+def _header(path: Path) -> dict[str, Any]:
+    with open(path, "rb") as fh:
+        return dict(json.loads(fh.read(int.from_bytes(fh.read(8), "little"))))
+
+
+def _read_bf16(path: Path, names: set[str]) -> dict[str, np.ndarray]:
     """bfloat16 tensors widened to float32: the 16 bits are the top half of the float32 pattern."""
+    if not names:
+        return {}
+    header = _header(path)
     with open(path, "rb") as fh:
         base = 8 + int.from_bytes(fh.read(8), "little")
     raw = np.memmap(path, dtype=np.uint8, mode="r")
