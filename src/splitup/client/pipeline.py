@@ -290,7 +290,8 @@ class PipelineClient:
     def _exchange_frames(self, url: str, addr: tuple[str, int], env: Envelope, tensors: Mapping[str, np.ndarray],
                          timeout: float, listen: tuple[tuple[str, int], str, FrameSocket] | None = None) \
             -> tuple[dict[str, np.ndarray], str | None]:
-        request = Frame("exec", dict(tensors), env)
+        # which of the first hop's URLs this is: a stand-in that parks the result names it for the fetch
+        request = Frame("exec", dict(tensors), env, via=env.current.urls.index(url))
         direct = listen is not None
         if listen is not None:
             # the token is the secret; a step's id only tells this listener's answers apart

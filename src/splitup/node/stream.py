@@ -247,6 +247,9 @@ class FrameServer:
                 raise FrameError(f"expected an 'exec' frame with an envelope, got {frame.kind!r}")
             env = Envelope.from_wire(frame.envelope)
             hop = env.hop
+            if frame.via is not None and frame.via >= len(env.current.urls):
+                raise FrameError(f"the frame says it came by URL {frame.via} of hop {hop}, which lists "
+                                 f"{len(env.current.urls)}")
             out, record, signed = self.dispatch.compute_here(env, frame.tensors, frame.handoff)
             if hop + 1 == len(env.route):
                 return None if self._direct(frame, out, record, signed) else self._final(env, out, record, frame,
@@ -282,9 +285,10 @@ class FrameServer:
         if size > self.node.config.park_above_bytes:
             rid = self.node.shelf.put(encode(out))
             if rid is not None:
-                # The address this node was reached at is one the route's client can use too.
-                return Frame("ok", hops=hops, reply=reply,
-                             parked=f"{env.current.urls[0].rstrip('/')}/results/{rid}", handoff=signed)
+                # The address this node was reached at (a stand-in's is not the hop's first) is one the
+                # route's client can use too.
+                here = env.current.urls[frame.via or 0]
+                return Frame("ok", hops=hops, reply=reply, parked=f"{here.rstrip('/')}/results/{rid}", handoff=signed)
         return Frame("ok", out, hops=hops, reply=reply, handoff=signed)
 
     def _onward(self, onward: _Onward, env: Envelope, out: dict[str, Any], record: dict[str, Any],
@@ -314,6 +318,7 @@ class FrameServer:
         request = Frame("exec", out, env, handoff=signed)
         failure = None
         for attempt, url in enumerate(urls):
+            request.via = attempt
             try:
                 reply = self.forwarder.request(url, request, timeout)
             except TimeoutError:
