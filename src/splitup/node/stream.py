@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from splitup.node.bounded import bounded
 from splitup.node.failures import HopFailed, failed
 from splitup.node.frames import Frame, FrameError, FrameSocket, FrameTooLarge, frame_address
 from splitup.node.node import Node
@@ -67,14 +68,18 @@ class FrameForwarder:
         return self._addr.get(url)
 
     def address(self, url: str, timeout: float) -> tuple[str, int]:
+        """Where the node at ``url`` takes frames, asked from its ``/health`` within ``timeout`` seconds the
+        first time; ``TimeoutError`` or ``ConnectionError``."""
         addr = self._addr.get(url)
         if addr is None:
             with self._lock:
                 if self._http is None:
                     self._http = httpx.Client()
             try:
-                r = self._http.get(url.rstrip("/") + "/health", timeout=timeout)
+                r = bounded(self._http, "GET", url.rstrip("/") + "/health", timeout)
                 health = r.json() if r.status_code == 200 else {}
+            except httpx.TimeoutException:
+                raise TimeoutError(f"{url} did not say where it takes frames within {timeout} s") from None
             except (httpx.HTTPError, ValueError) as exc:
                 raise ConnectionError(f"cannot ask {url} for its frame port: {exc!r}") from None
             addr = frame_address(health if isinstance(health, dict) else {}, urlsplit(url).hostname or "")
