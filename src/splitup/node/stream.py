@@ -402,8 +402,8 @@ class _Onward:
             if last is not None and not closed:
                 rid, hop, url = last
                 try:
-                    self.upstream.send(_error(502, "unreachable", f"hop {hop} at {url} closed the connection", hop,
-                                              rid), WRITE_S)
+                    self.upstream.send(_error_of(HopFailed.unreachable(hop, url, "it closed the connection"), rid),
+                                       WRITE_S)
                 except OSError:
                     pass
 
