@@ -43,6 +43,18 @@ class Daemon:
             time.sleep(0.1)
         raise RuntimeError(f"{self.name} not ready after {timeout}s:\n{self.log.read_text()[-3000:]}")
 
+    def __enter__(self) -> Daemon:
+        """The daemon once ready; stopped (and the error raised) if it never is."""
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def alive(self) -> bool:
         return self.proc.poll() is None
 

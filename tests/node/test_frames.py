@@ -69,7 +69,7 @@ def test_round_trip_of_every_dtype_without_copying():
 def test_frames_read_in_one_buffer_keep_their_tensors_aligned():
     # both readers take header and payload in one read; pack pads the header so the payload stays aligned
     frame = Frame("ok", {"a": np.arange(5, dtype=np.float64)}, hops=[{"hop": 0, "node": "n"}])
-    for raw in (b"".join(bytes(memoryview(b)) for b in pack(frame)), _raw(["ok", [["a", "float64", [5], 0]], None, None],
+    for raw in (b"".join(bytes(memoryview(b)) for b in pack(frame)), _raw(["ok", [["a", "float64", [5], 0]], None, None, None],
                                                               np.arange(5, dtype=np.float64).tobytes())):
         a, b = socket.socketpair()
         with a, b:
@@ -77,7 +77,7 @@ def test_frames_read_in_one_buffer_keep_their_tensors_aligned():
             conn = FrameSocket.over(b)
             got = conn.receive(5, 1 << 20)
         assert np.array_equal(got.tensors["a"], np.arange(5)) and got.tensors["a"].flags.aligned
-        # a view into the one buffer read; a sender that does not pad (``_raw``'s 87-byte json.dumps header)
+        # a view into the one buffer read; a sender that does not pad (``_raw``'s 92-byte json.dumps header)
         # gets its payload copied rather than its tensors misaligned
         padded = PREFIX.unpack(raw[: PREFIX.size])[1] % 8 == 0
         base = got.tensors["a"].base  # the receive buffer itself, or the copy
@@ -233,14 +233,14 @@ def test_a_node_refuses_frame_connections_beyond_its_maximum(monkeypatch):
 ])
 def test_malformed_tensor_entries_are_typed_errors(entry, words):
     with pytest.raises(FrameError, match=words.replace("(", r"\(").replace("[", r"\[")):
-        _unpack([_raw(["exec", [entry], None, None], bytes(16))])
+        _unpack([_raw(["exec", [entry], None, None, None], bytes(16))])
 
 
 def test_overlapping_and_duplicate_tensors_are_refused():
-    overlap = ["exec", [["a", "float32", [2], 0], ["b", "float32", [2], 0]], None, None]
+    overlap = ["exec", [["a", "float32", [2], 0], ["b", "float32", [2], 0]], None, None, None]
     with pytest.raises(FrameError, match="offset 0"):
         _unpack([_raw(overlap, bytes(16))])
-    twice = ["exec", [["a", "float32", [2], 0], ["a", "float32", [2], 8]], None, None]
+    twice = ["exec", [["a", "float32", [2], 0], ["a", "float32", [2], 8]], None, None, None]
     with pytest.raises(FrameError, match="twice"):
         _unpack([_raw(twice, bytes(16))])
 
@@ -248,8 +248,8 @@ def test_overlapping_and_duplicate_tensors_are_refused():
 def test_headers_and_sizes_are_bounded_before_anything_is_read():
     with pytest.raises(FrameError, match="magic"):
         read_prefix(PREFIX.pack(b"HTTP", 0, 0, 0), 1 << 20)
-    with pytest.raises(FrameError, match="format SUF1 is not this node's"):  # an older node's frames
-        read_prefix(PREFIX.pack(b"SUF1", 0, 0, 0), 1 << 20)
+    with pytest.raises(FrameError, match="format SUF2 is not this node's"):  # an older node's frames
+        read_prefix(PREFIX.pack(b"SUF2", 0, 0, 0), 1 << 20)
     with pytest.raises(FrameError, match="header of"):
         read_prefix(PREFIX.pack(MAGIC, 1 << 30, 0, 0), 1 << 20)
     with pytest.raises(FrameError, match="stable part"):
@@ -261,7 +261,7 @@ def test_headers_and_sizes_are_bounded_before_anything_is_read():
     with pytest.raises(FrameError, match="kind"):
         unpack(b"[][]", 2, b"")
     with pytest.raises(FrameError, match="must end with"):
-        unpack(b'["ok",[],null,null][]', 19, b"")
+        unpack(b'["ok",[],null,null,null][]', 24, b"")
     with pytest.raises(FrameError, match="exceeds the 16-byte limit"):
         _unpack(pack(Frame("exec", {"x": np.zeros(8, np.float32)})), max_tensor_bytes=16)
     # a stable part seen before is checked against each frame's own payload and limit again
@@ -302,6 +302,12 @@ def test_a_node_answers_frames_and_keeps_the_connection(plan, cluster):
             bad = conn.request(_exec(plan, cluster.a.url, tensors), 30, 1 << 30)
             assert bad.kind == "error" and bad.error["status"] == 422 and bad.error["kind"] == "bad_request"
             assert words in bad.error["error"] and bad.error["hop"] == 0
+        # the hop lists one URL: a frame saying it came by its third is refused
+        bad_via = _exec(plan, cluster.a.url, _ids())
+        bad_via.via = 2
+        refused = conn.request(bad_via, 30, 1 << 30)
+        assert refused.error["status"] == 400 and refused.error["kind"] == "bad_request"
+        assert "URL 2 of hop 0" in refused.error["error"]
         other = conn.request(_exec(plan, cluster.a.url, _ids(), task=1), 30, 1 << 30)
         assert other.error["status"] == 404 and other.error["kind"] == "not_here"
         assert conn.request(_exec(plan, cluster.a.url, _ids()), 30, 1 << 30).kind == "ok"
@@ -327,12 +333,12 @@ def test_garbage_oversize_and_malformed_frames_get_typed_errors(plan, cluster):
     assert _send_raw(addr, b"GET / HTTP/1.1\r\n\r\n")["status"] == 400
     too_big = _send_raw(addr, PREFIX.pack(MAGIC, 2, 0, 2 << 20) + b"{}")
     assert too_big["status"] == 413 and too_big["kind"] == "too_large"
-    malformed = _send_raw(addr, _raw(["exec", [["x", "float32", [4], 0]], None, None], bytes(8)))
+    malformed = _send_raw(addr, _raw(["exec", [["x", "float32", [4], 0]], None, None, None], bytes(8)))
     assert malformed["status"] == 400 and "does not hold 16 bytes" in malformed["error"]
     # a well-formed frame with a bad request in it: refused, the connection stays usable
-    no_env = _send_raw(addr, _raw(["exec", [], None, None]), closes=False)
+    no_env = _send_raw(addr, _raw(["exec", [], None, None, None]), closes=False)
     assert no_env["status"] == 400 and "envelope" in no_env["error"]
-    bad_env = _send_raw(addr, _raw(["exec", [], '{"job":"j","route":[]}', None], rest=[5, [], *NO_REST[2:]]),
+    bad_env = _send_raw(addr, _raw(["exec", [], '{"job":"j","route":[]}', None, None], rest=[5, [], *NO_REST[2:]]),
                        closes=False)
     assert bad_env["status"] == 400 and "route" in bad_env["error"]
     assert httpx.get(cluster.c.url + "/health", timeout=10).status_code == 200
@@ -433,20 +439,35 @@ def test_a_direct_step_whose_next_node_is_gone_fails_fast_naming_that_hop(plan, 
 ])
 def test_malformed_reply_addresses_are_typed_errors(to, rid):
     with pytest.raises(FrameError, match="reply address"):
-        _unpack([_raw(["exec", [], None, to], rest=[None, None, rid, *NO_REST[3:]])])
+        _unpack([_raw(["exec", [], None, to, None], rest=[None, None, rid, *NO_REST[3:]])])
+
+
+@pytest.mark.parametrize("via", ["1", -1, 8, True, 1.5])
+def test_a_via_that_is_not_a_url_index_is_a_typed_error(via):
+    with pytest.raises(FrameError, match="via"):
+        _unpack([_raw(["exec", [], None, None, via])])
+
+
+def test_via_comes_through_with_the_stable_part():
+    env = Envelope("j", 0, [Hop(["http://a", "http://b"], "t0", ["h"])])
+    assert _unpack(pack(Frame("exec", {}, env, via=1))).via == 1
+    assert _unpack(pack(Frame("exec", {}, env))).via is None
+    sent: list = [None, b""]
+    one, two = pack(Frame("exec", {}, env, via=0), sent), pack(Frame("exec", {}, env, via=1), sent)
+    assert bytes(one[1]) != bytes(two[1])  # another URL of the hop: not the stable part kept for the first
 
 
 def test_malformed_hop_records_and_envelopes_are_typed_errors():
     with pytest.raises(FrameError, match="hop records"):
-        _unpack([_raw(["exec", [], None, None], rest=[None, None, None, [{}] * 65, None, None, None])])
+        _unpack([_raw(["exec", [], None, None, None], rest=[None, None, None, [{}] * 65, None, None, None])])
     with pytest.raises(FrameError, match="hop records"):
-        _unpack([_raw(["exec", [], None, None], rest=[None, None, None, {}, None, None, None])])
+        _unpack([_raw(["exec", [], None, None, None], rest=[None, None, None, {}, None, None, None])])
     # a route text without its hop index and steps
     with pytest.raises(FrameError, match="envelope"):
-        _unpack([_raw(["exec", [], "{}", None])])
+        _unpack([_raw(["exec", [], "{}", None, None])])
     with pytest.raises(FrameError, match="route text"):
-        _unpack([_raw(["exec", [], 5, None], rest=[0, [], *NO_REST[2:]])])
+        _unpack([_raw(["exec", [], 5, None, None], rest=[0, [], *NO_REST[2:]])])
 
 
 def test_a_listen_frame_without_a_token_is_refused(cluster):
-    assert _send_raw(_frame_port(cluster.a.url), _raw(["listen", [], None, None]), closes=False)["status"] == 400
+    assert _send_raw(_frame_port(cluster.a.url), _raw(["listen", [], None, None, None]), closes=False)["status"] == 400

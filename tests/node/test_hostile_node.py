@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from splitup.client.pipeline import REROUTABLE, NodeFailure, PipelineClient, PipelineError
 from splitup.node.app import HOPS_HEADER, PARKED_HEADER
-from splitup.node.frames import Frame, FrameError, FrameSocket, pack
+from splitup.node.frames import MAGIC, Frame, FrameError, FrameSocket, pack
 from splitup.node.wire import decode, encode
 
 from .procs import free_port
@@ -383,7 +383,7 @@ def test_a_connection_closed_mid_frame_moves_the_task(plan, cluster, honest, hos
     node = hostile(cluster.a.url)
 
     def cut_short(n: Hostile, link: FrameSocket, f: Frame) -> None:
-        raw = b"SUF2\x00" if cut == "inside-the-prefix" else _half(n.relay(f))
+        raw = MAGIC + b"\x00" if cut == "inside-the-prefix" else _half(n.relay(f))
         link.sock.sendall(raw)
         link.close()
 

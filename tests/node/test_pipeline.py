@@ -94,6 +94,24 @@ def test_a_dead_endpoint_is_skipped_by_the_previous_node(plan, cluster, local):
     assert float(np.max(np.abs(got["logits"] - want))) <= 1e-5
 
 
+@pytest.mark.parametrize("transport", ["frames", "http"])
+def test_a_stand_in_last_node_parks_its_result_where_it_was_reached(plan, cluster, local, transport):
+    """The last hop's first URL is dead; its stand-in c computes the result, parks it (c parks above 4 KiB) and
+    names the address node b reached it at, so the client's one fetch finds it: no failover is left to retry."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    ids = np.arange(7).reshape(1, 7)
+    local.reset()
+    want = local.run({"input_ids": ids})
+    route = [cluster.a.url, cluster.b.url, [dead, cluster.c.url]]
+    with PipelineClient(plan, route, transport=transport, max_failovers=0) as client:
+        got = client.run({"input_ids": ids})
+        assert client.last_parked
+        assert client.last_hops[1].get("failover") == 1 and client.last_hops[2]["node"] == "c"
+    assert set(got) == set(want)
+    for name, value in want.items():
+        assert float(np.max(np.abs(got[name] - value))) <= 1e-5, name
+
+
 def test_a_dead_first_node_is_replaced_by_the_client(plan, cluster, local):
     import httpx
 

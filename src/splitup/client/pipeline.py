@@ -27,6 +27,7 @@ import numpy as np
 from splitup.client.sampling import GREEDY, Decoding, decoding_for, generate_tokens
 from splitup.errors import SplitUpError
 from splitup.node.app import CONTENT_TYPE, HOPS_HEADER, PARKED_HEADER
+from splitup.node.bounded import bounded
 from splitup.node.frames import Frame, FrameError, FramePool, FrameSocket, frame_address
 from splitup.node.wire import DECODING_META, Envelope, Hop, WireError, decode, encode
 from splitup.partition.task import Plan, TaskDefinition
@@ -245,12 +246,10 @@ class PipelineClient:
         if addr is not None:
             return self._exchange_frames(url, addr, env, tensors, timeout, listen)
         try:
-            r = self._http.post(url.rstrip("/") + "/execute", content=encode(tensors, env), timeout=timeout,
-                                headers={"content-type": CONTENT_TYPE})
-        except httpx.TimeoutException as exc:
-            raise NodeFailure(f"hop 0 at {url} timed out: {exc!r}", hop=0, kind="timeout") from None
+            r = bounded(self._http, "POST", url.rstrip("/") + "/execute", timeout, content=encode(tensors, env),
+                        headers={"content-type": CONTENT_TYPE})
         except httpx.HTTPError as exc:
-            raise NodeFailure(f"hop 0 at {url} unreachable: {exc!r}", hop=0, kind="unreachable") from None
+            raise _unanswered(exc, 0, url) from None
         try:
             records = json.loads(r.headers.get(HOPS_HEADER, "[]"))
         except (ValueError, RecursionError):
@@ -268,10 +267,10 @@ class PipelineClient:
         """Where the node at ``url`` takes frames (asked once, from its /health); None: HTTP only."""
         if url not in self._frame_addrs:
             try:
-                r = self._http.get(url.rstrip("/") + "/health", timeout=timeout)
+                r = bounded(self._http, "GET", url.rstrip("/") + "/health", timeout)
                 health = r.json() if r.status_code == 200 else None
-            except (httpx.HTTPError, ValueError) as exc:
-                raise NodeFailure(f"hop 0 at {url} unreachable: {exc!r}", hop=0, kind="unreachable") from None
+            except (httpx.HTTPError, ValueError) as exc:  # ValueError: not JSON
+                raise _unanswered(exc, 0, url) from None
             if not isinstance(health, dict):
                 raise NodeFailure(f"hop 0 at {url}: no health report", hop=0, kind="unreachable")
             self._frame_addrs[url] = frame_address(health, urlsplit(url).hostname or "")
@@ -290,7 +289,8 @@ class PipelineClient:
     def _exchange_frames(self, url: str, addr: tuple[str, int], env: Envelope, tensors: Mapping[str, np.ndarray],
                          timeout: float, listen: tuple[tuple[str, int], str, FrameSocket] | None = None) \
             -> tuple[dict[str, np.ndarray], str | None]:
-        request = Frame("exec", dict(tensors), env)
+        # which of the first hop's URLs this is: a stand-in that parks the result names it for the fetch
+        request = Frame("exec", dict(tensors), env, via=env.current.urls.index(url))
         direct = listen is not None
         if listen is not None:
             # the token is the secret; a step's id only tells this listener's answers apart
@@ -359,9 +359,9 @@ class PipelineClient:
             raise NodeFailure(f"hop {hop} parked its result at {str(url)[:200]!r}, not on a node of that hop",
                               hop=hop, kind="malformed")
         try:
-            r = self._http.get(url, timeout=self.hop_timeout)
+            r = bounded(self._http, "GET", url, self.hop_timeout)
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            raise NodeFailure(f"result at {url} unreachable: {exc!r}", hop=hop, kind="unreachable") from None
+            raise _unanswered(exc, hop, url) from None
         if r.status_code != 200:
             raise NodeFailure(f"result at {url}: HTTP {r.status_code}", hop=hop, kind="lost_result")
         return r.content
@@ -450,8 +450,8 @@ class PipelineClient:
             for _ in range(len(self.candidates[task_index])):
                 url = self.candidates[task_index][0]
                 try:
-                    r = self._http.post(url.rstrip("/") + "/sessions", json={"task_id": task.task_id},
-                                        timeout=self.hop_timeout)
+                    r = bounded(self._http, "POST", url.rstrip("/") + "/sessions", self.hop_timeout,
+                                json={"task_id": task.task_id})
                     if r.status_code == 201 and (session := _session_of(r)) is not None:
                         return url, session
                     if r.status_code == 429:
@@ -471,7 +471,7 @@ class PipelineClient:
 
     def close_session(self, url: str, session: str) -> None:
         try:
-            self._http.delete(f"{url.rstrip('/')}/sessions/{session}", timeout=self.hop_timeout)
+            bounded(self._http, "DELETE", f"{url.rstrip('/')}/sessions/{session}", self.hop_timeout)
         except httpx.HTTPError:
             pass  # a dead node's sessions died with it; live ones expire
 
@@ -619,6 +619,14 @@ def _retry_after(r: httpx.Response) -> float:
         return max(0.0, min(float(r.headers.get("retry-after", "1")), 30.0))
     except ValueError:
         return 1.0
+
+
+def _unanswered(exc: Exception, hop: int, url: str) -> NodeFailure:
+    """A request to ``hop`` at ``url`` that got no whole, readable answer: it timed out, or the node is
+    unreachable."""
+    if isinstance(exc, httpx.TimeoutException):
+        return NodeFailure(f"hop {hop} at {url} timed out: {exc!r}", hop=hop, kind="timeout")
+    return NodeFailure(f"hop {hop} at {url} unreachable: {exc!r}", hop=hop, kind="unreachable")
 
 
 def _failure(r: httpx.Response, hops: int) -> NodeFailure:

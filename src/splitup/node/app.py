@@ -288,11 +288,15 @@ def create_app(node: Node, *, heartbeat: Callable[[dict[str, Any]], None] | None
 
 
 async def _post(app_state: Any, url: str, body: bytes, timeout: float) -> Reply:
-    """Plain http:// goes through the lean hop client; anything else (https) through httpx."""
+    """Plain http:// goes through the lean hop client; anything else (https) through httpx. Either is given
+    ``timeout`` seconds in all (``TimeoutError``): httpx's own timeout bounds each read, which a next node
+    that trickles its answer, a byte at a time, never runs into."""
     if url.startswith("http://"):
         return await app_state.hops.post(url, body, CONTENT_TYPE, timeout)
     try:
-        r = await app_state.http.post(url, content=body, timeout=timeout, headers={"content-type": CONTENT_TYPE})
+        async with asyncio.timeout(timeout):
+            r = await app_state.http.post(url, content=body, timeout=timeout,
+                                          headers={"content-type": CONTENT_TYPE})
     except httpx.TimeoutException:
         raise TimeoutError(f"no reply within {timeout} s") from None
     except httpx.HTTPError as exc:

@@ -3,17 +3,19 @@
 Every generated token crosses every hop, so the per-hop cost of HTTP (request line, headers, a JSON
 error protocol, safetensors' copy into fresh arrays) is paid many times a second. A frame is::
 
-    b"SUF2" | u32 header length | u32 stable length | u32 payload length | header | payload (raw tensor bytes)
+    b"SUF3" | u32 header length | u32 stable length | u32 payload length | header | payload (raw tensor bytes)
 
 The header is two JSON arrays, back to back. The first (``stable length`` bytes) is what stays the same
-from one decode step of a job to the next: ``[kind, tensors, route text, listen token]``, each tensor as
-``[name, dtype, shape, offset]`` into the payload (offsets 8-aligned). A connection keeps the last one it
-parsed and checked and takes it again when the next frame's bytes are the same, so a steady generation's
-frames cost one comparison there. The second is what changes: ``[hop index, steps, reply id, hop records,
-signed hand-off, error, parked-result URL]`` (``null`` where absent), padded with spaces so that the
-payload stays aligned. Tensors are views of the received payload (no per-tensor copy); sending writes the
-arrays' own buffers (``sendmsg``) behind one small header. A connection carries one request and its reply
-at a time; a node keeps a few open per next hop, a client a few per thread and node.
+from one decode step of a job to the next: ``[kind, tensors, route text, listen token, via]``, each tensor
+as ``[name, dtype, shape, offset]`` into the payload (offsets 8-aligned), ``via`` which of its hop's URLs
+the sender reached the receiver at (where a stand-in parks its result for the client to fetch). A
+connection keeps the last one it parsed and checked and takes it again when the next frame's bytes are the
+same, so a steady generation's frames cost one comparison there. The second is what changes: ``[hop index,
+steps, reply id, hop records, signed hand-off, error, parked-result URL]`` (``null`` where absent), padded
+with spaces so that the payload stays aligned. Tensors are views of the received payload (no per-tensor
+copy); sending writes the arrays' own buffers (``sendmsg``) behind one small header. A connection carries
+one request and its reply at a time; a node keeps a few open per next hop, a client a few per thread and
+node.
 
 Direct answers: a client opens one more connection, to the route's last node, and sends a ``listen`` frame
 naming a secret token on it. An ``exec`` frame carrying ``reply = {"to": token, "id": nonce}`` is computed
@@ -46,9 +48,9 @@ from typing import Any
 import numpy as np
 
 from splitup.graph.meta import NUMPY_DTYPES
-from splitup.node.wire import ENCODE_JSON, MAX_ROUTE, MAX_TENSORS, Envelope, WireError
+from splitup.node.wire import ENCODE_JSON, MAX_ROUTE, MAX_TENSORS, MAX_URLS, Envelope, WireError
 
-MAGIC = b"SUF2"
+MAGIC = b"SUF3"
 PREFIX = struct.Struct("<4sIII")
 MAX_HEADER_BYTES = 1 << 20
 MAX_PAYLOAD_BYTES = (1 << 32) - 1  # what the prefix can say
@@ -102,32 +104,37 @@ class Frame:
     parked: str | None = None
     handoff: dict[str, Any] | None = None  # the sender's signed hand-off of the tensors (``wire.HANDOFF_META``)
     reply: dict[str, str] | None = None  # direct answers: {"to": token, "id": nonce}; results: {"id": nonce}
+    # an exec frame's: which of its hop's URLs the sender reached the receiver at (None: the first), the one a
+    # stand-in, reached at another than the first, names for the result it parks
+    via: int | None = None
 
 
 class Stable:
-    """A frame's first header part, parsed and checked: kind, tensor layout, route text, listen token. The
+    """A frame's first header part, parsed and checked: kind, tensor layout, route text, listen token, via. The
     tensors are ``(name, dtype, shape, offset, size)``; ``end`` is where the last one ends in the payload."""
 
-    __slots__ = ("raw", "kind", "tensors", "text", "to", "end", "largest")
+    __slots__ = ("raw", "kind", "tensors", "text", "to", "via", "end", "largest")
 
     def __init__(self, raw: bytes, kind: str, tensors: list[tuple[str, np.dtype, tuple[int, ...], int, int]],
-                 text: str | None, to: str | None) -> None:
-        self.raw, self.kind, self.tensors, self.text, self.to = raw, kind, tensors, text, to
+                 text: str | None, to: str | None, via: int | None) -> None:
+        self.raw, self.kind, self.tensors, self.text, self.to, self.via = raw, kind, tensors, text, to, via
         self.end = tensors[-1][3] + tensors[-1][4] if tensors else 0
         self.largest = max((t[4] for t in tensors), default=0)
 
     @classmethod
     def parse(cls, raw: bytes) -> Stable:
         value = _json(raw, "stable")
-        if not (type(value) is list and len(value) == 4 and type(value[0]) is str and type(value[1]) is list):
-            raise FrameError("frame header must start with [kind, tensors, route text, listen token]")
-        kind, entries, text, to = value
+        if not (type(value) is list and len(value) == 5 and type(value[0]) is str and type(value[1]) is list):
+            raise FrameError("frame header must start with [kind, tensors, route text, listen token, via]")
+        kind, entries, text, to, via = value
         if len(entries) > MAX_TENSORS:
             raise FrameError(f"{len(entries)} tensors; at most {MAX_TENSORS}")
         if text is not None and type(text) is not str:
             raise FrameError("frame envelope's route text must be a string")
         if to is not None and not (type(to) is str and 0 < len(to) <= MAX_TOKEN):
             raise FrameError(f"frame reply address must be {{'to', 'id'}} strings of 1..{MAX_TOKEN} characters")
+        if via is not None and not (type(via) is int and 0 <= via < MAX_URLS):
+            raise FrameError(f"frame's via must be the index of a hop's URL, 0..{MAX_URLS - 1}, not {via!r}")
         tensors, names, end = [], set(), 0
         for entry in entries:
             tensor = _entry(entry, end)
@@ -136,7 +143,7 @@ class Stable:
             names.add(tensor[0])
             tensors.append(tensor)
             end = tensor[3] + tensor[4]
-        return cls(raw, kind, tensors, text, to)
+        return cls(raw, kind, tensors, text, to, via)
 
 
 def _entry(entry: Any, start: int) -> tuple[str, np.dtype, tuple[int, ...], int, int]:
@@ -163,13 +170,13 @@ def pack(frame: Frame, known: list[Any] | None = None) -> list[Any]:
     env = frame.envelope
     wire = (env.to_wire() if type(env) is Envelope else env) if env is not None else _NO_ENVELOPE
     to, rid = _address(frame.reply)
-    return pack_fields(frame.kind, frame.tensors, wire, to, rid, frame.hops, frame.handoff, frame.error, frame.parked,
-                       known)
+    return pack_fields(frame.kind, frame.tensors, wire, to, frame.via, rid, frame.hops, frame.handoff, frame.error,
+                       frame.parked, known)
 
 
-def pack_fields(kind: str, tensors: Mapping[str, Any], wire: Sequence[Any], to: str | None, rid: str | None,
-                hops: list[Any], handoff: dict[str, Any] | None, error: dict[str, Any] | None, parked: str | None,
-                known: list[Any] | None) -> list[Any]:
+def pack_fields(kind: str, tensors: Mapping[str, Any], wire: Sequence[Any], to: str | None, via: int | None,
+                rid: str | None, hops: list[Any], handoff: dict[str, Any] | None, error: dict[str, Any] | None,
+                parked: str | None, known: list[Any] | None) -> list[Any]:
     """``pack`` of a frame given as its fields, ``wire`` the envelope's wire form (``[text, hop, steps]``): a
     node sends each hop on this way, without building a Frame and an Envelope for the next hop first. Every
     hop packs a frame with the caches cold after the engine's compute: the usual frame takes few steps."""
@@ -192,12 +199,12 @@ def pack_fields(kind: str, tensors: Mapping[str, Any], wire: Sequence[Any], to: 
     if offset > MAX_PAYLOAD_BYTES:
         raise FrameError(f"a frame's payload is at most {MAX_PAYLOAD_BYTES} bytes, not {offset}")
     text, hop, steps = wire
-    key = (kind, text, to, layout)
+    key = (kind, text, to, via, layout)
     if known is not None and known[0] == key:
         stable = known[1]
     else:
         entries = [[name, dtype, list(shape), at] for name, dtype, shape, at in layout]
-        stable = "".join(ENCODE_JSON([kind, entries, text, to], 0)).encode()
+        stable = "".join(ENCODE_JSON([kind, entries, text, to, via], 0)).encode()
         if known is not None:
             known[:] = [key, stable]
     rest = "".join(ENCODE_JSON([hop, steps, rid, hops, handoff, error, parked], 0)).encode()
@@ -276,7 +283,7 @@ def unpack(header: bytes | bytearray | memoryview, stable_len: int, payload: byt
     for name, dtype, shape, offset, _ in stable.tensors:
         tensors[name] = np.ndarray(shape, dtype, payload, offset)
     return Frame(stable.kind, tensors, None if text is None else [text, hop, steps], hops, error, parked, handoff,
-                 reply), stable
+                 reply, stable.via), stable
 
 
 _NONE = type(None)
@@ -389,11 +396,12 @@ class FrameSocket:
 
     def send_step(self, tensors: Mapping[str, Any], wire: Sequence[Any], reply: dict[str, str] | None,
                   hops: list[Any], handoff: dict[str, Any] | None, deadline: float) -> None:
-        """Write an ``exec`` frame given as its fields (``pack_fields``) by ``deadline``."""
+        """Write an ``exec`` frame given as its fields (``pack_fields``) by ``deadline``; sent to its hop's first
+        URL (a session's), so with no ``via``."""
         to, rid = _address(reply)
         with self._write:
-            self._send(pack_fields("exec", tensors, wire, to, rid, hops, handoff, None, None, self._sent), deadline,
-                       False)
+            self._send(pack_fields("exec", tensors, wire, to, None, rid, hops, handoff, None, None, self._sent),
+                       deadline, False)
 
     def _send(self, buffers: list[Any], deadline: float | None, only_if_room: bool) -> bool:
         _, header_len, _, payload_len = PREFIX.unpack(buffers[0])

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from splitup.node.bounded import bounded
 from splitup.node.failures import HopFailed, failed
 from splitup.node.frames import Frame, FrameError, FrameSocket, FrameTooLarge, frame_address
 from splitup.node.node import Node
@@ -67,14 +68,18 @@ class FrameForwarder:
         return self._addr.get(url)
 
     def address(self, url: str, timeout: float) -> tuple[str, int]:
+        """Where the node at ``url`` takes frames, asked from its ``/health`` within ``timeout`` seconds the
+        first time; ``TimeoutError`` or ``ConnectionError``."""
         addr = self._addr.get(url)
         if addr is None:
             with self._lock:
                 if self._http is None:
                     self._http = httpx.Client()
             try:
-                r = self._http.get(url.rstrip("/") + "/health", timeout=timeout)
+                r = bounded(self._http, "GET", url.rstrip("/") + "/health", timeout)
                 health = r.json() if r.status_code == 200 else {}
+            except httpx.TimeoutException:
+                raise TimeoutError(f"{url} did not say where it takes frames within {timeout} s") from None
             except (httpx.HTTPError, ValueError) as exc:
                 raise ConnectionError(f"cannot ask {url} for its frame port: {exc!r}") from None
             addr = frame_address(health if isinstance(health, dict) else {}, urlsplit(url).hostname or "")
@@ -247,6 +252,9 @@ class FrameServer:
                 raise FrameError(f"expected an 'exec' frame with an envelope, got {frame.kind!r}")
             env = Envelope.from_wire(frame.envelope)
             hop = env.hop
+            if frame.via is not None and frame.via >= len(env.current.urls):
+                raise FrameError(f"the frame says it came by URL {frame.via} of hop {hop}, which lists "
+                                 f"{len(env.current.urls)}")
             out, record, signed = self.dispatch.compute_here(env, frame.tensors, frame.handoff)
             if hop + 1 == len(env.route):
                 return None if self._direct(frame, out, record, signed) else self._final(env, out, record, frame,
@@ -282,9 +290,10 @@ class FrameServer:
         if size > self.node.config.park_above_bytes:
             rid = self.node.shelf.put(encode(out))
             if rid is not None:
-                # The address this node was reached at is one the route's client can use too.
-                return Frame("ok", hops=hops, reply=reply,
-                             parked=f"{env.current.urls[0].rstrip('/')}/results/{rid}", handoff=signed)
+                # The address this node was reached at (a stand-in's is not the hop's first) is one the
+                # route's client can use too.
+                here = env.current.urls[frame.via or 0]
+                return Frame("ok", hops=hops, reply=reply, parked=f"{here.rstrip('/')}/results/{rid}", handoff=signed)
         return Frame("ok", out, hops=hops, reply=reply, handoff=signed)
 
     def _onward(self, onward: _Onward, env: Envelope, out: dict[str, Any], record: dict[str, Any],
@@ -314,6 +323,7 @@ class FrameServer:
         request = Frame("exec", out, env, handoff=signed)
         failure = None
         for attempt, url in enumerate(urls):
+            request.via = attempt
             try:
                 reply = self.forwarder.request(url, request, timeout)
             except TimeoutError:
@@ -392,8 +402,8 @@ class _Onward:
             if last is not None and not closed:
                 rid, hop, url = last
                 try:
-                    self.upstream.send(_error(502, "unreachable", f"hop {hop} at {url} closed the connection", hop,
-                                              rid), WRITE_S)
+                    self.upstream.send(_error_of(HopFailed.unreachable(hop, url, "it closed the connection"), rid),
+                                       WRITE_S)
                 except OSError:
                     pass
 
