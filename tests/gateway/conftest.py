@@ -83,10 +83,11 @@ def reference_text(env: Env, prompt_text: str, max_tokens: int) -> str:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The chaos run last: it kills and restarts this market's processes, and a book it finds unbalanced
-    (an honest node slashed) must not fail the tests after it too."""
+    (an honest node slashed) must not fail the tests after it too. Before it, the model with a hostile chat
+    template: it stays registered, and the tests listing the market's models see only the harness's."""
     here = [i for i, item in enumerate(items) if item.path.parent == Path(__file__).parent]
     if here:  # only within this folder's tests, so the market is not kept running for the others
         block = [items[i] for i in here]
-        block.sort(key=lambda item: item.path.name == "test_chaos.py")
+        block.sort(key=lambda item: (item.path.name == "test_chaos.py", item.path.name == "test_template_limits.py"))
         for i, item in zip(here, block, strict=True):
             items[i] = item

@@ -10,7 +10,7 @@ import openai
 import pytest
 
 import splitup
-from splitup.models.real import render_chat
+from splitup.chat.renderer import render_chat
 
 from .conftest import reference_text
 

@@ -47,7 +47,9 @@ class _Client:
 
     def __init__(self, plan: Plan) -> None:
         self.entry = SimpleNamespace(name="m", plan=plan, manifest=SimpleNamespace(kind="decoder",
-                                                                                 chat_template=TEMPLATE))
+                                                                                 chat_template=TEMPLATE,
+                                                                                 special_tokens={}))
+        self.template_timeout = 2.0
 
     def plan(self, model: str) -> Any:
         if model != "m":
@@ -56,7 +58,7 @@ class _Client:
 
     chat_prompt = Client.chat_prompt
 
-    def encode(self, entry: Any, text: str) -> list[int]:
+    def encode(self, entry: Any, text: str, *, add_special_tokens: bool = True) -> list[int]:
         return [ord(c) % 500 for c in text]
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
+from splitup.chat.renderer import render_chat
 from splitup.models.errors import ChatTemplateError
-from splitup.models.real import render_chat
 
 CHATML = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from splitup.chat import SPECIAL_TOKENS
 from splitup.graph import zoo
 from splitup.models.generate import generate, pipeline_step
 from splitup.models.registry import spec
@@ -89,6 +90,12 @@ def test_tokenizer_matches_transformers(smollm):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     assert smollm.chat_prompt(messages) == ref.apply_chat_template(messages, tokenize=False,
                                                                     add_generation_prompt=True)
+    # The special tokens a template may write are the ones transformers reads from the file; a chat is
+    # encoded as apply_chat_template encodes it (without adding special tokens: the template wrote them).
+    assert smollm.special_tokens == {k: v for k, v in ref.special_tokens_map.items() if k in SPECIAL_TOKENS}
+    assert smollm.special_tokens["bos_token"] == "<|im_start|>"
+    expected = ref.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)["input_ids"]
+    assert smollm.encode(smollm.chat_prompt(messages), add_special_tokens=False) == list(expected)
 
 
 def test_cli_generates_the_greedy_continuation(smollm, monkeypatch, capsys):

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -18,13 +19,14 @@ from solders.keypair import Keypair
 
 from splitup import __version__
 from splitup.cli._market_opts import amount_of
-from splitup.demo.models import byte_tokenizer_json
+from splitup.demo.models import TINY_CHAT_TEMPLATE, byte_tokenizer_json
 from splitup.demo.procs import Child, Processes, free_port
 from splitup.market.accounts import node_engines, node_specialized, version_code
 from splitup.market.connect import connect
 from splitup.market.market import LAMPORTS_PER_SOL, Market, MarketParams
 from splitup.market.wallet import load_keypair, save_keypair
 from splitup.partition.task import Plan
+from splitup.sdk.catalog import ModelManifest
 from splitup.sdk.client import Client
 
 WINDOW_SLOTS = 30
@@ -95,8 +97,12 @@ def published(net: Net, plan_dir: Path) -> Published:
     plan = Plan.load(plan_dir)
     tok = net.root / "tokenizer.json"
     tok.write_text(byte_tokenizer_json())
+    config = net.root / "tokenizer_config.json"  # as a model repository ships it
+    config.write_text(json.dumps({"eos_token": {"__type": "AddedToken", "content": "<|endoftext|>"}, "bos_token": None,
+                                  "chat_template": TINY_CHAT_TEMPLATE}))
     out = splitup("market", "publish", plan_dir, "--store", net.store.url, "--tokenizer", tok, "--eos-ids", "256",
-                  "--price", "0.001sol", "--keypair", net.authority, "--rpc-url", net.ledger.url)
+                  "--tokenizer-config", config, "--price", "0.001sol", "--keypair", net.authority,
+                  "--rpc-url", net.ledger.url)
     assert out.returncode == 0, out.stderr
     address = re.search(r"model \S+ \(decoder\) at (\w+)", out.stdout)
     model_hash = re.search(r"model hash ([0-9a-f]{64})", out.stdout)
@@ -109,7 +115,10 @@ def published(net: Net, plan_dir: Path) -> Published:
     assert info.header.model_hash.hex() == model_hash.group(1)
     assert [t.task_id.hex() for t in info.tasks] == task_ids and {t.price for t in info.tasks} == {1_000_000}
     # The manifest and plan reached the store server (not just a local staging directory).
-    assert httpx.get(f"{net.store.url}/blobs/{model_hash.group(1)}", timeout=5).status_code == 200
+    blob = httpx.get(f"{net.store.url}/blobs/{model_hash.group(1)}", timeout=5)
+    assert blob.status_code == 200
+    manifest = ModelManifest.parse(blob.content)
+    assert manifest.special_tokens == {"eos_token": "<|endoftext|>"} and manifest.chat_template == TINY_CHAT_TEMPLATE
 
     port = free_port()
     toml = net.root / "node.toml"

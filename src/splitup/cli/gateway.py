@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from splitup.cli._market_opts import add_network
+from splitup.errors import SplitUpError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     start.add_argument("--task-timeout-slots", type=int, default=3000,
                        help="slots a node has for a task once accepted (bounded by the market's config)")
     start.add_argument("--deadline-slots", type=int, default=6000, help="slots until a job's deadline")
+    start.add_argument("--template-timeout", type=float, default=2.0,
+                       help="seconds rendering a model's chat template may take before the request gets 400 "
+                       "(default 2; whoever publishes a model writes its template)")
     start.add_argument("--log-level", default="warning")
     start.set_defaults(func=cmd_start)
 
@@ -47,9 +51,11 @@ def cmd_start(args: argparse.Namespace) -> int:
     from splitup.market.wallet import default_keypair_path
     from splitup.sdk.client import Client
 
+    if not args.template_timeout > 0:  # NaN too
+        raise SplitUpError(f"--template-timeout must be a positive number of seconds, not {args.template_timeout}")
     client = Client(args.rpc_url, Path(args.keypair or default_keypair_path()), store_url=args.store,
                     program_id=args.program_id, task_timeout_slots=args.task_timeout_slots,
-                    deadline_slots=args.deadline_slots)
+                    deadline_slots=args.deadline_slots, template_timeout=args.template_timeout)
     db = args.db or Path(".splitup") / f"gateway-{str(client.payer.pubkey())[:8]}.sqlite"
     print(f"splitup gateway: http://{args.host}:{args.port}/ (console), /v1 (OpenAI API); paying from "
           f"{client.payer.pubkey()}; jobs in {db}", flush=True)

@@ -83,6 +83,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="take tokenizer, chat template and bos/eos ids from a shipped model (`splitup models`)")
     pub.add_argument("--tokenizer", type=Path, default=None, metavar="FILE", help="a tokenizer.json instead")
     pub.add_argument("--chat-template", type=Path, default=None, metavar="FILE", help="a Jinja chat template")
+    pub.add_argument("--tokenizer-config", type=Path, default=None, metavar="FILE",
+                     help="a tokenizer_config.json: the special tokens chat templates write (bos_token, eos_token, "
+                     "unk_token, pad_token), and its chat template unless --chat-template gives one")
     pub.add_argument("--eos-ids", default=None, metavar="IDS", help="comma-separated end-of-sequence token ids")
     pub.add_argument("--bos-id", type=int, default=None)
     pub.add_argument("--kind", choices=("decoder", "graph"), default=None,
@@ -181,6 +184,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
     plan = Plan.load(args.plan)  # before touching the chain or the store: a wrong directory fails first
     tokenizer, template, bos, eos, description = None, None, None, (), ""
+    special: dict[str, str] = {}
     if args.model is not None:
         if args.model != plan.model:
             # Another model's tokenizer would decode this plan's token ids into nonsense, silently.
@@ -191,9 +195,16 @@ def cmd_publish(args: argparse.Namespace) -> int:
         imported = import_weights(args.model)  # cached after the first import; no graph is built
         tokenizer, template, bos, eos = (imported.tokenizer_json, imported.chat_template, imported.bos_id,
                                          imported.eos_ids)
+        special = imported.special_tokens
         description = spec(args.model).description
     if args.tokenizer is not None:
         tokenizer = _read_text(args.tokenizer, "tokenizer")
+    if args.tokenizer_config is not None:
+        from splitup.chat.tokenizer_config import read_tokenizer_config
+
+        config = read_tokenizer_config(args.tokenizer_config)
+        special = config.special_tokens
+        template = config.chat_template or template
     if args.chat_template is not None:
         template = _read_text(args.chat_template, "chat template")
     if args.bos_id is not None:
@@ -215,7 +226,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         # registration is skipped when the model exists, and every blob is named by its hash).
         store = BlobStore(Path(tmp) if remote else Path(args.store))
         published = publish_model(m, m.payer, args.plan, store, kind=kind, tokenizer_json=tokenizer,
-                                  chat_template=template, bos_id=bos, eos_ids=eos,
+                                  chat_template=template, bos_id=bos, eos_ids=eos, special_tokens=special,
                                   description=args.description if args.description is not None else description,
                                   **pricing)
         if remote:

@@ -73,7 +73,8 @@ def _generate(args: argparse.Namespace) -> int:
     dec = OrtDecoder(model.model)
     out: list[int] = []
     shown = ""
-    for token in stream(dec, model.encode(text), args.max_new_tokens, model.eos_ids, sampling, dec.max_seq):
+    ids = model.encode(text, add_special_tokens=not args.chat)  # a chat template writes its own
+    for token in stream(dec, ids, args.max_new_tokens, model.eos_ids, sampling, dec.max_seq):
         out.append(token)
         # Decode the whole tail each time: a character may span several byte-level tokens.
         now = model.decode(out)

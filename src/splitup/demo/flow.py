@@ -209,7 +209,7 @@ def prepare(root: Path, smaller: bool, tasks: int, nodes: int, workspace: int, p
     """Load the model, split it for ``nodes`` node sizes into ``tasks`` tasks, write the bundles."""
     from tokenizers import Tokenizer
 
-    from splitup.models.real import render_chat
+    from splitup.chat.renderer import render_chat
     from splitup.partition.plan import make_plan
 
     model = load_demo_model(smaller, dtype=dtype)
@@ -218,8 +218,12 @@ def prepare(root: Path, smaller: bool, tasks: int, nodes: int, workspace: int, p
     budgets = node_budgets(model.graph, nodes, tasks, workspace)
     make_plan(model.graph, model.name, budgets, workspace_bytes=workspace, out_dir=root / "plan")
     tok = Tokenizer.from_str(model.tokenizer_json)
-    text = render_chat(model.chat_template, [{"role": "user", "content": prompt}]) if model.chat_template else prompt
-    return Prepared(model, root / "plan", budgets, list(tok.encode(text).ids), tok)
+    if model.chat_template:  # encoded as transformers encodes a chat: the template wrote the special tokens
+        text = render_chat(model.chat_template, [{"role": "user", "content": prompt}], True, model.special_tokens)
+        ids = tok.encode(text, add_special_tokens=False).ids
+    else:
+        ids = tok.encode(prompt).ids
+    return Prepared(model, root / "plan", budgets, list(ids), tok)
 
 
 def run_demo(opts: DemoOptions, progress: Ui | None = None,

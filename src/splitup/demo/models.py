@@ -3,7 +3,7 @@ tiny LLaMA with random weights and a byte-level tokenizer (for the integration t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -23,6 +23,7 @@ class DemoModel:
     bos_id: int | None
     eos_ids: tuple[int, ...]
     description: str
+    special_tokens: dict[str, str] = field(default_factory=dict)  # bos_token, ...: what chat templates write
 
 
 def byte_tokenizer_json() -> str:
@@ -44,12 +45,13 @@ def load_demo_model(smaller: bool, max_seq: int = 64, dtype: str = "fp32") -> De
         from splitup.graph import zoo
 
         return DemoModel("tiny-llama", zoo.build("tiny-llama", seed=0, dtype=dtype), byte_tokenizer_json(),
-                         TINY_CHAT_TEMPLATE, None, (256,), "4-layer LLaMA with random weights (zoo), byte-level tokenizer")
+                         TINY_CHAT_TEMPLATE, None, (256,), "4-layer LLaMA with random weights (zoo), byte-level tokenizer",
+                         {"eos_token": "<|endoftext|>"})
     from splitup.models.real import load_real_model
 
     m = load_real_model("smollm2-135m", max_seq=max_seq, dtype=dtype)
     return DemoModel(m.name, m.model, str(m.tokenizer.to_str()), m.chat_template, m.bos_id, tuple(m.eos_ids),
-                     m.spec.description)
+                     m.spec.description, m.special_tokens)
 
 
 def node_budgets(graph: onnx.ModelProto, nodes: int, tasks: int, workspace: int) -> list[int]:

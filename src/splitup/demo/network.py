@@ -124,7 +124,8 @@ def local_market(root: Path, model: DemoModel, plan_dir: Path, budgets: list[int
                                                             validator_timeout_slots=validator_timeout_slots))
             published = publish_model(market, authority, plan_dir, store, kind="decoder",
                                       tokenizer_json=model.tokenizer_json, chat_template=model.chat_template,
-                                      bos_id=model.bos_id, eos_ids=model.eos_ids, description=model.description)
+                                      bos_id=model.bos_id, eos_ids=model.eos_ids, special_tokens=model.special_tokens,
+                                      description=model.description)
             say(f"   ledger {ledger.url}, store {storep.url}; model registered at {published.address}")
 
             say(f"[bold]3. Nodes[/bold]: {len(names)} processes, each with its own wallet, stake and memory size")

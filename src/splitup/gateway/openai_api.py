@@ -156,7 +156,7 @@ def parse(body: Any, svc: GatewayService, *, chat: bool) -> GenRequest:
     if len(text) > MAX_PROMPT_CHARS:
         raise BadRequest(f"the prompt of {len(text)} characters exceeds the limit of {MAX_PROMPT_CHARS}",
                          "messages" if chat else "prompt", code="context_length_exceeded")
-    ids = svc.client.encode(entry, text)
+    ids = svc.client.encode(entry, text, add_special_tokens=not chat)  # a template writes its own
     try:
         check_generation(entry.plan, ids, int(max_tokens), temperature, None, seed)
     except RequestError as exc:

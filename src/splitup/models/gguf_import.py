@@ -53,6 +53,7 @@ class GGUFModel:
     chat_template: str | None
     bos_id: int | None
     eos_id: int | None
+    special_tokens: dict[str, str]  # bos_token, ...: what chat templates write ({{ bos_token }})
     metadata: dict[str, Any]  # scalar general.* / llama.* fields, for display and provenance
 
 
@@ -145,6 +146,22 @@ def tokenizer_json(reader: Any) -> str:
     return tk.to_str()
 
 
+# The special tokens transformers' GGUF tokenizer names, and the fields giving their ids.
+_SPECIAL_TOKEN_IDS = {"bos_token": "bos_token_id", "eos_token": "eos_token_id", "unk_token": "unknown_token_id",
+                      "pad_token": "padding_token_id"}
+
+
+def special_tokens(reader: Any) -> dict[str, str]:
+    ids = {name: _field(reader, f"tokenizer.ggml.{key}", None) for name, key in _SPECIAL_TOKEN_IDS.items()}
+    ids = {name: int(i) for name, i in ids.items() if i is not None}
+    if not ids:
+        return {}
+    tokens = _field(reader, "tokenizer.ggml.tokens")
+    if not all(0 <= i < len(tokens) for i in ids.values()):
+        raise ModelError(f"GGUF special token ids {ids} outside the vocabulary of {len(tokens)} tokens")
+    return {name: str(tokens[i]) for name, i in ids.items()}
+
+
 def read_gguf(path: Path, *, max_seq: int = 256, keep_quantised: bool = False) -> GGUFModel:
     import gguf
     from gguf.quants import dequantize
@@ -189,5 +206,5 @@ def read_gguf(path: Path, *, max_seq: int = 256, keep_quantised: bool = False) -
         config=cfg, weights=weights, tokenizer_json=tokenizer_json(reader),
         chat_template=_field(reader, "tokenizer.chat_template", None),
         bos_id=None if bos is None else int(bos), eos_id=None if eos is None else int(eos),
-        metadata=json.loads(json.dumps(meta, default=str)),
+        special_tokens=special_tokens(reader), metadata=json.loads(json.dumps(meta, default=str)),
     )

@@ -7,11 +7,8 @@ weights by name. ``build_real(name)`` gives the zoo graph with the same weights,
 
 from __future__ import annotations
 
-import functools
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +21,11 @@ from splitup.graph.zoo.common import ParamSource
 from splitup.graph.zoo.llama import LlamaConfig, build_llama
 from splitup.models.cache import CacheEntry, cache_root, sha256_file
 from splitup.models.convert import bert_from_hf, llama_from_hf
-from splitup.models.errors import ChatTemplateError, ModelError
+from splitup.models.errors import ModelError
 from splitup.models.registry import RealModelSpec, spec
 
 # Bumped whenever the importer's output changes, so old cache entries are not reused.
-IMPORTER_VERSION = 1
+IMPORTER_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -42,6 +39,7 @@ class ImportedWeights:
     bos_id: int | None = None
     eos_ids: tuple[int, ...] = ()
     source_sha256: str = ""
+    special_tokens: dict[str, str] = field(default_factory=dict)  # bos_token, ...: what chat templates write
 
 
 _PARTS = ("q", "scale", "zero_point", "minimum")
@@ -80,6 +78,7 @@ def _import_gguf(s: RealModelSpec, path: Path, keep_quantised: bool) -> Imported
             config=LlamaConfig(**meta["config"]), hf_weights=_unflatten(weights, meta.get("quantised", {})),
             tokenizer_json=texts["tokenizer.json"], chat_template=meta.get("chat_template"),
             bos_id=meta.get("bos_id"), eos_ids=tuple(meta.get("eos_ids", ())), source_sha256=source,
+            special_tokens=meta["special_tokens"],
         )
     from splitup.models.gguf_import import read_gguf
 
@@ -89,9 +88,10 @@ def _import_gguf(s: RealModelSpec, path: Path, keep_quantised: bool) -> Imported
     entry.store(flat, {"tokenizer.json": g.tokenizer_json}, {
         "model": s.name, "source": path.name, "source_sha256": source, "importer_version": IMPORTER_VERSION,
         "config": asdict(g.config), "chat_template": g.chat_template, "bos_id": g.bos_id, "eos_ids": list(eos),
-        "gguf_metadata": g.metadata, "quantised": layouts,
+        "special_tokens": g.special_tokens, "gguf_metadata": g.metadata, "quantised": layouts,
     })
-    return ImportedWeights(g.config, g.weights, g.tokenizer_json, g.chat_template, g.bos_id, eos, source)
+    return ImportedWeights(g.config, g.weights, g.tokenizer_json, g.chat_template, g.bos_id, eos, source,
+                           g.special_tokens)
 
 
 def _import_sentence_bert(path: Path) -> ImportedWeights:
@@ -136,83 +136,6 @@ def build_real(name: str, *, dtype: str = "float32", activations: str | None = N
     return zoo.build(name, weights=weights, dtype=dtype, activations=activations, **kw)
 
 
-def render_chat(template: str, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True) -> str:
-    """Render a shipped Jinja chat template in a sandbox (a template is data, not trusted code) with what Hugging
-    Face's templates use besides the messages, as ``transformers`` renders them: ``raise_exception`` (a template
-    refusing the conversation, e.g. roles that do not alternate), ``strftime_now``, ``tojson`` without HTML
-    escaping, loop controls, ``{% generation %}`` blocks, ``dict`` and ``namespace``. Whatever stops the
-    rendering is a ``ChatTemplateError`` naming it."""
-    env = _chat_environment()
-    try:
-        return env.from_string(template).render(messages=list(messages), add_generation_prompt=add_generation_prompt)
-    except ChatTemplateError:
-        raise
-    except Exception as exc:  # the template is the model's data: any failure of it is its error, named
-        raise ChatTemplateError(f"the model's chat template cannot render these messages: "
-                                f"{type(exc).__name__}: {exc}") from None
-
-
-@functools.cache
-def _chat_environment() -> Any:
-    import jinja2
-    from jinja2.ext import Extension, loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    class Generation(Extension):
-        """``{% generation %}...{% endgeneration %}`` marks the assistant's part for training masks: its body."""
-
-        tags = {"generation"}
-
-        def parse(self, parser: Any) -> Any:
-            lineno = next(parser.stream).lineno
-            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-            return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
-
-        def _body(self, caller: Any) -> str:
-            return str(caller())
-
-    class Namespace(jinja2.utils.Namespace):
-        """No underscore names: a template must not reach the interpreter's internals through attributes."""
-
-        def __init__(*args: Any, **kwargs: Any) -> None:  # noqa: N805 - jinja's own signature trick (self in args)
-            self, rest = args[0], args[1:]
-            attrs = dict(*rest, **kwargs)
-            for name in attrs:
-                Namespace._check(name)
-            jinja2.utils.Namespace.__init__(self, attrs)
-
-        def __setitem__(self, name: str, value: Any) -> None:
-            Namespace._check(name)
-            jinja2.utils.Namespace.__setitem__(self, name, value)
-
-        @staticmethod
-        def _check(name: Any) -> None:
-            if isinstance(name, str) and name.startswith("_"):
-                raise jinja2.exceptions.SecurityError(f"a template may not set {name!r} on a namespace")
-
-    class Dict:
-        """``dict(...)`` and ``dict.fromkeys(...)``, without the type itself (its attributes lead out)."""
-
-        def __call__(self, *args: Any, **kwargs: Any) -> dict[Any, Any]:
-            return dict(*args, **kwargs)
-
-        def fromkeys(self, *args: Any, **kwargs: Any) -> dict[Any, Any]:
-            return dict.fromkeys(*args, **kwargs)
-
-    def raise_exception(message: Any) -> None:
-        raise ChatTemplateError(f"the model's chat template refuses these messages: {message}")
-
-    def tojson(x: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None,
-               sort_keys: bool = False) -> str:
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[Generation, loopcontrols])
-    env.filters["tojson"] = tojson
-    env.globals.update(raise_exception=raise_exception, namespace=Namespace,
-                       strftime_now=lambda fmt: datetime.now().strftime(fmt), dict=Dict())
-    return env
-
-
 @dataclass
 class RealModel:
     name: str
@@ -225,21 +148,25 @@ class RealModel:
     bos_id: int | None = None
     chat_template: str | None = None
     dtype: str = "fp32"
+    special_tokens: dict[str, str] = field(default_factory=dict)
 
     @property
     def is_decoder(self) -> bool:
         return self.spec.kind == "decoder"
 
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text).ids)
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text``; a chat prompt without ``add_special_tokens``: its template wrote them."""
+        return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids)
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return str(self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens))
 
     def chat_prompt(self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True) -> str:
+        from splitup.chat.renderer import render_chat  # it imports this package's errors
+
         if not self.chat_template:
             raise ModelError(f"{self.name} has no chat template")
-        return render_chat(self.chat_template, messages, add_generation_prompt)
+        return render_chat(self.chat_template, messages, add_generation_prompt, self.special_tokens)
 
     def encode_batch(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """Padded ``input_ids`` and ``attention_mask`` for the encoder graph."""
@@ -286,4 +213,5 @@ def load_real_model(
     return RealModel(
         name=name, spec=s, config=cfg, model=model, tokenizer=tok, hf_weights=imported.hf_weights,
         eos_ids=imported.eos_ids, bos_id=imported.bos_id, chat_template=imported.chat_template, dtype=dtype,
+        special_tokens=imported.special_tokens,
     )

@@ -11,6 +11,7 @@ import hashlib
 import json
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
+from splitup.chat import SPECIAL_TOKENS
 from splitup.errors import SplitUpError
 from splitup.market.accounts import ModelInfo
 from splitup.market.layout import ModelTask
@@ -45,10 +47,15 @@ class ModelManifest:
     bos_id: int | None = None
     eos_ids: tuple[int, ...] = ()
     description: str = ""
+    # The tokenizer's special tokens by name (bos_token, ...: splitup.chat.SPECIAL_TOKENS), which chat
+    # templates write themselves ({{ bos_token }}), as transformers gives them.
+    special_tokens: Mapping[str, str] = field(default_factory=dict)
 
     def canonical(self) -> bytes:
         body = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, **asdict(self)}
         body["eos_ids"] = list(self.eos_ids)
+        if not self.special_tokens:
+            del body["special_tokens"]  # a manifest from before they were kept keeps its hash
         return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
     @property
@@ -66,9 +73,16 @@ class ModelManifest:
                 tokenizer=None if d.get("tokenizer") is None else str(d["tokenizer"]),
                 chat_template=d.get("chat_template"), bos_id=d.get("bos_id"),
                 eos_ids=tuple(int(x) for x in d.get("eos_ids", ())), description=str(d.get("description", "")),
+                special_tokens=_special_tokens(d.get("special_tokens", {})),
             )
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise CatalogError(f"malformed model manifest: {exc}") from None
+
+
+def _special_tokens(raw: Any) -> dict[str, str]:
+    if not isinstance(raw, dict) or not all(k in SPECIAL_TOKENS and isinstance(v, str) for k, v in raw.items()):
+        raise ValueError(f"special_tokens must map some of {', '.join(SPECIAL_TOKENS)} to strings")
+    return dict(raw)
 
 
 def task_price(task: TaskDefinition, lamports_per_gflop: int, base: int) -> int:
@@ -87,15 +101,15 @@ class Published:
 
 def publish_model(market: Market, owner: Keypair, plan_dir: Path, store: BlobStore, *, kind: str,
                   tokenizer_json: str | None = None, chat_template: str | None = None, bos_id: int | None = None,
-                  eos_ids: tuple[int, ...] = (), description: str = "", lamports_per_gflop: int = 1_000_000,
-                  base_price: int = 100_000) -> Published:
+                  eos_ids: tuple[int, ...] = (), special_tokens: Mapping[str, str] | None = None,
+                  description: str = "", lamports_per_gflop: int = 1_000_000, base_price: int = 100_000) -> Published:
     """Put a written plan, its bundles, tokenizer and manifest into ``store`` and register the model on chain."""
     published = publish_plan(plan_dir, store)
     plan = Plan.load(plan_dir)
     tok_sha = store.put_bytes(tokenizer_json.encode()) if tokenizer_json is not None else None
     manifest = ModelManifest(name=plan.model, kind=kind, plan=published.plan_sha256, tokenizer=tok_sha,
                              chat_template=chat_template, bos_id=bos_id, eos_ids=tuple(eos_ids),
-                             description=description)
+                             special_tokens=dict(special_tokens or {}), description=description)
     sha = store.put_bytes(manifest.canonical())
     prices = [task_price(t, lamports_per_gflop, base_price) for t in plan.tasks]
     entries = [ModelTask(task_id=bytes.fromhex(t.task_id), vram=t.vram_bytes, price=p)

@@ -127,11 +127,12 @@ class Client:
                  store_url: str | None = None, program_id: Pubkey = DEFAULT_PROGRAM_ID,
                  market: Market | None = None, accept_timeout: float = 30.0, hop_timeout: float = 120.0,
                  deadline_slots: int = 20_000, task_timeout_slots: int = 10_000, queue_timeout: float = 0.0,
-                 place_timeout: float = 90.0, wind_up_timeout: float = 300.0) -> None:
+                 place_timeout: float = 90.0, wind_up_timeout: float = 300.0, template_timeout: float = 2.0) -> None:
         """``queue_timeout``: how long a request waits for room in the market before :class:`MarketBusy`
         (0: refuse at once); ``place_timeout``: how long it keeps re-posting after losing a race for
         nodes; ``wind_up_timeout``: how long winding up a failed job may take before it is left to
-        :meth:`wind_up` again (its windows stay bounded by the chain either way)."""
+        :meth:`wind_up` again (its windows stay bounded by the chain either way); ``template_timeout``:
+        how long rendering a model's chat template may take (any publisher writes one)."""
         self.payer: Keypair = as_keypair(wallet if wallet is not None else default_keypair_path())
         self.market = market or connect(rpc_url, self.payer, program_id)
         self.store_url = store_url or os.environ.get("SPLITUP_STORE_URL", DEFAULT_STORE_URL)
@@ -139,6 +140,7 @@ class Client:
         self.accept_timeout, self.hop_timeout = accept_timeout, hop_timeout
         self.deadline_slots, self.task_timeout_slots = deadline_slots, task_timeout_slots
         self.queue_timeout, self.place_timeout, self.wind_up_timeout = queue_timeout, place_timeout, wind_up_timeout
+        self.template_timeout = template_timeout
         self._http = httpx.Client(timeout=hop_timeout)
         # per job, the nodes' signed receipts of their inputs as the hops bring them (PipelineClient.receipts,
         # filled in place): proved on chain when a job is wound up and a node that had its input did not
@@ -443,18 +445,23 @@ class Client:
         report = self.wait(job, model_name=entry.name, task_ids=entry.task_ids()) if wait else None
         return RunResult({k: outputs[k] for k in want}, str(job), seconds, report)
 
-    def encode(self, model: str | CatalogEntry, text: str) -> list[int]:
+    def encode(self, model: str | CatalogEntry, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text``; a chat prompt is encoded without ``add_special_tokens``, as transformers
+        encodes one: its template wrote the special tokens it wants (``{{ bos_token }}``)."""
         entry = self.plan(model) if isinstance(model, str) else model
-        return list(self.catalog.tokenizer(entry).encode(text).ids)
+        return list(self.catalog.tokenizer(entry).encode(text, add_special_tokens=add_special_tokens).ids)
 
     def chat_prompt(self, model: str | CatalogEntry, messages: Sequence[Mapping[str, str]]) -> str:
-        """The prompt text for chat ``messages``, from the model's own chat template (rendered sandboxed)."""
-        from splitup.models.real import render_chat
+        """The prompt text for chat ``messages``, from the model's own chat template: rendered sandboxed, in a
+        worker process bounded in time (``template_timeout``), memory and output."""
+        from splitup.chat.renderer import RenderLimits, render_chat
 
         entry = self.plan(model) if isinstance(model, str) else model
         if not entry.manifest.chat_template:
             raise RequestError(f"model {entry.name} has no chat template", "messages")
-        return render_chat(entry.manifest.chat_template, messages, add_generation_prompt=True)
+        return render_chat(entry.manifest.chat_template, messages, add_generation_prompt=True,
+                           special_tokens=entry.manifest.special_tokens,
+                           limits=RenderLimits(seconds=self.template_timeout))
 
     def generate(self, model: str, prompt: str, max_tokens: int = 64, temperature: float = 0.0, *,
                  stream: bool = False, seed: int | None = None, top_k: int | None = None,
