@@ -91,6 +91,7 @@ _HOSTILE_HEADERS = {
     ("nested-header", "model.safetensors is not a valid safetensors file"),
     ("offsets-past-the-end", "model.safetensors is not a valid safetensors file"),
     ("header-not-a-map", "model.safetensors is not a valid safetensors file"),
+    ("nested-config", "config.json: JSON nested deeper than the parser can follow"),
     ("float8", "model.safetensors: tensors of a type the importer does not read: w (F8_E4M3)"),
 ])
 def test_import_refusals_say_what_to_do(setup, message, tmp_path, capsys):
@@ -106,6 +107,8 @@ def test_import_refusals_say_what_to_do(setup, message, tmp_path, capsys):
         cfg = json.loads((d / "config.json").read_text())
         cfg["rope_parameters"] = {"rope_type": "yarn", "factor": 4.0}
         (d / "config.json").write_text(json.dumps(cfg))
+    if setup == "nested-config":
+        (d / "config.json").write_text("[" * 100_000 + "]" * 100_000)
     if setup in _HOSTILE_HEADERS:  # a checkpoint from someone else's tool, damaged or hostile
         (d / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1}))
         header = _HOSTILE_HEADERS[setup]

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 
+from splitup import jsonparse
 from splitup.client.sampling import GREEDY, Decoding, decoding_for, generate_tokens
 from splitup.errors import SplitUpError
 from splitup.node.app import CONTENT_TYPE, HOPS_HEADER, PARKED_HEADER
@@ -251,8 +252,8 @@ class PipelineClient:
         except httpx.HTTPError as exc:
             raise _unanswered(exc, 0, url) from None
         try:
-            records = json.loads(r.headers.get(HOPS_HEADER, "[]"))
-        except (ValueError, RecursionError):
+            records = jsonparse.loads(r.headers.get(HOPS_HEADER, "[]"))
+        except ValueError:
             records = None
         if not isinstance(records, list):  # as a malformed frame is: the node is not one to talk to
             raise NodeFailure(f"hop 0 at {url} sent malformed hop records", hop=0, kind="unreachable")

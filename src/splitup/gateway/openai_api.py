@@ -26,6 +26,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from splitup import jsonparse
 from splitup.errors import SplitUpError
 from splitup.gateway.service import GatewayService
 from splitup.sdk.catalog import CatalogError
@@ -337,8 +338,8 @@ def router(svc: GatewayService) -> APIRouter:
             raw = await request.body()
             if len(raw) > MAX_BODY_BYTES:
                 return BadRequest(f"the body exceeds the limit of {MAX_BODY_BYTES} bytes", None, 413).response()
-            body = json.loads(raw)
-        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser's stack
+            body = jsonparse.loads(raw)
+        except ValueError:
             return BadRequest("the body is not JSON").response()
         try:
             req = await run_in_threadpool(parse, body, svc, chat=chat)

@@ -11,13 +11,12 @@ shape code all read, kept below all three so that none of them imports another f
 
 from __future__ import annotations
 
-import json
-
 import ml_dtypes
 import numpy as np
 import onnx
 from onnx import TensorProto
 
+from splitup import jsonparse
 from splitup.graph.errors import MalformedGraph, UnsupportedDtype
 
 DIM_MAX_KEY = "splitup.dim_max"
@@ -77,15 +76,15 @@ def dtype_of(elem_type: int, *, where: str) -> str:
 
 def declared_json(model: onnx.ModelProto, key: str) -> object | None:
     """The JSON a graph declares under metadata ``key``; None when absent. Given twice or not JSON is
-    ``MalformedGraph`` (deeply nested JSON exhausts the parser's stack: a RecursionError, refused too)."""
+    ``MalformedGraph``."""
     values = [p.value for p in model.metadata_props if p.key == key]
     if not values:
         return None
     if len(values) > 1:
         raise MalformedGraph(f"metadata key {key} given more than once", where=key)
     try:
-        return json.loads(values[0])
-    except (ValueError, RecursionError) as exc:
+        return jsonparse.loads(values[0])
+    except ValueError as exc:
         raise MalformedGraph(f"{key} is not valid JSON: {exc}", where=key) from None
 
 
@@ -93,5 +92,5 @@ def read_state(model: onnx.ModelProto) -> dict[str, str]:
     """The KV-cache pairs (past input -> present output) a graph declares under ``STATE_KEY``."""
     for p in model.metadata_props:
         if p.key == STATE_KEY:
-            return dict(json.loads(p.value))
+            return dict(jsonparse.loads(p.value))
     return {}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from solders.keypair import Keypair
 
+from splitup import jsonparse
 from splitup.errors import SplitUpError
 
 WalletLike = Keypair | Path | str
@@ -25,7 +26,7 @@ def default_keypair_path() -> Path:
 
 def load_keypair(path: Path) -> Keypair:
     try:
-        raw = json.loads(path.read_text())
+        raw = jsonparse.loads(path.read_text())
     except FileNotFoundError:
         raise WalletError(f"no keypair file at {path} (create one with `splitup wallet new`)") from None
     except (OSError, ValueError) as exc:

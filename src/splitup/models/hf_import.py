@@ -10,7 +10,6 @@ widened bit-exactly to float32.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from splitup import jsonparse
 from splitup.graph.errors import BuilderError, GraphRejected
 from splitup.models.convert import bert_from_hf, gpt2_from_hf, llama_from_hf
 from splitup.models.errors import ModelError
@@ -36,7 +36,7 @@ MAX_EMBEDDED_BYTES = 2**31 - 2**24
 def _config(directory: Path) -> dict[str, Any]:
     path = directory / "config.json"
     try:
-        config = json.loads(path.read_text())
+        config = jsonparse.loads(path.read_text())
     except FileNotFoundError:
         raise ModelError(f"{directory} has no config.json: give the directory of a Hugging Face model "
                          "(config.json and *.safetensors)") from None
@@ -98,7 +98,7 @@ READABLE_DTYPES = frozenset({"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "
 
 def _header(path: Path) -> dict[str, Any]:
     with open(path, "rb") as fh:
-        return dict(json.loads(fh.read(int.from_bytes(fh.read(8), "little"))))
+        return dict(jsonparse.loads(fh.read(int.from_bytes(fh.read(8), "little"))))
 
 
 def _read_bf16(path: Path, names: set[str]) -> dict[str, np.ndarray]:

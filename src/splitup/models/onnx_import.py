@@ -19,7 +19,7 @@ from typing import Any
 
 import onnx
 
-from splitup.graph.meta import DIM_MAX_KEY, STATE_KEY, VALUE_MAX_KEY
+from splitup.graph.meta import DIM_MAX_KEY, STATE_KEY, VALUE_MAX_KEY, declared_json
 from splitup.models.errors import ModelError
 
 DEFAULT_OPSET = 17
@@ -46,8 +46,10 @@ def declare_values(model: onnx.ModelProto, value_max: Mapping[str, Any]) -> onnx
     Pad, ConstantOfShape, Range, ...) can be bounded; a node refuses any feed outside it. Each range is
     ``N`` (every element 0..N), ``(lo, hi)`` (every element lo..hi) or ``{"max": [...], "min": [...]}`` (one
     per element, ``min`` zeros by default). Merges with ranges already declared; the validator checks them."""
+    declared = declared_json(model, VALUE_MAX_KEY) or {}
+    if not isinstance(declared, dict):
+        raise ModelError(f"the model's {VALUE_MAX_KEY} metadata is not a map of input names to ranges")
     props = {p.key: p.value for p in model.metadata_props}
-    declared = json.loads(props.get(VALUE_MAX_KEY, "{}"))
     declared.update({k: list(v) if isinstance(v, Sequence) else v for k, v in value_max.items()})
     props[VALUE_MAX_KEY] = json.dumps(declared, sort_keys=True)
     del model.metadata_props[:]

@@ -8,13 +8,13 @@ embedding differently.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from splitup import jsonparse
 from splitup.graph.zoo.bert import BertConfig
 from splitup.models.errors import ModelError
 
@@ -31,7 +31,7 @@ class SentenceEncoderFiles:
 
 def _json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
+        return jsonparse.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot read {path}: {exc}") from exc
 

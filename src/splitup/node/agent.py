@@ -29,6 +29,7 @@ from fastapi.responses import JSONResponse
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
+from splitup import jsonparse
 from splitup.decoding import GREEDY, Decoding, DecodingError
 from splitup.market.accounts import node_endpoint
 from splitup.market.constants import TaskStatus
@@ -217,8 +218,8 @@ def _decoding(meta: Mapping[str, str]) -> Decoding | None:
     if DECODING_META not in meta:
         return None
     try:
-        return Decoding.from_json(json.loads(meta[DECODING_META]))
-    except (ValueError, TypeError, DecodingError, RecursionError) as exc:
+        return Decoding.from_json(jsonparse.loads(meta[DECODING_META]))
+    except (ValueError, TypeError, DecodingError) as exc:
         raise WireError(f"malformed decoding rule in the envelope: {exc}") from None
 
 
@@ -517,7 +518,7 @@ class MarketAgent:
     def _kept(self, job: str, index: int) -> Announcement | None:
         try:
             Pubkey.from_string(job)
-            return announcement_from(json.loads(self._kept_path(job, index).read_text()))
+            return announcement_from(jsonparse.loads(self._kept_path(job, index).read_text()))
         except (OSError, ValueError):
             return None
 

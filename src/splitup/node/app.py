@@ -22,6 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+from splitup import jsonparse
 from splitup.node.failures import HopFailed, classify
 from splitup.node.forward import ForwardError, HopClient, Reply
 from splitup.node.metrics import NodeMetrics
@@ -338,16 +339,16 @@ def _hop_records(r: Reply) -> list[Any]:
     """The downstream nodes' timing records; a malformed header from a stranger is dropped, not fatal."""
     raw = r.headers.get(HOPS_HEADER, "[]")
     try:
-        records = json.loads(raw) if len(raw) <= 16384 else []
-    except (ValueError, RecursionError):
+        records = jsonparse.loads(raw) if len(raw) <= 16384 else []
+    except ValueError:
         return []
     return records if isinstance(records, list) else []
 
 
 def _kind(r: Reply) -> str | None:
     try:
-        body = json.loads(r.content)
-    except (ValueError, RecursionError):
+        body = jsonparse.loads(r.content)
+    except ValueError:
         return None
     return body.get("kind") if isinstance(body, dict) else None
 
@@ -358,8 +359,8 @@ async def _json_body(request: Request) -> Any:
     except HopFailed:
         return None
     try:
-        return json.loads(raw)
-    except (ValueError, RecursionError):
+        return jsonparse.loads(raw)
+    except ValueError:
         return None
 
 

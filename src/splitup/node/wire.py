@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import save
 
+from splitup import jsonparse
 from splitup.errors import SplitUpError
 from splitup.graph.meta import NUMPY_DTYPES, SAFETENSORS_DTYPES
 
@@ -167,8 +168,8 @@ class Envelope:
     @staticmethod
     def from_json(text: str) -> Envelope:
         try:
-            d = json.loads(text)
-        except (TypeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deeply to parse
+            d = jsonparse.loads(text)
+        except (TypeError, ValueError) as exc:
             raise WireError(f"malformed routing envelope: {exc!r}") from None
         return Envelope.from_dict(d)
 
@@ -196,8 +197,8 @@ _ROUTES_LOCK = threading.Lock()
 
 def _parse_route(text: str) -> Envelope:
     try:
-        d = json.loads(text)
-    except (ValueError, RecursionError) as exc:
+        d = jsonparse.loads(text)
+    except ValueError as exc:
         raise WireError(f"malformed routing envelope: {exc!r}") from None
     if not isinstance(d, dict) or not isinstance(d.get("route"), list):
         raise WireError("malformed routing envelope: expected an object with a route")
@@ -241,8 +242,8 @@ def handoff_of(meta: Mapping[str, str]) -> dict[str, Any] | None:
     if len(raw) > MAX_HANDOFF_BYTES:
         raise WireError(f"signed hand-off of {len(raw)} bytes exceeds {MAX_HANDOFF_BYTES}")
     try:
-        value = json.loads(raw)
-    except (ValueError, RecursionError) as exc:
+        value = jsonparse.loads(raw)
+    except ValueError as exc:
         raise WireError(f"signed hand-off is not JSON: {exc}") from None
     if not isinstance(value, dict):
         raise WireError("signed hand-off must be a JSON object")
@@ -257,8 +258,8 @@ def decode(body: bytes, *, max_tensor_bytes: int | None = None) -> tuple[dict[st
     if n > MAX_HEADER_BYTES or 8 + n > len(body):
         raise WireError(f"safetensors header of {n} bytes does not fit the body or the {MAX_HEADER_BYTES}-byte limit")
     try:
-        header = json.loads(body[8 : 8 + n])
-    except (ValueError, RecursionError) as exc:
+        header = jsonparse.loads(body[8 : 8 + n])
+    except ValueError as exc:
         raise WireError(f"safetensors header is not JSON: {exc}") from None
     if not isinstance(header, dict):
         raise WireError("safetensors header is not an object")

@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from splitup import jsonparse
 from splitup.errors import SplitUpError
 from splitup.graph.errors import GraphRejected
 from splitup.graph.limits import Limits
@@ -207,8 +208,8 @@ class Plan:
         if path.is_dir():
             path = path / "plan.json"
         try:
-            return Plan.from_json(json.loads(path.read_text()))
-        except (OSError, ValueError, RecursionError) as exc:
+            return Plan.from_json(jsonparse.loads(path.read_text()))
+        except (OSError, ValueError) as exc:
             raise PlanError(f"cannot read plan {path}: {exc}") from None
 
 
@@ -437,7 +438,7 @@ def _safetensors_offsets(path: Path) -> dict[str, tuple[int, int]]:
     """Absolute byte ranges of each tensor in a safetensors file (header: u64 length + JSON)."""
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(n))
+        header = jsonparse.loads(f.read(n))
     base = 8 + n
     return {k: (base + v["data_offsets"][0], base + v["data_offsets"][1])
             for k, v in header.items() if k != "__metadata__"}
@@ -451,8 +452,8 @@ def load_task(directory: Path, *, verify: bool = True) -> TaskDefinition:
     """Read a bundle's definition and check both file hashes against it."""
     directory = Path(directory)
     try:
-        task = TaskDefinition.from_json(json.loads((directory / TASK_FILE).read_text()))
-    except (OSError, ValueError, RecursionError) as exc:
+        task = TaskDefinition.from_json(jsonparse.loads((directory / TASK_FILE).read_text()))
+    except (OSError, ValueError) as exc:
         raise PlanError(f"cannot read task bundle {directory}: {exc}") from None
     if verify:
         if sha256_file(directory / GRAPH_FILE) != task.graph_sha256:

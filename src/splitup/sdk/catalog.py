@@ -19,6 +19,7 @@ from typing import Any
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
+from splitup import jsonparse
 from splitup.chat import SPECIAL_TOKENS
 from splitup.errors import SplitUpError
 from splitup.market.accounts import ModelInfo
@@ -65,7 +66,7 @@ class ModelManifest:
     @staticmethod
     def parse(raw: bytes) -> ModelManifest:
         try:
-            d = json.loads(raw)
+            d = jsonparse.loads(raw)
             if d.get("format") != MANIFEST_FORMAT or d.get("version") != MANIFEST_VERSION:
                 raise ValueError("not a SplitUp model manifest of a known version")
             return ModelManifest(
@@ -75,7 +76,7 @@ class ModelManifest:
                 eos_ids=tuple(int(x) for x in d.get("eos_ids", ())), description=str(d.get("description", "")),
                 special_tokens=_special_tokens(d.get("special_tokens", {})),
             )
-        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CatalogError(f"malformed model manifest: {exc}") from None
 
 

@@ -12,6 +12,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from splitup import jsonparse
 from splitup.partition.task import (
     GRAPH_FILE,
     TASK_FILE,
@@ -54,8 +55,8 @@ def publish_plan(plan_dir: Path, store: BlobStore) -> PublishedPlan:
 
 def fetch_plan(plan_sha256: str, client: BlobClient) -> Plan:
     try:
-        return Plan.from_json(json.loads(client.get_bytes(plan_sha256, max_bytes=MAX_DEFINITION_BYTES)))
-    except (ValueError, RecursionError) as exc:
+        return Plan.from_json(jsonparse.loads(client.get_bytes(plan_sha256, max_bytes=MAX_DEFINITION_BYTES)))
+    except ValueError as exc:
         raise StorageError(f"plan {plan_sha256[:12]} is not JSON: {exc}") from None
 
 
@@ -94,9 +95,9 @@ def fetch_task(task_id: str, store: str | BlobClient, cache_dir: Path) -> Path:
 def _fetch_definition(task_id: str, client: BlobClient) -> TaskDefinition:
     raw = client.get_bytes(task_id, max_bytes=MAX_DEFINITION_BYTES)  # hash-checked: sha256(raw) == task_id
     try:
-        body = json.loads(raw)
+        body = jsonparse.loads(raw)
         if not isinstance(body, dict):
             raise ValueError("not an object")
         return TaskDefinition.from_json({**body, "task_id": task_id})
-    except (ValueError, TypeError, RecursionError) as exc:
+    except (ValueError, TypeError) as exc:
         raise StorageError(f"definition of task {task_id[:12]} is malformed: {exc}") from None

@@ -41,6 +41,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from splitup import jsonparse
 from splitup.decoding import GREEDY, Decoding, DecodingError
 from splitup.market import calls
 from splitup.market.constants import MAX_CALLS
@@ -195,12 +196,12 @@ class Transcript:
             index, count = int(meta["index"]), int(meta["steps"])
             salt = bytes.fromhex(meta["salt"])
             job, task_id = meta["job"], meta["task_id"]
-            decoding = Decoding.from_json(json.loads(meta["decoding"])) if "decoding" in meta else GREEDY
-            sent = json.loads(meta["handoff"]) if "handoff" in meta else [None] * count
+            decoding = Decoding.from_json(jsonparse.loads(meta["decoding"])) if "decoding" in meta else GREEDY
+            sent = jsonparse.loads(meta["handoff"]) if "handoff" in meta else [None] * count
             arithmetic = meta.get("arithmetic", "fp32")
             if arithmetic not in ("fp32", "fp16"):
                 raise ValueError(f"arithmetic {arithmetic!r} is not fp32 or fp16")
-        except (KeyError, ValueError, TypeError, DecodingError, RecursionError) as exc:
+        except (KeyError, ValueError, TypeError, DecodingError) as exc:
             raise BadTranscript(f"transcript metadata is malformed: {exc}") from None
         if not 1 <= count <= MAX_STEPS:
             raise BadTranscript(f"{count} steps (1 to {MAX_STEPS} allowed)")
@@ -253,9 +254,9 @@ def _metadata(data: bytes) -> dict[str, str]:
     if n > min(len(data) - 8, 100 << 20):
         raise BadTranscript("transcript header length is out of range")
     try:
-        header = json.loads(data[8 : 8 + n])
+        header = jsonparse.loads(data[8 : 8 + n])
         meta = header.get("__metadata__", {})
-    except (ValueError, AttributeError, RecursionError) as exc:  # RecursionError: nested too deeply to parse
+    except (ValueError, AttributeError) as exc:
         raise BadTranscript(f"transcript header is not JSON: {exc}") from None
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise BadTranscript("transcript metadata must be string pairs")

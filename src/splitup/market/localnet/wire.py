@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import math
 from typing import Any
 
 from solders.pubkey import Pubkey
 from solders.signature import Signature
 
+from splitup import jsonparse
 from splitup.market.localnet.b58 import b58decode
 from splitup.market.localnet.rpc_errors import invalid_params
 from splitup.market.transport import AccountData
@@ -38,10 +38,7 @@ def _finite(text: str) -> float:
 def parse_json(text: str | bytes) -> Any:
     """A request body as a validator parses it: NaN, Infinity and numbers beyond a double are not JSON
     (Python's parser accepts them, and a reply echoing one could not be written). ValueError if malformed."""
-    try:
-        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
-    except RecursionError as exc:  # nested deeper than the parser's stack
-        raise ValueError("nested too deeply") from exc
+    return jsonparse.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
 
 
 def invalid_request(req: Any) -> dict[str, Any] | None:
