@@ -28,7 +28,7 @@ from splitup import jsonparse
 from splitup.client.sampling import GREEDY, Decoding, decoding_for, generate_tokens
 from splitup.errors import SplitUpError
 from splitup.node.app import CONTENT_TYPE, HOPS_HEADER, PARKED_HEADER
-from splitup.node.bounded import bounded
+from splitup.node.bounded import CONTROL_BYTES, bounded
 from splitup.node.frames import Frame, FrameError, FramePool, FrameSocket, frame_address
 from splitup.node.wire import DECODING_META, Envelope, Hop, WireError, decode, encode
 from splitup.partition.task import Plan, TaskDefinition
@@ -247,7 +247,8 @@ class PipelineClient:
         if addr is not None:
             return self._exchange_frames(url, addr, env, tensors, timeout, listen)
         try:
-            r = bounded(self._http, "POST", url.rstrip("/") + "/execute", timeout, content=encode(tensors, env),
+            r = bounded(self._http, "POST", url.rstrip("/") + "/execute", timeout, max_bytes=MAX_REPLY_BYTES,
+                        content=encode(tensors, env),
                         headers={"content-type": CONTENT_TYPE})
         except httpx.HTTPError as exc:
             raise _unanswered(exc, 0, url) from None
@@ -268,8 +269,9 @@ class PipelineClient:
         """Where the node at ``url`` takes frames (asked once, from its /health); None: HTTP only."""
         if url not in self._frame_addrs:
             try:
-                r = bounded(self._http, "GET", url.rstrip("/") + "/health", timeout)
-                health = r.json() if r.status_code == 200 else None
+                r = bounded(self._http, "GET", url.rstrip("/") + "/health", timeout,
+                            max_bytes=CONTROL_BYTES)
+                health = jsonparse.loads(r.content) if r.status_code == 200 else None
             except (httpx.HTTPError, ValueError) as exc:  # ValueError: not JSON
                 raise _unanswered(exc, 0, url) from None
             if not isinstance(health, dict):
@@ -360,7 +362,7 @@ class PipelineClient:
             raise NodeFailure(f"hop {hop} parked its result at {str(url)[:200]!r}, not on a node of that hop",
                               hop=hop, kind="malformed")
         try:
-            r = bounded(self._http, "GET", url, self.hop_timeout)
+            r = bounded(self._http, "GET", url, self.hop_timeout, max_bytes=MAX_REPLY_BYTES)
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise _unanswered(exc, hop, url) from None
         if r.status_code != 200:
@@ -452,7 +454,7 @@ class PipelineClient:
                 url = self.candidates[task_index][0]
                 try:
                     r = bounded(self._http, "POST", url.rstrip("/") + "/sessions", self.hop_timeout,
-                                json={"task_id": task.task_id})
+                                max_bytes=CONTROL_BYTES, json={"task_id": task.task_id})
                     if r.status_code == 201 and (session := _session_of(r)) is not None:
                         return url, session
                     if r.status_code == 429:
@@ -472,7 +474,8 @@ class PipelineClient:
 
     def close_session(self, url: str, session: str) -> None:
         try:
-            bounded(self._http, "DELETE", f"{url.rstrip('/')}/sessions/{session}", self.hop_timeout)
+            bounded(self._http, "DELETE", f"{url.rstrip('/')}/sessions/{session}", self.hop_timeout,
+                    max_bytes=CONTROL_BYTES)
         except httpx.HTTPError:
             pass  # a dead node's sessions died with it; live ones expire
 
@@ -632,7 +635,7 @@ def _unanswered(exc: Exception, hop: int, url: str) -> NodeFailure:
 
 def _failure(r: httpx.Response, hops: int) -> NodeFailure:
     try:
-        body = r.json()
+        body = jsonparse.loads(r.content)
     except ValueError:
         body = None
     if not isinstance(body, dict):
@@ -677,7 +680,7 @@ def _same_origin(url: Any, urls: Sequence[str]) -> bool:
 def _session_of(r: httpx.Response) -> str | None:
     """The session id of a node's 201 answer to ``POST /sessions``; None if the answer holds none."""
     try:
-        body = r.json()
+        body = jsonparse.loads(r.content)
     except ValueError:
         return None
     session = body.get("session") if isinstance(body, dict) else None

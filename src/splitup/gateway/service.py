@@ -24,7 +24,7 @@ from solders.pubkey import Pubkey
 from splitup.gateway.admission import Admission
 from splitup.gateway.jobstore import JobStore
 from splitup.market.accounts import node_endpoint
-from splitup.sdk.capacity import market_capacity, shortfall
+from splitup.sdk.capacity import fetch_statuses, market_capacity, shortfall
 from splitup.sdk.client import Client, JobGone
 from splitup.sdk.errors import JobError
 from splitup.sdk.reports import JobReport, TaskReport
@@ -34,6 +34,8 @@ log = logging.getLogger("splitup.gateway")
 # running -> settling -> closed: served and paid.  running -> failed -> wound_up: the job ended early, what
 # the nodes computed was paid, the rest of the escrow refunded (report.refund).
 FINAL = ("closed", "wound_up")
+# A node that has not said how it is within this long is silent this round (asked all at once)
+HEARTBEAT_TIMEOUT_S = 1.5
 
 
 @dataclass
@@ -302,7 +304,7 @@ class GatewayService:
 
     # --- heartbeats -----------------------------------------------------------------------------------------
     def _heartbeat_loop(self) -> None:
-        with httpx.Client(timeout=1.5) as http:
+        with httpx.Client() as http:
             while not self._stop.is_set():
                 snap = None
                 try:
@@ -311,13 +313,9 @@ class GatewayService:
                 except Exception as exc:
                     log.debug("heartbeat: chain unavailable: %s", exc)
                     endpoints = set()
-                for url in sorted(e for e in endpoints if e.startswith(("http://", "https://"))):
-                    try:
-                        r = http.get(url.rstrip("/") + "/status")
-                        if r.status_code == 200:
-                            self.heartbeats[url] = {"received": time.time(), "status": r.json()}
-                    except (httpx.HTTPError, ValueError):
-                        pass  # silence is the signal: the age of the last heartbeat grows
+                for url, status in fetch_statuses(sorted(endpoints), http, HEARTBEAT_TIMEOUT_S).items():
+                    if status is not None:  # silence is the signal: the age of the last heartbeat grows
+                        self.heartbeats[url] = {"received": time.time(), "status": status}
                 if snap is not None:
                     try:
                         self._refresh_room(snap)

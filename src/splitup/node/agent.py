@@ -36,6 +36,7 @@ from splitup.market.constants import TaskStatus
 from splitup.market.errors import MarketError
 from splitup.market.evidence import RECEIPT, Signed
 from splitup.market.market import Market
+from splitup.node.bounded import CONTROL_BYTES, bounded
 from splitup.node.handoffs import Handoffs, HandoffStore
 from splitup.node.node import HopRecord, Node, NodeConfig, NotHere
 from splitup.node.wire import DECODING_META, Envelope, Hop, WireError
@@ -278,7 +279,10 @@ def fetch_announcement(market: Market, job: Pubkey, index: int, timeout: float =
     slot = market.job(job).tasks[index]
     url = node_endpoint(market.node_at(slot.node)).rstrip("/")
     try:
-        r = httpx.get(f"{url}/market/jobs/{job}/tasks/{index}/announcement", timeout=timeout)
+        # within ``timeout`` in all: an executor trickling its answer must not hold a validator past its window
+        with httpx.Client() as http:
+            r = bounded(http, "GET", f"{url}/market/jobs/{job}/tasks/{index}/announcement", timeout,
+                        max_bytes=CONTROL_BYTES)
     except httpx.HTTPError as exc:
         raise NodeUnreachable(f"announcement of {job} #{index} from {url!r}: {type(exc).__name__}: {exc}") from None
     if r.status_code >= 500:
@@ -286,7 +290,7 @@ def fetch_announcement(market: Market, job: Pubkey, index: int, timeout: float =
     if r.status_code != 200:
         return None
     try:
-        return announcement_from(r.json())
+        return announcement_from(jsonparse.loads(r.content))
     except ValueError:
         return None
 

@@ -14,12 +14,21 @@ from typing import Any
 
 import httpx
 
+# A peer's answers about itself or a job (health, sessions, announcements): small whatever the model.
+CONTROL_BYTES = 1 << 20
 
-def bounded(http: httpx.Client, method: str, url: str, timeout: float, **kwargs: Any) -> httpx.Response:
+
+class AnswerTooLarge(httpx.HTTPError):
+    """A peer's answer longer than the caller takes: read no further (a stranger could send without end)."""
+
+
+def bounded(http: httpx.Client, method: str, url: str, timeout: float, *, max_bytes: int = 1 << 30,
+            **kwargs: Any) -> httpx.Response:
     """``http.request(method, url, **kwargs)`` within ``timeout`` seconds in all; past them, ``httpx.ReadTimeout``
-    as for a read that timed out. Each read is still bounded by ``timeout`` (a peer that says nothing ends
-    as before); the deadline is checked as each part of the body arrives, so a headers part sent a byte at a
-    time is bounded per read only, up to httpcore's 100 KiB of headers."""
+    as for a read that timed out, and an answer past ``max_bytes`` of body is ``AnswerTooLarge``. Each read
+    is still bounded by ``timeout`` (a peer that says nothing ends as before); the deadline is checked as
+    each part of the body arrives, so a headers part sent a byte at a time is bounded per read only, up to
+    httpcore's 100 KiB of headers."""
     deadline = time.monotonic() + timeout
     with http.stream(method, url, timeout=timeout, **kwargs) as r:
         body = bytearray()
@@ -27,5 +36,7 @@ def bounded(http: httpx.Client, method: str, url: str, timeout: float, **kwargs:
             if time.monotonic() > deadline:
                 raise httpx.ReadTimeout(f"no whole answer within {timeout} s", request=r.request)
             body += part
+            if len(body) > max_bytes:
+                raise AnswerTooLarge(f"{url} answered with more than {max_bytes} bytes")
     # the raw body, as read: the new response decodes it as ``r`` would have (its headers say how)
     return httpx.Response(r.status_code, headers=r.headers, content=bytes(body), request=r.request)

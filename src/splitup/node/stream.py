@@ -28,7 +28,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from splitup.node.bounded import bounded
+from splitup import jsonparse
+from splitup.node.bounded import CONTROL_BYTES, bounded
 from splitup.node.failures import HopFailed, failed
 from splitup.node.frames import Frame, FrameError, FrameSocket, FrameTooLarge, frame_address
 from splitup.node.node import Node
@@ -76,8 +77,8 @@ class FrameForwarder:
                 if self._http is None:
                     self._http = httpx.Client()
             try:
-                r = bounded(self._http, "GET", url.rstrip("/") + "/health", timeout)
-                health = r.json() if r.status_code == 200 else {}
+                r = bounded(self._http, "GET", url.rstrip("/") + "/health", timeout, max_bytes=CONTROL_BYTES)
+                health = jsonparse.loads(r.content) if r.status_code == 200 else {}
             except httpx.TimeoutException:
                 raise TimeoutError(f"{url} did not say where it takes frames within {timeout} s") from None
             except (httpx.HTTPError, ValueError) as exc:

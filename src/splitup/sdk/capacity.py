@@ -10,14 +10,17 @@ from escrowing a job nobody can take.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from solders.pubkey import Pubkey
 
+from splitup import jsonparse
 from splitup.market.accounts import node_endpoint, node_specialized
 from splitup.market.market import heartbeat_fresh
+from splitup.node.bounded import CONTROL_BYTES, bounded
 
 
 @dataclass(frozen=True)
@@ -67,18 +70,52 @@ def market_capacity(nodes: Sequence[tuple[Pubkey, Any]], config: Any, task_ids: 
     return out
 
 
-def fetch_statuses(endpoints: Sequence[str], http: httpx.Client, timeout: float = 1.0) -> dict[str, Any]:
-    """Each node's ``/status``, or None where it does not answer within ``timeout``."""
-    out: dict[str, Any] = {}
-    for url in endpoints:
-        if not url.startswith(("http://", "https://")):
-            continue
+def fetch_statuses(endpoints: Sequence[str], http: httpx.Client, timeout: float = 1.0) -> dict[str, dict[str, Any] | None]:
+    """Each node's ``/status`` (``parse_status``), or None where it does not answer within ``timeout`` or
+    answers with something that is not a status. Asked all at once, each within ``timeout`` in all: a node
+    that trickles its answer must not make every other node's heartbeat look stale."""
+    urls = [u for u in endpoints if u.startswith(("http://", "https://"))]
+
+    def ask(url: str) -> dict[str, Any] | None:
         try:
-            r = http.get(url.rstrip("/") + "/status", timeout=timeout)
-            out[url] = r.json() if r.status_code == 200 else None
+            r = bounded(http, "GET", url.rstrip("/") + "/status", timeout, max_bytes=CONTROL_BYTES)
+            return parse_status(jsonparse.loads(r.content)) if r.status_code == 200 else None
         except (httpx.HTTPError, ValueError):
-            out[url] = None
-    return out
+            return None
+
+    if not urls:
+        return {}
+    with ThreadPoolExecutor(min(len(urls), MAX_ASKED_AT_ONCE), thread_name_prefix="splitup-status") as pool:
+        return dict(zip(urls, pool.map(ask, urls), strict=True))
+
+
+# /status fields admission and the console read, with their types; the rest of a node's word is dropped
+_COUNTS = ("sessions", "max_sessions", "hops_done")
+MAX_NAME_CHARS = 200
+MAX_ASKED_AT_ONCE = 16
+
+
+def parse_status(raw: Any) -> dict[str, Any] | None:
+    """A node's ``/status`` as admission and the console read it: the known fields, each of its type, or None
+    when it is not a status. A node's word, checked: one hostile node must not break the forecast for all."""
+    if not isinstance(raw, dict):
+        return None
+    tasks, free = raw.get("tasks", []), raw.get("free_sessions", {})
+    if not (isinstance(tasks, list) and all(isinstance(t, str) for t in tasks)):
+        return None
+    if not (isinstance(free, dict) and all(isinstance(k, str) and _count(v) for k, v in free.items())):
+        return None
+    if not all(_count(raw.get(k, 0)) for k in _COUNTS):
+        return None
+    name, uptime = raw.get("node"), raw.get("uptime_s")
+    return {"tasks": tasks, "free_sessions": free, **{k: raw[k] for k in _COUNTS if k in raw},
+            "draining": raw.get("draining") is True,
+            "node": name[:MAX_NAME_CHARS] if isinstance(name, str) else None,
+            "uptime_s": uptime if isinstance(uptime, int | float) and not isinstance(uptime, bool) else None}
+
+
+def _count(value: Any) -> bool:
+    return type(value) is int and 0 <= value < 1 << 63
 
 
 def shortfall(caps: Sequence[TaskCapacity]) -> str:

@@ -28,6 +28,7 @@ import numpy as np
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
+from splitup import jsonparse
 from splitup.market.accounts import node_endpoint, node_specialized
 from splitup.market.connect import connect
 from splitup.market.constants import TaskStatus
@@ -37,6 +38,7 @@ from splitup.market.localnet import DEFAULT_RPC_URL
 from splitup.market.market import Market, heartbeat_fresh
 from splitup.market.transport import DEFAULT_PROGRAM_ID
 from splitup.market.wallet import WalletLike, as_keypair, default_keypair_path
+from splitup.node.bounded import CONTROL_BYTES, bounded
 from splitup.sdk.capacity import TaskCapacity, fetch_statuses, market_capacity, shortfall
 from splitup.sdk.catalog import Catalog, CatalogEntry
 from splitup.sdk.errors import JobError, MarketBusy, RequestError
@@ -112,7 +114,7 @@ class Detokenizer:
 def _says_released(r: httpx.Response) -> bool:
     """Whether a node's answer to "commit" is that it released the task (it computed nothing for it)."""
     try:
-        body = r.json()
+        body = jsonparse.loads(r.content)
     except ValueError:
         return False
     return isinstance(body, dict) and body.get("released") is True
@@ -276,7 +278,8 @@ class Client:
             if TaskStatus(info.tasks[i].status) != TaskStatus.ACCEPTED:
                 continue
             try:
-                r = self._http.post(f"{urls[0].rstrip('/')}/market/jobs/{job}/tasks/{i}/commit")
+                r = bounded(self._http, "POST", f"{urls[0].rstrip('/')}/market/jobs/{job}/tasks/{i}/commit",
+                            self.hop_timeout, max_bytes=CONTROL_BYTES)
                 ok, why = r.status_code == 200, r.text[:300]
             except httpx.HTTPError as exc:
                 ok, why = False, f"{type(exc).__name__}: {exc}"
@@ -313,7 +316,8 @@ class Client:
                 if ask:
                     url = node_endpoint(nodes[t.node]).rstrip("/") if t.node in nodes else ""
                     try:
-                        r = self._http.post(f"{url}/market/jobs/{job}/tasks/{i}/commit", timeout=30.0)
+                        r = bounded(self._http, "POST", f"{url}/market/jobs/{job}/tasks/{i}/commit", 30.0,
+                                    max_bytes=CONTROL_BYTES)
                         committing = r.status_code == 200 and not _says_released(r)
                         if r.status_code != 200:
                             log.info("job %s task %d: %s answered %d: %s", job, i, url, r.status_code, r.text[:200])
@@ -579,13 +583,14 @@ class Client:
             if k >= len(out) or url == out[k][0]:
                 continue
             try:
-                owner = Pubkey.from_string(self._http.get(f"{url.rstrip('/')}/market/agent", timeout=10).json()["owner"])
+                agent = bounded(self._http, "GET", f"{url.rstrip('/')}/market/agent", 10.0, max_bytes=CONTROL_BYTES)
+                owner = Pubkey.from_string(jsonparse.loads(agent.content)["owner"])
                 raw = takeover_request(self.market, self.payer, owner, job, k)
-                r = self._http.post(f"{url.rstrip('/')}/market/jobs/{job}/tasks/{k}/take_over",
-                                    json={"tx": base64.b64encode(raw).decode()}, timeout=30)
+                r = bounded(self._http, "POST", f"{url.rstrip('/')}/market/jobs/{job}/tasks/{k}/take_over", 30.0,
+                            max_bytes=CONTROL_BYTES, json={"tx": base64.b64encode(raw).decode()})
                 if r.status_code != 200:
                     raise JobError(r.text[:300])
-            except (JobError, MarketError, httpx.HTTPError, KeyError, ValueError) as exc:
+            except (JobError, MarketError, httpx.HTTPError, KeyError, TypeError, ValueError) as exc:
                 log.warning("job %s task %d: the stand-in at %s did not take over: %s", job, k, url, exc)
                 continue
             log.info("job %s task %d: taken over by the stand-in at %s", job, k, url)

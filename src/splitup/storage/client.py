@@ -12,6 +12,7 @@ from typing import TypeVar
 
 import httpx
 
+from splitup import jsonparse
 from splitup.storage.blobstore import CHUNK, StorageError, is_sha256
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ def _raise_for(r: httpx.Response, sha: str) -> None:
     if r.status_code >= 400:
         r.read()
         try:
-            detail = r.json().get("error", r.text)
+            detail = jsonparse.loads(r.content).get("error", r.text)
         except ValueError:
             detail = r.text[:200]
         raise StorageError(f"blob {sha[:12]}: HTTP {r.status_code}: {detail}")
