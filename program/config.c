@@ -14,7 +14,7 @@ static uint64_t check_params(const InitConfigArgs *a) {
      that does not exceed the one for cheating, and a finite unit of reputation */
   if (a->slash_bps == 0 || a->collusion_bps >= BPS || a->liveness_slash_bps > a->slash_bps) return E_INVALID_PARAMETER;
   if (a->rep_min_price == 0) return E_INVALID_PARAMETER;
-  /* every window is bounded: a client's funds and a node's collateral are never locked for good */
+  /* every window is bounded (unbonding too): a client's funds and a node's stake are never locked for good */
   if (a->max_deadline_slots == 0 || a->max_task_timeout_slots == 0 || a->arbiter_timeout_slots == 0 ||
       a->reveal_slots == 0)
     return E_INVALID_PARAMETER;
@@ -25,7 +25,7 @@ static uint64_t check_params(const InitConfigArgs *a) {
   if (a->max_deadline_slots > MAX_WINDOW_SLOTS || a->max_task_timeout_slots > MAX_WINDOW_SLOTS ||
       a->validator_timeout_slots > MAX_WINDOW_SLOTS || a->arbiter_timeout_slots > MAX_WINDOW_SLOTS ||
       a->reveal_slots > MAX_WINDOW_SLOTS || a->validator_ramp_slots > a->validator_timeout_slots ||
-      a->heartbeat_window_slots > MAX_WINDOW_SLOTS)
+      a->heartbeat_window_slots > MAX_WINDOW_SLOTS || a->unbonding_slots > MAX_WINDOW_SLOTS)
     return E_INVALID_PARAMETER;
   return 0;
 }
@@ -101,6 +101,8 @@ uint64_t ix_collect_fees(Ctx *c) {
   TRY(need_signer(&ka[0]));
   if (!pubkey_eq(ka[0].key, (const SolPubkey *)cfg->authority)) return E_UNAUTHORIZED;
   if (a.amount > cfg->treasury) return E_ESCROW_EXHAUSTED;
+  /* to the config itself the lamports would not move, but the treasury would lose track of them */
+  if (pubkey_eq(ka[2].key, ka[1].key)) return E_INVALID_PARAMETER;
   cfg->treasury -= a.amount;
   return move_lamports(&ka[1], &ka[2], a.amount);
 }

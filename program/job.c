@@ -33,6 +33,10 @@ uint64_t ix_post_job(Ctx *c) {
     TRY(add64(required, b, &required));
   }
   if (a.max_fee < required) return E_INSUFFICIENT_FEE;
+  /* the nonce names a recent slot, and close_job waits until it is stale: an address is posted once, so
+     what a node signed for one job (evidence.c) can never be shown against another at the same address */
+  uint64_t nonce_slot = a.nonce >> NONCE_SLOT_SHIFT;
+  if (nonce_slot > c->slot || c->slot - nonce_slot > NONCE_SLOTS) return E_STALE_NONCE;
   uint64_t deadline;
   TRY(add64(c->slot, a.deadline_slots, &deadline));
 
@@ -339,7 +343,7 @@ uint64_t ix_expire(Ctx *c) {
 
 /* accounts: 0 client (signer, w), 1 job (w), 2 escrow (w). Refunds the unused escrow and both rents.
    Allowed once every task is settled, failed or released, or after the job's deadline if the rest never
-   started. */
+   started; and once the job's nonce is too old to post with again (NONCE_SLOTS after its slot). */
 uint64_t ix_close_job(Ctx *c) {
   SolAccountInfo *ka = c->p->ka;
   TRY(read_args(c, NULL, 0, NULL, NULL));
@@ -349,6 +353,8 @@ uint64_t ix_close_job(Ctx *c) {
   TRY(load_job(c, &ka[1], true, &j));
   if (!pubkey_eq(ka[0].key, (const SolPubkey *)j->client)) return E_UNAUTHORIZED;
   TRY(check_escrow(c, &ka[2], &ka[1], j->escrow_bump));
+  /* not while its nonce could still post a job at this address (ix_post_job); checked once finished */
+  bool young = c->slot <= (j->nonce >> NONCE_SLOT_SHIFT) + NONCE_SLOTS;
   bool any_open = false;
   for (uint64_t i = 0; i < j->task_count; i++) {
     uint8_t st = job_tasks(j)[i].status;
@@ -356,6 +362,7 @@ uint64_t ix_close_job(Ctx *c) {
     else if (st != ST_SETTLED && st != ST_FAILED && st != ST_RELEASED) return E_JOB_NOT_FINISHED;
   }
   if (any_open && c->slot <= j->deadline) return E_JOB_NOT_FINISHED;
+  if (young) return E_TOO_EARLY;
   uint64_t job_data_len = ka[1].data_len;
   TRY(move_lamports(&ka[2], &ka[0], *ka[2].lamports));
   TRY(move_lamports(&ka[1], &ka[0], *ka[1].lamports));

@@ -27,6 +27,8 @@
 #define COMMIT_DOMAIN_LEN 17
 #define MAX_CALLS 4096ULL
 #define MAX_CALL_DEPTH 12
+#define NONCE_SLOT_SHIFT 24
+#define NONCE_SLOTS 150ULL
 
 #define TAG_CONFIG 1
 #define TAG_MODEL 2
@@ -118,6 +120,7 @@
 #define E_NO_MISMATCH 35
 #define E_STALE_HEARTBEAT 36
 #define E_BAD_OPENING 37
+#define E_STALE_NONCE 38
 
 typedef struct {
   uint8_t tag;  /* @0 */

@@ -85,8 +85,22 @@ uint64_t owned_node(const Ctx *c, const SolAccountInfo *owner, const SolAccountI
 typedef struct { Node *node; JobHeader *job; TaskSlot *task; } OwnedTask;
 uint64_t load_owned_task(const Ctx *c, const SolAccountInfo *ka, bool node_writable, uint64_t index, OwnedTask *out);
 
-/* A slash: `collateral * slash_bps / BPS` leaves the node's stake (its PDA) for `dest`; the collateral is
-   unlocked. The caller counts the fault (cheating or liveness). `amount` is set to what moved. */
+/* A node owner paid by settlement: its wallet, and its node as the fallback. The runtime refuses a
+   transaction that leaves an account with a balance between 0 and its rent-exempt minimum (or changes an
+   executable account's), so a payment its wallet cannot take lands in its node instead, as withdrawable
+   balance (`unbonding`): an owner who empties its wallet cannot block the settlement, and with it the
+   client's refund and the other side's collateral. */
+typedef struct {
+  const SolAccountInfo *wallet;
+  const SolAccountInfo *node_ai;
+  Node *node;
+} Payee;
+/* Where `amount` for `p` goes: its wallet if the runtime lets the wallet take it, else its node. */
+uint64_t payee_account(const Payee *p, uint64_t amount, const SolAccountInfo **out);
+
+/* A slash: `collateral * slash_bps / BPS` leaves the node's stake (its PDA) for `dest` (or, with `payee`
+   set, for the winner's wallet or node: payee_account); the collateral is unlocked. The caller counts the
+   fault (cheating or liveness). `amount` is set to what moved. */
 typedef struct {
   const SolAccountInfo *node_ai;
   Node *node;
@@ -94,6 +108,7 @@ typedef struct {
   uint64_t collateral;
   uint64_t slash_bps;
   uint64_t amount;
+  const Payee *payee;
 } Slash;
 uint64_t slash(Slash *s);
 uint64_t unlock(Node *node, uint64_t collateral);

@@ -21,10 +21,12 @@ static uint64_t pay(Payer *p, const SolAccountInfo *to, uint64_t amount) {
    grows only with verified work (a validator proved it re-executed, or the arbiter upheld it) that
    another party paid at least rep_min_price for, by its value in credits (price / rep_min_price). The
    other party is another owner: a client may not accept, take over or validate its own job's tasks. */
-static uint64_t pay_node(Payer *p, const SolAccountInfo *owner, Node *n, uint64_t price, bool verified) {
+static uint64_t pay_node(Payer *p, const Payee *owner, Node *n, uint64_t price, bool verified) {
   uint64_t fee;
+  const SolAccountInfo *to;
   TRY(bps_of(price, p->job->protocol_fee_bps, &fee));
-  TRY(pay(p, owner, price));
+  TRY(payee_account(owner, price, &to));
+  TRY(pay(p, to, price));
   TRY(pay(p, p->config_ai, fee));
   TRY(add64(p->cfg->treasury, fee, &p->cfg->treasury));
   TRY(add64(n->tasks_done, 1, &n->tasks_done));
@@ -39,7 +41,8 @@ static uint64_t pay_node(Payer *p, const SolAccountInfo *owner, Node *n, uint64_
 
 /* accounts: 0 job (w), 1 escrow (w), 2 config (w), 3 node (w), 4 node owner wallet (w),
    5 validator node (w), 6 validator owner wallet (w). Permissionless. For a task that was never
-   validated, pass the node and its owner again at 5 and 6; they are then not touched. */
+   validated, pass the node and its owner again at 5 and 6; they are then not touched. What a wallet
+   cannot take (the runtime would refuse its new balance) is credited to its node, withdrawable (Payee). */
 uint64_t ix_settle(Ctx *c) {
   SolAccountInfo *ka = c->p->ka;
   TaskArgs a;
@@ -70,29 +73,35 @@ uint64_t ix_settle(Ctx *c) {
     TRY(need_writable(&ka[6]));
   }
 
+  Payee node_owner = {&ka[4], &ka[3], n}, validator_owner = {&ka[6], &ka[5], v};
+  const SolAccountInfo *to;
   if (t->status == ST_READY) { /* not drawn, or the validator agreed */
     /* an agreement counts as verification (and earns the reward) only with proof of re-execution */
-    TRY(pay_node(&p, &ka[4], n, t->price, validated && t->proved));
+    TRY(pay_node(&p, &node_owner, n, t->price, validated && t->proved));
     TRY(unlock(n, t->collateral));
     if (validated) {
-      if (t->proved) TRY(pay(&p, &ka[6], reward));
+      if (t->proved) {
+        TRY(payee_account(&validator_owner, reward, &to));
+        TRY(pay(&p, to, reward));
+      }
       TRY(unlock(v, t->validator_collateral));
     }
     t->status = ST_SETTLED;
   } else if (t->arbitration == ARB_NODE_HONEST) { /* the validator was wrong */
-    TRY(pay_node(&p, &ka[4], n, t->price, true));
+    TRY(pay_node(&p, &node_owner, n, t->price, true));
     TRY(unlock(n, t->collateral));
-    Slash sl = {&ka[5], v, &ka[4], t->validator_collateral, p.cfg->slash_bps, 0};
+    Slash sl = {&ka[5], v, &ka[4], t->validator_collateral, p.cfg->slash_bps, 0, &node_owner};
     TRY(slash(&sl)); /* the winner is paid from the slash (docs/posp.md) */
     TRY(add64(v->failed, 1, &v->failed));
     t->status = ST_SETTLED;
   } else { /* the node cheated: no pay, slashed; the validator earned its reward */
-    Slash sl = {&ka[3], n, &ka[6], t->collateral, p.cfg->slash_bps, 0};
+    Slash sl = {&ka[3], n, &ka[6], t->collateral, p.cfg->slash_bps, 0, &validator_owner};
     TRY(slash(&sl)); /* the winner is paid from the slash (docs/posp.md) */
     TRY(add64(n->failed, 1, &n->failed));
     n->ever_failed = 1; /* its verification rate jumps to failed_bps and decays again */
     n->since_failure = 0;
-    TRY(pay(&p, &ka[6], reward));
+    TRY(payee_account(&validator_owner, reward, &to));
+    TRY(pay(&p, to, reward));
     TRY(unlock(v, t->validator_collateral));
     t->status = ST_FAILED;
   }

@@ -235,13 +235,29 @@ uint64_t unlock(Node *node, uint64_t collateral) {
   return sub64(node->locked, collateral, &node->locked);
 }
 
+uint64_t payee_account(const Payee *p, uint64_t amount, const SolAccountInfo **out) {
+  const SolAccountInfo *w = p->wallet;
+  uint64_t after, least;
+  TRY(add64(*w->lamports, amount, &after));
+  if (!w->executable) {
+    if (after == 0) { *out = w; return 0; }
+    TRY(rent_exempt(w->data_len, &least));
+    if (after >= least) { *out = w; return 0; }
+  }
+  TRY(add64(p->node->unbonding, amount, &p->node->unbonding)); /* withdrawable (ix_withdraw) */
+  *out = p->node_ai;
+  return 0;
+}
+
 uint64_t slash(Slash *s) {
   uint64_t amount;
   TRY(bps_of(s->collateral, s->slash_bps, &amount));
   if (amount > s->node->stake) amount = s->node->stake;
   TRY(unlock(s->node, s->collateral));
   TRY(sub64(s->node->stake, amount, &s->node->stake));
-  TRY(move_lamports(s->node_ai, s->dest, amount));
+  const SolAccountInfo *dest = s->dest;
+  if (s->payee) TRY(payee_account(s->payee, amount, &dest));
+  TRY(move_lamports(s->node_ai, dest, amount));
   s->amount = amount;
   return 0;
 }

@@ -257,9 +257,10 @@ def test_stake_and_vram_requirements(world: World) -> None:
 def test_reused_nonce_wrong_model_and_closed_job(never_verify: World) -> None:
     w = never_verify
     m = w.m
-    job = w.post(nonce=7)
+    nonce = m.fresh_nonce()
+    job = w.post(nonce=nonce)
     with pytest.raises(E.AlreadyInitializedError):
-        w.post(nonce=7)
+        w.post(nonce=nonce)
     other = m.register_model(w.client, h("other model"), [ModelTask(task_id=h("x"), vram=1, price=1)]).address
     assert other is not None
     i = ix.accept_task(m.program_id, w.nodes[0].pubkey(), job, other, 0)
@@ -298,7 +299,8 @@ def test_prefunded_addresses_cannot_block_registration_or_jobs(world: World) -> 
     w.t.airdrop(newcomer.pubkey(), 10 * SOL)
     griefer = w.nodes[2]
     node = m.node_address(newcomer.pubkey())
-    job = m.job_address(w.client.pubkey(), 99)
+    nonce = m.fresh_nonce()
+    job = m.job_address(w.client.pubkey(), nonce)
     rent = w.t.svm.minimum_balance_for_rent_exemption
     for target in (node, job, m.escrow_address(job)):
         w.t.send([transfer(TransferParams(from_pubkey=griefer.pubkey(), to_pubkey=target, lamports=rent(0)))],
@@ -306,7 +308,7 @@ def test_prefunded_addresses_cannot_block_registration_or_jobs(world: World) -> 
     m.register_node(newcomer, 2 * SOL, vram=1 << 34)
     assert m.node(newcomer.pubkey()).stake == 2 * SOL
     assert w.t.balance(node) == rent(len(m.node(newcomer.pubkey()).encode())) + 2 * SOL
-    w.post(nonce=99)
+    w.post(nonce=nonce)
     assert m.job(job).header.deposit == m.required_fee(w.model)
     assert w.t.balance(m.escrow_address(job)) == rent(0) + m.required_fee(w.model)
 

@@ -23,7 +23,8 @@ def test_measured_verification_overhead_is_near_the_base_rate(tmp_path):
     # 0.3 SOL of collateral on a 0.01 SOL task puts the sound rate (3.6 %) under the base rate, which then
     # applies; at the default 0.1 SOL the program would draw these tasks at 10.11 %
     # no heartbeat window: the sandbox's nodes never beat, and JOBS jobs outlast the default window (2,250
-    # slots at about 9 a job), after which no validator would be eligible
+    # slots at about 60 a job: a close waits for the job's nonce to go stale), after which no validator
+    # would be eligible
     params = MarketParams.flat(BASE_RATE_BPS, task_collateral=3 * 10**8, heartbeat_window_slots=0)
     w = make_world(plan_dir, tmp_path / "store", params, n_nodes=4)
     runner = w.runner()
@@ -61,7 +62,9 @@ def test_cheater_is_caught_at_the_sampling_rate_and_loses_money(tmp_path):
     # in 20). 152 jobs: the fewest whose region at ALPHA (30-93 catches: 19.7-61.2 %) is inside the 4-sigma
     # band the test had at 80 jobs (15-49: 18.8-61.3 %).
     rate = 4_000
-    w = make_world(plan_dir, tmp_path / "store", MarketParams.flat(rate), n_nodes=4)
+    # no heartbeat window, as above: the sandbox's nodes never beat, and each job's close waits for its
+    # nonce to go stale (about 50 slots), so 152 jobs outlast the default window
+    w = make_world(plan_dir, tmp_path / "store", MarketParams.flat(rate, heartbeat_window_slots=0), n_nodes=4)
     w.executors[1] = w.executor(1, cheat=perturb(0.01, seed=1))
     jobs, caught, earned = 152, 0, 0
     cfg = w.m.config()

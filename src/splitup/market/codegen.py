@@ -52,6 +52,8 @@ def header() -> str:
         c_bytes("COMMIT_DOMAIN", k.COMMIT_DOMAIN),
         f"#define MAX_CALLS {k.MAX_CALLS}ULL",
         f"#define MAX_CALL_DEPTH {k.MAX_CALL_DEPTH}",
+        f"#define NONCE_SLOT_SHIFT {k.NONCE_SLOT_SHIFT}",
+        f"#define NONCE_SLOTS {k.NONCE_SLOTS}ULL",
         "",
         c_enum("TAG", k.AccountTag),
         "",

@@ -35,6 +35,12 @@ COMMIT_DOMAIN = b"splitup-commit-v2"
 # Calls one committed task may hold (splitup.verify.transcript.MAX_STEPS): the tree is at most 12 deep.
 MAX_CALLS = 4096
 MAX_CALL_DEPTH = 12
+# A job's nonce names the slot it was made at (nonce >> NONCE_SLOT_SHIFT; the low bits are the client's to
+# vary). post_job refuses a nonce more than NONCE_SLOTS old (a transaction's blockhash lives about that
+# long) or from the future, and close_job waits until the nonce is that old: so a job's address is never
+# posted twice, and a statement signed for one job can never be replayed against another at its address.
+NONCE_SLOT_SHIFT = 24
+NONCE_SLOTS = 150
 
 
 class AccountTag(IntEnum):
@@ -140,3 +146,4 @@ class ErrorCode(IntEnum):
     NO_MISMATCH = 35
     STALE_HEARTBEAT = 36
     BAD_OPENING = 37
+    STALE_NONCE = 38

@@ -255,6 +255,12 @@ class BadOpeningError(ProgramError):
     code = ErrorCode.BAD_OPENING
 
 
+class StaleNonceError(ProgramError):
+    """The job's nonce does not name a recent slot (``Market.fresh_nonce``): a job's address is posted once."""
+
+    code = ErrorCode.STALE_NONCE
+
+
 ERRORS: dict[int, type[ProgramError]] = {int(cls.code): cls for cls in ProgramError.__subclasses__() if cls.code}
 
 _CUSTOM = re.compile(r"Custom\((\d+)\)")

@@ -30,6 +30,8 @@ from splitup.market.constants import (
     BPS,
     DEFAULT_HEARTBEAT_WINDOW_SLOTS,
     DEFAULT_VERIFY_RATE_BPS,
+    NONCE_SLOT_SHIFT,
+    NONCE_SLOTS,
     AccountTag,
     TaskStatus,
 )
@@ -41,6 +43,9 @@ from splitup.market.transport import Transport, TxResult
 
 # Entries per transaction: a transaction is at most 1232 bytes and each entry is 48.
 MODEL_ENTRIES_PER_TX = 16
+# The slots a post_job transaction has to land in by default (``Market.fresh_nonce``): 20 s at 400 ms slots;
+# a finished job's close waits as long after its posting.
+NONCE_LANDING_SLOTS = 50
 LAMPORTS_PER_SOL = 1_000_000_000
 
 
@@ -142,6 +147,18 @@ def seal_of(digest: bytes) -> bytes:
     return hashlib.sha256(digest).digest()
 
 
+def nonce_at(slot: int) -> int:
+    """A job nonce naming ``slot`` (what ``post_job`` requires: a slot at most NONCE_SLOTS old), with random
+    low bits so that one client can post many jobs in a slot."""
+    return (slot << NONCE_SLOT_SHIFT) | secrets.randbits(NONCE_SLOT_SHIFT)
+
+
+def nonce_retires_at(nonce: int) -> int:
+    """The first slot at which a job posted with ``nonce`` may be closed: no job can be posted with it any
+    more, so its address is never reused."""
+    return (nonce >> NONCE_SLOT_SHIFT) + NONCE_SLOTS + 1
+
+
 def validator_ticket(task: TaskSlot, node: Pubkey) -> int:
     """A holder's ticket in the on-chain validator lottery (ix_assign_validator's ``drawn``)."""
     h = hashlib.sha256(bytes(task.commitment) + task.draw.to_bytes(8, "little") + bytes(node))
@@ -173,6 +190,14 @@ class Market:
 
     def escrow_address(self, job: Pubkey) -> Pubkey:
         return escrow_pda(self.program_id, job)
+
+    def fresh_nonce(self, landing_slots: int = NONCE_LANDING_SLOTS) -> int:
+        """A nonce for a job posted now: it names the slot ``NONCE_SLOTS - landing_slots`` ago, so its
+        transaction must land within ``landing_slots`` (else StaleNonceError, no lamport moved), and the job,
+        once finished, can be closed ``landing_slots`` slots after it was posted (``nonce_retires_at``)."""
+        if not 0 < landing_slots <= NONCE_SLOTS:
+            raise ValueError(f"landing_slots is 1 to {NONCE_SLOTS}, not {landing_slots}")
+        return nonce_at(max(0, self.t.slot() - (NONCE_SLOTS - landing_slots)))
 
     # ------------------------------------------------------------------ reads
     def _data(self, key: Pubkey, what: str) -> bytes:
@@ -280,8 +305,9 @@ class Market:
                  deadline_slots: int = 1_000, task_timeout_slots: int = 200, nonce: int | None = None,
                  secret: bytes | None = None) -> TxResult:
         """Escrow ``max_fee`` (default: exactly the required fee) for every task of ``model``, committing
-        to a fresh draw secret (kept in ``self.secrets`` for ``reveal_secret``)."""
-        nonce = secrets.randbits(63) if nonce is None else nonce
+        to a fresh draw secret (kept in ``self.secrets`` for ``reveal_secret``). ``nonce`` (default
+        ``fresh_nonce()``) must name a slot at most NONCE_SLOTS old (StaleNonceError otherwise)."""
+        nonce = self.fresh_nonce() if nonce is None else nonce
         secret = secrets.token_bytes(32) if secret is None else secret
         fee = self.required_fee(model) if max_fee is None else max_fee
         res = self.t.send([ix.post_job(self.program_id, client.pubkey(), model, nonce, fee, input_hash,
@@ -416,7 +442,9 @@ class Market:
                            [authority])
 
     def settle(self, job: Pubkey, index: int) -> TxResult:
-        """Pay out (or slash) a decided task; the accounts involved are looked up from the job."""
+        """Pay out (or slash) a decided task; the accounts involved are looked up from the job. A payment
+        an owner's wallet cannot take (an emptied wallet and an amount below rent exemption) is credited
+        to its node instead, as ``unbonding``: ``withdraw`` pays it out."""
         t = self.job(job).tasks[index]
         node = t.node
         node_owner = self.node_at(node).owner
@@ -445,4 +473,15 @@ class Market:
         return self.t.send([ix.expire(self.program_id, job, index, late)], [self.payer])
 
     def close_job(self, client: Keypair, job: Pubkey) -> TxResult:
+        """Refund the unused escrow and both rents. A finished job whose nonce could still post a job
+        (``nonce_retires_at``) is waited for: at most NONCE_SLOTS slots after it was made."""
+        acc = self.t.get_account(job)
+        if acc is not None and acc.owner == self.program_id and acc.data and acc.data[0] == AccountTag.JOB:
+            j, slot = decode_job(acc.data), self.t.slot()
+            done = (TaskStatus.SETTLED, TaskStatus.FAILED, TaskStatus.RELEASED)
+            finished = all(t.status in done or (t.status == TaskStatus.OPEN and slot > j.header.deadline)
+                           for t in j.tasks)
+            retires = nonce_retires_at(j.header.nonce)
+            if finished and slot < retires:
+                self.t.advance(retires - slot)
         return self.t.send([ix.close_job(self.program_id, client.pubkey(), job)], [client])

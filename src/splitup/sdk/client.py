@@ -176,7 +176,7 @@ class Client:
         draw secret is known by then too (:meth:`draw_secret`): a caller that keeps it with the address
         can still reveal it after a restart, so the job's tasks are drawn at their rate, not all verified."""
         entry = self.plan(model) if isinstance(model, str) else model
-        nonce = secrets.randbits(63)
+        nonce = self.market.fresh_nonce()
         address = self.market.job_address(self.payer.pubkey(), nonce)
         secret = secrets.token_bytes(32)
         self.keep_secret(address, secret)

@@ -102,6 +102,7 @@ class Arena:
         self.cfg = self.m.config()
         self.reward = task_reward(self.cfg.validator_reward, self.cfg.validator_reward_bps, self.price)
         self.drawn_as: dict[Pubkey, int] = {}
+        self.last_beat = self.t.slot()
         self.start_total = self.total()
         self.start_sigs = self.t.signatures
         self.books = {k.pubkey(): self.book(k) for k in self.wallets}
@@ -153,6 +154,7 @@ class Arena:
         drawn = m.sample(job, 0)
         rate = int(m.job(job).tasks[0].rate_bps)
         if drawn:
+            self.beat()
             holders = [v for v in self.validators if v.pubkey() != executor.pubkey()]
             turn = {v.pubkey(): m.validator_turn(job, 0, v.pubkey()) for v in holders}
             chosen = min(holders, key=lambda v: turn[v.pubkey()])
@@ -170,6 +172,16 @@ class Arena:
         m.settle(job, 0)
         m.close_job(client, job)
         return rate, drawn
+
+    def beat(self) -> None:
+        """The validators heartbeat as a market node's daemon does, every half of the chain's window (a
+        job's close waits for its nonce to go stale, so the arena's clock runs on between jobs)."""
+        window = self.cfg.heartbeat_window_slots
+        slot = self.t.slot()
+        if window and slot - self.last_beat > window // 2:
+            for v in self.validators:
+                self.m.heartbeat(v)
+            self.last_beat = slot
 
     # --- expectations, from the rate the program fixed ----------------------------------------------------
     def cheat_value(self, rate_bps: int, collusion: float = 0.0) -> float:
@@ -308,6 +320,7 @@ def node_dies_mid_job(jobs: int) -> Result:
             a.m.commit_result(a.standin, job, 0, _h("out"), seal_of(truth))
             a.t.advance(1)
             if a.m.sample(job, 0):
+                a.beat()
                 v = min(a.validators, key=lambda v: a.m.validator_turn(job, 0, v.pubkey()))
                 a.m.assign_validator(v, job, 0)
                 a.spend(v, COMPUTE)
