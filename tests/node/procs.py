@@ -6,15 +6,39 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
+import uvicorn
 
 from splitup.demo.procs import free_port
 
-__all__ = ["free_port", "Daemon"]
+__all__ = ["free_port", "Daemon", "serving"]
+
+
+@contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """An ASGI app served by uvicorn in a thread of this process on a free loopback port: its URL. On
+    leaving, the server stops and the port answers nobody."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 
@@ -86,7 +110,8 @@ def start_node(name: str, log_dir: Path, *, host: str = "127.0.0.1", tasks: Sequ
 
 
 def start_store(name: str, directory: Path, log_dir: Path, *, host: str = "127.0.0.1",
-                prefix: Sequence[str] = (), port: int | None = None) -> Daemon:
+                prefix: Sequence[str] = (), port: int | None = None, writable: bool = False) -> Daemon:
     port = port or free_port()
     return Daemon(name, ["store", "serve", "--dir", str(directory), "--host", host, "--port", str(port),
-                         "--log-level", "info"], f"http://{host}:{port}", log_dir, prefix)
+                         "--log-level", "info", *(["--writable"] if writable else [])], f"http://{host}:{port}",
+                  log_dir, prefix)

@@ -15,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--dir", type=Path, required=True)
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8600)
-    s.add_argument("--writable", action="store_true", help="accept verified PUT uploads")
+    s.add_argument("--writable", action="store_true", help="accept verified PUT uploads: blobs, and records signed by their key")
     s.add_argument("--log-level", default="warning")
     s.set_defaults(func=serve)
     u = sub.add_parser("put", help="add files to a local store; prints their sha256")

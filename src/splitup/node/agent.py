@@ -3,7 +3,8 @@
 ``MarketAgent`` acts for one staked node with the Proof-of-Sampling roles of ``splitup.verify.roles``:
 as an ``Executor`` it accepts open tasks the node holds, turns the hops the node computed for a job (a
 :class:`RecordingNode` keeps them) into the task's transcript when the client says the compute is done,
-uploads it to the blob store, commits it on chain and serves the signed announcement; as a
+uploads it to the blob store, publishes its signed announcement there (under the owner's key, before the
+commit: ``fetch_announcement``), commits it on chain and serves the announcement itself too; as a
 ``Validator`` it takes up tasks of other nodes that the chain's sampling drew, re-executes them and
 votes. ``DisputeJudge`` runs the market authority's ``Arbiter`` over disputed tasks.
 """
@@ -41,8 +42,8 @@ from splitup.node.handoffs import Handoffs, HandoffStore
 from splitup.node.node import HopRecord, Node, NodeConfig, NotHere
 from splitup.node.wire import DECODING_META, Envelope, Hop, WireError
 from splitup.runtime import Runner
-from splitup.storage import fetch_task
-from splitup.verify.blobs import Blobs, BundleSource, HttpBlobs
+from splitup.storage import StorageError, fetch_task
+from splitup.verify.blobs import BundleSource, HttpBlobs, Records, Store
 from splitup.verify.cheats import Cheat
 from splitup.verify.commitment import handoff_digest
 from splitup.verify.roles import Announcement, Arbiter, Executor, Validator, input_digest
@@ -266,27 +267,78 @@ def announcement_from(d: Any) -> Announcement | None:
 
 
 class NodeUnreachable(MarketError):
-    """The executor could not be asked for its announcement (down, restarting, overloaded): no evidence
-    either way, so nobody may be judged on it yet."""
+    """Neither the market's store nor the executor could be asked for its announcement (down, restarting,
+    overloaded): no evidence either way, so nobody may be judged on it yet."""
 
 
-def fetch_announcement(market: Market, job: Pubkey, index: int, timeout: float = 30.0) -> Announcement | None:
-    """The executor's signed announcement of a committed task, from the endpoint its node registered.
+def announcement_topic(job: str | Pubkey, index: int) -> str:
+    """Where an executor publishes its announcement of task ``index`` of ``job`` in the store, under its
+    owner's key (``splitup.storage.records``)."""
+    return f"announcement/{job}/{int(index)}"
 
-    None when the node answered that it announced nothing (404) or answered with something that is not an
-    announcement: its own word. :class:`NodeUnreachable` when it could not be asked, or failed to answer
-    (5xx): being away for a moment is not evidence of hiding work."""
+
+def _announcement_bytes(ann: Announcement) -> bytes:
+    return json.dumps(announcement_json(ann), separators=(",", ":"), sort_keys=True).encode()
+
+
+def fetch_announcement(market: Market, job: Pubkey, index: int, timeout: float = 30.0, *,
+                       store: Records) -> Announcement | None:
+    """The executor's signed announcement of a committed task: the market's copy in the store first, else
+    the executor's own word from the endpoint its node registered.
+
+    An executor publishes its announcement in the store, under its owner's key, before it sends its
+    commit (``MarketAgent.commit``), so the store's answer does not depend on the executor cooperating.
+    A record there counts only when it parses, is signed by the node's owner, names this job and task
+    and opens the on-chain commitment; one that fails any of that is ignored (it proves nothing either
+    way) and the node is asked, as when the store has none (404):
+
+    - the node answers with an announcement: that (the roles check it); it answers that it announced
+      nothing (404) or with something that is not an announcement: None, its own word;
+    - the node cannot be asked (down, 5xx, too slow): None as well when the store answered, for the
+      node committed without publishing, and will not show it: the fault is the node's; but
+      :class:`NodeUnreachable` when the store could not be asked either, for the market's own outage is
+      not evidence against anyone.
+
+    Each of the two questions is given up after ``timeout`` seconds."""
     slot = market.job(job).tasks[index]
-    url = node_endpoint(market.node_at(slot.node)).rstrip("/")
+    node = market.node_at(slot.node)
+    owner, committed = node.owner, bytes(slot.commitment)
+    topic = announcement_topic(job, index)
+    store_down: str | None = None
+    try:
+        record = store.get_record(str(owner), topic, timeout=timeout)
+    except StorageError as exc:  # StoreUnavailable, or an answer that is neither a record nor a 404
+        store_down = f"{type(exc).__name__}: {exc}"
+    else:
+        if record is not None:
+            ann = None
+            if record.valid():
+                try:
+                    ann = announcement_from(jsonparse.loads(record.body))
+                except ValueError:
+                    ann = None
+            if (ann is not None and ann.signed_by(owner) and (ann.job, ann.index) == (str(job), index)
+                    and ann.opens(committed)):
+                return ann
+            log.info("ignoring the store's record %s of %s: not a signed announcement opening the commitment",
+                     topic, owner)
+    url = node_endpoint(node).rstrip("/")
+    away = None
     try:
         # within ``timeout`` in all: an executor trickling its answer must not hold a validator past its window
         with httpx.Client() as http:
             r = bounded(http, "GET", f"{url}/market/jobs/{job}/tasks/{index}/announcement", timeout,
                         max_bytes=CONTROL_BYTES)
     except httpx.HTTPError as exc:
-        raise NodeUnreachable(f"announcement of {job} #{index} from {url!r}: {type(exc).__name__}: {exc}") from None
-    if r.status_code >= 500:
-        raise NodeUnreachable(f"announcement of {job} #{index} from {url!r}: HTTP {r.status_code}")
+        away = f"announcement of {job} #{index} from {url!r}: {type(exc).__name__}: {exc}"
+    else:
+        if r.status_code >= 500:
+            away = f"announcement of {job} #{index} from {url!r}: HTTP {r.status_code}"
+    if away is not None:
+        if store_down is not None:
+            raise NodeUnreachable(f"{away}; and the store: {store_down}") from None
+        log.info("%s, and nothing valid published in the store: the node's fault", away)
+        return None
     if r.status_code != 200:
         return None
     try:
@@ -297,12 +349,14 @@ def fetch_announcement(market: Market, job: Pubkey, index: int, timeout: float =
 
 class MarketAgent:
     def __init__(self, market: Market, owner: Keypair, node: RecordingNode, store_url: str, *,
-                 blobs: Blobs | None = None, poll_s: float = 0.25, validate: bool = True,
+                 blobs: Store | None = None, poll_s: float = 0.25, validate: bool = True,
                  primary: set[str] | None = None, standby_s: float = 3.0, idle_commit_s: float = 60.0,
                  idle_release_s: float = 60.0) -> None:
         self.market, self.owner, self.node = market, owner, node
         self.address = market.node_address(owner.pubkey())
+        # transcripts, and the announcements the agent publishes before it commits
         blobs = blobs or HttpBlobs(store_url)
+        self.store: Store = blobs
         engine, bundles = NodeRunners(node), node_bundles(node, store_url)
         self.executor = Executor(market, owner, engine, bundles, blobs)  # type: ignore[arg-type]
         self.validator = Validator(market, owner, engine, bundles, blobs)  # type: ignore[arg-type]
@@ -385,7 +439,8 @@ class MarketAgent:
         by_name = {str(job): info for job, info in jobs}
         self._commit_idle(by_name, slot)
         # (a short timeout: the tick must not stall on a sender that does not answer, its own commits wait)
-        self.handoffs.prove(by_name, slot, lambda job, index: fetch_announcement(self.market, job, index, 3.0))
+        self.handoffs.prove(by_name, slot,
+                            lambda job, index: fetch_announcement(self.market, job, index, 3.0, store=self.store))
         self._forget_closed(set(by_name))
         for job, info in jobs:
             if info.header.client == me:
@@ -511,8 +566,17 @@ class MarketAgent:
         return Path(self.node.config.cache_dir) / "announcements" / f"{job}-{int(index)}.json"
 
     def _keep(self, ann: Announcement) -> None:
-        """On disk as well: validators fetch the announcement after the commit, and a node restarted in
-        between must still answer, or an honest executor looks like one hiding its work."""
+        """Run before the commit is sent. Published in the store under the owner's key, where validators
+        and the arbiter read it without this node's help (``fetch_announcement``): once committed, a task
+        with no announcement there and a node that does not show one is blamed on the node, so a failure
+        to publish stops the commit (a MarketError: tried again on the next look, as a failed commit is).
+        On disk as well: this node serves it from its endpoint too, also after a restart, and a commit
+        that landed while its answer was lost is recognised by it."""
+        try:
+            self.store.publish_record(self.owner, announcement_topic(ann.job, ann.index), _announcement_bytes(ann))
+        except StorageError as exc:
+            raise MarketError(f"task {ann.index} of {ann.job}: cannot publish its announcement in the store "
+                              f"({exc}); not committing") from exc
         path = self._kept_path(ann.job, ann.index)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -697,12 +761,12 @@ class MarketAgent:
             again = slot.status == TaskStatus.VALIDATING and slot.validator == self.address
             if slot.status != TaskStatus.SAMPLED and not again:
                 return
-            # Asked before taking the task up: a validator that cannot reach the executor does not vote
-            # (the next look asks again; the lottery lets another validator in meanwhile).
+            # Asked before taking the task up: a validator that can reach neither the store nor the
+            # executor does not vote (the next look asks again; the lottery lets another validator in).
             # Kept once fetched: taken up, the check must not depend on reaching the executor again.
             key = (str(job), index)
             if key not in self._fetched:
-                self._fetched[key] = fetch_announcement(self.market, job, index)
+                self._fetched[key] = fetch_announcement(self.market, job, index, store=self.store)
             check = self.validator.validate(job, index, self._fetched[key], assigned=again)
             self.stats["validated"] += 1
             if not check.agree:
@@ -776,6 +840,7 @@ class DisputeJudge:
 
         self.market = market
         bundles, blobs = store_bundles(store_url, Path(cache_dir)), HttpBlobs(store_url)
+        self.store = blobs
         self.arbiter = Arbiter(market, authority, bundles, blobs)
         self.own_check = Validator(market, authority, get_engine("onnxruntime"), bundles, blobs)
         self.poll_s = poll_s
@@ -801,12 +866,13 @@ class DisputeJudge:
             self._stop.wait(self.poll_s)
 
     def judge_once(self) -> None:
-        """Rule on every disputed task whose executor can be asked for its announcement. One that cannot be
-        reached is left for a later look: blame needs evidence, and if the node stays away past the
-        arbiter's window the dispute expires with nobody slashed."""
+        """Rule on every disputed task whose announcement can be had (``fetch_announcement``: the store's
+        copy, else the executor's word; none in the store and the executor away is the executor's fault).
+        With both the store and the executor away the task is left for a later look: blame needs evidence,
+        and if that lasts past the arbiter's window the dispute expires with nobody slashed."""
         for job, index in self.market.tasks_in(TaskStatus.DISPUTED):
             try:
-                ann = fetch_announcement(self.market, job, index)
+                ann = fetch_announcement(self.market, job, index, store=self.store)
             except NodeUnreachable as exc:
                 log.info("arbiter: not ruling yet: %s", exc)
                 continue

@@ -8,8 +8,12 @@ import re
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from splitup.errors import SplitUpError
+
+if TYPE_CHECKING:
+    from splitup.storage.records import Record
 
 _SHA = re.compile(r"[0-9a-f]{64}")
 CHUNK = 1 << 20
@@ -24,7 +28,8 @@ def is_sha256(text: str) -> bool:
 
 
 class BlobStore:
-    """``root/blobs/ab/abcd...``; a blob appears under its name only once complete and verified."""
+    """``root/blobs/ab/abcd...``; a blob appears under its name only once complete and verified. Signed
+    named records (``splitup.storage.records``) live under ``root/records/<pubkey>/``."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -94,3 +99,15 @@ class BlobStore:
             for chunk in iter(lambda: f.read(CHUNK), b""):
                 h.update(chunk)
         return h.hexdigest() == sha
+
+    def put_record(self, record: Record) -> bool:
+        """Store a signed record (checked here: only its key's owner can write it); False when exactly
+        this version was stored already. ``splitup.storage.records`` for the rules."""
+        from splitup.storage.records import save_record
+
+        return save_record(self.root, self.root / "tmp", record)
+
+    def get_record(self, pubkey: str, topic: str) -> Record | None:
+        from splitup.storage.records import load_record
+
+        return load_record(self.root, pubkey, topic)

@@ -1,7 +1,8 @@
 """Where transcripts go: a local content-addressed store directory, or a store server over HTTP.
 
 The roles only need ``put(bytes) -> sha256`` and ``get(sha256, max_bytes) -> bytes`` (hash-checked), so a
-node and a validator can share a directory in tests and a URL in a real deployment.
+node and a validator can share a directory in tests and a URL in a real deployment. Both also hold signed
+named records (``Records``: the market's copy of each executor's announcement, ``splitup.node.agent``).
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from solders.keypair import Keypair
+
 from splitup.partition.task import Plan, task_dir
-from splitup.storage import BlobClient, BlobStore, StorageError, fetch_task
+from splitup.storage import BlobClient, BlobStore, Record, StorageError, fetch_task
+from splitup.storage.records import publish
 
 #: task id -> the directory of its verified bundle
 BundleSource = Callable[[str], Path]
@@ -23,6 +27,20 @@ class Blobs(Protocol):
     def put(self, data: bytes) -> str: ...
 
     def get(self, sha: str, max_bytes: int) -> bytes: ...
+
+
+class Records(Protocol):
+    """Signed named records (``splitup.storage.records``)."""
+
+    def publish_record(self, owner: Keypair, topic: str, body: bytes) -> Record: ...
+
+    def get_record(self, pubkey: str, topic: str, timeout: float | None = None) -> Record | None:
+        """None: the store has none; ``StoreUnavailable`` (or another StorageError): no answer."""
+        ...
+
+
+class Store(Blobs, Records, Protocol):
+    """Blobs and records in one store (what a market node uses)."""
 
 
 class LocalBlobs:
@@ -41,6 +59,12 @@ class LocalBlobs:
             raise StorageError(f"blob {sha[:12]} does not match its sha256")
         return data
 
+    def publish_record(self, owner: Keypair, topic: str, body: bytes) -> Record:
+        return publish(owner, topic, body, self.store.put_record, self.store.get_record)
+
+    def get_record(self, pubkey: str, topic: str, timeout: float | None = None) -> Record | None:
+        return self.store.get_record(pubkey, topic)
+
 
 class HttpBlobs:
     def __init__(self, url: str) -> None:
@@ -54,6 +78,13 @@ class HttpBlobs:
 
     def get(self, sha: str, max_bytes: int) -> bytes:
         return self.client.get_bytes(sha, max_bytes=max_bytes)
+
+    def publish_record(self, owner: Keypair, topic: str, body: bytes) -> Record:
+        return publish(owner, topic, body, self.client.put_record, self.client.get_record)
+
+    def get_record(self, pubkey: str, topic: str, timeout: float | None = None) -> Record | None:
+        # a store that refuses connections is not waited for: the caller asks again on its next look
+        return self.client.get_record(pubkey, topic, timeout=timeout, connect_wait_s=0.0)
 
 
 def open_blobs(where: str | Path | BlobStore) -> Blobs:
