@@ -15,6 +15,7 @@ import base64
 import json
 import logging
 import os
+import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -47,7 +48,7 @@ from splitup.verify.blobs import BundleSource, HttpBlobs, Records, Store
 from splitup.verify.cheats import Cheat
 from splitup.verify.commitment import handoff_digest
 from splitup.verify.roles import Announcement, Arbiter, Executor, Validator, input_digest
-from splitup.verify.transcript import Sent, Step, Transcript
+from splitup.verify.transcript import SALT_BYTES, Sent, Step, Transcript
 
 log = logging.getLogger("splitup.agent")
 REPLAY_SUFFIX = ".replay"  # splitup.client.pipeline re-prefills a stand-in under this job id
@@ -86,6 +87,9 @@ class RecordingNode(Node):
         self.first_inputs: dict[tuple[str, str], dict[str, np.ndarray]] = {}
         # The token rule the client sent with the job's hops (greedy when it sent none).
         self.decodings: dict[tuple[str, str], Decoding] = {}
+        # One salt per (job, task) for every transcript made of it: a commit retried while the first is in
+        # flight commits to the same transcript, so whichever lands, the kept announcement opens it.
+        self.salts: dict[tuple[str, str], bytes] = {}
         # the cache after the latest step, per (job, task): what the work digest is taken over
         self.state: dict[tuple[str, str], tuple[int, dict[str, np.ndarray]]] = {}
         # task ids committed per job: their transcript is sealed, no call may be added
@@ -192,12 +196,13 @@ class RecordingNode(Node):
         with self._lock:
             steps = dict(self.steps.get((job, task_id), {}))
             decoding = self.decodings.get((job, task_id), GREEDY)
+            salt = self.salts.setdefault((job, task_id), secrets.token_bytes(SALT_BYTES))
             self.sealed.setdefault(job, set()).add(task_id)
         if sorted(steps) != list(range(len(steps))):
             # the call indices it signed are the transcript's positions: a gap would shift every later one
             raise MarketError(f"task {task_id[:12]} of job {job}: calls {sorted(steps)[:8]}... are not 0..n-1")
         runner = self.runners.get(task_id)
-        t = Transcript(job, index, task_id, decoding=decoding, arithmetic=getattr(runner, "arithmetic", "fp32"))
+        t = Transcript(job, index, task_id, salt, decoding=decoding, arithmetic=getattr(runner, "arithmetic", "fp32"))
         for _, call in sorted(steps.items()):
             t.add(call.step.inputs, call.step.outputs, call.step.relayed, call.step.sent)
         return t
@@ -205,7 +210,7 @@ class RecordingNode(Node):
     def forget(self, job: str, task_id: str) -> None:
         """Drop the record of (job, task): its commitment is on chain and its transcript in the store."""
         with self._lock:
-            for table in (self.steps, self.last_hop, self.first_inputs, self.decodings, self.state):
+            for table in (self.steps, self.last_hop, self.first_inputs, self.decodings, self.state, self.salts):
                 table.pop((job, task_id), None)
 
     def forget_sealed(self, open_jobs: set[str]) -> None:
