@@ -266,3 +266,24 @@ def test_records_that_prove_nothing_are_ignored(store, tmp_path) -> None:
     # The executor's own announcement of this task: taken.
     records.publish_record(w.executor, topic, body(ann))
     assert fetch_announcement(w.m, w.job, 0, timeout=5, store=records) == ann
+
+
+def test_a_task_this_node_signed_for_is_never_taken_again(tmp_path, monkeypatch) -> None:
+    """Receipts and hand-offs name the job and task, not the turn: had the node taken the task again after it
+    reopened, the client could hold the first turn's hand-off against the second turn's commitment. Once it
+    signed one, the node does not accept the task again, also after a restart."""
+    w = _world()
+    job, task_id = str(w.job), w.task_id.hex()
+    cache = tmp_path / "executor"
+    agent = MarketAgent(w.m, w.executor, RecordingNode(NodeConfig(cache_dir=cache)), DOWN)
+    agent._index_of[(job, task_id)] = 0
+    assert agent._sign_handoff(job, task_id, 0, _sha(b"what call 0 handed on")) is not None
+    restarted = MarketAgent(w.m, w.executor, RecordingNode(NodeConfig(cache_dir=cache)), DOWN)
+    for a in (agent, restarted):
+        assert (job, 0) in a.worked
+        monkeypatch.setattr(a.executor, "accept", lambda *_: pytest.fail("took a task it had signed for"))
+        a._accept(w.job, 0)
+    fresh = MarketAgent(w.m, w.executor, RecordingNode(NodeConfig(cache_dir=tmp_path / "other")), DOWN)
+    assert (job, 0) not in fresh.worked  # a node that signed nothing for it may take it
+    restarted._forget_closed(set())  # the job closed: its address never comes back (the nonce rule)
+    assert (job, 0) not in restarted.worked and not list((cache / "worked").iterdir())

@@ -352,6 +352,43 @@ def fetch_announcement(market: Market, job: Pubkey, index: int, timeout: float =
         return None
 
 
+class WorkedTasks:
+    """The (job, task index) pairs this node has signed a statement for (a receipt, a hand-off), kept on
+    disk across restarts. Such a task is never accepted again: statements carry the job and task
+    index, not the acceptance, so after the task reopened a client could hold the first turn's statements
+    against the second turn's commitment (a hand-off that differs from the new transcript: a slash for an
+    honest node)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self._known: set[tuple[str, int]] = set()
+        for f in directory.glob("*-*") if directory.is_dir() else ():
+            job, _, index = f.name.rpartition("-")
+            if index.isdigit():
+                self._known.add((job, int(index)))
+        self._lock = threading.Lock()
+
+    def __contains__(self, key: tuple[str, int]) -> bool:
+        return key in self._known
+
+    def add(self, job: str, index: int) -> None:
+        """Written down before the statement leaves the node (on the hop path: a file once per task)."""
+        key = (job, int(index))
+        if key in self._known:
+            return
+        with self._lock:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.dir / f"{job}-{int(index)}").touch()
+            self._known.add(key)
+
+    def forget_closed(self, open_jobs: set[str]) -> None:
+        """A closed job's address is never posted again (the program's nonce rule): its marks can go."""
+        with self._lock:
+            for job, index in [k for k in self._known if k[0] not in open_jobs]:
+                (self.dir / f"{job}-{index}").unlink(missing_ok=True)
+                self._known.discard((job, index))
+
+
 class MarketAgent:
     def __init__(self, market: Market, owner: Keypair, node: RecordingNode, store_url: str, *,
                  blobs: Store | None = None, poll_s: float = 0.25, validate: bool = True,
@@ -391,7 +428,8 @@ class MarketAgent:
         self._model_tasks: dict[str, list[str]] = {}
         self.handoffs = Handoffs(market, owner, HandoffStore(Path(node.config.cache_dir) / "handoffs.sqlite"),
                                  self._task_index)
-        node.sign_handoff = self.handoffs.sign
+        self.worked = WorkedTasks(Path(node.config.cache_dir) / "worked")
+        node.sign_handoff = self._sign_handoff
         node.handoff_check = self.handoffs.check
         self.accepted: dict[tuple[str, int], Pubkey] = {}
         self.accepting = True  # False while the node drains: it finishes what it took and takes nothing new
@@ -522,11 +560,18 @@ class MarketAgent:
             return None
         key = (env.job, index)
         if key not in self._receipts:
+            self.worked.add(env.job, index)
             signed = Signed.make(RECEIPT, self.owner, self.market.program_id, Pubkey.from_string(env.job), index,
                                  input_digest(tensors))
             self._receipts[key] = {"receipt": signed.compact().hex(), "index": index,
                                    "signer": str(self.owner.pubkey())}
         return self._receipts[key]
+
+    def _sign_handoff(self, job: str, task_id: str, call: int, digest: bytes) -> dict[str, Any] | None:
+        signed = self.handoffs.sign(job, task_id, call, digest)
+        if signed is not None:
+            self.worked.add(job, signed["index"])
+        return signed
 
     def _task_index(self, job: str, task_id: str) -> int | None:
         """The index of task ``task_id`` in market job ``job`` (None: not a market job this node knows):
@@ -605,6 +650,7 @@ class MarketAgent:
         for key in [k for k in self._receipted if k[0] not in open_jobs]:
             self._receipted.discard(key)
         self.node.forget_sealed(open_jobs)
+        self.worked.forget_closed(open_jobs)
         for job in [j for j in self._model_index if j not in open_jobs]:
             del self._model_index[job]
         for table in (self.announced, self._first_seen, self._accepted_at, self._receipts, self._index_of,
@@ -613,6 +659,9 @@ class MarketAgent:
                 table.pop(key, None)
 
     def _accept(self, job: Pubkey, index: int) -> None:
+        if (str(job), index) in self.worked:
+            log.info("not taking task %d of %s again: this node signed statements for it before", index, job)
+            return
         try:
             self.executor.accept(job, index)
         except MarketError as exc:  # another node was faster, or our stake is locked elsewhere
