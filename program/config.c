@@ -18,9 +18,10 @@ static uint64_t check_params(const InitConfigArgs *a) {
   if (a->max_deadline_slots == 0 || a->max_task_timeout_slots == 0 || a->arbiter_timeout_slots == 0 ||
       a->reveal_slots == 0)
     return E_INVALID_PARAMETER;
-  /* a proven lie in a hand-off is cheating: at least the liveness penalty, at most the collateral */
-  if (a->handoff_slash_bps > BPS || a->handoff_slash_bps < a->liveness_slash_bps || a->handoff_slash_bps == 0)
-    return E_INVALID_PARAMETER;
+  /* a proven lie in a hand-off is cheating, and costs at least what cheating does: otherwise a sampled
+     cheat (or a friend holding its hand-off) proves its own lie first and pays less than the check would
+     take. At most the collateral. */
+  if (a->handoff_slash_bps > BPS || a->handoff_slash_bps < a->slash_bps) return E_INVALID_PARAMETER;
   if (a->handoff_slots == 0 || a->handoff_slots > MAX_WINDOW_SLOTS) return E_INVALID_PARAMETER;
   if (a->max_deadline_slots > MAX_WINDOW_SLOTS || a->max_task_timeout_slots > MAX_WINDOW_SLOTS ||
       a->validator_timeout_slots > MAX_WINDOW_SLOTS || a->arbiter_timeout_slots > MAX_WINDOW_SLOTS ||

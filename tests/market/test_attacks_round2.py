@@ -255,3 +255,17 @@ def test_probes_that_found_the_program_sound(always_verify: World) -> None:
     assert t.balance(validator.pubkey()) == wallet + reward
     with pytest.raises(E.WrongTaskStateError):
         m.settle(job, 0)
+
+
+def test_a_hand_off_lie_costs_at_least_what_cheating_does() -> None:
+    """Before: the config let handoff_slash_bps lie anywhere from the liveness penalty up. A sampled cheat
+    (or a friend it hands its signed hand-off to) could then prove its own hand-off lie before the check
+    and lose handoff_slash_bps of its collateral instead of slash_bps."""
+    w = make_world()
+    for bps in (0, 1_000, 9_999):
+        with pytest.raises(E.InvalidParameterError):
+            w.m.set_config(w.authority, MarketParams(slash_bps=10_000, handoff_slash_bps=bps))
+        with pytest.raises(E.InvalidParameterError):
+            make_world(MarketParams(slash_bps=10_000, handoff_slash_bps=bps), n_nodes=0)
+    w.m.set_config(w.authority, MarketParams(slash_bps=6_000, liveness_slash_bps=1_000, handoff_slash_bps=6_000))
+    assert w.m.config().handoff_slash_bps == 6_000
